@@ -1,0 +1,245 @@
+//! The change model: what the diff produces, what rules test and what templates and webhook bodies see.
+//!
+//! A [`Change`] is one record that differs from the version the store last saw. Its
+//! [`Change::change_id`] is derived from its content alone, so the same change detected twice (for
+//! example after a crash between a page's fetch and its checkpoint) gets the same id, and a receiver
+//! can drop the duplicate by its `webhook-id`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// The name of the one source that exists today. Every store key is namespaced by a source name so
+/// that many clinics in one process need no migration later.
+pub const DEFAULT_SOURCE: &str = "default";
+
+/// What happened to a record, decided by the diff against the stored version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// The id was not known before.
+    Added,
+    /// The id was known and at least one field differs.
+    Modified,
+    /// The server flagged the record as deleted.
+    Deleted,
+}
+
+impl ChangeKind {
+    /// All kinds, in the order the spec lists them.
+    pub const ALL: [ChangeKind; 3] = [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted];
+
+    /// The lowercase name used in config files, event types and templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "added",
+            ChangeKind::Modified => "modified",
+            ChangeKind::Deleted => "deleted",
+        }
+    }
+}
+
+impl fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One detected change of one record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The source (clinic) the record came from; [`DEFAULT_SOURCE`] today.
+    pub source: String,
+    /// The resource key from the config, e.g. `leads`.
+    pub resource: String,
+    /// The record's id (the configured id field, as a string).
+    pub id: String,
+    /// Added, modified or deleted.
+    #[serde(rename = "change")]
+    pub kind: ChangeKind,
+    /// The record as fetched now.
+    pub record: Value,
+    /// The stored version before this change, if any.
+    pub previous: Option<Value>,
+    /// Top-level fields whose values differ from `previous` (every field of an added record).
+    pub changed_fields: Vec<String>,
+    /// The server's own change flag, as sent (`DataStatusStr`, `DataStatusValue`, ...).
+    pub server_status: Option<String>,
+    /// When the poll saw it.
+    pub detected_at: DateTime<Utc>,
+}
+
+impl Change {
+    /// The event type a webhook carries: `leads.added`, `appointments.modified`, ...
+    pub fn event_type(&self) -> String {
+        format!("{}.{}", self.resource, self.kind)
+    }
+
+    /// A stable id for this change, the same whenever the same change is detected again.
+    ///
+    /// It hashes the source, resource, record id, kind, and the canonical JSON of `previous` and
+    /// `record`; `detected_at` is left out on purpose, since a re-detection after a crash happens at
+    /// another time but is the same change.
+    pub fn change_id(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.source.as_str(),
+            self.resource.as_str(),
+            self.id.as_str(),
+            self.kind.as_str(),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        let mut buf = Vec::with_capacity(512);
+        canonical_json(self.previous.as_ref().unwrap_or(&Value::Null), &mut buf);
+        h.update((buf.len() as u64).to_be_bytes());
+        h.update(&buf);
+        buf.clear();
+        canonical_json(&self.record, &mut buf);
+        h.update(&buf);
+        let digest = h.finalize();
+        let mut id = String::from("msg_");
+        for b in &digest[..16] {
+            id.push_str(&format!("{b:02x}"));
+        }
+        id
+    }
+}
+
+/// Writes `v` as JSON with object keys sorted, so equal values hash equally whatever their key order.
+pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Serializing a string cannot fail.
+                out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                out.push(b':');
+                canonical_json(&map[k.as_str()], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+/// Looks up a dotted path (`Patient.Address.City`, or `Items.0.Name` for arrays) in a JSON value.
+/// A path that exists with a JSON `null` returns `Some(&Value::Null)`; a missing one returns `None`.
+pub fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = v;
+    for seg in path.split('.') {
+        cur = match cur {
+            Value::Object(map) => map.get(seg)?,
+            Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+
+/// How one delivery attempt ended, sorted the way the retry machinery needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "lowercase")]
+pub enum Verdict {
+    /// Delivered (2xx, SMTP 2xx).
+    Success,
+    /// Try again later (5xx, 408, 429, timeouts, connection errors, SMTP 4xx).
+    Retry {
+        /// Why, in words (status and cause); never record contents or secrets.
+        reason: String,
+        /// What the receiver asked for (`Retry-After`, Discord's `retry_after`), unclamped.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// Never going to work as it stands (3xx, other 4xx, SMTP 5xx): dead letters at once.
+    Fail {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// What one attempt produced: the verdict plus what the attempts log keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptReport {
+    /// Success, retry or fail.
+    pub verdict: Verdict,
+    /// HTTP status or SMTP reply code, when the peer answered.
+    pub status: Option<u16>,
+    /// The first 4 KiB of the response body (or SMTP reply text).
+    pub response: String,
+    /// How long the attempt took.
+    pub duration: std::time::Duration,
+}
+
+/// How much of a response the attempts log keeps.
+pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(record: Value) -> Change {
+        Change {
+            source: DEFAULT_SOURCE.into(),
+            resource: "leads".into(),
+            id: "a".into(),
+            kind: ChangeKind::Added,
+            record,
+            previous: None,
+            changed_fields: vec![],
+            server_status: None,
+            detected_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn change_id_ignores_key_order_and_detection_time() {
+        let a = change(json!({"ID": "a", "X": 1}));
+        let mut b = change(json!({"X": 1, "ID": "a"}));
+        b.detected_at = DateTime::from_timestamp(0, 0).unwrap();
+        assert_eq!(a.change_id(), b.change_id());
+        let c = change(json!({"ID": "a", "X": 2}));
+        assert_ne!(a.change_id(), c.change_id());
+        assert!(a.change_id().starts_with("msg_"));
+    }
+
+    #[test]
+    fn dotted_paths() {
+        let v = json!({"a": {"b": [10, {"c": null}]}});
+        assert_eq!(get_path(&v, "a.b.0"), Some(&json!(10)));
+        assert_eq!(get_path(&v, "a.b.1.c"), Some(&Value::Null));
+        assert_eq!(get_path(&v, "a.x"), None);
+        assert_eq!(get_path(&v, "a.b.x"), None);
+    }
+}
