@@ -24,5 +24,7 @@
 //! logs and metrics.
 
 pub mod config;
+pub mod diff;
 pub mod model;
 pub mod rules;
+pub mod store;
