@@ -79,11 +79,7 @@ pub fn expand_vars(s: &str, vars: &HashMap<String, String>) -> Result<String, St
                 .find('}')
                 .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
             let name = &tail[..end];
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid variable name ${{{name}}}"));
             }
             match vars.get(name) {
@@ -312,6 +308,9 @@ pub struct RawClinicea {
     /// Pause between two page requests of one poll, to be gentle with the API (default 0).
     #[serde(default)]
     pub page_delay: Option<Dur>,
+    /// Allow a plain http:// base URL to a host other than loopback (a sandbox in another container).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 /// One `resources:` entry. Every key has the vendor doc's default.
@@ -554,3 +553,480 @@ mod tests {
         assert!(err.contains("MISSING"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Validated runtime types
+// ---------------------------------------------------------------------------------------------
+
+/// A secret string (API key, password): its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretString(s.into())
+    }
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+/// Where the first poll starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Nothing from before the first start is sent.
+    Now,
+    /// Backfill from this instant.
+    At(chrono::DateTime<chrono::Utc>),
+}
+
+/// Staff credentials for `auth: login`.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Staff user name.
+    pub username: String,
+    /// Staff password.
+    pub password: SecretString,
+    /// Path of the token endpoint.
+    pub path: String,
+}
+
+/// The vendor's login endpoint, seen in public clients.
+pub const DEFAULT_LOGIN_PATH: &str = "/api/v2/login/getTokenByStaffUsernamePwd";
+
+/// The validated `clinicea:` section.
+#[derive(Debug, Clone)]
+pub struct Clinicea {
+    /// Base URL without a trailing slash.
+    pub base_url: url::Url,
+    /// The API key.
+    pub api_key: SecretString,
+    /// How the key is sent.
+    pub auth: AuthMode,
+    /// Credentials for `auth: login`.
+    pub login: Option<Login>,
+    /// Default poll interval.
+    pub poll_interval: Duration,
+    /// How far back each poll re-reads.
+    pub overlap: Duration,
+    /// Where the first poll starts.
+    pub start_from: StartFrom,
+    /// Zone of offset-less API timestamps.
+    pub timezone: chrono_tz::Tz,
+    /// Zone the since value is written in when its format has no offset.
+    pub since_timezone: chrono_tz::Tz,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Pause between two page requests of one poll.
+    pub page_delay: Duration,
+}
+
+/// A validated resource: every knob resolved to its value.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// The resource key, e.g. `leads`.
+    pub name: String,
+    /// Path below the base URL.
+    pub path: String,
+    /// Since parameter name.
+    pub since_param: String,
+    /// chrono format of the since value.
+    pub since_format: String,
+    /// Page parameter name.
+    pub page_param: String,
+    /// Number of the first page.
+    pub first_page: u32,
+    /// Records per full page.
+    pub page_size: u32,
+    /// Page size parameter name, if it is sent.
+    pub page_size_param: Option<String>,
+    /// The id field.
+    pub id_field: String,
+    /// The server's change-flag field.
+    pub status_field: String,
+    /// How often it is polled.
+    pub poll_interval: Duration,
+    /// Extra query parameters.
+    pub params: Vec<(String, String)>,
+}
+
+/// Vendor-doc defaults for a resource.
+pub mod defaults {
+    use std::time::Duration;
+    /// `lastSyncTimestamp`.
+    pub const SINCE_PARAM: &str = "lastSyncTimestamp";
+    /// ISO 8601 with an offset.
+    pub const SINCE_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%:z";
+    /// `intPageNo`.
+    pub const PAGE_PARAM: &str = "intPageNo";
+    /// Pages start at 0 in the vendor doc.
+    pub const FIRST_PAGE: u32 = 0;
+    /// 100 records a page.
+    pub const PAGE_SIZE: u32 = 100;
+    /// `ID`.
+    pub const ID_FIELD: &str = "ID";
+    /// `DataStatusStr`.
+    pub const STATUS_FIELD: &str = "DataStatusStr";
+    /// Poll every minute.
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(60);
+    /// Re-read two minutes back, to cover clock skew and records committed late.
+    pub const OVERLAP: Duration = Duration::from_secs(120);
+    /// Give a slow API half a minute.
+    pub const API_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `/metrics`, `/healthz`, `/readyz` on loopback.
+    pub const LISTEN: &str = "127.0.0.1:9187";
+    /// The sled directory.
+    pub const STORE_PATH: &str = "./data";
+}
+
+/// The validated `store:` section.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// The sled directory (absolute, or relative to the working directory if the config had none).
+    pub path: std::path::PathBuf,
+    /// sled's page cache in bytes.
+    pub cache_bytes: u64,
+}
+
+/// A validated config file, minus the parts other modules compile (see [`Config`]).
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// The config file.
+    pub file: std::path::PathBuf,
+    /// The `clinicea:` section.
+    pub clinicea: Clinicea,
+    /// The resources, in key order.
+    pub resources: Vec<Resource>,
+    /// The store.
+    pub store: StoreSettings,
+    /// The folder of template overrides.
+    pub templates_dir: Option<std::path::PathBuf>,
+    /// The address of the health and metrics server.
+    pub listen: std::net::SocketAddr,
+    /// A resource with no successful poll for this long is stale (`None`: three intervals).
+    pub stale_after: Option<Duration>,
+}
+
+/// Whether a URL's host is on this machine.
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// A resource or destination name: what can safely be part of a store key and a metric label.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// Checks a chrono format string.
+pub fn valid_strftime(f: &str) -> bool {
+    use chrono::format::{Item, StrftimeItems};
+    !f.is_empty() && StrftimeItems::new(f).all(|i| !matches!(i, Item::Error))
+}
+
+fn parse_tz(
+    s: Option<&Text>,
+    key: &str,
+    line: Option<u64>,
+    problems: &mut Vec<Problem>,
+) -> chrono_tz::Tz {
+    match s {
+        None => chrono_tz::UTC,
+        Some(t) => t.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+            problems.push(Problem::at(
+                line,
+                key,
+                format!(
+                    "unknown time zone {:?} (use an IANA name such as Asia/Karachi)",
+                    t.as_str()
+                ),
+            ));
+            chrono_tz::UTC
+        }),
+    }
+}
+
+/// Resolves a path from the config against the folder that holds the config file.
+pub fn resolve_path(base_dir: &std::path::Path, p: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+/// Validates the sections this module owns; `problems` collects every error.
+pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec<Problem>) -> Base {
+    let base_dir = file
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let c = &raw.clinicea.value;
+    let cline = line_of(&raw.clinicea);
+
+    let base_url = match url::Url::parse(c.base_url.trim_end_matches('/')) {
+        Ok(u) if u.scheme() == "https" => Some(u),
+        Ok(u) if u.scheme() == "http" && (is_loopback(&u) || c.allow_insecure_http) => Some(u),
+        Ok(u) if u.scheme() == "http" => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.base_url",
+                "plain http:// is only allowed to loopback; use https:// (or set clinicea.allow_insecure_http: true for a sandbox on another host)",
+            ));
+            Some(u)
+        }
+        Ok(_) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.base_url",
+                "must be an http(s) URL",
+            ));
+            None
+        }
+        Err(e) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.base_url",
+                format!("not a URL: {e}"),
+            ));
+            None
+        }
+    };
+    let login = match (c.auth, &c.login) {
+        (AuthMode::Login, Some(l)) => Some(Login {
+            username: l.username.0.clone(),
+            password: SecretString::new(l.password.0.clone()),
+            path: l
+                .path
+                .as_ref()
+                .map(|p| p.0.clone())
+                .unwrap_or_else(|| DEFAULT_LOGIN_PATH.to_string()),
+        }),
+        (AuthMode::Login, None) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.login",
+                "auth: login needs login: { username, password }",
+            ));
+            None
+        }
+        (_, Some(_)) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.login",
+                "login: is only used with auth: login",
+            ));
+            None
+        }
+        (_, None) => None,
+    };
+    if c.api_key.trim().is_empty() {
+        problems.push(Problem::at(cline, "clinicea.api_key", "is empty"));
+    }
+    let start_from = match c.start_from.as_deref().map(str::trim) {
+        None | Some("now") => StartFrom::Now,
+        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => StartFrom::At(t.with_timezone(&chrono::Utc)),
+            Err(e) => {
+                problems.push(Problem::at(
+                    cline,
+                    "clinicea.start_from",
+                    format!("{s:?} is neither `now` nor an RFC 3339 time such as 2026-11-01T00:00:00Z: {e}"),
+                ));
+                StartFrom::Now
+            }
+        },
+    };
+    let poll_interval = c.poll_interval.map_or(defaults::POLL_INTERVAL, |d| d.0);
+    if poll_interval < Duration::from_millis(100) {
+        problems.push(Problem::at(
+            cline,
+            "clinicea.poll_interval",
+            "must be at least 100ms",
+        ));
+    }
+    let clinicea = Clinicea {
+        base_url: base_url
+            .unwrap_or_else(|| url::Url::parse("http://127.0.0.1/").expect("static URL")),
+        api_key: SecretString::new(c.api_key.0.clone()),
+        auth: c.auth,
+        login,
+        poll_interval,
+        overlap: c.overlap.map_or(defaults::OVERLAP, |d| d.0),
+        start_from,
+        timezone: parse_tz(c.timezone.as_ref(), "clinicea.timezone", cline, problems),
+        since_timezone: parse_tz(
+            c.since_timezone.as_ref(),
+            "clinicea.since_timezone",
+            cline,
+            problems,
+        ),
+        timeout: c.timeout.map_or(defaults::API_TIMEOUT, |d| d.0),
+        page_delay: c.page_delay.map_or(Duration::ZERO, |d| d.0),
+    };
+
+    if raw.resources.is_empty() {
+        problems.push(Problem::at(
+            None,
+            "resources",
+            "no resources to poll; add at least one (e.g. leads: { path: /api/v1/leads })",
+        ));
+    }
+    let mut resources = Vec::new();
+    for (name, spanned) in &raw.resources {
+        let r = &spanned.value;
+        let line = line_of(spanned);
+        let key = |k: &str| format!("resources.{name}.{k}");
+        if !valid_name(name) {
+            problems.push(Problem::at(
+                line,
+                format!("resources.{name}"),
+                "a resource key may use only letters, digits, '-', '_' and '.'",
+            ));
+        }
+        if !r.path.starts_with('/') {
+            problems.push(Problem::at(line, key("path"), "must start with /"));
+        }
+        let since_format = r
+            .since_format
+            .as_ref()
+            .map_or(defaults::SINCE_FORMAT.to_string(), |t| t.0.clone());
+        if !valid_strftime(&since_format) {
+            problems.push(Problem::at(
+                line,
+                key("since_format"),
+                format!("{since_format:?} is not a valid chrono format"),
+            ));
+        }
+        let page_size = r.page_size.unwrap_or(defaults::PAGE_SIZE);
+        if page_size == 0 {
+            problems.push(Problem::at(line, key("page_size"), "must be at least 1"));
+        }
+        let poll = r.poll_interval.map_or(poll_interval, |d| d.0);
+        if poll < Duration::from_millis(100) {
+            problems.push(Problem::at(
+                line,
+                key("poll_interval"),
+                "must be at least 100ms",
+            ));
+        }
+        resources.push(Resource {
+            name: name.clone(),
+            path: r.path.0.clone(),
+            since_param: r
+                .since_param
+                .as_ref()
+                .map_or(defaults::SINCE_PARAM.into(), |t| t.0.clone()),
+            since_format,
+            page_param: r
+                .page_param
+                .as_ref()
+                .map_or(defaults::PAGE_PARAM.into(), |t| t.0.clone()),
+            first_page: r.first_page.unwrap_or(defaults::FIRST_PAGE),
+            page_size: page_size.max(1),
+            page_size_param: r.page_size_param.as_ref().map(|t| t.0.clone()),
+            id_field: r
+                .id_field
+                .as_ref()
+                .map_or(defaults::ID_FIELD.into(), |t| t.0.clone()),
+            status_field: r
+                .status_field
+                .as_ref()
+                .map_or(defaults::STATUS_FIELD.into(), |t| t.0.clone()),
+            poll_interval: poll,
+            params: r
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+        });
+    }
+
+    let store = StoreSettings {
+        path: resolve_path(
+            &base_dir,
+            raw.store.path.as_deref().unwrap_or(defaults::STORE_PATH),
+        ),
+        cache_bytes: raw
+            .store
+            .cache_mb
+            .map_or(crate::store::DEFAULT_CACHE_BYTES, |mb| mb * 1024 * 1024),
+    };
+    let templates_dir = raw.templates.as_ref().map(|t| resolve_path(&base_dir, t));
+    let listen_s = raw.listen.as_deref().unwrap_or(defaults::LISTEN);
+    let listen = listen_s.parse().unwrap_or_else(|_| {
+        problems.push(Problem::at(
+            None,
+            "listen",
+            format!("{listen_s:?} is not an address such as 127.0.0.1:9187"),
+        ));
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9187))
+    });
+    Base {
+        file: file.to_path_buf(),
+        clinicea,
+        resources,
+        store,
+        templates_dir,
+        listen,
+        stale_after: raw
+            .watchdog
+            .as_ref()
+            .and_then(|w| w.stale_after)
+            .map(|d| d.0),
+    }
+}
+
+/// A config that failed to load: the file and every problem found.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: std::path::PathBuf,
+    /// What is wrong, in file order where known.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{} has {} problem{}:",
+            self.file.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            match p.line {
+                Some(line) => write!(
+                    f,
+                    "\n  {}:{}: {}: {}",
+                    self.file.display(),
+                    line,
+                    p.key,
+                    p.message
+                )?,
+                None => write!(f, "\n  {}: {}: {}", self.file.display(), p.key, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}

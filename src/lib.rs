@@ -23,8 +23,12 @@
 //! `sandbox` is a simulated Clinicea API for tests, rehearsals and the demo; `telemetry` sets up
 //! logs and metrics.
 
+pub mod clinicea;
 pub mod config;
+pub mod deliver;
 pub mod diff;
+pub mod email;
 pub mod model;
+pub mod poll;
 pub mod rules;
 pub mod store;

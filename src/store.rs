@@ -38,7 +38,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// Another process has the store open (sled holds an exclusive lock on its directory).
-    #[error("the store at {path} is in use by another process (is `clinicea-notifier run` running?)")]
+    #[error(
+        "the store at {path} is in use by another process (is `clinicea-notifier run` running?)"
+    )]
     Locked {
         /// The store directory.
         path: String,
@@ -199,7 +201,9 @@ impl Store {
                     if io.kind() == std::io::ErrorKind::WouldBlock
                         || io.to_string().contains("lock") =>
                 {
-                    StoreError::Locked { path: shown.clone() }
+                    StoreError::Locked {
+                        path: shown.clone(),
+                    }
                 }
                 _ => StoreError::Open {
                     path: shown.clone(),
@@ -246,7 +250,12 @@ impl Store {
     }
 
     /// Durably advances a checkpoint: flushes the pages written before it, writes it, flushes again.
-    pub async fn set_checkpoint(&self, source: &str, resource: &str, cp: &Checkpoint) -> Result<()> {
+    pub async fn set_checkpoint(
+        &self,
+        source: &str,
+        resource: &str,
+        cp: &Checkpoint,
+    ) -> Result<()> {
         self.flush().await?;
         self.checkpoints
             .insert(key(&[source, resource]), encode(cp))?;
@@ -460,7 +469,10 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])), v))
+                Ok((
+                    u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
+                    v,
+                ))
             })
             .collect()
     }

@@ -1,0 +1,263 @@
+//! One poll of one resource: fetch every page since the checkpoint, diff each record against its
+//! snapshot, plan the deliveries of each change, commit each page atomically, and advance the
+//! checkpoint only when every page is stored.
+
+use crate::clinicea::{ApiError, Client};
+use crate::config::{Resource, StartFrom};
+use crate::deliver::{Pipeline, Wake};
+use crate::diff::{self, DiffSpec, Skip};
+use crate::model::Change;
+use crate::store::{Checkpoint, PageWrite, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// A guard against an endpoint that ignores the page parameter and never returns a short page.
+pub const MAX_PAGES_PER_POLL: u32 = 100_000;
+
+/// Why a poll failed. The checkpoint stays where it was in every case.
+#[derive(Debug, Error)]
+pub enum PollError {
+    /// The API failed (after the retries inside the poll).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The poll was cancelled by shutdown between pages.
+    #[error("{0}: poll cancelled by shutdown")]
+    Cancelled(String),
+}
+
+/// What one poll did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PollReport {
+    /// Pages fetched.
+    pub pages: u32,
+    /// Records fetched.
+    pub records: u64,
+    /// Changes detected.
+    pub changes: u64,
+    /// Records skipped (no id, not an object).
+    pub skipped: u64,
+    /// Outbox entries created.
+    pub deliveries: u64,
+}
+
+/// Everything a poll needs.
+#[derive(Clone)]
+pub struct PollCtx {
+    /// The source (clinic) name.
+    pub source: String,
+    /// The store.
+    pub store: Store,
+    /// The API client of this source.
+    pub client: Client,
+    /// Rules, templates and destinations.
+    pub pipeline: Arc<Pipeline>,
+    /// How far back each poll re-reads.
+    pub overlap: Duration,
+    /// Where the first poll starts.
+    pub start_from: StartFrom,
+    /// Pause between pages.
+    pub page_delay: Duration,
+    /// Tells the delivery workers about new outbox entries.
+    pub wake: Option<mpsc::UnboundedSender<Wake>>,
+    /// Stop between pages when cancelled.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// Polls one resource once. On success the checkpoint has advanced; on error it has not, and
+/// whatever pages were stored stay stored (re-reading them produces nothing).
+pub async fn poll_resource(ctx: &PollCtx, res: &Resource) -> Result<PollReport, PollError> {
+    let started = Utc::now();
+    let mut status = ctx.store.poll_status(&ctx.source, &res.name)?;
+    status.last_started = Some(started);
+    let result = poll_inner(ctx, res, started).await;
+    let finished = Utc::now();
+    status.last_finished = Some(finished);
+    match &result {
+        Ok(rep) => {
+            status.last_success = Some(finished);
+            status.last_error = None;
+            status.consecutive_failures = 0;
+            status.last_records = rep.records;
+            status.last_changes = rep.changes;
+            status.last_pages = rep.pages;
+            metrics::counter!("clinicea_polls_total", "resource" => res.name.clone()).increment(1);
+            metrics::gauge!("clinicea_last_success_timestamp_seconds", "resource" => res.name.clone())
+                .set(finished.timestamp() as f64);
+        }
+        Err(e) => {
+            status.last_error = Some(e.to_string());
+            status.consecutive_failures += 1;
+            metrics::counter!("clinicea_polls_total", "resource" => res.name.clone()).increment(1);
+            metrics::counter!("clinicea_poll_failures_total", "resource" => res.name.clone())
+                .increment(1);
+        }
+    }
+    ctx.store.set_poll_status(&ctx.source, &res.name, &status)?;
+    result
+}
+
+async fn poll_inner(
+    ctx: &PollCtx,
+    res: &Resource,
+    started: DateTime<Utc>,
+) -> Result<PollReport, PollError> {
+    let cp = match ctx.store.checkpoint(&ctx.source, &res.name)? {
+        Some(cp) => cp,
+        None => {
+            // Fix the origin durably on the very first poll, so `start_from: now` means the
+            // first start, not the first successful poll.
+            let origin = match ctx.start_from {
+                StartFrom::Now => started,
+                StartFrom::At(t) => t,
+            };
+            let cp = Checkpoint {
+                origin,
+                last_success_start: None,
+            };
+            ctx.store
+                .set_checkpoint(&ctx.source, &res.name, &cp)
+                .await?;
+            cp
+        }
+    };
+    let since = cp.since(ctx.overlap);
+    let spec = DiffSpec {
+        source: &ctx.source,
+        resource: &res.name,
+        id_field: &res.id_field,
+        status_field: &res.status_field,
+    };
+    let mut report = PollReport::default();
+    let mut page_no = res.first_page;
+    let mut previous_ids: Option<Vec<String>> = None;
+    loop {
+        if ctx.cancel.is_cancelled() {
+            return Err(PollError::Cancelled(res.name.clone()));
+        }
+        let page = ctx.client.fetch_page(res, since, page_no).await?;
+        report.pages += 1;
+        report.records += page.records.len() as u64;
+        metrics::counter!("clinicea_records_fetched_total", "resource" => res.name.clone())
+            .increment(page.records.len() as u64);
+
+        let detected_at = Utc::now();
+        let mut write = PageWrite::default();
+        // Later copies of a record in the same page compare against the earlier copy.
+        let mut pending: HashMap<String, Value> = HashMap::new();
+        let mut ids = Vec::with_capacity(page.records.len());
+        let mut wakes = Vec::new();
+        for record in page.records {
+            let id = match diff::record_id(&record, &res.id_field) {
+                Ok(id) => id,
+                Err(skip) => {
+                    report.skipped += 1;
+                    let reason = match skip {
+                        Skip::NoId => "no_id",
+                        Skip::NotAnObject => "not_an_object",
+                    };
+                    metrics::counter!("clinicea_records_skipped_total", "resource" => res.name.clone(), "reason" => reason).increment(1);
+                    tracing::error!(resource = %res.name, page = page_no, reason, id_field = %res.id_field, "skipped a record without a usable id");
+                    continue;
+                }
+            };
+            ids.push(id.clone());
+            let previous = match pending.get(&id) {
+                Some(v) => Some(v.clone()),
+                None => ctx.store.snapshot(&ctx.source, &res.name, &id)?,
+            };
+            let Some(change) = diff::diff(&spec, id.clone(), previous, record, detected_at) else {
+                continue;
+            };
+            report.changes += 1;
+            metrics::counter!("clinicea_changes_total", "resource" => res.name.clone(), "change" => change.kind.as_str()).increment(1);
+            let bytes = serde_json::to_vec(&change.record).unwrap_or_default();
+            write.snapshots.push((id.clone(), bytes));
+            pending.insert(id, change.record.clone());
+            plan_change(ctx, &change, &mut write, &mut wakes, &mut report)?;
+        }
+        if let Some(prev) = &previous_ids {
+            if !ids.is_empty() && *prev == ids {
+                return Err(ApiError::PageRepeats {
+                    resource: res.name.clone(),
+                    page: page_no,
+                    param: res.page_param.clone(),
+                }
+                .into());
+            }
+        }
+        ctx.store.commit_page(&ctx.source, &res.name, &write)?;
+        if let Some(tx) = &ctx.wake {
+            for w in wakes {
+                let _ = tx.send(w);
+            }
+        }
+        tracing::debug!(resource = %res.name, page = page_no, changes = write.changes.len(), "page stored");
+        if page.last || report.pages >= MAX_PAGES_PER_POLL {
+            break;
+        }
+        previous_ids = Some(ids);
+        page_no += 1;
+        if !ctx.page_delay.is_zero() {
+            tokio::time::sleep(ctx.page_delay).await;
+        }
+    }
+    ctx.store
+        .set_checkpoint(
+            &ctx.source,
+            &res.name,
+            &Checkpoint {
+                origin: cp.origin,
+                last_success_start: Some(started),
+            },
+        )
+        .await?;
+    Ok(report)
+}
+
+/// Adds a change's journal entry and its planned deliveries to the page write.
+fn plan_change(
+    ctx: &PollCtx,
+    change: &Change,
+    write: &mut PageWrite,
+    wakes: &mut Vec<Wake>,
+    report: &mut PollReport,
+) -> Result<(), PollError> {
+    let change_seq = ctx.store.next_id()?;
+    write
+        .changes
+        .push((change_seq, serde_json::to_vec(change).unwrap_or_default()));
+    for planned in ctx.pipeline.plan(change) {
+        let seq = ctx.store.next_id()?;
+        match planned.into_entry(seq, change_seq, change) {
+            Ok(entry) => {
+                wakes.push(Wake {
+                    destination: entry.destination.clone(),
+                    seq,
+                    due_ms: entry.next_attempt_ms,
+                });
+                write.outbox.push((
+                    entry.destination.clone(),
+                    seq,
+                    serde_json::to_vec(&entry).unwrap_or_default(),
+                ));
+                report.deliveries += 1;
+            }
+            Err(dead) => {
+                tracing::error!(destination = %dead.entry.destination, resource = %change.resource, id = %change.id, reason = %dead.reason, "a delivery could not be prepared; it went to the dead letters");
+                metrics::counter!("clinicea_dead_letters_total", "destination" => dead.entry.destination.clone()).increment(1);
+                write
+                    .dead
+                    .push((seq, serde_json::to_vec(&dead).unwrap_or_default()));
+            }
+        }
+    }
+    Ok(())
+}
