@@ -524,8 +524,118 @@ pub fn parse_raw(text: &str, vars: &HashMap<String, String>) -> Result<RawConfig
     let _reset = Reset;
     serde_saphyr::from_str::<RawConfig>(text).map_err(|e| {
         let line = e.location().map(|l| l.line()).filter(|l| *l > 0);
-        Problem::at(line, "config", e.to_string())
+        let full = e.to_string();
+        let first = full.lines().next().unwrap_or_default();
+        // "error: line 4 column 3: unknown field ..." -> "unknown field ..."
+        let message = first
+            .strip_prefix("error: ")
+            .unwrap_or(first)
+            .split_once(": ")
+            .filter(|(head, _)| head.starts_with("line "))
+            .map_or(first, |(_, rest)| rest)
+            .to_string();
+        let key = line
+            .map(|l| key_path_at_line(text, l as usize))
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "config".to_string());
+        Problem::at(line, key, message)
     })
+}
+
+/// Reconstructs the dotted key path of the YAML line `line` (1-based) from indentation, e.g.
+/// `clinicea.poll_interval` or `rules[2].where[0].matches`. Good enough for block-style YAML,
+/// which is what config files are written in; it only labels error messages.
+pub fn key_path_at_line(text: &str, line: usize) -> String {
+    /// (indent of a leading `- `, indent of the key, the key).
+    fn parse(l: &str) -> Option<(Option<usize>, usize, String)> {
+        let indent = l.len() - l.trim_start().len();
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            return None;
+        }
+        let (dash, rest, key_indent) = match t.strip_prefix('-') {
+            Some(r) if r.is_empty() || r.starts_with(' ') => {
+                let r2 = r.trim_start();
+                (Some(indent), r2, indent + 1 + (r.len() - r2.len()))
+            }
+            _ => (None, t, indent),
+        };
+        let key = rest
+            .split_once(':')
+            .map(|(k, _)| k.trim().trim_matches('"').trim_matches('\'').to_string())
+            .filter(|k| !k.is_empty() && !k.contains(' ') && !k.starts_with('{'))
+            .unwrap_or_default();
+        Some((dash, key_indent, key))
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = line.checked_sub(1).filter(|i| *i < lines.len()) else {
+        return String::new();
+    };
+    let Some((dash, key_indent, key)) = parse(lines[start]) else {
+        return String::new();
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if !key.is_empty() {
+        parts.push(key);
+    }
+    // The indent a parent must be left of; `inclusive` once we are a list item, since a compact
+    // list may sit at its parent key's own indent.
+    let mut level = key_indent;
+    let mut inclusive = false;
+    let item_index = |at: usize, d: usize| -> usize {
+        let mut idx = 0;
+        for l in lines[..at].iter().rev() {
+            match parse(l) {
+                Some((Some(d2), _, _)) if d2 == d => idx += 1,
+                Some((Some(d2), _, _)) if d2 < d => break,
+                Some((None, k2, _)) if k2 <= d => break,
+                _ => {}
+            }
+        }
+        idx
+    };
+    if let Some(d) = dash {
+        parts.push(format!("[{}]", item_index(start, d)));
+        level = d;
+        inclusive = true;
+    }
+    let mut i = start;
+    while i > 0 && (level > 0 || inclusive) {
+        i -= 1;
+        let Some((dash, key_indent, key)) = parse(lines[i]) else {
+            continue;
+        };
+        let is_parent_key = if inclusive {
+            dash.is_none() && key_indent <= level || dash.is_some() && key_indent < level
+        } else {
+            key_indent < level
+        };
+        if is_parent_key && !key.is_empty() && dash.is_none_or(|d| d < level) {
+            parts.push(key);
+            level = key_indent;
+            inclusive = false;
+            if let Some(d) = dash {
+                parts.push(format!("[{}]", item_index(i, d)));
+                level = d;
+                inclusive = true;
+            }
+        } else if let Some(d) = dash {
+            if d < level {
+                parts.push(format!("[{}]", item_index(i, d)));
+                level = d;
+                inclusive = true;
+            }
+        }
+    }
+    parts.reverse();
+    let mut out = String::new();
+    for p in parts {
+        if !p.starts_with('[') && !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&p);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -541,6 +651,17 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn key_paths() {
+        let y = "clinicea:\n  base_url: x\n  poll_intervl: 1s\nrules:\n  - name: a\n    notify: [x]\n  - name: b\n    where:\n      - { field: A, equals: 1 }\n      - field: B\n        matchs: x\n";
+        assert_eq!(key_path_at_line(y, 3), "clinicea.poll_intervl");
+        assert_eq!(key_path_at_line(y, 6), "rules[0].notify");
+        assert_eq!(key_path_at_line(y, 7), "rules[1].name");
+        assert_eq!(key_path_at_line(y, 11), "rules[1].where[1].matchs");
+        let compact = "rules:\n- name: a\n- name: b\n  on: [x]\n";
+        assert_eq!(key_path_at_line(compact, 4), "rules[1].on");
     }
 
     #[test]
@@ -1030,3 +1151,65 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The whole validated configuration.
+pub struct Config {
+    /// Clinicea, resources, store, listen address.
+    pub base: Base,
+    /// The file as parsed, for the parts compiled elsewhere.
+    pub raw: RawConfig,
+}
+
+/// The process environment as a map, for [`load`].
+pub fn env_vars() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+/// Reads, parses and validates a config file; `vars` feeds `${VAR}`.
+pub fn load(file: &std::path::Path, vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        file: file.to_path_buf(),
+        problems,
+    };
+    let bytes = std::fs::read(file).map_err(|e| {
+        fail(vec![Problem::at(
+            None,
+            "config",
+            format!("cannot read the file: {e}"),
+        )])
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        fail(vec![Problem::at(
+            None,
+            "config",
+            format!(
+                "the file is not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )])
+    })?;
+    load_str(&text, file, vars)
+}
+
+/// Parses and validates config text as if read from `file` (relative paths resolve against its folder).
+pub fn load_str(
+    text: &str,
+    file: &std::path::Path,
+    vars: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        file: file.to_path_buf(),
+        problems,
+    };
+    if text.trim().is_empty() {
+        return Err(fail(vec![Problem::at(None, "config", "the file is empty")]));
+    }
+    let raw = parse_raw(text, vars).map_err(|p| fail(vec![p]))?;
+    let mut problems = Vec::new();
+    let base = validate_base(&raw, file, &mut problems);
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        return Err(fail(problems));
+    }
+    Ok(Config { base, raw })
+}

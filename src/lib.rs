@@ -32,3 +32,4 @@ pub mod model;
 pub mod poll;
 pub mod rules;
 pub mod store;
+pub mod telemetry;
