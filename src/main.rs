@@ -1,1 +1,88 @@
-fn main() {}
+//! The `clinicea-notifier` binary: parse the command line, start logging, hand over to the library.
+
+use clap::{Parser, Subcommand};
+use clinicea_notifier::app;
+use clinicea_notifier::telemetry::{self, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Signed, reliable webhooks, chat messages and staff emails for Clinicea.
+#[derive(Debug, Parser)]
+#[command(name = "clinicea-notifier", version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "CLINICEA_NOTIFIER_CONFIG",
+        default_value = "clinicea-notifier.yaml"
+    )]
+    config: PathBuf,
+    /// Log format: pretty for people, json for machines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    /// More detail in the logs (-v, -vv). Record contents appear only at -vv.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less detail in the logs (-q, -qq).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Poll every resource forever, deliver, serve /metrics, /healthz and /readyz.
+    Run,
+    /// Poll every resource once, deliver until nothing is due now, then exit (0 when every poll succeeded).
+    Once,
+    /// Validate the config, templates and environment; print what would run.
+    Check,
+    /// Show which rules match a change and print each delivery as it would be sent; sends nothing.
+    TestRule(app::TestRuleArgs),
+    /// Per resource: checkpoint and last poll; per destination: queued, retrying, dead.
+    Status,
+    /// Inspect and re-drive dead letters.
+    #[command(subcommand)]
+    Dead(app::DeadCommand),
+    /// Check a Standard Webhooks signature (for people writing receivers).
+    Verify(app::VerifyArgs),
+    /// Serve a simulated Clinicea API with generated, changing data.
+    Sandbox(app::SandboxArgs),
+    /// Run the whole product locally: sandbox, webhook receiver, SMTP catcher and the notifier.
+    Demo(app::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let verbosity = cli.verbose as i8 - cli.quiet as i8;
+    telemetry::init_tracing(cli.log_format, verbosity);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let config = cli.config;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run => app::run_command(&config).await,
+            Command::Once => app::once_command(&config).await,
+            Command::Check => app::check_command(&config),
+            Command::TestRule(args) => app::test_rule_command(&config, &args),
+            Command::Status => app::status_command(&config),
+            Command::Dead(cmd) => app::dead_command(&config, cmd).await,
+            Command::Verify(args) => app::verify_command(&args),
+            Command::Sandbox(args) => app::sandbox_command(args).await,
+            Command::Demo(args) => app::demo_command(args).await,
+        }
+    })
+}
