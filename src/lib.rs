@@ -25,4 +25,6 @@
 
 pub mod config;
 pub mod model;
+pub mod outcome;
 pub mod rules;
+pub mod webhook;
