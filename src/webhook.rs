@@ -684,4 +684,271 @@ mod tests {
         assert_eq!(human(Duration::from_millis(300)), "300ms");
         assert_eq!(human(Duration::from_millis(1500)), "1.5s");
     }
+
+    mod loopback {
+        use super::super::*;
+        use axum::body::Bytes as AxBytes;
+        use axum::extract::State;
+        use axum::http::{StatusCode, Uri};
+        use axum::response::{IntoResponse, Response};
+        use std::net::SocketAddr;
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+        /// Every request the test server saw: path and query, headers, body.
+        type Seen = Arc<Mutex<Vec<(String, HeaderMap, AxBytes)>>>;
+
+        async fn handler(
+            State(seen): State<Seen>,
+            uri: Uri,
+            headers: HeaderMap,
+            body: AxBytes,
+        ) -> Response {
+            seen.lock().unwrap().push((uri.to_string(), headers, body));
+            match uri.path() {
+                "/ok" => (StatusCode::OK, "thanks").into_response(),
+                "/500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+                "/429" => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "2")],
+                    "slow down",
+                )
+                    .into_response(),
+                "/400" => (StatusCode::BAD_REQUEST, "bad").into_response(),
+                "/302" => (
+                    StatusCode::FOUND,
+                    [("location", "/target?token=SECRET")],
+                    "",
+                )
+                    .into_response(),
+                "/slow" => {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    (StatusCode::OK, "late").into_response()
+                }
+                "/big" => (StatusCode::OK, "é".repeat(512 * 1024)).into_response(),
+                _ => (StatusCode::NOT_FOUND, "target").into_response(),
+            }
+        }
+
+        async fn server() -> (SocketAddr, Seen) {
+            let seen: Seen = Arc::default();
+            let app = axum::Router::new()
+                .fallback(handler)
+                .with_state(seen.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            (addr, seen)
+        }
+
+        fn target(addr: SocketAddr, path: &str, timeout: Duration) -> WebhookTarget {
+            WebhookTarget {
+                name: "test".into(),
+                url: url::Url::parse(&format!("http://{addr}{path}")).unwrap(),
+                secrets: vec![Secret::parse(SECRET).unwrap()],
+                headers: vec![
+                    (
+                        HeaderName::from_static("x-extra"),
+                        HeaderValue::from_static("yes"),
+                    ),
+                    // Extra headers cannot forge the signed ones.
+                    (
+                        HeaderName::from_static("webhook-id"),
+                        HeaderValue::from_static("forged"),
+                    ),
+                ],
+                timeout,
+            }
+        }
+
+        const BODY: &[u8] = br#"{"type":"leads.added","data":{"id":"42"}}"#;
+
+        async fn send_to(addr: SocketAddr, path: &str, timeout: Duration) -> AttemptReport {
+            let c = client().unwrap();
+            let t = target(addr, path, timeout);
+            send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await
+        }
+
+        #[tokio::test]
+        async fn success_is_signed_and_verifiable() {
+            let (addr, seen) = server().await;
+            let r = send_to(addr, "/ok", Duration::from_secs(5)).await;
+            assert_eq!(r.verdict, Verdict::Success);
+            assert_eq!(r.status, Some(200));
+            assert_eq!(r.response, "thanks");
+            let r2 = send_to(addr, "/ok", Duration::from_secs(5)).await;
+            assert_eq!(r2.verdict, Verdict::Success);
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 2);
+            let theirs = standardwebhooks::Webhook::new(SECRET).unwrap();
+            for (_, headers, body) in seen.iter() {
+                assert_eq!(&body[..], BODY);
+                theirs.verify(body, headers).unwrap();
+                assert_eq!(headers["webhook-id"], "msg_abc");
+                assert_eq!(headers.get_all("webhook-id").iter().count(), 1);
+                assert_eq!(headers["content-type"], "application/json");
+                assert_eq!(headers["x-extra"], "yes");
+                assert_eq!(headers["user-agent"], USER_AGENT_VALUE);
+                assert!(headers["webhook-signature"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("v1,"));
+            }
+        }
+
+        #[tokio::test]
+        async fn statuses_are_classified() {
+            let (addr, seen) = server().await;
+            let t = Duration::from_secs(5);
+            let r = send_to(addr, "/500", t).await;
+            assert_eq!(
+                r.verdict,
+                Verdict::Retry {
+                    reason: "HTTP 500 Internal Server Error".into(),
+                    retry_after: None
+                }
+            );
+            assert_eq!((r.status, r.response.as_str()), (Some(500), "boom"));
+            let r = send_to(addr, "/429", t).await;
+            assert_eq!(
+                r.verdict,
+                Verdict::Retry {
+                    reason: "HTTP 429 Too Many Requests".into(),
+                    retry_after: Some(Duration::from_secs(2))
+                }
+            );
+            let r = send_to(addr, "/400", t).await;
+            assert!(matches!(r.verdict, Verdict::Fail { .. }), "{r:?}");
+            assert_eq!(r.status, Some(400));
+            let r = send_to(addr, "/302", t).await;
+            let Verdict::Fail { reason } = &r.verdict else {
+                panic!("{r:?}")
+            };
+            assert!(
+                reason.contains("not followed") && !reason.contains("SECRET"),
+                "{reason}"
+            );
+            assert_eq!(r.status, Some(302));
+            // The redirect target was never requested.
+            let paths: Vec<String> = seen.lock().unwrap().iter().map(|s| s.0.clone()).collect();
+            assert_eq!(paths, ["/500", "/429", "/400", "/302"]);
+        }
+
+        #[tokio::test]
+        async fn timeout_is_retried() {
+            let (addr, _) = server().await;
+            let r = send_to(addr, "/slow", Duration::from_millis(300)).await;
+            assert_eq!(
+                r.verdict,
+                Verdict::Retry {
+                    reason: "timed out after 300ms".into(),
+                    retry_after: None
+                }
+            );
+            assert_eq!(r.status, None);
+            assert!(r.duration < Duration::from_secs(2), "{:?}", r.duration);
+        }
+
+        #[tokio::test]
+        async fn connection_refused_is_retried() {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            drop(listener);
+            let c = client().unwrap();
+            let mut t = target(addr, "/hook", Duration::from_secs(5));
+            t.url = url::Url::parse(&format!("http://{addr}/hook/TOKEN?key=SECRET")).unwrap();
+            let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;
+            let Verdict::Retry { reason, .. } = &r.verdict else {
+                panic!("{r:?}")
+            };
+            assert_eq!(reason, "connection refused");
+            assert_eq!(r.status, None);
+        }
+
+        #[tokio::test]
+        async fn dropped_connection_is_retried() {
+            // A server that accepts, reads the request and hangs up without answering.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 8192];
+                let _ = sock.read(&mut buf).await;
+                drop(sock);
+            });
+            let r = send_to(addr, "/hook?token=SECRET", Duration::from_secs(5)).await;
+            let Verdict::Retry { reason, .. } = &r.verdict else {
+                panic!("{r:?}")
+            };
+            eprintln!("dropped connection reason: {reason}");
+            assert!(
+                !reason.contains("SECRET") && !reason.contains("127.0.0.1"),
+                "{reason}"
+            );
+        }
+
+        #[tokio::test]
+        async fn dns_failure_is_retried() {
+            let c = client().unwrap();
+            let mut t = target("127.0.0.1:1".parse().unwrap(), "/", Duration::from_secs(5));
+            t.url = url::Url::parse("https://no-such-host.invalid/hook?token=SECRET").unwrap();
+            let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;
+            let Verdict::Retry { reason, .. } = &r.verdict else {
+                panic!("{r:?}")
+            };
+            eprintln!("dns failure reason: {reason}");
+            assert!(!reason.contains("SECRET"), "{reason}");
+        }
+
+        #[tokio::test]
+        async fn big_response_is_cut() {
+            let (addr, _) = server().await;
+            let r = send_to(addr, "/big", Duration::from_secs(10)).await;
+            assert_eq!(r.verdict, Verdict::Success);
+            // "é" is two bytes, so 4096 bytes hold exactly 2048 of them.
+            assert_eq!(r.response.len(), RESPONSE_SNIPPET_BYTES);
+            assert!(r.response.chars().all(|c| c == 'é'));
+        }
+
+        #[tokio::test]
+        async fn endless_response_is_not_buffered() {
+            // A raw server answering 200 with a body that never ends.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n")
+                    .await;
+                let chunk = vec![b'x'; 64 * 1024];
+                while sock.write_all(&chunk).await.is_ok() {}
+            });
+            let r = send_to(addr, "/endless", Duration::from_secs(20)).await;
+            assert_eq!(r.verdict, Verdict::Success);
+            assert_eq!(r.response.len(), RESPONSE_SNIPPET_BYTES);
+            assert!(r.duration < Duration::from_secs(10), "{:?}", r.duration);
+        }
+
+        #[tokio::test]
+        async fn refuses_without_secrets() {
+            let (addr, seen) = server().await;
+            let c = client().unwrap();
+            let mut t = target(addr, "/ok", Duration::from_secs(5));
+            t.secrets.clear();
+            let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;
+            assert!(matches!(r.verdict, Verdict::Fail { .. }));
+            assert!(seen.lock().unwrap().is_empty());
+        }
+    }
 }
