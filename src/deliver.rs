@@ -1,8 +1,29 @@
 //! Durable delivery: outbox entries, the per-destination workers that deliver what is due, retries
 //! with jitter, the attempts log and the dead letters.
+//!
+//! Each destination has its own worker with its own queue (a heap of due times, rebuilt from the
+//! outbox at start) and its own concurrency limit, so a slow or failing destination never delays
+//! another. The step function [`Deliverer::attempt`] makes one attempt of one entry and records its
+//! outcome; [`Deliverer::deliver_due`] runs every due entry of one destination (what `once` and the
+//! tests call), and [`Deliverer::run_destination`] wraps the same step in a loop with `select!` on
+//! a cancellation token.
 
-use crate::model::Change;
+use crate::chat::{self, ChatKind};
+use crate::config::{Problem, RawDestination, RawRetry};
+use crate::email::{EmailMessage, Mailer};
+use crate::model::{AttemptReport, Change, Verdict};
+use crate::outcome::RetryPolicy;
+use crate::render::{self, Templates};
+use crate::rules::RuleSet;
+use crate::store::{Store, StoreError};
+use crate::webhook::{self, WebhookTarget};
 use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// What is sent, rendered once when the change is detected: what is signed is exactly what is sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,17 +144,841 @@ impl Planned {
     }
 }
 
+/// How long shutdown waits for attempts in flight before leaving them queued.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The longest a worker sleeps before looking at its queue again, so a clock jump heals itself.
+pub const MAX_IDLE_SLEEP: Duration = Duration::from_secs(30);
+/// Default requests in flight per webhook destination.
+pub const DEFAULT_WEBHOOK_CONCURRENCY: usize = 8;
+/// Default messages in flight per email destination.
+pub const DEFAULT_EMAIL_CONCURRENCY: usize = 2;
+/// Default per-request timeout of webhook and chat destinations.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where a destination sends, validated.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A signed webhook.
+    Webhook(WebhookTarget),
+    /// Email, one delivery per recipient.
+    Email {
+        /// Inline template names of the recipients.
+        to: Vec<String>,
+        /// Inline template name of the subject.
+        subject: String,
+        /// Template base name (`NAME.txt`, optional `NAME.html`).
+        template: String,
+        /// The From address.
+        from: String,
+        /// An optional Reply-To.
+        reply_to: Option<String>,
+    },
+    /// A chat service webhook.
+    Chat {
+        /// Which service.
+        kind: ChatKind,
+        /// The webhook URL (a secret: never logged).
+        url: url::Url,
+        /// Template base name (`NAME.txt`).
+        template: String,
+        /// Per-request timeout.
+        timeout: Duration,
+    },
+}
+
+/// A validated destination.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The name from the config.
+    pub name: String,
+    /// Where and how it sends.
+    pub target: Target,
+    /// Its retry schedule.
+    pub retry: RetryPolicy,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// The least time between two sends (chat services' rate limits).
+    pub min_interval: Duration,
+}
+
+/// Builds a retry policy from the config (the default when absent).
+pub fn retry_policy(raw: Option<&RawRetry>, default: &RetryPolicy) -> Result<RetryPolicy, String> {
+    let Some(r) = raw else {
+        return Ok(default.clone());
+    };
+    let jitter = r.jitter.unwrap_or(0.2);
+    if !(0.0..=1.0).contains(&jitter) {
+        return Err(format!("jitter must be between 0 and 1, not {jitter}"));
+    }
+    Ok(RetryPolicy {
+        schedule: r.schedule.iter().map(|d| d.0).collect(),
+        jitter,
+    })
+}
+
+impl Destination {
+    /// Validates one `destinations:` entry; templates for subjects and recipients are registered
+    /// into `templates`.
+    pub fn from_raw(
+        name: &str,
+        raw: &RawDestination,
+        line: Option<u64>,
+        default_retry: &RetryPolicy,
+        smtp_from: Option<&str>,
+        templates: &mut Templates,
+    ) -> Result<Destination, Vec<Problem>> {
+        let key = |k: &str| format!("destinations.{name}.{k}");
+        let mut problems = Vec::new();
+        if !crate::config::valid_name(name) {
+            problems.push(Problem::at(line, format!("destinations.{name}"), "a destination name may use only letters, digits, '-', '_' and '.'"));
+        }
+        let parse_url = |u: &str, insecure: bool, problems: &mut Vec<Problem>| -> Option<url::Url> {
+            match url::Url::parse(u) {
+                Ok(url) => match webhook::check_url(&url, insecure) {
+                    Ok(()) => Some(url),
+                    Err(e) => {
+                        problems.push(Problem::at(line, key("url"), e));
+                        None
+                    }
+                },
+                // The URL may be a secret (chat webhooks): do not echo it.
+                Err(e) => {
+                    problems.push(Problem::at(line, key("url"), format!("not a valid URL ({e})")));
+                    None
+                }
+            }
+        };
+        let retry_raw = match raw {
+            RawDestination::Webhook(w) => w.retry.as_ref(),
+            RawDestination::Email(e) => e.retry.as_ref(),
+            RawDestination::Slack(c)
+            | RawDestination::Teams(c)
+            | RawDestination::Discord(c)
+            | RawDestination::GoogleChat(c) => c.retry.as_ref(),
+        };
+        let retry = retry_policy(retry_raw, default_retry).unwrap_or_else(|e| {
+            problems.push(Problem::at(line, key("retry"), e));
+            default_retry.clone()
+        });
+        let mut concurrency = 1;
+        let mut min_interval = Duration::ZERO;
+        let target = match raw {
+            RawDestination::Webhook(w) => {
+                let url = parse_url(&w.url, w.allow_insecure_http, &mut problems);
+                let mut secrets = Vec::new();
+                for (i, s) in w.secret.to_vec().iter().enumerate() {
+                    match webhook::Secret::parse(s) {
+                        Ok(sec) => secrets.push(sec),
+                        Err(e) => problems.push(Problem::at(line, format!("{}[{i}]", key("secret")), e.to_string())),
+                    }
+                }
+                let mut headers = Vec::new();
+                for (h, v) in &w.headers {
+                    match (
+                        reqwest::header::HeaderName::from_bytes(h.as_bytes()),
+                        reqwest::header::HeaderValue::from_str(v),
+                    ) {
+                        (Ok(hn), Ok(hv)) => headers.push((hn, hv)),
+                        _ => problems.push(Problem::at(line, format!("{}.{h}", key("headers")), "not a valid HTTP header")),
+                    }
+                }
+                concurrency = w.concurrency.unwrap_or(DEFAULT_WEBHOOK_CONCURRENCY).max(1);
+                url.map(|url| {
+                    Target::Webhook(WebhookTarget {
+                        name: name.to_string(),
+                        url,
+                        secrets,
+                        headers,
+                        timeout: w.timeout.map_or(DEFAULT_HTTP_TIMEOUT, |d| d.0),
+                    })
+                })
+            }
+            RawDestination::Email(e) => {
+                concurrency = e.concurrency.unwrap_or(DEFAULT_EMAIL_CONCURRENCY).max(1);
+                let from = match e.from.as_deref().or(smtp_from) {
+                    Some(f) => f.to_string(),
+                    None => {
+                        problems.push(Problem::at(line, key("from"), "an email destination needs an smtp: section (or its own from:)"));
+                        String::new()
+                    }
+                };
+                if smtp_from.is_none() {
+                    problems.push(Problem::at(line, format!("destinations.{name}"), "email destinations need an smtp: section"));
+                }
+                if !from.is_empty() {
+                    if let Err(err) = crate::email::validate_address(&from) {
+                        problems.push(Problem::at(line, key("from"), err));
+                    }
+                }
+                let mut to = Vec::new();
+                let recipients = e.to.to_vec();
+                if recipients.is_empty() {
+                    problems.push(Problem::at(line, key("to"), "needs at least one recipient"));
+                }
+                for (i, r) in recipients.iter().enumerate() {
+                    let tname = format!("destination:{name}:to:{i}");
+                    if !r.contains("{{") {
+                        if let Err(err) = crate::email::validate_address(r) {
+                            problems.push(Problem::at(line, format!("{}[{i}]", key("to")), err));
+                        }
+                    }
+                    if let Err(mut p) = templates.register_inline(&tname, r) {
+                        p.line = p.line.or(line);
+                        p.key = format!("{}[{i}]", key("to"));
+                        problems.push(p);
+                    }
+                    to.push(tname);
+                }
+                let subject = format!("destination:{name}:subject");
+                if let Err(mut p) = templates.register_inline(&subject, &e.subject) {
+                    p.line = p.line.or(line);
+                    p.key = key("subject");
+                    problems.push(p);
+                }
+                if !templates.has(&format!("{}.txt", e.template.as_str())) {
+                    problems.push(Problem::at(line, key("template"), format!("no template {:?} (expected {}.txt.hbs in the templates folder or built in)", e.template.as_str(), e.template.as_str())));
+                }
+                Some(Target::Email {
+                    to,
+                    subject,
+                    template: e.template.0.clone(),
+                    from,
+                    reply_to: e.reply_to.as_ref().map(|r| r.0.clone()),
+                })
+            }
+            RawDestination::Slack(c)
+            | RawDestination::Teams(c)
+            | RawDestination::Discord(c)
+            | RawDestination::GoogleChat(c) => {
+                let kind = match raw {
+                    RawDestination::Slack(_) => ChatKind::Slack,
+                    RawDestination::Teams(_) => ChatKind::Teams,
+                    RawDestination::Discord(_) => ChatKind::Discord,
+                    _ => ChatKind::GoogleChat,
+                };
+                min_interval = chat::min_interval(kind);
+                if !templates.has(&format!("{}.txt", c.template.as_str())) {
+                    problems.push(Problem::at(line, key("template"), format!("no template {:?} (expected {}.txt.hbs)", c.template.as_str(), c.template.as_str())));
+                }
+                parse_url(&c.url, c.allow_insecure_http, &mut problems).map(|url| Target::Chat {
+                    kind,
+                    url,
+                    template: c.template.0.clone(),
+                    timeout: c.timeout.map_or(DEFAULT_HTTP_TIMEOUT, |d| d.0),
+                })
+            }
+        };
+        match target {
+            Some(target) if problems.is_empty() => Ok(Destination {
+                name: name.to_string(),
+                target,
+                retry,
+                concurrency,
+                min_interval,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// A short word for the destination's type.
+    pub fn kind_str(&self) -> &'static str {
+        match &self.target {
+            Target::Webhook(_) => "webhook",
+            Target::Email { .. } => "email",
+            Target::Chat { kind, .. } => kind.as_str(),
+        }
+    }
+}
+
+/// The JSON body of a webhook: the spec's envelope around the change model.
+pub fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
+    let body = serde_json::json!({
+        "type": change.event_type(),
+        "timestamp": change.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "data": {
+            "resource": change.resource,
+            "change": change.kind,
+            "id": change.id,
+            "record": change.record,
+            "previous": change.previous,
+            "changed_fields": change.changed_fields,
+            "server_status": change.server_status,
+            "rule": rule,
+            "rules": rules,
+        }
+    });
+    body.to_string()
+}
+
 /// Rules, templates and destinations: what turns a change into planned deliveries.
-pub struct Pipeline {}
+pub struct Pipeline {
+    /// The compiled rules.
+    pub rules: RuleSet,
+    /// The registered templates.
+    pub templates: Templates,
+    /// Destinations by name.
+    pub destinations: HashMap<String, Arc<Destination>>,
+    /// The clinic's zone, for templates.
+    pub timezone: chrono_tz::Tz,
+}
 
 impl Pipeline {
-    /// A pipeline with no rules: changes are journaled, nothing is delivered.
-    pub fn empty() -> Pipeline {
-        Pipeline {}
+    /// The deliveries a change should produce: one per destination whose rules match, one per
+    /// recipient for email.
+    pub fn plan(&self, change: &Change) -> Vec<Planned> {
+        let routes = self.rules.route(change);
+        let mut out = Vec::with_capacity(routes.len());
+        for route in routes {
+            let Some(dest) = self.destinations.get(&route.destination) else {
+                continue;
+            };
+            let mut push = |payload: Result<Payload, String>| {
+                out.push(Planned {
+                    destination: dest.name.clone(),
+                    rule: route.rule.clone(),
+                    payload,
+                })
+            };
+            match &dest.target {
+                Target::Webhook(_) => push(Ok(Payload::Webhook {
+                    body: webhook_body(change, &route.rule, &route.rules),
+                })),
+                Target::Chat { kind, template, .. } => {
+                    let ctx = render::context(change, &route.rule, &route.rules, &dest.name, self.timezone);
+                    let name = format!("{template}.txt");
+                    push(
+                        self.templates
+                            .render(&name, &ctx)
+                            .map(|text| Payload::Chat {
+                                body: String::from_utf8_lossy(&chat::body(*kind, &text)).into_owned(),
+                            })
+                            .map_err(|e| format!("template {name}: {e}")),
+                    )
+                }
+                Target::Email {
+                    to,
+                    subject,
+                    template,
+                    from,
+                    reply_to,
+                } => {
+                    let ctx = render::context(change, &route.rule, &route.rules, &dest.name, self.timezone);
+                    let rendered = (|| -> Result<(String, String, Option<String>), String> {
+                        let subj = self
+                            .templates
+                            .render(subject, &ctx)
+                            .map_err(|e| format!("subject of {}: {e}", dest.name))?;
+                        let txt_name = format!("{template}.txt");
+                        let text = self
+                            .templates
+                            .render(&txt_name, &ctx)
+                            .map_err(|e| format!("template {txt_name}: {e}"))?;
+                        let html_name = format!("{template}.html");
+                        let html = if self.templates.has(&html_name) {
+                            Some(
+                                self.templates
+                                    .render(&html_name, &ctx)
+                                    .map_err(|e| format!("template {html_name}: {e}"))?,
+                            )
+                        } else {
+                            None
+                        };
+                        Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
+                    })();
+                    for to_tpl in to {
+                        let payload = rendered.clone().and_then(|(subject, text, html)| {
+                            let addr = self
+                                .templates
+                                .render(to_tpl, &ctx)
+                                .map_err(|e| format!("recipient of {}: {e}", dest.name))?
+                                .trim()
+                                .to_string();
+                            if addr.is_empty() {
+                                return Err(format!("a recipient of {} rendered empty", dest.name));
+                            }
+                            crate::email::validate_address(&addr)
+                                .map_err(|e| format!("recipient of {}: {e}", dest.name))?;
+                            let domain = crate::email::domain_of(from);
+                            Ok(Payload::Email(EmailMessage {
+                                from: from.clone(),
+                                message_id: crate::email::message_id(
+                                    &format!("{}/{}/{}", change.change_id(), dest.name, addr),
+                                    &domain,
+                                ),
+                                to: addr,
+                                reply_to: reply_to.clone(),
+                                subject,
+                                text,
+                                html,
+                            }))
+                        });
+                        push(payload);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One attempt's line in the attempts log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    /// When it started (Unix ms).
+    pub at_ms: i64,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// HTTP status or SMTP code.
+    pub status: Option<u16>,
+    /// How long it took (ms).
+    pub duration_ms: u64,
+    /// The first 4 KiB of the response.
+    pub response: String,
+    /// Success, retry or fail, with the reason.
+    pub verdict: Verdict,
+}
+
+/// Something a delivery did, for the demo's live stream and for tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Delivered.
+    Delivered {
+        /// Destination.
+        destination: String,
+        /// Event type (`leads.added`).
+        event_type: String,
+        /// The webhook id.
+        webhook_id: String,
+        /// Attempt number.
+        attempt: u32,
+        /// Status code.
+        status: Option<u16>,
+        /// For email: the recipient; otherwise empty.
+        detail: String,
+    },
+    /// Will be retried.
+    Retrying {
+        /// Destination.
+        destination: String,
+        /// The webhook id.
+        webhook_id: String,
+        /// Attempt number that failed.
+        attempt: u32,
+        /// Why.
+        reason: String,
+        /// When the next attempt is.
+        in_ms: i64,
+    },
+    /// Went to the dead letters.
+    Dead {
+        /// Destination.
+        destination: String,
+        /// The webhook id.
+        webhook_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`Deliverer::attempt`] did with one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Delivered and removed from the outbox.
+    Delivered,
+    /// Rescheduled for this Unix ms.
+    Retry(i64),
+    /// Moved to the dead letters.
+    Dead,
+    /// Not in the outbox any more (delivered or re-driven elsewhere).
+    Gone,
+}
+
+/// Counts of what [`Deliverer::deliver_due`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Attempts made.
+    pub attempted: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Rescheduled.
+    pub retried: u64,
+    /// Dead-lettered.
+    pub dead: u64,
+}
+
+impl Outcome {
+    fn add(&mut self, s: Step) {
+        match s {
+            Step::Delivered => self.delivered += 1,
+            Step::Retry(_) => self.retried += 1,
+            Step::Dead => self.dead += 1,
+            Step::Gone => return,
+        }
+        self.attempted += 1;
+    }
+}
+
+/// Delivers outbox entries.
+#[derive(Clone)]
+pub struct Deliverer {
+    store: Store,
+    destinations: Arc<HashMap<String, Arc<Destination>>>,
+    http: reqwest::Client,
+    mailer: Option<Arc<Mailer>>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Deliverer {
+    /// A deliverer over `store` for `destinations`.
+    pub fn new(
+        store: Store,
+        destinations: HashMap<String, Arc<Destination>>,
+        mailer: Option<Arc<Mailer>>,
+    ) -> anyhow::Result<Deliverer> {
+        Ok(Deliverer {
+            store,
+            destinations: Arc::new(destinations),
+            http: webhook::client()?,
+            mailer,
+            events: None,
+        })
     }
 
-    /// The deliveries a change should produce.
-    pub fn plan(&self, _change: &Change) -> Vec<Planned> {
-        Vec::new()
+    /// Sends [`Event`]s to `tx` as deliveries happen.
+    pub fn with_events(mut self, tx: mpsc::UnboundedSender<Event>) -> Self {
+        self.events = Some(tx);
+        self
     }
+
+    /// The destinations by name.
+    pub fn destinations(&self) -> &HashMap<String, Arc<Destination>> {
+        &self.destinations
+    }
+
+    fn emit(&self, e: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    async fn send(&self, dest: &Destination, entry: &OutboxEntry) -> AttemptReport {
+        let fail = |reason: String| AttemptReport {
+            verdict: Verdict::Fail { reason },
+            status: None,
+            response: String::new(),
+            duration: Duration::ZERO,
+        };
+        match (&dest.target, &entry.payload) {
+            (Target::Webhook(t), Payload::Webhook { body }) => {
+                webhook::send(&self.http, t, &entry.webhook_id, bytes::Bytes::from(body.clone().into_bytes())).await
+            }
+            (Target::Chat { kind, url, timeout, .. }, Payload::Chat { body }) => {
+                chat::send(&self.http, *kind, url, body.clone().into_bytes(), *timeout).await
+            }
+            (Target::Email { .. }, Payload::Email(msg)) => match &self.mailer {
+                Some(m) => m.send(msg).await,
+                None => fail("no smtp: section is configured".into()),
+            },
+            _ => fail(format!(
+                "the entry's payload does not fit destination {} (its type changed in the config?)",
+                dest.name
+            )),
+        }
+    }
+
+    /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
+    /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
+    /// when its schedule is spent.
+    pub async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+        let Some(raw) = self.store.outbox_get(destination, seq)? else {
+            return Ok(Step::Gone);
+        };
+        let mut entry: OutboxEntry = serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
+            what: "outbox entry",
+            source,
+        })?;
+        let Some(dest) = self.destinations.get(destination).cloned() else {
+            // The destination was removed from the config: keep the entry, visibly, as a dead letter.
+            let reason = format!("destination {destination} is no longer in the config");
+            self.to_dead(&entry, reason)?;
+            return Ok(Step::Dead);
+        };
+        let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
+        let _enter = span.enter();
+        let started_ms = now_ms();
+        let report = self.send(&dest, &entry).await;
+        entry.attempts += 1;
+        let labels = [("destination", destination.to_string())];
+        metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels).record(report.duration.as_secs_f64());
+        let log = AttemptLog {
+            at_ms: started_ms,
+            attempt: entry.attempts,
+            status: report.status,
+            duration_ms: report.duration.as_millis() as u64,
+            response: report.response.clone(),
+            verdict: report.verdict.clone(),
+        };
+        let detail = match &entry.payload {
+            Payload::Email(m) => m.to.clone(),
+            _ => String::new(),
+        };
+        match report.verdict {
+            Verdict::Success => {
+                self.store.outbox_remove(destination, seq)?;
+                self.store.forget_attempts(seq)?;
+                metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
+                metrics::histogram!("clinicea_delivery_latency_seconds", &labels)
+                    .record((now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
+                tracing::info!(status = ?report.status, "delivered");
+                self.emit(Event::Delivered {
+                    destination: destination.to_string(),
+                    event_type: entry.event_type.clone(),
+                    webhook_id: entry.webhook_id.clone(),
+                    attempt: entry.attempts,
+                    status: report.status,
+                    detail,
+                });
+                Ok(Step::Delivered)
+            }
+            Verdict::Retry { reason, retry_after } => {
+                self.store.log_attempt(seq, entry.attempts, &serde_json::to_vec(&log).unwrap_or_default())?;
+                let delay = dest
+                    .retry
+                    .next_delay(entry.attempts, retry_after, &mut rand::thread_rng());
+                match delay {
+                    Some(d) => {
+                        entry.next_attempt_ms = now_ms() + d.as_millis() as i64;
+                        self.store
+                            .outbox_put(destination, seq, &serde_json::to_vec(&entry).unwrap_or_default())?;
+                        metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "retry").increment(1);
+                        tracing::warn!(status = ?report.status, %reason, retry_in = ?d, "delivery failed; will retry");
+                        self.emit(Event::Retrying {
+                            destination: destination.to_string(),
+                            webhook_id: entry.webhook_id.clone(),
+                            attempt: entry.attempts,
+                            reason,
+                            in_ms: d.as_millis() as i64,
+                        });
+                        Ok(Step::Retry(entry.next_attempt_ms))
+                    }
+                    None => {
+                        let reason = format!("retry schedule spent after {} attempts; last error: {reason}", entry.attempts);
+                        self.to_dead(&entry, reason)?;
+                        Ok(Step::Dead)
+                    }
+                }
+            }
+            Verdict::Fail { reason } => {
+                self.store.log_attempt(seq, entry.attempts, &serde_json::to_vec(&log).unwrap_or_default())?;
+                self.to_dead(&entry, reason)?;
+                Ok(Step::Dead)
+            }
+        }
+    }
+
+    fn to_dead(&self, entry: &OutboxEntry, reason: String) -> Result<(), StoreError> {
+        tracing::error!(destination = %entry.destination, webhook_id = %entry.webhook_id, %reason, "delivery moved to the dead letters");
+        metrics::counter!("clinicea_deliveries_total", "destination" => entry.destination.clone(), "outcome" => "dead").increment(1);
+        metrics::counter!("clinicea_dead_letters_total", "destination" => entry.destination.clone()).increment(1);
+        let dead = DeadLetter {
+            entry: entry.clone(),
+            reason: reason.clone(),
+            died_ms: now_ms(),
+        };
+        self.store
+            .outbox_to_dead(&entry.destination, entry.seq, &serde_json::to_vec(&dead).unwrap_or_default())?;
+        self.emit(Event::Dead {
+            destination: entry.destination.clone(),
+            webhook_id: entry.webhook_id.clone(),
+            reason,
+        });
+        Ok(())
+    }
+
+    /// The due entries of a destination, oldest first: (due ms, seq).
+    fn due_entries(&self, destination: &str, now: i64) -> Result<Vec<(i64, u64)>, StoreError> {
+        let mut due = Vec::new();
+        for (seq, raw) in self.store.outbox_entries(destination)? {
+            match serde_json::from_slice::<DueOnly>(&raw) {
+                Ok(d) if d.next_attempt_ms <= now => due.push((d.next_attempt_ms, seq)),
+                Ok(_) => {}
+                Err(source) => return Err(StoreError::Decode { what: "outbox entry", source }),
+            }
+        }
+        due.sort_unstable();
+        Ok(due)
+    }
+
+    /// Attempts every entry of `destination` that is due now, within its concurrency limit.
+    pub async fn deliver_due(&self, destination: &str) -> Result<Outcome, StoreError> {
+        let due = self.due_entries(destination, now_ms())?;
+        let limit = self
+            .destinations
+            .get(destination)
+            .map_or(1, |d| d.concurrency.max(1));
+        let min_interval = self
+            .destinations
+            .get(destination)
+            .map_or(Duration::ZERO, |d| d.min_interval);
+        let mut out = Outcome::default();
+        let mut set = tokio::task::JoinSet::new();
+        let sem = Arc::new(Semaphore::new(limit));
+        for (_, seq) in due {
+            let permit = sem.clone().acquire_owned().await.map_err(|_| StoreError::Decode {
+                what: "semaphore",
+                source: serde_json::Error::io(std::io::Error::other("closed")),
+            })?;
+            let me = self.clone();
+            let dest = destination.to_string();
+            set.spawn(async move {
+                let r = me.attempt(&dest, seq).await;
+                drop(permit);
+                r
+            });
+            if !min_interval.is_zero() {
+                tokio::time::sleep(min_interval).await;
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(step) => out.add(step?),
+                Err(e) => tracing::error!("a delivery task panicked: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attempts everything due now in every destination, destinations side by side, until nothing
+    /// is due now (entries rescheduled for later stay queued).
+    pub async fn deliver_all_due(&self) -> Result<Outcome, StoreError> {
+        let mut total = Outcome::default();
+        loop {
+            let mut set = tokio::task::JoinSet::new();
+            for name in self.destinations.keys() {
+                let me = self.clone();
+                let name = name.clone();
+                set.spawn(async move { me.deliver_due(&name).await });
+            }
+            let mut round = Outcome::default();
+            while let Some(r) = set.join_next().await {
+                if let Ok(o) = r {
+                    let o = o?;
+                    round.attempted += o.attempted;
+                    round.delivered += o.delivered;
+                    round.retried += o.retried;
+                    round.dead += o.dead;
+                }
+            }
+            total.attempted += round.attempted;
+            total.delivered += round.delivered;
+            total.retried += round.retried;
+            total.dead += round.dead;
+            if round.attempted == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The worker of one destination: keeps a heap of due times (rebuilt from the outbox), takes
+    /// new entries from `wake`, and attempts what is due within the concurrency limit until
+    /// `cancel` fires; then it lets attempts in flight finish within [`SHUTDOWN_GRACE`].
+    pub async fn run_destination(
+        self,
+        destination: String,
+        mut wake: mpsc::UnboundedReceiver<Wake>,
+        cancel: CancellationToken,
+    ) {
+        let mut heap: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
+        match self.store.outbox_entries(&destination) {
+            Ok(entries) => {
+                for (seq, raw) in entries {
+                    if let Ok(d) = serde_json::from_slice::<DueOnly>(&raw) {
+                        heap.push(Reverse((d.next_attempt_ms, seq)));
+                    }
+                }
+            }
+            Err(e) => tracing::error!(destination = %destination, "cannot read the outbox: {e}"),
+        }
+        let (limit, min_interval) = self
+            .destinations
+            .get(&destination)
+            .map_or((1, Duration::ZERO), |d| (d.concurrency.max(1), d.min_interval));
+        let mut inflight: tokio::task::JoinSet<(u64, Result<Step, StoreError>)> = tokio::task::JoinSet::new();
+        let mut last_send = tokio::time::Instant::now() - min_interval;
+        loop {
+            // Start what is due, within the limit and the service's rate.
+            let now = now_ms();
+            while inflight.len() < limit {
+                match heap.peek() {
+                    Some(Reverse((due, _))) if *due <= now => {}
+                    _ => break,
+                }
+                if !min_interval.is_zero() && last_send.elapsed() < min_interval {
+                    break;
+                }
+                let Some(Reverse((_, seq))) = heap.pop() else { break };
+                let me = self.clone();
+                let dest = destination.clone();
+                last_send = tokio::time::Instant::now();
+                inflight.spawn(async move { (seq, me.attempt(&dest, seq).await) });
+            }
+            let sleep_for = if inflight.len() >= limit {
+                MAX_IDLE_SLEEP
+            } else {
+                let until_due = heap
+                    .peek()
+                    .map(|Reverse((due, _))| Duration::from_millis((*due - now_ms()).max(0) as u64))
+                    .unwrap_or(MAX_IDLE_SLEEP);
+                let until_rate = min_interval.saturating_sub(last_send.elapsed());
+                until_due.max(until_rate).min(MAX_IDLE_SLEEP)
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                w = wake.recv() => match w {
+                    Some(w) => heap.push(Reverse((w.due_ms, w.seq))),
+                    None => {
+                        // No more producers; keep draining what is queued.
+                        if heap.is_empty() && inflight.is_empty() { break; }
+                        tokio::time::sleep(sleep_for).await;
+                    }
+                },
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    match done {
+                        Ok((_, Ok(Step::Retry(due)))) => {
+                            if let Ok((seq, _)) = done_seq(&done) { heap.push(Reverse((due, seq))); }
+                        }
+                        Ok((seq, Err(e))) => {
+                            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in 5s");
+                            heap.push(Reverse((now_ms() + 5000, seq)));
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(destination = %destination, "a delivery task panicked: {e}"),
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for) => {}
+            }
+        }
+        // Shutdown: attempts in flight may finish; the rest stays queued in the outbox.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+fn done_seq(done: &Result<(u64, Result<Step, StoreError>), tokio::task::JoinError>) -> Result<(u64, ()), ()> {
+    match done {
+        Ok((seq, _)) => Ok((*seq, ())),
+        Err(_) => Err(()),
+    }
+}
+
+/// Reads only the due time of an outbox entry.
+#[derive(Deserialize)]
+struct DueOnly {
+    next_attempt_ms: i64,
 }

@@ -1,0 +1,1162 @@
+//! The commands: each builds what it needs from the config and runs it. `main.rs` only parses the
+//! command line and calls these.
+
+use crate::clinicea::Client;
+use crate::config::{self, Base, Config, ConfigError, Problem};
+use crate::deliver::{DeadLetter, Deliverer, Destination, OutboxEntry, Pipeline, Wake};
+use crate::email::{Mailer, SmtpSettings};
+use crate::outcome::RetryPolicy;
+use crate::poll::{self, PollCtx, PollError, PollReport};
+use crate::render::Templates;
+use crate::rules::{self, CompileContext};
+use crate::store::Store;
+use anyhow::Context;
+use chrono::Utc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A config compiled all the way: rules, templates, destinations, SMTP.
+pub struct Settings {
+    /// Clinicea, resources, store, listen.
+    pub base: Base,
+    /// Rules, templates and destinations.
+    pub pipeline: Arc<Pipeline>,
+    /// The SMTP server, when email destinations exist.
+    pub smtp: Option<SmtpSettings>,
+}
+
+/// Compiles a parsed config; every problem is collected, with its line.
+pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
+    let Config { base, raw } = cfg;
+    let file = base.file.clone();
+    let mut problems: Vec<Problem> = Vec::new();
+    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    let mut templates = match Templates::load(base.templates_dir.as_deref()) {
+        Ok(t) => t,
+        Err(ps) => {
+            problems.extend(ps);
+            Templates::shipped().unwrap_or_else(|ps| {
+                problems.extend(ps);
+                // The shipped templates are tested; this only keeps going to report more problems.
+                Templates::load(None).unwrap_or_else(|_| unreachable_templates())
+            })
+        }
+    };
+    let default_retry = match &raw.retry {
+        Some(r) => crate::deliver::retry_policy(Some(&r.value), &RetryPolicy::default())
+            .unwrap_or_else(|e| {
+                problems.push(Problem::at(config::line_of(r), "retry", e));
+                RetryPolicy::default()
+            }),
+        None => RetryPolicy::default(),
+    };
+    let smtp = raw.smtp.as_ref().and_then(|s| {
+        match SmtpSettings::from_raw(&s.value, &base_dir) {
+            Ok(v) => Some(v),
+            Err(mut p) => {
+                p.line = p.line.or(config::line_of(s));
+                problems.push(p);
+                None
+            }
+        }
+    });
+    let smtp_from = raw.smtp.as_ref().map(|s| s.value.from.0.clone());
+    if let Some(from) = &smtp_from {
+        if let Err(e) = crate::email::validate_address(from) {
+            problems.push(Problem::at(
+                raw.smtp.as_ref().and_then(config::line_of),
+                "smtp.from",
+                e,
+            ));
+        }
+    }
+    let mut destinations = HashMap::new();
+    for (name, spanned) in &raw.destinations {
+        match Destination::from_raw(
+            name,
+            &spanned.value,
+            config::line_of(spanned),
+            &default_retry,
+            smtp_from.as_deref(),
+            &mut templates,
+        ) {
+            Ok(d) => {
+                destinations.insert(name.clone(), Arc::new(d));
+            }
+            Err(ps) => problems.extend(ps),
+        }
+    }
+    let dest_names: Vec<String> = raw.destinations.keys().cloned().collect();
+    let resource_names: Vec<String> = base.resources.iter().map(|r| r.name.clone()).collect();
+    let rules = match rules::compile(
+        &raw.rules,
+        &CompileContext {
+            destinations: &dest_names,
+            resources: &resource_names,
+            timezone: base.clinicea.timezone,
+        },
+    ) {
+        Ok(r) => Some(r),
+        Err(ps) => {
+            problems.extend(ps);
+            None
+        }
+    };
+    // Render every template a rule uses against a sample record of the rule's resource, so a
+    // missing field or a helper error shows now and not at 3 a.m.
+    if let Some(rules) = &rules {
+        for (rule_resource, dest) in rules.resource_destinations() {
+            let Some(d) = destinations.get(&dest) else {
+                continue;
+            };
+            let resource = if rule_resource == "*" {
+                resource_names.first().cloned().unwrap_or_default()
+            } else {
+                rule_resource
+            };
+            let names: Vec<String> = match &d.target {
+                crate::deliver::Target::Webhook(_) => vec![],
+                crate::deliver::Target::Chat { template, .. } => vec![format!("{template}.txt")],
+                crate::deliver::Target::Email {
+                    template, subject, ..
+                } => {
+                    let mut v = vec![format!("{template}.txt"), subject.clone()];
+                    if templates.has(&format!("{template}.html")) {
+                        v.push(format!("{template}.html"));
+                    }
+                    v
+                }
+            };
+            for n in names {
+                if let Err(mut p) = templates.check(&n, &resource) {
+                    p.message = format!(
+                        "{} (rendering for destination {dest} on a sample {resource} record)",
+                        p.message
+                    );
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        return Err(ConfigError { file, problems });
+    }
+    let pipeline = Pipeline {
+        rules: rules.unwrap_or_else(|| unreachable_rules()),
+        templates,
+        destinations,
+        timezone: base.clinicea.timezone,
+    };
+    Ok(Settings {
+        base,
+        pipeline: Arc::new(pipeline),
+        smtp,
+    })
+}
+
+#[cold]
+fn unreachable_templates() -> Templates {
+    // Only reached when the shipped templates fail to compile, which the unit tests rule out.
+    Templates::shipped().unwrap_or_else(|_| std::process::abort())
+}
+
+#[cold]
+fn unreachable_rules() -> rules::RuleSet {
+    // compile() returned problems in that case, so this is never reached.
+    std::process::abort()
+}
+
+/// Loads and compiles a config file with the process environment.
+pub fn load_settings(path: &Path) -> Result<Settings, ConfigError> {
+    load_settings_with(path, &config::env_vars())
+}
+
+/// Loads and compiles a config file with the given variables.
+pub fn load_settings_with(
+    path: &Path,
+    vars: &HashMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    compile(config::load(path, vars)?)
+}
+
+/// Everything a running notifier holds.
+pub struct Engine {
+    /// The compiled settings.
+    pub settings: Settings,
+    /// The store.
+    pub store: Store,
+    /// The API client.
+    pub client: Client,
+    /// The deliverer.
+    pub deliverer: Deliverer,
+}
+
+impl Engine {
+    /// Opens the store and builds the client and deliverer.
+    pub fn open(settings: Settings) -> anyhow::Result<Engine> {
+        let store = Store::open(&settings.base.store.path, settings.base.store.cache_bytes)?;
+        let client = Client::new(&settings.base.clinicea)?;
+        let mailer = match &settings.smtp {
+            Some(s) => Some(Arc::new(
+                Mailer::new(s.clone()).map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
+            )),
+            None => None,
+        };
+        let deliverer = Deliverer::new(
+            store.clone(),
+            settings.pipeline.destinations.clone(),
+            mailer,
+        )?;
+        Ok(Engine {
+            settings,
+            store,
+            client,
+            deliverer,
+        })
+    }
+
+    /// The poll context for this engine.
+    pub fn poll_ctx(
+        &self,
+        wake: Option<mpsc::UnboundedSender<Wake>>,
+        cancel: CancellationToken,
+    ) -> PollCtx {
+        PollCtx {
+            source: crate::model::DEFAULT_SOURCE.to_string(),
+            store: self.store.clone(),
+            client: self.client.clone(),
+            pipeline: self.settings.pipeline.clone(),
+            overlap: self.settings.base.clinicea.overlap,
+            start_from: self.settings.base.clinicea.start_from,
+            page_delay: self.settings.base.clinicea.page_delay,
+            wake,
+            cancel,
+        }
+    }
+
+    /// Polls every resource once, side by side.
+    pub async fn poll_all(&self) -> Vec<(String, Result<PollReport, PollError>)> {
+        let ctx = self.poll_ctx(None, CancellationToken::new());
+        let mut set = tokio::task::JoinSet::new();
+        for res in self.settings.base.resources.clone() {
+            let ctx = ctx.clone();
+            set.spawn(async move {
+                let r = poll::poll_resource(&ctx, &res).await;
+                (res.name.clone(), r)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// `once`: one poll of every resource, then deliver until nothing is due now.
+pub async fn once_command(config: &Path) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(config)?;
+    let engine = Engine::open(settings)?;
+    let results = engine.poll_all().await;
+    let mut ok = true;
+    for (name, r) in &results {
+        match r {
+            Ok(rep) => println!(
+                "{name}: {} pages, {} records, {} changes, {} deliveries queued{}",
+                rep.pages,
+                rep.records,
+                rep.changes,
+                rep.deliveries,
+                if rep.skipped > 0 {
+                    format!(", {} records skipped (no id)", rep.skipped)
+                } else {
+                    String::new()
+                }
+            ),
+            Err(e) => {
+                ok = false;
+                println!("{name}: poll failed: {e}");
+            }
+        }
+    }
+    let out = engine.deliverer.deliver_all_due().await?;
+    println!(
+        "deliveries: {} attempted, {} delivered, {} to retry later, {} dead",
+        out.attempted, out.delivered, out.retried, out.dead
+    );
+    engine.store.flush().await?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `check`: validate and print what would run.
+pub fn check_command(config: &Path) -> anyhow::Result<ExitCode> {
+    match load_settings(config) {
+        Ok(s) => {
+            print!("{}", summary(&s));
+            println!("{}: OK", config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// A short, secret-free summary of what a config would run.
+pub fn summary(s: &Settings) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let c = &s.base.clinicea;
+    let _ = writeln!(
+        out,
+        "Clinicea: {} (auth: {:?}, timezone {}, overlap {:?})",
+        c.base_url.origin().ascii_serialization(),
+        c.auth,
+        c.timezone,
+        c.overlap
+    );
+    let _ = writeln!(out, "Resources:");
+    for r in &s.base.resources {
+        let _ = writeln!(
+            out,
+            "  {:<14} GET {} every {:?} ({}, pages from {} by {}, {} per page)",
+            r.name, r.path, r.poll_interval, r.since_param, r.first_page, r.page_param, r.page_size
+        );
+    }
+    let _ = writeln!(out, "Destinations:");
+    let mut dests: Vec<_> = s.pipeline.destinations.values().collect();
+    dests.sort_by(|a, b| a.name.cmp(&b.name));
+    for d in dests {
+        let where_ = match &d.target {
+            crate::deliver::Target::Webhook(t) => crate::webhook::redacted_url(&t.url),
+            crate::deliver::Target::Chat { url, .. } => {
+                format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or(""))
+            }
+            crate::deliver::Target::Email { to, template, .. } => {
+                format!("{} recipient(s), template {template}", to.len())
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<11} {} (retries: {})",
+            d.name,
+            d.kind_str(),
+            where_,
+            d.retry.schedule.len()
+        );
+    }
+    let _ = writeln!(out, "Rules:");
+    for line in s.pipeline.rules.describe() {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(
+        out,
+        "Store: {}   Listen: {}",
+        s.base.store.path.display(),
+        s.base.listen
+    );
+    out
+}
+
+/// Arguments of `test-rule`.
+#[derive(Debug, clap::Args)]
+pub struct TestRuleArgs {
+    /// The resource key the record belongs to.
+    #[arg(long)]
+    pub resource: String,
+    /// A JSON file with the record as fetched now.
+    #[arg(long)]
+    pub record: PathBuf,
+    /// A JSON file with the stored version before the change.
+    #[arg(long)]
+    pub previous: Option<PathBuf>,
+}
+
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    // A fixture page (an array) is accepted: its first record is used.
+    Ok(match v {
+        serde_json::Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        other => other,
+    })
+}
+
+/// `test-rule`: which rules match, why the others do not, and each delivery as it would be sent.
+pub fn test_rule_command(config: &Path, args: &TestRuleArgs) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(config)?;
+    let Some(res) = settings
+        .base
+        .resources
+        .iter()
+        .find(|r| r.name == args.resource)
+    else {
+        anyhow::bail!(
+            "no resource {:?} in the config (have: {})",
+            args.resource,
+            settings
+                .base
+                .resources
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let record = read_json(&args.record)?;
+    let previous = args.previous.as_deref().map(read_json).transpose()?;
+    let id = crate::diff::record_id(&record, &res.id_field).map_err(|_| {
+        anyhow::anyhow!(
+            "the record has no usable id in field {:?} (set id_field for this resource)",
+            res.id_field
+        )
+    })?;
+    let spec = crate::diff::DiffSpec {
+        source: crate::model::DEFAULT_SOURCE,
+        resource: &res.name,
+        id_field: &res.id_field,
+        status_field: &res.status_field,
+    };
+    let Some(change) = crate::diff::diff(&spec, id, previous, record, Utc::now()) else {
+        println!("No change: the record is identical to the previous version, so nothing is sent.");
+        return Ok(ExitCode::SUCCESS);
+    };
+    print!("{}", describe_test(&settings, &change));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text `test-rule` prints for a change.
+pub fn describe_test(settings: &Settings, change: &crate::model::Change) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Change: {} {} (id {}), changed fields: [{}], server status: {}",
+        change.resource,
+        change.kind,
+        change.id,
+        change.changed_fields.join(", "),
+        change.server_status.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(out, "\nRules:");
+    for e in settings.pipeline.rules.explain(change) {
+        if e.matched {
+            let _ = writeln!(out, "  MATCH    {}", e.rule);
+        } else {
+            let _ = writeln!(
+                out,
+                "  no match {}: {}",
+                e.rule,
+                e.failed.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let planned = settings.pipeline.plan(change);
+    let _ = writeln!(out, "\nDeliveries ({}), nothing is sent:", planned.len());
+    for p in planned {
+        let _ = writeln!(out, "\n--- {} (rule {}) ---", p.destination, p.rule);
+        match p.payload {
+            Err(e) => {
+                let _ = writeln!(out, "  would go to the dead letters: {e}");
+            }
+            Ok(crate::deliver::Payload::Webhook { body }) => {
+                let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .unwrap_or(body);
+                let _ = writeln!(
+                    out,
+                    "POST webhook, webhook-id: {}\n{pretty}",
+                    change.change_id()
+                );
+            }
+            Ok(crate::deliver::Payload::Chat { body }) => {
+                let _ = writeln!(out, "chat message body:\n{body}");
+            }
+            Ok(crate::deliver::Payload::Email(m)) => {
+                let _ = writeln!(
+                    out,
+                    "From: {}\nTo: {}\nSubject: {}\nMessage-ID: {}\n\n{}",
+                    m.from, m.to, m.subject, m.message_id, m.text
+                );
+                if let Some(h) = m.html {
+                    let _ = writeln!(out, "\n[HTML part]\n{h}");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `status`: per resource and per destination, from the store.
+pub fn status_command(config: &Path) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(config)?;
+    let store = open_store_for_cli(&settings)?;
+    print!("{}", status_text(&settings, &store)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_store_for_cli(settings: &Settings) -> anyhow::Result<Store> {
+    Store::open(&settings.base.store.path, settings.base.store.cache_bytes).map_err(|e| match e {
+        crate::store::StoreError::Locked { path } => anyhow::anyhow!(
+            "the store at {path} is in use by a running notifier; stop it first (sled allows one process per store), or read its state from http://{}/metrics",
+            settings.base.listen
+        ),
+        other => other.into(),
+    })
+}
+
+/// The text of `status`.
+pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let source = crate::model::DEFAULT_SOURCE;
+    let now = Utc::now();
+    let _ = writeln!(out, "Resources:");
+    for r in &settings.base.resources {
+        let cp = store.checkpoint(source, &r.name)?;
+        let st = store.poll_status(source, &r.name)?;
+        let since = cp
+            .as_ref()
+            .map(|c| c.since(settings.base.clinicea.overlap).to_rfc3339())
+            .unwrap_or_else(|| "never polled".into());
+        let last = match (&st.last_finished, &st.last_error) {
+            (None, _) => "no poll yet".to_string(),
+            (Some(t), None) => format!(
+                "ok at {} ({} records, {} changes)",
+                t.to_rfc3339(),
+                st.last_records,
+                st.last_changes
+            ),
+            (Some(t), Some(e)) => format!(
+                "FAILED at {} ({} in a row): {e}",
+                t.to_rfc3339(),
+                st.consecutive_failures
+            ),
+        };
+        let stale = stale_after(settings, r);
+        let stale_note = match st.last_success {
+            Some(t)
+                if (now - t).to_std().unwrap_or_default() > stale =>
+            {
+                format!("  STALE: no successful poll for {}s", (now - t).num_seconds())
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<14} next since {since}; last poll {last}; {} records known{stale_note}",
+            r.name,
+            store.snapshot_count(source, &r.name)
+        );
+    }
+    let _ = writeln!(out, "Destinations:");
+    let mut queued: HashMap<String, (u64, u64)> = HashMap::new();
+    for (dest, _, raw) in store.all_outbox()? {
+        let e: OutboxEntry = serde_json::from_slice(&raw)?;
+        let slot = queued.entry(dest).or_default();
+        if e.attempts == 0 {
+            slot.0 += 1;
+        } else {
+            slot.1 += 1;
+        }
+    }
+    let mut dead: HashMap<String, u64> = HashMap::new();
+    for (_, raw) in store.dead_entries()? {
+        let d: DeadLetter = serde_json::from_slice(&raw)?;
+        *dead.entry(d.entry.destination).or_default() += 1;
+    }
+    let mut names: Vec<&String> = settings.pipeline.destinations.keys().collect();
+    names.sort();
+    for n in names {
+        let (q, r) = queued.get(n).copied().unwrap_or_default();
+        let d = dead.get(n).copied().unwrap_or_default();
+        let _ = writeln!(out, "  {n:<14} queued {q}, retrying {r}, dead {d}");
+    }
+    let _ = writeln!(out, "Changes in the journal: {}", store.change_count());
+    Ok(out)
+}
+
+/// How long a resource may go without a successful poll before it is stale.
+pub fn stale_after(settings: &Settings, r: &config::Resource) -> std::time::Duration {
+    settings
+        .base
+        .stale_after
+        .unwrap_or(r.poll_interval * 3)
+}
+
+/// `dead` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadCommand {
+    /// List dead letters.
+    List,
+    /// Show one dead letter with its attempts log.
+    Show {
+        /// The dead letter's id (as `dead list` prints it).
+        id: u64,
+    },
+    /// Put dead letters back in their destination's queue.
+    Retry {
+        /// Ids to re-drive.
+        ids: Vec<u64>,
+        /// Re-drive every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters.
+    Purge {
+        /// Only those that died longer ago than this (e.g. 7d).
+        #[arg(long, value_parser = parse_dur_arg)]
+        older_than: Option<std::time::Duration>,
+    },
+}
+
+fn parse_dur_arg(s: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(s)
+}
+
+/// `dead ...`.
+pub async fn dead_command(config: &Path, cmd: DeadCommand) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(config)?;
+    let store = open_store_for_cli(&settings)?;
+    let out = dead_text(&store, cmd)?;
+    store.flush().await?;
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fmt_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// Runs a `dead` subcommand against a store and returns what it prints.
+pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    match cmd {
+        DeadCommand::List => {
+            let entries = store.dead_entries()?;
+            if entries.is_empty() {
+                let _ = writeln!(out, "No dead letters.");
+            }
+            for (seq, raw) in entries {
+                let d: DeadLetter = serde_json::from_slice(&raw)?;
+                let _ = writeln!(
+                    out,
+                    "{seq}  {}  {}  {}  {} attempts  {}",
+                    fmt_ms(d.died_ms),
+                    d.entry.destination,
+                    d.entry.event_type,
+                    d.entry.attempts,
+                    d.reason
+                );
+            }
+        }
+        DeadCommand::Show { id } => {
+            let raw = store
+                .dead_get(id)?
+                .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
+            let d: DeadLetter = serde_json::from_slice(&raw)?;
+            let _ = writeln!(out, "Dead letter {id}");
+            let _ = writeln!(out, "  destination: {}", d.entry.destination);
+            let _ = writeln!(out, "  event:       {} ({} {})", d.entry.event_type, d.entry.resource, d.entry.record_id);
+            let _ = writeln!(out, "  webhook-id:  {}", d.entry.webhook_id);
+            let _ = writeln!(out, "  rule:        {}", d.entry.rule);
+            let _ = writeln!(out, "  created:     {}", fmt_ms(d.entry.created_ms));
+            let _ = writeln!(out, "  died:        {}", fmt_ms(d.died_ms));
+            let _ = writeln!(out, "  reason:      {}", d.reason);
+            let _ = writeln!(out, "  attempts:");
+            for raw in store.attempts(id)? {
+                let a: crate::deliver::AttemptLog = serde_json::from_slice(&raw)?;
+                let _ = writeln!(
+                    out,
+                    "    #{} at {}: status {} in {} ms, {:?}; response: {}",
+                    a.attempt,
+                    fmt_ms(a.at_ms),
+                    a.status.map_or("-".to_string(), |s| s.to_string()),
+                    a.duration_ms,
+                    a.verdict,
+                    a.response
+                );
+            }
+        }
+        DeadCommand::Retry { ids, all } => {
+            let targets: Vec<u64> = if all {
+                store.dead_entries()?.into_iter().map(|(s, _)| s).collect()
+            } else {
+                ids
+            };
+            if targets.is_empty() {
+                anyhow::bail!("name dead letter ids to retry, or --all");
+            }
+            for seq in targets {
+                let raw = store
+                    .dead_get(seq)?
+                    .ok_or_else(|| anyhow::anyhow!("no dead letter {seq}"))?;
+                let d: DeadLetter = serde_json::from_slice(&raw)?;
+                let mut entry = d.entry;
+                entry.attempts = 0;
+                entry.next_attempt_ms = Utc::now().timestamp_millis();
+                store.forget_attempts(seq)?;
+                store.dead_to_outbox(seq, &entry.destination, &serde_json::to_vec(&entry)?)?;
+                let _ = writeln!(out, "{seq}: queued again for {}", entry.destination);
+            }
+        }
+        DeadCommand::Purge { older_than } => {
+            let cutoff = older_than.map(|d| Utc::now().timestamp_millis() - d.as_millis() as i64);
+            let mut n = 0;
+            for (seq, raw) in store.dead_entries()? {
+                let d: DeadLetter = serde_json::from_slice(&raw)?;
+                if cutoff.is_none_or(|c| d.died_ms < c) {
+                    store.dead_remove(seq)?;
+                    n += 1;
+                }
+            }
+            let _ = writeln!(out, "Purged {n} dead letters.");
+        }
+    }
+    Ok(out)
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The endpoint's secret (`whsec_...`).
+    #[arg(long, env = "WEBHOOK_SECRET")]
+    pub secret: String,
+    /// The `webhook-id` header.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The `webhook-timestamp` header.
+    #[arg(long)]
+    pub timestamp: Option<String>,
+    /// The `webhook-signature` header.
+    #[arg(long)]
+    pub signature: Option<String>,
+    /// A file of `name: value` header lines (as a receiver logged them) instead of the three flags.
+    #[arg(long)]
+    pub headers_file: Option<PathBuf>,
+    /// The body, as received.
+    #[arg(long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// A file with the body, as received.
+    #[arg(long)]
+    pub body_file: Option<PathBuf>,
+    /// Accept any timestamp age (for checking a logged request later).
+    #[arg(long)]
+    pub ignore_time: bool,
+}
+
+/// `verify`: check a Standard Webhooks signature.
+pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let secret = crate::webhook::Secret::parse(&args.secret)?;
+    let mut id = args.id.clone();
+    let mut ts = args.timestamp.clone();
+    let mut sig = args.signature.clone();
+    if let Some(f) = &args.headers_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {}", f.display()))?;
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                let v = v.trim().to_string();
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "webhook-id" => id = id.or(Some(v)),
+                    "webhook-timestamp" => ts = ts.or(Some(v)),
+                    "webhook-signature" => sig = sig.or(Some(v)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let body = match (&args.body, &args.body_file) {
+        (Some(b), _) => b.clone().into_bytes(),
+        (None, Some(f)) => std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, None) => anyhow::bail!("give the body with --body or --body-file"),
+    };
+    let (Some(id), Some(ts), Some(sig)) = (id, ts, sig) else {
+        anyhow::bail!("need webhook-id, webhook-timestamp and webhook-signature (flags or --headers-file)");
+    };
+    let now = if args.ignore_time {
+        ts.parse::<i64>().unwrap_or(0)
+    } else {
+        Utc::now().timestamp()
+    };
+    match crate::webhook::verify(
+        &secret,
+        &id,
+        &ts,
+        &sig,
+        &body,
+        now,
+        crate::webhook::DEFAULT_TOLERANCE,
+    ) {
+        Ok(()) => {
+            println!("valid: the signature matches (webhook-id {id})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("INVALID: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// How often the watchdog looks at every resource.
+pub const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long shutdown waits for pollers and workers before giving up on them.
+pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What the health endpoints and the watchdog know about each resource.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceHealth {
+    /// When the last successful poll ended.
+    pub last_success: Option<chrono::DateTime<Utc>>,
+    /// Failed polls since then.
+    pub consecutive_failures: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// Stale after this long without success.
+    pub stale_after: std::time::Duration,
+}
+
+/// Shared health state of a running notifier.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// By resource key.
+    pub resources: std::sync::RwLock<HashMap<String, ResourceHealth>>,
+}
+
+impl Health {
+    /// Whether every resource has polled successfully and none is stale; the reasons if not.
+    pub fn ready(&self) -> Result<(), Vec<String>> {
+        let now = Utc::now();
+        let guard = self
+            .resources
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut why = Vec::new();
+        if guard.is_empty() {
+            why.push("no resources yet".to_string());
+        }
+        let mut names: Vec<_> = guard.keys().collect();
+        names.sort();
+        for name in names {
+            let h = &guard[name];
+            match h.last_success {
+                None => why.push(format!("{name}: no successful poll yet")),
+                Some(t) if (now - t).to_std().unwrap_or_default() > h.stale_after => why.push(format!(
+                    "{name}: no successful poll for {}s ({} failures in a row)",
+                    (now - t).num_seconds(),
+                    h.consecutive_failures
+                )),
+                Some(_) => {}
+            }
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    store: Store,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::{http::StatusCode, routing::get, Router};
+    let metrics = crate::telemetry::metrics_handle();
+    let h2 = health.clone();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = h2.clone();
+                async move {
+                    match h.ready() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready:\n{}\n", why.join("\n")),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let h = health.clone();
+                let m = metrics.clone();
+                let store = store.clone();
+                async move {
+                    let now = Utc::now();
+                    if let Ok(guard) = h.resources.read() {
+                        for (name, r) in guard.iter() {
+                            if let Some(t) = r.last_success {
+                                metrics::gauge!("clinicea_seconds_since_last_success", "resource" => name.clone())
+                                    .set((now - t).num_milliseconds() as f64 / 1000.0);
+                            }
+                        }
+                    }
+                    metrics::gauge!("clinicea_outbox_entries").set(store.outbox_len() as f64);
+                    metrics::gauge!("clinicea_dead_letters").set(store.dead_len() as f64);
+                    match m {
+                        Some(m) => (StatusCode::OK, m.render()),
+                        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n".into()),
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+/// Polls one resource on its interval until cancelled, keeping `health` current.
+pub async fn poll_loop(
+    ctx: PollCtx,
+    res: config::Resource,
+    health: Arc<Health>,
+    stale_after: std::time::Duration,
+) {
+    let cancel = ctx.cancel.clone();
+    loop {
+        let span = tracing::info_span!("poll", resource = %res.name);
+        let result = {
+            let _e = span.enter();
+            poll::poll_resource(&ctx, &res).await
+        };
+        {
+            let mut guard = health
+                .resources
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let h = guard.entry(res.name.clone()).or_default();
+            h.stale_after = stale_after;
+            match &result {
+                Ok(rep) => {
+                    h.last_success = Some(Utc::now());
+                    h.consecutive_failures = 0;
+                    h.last_error = None;
+                    if rep.changes > 0 {
+                        tracing::info!(resource = %res.name, pages = rep.pages, records = rep.records, changes = rep.changes, deliveries = rep.deliveries, "poll done");
+                    } else {
+                        tracing::debug!(resource = %res.name, pages = rep.pages, records = rep.records, "poll done, nothing changed");
+                    }
+                }
+                Err(PollError::Cancelled(_)) => break,
+                Err(e) => {
+                    h.consecutive_failures += 1;
+                    h.last_error = Some(e.to_string());
+                    // The watchdog: a resource that has not polled successfully for too long is
+                    // an error on every poll, so a silent death is impossible.
+                    let stale = h
+                        .last_success
+                        .is_none_or(|t| (Utc::now() - t).to_std().unwrap_or_default() > stale_after);
+                    if stale {
+                        tracing::error!(resource = %res.name, failures = h.consecutive_failures, error = %e, "resource is STALE: no successful poll within {stale_after:?}");
+                    } else {
+                        tracing::warn!(resource = %res.name, failures = h.consecutive_failures, error = %e, "poll failed; the checkpoint stays and the next poll retries");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(res.poll_interval) => {}
+        }
+    }
+}
+
+/// One generation of a running notifier: pollers and workers for one compiled config.
+async fn run_generation(engine: &Engine, health: Arc<Health>, cancel: CancellationToken) {
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut senders: HashMap<String, mpsc::UnboundedSender<Wake>> = HashMap::new();
+    for name in engine.settings.pipeline.destinations.keys() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.insert(name.clone(), tx);
+        tasks.spawn(
+            engine
+                .deliverer
+                .clone()
+                .run_destination(name.clone(), rx, cancel.clone()),
+        );
+    }
+    // Fan the pollers' wake-ups out to the destination workers.
+    let fan_cancel = cancel.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = fan_cancel.cancelled() => break,
+                w = wake_rx.recv() => match w {
+                    Some(w) => {
+                        if let Some(tx) = senders.get(&w.destination) {
+                            let _ = tx.send(w);
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+    });
+    let ctx = engine.poll_ctx(Some(wake_tx), cancel.clone());
+    {
+        let mut guard = health
+            .resources
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.retain(|k, _| engine.settings.base.resources.iter().any(|r| &r.name == k));
+    }
+    for res in engine.settings.base.resources.clone() {
+        let stale = stale_after(&engine.settings, &res);
+        {
+            let mut guard = health
+                .resources
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard.entry(res.name.clone()).or_default().stale_after = stale;
+        }
+        tasks.spawn(poll_loop(ctx.clone(), res, health.clone(), stale));
+    }
+    cancel.cancelled().await;
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("some tasks did not stop within {SHUTDOWN_TIMEOUT:?}; their work stays queued");
+        tasks.abort_all();
+    }
+}
+
+/// Runs the notifier until `cancel` fires; each message on `reload` re-reads `config_path` and,
+/// when it is valid, swaps the rules, templates, destinations and resources without losing
+/// queued deliveries or checkpoints. An invalid config is logged and the old one keeps running.
+pub async fn run(
+    settings: Settings,
+    config_path: PathBuf,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+    mut reload: mpsc::UnboundedReceiver<()>,
+    vars: HashMap<String, String>,
+) -> anyhow::Result<()> {
+    let mut engine = Engine::open(settings)?;
+    let health = Arc::new(Health::default());
+    let server = tokio::spawn(serve_health(
+        listener,
+        health.clone(),
+        engine.store.clone(),
+        cancel.clone(),
+    ));
+    tracing::info!(resources = engine.settings.base.resources.len(), destinations = engine.settings.pipeline.destinations.len(), "notifier running");
+    loop {
+        let gen_cancel = cancel.child_token();
+        let gen = run_generation(&engine, health.clone(), gen_cancel.clone());
+        tokio::pin!(gen);
+        let next = loop {
+            tokio::select! {
+                _ = &mut gen => break None,
+                r = reload.recv() => {
+                    if r.is_none() { continue; }
+                    match load_settings_with(&config_path, &vars) {
+                        Ok(new) if new.base.store.path != engine.settings.base.store.path => {
+                            tracing::error!("reload rejected: store.path cannot change while running; keeping the old config");
+                        }
+                        Ok(new) => break Some(new),
+                        Err(e) => tracing::error!("reload rejected, keeping the old config: {e}"),
+                    }
+                }
+            }
+        };
+        match next {
+            None => break,
+            Some(new) => {
+                gen_cancel.cancel();
+                gen.await;
+                let client = Client::new(&new.base.clinicea)?;
+                let mailer = match &new.smtp {
+                    Some(s) => Some(Arc::new(
+                        Mailer::new(s.clone()).map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
+                    )),
+                    None => None,
+                };
+                let deliverer =
+                    Deliverer::new(engine.store.clone(), new.pipeline.destinations.clone(), mailer)?;
+                engine = Engine {
+                    settings: new,
+                    store: engine.store.clone(),
+                    client,
+                    deliverer,
+                };
+                tracing::info!("config reloaded");
+            }
+        }
+    }
+    engine.store.flush().await?;
+    let _ = server.await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// `run`: the daemon, with signals wired: SIGINT/SIGTERM stop, SIGHUP reloads.
+pub async fn run_command(config: &Path) -> anyhow::Result<ExitCode> {
+    let vars = config::env_vars();
+    let settings = load_settings_with(config, &vars)?;
+    let listener = tokio::net::TcpListener::bind(settings.base.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.base.listen))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let cancel = CancellationToken::new();
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    spawn_signal_handlers(cancel.clone(), reload_tx)?;
+    run(settings, config.to_path_buf(), listener, cancel, reload_rx, vars).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM cancel `cancel`; SIGHUP sends on `reload`.
+pub fn spawn_signal_handlers(
+    cancel: CancellationToken,
+    reload: mpsc::UnboundedSender<()>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); cancel.cancel(); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); cancel.cancel(); break; }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading the config"); let _ = reload.send(()); }
+            }
+        }
+    });
+    Ok(())
+}
