@@ -143,6 +143,17 @@ impl Node {
     }
 }
 
+/// The serde-saphyr options rule conditions should be parsed with.
+///
+/// With serde-saphyr's defaults an unquoted `yes`, `no`, `on`, `off`, `y`, `n` is read as a YAML 1.1
+/// boolean (so `in: [NO, PK]` would hold `false`), and an unquoted `0300123` as the number 300123,
+/// losing the leading zero. These options keep both as the strings the operator wrote; `true`,
+/// `false` and ordinary numbers are unaffected. `config::parse_raw` should use
+/// `serde_saphyr::from_str_with_options(text, rules::yaml_options())`.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options!(strict_booleans: true, leading_zero_numbers_as_strings: true)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The compiled form
 // ---------------------------------------------------------------------------------------------
