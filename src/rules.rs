@@ -385,7 +385,7 @@ impl Test {
                     ),
                     Some(Value::String(s))
                         if matches!(bound, Bound::Time(_))
-                            && value::parse_time(s, Tz::UTC) == Time::NotTime =>
+                            && value::parse_time(s, Tz::UTC) == Time::Invalid =>
                     {
                         format!("{is}, which is not {kind}")
                     }
@@ -1317,15 +1317,13 @@ impl Compiler<'_, '_> {
                                         line,
                                         key,
                                         &format!(
-                                            "{s:?} is the unset date, which no value is ever {} ",
+                                            "{s:?} is the unset date, which no value is ever {}",
                                             ord.words()
-                                        )
-                                        .trim_end()
-                                        .to_string(),
+                                        ),
                                     );
                                     return None;
                                 }
-                                Time::NotTime => None,
+                                Time::Invalid => None,
                             }
                         }
                     }

@@ -218,7 +218,7 @@ pub(crate) enum Time {
     /// Clinicea's unset date `0001-01-01T00:00:00`.
     Unset,
     /// Not a timestamp.
-    NotTime,
+    Invalid,
 }
 
 fn digits(b: &[u8]) -> Option<u32> {
@@ -239,7 +239,7 @@ pub(crate) fn parse_time(s: &str, tz: Tz) -> Time {
     let s = s.trim();
     let b = s.as_bytes();
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return Time::NotTime;
+        return Time::Invalid;
     }
     if is_unset_date(s) {
         return Time::Unset;
@@ -256,12 +256,12 @@ pub(crate) fn parse_time(s: &str, tz: Tz) -> Time {
         };
         match (date, time) {
             (Some(d), Some(t)) => NaiveDateTime::new(d, t),
-            _ => return Time::NotTime,
+            _ => return Time::Invalid,
         }
     } else if b.len() == 10 {
         match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
             Ok(d) => d.and_time(NaiveTime::MIN),
-            Err(_) => return Time::NotTime,
+            Err(_) => return Time::Invalid,
         }
     } else {
         if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
@@ -275,10 +275,10 @@ pub(crate) fn parse_time(s: &str, tz: Tz) -> Time {
             .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M"))
         {
             Ok(n) => n,
-            Err(_) => return Time::NotTime,
+            Err(_) => return Time::Invalid,
         }
     };
-    local_to_utc(naive, tz).map_or(Time::NotTime, Time::At)
+    local_to_utc(naive, tz).map_or(Time::Invalid, Time::At)
 }
 
 fn local_to_utc(naive: NaiveDateTime, tz: Tz) -> Option<DateTime<Utc>> {
