@@ -25,4 +25,5 @@
 
 pub mod config;
 pub mod model;
+pub mod render;
 pub mod rules;
