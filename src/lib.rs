@@ -24,6 +24,7 @@
 //! logs and metrics.
 
 pub mod config;
+pub mod catcher;
 pub mod chat;
 pub mod model;
 pub mod render;
