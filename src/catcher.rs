@@ -101,7 +101,9 @@ pub struct CatcherHandle {
 
 impl std::fmt::Debug for CatcherHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CatcherHandle").field("addr", &self.addr).finish()
+        f.debug_struct("CatcherHandle")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -298,7 +300,11 @@ async fn serve(stream: TcpStream, s: Arc<Shared>) -> std::io::Result<()> {
         match verb.as_str() {
             "EHLO" => {
                 txn = Txn::default();
-                let mut lines = vec!["catcher greets you".to_string(), "8BITMIME".into(), "SMTPUTF8".into()];
+                let mut lines = vec![
+                    "catcher greets you".to_string(),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                ];
                 lines.push(format!("SIZE {MAX_MESSAGE_BYTES}"));
                 if s.acceptor.is_some() && !c.tls {
                     lines.push("STARTTLS".into());
@@ -382,7 +388,8 @@ async fn serve(stream: TcpStream, s: Arc<Shared>) -> std::io::Result<()> {
                         }
                     }
                     _ => {
-                        c.reply("504 5.5.4 Unrecognized authentication type").await?;
+                        c.reply("504 5.5.4 Unrecognized authentication type")
+                            .await?;
                         continue;
                     }
                 };
@@ -391,7 +398,10 @@ async fn serve(stream: TcpStream, s: Arc<Shared>) -> std::io::Result<()> {
                         authed = Some(u);
                         c.reply("235 2.7.0 Authentication successful").await?;
                     }
-                    _ => c.reply("535 5.7.8 Authentication credentials invalid").await?,
+                    _ => {
+                        c.reply("535 5.7.8 Authentication credentials invalid")
+                            .await?
+                    }
                 }
             }
             "MAIL" => {
@@ -400,12 +410,16 @@ async fn serve(stream: TcpStream, s: Arc<Shared>) -> std::io::Result<()> {
                     continue;
                 }
                 if tempfail(&s) {
-                    c.reply("421 4.7.0 Try again later, closing connection").await?;
+                    c.reply("421 4.7.0 Try again later, closing connection")
+                        .await?;
                     return Ok(());
                 }
                 match path_arg(&rest) {
                     Some(from) => {
-                        txn = Txn { from: Some(from), rcpts: Vec::new() };
+                        txn = Txn {
+                            from: Some(from),
+                            rcpts: Vec::new(),
+                        };
                         c.reply("250 2.1.0 OK").await?;
                     }
                     None => c.reply("501 5.5.4 Syntax: MAIL FROM:<address>").await?,
@@ -417,13 +431,13 @@ async fn serve(stream: TcpStream, s: Arc<Shared>) -> std::io::Result<()> {
                     continue;
                 }
                 if tempfail(&s) {
-                    c.reply("421 4.7.0 Try again later, closing connection").await?;
+                    c.reply("421 4.7.0 Try again later, closing connection")
+                        .await?;
                     return Ok(());
                 }
                 match path_arg(&rest) {
                     Some(to)
-                        if s
-                            .opts
+                        if s.opts
                             .reject_recipients
                             .iter()
                             .any(|r| r.eq_ignore_ascii_case(&to)) =>
@@ -527,16 +541,29 @@ mod tests {
     async fn raw_session_with_dot_unstuffing_and_rejection() {
         let h = Catcher::start(
             "127.0.0.1:0",
-            CatcherOptions { reject_recipients: vec!["no@x.test".into()], ..Default::default() },
+            CatcherOptions {
+                reject_recipients: vec!["no@x.test".into()],
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
         let out = talk(
             h.addr,
             &[
-                "EHLO me", "NOOP", "MAIL FROM:<a@x.test> SIZE=10", "RCPT TO:<no@x.test>",
-                "RCPT TO:<B@x.test>", "DATA", "Subject: hi", "", "..leading dot", "body", ".",
-                "RSET", "QUIT",
+                "EHLO me",
+                "NOOP",
+                "MAIL FROM:<a@x.test> SIZE=10",
+                "RCPT TO:<no@x.test>",
+                "RCPT TO:<B@x.test>",
+                "DATA",
+                "Subject: hi",
+                "",
+                "..leading dot",
+                "body",
+                ".",
+                "RSET",
+                "QUIT",
             ],
         )
         .await;
@@ -566,11 +593,29 @@ mod tests {
         let out = talk(h.addr, &["HELO me", "MAIL FROM:<a@x.test>", "QUIT"]).await;
         assert!(out.contains("530"), "{out}");
         // AUTH PLAIN \0u\0p
-        let out = talk(h.addr, &["EHLO me", "AUTH PLAIN AHUAcA==", "MAIL FROM:<a@x.test>"]).await;
+        let out = talk(
+            h.addr,
+            &["EHLO me", "AUTH PLAIN AHUAcA==", "MAIL FROM:<a@x.test>"],
+        )
+        .await;
         assert!(out.contains("250 AUTH PLAIN LOGIN"), "{out}");
         assert!(out.contains("235"), "{out}");
-        assert!(out.ends_with("421 4.7.0 Try again later, closing connection\r\n"), "{out}");
-        let out = talk(h.addr, &["EHLO me", "AUTH LOGIN", "dQ==", "cA==", "MAIL FROM:<a@x.test>", "QUIT"]).await;
+        assert!(
+            out.ends_with("421 4.7.0 Try again later, closing connection\r\n"),
+            "{out}"
+        );
+        let out = talk(
+            h.addr,
+            &[
+                "EHLO me",
+                "AUTH LOGIN",
+                "dQ==",
+                "cA==",
+                "MAIL FROM:<a@x.test>",
+                "QUIT",
+            ],
+        )
+        .await;
         assert!(out.contains("235") && out.contains("250 2.1.0"), "{out}");
         let out = talk(h.addr, &["EHLO me", "AUTH LOGIN dQ==", "eA==", "QUIT"]).await;
         assert!(out.contains("535"), "{out}");

@@ -119,7 +119,10 @@ fn to_bytes(v: &Value) -> Vec<u8> {
 /// `{"text"}` (body at most [`GOOGLE_CHAT_MAX_BODY_BYTES`]).
 pub fn body(kind: ChatKind, text: &str) -> Vec<u8> {
     match kind {
-        ChatKind::Slack => to_bytes(&envelope(kind, &cut_chars(&slack_escape(text), SLACK_MAX_CHARS))),
+        ChatKind::Slack => to_bytes(&envelope(
+            kind,
+            &cut_chars(&slack_escape(text), SLACK_MAX_CHARS),
+        )),
         ChatKind::Discord => to_bytes(&envelope(kind, &cut_chars(text, DISCORD_MAX_CHARS))),
         ChatKind::Teams => cut_to_bytes(kind, text, TEAMS_MAX_BODY_BYTES),
         ChatKind::GoogleChat => cut_to_bytes(kind, text, GOOGLE_CHAT_MAX_BODY_BYTES),
@@ -208,7 +211,8 @@ pub fn classify(
             let mut hints = vec![retry_after_header];
             if kind == ChatKind::Discord {
                 hints.push(
-                    header(headers, "x-ratelimit-reset-after").and_then(|v| parse_retry_after(v, now)),
+                    header(headers, "x-ratelimit-reset-after")
+                        .and_then(|v| parse_retry_after(v, now)),
                 );
                 hints.push(discord_retry_after(body_snippet));
             }
@@ -225,7 +229,10 @@ pub fn classify(
             reason: format!("webhook gone ({status})"),
         },
         300..=399 => Verdict::Fail {
-            reason: format!("{} answered {status} (redirects are not followed)", kind.as_str()),
+            reason: format!(
+                "{} answered {status} (redirects are not followed)",
+                kind.as_str()
+            ),
         },
         _ => Verdict::Fail {
             reason: format!("{} answered {status}", kind.as_str()),
@@ -285,13 +292,20 @@ pub async fn send(
             let verdict = if e.is_builder() {
                 Verdict::Fail { reason }
             } else {
-                let what = if e.is_timeout() { "timed out" } else { "request failed" };
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "request failed"
+                };
                 Verdict::Retry {
                     reason: format!("{} {what}: {reason}", kind.as_str()),
                     retry_after: None,
                 }
             };
-            tracing::debug!(chat = kind.as_str(), "chat delivery attempt failed before an answer");
+            tracing::debug!(
+                chat = kind.as_str(),
+                "chat delivery attempt failed before an answer"
+            );
             return AttemptReport {
                 verdict,
                 status: None,
@@ -313,7 +327,11 @@ pub async fn send(
     let text = String::from_utf8_lossy(&buf);
     let snippet = truncate_utf8(&text, RESPONSE_SNIPPET_BYTES).to_string();
     let verdict = classify(kind, status, &headers, &snippet, SystemTime::now());
-    tracing::debug!(chat = kind.as_str(), status, "chat delivery attempt answered");
+    tracing::debug!(
+        chat = kind.as_str(),
+        status,
+        "chat delivery attempt answered"
+    );
     AttemptReport {
         verdict,
         status: Some(status),
@@ -333,8 +351,14 @@ mod tests {
 
     #[test]
     fn body_shapes() {
-        assert_eq!(parse(&body(ChatKind::Slack, "hi <!channel> & co")), json!({"text": "hi &lt;!channel&gt; &amp; co"}));
-        assert_eq!(parse(&body(ChatKind::GoogleChat, "hi")), json!({"text": "hi"}));
+        assert_eq!(
+            parse(&body(ChatKind::Slack, "hi <!channel> & co")),
+            json!({"text": "hi &lt;!channel&gt; &amp; co"})
+        );
+        assert_eq!(
+            parse(&body(ChatKind::GoogleChat, "hi")),
+            json!({"text": "hi"})
+        );
         assert_eq!(
             parse(&body(ChatKind::Discord, "hi @everyone")),
             json!({"content": "hi @everyone", "allowed_mentions": {"parse": []}})
@@ -345,7 +369,10 @@ mod tests {
         assert_eq!(a["contentType"], "application/vnd.microsoft.card.adaptive");
         assert_eq!(a["content"]["type"], "AdaptiveCard");
         assert_eq!(a["content"]["version"], "1.4");
-        assert_eq!(a["content"]["body"][0], json!({"type": "TextBlock", "text": "hi", "wrap": true}));
+        assert_eq!(
+            a["content"]["body"][0],
+            json!({"type": "TextBlock", "text": "hi", "wrap": true})
+        );
     }
 
     #[test]
@@ -360,11 +387,23 @@ mod tests {
         // Quotes double in JSON: the byte limit is on the serialized body.
         let quoted = "\"".repeat(40_000);
         let t = body(ChatKind::Teams, &quoted);
-        assert!(t.len() <= TEAMS_MAX_BODY_BYTES && t.len() > TEAMS_MAX_BODY_BYTES - 100, "{}", t.len());
-        assert!(parse(&t)["attachments"][0]["content"]["body"][0]["text"].as_str().unwrap().ends_with(TRUNCATION_MARKER));
+        assert!(
+            t.len() <= TEAMS_MAX_BODY_BYTES && t.len() > TEAMS_MAX_BODY_BYTES - 100,
+            "{}",
+            t.len()
+        );
+        assert!(parse(&t)["attachments"][0]["content"]["body"][0]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(TRUNCATION_MARKER));
         let g = body(ChatKind::GoogleChat, &long);
-        assert!(g.len() <= GOOGLE_CHAT_MAX_BODY_BYTES && g.len() > GOOGLE_CHAT_MAX_BODY_BYTES - 100);
-        assert!(parse(&g)["text"].as_str().unwrap().ends_with(TRUNCATION_MARKER));
+        assert!(
+            g.len() <= GOOGLE_CHAT_MAX_BODY_BYTES && g.len() > GOOGLE_CHAT_MAX_BODY_BYTES - 100
+        );
+        assert!(parse(&g)["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(TRUNCATION_MARKER));
         // Short messages are untouched.
         assert_eq!(parse(&body(ChatKind::Discord, "short"))["content"], "short");
     }
@@ -373,21 +412,48 @@ mod tests {
     fn classify_answers() {
         let now = SystemTime::now();
         let none = HeaderMap::new();
-        assert_eq!(classify(ChatKind::Slack, 200, &none, "ok", now), Verdict::Success);
-        assert_eq!(classify(ChatKind::Discord, 204, &none, "", now), Verdict::Success);
+        assert_eq!(
+            classify(ChatKind::Slack, 200, &none, "ok", now),
+            Verdict::Success
+        );
+        assert_eq!(
+            classify(ChatKind::Discord, 204, &none, "", now),
+            Verdict::Success
+        );
         assert_eq!(
             classify(ChatKind::Slack, 404, &none, "no_service", now),
-            Verdict::Fail { reason: "webhook gone (404)".into() }
+            Verdict::Fail {
+                reason: "webhook gone (404)".into()
+            }
         );
         assert_eq!(
             classify(ChatKind::Discord, 404, &none, "{}", now),
-            Verdict::Fail { reason: "webhook gone (404)".into() }
+            Verdict::Fail {
+                reason: "webhook gone (404)".into()
+            }
         );
-        assert!(matches!(classify(ChatKind::Slack, 410, &none, "", now), Verdict::Fail { reason } if reason == "webhook gone (410)"));
-        assert!(matches!(classify(ChatKind::Teams, 400, &none, "", now), Verdict::Fail { .. }));
-        assert!(matches!(classify(ChatKind::Teams, 302, &none, "", now), Verdict::Fail { .. }));
-        assert!(matches!(classify(ChatKind::GoogleChat, 503, &none, "", now), Verdict::Retry { retry_after: None, .. }));
-        assert!(matches!(classify(ChatKind::GoogleChat, 408, &none, "", now), Verdict::Retry { .. }));
+        assert!(
+            matches!(classify(ChatKind::Slack, 410, &none, "", now), Verdict::Fail { reason } if reason == "webhook gone (410)")
+        );
+        assert!(matches!(
+            classify(ChatKind::Teams, 400, &none, "", now),
+            Verdict::Fail { .. }
+        ));
+        assert!(matches!(
+            classify(ChatKind::Teams, 302, &none, "", now),
+            Verdict::Fail { .. }
+        ));
+        assert!(matches!(
+            classify(ChatKind::GoogleChat, 503, &none, "", now),
+            Verdict::Retry {
+                retry_after: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(ChatKind::GoogleChat, 408, &none, "", now),
+            Verdict::Retry { .. }
+        ));
     }
 
     fn retry_after(v: Verdict) -> Option<Duration> {
@@ -402,26 +468,45 @@ mod tests {
         let now = SystemTime::now();
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(classify(ChatKind::Slack, 429, &h, "", now)), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after(classify(ChatKind::Slack, 429, &h, "", now)),
+            Some(Duration::from_secs(7))
+        );
         let none = HeaderMap::new();
-        let body = r#"{"message": "You are being rate limited.", "retry_after": 2.5, "global": false}"#;
-        assert_eq!(retry_after(classify(ChatKind::Discord, 429, &none, body, now)), Some(Duration::from_millis(2500)));
+        let body =
+            r#"{"message": "You are being rate limited.", "retry_after": 2.5, "global": false}"#;
+        assert_eq!(
+            retry_after(classify(ChatKind::Discord, 429, &none, body, now)),
+            Some(Duration::from_millis(2500))
+        );
         // Old API: whole milliseconds.
         let old = r#"{"retry_after": 1500}"#;
-        assert_eq!(retry_after(classify(ChatKind::Discord, 429, &none, old, now)), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            retry_after(classify(ChatKind::Discord, 429, &none, old, now)),
+            Some(Duration::from_millis(1500))
+        );
         // Discord headers; the longest hint wins.
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-reset-after", HeaderValue::from_static("3.25"));
         h.insert("retry-after", HeaderValue::from_static("1"));
-        assert_eq!(retry_after(classify(ChatKind::Discord, 429, &h, body, now)), Some(Duration::from_millis(3250)));
+        assert_eq!(
+            retry_after(classify(ChatKind::Discord, 429, &h, body, now)),
+            Some(Duration::from_millis(3250))
+        );
         // Only Discord reads the body.
-        assert_eq!(retry_after(classify(ChatKind::Slack, 429, &none, body, now)), None);
+        assert_eq!(
+            retry_after(classify(ChatKind::Slack, 429, &none, body, now)),
+            None
+        );
         // HTTP date.
         let mut h = HeaderMap::new();
         let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
         h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
         let d = retry_after(classify(ChatKind::Teams, 503, &h, "", now)).unwrap();
-        assert!(d <= Duration::from_secs(120) && d >= Duration::from_secs(118), "{d:?}");
+        assert!(
+            d <= Duration::from_secs(120) && d >= Duration::from_secs(118),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -450,7 +535,14 @@ mod tests {
         });
         let client = reqwest::Client::new();
         let url = Url::parse(&format!("http://{addr}/api/webhooks/123/SECRET-TOKEN")).unwrap();
-        let r = send(&client, ChatKind::Discord, &url, body(ChatKind::Discord, "x"), Duration::from_secs(5)).await;
+        let r = send(
+            &client,
+            ChatKind::Discord,
+            &url,
+            body(ChatKind::Discord, "x"),
+            Duration::from_secs(5),
+        )
+        .await;
         assert_eq!(r.status, Some(429));
         assert_eq!(retry_after(r.verdict), Some(Duration::from_millis(750)));
 
@@ -459,7 +551,14 @@ mod tests {
         let dead_addr = dead.local_addr().unwrap();
         drop(dead);
         let url = Url::parse(&format!("http://{dead_addr}/services/T0/B0/SECRET-TOKEN")).unwrap();
-        let r = send(&client, ChatKind::Slack, &url, body(ChatKind::Slack, "x"), Duration::from_secs(5)).await;
+        let r = send(
+            &client,
+            ChatKind::Slack,
+            &url,
+            body(ChatKind::Slack, "x"),
+            Duration::from_secs(5),
+        )
+        .await;
         assert_eq!(r.status, None);
         match r.verdict {
             Verdict::Retry { reason, .. } => assert!(!reason.contains("SECRET"), "{reason}"),

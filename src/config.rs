@@ -79,11 +79,7 @@ pub fn expand_vars(s: &str, vars: &HashMap<String, String>) -> Result<String, St
                 .find('}')
                 .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
             let name = &tail[..end];
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid variable name ${{{name}}}"));
             }
             match vars.get(name) {

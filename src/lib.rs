@@ -23,9 +23,10 @@
 //! `sandbox` is a simulated Clinicea API for tests, rehearsals and the demo; `telemetry` sets up
 //! logs and metrics.
 
-pub mod config;
 pub mod catcher;
 pub mod chat;
+pub mod config;
+pub mod email;
 pub mod model;
 pub mod render;
 pub mod rules;

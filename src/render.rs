@@ -29,8 +29,14 @@ pub type RenderError = handlebars::RenderError;
 
 /// The templates shipped in the binary: (file name, source).
 pub const SHIPPED: &[(&str, &str)] = &[
-    ("new-lead.txt.hbs", include_str!("../templates/new-lead.txt.hbs")),
-    ("new-lead.html.hbs", include_str!("../templates/new-lead.html.hbs")),
+    (
+        "new-lead.txt.hbs",
+        include_str!("../templates/new-lead.txt.hbs"),
+    ),
+    (
+        "new-lead.html.hbs",
+        include_str!("../templates/new-lead.html.hbs"),
+    ),
     (
         "appointment-change.txt.hbs",
         include_str!("../templates/appointment-change.txt.hbs"),
@@ -39,7 +45,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "appointment-change.html.hbs",
         include_str!("../templates/appointment-change.html.hbs"),
     ),
-    ("lead-chat.txt.hbs", include_str!("../templates/lead-chat.txt.hbs")),
+    (
+        "lead-chat.txt.hbs",
+        include_str!("../templates/lead-chat.txt.hbs"),
+    ),
     (
         "appointment-chat.txt.hbs",
         include_str!("../templates/appointment-chat.txt.hbs"),
@@ -48,7 +57,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "patient-chat.txt.hbs",
         include_str!("../templates/patient-chat.txt.hbs"),
     ),
-    ("change.txt.hbs", include_str!("../templates/change.txt.hbs")),
+    (
+        "change.txt.hbs",
+        include_str!("../templates/change.txt.hbs"),
+    ),
 ];
 
 /// The unset date Clinicea sends for an empty timestamp; the `date` helper renders it as empty.
@@ -246,9 +258,9 @@ impl Templates {
                 RenderErrorReason::MissingVariable(Some(path)) => format!(
                     "field {path:?} is not in a sample {resource} record (is it spelled right?)"
                 ),
-                RenderErrorReason::MissingVariable(None) => format!(
-                    "a helper got a field that is not in a sample {resource} record"
-                ),
+                RenderErrorReason::MissingVariable(None) => {
+                    format!("a helper got a field that is not in a sample {resource} record")
+                }
                 other => other.to_string(),
             };
             Problem::at(line, e.template_name.clone().unwrap_or(name.into()), reason)
@@ -465,7 +477,11 @@ impl HelperDef for Fn {
 }
 
 /// Parameter `i`: its value, `None` when absent; in strict mode an absent one is an error.
-fn param<'a>(h: &'a Helper<'_>, r: &Handlebars<'_>, i: usize) -> Result<Option<&'a Value>, RenderError> {
+fn param<'a>(
+    h: &'a Helper<'_>,
+    r: &Handlebars<'_>,
+    i: usize,
+) -> Result<Option<&'a Value>, RenderError> {
     match h.param(i) {
         None => Ok(None),
         Some(p) if p.is_value_missing() => {
@@ -503,7 +519,10 @@ fn is_blank(v: Option<&Value>) -> bool {
 
 fn default_helper(h: &Helper<'_>, _: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
     // Never strict: handling an absent value is the point of `default`.
-    let v = h.param(0).filter(|p| !p.is_value_missing()).map(|p| p.value());
+    let v = h
+        .param(0)
+        .filter(|p| !p.is_value_missing())
+        .map(|p| p.value());
     if is_blank(v) {
         Ok(h.param(1).map(|p| p.value().clone()).unwrap_or(Value::Null))
     } else {
@@ -567,10 +586,9 @@ pub fn format_date(s: &str, fmt: &str, tz: chrono_tz::Tz) -> Result<String, Stri
 
 fn truncate_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
     let text = param(h, r, 0)?.map(as_text).unwrap_or_default();
-    let max = h
-        .param(1)
-        .and_then(|p| p.value().as_u64())
-        .ok_or_else(|| RenderErrorReason::Other("truncate needs a length: {{truncate x 80}}".into()))?;
+    let max = h.param(1).and_then(|p| p.value().as_u64()).ok_or_else(|| {
+        RenderErrorReason::Other("truncate needs a length: {{truncate x 80}}".into())
+    })?;
     Ok(Value::String(truncate_chars(&text, max as usize)))
 }
 
@@ -613,13 +631,19 @@ fn join_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value,
 
 fn upper_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
     Ok(Value::String(
-        param(h, r, 0)?.map(as_text).unwrap_or_default().to_uppercase(),
+        param(h, r, 0)?
+            .map(as_text)
+            .unwrap_or_default()
+            .to_uppercase(),
     ))
 }
 
 fn lower_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
     Ok(Value::String(
-        param(h, r, 0)?.map(as_text).unwrap_or_default().to_lowercase(),
+        param(h, r, 0)?
+            .map(as_text)
+            .unwrap_or_default()
+            .to_lowercase(),
     ))
 }
 
@@ -657,7 +681,13 @@ mod tests {
     }
 
     fn ctx(c: &Change) -> Value {
-        context(c, "r1", &["r1".into()], "front-desk", chrono_tz::Asia::Karachi)
+        context(
+            c,
+            "r1",
+            &["r1".into()],
+            "front-desk",
+            chrono_tz::Asia::Karachi,
+        )
     }
 
     fn lines(s: &str) -> Vec<&str> {
@@ -692,7 +722,10 @@ mod tests {
         let c = change_of("leads", fixture("leads-v1-page1.json", 1), None);
         let out = t.render("new-lead.txt", &ctx(&c)).unwrap();
         assert!(out.contains("Email:   no email given\n"), "{out}");
-        assert!(out.contains("call Hamza within the hour, then update"), "{out}");
+        assert!(
+            out.contains("call Hamza within the hour, then update"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -727,7 +760,10 @@ mod tests {
         assert!(l.contains(&"With:    Dr. Sana Hussain"));
         assert!(l.contains(&"Service: Hydrafacial"));
         assert!(l.contains(&"  - StartDateTime: 2026-11-30T09:30:00 -> 2026-11-30T11:00:00"));
-        assert!(l.contains(&"  - AppointmentStatus: Confirmed -> Cancelled"), "{out}");
+        assert!(
+            l.contains(&"  - AppointmentStatus: Confirmed -> Cancelled"),
+            "{out}"
+        );
         assert!(!out.contains("Notes:"));
         let html = t.render("appointment-change.html", &ctx(&c)).unwrap();
         assert!(html.contains("<tr><td>AppointmentStatus</td><td>Confirmed</td><td><strong>Cancelled</strong></td></tr>"));
@@ -760,9 +796,16 @@ mod tests {
             out.trim_end(),
             "New patient: Daniyal Sheikh (file F1002), Islamabad. Registered Sun 01 Nov 10:02."
         );
-        let c = change_of("records", json!({"ID": "x", "A": 1}), Some(json!({"ID": "x", "A": 0})));
+        let c = change_of(
+            "records",
+            json!({"ID": "x", "A": 1}),
+            Some(json!({"ID": "x", "A": 0})),
+        );
         let out = t.render("change.txt", &ctx(&c)).unwrap();
-        assert_eq!(lines(&out)[0], "records record x was modified (rule \"r1\").");
+        assert_eq!(
+            lines(&out)[0],
+            "records record x was modified (rule \"r1\")."
+        );
         assert!(out.contains("- A: 0 -> 1\n"), "{out}");
         assert!(out.contains("Detected 2026-11-29 15:00 PKT."), "{out}");
     }
@@ -797,19 +840,22 @@ mod tests {
         // Lenient: an absent field is empty.
         t.register_inline("subject", "Lead {{r.Nope}}!").unwrap();
         assert_eq!(t.render("subject", &ctx).unwrap(), "Lead !");
-        t.register_inline("badfmt", "{{date r.Start \"%Q\"}}").unwrap();
+        t.register_inline("badfmt", "{{date r.Start \"%Q\"}}")
+            .unwrap();
         assert!(t.render("badfmt", &ctx).is_err());
     }
 
     #[test]
     fn check_reports_template_and_line() {
         let mut t = Templates::shipped().unwrap();
-        t.register_inline("subj.txt", "line one\nNew lead: {{record.Frist}}").unwrap();
+        t.register_inline("subj.txt", "line one\nNew lead: {{record.Frist}}")
+            .unwrap();
         let p = t.check("subj.txt", "leads").unwrap_err();
         assert_eq!(p.key, "subj.txt");
         assert_eq!(p.line, Some(2));
         assert!(p.message.contains("record.Frist"), "{p}");
-        t.register_inline("d.txt", "{{date record.Nope \"%H\"}}").unwrap();
+        t.register_inline("d.txt", "{{date record.Nope \"%H\"}}")
+            .unwrap();
         assert!(t.check("d.txt", "leads").is_err());
         assert!(t.check("new-lead.txt", "leads").is_ok());
         assert!(t.check("nope.txt", "leads").is_err());
@@ -818,7 +864,11 @@ mod tests {
     #[test]
     fn folder_overrides_and_syntax_errors() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("new-lead.txt.hbs"), "Custom {{record.FirstName}}").unwrap();
+        std::fs::write(
+            dir.path().join("new-lead.txt.hbs"),
+            "Custom {{record.FirstName}}",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("extra.html.hbs"), "<b>{{id}}</b>").unwrap();
         std::fs::write(dir.path().join("README.md"), "ignored").unwrap();
         let t = Templates::load(Some(dir.path())).unwrap();
@@ -826,11 +876,18 @@ mod tests {
         assert_eq!(t.render("new-lead.txt", &ctx(&c)).unwrap(), "Custom Farhan");
         assert!(t.has("extra.html") && t.has("change.txt") && !t.has("extra.txt"));
 
-        std::fs::write(dir.path().join("broken.txt.hbs"), "ok\nok\n{{#if x}}never closed").unwrap();
+        std::fs::write(
+            dir.path().join("broken.txt.hbs"),
+            "ok\nok\n{{#if x}}never closed",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("noext.hbs"), "x").unwrap();
         let problems = Templates::load(Some(dir.path())).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        let broken = problems.iter().find(|p| p.key.ends_with("broken.txt.hbs")).unwrap();
+        let broken = problems
+            .iter()
+            .find(|p| p.key.ends_with("broken.txt.hbs"))
+            .unwrap();
         assert!(broken.line.is_some(), "{broken}");
         assert!(problems.iter().any(|p| p.key.ends_with("noext.hbs")));
         assert!(Templates::load(Some(&dir.path().join("missing"))).is_err());
