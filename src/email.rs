@@ -1,8 +1,505 @@
-//! Email (placeholder until the email work lands).
+//! Staff emails: the message stored in the outbox ([`EmailMessage`], one recipient each, so one
+//! failing recipient never makes another get the message twice) and the SMTP [`Mailer`] that sends
+//! it with a pooled lettre transport.
+//!
+//! A message keeps its `Message-ID` across retries, so a mail client shows a retried message once.
+//! SMTP 5xx answers fail at once; 4xx answers, timeouts and connection or TLS errors retry. Logs
+//! show the recipient's domain only, never the address, subject or body.
+
+use crate::config::{Problem, RawSmtp, SmtpTls};
+use crate::model::{truncate_utf8, AttemptReport, Verdict, RESPONSE_SNIPPET_BYTES};
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::{Deserialize, Serialize};
-/// One email to one recipient.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Default per-command SMTP timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections kept open to the SMTP server.
+pub const POOL_SIZE: u32 = 4;
+
+/// One email to one recipient, as stored in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmailMessage {
-    /// Recipient.
+    /// The From address, `Name <addr>` or `addr`.
+    pub from: String,
+    /// The one recipient.
     pub to: String,
+    /// An optional Reply-To address.
+    pub reply_to: Option<String>,
+    /// The subject (rendered).
+    pub subject: String,
+    /// The plain-text body (rendered).
+    pub text: String,
+    /// The HTML body, when the template has an HTML part; the message is then multipart/alternative.
+    pub html: Option<String>,
+    /// The `Message-ID` header value, with angle brackets; the same on every attempt.
+    pub message_id: String,
+}
+
+/// A stable `Message-ID` (`<hex@domain>`) for a delivery: the same key always gives the same id.
+/// An empty or odd `domain` becomes `clinicea-notifier.invalid`.
+pub fn message_id(delivery_key: &str, domain: &str) -> String {
+    let digest = Sha256::digest(delivery_key.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let domain = domain.trim();
+    let ok = !domain.is_empty()
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    let domain = if ok {
+        domain
+    } else {
+        "clinicea-notifier.invalid"
+    };
+    format!("<{hex}@{domain}>")
+}
+
+/// The domain of an address (`Name <a@clinic.example>` → `clinic.example`), for Message-IDs and
+/// logs; empty when there is none.
+pub fn domain_of(address: &str) -> String {
+    let addr = address
+        .rsplit_once('<')
+        .map(|(_, a)| a.trim_end_matches('>'))
+        .unwrap_or(address);
+    addr.rsplit_once('@')
+        .map(|(_, d)| d.trim().trim_end_matches('>').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Parses an address (`a@b` or `Name <a@b>`). The error does not repeat the address, which may
+/// come from a record.
+pub fn validate_address(s: &str) -> Result<Mailbox, String> {
+    s.trim()
+        .parse::<Mailbox>()
+        .map_err(|e| format!("not a valid email address ({e})"))
+}
+
+/// How to reach the SMTP server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// Host name (also the name the TLS certificate must carry).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// STARTTLS, TLS from the first byte, or none.
+    pub tls: SmtpTls,
+    /// AUTH user name.
+    pub username: Option<String>,
+    /// AUTH password.
+    pub password: Option<String>,
+    /// Per-command timeout; a whole send is given twice this.
+    pub timeout: Duration,
+    /// Extra CA certificates (PEM) to trust besides the public roots.
+    pub extra_root_cert_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("extra_root_cert_pem", &self.extra_root_cert_pem.is_some())
+            .finish()
+    }
+}
+
+impl SmtpSettings {
+    /// The default port of a TLS mode: 587 for STARTTLS, 465 for TLS, 25 for none.
+    pub fn default_port(tls: SmtpTls) -> u16 {
+        match tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        }
+    }
+
+    /// Settings from the `smtp:` section; `ca_file` is read relative to `base_dir` (the config
+    /// file's folder).
+    pub fn from_raw(raw: &RawSmtp, base_dir: &Path) -> Result<SmtpSettings, Problem> {
+        let extra_root_cert_pem = match &raw.ca_file {
+            None => None,
+            Some(f) => {
+                let path = base_dir.join(f.as_str());
+                Some(std::fs::read(&path).map_err(|e| {
+                    Problem::at(
+                        None,
+                        "smtp.ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?)
+            }
+        };
+        Ok(SmtpSettings {
+            host: raw.host.0.clone(),
+            port: raw.port.unwrap_or_else(|| Self::default_port(raw.tls)),
+            tls: raw.tls,
+            username: raw.username.as_ref().map(|t| t.0.clone()),
+            password: raw.password.as_ref().map(|t| t.0.clone()),
+            timeout: raw.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT),
+            extra_root_cert_pem,
+        })
+    }
+}
+
+/// Sends [`EmailMessage`]s over one pooled SMTP transport.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer").finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    /// Builds the transport (nothing is connected until the first send). Fails on a bad CA file,
+    /// or a username without a password.
+    pub fn new(settings: SmtpSettings) -> Result<Mailer, Problem> {
+        let tls_params = || -> Result<TlsParameters, Problem> {
+            let mut b = TlsParameters::builder(settings.host.clone());
+            if let Some(pem) = &settings.extra_root_cert_pem {
+                let cert = Certificate::from_pem(pem)
+                    .map_err(|e| Problem::at(None, "smtp.ca_file", format!("invalid PEM: {e}")))?;
+                b = b.add_root_certificate(cert);
+            }
+            b.build()
+                .map_err(|e| Problem::at(None, "smtp.tls", format!("TLS setup failed: {e}")))
+        };
+        let tls = match settings.tls {
+            SmtpTls::Starttls => Tls::Required(tls_params()?),
+            SmtpTls::Tls => Tls::Wrapper(tls_params()?),
+            SmtpTls::None => Tls::None,
+        };
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(settings.host.clone())
+            .port(settings.port)
+            .tls(tls)
+            .timeout(Some(settings.timeout))
+            .pool_config(PoolConfig::new().max_size(POOL_SIZE));
+        match (&settings.username, &settings.password) {
+            (Some(u), Some(p)) => b = b.credentials(Credentials::new(u.clone(), p.clone())),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(Problem::at(
+                    None,
+                    "smtp.password",
+                    "a username needs a password",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Problem::at(
+                    None,
+                    "smtp.username",
+                    "a password needs a username",
+                ))
+            }
+        }
+        Ok(Mailer {
+            transport: b.build(),
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Sends one message: multipart/alternative when it has HTML, with its own `Message-ID` and a
+    /// `Date` header. SMTP 5xx → fail; 4xx, timeouts, connection and TLS errors → retry; a message
+    /// that cannot be built (bad address) → fail.
+    pub async fn send(&self, msg: &EmailMessage) -> AttemptReport {
+        let started = Instant::now();
+        let domain = domain_of(&msg.to);
+        let report = |verdict: Verdict, status: Option<u16>, response: String| AttemptReport {
+            verdict,
+            status,
+            response,
+            duration: started.elapsed(),
+        };
+        let message = match build_message(msg) {
+            Ok(m) => m,
+            Err(reason) => {
+                tracing::warn!(recipient_domain = %domain, "email could not be built");
+                return report(Verdict::Fail { reason }, None, String::new());
+            }
+        };
+        let result = tokio::time::timeout(self.timeout * 2, self.transport.send(message)).await;
+        match result {
+            Err(_) => {
+                tracing::info!(recipient_domain = %domain, "email send timed out");
+                report(
+                    Verdict::Retry {
+                        reason: "SMTP send timed out".into(),
+                        retry_after: None,
+                    },
+                    None,
+                    String::new(),
+                )
+            }
+            Ok(Ok(resp)) => {
+                let code = u16::from(resp.code());
+                let text = resp.message().collect::<Vec<_>>().join(" ");
+                tracing::debug!(recipient_domain = %domain, code, "email accepted");
+                report(
+                    Verdict::Success,
+                    Some(code),
+                    truncate_utf8(&text, RESPONSE_SNIPPET_BYTES).to_string(),
+                )
+            }
+            Ok(Err(e)) => {
+                let code = e.status().map(u16::from);
+                let text = truncate_utf8(&e.to_string(), RESPONSE_SNIPPET_BYTES).to_string();
+                let verdict = if e.is_permanent() {
+                    Verdict::Fail {
+                        reason: format!("SMTP {} permanent failure", code.unwrap_or(500)),
+                    }
+                } else if e.is_transient() {
+                    Verdict::Retry {
+                        reason: format!("SMTP {} temporary failure", code.unwrap_or(400)),
+                        retry_after: None,
+                    }
+                } else if e.is_timeout() {
+                    Verdict::Retry {
+                        reason: "SMTP timed out".into(),
+                        retry_after: None,
+                    }
+                } else if e.is_tls() {
+                    Verdict::Retry {
+                        reason: "SMTP TLS error".into(),
+                        retry_after: None,
+                    }
+                } else {
+                    Verdict::Retry {
+                        reason: "SMTP connection error".into(),
+                        retry_after: None,
+                    }
+                };
+                tracing::info!(recipient_domain = %domain, code, "email attempt failed");
+                report(verdict, code, text)
+            }
+        }
+    }
+}
+
+/// The lettre message for `msg`.
+fn build_message(msg: &EmailMessage) -> Result<Message, String> {
+    let from = validate_address(&msg.from).map_err(|e| format!("from: {e}"))?;
+    let to = validate_address(&msg.to).map_err(|e| format!("to: {e}"))?;
+    let mut b = Message::builder()
+        .from(from)
+        .to(to)
+        .subject(msg.subject.clone())
+        .message_id(Some(msg.message_id.clone()))
+        .date_now();
+    if let Some(r) = &msg.reply_to {
+        b = b.reply_to(validate_address(r).map_err(|e| format!("reply_to: {e}"))?);
+    }
+    let built = match &msg.html {
+        Some(html) => b.multipart(MultiPart::alternative_plain_html(
+            msg.text.clone(),
+            html.clone(),
+        )),
+        None => b.header(ContentType::TEXT_PLAIN).body(msg.text.clone()),
+    };
+    built.map_err(|e| format!("cannot build the message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catcher::{Catcher, CatcherOptions};
+
+    fn settings(port: u16) -> SmtpSettings {
+        SmtpSettings {
+            host: "127.0.0.1".into(),
+            port,
+            tls: SmtpTls::None,
+            username: None,
+            password: None,
+            timeout: Duration::from_secs(5),
+            extra_root_cert_pem: None,
+        }
+    }
+
+    fn msg(to: &str, html: Option<&str>) -> EmailMessage {
+        EmailMessage {
+            from: "Clinic Notifier <notifier@clinic.example>".into(),
+            to: to.into(),
+            reply_to: Some("frontdesk@clinic.example".into()),
+            subject: "New lead: Mehwish Qureshi".into(),
+            text: "New lead: Mehwish Qureshi\n.dot line\nCall within the hour.\n".into(),
+            html: html.map(str::to_string),
+            message_id: message_id("msg_abc/front-desk/0", "clinic.example"),
+        }
+    }
+
+    #[test]
+    fn ids_addresses_and_domains() {
+        let a = message_id("k1", "clinic.example");
+        assert_eq!(a, message_id("k1", "clinic.example"));
+        assert_ne!(a, message_id("k2", "clinic.example"));
+        assert!(a.starts_with('<') && a.ends_with("@clinic.example>"));
+        assert!(message_id("k", "").ends_with("@clinicea-notifier.invalid>"));
+        assert_eq!(domain_of("Clinic <a@Clinic.Example>"), "clinic.example");
+        assert_eq!(domain_of("a@b.c"), "b.c");
+        assert!(validate_address("Front Desk <fd@clinic.example>").is_ok());
+        let e = validate_address("patient-at-example.com").unwrap_err();
+        assert!(!e.contains("patient"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn plain_and_multipart_arrive_with_headers() {
+        let c = Catcher::start("127.0.0.1:0", CatcherOptions::default())
+            .await
+            .unwrap();
+        let m = Mailer::new(settings(c.addr.port())).unwrap();
+        let plain = msg("frontdesk@clinic.example", None);
+        let r = m.send(&plain).await;
+        assert_eq!(r.verdict, Verdict::Success, "{r:?}");
+        assert_eq!(r.status, Some(250));
+        let html = msg(
+            "manager@clinic.example",
+            Some("<p>New lead: <b>Mehwish</b></p>"),
+        );
+        assert_eq!(m.send(&html).await.verdict, Verdict::Success);
+        let got = c.wait_for(2, Duration::from_secs(5)).await;
+        assert_eq!(got.len(), 2);
+
+        let p = &got[0];
+        assert_eq!(p.mail_from, "notifier@clinic.example");
+        assert_eq!(p.rcpt_to, vec!["frontdesk@clinic.example"]);
+        assert_eq!(
+            p.header("Subject").as_deref(),
+            Some("New lead: Mehwish Qureshi")
+        );
+        assert_eq!(
+            p.header("From").as_deref(),
+            Some("\"Clinic Notifier\" <notifier@clinic.example>")
+        );
+        assert_eq!(p.header("To").as_deref(), Some("frontdesk@clinic.example"));
+        assert_eq!(
+            p.header("Reply-To").as_deref(),
+            Some("frontdesk@clinic.example")
+        );
+        assert_eq!(p.header("Message-ID"), Some(plain.message_id.clone()));
+        assert!(p.header("Date").is_some());
+        assert!(
+            p.header("Content-Type").unwrap().starts_with("text/plain"),
+            "{:?}",
+            p.header("Content-Type")
+        );
+        assert!(
+            p.data
+                .contains("\r\n.dot line\r\nCall within the hour.\r\n"),
+            "{}",
+            p.data
+        );
+
+        let h = &got[1];
+        assert!(h
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("multipart/alternative"));
+        assert!(h.data.contains("Content-Type: text/plain"));
+        assert!(h.data.contains("Content-Type: text/html"));
+        assert!(h.data.contains("<p>New lead: <b>Mehwish</b></p>"));
+        assert_eq!(h.header("Message-ID"), Some(html.message_id.clone()));
+    }
+
+    #[tokio::test]
+    async fn rejection_fails_and_tempfail_retries() {
+        let c = Catcher::start(
+            "127.0.0.1:0",
+            CatcherOptions {
+                reject_recipients: vec!["gone@clinic.example".into()],
+                tempfail_first: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let m = Mailer::new(settings(c.addr.port())).unwrap();
+        let first = m.send(&msg("frontdesk@clinic.example", None)).await;
+        assert!(matches!(first.verdict, Verdict::Retry { .. }), "{first:?}");
+        assert_eq!(first.status, Some(421));
+        let again = m.send(&msg("frontdesk@clinic.example", None)).await;
+        assert_eq!(again.verdict, Verdict::Success, "{again:?}");
+        let rejected = m.send(&msg("gone@clinic.example", None)).await;
+        assert!(
+            matches!(rejected.verdict, Verdict::Fail { .. }),
+            "{rejected:?}"
+        );
+        assert_eq!(rejected.status, Some(550));
+        // The pool still works after a rejection.
+        assert_eq!(
+            m.send(&msg("frontdesk@clinic.example", None)).await.verdict,
+            Verdict::Success
+        );
+        assert_eq!(c.wait_for(2, Duration::from_secs(5)).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn server_down_retries() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let m = Mailer::new(settings(port)).unwrap();
+        let r = m.send(&msg("frontdesk@clinic.example", None)).await;
+        assert!(matches!(r.verdict, Verdict::Retry { .. }), "{r:?}");
+        assert_eq!(r.status, None);
+    }
+
+    #[tokio::test]
+    async fn starttls_with_a_trusted_self_signed_certificate_and_auth() {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+        ])
+        .unwrap();
+        let cert_pem = ck.cert.pem().into_bytes();
+        let key_pem = ck.key_pair.serialize_pem().into_bytes();
+        let c = Catcher::start(
+            "127.0.0.1:0",
+            CatcherOptions {
+                tls: Some((cert_pem.clone(), key_pem)),
+                require_auth: Some(("notifier".into(), "s3cret".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut s = settings(c.addr.port());
+        s.tls = SmtpTls::Starttls;
+        s.username = Some("notifier".into());
+        s.password = Some("s3cret".into());
+        s.extra_root_cert_pem = Some(cert_pem);
+        let m = Mailer::new(s.clone()).unwrap();
+        let r = m
+            .send(&msg("frontdesk@clinic.example", Some("<p>hi</p>")))
+            .await;
+        assert_eq!(r.verdict, Verdict::Success, "{r:?}");
+        let got = c.wait_for(1, Duration::from_secs(5)).await;
+        assert_eq!(got.len(), 1);
+        assert!(got[0].tls);
+        assert_eq!(got[0].auth_user.as_deref(), Some("notifier"));
+
+        // Without trusting the certificate: a TLS error, retried, nothing delivered.
+        s.extra_root_cert_pem = None;
+        let untrusting = Mailer::new(s).unwrap();
+        let r = untrusting
+            .send(&msg("frontdesk@clinic.example", None))
+            .await;
+        assert!(matches!(r.verdict, Verdict::Retry { .. }), "{r:?}");
+        assert_eq!(c.messages().len(), 1);
+    }
 }

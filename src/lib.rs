@@ -23,6 +23,9 @@
 //! `sandbox` is a simulated Clinicea API for tests, rehearsals and the demo; `telemetry` sets up
 //! logs and metrics.
 
+pub mod app;
+pub mod catcher;
+pub mod chat;
 pub mod clinicea;
 pub mod config;
 pub mod deliver;
@@ -31,6 +34,7 @@ pub mod email;
 pub mod model;
 pub mod outcome;
 pub mod poll;
+pub mod render;
 pub mod rules;
 pub mod store;
 pub mod telemetry;

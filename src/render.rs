@@ -1,0 +1,895 @@
+//! Templates: the handlebars registry that renders email bodies, subjects, recipients and chat
+//! messages from the change model.
+//!
+//! Template names are file names without `.hbs`: `new-lead.txt` renders `new-lead.txt.hbs`,
+//! `new-lead.html` renders `new-lead.html.hbs`. The shipped templates in `templates/` are embedded
+//! in the binary; a file of the same name in the configured folder overrides one, and other files
+//! there add templates.
+//!
+//! Escaping: `*.txt` templates (and inline templates, used for subjects and recipients) never
+//! escape; `*.html` templates HTML-escape every `{{value}}` (use `{{{value}}}` to opt out).
+//!
+//! Strictness: real deliveries render **leniently** (a field that is absent renders as an empty
+//! string), because Clinicea omits optional fields and one absent field must not kill a staff
+//! message. [`Templates::check`] renders **strictly** against a sample record, so a typo such as
+//! `{{record.Frist}}` is an error at `check` time, with the template name and line.
+
+use crate::config::Problem;
+use crate::model::{Change, ChangeKind};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use handlebars::{
+    Context, Handlebars, Helper, HelperDef, RenderContext, RenderErrorReason, ScopedJson,
+};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The error a render returns (handlebars' own, with template name and line when known).
+pub type RenderError = handlebars::RenderError;
+
+/// The templates shipped in the binary: (file name, source).
+pub const SHIPPED: &[(&str, &str)] = &[
+    (
+        "new-lead.txt.hbs",
+        include_str!("../templates/new-lead.txt.hbs"),
+    ),
+    (
+        "new-lead.html.hbs",
+        include_str!("../templates/new-lead.html.hbs"),
+    ),
+    (
+        "appointment-change.txt.hbs",
+        include_str!("../templates/appointment-change.txt.hbs"),
+    ),
+    (
+        "appointment-change.html.hbs",
+        include_str!("../templates/appointment-change.html.hbs"),
+    ),
+    (
+        "lead-chat.txt.hbs",
+        include_str!("../templates/lead-chat.txt.hbs"),
+    ),
+    (
+        "appointment-chat.txt.hbs",
+        include_str!("../templates/appointment-chat.txt.hbs"),
+    ),
+    (
+        "patient-chat.txt.hbs",
+        include_str!("../templates/patient-chat.txt.hbs"),
+    ),
+    (
+        "change.txt.hbs",
+        include_str!("../templates/change.txt.hbs"),
+    ),
+];
+
+/// The unset date Clinicea sends for an empty timestamp; the `date` helper renders it as empty.
+pub const UNSET_DATE_PREFIX: &str = "0001-01-01";
+
+/// The format the `date` helper uses when none is given.
+pub const DEFAULT_DATE_FORMAT: &str = "%Y-%m-%d %H:%M";
+
+/// The registered templates: two handlebars registries, one that escapes HTML and one that does not.
+#[derive(Clone)]
+pub struct Templates {
+    text: Handlebars<'static>,
+    html: Handlebars<'static>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
+fn new_registry(escape_html: bool) -> Handlebars<'static> {
+    let mut r = Handlebars::new();
+    if !escape_html {
+        r.register_escape_fn(handlebars::no_escape);
+    }
+    r.register_helper("date", Box::new(Fn(date_helper)));
+    r.register_helper("default", Box::new(Fn(default_helper)));
+    r.register_helper("truncate", Box::new(Fn(truncate_helper)));
+    r.register_helper("json", Box::new(Fn(json_helper)));
+    r.register_helper("join", Box::new(Fn(join_helper)));
+    r.register_helper("upper", Box::new(Fn(upper_helper)));
+    r.register_helper("lower", Box::new(Fn(lower_helper)));
+    r
+}
+
+fn is_html(name: &str) -> bool {
+    name.ends_with(".html")
+}
+
+impl Templates {
+    /// The shipped templates only.
+    pub fn shipped() -> Result<Templates, Vec<Problem>> {
+        Self::load(None)
+    }
+
+    /// The shipped templates, overridden and extended by `NAME.txt.hbs` / `NAME.html.hbs` files in
+    /// `dir`. Every problem (unreadable file, syntax error with its line, badly named file) is
+    /// returned, keyed by the file's path.
+    pub fn load(dir: Option<&Path>) -> Result<Templates, Vec<Problem>> {
+        let mut t = Templates {
+            text: new_registry(false),
+            html: new_registry(true),
+        };
+        let mut problems = Vec::new();
+        for (file, src) in SHIPPED {
+            if let Err(p) = t.register_file(file, src, &format!("(built-in) {file}")) {
+                problems.push(p);
+            }
+        }
+        if let Some(dir) = dir {
+            match std::fs::read_dir(dir) {
+                Err(e) => problems.push(Problem::at(
+                    None,
+                    dir.display().to_string(),
+                    format!("cannot read the templates folder: {e}"),
+                )),
+                Ok(entries) => {
+                    let mut paths: Vec<_> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "hbs"))
+                        .collect();
+                    paths.sort();
+                    for path in paths {
+                        let key = path.display().to_string();
+                        let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+                            problems.push(Problem::at(None, key, "file name is not UTF-8"));
+                            continue;
+                        };
+                        match std::fs::read_to_string(&path) {
+                            Ok(src) => {
+                                if let Err(p) = t.register_file(file, &src, &key) {
+                                    problems.push(p);
+                                }
+                            }
+                            Err(e) => problems.push(Problem::at(
+                                None,
+                                key,
+                                format!("cannot read template: {e}"),
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(t)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn register_file(&mut self, file: &str, src: &str, key: &str) -> Result<(), Problem> {
+        let name = file.strip_suffix(".hbs").unwrap_or(file);
+        if !(name.ends_with(".txt") || name.ends_with(".html")) {
+            return Err(Problem::at(
+                None,
+                key,
+                "template files are named NAME.txt.hbs (plain text) or NAME.html.hbs (HTML)",
+            ));
+        }
+        self.register(name, src, key)
+    }
+
+    fn register(&mut self, name: &str, src: &str, key: &str) -> Result<(), Problem> {
+        let reg = if is_html(name) {
+            &mut self.html
+        } else {
+            &mut self.text
+        };
+        reg.register_template_string(name, src).map_err(|e| {
+            let line = e.pos().map(|(line, _)| line as u64);
+            let message = match e.pos() {
+                Some((_, col)) => format!("template syntax error (column {col}): {}", e.reason()),
+                None => format!("template syntax error: {}", e.reason()),
+            };
+            Problem::at(line, key, message)
+        })
+    }
+
+    /// Registers a template given inline in the config (an email subject, a recipient). It never
+    /// escapes unless its name ends in `.html`. `name` is what [`Templates::render`] uses; the
+    /// problem's key is that name too.
+    pub fn register_inline(&mut self, name: &str, src: &str) -> Result<(), Problem> {
+        self.register(name, src, name)
+    }
+
+    /// Whether a template of that name exists (`new-lead.txt`, `new-lead.html`, an inline name).
+    pub fn has(&self, name: &str) -> bool {
+        if is_html(name) {
+            self.html.has_template(name)
+        } else {
+            self.text.has_template(name)
+        }
+    }
+
+    /// Every template name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .text
+            .get_templates()
+            .keys()
+            .chain(self.html.get_templates().keys())
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Renders a template leniently: an absent field renders as an empty string.
+    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        if is_html(name) {
+            self.html.render(name, ctx)
+        } else {
+            self.text.render(name, ctx)
+        }
+    }
+
+    /// Renders `name` strictly against [`sample_change`]`(resource)`, so a field the record does
+    /// not have is an error. The problem names the template and the line. Returns the rendered
+    /// text, for `check` and `test-rule` to show.
+    pub fn check(&self, name: &str, resource: &str) -> Result<String, Problem> {
+        if !self.has(name) {
+            return Err(Problem::at(None, name, "no such template"));
+        }
+        let change = sample_change(resource);
+        let ctx = context(
+            &change,
+            "check",
+            &["check".to_string()],
+            "check",
+            chrono_tz::UTC,
+        );
+        let mut reg = if is_html(name) {
+            self.html.clone()
+        } else {
+            self.text.clone()
+        };
+        reg.set_strict_mode(true);
+        reg.render(name, &ctx).map_err(|e| {
+            let line = e.line_no.map(|l| l as u64);
+            let reason = match e.reason() {
+                RenderErrorReason::MissingVariable(Some(path)) => format!(
+                    "field {path:?} is not in a sample {resource} record (is it spelled right?)"
+                ),
+                RenderErrorReason::MissingVariable(None) => {
+                    format!("a helper got a field that is not in a sample {resource} record")
+                }
+                other => other.to_string(),
+            };
+            Problem::at(line, e.template_name.clone().unwrap_or(name.into()), reason)
+        })
+    }
+
+    /// Checks every registered template against the sample record its name suggests (`lead` →
+    /// leads, `appointment` → appointments, `patient` → patients, anything else a generic record).
+    /// `check` should prefer [`Templates::check`] with the resources of the rules that use a
+    /// template; this is the fallback for templates no rule uses.
+    pub fn check_all(&self) -> Vec<Problem> {
+        self.names()
+            .iter()
+            .filter_map(|n| self.check(n, guess_resource(n)).err())
+            .collect()
+    }
+}
+
+fn guess_resource(name: &str) -> &'static str {
+    if name.contains("lead") {
+        "leads"
+    } else if name.contains("appointment") {
+        "appointments"
+    } else if name.contains("patient") {
+        "patients"
+    } else {
+        "records"
+    }
+}
+
+/// The template context of one delivery: the spec's change model (`change`, `resource`, `id`,
+/// `record`, `previous`, `changed_fields`, `server_status`, `detected_at`, `rule`, `rules`,
+/// `destination`) plus `timezone` (the clinic's IANA zone, which the `date` helper uses) and
+/// `changes`, a list of `{field, from, to}` for each changed field of a modified record (empty for
+/// added and deleted records).
+pub fn context(
+    change: &Change,
+    rule: &str,
+    rules: &[String],
+    destination: &str,
+    tz: chrono_tz::Tz,
+) -> Value {
+    let changes: Vec<Value> = match (&change.previous, change.kind) {
+        (Some(prev), ChangeKind::Modified) => change
+            .changed_fields
+            .iter()
+            .map(|f| {
+                json!({
+                    "field": f,
+                    "from": prev.get(f).cloned().unwrap_or(Value::Null),
+                    "to": change.record.get(f).cloned().unwrap_or(Value::Null),
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    json!({
+        "change": change.kind.as_str(),
+        "resource": change.resource,
+        "id": change.id,
+        "record": change.record,
+        "previous": change.previous,
+        "changed_fields": change.changed_fields,
+        "changes": changes,
+        "server_status": change.server_status,
+        "detected_at": change.detected_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "rule": rule,
+        "rules": rules,
+        "destination": destination,
+        "timezone": tz.name(),
+    })
+}
+
+/// A made-up change in the shape of the fixture records, for `check` and examples: an added lead,
+/// a modified appointment (rescheduled and cancelled), an added patient, or for any other resource
+/// a modified generic record.
+pub fn sample_change(resource: &str) -> Change {
+    let detected_at = DateTime::parse_from_rfc3339("2026-11-29T10:00:03Z")
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now());
+    let (kind, record, previous, status) = match resource {
+        "leads" => (
+            ChangeKind::Added,
+            json!({
+                "ID": "16a6fc9c-4b99-7980-2f96-afd9f2235b9f",
+                "FirstName": "Farhan",
+                "LastName": "Butt",
+                "Mobile": "+923009823391",
+                "Email": "farhan.butt0@example.com",
+                "LeadStatus": "HOT",
+                "Source": "Website",
+                "Notes": "Price enquiry: Hydrafacial",
+                "CreatedDatetime": "2026-11-27T09:00:00",
+                "ModifiedDatetime": "2026-11-28T09:00:00",
+                "DataStatusStr": "Added"
+            }),
+            None,
+            "Added",
+        ),
+        "appointments" => {
+            let prev = json!({
+                "ID": "70570871-71c5-b01d-8987-24fb6abc8b22",
+                "PatientID": "fbc4457f-7347-ab06-46d0-b0c2d1f5f92b",
+                "StartDateTime": "2026-11-30T09:30:00",
+                "EndDateTime": "2026-11-30T09:59:00",
+                "ServiceName": "Hydrafacial",
+                "ServiceCategory": "Skin",
+                "StaffTitle": "Dr.",
+                "StaffFirstName": "Sana",
+                "StaffLastName": "Hussain",
+                "CreatedStaffName": "Front Desk",
+                "CreatedStaffID": "575f09a6-12c2-f587-30c0-60a12b9796c8",
+                "ModifiedStaffName": "Front Desk",
+                "PatientName": "Bilal Raza",
+                "PatientMobile": "+923218905547",
+                "AppointmentStatus": "Confirmed",
+                "Notes": "",
+                "Duration": 30,
+                "IsDeleted": false,
+                "DataStatusValue": "Added"
+            });
+            let mut rec = prev.clone();
+            rec["StartDateTime"] = json!("2026-11-30T11:00:00");
+            rec["EndDateTime"] = json!("2026-11-30T11:29:00");
+            rec["AppointmentStatus"] = json!("Cancelled");
+            rec["DataStatusValue"] = json!("Modified");
+            (ChangeKind::Modified, rec, Some(prev), "Modified")
+        }
+        "patients" => (
+            ChangeKind::Added,
+            json!({
+                "ID": "e1c99c58-f8d6-09e1-c2c1-29914de1e402",
+                "FullName": "Daniyal Sheikh",
+                "FirstName": "Daniyal",
+                "LastName": "Sheikh",
+                "FileNo": "F1002",
+                "PatientUniqueIDNumber": "",
+                "Mobile": "3006923559",
+                "MobileCountryCode": "+92",
+                "Email": "daniyal2@example.com",
+                "Gender": "M",
+                "Address1": "House 5, Street 12",
+                "City": "Islamabad",
+                "PostalCode": "54000",
+                "CreatedDatetime": "2026-11-01T10:02:00",
+                "ModifiedDatetime": "0001-01-01T00:00:00",
+                "DataStatusStr": "Added"
+            }),
+            None,
+            "Added",
+        ),
+        _ => {
+            let prev = json!({"ID": "sample-1", "Name": "Sample", "Status": "Active",
+                              "ModifiedDatetime": "2026-11-28T09:00:00", "DataStatusStr": "Added"});
+            let mut rec = prev.clone();
+            rec["Status"] = json!("Inactive");
+            rec["ModifiedDatetime"] = json!("2026-11-29T09:59:00");
+            rec["DataStatusStr"] = json!("Modified");
+            (ChangeKind::Modified, rec, Some(prev), "Modified")
+        }
+    };
+    let changed_fields = match &previous {
+        Some(Value::Object(p)) => record
+            .as_object()
+            .map(|r| {
+                r.iter()
+                    .filter(|(k, v)| p.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => record
+            .as_object()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default(),
+    };
+    Change {
+        source: crate::model::DEFAULT_SOURCE.into(),
+        resource: resource.into(),
+        id: record
+            .get("ID")
+            .and_then(Value::as_str)
+            .unwrap_or("sample")
+            .into(),
+        kind,
+        record,
+        previous,
+        changed_fields,
+        server_status: Some(status.into()),
+        detected_at,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+type HelperFn = fn(&Helper<'_>, &Handlebars<'_>, &Context) -> Result<Value, RenderError>;
+
+/// Adapts a plain function to a handlebars helper that returns a value, so the registry's escape
+/// function applies to its output and it works in subexpressions.
+struct Fn(HelperFn);
+
+impl HelperDef for Fn {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _rc: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        (self.0)(h, r, ctx).map(ScopedJson::Derived)
+    }
+}
+
+/// Parameter `i`: its value, `None` when absent; in strict mode an absent one is an error.
+fn param<'a>(
+    h: &'a Helper<'_>,
+    r: &Handlebars<'_>,
+    i: usize,
+) -> Result<Option<&'a Value>, RenderError> {
+    match h.param(i) {
+        None => Ok(None),
+        Some(p) if p.is_value_missing() => {
+            if r.strict_mode() {
+                Err(RenderErrorReason::MissingVariable(p.relative_path().cloned()).into())
+            } else {
+                Ok(None)
+            }
+        }
+        Some(p) => Ok(Some(p.value())),
+    }
+}
+
+fn param_str(h: &Helper<'_>, i: usize) -> Option<String> {
+    h.param(i).map(|p| as_text(p.value()))
+}
+
+/// A value as text: strings as they are, null as empty, others as JSON.
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_blank(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.trim().is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        _ => false,
+    }
+}
+
+fn default_helper(h: &Helper<'_>, _: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
+    // Never strict: handling an absent value is the point of `default`.
+    let v = h
+        .param(0)
+        .filter(|p| !p.is_value_missing())
+        .map(|p| p.value());
+    if is_blank(v) {
+        Ok(h.param(1).map(|p| p.value().clone()).unwrap_or(Value::Null))
+    } else {
+        Ok(v.cloned().unwrap_or(Value::Null))
+    }
+}
+
+/// Formats a timestamp in the clinic's zone. See [`format_date`].
+fn date_helper(h: &Helper<'_>, r: &Handlebars<'_>, ctx: &Context) -> Result<Value, RenderError> {
+    let Some(v) = param(h, r, 0)? else {
+        return Ok(json!(""));
+    };
+    let fmt = param_str(h, 1).unwrap_or_else(|| DEFAULT_DATE_FORMAT.to_string());
+    let tz: chrono_tz::Tz = h
+        .hash_get("tz")
+        .map(|p| as_text(p.value()))
+        .or_else(|| ctx.data().get("timezone").map(as_text))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(chrono_tz::UTC);
+    format_date(&as_text(v), &fmt, tz)
+        .map(Value::String)
+        .map_err(|e| RenderErrorReason::Other(e).into())
+}
+
+/// Formats `s` (RFC 3339, or an offset-less `2026-11-30T09:30:00` read in `tz`, or a bare date) in
+/// `tz` with the chrono format `fmt`. Empty input and Clinicea's unset `0001-01-01T00:00:00` give an
+/// empty string; text that is not a timestamp is returned as it is.
+pub fn format_date(s: &str, fmt: &str, tz: chrono_tz::Tz) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.starts_with(UNSET_DATE_PREFIX) {
+        return Ok(String::new());
+    }
+    let dt = if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        Some(d.with_timezone(&tz))
+    } else {
+        let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+            .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+            .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M"))
+            .ok()
+            .or_else(|| {
+                NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+            });
+        match naive {
+            None => return Ok(s.to_string()),
+            Some(n) => tz.from_local_datetime(&n).earliest().or_else(|| {
+                // A local time in a DST gap: read it as UTC rather than fail.
+                Some(Utc.from_utc_datetime(&n).with_timezone(&tz))
+            }),
+        }
+    };
+    let mut out = String::new();
+    match dt {
+        Some(d) => write!(out, "{}", d.format(fmt))
+            .map_err(|_| format!("invalid date format {fmt:?} (use chrono's %Y-%m-%d %H:%M)"))?,
+        None => out.push_str(s),
+    }
+    Ok(out)
+}
+
+fn truncate_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
+    let text = param(h, r, 0)?.map(as_text).unwrap_or_default();
+    let max = h.param(1).and_then(|p| p.value().as_u64()).ok_or_else(|| {
+        RenderErrorReason::Other("truncate needs a length: {{truncate x 80}}".into())
+    })?;
+    Ok(Value::String(truncate_chars(&text, max as usize)))
+}
+
+/// Cuts `s` to at most `max` characters, the last being `…` when it was cut.
+pub fn truncate_chars(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    if max == 0 {
+        return String::new();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+fn json_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
+    let v = param(h, r, 0)?.cloned().unwrap_or(Value::Null);
+    let pretty = h
+        .hash_get("pretty")
+        .and_then(|p| p.value().as_bool())
+        .unwrap_or(false);
+    let s = if pretty {
+        serde_json::to_string_pretty(&v)
+    } else {
+        serde_json::to_string(&v)
+    };
+    s.map(Value::String)
+        .map_err(|e| RenderErrorReason::Other(e.to_string()).into())
+}
+
+fn join_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
+    let sep = param_str(h, 1).unwrap_or_else(|| ", ".to_string());
+    Ok(Value::String(match param(h, r, 0)? {
+        Some(Value::Array(items)) => items.iter().map(as_text).collect::<Vec<_>>().join(&sep),
+        Some(v) => as_text(v),
+        None => String::new(),
+    }))
+}
+
+fn upper_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
+    Ok(Value::String(
+        param(h, r, 0)?
+            .map(as_text)
+            .unwrap_or_default()
+            .to_uppercase(),
+    ))
+}
+
+fn lower_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
+    Ok(Value::String(
+        param(h, r, 0)?
+            .map(as_text)
+            .unwrap_or_default()
+            .to_lowercase(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(file: &str, idx: usize) -> Value {
+        let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+        let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        all[idx].clone()
+    }
+
+    fn change_of(resource: &str, record: Value, previous: Option<Value>) -> Change {
+        let mut c = sample_change(resource);
+        c.kind = if previous.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
+        c.id = record["ID"].as_str().unwrap().into();
+        c.changed_fields = match &previous {
+            Some(p) => record
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, v)| p.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            None => record.as_object().unwrap().keys().cloned().collect(),
+        };
+        c.record = record;
+        c.previous = previous;
+        c
+    }
+
+    fn ctx(c: &Change) -> Value {
+        context(
+            c,
+            "r1",
+            &["r1".into()],
+            "front-desk",
+            chrono_tz::Asia::Karachi,
+        )
+    }
+
+    fn lines(s: &str) -> Vec<&str> {
+        s.lines().collect()
+    }
+
+    #[test]
+    fn every_shipped_template_passes_strict_check() {
+        let t = Templates::shipped().unwrap();
+        assert_eq!(t.names().len(), SHIPPED.len());
+        assert_eq!(t.check_all(), vec![]);
+    }
+
+    #[test]
+    fn new_lead_text_and_html() {
+        let t = Templates::shipped().unwrap();
+        let c = change_of("leads", fixture("leads-v1-page0.json", 1), None);
+        let out = t.render("new-lead.txt", &ctx(&c)).unwrap();
+        let l = lines(&out);
+        assert_eq!(l[0], "New lead: Mehwish Qureshi");
+        assert!(l.contains(&"Phone:   +923008085297"), "{out}");
+        assert!(l.contains(&"Email:   mehwish.qureshi1@example.com"));
+        assert!(l.contains(&"Source:  Instagram"));
+        assert!(l.contains(&"Created: Fri 27 Nov 2026, 10:01"), "{out}");
+        assert!(l.contains(&"Notes:   Price enquiry: Hydrafacial"));
+        assert!(out.contains("What to do: call Mehwish within the hour, or email"));
+        let html = t.render("new-lead.html", &ctx(&c)).unwrap();
+        assert!(html.contains("<h2 style=\"margin: 0 0 12px 0;\">New lead: Mehwish Qureshi</h2>"));
+        assert!(html.contains("<td>mehwish.qureshi1@example.com</td>"));
+
+        // A lead with no email: the default shows and the email advice is left out.
+        let c = change_of("leads", fixture("leads-v1-page1.json", 1), None);
+        let out = t.render("new-lead.txt", &ctx(&c)).unwrap();
+        assert!(out.contains("Email:   no email given\n"), "{out}");
+        assert!(
+            out.contains("call Hamza within the hour, then update"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn html_escapes_but_text_does_not() {
+        let t = Templates::shipped().unwrap();
+        let mut rec = fixture("leads-v1-page0.json", 0);
+        rec["FirstName"] = json!("<script>alert(1)</script>");
+        rec["Notes"] = json!("Tom & Jerry");
+        let c = change_of("leads", rec, None);
+        let html = t.render("new-lead.html", &ctx(&c)).unwrap();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains("Tom &amp; Jerry"));
+        let text = t.render("new-lead.txt", &ctx(&c)).unwrap();
+        assert!(text.starts_with("New lead: <script>alert(1)</script> Butt"));
+        assert!(text.contains("Notes:   Tom & Jerry"));
+    }
+
+    #[test]
+    fn appointment_change_shows_what_changed() {
+        let t = Templates::shipped().unwrap();
+        let prev = fixture("appointments-v3-getChanges.json", 0);
+        let mut rec = prev.clone();
+        rec["AppointmentStatus"] = json!("Cancelled");
+        rec["StartDateTime"] = json!("2026-11-30T11:00:00");
+        let c = change_of("appointments", rec, Some(prev));
+        let out = t.render("appointment-change.txt", &ctx(&c)).unwrap();
+        let l = lines(&out);
+        assert_eq!(l[0], "Appointment modified: Bilal Raza, Mon 30 Nov 11:00");
+        assert!(l.contains(&"Patient: Bilal Raza (+923218905547)"), "{out}");
+        assert!(l.contains(&"When:    Monday 30 November 2026, 11:00 to 09:59 (Asia/Karachi)"));
+        assert!(l.contains(&"With:    Dr. Sana Hussain"));
+        assert!(l.contains(&"Service: Hydrafacial"));
+        assert!(l.contains(&"  - StartDateTime: 2026-11-30T09:30:00 -> 2026-11-30T11:00:00"));
+        assert!(
+            l.contains(&"  - AppointmentStatus: Confirmed -> Cancelled"),
+            "{out}"
+        );
+        assert!(!out.contains("Notes:"));
+        let html = t.render("appointment-change.html", &ctx(&c)).unwrap();
+        assert!(html.contains("<tr><td>AppointmentStatus</td><td>Confirmed</td><td><strong>Cancelled</strong></td></tr>"));
+
+        let chat = t.render("appointment-chat.txt", &ctx(&c)).unwrap();
+        assert_eq!(
+            lines(&chat)[0],
+            "Appointment modified: Bilal Raza with Dr. Sana Hussain, Mon 30 Nov 11:00 (Hydrafacial, Cancelled)"
+        );
+        assert!(chat.contains("- AppointmentStatus: Confirmed -> Cancelled\n"));
+    }
+
+    #[test]
+    fn chat_templates() {
+        let t = Templates::shipped().unwrap();
+        let c = change_of("leads", fixture("leads-v1-page0.json", 1), None);
+        let out = t.render("lead-chat.txt", &ctx(&c)).unwrap();
+        assert_eq!(
+            lines(&out),
+            vec![
+                "New lead: Mehwish Qureshi (source: Instagram, status: HOT)",
+                "Phone: +923008085297 | Email: mehwish.qureshi1@example.com",
+                "Notes: Price enquiry: Hydrafacial",
+                "Please call within the hour.",
+            ]
+        );
+        let c = change_of("patients", fixture("patients-v1.json", 2), None);
+        let out = t.render("patient-chat.txt", &ctx(&c)).unwrap();
+        assert_eq!(
+            out.trim_end(),
+            "New patient: Daniyal Sheikh (file F1002), Islamabad. Registered Sun 01 Nov 10:02."
+        );
+        let c = change_of(
+            "records",
+            json!({"ID": "x", "A": 1}),
+            Some(json!({"ID": "x", "A": 0})),
+        );
+        let out = t.render("change.txt", &ctx(&c)).unwrap();
+        assert_eq!(
+            lines(&out)[0],
+            "records record x was modified (rule \"r1\")."
+        );
+        assert!(out.contains("- A: 0 -> 1\n"), "{out}");
+        assert!(out.contains("Detected 2026-11-29 15:00 PKT."), "{out}");
+    }
+
+    #[test]
+    fn helpers() {
+        let mut t = Templates::shipped().unwrap();
+        let ctx = json!({"timezone": "Asia/Karachi", "r": {
+            "Start": "2026-11-30T09:30:00", "Utc": "2026-11-30T04:30:00Z", "Unset": "0001-01-01T00:00:00",
+            "Email": "", "Name": "Ada", "Tags": ["a", "b"], "Long": "abcdefghij"}});
+        let cases = [
+            ("{{date r.Start \"%H:%M %Z\"}}", "09:30 PKT"),
+            ("{{date r.Utc \"%H:%M\"}}", "09:30"),
+            ("{{date r.Unset \"%H:%M\"}}", ""),
+            ("{{date r.Start}}", "2026-11-30 09:30"),
+            ("{{date r.Utc \"%H:%M\" tz=\"Europe/London\"}}", "04:30"),
+            ("{{default r.Email \"no email\"}}", "no email"),
+            ("{{default r.Missing \"none\"}}", "none"),
+            ("{{default r.Name \"none\"}}", "Ada"),
+            ("{{truncate r.Long 5}}", "abcd…"),
+            ("{{truncate r.Long 50}}", "abcdefghij"),
+            ("{{join r.Tags \" / \"}}", "a / b"),
+            ("{{json r.Tags}}", "[\"a\",\"b\"]"),
+            ("{{upper r.Name}} {{lower r.Name}}", "ADA ada"),
+            ("{{upper (default r.Email \"x\")}}", "X"),
+        ];
+        for (i, (src, want)) in cases.iter().enumerate() {
+            let name = format!("case{i}");
+            t.register_inline(&name, src).unwrap();
+            assert_eq!(t.render(&name, &ctx).unwrap(), *want, "{src}");
+        }
+        // Lenient: an absent field is empty.
+        t.register_inline("subject", "Lead {{r.Nope}}!").unwrap();
+        assert_eq!(t.render("subject", &ctx).unwrap(), "Lead !");
+        t.register_inline("badfmt", "{{date r.Start \"%Q\"}}")
+            .unwrap();
+        assert!(t.render("badfmt", &ctx).is_err());
+    }
+
+    #[test]
+    fn check_reports_template_and_line() {
+        let mut t = Templates::shipped().unwrap();
+        t.register_inline("subj.txt", "line one\nNew lead: {{record.Frist}}")
+            .unwrap();
+        let p = t.check("subj.txt", "leads").unwrap_err();
+        assert_eq!(p.key, "subj.txt");
+        assert_eq!(p.line, Some(2));
+        assert!(p.message.contains("record.Frist"), "{p}");
+        t.register_inline("d.txt", "{{date record.Nope \"%H\"}}")
+            .unwrap();
+        assert!(t.check("d.txt", "leads").is_err());
+        assert!(t.check("new-lead.txt", "leads").is_ok());
+        assert!(t.check("nope.txt", "leads").is_err());
+    }
+
+    #[test]
+    fn folder_overrides_and_syntax_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("new-lead.txt.hbs"),
+            "Custom {{record.FirstName}}",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("extra.html.hbs"), "<b>{{id}}</b>").unwrap();
+        std::fs::write(dir.path().join("README.md"), "ignored").unwrap();
+        let t = Templates::load(Some(dir.path())).unwrap();
+        let c = sample_change("leads");
+        assert_eq!(t.render("new-lead.txt", &ctx(&c)).unwrap(), "Custom Farhan");
+        assert!(t.has("extra.html") && t.has("change.txt") && !t.has("extra.txt"));
+
+        std::fs::write(
+            dir.path().join("broken.txt.hbs"),
+            "ok\nok\n{{#if x}}never closed",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("noext.hbs"), "x").unwrap();
+        let problems = Templates::load(Some(dir.path())).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let broken = problems
+            .iter()
+            .find(|p| p.key.ends_with("broken.txt.hbs"))
+            .unwrap();
+        assert!(broken.line.is_some(), "{broken}");
+        assert!(problems.iter().any(|p| p.key.ends_with("noext.hbs")));
+        assert!(Templates::load(Some(&dir.path().join("missing"))).is_err());
+    }
+}
