@@ -994,7 +994,7 @@ pub async fn poll_loop(
 }
 
 /// One generation of a running notifier: pollers and workers for one compiled config.
-async fn run_generation(engine: &Engine, health: Arc<Health>, cancel: CancellationToken) {
+async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: CancellationToken) {
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let mut tasks = tokio::task::JoinSet::new();
     let mut senders: HashMap<String, mpsc::UnboundedSender<Wake>> = HashMap::new();
@@ -1067,7 +1067,7 @@ pub async fn run(
     mut reload: mpsc::UnboundedReceiver<()>,
     vars: HashMap<String, String>,
 ) -> anyhow::Result<()> {
-    let mut engine = Engine::open(settings)?;
+    let mut engine = Arc::new(Engine::open(settings)?);
     let health = Arc::new(Health::default());
     let server = tokio::spawn(serve_health(
         listener,
@@ -1078,7 +1078,7 @@ pub async fn run(
     tracing::info!(resources = engine.settings.base.resources.len(), destinations = engine.settings.pipeline.destinations.len(), "notifier running");
     loop {
         let gen_cancel = cancel.child_token();
-        let gen = run_generation(&engine, health.clone(), gen_cancel.clone());
+        let gen = run_generation(engine.clone(), health.clone(), gen_cancel.clone());
         tokio::pin!(gen);
         let next = loop {
             tokio::select! {
@@ -1109,12 +1109,12 @@ pub async fn run(
                 };
                 let deliverer =
                     Deliverer::new(engine.store.clone(), new.pipeline.destinations.clone(), mailer)?;
-                engine = Engine {
+                engine = Arc::new(Engine {
                     settings: new,
                     store: engine.store.clone(),
                     client,
                     deliverer,
-                };
+                });
                 tracing::info!("config reloaded");
             }
         }
@@ -1159,4 +1159,26 @@ pub fn spawn_signal_handlers(
         }
     });
     Ok(())
+}
+
+/// Arguments of `sandbox`.
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+}
+
+/// `sandbox`.
+pub async fn sandbox_command(_args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not built yet")
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {}
+
+/// `demo`.
+pub async fn demo_command(_args: DemoArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not built yet")
 }

@@ -605,6 +605,49 @@ impl Rule {
 }
 
 impl RuleSet {
+    /// Every (resource, destination) pair a rule connects, `*` for any resource; `check` renders
+    /// each destination's templates against a sample record of that resource.
+    pub fn resource_destinations(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for r in self.rules.iter().filter(|r| r.enabled) {
+            for &d in &r.notify {
+                let pair = (
+                    r.resource.clone().unwrap_or_else(|| "*".to_string()),
+                    self.destinations[d].clone(),
+                );
+                if !out.contains(&pair) {
+                    out.push(pair);
+                }
+            }
+        }
+        out
+    }
+
+    /// One line per rule for `check`: name, resource, kinds and destinations.
+    pub fn describe(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let kinds: Vec<&str> = ChangeKind::ALL
+                    .iter()
+                    .filter(|k| r.kinds & kind_bit(**k) != 0)
+                    .map(|k| k.as_str())
+                    .collect();
+                let dests: Vec<&str> = r.notify.iter().map(|&d| self.destinations[d].as_str()).collect();
+                format!(
+                    "{:<28} {} on [{}]{}{} -> {}{}",
+                    r.name,
+                    r.resource.as_deref().unwrap_or("*"),
+                    kinds.join(", "),
+                    if r.conditions.is_empty() { String::new() } else { format!(", {} condition(s)", r.conditions.len()) },
+                    if r.changed.is_some() { ", on field changes" } else { "" },
+                    dests.join(", "),
+                    if r.enabled { "" } else { " (disabled)" }
+                )
+            })
+            .collect()
+    }
+
     /// The deliveries `change` gets: every matching rule fires, each destination once, in the
     /// order destinations first appear in the matching rules' `notify` lists.
     pub fn route(&self, change: &Change) -> Vec<Route> {
