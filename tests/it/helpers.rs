@@ -1,0 +1,228 @@
+//! Shared test parts: a sandbox, a webhook receiver that records what it gets and answers from a
+//! script, and configs written into a temporary directory.
+
+#![allow(dead_code)]
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use clinicea_notifier::app::{self, Engine, Settings};
+use clinicea_notifier::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A webhook secret used by every test (Standard Webhooks' published example key).
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Starts a sandbox on a free loopback port.
+pub async fn sandbox(opts: SandboxOptions) -> SandboxHandle {
+    Sandbox::start(opts, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("sandbox starts")
+}
+
+/// The default sandbox: 137 leads, 12 patients, 42 appointments, no churn.
+pub async fn default_sandbox() -> SandboxHandle {
+    sandbox(SandboxOptions::default()).await
+}
+
+/// An RFC 3339 time `hours` ago, for `start_from` backfills.
+pub fn hours_ago(hours: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::hours(hours)).to_rfc3339()
+}
+
+/// A test's own directory with a config file in it.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub vars: HashMap<String, String>,
+}
+
+impl TestDir {
+    /// Writes `yaml` as the config; `${VAR}` reads `vars`.
+    pub fn new(yaml: &str) -> TestDir {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("clinicea-notifier.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        TestDir {
+            dir,
+            config,
+            vars: HashMap::new(),
+        }
+    }
+
+    /// Rewrites the config.
+    pub fn rewrite(&self, yaml: &str) {
+        std::fs::write(&self.config, yaml).unwrap();
+    }
+
+    /// Loads and compiles the config.
+    pub fn settings(&self) -> Settings {
+        match app::load_settings_with(&self.config, &self.vars) {
+            Ok(s) => s,
+            Err(e) => panic!("config should load: {e}"),
+        }
+    }
+
+    /// Opens an engine (store in this directory).
+    pub fn engine(&self) -> Engine {
+        Engine::open(self.settings()).expect("engine opens")
+    }
+}
+
+/// The `clinicea:` section for a sandbox, backfilling two hours so its records are seen.
+pub fn clinicea_section(base_url: &str) -> String {
+    format!(
+        "clinicea:\n  base_url: {base_url}\n  api_key: sandbox-api-key\n  start_from: \"{}\"\n  poll_interval: 1s\n  timeout: 5s\n",
+        hours_ago(2)
+    )
+}
+
+/// A config polling the sandbox's leads only, no destinations.
+pub fn leads_only(base_url: &str) -> String {
+    format!(
+        "{}resources:\n  leads:\n    path: /api/v1/leads\nstore:\n  path: ./data\n",
+        clinicea_section(base_url)
+    )
+}
+
+/// What a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: vec![],
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    got: Vec<Received>,
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+}
+
+/// A real HTTP webhook receiver on loopback.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    /// Starts a receiver that answers 200 unless scripted otherwise.
+    pub async fn start() -> Receiver {
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let st = state.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let st = st.clone();
+            async move {
+                let reply = {
+                    let mut s = st.lock().unwrap();
+                    s.got.push(Received {
+                        headers,
+                        body,
+                        at: Instant::now(),
+                    });
+                    s.script
+                        .pop_front()
+                        .or_else(|| s.default.clone())
+                        .unwrap_or(Reply::status(200))
+                };
+                tokio::time::sleep(reply.delay).await;
+                let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
+                *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                for (k, v) in reply.headers {
+                    resp.headers_mut().insert(
+                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            state,
+        }
+    }
+
+    /// Answers the next requests with these replies, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Answers every unscripted request with this.
+    pub fn set_default(&self, reply: Reply) {
+        self.state.lock().unwrap().default = Some(reply);
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().got.clone()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let start = Instant::now();
+        loop {
+            let got = self.received();
+            if got.len() >= n || start.elapsed() > timeout {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Verifies a received webhook with the `standardwebhooks` crate (code nobody here wrote).
+pub fn verify_with_library(r: &Received) -> Result<(), String> {
+    let wh = standardwebhooks::Webhook::new(SECRET).map_err(|e| format!("{e:?}"))?;
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, r.header(name).parse().map_err(|_| "bad header")?);
+    }
+    wh.verify(&r.body, &headers).map_err(|e| format!("{e:?}"))
+}
