@@ -99,14 +99,14 @@ fn new_registry(escape_html: bool) -> Handlebars<'static> {
     if !escape_html {
         r.register_escape_fn(handlebars::no_escape);
     }
-    r.register_helper("date", Box::new(Fn(date_helper)));
-    r.register_helper("default", Box::new(Fn(default_helper)));
-    r.register_helper("truncate", Box::new(Fn(truncate_helper)));
-    r.register_helper("json", Box::new(Fn(json_helper)));
-    r.register_helper("join", Box::new(Fn(join_helper)));
-    r.register_helper("upper", Box::new(Fn(upper_helper)));
-    r.register_helper("lower", Box::new(Fn(lower_helper)));
-    r.register_helper("show", Box::new(Fn(show_helper)));
+    r.register_helper("date", Box::new(ValueHelper(date_helper)));
+    r.register_helper("default", Box::new(ValueHelper(default_helper)));
+    r.register_helper("truncate", Box::new(ValueHelper(truncate_helper)));
+    r.register_helper("json", Box::new(ValueHelper(json_helper)));
+    r.register_helper("join", Box::new(ValueHelper(join_helper)));
+    r.register_helper("upper", Box::new(ValueHelper(upper_helper)));
+    r.register_helper("lower", Box::new(ValueHelper(lower_helper)));
+    r.register_helper("show", Box::new(ValueHelper(show_helper)));
     r
 }
 
@@ -240,6 +240,23 @@ impl Templates {
         } else {
             self.text.render(name, ctx)
         }
+    }
+
+    /// Renders an email body from a template base name (`new-lead`): `new-lead.txt` (required) and
+    /// `new-lead.html` when it exists. Returns `(text, html)`.
+    pub fn render_email(
+        &self,
+        base: &str,
+        ctx: &Value,
+    ) -> Result<(String, Option<String>), RenderError> {
+        let text = self.render(&format!("{base}.txt"), ctx)?;
+        let html_name = format!("{base}.html");
+        let html = if self.has(&html_name) {
+            Some(self.render(&html_name, ctx)?)
+        } else {
+            None
+        };
+        Ok((text, html))
     }
 
     /// Renders `name` strictly against [`sample_change`]`(resource)`, so a field the record does
@@ -485,9 +502,9 @@ type HelperFn = fn(&Helper<'_>, &Handlebars<'_>, &Context) -> Result<Value, Rend
 
 /// Adapts a plain function to a handlebars helper that returns a value, so the registry's escape
 /// function applies to its output and it works in subexpressions.
-struct Fn(HelperFn);
+struct ValueHelper(HelperFn);
 
-impl HelperDef for Fn {
+impl HelperDef for ValueHelper {
     fn call_inner<'reg: 'rc, 'rc>(
         &self,
         h: &Helper<'rc>,
@@ -775,6 +792,10 @@ mod tests {
         let html = t.render("new-lead.html", &ctx(&c)).unwrap();
         assert!(html.contains("<h2 style=\"margin: 0 0 12px 0;\">New lead: Mehwish Qureshi</h2>"));
         assert!(html.contains("<td>mehwish.qureshi1@example.com</td>"));
+        let (t2, h2) = t.render_email("new-lead", &ctx(&c)).unwrap();
+        assert_eq!((t2, h2), (out.clone(), Some(html.clone())));
+        let (_, none) = t.render_email("lead-chat", &ctx(&c)).unwrap();
+        assert_eq!(none, None);
 
         // A lead with no email: the default shows and the email advice is left out.
         let c = change_of("leads", fixture("leads-v1-page1.json", 1), None);
