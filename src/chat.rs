@@ -266,7 +266,9 @@ fn error_text(e: &reqwest::Error, url: &Url) -> String {
     scrub(&msg, url)
 }
 
-/// POSTs `body` (JSON) to the webhook `url`, reads at most [`RESPONSE_SNIPPET_BYTES`] of the
+/// POSTs `body` (JSON) to the webhook `url` with `client` (build it with
+/// `redirect(reqwest::redirect::Policy::none())`, so a 3xx is seen and failed as the spec says),
+/// reads at most [`RESPONSE_SNIPPET_BYTES`] of the
 /// answer and classifies it. Timeouts and connection errors retry; a request that cannot even be
 /// built fails. Error text never contains the URL.
 pub async fn send(

@@ -440,12 +440,19 @@ mod tests {
             "{rejected:?}"
         );
         assert_eq!(rejected.status, Some(550));
+        // A record value with a line break cannot add a header.
+        let mut evil = msg("frontdesk@clinic.example", None);
+        evil.subject = "Lead\r\nBcc: evil@attacker.example".into();
+        assert_eq!(m.send(&evil).await.verdict, Verdict::Success);
+        let got = c.wait_for(2, Duration::from_secs(5)).await;
+        assert_eq!(got[1].header("Bcc"), None, "{}", got[1].data);
+        assert_eq!(got[1].rcpt_to, vec!["frontdesk@clinic.example"]);
         // The pool still works after a rejection.
         assert_eq!(
             m.send(&msg("frontdesk@clinic.example", None)).await.verdict,
             Verdict::Success
         );
-        assert_eq!(c.wait_for(2, Duration::from_secs(5)).await.len(), 2);
+        assert_eq!(c.wait_for(3, Duration::from_secs(5)).await.len(), 3);
     }
 
     #[tokio::test]

@@ -13,6 +13,16 @@
 //! string), because Clinicea omits optional fields and one absent field must not kill a staff
 //! message. [`Templates::check`] renders **strictly** against a sample record, so a typo such as
 //! `{{record.Frist}}` is an error at `check` time, with the template name and line.
+//!
+//! Helpers, besides handlebars' own (`if`, `each`, `eq`, ...):
+//! - `{{date record.StartDateTime "%a %d %b %H:%M"}}`: a timestamp (RFC 3339, or offset-less and
+//!   then read in the clinic's zone) shown in the clinic's zone (`timezone` in the context, or
+//!   `tz="Europe/London"`); the unset `0001-01-01T00:00:00` renders empty. Default format
+//!   [`DEFAULT_DATE_FORMAT`].
+//! - `{{default record.Email "no email"}}`: the fallback when the value is absent, null or empty.
+//! - `{{show from}}`: a value for people: timestamps formatted, empty as `(empty)`.
+//! - `{{truncate record.Notes 80}}`: at most 80 characters, ending with `…` when cut.
+//! - `{{json record}}` (`pretty=true`), `{{join changed_fields ", "}}`, `{{upper x}}`, `{{lower x}}`.
 
 use crate::config::Problem;
 use crate::model::{Change, ChangeKind};
@@ -89,13 +99,14 @@ fn new_registry(escape_html: bool) -> Handlebars<'static> {
     if !escape_html {
         r.register_escape_fn(handlebars::no_escape);
     }
-    r.register_helper("date", Box::new(Fn(date_helper)));
-    r.register_helper("default", Box::new(Fn(default_helper)));
-    r.register_helper("truncate", Box::new(Fn(truncate_helper)));
-    r.register_helper("json", Box::new(Fn(json_helper)));
-    r.register_helper("join", Box::new(Fn(join_helper)));
-    r.register_helper("upper", Box::new(Fn(upper_helper)));
-    r.register_helper("lower", Box::new(Fn(lower_helper)));
+    r.register_helper("date", Box::new(ValueHelper(date_helper)));
+    r.register_helper("default", Box::new(ValueHelper(default_helper)));
+    r.register_helper("truncate", Box::new(ValueHelper(truncate_helper)));
+    r.register_helper("json", Box::new(ValueHelper(json_helper)));
+    r.register_helper("join", Box::new(ValueHelper(join_helper)));
+    r.register_helper("upper", Box::new(ValueHelper(upper_helper)));
+    r.register_helper("lower", Box::new(ValueHelper(lower_helper)));
+    r.register_helper("show", Box::new(ValueHelper(show_helper)));
     r
 }
 
@@ -231,6 +242,23 @@ impl Templates {
         }
     }
 
+    /// Renders an email body from a template base name (`new-lead`): `new-lead.txt` (required) and
+    /// `new-lead.html` when it exists. Returns `(text, html)`.
+    pub fn render_email(
+        &self,
+        base: &str,
+        ctx: &Value,
+    ) -> Result<(String, Option<String>), RenderError> {
+        let text = self.render(&format!("{base}.txt"), ctx)?;
+        let html_name = format!("{base}.html");
+        let html = if self.has(&html_name) {
+            Some(self.render(&html_name, ctx)?)
+        } else {
+            None
+        };
+        Ok((text, html))
+    }
+
     /// Renders `name` strictly against [`sample_change`]`(resource)`, so a field the record does
     /// not have is an error. The problem names the template and the line. Returns the rendered
     /// text, for `check` and `test-rule` to show.
@@ -291,11 +319,22 @@ fn guess_resource(name: &str) -> &'static str {
     }
 }
 
+/// Fields left out of the context's `changes` list because they change with every edit and say
+/// nothing to a person (they stay in `changed_fields`).
+pub const BOOKKEEPING_FIELDS: &[&str] = &[
+    "DataStatusStr",
+    "DataStatusValue",
+    "ModifiedDatetime",
+    "ModifiedDateTime",
+    "LastModifiedDatetime",
+    "LastModifiedDateTime",
+];
+
 /// The template context of one delivery: the spec's change model (`change`, `resource`, `id`,
 /// `record`, `previous`, `changed_fields`, `server_status`, `detected_at`, `rule`, `rules`,
 /// `destination`) plus `timezone` (the clinic's IANA zone, which the `date` helper uses) and
-/// `changes`, a list of `{field, from, to}` for each changed field of a modified record (empty for
-/// added and deleted records).
+/// `changes`, a list of `{field, from, to}` for each changed field of a modified record except the
+/// [`BOOKKEEPING_FIELDS`] (empty for added and deleted records).
 pub fn context(
     change: &Change,
     rule: &str,
@@ -307,6 +346,7 @@ pub fn context(
         (Some(prev), ChangeKind::Modified) => change
             .changed_fields
             .iter()
+            .filter(|f| !BOOKKEEPING_FIELDS.contains(&f.as_str()))
             .map(|f| {
                 json!({
                     "field": f,
@@ -462,9 +502,9 @@ type HelperFn = fn(&Helper<'_>, &Handlebars<'_>, &Context) -> Result<Value, Rend
 
 /// Adapts a plain function to a handlebars helper that returns a value, so the registry's escape
 /// function applies to its output and it works in subexpressions.
-struct Fn(HelperFn);
+struct ValueHelper(HelperFn);
 
-impl HelperDef for Fn {
+impl HelperDef for ValueHelper {
     fn call_inner<'reg: 'rc, 'rc>(
         &self,
         h: &Helper<'rc>,
@@ -530,59 +570,94 @@ fn default_helper(h: &Helper<'_>, _: &Handlebars<'_>, _: &Context) -> Result<Val
     }
 }
 
+/// The zone dates are shown in: the helper's `tz=` argument, else the context's `timezone`, else UTC.
+fn clinic_tz(h: &Helper<'_>, ctx: &Context) -> chrono_tz::Tz {
+    h.hash_get("tz")
+        .map(|p| as_text(p.value()))
+        .or_else(|| ctx.data().get("timezone").map(as_text))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(chrono_tz::UTC)
+}
+
 /// Formats a timestamp in the clinic's zone. See [`format_date`].
 fn date_helper(h: &Helper<'_>, r: &Handlebars<'_>, ctx: &Context) -> Result<Value, RenderError> {
     let Some(v) = param(h, r, 0)? else {
         return Ok(json!(""));
     };
     let fmt = param_str(h, 1).unwrap_or_else(|| DEFAULT_DATE_FORMAT.to_string());
-    let tz: chrono_tz::Tz = h
-        .hash_get("tz")
-        .map(|p| as_text(p.value()))
-        .or_else(|| ctx.data().get("timezone").map(as_text))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(chrono_tz::UTC);
+    let tz = clinic_tz(h, ctx);
     format_date(&as_text(v), &fmt, tz)
         .map(Value::String)
         .map_err(|e| RenderErrorReason::Other(e).into())
 }
 
-/// Formats `s` (RFC 3339, or an offset-less `2026-11-30T09:30:00` read in `tz`, or a bare date) in
-/// `tz` with the chrono format `fmt`. Empty input and Clinicea's unset `0001-01-01T00:00:00` give an
-/// empty string; text that is not a timestamp is returned as it is.
-pub fn format_date(s: &str, fmt: &str, tz: chrono_tz::Tz) -> Result<String, String> {
+/// Reads a timestamp: RFC 3339, or an offset-less `2026-11-30T09:30:00` (also with a space or
+/// fractional seconds, or a bare date) taken to be in `tz`. `None` when `s` is not a timestamp or
+/// is Clinicea's unset `0001-01-01T00:00:00`.
+pub fn parse_timestamp(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<chrono_tz::Tz>> {
     let s = s.trim();
     if s.is_empty() || s.starts_with(UNSET_DATE_PREFIX) {
+        return None;
+    }
+    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        return Some(d.with_timezone(&tz));
+    }
+    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M"))
+        .ok()
+        .or_else(|| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })?;
+    // A local time in a DST gap is read as UTC rather than dropped.
+    Some(
+        tz.from_local_datetime(&naive)
+            .earliest()
+            .unwrap_or_else(|| Utc.from_utc_datetime(&naive).with_timezone(&tz)),
+    )
+}
+
+/// Formats `s` (see [`parse_timestamp`]) in `tz` with the chrono format `fmt`. Empty input and
+/// Clinicea's unset `0001-01-01T00:00:00` give an empty string; text that is not a timestamp is
+/// returned as it is; an invalid format is an error.
+pub fn format_date(s: &str, fmt: &str, tz: chrono_tz::Tz) -> Result<String, String> {
+    if s.trim().is_empty() || s.trim().starts_with(UNSET_DATE_PREFIX) {
         return Ok(String::new());
     }
-    let dt = if let Ok(d) = DateTime::parse_from_rfc3339(s) {
-        Some(d.with_timezone(&tz))
-    } else {
-        let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-            .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
-            .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M"))
-            .ok()
-            .or_else(|| {
-                NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                    .ok()
-                    .and_then(|d| d.and_hms_opt(0, 0, 0))
-            });
-        match naive {
-            None => return Ok(s.to_string()),
-            Some(n) => tz.from_local_datetime(&n).earliest().or_else(|| {
-                // A local time in a DST gap: read it as UTC rather than fail.
-                Some(Utc.from_utc_datetime(&n).with_timezone(&tz))
-            }),
+    match parse_timestamp(s, tz) {
+        None => Ok(s.to_string()),
+        Some(d) => {
+            let mut out = String::new();
+            write!(out, "{}", d.format(fmt)).map_err(|_| {
+                format!("invalid date format {fmt:?} (use chrono's %Y-%m-%d %H:%M)")
+            })?;
+            Ok(out)
         }
-    };
-    let mut out = String::new();
-    match dt {
-        Some(d) => write!(out, "{}", d.format(fmt))
-            .map_err(|_| format!("invalid date format {fmt:?} (use chrono's %Y-%m-%d %H:%M)"))?,
-        None => out.push_str(s),
     }
-    Ok(out)
 }
+
+/// `{{show value}}`: a value as a person reads it: timestamps in the clinic's zone
+/// ([`SHOW_DATE_FORMAT`]), empty and null as `(empty)`, the unset date as `(not set)`, others as
+/// text. Meant for the `from`/`to` of `changes`.
+fn show_helper(h: &Helper<'_>, r: &Handlebars<'_>, ctx: &Context) -> Result<Value, RenderError> {
+    let v = param(h, r, 0)?;
+    let tz = clinic_tz(h, ctx);
+    Ok(Value::String(match v {
+        None | Some(Value::Null) => "(empty)".into(),
+        Some(Value::String(s)) if s.trim().is_empty() => "(empty)".into(),
+        Some(Value::String(s)) if s.starts_with(UNSET_DATE_PREFIX) => "(not set)".into(),
+        Some(Value::String(s)) => match parse_timestamp(s, tz) {
+            Some(d) => d.format(SHOW_DATE_FORMAT).to_string(),
+            None => s.clone(),
+        },
+        Some(other) => as_text(other),
+    }))
+}
+
+/// The format `{{show}}` gives timestamps.
+pub const SHOW_DATE_FORMAT: &str = "%a %d %b %Y, %H:%M";
 
 fn truncate_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
     let text = param(h, r, 0)?.map(as_text).unwrap_or_default();
@@ -717,6 +792,10 @@ mod tests {
         let html = t.render("new-lead.html", &ctx(&c)).unwrap();
         assert!(html.contains("<h2 style=\"margin: 0 0 12px 0;\">New lead: Mehwish Qureshi</h2>"));
         assert!(html.contains("<td>mehwish.qureshi1@example.com</td>"));
+        let (t2, h2) = t.render_email("new-lead", &ctx(&c)).unwrap();
+        assert_eq!((t2, h2), (out.clone(), Some(html.clone())));
+        let (_, none) = t.render_email("lead-chat", &ctx(&c)).unwrap();
+        assert_eq!(none, None);
 
         // A lead with no email: the default shows and the email advice is left out.
         let c = change_of("leads", fixture("leads-v1-page1.json", 1), None);
@@ -759,7 +838,11 @@ mod tests {
         assert!(l.contains(&"When:    Monday 30 November 2026, 11:00 to 09:59 (Asia/Karachi)"));
         assert!(l.contains(&"With:    Dr. Sana Hussain"));
         assert!(l.contains(&"Service: Hydrafacial"));
-        assert!(l.contains(&"  - StartDateTime: 2026-11-30T09:30:00 -> 2026-11-30T11:00:00"));
+        assert!(
+            l.contains(&"  - StartDateTime: Mon 30 Nov 2026, 09:30 -> Mon 30 Nov 2026, 11:00"),
+            "{out}"
+        );
+        assert!(!out.contains("DataStatusValue"), "{out}");
         assert!(
             l.contains(&"  - AppointmentStatus: Confirmed -> Cancelled"),
             "{out}"
@@ -774,6 +857,9 @@ mod tests {
             "Appointment modified: Bilal Raza with Dr. Sana Hussain, Mon 30 Nov 11:00 (Hydrafacial, Cancelled)"
         );
         assert!(chat.contains("- AppointmentStatus: Confirmed -> Cancelled\n"));
+        assert!(
+            chat.contains("- StartDateTime: Mon 30 Nov 2026, 09:30 -> Mon 30 Nov 2026, 11:00\n")
+        );
     }
 
     #[test]
@@ -831,6 +917,10 @@ mod tests {
             ("{{json r.Tags}}", "[\"a\",\"b\"]"),
             ("{{upper r.Name}} {{lower r.Name}}", "ADA ada"),
             ("{{upper (default r.Email \"x\")}}", "X"),
+            (
+                "{{show r.Start}}|{{show r.Email}}|{{show r.Unset}}|{{show r.Name}}",
+                "Mon 30 Nov 2026, 09:30|(empty)|(not set)|Ada",
+            ),
         ];
         for (i, (src, want)) in cases.iter().enumerate() {
             let name = format!("case{i}");
