@@ -26,3 +26,4 @@
 pub mod config;
 pub mod model;
 pub mod rules;
+pub mod sandbox;
