@@ -514,9 +514,7 @@ impl Inner {
             offsets.sort_unstable();
             let base = self.start - TimeDelta::microseconds(history);
             for off in offsets {
-                let at = self
-                    .table(r)
-                    .next_time(base + TimeDelta::microseconds(off));
+                let at = self.table(r).next_time(base + TimeDelta::microseconds(off));
                 let id = gen::guid(&mut self.rng);
                 let roll: f64 = self.rng.gen();
                 let record = self.generate(r, &id, at, roll);
@@ -736,15 +734,13 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn parse_int(params: &[(String, String)], name: &str, default: i64) -> Result<i64, Response> {
+fn parse_int(params: &[(String, String)], name: &str, default: i64) -> Result<i64, String> {
     match param(params, name) {
         None | Some("") => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| {
-            text(
-                StatusCode::BAD_REQUEST,
-                format!("The value '{v}' is not valid for {name}."),
-            )
-        }),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("The value '{v}' is not valid for {name}.")),
     }
 }
 
@@ -786,7 +782,9 @@ impl FaultSpec {
             self.object,
         ];
         if kinds.iter().filter(|k| **k).count() != 1 {
-            return Err("give exactly one of status, stall_ms, malformed: true, object: true".into());
+            return Err(
+                "give exactly one of status, stall_ms, malformed: true, object: true".into(),
+            );
         }
         if (self.retry_after.is_some() || self.body.is_some()) && self.status.is_none() {
             return Err("retry_after and body go with status".into());
@@ -878,7 +876,10 @@ impl Sandbox {
         }
         router
             .route(LOGIN_PATH, get(login))
-            .route("/admin/faults", post(admin_faults).delete(admin_clear_faults))
+            .route(
+                "/admin/faults",
+                post(admin_faults).delete(admin_clear_faults),
+            )
             .route("/admin/churn", post(admin_churn))
             .route("/admin/stats", get(admin_stats))
             .route("/admin/{resource}", get(admin_list).post(admin_insert))
@@ -897,11 +898,7 @@ impl Sandbox {
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let stop = cancel.child_token();
-        *self
-            .shared
-            .stop
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
+        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
         let churn = self.shared.config.churn_every.map(|every| {
             let sandbox = self.clone();
             let stop = stop.clone();
@@ -982,7 +979,12 @@ impl Sandbox {
     }
 
     /// [`Sandbox::modify`], saying why it failed.
-    pub fn try_modify(&self, resource: &str, id: &str, fields: Value) -> Result<Value, SandboxError> {
+    pub fn try_modify(
+        &self,
+        resource: &str,
+        id: &str,
+        fields: Value,
+    ) -> Result<Value, SandboxError> {
         let r = resource_of(resource)?;
         self.state().modify(r, id, fields)
     }
@@ -1068,7 +1070,8 @@ impl Sandbox {
                 retry_after,
                 body,
             } => {
-                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let code =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let mut resp = text(code, body);
                 if let Some(secs) = retry_after {
                     resp.headers_mut().insert(RETRY_AFTER, secs.into());
@@ -1166,24 +1169,25 @@ impl Sandbox {
         {
             None | Some((_, "")) => None,
             // A literal `+` in a query decodes to a space; the offset sign is what was meant.
-            Some((name, v)) => match since::parse_since(&v.replace(' ', "+"), self.shared.config.tz)
-            {
-                Ok(t) => Some(t),
-                Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid {name}: {e}")),
-            },
+            Some((name, v)) => {
+                match since::parse_since(&v.replace(' ', "+"), self.shared.config.tz) {
+                    Ok(t) => Some(t),
+                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid {name}: {e}")),
+                }
+            }
         };
         let (page_index, size) = match r {
             Resource::Appointments => {
                 let page = match parse_int(&params, "pageNo", 1) {
                     Ok(p) => p,
-                    Err(resp) => return resp,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
                 };
                 if page < 1 {
                     return text(StatusCode::BAD_REQUEST, "pageNo must be 1 or more");
                 }
                 let size = match parse_int(&params, "pageSize", V3_DEFAULT_PAGE_SIZE as i64) {
                     Ok(s) => s,
-                    Err(resp) => return resp,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
                 };
                 if size < V3_MIN_PAGE_SIZE as i64 {
                     return text(
@@ -1196,7 +1200,7 @@ impl Sandbox {
             _ => {
                 let page = match parse_int(&params, "intPageNo", 0) {
                     Ok(p) => p,
-                    Err(resp) => return resp,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
                 };
                 if page < 0 {
                     return text(StatusCode::BAD_REQUEST, "intPageNo must be 0 or more");

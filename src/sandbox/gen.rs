@@ -87,7 +87,11 @@ fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
 }
 
 fn digits(rng: &mut StdRng, n: u32) -> String {
-    format!("{:0width$}", rng.gen_range(0..10u64.pow(n)), width = n as usize)
+    format!(
+        "{:0width$}",
+        rng.gen_range(0..10u64.pow(n)),
+        width = n as usize
+    )
 }
 
 /// A lead; `serial` keeps e-mail addresses unique.
@@ -264,7 +268,8 @@ pub(super) fn initial_status(rng: &mut StdRng, day: NaiveDate, today: NaiveDate)
 pub(super) fn appointment_start(rng: &mut StdRng, today: NaiveDate) -> NaiveDateTime {
     let day = today + TimeDelta::days(rng.gen_range(-2..=5));
     let half_hours = rng.gen_range(18..=35u32);
-    let time = NaiveTime::from_hms_opt(half_hours / 2, (half_hours % 2) * 30, 0).unwrap_or_default();
+    let time =
+        NaiveTime::from_hms_opt(half_hours / 2, (half_hours % 2) * 30, 0).unwrap_or_default();
     day.and_time(time)
 }
 

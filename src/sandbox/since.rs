@@ -125,7 +125,8 @@ mod tests {
     #[test]
     fn local_times_in_a_gap_or_overlap_resolve() {
         let ny: Tz = "America/New_York".parse().unwrap();
-        let gap = NaiveDateTime::parse_from_str("2026-03-08T02:30:00", "%Y-%m-%dT%H:%M:%S").unwrap();
+        let gap =
+            NaiveDateTime::parse_from_str("2026-03-08T02:30:00", "%Y-%m-%dT%H:%M:%S").unwrap();
         assert_eq!(in_zone(gap, ny), utc("2026-03-08T07:30:00Z"));
         let overlap =
             NaiveDateTime::parse_from_str("2026-11-01T01:30:00", "%Y-%m-%dT%H:%M:%S").unwrap();
