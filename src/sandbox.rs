@@ -61,8 +61,8 @@ pub const INVALID_KEY: &str = "Invalid API key";
 /// The path of the login endpoint.
 pub const LOGIN_PATH: &str = "/api/v2/login/getTokenByStaffUsernamePwd";
 
-/// How a sandbox is set up.
-#[derive(Debug, Clone)]
+/// How a sandbox is set up. Its `Debug` output hides the API key and the password.
+#[derive(Clone)]
 pub struct SandboxOptions {
     /// Seeds every random choice (generated records, ids, churn), so the same seed and the same
     /// sequence of calls give the same records (timestamps aside, unless [`Self::start`] is set
@@ -93,6 +93,25 @@ pub struct SandboxOptions {
     /// The instant the sandbox treats as its start (initial timestamps end there; new appointments
     /// are booked around its date). `None` (the default) means the moment [`Sandbox::new`] runs.
     pub start: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for SandboxOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxOptions")
+            .field("seed", &self.seed)
+            .field("api_key", &"<redacted>")
+            .field("leads", &self.leads)
+            .field("patients", &self.patients)
+            .field("appointments", &self.appointments)
+            .field("churn_every", &self.churn_every)
+            .field("timezone", &self.timezone)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("token_ttl", &self.token_ttl)
+            .field("history", &self.history)
+            .field("start", &self.start)
+            .finish()
+    }
 }
 
 impl Default for SandboxOptions {
@@ -257,7 +276,6 @@ pub struct Stats {
 }
 
 /// Settings that never change after [`Sandbox::new`].
-#[derive(Debug)]
 struct Config {
     tz: Tz,
     api_key: String,
@@ -268,7 +286,6 @@ struct Config {
 }
 
 /// Everything that changes, behind one lock.
-#[derive(Debug)]
 struct Inner {
     tz: Tz,
     start: DateTime<Utc>,
@@ -281,7 +298,6 @@ struct Inner {
     stats: Stats,
 }
 
-#[derive(Debug)]
 struct Shared {
     config: Config,
     state: Mutex<Inner>,
@@ -289,10 +305,19 @@ struct Shared {
     stop: Mutex<Option<CancellationToken>>,
 }
 
-/// A simulated Clinicea API. Cheap to clone: clones share the same records.
-#[derive(Debug, Clone)]
+/// A simulated Clinicea API. Cheap to clone: clones share the same records. Its `Debug` output
+/// shows record counts only, never records, keys or tokens.
+#[derive(Clone)]
 pub struct Sandbox {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("records", &self.stats().records)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A sandbox serving in the background, from [`Sandbox::start`]. Dropping it stops the server

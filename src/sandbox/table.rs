@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A Fenwick (binary indexed) tree of counts that can grow at the end.
-#[derive(Debug, Default)]
 struct Fenwick {
     /// 1-based; `tree[0]` is unused.
     tree: Vec<i64>,
@@ -94,7 +93,6 @@ impl Fenwick {
 }
 
 /// One entry of the change log.
-#[derive(Debug)]
 pub(super) struct Slot {
     /// When the record last changed (the sandbox-internal change time).
     pub at: DateTime<Utc>,
@@ -105,7 +103,6 @@ pub(super) struct Slot {
 }
 
 /// The records of one resource.
-#[derive(Debug)]
 pub(super) struct Table {
     slots: Vec<Slot>,
     current: Fenwick,

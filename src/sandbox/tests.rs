@@ -859,3 +859,25 @@ async fn deep_pages_of_a_large_feed_are_fast() {
     );
     h.stop().await;
 }
+
+#[test]
+fn debug_output_hides_secrets_and_records() {
+    let o = SandboxOptions {
+        api_key: "key-that-must-not-show".into(),
+        password: "pw-that-must-not-show".into(),
+        ..opts()
+    };
+    let shown = format!("{o:?}");
+    assert!(!shown.contains("must-not-show"), "{shown}");
+    let sb = Sandbox::new(o);
+    let first = sb.records("leads")[0]["Email"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = format!("{sb:?}");
+    assert!(
+        !shown.contains(&first) && !shown.contains("must-not-show"),
+        "{shown}"
+    );
+    assert!(shown.contains("137"), "{shown}");
+}
