@@ -36,6 +36,7 @@ pub mod outcome;
 pub mod poll;
 pub mod render;
 pub mod rules;
+pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;

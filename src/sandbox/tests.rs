@@ -1,0 +1,883 @@
+//! Tests of the sandbox, in process and over HTTP.
+
+use super::*;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+
+const KEY: &str = "sandbox-api-key";
+
+fn start_time() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn opts() -> SandboxOptions {
+    SandboxOptions {
+        start: Some(start_time()),
+        ..SandboxOptions::default()
+    }
+}
+
+async fn spawn(opts: SandboxOptions) -> SandboxHandle {
+    Sandbox::start(opts, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// `GET base + path_and_query` with the key in the `api` header (when given).
+async fn get(h: &SandboxHandle, path_and_query: &str, key: Option<&str>) -> reqwest::Response {
+    let mut req = client().get(format!("{}{path_and_query}", h.base_url()));
+    if let Some(key) = key {
+        req = req.header("api", key);
+    }
+    req.send().await.unwrap()
+}
+
+async fn get_list(h: &SandboxHandle, path_and_query: &str) -> Vec<Value> {
+    let resp = get(h, path_and_query, Some(KEY)).await;
+    assert_eq!(resp.status(), 200, "{path_and_query}");
+    assert!(resp.headers()[CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    resp.json().await.unwrap()
+}
+
+async fn assert_400(h: &SandboxHandle, path_and_query: &str) -> String {
+    let resp = get(h, path_and_query, Some(KEY)).await;
+    assert_eq!(resp.status(), 400, "{path_and_query}");
+    assert!(resp.headers()[CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let body = resp.text().await.unwrap();
+    assert!(!body.is_empty());
+    body
+}
+
+async fn assert_204(h: &SandboxHandle, path_and_query: &str) {
+    let resp = get(h, path_and_query, Some(KEY)).await;
+    assert_eq!(resp.status(), 204, "{path_and_query}");
+    assert!(resp.bytes().await.unwrap().is_empty());
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+fn fixture_keys(json: &str) -> Vec<String> {
+    let list: Vec<Value> = serde_json::from_str(json).unwrap();
+    keys(&list[0])
+}
+
+fn ids(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .map(|r| r["ID"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn without_times(mut v: Value) -> Value {
+    if let Some(map) = v.as_object_mut() {
+        map.remove("CreatedDatetime");
+        map.remove("ModifiedDatetime");
+    }
+    v
+}
+
+#[tokio::test]
+async fn v1_full_sync_is_two_pages_then_204() {
+    let h = spawn(opts()).await;
+    let page0 = get_list(&h, "/api/v1/leads?intPageNo=0").await;
+    let page1 = get_list(&h, "/api/v1/leads?intPageNo=1").await;
+    assert_eq!((page0.len(), page1.len()), (100, 37));
+    assert_204(&h, "/api/v1/leads?intPageNo=2").await;
+    assert_204(&h, "/api/v1/leads?intPageNo=9999999999").await;
+    // No page parameter means page 0.
+    assert_eq!(get_list(&h, "/api/v1/leads").await, page0);
+
+    let all: Vec<Value> = page0.into_iter().chain(page1).collect();
+    let all_ids = ids(&all);
+    assert_eq!(all_ids.iter().collect::<HashSet<_>>().len(), 137);
+    assert!(all_ids.iter().all(|id| is_guid(id)));
+    let lead_keys = fixture_keys(include_str!("../../tests/fixtures/leads-v1-page0.json"));
+    for lead in &all {
+        assert_eq!(keys(lead), lead_keys);
+        let status = lead["DataStatusStr"].as_str().unwrap();
+        assert!(["Added", "Modified"].contains(&status), "{status}");
+        let modified = lead["ModifiedDatetime"].as_str().unwrap();
+        assert_eq!(modified.len(), 19);
+        assert!(lead["CreatedDatetime"].as_str().unwrap() <= modified);
+    }
+    // In change order; with a history of one hour before 10:00 UTC.
+    let times: Vec<&str> = all
+        .iter()
+        .map(|l| l["ModifiedDatetime"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    assert!(times[0] >= "2026-11-29T09:00:00" && times[136] < "2026-11-29T10:00:00");
+    // The same order the in-process view gives.
+    assert_eq!(ids(&h.sandbox.records("leads")), all_ids);
+
+    let patients = get_list(&h, "/api/v1/patients?intPageNo=0").await;
+    assert_eq!(patients.len(), 12);
+    let patient_keys = fixture_keys(include_str!("../../tests/fixtures/patients-v1.json"));
+    assert!(patients.iter().all(|p| keys(p) == patient_keys));
+    assert_204(&h, "/api/v1/patients?intPageNo=1").await;
+    assert_400(&h, "/api/v1/patients?intPageNo=-1").await;
+    assert_400(&h, "/api/v1/patients?intPageNo=first").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn v3_paging_from_one_with_page_size() {
+    let h = spawn(opts()).await;
+    let all = get_list(&h, "/api/v3/appointments/getChanges").await;
+    assert_eq!(all.len(), 42);
+    let appt_keys = fixture_keys(include_str!(
+        "../../tests/fixtures/appointments-v3-getChanges.json"
+    ));
+    let patient_ids: HashSet<String> = ids(&h.sandbox.records("patients")).into_iter().collect();
+    for a in &all {
+        assert_eq!(keys(a), appt_keys);
+        assert!(patient_ids.contains(a["PatientID"].as_str().unwrap()));
+        let deleted = a["DataStatusValue"] == "Deleted";
+        assert_eq!(a["IsDeleted"], json!(deleted));
+    }
+    let mut paged = Vec::new();
+    for page in 1..=5 {
+        let list = get_list(
+            &h,
+            &format!("/api/v3/appointments/getChanges?pageNo={page}&pageSize=10"),
+        )
+        .await;
+        assert_eq!(list.len(), if page < 5 { 10 } else { 2 });
+        paged.extend(list);
+    }
+    assert_eq!(ids(&paged), ids(&all));
+    assert_204(&h, "/api/v3/appointments/getChanges?pageNo=6&pageSize=10").await;
+    assert_204(&h, "/api/v3/appointments/getChanges?pageNo=2").await;
+    assert_400(&h, "/api/v3/appointments/getChanges?pageNo=0").await;
+    assert_400(&h, "/api/v3/appointments/getChanges?pageNo=-3").await;
+    assert_400(&h, "/api/v3/appointments/getChanges?pageNo=1&pageSize=9").await;
+    assert_400(&h, "/api/v3/appointments/getChanges?pageNo=1&pageSize=ten").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn since_filters_in_every_accepted_form() {
+    let h = spawn(opts()).await;
+    let expected: Vec<String> = h
+        .sandbox
+        .records("leads")
+        .into_iter()
+        .filter(|l| l["ModifiedDatetime"].as_str().unwrap() >= "2026-11-29T09:30:00")
+        .map(|l| l["ID"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < 137);
+    for since in [
+        "lastSyncTimestamp=2026-11-29T09:30:00",
+        "lastSyncTimestamp=2026-11-29T14:30:00+05:00",
+        "lastSyncTimestamp=2026-11-29T14:30:00%2B05:00",
+        "lastSyncTimestamp=2026-11-29T14:30:00+0500",
+        "lastSyncTimestamp=2026-11-29T09:30:00+0:00",
+        "lastSyncTimestamp=2026-11-29T04:30:00-05:00",
+        "lastSyncDate=2026-11-29T09:30:00",
+        "lastsynctimestamp=2026-11-29T09:30:00",
+    ] {
+        let mut got = Vec::new();
+        for page in 0..2 {
+            let resp = get(
+                &h,
+                &format!("/api/v1/leads?{since}&intPageNo={page}"),
+                Some(KEY),
+            )
+            .await;
+            if resp.status() == 204 {
+                break;
+            }
+            assert_eq!(resp.status(), 200, "{since}");
+            got.extend(ids(&resp.json::<Vec<Value>>().await.unwrap()));
+        }
+        assert_eq!(got, expected, "{since}");
+    }
+    // Nothing changed after the start: an empty result is a 204.
+    assert_204(&h, "/api/v1/leads?lastSyncTimestamp=2026-11-29T10:00:00").await;
+    // The appointments feed reads its own parameter name.
+    let appts = h.sandbox.records("appointments");
+    let last = appts.last().unwrap()["ID"].as_str().unwrap().to_string();
+    assert!(h.sandbox.delete("appointments", &last));
+    let since = Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
+    let fresh = h
+        .sandbox
+        .insert("appointments", json!({"AppointmentStatus": "Scheduled"}));
+    let list = get_list(
+        &h,
+        &format!("/api/v3/appointments/getChanges?lastSyncDTime={since}&pageNo=1&pageSize=10"),
+    )
+    .await;
+    assert_eq!(
+        ids(&list),
+        vec![last, fresh["ID"].as_str().unwrap().to_string()]
+    );
+    assert_eq!(list[0]["DataStatusValue"], "Deleted");
+    assert_eq!(list[0]["IsDeleted"], true);
+    assert_eq!(list[1]["DataStatusValue"], "Added");
+    assert_eq!(list[1]["IsDeleted"], false);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn offsetless_timestamps_use_the_sandbox_zone() {
+    let h = spawn(SandboxOptions {
+        timezone: "Asia/Karachi".parse().unwrap(),
+        ..opts()
+    })
+    .await;
+    let leads = h.sandbox.records("leads");
+    // 09:00-10:00 UTC is 14:00-15:00 in Karachi.
+    assert!(leads
+        .iter()
+        .all(|l| l["ModifiedDatetime"].as_str().unwrap() >= "2026-11-29T14:00:00"));
+    let expected: Vec<String> = leads
+        .iter()
+        .filter(|l| l["ModifiedDatetime"].as_str().unwrap() >= "2026-11-29T14:30:00")
+        .map(|l| l["ID"].as_str().unwrap().to_string())
+        .collect();
+    let local = get(
+        &h,
+        "/api/v1/leads?lastSyncTimestamp=2026-11-29T14:30:00",
+        Some(KEY),
+    )
+    .await;
+    let utc = get(
+        &h,
+        "/api/v1/leads?lastSyncTimestamp=2026-11-29T09:30:00+00:00",
+        Some(KEY),
+    )
+    .await;
+    let local = ids(&local.json::<Vec<Value>>().await.unwrap());
+    let utc = ids(&utc.json::<Vec<Value>>().await.unwrap());
+    assert_eq!(local, expected[..expected.len().min(100)].to_vec());
+    assert_eq!(local, utc);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_since_values_get_400() {
+    let h = spawn(opts()).await;
+    let body = assert_400(
+        &h,
+        "/api/v1/leads?lastSyncTimestamp=2026-11-29T09:30:00.000",
+    )
+    .await;
+    assert!(body.contains("milliseconds"), "{body}");
+    let body = assert_400(&h, "/api/v1/leads?lastSyncTimestamp=2026-11-29T09:30:00Z").await;
+    assert!(body.contains('Z'), "{body}");
+    let body = assert_400(
+        &h,
+        "/api/v1/leads?lastSyncTimestamp=2026-11-29T09%3A30%3A00",
+    )
+    .await;
+    assert!(body.contains("%3A"), "{body}");
+    assert_400(
+        &h,
+        "/api/v1/patients?lastSyncDate=2026-11-29T09%3a30%3a00%2B05%3A00",
+    )
+    .await;
+    assert_400(
+        &h,
+        "/api/v3/appointments/getChanges?lastSyncDTime=2026-11-29T09%3A30%3A00&pageNo=1",
+    )
+    .await;
+    assert_400(&h, "/api/v1/leads?lastSyncTimestamp=29/11/2026").await;
+    assert_400(
+        &h,
+        "/api/v3/appointments/getChanges?lastSyncDTime=2026-11-29T09:30:00.5",
+    )
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn auth_accepts_three_forms_and_refuses_the_rest() {
+    let h = spawn(opts()).await;
+    for resp in [
+        get(&h, "/api/v1/leads", None).await,
+        get(&h, "/api/v1/leads", Some("wrong")).await,
+        get(&h, "/api/v1/leads?api_key=wrong", None).await,
+        get(&h, "/api/v3/appointments/getChanges", Some("")).await,
+    ] {
+        assert_eq!(resp.status(), 401);
+        assert!(resp.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        assert_eq!(resp.text().await.unwrap(), INVALID_KEY);
+    }
+    let c = client();
+    let url = format!("{}/api/v1/patients", h.base_url());
+    let by_header = c.get(&url).header("api", KEY).send().await.unwrap();
+    let by_api_key_header = c.get(&url).header("api_key", KEY).send().await.unwrap();
+    let by_query = c.get(format!("{url}?api_key={KEY}")).send().await.unwrap();
+    for resp in [by_header, by_api_key_header, by_query] {
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.json::<Vec<Value>>().await.unwrap().len(), 12);
+    }
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.unauthorized, 4);
+    assert_eq!(stats.requests["leads"], 3);
+    assert_eq!(stats.requests["patients"], 3);
+    assert_eq!(stats.requests["appointments"], 1);
+    h.stop().await;
+}
+
+async fn login(h: &SandboxHandle, key: &str, user: &str, pwd: &str) -> reqwest::Response {
+    get(
+        h,
+        &format!("{LOGIN_PATH}?apiKey={key}&loginUserName={user}&pwd={pwd}"),
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn login_tokens_replace_each_other_and_expire() {
+    let h = spawn(SandboxOptions {
+        token_ttl: Duration::from_millis(400),
+        ..opts()
+    })
+    .await;
+    let bad_key = login(&h, "nope", "sandbox", "sandbox").await;
+    assert_eq!(bad_key.status(), 401);
+    assert_eq!(bad_key.text().await.unwrap(), INVALID_KEY);
+    assert_eq!(login(&h, KEY, "sandbox", "wrong").await.status(), 401);
+    assert_eq!(login(&h, KEY, "someone", "sandbox").await.status(), 401);
+
+    let resp = login(&h, KEY, "sandbox", "sandbox").await;
+    assert_eq!(resp.status(), 200);
+    let first: String = resp.json().await.unwrap();
+    assert!(first.len() >= 32 && first != KEY);
+    assert_eq!(get(&h, "/api/v1/leads", Some(&first)).await.status(), 200);
+    let by_query = get(&h, &format!("/api/v1/leads?api_key={first}"), None).await;
+    assert_eq!(by_query.status(), 200);
+
+    let second: String = login(&h, KEY, "sandbox", "sandbox")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(first, second);
+    assert_eq!(get(&h, "/api/v1/leads", Some(&first)).await.status(), 401);
+    assert_eq!(get(&h, "/api/v1/leads", Some(&second)).await.status(), 200);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let expired = get(&h, "/api/v1/leads", Some(&second)).await;
+    assert_eq!(expired.status(), 401);
+    assert_eq!(expired.text().await.unwrap(), INVALID_KEY);
+    // The key itself never expires.
+    assert_eq!(get(&h, "/api/v1/leads", Some(KEY)).await.status(), 200);
+    assert_eq!(h.sandbox.stats().logins, 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn status_faults_hit_the_next_requests_before_auth() {
+    let h = spawn(opts()).await;
+    let resp = client()
+        .post(format!("{}/admin/faults", h.base_url()))
+        .json(&json!({"count": 2, "status": 429, "retry_after": 1, "resource": "leads"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Other resources are not affected.
+    assert_eq!(get(&h, "/api/v1/patients", Some(KEY)).await.status(), 200);
+    for key in [Some(KEY), None] {
+        let resp = get(&h, "/api/v1/leads", key).await;
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()[RETRY_AFTER], "1");
+        assert_eq!(resp.text().await.unwrap(), "Too Many Requests");
+    }
+    assert_eq!(get(&h, "/api/v1/leads", Some(KEY)).await.status(), 200);
+
+    h.sandbox.inject_faults(
+        Fault::new(FaultKind::Status {
+            status: 503,
+            retry_after: None,
+            body: "down for maintenance".into(),
+        })
+        .times(1),
+    );
+    let resp = get(&h, "/api/v3/appointments/getChanges", Some(KEY)).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get(RETRY_AFTER).is_none());
+    assert_eq!(resp.text().await.unwrap(), "down for maintenance");
+    let stats = h.sandbox.stats();
+    assert_eq!(stats.faults_served, 3);
+    assert_eq!(stats.pending_faults, 0);
+    assert_eq!(stats.unauthorized, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn body_and_stall_faults() {
+    let h = spawn(opts()).await;
+    let c = client();
+    let faults = format!("{}/admin/faults", h.base_url());
+    for spec in [
+        json!({"count": 1, "malformed": true}),
+        json!({"count": 1, "object": true}),
+        json!({"count": 1, "stall_ms": 300}),
+    ] {
+        let resp = c.post(&faults).json(&spec).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{spec}");
+    }
+    assert_eq!(h.sandbox.stats().pending_faults, 3);
+
+    let malformed = get(&h, "/api/v1/leads", Some(KEY)).await;
+    assert_eq!(malformed.status(), 200);
+    let body = malformed.bytes().await.unwrap();
+    assert!(serde_json::from_slice::<Value>(&body).is_err());
+
+    let object = get(&h, "/api/v1/leads", Some(KEY)).await;
+    assert_eq!(object.status(), 200);
+    assert!(object.json::<Value>().await.unwrap().is_object());
+
+    let started = Instant::now();
+    let stalled = get(&h, "/api/v1/leads", Some(KEY)).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(stalled.status(), 200);
+    assert_eq!(stalled.json::<Vec<Value>>().await.unwrap().len(), 100);
+
+    for bad in [
+        json!({"count": 1}),
+        json!({"count": 1, "status": 429, "malformed": true}),
+        json!({"count": 1, "status": 42}),
+        json!({"count": 0, "status": 500}),
+        json!({"count": 1, "status": 500, "resource": "bills"}),
+        json!({"count": 1, "stall_ms": 10, "retry_after": 3}),
+        json!({"count": 1, "statuss": 500}),
+    ] {
+        let resp = c.post(&faults).json(&bad).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+    assert_eq!(h.sandbox.stats().faults_served, 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_stall_ends_when_the_sandbox_stops() {
+    let h = spawn(opts()).await;
+    h.sandbox
+        .inject_faults(Fault::new(FaultKind::Stall(Duration::from_secs(30))).on("patients"));
+    let url = format!("{}/api/v1/patients", h.base_url());
+    let pending = tokio::spawn(async move { client().get(url).header("api", KEY).send().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), h.stop())
+        .await
+        .expect("stop waits for no stall");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test]
+async fn admin_endpoints_change_records() {
+    let h = spawn(opts()).await;
+    let c = client();
+    let base = h.base_url();
+    let since = Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
+
+    let resp = c
+        .post(format!("{base}/admin/leads"))
+        .json(&json!({"FirstName": "Hira", "LastName": "Naqvi", "Email": "hira.naqvi@example.com", "Source": "Website"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let added: Value = resp.json().await.unwrap();
+    let id = added["ID"].as_str().unwrap().to_string();
+    assert!(is_guid(&id));
+    assert_eq!(added["DataStatusStr"], "Added");
+    assert_eq!(added["FirstName"], "Hira");
+    assert_eq!(added["CreatedDatetime"], added["ModifiedDatetime"]);
+
+    let changes = get_list(&h, &format!("/api/v1/leads?lastSyncTimestamp={since}")).await;
+    assert_eq!(changes, vec![added.clone()]);
+
+    let resp = c
+        .patch(format!("{base}/admin/leads/{id}"))
+        .json(&json!({"LeadStatus": "HOT", "ID": "ignored", "DataStatusStr": "None"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let modified: Value = resp.json().await.unwrap();
+    assert_eq!(modified["ID"], id.as_str());
+    assert_eq!(modified["LeadStatus"], "HOT");
+    assert_eq!(modified["FirstName"], "Hira");
+    assert_eq!(modified["DataStatusStr"], "Modified");
+    assert!(modified["ModifiedDatetime"].as_str() >= added["ModifiedDatetime"].as_str());
+    // Created and edited before a poll: it arrives once, as Modified.
+    let changes = get_list(&h, &format!("/api/v1/leads?lastSyncTimestamp={since}")).await;
+    assert_eq!(changes, vec![modified.clone()]);
+
+    let resp = c
+        .delete(format!("{base}/admin/leads/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let changes = get_list(&h, &format!("/api/v1/leads?lastSyncTimestamp={since}")).await;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["DataStatusStr"], "Deleted");
+    assert_eq!(changes[0]["LeadStatus"], "HOT");
+    assert_eq!(h.sandbox.records("leads").len(), 138);
+    // Deleted records can be neither deleted nor edited again.
+    let again = c
+        .delete(format!("{base}/admin/leads/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+    let patch = c
+        .patch(format!("{base}/admin/leads/{id}"))
+        .json(&json!({"Notes": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 404);
+
+    // Errors.
+    let unknown = c
+        .post(format!("{base}/admin/bills"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let not_object = c
+        .post(format!("{base}/admin/patients"))
+        .json(&json!([1, 2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_object.status(), 400);
+    let not_json = c
+        .post(format!("{base}/admin/patients"))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    let missing = c
+        .patch(format!(
+            "{base}/admin/patients/00000000-0000-0000-0000-000000000000"
+        ))
+        .json(&json!({"City": "Lahore"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // An appointment with its own id, deleted through HTTP.
+    let appt_id = "11111111-2222-3333-4444-555555555555";
+    let resp = c
+        .post(format!("{base}/admin/appointments"))
+        .json(&json!({"ID": appt_id, "AppointmentStatus": "Scheduled", "IsDeleted": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let appt: Value = resp.json().await.unwrap();
+    assert_eq!(appt["IsDeleted"], false);
+    assert_eq!(appt["DataStatusValue"], "Added");
+    assert!(appt.get("ModifiedDatetime").is_none());
+    let resp = c
+        .delete(format!("{base}/admin/appointments/{appt_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let listed = get_list(
+        &h,
+        &format!("/api/v3/appointments/getChanges?lastSyncDTime={since}&pageNo=1"),
+    )
+    .await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["IsDeleted"], true);
+    assert_eq!(listed[0]["DataStatusValue"], "Deleted");
+
+    // The admin read endpoints and stats.
+    let one: Value = c
+        .get(format!("{base}/admin/appointments/{appt_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one, listed[0]);
+    let all: Vec<Value> = c
+        .get(format!("{base}/admin/patients"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 12);
+    let stats: Value = c
+        .get(format!("{base}/admin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["requests"]["leads"], 3);
+    assert_eq!(stats["requests"]["appointments"], 1);
+    assert_eq!(stats["records"]["appointments"], 43);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn admin_churn_endpoint_reports_its_changes() {
+    let h = spawn(opts()).await;
+    let resp = client()
+        .post(format!("{}/admin/churn", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let changes: Vec<Value> = resp.json().await.unwrap();
+    let added_leads = changes
+        .iter()
+        .filter(|c| c["resource"] == "leads" && c["op"] == "added")
+        .count();
+    assert!((1..=3).contains(&added_leads));
+    assert_eq!(h.sandbox.records("leads").len(), 137 + added_leads);
+    for c in &changes {
+        let record = h
+            .sandbox
+            .record(c["resource"].as_str().unwrap(), c["id"].as_str().unwrap())
+            .unwrap();
+        let flag = record
+            .get("DataStatusStr")
+            .or(record.get("DataStatusValue"))
+            .and_then(Value::as_str)
+            .unwrap();
+        // A later change in the same round may have overtaken an earlier one.
+        let possible: &[&str] = match c["op"].as_str().unwrap() {
+            "added" => &["Added", "Modified", "Deleted"],
+            "modified" => &["Modified", "Deleted"],
+            "deleted" => &["Deleted"],
+            other => panic!("unknown op {other}"),
+        };
+        assert!(possible.contains(&flag), "{flag} after {c}");
+    }
+    h.stop().await;
+}
+
+#[test]
+fn same_seed_same_records_and_churn() {
+    let a = Sandbox::new(opts());
+    let b = Sandbox::new(opts());
+    let c = Sandbox::new(SandboxOptions { seed: 7, ..opts() });
+    for r in ["leads", "patients", "appointments"] {
+        assert_eq!(a.records(r), b.records(r), "{r}");
+        assert_ne!(ids(&a.records(r)), ids(&c.records(r)), "{r}");
+    }
+    let mut ops_seen = HashSet::new();
+    for _ in 0..40 {
+        let ca = a.churn_once();
+        let cb = b.churn_once();
+        assert_eq!(ca, cb);
+        ops_seen.extend(ca.iter().map(|(_, _, op)| *op));
+        // Insertions through the admin API draw ids from the same seeded generator.
+        let ia = a.insert("patients", json!({"FirstName": "Zara"}));
+        let ib = b.insert("patients", json!({"FirstName": "Zara"}));
+        assert_eq!(ia["ID"], ib["ID"]);
+    }
+    assert_eq!(
+        ops_seen,
+        HashSet::from(["added", "modified", "deleted"]),
+        "40 rounds show every kind of change"
+    );
+    for r in ["leads", "patients", "appointments"] {
+        let ra: Vec<Value> = a.records(r).into_iter().map(without_times).collect();
+        let rb: Vec<Value> = b.records(r).into_iter().map(without_times).collect();
+        assert_eq!(ra, rb, "{r}");
+    }
+}
+
+#[test]
+fn churn_moves_appointments_along_the_flow() {
+    let sb = Sandbox::new(opts());
+    let allowed: HashSet<(&str, &str)> = HashSet::from([
+        ("Scheduled", "Confirmed"),
+        ("Scheduled", "Cancelled"),
+        ("Scheduled", "No Show"),
+        ("Confirmed", "Arrived"),
+        ("Confirmed", "Cancelled"),
+        ("Confirmed", "No Show"),
+        ("Arrived", "Engaged"),
+        ("Engaged", "Check Out"),
+        ("Check Out", "Completed"),
+    ]);
+    let mut moved = 0;
+    for _ in 0..10 {
+        let snapshot: HashMap<String, String> = sb
+            .records("appointments")
+            .into_iter()
+            .map(|a| {
+                (
+                    a["ID"].as_str().unwrap().to_string(),
+                    a["AppointmentStatus"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let changes = sb.churn_once();
+        let mut touched: HashMap<&str, usize> = HashMap::new();
+        for (resource, id, _) in &changes {
+            if resource == "appointments" {
+                *touched.entry(id.as_str()).or_default() += 1;
+            }
+        }
+        for (resource, id, op) in &changes {
+            if resource != "appointments" || *op != "modified" || touched[id.as_str()] != 1 {
+                continue;
+            }
+            let now = sb.record("appointments", id).unwrap();
+            let from = snapshot[id].as_str();
+            let to = now["AppointmentStatus"].as_str().unwrap();
+            assert!(allowed.contains(&(from, to)), "{from} -> {to}");
+            assert_eq!(now["DataStatusValue"], "Modified");
+            moved += 1;
+        }
+    }
+    assert!(moved >= 5, "only {moved} appointments moved");
+}
+
+#[test]
+fn insert_and_modify_in_process() {
+    let sb = Sandbox::new(opts());
+    let rec = sb.insert("patients", json!({"ID": "p-1", "FullName": "Nida Farooq"}));
+    assert_eq!(rec["DataStatusStr"], "Added");
+    assert_eq!(keys(&rec)[0], "ID");
+    assert_eq!(keys(&rec).last().unwrap(), "DataStatusStr");
+    let again = sb.insert("patients", json!({"ID": "p-1", "FullName": "Nida F."}));
+    assert_eq!(again["DataStatusStr"], "Modified");
+    assert_eq!(again["CreatedDatetime"], rec["CreatedDatetime"]);
+    let explicit = sb
+        .modify(
+            "patients",
+            "p-1",
+            json!({"City": "Multan", "ModifiedDatetime": "2026-01-01T00:00:00"}),
+        )
+        .unwrap();
+    assert_eq!(explicit["ModifiedDatetime"], "2026-01-01T00:00:00");
+    assert_eq!(sb.records("patients").last().unwrap(), &explicit);
+    assert!(sb
+        .modify("patients", "p-1", json!("not an object"))
+        .is_none());
+    assert!(sb.modify("bills", "p-1", json!({})).is_none());
+    assert!(!sb.delete("bills", "p-1"));
+    assert!(sb.records("bills").is_empty());
+    assert_eq!(
+        sb.try_insert("bills", json!({})),
+        Err(SandboxError::UnknownResource("bills".into()))
+    );
+    assert!(matches!(
+        sb.try_insert("leads", json!({"ID": 5})),
+        Err(SandboxError::BadRecord(_))
+    ));
+    assert!(sb.delete("patients", "p-1"));
+    assert!(!sb.delete("patients", "p-1"));
+    assert_eq!(sb.stats().records["patients"], 13);
+}
+
+#[tokio::test]
+async fn churn_runs_on_a_timer_while_serving() {
+    let h = spawn(SandboxOptions {
+        churn_every: Some(Duration::from_millis(40)),
+        ..opts()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.sandbox.records("leads").len() >= 137 + 3);
+    let addr = h.addr;
+    h.stop().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn deep_pages_of_a_large_feed_are_fast() {
+    let h = spawn(SandboxOptions {
+        leads: 100_000,
+        patients: 0,
+        appointments: 0,
+        ..opts()
+    })
+    .await;
+    // Edits spread through the feed so the index has superseded slots to skip.
+    let edited: Vec<String> = ids(&h.sandbox.records("leads"))
+        .into_iter()
+        .step_by(1000)
+        .collect();
+    for id in &edited {
+        h.sandbox
+            .modify("leads", id, json!({"Notes": "edited"}))
+            .unwrap();
+    }
+    let started = Instant::now();
+    for page in [0, 500, 998, 999] {
+        let list = get_list(&h, &format!("/api/v1/leads?intPageNo={page}")).await;
+        assert_eq!(list.len(), 100);
+    }
+    let last = get_list(&h, "/api/v1/leads?intPageNo=999").await;
+    assert_eq!(ids(&last), edited);
+    assert_204(&h, "/api/v1/leads?intPageNo=1000").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    h.stop().await;
+}
+
+#[test]
+fn debug_output_hides_secrets_and_records() {
+    let o = SandboxOptions {
+        api_key: "key-that-must-not-show".into(),
+        password: "pw-that-must-not-show".into(),
+        ..opts()
+    };
+    let shown = format!("{o:?}");
+    assert!(!shown.contains("must-not-show"), "{shown}");
+    let sb = Sandbox::new(o);
+    let first = sb.records("leads")[0]["Email"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = format!("{sb:?}");
+    assert!(
+        !shown.contains(&first) && !shown.contains("must-not-show"),
+        "{shown}"
+    );
+    assert!(shown.contains("137"), "{shown}");
+}
