@@ -55,16 +55,17 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
             }),
         None => RetryPolicy::default(),
     };
-    let smtp = raw.smtp.as_ref().and_then(|s| {
-        match SmtpSettings::from_raw(&s.value, &base_dir) {
+    let smtp = raw
+        .smtp
+        .as_ref()
+        .and_then(|s| match SmtpSettings::from_raw(&s.value, &base_dir) {
             Ok(v) => Some(v),
             Err(mut p) => {
                 p.line = p.line.or(config::line_of(s));
                 problems.push(p);
                 None
             }
-        }
-    });
+        });
     let smtp_from = raw.smtp.as_ref().map(|s| s.value.from.0.clone());
     if let Some(from) = &smtp_from {
         if let Err(e) = crate::email::validate_address(from) {
@@ -145,12 +146,15 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
             }
         }
     }
-    if !problems.is_empty() {
-        problems.sort_by_key(|p| p.line.unwrap_or(0));
-        return Err(ConfigError { file, problems });
-    }
+    let rules = match rules {
+        Some(r) if problems.is_empty() => r,
+        _ => {
+            problems.sort_by_key(|p| p.line.unwrap_or(0));
+            return Err(ConfigError { file, problems });
+        }
+    };
     let pipeline = Pipeline {
-        rules: rules.unwrap_or_else(|| unreachable_rules()),
+        rules,
         templates,
         destinations,
         timezone: base.clinicea.timezone,
@@ -166,12 +170,6 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
 fn unreachable_templates() -> Templates {
     // Only reached when the shipped templates fail to compile, which the unit tests rule out.
     Templates::shipped().unwrap_or_else(|_| std::process::abort())
-}
-
-#[cold]
-fn unreachable_rules() -> rules::RuleSet {
-    // compile() returned problems in that case, so this is never reached.
-    std::process::abort()
 }
 
 /// Loads and compiles a config file with the process environment.
@@ -554,10 +552,11 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
         };
         let stale = stale_after(settings, r);
         let stale_note = match st.last_success {
-            Some(t)
-                if (now - t).to_std().unwrap_or_default() > stale =>
-            {
-                format!("  STALE: no successful poll for {}s", (now - t).num_seconds())
+            Some(t) if (now - t).to_std().unwrap_or_default() > stale => {
+                format!(
+                    "  STALE: no successful poll for {}s",
+                    (now - t).num_seconds()
+                )
             }
             _ => String::new(),
         };
@@ -597,10 +596,7 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
 
 /// How long a resource may go without a successful poll before it is stale.
 pub fn stale_after(settings: &Settings, r: &config::Resource) -> std::time::Duration {
-    settings
-        .base
-        .stale_after
-        .unwrap_or(r.poll_interval * 3)
+    settings.base.stale_after.unwrap_or(r.poll_interval * 3)
 }
 
 /// `dead` subcommands.
@@ -679,7 +675,11 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
             let d: DeadLetter = serde_json::from_slice(&raw)?;
             let _ = writeln!(out, "Dead letter {id}");
             let _ = writeln!(out, "  destination: {}", d.entry.destination);
-            let _ = writeln!(out, "  event:       {} ({} {})", d.entry.event_type, d.entry.resource, d.entry.record_id);
+            let _ = writeln!(
+                out,
+                "  event:       {} ({} {})",
+                d.entry.event_type, d.entry.resource, d.entry.record_id
+            );
             let _ = writeln!(out, "  webhook-id:  {}", d.entry.webhook_id);
             let _ = writeln!(out, "  rule:        {}", d.entry.rule);
             let _ = writeln!(out, "  created:     {}", fmt_ms(d.entry.created_ms));
@@ -774,8 +774,8 @@ pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut ts = args.timestamp.clone();
     let mut sig = args.signature.clone();
     if let Some(f) = &args.headers_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
         for line in text.lines() {
             if let Some((k, v)) = line.split_once(':') {
                 let v = v.trim().to_string();
@@ -790,11 +790,15 @@ pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     let body = match (&args.body, &args.body_file) {
         (Some(b), _) => b.clone().into_bytes(),
-        (None, Some(f)) => std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
         (None, None) => anyhow::bail!("give the body with --body or --body-file"),
     };
     let (Some(id), Some(ts), Some(sig)) = (id, ts, sig) else {
-        anyhow::bail!("need webhook-id, webhook-timestamp and webhook-signature (flags or --headers-file)");
+        anyhow::bail!(
+            "need webhook-id, webhook-timestamp and webhook-signature (flags or --headers-file)"
+        );
     };
     let now = if args.ignore_time {
         ts.parse::<i64>().unwrap_or(0)
@@ -864,11 +868,13 @@ impl Health {
             let h = &guard[name];
             match h.last_success {
                 None => why.push(format!("{name}: no successful poll yet")),
-                Some(t) if (now - t).to_std().unwrap_or_default() > h.stale_after => why.push(format!(
-                    "{name}: no successful poll for {}s ({} failures in a row)",
-                    (now - t).num_seconds(),
-                    h.consecutive_failures
-                )),
+                Some(t) if (now - t).to_std().unwrap_or_default() > h.stale_after => {
+                    why.push(format!(
+                        "{name}: no successful poll for {}s ({} failures in a row)",
+                        (now - t).num_seconds(),
+                        h.consecutive_failures
+                    ))
+                }
                 Some(_) => {}
             }
         }
@@ -975,9 +981,9 @@ pub async fn poll_loop(
                     h.last_error = Some(e.to_string());
                     // The watchdog: a resource that has not polled successfully for too long is
                     // an error on every poll, so a silent death is impossible.
-                    let stale = h
-                        .last_success
-                        .is_none_or(|t| (Utc::now() - t).to_std().unwrap_or_default() > stale_after);
+                    let stale = h.last_success.is_none_or(|t| {
+                        (Utc::now() - t).to_std().unwrap_or_default() > stale_after
+                    });
                     if stale {
                         tracing::error!(resource = %res.name, failures = h.consecutive_failures, error = %e, "resource is STALE: no successful poll within {stale_after:?}");
                     } else {
@@ -1051,7 +1057,9 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
     .await
     .is_err()
     {
-        tracing::warn!("some tasks did not stop within {SHUTDOWN_TIMEOUT:?}; their work stays queued");
+        tracing::warn!(
+            "some tasks did not stop within {SHUTDOWN_TIMEOUT:?}; their work stays queued"
+        );
         tasks.abort_all();
     }
 }
@@ -1075,7 +1083,11 @@ pub async fn run(
         engine.store.clone(),
         cancel.clone(),
     ));
-    tracing::info!(resources = engine.settings.base.resources.len(), destinations = engine.settings.pipeline.destinations.len(), "notifier running");
+    tracing::info!(
+        resources = engine.settings.base.resources.len(),
+        destinations = engine.settings.pipeline.destinations.len(),
+        "notifier running"
+    );
     loop {
         let gen_cancel = cancel.child_token();
         let gen = run_generation(engine.clone(), health.clone(), gen_cancel.clone());
@@ -1103,12 +1115,16 @@ pub async fn run(
                 let client = Client::new(&new.base.clinicea)?;
                 let mailer = match &new.smtp {
                     Some(s) => Some(Arc::new(
-                        Mailer::new(s.clone()).map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
+                        Mailer::new(s.clone())
+                            .map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
                     )),
                     None => None,
                 };
-                let deliverer =
-                    Deliverer::new(engine.store.clone(), new.pipeline.destinations.clone(), mailer)?;
+                let deliverer = Deliverer::new(
+                    engine.store.clone(),
+                    new.pipeline.destinations.clone(),
+                    mailer,
+                )?;
                 engine = Arc::new(Engine {
                     settings: new,
                     store: engine.store.clone(),
@@ -1136,7 +1152,15 @@ pub async fn run_command(config: &Path) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     spawn_signal_handlers(cancel.clone(), reload_tx)?;
-    run(settings, config.to_path_buf(), listener, cancel, reload_rx, vars).await?;
+    run(
+        settings,
+        config.to_path_buf(),
+        listener,
+        cancel,
+        reload_rx,
+        vars,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1167,11 +1191,56 @@ pub struct SandboxArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// Seed for the generated records and their changes.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The API key clients must send.
+    #[arg(long, default_value = "sandbox-api-key", env = "SANDBOX_API_KEY")]
+    pub api_key: String,
+    /// How often records change on their own (0s: only through /admin).
+    #[arg(long, default_value = "10s", value_parser = parse_dur_arg)]
+    pub churn_every: std::time::Duration,
+    /// Leads at start.
+    #[arg(long, default_value_t = 137)]
+    pub leads: usize,
+    /// Patients at start.
+    #[arg(long, default_value_t = 12)]
+    pub patients: usize,
+    /// Appointments at start.
+    #[arg(long, default_value_t = 42)]
+    pub appointments: usize,
 }
 
-/// `sandbox`.
-pub async fn sandbox_command(_args: SandboxArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+/// `sandbox`: serve the simulated API until Ctrl-C.
+pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    let opts = crate::sandbox::SandboxOptions {
+        seed: args.seed,
+        api_key: args.api_key,
+        leads: args.leads,
+        patients: args.patients,
+        appointments: args.appointments,
+        churn_every: (!args.churn_every.is_zero()).then_some(args.churn_every),
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("Clinicea sandbox on http://{addr} (API key from --api-key; made-up records only)");
+    println!("  GET  /api/v1/leads?lastSyncTimestamp=...&intPageNo=0");
+    println!("  GET  /api/v1/patients?lastSyncTimestamp=...&intPageNo=0");
+    println!("  GET  /api/v3/appointments/getChanges?lastSyncDTime=...&pageNo=1&pageSize=100");
+    println!("  POST /admin/{{resource}}, PATCH/DELETE /admin/{{resource}}/{{id}}, POST /admin/faults, POST /admin/churn, GET /admin/stats");
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        c2.cancel();
+    });
+    crate::sandbox::Sandbox::new(opts)
+        .serve(listener, cancel)
+        .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Arguments of `demo`.

@@ -112,7 +112,7 @@ impl Planned {
         seq: u64,
         change_seq: u64,
         change: &Change,
-    ) -> Result<OutboxEntry, DeadLetter> {
+    ) -> Result<OutboxEntry, Box<DeadLetter>> {
         let now = chrono::Utc::now().timestamp_millis();
         let mut entry = OutboxEntry {
             seq,
@@ -135,11 +135,11 @@ impl Planned {
                 entry.payload = p;
                 Ok(entry)
             }
-            Err(reason) => Err(DeadLetter {
+            Err(reason) => Err(Box::new(DeadLetter {
                 entry,
                 reason,
                 died_ms: now,
-            }),
+            })),
         }
     }
 }
@@ -230,24 +230,33 @@ impl Destination {
         let key = |k: &str| format!("destinations.{name}.{k}");
         let mut problems = Vec::new();
         if !crate::config::valid_name(name) {
-            problems.push(Problem::at(line, format!("destinations.{name}"), "a destination name may use only letters, digits, '-', '_' and '.'"));
+            problems.push(Problem::at(
+                line,
+                format!("destinations.{name}"),
+                "a destination name may use only letters, digits, '-', '_' and '.'",
+            ));
         }
-        let parse_url = |u: &str, insecure: bool, problems: &mut Vec<Problem>| -> Option<url::Url> {
-            match url::Url::parse(u) {
-                Ok(url) => match webhook::check_url(&url, insecure) {
-                    Ok(()) => Some(url),
+        let parse_url =
+            |u: &str, insecure: bool, problems: &mut Vec<Problem>| -> Option<url::Url> {
+                match url::Url::parse(u) {
+                    Ok(url) => match webhook::check_url(&url, insecure) {
+                        Ok(()) => Some(url),
+                        Err(e) => {
+                            problems.push(Problem::at(line, key("url"), e));
+                            None
+                        }
+                    },
+                    // The URL may be a secret (chat webhooks): do not echo it.
                     Err(e) => {
-                        problems.push(Problem::at(line, key("url"), e));
+                        problems.push(Problem::at(
+                            line,
+                            key("url"),
+                            format!("not a valid URL ({e})"),
+                        ));
                         None
                     }
-                },
-                // The URL may be a secret (chat webhooks): do not echo it.
-                Err(e) => {
-                    problems.push(Problem::at(line, key("url"), format!("not a valid URL ({e})")));
-                    None
                 }
-            }
-        };
+            };
         let retry_raw = match raw {
             RawDestination::Webhook(w) => w.retry.as_ref(),
             RawDestination::Email(e) => e.retry.as_ref(),
@@ -269,7 +278,11 @@ impl Destination {
                 for (i, s) in w.secret.to_vec().iter().enumerate() {
                     match webhook::Secret::parse(s) {
                         Ok(sec) => secrets.push(sec),
-                        Err(e) => problems.push(Problem::at(line, format!("{}[{i}]", key("secret")), e.to_string())),
+                        Err(e) => problems.push(Problem::at(
+                            line,
+                            format!("{}[{i}]", key("secret")),
+                            e.to_string(),
+                        )),
                     }
                 }
                 let mut headers = Vec::new();
@@ -279,7 +292,11 @@ impl Destination {
                         reqwest::header::HeaderValue::from_str(v),
                     ) {
                         (Ok(hn), Ok(hv)) => headers.push((hn, hv)),
-                        _ => problems.push(Problem::at(line, format!("{}.{h}", key("headers")), "not a valid HTTP header")),
+                        _ => problems.push(Problem::at(
+                            line,
+                            format!("{}.{h}", key("headers")),
+                            "not a valid HTTP header",
+                        )),
                     }
                 }
                 concurrency = w.concurrency.unwrap_or(DEFAULT_WEBHOOK_CONCURRENCY).max(1);
@@ -298,12 +315,20 @@ impl Destination {
                 let from = match e.from.as_deref().or(smtp_from) {
                     Some(f) => f.to_string(),
                     None => {
-                        problems.push(Problem::at(line, key("from"), "an email destination needs an smtp: section (or its own from:)"));
+                        problems.push(Problem::at(
+                            line,
+                            key("from"),
+                            "an email destination needs an smtp: section (or its own from:)",
+                        ));
                         String::new()
                     }
                 };
                 if smtp_from.is_none() {
-                    problems.push(Problem::at(line, format!("destinations.{name}"), "email destinations need an smtp: section"));
+                    problems.push(Problem::at(
+                        line,
+                        format!("destinations.{name}"),
+                        "email destinations need an smtp: section",
+                    ));
                 }
                 if !from.is_empty() {
                     if let Err(err) = crate::email::validate_address(&from) {
@@ -358,7 +383,15 @@ impl Destination {
                 };
                 min_interval = chat::min_interval(kind);
                 if !templates.has(&format!("{}.txt", c.template.as_str())) {
-                    problems.push(Problem::at(line, key("template"), format!("no template {:?} (expected {}.txt.hbs)", c.template.as_str(), c.template.as_str())));
+                    problems.push(Problem::at(
+                        line,
+                        key("template"),
+                        format!(
+                            "no template {:?} (expected {}.txt.hbs)",
+                            c.template.as_str(),
+                            c.template.as_str()
+                        ),
+                    ));
                 }
                 parse_url(&c.url, c.allow_insecure_http, &mut problems).map(|url| Target::Chat {
                     kind,
@@ -444,13 +477,20 @@ impl Pipeline {
                     body: webhook_body(change, &route.rule, &route.rules),
                 })),
                 Target::Chat { kind, template, .. } => {
-                    let ctx = render::context(change, &route.rule, &route.rules, &dest.name, self.timezone);
+                    let ctx = render::context(
+                        change,
+                        &route.rule,
+                        &route.rules,
+                        &dest.name,
+                        self.timezone,
+                    );
                     let name = format!("{template}.txt");
                     push(
                         self.templates
                             .render(&name, &ctx)
                             .map(|text| Payload::Chat {
-                                body: String::from_utf8_lossy(&chat::body(*kind, &text)).into_owned(),
+                                body: String::from_utf8_lossy(&chat::body(*kind, &text))
+                                    .into_owned(),
                             })
                             .map_err(|e| format!("template {name}: {e}")),
                     )
@@ -462,7 +502,13 @@ impl Pipeline {
                     from,
                     reply_to,
                 } => {
-                    let ctx = render::context(change, &route.rule, &route.rules, &dest.name, self.timezone);
+                    let ctx = render::context(
+                        change,
+                        &route.rule,
+                        &route.rules,
+                        &dest.name,
+                        self.timezone,
+                    );
                     let rendered = (|| -> Result<(String, String, Option<String>), String> {
                         let subj = self
                             .templates
@@ -674,11 +720,20 @@ impl Deliverer {
         };
         match (&dest.target, &entry.payload) {
             (Target::Webhook(t), Payload::Webhook { body }) => {
-                webhook::send(&self.http, t, &entry.webhook_id, bytes::Bytes::from(body.clone().into_bytes())).await
+                webhook::send(
+                    &self.http,
+                    t,
+                    &entry.webhook_id,
+                    bytes::Bytes::from(body.clone().into_bytes()),
+                )
+                .await
             }
-            (Target::Chat { kind, url, timeout, .. }, Payload::Chat { body }) => {
-                chat::send(&self.http, *kind, url, body.clone().into_bytes(), *timeout).await
-            }
+            (
+                Target::Chat {
+                    kind, url, timeout, ..
+                },
+                Payload::Chat { body },
+            ) => chat::send(&self.http, *kind, url, body.clone().into_bytes(), *timeout).await,
             (Target::Email { .. }, Payload::Email(msg)) => match &self.mailer {
                 Some(m) => m.send(msg).await,
                 None => fail("no smtp: section is configured".into()),
@@ -697,10 +752,11 @@ impl Deliverer {
         let Some(raw) = self.store.outbox_get(destination, seq)? else {
             return Ok(Step::Gone);
         };
-        let mut entry: OutboxEntry = serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
-            what: "outbox entry",
-            source,
-        })?;
+        let mut entry: OutboxEntry =
+            serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
+                what: "outbox entry",
+                source,
+            })?;
         let Some(dest) = self.destinations.get(destination).cloned() else {
             // The destination was removed from the config: keep the entry, visibly, as a dead letter.
             let reason = format!("destination {destination} is no longer in the config");
@@ -713,7 +769,8 @@ impl Deliverer {
         let report = self.send(&dest, &entry).await;
         entry.attempts += 1;
         let labels = [("destination", destination.to_string())];
-        metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels).record(report.duration.as_secs_f64());
+        metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)
+            .record(report.duration.as_secs_f64());
         let log = AttemptLog {
             at_ms: started_ms,
             attempt: entry.attempts,
@@ -744,16 +801,26 @@ impl Deliverer {
                 });
                 Ok(Step::Delivered)
             }
-            Verdict::Retry { reason, retry_after } => {
-                self.store.log_attempt(seq, entry.attempts, &serde_json::to_vec(&log).unwrap_or_default())?;
-                let delay = dest
-                    .retry
-                    .next_delay(entry.attempts, retry_after, &mut rand::thread_rng());
+            Verdict::Retry {
+                reason,
+                retry_after,
+            } => {
+                self.store.log_attempt(
+                    seq,
+                    entry.attempts,
+                    &serde_json::to_vec(&log).unwrap_or_default(),
+                )?;
+                let delay =
+                    dest.retry
+                        .next_delay(entry.attempts, retry_after, &mut rand::thread_rng());
                 match delay {
                     Some(d) => {
                         entry.next_attempt_ms = now_ms() + d.as_millis() as i64;
-                        self.store
-                            .outbox_put(destination, seq, &serde_json::to_vec(&entry).unwrap_or_default())?;
+                        self.store.outbox_put(
+                            destination,
+                            seq,
+                            &serde_json::to_vec(&entry).unwrap_or_default(),
+                        )?;
                         metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "retry").increment(1);
                         tracing::warn!(status = ?report.status, %reason, retry_in = ?d, "delivery failed; will retry");
                         self.emit(Event::Retrying {
@@ -766,14 +833,21 @@ impl Deliverer {
                         Ok(Step::Retry(entry.next_attempt_ms))
                     }
                     None => {
-                        let reason = format!("retry schedule spent after {} attempts; last error: {reason}", entry.attempts);
+                        let reason = format!(
+                            "retry schedule spent after {} attempts; last error: {reason}",
+                            entry.attempts
+                        );
                         self.to_dead(&entry, reason)?;
                         Ok(Step::Dead)
                     }
                 }
             }
             Verdict::Fail { reason } => {
-                self.store.log_attempt(seq, entry.attempts, &serde_json::to_vec(&log).unwrap_or_default())?;
+                self.store.log_attempt(
+                    seq,
+                    entry.attempts,
+                    &serde_json::to_vec(&log).unwrap_or_default(),
+                )?;
                 self.to_dead(&entry, reason)?;
                 Ok(Step::Dead)
             }
@@ -789,8 +863,11 @@ impl Deliverer {
             reason: reason.clone(),
             died_ms: now_ms(),
         };
-        self.store
-            .outbox_to_dead(&entry.destination, entry.seq, &serde_json::to_vec(&dead).unwrap_or_default())?;
+        self.store.outbox_to_dead(
+            &entry.destination,
+            entry.seq,
+            &serde_json::to_vec(&dead).unwrap_or_default(),
+        )?;
         self.emit(Event::Dead {
             destination: entry.destination.clone(),
             webhook_id: entry.webhook_id.clone(),
@@ -806,7 +883,12 @@ impl Deliverer {
             match serde_json::from_slice::<DueOnly>(&raw) {
                 Ok(d) if d.next_attempt_ms <= now => due.push((d.next_attempt_ms, seq)),
                 Ok(_) => {}
-                Err(source) => return Err(StoreError::Decode { what: "outbox entry", source }),
+                Err(source) => {
+                    return Err(StoreError::Decode {
+                        what: "outbox entry",
+                        source,
+                    })
+                }
             }
         }
         due.sort_unstable();
@@ -828,10 +910,14 @@ impl Deliverer {
         let mut set = tokio::task::JoinSet::new();
         let sem = Arc::new(Semaphore::new(limit));
         for (_, seq) in due {
-            let permit = sem.clone().acquire_owned().await.map_err(|_| StoreError::Decode {
-                what: "semaphore",
-                source: serde_json::Error::io(std::io::Error::other("closed")),
-            })?;
+            let permit = sem
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::Decode {
+                    what: "semaphore",
+                    source: serde_json::Error::io(std::io::Error::other("closed")),
+                })?;
             let me = self.clone();
             let dest = destination.to_string();
             set.spawn(async move {
@@ -906,8 +992,11 @@ impl Deliverer {
         let (limit, min_interval) = self
             .destinations
             .get(&destination)
-            .map_or((1, Duration::ZERO), |d| (d.concurrency.max(1), d.min_interval));
-        let mut inflight: tokio::task::JoinSet<(u64, Result<Step, StoreError>)> = tokio::task::JoinSet::new();
+            .map_or((1, Duration::ZERO), |d| {
+                (d.concurrency.max(1), d.min_interval)
+            });
+        let mut inflight: tokio::task::JoinSet<(u64, Result<Step, StoreError>)> =
+            tokio::task::JoinSet::new();
         let mut last_send = tokio::time::Instant::now() - min_interval;
         loop {
             // Start what is due, within the limit and the service's rate.
@@ -920,7 +1009,9 @@ impl Deliverer {
                 if !min_interval.is_zero() && last_send.elapsed() < min_interval {
                     break;
                 }
-                let Some(Reverse((_, seq))) = heap.pop() else { break };
+                let Some(Reverse((_, seq))) = heap.pop() else {
+                    break;
+                };
                 let me = self.clone();
                 let dest = destination.clone();
                 last_send = tokio::time::Instant::now();
@@ -970,7 +1061,9 @@ impl Deliverer {
     }
 }
 
-fn done_seq(done: &Result<(u64, Result<Step, StoreError>), tokio::task::JoinError>) -> Result<(u64, ()), ()> {
+fn done_seq(
+    done: &Result<(u64, Result<Step, StoreError>), tokio::task::JoinError>,
+) -> Result<(u64, ()), ()> {
     match done {
         Ok((seq, _)) => Ok((*seq, ())),
         Err(_) => Err(()),

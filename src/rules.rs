@@ -633,14 +633,26 @@ impl RuleSet {
                     .filter(|k| r.kinds & kind_bit(**k) != 0)
                     .map(|k| k.as_str())
                     .collect();
-                let dests: Vec<&str> = r.notify.iter().map(|&d| self.destinations[d].as_str()).collect();
+                let dests: Vec<&str> = r
+                    .notify
+                    .iter()
+                    .map(|&d| self.destinations[d].as_str())
+                    .collect();
                 format!(
                     "{:<28} {} on [{}]{}{} -> {}{}",
                     r.name,
                     r.resource.as_deref().unwrap_or("*"),
                     kinds.join(", "),
-                    if r.conditions.is_empty() { String::new() } else { format!(", {} condition(s)", r.conditions.len()) },
-                    if r.changed.is_some() { ", on field changes" } else { "" },
+                    if r.conditions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} condition(s)", r.conditions.len())
+                    },
+                    if r.changed.is_some() {
+                        ", on field changes"
+                    } else {
+                        ""
+                    },
                     dests.join(", "),
                     if r.enabled { "" } else { " (disabled)" }
                 )

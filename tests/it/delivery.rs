@@ -12,8 +12,13 @@ fn webhook_config(base_url: &str, hooks: &[(&str, &str, &str)]) -> String {
     let mut y = leads_only(base_url);
     y.push_str("retry:\n  schedule: [100ms, 100ms, 100ms]\n  jitter: 0\ndestinations:\n");
     for (name, url, extra) in hooks {
+        let timeout = if extra.contains("timeout:") {
+            ""
+        } else {
+            "    timeout: 2s\n"
+        };
         y.push_str(&format!(
-            "  {name}:\n    type: webhook\n    url: {url}\n    secret: {SECRET}\n    timeout: 2s\n{extra}"
+            "  {name}:\n    type: webhook\n    url: {url}\n    secret: {SECRET}\n{timeout}{extra}"
         ));
     }
     y.push_str("rules:\n  - name: all-leads\n    resource: leads\n    notify: [");
@@ -92,7 +97,10 @@ async fn two_500s_then_200_is_three_attempts_with_one_webhook_id() {
     for r in &got {
         verify_with_library(r).expect("every attempt is validly signed");
     }
-    assert!(got.windows(2).all(|w| w[0].body == w[1].body), "the same bytes every time");
+    assert!(
+        got.windows(2).all(|w| w[0].body == w[1].body),
+        "the same bytes every time"
+    );
     assert_eq!(engine.store.outbox_len(), 0);
     assert!(dead_letters(&engine).is_empty());
 }
@@ -109,7 +117,10 @@ async fn a_429_with_retry_after_2_waits_about_2_seconds() {
     let got = rx.received();
     assert_eq!(got.len(), 2);
     let gap = got[1].at - got[0].at;
-    assert!(gap >= Duration::from_millis(1900) && gap < Duration::from_millis(3500), "{gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1900) && gap < Duration::from_millis(3500),
+        "{gap:?}"
+    );
 }
 
 #[tokio::test]
@@ -125,11 +136,24 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let dead = dead_letters(&engine);
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
-    let show = app::dead_text(&engine.store, DeadCommand::Show { id: dead[0].entry.seq }).unwrap();
+    let show = app::dead_text(
+        &engine.store,
+        DeadCommand::Show {
+            id: dead[0].entry.seq,
+        },
+    )
+    .unwrap();
     assert!(show.contains("#1") && show.contains("status 400"), "{show}");
 
     // Re-drive it: it goes back to the queue and is delivered with the same webhook-id.
-    let out = app::dead_text(&engine.store, DeadCommand::Retry { ids: vec![], all: true }).unwrap();
+    let out = app::dead_text(
+        &engine.store,
+        DeadCommand::Retry {
+            ids: vec![],
+            all: true,
+        },
+    )
+    .unwrap();
     assert!(out.contains("queued again"), "{out}");
     drain(&engine, Duration::from_secs(5)).await;
     let got = rx.received();
@@ -167,9 +191,17 @@ async fn a_timeout_and_a_refused_connection_are_retried_then_dead_when_the_sched
         assert!(d.reason.contains("retry schedule spent"), "{}", d.reason);
     }
     let slow_dead = dead.iter().find(|d| d.entry.destination == "slow").unwrap();
-    assert!(slow_dead.reason.contains("timed out"), "{}", slow_dead.reason);
+    assert!(
+        slow_dead.reason.contains("timed out"),
+        "{}",
+        slow_dead.reason
+    );
     let gone_dead = dead.iter().find(|d| d.entry.destination == "gone").unwrap();
-    assert!(gone_dead.reason.contains("refused") || gone_dead.reason.contains("connect"), "{}", gone_dead.reason);
+    assert!(
+        gone_dead.reason.contains("refused") || gone_dead.reason.contains("connect"),
+        "{}",
+        gone_dead.reason
+    );
 }
 
 #[tokio::test]
@@ -183,7 +215,10 @@ async fn a_302_is_a_failure_and_the_redirect_is_not_followed() {
     engine.poll_all().await.remove(0).1.unwrap();
     drain(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1);
-    assert!(target.received().is_empty(), "the redirect target was never asked");
+    assert!(
+        target.received().is_empty(),
+        "the redirect target was never asked"
+    );
     let dead = dead_letters(&engine);
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("302"), "{}", dead[0].reason);
@@ -221,7 +256,10 @@ async fn a_slow_destination_does_not_delay_a_fast_one() {
     let fast_done = started.elapsed();
     assert_eq!(got.len(), 20, "the fast destination got everything");
     assert!(fast_done < Duration::from_secs(4), "{fast_done:?}");
-    assert!(slow.received().len() <= 4, "the slow one is still working through its queue");
+    assert!(
+        slow.received().len() <= 4,
+        "the slow one is still working through its queue"
+    );
     cancel.cancel();
     daemon.await.unwrap().unwrap();
     // Nothing was lost: what the slow one did not get is still queued.

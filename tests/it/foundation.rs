@@ -53,7 +53,10 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
     assert_eq!((rep.pages, rep.records), (2, 137));
     // The sandbox's appointments include deleted ones; every record is a change of some kind.
     assert_eq!(rep.changes, 137);
-    assert_eq!(ids_in_journal(&engine).iter().collect::<HashSet<_>>().len(), 137);
+    assert_eq!(
+        ids_in_journal(&engine).iter().collect::<HashSet<_>>().len(),
+        137
+    );
 }
 
 #[tokio::test]
@@ -75,7 +78,13 @@ async fn an_empty_page_is_a_204_and_ends_the_sync() {
     })
     .await;
     let t0 = TestDir::new(&leads_only(&sb0.base_url()));
-    let rep0 = t0.engine().poll_all().await.remove(0).1.expect("poll succeeds");
+    let rep0 = t0
+        .engine()
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .expect("poll succeeds");
     assert_eq!((rep0.pages, rep0.records, rep0.changes), (1, 0, 0));
 }
 
@@ -87,9 +96,17 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
     engine.poll_all().await.remove(0).1.expect("first poll");
     let lead = sb.sandbox.records("leads")[5].clone();
     let id = lead["ID"].as_str().unwrap().to_string();
-    let new_status = if lead["LeadStatus"] == "HOT" { "COLD" } else { "HOT" };
+    let new_status = if lead["LeadStatus"] == "HOT" {
+        "COLD"
+    } else {
+        "HOT"
+    };
     sb.sandbox
-        .modify("leads", &id, serde_json::json!({ "LeadStatus": new_status }))
+        .modify(
+            "leads",
+            &id,
+            serde_json::json!({ "LeadStatus": new_status }),
+        )
         .expect("modified");
 
     let rep = engine.poll_all().await.remove(0).1.expect("second poll");
@@ -97,9 +114,16 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
     let (_, change) = engine.store.changes().unwrap().pop().unwrap();
     assert_eq!(change.kind, ChangeKind::Modified);
     assert_eq!(change.id, id);
-    assert!(change.changed_fields.contains(&"LeadStatus".to_string()), "{:?}", change.changed_fields);
+    assert!(
+        change.changed_fields.contains(&"LeadStatus".to_string()),
+        "{:?}",
+        change.changed_fields
+    );
     assert!(!change.changed_fields.contains(&"DataStatusStr".to_string()));
-    assert_eq!(change.previous.as_ref().unwrap()["LeadStatus"], lead["LeadStatus"]);
+    assert_eq!(
+        change.previous.as_ref().unwrap()["LeadStatus"],
+        lead["LeadStatus"]
+    );
     assert_eq!(change.server_status.as_deref(), Some("Modified"));
 
     // The edited record is inside the overlap window: it is fetched again, and produces nothing.
@@ -123,7 +147,10 @@ async fn a_delete_is_deleted() {
     let rep = engine.poll_all().await.remove(0).1.expect("second poll");
     assert_eq!(rep.changes, 1);
     let (_, change) = engine.store.changes().unwrap().pop().unwrap();
-    assert_eq!((change.kind, change.id.as_str()), (ChangeKind::Deleted, id.as_str()));
+    assert_eq!(
+        (change.kind, change.id.as_str()),
+        (ChangeKind::Deleted, id.as_str())
+    );
 }
 
 #[tokio::test]
@@ -144,7 +171,12 @@ async fn a_record_without_an_id_is_skipped_and_the_poll_goes_on() {
     );
     let t = TestDir::new(&yaml);
     let engine = t.engine();
-    let rep = engine.poll_all().await.remove(0).1.expect("the poll goes on");
+    let rep = engine
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .expect("the poll goes on");
     assert_eq!((rep.records, rep.skipped, rep.changes), (3, 2, 1));
     assert_eq!(ids_in_journal(&engine), vec!["L-1".to_string()]);
 }
@@ -163,24 +195,43 @@ async fn a_429_is_retried_inside_the_poll() {
     let t = TestDir::new(&leads_only(&sb.base_url()));
     let engine = t.engine();
     let started = std::time::Instant::now();
-    let rep = engine.poll_all().await.remove(0).1.expect("poll succeeds after the 429");
+    let rep = engine
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .expect("poll succeeds after the 429");
     assert_eq!(rep.changes, 137);
-    assert!(started.elapsed() >= Duration::from_millis(900), "Retry-After: 1 was honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "Retry-After: 1 was honoured"
+    );
     assert_eq!(sb.sandbox.stats().faults_served, 1);
 }
 
 #[tokio::test]
 async fn a_401_names_the_resource_and_status_and_never_the_key() {
     let sb = default_sandbox().await;
-    let yaml = leads_only(&sb.base_url()).replace("api_key: sandbox-api-key", "api_key: wrong-key-123");
+    let yaml =
+        leads_only(&sb.base_url()).replace("api_key: sandbox-api-key", "api_key: wrong-key-123");
     let t = TestDir::new(&yaml);
     let engine = t.engine();
     let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
     assert!(err.contains("leads") && err.contains("401"), "{err}");
-    assert!(err.contains("Invalid API key"), "the body's start is quoted: {err}");
-    assert!(!err.contains("wrong-key-123"), "the key never appears: {err}");
+    assert!(
+        err.contains("Invalid API key"),
+        "the body's start is quoted: {err}"
+    );
+    assert!(
+        !err.contains("wrong-key-123"),
+        "the key never appears: {err}"
+    );
     // The checkpoint did not move: nothing was stored.
-    let cp = engine.store.checkpoint("default", "leads").unwrap().unwrap();
+    let cp = engine
+        .store
+        .checkpoint("default", "leads")
+        .unwrap()
+        .unwrap();
     assert!(cp.last_success_start.is_none());
     let st = engine.store.poll_status("default", "leads").unwrap();
     assert_eq!(st.consecutive_failures, 1);
@@ -194,7 +245,10 @@ async fn malformed_json_names_the_resource_and_page() {
     let t = TestDir::new(&leads_only(&sb.base_url()));
     let engine = t.engine();
     let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
-    assert!(err.contains("leads") && err.contains("page 0") && err.contains("invalid JSON"), "{err}");
+    assert!(
+        err.contains("leads") && err.contains("page 0") && err.contains("invalid JSON"),
+        "{err}"
+    );
     sb.sandbox
         .inject_faults(Fault::new(FaultKind::ObjectInsteadOfArray).times(1));
     let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
@@ -207,7 +261,8 @@ async fn malformed_json_names_the_resource_and_page() {
 #[tokio::test]
 async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
     let sb = default_sandbox().await;
-    let yaml = leads_only(&sb.base_url()).replace("  timeout: 5s\n", "  timeout: 5s\n  page_delay: 300ms\n");
+    let yaml = leads_only(&sb.base_url())
+        .replace("  timeout: 5s\n", "  timeout: 5s\n  page_delay: 300ms\n");
     let t = TestDir::new(&yaml);
     let engine = t.engine();
     // Fail the second page with a 400 (not retried), injected while the poll waits between pages.
@@ -228,22 +283,32 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
     let err = engine.poll_all().await.remove(0).1.unwrap_err();
     injector.await.unwrap();
     assert!(err.to_string().contains("400"), "{err}");
-    assert_eq!(engine.store.change_count(), 100, "the first page was stored");
+    assert_eq!(
+        engine.store.change_count(),
+        100,
+        "the first page was stored"
+    );
 
-    let rep = engine.poll_all().await.remove(0).1.expect("re-run succeeds");
+    let rep = engine
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .expect("re-run succeeds");
     assert_eq!(rep.changes, 37, "only the rest is new");
     let ids = ids_in_journal(&engine);
     assert_eq!(ids.len(), 137);
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 137, "every change exactly once");
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        137,
+        "every change exactly once"
+    );
 }
 
 #[tokio::test]
 async fn start_from_now_sends_nothing_from_before_the_first_start() {
     let sb = default_sandbox().await;
-    let yaml = leads_only(&sb.base_url()).replace(
-        &format!("  start_from: \"{}\"\n", ""),
-        "",
-    );
+    let yaml = leads_only(&sb.base_url()).replace(&format!("  start_from: \"{}\"\n", ""), "");
     let yaml = yaml
         .lines()
         .filter(|l| !l.contains("start_from"))
@@ -253,12 +318,18 @@ async fn start_from_now_sends_nothing_from_before_the_first_start() {
     let t = TestDir::new(&yaml);
     let engine = t.engine();
     let rep = engine.poll_all().await.remove(0).1.expect("poll");
-    assert_eq!(rep.changes, 0, "the 137 existing leads predate the first start");
+    assert_eq!(
+        rep.changes, 0,
+        "the 137 existing leads predate the first start"
+    );
     let new = sb.sandbox.insert(
         "leads",
         serde_json::json!({"FirstName": "Sana", "LastName": "Malik", "Email": "sana@example.com"}),
     );
     let rep = engine.poll_all().await.remove(0).1.expect("poll");
     assert_eq!(rep.changes, 1);
-    assert_eq!(ids_in_journal(&engine), vec![new["ID"].as_str().unwrap().to_string()]);
+    assert_eq!(
+        ids_in_journal(&engine),
+        vec![new["ID"].as_str().unwrap().to_string()]
+    );
 }
