@@ -94,6 +94,11 @@ impl<'de> Deserialize<'de> for Node {
             fn visit_i128<E: de::Error>(self, v: i128) -> Result<Node, E> {
                 Ok(Node::Int(v))
             }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
+                i128::try_from(v)
+                    .map(Node::Int)
+                    .map_err(|_| E::custom("number too large"))
+            }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
                 Ok(Node::Float(v))
             }
@@ -1321,13 +1326,9 @@ impl Compiler<'_, '_> {
                 match regex::Regex::new(pattern) {
                     Ok(re) => Some(Test::Matches(re)),
                     Err(e) => {
-                        let detail = e
-                            .to_string()
-                            .lines()
-                            .last()
-                            .unwrap_or_default()
-                            .trim()
-                            .to_string();
+                        let text = e.to_string();
+                        let last = text.lines().last().unwrap_or_default().trim();
+                        let detail = last.strip_prefix("error: ").unwrap_or(last);
                         self.problem(
                             line,
                             key,

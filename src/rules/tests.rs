@@ -581,7 +581,7 @@ fn config_errors() {
             "- name: new-lead-email\n  where:\n    - {field: Email, exists: true}\n    - {field: Email, matches: '(unclosed'}\n  notify: [front-desk]\n",
             4,
             "rules[new-lead-email].where[1].matches",
-            "invalid regular expression \"(unclosed\"",
+            "invalid regular expression \"(unclosed\": unclosed group",
         ),
         (
             "- name: r\n  where:\n    - field: Source\n      equal: Website\n  notify: [front-desk]\n",
