@@ -522,24 +522,26 @@ pub fn parse_raw(text: &str, vars: &HashMap<String, String>) -> Result<RawConfig
     }
     VARS.with(|v| *v.borrow_mut() = Some(vars.clone()));
     let _reset = Reset;
-    serde_saphyr::from_str::<RawConfig>(text).map_err(|e| {
-        let line = e.location().map(|l| l.line()).filter(|l| *l > 0);
-        let full = e.to_string();
-        let first = full.lines().next().unwrap_or_default();
-        // "error: line 4 column 3: unknown field ..." -> "unknown field ..."
-        let message = first
-            .strip_prefix("error: ")
-            .unwrap_or(first)
-            .split_once(": ")
-            .filter(|(head, _)| head.starts_with("line "))
-            .map_or(first, |(_, rest)| rest)
-            .to_string();
-        let key = line
-            .map(|l| key_path_at_line(text, l as usize))
-            .filter(|k| !k.is_empty())
-            .unwrap_or_else(|| "config".to_string());
-        Problem::at(line, key, message)
-    })
+    serde_saphyr::from_str_with_options::<RawConfig>(text, crate::rules::yaml_options()).map_err(
+        |e| {
+            let line = e.location().map(|l| l.line()).filter(|l| *l > 0);
+            let full = e.to_string();
+            let first = full.lines().next().unwrap_or_default();
+            // "error: line 4 column 3: unknown field ..." -> "unknown field ..."
+            let message = first
+                .strip_prefix("error: ")
+                .unwrap_or(first)
+                .split_once(": ")
+                .filter(|(head, _)| head.starts_with("line "))
+                .map_or(first, |(_, rest)| rest)
+                .to_string();
+            let key = line
+                .map(|l| key_path_at_line(text, l as usize))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| "config".to_string());
+            Problem::at(line, key, message)
+        },
+    )
 }
 
 /// Reconstructs the dotted key path of the YAML line `line` (1-based) from indentation, e.g.
