@@ -1,6 +1,7 @@
 //! The integration suite: one binary, real parts over loopback (the product's own Clinicea sandbox,
 //! real webhook receivers, a real SMTP listener) and a temporary sled directory per test.
 
+mod cli;
 mod delivery;
 mod foundation;
 mod helpers;
