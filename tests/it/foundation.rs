@@ -333,3 +333,93 @@ async fn start_from_now_sends_nothing_from_before_the_first_start() {
         vec![new["ID"].as_str().unwrap().to_string()]
     );
 }
+
+#[tokio::test]
+async fn every_auth_mode_reaches_the_sandbox() {
+    let sb = sandbox(SandboxOptions {
+        leads: 3,
+        ..SandboxOptions::default()
+    })
+    .await;
+    for mode in ["header", "api_key_header", "query"] {
+        let yaml = leads_only(&sb.base_url()).replace(
+            "  api_key: sandbox-api-key\n",
+            &format!("  api_key: sandbox-api-key\n  auth: {mode}\n"),
+        );
+        let t = TestDir::new(&yaml);
+        let rep = t.engine().poll_all().await.remove(0).1;
+        assert_eq!(rep.expect(mode).changes, 3, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn login_mode_fetches_a_token_and_logs_in_again_once_on_a_401() {
+    let sb = sandbox(SandboxOptions {
+        leads: 3,
+        token_ttl: Duration::from_millis(500),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let yaml = leads_only(&sb.base_url()).replace(
+        "  api_key: sandbox-api-key\n",
+        "  api_key: sandbox-api-key\n  auth: login\n  login: { username: sandbox, password: sandbox }\n",
+    );
+    let t = TestDir::new(&yaml);
+    let engine = t.engine();
+    engine
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .expect("first poll logs in");
+    assert_eq!(sb.sandbox.stats().logins, 1);
+    // The token expires; the next request gets a 401, logs in again once, and succeeds.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    engine
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .expect("second poll logs in again");
+    assert_eq!(sb.sandbox.stats().logins, 2);
+    // A wrong password is a clear login error without the password in it.
+    let bad = yaml.replace("password: sandbox", "password: hunter2-secret");
+    let t2 = TestDir::new(&bad);
+    let err = t2
+        .engine()
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("login"), "{err}");
+    assert!(
+        !err.contains("hunter2-secret") && !err.contains("sandbox-api-key"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_request_times_out_and_is_retried_inside_the_poll() {
+    let sb = sandbox(SandboxOptions {
+        leads: 3,
+        ..SandboxOptions::default()
+    })
+    .await;
+    sb.sandbox
+        .inject_faults(Fault::new(FaultKind::Stall(Duration::from_secs(5))).times(1));
+    let yaml = leads_only(&sb.base_url()).replace("  timeout: 5s\n", "  timeout: 1s\n");
+    let t = TestDir::new(&yaml);
+    let started = std::time::Instant::now();
+    let rep = t
+        .engine()
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .expect("retried after the timeout");
+    assert_eq!(rep.changes, 3);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
