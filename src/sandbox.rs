@@ -359,6 +359,11 @@ impl SandboxHandle {
         format!("http://{}", self.addr)
     }
 
+    /// The token that stops the server when cancelled (for tying it to a caller's shutdown).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     /// Stops serving and waits until the server has shut down.
     pub async fn stop(mut self) {
         self.cancel.cancel();
