@@ -255,6 +255,27 @@ pub enum FaultKind {
     MalformedJson,
     /// `200` with a JSON object (an ASP.NET-style error) where a list belongs.
     ObjectInsteadOfArray,
+    /// The connection is closed without any response.
+    ResetConnection,
+}
+
+/// A response body that fails at once: the server then closes the connection before anything
+/// of the response (not even the status line) is sent.
+struct FailingBody;
+
+impl axum::body::HttpBody for FailingBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "sandbox fault: connection reset",
+        ))))
+    }
 }
 
 /// Counters since start.
@@ -336,6 +357,11 @@ impl SandboxHandle {
     /// `http://ADDR`, the base URL to configure the notifier with.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The token that stops the server when cancelled (for tying it to a caller's shutdown).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
     }
 
     /// Stops serving and waits until the server has shut down.
@@ -796,6 +822,8 @@ struct FaultSpec {
     malformed: bool,
     #[serde(default)]
     object: bool,
+    #[serde(default)]
+    reset: bool,
 }
 
 impl FaultSpec {
@@ -805,10 +833,12 @@ impl FaultSpec {
             self.stall_ms.is_some(),
             self.malformed,
             self.object,
+            self.reset,
         ];
         if kinds.iter().filter(|k| **k).count() != 1 {
             return Err(
-                "give exactly one of status, stall_ms, malformed: true, object: true".into(),
+                "give exactly one of status, stall_ms, malformed: true, object: true, reset: true"
+                    .into(),
             );
         }
         if (self.retry_after.is_some() || self.body.is_some()) && self.status.is_none() {
@@ -839,6 +869,8 @@ impl FaultSpec {
             FaultKind::Stall(Duration::from_millis(ms))
         } else if self.malformed {
             FaultKind::MalformedJson
+        } else if self.reset {
+            FaultKind::ResetConnection
         } else {
             FaultKind::ObjectInsteadOfArray
         };
@@ -1124,6 +1156,7 @@ impl Sandbox {
                 StatusCode::OK,
                 r#"{"Message":"An error has occurred."}"#,
             )),
+            FaultKind::ResetConnection => Some(Response::new(Body::new(FailingBody))),
         }
     }
 

@@ -462,8 +462,34 @@ async fn body_and_stall_faults() {
     assert_eq!(stalled.status(), 200);
     assert_eq!(stalled.json::<Vec<Value>>().await.unwrap().len(), 100);
 
+    h.sandbox
+        .inject_faults(Fault::new(FaultKind::ResetConnection).on("appointments"));
+    let err = client()
+        .get(format!("{}/api/v3/appointments/getChanges", h.base_url()))
+        .header("api", KEY)
+        .send()
+        .await
+        .expect_err("the connection is dropped without a response");
+    assert!(err.is_request() || err.is_connect(), "{err:?}");
+    let resp = c
+        .post(&faults)
+        .json(&json!({"reset": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let dropped = client()
+        .get(format!("{}/api/v1/patients", h.base_url()))
+        .header("api", KEY)
+        .send()
+        .await;
+    assert!(dropped.is_err(), "{dropped:?}");
+    // The next request is served normally.
+    assert_eq!(get(&h, "/api/v1/patients", Some(KEY)).await.status(), 200);
+
     for bad in [
         json!({"count": 1}),
+        json!({"reset": true, "object": true}),
         json!({"count": 1, "status": 429, "malformed": true}),
         json!({"count": 1, "status": 42}),
         json!({"count": 0, "status": 500}),
@@ -474,7 +500,7 @@ async fn body_and_stall_faults() {
         let resp = c.post(&faults).json(&bad).send().await.unwrap();
         assert_eq!(resp.status(), 400, "{bad}");
     }
-    assert_eq!(h.sandbox.stats().faults_served, 3);
+    assert_eq!(h.sandbox.stats().faults_served, 5);
     h.stop().await;
 }
 
