@@ -827,6 +827,8 @@ pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// How often the watchdog looks at every resource.
 pub const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the running notifier prunes the change journal.
+pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 /// How long shutdown waits for pollers and workers before giving up on them.
 pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -1028,6 +1030,25 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
                     }
                     None => break,
                 }
+            }
+        }
+    });
+    // Maintenance: keep the change journal to its retention period.
+    let store = engine.store.clone();
+    let retention = engine.settings.base.store.journal_retention;
+    let m_cancel = cancel.clone();
+    tasks.spawn(async move {
+        loop {
+            let cutoff =
+                Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+            match store.prune_changes_before(cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "pruned the change journal"),
+                Err(e) => tracing::error!("pruning the change journal failed: {e}"),
+            }
+            tokio::select! {
+                _ = m_cancel.cancelled() => break,
+                _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
             }
         }
     });

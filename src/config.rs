@@ -361,6 +361,9 @@ pub struct RawStore {
     /// sled's page cache in MiB (default 64).
     #[serde(default)]
     pub cache_mb: Option<u64>,
+    /// How long the change journal keeps detected changes for inspection (default 7d).
+    #[serde(default)]
+    pub journal_retention: Option<Dur>,
 }
 
 /// TLS mode for SMTP.
@@ -808,6 +811,8 @@ pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:9187";
     /// The sled directory.
     pub const STORE_PATH: &str = "./data";
+    /// A week of detected changes stays inspectable.
+    pub const JOURNAL_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 /// The validated `store:` section.
@@ -817,6 +822,8 @@ pub struct StoreSettings {
     pub path: std::path::PathBuf,
     /// sled's page cache in bytes.
     pub cache_bytes: u64,
+    /// How long the change journal keeps entries.
+    pub journal_retention: Duration,
 }
 
 /// A validated config file, minus the parts other modules compile (see [`Config`]).
@@ -1090,6 +1097,10 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
             .store
             .cache_mb
             .map_or(crate::store::DEFAULT_CACHE_BYTES, |mb| mb * 1024 * 1024),
+        journal_retention: raw
+            .store
+            .journal_retention
+            .map_or(defaults::JOURNAL_RETENTION, |d| d.0),
     };
     let templates_dir = raw.templates.as_ref().map(|t| resolve_path(&base_dir, t));
     let listen_s = raw.listen.as_deref().unwrap_or(defaults::LISTEN);

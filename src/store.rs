@@ -358,13 +358,23 @@ impl Store {
         self.changes.len()
     }
 
-    /// Drops the oldest journal entries so at most `keep` remain; the journal is for inspection,
-    /// deliveries live in the outbox.
-    pub fn prune_changes(&self, keep: usize) -> Result<usize> {
-        let excess = self.changes.len().saturating_sub(keep);
+    /// Drops journal entries detected before `cutoff`, oldest first, and returns how many went.
+    /// The journal is for inspection (deliveries live in the outbox), so it is kept for a
+    /// retention period only; the cost is proportional to what is removed.
+    pub fn prune_changes_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        #[derive(Deserialize)]
+        struct Detected {
+            detected_at: DateTime<Utc>,
+        }
         let mut removed = 0;
-        for kv in self.changes.iter().take(excess) {
-            let (k, _) = kv?;
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            let old = serde_json::from_slice::<Detected>(&v)
+                .map(|d| d.detected_at < cutoff)
+                .unwrap_or(true);
+            if !old {
+                break;
+            }
             self.changes.remove(k)?;
             removed += 1;
         }
@@ -548,6 +558,42 @@ mod tests {
         store.dead_to_outbox(2, "hook", b"again").unwrap();
         assert_eq!(store.dead_len(), 0);
         assert_eq!(store.outbox_entries("hook").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn journal_prunes_by_age_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mk = |secs: i64| {
+            let c = crate::model::Change {
+                source: "default".into(),
+                resource: "leads".into(),
+                id: secs.to_string(),
+                kind: crate::model::ChangeKind::Added,
+                record: serde_json::json!({}),
+                previous: None,
+                changed_fields: vec![],
+                server_status: None,
+                detected_at: DateTime::from_timestamp(secs, 0).unwrap(),
+            };
+            serde_json::to_vec(&c).unwrap()
+        };
+        let page = PageWrite {
+            changes: vec![(1, mk(100)), (2, mk(200)), (3, mk(300))],
+            ..PageWrite::default()
+        };
+        store.commit_page("default", "leads", &page).unwrap();
+        let removed = store
+            .prune_changes_before(DateTime::from_timestamp(250, 0).unwrap())
+            .unwrap();
+        assert_eq!(removed, 2);
+        let left: Vec<String> = store
+            .changes()
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c.id)
+            .collect();
+        assert_eq!(left, vec!["300"]);
     }
 
     #[test]
