@@ -190,3 +190,47 @@ fn test_rule_on_a_fixture_lead_shows_matches_failures_and_rendered_deliveries() 
     );
     assert!(stdout.contains("Referral"), "{stdout}");
 }
+
+#[test]
+fn verify_accepts_a_signature_made_by_the_standardwebhooks_crate_and_rejects_a_tampered_body() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let wh = standardwebhooks::Webhook::new(secret).unwrap();
+    let body = br#"{"type":"leads.added","data":{"id":"x"}}"#;
+    let ts = chrono::Utc::now().timestamp();
+    let sig = wh.sign("msg_test", ts, body).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("headers.txt");
+    std::fs::write(
+        &headers,
+        format!("webhook-id: msg_test\nwebhook-timestamp: {ts}\nwebhook-signature: {sig}\ncontent-type: application/json\n"),
+    )
+    .unwrap();
+    let body_file = dir.path().join("body.json");
+    std::fs::write(&body_file, body).unwrap();
+    let run = |body_path: &Path| {
+        Command::new(BIN)
+            .args([
+                "verify",
+                "--secret",
+                secret,
+                "--headers-file",
+                headers.to_str().unwrap(),
+                "--body-file",
+                body_path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = run(&body_file);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("valid"));
+    let tampered = dir.path().join("tampered.json");
+    std::fs::write(&tampered, br#"{"type":"leads.added","data":{"id":"y"}}"#).unwrap();
+    let bad = run(&tampered);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("INVALID"));
+}
