@@ -1005,6 +1005,20 @@ pub async fn poll_loop(
 async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: CancellationToken) {
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let mut tasks = tokio::task::JoinSet::new();
+    // Entries queued for a destination the config no longer has would wait forever: move them to
+    // the dead letters, where `dead list` shows them and `dead retry` can re-drive them later.
+    match engine.store.all_outbox() {
+        Ok(entries) => {
+            for (dest, seq, _) in entries {
+                if !engine.settings.pipeline.destinations.contains_key(&dest) {
+                    if let Err(e) = engine.deliverer.attempt(&dest, seq).await {
+                        tracing::error!(destination = %dest, "cannot retire an orphaned entry: {e}");
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::error!("cannot read the outbox: {e}"),
+    }
     let mut senders: HashMap<String, mpsc::UnboundedSender<Wake>> = HashMap::new();
     for name in engine.settings.pipeline.destinations.keys() {
         let (tx, rx) = mpsc::unbounded_channel();
