@@ -1,0 +1,1 @@
+//! Issue 6: the `demo` command, run as a child process.
