@@ -981,10 +981,8 @@ pub async fn poll_loop(
     let cancel = ctx.cancel.clone();
     loop {
         let span = tracing::info_span!("poll", resource = %res.name);
-        let result = {
-            let _e = span.enter();
-            poll::poll_resource(&ctx, &res).await
-        };
+        // `instrument`, not `enter`: a span guard must not be held across an await.
+        let result = tracing::Instrument::instrument(poll::poll_resource(&ctx, &res), span).await;
         {
             let mut guard = health
                 .resources
