@@ -185,6 +185,25 @@ pub fn load_settings_with(
     compile(config::load(path, vars)?)
 }
 
+/// Optional watchers of a running notifier (the `demo` command's live stream). The default watches
+/// nothing, and then the notifier behaves exactly as without them.
+#[derive(Clone, Default)]
+pub struct Observers {
+    /// Told about each change a poll stores, with its matched rules and destinations.
+    pub poll: Option<mpsc::UnboundedSender<crate::poll::PollEvent>>,
+    /// Told about each delivery attempt's outcome.
+    pub deliveries: Option<mpsc::UnboundedSender<crate::deliver::Event>>,
+}
+
+impl Observers {
+    fn attach(&self, deliverer: Deliverer) -> Deliverer {
+        match &self.deliveries {
+            Some(tx) => deliverer.with_events(tx.clone()),
+            None => deliverer,
+        }
+    }
+}
+
 /// Everything a running notifier holds.
 pub struct Engine {
     /// The compiled settings.
@@ -195,11 +214,18 @@ pub struct Engine {
     pub client: Client,
     /// The deliverer.
     pub deliverer: Deliverer,
+    /// Who watches its polls and deliveries.
+    pub observers: Observers,
 }
 
 impl Engine {
     /// Opens the store and builds the client and deliverer.
     pub fn open(settings: Settings) -> anyhow::Result<Engine> {
+        Engine::open_with(settings, Observers::default())
+    }
+
+    /// [`Engine::open`], with watchers of its polls and deliveries.
+    pub fn open_with(settings: Settings, observers: Observers) -> anyhow::Result<Engine> {
         let store = Store::open(&settings.base.store.path, settings.base.store.cache_bytes)?;
         let client = Client::new(&settings.base.clinicea)?;
         let mailer = match &settings.smtp {
@@ -208,16 +234,17 @@ impl Engine {
             )),
             None => None,
         };
-        let deliverer = Deliverer::new(
+        let deliverer = observers.attach(Deliverer::new(
             store.clone(),
             settings.pipeline.destinations.clone(),
             mailer,
-        )?;
+        )?);
         Ok(Engine {
             settings,
             store,
             client,
             deliverer,
+            observers,
         })
     }
 
@@ -237,6 +264,7 @@ impl Engine {
             page_delay: self.settings.base.clinicea.page_delay,
             wake,
             cancel,
+            observer: self.observers.poll.clone(),
         }
     }
 
@@ -625,7 +653,7 @@ pub enum DeadCommand {
     },
 }
 
-fn parse_dur_arg(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_dur_arg(s: &str) -> Result<std::time::Duration, String> {
     config::parse_duration(s)
 }
 
@@ -955,10 +983,8 @@ pub async fn poll_loop(
     let cancel = ctx.cancel.clone();
     loop {
         let span = tracing::info_span!("poll", resource = %res.name);
-        let result = {
-            let _e = span.enter();
-            poll::poll_resource(&ctx, &res).await
-        };
+        // `instrument`, not `enter`: a span guard must not be held across an await.
+        let result = tracing::Instrument::instrument(poll::poll_resource(&ctx, &res), span).await;
         {
             let mut guard = health
                 .resources
@@ -1107,10 +1133,32 @@ pub async fn run(
     config_path: PathBuf,
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
-    mut reload: mpsc::UnboundedReceiver<()>,
+    reload: mpsc::UnboundedReceiver<()>,
     vars: HashMap<String, String>,
 ) -> anyhow::Result<()> {
-    let mut engine = Arc::new(Engine::open(settings)?);
+    run_with(
+        settings,
+        config_path,
+        listener,
+        cancel,
+        reload,
+        vars,
+        Observers::default(),
+    )
+    .await
+}
+
+/// [`run`], with watchers of the polls and deliveries (kept across reloads).
+pub async fn run_with(
+    settings: Settings,
+    config_path: PathBuf,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+    mut reload: mpsc::UnboundedReceiver<()>,
+    vars: HashMap<String, String>,
+    observers: Observers,
+) -> anyhow::Result<()> {
+    let mut engine = Arc::new(Engine::open_with(settings, observers)?);
     let health = Arc::new(Health::default());
     let server = tokio::spawn(serve_health(
         listener,
@@ -1155,16 +1203,17 @@ pub async fn run(
                     )),
                     None => None,
                 };
-                let deliverer = Deliverer::new(
+                let deliverer = engine.observers.attach(Deliverer::new(
                     engine.store.clone(),
                     new.pipeline.destinations.clone(),
                     mailer,
-                )?;
+                )?);
                 engine = Arc::new(Engine {
                     settings: new,
                     store: engine.store.clone(),
                     client,
                     deliverer,
+                    observers: engine.observers.clone(),
                 });
                 tracing::info!("config reloaded");
             }
@@ -1276,13 +1325,4 @@ pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         .serve(listener, cancel)
         .await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Arguments of `demo`.
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {}
-
-/// `demo`.
-pub async fn demo_command(_args: DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What is sent, rendered once when the change is detected: what is signed is exactly what is sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -764,9 +765,12 @@ impl Deliverer {
             return Ok(Step::Dead);
         };
         let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
-        let _enter = span.enter();
         let started_ms = now_ms();
-        let report = self.send(&dest, &entry).await;
+        // `instrument`, not `enter`: an entered span guard held across an await leaks the span into
+        // whatever else runs on this thread meanwhile.
+        let report = self.send(&dest, &entry).instrument(span.clone()).await;
+        // Nothing below awaits, so entering here is sound.
+        let _enter = span.enter();
         entry.attempts += 1;
         let labels = [("destination", destination.to_string())];
         metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)

@@ -20,8 +20,9 @@
 //!                 └── retries, attempts log, dead letters ◄┘
 //! ```
 //!
-//! `sandbox` is a simulated Clinicea API for tests, rehearsals and the demo; `telemetry` sets up
-//! logs and metrics.
+//! `sandbox` is a simulated Clinicea API for tests, rehearsals and the demo; `catcher` is a small
+//! SMTP server; `demo` runs the sandbox, a receiver, the catcher and the notifier in one process;
+//! `telemetry` sets up logs and metrics.
 
 pub mod app;
 pub mod catcher;
@@ -29,6 +30,7 @@ pub mod chat;
 pub mod clinicea;
 pub mod config;
 pub mod deliver;
+pub mod demo;
 pub mod diff;
 pub mod email;
 pub mod model;

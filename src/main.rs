@@ -1,8 +1,8 @@
 //! The `clinicea-notifier` binary: parse the command line, start logging, hand over to the library.
 
 use clap::{Parser, Subcommand};
-use clinicea_notifier::app;
 use clinicea_notifier::telemetry::{self, LogFormat};
+use clinicea_notifier::{app, demo};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,7 +51,7 @@ enum Command {
     /// Serve a simulated Clinicea API with generated, changing data.
     Sandbox(app::SandboxArgs),
     /// Run the whole product locally: sandbox, webhook receiver, SMTP catcher and the notifier.
-    Demo(app::DemoArgs),
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,7 +66,11 @@ fn main() -> ExitCode {
 
 fn try_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let verbosity = cli.verbose as i8 - cli.quiet as i8;
+    let mut verbosity = cli.verbose as i8 - cli.quiet as i8;
+    if matches!(cli.command, Command::Demo(_)) {
+        // The demo prints its own live stream on stdout; logs (stderr) show errors only unless -v.
+        verbosity -= 2;
+    }
     telemetry::init_tracing(cli.log_format, verbosity);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,7 +86,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
             Command::Dead(cmd) => app::dead_command(&config, cmd).await,
             Command::Verify(args) => app::verify_command(&args),
             Command::Sandbox(args) => app::sandbox_command(args).await,
-            Command::Demo(args) => app::demo_command(args).await,
+            Command::Demo(args) => demo::demo_command(args).await,
         }
     })
 }

@@ -6,7 +6,7 @@ use crate::clinicea::{ApiError, Client};
 use crate::config::{Resource, StartFrom};
 use crate::deliver::{Pipeline, Wake};
 use crate::diff::{self, DiffSpec, Skip};
-use crate::model::Change;
+use crate::model::{Change, ChangeKind};
 use crate::store::{Checkpoint, PageWrite, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -48,6 +48,24 @@ pub struct PollReport {
     pub deliveries: u64,
 }
 
+/// One change a poll detected and stored, with where it is going: what an observer (the `demo`
+/// command's live stream) is told. It carries ids and names only, never record contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollEvent {
+    /// The resource key.
+    pub resource: String,
+    /// Added, modified or deleted.
+    pub kind: ChangeKind,
+    /// The record id.
+    pub id: String,
+    /// The change's stable id (the `webhook-id` of its deliveries).
+    pub change_id: String,
+    /// Every matching rule, in file order.
+    pub rules: Vec<String>,
+    /// The destinations it was queued for (one entry per destination).
+    pub destinations: Vec<String>,
+}
+
 /// Everything a poll needs.
 #[derive(Clone)]
 pub struct PollCtx {
@@ -69,6 +87,8 @@ pub struct PollCtx {
     pub wake: Option<mpsc::UnboundedSender<Wake>>,
     /// Stop between pages when cancelled.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Told about each change once its page is stored (`None`: nobody is watching).
+    pub observer: Option<mpsc::UnboundedSender<PollEvent>>,
 }
 
 /// Polls one resource once. On success the checkpoint has advanced; on error it has not, and
@@ -154,6 +174,7 @@ async fn poll_inner(
         let mut pending: HashMap<String, Value> = HashMap::new();
         let mut ids = Vec::with_capacity(page.records.len());
         let mut wakes = Vec::new();
+        let mut observed = Vec::new();
         for record in page.records {
             let id = match diff::record_id(&record, &res.id_field) {
                 Ok(id) => id,
@@ -182,6 +203,9 @@ async fn poll_inner(
             write.snapshots.push((id.clone(), bytes));
             pending.insert(id, change.record.clone());
             plan_change(ctx, &change, &mut write, &mut wakes, &mut report)?;
+            if ctx.observer.is_some() {
+                observed.push(observe(ctx, &change));
+            }
         }
         if let Some(prev) = &previous_ids {
             if !ids.is_empty() && *prev == ids {
@@ -194,6 +218,12 @@ async fn poll_inner(
             }
         }
         ctx.store.commit_page(&ctx.source, &res.name, &write)?;
+        // The observer hears of a change before the workers are woken to deliver it.
+        if let Some(tx) = &ctx.observer {
+            for e in observed {
+                let _ = tx.send(e);
+            }
+        }
         if let Some(tx) = &ctx.wake {
             for w in wakes {
                 let _ = tx.send(w);
@@ -220,6 +250,19 @@ async fn poll_inner(
         )
         .await?;
     Ok(report)
+}
+
+/// What an observer is told about `change`.
+fn observe(ctx: &PollCtx, change: &Change) -> PollEvent {
+    let routes = ctx.pipeline.rules.route(change);
+    PollEvent {
+        resource: change.resource.clone(),
+        kind: change.kind,
+        id: change.id.clone(),
+        change_id: change.change_id(),
+        rules: routes.first().map(|r| r.rules.clone()).unwrap_or_default(),
+        destinations: routes.into_iter().map(|r| r.destination).collect(),
+    }
 }
 
 /// Adds a change's journal entry and its planned deliveries to the page write.

@@ -226,3 +226,222 @@ pub fn verify_with_library(r: &Received) -> Result<(), String> {
     }
     wh.verify(&r.body, &headers).map_err(|e| format!("{e:?}"))
 }
+
+// ---- Added for the email, chat and demo tests. ----
+
+/// A sandbox with no records at all (tests insert what they need).
+pub async fn empty_sandbox() -> SandboxHandle {
+    sandbox(SandboxOptions {
+        leads: 0,
+        patients: 0,
+        appointments: 0,
+        ..SandboxOptions::default()
+    })
+    .await
+}
+
+/// A made-up lead that the example rules' `new-lead-email` matches (Email set, Source Website).
+pub fn test_lead() -> serde_json::Value {
+    serde_json::json!({
+        "FirstName": "Ayesha",
+        "LastName": "Khan",
+        "Email": "ayesha.khan@example.com",
+        "Mobile": "+92 300 0000000",
+        "Source": "Website",
+        "LeadStatus": "New",
+        "Notes": "Asked about teeth whitening"
+    })
+}
+
+/// Delivers until the outbox is empty or `timeout` passes.
+pub async fn drain_outbox(engine: &Engine, timeout: Duration) {
+    let start = Instant::now();
+    while engine.store.outbox_len() > 0 && start.elapsed() < timeout {
+        engine.deliverer.deliver_all_due().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every dead letter.
+pub fn dead_list(engine: &Engine) -> Vec<clinicea_notifier::deliver::DeadLetter> {
+    engine
+        .store
+        .dead_entries()
+        .unwrap()
+        .into_iter()
+        .map(|(_, raw)| serde_json::from_slice(&raw).unwrap())
+        .collect()
+}
+
+/// Every queued outbox entry of `destination`.
+pub fn queued(engine: &Engine, destination: &str) -> Vec<clinicea_notifier::deliver::OutboxEntry> {
+    engine
+        .store
+        .outbox_entries(destination)
+        .unwrap()
+        .into_iter()
+        .map(|(_, raw)| serde_json::from_slice(&raw).unwrap())
+        .collect()
+}
+
+/// The attempts log of one delivery.
+pub fn attempt_logs(engine: &Engine, seq: u64) -> Vec<clinicea_notifier::deliver::AttemptLog> {
+    engine
+        .store
+        .attempts(seq)
+        .unwrap()
+        .into_iter()
+        .map(|raw| serde_json::from_slice(&raw).unwrap())
+        .collect()
+}
+
+/// A loopback port with nothing listening on it (at the moment of asking).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// One scripted answer with a body, for [`BodyReceiver`].
+#[derive(Debug, Clone)]
+pub struct BodyReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl BodyReply {
+    pub fn new(status: u16, body: &str) -> BodyReply {
+        BodyReply {
+            status,
+            headers: vec![],
+            body: body.into(),
+        }
+    }
+    pub fn header(mut self, k: &str, v: &str) -> BodyReply {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// A loopback HTTP receiver like [`Receiver`], whose scripted answers carry a body (Discord's
+/// 429s put `retry_after` in JSON). Unscripted requests get `200 ok`.
+#[derive(Clone)]
+pub struct BodyReceiver {
+    pub url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<VecDeque<BodyReply>>>,
+}
+
+impl BodyReceiver {
+    pub async fn start() -> BodyReceiver {
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let script: Arc<Mutex<VecDeque<BodyReply>>> = Arc::default();
+        let (g, s) = (got.clone(), script.clone());
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                g.lock().unwrap().push(Received {
+                    headers,
+                    body,
+                    at: Instant::now(),
+                });
+                let reply = s
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .unwrap_or_else(|| BodyReply::new(200, "ok"));
+                let mut resp = axum::response::Response::new(axum::body::Body::from(reply.body));
+                *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                for (k, v) in reply.headers {
+                    resp.headers_mut().insert(
+                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        BodyReceiver {
+            url: format!("http://{addr}/chat/T000/B000/secret-token"),
+            got,
+            script,
+        }
+    }
+
+    pub fn script(&self, replies: impl IntoIterator<Item = BodyReply>) {
+        self.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// Decodes quoted-printable text (soft line breaks and `=XX`).
+pub fn decode_qp(s: &str) -> String {
+    let s = s.replace("=\r\n", "");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The parts of a caught message as (content type, decoded body): the one part of a single-part
+/// message, or each part of a multipart one (one level deep).
+pub fn mime_parts(m: &clinicea_notifier::catcher::CaughtMessage) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    fn decode(head: &str, body: &str) -> (String, String) {
+        let find = |name: &str| {
+            head.split("\r\n")
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        let ct = find("Content-Type");
+        let cte = find("Content-Transfer-Encoding").to_ascii_lowercase();
+        let text = match cte.as_str() {
+            "quoted-printable" => decode_qp(body),
+            "base64" => String::from_utf8_lossy(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(body.replace("\r\n", ""))
+                    .unwrap(),
+            )
+            .into_owned(),
+            _ => body.to_string(),
+        };
+        (ct, text)
+    }
+    let (head, body) = m.data.split_once("\r\n\r\n").unwrap();
+    let ct = m.header("Content-Type").unwrap_or_default();
+    match ct.split("boundary=").nth(1) {
+        None => vec![decode(head, body)],
+        Some(b) => {
+            let boundary = format!("--{}", b.trim_matches('"'));
+            body.split(boundary.as_str())
+                .skip(1)
+                .filter(|p| !p.starts_with("--"))
+                .filter_map(|p| {
+                    let p = p.strip_prefix("\r\n").unwrap_or(p);
+                    let (h, b) = p.split_once("\r\n\r\n")?;
+                    Some(decode(h, b.strip_suffix("\r\n").unwrap_or(b)))
+                })
+                .collect()
+        }
+    }
+}

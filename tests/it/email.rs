@@ -1,0 +1,354 @@
+//! Issue 5: staff emails through a real SMTP server (the product's own catcher) on loopback.
+
+use crate::helpers::*;
+use clinicea_notifier::catcher::{Catcher, CatcherOptions, CaughtMessage};
+use clinicea_notifier::deliver::Payload;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const FROM: &str = "Clinic Notifier <notifier@clinic.example>";
+const RECIPIENTS: [&str; 3] = [
+    "frontdesk@clinic.example",
+    "manager@clinic.example",
+    "sales@clinic.example",
+];
+
+/// A config: the sandbox's leads; new leads are emailed with `template` to `to`.
+fn email_config(base_url: &str, smtp: &str, to: &[&str], template: &str) -> String {
+    format!(
+        "{}smtp:\n{smtp}  from: \"{FROM}\"\n  timeout: 3s\nretry:\n  schedule: [200ms, 200ms, 200ms, 200ms, 200ms]\n  jitter: 0\n\
+         destinations:\n  front-desk:\n    type: email\n    to: [{}]\n    subject: \"New lead: {{{{record.FirstName}}}} {{{{record.LastName}}}}\"\n    template: {template}\n\
+         rules:\n  - name: new-lead-email\n    resource: leads\n    on: [added]\n    notify: [front-desk]\n",
+        leads_only(base_url),
+        to.join(", ")
+    )
+}
+
+fn plain_smtp(port: u16) -> String {
+    format!("  host: 127.0.0.1\n  port: {port}\n  tls: none\n")
+}
+
+fn by_recipient(got: &[CaughtMessage]) -> HashMap<String, Vec<CaughtMessage>> {
+    let mut m: HashMap<String, Vec<CaughtMessage>> = HashMap::new();
+    for g in got {
+        for r in &g.rcpt_to {
+            m.entry(r.clone()).or_default().push(g.clone());
+        }
+    }
+    m
+}
+
+fn message_ids(engine: &clinicea_notifier::app::Engine) -> HashMap<String, String> {
+    queued(engine, "front-desk")
+        .into_iter()
+        .map(|e| match e.payload {
+            Payload::Email(m) => (m.to, m.message_id),
+            other => panic!("not an email: {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
+    let sb = empty_sandbox().await;
+    let catcher = Catcher::start("127.0.0.1:0", CatcherOptions::default())
+        .await
+        .unwrap();
+    let t = TestDir::new(&email_config(
+        &sb.base_url(),
+        &plain_smtp(catcher.addr.port()),
+        &RECIPIENTS,
+        "new-lead",
+    ));
+    let engine = t.engine();
+    let lead = sb.sandbox.insert("leads", test_lead());
+    let rep = engine.poll_all().await.remove(0).1.unwrap();
+    assert_eq!((rep.changes, rep.deliveries), (1, 3));
+    let ids = message_ids(&engine);
+    assert_eq!(ids.len(), 3);
+    drain_outbox(&engine, Duration::from_secs(10)).await;
+    let got = catcher.wait_for(3, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 3, "one message per recipient");
+    let per = by_recipient(&got);
+    for r in RECIPIENTS {
+        let msgs = &per[r];
+        assert_eq!(msgs.len(), 1, "{r} gets exactly one copy");
+        let m = &msgs[0];
+        assert_eq!(
+            m.rcpt_to,
+            vec![r.to_string()],
+            "one envelope recipient each"
+        );
+        assert_eq!(m.mail_from, "notifier@clinic.example");
+        assert_eq!(
+            m.header("From").as_deref(),
+            Some("\"Clinic Notifier\" <notifier@clinic.example>")
+        );
+        assert_eq!(m.header("To").as_deref(), Some(r));
+        assert_eq!(
+            m.header("Subject").as_deref(),
+            Some("New lead: Ayesha Khan")
+        );
+        let mid = m.header("Message-ID").unwrap();
+        assert_eq!(mid, ids[r], "the Message-ID planned with the delivery");
+        assert!(mid.ends_with("@clinic.example>"), "{mid}");
+        assert!(m.header("Date").is_some());
+        let ct = m.header("Content-Type").unwrap();
+        assert!(ct.starts_with("multipart/alternative"), "{ct}");
+        let parts = mime_parts(m);
+        assert_eq!(parts.len(), 2, "{}", m.data);
+        assert!(parts[0].0.starts_with("text/plain"), "{:?}", parts[0].0);
+        assert!(parts[1].0.starts_with("text/html"), "{:?}", parts[1].0);
+        // Both parts were rendered from the shipped new-lead template.
+        let (text, html) = (&parts[0].1, &parts[1].1);
+        let id = lead["ID"].as_str().unwrap();
+        assert!(text.starts_with("New lead: Ayesha Khan\r\n"), "{text}");
+        assert!(text.contains("Name:    Ayesha Khan\r\n"), "{text}");
+        assert!(text.contains("Source:  Website\r\n"), "{text}");
+        assert!(
+            text.contains("call Ayesha within the hour, or email"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "rule \"new-lead-email\", destination \"front-desk\", lead {id}."
+            )),
+            "{text}"
+        );
+        assert!(
+            html.contains("<h2 style=\"margin: 0 0 12px 0;\">New lead: Ayesha Khan</h2>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<tr><td><strong>Source</strong></td><td>Website</td></tr>"),
+            "{html}"
+        );
+        assert!(!html.contains("{{"), "{html}");
+    }
+    let mids: std::collections::HashSet<_> = ids.values().collect();
+    assert_eq!(
+        mids.len(),
+        3,
+        "each recipient's message has its own Message-ID"
+    );
+    assert_eq!(engine.store.outbox_len(), 0);
+    assert!(dead_list(&engine).is_empty());
+}
+
+#[tokio::test]
+async fn a_text_only_template_sends_a_plain_email() {
+    let sb = empty_sandbox().await;
+    let catcher = Catcher::start("127.0.0.1:0", CatcherOptions::default())
+        .await
+        .unwrap();
+    let t = TestDir::new(&format!(
+        "{}templates: ./templates\n",
+        email_config(
+            &sb.base_url(),
+            &plain_smtp(catcher.addr.port()),
+            &["frontdesk@clinic.example"],
+            "short-lead",
+        )
+    ));
+    let tdir = t.dir.path().join("templates");
+    std::fs::create_dir_all(&tdir).unwrap();
+    std::fs::write(
+        tdir.join("short-lead.txt.hbs"),
+        "Lead {{record.FirstName}} from {{record.Source}}.\nCall {{record.Mobile}}.\n",
+    )
+    .unwrap();
+    let engine = t.engine();
+    sb.sandbox.insert("leads", test_lead());
+    engine.poll_all().await.remove(0).1.unwrap();
+    drain_outbox(&engine, Duration::from_secs(10)).await;
+    let got = catcher.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    let ct = m.header("Content-Type").unwrap();
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    assert!(!m.data.contains("text/html"));
+    assert_eq!(
+        m.header("Subject").as_deref(),
+        Some("New lead: Ayesha Khan")
+    );
+    let parts = mime_parts(m);
+    assert_eq!(parts.len(), 1);
+    assert_eq!(
+        parts[0].1.trim_end(),
+        "Lead Ayesha from Website.\r\nCall +92 300 0000000."
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_recipient_is_dead_and_the_others_get_exactly_one_copy_across_retries() {
+    let sb = empty_sandbox().await;
+    // The first transaction is refused with 421 as well, so some delivery is retried.
+    let catcher = Catcher::start(
+        "127.0.0.1:0",
+        CatcherOptions {
+            reject_recipients: vec!["manager@clinic.example".into()],
+            tempfail_first: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let t = TestDir::new(&email_config(
+        &sb.base_url(),
+        &plain_smtp(catcher.addr.port()),
+        &RECIPIENTS,
+        "new-lead",
+    ));
+    let engine = t.engine();
+    sb.sandbox.insert("leads", test_lead());
+    engine.poll_all().await.remove(0).1.unwrap();
+    drain_outbox(&engine, Duration::from_secs(10)).await;
+    let got = catcher.wait_for(2, Duration::from_secs(5)).await;
+    // Give any stray duplicate time to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = if catcher.messages().len() > got.len() {
+        catcher.messages()
+    } else {
+        got
+    };
+    let per = by_recipient(&got);
+    assert_eq!(got.len(), 2, "{per:?}");
+    assert_eq!(per["frontdesk@clinic.example"].len(), 1);
+    assert_eq!(per["sales@clinic.example"].len(), 1);
+    assert!(!per.contains_key("manager@clinic.example"));
+    let dead = dead_list(&engine);
+    assert_eq!(dead.len(), 1);
+    match &dead[0].entry.payload {
+        Payload::Email(m) => assert_eq!(m.to, "manager@clinic.example"),
+        other => panic!("{other:?}"),
+    }
+    assert!(dead[0].reason.contains("550"), "{}", dead[0].reason);
+    assert_eq!(engine.store.outbox_len(), 0);
+}
+
+#[tokio::test]
+async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
+    let sb = empty_sandbox().await;
+    let catcher = Catcher::start(
+        "127.0.0.1:0",
+        CatcherOptions {
+            tempfail_first: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let t = TestDir::new(&email_config(
+        &sb.base_url(),
+        &plain_smtp(catcher.addr.port()),
+        &["frontdesk@clinic.example"],
+        "new-lead",
+    ));
+    let engine = t.engine();
+    sb.sandbox.insert("leads", test_lead());
+    engine.poll_all().await.remove(0).1.unwrap();
+    let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
+
+    let first = engine.deliverer.deliver_all_due().await.unwrap();
+    assert_eq!((first.attempted, first.retried), (1, 1), "{first:?}");
+    let entry = queued(&engine, "front-desk").remove(0);
+    assert_eq!(entry.attempts, 1);
+    let logs = attempt_logs(&engine, entry.seq);
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].status, Some(421));
+    assert_eq!(
+        message_ids(&engine)["frontdesk@clinic.example"],
+        planned,
+        "the stored message keeps its Message-ID"
+    );
+
+    drain_outbox(&engine, Duration::from_secs(10)).await;
+    let got = catcher.wait_for(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(catcher.messages().len(), 1, "delivered once");
+    assert_eq!(got[0].header("Message-ID"), Some(planned));
+    assert!(dead_list(&engine).is_empty());
+}
+
+#[tokio::test]
+async fn a_server_that_is_down_is_retried_then_delivered_when_it_comes_up() {
+    let sb = empty_sandbox().await;
+    let port = free_port();
+    let t = TestDir::new(&email_config(
+        &sb.base_url(),
+        &plain_smtp(port),
+        &["frontdesk@clinic.example"],
+        "new-lead",
+    ));
+    let engine = t.engine();
+    sb.sandbox.insert("leads", test_lead());
+    engine.poll_all().await.remove(0).1.unwrap();
+    let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
+
+    let out = engine.deliverer.deliver_all_due().await.unwrap();
+    assert_eq!((out.attempted, out.retried), (1, 1), "{out:?}");
+    let entry = queued(&engine, "front-desk").remove(0);
+    assert_eq!(entry.attempts, 1, "still queued, one attempt made");
+    let logs = attempt_logs(&engine, entry.seq);
+    assert_eq!(logs.len(), 1);
+    let reason = format!("{:?}", logs[0].verdict);
+    assert!(
+        reason.contains("Retry") && reason.contains("SMTP"),
+        "{reason}"
+    );
+
+    // The server comes up on that port; the next attempt delivers.
+    let catcher = Catcher::start(("127.0.0.1", port), CatcherOptions::default())
+        .await
+        .unwrap();
+    drain_outbox(&engine, Duration::from_secs(10)).await;
+    let got = catcher.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("Message-ID"), Some(planned));
+    assert!(dead_list(&engine).is_empty());
+    assert_eq!(engine.store.outbox_len(), 0);
+}
+
+#[tokio::test]
+async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_file() {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert_pem = ck.cert.pem();
+    let key_pem = ck.key_pair.serialize_pem();
+    let catcher = Catcher::start(
+        "127.0.0.1:0",
+        CatcherOptions {
+            tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
+            require_auth: Some(("notifier".into(), "s3cret".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sb = empty_sandbox().await;
+    let smtp = format!(
+        "  host: localhost\n  port: {}\n  tls: starttls\n  username: notifier\n  password: ${{SMTP_PASSWORD}}\n  ca_file: relay-ca.pem\n",
+        catcher.addr.port()
+    );
+    let mut t = TestDir::new(&email_config(
+        &sb.base_url(),
+        &smtp,
+        &["frontdesk@clinic.example"],
+        "new-lead",
+    ));
+    t.vars.insert("SMTP_PASSWORD".into(), "s3cret".into());
+    std::fs::write(t.dir.path().join("relay-ca.pem"), &cert_pem).unwrap();
+    let engine = t.engine();
+    sb.sandbox.insert("leads", test_lead());
+    engine.poll_all().await.remove(0).1.unwrap();
+    drain_outbox(&engine, Duration::from_secs(10)).await;
+    let got = catcher.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "dead: {:?}", dead_list(&engine));
+    assert!(got[0].tls, "the message came over TLS");
+    assert_eq!(got[0].auth_user.as_deref(), Some("notifier"));
+    assert_eq!(
+        got[0].header("Subject").as_deref(),
+        Some("New lead: Ayesha Khan")
+    );
+}
