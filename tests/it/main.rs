@@ -4,3 +4,4 @@
 mod delivery;
 mod foundation;
 mod helpers;
+mod ops;
