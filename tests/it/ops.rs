@@ -330,6 +330,31 @@ async fn readyz_follows_the_first_poll_and_the_watchdog_while_healthz_stays_up()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_logs_hold_no_record_contents_and_no_keys() {
+    let log = logs_hold_no_record_contents_and_no_keys(&[]).await;
+    // stderr is a pipe here, as under journald or `docker logs`: no colour codes.
+    assert!(
+        !log.contains('\x1b'),
+        "ANSI escapes in a non-terminal log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_hold_no_record_contents_and_no_keys_either() {
+    let log = logs_hold_no_record_contents_and_no_keys(&["--log-format", "json"]).await;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
+    }
+}
+
+/// Runs the binary with `args` at the default level through a poll failure, a retried webhook, a
+/// delivered and a dead email; checks the log says so without record fields, keys or secrets;
+/// returns the log.
+async fn logs_hold_no_record_contents_and_no_keys(args: &[&str]) -> String {
     const API_KEY: &str = "ak_LEAKCHECK_5f1c2e9a7b";
     const SMTP_PASSWORD: &str = "smtp_LEAKCHECK_c0ffee42";
     let sb = sandbox(SandboxOptions {
@@ -419,7 +444,7 @@ rules:
             ("HOOK_SECRET", SECRET),
             ("SMTP_PASSWORD", SMTP_PASSWORD),
         ],
-        &[],
+        args,
     );
     let base = format!("http://{}", d.addr);
     scrape_until(&base, Duration::from_secs(60), |s| {
@@ -466,4 +491,5 @@ rules:
     ] {
         assert!(!log.contains(leak), "the log contains {leak:?}:\n{log}");
     }
+    log
 }
