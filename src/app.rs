@@ -980,11 +980,15 @@ pub async fn poll_loop(
     health: Arc<Health>,
     stale_after: std::time::Duration,
 ) {
+    use tracing::Instrument;
     let cancel = ctx.cancel.clone();
+    // Staleness counts from this loop's start until the first successful poll.
+    let started = Utc::now();
     loop {
+        // `instrument`, not `span.enter()`: an entered guard held across an await leaks the span
+        // into whatever else runs on this thread meanwhile, mislabelling other tasks' log lines.
         let span = tracing::info_span!("poll", resource = %res.name);
-        // `instrument`, not `enter`: a span guard must not be held across an await.
-        let result = tracing::Instrument::instrument(poll::poll_resource(&ctx, &res), span).await;
+        let result = poll::poll_resource(&ctx, &res).instrument(span).await;
         {
             let mut guard = health
                 .resources
@@ -1009,9 +1013,8 @@ pub async fn poll_loop(
                     h.last_error = Some(e.to_string());
                     // The watchdog: a resource that has not polled successfully for too long is
                     // an error on every poll, so a silent death is impossible.
-                    let stale = h.last_success.is_none_or(|t| {
-                        (Utc::now() - t).to_std().unwrap_or_default() > stale_after
-                    });
+                    let since = h.last_success.unwrap_or(started);
+                    let stale = (Utc::now() - since).to_std().unwrap_or_default() > stale_after;
                     if stale {
                         tracing::error!(resource = %res.name, failures = h.consecutive_failures, error = %e, "resource is STALE: no successful poll within {stale_after:?}");
                     } else {
@@ -1158,6 +1161,9 @@ pub async fn run_with(
     vars: HashMap<String, String>,
     observers: Observers,
 ) -> anyhow::Result<()> {
+    // Install the metrics recorder before any poller or worker runs: metrics recorded before
+    // it exists go nowhere, and `serve_health` only installs it once its task first runs.
+    let _ = crate::telemetry::metrics_handle();
     let mut engine = Arc::new(Engine::open_with(settings, observers)?);
     let health = Arc::new(Health::default());
     let server = tokio::spawn(serve_health(

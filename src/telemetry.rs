@@ -34,8 +34,11 @@ pub fn filter_for(verbosity: i8) -> String {
 pub fn init_tracing(format: LogFormat, verbosity: i8) {
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new(filter_for(verbosity)));
+    // Colours only on a terminal: journald, `docker logs` and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Pretty => builder.compact().try_init(),

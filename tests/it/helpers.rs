@@ -445,3 +445,217 @@ pub fn mime_parts(m: &clinicea_notifier::catcher::CaughtMessage) -> Vec<(String,
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Operating the daemon (issue 6): the binary as a child process, and `/metrics` parsed.
+// ---------------------------------------------------------------------------------------------
+
+/// The `clinicea-notifier` binary running `run` as a child process, with its stderr captured.
+/// A child process has its own metrics recorder, so counters start at zero.
+pub struct Daemon {
+    child: std::process::Child,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub addr: std::net::SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `clinicea-notifier [args] --config CONFIG run` with `env` added to a clean
+    /// environment (no `RUST_LOG`, so the default log level) and waits for its
+    /// `listening on http://ADDR` line.
+    pub fn start(config: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        use std::io::{BufRead, Read};
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinicea-notifier"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .env_remove("CLINICEA_NOTIFIER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the binary starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let out_pipe = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out_pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.trim().strip_prefix("listening on http://") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().expect("a socket address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the daemon did not say where it listens; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Daemon {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// `http://ADDR/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for it to exit; returns the exit status and stderr.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("the daemon did not stop within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.stderr())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A `/metrics` scrape, parsed: samples by name and label set, and `# TYPE` lines.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<(String, std::collections::BTreeMap<String, String>, f64)>,
+    pub types: HashMap<String, String>,
+}
+
+impl Scrape {
+    /// Parses the Prometheus text exposition format (the subset the exporter writes).
+    pub fn parse(text: &str) -> Scrape {
+        let mut s = Scrape {
+            text: text.to_string(),
+            ..Scrape::default()
+        };
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                if let Some((name, kind)) = rest.split_once(' ') {
+                    s.types.insert(name.to_string(), kind.trim().to_string());
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or(f64::NAN),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), Default::default()),
+                Some((name, rest)) => {
+                    let body = rest.trim_end_matches('}');
+                    let mut labels = std::collections::BTreeMap::new();
+                    for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                        if let Some((k, v)) = pair.split_once("=\"") {
+                            labels.insert(k.to_string(), v.trim_end_matches('"').to_string());
+                        }
+                    }
+                    (name.to_string(), labels)
+                }
+            };
+            s.samples.push((name, labels, value));
+        }
+        s
+    }
+
+    /// The value of the sample with exactly this name and label set.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.samples
+            .iter()
+            .find(|(n, l, _)| n == name && *l == want)
+            .map(|(_, _, v)| *v)
+    }
+
+    /// The value, or 0 when the series does not exist (a counter never incremented).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// Every sample of this name.
+    pub fn all(&self, name: &str) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+        self.samples
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, l, v)| (l.clone(), *v))
+            .collect()
+    }
+}
+
+/// GETs a URL: the status and the body.
+pub async fn get_text(url: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// Scrapes `/metrics` at `base` (`http://ADDR`).
+pub async fn scrape(base: &str) -> Scrape {
+    let (status, text) = get_text(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200, "/metrics: {text}");
+    Scrape::parse(&text)
+}

@@ -8,3 +8,4 @@ mod demo;
 mod email;
 mod foundation;
 mod helpers;
+mod ops;
