@@ -135,6 +135,20 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
             };
             for n in names {
                 if let Err(mut p) = templates.check(&n, &resource) {
+                    // Inline templates (subjects, recipients) are reported at their destination.
+                    if let Some(rest) = n.strip_prefix("destination:") {
+                        let mut parts = rest.splitn(3, ':');
+                        let (dname, what, idx) = (
+                            parts.next().unwrap_or(""),
+                            parts.next().unwrap_or(""),
+                            parts.next(),
+                        );
+                        p.key = match idx {
+                            Some(i) => format!("destinations.{dname}.{what}[{i}]"),
+                            None => format!("destinations.{dname}.{what}"),
+                        };
+                        p.line = raw.destinations.get(dname).and_then(config::line_of);
+                    }
                     p.message = format!(
                         "{} (rendering for destination {dest} on a sample {resource} record)",
                         p.message

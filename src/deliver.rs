@@ -349,7 +349,8 @@ impl Destination {
                         }
                     }
                     if let Err(mut p) = templates.register_inline(&tname, r) {
-                        p.line = p.line.or(line);
+                        // The inline template's own line 1 is the destination's line in the file.
+                        p.line = line;
                         p.key = format!("{}[{i}]", key("to"));
                         problems.push(p);
                     }
@@ -357,7 +358,7 @@ impl Destination {
                 }
                 let subject = format!("destination:{name}:subject");
                 if let Err(mut p) = templates.register_inline(&subject, &e.subject) {
-                    p.line = p.line.or(line);
+                    p.line = line;
                     p.key = key("subject");
                     problems.push(p);
                 }
