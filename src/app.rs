@@ -625,12 +625,18 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
         let d: DeadLetter = serde_json::from_slice(&raw)?;
         *dead.entry(d.entry.destination).or_default() += 1;
     }
+    let failing: HashMap<String, crate::store::DestHealth> =
+        store.failing_destinations()?.into_iter().collect();
     let mut names: Vec<&String> = settings.pipeline.destinations.keys().collect();
     names.sort();
     for n in names {
         let (q, r) = queued.get(n).copied().unwrap_or_default();
         let d = dead.get(n).copied().unwrap_or_default();
-        let _ = writeln!(out, "  {n:<14} queued {q}, retrying {r}, dead {d}");
+        let mark = match failing.get(n) {
+            Some(h) => format!("  FAILING since {}: {}", h.since.to_rfc3339(), h.reason),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "  {n:<14} queued {q}, retrying {r}, dead {d}{mark}");
     }
     let _ = writeln!(out, "Changes in the journal: {}", store.change_count());
     Ok(out)

@@ -674,6 +674,14 @@ pub struct Deliverer {
     http: reqwest::Client,
     mailer: Option<Arc<Mailer>>,
     events: Option<mpsc::UnboundedSender<Event>>,
+    /// Destinations marked failing (mirrors the store's `dest_health`), so the success path only
+    /// touches the store when a mark has to be cleared.
+    failing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Whether a permanent failure means the destination itself is gone (a deleted chat webhook).
+fn destination_gone(status: Option<u16>, dest: &Destination) -> bool {
+    matches!(dest.target, Target::Chat { .. }) && matches!(status, Some(404) | Some(410))
 }
 
 fn now_ms() -> i64 {
@@ -687,12 +695,18 @@ impl Deliverer {
         destinations: HashMap<String, Arc<Destination>>,
         mailer: Option<Arc<Mailer>>,
     ) -> anyhow::Result<Deliverer> {
+        let failing = store
+            .failing_destinations()?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         Ok(Deliverer {
             store,
             destinations: Arc::new(destinations),
             http: webhook::client()?,
             mailer,
             events: None,
+            failing: Arc::new(std::sync::Mutex::new(failing)),
         })
     }
 
@@ -792,6 +806,15 @@ impl Deliverer {
             Verdict::Success => {
                 self.store.outbox_remove(destination, seq)?;
                 self.store.forget_attempts(seq)?;
+                let was_failing = self
+                    .failing
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(destination);
+                if was_failing {
+                    self.store.set_destination_failing(destination, None)?;
+                    tracing::info!(destination = %destination, "delivering again; no longer marked failing");
+                }
                 metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
                 metrics::histogram!("clinicea_delivery_latency_seconds", &labels)
                     .record((now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
@@ -848,6 +871,20 @@ impl Deliverer {
                 }
             }
             Verdict::Fail { reason } => {
+                if destination_gone(report.status, &dest) {
+                    tracing::error!(destination = %destination, "the destination's webhook is gone ({reason}); marked failing in status");
+                    self.store.set_destination_failing(
+                        destination,
+                        Some(&crate::store::DestHealth {
+                            since: chrono::Utc::now(),
+                            reason: reason.clone(),
+                        }),
+                    )?;
+                    self.failing
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(destination.to_string());
+                }
                 self.store.log_attempt(
                     seq,
                     entry.attempts,

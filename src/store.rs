@@ -10,6 +10,7 @@
 //! | `outbox`      | destination \0 seq (u64 BE)           | an outbox entry (JSON, see `deliver`) |
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | one attempt's log (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a dead letter (JSON, see `deliver`)   |
+//! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
 //!
 //! # Why a `kill -9` at any instant loses nothing
 //!
@@ -139,6 +140,16 @@ pub struct Store {
     outbox: sled::Tree,
     attempts: sled::Tree,
     dead: sled::Tree,
+    dest_health: sled::Tree,
+}
+
+/// Why a destination is marked failing (e.g. its chat webhook answered 404: it was deleted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestHealth {
+    /// Since when.
+    pub since: DateTime<Utc>,
+    /// The reason, as the attempt recorded it.
+    pub reason: String,
 }
 
 /// The default page cache: small, because the working set is one page of snapshots at a time.
@@ -218,6 +229,7 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             attempts: db.open_tree("attempts")?,
             dead: db.open_tree("dead")?,
+            dest_health: db.open_tree("dest_health")?,
             db,
         })
     }
@@ -468,6 +480,35 @@ impl Store {
         for k in self.attempts.scan_prefix(seq.to_be_bytes()).keys() {
             self.attempts.remove(k?)?;
         }
+        Ok(())
+    }
+
+    // --- destination health ---------------------------------------------------------------
+
+    /// Every destination marked failing.
+    pub fn failing_destinations(&self) -> Result<Vec<(String, DestHealth)>> {
+        self.dest_health
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("destination health", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Marks a destination failing, or clears the mark with `None`.
+    pub fn set_destination_failing(
+        &self,
+        destination: &str,
+        health: Option<&DestHealth>,
+    ) -> Result<()> {
+        match health {
+            Some(h) => self.dest_health.insert(destination.as_bytes(), encode(h))?,
+            None => self.dest_health.remove(destination.as_bytes())?,
+        };
         Ok(())
     }
 

@@ -173,5 +173,9 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
             dead[0].reason
         );
         assert_eq!(engine.store.outbox_len(), 0);
+        // And `status` shows the destination as failing.
+        let text = clinicea_notifier::app::status_text(&_t.settings(), &engine.store).unwrap();
+        assert!(text.contains("FAILING since"), "{kind}: {text}");
+        assert!(text.contains("404"), "{kind}: {text}");
     }
 }
