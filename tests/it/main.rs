@@ -1,6 +1,8 @@
 //! The integration suite: one binary, real parts over loopback (the product's own Clinicea sandbox,
 //! real webhook receivers, a real SMTP listener) and a temporary sled directory per test.
 
+mod crash;
 mod delivery;
 mod foundation;
 mod helpers;
+mod signals;
