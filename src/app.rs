@@ -953,9 +953,12 @@ pub async fn poll_loop(
     let cancel = ctx.cancel.clone();
     loop {
         let span = tracing::info_span!("poll", resource = %res.name);
-        let result = {
-            let _e = span.enter();
-            poll::poll_resource(&ctx, &res).await
+        // Shutdown and reload do not wait for a poll held up by the API (a Retry-After of up
+        // to a minute, a slow request): dropping it is safe, since a page is committed without
+        // an await and the checkpoint advances only after its pages are flushed.
+        let result = tokio::select! {
+            r = tracing::Instrument::instrument(poll::poll_resource(&ctx, &res), span) => r,
+            _ = cancel.cancelled() => break,
         };
         {
             let mut guard = health

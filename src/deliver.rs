@@ -764,9 +764,11 @@ impl Deliverer {
             return Ok(Step::Dead);
         };
         let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
-        let _enter = span.enter();
         let started_ms = now_ms();
-        let report = self.send(&dest, &entry).await;
+        // Not `span.enter()` across the await: the guard would stay entered on this thread
+        // while other deliveries run, and their log lines would carry this one's webhook-id.
+        let report = tracing::Instrument::instrument(self.send(&dest, &entry), span.clone()).await;
+        let _enter = span.enter();
         entry.attempts += 1;
         let labels = [("destination", destination.to_string())];
         metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)

@@ -4,7 +4,7 @@
 
 use crate::helpers::*;
 use clinicea_notifier::deliver::OutboxEntry;
-use clinicea_notifier::sandbox::SandboxOptions;
+use clinicea_notifier::sandbox::{Fault, FaultKind, SandboxOptions};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,22 @@ async fn sigterm_during_deliveries_exits_0_promptly_and_once_delivers_the_rest()
         "exit {status:?} after {took:?}:\n{}",
         d.stderr_text()
     );
-    assert!(d.stderr_text().contains("stopped cleanly"));
+    let log = d.stderr_text();
+    assert!(log.contains("stopped cleanly"));
+    // Each delivery's log line is about that delivery alone (no span leaking across awaits).
+    let delivered_lines: Vec<&str> = log.lines().filter(|l| l.contains(" delivered")).collect();
+    assert!(!delivered_lines.is_empty());
+    for line in delivered_lines {
+        assert_eq!(
+            line.matches("webhook_id").count(),
+            1,
+            "one delivery, one webhook-id: {line}"
+        );
+        assert!(
+            !line.contains("poll"),
+            "a delivery is not part of a poll: {line}"
+        );
+    }
     let delivered_before = rx.ok_ids();
     assert!(
         delivered_before.len() < LEADS,
@@ -298,4 +313,55 @@ async fn status_and_dead_list_read_a_stopped_store_and_refuse_a_running_ones() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let out = cli(&t, &["status"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_api_says_retry_after_30s_still_stops_within_a_few_seconds() {
+    let sb = sandbox(small(3)).await;
+    let t = TestDir::new(&daemon_config(&sb.base_url(), "", ""));
+    // The first page request gets 429 with Retry-After: 30, and so would the next ones.
+    sb.sandbox.inject_faults(
+        Fault::new(FaultKind::Status {
+            status: 429,
+            retry_after: Some(30),
+            body: "slow down".into(),
+        })
+        .times(10)
+        .on("leads"),
+    );
+    let mut d = Daemon::start(&t, "run").await;
+    assert!(
+        d.wait_log("API asked to retry", 1, Duration::from_secs(20))
+            .await,
+        "{}",
+        d.stderr_text()
+    );
+    d.signal("TERM");
+    let sent = Instant::now();
+    let status = d.wait_exit(Duration::from_secs(30)).await;
+    let took = sent.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        d.stderr_text()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?}: a poll waiting on the API holds up shutdown\n{}",
+        d.stderr_text()
+    );
+    assert!(
+        !d.stderr_text().contains("did not stop"),
+        "{}",
+        d.stderr_text()
+    );
+    // The interrupted poll kept its checkpoint: the next `once` reads all 3 leads.
+    sb.sandbox.clear_faults();
+    let out = cli(&t, &["once"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("3 changes"),
+        "{}",
+        output_text(&out)
+    );
 }
