@@ -288,6 +288,8 @@ pub async fn once_command(config: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // A failed poll leaves its stored pages unflushed; nothing is sent before it is on disk.
+    engine.store.flush().await?;
     let out = engine.deliverer.deliver_all_due().await?;
     println!(
         "deliveries: {} attempted, {} delivered, {} to retry later, {} dead",

@@ -230,3 +230,104 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
         oks - LEADS
     );
 }
+
+/// The receiver kills the notifier (`kill -9`) the instant the first webhook arrives, i.e. within
+/// milliseconds of the page that produced it being committed; then the record changes before the
+/// notifier comes back. The store must not have forgotten what the receiver already got: the
+/// next change is `modified` (against the version delivered), not a second `added` under another
+/// webhook-id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_second_added() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let sb = sandbox(SandboxOptions {
+        leads: 0,
+        ..SandboxOptions::default()
+    })
+    .await;
+    let pid = std::sync::Arc::new(AtomicU32::new(0));
+    let p = pid.clone();
+    let rx = FnReceiver::start(move |n, _| {
+        let pid = p.load(Ordering::SeqCst);
+        if n == 0 && pid != 0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        Reply::status(200)
+    })
+    .await;
+    let rest = format!(
+        "destinations:\n{}rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
+        webhook_destination("hook", &rx.url, "    timeout: 5s\n")
+    );
+    // Two pages 3 s apart: the first page's deliveries go out while the poll is still running,
+    // before the end-of-poll flush.
+    let t = TestDir::new(&daemon_config(&sb.base_url(), "  page_delay: 3s\n", &rest));
+    let mut d = Daemon::start(&t, "run").await;
+    pid.store(d.pid, Ordering::SeqCst);
+    for i in 0..101 {
+        sb.sandbox.insert(
+            "leads",
+            serde_json::json!({"FirstName": format!("Ada{i}"), "LeadStatus": "HOT"}),
+        );
+    }
+    let status = d.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the receiver killed it: {status:?}\n{}",
+        d.stderr_text()
+    );
+    let first = rx.answered()[0].clone();
+    assert_eq!(first.req.json()["type"], "leads.added");
+    let id = first.data_id();
+    let before_restart = rx.count();
+
+    sb.sandbox
+        .modify("leads", &id, serde_json::json!({"LeadStatus": "COLD"}))
+        .expect("modified");
+    let out = cli(&t, &["once"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    let got: Vec<Answered> = rx.answered()[before_restart..]
+        .iter()
+        .filter(|a| a.data_id() == id)
+        .cloned()
+        .collect();
+    let later: Vec<serde_json::Value> = got.iter().map(|a| a.req.json()).collect();
+    assert!(
+        !later.is_empty(),
+        "the edit was delivered: {}",
+        output_text(&out)
+    );
+    for (a, body) in got.iter().zip(&later) {
+        let same_as_first = a.req.header("webhook-id") == first.req.header("webhook-id");
+        assert!(
+            same_as_first || body["type"] == "leads.modified",
+            "after the crash the lead came again as {} under a new webhook-id: the store forgot a change the receiver had already got",
+            body["type"]
+        );
+    }
+    let modified = later
+        .iter()
+        .find(|b| b["type"] == "leads.modified")
+        .expect("the edit arrives as leads.modified");
+    assert_eq!(
+        modified["data"]["previous"],
+        first.req.json()["data"]["record"]
+    );
+    assert!(
+        modified["data"]["changed_fields"]
+            .as_array()
+            .is_some_and(|f| f.contains(&serde_json::json!("LeadStatus"))),
+        "{modified}"
+    );
+    // And the journal holds the change that was delivered.
+    let store = open_store(&t);
+    let journal: HashSet<String> = store
+        .changes()
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c.change_id())
+        .collect();
+    assert!(journal.contains(&first.req.header("webhook-id")));
+}
