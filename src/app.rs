@@ -290,6 +290,7 @@ pub async fn once_command(config: &Path) -> anyhow::Result<ExitCode> {
     }
     // A failed poll leaves its stored pages unflushed; nothing is sent before it is on disk.
     engine.store.flush().await?;
+    engine.deliverer.bury_orphans()?;
     let out = engine.deliverer.deliver_all_due().await?;
     println!(
         "deliveries: {} attempted, {} delivered, {} to retry later, {} dead",
@@ -1006,6 +1007,9 @@ pub async fn poll_loop(
 
 /// One generation of a running notifier: pollers and workers for one compiled config.
 async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: CancellationToken) {
+    if let Err(e) = engine.deliverer.bury_orphans() {
+        tracing::error!("cannot move the entries of removed destinations to the dead letters: {e}");
+    }
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let mut tasks = tokio::task::JoinSet::new();
     let mut senders: HashMap<String, mpsc::UnboundedSender<Wake>> = HashMap::new();

@@ -365,3 +365,61 @@ async fn sigterm_while_the_api_says_retry_after_30s_still_stops_within_a_few_sec
         output_text(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_that_removes_a_destination_moves_its_queued_entries_to_the_dead_letters() {
+    let sb = sandbox(small(3)).await;
+    let a = FnReceiver::start(|_, _| Reply::status(200)).await;
+    let b = FnReceiver::start(|_, _| Reply::status(503)).await;
+    let with_b = format!(
+        "retry:\n  schedule: [1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s]\n  jitter: 0\ndestinations:\n{}{}{}",
+        webhook_destination("a", &a.url, ""),
+        webhook_destination("b", &b.url, ""),
+        rules_to(&["a", "b"])
+    );
+    let without_b = format!(
+        "destinations:\n{}{}",
+        webhook_destination("a", &a.url, ""),
+        rules_to(&["a"])
+    );
+    let t = TestDir::new(&daemon_config(&sb.base_url(), "", &with_b));
+    let mut d = Daemon::start(&t, "run").await;
+    assert!(
+        eventually(Duration::from_secs(30), || a.ok_ids().len() == 3
+            && b.count() >= 3)
+        .await,
+        "{}",
+        d.stderr_text()
+    );
+    t.rewrite(&daemon_config(&sb.base_url(), "", &without_b));
+    d.signal("HUP");
+    assert!(
+        d.wait_log("config reloaded", 1, Duration::from_secs(20))
+            .await,
+        "{}",
+        d.stderr_text()
+    );
+    // Give the new generation a moment, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+
+    // b's three entries are not silently parked where neither `status` nor `dead list` shows
+    // them: they are dead letters, and `dead list` names b and why.
+    let out = cli(&t, &["dead", "list"]).await;
+    let list = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let lines: Vec<&str> = list.lines().filter(|l| l.contains("  b  ")).collect();
+    assert_eq!(lines.len(), 3, "{list}");
+    assert!(
+        lines.iter().all(|l| l.contains("no longer in the config")),
+        "{list}"
+    );
+    let store = open_store(&t);
+    assert_eq!(
+        store.outbox_len(),
+        0,
+        "nothing left queued for a destination that is gone"
+    );
+}
