@@ -1110,7 +1110,13 @@ pub async fn run(
                         Ok(new) if new.base.store.path != engine.settings.base.store.path => {
                             tracing::error!("reload rejected: store.path cannot change while running; keeping the old config");
                         }
-                        Ok(new) => break Some(new),
+                        // Build everything the new config needs before stopping the old one:
+                        // a config that parses but cannot be applied (an SMTP username without
+                        // a password, a bad CA file) is rejected like a broken one.
+                        Ok(new) => match reload_parts(&engine.store, &new) {
+                            Ok((client, deliverer)) => break Some((new, client, deliverer)),
+                            Err(e) => tracing::error!("reload rejected, keeping the old config: {e:#}"),
+                        },
                         Err(e) => tracing::error!("reload rejected, keeping the old config: {e}"),
                     }
                 }
@@ -1118,22 +1124,9 @@ pub async fn run(
         };
         match next {
             None => break,
-            Some(new) => {
+            Some((new, client, deliverer)) => {
                 gen_cancel.cancel();
                 gen.await;
-                let client = Client::new(&new.base.clinicea)?;
-                let mailer = match &new.smtp {
-                    Some(s) => Some(Arc::new(
-                        Mailer::new(s.clone())
-                            .map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
-                    )),
-                    None => None,
-                };
-                let deliverer = Deliverer::new(
-                    engine.store.clone(),
-                    new.pipeline.destinations.clone(),
-                    mailer,
-                )?;
                 engine = Arc::new(Engine {
                     settings: new,
                     store: engine.store.clone(),
@@ -1148,6 +1141,19 @@ pub async fn run(
     let _ = server.await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The API client and deliverer of a reloaded config, over the running store.
+fn reload_parts(store: &Store, new: &Settings) -> anyhow::Result<(Client, Deliverer)> {
+    let client = Client::new(&new.base.clinicea)?;
+    let mailer = match &new.smtp {
+        Some(s) => Some(Arc::new(
+            Mailer::new(s.clone()).map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
+        )),
+        None => None,
+    };
+    let deliverer = Deliverer::new(store.clone(), new.pipeline.destinations.clone(), mailer)?;
+    Ok((client, deliverer))
 }
 
 /// `run`: the daemon, with signals wired: SIGINT/SIGTERM stop, SIGHUP reloads.

@@ -298,12 +298,12 @@ async fn status_and_dead_list_read_a_stopped_store_and_refuse_a_running_ones() {
 
     // While `run` holds the store, both refuse with a clear message and a non-zero exit.
     let mut d = Daemon::start(&t, "run").await;
-    for args in [&["status"][..], &["dead", "list"][..]] {
+    for args in [&["status"][..], &["dead", "list"][..], &["once"][..]] {
         let out = cli(&t, args).await;
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(!out.status.success(), "{}", output_text(&out));
         assert!(
-            err.contains("in use") && err.contains("stop it first"),
+            err.contains("in use") && (err.contains("stop it first") || args == ["once"]),
             "{}",
             output_text(&out)
         );
@@ -422,4 +422,54 @@ async fn sighup_that_removes_a_destination_moves_its_queued_entries_to_the_dead_
         0,
         "nothing left queued for a destination that is gone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_an_smtp_username_but_no_password_keeps_the_old_config_running() {
+    let sb = sandbox(small(1)).await;
+    let a = FnReceiver::start(|_, _| Reply::status(200)).await;
+    let rest = format!(
+        "destinations:\n{}{}",
+        webhook_destination("a", &a.url, ""),
+        rules_to(&["a"])
+    );
+    let t = TestDir::new(&daemon_config(&sb.base_url(), "", &rest));
+    let mut d = Daemon::start(&t, "run").await;
+    assert!(
+        eventually(Duration::from_secs(30), || a.ok_ids().len() == 1).await,
+        "{}",
+        d.stderr_text()
+    );
+    // An SMTP username without a password: the YAML is well-formed, but the mail transport
+    // refuses it. Before the fix `check` said OK and this SIGHUP stopped the notifier
+    // ("error: smtp: a username needs a password").
+    t.rewrite(&format!(
+        "{}smtp:\n  host: localhost\n  port: 2525\n  tls: none\n  username: notifier\n  from: \"n@example.com\"\n",
+        daemon_config(&sb.base_url(), "", &rest)
+    ));
+    d.signal("HUP");
+    assert!(
+        d.wait_log("reload rejected", 1, Duration::from_secs(20))
+            .await,
+        "{}",
+        d.stderr_text()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        d.is_running(),
+        "a reload that cannot be applied must not stop the notifier:\n{}",
+        d.stderr_text()
+    );
+    let lead = sb
+        .sandbox
+        .insert("leads", serde_json::json!({"FirstName": "After"}));
+    let id = lead["ID"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(15), || a.ok_ids().contains(&id)).await,
+        "still delivering with the old config:\n{}",
+        d.stderr_text()
+    );
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
