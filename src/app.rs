@@ -330,6 +330,9 @@ pub async fn once_command(config: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // A failed poll leaves its stored pages unflushed; nothing is sent before it is on disk.
+    engine.store.flush().await?;
+    engine.deliverer.bury_orphans()?;
     let out = engine.deliverer.deliver_all_due().await?;
     println!(
         "deliveries: {} attempted, {} delivered, {} to retry later, {} dead",
@@ -1000,7 +1003,6 @@ pub async fn poll_loop(
     health: Arc<Health>,
     stale_after: std::time::Duration,
 ) {
-    use tracing::Instrument;
     let cancel = ctx.cancel.clone();
     // Staleness counts from this loop's start until the first successful poll.
     let started = Utc::now();
@@ -1008,7 +1010,13 @@ pub async fn poll_loop(
         // `instrument`, not `span.enter()`: an entered guard held across an await leaks the span
         // into whatever else runs on this thread meanwhile, mislabelling other tasks' log lines.
         let span = tracing::info_span!("poll", resource = %res.name);
-        let result = poll::poll_resource(&ctx, &res).instrument(span).await;
+        // Shutdown and reload do not wait for a poll held up by the API (a Retry-After of up
+        // to a minute, a slow request): dropping it is safe, since a page is committed without
+        // an await and the checkpoint advances only after its pages are flushed.
+        let result = tokio::select! {
+            r = tracing::Instrument::instrument(poll::poll_resource(&ctx, &res), span) => r,
+            _ = cancel.cancelled() => break,
+        };
         {
             let mut guard = health
                 .resources
@@ -1052,22 +1060,11 @@ pub async fn poll_loop(
 
 /// One generation of a running notifier: pollers and workers for one compiled config.
 async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: CancellationToken) {
+    if let Err(e) = engine.deliverer.bury_orphans() {
+        tracing::error!("cannot move the entries of removed destinations to the dead letters: {e}");
+    }
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let mut tasks = tokio::task::JoinSet::new();
-    // Entries queued for a destination the config no longer has would wait forever: move them to
-    // the dead letters, where `dead list` shows them and `dead retry` can re-drive them later.
-    match engine.store.all_outbox() {
-        Ok(entries) => {
-            for (dest, seq, _) in entries {
-                if !engine.settings.pipeline.destinations.contains_key(&dest) {
-                    if let Err(e) = engine.deliverer.attempt(&dest, seq).await {
-                        tracing::error!(destination = %dest, "cannot retire an orphaned entry: {e}");
-                    }
-                }
-            }
-        }
-        Err(e) => tracing::error!("cannot read the outbox: {e}"),
-    }
     let mut senders: HashMap<String, mpsc::UnboundedSender<Wake>> = HashMap::new();
     for name in engine.settings.pipeline.destinations.keys() {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -1210,7 +1207,13 @@ pub async fn run_with(
                         Ok(new) if new.base.store.path != engine.settings.base.store.path => {
                             tracing::error!("reload rejected: store.path cannot change while running; keeping the old config");
                         }
-                        Ok(new) => break Some(new),
+                        // Build everything the new config needs before stopping the old one:
+                        // a config that parses but cannot be applied (an SMTP username without
+                        // a password, a bad CA file) is rejected like a broken one.
+                        Ok(new) => match reload_parts(&engine.store, &new) {
+                            Ok((client, deliverer)) => break Some((new, client, deliverer)),
+                            Err(e) => tracing::error!("reload rejected, keeping the old config: {e:#}"),
+                        },
                         Err(e) => tracing::error!("reload rejected, keeping the old config: {e}"),
                     }
                 }
@@ -1218,27 +1221,14 @@ pub async fn run_with(
         };
         match next {
             None => break,
-            Some(new) => {
+            Some((new, client, deliverer)) => {
                 gen_cancel.cancel();
                 gen.await;
-                let client = Client::new(&new.base.clinicea)?;
-                let mailer = match &new.smtp {
-                    Some(s) => Some(Arc::new(
-                        Mailer::new(s.clone())
-                            .map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
-                    )),
-                    None => None,
-                };
-                let deliverer = engine.observers.attach(Deliverer::new(
-                    engine.store.clone(),
-                    new.pipeline.destinations.clone(),
-                    mailer,
-                )?);
                 engine = Arc::new(Engine {
                     settings: new,
                     store: engine.store.clone(),
                     client,
-                    deliverer,
+                    deliverer: engine.observers.attach(deliverer),
                     observers: engine.observers.clone(),
                 });
                 tracing::info!("config reloaded");
@@ -1249,6 +1239,19 @@ pub async fn run_with(
     let _ = server.await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The API client and deliverer of a reloaded config, over the running store.
+fn reload_parts(store: &Store, new: &Settings) -> anyhow::Result<(Client, Deliverer)> {
+    let client = Client::new(&new.base.clinicea)?;
+    let mailer = match &new.smtp {
+        Some(s) => Some(Arc::new(
+            Mailer::new(s.clone()).map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
+        )),
+        None => None,
+    };
+    let deliverer = Deliverer::new(store.clone(), new.pipeline.destinations.clone(), mailer)?;
+    Ok((client, deliverer))
 }
 
 /// `run`: the daemon, with signals wired: SIGINT/SIGTERM stop, SIGHUP reloads.

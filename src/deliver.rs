@@ -918,6 +918,30 @@ impl Deliverer {
         Ok(())
     }
 
+    /// Moves the outbox entries of destinations that are no longer in the config to the dead
+    /// letters (no worker would ever look at them, and `status` lists configured destinations
+    /// only), where `dead list` shows them and `dead retry` re-drives them once the destination
+    /// is back. Returns how many moved.
+    pub fn bury_orphans(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for (dest, _, raw) in self.store.all_outbox()? {
+            if self.destinations.contains_key(&dest) {
+                continue;
+            }
+            let entry: OutboxEntry =
+                serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
+                    what: "outbox entry",
+                    source,
+                })?;
+            self.to_dead(
+                &entry,
+                format!("destination {dest} is no longer in the config"),
+            )?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The due entries of a destination, oldest first: (due ms, seq).
     fn due_entries(&self, destination: &str, now: i64) -> Result<Vec<(i64, u64)>, StoreError> {
         let mut due = Vec::new();

@@ -141,6 +141,24 @@ impl SmtpSettings {
                 })?)
             }
         };
+        // The transport refuses these (see `Mailer::new`); say so in `check`, not at start.
+        match (&raw.username, &raw.password) {
+            (Some(_), None) => {
+                return Err(Problem::at(
+                    None,
+                    "smtp.password",
+                    "a username needs a password",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Problem::at(
+                    None,
+                    "smtp.username",
+                    "a password needs a username",
+                ))
+            }
+            _ => {}
+        }
         Ok(SmtpSettings {
             host: raw.host.0.clone(),
             port: raw.port.unwrap_or_else(|| Self::default_port(raw.tls)),

@@ -225,6 +225,12 @@ async fn poll_inner(
             }
         }
         if let Some(tx) = &ctx.wake {
+            // Nothing is sent before it is on disk: a delivery from a page a crash then loses
+            // would be re-detected as another change (another webhook-id) if the record changed
+            // in between, and the receiver would get e.g. `added` twice.
+            if !wakes.is_empty() {
+                ctx.store.flush().await?;
+            }
             for w in wakes {
                 let _ = tx.send(w);
             }

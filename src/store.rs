@@ -24,6 +24,10 @@
 //!   produce nothing; pages that were lost are detected again, and since a change's id is a hash of
 //!   its content ([`crate::model::Change::change_id`]), the re-detected change has the same
 //!   `webhook-id` as the lost one would have had.
+//! * Nothing is sent before it is on disk: the poller flushes a page before it hands the page's
+//!   deliveries to the workers (and `once` flushes before delivering). Otherwise a crash could
+//!   lose a page whose webhook already went out, and if the record changed before the restart the
+//!   re-detected change would differ (a second `added`, under another `webhook-id`).
 //! * An outbox entry is removed only after its delivery succeeded (or moved to `dead` in one
 //!   transaction). A crash between the success and the flush of the removal re-sends it: at least
 //!   once, with the same `webhook-id`.

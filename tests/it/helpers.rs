@@ -452,18 +452,18 @@ pub fn mime_parts(m: &clinicea_notifier::catcher::CaughtMessage) -> Vec<(String,
 
 /// The `clinicea-notifier` binary running `run` as a child process, with its stderr captured.
 /// A child process has its own metrics recorder, so counters start at zero.
-pub struct Daemon {
+pub struct MetricsDaemon {
     child: std::process::Child,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub addr: std::net::SocketAddr,
     stderr: Arc<Mutex<String>>,
 }
 
-impl Daemon {
+impl MetricsDaemon {
     /// Starts `clinicea-notifier [args] --config CONFIG run` with `env` added to a clean
     /// environment (no `RUST_LOG`, so the default log level) and waits for its
     /// `listening on http://ADDR` line.
-    pub fn start(config: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+    pub fn start(config: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> MetricsDaemon {
         use std::io::{BufRead, Read};
         use std::process::{Command, Stdio};
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinicea-notifier"));
@@ -515,7 +515,7 @@ impl Daemon {
                 );
             }
         };
-        Daemon {
+        MetricsDaemon {
             child,
             addr,
             stderr,
@@ -555,7 +555,7 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
+impl Drop for MetricsDaemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
@@ -658,4 +658,333 @@ pub async fn scrape(base: &str) -> Scrape {
     let (status, text) = get_text(&format!("{base}/metrics")).await;
     assert_eq!(status, 200, "/metrics: {text}");
     Scrape::parse(&text)
+}
+
+// --- child processes, for the crash and signal tests ---------------------------------------------
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_clinicea-notifier");
+
+/// A config for a child `run`/`once`: the sandbox's leads, `listen: 127.0.0.1:0` (so ports never
+/// collide), `clinicea_extra` appended to the `clinicea:` section (e.g. `"  page_delay: 50ms\n"`)
+/// and `rest` (retry, destinations, rules) at the end.
+pub fn daemon_config(base_url: &str, clinicea_extra: &str, rest: &str) -> String {
+    format!(
+        "{}{clinicea_extra}listen: 127.0.0.1:0\nresources:\n  leads:\n    path: /api/v1/leads\nstore:\n  path: ./data\n{rest}",
+        clinicea_section(base_url)
+    )
+}
+
+/// One webhook destination's YAML (signed with [`SECRET`]); `extra` is more indented keys.
+pub fn webhook_destination(name: &str, url: &str, extra: &str) -> String {
+    format!("  {name}:\n    type: webhook\n    url: {url}\n    secret: {SECRET}\n{extra}")
+}
+
+/// The store directory of a [`daemon_config`] test.
+pub fn store_path(t: &TestDir) -> PathBuf {
+    t.dir.path().join("data")
+}
+
+/// Opens the store of a test whose child has exited (sled allows one process per store).
+pub fn open_store(t: &TestDir) -> clinicea_notifier::store::Store {
+    clinicea_notifier::store::Store::open(
+        &store_path(t),
+        clinicea_notifier::store::DEFAULT_CACHE_BYTES,
+    )
+    .expect("the store opens once the child has exited")
+}
+
+/// The record ids in the change journal, in journal order.
+pub fn journal_ids(store: &clinicea_notifier::store::Store) -> Vec<String> {
+    store
+        .changes()
+        .expect("the journal reads")
+        .into_iter()
+        .map(|(_, c)| c.id)
+        .collect()
+}
+
+/// The ids of every lead the sandbox serves.
+pub fn sandbox_lead_ids(sb: &SandboxHandle) -> std::collections::HashSet<String> {
+    sb.sandbox
+        .records("leads")
+        .iter()
+        .filter_map(|r| r["ID"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// How many lead pages the sandbox has served.
+pub fn lead_requests(sb: &SandboxHandle) -> u64 {
+    sb.sandbox
+        .stats()
+        .requests
+        .get("leads")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Runs a one-shot command (`once`, `status`, `dead list`, ...) against the test's config.
+pub async fn cli(t: &TestDir, args: &[&str]) -> std::process::Output {
+    let fut = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&t.config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(60), fut).await {
+        Ok(out) => out.expect("the binary starts"),
+        Err(_) => panic!("`{}` did not finish within 60 s", args.join(" ")),
+    }
+}
+
+/// Stdout and stderr of a finished command, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A `clinicea-notifier run` child process. Its stdout and stderr go to files in the test's
+/// directory (a pipe nobody reads could fill up and stall the child). Dropping it kills it.
+pub struct Daemon {
+    child: tokio::process::Child,
+    /// The child's pid.
+    pub pid: u32,
+    /// The address it serves `/metrics` on (`127.0.0.1:PORT`).
+    pub addr: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `run` and waits until it prints `listening on http://ADDR`.
+    pub async fn start(t: &TestDir, tag: &str) -> Daemon {
+        let stdout = t.dir.path().join(format!("{tag}.stdout"));
+        let stderr = t.dir.path().join(format!("{tag}.stderr"));
+        let child = tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&t.config)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        let pid = child.id().expect("a running child has a pid");
+        let mut d = Daemon {
+            child,
+            pid,
+            addr: String::new(),
+            stdout,
+            stderr,
+        };
+        let start = Instant::now();
+        loop {
+            let out = std::fs::read_to_string(&d.stdout).unwrap_or_default();
+            if let Some(rest) = out.split("listening on http://").nth(1) {
+                if let Some(addr) = rest.lines().next() {
+                    d.addr = addr.trim().to_string();
+                    return d;
+                }
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!(
+                    "`run` exited before listening ({status}):\n{}",
+                    d.stderr_text()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "`run` did not start listening within 30 s:\n{}",
+                d.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `INT`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{sig}"), self.pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{sig} {} failed", self.pid);
+    }
+
+    /// SIGKILL (`kill -9`), then reaps the child.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.expect("SIGKILL is delivered");
+    }
+
+    /// Waits up to `timeout` for the child to exit on its own.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .map(|r| r.expect("wait works"))
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What the child logged so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the child's log holds `needle` `n` times; false on timeout.
+    pub async fn wait_log(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.stderr_text().matches(needle).count() >= n {
+                return true;
+            }
+            if start.elapsed() > timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of a gauge or counter without labels from the child's `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+/// Waits until `cond` holds, checking every 20 ms; false on timeout.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request a [`FnReceiver`] answered, with the status it answered.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub req: Received,
+    pub status: u16,
+}
+
+impl Answered {
+    /// `data.id` of the webhook body.
+    pub fn data_id(&self) -> String {
+        self.req.json()["data"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+    /// Whether it was answered 2xx.
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Decides the reply to the request numbered `n` (from 0).
+pub type Replier = Arc<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
+
+/// A webhook receiver whose replies come from a function that can be swapped while it runs, and
+/// that records the status it answered each request with.
+#[derive(Clone)]
+pub struct FnReceiver {
+    pub url: String,
+    got: Arc<Mutex<Vec<Answered>>>,
+    replier: Arc<Mutex<Replier>>,
+}
+
+impl FnReceiver {
+    /// Starts a receiver on loopback answering with `f`.
+    pub async fn start(
+        f: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
+    ) -> FnReceiver {
+        let got: Arc<Mutex<Vec<Answered>>> = Arc::default();
+        let replier: Arc<Mutex<Replier>> = Arc::new(Mutex::new(Arc::new(f)));
+        let (g, r) = (got.clone(), replier.clone());
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let (g, r) = (g.clone(), r.clone());
+            async move {
+                let req = Received {
+                    headers,
+                    body,
+                    at: Instant::now(),
+                };
+                // Choosing the reply and recording it happen under one lock, so the recorded
+                // status is the one sent and `n` counts requests in arrival order.
+                let reply = {
+                    let mut g = g.lock().unwrap();
+                    let f = r.lock().unwrap().clone();
+                    let reply = f(g.len(), &req);
+                    g.push(Answered {
+                        req,
+                        status: reply.status,
+                    });
+                    reply
+                };
+                tokio::time::sleep(reply.delay).await;
+                let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
+                *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                for (k, v) in reply.headers {
+                    resp.headers_mut().insert(
+                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FnReceiver {
+            url: format!("http://{addr}/hook"),
+            got,
+            replier,
+        }
+    }
+
+    /// Replaces the reply function (requests already being answered keep their reply).
+    pub fn set(&self, f: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static) {
+        *self.replier.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Everything answered so far.
+    pub fn answered(&self) -> Vec<Answered> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// How many requests arrived.
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// The `data.id`s answered 2xx.
+    pub fn ok_ids(&self) -> std::collections::HashSet<String> {
+        self.answered()
+            .iter()
+            .filter(|a| a.ok())
+            .map(Answered::data_id)
+            .collect()
+    }
 }

@@ -3,9 +3,11 @@
 
 mod chat;
 mod cli;
+mod crash;
 mod delivery;
 mod demo;
 mod email;
 mod foundation;
 mod helpers;
 mod ops;
+mod signals;

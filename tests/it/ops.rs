@@ -75,7 +75,7 @@ rules:
         team = team.url
     );
     let t = TestDir::new(&yaml);
-    let d = Daemon::start(&t.config, &[("CLINICEA_API_KEY", "sandbox-api-key")], &[]);
+    let d = MetricsDaemon::start(&t.config, &[("CLINICEA_API_KEY", "sandbox-api-key")], &[]);
     let base = format!("http://{}", d.addr);
 
     let deliveries = |s: &Scrape, dest: &str, outcome: &str| {
@@ -437,7 +437,7 @@ rules:
     );
     let t = TestDir::new(&yaml);
     // SMTP_PASSWORD is in the environment but unused: it must not show up either.
-    let d = Daemon::start(
+    let d = MetricsDaemon::start(
         &t.config,
         &[
             ("CLINICEA_API_KEY", API_KEY),
