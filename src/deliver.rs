@@ -1044,12 +1044,12 @@ impl Deliverer {
         mut wake: mpsc::UnboundedReceiver<Wake>,
         cancel: CancellationToken,
     ) {
-        let mut heap: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
+        let mut queue = DueQueue::default();
         match self.store.outbox_entries(&destination) {
             Ok(entries) => {
                 for (seq, raw) in entries {
                     if let Ok(d) = serde_json::from_slice::<DueOnly>(&raw) {
-                        heap.push(Reverse((d.next_attempt_ms, seq)));
+                        queue.push(d.next_attempt_ms, seq);
                     }
                 }
             }
@@ -1061,34 +1061,35 @@ impl Deliverer {
             .map_or((1, Duration::ZERO), |d| {
                 (d.concurrency.max(1), d.min_interval)
             });
-        let mut inflight: tokio::task::JoinSet<(u64, Result<Step, StoreError>)> =
+        let mut inflight: tokio::task::JoinSet<Result<Step, StoreError>> =
             tokio::task::JoinSet::new();
+        let mut task_seq: HashMap<tokio::task::Id, u64> = HashMap::new();
         let mut last_send = tokio::time::Instant::now() - min_interval;
         loop {
             // Start what is due, within the limit and the service's rate.
             let now = now_ms();
             while inflight.len() < limit {
-                match heap.peek() {
-                    Some(Reverse((due, _))) if *due <= now => {}
-                    _ => break,
+                if queue.next_due().is_none_or(|due| due > now) {
+                    break;
                 }
                 if !min_interval.is_zero() && last_send.elapsed() < min_interval {
                     break;
                 }
-                let Some(Reverse((_, seq))) = heap.pop() else {
+                let Some(seq) = queue.pop() else {
                     break;
                 };
                 let me = self.clone();
                 let dest = destination.clone();
                 last_send = tokio::time::Instant::now();
-                inflight.spawn(async move { (seq, me.attempt(&dest, seq).await) });
+                let handle = inflight.spawn(async move { me.attempt(&dest, seq).await });
+                task_seq.insert(handle.id(), seq);
             }
             let sleep_for = if inflight.len() >= limit {
                 MAX_IDLE_SLEEP
             } else {
-                let until_due = heap
-                    .peek()
-                    .map(|Reverse((due, _))| Duration::from_millis((*due - now_ms()).max(0) as u64))
+                let until_due = queue
+                    .next_due()
+                    .map(|due| Duration::from_millis((due - now_ms()).max(0) as u64))
                     .unwrap_or(MAX_IDLE_SLEEP);
                 let until_rate = min_interval.saturating_sub(last_send.elapsed());
                 until_due.max(until_rate).min(MAX_IDLE_SLEEP)
@@ -1096,24 +1097,32 @@ impl Deliverer {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 w = wake.recv() => match w {
-                    Some(w) => heap.push(Reverse((w.due_ms, w.seq))),
+                    Some(w) => queue.push(w.due_ms, w.seq),
                     None => {
                         // No more producers; keep draining what is queued.
-                        if heap.is_empty() && inflight.is_empty() { break; }
+                        if queue.is_empty() && inflight.is_empty() { break; }
                         tokio::time::sleep(sleep_for).await;
                     }
                 },
-                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    match done {
-                        Ok((_, Ok(Step::Retry(due)))) => {
-                            if let Ok((seq, _)) = done_seq(&done) { heap.push(Reverse((due, seq))); }
-                        }
-                        Ok((seq, Err(e))) => {
+                Some(done) = inflight.join_next_with_id(), if !inflight.is_empty() => {
+                    let (id, result) = match done {
+                        Ok((id, r)) => (id, Ok(r)),
+                        Err(e) => (e.id(), Err(e)),
+                    };
+                    let Some(seq) = task_seq.remove(&id) else { continue };
+                    match result {
+                        Ok(Ok(Step::Retry(due))) => queue.requeue(due, seq),
+                        Ok(Ok(_)) => queue.done(seq),
+                        Ok(Err(e)) => {
                             tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in 5s");
-                            heap.push(Reverse((now_ms() + 5000, seq)));
+                            queue.requeue(now_ms() + 5000, seq);
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(destination = %destination, "a delivery task panicked: {e}"),
+                        Err(e) => {
+                            // The entry is still in the outbox; try it again later rather than
+                            // leaving it stranded until the next start.
+                            tracing::error!(destination = %destination, "a delivery task failed: {e}; retrying in 5s");
+                            queue.requeue(now_ms() + 5000, seq);
+                        }
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
@@ -1127,12 +1136,39 @@ impl Deliverer {
     }
 }
 
-fn done_seq(
-    done: &Result<(u64, Result<Step, StoreError>), tokio::task::JoinError>,
-) -> Result<(u64, ()), ()> {
-    match done {
-        Ok((seq, _)) => Ok((*seq, ())),
-        Err(_) => Err(()),
+/// A destination worker's queue: due times in a heap, and every sequence number it holds (queued
+/// or in flight) in a set, so an entry announced twice (found by the start-up scan *and* woken by
+/// the poller that just committed it) is never attempted twice at once.
+#[derive(Default)]
+struct DueQueue {
+    heap: BinaryHeap<Reverse<(i64, u64)>>,
+    known: std::collections::HashSet<u64>,
+}
+
+impl DueQueue {
+    /// Queues `seq` unless it is already queued or in flight.
+    fn push(&mut self, due: i64, seq: u64) {
+        if self.known.insert(seq) {
+            self.heap.push(Reverse((due, seq)));
+        }
+    }
+    /// Queues an entry that is in flight again (it stays known).
+    fn requeue(&mut self, due: i64, seq: u64) {
+        self.heap.push(Reverse((due, seq)));
+    }
+    /// Forgets an entry that left the outbox.
+    fn done(&mut self, seq: u64) {
+        self.known.remove(&seq);
+    }
+    fn next_due(&self) -> Option<i64> {
+        self.heap.peek().map(|Reverse((due, _))| *due)
+    }
+    /// Takes the earliest entry; it stays known while in flight.
+    fn pop(&mut self) -> Option<u64> {
+        self.heap.pop().map(|Reverse((_, seq))| seq)
+    }
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty()
     }
 }
 
@@ -1140,4 +1176,29 @@ fn done_seq(
 #[derive(Deserialize)]
 struct DueOnly {
     next_attempt_ms: i64,
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::DueQueue;
+
+    #[test]
+    fn an_entry_announced_twice_is_queued_once() {
+        let mut q = DueQueue::default();
+        q.push(10, 1);
+        q.push(10, 1); // the poller's wake after the start-up scan found it
+        q.push(5, 2);
+        assert_eq!(q.pop(), Some(2));
+        assert_eq!(q.pop(), Some(1));
+        assert_eq!(q.pop(), None);
+        // In flight, it is still known: a late wake does not queue it again.
+        q.push(10, 1);
+        assert!(q.is_empty());
+        q.requeue(20, 1);
+        assert_eq!(q.next_due(), Some(20));
+        assert_eq!(q.pop(), Some(1));
+        q.done(1);
+        q.push(30, 1);
+        assert_eq!(q.next_due(), Some(30));
+    }
 }
