@@ -6,7 +6,7 @@
 //!   generated, and answers a few requests with 503 so retries are seen;
 //! - a Slack-style chat receiver (its first answer is a 429 with `Retry-After`);
 //! - an SMTP catcher ([`crate::catcher`]) that refuses its first transaction with 421;
-//! - the notifier itself ([`crate::app::run_with`]) with a demo copy of the example rules, written
+//! - the notifier itself ([`crate::daemon::run_with`]) with a demo copy of the example rules, written
 //!   to a temporary folder together with its store.
 //!
 //! It prints a live stream to stdout (changes, matched rules, deliveries, retries, emails, chat
@@ -572,7 +572,7 @@ pub async fn demo_command(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let cancel = CancellationToken::new();
     let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let notifier = tokio::spawn(app::run_with(
+    let notifier = tokio::spawn(crate::daemon::run_with(
         settings,
         config_path.clone(),
         health,

@@ -29,6 +29,7 @@ pub mod catcher;
 pub mod chat;
 pub mod clinicea;
 pub mod config;
+pub mod daemon;
 pub mod deliver;
 pub mod demo;
 pub mod diff;

@@ -78,7 +78,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
     let config = cli.config;
     rt.block_on(async move {
         match cli.command {
-            Command::Run => app::run_command(&config).await,
+            Command::Run => clinicea_notifier::daemon::run_command(&config).await,
             Command::Once => app::once_command(&config).await,
             Command::Check => app::check_command(&config),
             Command::TestRule(args) => app::test_rule_command(&config, &args),

@@ -244,7 +244,7 @@ async fn a_slow_destination_does_not_delay_a_fast_one() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let (_reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let started = Instant::now();
-    let daemon = tokio::spawn(app::run(
+    let daemon = tokio::spawn(clinicea_notifier::daemon::run(
         settings,
         t.config.clone(),
         listener,

@@ -4,10 +4,9 @@
 //!
 //! Metrics and logs are checked on the real binary as a child process: the metrics recorder is
 //! process-wide, so only a process of its own gives exact counter values, and only a real process
-//! shows what really reaches stderr. Readiness is checked in-process through `app::run`.
+//! shows what really reaches stderr. Readiness is checked in-process through `daemon::run`.
 
 use crate::helpers::*;
-use clinicea_notifier::app;
 use clinicea_notifier::catcher::{Catcher, CatcherOptions};
 use clinicea_notifier::sandbox::{Fault, FaultKind, SandboxOptions};
 use std::time::{Duration, Instant};
@@ -245,7 +244,7 @@ async fn readyz_follows_the_first_poll_and_the_watchdog_while_healthz_stays_up()
     let cancel = CancellationToken::new();
     let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let daemon = tokio::spawn(app::run(
+    let daemon = tokio::spawn(clinicea_notifier::daemon::run(
         t.settings(),
         t.config.clone(),
         listener,
