@@ -154,8 +154,9 @@ pub async fn poll_loop(
         // to a minute, a slow request): dropping it is safe, since a page is committed without
         // an await and the checkpoint advances only after its pages are flushed.
         let result = tokio::select! {
-            r = tracing::Instrument::instrument(poll::poll_resource(&ctx, &res), span) => r,
+            biased;
             _ = cancel.cancelled() => break,
+            r = tracing::Instrument::instrument(poll::poll_resource(&ctx, &res), span) => r,
         };
         {
             let mut guard = health
@@ -334,6 +335,7 @@ pub async fn run_with(
         destinations = engine.settings.pipeline.destinations.len(),
         "notifier running"
     );
+    let mut reload_open = true;
     loop {
         let gen_cancel = cancel.child_token();
         let gen = run_generation(engine.clone(), health.clone(), gen_cancel.clone());
@@ -341,8 +343,13 @@ pub async fn run_with(
         let next = loop {
             tokio::select! {
                 _ = &mut gen => break None,
-                r = reload.recv() => {
-                    if r.is_none() { continue; }
+                r = reload.recv(), if reload_open => {
+                    if r.is_none() {
+                        // Nobody can ask for a reload any more (the signal task ended): stop
+                        // listening, or this branch would be ready forever and spin.
+                        reload_open = false;
+                        continue;
+                    }
                     match load_settings_with(&config_path, &vars) {
                         Ok(new) if new.base.store.path != engine.settings.base.store.path => {
                             tracing::error!("reload rejected: store.path cannot change while running; keeping the old config");

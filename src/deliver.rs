@@ -1065,6 +1065,7 @@ impl Deliverer {
             tokio::task::JoinSet::new();
         let mut task_seq: HashMap<tokio::task::Id, u64> = HashMap::new();
         let mut last_send = tokio::time::Instant::now() - min_interval;
+        let mut wake_closed = false;
         loop {
             // Start what is due, within the limit and the service's rate.
             let now = now_ms();
@@ -1095,13 +1096,17 @@ impl Deliverer {
                 until_due.max(until_rate).min(MAX_IDLE_SLEEP)
             };
             tokio::select! {
+                // Shutdown first: with several branches ready, `select!` would otherwise pick one
+                // at random and could start a long sleep after the token was cancelled.
+                biased;
                 _ = cancel.cancelled() => break,
-                w = wake.recv() => match w {
+                w = wake.recv(), if !wake_closed => match w {
                     Some(w) => queue.push(w.due_ms, w.seq),
                     None => {
-                        // No more producers; keep draining what is queued.
+                        // No more producers; keep draining what is queued (without this branch,
+                        // which would now be ready forever).
+                        wake_closed = true;
                         if queue.is_empty() && inflight.is_empty() { break; }
-                        tokio::time::sleep(sleep_for).await;
                     }
                 },
                 Some(done) = inflight.join_next_with_id(), if !inflight.is_empty() => {
