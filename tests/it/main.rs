@@ -1,7 +1,10 @@
 //! The integration suite: one binary, real parts over loopback (the product's own Clinicea sandbox,
 //! real webhook receivers, a real SMTP listener) and a temporary sled directory per test.
 
+mod bad_input;
 mod cli;
 mod delivery;
+mod faults;
 mod foundation;
 mod helpers;
+mod props;
