@@ -193,11 +193,8 @@ fn static_config(base_url: &str) -> String {
     leads_only(base_url)
 }
 
-fn only_report(
-    engine: &Engine,
-) -> impl std::future::Future<Output = Result<clinicea_notifier::poll::PollReport, PollError>> + '_
-{
-    async move { engine.poll_all().await.remove(0).1 }
+async fn only_report(engine: &Engine) -> Result<clinicea_notifier::poll::PollReport, PollError> {
+    engine.poll_all().await.remove(0).1
 }
 
 /// The client takes pages up to MAX_PAGE_BYTES (64 MiB), so a 50 MB page (here one lead with a
