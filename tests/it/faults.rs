@@ -277,24 +277,30 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
         "SIGTERM stops the notifier cleanly; log:\n{}",
         tail(&log)
     );
-    // Whatever is still queued (a retry not yet due) is delivered by `once`.
+    // A last poll (the run's may have been cut short by a fault's backoff when it was stopped),
+    // and whatever is still queued (a retry not yet due): `once`, until the outbox is empty.
     let store_path = t.dir.path().join("data");
-    for _ in 0..20 {
-        let queued = {
-            let store = Store::open(&store_path, DEFAULT_CACHE_BYTES).unwrap();
-            store.outbox_len()
-        };
-        if queued == 0 {
+    for round in 0..20 {
+        let queued = Store::open(&store_path, DEFAULT_CACHE_BYTES)
+            .unwrap()
+            .outbox_len();
+        if round > 0 && queued == 0 {
             break;
         }
-        let out = std::process::Command::new(BIN)
-            .args(["once", "-q", "--config"])
-            .arg(&t.config)
-            .output()
-            .unwrap();
+        let config = t.config.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(BIN)
+                .args(["once", "-q", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
         assert!(
             out.status.success(),
-            "once: {}",
+            "once: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
