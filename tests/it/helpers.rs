@@ -237,6 +237,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_clinicea-notifier");
 pub struct Answered {
     pub got: Received,
     pub status: u16,
+    /// [`verify_with_library`] on arrival (the library refuses timestamps older than 5 minutes,
+    /// so a long run cannot check them at its end).
+    pub verified: Result<(), String>,
 }
 
 /// A webhook receiver that, while chaotic, answers at random: mostly 200, sometimes 500/503,
@@ -250,7 +253,16 @@ pub struct ChaosReceiver {
 }
 
 impl ChaosReceiver {
+    /// A receiver that always answers `status` at once.
+    pub async fn always(status: u16) -> ChaosReceiver {
+        ChaosReceiver::start_with(0, Some(status)).await
+    }
+
     pub async fn start(seed: u64) -> ChaosReceiver {
+        ChaosReceiver::start_with(seed, None).await
+    }
+
+    async fn start_with(seed: u64, fixed: Option<u16>) -> ChaosReceiver {
         use rand::{Rng, SeedableRng};
         let got: Arc<Mutex<Vec<Answered>>> = Arc::default();
         let chaotic = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -259,7 +271,9 @@ impl ChaosReceiver {
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let (g, c, rng) = (g.clone(), c.clone(), rng.clone());
             async move {
-                let (status, delay, retry_after) = if c.load(std::sync::atomic::Ordering::SeqCst) {
+                let (status, delay, retry_after) = if let Some(status) = fixed {
+                    (status, 0, false)
+                } else if c.load(std::sync::atomic::Ordering::SeqCst) {
                     let roll: f64 = rng.lock().unwrap().gen();
                     match roll {
                         r if r < 0.10 => (500, 0, false),
@@ -272,13 +286,16 @@ impl ChaosReceiver {
                 } else {
                     (200, 0, false)
                 };
+                let got = Received {
+                    headers,
+                    body,
+                    at: Instant::now(),
+                };
+                let verified = verify_with_library(&got);
                 g.lock().unwrap().push(Answered {
-                    got: Received {
-                        headers,
-                        body,
-                        at: Instant::now(),
-                    },
+                    got,
                     status,
+                    verified,
                 });
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
