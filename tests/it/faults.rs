@@ -270,7 +270,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
             break;
         }
     }
-    let clean_exit = child.take().unwrap().terminate(Duration::from_secs(15));
+    let clean_exit = child.take().unwrap().terminate(Duration::from_secs(25));
     assert!(
         clean_exit,
         "SIGTERM stops the notifier cleanly; log:\n{}",
