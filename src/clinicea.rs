@@ -429,8 +429,27 @@ pub fn parse_page(resource: &str, page: u32, body: &[u8]) -> Result<Vec<Value>, 
             "invalid JSON at line {} column {}: {}",
             e.line(),
             e.column(),
-            e.classify_str()
+            json_error_cause(&e)
         ))),
+    }
+}
+
+/// Why serde_json refused a body, in words: "recursion limit exceeded (nested more than 128
+/// levels deep)", "invalid unicode code point", "EOF while parsing a string". Parsing into a
+/// `Value` only fails on syntax, whose messages are fixed texts that never quote the body (so no
+/// record content reaches a log); anything else is named by its category only.
+fn json_error_cause(e: &serde_json::Error) -> String {
+    if e.classify() != serde_json::error::Category::Syntax
+        && e.classify() != serde_json::error::Category::Eof
+    {
+        return e.classify_str().to_string();
+    }
+    let full = e.to_string();
+    let cause = full.split(" at line ").next().unwrap_or(&full);
+    if cause.contains("recursion limit") {
+        format!("{cause} (nested more than 128 levels deep)")
+    } else {
+        cause.to_string()
     }
 }
 
@@ -511,7 +530,25 @@ mod tests {
             "{e}"
         );
         let e = parse_page("leads", 1, b"[{\"a\":").unwrap_err().to_string();
-        assert!(e.contains("invalid JSON"), "{e}");
+        assert!(
+            e.contains("invalid JSON") && e.contains("EOF while parsing"),
+            "{e}"
+        );
+        let deep = "[".repeat(100_000);
+        let e = parse_page("leads", 1, deep.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("recursion limit exceeded (nested more than 128"),
+            "{e}"
+        );
+        let e = parse_page("leads", 1, b"[\"Ay\xffsha\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid unicode code point") && !e.contains("Ay"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -538,6 +538,13 @@ pub fn parse_raw(text: &str, vars: &HashMap<String, String>) -> Result<RawConfig
                 .filter(|(head, _)| head.starts_with("line "))
                 .map_or(first, |(_, rest)| rest)
                 .to_string();
+            // serde-saphyr's parse budget (a "billion laughs" of anchors and aliases) speaks of
+            // its internals; say what it means for the file.
+            let message = if message.starts_with("budget breached") {
+                format!("the YAML is too large once its anchors and aliases (*name) are expanded; write the values out instead ({message})")
+            } else {
+                message
+            };
             let key = line
                 .map(|l| key_path_at_line(text, l as usize))
                 .filter(|k| !k.is_empty())

@@ -988,3 +988,160 @@ impl FnReceiver {
             .collect()
     }
 }
+
+// --- Added for the fault-injection and bad-input suites (issue 7) ------------------------------
+
+/// What a [`ChaosReceiver`] got, with the status it answered.
+#[derive(Debug, Clone)]
+pub struct ChaosAnswered {
+    pub got: Received,
+    pub status: u16,
+    /// [`verify_with_library`] on arrival (the library refuses timestamps older than 5 minutes,
+    /// so a long run cannot check them at its end).
+    pub verified: Result<(), String>,
+}
+
+/// A webhook receiver that, while chaotic, answers at random: mostly 200, sometimes 500/503,
+/// 429 with `Retry-After: 1`, or a slow reply (some slower than the notifier's timeout).
+/// [`ChaosReceiver::calm`] makes it answer 200 at once from then on.
+#[derive(Clone)]
+pub struct ChaosReceiver {
+    pub url: String,
+    got: Arc<Mutex<Vec<ChaosAnswered>>>,
+    chaotic: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ChaosReceiver {
+    /// A receiver that always answers `status` at once.
+    pub async fn always(status: u16) -> ChaosReceiver {
+        ChaosReceiver::start_with(0, Some(status)).await
+    }
+
+    pub async fn start(seed: u64) -> ChaosReceiver {
+        ChaosReceiver::start_with(seed, None).await
+    }
+
+    async fn start_with(seed: u64, fixed: Option<u16>) -> ChaosReceiver {
+        use rand::{Rng, SeedableRng};
+        let got: Arc<Mutex<Vec<ChaosAnswered>>> = Arc::default();
+        let chaotic = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+        let (g, c) = (got.clone(), chaotic.clone());
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let (g, c, rng) = (g.clone(), c.clone(), rng.clone());
+            async move {
+                let (status, delay, retry_after) = if let Some(status) = fixed {
+                    (status, 0, false)
+                } else if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    let roll: f64 = rng.lock().unwrap().gen();
+                    match roll {
+                        r if r < 0.10 => (500, 0, false),
+                        r if r < 0.16 => (503, 0, false),
+                        r if r < 0.22 => (429, 0, true),
+                        r if r < 0.30 => (200, 300, false),
+                        r if r < 0.33 => (200, 2500, false),
+                        _ => (200, 0, false),
+                    }
+                } else {
+                    (200, 0, false)
+                };
+                let got = Received {
+                    headers,
+                    body,
+                    at: Instant::now(),
+                };
+                let verified = verify_with_library(&got);
+                g.lock().unwrap().push(ChaosAnswered {
+                    got,
+                    status,
+                    verified,
+                });
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
+                *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                if retry_after {
+                    resp.headers_mut()
+                        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                }
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        ChaosReceiver {
+            url: format!("http://{addr}/hook"),
+            got,
+            chaotic,
+        }
+    }
+
+    /// From now on, answer 200 at once.
+    pub fn calm(&self) {
+        self.chaotic
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every request so far with its answer.
+    pub fn answered(&self) -> Vec<ChaosAnswered> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// A notifier process (`run`), its output appended to a log file.
+pub struct NotifierChild {
+    pub child: std::process::Child,
+}
+
+impl NotifierChild {
+    /// Starts `clinicea-notifier run --config CONFIG -q`, output to `log`.
+    pub fn run(config: &std::path::Path, log: &std::path::Path) -> NotifierChild {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = std::process::Command::new(BIN)
+            .args(["run", "-q", "--config"])
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("the notifier starts");
+        NotifierChild { child }
+    }
+
+    /// `kill -9`, and reaps it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for it to exit (kill -9 after that). True when it
+    /// exited on its own with success.
+    pub fn terminate(mut self, timeout: Duration) -> bool {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for NotifierChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,13 +1,16 @@
 //! The integration suite: one binary, real parts over loopback (the product's own Clinicea sandbox,
 //! real webhook receivers, a real SMTP listener) and a temporary sled directory per test.
 
+mod bad_input;
 mod chat;
 mod cli;
 mod crash;
 mod delivery;
 mod demo;
 mod email;
+mod faults;
 mod foundation;
 mod helpers;
 mod ops;
+mod props;
 mod signals;
