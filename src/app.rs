@@ -561,7 +561,7 @@ pub fn status_command(config: &Path) -> anyhow::Result<ExitCode> {
 fn open_store_for_cli(settings: &Settings) -> anyhow::Result<Store> {
     Store::open(&settings.base.store.path, settings.base.store.cache_bytes).map_err(|e| match e {
         crate::store::StoreError::Locked { path } => anyhow::anyhow!(
-            "the store at {path} is in use by a running notifier; stop it first (sled allows one process per store), or read its state from http://{}/metrics",
+            "the store at {path} is in use by a running notifier; stop it first (sled allows one process per store), or read its state from /metrics on the address it listens on ({})",
             settings.base.listen
         ),
         other => other.into(),

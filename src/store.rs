@@ -60,8 +60,10 @@ pub enum StoreError {
         source: sled::Error,
     },
     /// A read or write failed (disk full, I/O error, corruption).
+    // Not `#[from]`/`#[source]`: the cause is already in the message, and error chains would
+    // print it twice.
     #[error("store I/O failed: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     /// A stored value could not be decoded.
     #[error("a stored {what} could not be decoded: {source}")]
     Decode {
@@ -71,6 +73,12 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
 }
 
 /// Result alias for store operations.
