@@ -35,15 +35,6 @@ async fn small_sandbox(leads: usize) -> clinicea_notifier::sandbox::SandboxHandl
     .await
 }
 
-/// Delivers until the outbox is empty or `timeout` passes.
-async fn drain(engine: &Engine, timeout: Duration) {
-    let start = Instant::now();
-    while engine.store.outbox_len() > 0 && start.elapsed() < timeout {
-        engine.deliverer.deliver_all_due().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn dead_letters(engine: &Engine) -> Vec<DeadLetter> {
     engine
         .store
@@ -89,7 +80,7 @@ async fn two_500s_then_200_is_three_attempts_with_one_webhook_id() {
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
     let engine = t.engine();
     engine.poll_all().await.remove(0).1.unwrap();
-    drain(&engine, Duration::from_secs(10)).await;
+    drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
     assert_eq!(got.len(), 3);
     let ids: HashSet<String> = got.iter().map(|r| r.header("webhook-id")).collect();
@@ -113,7 +104,7 @@ async fn a_429_with_retry_after_2_waits_about_2_seconds() {
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
     let engine = t.engine();
     engine.poll_all().await.remove(0).1.unwrap();
-    drain(&engine, Duration::from_secs(10)).await;
+    drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
     assert_eq!(got.len(), 2);
     let gap = got[1].at - got[0].at;
@@ -131,7 +122,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
     let engine = t.engine();
     engine.poll_all().await.remove(0).1.unwrap();
-    drain(&engine, Duration::from_secs(5)).await;
+    drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1, "no retry after a 400");
     let dead = dead_letters(&engine);
     assert_eq!(dead.len(), 1);
@@ -155,7 +146,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     )
     .unwrap();
     assert!(out.contains("queued again"), "{out}");
-    drain(&engine, Duration::from_secs(5)).await;
+    drain_outbox(&engine, Duration::from_secs(5)).await;
     let got = rx.received();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
@@ -183,7 +174,7 @@ async fn a_timeout_and_a_refused_connection_are_retried_then_dead_when_the_sched
     ));
     let engine = t.engine();
     engine.poll_all().await.remove(0).1.unwrap();
-    drain(&engine, Duration::from_secs(20)).await;
+    drain_outbox(&engine, Duration::from_secs(20)).await;
     let dead = dead_letters(&engine);
     assert_eq!(dead.len(), 2, "both spent their schedule of 3 retries");
     for d in &dead {
@@ -213,7 +204,7 @@ async fn a_302_is_a_failure_and_the_redirect_is_not_followed() {
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
     let engine = t.engine();
     engine.poll_all().await.remove(0).1.unwrap();
-    drain(&engine, Duration::from_secs(5)).await;
+    drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1);
     assert!(
         target.received().is_empty(),

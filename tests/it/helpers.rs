@@ -168,21 +168,10 @@ impl Receiver {
                         .or_else(|| s.default.clone())
                         .unwrap_or(Reply::status(200))
                 };
-                tokio::time::sleep(reply.delay).await;
-                let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
-                *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
-                for (k, v) in reply.headers {
-                    resp.headers_mut().insert(
-                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                        v.parse().unwrap(),
-                    );
-                }
-                resp
+                reply_after_delay(reply).await
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve_on_loopback(app).await;
         Receiver {
             url: format!("http://{addr}/hook"),
             state,
@@ -215,6 +204,28 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Waits the reply's delay, then answers with its status and headers (body `ok`).
+async fn reply_after_delay(reply: Reply) -> axum::response::Response {
+    tokio::time::sleep(reply.delay).await;
+    let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+    for (k, v) in reply.headers {
+        resp.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    resp
+}
+
+/// Serves `app` on a free loopback port and returns the address.
+pub async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
 }
 
 /// Verifies a received webhook with the `standardwebhooks` crate (code nobody here wrote).
@@ -942,21 +953,10 @@ impl FnReceiver {
                     });
                     reply
                 };
-                tokio::time::sleep(reply.delay).await;
-                let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
-                *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
-                for (k, v) in reply.headers {
-                    resp.headers_mut().insert(
-                        axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                        v.parse().unwrap(),
-                    );
-                }
-                resp
+                reply_after_delay(reply).await
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve_on_loopback(app).await;
         FnReceiver {
             url: format!("http://{addr}/hook"),
             got,
