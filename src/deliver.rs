@@ -424,23 +424,48 @@ impl Destination {
 }
 
 /// The JSON body of a webhook: the spec's envelope around the change model.
+///
+/// Serialized straight from the change (no intermediate `Value`, so the record and its previous
+/// version are not copied); the bytes are the same as building the envelope with `json!`.
 pub fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
-    let body = serde_json::json!({
-        "type": change.event_type(),
-        "timestamp": change.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "data": {
-            "resource": change.resource,
-            "change": change.kind,
-            "id": change.id,
-            "record": change.record,
-            "previous": change.previous,
-            "changed_fields": change.changed_fields,
-            "server_status": change.server_status,
-            "rule": rule,
-            "rules": rules,
-        }
-    });
-    body.to_string()
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        timestamp: String,
+        data: Data<'a>,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        resource: &'a str,
+        change: crate::model::ChangeKind,
+        id: &'a str,
+        record: &'a serde_json::Value,
+        previous: &'a Option<serde_json::Value>,
+        changed_fields: &'a [String],
+        server_status: &'a Option<String>,
+        rule: &'a str,
+        rules: &'a [String],
+    }
+    let body = Envelope {
+        kind: change.event_type(),
+        timestamp: change
+            .detected_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        data: Data {
+            resource: &change.resource,
+            change: change.kind,
+            id: &change.id,
+            record: &change.record,
+            previous: &change.previous,
+            changed_fields: &change.changed_fields,
+            server_status: &change.server_status,
+            rule,
+            rules,
+        },
+    };
+    // Serializing plain data (string keys only) cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// Rules, templates and destinations: what turns a change into planned deliveries.
@@ -771,20 +796,24 @@ impl Deliverer {
         let labels = [("destination", destination.to_string())];
         metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)
             .record(report.duration.as_secs_f64());
-        let log = AttemptLog {
-            at_ms: started_ms,
-            attempt: entry.attempts,
-            status: report.status,
-            duration_ms: report.duration.as_millis() as u64,
-            response: report.response.clone(),
-            verdict: report.verdict.clone(),
-        };
-        let detail = match &entry.payload {
-            Payload::Email(m) => m.to.clone(),
-            _ => String::new(),
+        // The attempts log keeps failed attempts only (a success removes the entry and its log).
+        let log = |report: &AttemptReport, attempt: u32| {
+            serde_json::to_vec(&AttemptLog {
+                at_ms: started_ms,
+                attempt,
+                status: report.status,
+                duration_ms: report.duration.as_millis() as u64,
+                response: report.response.clone(),
+                verdict: report.verdict.clone(),
+            })
+            .unwrap_or_default()
         };
         match report.verdict {
             Verdict::Success => {
+                let detail = match &entry.payload {
+                    Payload::Email(m) => m.to.clone(),
+                    _ => String::new(),
+                };
                 self.store.outbox_remove(destination, seq)?;
                 self.store.forget_attempts(seq)?;
                 metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
@@ -802,14 +831,12 @@ impl Deliverer {
                 Ok(Step::Delivered)
             }
             Verdict::Retry {
-                reason,
+                ref reason,
                 retry_after,
             } => {
-                self.store.log_attempt(
-                    seq,
-                    entry.attempts,
-                    &serde_json::to_vec(&log).unwrap_or_default(),
-                )?;
+                self.store
+                    .log_attempt(seq, entry.attempts, &log(&report, entry.attempts))?;
+                let reason = reason.clone();
                 let delay =
                     dest.retry
                         .next_delay(entry.attempts, retry_after, &mut rand::thread_rng());
@@ -842,12 +869,10 @@ impl Deliverer {
                     }
                 }
             }
-            Verdict::Fail { reason } => {
-                self.store.log_attempt(
-                    seq,
-                    entry.attempts,
-                    &serde_json::to_vec(&log).unwrap_or_default(),
-                )?;
+            Verdict::Fail { ref reason } => {
+                self.store
+                    .log_attempt(seq, entry.attempts, &log(&report, entry.attempts))?;
+                let reason = reason.clone();
                 self.to_dead(&entry, reason)?;
                 Ok(Step::Dead)
             }
@@ -1074,4 +1099,44 @@ fn done_seq(
 #[derive(Deserialize)]
 struct DueOnly {
     next_attempt_ms: i64,
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use crate::model::ChangeKind;
+
+    /// The serialized envelope is byte for byte what building it as a `Value` gives.
+    #[test]
+    fn webhook_body_matches_the_value_envelope() {
+        let change = Change {
+            source: "default".into(),
+            resource: "leads".into(),
+            id: "a\"1".into(),
+            kind: ChangeKind::Modified,
+            record: serde_json::json!({"ID": "a\"1", "Z": 1.5, "A": [1, {"b": null}], "S": "é\n"}),
+            previous: Some(serde_json::json!({"ID": "a\"1", "Z": 1})),
+            changed_fields: vec!["Z".into(), "A".into()],
+            server_status: None,
+            detected_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let rules = vec!["r1".to_string(), "r2".to_string()];
+        let expected = serde_json::json!({
+            "type": change.event_type(),
+            "timestamp": change.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "data": {
+                "resource": change.resource,
+                "change": change.kind,
+                "id": change.id,
+                "record": change.record,
+                "previous": change.previous,
+                "changed_fields": change.changed_fields,
+                "server_status": change.server_status,
+                "rule": "r1",
+                "rules": rules,
+            }
+        })
+        .to_string();
+        assert_eq!(webhook_body(&change, "r1", &rules), expected);
+    }
 }

@@ -6,10 +6,9 @@ use crate::clinicea::{ApiError, Client};
 use crate::config::{Resource, StartFrom};
 use crate::deliver::{Pipeline, Wake};
 use crate::diff::{self, DiffSpec, Skip};
-use crate::model::Change;
-use crate::store::{Checkpoint, PageWrite, Store, StoreError};
+use crate::model::{Change, ChangeKind};
+use crate::store::{decode_snapshot, Checkpoint, PageWrite, Store, StoreError};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,10 +149,12 @@ async fn poll_inner(
 
         let detected_at = Utc::now();
         let mut write = PageWrite::default();
-        // Later copies of a record in the same page compare against the earlier copy.
-        let mut pending: HashMap<String, Value> = HashMap::new();
+        // Later copies of a record in the same page compare against the earlier copy: its index
+        // in `write.snapshots`.
+        let mut pending: HashMap<String, usize> = HashMap::new();
         let mut ids = Vec::with_capacity(page.records.len());
         let mut wakes = Vec::new();
+        let mut kinds = [0u64; 3];
         for record in page.records {
             let id = match diff::record_id(&record, &res.id_field) {
                 Ok(id) => id,
@@ -169,19 +170,31 @@ async fn poll_inner(
                 }
             };
             ids.push(id.clone());
+            // The record as it would be stored. Equal bytes mean an equal record: nothing changed,
+            // and the stored version need not be decoded (the common case of an overlap re-read).
+            let bytes = serde_json::to_vec(&record).unwrap_or_default();
             let previous = match pending.get(&id) {
-                Some(v) => Some(v.clone()),
-                None => ctx.store.snapshot(&ctx.source, &res.name, &id)?,
+                Some(&i) if write.snapshots[i].1 == bytes => continue,
+                Some(&i) => Some(decode_snapshot(&write.snapshots[i].1)?),
+                None => match ctx.store.snapshot_raw(&ctx.source, &res.name, &id)? {
+                    Some(raw) if raw == bytes.as_slice() => continue,
+                    Some(raw) => Some(decode_snapshot(&raw)?),
+                    None => None,
+                },
             };
             let Some(change) = diff::diff(&spec, id.clone(), previous, record, detected_at) else {
                 continue;
             };
             report.changes += 1;
-            metrics::counter!("clinicea_changes_total", "resource" => res.name.clone(), "change" => change.kind.as_str()).increment(1);
-            let bytes = serde_json::to_vec(&change.record).unwrap_or_default();
-            write.snapshots.push((id.clone(), bytes));
-            pending.insert(id, change.record.clone());
+            kinds[change.kind as usize] += 1;
+            pending.insert(id.clone(), write.snapshots.len());
+            write.snapshots.push((id, bytes));
             plan_change(ctx, &change, &mut write, &mut wakes, &mut report)?;
+        }
+        for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
+            if kinds[kind as usize] > 0 {
+                metrics::counter!("clinicea_changes_total", "resource" => res.name.clone(), "change" => kind.as_str()).increment(kinds[kind as usize]);
+            }
         }
         if let Some(prev) = &previous_ids {
             if !ids.is_empty() && *prev == ids {

@@ -180,6 +180,11 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Res
     serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })
 }
 
+/// Decodes a snapshot's raw bytes (see [`Store::snapshot_raw`]).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<serde_json::Value> {
+    decode("snapshot", bytes)
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing our own plain data types to JSON cannot fail (no maps with non-string keys).
     serde_json::to_vec(v).unwrap_or_default()
@@ -287,10 +292,20 @@ impl Store {
         resource: &str,
         id: &str,
     ) -> Result<Option<serde_json::Value>> {
-        self.snapshots
-            .get(key(&[source, resource, id]))?
-            .map(|v| decode("snapshot", &v))
+        self.snapshot_raw(source, resource, id)?
+            .map(|v| decode_snapshot(&v))
             .transpose()
+    }
+
+    /// The stored version of a record as its raw JSON bytes (what [`Store::commit_page`] wrote), so
+    /// a poll can compare bytes before decoding.
+    pub fn snapshot_raw(
+        &self,
+        source: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<sled::IVec>> {
+        Ok(self.snapshots.get(key(&[source, resource, id]))?)
     }
 
     /// The number of stored snapshots of a resource.
