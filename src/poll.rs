@@ -2,7 +2,7 @@
 //! snapshot, plan the deliveries of each change, commit each page atomically, and advance the
 //! checkpoint only when every page is stored.
 
-use crate::clinicea::{ApiError, Client};
+use crate::clinicea::{ApiError, Client, Page};
 use crate::config::{Resource, StartFrom};
 use crate::deliver::{Pipeline, Wake};
 use crate::diff::{self, DiffSpec, Skip};
@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 /// A guard against an endpoint that ignores the page parameter and never returns a short page.
 pub const MAX_PAGES_PER_POLL: u32 = 100_000;
@@ -137,12 +139,28 @@ async fn poll_inner(
     let mut report = PollReport::default();
     let mut page_no = res.first_page;
     let mut previous_ids: Option<Vec<String>> = None;
+    // The next page's request, started while this page is diffed and stored (only after a full
+    // page, which is always followed by another request; aborted if the poll stops early).
+    let mut prefetched: Option<AbortOnDropHandle<Result<Page, ApiError>>> = None;
     loop {
         if ctx.cancel.is_cancelled() {
             return Err(PollError::Cancelled(res.name.clone()));
         }
-        let page = ctx.client.fetch_page(res, since, page_no).await?;
+        let page = match prefetched.take() {
+            Some(next) => next.await.map_err(|e| ApiError::Transport {
+                resource: res.name.clone(),
+                detail: format!("the page request task failed: {e}"),
+            })??,
+            None => ctx.client.fetch_page(res, since, page_no).await?,
+        };
         report.pages += 1;
+        if !page.last && report.pages < MAX_PAGES_PER_POLL && ctx.page_delay.is_zero() {
+            let (client, res, next) = (ctx.client.clone(), res.clone(), page_no + 1);
+            let fetch = async move { client.fetch_page(&res, since, next).await };
+            prefetched = Some(AbortOnDropHandle::new(tokio::spawn(
+                fetch.instrument(tracing::Span::current()),
+            )));
+        }
         report.records += page.records.len() as u64;
         metrics::counter!("clinicea_records_fetched_total", "resource" => res.name.clone())
             .increment(page.records.len() as u64);
