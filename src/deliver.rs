@@ -1022,6 +1022,8 @@ impl Deliverer {
             });
         let mut inflight: tokio::task::JoinSet<(u64, Result<Step, StoreError>)> =
             tokio::task::JoinSet::new();
+        let shared = Arc::new(self.clone());
+        let dest_shared: Arc<str> = Arc::from(destination.as_str());
         let mut last_send = tokio::time::Instant::now() - min_interval;
         loop {
             // Start what is due, within the limit and the service's rate.
@@ -1037,8 +1039,9 @@ impl Deliverer {
                 let Some(Reverse((_, seq))) = heap.pop() else {
                     break;
                 };
-                let me = self.clone();
-                let dest = destination.clone();
+                // One shared handle per worker: an attempt costs two reference counts, not a
+                // copy of every handle the deliverer holds.
+                let (me, dest) = (shared.clone(), dest_shared.clone());
                 last_send = tokio::time::Instant::now();
                 inflight.spawn(async move { (seq, me.attempt(&dest, seq).await) });
             }
@@ -1055,7 +1058,13 @@ impl Deliverer {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 w = wake.recv() => match w {
-                    Some(w) => heap.push(Reverse((w.due_ms, w.seq))),
+                    Some(w) => {
+                        heap.push(Reverse((w.due_ms, w.seq)));
+                        // Take every wake-up already queued (a page brings a hundred at once).
+                        while let Ok(w) = wake.try_recv() {
+                            heap.push(Reverse((w.due_ms, w.seq)));
+                        }
+                    }
                     None => {
                         // No more producers; keep draining what is queued.
                         if heap.is_empty() && inflight.is_empty() { break; }
@@ -1063,16 +1072,10 @@ impl Deliverer {
                     }
                 },
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    match done {
-                        Ok((_, Ok(Step::Retry(due)))) => {
-                            if let Ok((seq, _)) = done_seq(&done) { heap.push(Reverse((due, seq))); }
-                        }
-                        Ok((seq, Err(e))) => {
-                            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in 5s");
-                            heap.push(Reverse((now_ms() + 5000, seq)));
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(destination = %destination, "a delivery task panicked: {e}"),
+                    finished(done, &mut heap, &destination);
+                    // Collect every other attempt that has finished too, before refilling.
+                    while let Some(done) = inflight.try_join_next() {
+                        finished(done, &mut heap, &destination);
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
@@ -1086,12 +1089,21 @@ impl Deliverer {
     }
 }
 
-fn done_seq(
-    done: &Result<(u64, Result<Step, StoreError>), tokio::task::JoinError>,
-) -> Result<(u64, ()), ()> {
+/// Records a finished attempt in the worker's queue: a retry goes back in at its due time, a store
+/// error is tried again in 5 s.
+fn finished(
+    done: Result<(u64, Result<Step, StoreError>), tokio::task::JoinError>,
+    heap: &mut BinaryHeap<Reverse<(i64, u64)>>,
+    destination: &str,
+) {
     match done {
-        Ok((seq, _)) => Ok((*seq, ())),
-        Err(_) => Err(()),
+        Ok((seq, Ok(Step::Retry(due)))) => heap.push(Reverse((due, seq))),
+        Ok((seq, Err(e))) => {
+            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in 5s");
+            heap.push(Reverse((now_ms() + 5000, seq)));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(destination = %destination, "a delivery task panicked: {e}"),
     }
 }
 
