@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// What can go wrong with the store. Callers branch on `Locked` to explain a second process.
@@ -139,6 +141,9 @@ pub struct Store {
     outbox: sled::Tree,
     attempts: sled::Tree,
     dead: sled::Tree,
+    /// False while the attempts log is known to be empty (it was empty at open and nothing has been
+    /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
+    attempts_used: Arc<AtomicBool>,
 }
 
 /// The default page cache: small, because the working set is one page of snapshots at a time.
@@ -215,13 +220,15 @@ impl Store {
                     source: e,
                 },
             })?;
+        let attempts = db.open_tree("attempts")?;
         Ok(Store {
+            attempts_used: Arc::new(AtomicBool::new(!attempts.is_empty())),
+            attempts,
             checkpoints: db.open_tree("checkpoints")?,
             polls: db.open_tree("polls")?,
             snapshots: db.open_tree("snapshots")?,
             changes: db.open_tree("changes")?,
             outbox: db.open_tree("outbox")?,
-            attempts: db.open_tree("attempts")?,
             dead: db.open_tree("dead")?,
             db,
         })
@@ -455,6 +462,8 @@ impl Store {
     pub fn log_attempt(&self, seq: u64, attempt: u32, log: &[u8]) -> Result<()> {
         let mut k = seq.to_be_bytes().to_vec();
         k.extend_from_slice(&attempt.to_be_bytes());
+        // Set before the insert, so no clone of this store can miss it.
+        self.attempts_used.store(true, Ordering::SeqCst);
         self.attempts.insert(k, log)?;
         Ok(())
     }
@@ -470,6 +479,9 @@ impl Store {
 
     /// Drops the attempt logs of a delivery.
     pub fn forget_attempts(&self, seq: u64) -> Result<()> {
+        if !self.attempts_used.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         for k in self.attempts.scan_prefix(seq.to_be_bytes()).keys() {
             self.attempts.remove(k?)?;
         }
