@@ -426,23 +426,48 @@ impl Destination {
 }
 
 /// The JSON body of a webhook: the spec's envelope around the change model.
+///
+/// Serialized straight from the change (no intermediate `Value`, so the record and its previous
+/// version are not copied); the bytes are the same as building the envelope with `json!`.
 pub fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
-    let body = serde_json::json!({
-        "type": change.event_type(),
-        "timestamp": change.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "data": {
-            "resource": change.resource,
-            "change": change.kind,
-            "id": change.id,
-            "record": change.record,
-            "previous": change.previous,
-            "changed_fields": change.changed_fields,
-            "server_status": change.server_status,
-            "rule": rule,
-            "rules": rules,
-        }
-    });
-    body.to_string()
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        timestamp: String,
+        data: Data<'a>,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        resource: &'a str,
+        change: crate::model::ChangeKind,
+        id: &'a str,
+        record: &'a serde_json::Value,
+        previous: &'a Option<serde_json::Value>,
+        changed_fields: &'a [String],
+        server_status: &'a Option<String>,
+        rule: &'a str,
+        rules: &'a [String],
+    }
+    let body = Envelope {
+        kind: change.event_type(),
+        timestamp: change
+            .detected_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        data: Data {
+            resource: &change.resource,
+            change: change.kind,
+            id: &change.id,
+            record: &change.record,
+            previous: &change.previous,
+            changed_fields: &change.changed_fields,
+            server_status: &change.server_status,
+            rule,
+            rules,
+        },
+    };
+    // Serializing plain data (string keys only) cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// Rules, templates and destinations: what turns a change into planned deliveries.
@@ -790,20 +815,24 @@ impl Deliverer {
         let labels = [("destination", destination.to_string())];
         metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)
             .record(report.duration.as_secs_f64());
-        let log = AttemptLog {
-            at_ms: started_ms,
-            attempt: entry.attempts,
-            status: report.status,
-            duration_ms: report.duration.as_millis() as u64,
-            response: report.response.clone(),
-            verdict: report.verdict.clone(),
-        };
-        let detail = match &entry.payload {
-            Payload::Email(m) => m.to.clone(),
-            _ => String::new(),
+        // The attempts log keeps failed attempts only (a success removes the entry and its log).
+        let log = |report: &AttemptReport, attempt: u32| {
+            serde_json::to_vec(&AttemptLog {
+                at_ms: started_ms,
+                attempt,
+                status: report.status,
+                duration_ms: report.duration.as_millis() as u64,
+                response: report.response.clone(),
+                verdict: report.verdict.clone(),
+            })
+            .unwrap_or_default()
         };
         match report.verdict {
             Verdict::Success => {
+                let detail = match &entry.payload {
+                    Payload::Email(m) => m.to.clone(),
+                    _ => String::new(),
+                };
                 self.store.outbox_remove(destination, seq)?;
                 self.store.forget_attempts(seq)?;
                 let was_failing = self
@@ -830,14 +859,12 @@ impl Deliverer {
                 Ok(Step::Delivered)
             }
             Verdict::Retry {
-                reason,
+                ref reason,
                 retry_after,
             } => {
-                self.store.log_attempt(
-                    seq,
-                    entry.attempts,
-                    &serde_json::to_vec(&log).unwrap_or_default(),
-                )?;
+                self.store
+                    .log_attempt(seq, entry.attempts, &log(&report, entry.attempts))?;
+                let reason = reason.clone();
                 let delay =
                     dest.retry
                         .next_delay(entry.attempts, retry_after, &mut rand::thread_rng());
@@ -870,7 +897,7 @@ impl Deliverer {
                     }
                 }
             }
-            Verdict::Fail { reason } => {
+            Verdict::Fail { ref reason } => {
                 if destination_gone(report.status, &dest) {
                     tracing::error!(destination = %destination, "the destination's webhook is gone ({reason}); marked failing in status");
                     self.store.set_destination_failing(
@@ -885,11 +912,9 @@ impl Deliverer {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(destination.to_string());
                 }
-                self.store.log_attempt(
-                    seq,
-                    entry.attempts,
-                    &serde_json::to_vec(&log).unwrap_or_default(),
-                )?;
+                self.store
+                    .log_attempt(seq, entry.attempts, &log(&report, entry.attempts))?;
+                let reason = reason.clone();
                 self.to_dead(&entry, reason)?;
                 Ok(Step::Dead)
             }
@@ -1064,6 +1089,8 @@ impl Deliverer {
         let mut inflight: tokio::task::JoinSet<Result<Step, StoreError>> =
             tokio::task::JoinSet::new();
         let mut task_seq: HashMap<tokio::task::Id, u64> = HashMap::new();
+        let shared = Arc::new(self.clone());
+        let dest_shared: Arc<str> = Arc::from(destination.as_str());
         let mut last_send = tokio::time::Instant::now() - min_interval;
         let mut wake_closed = false;
         loop {
@@ -1079,8 +1106,9 @@ impl Deliverer {
                 let Some(seq) = queue.pop() else {
                     break;
                 };
-                let me = self.clone();
-                let dest = destination.clone();
+                // One shared handle per worker: an attempt costs two reference counts, not a
+                // copy of every handle the deliverer holds.
+                let (me, dest) = (shared.clone(), dest_shared.clone());
                 last_send = tokio::time::Instant::now();
                 let handle = inflight.spawn(async move { me.attempt(&dest, seq).await });
                 task_seq.insert(handle.id(), seq);
@@ -1101,7 +1129,13 @@ impl Deliverer {
                 biased;
                 _ = cancel.cancelled() => break,
                 w = wake.recv(), if !wake_closed => match w {
-                    Some(w) => queue.push(w.due_ms, w.seq),
+                    Some(w) => {
+                        queue.push(w.due_ms, w.seq);
+                        // Take every wake-up already queued (a page brings a hundred at once).
+                        while let Ok(w) = wake.try_recv() {
+                            queue.push(w.due_ms, w.seq);
+                        }
+                    }
                     None => {
                         // No more producers; keep draining what is queued (without this branch,
                         // which would now be ready forever).
@@ -1110,24 +1144,10 @@ impl Deliverer {
                     }
                 },
                 Some(done) = inflight.join_next_with_id(), if !inflight.is_empty() => {
-                    let (id, result) = match done {
-                        Ok((id, r)) => (id, Ok(r)),
-                        Err(e) => (e.id(), Err(e)),
-                    };
-                    let Some(seq) = task_seq.remove(&id) else { continue };
-                    match result {
-                        Ok(Ok(Step::Retry(due))) => queue.requeue(due, seq),
-                        Ok(Ok(_)) => queue.done(seq),
-                        Ok(Err(e)) => {
-                            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in 5s");
-                            queue.requeue(now_ms() + 5000, seq);
-                        }
-                        Err(e) => {
-                            // The entry is still in the outbox; try it again later rather than
-                            // leaving it stranded until the next start.
-                            tracing::error!(destination = %destination, "a delivery task failed: {e}; retrying in 5s");
-                            queue.requeue(now_ms() + 5000, seq);
-                        }
+                    finished(done, &mut task_seq, &mut queue, &destination);
+                    // Collect every other attempt that has finished too, before refilling.
+                    while let Some(done) = inflight.try_join_next_with_id() {
+                        finished(done, &mut task_seq, &mut queue, &destination);
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
@@ -1138,6 +1158,37 @@ impl Deliverer {
             while inflight.join_next().await.is_some() {}
         })
         .await;
+    }
+}
+
+/// Records a finished attempt in the worker's queue: a retry goes back in at its due time, an
+/// entry that left the outbox is forgotten, a store error or a failed task is tried again in 5 s.
+fn finished(
+    done: Result<(tokio::task::Id, Result<Step, StoreError>), tokio::task::JoinError>,
+    task_seq: &mut HashMap<tokio::task::Id, u64>,
+    queue: &mut DueQueue,
+    destination: &str,
+) {
+    let (id, result) = match done {
+        Ok((id, r)) => (id, Ok(r)),
+        Err(e) => (e.id(), Err(e)),
+    };
+    let Some(seq) = task_seq.remove(&id) else {
+        return;
+    };
+    match result {
+        Ok(Ok(Step::Retry(due))) => queue.requeue(due, seq),
+        Ok(Ok(_)) => queue.done(seq),
+        Ok(Err(e)) => {
+            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in 5s");
+            queue.requeue(now_ms() + 5000, seq);
+        }
+        Err(e) => {
+            // The entry is still in the outbox; try it again later rather than leaving it
+            // stranded until the next start.
+            tracing::error!(destination = %destination, "a delivery task failed: {e}; retrying in 5s");
+            queue.requeue(now_ms() + 5000, seq);
+        }
     }
 }
 
@@ -1205,5 +1256,45 @@ mod queue_tests {
         q.done(1);
         q.push(30, 1);
         assert_eq!(q.next_due(), Some(30));
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use crate::model::ChangeKind;
+
+    /// The serialized envelope is byte for byte what building it as a `Value` gives.
+    #[test]
+    fn webhook_body_matches_the_value_envelope() {
+        let change = Change {
+            source: "default".into(),
+            resource: "leads".into(),
+            id: "a\"1".into(),
+            kind: ChangeKind::Modified,
+            record: serde_json::json!({"ID": "a\"1", "Z": 1.5, "A": [1, {"b": null}], "S": "é\n"}),
+            previous: Some(serde_json::json!({"ID": "a\"1", "Z": 1})),
+            changed_fields: vec!["Z".into(), "A".into()],
+            server_status: None,
+            detected_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let rules = vec!["r1".to_string(), "r2".to_string()];
+        let expected = serde_json::json!({
+            "type": change.event_type(),
+            "timestamp": change.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "data": {
+                "resource": change.resource,
+                "change": change.kind,
+                "id": change.id,
+                "record": change.record,
+                "previous": change.previous,
+                "changed_fields": change.changed_fields,
+                "server_status": change.server_status,
+                "rule": "r1",
+                "rules": rules,
+            }
+        })
+        .to_string();
+        assert_eq!(webhook_body(&change, "r1", &rules), expected);
     }
 }

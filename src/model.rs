@@ -120,8 +120,8 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                // Serializing a string cannot fail.
-                out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                // Serializing a string into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, k);
                 out.push(b':');
                 canonical_json(&map[k.as_str()], out);
             }
@@ -137,7 +137,10 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        other => out.extend_from_slice(other.to_string().as_bytes()),
+        // The same compact form as `to_string`, written in place.
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
     }
 }
 

@@ -2,19 +2,20 @@
 //! snapshot, plan the deliveries of each change, commit each page atomically, and advance the
 //! checkpoint only when every page is stored.
 
-use crate::clinicea::{ApiError, Client};
+use crate::clinicea::{ApiError, Client, Page};
 use crate::config::{Resource, StartFrom};
 use crate::deliver::{Pipeline, Wake};
 use crate::diff::{self, DiffSpec, Skip};
 use crate::model::{Change, ChangeKind};
-use crate::store::{Checkpoint, PageWrite, Store, StoreError};
+use crate::store::{decode_snapshot, Checkpoint, PageWrite, Store, StoreError};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 /// A guard against an endpoint that ignores the page parameter and never returns a short page.
 pub const MAX_PAGES_PER_POLL: u32 = 100_000;
@@ -158,23 +159,41 @@ async fn poll_inner(
     let mut report = PollReport::default();
     let mut page_no = res.first_page;
     let mut previous_ids: Option<Vec<String>> = None;
+    // The next page's request, started while this page is diffed and stored (only after a full
+    // page, which is always followed by another request; aborted if the poll stops early).
+    let mut prefetched: Option<AbortOnDropHandle<Result<Page, ApiError>>> = None;
     loop {
         if ctx.cancel.is_cancelled() {
             return Err(PollError::Cancelled(res.name.clone()));
         }
-        let page = ctx.client.fetch_page(res, since, page_no).await?;
+        let page = match prefetched.take() {
+            Some(next) => next.await.map_err(|e| ApiError::Transport {
+                resource: res.name.clone(),
+                detail: format!("the page request task failed: {e}"),
+            })??,
+            None => ctx.client.fetch_page(res, since, page_no).await?,
+        };
         report.pages += 1;
+        if !page.last && report.pages < MAX_PAGES_PER_POLL && ctx.page_delay.is_zero() {
+            let (client, res, next) = (ctx.client.clone(), res.clone(), page_no + 1);
+            let fetch = async move { client.fetch_page(&res, since, next).await };
+            prefetched = Some(AbortOnDropHandle::new(tokio::spawn(
+                fetch.instrument(tracing::Span::current()),
+            )));
+        }
         report.records += page.records.len() as u64;
         metrics::counter!("clinicea_records_fetched_total", "resource" => res.name.clone())
             .increment(page.records.len() as u64);
 
         let detected_at = Utc::now();
         let mut write = PageWrite::default();
-        // Later copies of a record in the same page compare against the earlier copy.
-        let mut pending: HashMap<String, Value> = HashMap::new();
+        // Later copies of a record in the same page compare against the earlier copy: its index
+        // in `write.snapshots`.
+        let mut pending: HashMap<String, usize> = HashMap::new();
         let mut ids = Vec::with_capacity(page.records.len());
         let mut wakes = Vec::new();
         let mut observed = Vec::new();
+        let mut kinds = [0u64; 3];
         for record in page.records {
             let id = match diff::record_id(&record, &res.id_field) {
                 Ok(id) => id,
@@ -190,21 +209,33 @@ async fn poll_inner(
                 }
             };
             ids.push(id.clone());
+            // The record as it would be stored. Equal bytes mean an equal record: nothing changed,
+            // and the stored version need not be decoded (the common case of an overlap re-read).
+            let bytes = serde_json::to_vec(&record).unwrap_or_default();
             let previous = match pending.get(&id) {
-                Some(v) => Some(v.clone()),
-                None => ctx.store.snapshot(&ctx.source, &res.name, &id)?,
+                Some(&i) if write.snapshots[i].1 == bytes => continue,
+                Some(&i) => Some(decode_snapshot(&write.snapshots[i].1)?),
+                None => match ctx.store.snapshot_raw(&ctx.source, &res.name, &id)? {
+                    Some(raw) if raw == bytes.as_slice() => continue,
+                    Some(raw) => Some(decode_snapshot(&raw)?),
+                    None => None,
+                },
             };
             let Some(change) = diff::diff(&spec, id.clone(), previous, record, detected_at) else {
                 continue;
             };
             report.changes += 1;
-            metrics::counter!("clinicea_changes_total", "resource" => res.name.clone(), "change" => change.kind.as_str()).increment(1);
-            let bytes = serde_json::to_vec(&change.record).unwrap_or_default();
-            write.snapshots.push((id.clone(), bytes));
-            pending.insert(id, change.record.clone());
+            kinds[change.kind as usize] += 1;
+            pending.insert(id.clone(), write.snapshots.len());
+            write.snapshots.push((id, bytes));
             plan_change(ctx, &change, &mut write, &mut wakes, &mut report)?;
             if ctx.observer.is_some() {
                 observed.push(observe(ctx, &change));
+            }
+        }
+        for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
+            if kinds[kind as usize] > 0 {
+                metrics::counter!("clinicea_changes_total", "resource" => res.name.clone(), "change" => kind.as_str()).increment(kinds[kind as usize]);
             }
         }
         if let Some(prev) = &previous_ids {

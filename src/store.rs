@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// What can go wrong with the store. Callers branch on `Locked` to explain a second process.
@@ -153,6 +155,9 @@ pub struct Store {
     attempts: sled::Tree,
     dead: sled::Tree,
     dest_health: sled::Tree,
+    /// False while the attempts log is known to be empty (it was empty at open and nothing has been
+    /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
+    attempts_used: Arc<AtomicBool>,
 }
 
 /// Why a destination is marked failing (e.g. its chat webhook answered 404: it was deleted).
@@ -203,6 +208,11 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Res
     serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })
 }
 
+/// Decodes a snapshot's raw bytes (see [`Store::snapshot_raw`]).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<serde_json::Value> {
+    decode("snapshot", bytes)
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing our own plain data types to JSON cannot fail (no maps with non-string keys).
     serde_json::to_vec(v).unwrap_or_default()
@@ -233,13 +243,15 @@ impl Store {
                     source: e,
                 },
             })?;
+        let attempts = db.open_tree("attempts")?;
         Ok(Store {
+            attempts_used: Arc::new(AtomicBool::new(!attempts.is_empty())),
+            attempts,
             checkpoints: db.open_tree("checkpoints")?,
             polls: db.open_tree("polls")?,
             snapshots: db.open_tree("snapshots")?,
             changes: db.open_tree("changes")?,
             outbox: db.open_tree("outbox")?,
-            attempts: db.open_tree("attempts")?,
             dead: db.open_tree("dead")?,
             dest_health: db.open_tree("dest_health")?,
             db,
@@ -311,10 +323,20 @@ impl Store {
         resource: &str,
         id: &str,
     ) -> Result<Option<serde_json::Value>> {
-        self.snapshots
-            .get(key(&[source, resource, id]))?
-            .map(|v| decode("snapshot", &v))
+        self.snapshot_raw(source, resource, id)?
+            .map(|v| decode_snapshot(&v))
             .transpose()
+    }
+
+    /// The stored version of a record as its raw JSON bytes (what [`Store::commit_page`] wrote), so
+    /// a poll can compare bytes before decoding.
+    pub fn snapshot_raw(
+        &self,
+        source: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<sled::IVec>> {
+        Ok(self.snapshots.get(key(&[source, resource, id]))?)
     }
 
     /// The number of stored snapshots of a resource.
@@ -474,6 +496,8 @@ impl Store {
     pub fn log_attempt(&self, seq: u64, attempt: u32, log: &[u8]) -> Result<()> {
         let mut k = seq.to_be_bytes().to_vec();
         k.extend_from_slice(&attempt.to_be_bytes());
+        // Set before the insert, so no clone of this store can miss it.
+        self.attempts_used.store(true, Ordering::SeqCst);
         self.attempts.insert(k, log)?;
         Ok(())
     }
@@ -489,6 +513,9 @@ impl Store {
 
     /// Drops the attempt logs of a delivery.
     pub fn forget_attempts(&self, seq: u64) -> Result<()> {
+        if !self.attempts_used.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         for k in self.attempts.scan_prefix(seq.to_be_bytes()).keys() {
             self.attempts.remove(k?)?;
         }
