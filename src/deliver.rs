@@ -499,18 +499,15 @@ impl Pipeline {
                     payload,
                 })
             };
+            // Chat and email render templates against the change model; webhooks do not.
+            let ctx =
+                || render::context(change, &route.rule, &route.rules, &dest.name, self.timezone);
             match &dest.target {
                 Target::Webhook(_) => push(Ok(Payload::Webhook {
                     body: webhook_body(change, &route.rule, &route.rules),
                 })),
                 Target::Chat { kind, template, .. } => {
-                    let ctx = render::context(
-                        change,
-                        &route.rule,
-                        &route.rules,
-                        &dest.name,
-                        self.timezone,
-                    );
+                    let ctx = ctx();
                     let name = format!("{template}.txt");
                     push(
                         self.templates
@@ -529,13 +526,7 @@ impl Pipeline {
                     from,
                     reply_to,
                 } => {
-                    let ctx = render::context(
-                        change,
-                        &route.rule,
-                        &route.rules,
-                        &dest.name,
-                        self.timezone,
-                    );
+                    let ctx = ctx();
                     let rendered = (|| -> Result<(String, String, Option<String>), String> {
                         let subj = self
                             .templates

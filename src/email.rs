@@ -82,6 +82,23 @@ pub fn validate_address(s: &str) -> Result<Mailbox, String> {
         .map_err(|e| format!("not a valid email address ({e})"))
 }
 
+/// AUTH needs both a user name and a password, or neither.
+fn check_credentials(username: bool, password: bool) -> Result<(), Problem> {
+    match (username, password) {
+        (true, false) => Err(Problem::at(
+            None,
+            "smtp.password",
+            "a username needs a password",
+        )),
+        (false, true) => Err(Problem::at(
+            None,
+            "smtp.username",
+            "a password needs a username",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// How to reach the SMTP server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SmtpSettings {
@@ -142,23 +159,7 @@ impl SmtpSettings {
             }
         };
         // The transport refuses these (see `Mailer::new`); say so in `check`, not at start.
-        match (&raw.username, &raw.password) {
-            (Some(_), None) => {
-                return Err(Problem::at(
-                    None,
-                    "smtp.password",
-                    "a username needs a password",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(Problem::at(
-                    None,
-                    "smtp.username",
-                    "a password needs a username",
-                ))
-            }
-            _ => {}
-        }
+        check_credentials(raw.username.is_some(), raw.password.is_some())?;
         Ok(SmtpSettings {
             host: raw.host.0.clone(),
             port: raw.port.unwrap_or_else(|| Self::default_port(raw.tls)),
@@ -208,23 +209,9 @@ impl Mailer {
             .tls(tls)
             .timeout(Some(settings.timeout))
             .pool_config(PoolConfig::new().max_size(POOL_SIZE));
-        match (&settings.username, &settings.password) {
-            (Some(u), Some(p)) => b = b.credentials(Credentials::new(u.clone(), p.clone())),
-            (None, None) => {}
-            (Some(_), None) => {
-                return Err(Problem::at(
-                    None,
-                    "smtp.password",
-                    "a username needs a password",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(Problem::at(
-                    None,
-                    "smtp.username",
-                    "a password needs a username",
-                ))
-            }
+        check_credentials(settings.username.is_some(), settings.password.is_some())?;
+        if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
+            b = b.credentials(Credentials::new(u.clone(), p.clone()));
         }
         Ok(Mailer {
             transport: b.build(),
