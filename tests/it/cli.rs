@@ -125,6 +125,28 @@ fn semantic_errors_name_the_rule_key_and_line() {
     );
 }
 
+/// Runs `test-rule` on a lead record file with the example config; it must succeed.
+fn test_rule_on(record: &Path) -> String {
+    let out = example_env(Command::new(BIN).args([
+        "test-rule",
+        "--config",
+        &example(),
+        "--resource",
+        "leads",
+        "--record",
+        record.to_str().unwrap(),
+    ]))
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn test_rule_on_a_fixture_lead_shows_matches_failures_and_rendered_deliveries() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,23 +159,7 @@ fn test_rule_on_a_fixture_lead_shows_matches_failures_and_rendered_deliveries() 
     });
     let f = dir.path().join("lead.json");
     std::fs::write(&f, lead.to_string()).unwrap();
-    let out = example_env(Command::new(BIN).args([
-        "test-rule",
-        "--config",
-        &example(),
-        "--resource",
-        "leads",
-        "--record",
-        f.to_str().unwrap(),
-    ]))
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = test_rule_on(&f);
     assert!(stdout.contains("MATCH    new-lead-email"), "{stdout}");
     assert!(
         stdout.contains("MATCH    everything-to-automations"),
@@ -172,18 +178,7 @@ fn test_rule_on_a_fixture_lead_shows_matches_failures_and_rendered_deliveries() 
 
     // The fixture's first lead (Source: Referral) fails the `in` condition, and says so.
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/leads-v1-page0.json");
-    let out = example_env(Command::new(BIN).args([
-        "test-rule",
-        "--config",
-        &example(),
-        "--resource",
-        "leads",
-        "--record",
-        fixture.to_str().unwrap(),
-    ]))
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = test_rule_on(&fixture);
     assert!(
         stdout.contains("no match new-lead-email: where[1]"),
         "{stdout}"
