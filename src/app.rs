@@ -40,11 +40,12 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
         Ok(t) => t,
         Err(ps) => {
             problems.extend(ps);
-            Templates::shipped().unwrap_or_else(|ps| {
-                problems.extend(ps);
-                // The shipped templates are tested; this only keeps going to report more problems.
-                Templates::load(None).unwrap_or_else(|_| unreachable_templates())
-            })
+            // Go on with the shipped templates alone, to report the rest of the config's problems
+            // too; if even those fail (the unit tests rule that out), there is nothing to go on with.
+            match Templates::shipped() {
+                Ok(t) => t,
+                Err(_) => return Err(ConfigError { file, problems }),
+            }
         }
     };
     let default_retry = match &raw.retry {
@@ -178,12 +179,6 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
         pipeline: Arc::new(pipeline),
         smtp,
     })
-}
-
-#[cold]
-fn unreachable_templates() -> Templates {
-    // Only reached when the shipped templates fail to compile, which the unit tests rule out.
-    Templates::shipped().unwrap_or_else(|_| std::process::abort())
 }
 
 /// Loads and compiles a config file with the process environment.

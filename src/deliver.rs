@@ -107,18 +107,20 @@ pub struct Planned {
 }
 
 impl Planned {
-    /// Turns the plan into an outbox entry, or a dead letter when rendering failed.
+    /// Turns the plan into an outbox entry, or a dead letter when rendering failed. `webhook_id`
+    /// is the change's [`Change::change_id`], computed once per change by the caller.
     pub fn into_entry(
         self,
         seq: u64,
         change_seq: u64,
         change: &Change,
+        webhook_id: &str,
     ) -> Result<OutboxEntry, Box<DeadLetter>> {
         let now = chrono::Utc::now().timestamp_millis();
         let mut entry = OutboxEntry {
             seq,
             destination: self.destination,
-            webhook_id: change.change_id(),
+            webhook_id: webhook_id.to_string(),
             event_type: change.event_type(),
             resource: change.resource.clone(),
             record_id: change.id.clone(),
@@ -549,6 +551,9 @@ impl Pipeline {
                         };
                         Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
                     })();
+                    // One Message-ID key per recipient; the change id behind it is hashed once.
+                    let change_id = change.change_id();
+                    let domain = crate::email::domain_of(from);
                     for to_tpl in to {
                         let payload = rendered.clone().and_then(|(subject, text, html)| {
                             let addr = self
@@ -562,11 +567,10 @@ impl Pipeline {
                             }
                             crate::email::validate_address(&addr)
                                 .map_err(|e| format!("recipient of {}: {e}", dest.name))?;
-                            let domain = crate::email::domain_of(from);
                             Ok(Payload::Email(EmailMessage {
                                 from: from.clone(),
                                 message_id: crate::email::message_id(
-                                    &format!("{}/{}/{}", change.change_id(), dest.name, addr),
+                                    &format!("{change_id}/{}/{addr}", dest.name),
                                     &domain,
                                 ),
                                 to: addr,

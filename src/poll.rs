@@ -314,9 +314,12 @@ fn plan_change(
     write
         .changes
         .push((change_seq, serde_json::to_vec(change).unwrap_or_default()));
+    // The change id hashes the whole record: compute it once, not once per delivery.
+    let mut webhook_id = None;
     for planned in ctx.pipeline.plan(change) {
         let seq = ctx.store.next_id()?;
-        match planned.into_entry(seq, change_seq, change) {
+        let webhook_id = webhook_id.get_or_insert_with(|| change.change_id());
+        match planned.into_entry(seq, change_seq, change, webhook_id) {
             Ok(entry) => {
                 wakes.push(Wake {
                     destination: entry.destination.clone(),
