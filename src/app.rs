@@ -67,6 +67,16 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
                 None
             }
         });
+    if let Some(s) = &raw.smtp {
+        let line = config::line_of(s);
+        if let Err(e) = crate::egress::Policy::smtp(s.value.allow_private).check_host(&s.value.host)
+        {
+            problems.push(Problem::at(line, "smtp.host", e.reason));
+        }
+        if let Some(p) = &s.value.password {
+            config::check_placeholder(p, line, "smtp.password", &mut problems);
+        }
+    }
     let smtp_from = raw.smtp.as_ref().map(|s| s.value.from.0.clone());
     if let Some(from) = &smtp_from {
         if let Err(e) = crate::email::validate_address(from) {
@@ -785,12 +795,23 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The environment variable `verify` reads the secret from when no flag gives it.
+pub const VERIFY_SECRET_ENV: &str = "CLINICEA_WEBHOOK_SECRET";
+/// The older name of [`VERIFY_SECRET_ENV`], still read after it.
+pub const VERIFY_SECRET_ENV_OLD: &str = "WEBHOOK_SECRET";
+
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The endpoint's secret (`whsec_...`).
-    #[arg(long, env = "WEBHOOK_SECRET")]
-    pub secret: String,
+    /// The endpoint's secret (`whsec_...`). Discouraged: a command line is visible to every user
+    /// of the machine (`ps`) and stays in the shell history; use --secret-file or the
+    /// CLINICEA_WEBHOOK_SECRET environment variable.
+    #[arg(long, conflicts_with = "secret_file")]
+    pub secret: Option<String>,
+    /// A file holding the endpoint's secret (`whsec_...`; surrounding whitespace is ignored).
+    /// Without this and --secret, CLINICEA_WEBHOOK_SECRET (or WEBHOOK_SECRET) is read.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
     /// The `webhook-id` header.
     #[arg(long)]
     pub id: Option<String>,
@@ -814,9 +835,36 @@ pub struct VerifyArgs {
     pub ignore_time: bool,
 }
 
+/// The secret `verify` uses: `--secret-file`, else `--secret` (with a warning on stderr), else
+/// `env(CLINICEA_WEBHOOK_SECRET)`, else `env(WEBHOOK_SECRET)`. Errors never contain the secret.
+pub fn verify_secret(
+    args: &VerifyArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<crate::webhook::Secret> {
+    let (text, from) = if let Some(f) = &args.secret_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the secret file {}", f.display()))?;
+        (text, format!("the secret file {}", f.display()))
+    } else if let Some(s) = &args.secret {
+        eprintln!(
+            "warning: --secret puts the secret in the process list and the shell history; use --secret-file or {VERIFY_SECRET_ENV}"
+        );
+        (s.clone(), "--secret".to_string())
+    } else if let Some(s) = env(VERIFY_SECRET_ENV).filter(|s| !s.trim().is_empty()) {
+        (s, VERIFY_SECRET_ENV.to_string())
+    } else if let Some(s) = env(VERIFY_SECRET_ENV_OLD).filter(|s| !s.trim().is_empty()) {
+        (s, VERIFY_SECRET_ENV_OLD.to_string())
+    } else {
+        anyhow::bail!(
+            "give the endpoint's secret with --secret-file PATH or the {VERIFY_SECRET_ENV} environment variable"
+        );
+    };
+    crate::webhook::Secret::parse(&text).with_context(|| format!("the secret from {from}"))
+}
+
 /// `verify`: check a Standard Webhooks signature.
 pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let secret = crate::webhook::Secret::parse(&args.secret)?;
+    let secret = verify_secret(args, |name| std::env::var(name).ok())?;
     let mut id = args.id.clone();
     let mut ts = args.timestamp.clone();
     let mut sig = args.signature.clone();
@@ -875,9 +923,14 @@ pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 /// Arguments of `sandbox`.
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
-    /// Address to listen on.
+    /// Address to listen on. Only loopback unless --allow-remote: the /admin endpoints have no
+    /// authentication.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// Listen on a non-loopback address (another container, a test network): whoever reaches it
+    /// can change its records and inject faults through /admin.
+    #[arg(long)]
+    pub allow_remote: bool,
     /// Seed for the generated records and their changes.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -900,6 +953,12 @@ pub struct SandboxArgs {
 
 /// `sandbox`: serve the simulated API until Ctrl-C.
 pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    if !args.allow_remote && !crate::egress::is_loopback_ip(args.listen.ip()) {
+        anyhow::bail!(
+            "refusing to listen on {}: it is not a loopback address, and the sandbox's /admin endpoints (change records, inject faults) have no authentication; pass --allow-remote to do it anyway (e.g. inside a container network)",
+            args.listen
+        );
+    }
     let opts = crate::sandbox::SandboxOptions {
         seed: args.seed,
         api_key: args.api_key,

@@ -141,14 +141,18 @@ fn hint_for(status: u16) -> &'static str {
 }
 
 impl Client {
-    /// Builds a client for a validated `clinicea:` section.
+    /// Builds a client for a validated `clinicea:` section. The base URL's name is resolved
+    /// through the egress rules: a link-local, metadata or (without `clinicea.allow_private`)
+    /// private address is refused before connecting.
     pub fn new(cfg: &Clinicea) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION")));
+        let http =
+            crate::egress::guard(builder, crate::egress::Policy::clinicea(cfg.allow_private))
+                .build()?;
         Ok(Client {
             http,
             cfg: Arc::new(cfg.clone()),

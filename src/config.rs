@@ -228,6 +228,10 @@ pub struct RawConfig {
     /// Address for `/metrics`, `/healthz`, `/readyz` while `run` runs.
     #[serde(default)]
     pub listen: Option<Text>,
+    /// A bearer token `/metrics` asks for (`Authorization: Bearer TOKEN`); `/healthz` and
+    /// `/readyz` stay open. Unset: `/metrics` is open to whoever reaches `listen`.
+    #[serde(default)]
+    pub metrics_token: Option<Text>,
     /// The SMTP server for email destinations.
     #[serde(default)]
     pub smtp: Option<Spanned<RawSmtp>>,
@@ -311,6 +315,10 @@ pub struct RawClinicea {
     /// Allow a plain http:// base URL to a host other than loopback (a sandbox in another container).
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Allow a base URL on a private address (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7),
+    /// e.g. a sandbox in another container. Link-local and metadata addresses are never allowed.
+    #[serde(default)]
+    pub allow_private: bool,
 }
 
 /// One `resources:` entry. Every key has the vendor doc's default.
@@ -405,6 +413,9 @@ pub struct RawSmtp {
     /// A PEM file of extra CA certificates to trust (for a relay with its own CA).
     #[serde(default)]
     pub ca_file: Option<Text>,
+    /// Allow an SMTP host on a private address (a relay on the clinic's own network).
+    #[serde(default)]
+    pub allow_private: bool,
 }
 
 /// The `retry:` section, and a destination's own `retry:`.
@@ -462,6 +473,10 @@ pub struct RawWebhook {
     /// Allow plain http:// to hosts other than loopback.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Allow a receiver on a private address (10/8, 172.16/12, 192.168/16, 100.64/10,
+    /// fc00::/7), checked for literal addresses and for what the host name resolves to.
+    #[serde(default)]
+    pub allow_private: bool,
     /// Requests in flight at once (default 8).
     #[serde(default)]
     pub concurrency: Option<usize>,
@@ -508,6 +523,10 @@ pub struct RawChat {
     /// Allow plain http:// to hosts other than loopback.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Allow a receiver on a private address (10/8, 172.16/12, 192.168/16, 100.64/10,
+    /// fc00::/7), checked for literal addresses and for what the host name resolves to.
+    #[serde(default)]
+    pub allow_private: bool,
     /// This destination's own retry schedule.
     #[serde(default)]
     pub retry: Option<RawRetry>,
@@ -760,6 +779,8 @@ pub struct Clinicea {
     pub timeout: Duration,
     /// Pause between two page requests of one poll.
     pub page_delay: Duration,
+    /// Whether the API may be on a private address.
+    pub allow_private: bool,
 }
 
 /// A validated resource: every knob resolved to its value.
@@ -850,15 +871,24 @@ pub struct Base {
     pub listen: std::net::SocketAddr,
     /// A resource with no successful poll for this long is stale (`None`: three intervals).
     pub stale_after: Option<Duration>,
+    /// The bearer token `/metrics` asks for, when set.
+    pub metrics_token: Option<SecretString>,
 }
 
-/// Whether a URL's host is on this machine.
+/// Whether a URL's host is on this machine: `localhost`, 127.0.0.0/8, `::1` or `::ffff:127.x.y.z`.
 pub fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv4(ip)) => crate::egress::is_loopback_ip(ip.into()),
+        Some(url::Host::Ipv6(ip)) => crate::egress::is_loopback_ip(ip.into()),
         None => false,
+    }
+}
+
+/// Adds a problem when a secret-bearing value is an example's placeholder.
+pub fn check_placeholder(value: &str, line: Option<u64>, key: &str, problems: &mut Vec<Problem>) {
+    if let Some(why) = crate::placeholder::placeholder(value) {
+        problems.push(Problem::at(line, key, why));
     }
 }
 
@@ -976,6 +1006,15 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
     if c.api_key.trim().is_empty() {
         problems.push(Problem::at(cline, "clinicea.api_key", "is empty"));
     }
+    check_placeholder(&c.api_key, cline, "clinicea.api_key", problems);
+    if let Some(l) = &c.login {
+        check_placeholder(&l.password, cline, "clinicea.login.password", problems);
+    }
+    if let Some(u) = &base_url {
+        if let Err(e) = crate::egress::Policy::clinicea(c.allow_private).check_url(u) {
+            problems.push(Problem::at(cline, "clinicea.base_url", e.reason));
+        }
+    }
     let start_from = match c.start_from.as_deref().map(str::trim) {
         None | Some("now") => StartFrom::Now,
         Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
@@ -1016,6 +1055,7 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
         ),
         timeout: c.timeout.map_or(defaults::API_TIMEOUT, |d| d.0),
         page_delay: c.page_delay.map_or(Duration::ZERO, |d| d.0),
+        allow_private: c.allow_private,
     };
 
     if raw.resources.is_empty() {
@@ -1119,6 +1159,17 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
         ));
         std::net::SocketAddr::from(([127, 0, 0, 1], 9187))
     });
+    let metrics_token = raw.metrics_token.as_ref().map(|t| {
+        if t.trim().len() < MIN_METRICS_TOKEN_LEN {
+            problems.push(Problem::at(
+                None,
+                "metrics_token",
+                format!("is shorter than {MIN_METRICS_TOKEN_LEN} characters; make one with `head -c 32 /dev/urandom | base64`"),
+            ));
+        }
+        check_placeholder(t, None, "metrics_token", problems);
+        SecretString::new(t.trim())
+    });
     Base {
         file: file.to_path_buf(),
         clinicea,
@@ -1131,8 +1182,12 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
             .as_ref()
             .and_then(|w| w.stale_after)
             .map(|d| d.0),
+        metrics_token,
     }
 }
+
+/// The shortest `metrics_token` accepted: a guessable token protects nothing.
+pub const MIN_METRICS_TOKEN_LEN: usize = 16;
 
 /// A config that failed to load: the file and every problem found.
 #[derive(Debug)]

@@ -41,6 +41,49 @@ pub struct ResourceHealth {
 pub struct Health {
     /// By resource key.
     pub resources: std::sync::RwLock<HashMap<String, ResourceHealth>>,
+    /// The bearer token `/metrics` asks for (`metrics_token`), replaced on reload.
+    pub metrics_token: std::sync::RwLock<Option<config::SecretString>>,
+}
+
+impl Health {
+    /// Sets the token `/metrics` asks for (`None`: open).
+    pub fn set_metrics_token(&self, token: Option<config::SecretString>) {
+        *self
+            .metrics_token
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+    }
+
+    /// Whether a request with these headers may read `/metrics`: always when no token is set,
+    /// else only with `Authorization: Bearer TOKEN`, compared in constant time.
+    pub fn metrics_allowed(&self, headers: &axum::http::HeaderMap) -> bool {
+        let guard = self
+            .metrics_token
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(token) = guard.as_ref() else {
+            return true;
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .unwrap_or("");
+        constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+    }
+}
+
+/// Compares two secrets in time independent of where they differ: both are hashed first, so
+/// neither the position of the first difference nor the length shows in the timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (da, db) = (Sha256::digest(a), Sha256::digest(b));
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 impl Health {
@@ -86,6 +129,7 @@ pub async fn serve_health(
     store: Store,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    use axum::response::IntoResponse;
     use axum::{http::StatusCode, routing::get, Router};
     let metrics = crate::telemetry::metrics_handle();
     let h2 = health.clone();
@@ -108,11 +152,19 @@ pub async fn serve_health(
         )
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let h = health.clone();
                 let m = metrics.clone();
                 let store = store.clone();
                 async move {
+                    if !h.metrics_allowed(&headers) {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(axum::http::header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")],
+                            "/metrics needs the bearer token set in metrics_token\n".to_string(),
+                        )
+                            .into_response();
+                    }
                     let now = Utc::now();
                     if let Ok(guard) = h.resources.read() {
                         for (name, r) in guard.iter() {
@@ -125,8 +177,8 @@ pub async fn serve_health(
                     metrics::gauge!("clinicea_outbox_entries").set(store.outbox_len() as f64);
                     metrics::gauge!("clinicea_dead_letters").set(store.dead_len() as f64);
                     match m {
-                        Some(m) => (StatusCode::OK, m.render()),
-                        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n".into()),
+                        Some(m) => (StatusCode::OK, m.render()).into_response(),
+                        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response(),
                     }
                 }
             }),
@@ -324,6 +376,7 @@ pub async fn run_with(
     let _ = crate::telemetry::metrics_handle();
     let mut engine = Arc::new(Engine::open_with(settings, observers)?);
     let health = Arc::new(Health::default());
+    health.set_metrics_token(engine.settings.base.metrics_token.clone());
     let server = tokio::spawn(serve_health(
         listener,
         health.clone(),
@@ -371,6 +424,7 @@ pub async fn run_with(
             Some((new, client, deliverer)) => {
                 gen_cancel.cancel();
                 gen.await;
+                health.set_metrics_token(new.base.metrics_token.clone());
                 engine = Arc::new(Engine {
                     settings: new,
                     store: engine.store.clone(),

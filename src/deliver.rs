@@ -202,6 +202,8 @@ pub struct Destination {
     pub concurrency: usize,
     /// The least time between two sends (chat services' rate limits).
     pub min_interval: Duration,
+    /// Whether its receiver may be on a private address (`allow_private: true`).
+    pub allow_private: bool,
 }
 
 /// Builds a retry policy from the config (the default when absent).
@@ -239,27 +241,35 @@ impl Destination {
                 "a destination name may use only letters, digits, '-', '_' and '.'",
             ));
         }
-        let parse_url =
-            |u: &str, insecure: bool, problems: &mut Vec<Problem>| -> Option<url::Url> {
-                match url::Url::parse(u) {
-                    Ok(url) => match webhook::check_url(&url, insecure) {
-                        Ok(()) => Some(url),
-                        Err(e) => {
-                            problems.push(Problem::at(line, key("url"), e));
-                            None
-                        }
-                    },
-                    // The URL may be a secret (chat webhooks): do not echo it.
+        let parse_url = |u: &str,
+                         insecure: bool,
+                         private: bool,
+                         problems: &mut Vec<Problem>|
+         -> Option<url::Url> {
+            crate::config::check_placeholder(u, line, &key("url"), problems);
+            match url::Url::parse(u) {
+                Ok(url) => match webhook::check_url(&url, insecure).and_then(|()| {
+                    crate::egress::Policy::destination(name, private)
+                        .check_url(&url)
+                        .map_err(|e| e.reason)
+                }) {
+                    Ok(()) => Some(url),
                     Err(e) => {
-                        problems.push(Problem::at(
-                            line,
-                            key("url"),
-                            format!("not a valid URL ({e})"),
-                        ));
+                        problems.push(Problem::at(line, key("url"), e));
                         None
                     }
+                },
+                // The URL may be a secret (chat webhooks): do not echo it.
+                Err(e) => {
+                    problems.push(Problem::at(
+                        line,
+                        key("url"),
+                        format!("not a valid URL ({e})"),
+                    ));
+                    None
                 }
-            };
+            }
+        };
         let retry_raw = match raw {
             RawDestination::Webhook(w) => w.retry.as_ref(),
             RawDestination::Email(e) => e.retry.as_ref(),
@@ -274,22 +284,51 @@ impl Destination {
         });
         let mut concurrency = 1;
         let mut min_interval = Duration::ZERO;
+        let allow_private = match raw {
+            RawDestination::Webhook(w) => w.allow_private,
+            RawDestination::Email(_) => false,
+            RawDestination::Slack(c)
+            | RawDestination::Teams(c)
+            | RawDestination::Discord(c)
+            | RawDestination::GoogleChat(c) => c.allow_private,
+        };
         let target = match raw {
             RawDestination::Webhook(w) => {
-                let url = parse_url(&w.url, w.allow_insecure_http, &mut problems);
+                let url = parse_url(
+                    &w.url,
+                    w.allow_insecure_http,
+                    w.allow_private,
+                    &mut problems,
+                );
                 let mut secrets = Vec::new();
                 for (i, s) in w.secret.to_vec().iter().enumerate() {
+                    let skey = format!("{}[{i}]", key("secret"));
+                    if let Some(why) = crate::placeholder::placeholder(s) {
+                        problems.push(Problem::at(line, skey, why));
+                        continue;
+                    }
+                    if crate::placeholder::is_published_webhook_secret(s)
+                        && !url.as_ref().is_some_and(crate::config::is_loopback)
+                    {
+                        problems.push(Problem::at(
+                            line,
+                            skey.clone(),
+                            crate::placeholder::published_secret_message(),
+                        ));
+                    }
                     match webhook::Secret::parse(s) {
                         Ok(sec) => secrets.push(sec),
-                        Err(e) => problems.push(Problem::at(
-                            line,
-                            format!("{}[{i}]", key("secret")),
-                            e.to_string(),
-                        )),
+                        Err(e) => problems.push(Problem::at(line, skey, e.to_string())),
                     }
                 }
                 let mut headers = Vec::new();
                 for (h, v) in &w.headers {
+                    crate::config::check_placeholder(
+                        v,
+                        line,
+                        &format!("{}.{h}", key("headers")),
+                        &mut problems,
+                    );
                     match (
                         reqwest::header::HeaderName::from_bytes(h.as_bytes()),
                         reqwest::header::HeaderValue::from_str(v),
@@ -397,7 +436,13 @@ impl Destination {
                         ),
                     ));
                 }
-                parse_url(&c.url, c.allow_insecure_http, &mut problems).map(|url| Target::Chat {
+                parse_url(
+                    &c.url,
+                    c.allow_insecure_http,
+                    c.allow_private,
+                    &mut problems,
+                )
+                .map(|url| Target::Chat {
                     kind,
                     url,
                     template: c.template.0.clone(),
@@ -412,6 +457,7 @@ impl Destination {
                 retry,
                 concurrency,
                 min_interval,
+                allow_private,
             }),
             _ => Err(problems),
         }
@@ -691,7 +737,9 @@ impl Outcome {
 pub struct Deliverer {
     store: Store,
     destinations: Arc<HashMap<String, Arc<Destination>>>,
-    http: reqwest::Client,
+    /// One HTTP client per webhook and chat destination, each resolving names through that
+    /// destination's egress rules.
+    http: Arc<HashMap<String, reqwest::Client>>,
     mailer: Option<Arc<Mailer>>,
     events: Option<mpsc::UnboundedSender<Event>>,
     /// Destinations marked failing (mirrors the store's `dest_health`), so the success path only
@@ -720,10 +768,17 @@ impl Deliverer {
             .into_iter()
             .map(|(name, _)| name)
             .collect();
+        let mut http = HashMap::new();
+        for (name, d) in &destinations {
+            if matches!(d.target, Target::Webhook(_) | Target::Chat { .. }) {
+                let policy = crate::egress::Policy::destination(name, d.allow_private);
+                http.insert(name.clone(), webhook::client(policy)?);
+            }
+        }
         Ok(Deliverer {
             store,
             destinations: Arc::new(destinations),
-            http: webhook::client()?,
+            http: Arc::new(http),
             mailer,
             events: None,
             failing: Arc::new(std::sync::Mutex::new(failing)),
@@ -754,10 +809,11 @@ impl Deliverer {
             response: String::new(),
             duration: Duration::ZERO,
         };
-        match (&dest.target, &entry.payload) {
-            (Target::Webhook(t), Payload::Webhook { body }) => {
+        let http = self.http.get(&dest.name);
+        match (&dest.target, &entry.payload, http) {
+            (Target::Webhook(t), Payload::Webhook { body }, Some(http)) => {
                 webhook::send(
-                    &self.http,
+                    http,
                     t,
                     &entry.webhook_id,
                     bytes::Bytes::from(body.clone().into_bytes()),
@@ -769,8 +825,9 @@ impl Deliverer {
                     kind, url, timeout, ..
                 },
                 Payload::Chat { body },
-            ) => chat::send(&self.http, *kind, url, body.clone().into_bytes(), *timeout).await,
-            (Target::Email { .. }, Payload::Email(msg)) => match &self.mailer {
+                Some(http),
+            ) => chat::send(http, *kind, url, body.clone().into_bytes(), *timeout).await,
+            (Target::Email { .. }, Payload::Email(msg), _) => match &self.mailer {
                 Some(m) => m.send(msg).await,
                 None => fail("no smtp: section is configured".into()),
             },

@@ -116,6 +116,8 @@ pub struct SmtpSettings {
     pub timeout: Duration,
     /// Extra CA certificates (PEM) to trust besides the public roots.
     pub extra_root_cert_pem: Option<Vec<u8>>,
+    /// Whether the host may be on a private address (`smtp.allow_private`).
+    pub allow_private: bool,
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -168,6 +170,7 @@ impl SmtpSettings {
             password: raw.password.as_ref().map(|t| t.0.clone()),
             timeout: raw.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT),
             extra_root_cert_pem,
+            allow_private: raw.allow_private,
         })
     }
 }
@@ -177,6 +180,10 @@ impl SmtpSettings {
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     timeout: Duration,
+    /// The host and port, checked against the egress rules before each send.
+    host: String,
+    port: u16,
+    egress: crate::egress::Policy,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -216,6 +223,9 @@ impl Mailer {
         Ok(Mailer {
             transport: b.build(),
             timeout: settings.timeout,
+            egress: crate::egress::Policy::smtp(settings.allow_private),
+            host: settings.host,
+            port: settings.port,
         })
     }
 
@@ -238,6 +248,19 @@ impl Mailer {
                 return report(Verdict::Fail { reason }, None, String::new());
             }
         };
+        // The transport resolves the host itself: check what it resolves to first, so a name
+        // that now points at a blocked address is refused before a connection is made.
+        if let Err(refused) = self.egress.resolve_checked(&self.host, self.port).await {
+            tracing::warn!(recipient_domain = %domain, "email refused by the egress rules");
+            return report(
+                Verdict::Retry {
+                    reason: refused.to_string(),
+                    retry_after: None,
+                },
+                None,
+                String::new(),
+            );
+        }
         let result = tokio::time::timeout(self.timeout * 2, self.transport.send(message)).await;
         match result {
             Err(_) => {
@@ -333,6 +356,7 @@ mod tests {
             password: None,
             timeout: Duration::from_secs(5),
             extra_root_cert_pem: None,
+            allow_private: false,
         }
     }
 

@@ -258,19 +258,26 @@ pub fn redacted_url(url: &url::Url) -> String {
     }
 }
 
-/// The HTTP client webhook (and chat) deliveries should share.
+/// The HTTP client for one webhook or chat destination's deliveries.
 ///
 /// It never follows redirects (a 3xx is a failure, see [`crate::outcome`]), keeps idle connections
-/// for 90 seconds, uses rustls and sends [`USER_AGENT_VALUE`]. Proxy settings from the environment
-/// (`HTTPS_PROXY`, ...) are honoured as usual. Fails only if the TLS backend cannot start.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+/// for 90 seconds, uses rustls and sends [`USER_AGENT_VALUE`]. Every name it resolves goes through
+/// the destination's egress rules ([`crate::egress::guard`]): a name that resolves to a
+/// link-local, metadata or (without `allow_private`) private address fails before connecting.
+/// Proxy settings from the environment (`HTTPS_PROXY`, ...) are honoured as usual. Fails only if
+/// the TLS backend cannot start.
+pub fn client(egress: crate::egress::Policy) -> Result<reqwest::Client, reqwest::Error> {
+    crate::egress::guard(client_builder(), egress).build()
+}
+
+/// [`client`]'s settings, before the resolver is chosen.
+pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(USER_AGENT_VALUE)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_keepalive(Duration::from_secs(60))
         .use_rustls_tls()
-        .build()
 }
 
 /// Seconds since the epoch, now.
@@ -410,25 +417,13 @@ pub fn check_url(url: &url::Url, allow_insecure_http: bool) -> Result<(), String
     }
     match url.scheme() {
         "https" => Ok(()),
-        "http" if allow_insecure_http || is_loopback(url) => Ok(()),
+        "http" if allow_insecure_http || crate::config::is_loopback(url) => Ok(()),
         "http" => Err(
             "plain http:// is only allowed to loopback hosts (localhost, 127.0.0.1, ::1); \
              use https:// or set `allow_insecure_http: true`"
                 .to_string(),
         ),
         other => Err(format!("unsupported URL scheme `{other}`; use https://")),
-    }
-}
-
-/// Whether the URL's host is loopback: `localhost`, 127.0.0.0/8, `::1` (or `::ffff:127.x.y.z`).
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        None => false,
     }
 }
 
@@ -766,7 +761,7 @@ mod tests {
         const BODY: &[u8] = br#"{"type":"leads.added","data":{"id":"42"}}"#;
 
         async fn send_to(addr: SocketAddr, path: &str, timeout: Duration) -> AttemptReport {
-            let c = client().unwrap();
+            let c = client(crate::egress::Policy::destination("test", false)).unwrap();
             let t = target(addr, path, timeout);
             send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await
         }
@@ -856,7 +851,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             drop(listener);
-            let c = client().unwrap();
+            let c = client(crate::egress::Policy::destination("test", false)).unwrap();
             let mut t = target(addr, "/hook", Duration::from_secs(5));
             t.url = url::Url::parse(&format!("http://{addr}/hook/TOKEN?key=SECRET")).unwrap();
             let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;
@@ -891,7 +886,7 @@ mod tests {
 
         #[tokio::test]
         async fn dns_failure_is_retried() {
-            let c = client().unwrap();
+            let c = client(crate::egress::Policy::destination("test", false)).unwrap();
             let mut t = target("127.0.0.1:1".parse().unwrap(), "/", Duration::from_secs(5));
             t.url = url::Url::parse("https://no-such-host.invalid/hook?token=SECRET").unwrap();
             let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;
@@ -943,7 +938,7 @@ mod tests {
         #[tokio::test]
         async fn refuses_without_secrets() {
             let (addr, seen) = server().await;
-            let c = client().unwrap();
+            let c = client(crate::egress::Policy::destination("test", false)).unwrap();
             let mut t = target(addr, "/ok", Duration::from_secs(5));
             t.secrets.clear();
             let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;
