@@ -67,6 +67,20 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
                 None
             }
         });
+    // Example placeholders in secret-bearing keys (destinations check their own).
+    let cline = config::line_of(&raw.clinicea);
+    config::check_placeholder(
+        &raw.clinicea.value.api_key,
+        cline,
+        "clinicea.api_key",
+        &mut problems,
+    );
+    if let Some(l) = &raw.clinicea.value.login {
+        config::check_placeholder(&l.password, cline, "clinicea.login.password", &mut problems);
+    }
+    if let Some(t) = &raw.metrics_token {
+        config::check_placeholder(t, None, "metrics_token", &mut problems);
+    }
     if let Some(s) = &raw.smtp {
         let line = config::line_of(s);
         if let Err(e) = crate::egress::Policy::smtp(s.value.allow_private).check_host(&s.value.host)

@@ -1006,10 +1006,6 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
     if c.api_key.trim().is_empty() {
         problems.push(Problem::at(cline, "clinicea.api_key", "is empty"));
     }
-    check_placeholder(&c.api_key, cline, "clinicea.api_key", problems);
-    if let Some(l) = &c.login {
-        check_placeholder(&l.password, cline, "clinicea.login.password", problems);
-    }
     if let Some(u) = &base_url {
         if let Err(e) = crate::egress::Policy::clinicea(c.allow_private).check_url(u) {
             problems.push(Problem::at(cline, "clinicea.base_url", e.reason));
@@ -1167,7 +1163,6 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
                 format!("is shorter than {MIN_METRICS_TOKEN_LEN} characters; make one with `head -c 32 /dev/urandom | base64`"),
             ));
         }
-        check_placeholder(t, None, "metrics_token", problems);
         SecretString::new(t.trim())
     });
     Base {

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod demo;
+mod egress;
 mod email;
 mod faults;
 mod foundation;

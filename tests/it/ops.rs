@@ -492,3 +492,86 @@ rules:
     }
     log
 }
+
+/// GET `url` with an optional `Authorization` header: the status and the
+/// `WWW-Authenticate` header.
+async fn get_with_auth(url: &str, auth: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.unwrap();
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (resp.status().as_u16(), www)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_ask_for_the_bearer_token_when_one_is_set_and_health_stays_open() {
+    let sb = empty_sandbox().await;
+    let token = "mT0k3n-8f2a61c4d9e0b7a5";
+    let yaml = format!(
+        "{}metrics_token: ${{METRICS_TOKEN}}\n",
+        daemon_config(&sb.base_url(), "", "")
+    );
+    let t = TestDir::new(&yaml);
+    let d = MetricsDaemon::start(&t.config, &[("METRICS_TOKEN", token)], &[]);
+    let metrics = d.url("/metrics");
+    let (status, www) = get_with_auth(&metrics, None).await;
+    assert_eq!(status, 401);
+    assert!(www.starts_with("Bearer"), "{www}");
+    for wrong in [
+        "Bearer wrong-token-0000000000",
+        "Bearer mT0k3n-8f2a61c4d9e0b7a",
+        "Basic bVQwazNuLThmMmE2MWM0ZDllMGI3YTU=",
+        token,
+    ] {
+        assert_eq!(get_with_auth(&metrics, Some(wrong)).await.0, 401, "{wrong}");
+    }
+    let resp = reqwest::Client::new()
+        .get(&metrics)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("clinicea_outbox_entries"), "{text}");
+    // The probes need no token.
+    assert_eq!(get_text(&d.url("/healthz")).await.0, 200);
+    assert_ne!(get_with_auth(&d.url("/readyz"), None).await.0, 401);
+    let (_, stderr) = d.stop();
+    assert!(
+        !stderr.contains(token),
+        "the token reached the logs:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_short_or_placeholder_metrics_token_is_refused_by_check() {
+    for (value, expected) in [
+        ("tiny-tok", "shorter than 16 characters"),
+        ("REPLACE_ME_with_a_random_token", "placeholder"),
+    ] {
+        let yaml = format!(
+            "{}metrics_token: {value}\n",
+            daemon_config("http://127.0.0.1:1", "", "")
+        );
+        let t = TestDir::new(&yaml);
+        let err = match clinicea_notifier::app::load_settings_with(&t.config, &t.vars) {
+            Ok(_) => panic!("{value} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("metrics_token") && err.contains(expected),
+            "{err}"
+        );
+        assert!(!err.contains(value), "the token is echoed: {err}");
+    }
+}
