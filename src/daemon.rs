@@ -498,3 +498,37 @@ pub fn spawn_signal_handlers(
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
+
+    fn with_auth(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn metrics_need_the_exact_bearer_token_once_one_is_set() {
+        let health = Health::default();
+        assert!(health.metrics_allowed(&HeaderMap::new()), "no token: open");
+        health.set_metrics_token(Some(config::SecretString::new("s3cret-token-123456")));
+        assert!(!health.metrics_allowed(&HeaderMap::new()));
+        assert!(health.metrics_allowed(&with_auth("Bearer s3cret-token-123456")));
+        assert!(health.metrics_allowed(&with_auth("bearer  s3cret-token-123456 ")));
+        for wrong in [
+            "Bearer s3cret-token-12345",
+            "Bearer s3cret-token-1234567",
+            "Bearer ",
+            "Basic s3cret-token-123456",
+            "s3cret-token-123456",
+        ] {
+            assert!(!health.metrics_allowed(&with_auth(wrong)), "{wrong}");
+        }
+        // A reload that removes the token opens /metrics again.
+        health.set_metrics_token(None);
+        assert!(health.metrics_allowed(&HeaderMap::new()));
+    }
+}
