@@ -320,14 +320,15 @@ async fn a_chat_message_to_a_name_resolving_to_a_link_local_address_is_refused()
 }
 
 #[tokio::test]
-async fn a_localhost_receiver_is_reached_through_the_guarded_system_resolver() {
-    // The deliverer's own clients resolve `localhost` through the guard; loopback stays allowed.
+async fn the_api_and_a_receiver_on_localhost_are_reached_through_the_guarded_system_resolver() {
+    // The API client's and the deliverer's own clients resolve `localhost` through the guard;
+    // loopback stays allowed.
     let sb = empty_sandbox().await;
     let rx = Receiver::start().await;
     let url = rx.url.replace("127.0.0.1", "localhost");
     let yaml = format!(
         "{}destinations:\n{}rules:\n  - {{ name: all, resource: leads, on: [added], notify: [hooks] }}\n",
-        leads_only(&sb.base_url()),
+        leads_only(&sb.base_url().replace("127.0.0.1", "localhost")),
         webhook_destination("hooks", &url, "    timeout: 5s\n")
     );
     let t = TestDir::new(&yaml);
