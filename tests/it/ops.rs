@@ -575,3 +575,39 @@ fn a_short_or_placeholder_metrics_token_is_refused_by_check() {
         assert!(!err.contains(value), "the token is echoed: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_replaces_the_metrics_token() {
+    let sb = empty_sandbox().await;
+    let base = daemon_config(&sb.base_url(), "", "");
+    let (old, new) = ("old-token-0123456789ab", "new-token-ba9876543210");
+    let t = TestDir::new(&format!("{base}metrics_token: {old}\n"));
+    let d = Daemon::start(&t, "token").await;
+    let metrics = format!("http://{}/metrics", d.addr);
+    let bearer = |tok: &str| format!("Bearer {tok}");
+    assert_eq!(get_with_auth(&metrics, Some(&bearer(old))).await.0, 200);
+    assert_eq!(get_with_auth(&metrics, Some(&bearer(new))).await.0, 401);
+
+    t.rewrite(&format!("{base}metrics_token: {new}\n"));
+    d.signal("HUP");
+    assert!(
+        d.wait_log("config reloaded", 1, Duration::from_secs(20))
+            .await,
+        "{}",
+        d.stderr_text()
+    );
+    assert_eq!(get_with_auth(&metrics, Some(&bearer(old))).await.0, 401);
+    assert_eq!(get_with_auth(&metrics, Some(&bearer(new))).await.0, 200);
+
+    // Removing the key opens /metrics again.
+    t.rewrite(&base);
+    d.signal("HUP");
+    assert!(
+        d.wait_log("config reloaded", 2, Duration::from_secs(20))
+            .await
+    );
+    assert_eq!(get_with_auth(&metrics, None).await.0, 200);
+    let log = d.stderr_text();
+    assert!(!log.contains(old) && !log.contains(new), "{log}");
+    d.kill9().await;
+}
