@@ -16,10 +16,11 @@
 //! # Who can read it
 //!
 //! Every value is patient data. The folder is created 0700 and every file sled made is set to 0600
-//! when the store opens, whatever the umask; an existing folder that others could enter is a
-//! warning naming it, and is tightened when this user owns it. Files sled creates later (snapshot
-//! `snap.*` files, `blobs/`) are out of others' reach because the folder is, and
-//! [`Store::tighten_permissions`] (run with the daemon's maintenance) sets them to 0600 too.
+//! when the store opens, whatever the umask; a store whose files others could read is a warning
+//! naming it, and is tightened (its folder only when this user owns it). Files sled creates later
+//! (`snap.*` snapshot files, `blobs/`) are out of others' reach because the folder is, and
+//! [`Store::tighten_permissions`] (run with the daemon's maintenance) sets them to 0600 too. The
+//! process umask is left alone: no global state changes for the sake of one folder.
 //!
 //! # Why a `kill -9` at any instant loses nothing
 //!
@@ -234,74 +235,146 @@ pub const DIR_MODE: u32 = 0o700;
 /// The mode of every file in the store: its owner only.
 pub const FILE_MODE: u32 = 0o600;
 
-/// Creates the store folder with [`DIR_MODE`], or checks an existing one: a folder that others
-/// can enter or list is a warning naming it, and is tightened when this user may.
-fn prepare_dir(path: &Path) -> std::io::Result<()> {
+/// What was loose about an existing store folder before it was opened.
+#[derive(Debug, Clone, Copy)]
+struct Loose {
+    /// The folder's permission bits (some for group or others).
+    dir_mode: u32,
+    /// Files in it that group or others may read.
+    readable_files: usize,
+}
+
+/// Creates the store folder with [`DIR_MODE`], or inspects an existing one: `Some` when it lets
+/// group or others in.
+fn prepare_dir(path: &Path) -> std::io::Result<Option<Loose>> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(path)?;
+            // The umask may have taken bits from the owner too.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))?;
+            Ok(None)
+        }
         Err(e) => Err(e),
         // Not a folder: sled's own open reports it.
-        Ok(m) if !m.is_dir() => Ok(()),
+        Ok(m) if !m.is_dir() => Ok(None),
         Ok(m) => {
-            let mode = m.permissions().mode() & 0o777;
-            if mode & 0o077 == 0 {
-                return Ok(());
+            let dir_mode = m.permissions().mode() & 0o7777;
+            if dir_mode & 0o077 == 0 {
+                return Ok(None);
             }
-            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE)) {
-                Ok(()) => tracing::warn!(
-                    path = %path.display(),
-                    "the store could be read by other users (folder mode {mode:o}); tightened it to {DIR_MODE:o}, its files to {FILE_MODE:o}"
-                ),
-                Err(e) => tracing::warn!(
-                    path = %path.display(),
-                    "the store can be read by other users (folder mode {mode:o}) and cannot be tightened ({e}); make it {DIR_MODE:o} and owned by the notifier's user"
-                ),
-            }
-            Ok(())
+            let mut readable_files = 0;
+            walk(path, &mut |_, m| {
+                if m.is_file() && m.permissions().mode() & 0o044 != 0 {
+                    readable_files += 1;
+                }
+                Ok(())
+            })?;
+            Ok(Some(Loose {
+                dir_mode,
+                readable_files,
+            }))
         }
     }
 }
 
-/// Sets every folder under `dir` (itself included) to [`DIR_MODE`] and every file to
-/// [`FILE_MODE`] where they allow more; returns how many it changed. Symbolic links are left
-/// alone, and a file sled removes meanwhile (an old snapshot) is skipped.
-fn tighten_tree(dir: &Path) -> std::io::Result<usize> {
-    use std::os::unix::fs::PermissionsExt;
-    let tighten = |p: &Path, m: &std::fs::Metadata, want: u32| -> std::io::Result<usize> {
-        if m.permissions().mode() & 0o077 == 0 {
-            return Ok(0);
-        }
-        match std::fs::set_permissions(p, std::fs::Permissions::from_mode(want)) {
-            Ok(()) => Ok(1),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e),
-        }
-    };
-    let mut changed = tighten(dir, &std::fs::metadata(dir)?, DIR_MODE)?;
+/// Calls `f` on every folder and file below `dir` (not `dir` itself), not following symbolic
+/// links; an entry sled removes meanwhile (an old snapshot file) is skipped.
+fn walk(
+    dir: &Path,
+    f: &mut dyn FnMut(&Path, &std::fs::Metadata) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
             let entry = entry?;
-            // Not following symbolic links.
             let m = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
             let p = entry.path();
+            f(&p, &m)?;
             if m.is_dir() {
-                changed += tighten(&p, &m, DIR_MODE)?;
                 stack.push(p);
-            } else if m.is_file() {
-                changed += tighten(&p, &m, FILE_MODE)?;
             }
         }
     }
+    Ok(())
+}
+
+/// Sets `p` to `want` when its mode allows group or others anything; 1 when it changed it.
+fn tighten(p: &Path, m: &std::fs::Metadata, want: u32) -> std::io::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    if m.permissions().mode() & 0o077 == 0 {
+        return Ok(0);
+    }
+    match std::fs::set_permissions(p, std::fs::Permissions::from_mode(want)) {
+        Ok(()) => Ok(1),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets every folder below `dir` to [`DIR_MODE`] and every file to [`FILE_MODE`] where they allow
+/// more; returns how many it changed. `dir` itself is handled at open (see [`Store::open`]).
+fn tighten_below(dir: &Path) -> std::io::Result<usize> {
+    let mut changed = 0;
+    walk(dir, &mut |p, m| {
+        if m.is_dir() {
+            changed += tighten(p, m, DIR_MODE)?;
+        } else if m.is_file() {
+            changed += tighten(p, m, FILE_MODE)?;
+        }
+        Ok(())
+    })?;
     Ok(changed)
+}
+
+/// After sled opened the store: tightens the folder and everything in it, and says so when the
+/// store was readable by others before (a warning) or its folder cannot be tightened.
+fn tighten_at_open(path: &Path, loose: Option<Loose>) {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let below = tighten_below(path);
+    let dir = match loose {
+        None => Ok(()),
+        Some(_) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE)),
+    };
+    if let Err(e) = &below {
+        tracing::warn!(path = %shown, "cannot make the store's files readable by this user only: {e}");
+    }
+    let Some(l) = loose else {
+        return;
+    };
+    let files_ok = below.is_ok();
+    match (&dir, l.readable_files > 0) {
+        (Ok(()), true) => tracing::warn!(
+            path = %shown,
+            "the store could be read by other users (folder mode {:o}, {} files readable by others); tightened the folder to {DIR_MODE:o} and its files to {FILE_MODE:o}",
+            l.dir_mode, l.readable_files
+        ),
+        (Err(e), true) => tracing::warn!(
+            path = %shown,
+            "the store could be read by other users (folder mode {:o}, {} files readable by others); {} but the folder cannot be changed ({e}): make it {DIR_MODE:o}, owned by the notifier's user",
+            l.dir_mode, l.readable_files,
+            if files_ok { "its files are now readable by this user only" } else { "its files could not all be tightened" }
+        ),
+        // Others could list the folder but read none of its files.
+        (Ok(()), false) => tracing::info!(
+            path = %shown,
+            "the store folder was mode {:o}; tightened it to {DIR_MODE:o}",
+            l.dir_mode
+        ),
+        (Err(e), false) => tracing::info!(
+            path = %shown,
+            "the store folder is mode {:o} and cannot be changed ({e}); its files are readable by this user only",
+            l.dir_mode
+        ),
+    }
 }
 
 impl Store {
@@ -309,7 +382,7 @@ impl Store {
     /// its files are made readable by this user only (see the module docs).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
         let shown = path.display().to_string();
-        prepare_dir(path).map_err(|e| StoreError::Open {
+        let loose = prepare_dir(path).map_err(|e| StoreError::Open {
             path: shown.clone(),
             source: sled::Error::Io(e),
         })?;
@@ -350,15 +423,15 @@ impl Store {
             db,
         };
         // sled has just created its files with the process umask.
-        store.tighten_permissions();
+        tighten_at_open(path, loose);
         Ok(store)
     }
 
-    /// Sets the store's folders to 0700 and files to 0600 where they allow more (files sled made
-    /// since the last call); returns how many it changed. A failure is logged, not returned: the
-    /// folder's own mode already keeps others out.
+    /// Sets the folders and files in the store to 0700 and 0600 where they allow more (files sled
+    /// made since the last call); returns how many it changed. A failure is logged, not returned:
+    /// the store folder's own mode already keeps others out.
     pub fn tighten_permissions(&self) -> usize {
-        match tighten_tree(&self.path) {
+        match tighten_below(&self.path) {
             Ok(n) => {
                 if n > 0 {
                     tracing::debug!(path = %self.path.display(), changed = n, "tightened store file modes");
