@@ -368,20 +368,10 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
         .unwrap()
         .is_some());
     assert_eq!(journal_ids(&store), vec![other.clone()]);
-    let outbox: Vec<OutboxEntry> = store
-        .all_outbox()
-        .unwrap()
-        .into_iter()
-        .map(|(_, _, raw)| serde_json::from_slice(&raw).unwrap())
-        .collect();
+    let outbox = store_outbox(&store);
     assert_eq!(outbox.len(), 1);
     assert_eq!(outbox[0].record_id, other);
-    let dead: Vec<DeadLetter> = store
-        .dead_entries()
-        .unwrap()
-        .into_iter()
-        .map(|(_, raw)| serde_json::from_slice(&raw).unwrap())
-        .collect();
+    let dead = store_dead_letters(&store);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].entry.record_id, other);
     // The other record's attempt logs are untouched.
