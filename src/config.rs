@@ -181,8 +181,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// `Some(problem)` when `d` is longer than `max` (written like `1h`), for keys with a bound
-/// smaller than [`MAX_DURATION`].
+/// Adds a problem at `key` when `d` is longer than `max` (`max_text` writes it as the config
+/// would, e.g. `1h`): for keys with a bound smaller than [`MAX_DURATION`].
 pub fn check_at_most(
     d: Duration,
     max: Duration,
@@ -1145,14 +1145,17 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
                 "must be at least 100ms",
             ));
         }
-        check_at_most(
-            poll,
-            MAX_POLL_INTERVAL,
-            "1d",
-            line,
-            &key("poll_interval"),
-            problems,
-        );
+        // An inherited interval is reported at `clinicea.poll_interval`.
+        if r.poll_interval.is_some() {
+            check_at_most(
+                poll,
+                MAX_POLL_INTERVAL,
+                "1d",
+                line,
+                &key("poll_interval"),
+                problems,
+            );
+        }
         resources.push(Resource {
             name: name.clone(),
             path: r.path.0.clone(),
