@@ -261,6 +261,7 @@ impl Engine {
     /// [`Engine::open`], with watchers of its polls and deliveries.
     pub fn open_with(settings: Settings, observers: Observers) -> anyhow::Result<Engine> {
         let store = Store::open(&settings.base.store.path, settings.base.store.cache_bytes)?;
+        reduce_tombstones(&store, &settings.base)?;
         let client = Client::new(&settings.base.clinicea)?;
         let mailer = match &settings.smtp {
             Some(s) => Some(Arc::new(
@@ -324,6 +325,74 @@ impl Engine {
     }
 }
 
+/// Reduces the deleted records an older version stored whole to tombstones (see
+/// [`crate::diff::tombstone`]); the work is done once per store.
+fn reduce_tombstones(store: &Store, base: &Base) -> anyhow::Result<()> {
+    let n = store.upgrade_snapshots_once("reduced-tombstones", |resource, id, raw| {
+        let (id_field, status_field) = base.resources.iter().find(|r| r.name == resource).map_or(
+            (config::defaults::ID_FIELD, config::defaults::STATUS_FIELD),
+            |r| (r.id_field.as_str(), r.status_field.as_str()),
+        );
+        crate::diff::reduce_stored(raw, id_field, status_field, id)
+    })?;
+    if n > 0 {
+        tracing::info!(
+            reduced = n,
+            "deleted records kept whole were reduced to their id and delete flag"
+        );
+    }
+    Ok(())
+}
+
+/// `now - age`, or the earliest instant there is when that underflows (nothing is older).
+pub fn cutoff_before(
+    now: chrono::DateTime<Utc>,
+    age: std::time::Duration,
+) -> chrono::DateTime<Utc> {
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+}
+
+/// What one round of [`maintain_store`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Change journal entries past `store.journal_retention`.
+    pub journal: usize,
+    /// Dead letters past `store.dead_letter_retention`.
+    pub dead: usize,
+}
+
+/// The store's housekeeping, by `once` and periodically by `run`: the change journal and the dead
+/// letters kept to their retention periods (they hold patient data), and file modes tightened.
+pub fn maintain_store(
+    store: &Store,
+    s: &config::StoreSettings,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<Maintenance> {
+    let journal = store
+        .prune_changes_before(cutoff_before(now, s.journal_retention))
+        .context("pruning the change journal")?;
+    let dead = store
+        .purge_dead(Some(
+            cutoff_before(now, s.dead_letter_retention).timestamp_millis(),
+        ))
+        .context("deleting expired dead letters")?;
+    if journal > 0 {
+        tracing::info!(removed = journal, "pruned the change journal");
+    }
+    if dead > 0 {
+        tracing::info!(
+            removed = dead,
+            retention = ?s.dead_letter_retention,
+            "deleted dead letters past their retention"
+        );
+    }
+    store.tighten_permissions();
+    Ok(Maintenance { journal, dead })
+}
+
 /// `once`: one poll of every resource, then deliver until nothing is due now.
 pub async fn once_command(config: &Path) -> anyhow::Result<ExitCode> {
     let settings = load_settings(config)?;
@@ -358,6 +427,13 @@ pub async fn once_command(config: &Path) -> anyhow::Result<ExitCode> {
         "deliveries: {} attempted, {} delivered, {} to retry later, {} dead",
         out.attempted, out.delivered, out.retried, out.dead
     );
+    let m = maintain_store(&engine.store, &engine.settings.base.store, Utc::now())?;
+    if m.journal + m.dead > 0 {
+        println!(
+            "retention: {} journal entries and {} dead letters deleted",
+            m.journal, m.dead
+        );
+    }
     engine.store.flush().await?;
     Ok(if ok {
         ExitCode::SUCCESS
@@ -794,15 +870,8 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
             }
         }
         DeadCommand::Purge { older_than } => {
-            let cutoff = older_than.map(|d| Utc::now().timestamp_millis() - d.as_millis() as i64);
-            let mut n = 0;
-            for (seq, raw) in store.dead_entries()? {
-                let d: DeadLetter = serde_json::from_slice(&raw)?;
-                if cutoff.is_none_or(|c| d.died_ms < c) {
-                    store.dead_remove(seq)?;
-                    n += 1;
-                }
-            }
+            let cutoff = older_than.map(|d| cutoff_before(Utc::now(), d).timestamp_millis());
+            let n = store.purge_dead(cutoff)?;
             let _ = writeln!(out, "Purged {n} dead letters.");
         }
     }
@@ -813,6 +882,87 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
 pub const VERIFY_SECRET_ENV: &str = "CLINICEA_WEBHOOK_SECRET";
 /// The older name of [`VERIFY_SECRET_ENV`], still read after it.
 pub const VERIFY_SECRET_ENV_OLD: &str = "WEBHOOK_SECRET";
+
+/// Arguments of `purge`.
+#[derive(Debug, clap::Args)]
+pub struct PurgeArgs {
+    /// The resource key the record belongs to, as in the config (`leads`).
+    #[arg(long)]
+    pub resource: String,
+    /// The record's id.
+    #[arg(long)]
+    pub id: String,
+}
+
+/// `purge`: erase everything stored about one record (an erasure request). Exits 1 when nothing
+/// was stored about it.
+pub async fn purge_command(config: &Path, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(config)?;
+    if !config::valid_name(&args.resource) {
+        anyhow::bail!(
+            "{:?} is not a resource key (letters, digits, '-', '_' and '.')",
+            args.resource
+        );
+    }
+    if args.id.trim().is_empty() || args.id.contains('\0') {
+        anyhow::bail!("give the record's id with --id");
+    }
+    let store = open_store_for_cli(&settings)?;
+    let erased = store.erase_record(crate::model::DEFAULT_SOURCE, &args.resource, &args.id)?;
+    store.flush().await?;
+    let (text, found) = purge_text(&settings, args, &erased);
+    if found {
+        print!("{text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{text}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// What `purge` prints, and whether anything was stored about the record.
+pub fn purge_text(
+    settings: &Settings,
+    args: &PurgeArgs,
+    erased: &crate::store::Erased,
+) -> (String, bool) {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if erased.total() == 0 {
+        let _ = write!(
+            out,
+            "Nothing is stored about {} record {:?}: no snapshot, journal entry, queued delivery or dead letter. Nothing was erased.",
+            args.resource, args.id
+        );
+        if !settings
+            .base
+            .resources
+            .iter()
+            .any(|r| r.name == args.resource)
+        {
+            let _ = write!(out, " ({} is not a resource in the config.)", args.resource);
+        }
+        let _ = writeln!(out);
+        return (out, false);
+    }
+    let _ = writeln!(
+        out,
+        "Erased {} record {:?} from the store at {}:",
+        args.resource,
+        args.id,
+        settings.base.store.path.display()
+    );
+    for (n, what) in [
+        (erased.snapshots, "snapshot"),
+        (erased.changes, "change journal entries"),
+        (erased.outbox, "queued deliveries"),
+        (erased.dead, "dead letters"),
+        (erased.attempts, "attempt logs"),
+    ] {
+        let _ = writeln!(out, "  {n:>4} {what}");
+    }
+    (out, true)
+}
 
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]

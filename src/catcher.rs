@@ -85,6 +85,10 @@ struct Shared {
     messages: Mutex<Vec<CaughtMessage>>,
     notify: Notify,
     tempfails: AtomicU32,
+    /// AUTH commands received, over TLS or not.
+    auth_commands: AtomicU32,
+    /// AUTH commands received on a connection without TLS.
+    cleartext_auth_commands: AtomicU32,
 }
 
 /// Starts catchers.
@@ -137,6 +141,15 @@ impl CatcherHandle {
                 return self.messages();
             }
         }
+    }
+
+    /// How many AUTH commands clients sent, and how many of them on a connection without TLS
+    /// (where the credentials travelled in clear).
+    pub fn auth_commands(&self) -> (u32, u32) {
+        (
+            self.shared.auth_commands.load(Ordering::SeqCst),
+            self.shared.cleartext_auth_commands.load(Ordering::SeqCst),
+        )
     }
 
     /// Stops accepting connections.
@@ -195,6 +208,8 @@ impl Catcher {
             messages: Mutex::new(Vec::new()),
             notify: Notify::new(),
             tempfails: AtomicU32::new(0),
+            auth_commands: AtomicU32::new(0),
+            cleartext_auth_commands: AtomicU32::new(0),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -346,6 +361,10 @@ async fn serve(stream: TcpStream, s: Arc<Shared>) -> std::io::Result<()> {
                 _ => c.reply("454 4.7.0 TLS not available").await?,
             },
             "AUTH" => {
+                s.auth_commands.fetch_add(1, Ordering::SeqCst);
+                if !c.tls {
+                    s.cleartext_auth_commands.fetch_add(1, Ordering::SeqCst);
+                }
                 let Some((user, pass)) = s.opts.require_auth.clone() else {
                     c.reply("503 5.5.1 AUTH not offered").await?;
                     continue;

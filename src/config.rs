@@ -133,12 +133,19 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-/// Parses `30s`, `5m`, `2h`, `1d`, `250ms`, or a combination such as `1h30m`.
+/// The longest duration anything accepts, in a config file or on the command line: ten years.
+/// Longer is a typo, and would overflow the time arithmetic it feeds (a cutoff `now - age`, a
+/// deadline `now + wait`). Keys where less makes sense have their own, smaller bound.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses `30s`, `5m`, `2h`, `1d`, `250ms`, or a combination such as `1h30m`; at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
     }
+    let too_long = || format!("{s:?} is too long (at most 3650d, ten years)");
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
@@ -163,10 +170,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => n * 86400.0,
             u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
         };
-        total += Duration::from_secs_f64(secs);
+        // `try_from`: a number too large for a Duration (or infinite) is an error, not a panic.
+        let part = Duration::try_from_secs_f64(secs).map_err(|_| too_long())?;
+        total = total
+            .checked_add(part)
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(too_long)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
+}
+
+/// Adds a problem at `key` when `d` is longer than `max` (`max_text` writes it as the config
+/// would, e.g. `1h`): for keys with a bound smaller than [`MAX_DURATION`].
+pub fn check_at_most(
+    d: Duration,
+    max: Duration,
+    max_text: &str,
+    line: Option<u64>,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) {
+    if d > max {
+        problems.push(Problem::at(
+            line,
+            key,
+            format!("must be at most {max_text}"),
+        ));
+    }
 }
 
 /// A duration written `30s`, `5m`, `2h`.
@@ -372,6 +403,10 @@ pub struct RawStore {
     /// How long the change journal keeps detected changes for inspection (default 7d).
     #[serde(default)]
     pub journal_retention: Option<Dur>,
+    /// How long dead letters (full payloads, patient data) are kept before they are deleted
+    /// (default 30d).
+    #[serde(default)]
+    pub dead_letter_retention: Option<Dur>,
 }
 
 /// TLS mode for SMTP.
@@ -383,7 +418,8 @@ pub enum SmtpTls {
     Starttls,
     /// TLS from the first byte (port 465).
     Tls,
-    /// No TLS: only for a relay on loopback or a test catcher.
+    /// No TLS: only for a relay on loopback or a test catcher (elsewhere only with
+    /// `allow_cleartext`), and never with AUTH.
     None,
 }
 
@@ -416,6 +452,10 @@ pub struct RawSmtp {
     /// Allow an SMTP host on a private address (a relay on the clinic's own network).
     #[serde(default)]
     pub allow_private: bool,
+    /// Allow `tls: none` to a host other than loopback. Dangerous: every message, with the patient
+    /// data in it, crosses the network in clear. Never allows AUTH without TLS.
+    #[serde(default)]
+    pub allow_cleartext: bool,
 }
 
 /// The `retry:` section, and a destination's own `retry:`.
@@ -685,6 +725,22 @@ mod tests {
     }
 
     #[test]
+    fn huge_durations_are_errors_not_panics() {
+        for s in [
+            "99999999999999999999d",
+            "150000000000d",
+            "3651d",
+            "3650d1s",
+            &"9".repeat(400),
+            &format!("{}s", "9".repeat(400)),
+        ] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.contains("too long") || e.contains("no unit"), "{s}: {e}");
+        }
+        assert_eq!(parse_duration("3650d").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
     fn key_paths() {
         let y = "clinicea:\n  base_url: x\n  poll_intervl: 1s\nrules:\n  - name: a\n    notify: [x]\n  - name: b\n    where:\n      - { field: A, equals: 1 }\n      - field: B\n        matchs: x\n";
         assert_eq!(key_path_at_line(y, 3), "clinicea.poll_intervl");
@@ -841,7 +897,15 @@ pub mod defaults {
     pub const STORE_PATH: &str = "./data";
     /// A week of detected changes stays inspectable.
     pub const JOURNAL_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// A month to look into and re-drive a dead letter; then its patient data goes.
+    pub const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 }
+
+/// The longest poll interval: a feed polled less than once a day is not a notifier.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// The longest request timeout or pause between requests: a request that waits longer is stuck.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// The validated `store:` section.
 #[derive(Debug, Clone)]
@@ -852,6 +916,8 @@ pub struct StoreSettings {
     pub cache_bytes: u64,
     /// How long the change journal keeps entries.
     pub journal_retention: Duration,
+    /// How long dead letters are kept.
+    pub dead_letter_retention: Duration,
 }
 
 /// A validated config file, minus the parts other modules compile (see [`Config`]).
@@ -1033,6 +1099,22 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
             "must be at least 100ms",
         ));
     }
+    check_at_most(
+        poll_interval,
+        MAX_POLL_INTERVAL,
+        "1d",
+        cline,
+        "clinicea.poll_interval",
+        problems,
+    );
+    for (d, k) in [
+        (c.timeout, "clinicea.timeout"),
+        (c.page_delay, "clinicea.page_delay"),
+    ] {
+        if let Some(d) = d {
+            check_at_most(d.0, MAX_WAIT, "1h", cline, k, problems);
+        }
+    }
     let clinicea = Clinicea {
         base_url: base_url
             .unwrap_or_else(|| url::Url::parse("http://127.0.0.1/").expect("static URL")),
@@ -1099,6 +1181,17 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
                 "must be at least 100ms",
             ));
         }
+        // An inherited interval is reported at `clinicea.poll_interval`.
+        if r.poll_interval.is_some() {
+            check_at_most(
+                poll,
+                MAX_POLL_INTERVAL,
+                "1d",
+                line,
+                &key("poll_interval"),
+                problems,
+            );
+        }
         resources.push(Resource {
             name: name.clone(),
             path: r.path.0.clone(),
@@ -1144,6 +1237,10 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
             .store
             .journal_retention
             .map_or(defaults::JOURNAL_RETENTION, |d| d.0),
+        dead_letter_retention: raw
+            .store
+            .dead_letter_retention
+            .map_or(defaults::DEAD_LETTER_RETENTION, |d| d.0),
     };
     let templates_dir = raw.templates.as_ref().map(|t| resolve_path(&base_dir, t));
     let listen_s = raw.listen.as_deref().unwrap_or(defaults::LISTEN);

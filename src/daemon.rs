@@ -18,7 +18,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// How often the running notifier prunes the change journal.
+/// How often the running notifier applies the store's retention periods (change journal, dead
+/// letters) and tightens its file modes.
 pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 /// How long shutdown waits for pollers and workers before giving up on them.
 pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -286,18 +287,14 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
             }
         }
     });
-    // Maintenance: keep the change journal to its retention period.
+    // Maintenance: the change journal and the dead letters kept to their retention periods.
     let store = engine.store.clone();
-    let retention = engine.settings.base.store.journal_retention;
+    let store_settings = engine.settings.base.store.clone();
     let m_cancel = cancel.clone();
     tasks.spawn(async move {
         loop {
-            let cutoff =
-                Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-            match store.prune_changes_before(cutoff) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "pruned the change journal"),
-                Err(e) => tracing::error!("pruning the change journal failed: {e}"),
+            if let Err(e) = crate::app::maintain_store(&store, &store_settings, Utc::now()) {
+                tracing::error!("store maintenance failed: {e:#}");
             }
             tokio::select! {
                 _ = m_cancel.cancelled() => break,

@@ -6,8 +6,12 @@
 //! * identical content → nothing.
 //!
 //! The server's own status field is left out of the comparison: a record re-sent with only its
-//! flag changed (`Added` → `Modified`) has not changed. Deleted records stay in the store as
-//! tombstones so that re-reading them in the overlap window produces nothing.
+//! flag changed (`Added` → `Modified`) has not changed.
+//!
+//! A deleted record stays in the store as a [`tombstone`]: its id and the delete flag, nothing of
+//! its contents (patient data the diff no longer needs). Against a tombstone, a record served
+//! deleted again (the overlap window re-reads it) is nothing, and one served live again is back:
+//! `added`, as if new.
 
 use crate::model::{Change, ChangeKind};
 use chrono::{DateTime, Utc};
@@ -67,6 +71,25 @@ pub fn is_deleted(record: &Value, status_field: &str) -> bool {
     by_status || by_flag
 }
 
+/// The snapshot kept for a deleted record: `{"<id_field>": id, "IsDeleted": true}`.
+pub fn tombstone(id_field: &str, id: &str) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    m.insert(id_field.to_string(), Value::String(id.to_string()));
+    m.insert(IS_DELETED_FIELD.to_string(), Value::Bool(true));
+    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+}
+
+/// For a stored snapshot: the [`tombstone`] to keep instead, when it is a deleted record kept
+/// whole (what older versions stored); `None` when it is live or already reduced.
+pub fn reduce_stored(raw: &[u8], id_field: &str, status_field: &str, id: &str) -> Option<Vec<u8>> {
+    let v: Value = serde_json::from_slice(raw).ok()?;
+    if !is_deleted(&v, status_field) {
+        return None;
+    }
+    let t = tombstone(id_field, id);
+    (t != raw).then_some(t)
+}
+
 /// Top-level fields whose values differ, ignoring `status_field`, in the record's field order
 /// (fields only in `previous` come last).
 pub fn changed_fields(previous: Option<&Value>, record: &Value, status_field: &str) -> Vec<String> {
@@ -95,11 +118,20 @@ pub fn diff(
     detected_at: DateTime<Utc>,
 ) -> Option<Change> {
     let deleted_now = is_deleted(&record, spec.status_field);
+    // A tombstone (or a deleted record kept whole) stands for a record that is gone.
+    let previous = match previous {
+        Some(prev) if is_deleted(&prev, spec.status_field) => {
+            if deleted_now {
+                return None;
+            }
+            None
+        }
+        other => other,
+    };
     let fields = changed_fields(previous.as_ref(), &record, spec.status_field);
     let kind = match &previous {
-        None if deleted_now => ChangeKind::Deleted,
+        _ if deleted_now => ChangeKind::Deleted,
         None => ChangeKind::Added,
-        Some(prev) if deleted_now && !is_deleted(prev, spec.status_field) => ChangeKind::Deleted,
         Some(_) if fields.is_empty() => return None,
         Some(_) => ChangeKind::Modified,
     };
@@ -162,6 +194,37 @@ mod tests {
         assert_eq!(run(Some(b), d2).unwrap().kind, ChangeKind::Deleted);
         // Unknown id flagged deleted.
         assert_eq!(run(None, d).unwrap().kind, ChangeKind::Deleted);
+    }
+
+    #[test]
+    fn against_a_tombstone_deleted_again_is_nothing_and_back_is_added() {
+        let t: Value = serde_json::from_slice(&tombstone("ID", "1")).unwrap();
+        assert_eq!(t, json!({"ID": "1", "IsDeleted": true}));
+        let d = json!({"ID": "1", "Name": "B", "Notes": "x", "DataStatusStr": "Deleted"});
+        assert!(run(Some(t.clone()), d.clone()).is_none());
+        let d2 = json!({"ID": "1", "Name": "C", "IsDeleted": true});
+        assert!(run(Some(t.clone()), d2).is_none());
+        // Back with exactly the fields it had, only the flag changed: added, not nothing.
+        let back = json!({"ID": "1", "Name": "B", "Notes": "x", "DataStatusStr": "Modified"});
+        let c = run(Some(t.clone()), back.clone()).unwrap();
+        assert_eq!(c.kind, ChangeKind::Added);
+        assert_eq!(c.previous, None);
+        assert_eq!(c.changed_fields, vec!["ID", "Name", "Notes"]);
+        // The same against a deleted record kept whole (older stores).
+        assert_eq!(run(Some(d.clone()), back).unwrap().kind, ChangeKind::Added);
+        let undeleted = json!({"ID": "1", "Name": "B", "IsDeleted": false});
+        let whole = json!({"ID": "1", "Name": "B", "IsDeleted": true});
+        assert_eq!(run(Some(whole), undeleted).unwrap().kind, ChangeKind::Added);
+    }
+
+    #[test]
+    fn only_deleted_records_kept_whole_are_reduced() {
+        let whole = br#"{"ID":"1","Name":"B","DataStatusStr":"Deleted"}"#;
+        let reduced = reduce_stored(whole, "ID", "DataStatusStr", "1").unwrap();
+        assert_eq!(reduced, tombstone("ID", "1"));
+        assert_eq!(reduce_stored(&reduced, "ID", "DataStatusStr", "1"), None);
+        let live = br#"{"ID":"1","Name":"B","DataStatusStr":"Added"}"#;
+        assert_eq!(reduce_stored(live, "ID", "DataStatusStr", "1"), None);
     }
 
     #[test]

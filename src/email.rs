@@ -99,6 +99,54 @@ fn check_credentials(username: bool, password: bool) -> Result<(), Problem> {
     }
 }
 
+/// Whether an SMTP host name is this machine (`localhost`, `127.0.0.1`, `::1`).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim();
+    let bracketed = if h.contains(':') && !h.starts_with('[') {
+        format!("[{h}]")
+    } else {
+        h.to_string()
+    };
+    // Parsed as an http URL: only the special schemes parse IP addresses as such.
+    url::Url::parse(&format!("http://{bracketed}/")).is_ok_and(|u| crate::config::is_loopback(&u))
+}
+
+/// `tls: none` sends everything in clear: never with credentials (AUTH would show the password to
+/// anyone on the path), and only to loopback unless `allow_cleartext` says the path is trusted.
+fn check_cleartext(
+    tls: SmtpTls,
+    host: &str,
+    credentials: bool,
+    allow_cleartext: bool,
+) -> Result<(), Problem> {
+    if tls != SmtpTls::None {
+        return if allow_cleartext {
+            Err(Problem::at(
+                None,
+                "smtp.allow_cleartext",
+                "only applies to tls: none; remove it",
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    if credentials {
+        return Err(Problem::at(
+            None,
+            "smtp.tls",
+            "tls: none with a username and password would send them in clear (AUTH is never sent without TLS); use starttls or tls, or remove smtp.username and smtp.password for a relay that needs no AUTH",
+        ));
+    }
+    if !allow_cleartext && !is_loopback_host(host) {
+        return Err(Problem::at(
+            None,
+            "smtp.tls",
+            "tls: none is only allowed to a relay on loopback (localhost, 127.0.0.1, ::1): messages hold patient data; use starttls or tls, or set smtp.allow_cleartext: true if the network to this host is trusted (dangerous)",
+        ));
+    }
+    Ok(())
+}
+
 /// How to reach the SMTP server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SmtpSettings {
@@ -162,13 +210,23 @@ impl SmtpSettings {
         };
         // The transport refuses these (see `Mailer::new`); say so in `check`, not at start.
         check_credentials(raw.username.is_some(), raw.password.is_some())?;
+        check_cleartext(
+            raw.tls,
+            &raw.host,
+            raw.username.is_some() || raw.password.is_some(),
+            raw.allow_cleartext,
+        )?;
+        let timeout = raw.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT);
+        if timeout > crate::config::MAX_WAIT {
+            return Err(Problem::at(None, "smtp.timeout", "must be at most 1h"));
+        }
         Ok(SmtpSettings {
             host: raw.host.0.clone(),
             port: raw.port.unwrap_or_else(|| Self::default_port(raw.tls)),
             tls: raw.tls,
             username: raw.username.as_ref().map(|t| t.0.clone()),
             password: raw.password.as_ref().map(|t| t.0.clone()),
-            timeout: raw.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT),
+            timeout,
             extra_root_cert_pem,
             allow_private: raw.allow_private,
         })
@@ -194,7 +252,7 @@ impl std::fmt::Debug for Mailer {
 
 impl Mailer {
     /// Builds the transport (nothing is connected until the first send). Fails on a bad CA file,
-    /// or a username without a password.
+    /// a username without a password, or credentials with `tls: none`.
     pub fn new(settings: SmtpSettings) -> Result<Mailer, Problem> {
         let tls_params = || -> Result<TlsParameters, Problem> {
             let mut b = TlsParameters::builder(settings.host.clone());
@@ -217,6 +275,15 @@ impl Mailer {
             .timeout(Some(settings.timeout))
             .pool_config(PoolConfig::new().max_size(POOL_SIZE));
         check_credentials(settings.username.is_some(), settings.password.is_some())?;
+        // `from_raw` already refuses this; the transport itself refuses it too, so no path can
+        // build a mailer that offers the password on a cleartext connection.
+        if settings.tls == SmtpTls::None && settings.username.is_some() {
+            return Err(Problem::at(
+                None,
+                "smtp.tls",
+                "AUTH is never sent without TLS: use starttls or tls with a username and password",
+            ));
+        }
         if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
             b = b.credentials(Credentials::new(u.clone(), p.clone()));
         }
@@ -384,6 +451,89 @@ mod tests {
         assert!(validate_address("Front Desk <fd@clinic.example>").is_ok());
         let e = validate_address("patient-at-example.com").unwrap_err();
         assert!(!e.contains("patient"), "{e}");
+    }
+
+    #[test]
+    fn cleartext_only_to_loopback_or_by_opt_in_and_never_with_auth() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.3.4.5",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "smtp.example.com",
+            "10.0.0.5",
+            "127.0.0.1.nip.io",
+            "::2",
+            "",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+        let key = |r: Result<(), Problem>| r.err().map(|p| p.key);
+        assert_eq!(
+            key(check_cleartext(SmtpTls::None, "127.0.0.1", false, false)),
+            None
+        );
+        assert_eq!(
+            key(check_cleartext(
+                SmtpTls::None,
+                "smtp.example.com",
+                false,
+                false
+            ))
+            .as_deref(),
+            Some("smtp.tls")
+        );
+        assert_eq!(
+            key(check_cleartext(
+                SmtpTls::None,
+                "smtp.example.com",
+                false,
+                true
+            )),
+            None
+        );
+        // Credentials without TLS: refused whatever the host and the opt-in.
+        for (host, allow) in [("127.0.0.1", false), ("smtp.example.com", true)] {
+            assert_eq!(
+                key(check_cleartext(SmtpTls::None, host, true, allow)).as_deref(),
+                Some("smtp.tls")
+            );
+        }
+        assert_eq!(
+            key(check_cleartext(
+                SmtpTls::Starttls,
+                "smtp.example.com",
+                true,
+                true
+            ))
+            .as_deref(),
+            Some("smtp.allow_cleartext")
+        );
+        assert_eq!(
+            key(check_cleartext(
+                SmtpTls::Tls,
+                "smtp.example.com",
+                true,
+                false
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn the_transport_refuses_credentials_without_tls() {
+        let mut s = settings(2525);
+        s.username = Some("notifier".into());
+        s.password = Some("s3cret".into());
+        let p = Mailer::new(s).expect_err("refused");
+        assert_eq!(p.key, "smtp.tls");
+        assert!(!p.message.contains("s3cret"), "{}", p.message);
     }
 
     #[tokio::test]

@@ -46,6 +46,8 @@ enum Command {
     /// Inspect and re-drive dead letters.
     #[command(subcommand)]
     Dead(app::DeadCommand),
+    /// Erase everything stored about one record: snapshot, journal, queued deliveries, dead letters.
+    Purge(app::PurgeArgs),
     /// Check a Standard Webhooks signature (for people writing receivers).
     Verify(app::VerifyArgs),
     /// Serve a simulated Clinicea API with generated, changing data.
@@ -84,6 +86,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
             Command::TestRule(args) => app::test_rule_command(&config, &args),
             Command::Status => app::status_command(&config),
             Command::Dead(cmd) => app::dead_command(&config, cmd).await,
+            Command::Purge(args) => app::purge_command(&config, &args).await,
             Command::Verify(args) => app::verify_command(&args),
             Command::Sandbox(args) => app::sandbox_command(args).await,
             Command::Demo(args) => demo::demo_command(args).await,

@@ -227,7 +227,13 @@ async fn poll_inner(
             report.changes += 1;
             kinds[change.kind as usize] += 1;
             pending.insert(id.clone(), write.snapshots.len());
-            write.snapshots.push((id, bytes));
+            // A deleted record is kept as a tombstone, not with its contents.
+            let stored = if change.kind == ChangeKind::Deleted {
+                diff::tombstone(&res.id_field, &id)
+            } else {
+                bytes
+            };
+            write.snapshots.push((id, stored));
             plan_change(ctx, &change, &mut write, &mut wakes, &mut report)?;
             if ctx.observer.is_some() {
                 observed.push(observe(ctx, &change));

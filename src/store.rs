@@ -11,6 +11,16 @@
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | one attempt's log (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a dead letter (JSON, see `deliver`)   |
 //! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
+//! | `meta`        | name                                  | store-wide facts (one-time upgrades)  |
+//!
+//! # Who can read it
+//!
+//! Every value is patient data. The folder is created 0700 and every file sled made is set to 0600
+//! when the store opens, whatever the umask; a store whose files others could read is a warning
+//! naming it, and is tightened (its folder only when this user owns it). Files sled creates later
+//! (`snap.*` snapshot files, `blobs/`) are out of others' reach because the folder is, and
+//! [`Store::tighten_permissions`] (run with the daemon's maintenance) sets them to 0600 too. The
+//! process umask is left alone: no global state changes for the sake of one folder.
 //!
 //! # Why a `kill -9` at any instant loses nothing
 //!
@@ -36,7 +46,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
@@ -146,6 +156,7 @@ pub struct PageWrite {
 /// The sled database and its trees.
 #[derive(Clone)]
 pub struct Store {
+    path: PathBuf,
     db: sled::Db,
     checkpoints: sled::Tree,
     polls: sled::Tree,
@@ -155,6 +166,7 @@ pub struct Store {
     attempts: sled::Tree,
     dead: sled::Tree,
     dest_health: sled::Tree,
+    meta: sled::Tree,
     /// False while the attempts log is known to be empty (it was empty at open and nothing has been
     /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
     attempts_used: Arc<AtomicBool>,
@@ -218,10 +230,162 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// The mode of the store folder (and its subfolders): its owner only.
+pub const DIR_MODE: u32 = 0o700;
+/// The mode of every file in the store: its owner only.
+pub const FILE_MODE: u32 = 0o600;
+
+/// What was loose about an existing store folder before it was opened.
+#[derive(Debug, Clone, Copy)]
+struct Loose {
+    /// The folder's permission bits (some for group or others).
+    dir_mode: u32,
+    /// Files in it that group or others may read.
+    readable_files: usize,
+}
+
+/// Creates the store folder with [`DIR_MODE`], or inspects an existing one: `Some` when it lets
+/// group or others in.
+fn prepare_dir(path: &Path) -> std::io::Result<Option<Loose>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(path)?;
+            // The umask may have taken bits from the owner too.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+        // Not a folder: sled's own open reports it.
+        Ok(m) if !m.is_dir() => Ok(None),
+        Ok(m) => {
+            let dir_mode = m.permissions().mode() & 0o7777;
+            if dir_mode & 0o077 == 0 {
+                return Ok(None);
+            }
+            let mut readable_files = 0;
+            walk(path, &mut |_, m| {
+                if m.is_file() && m.permissions().mode() & 0o044 != 0 {
+                    readable_files += 1;
+                }
+                Ok(())
+            })?;
+            Ok(Some(Loose {
+                dir_mode,
+                readable_files,
+            }))
+        }
+    }
+}
+
+/// Calls `f` on every folder and file below `dir` (not `dir` itself), not following symbolic
+/// links; an entry sled removes meanwhile (an old snapshot file) is skipped.
+fn walk(
+    dir: &Path,
+    f: &mut dyn FnMut(&Path, &std::fs::Metadata) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let m = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let p = entry.path();
+            f(&p, &m)?;
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets `p` to `want` when its mode allows group or others anything; 1 when it changed it.
+fn tighten(p: &Path, m: &std::fs::Metadata, want: u32) -> std::io::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    if m.permissions().mode() & 0o077 == 0 {
+        return Ok(0);
+    }
+    match std::fs::set_permissions(p, std::fs::Permissions::from_mode(want)) {
+        Ok(()) => Ok(1),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets every folder below `dir` to [`DIR_MODE`] and every file to [`FILE_MODE`] where they allow
+/// more; returns how many it changed. `dir` itself is handled at open (see [`Store::open`]).
+fn tighten_below(dir: &Path) -> std::io::Result<usize> {
+    let mut changed = 0;
+    walk(dir, &mut |p, m| {
+        if m.is_dir() {
+            changed += tighten(p, m, DIR_MODE)?;
+        } else if m.is_file() {
+            changed += tighten(p, m, FILE_MODE)?;
+        }
+        Ok(())
+    })?;
+    Ok(changed)
+}
+
+/// After sled opened the store: tightens the folder and everything in it, and says so when the
+/// store was readable by others before (a warning) or its folder cannot be tightened.
+fn tighten_at_open(path: &Path, loose: Option<Loose>) {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let below = tighten_below(path);
+    let dir = match loose {
+        None => Ok(()),
+        Some(_) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE)),
+    };
+    if let Err(e) = &below {
+        tracing::warn!(path = %shown, "cannot make the store's files readable by this user only: {e}");
+    }
+    let Some(l) = loose else {
+        return;
+    };
+    let files_ok = below.is_ok();
+    match (&dir, l.readable_files > 0) {
+        (Ok(()), true) => tracing::warn!(
+            path = %shown,
+            "the store could be read by other users (folder mode {:o}, {} files readable by others); tightened the folder to {DIR_MODE:o} and its files to {FILE_MODE:o}",
+            l.dir_mode, l.readable_files
+        ),
+        (Err(e), true) => tracing::warn!(
+            path = %shown,
+            "the store could be read by other users (folder mode {:o}, {} files readable by others); {} but the folder cannot be changed ({e}): make it {DIR_MODE:o}, owned by the notifier's user",
+            l.dir_mode, l.readable_files,
+            if files_ok { "its files are now readable by this user only" } else { "its files could not all be tightened" }
+        ),
+        // Others could list the folder but read none of its files.
+        (Ok(()), false) => tracing::info!(
+            path = %shown,
+            "the store folder was mode {:o}; tightened it to {DIR_MODE:o}",
+            l.dir_mode
+        ),
+        (Err(e), false) => tracing::info!(
+            path = %shown,
+            "the store folder is mode {:o} and cannot be changed ({e}); its files are readable by this user only",
+            l.dir_mode
+        ),
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`.
+    /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`. The folder and
+    /// its files are made readable by this user only (see the module docs).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
         let shown = path.display().to_string();
+        let loose = prepare_dir(path).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            source: sled::Error::Io(e),
+        })?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -244,7 +408,8 @@ impl Store {
                 },
             })?;
         let attempts = db.open_tree("attempts")?;
-        Ok(Store {
+        let store = Store {
+            path: path.to_path_buf(),
             attempts_used: Arc::new(AtomicBool::new(!attempts.is_empty())),
             attempts,
             checkpoints: db.open_tree("checkpoints")?,
@@ -254,8 +419,35 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             dead: db.open_tree("dead")?,
             dest_health: db.open_tree("dest_health")?,
+            meta: db.open_tree("meta")?,
             db,
-        })
+        };
+        // sled has just created its files with the process umask.
+        tighten_at_open(path, loose);
+        Ok(store)
+    }
+
+    /// Sets the folders and files in the store to 0700 and 0600 where they allow more (files sled
+    /// made since the last call); returns how many it changed. A failure is logged, not returned:
+    /// the store folder's own mode already keeps others out.
+    pub fn tighten_permissions(&self) -> usize {
+        match tighten_below(&self.path) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(path = %self.path.display(), changed = n, "tightened store file modes");
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), "cannot tighten the store's file modes: {e}");
+                0
+            }
+        }
+    }
+
+    /// The store folder.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A fresh, unique, increasing id (sled persists its generator across restarts).
@@ -425,6 +617,131 @@ impl Store {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Runs `rewrite` over every snapshot once per store: the first call with a given `upgrade`
+    /// name rewrites each snapshot it returns new bytes for (`rewrite(resource, id, bytes)`) and
+    /// records the upgrade in `meta`; later calls return 0 at once. Returns how many changed.
+    pub fn upgrade_snapshots_once(
+        &self,
+        upgrade: &str,
+        rewrite: impl Fn(&str, &str, &[u8]) -> Option<Vec<u8>>,
+    ) -> Result<usize> {
+        let marker = key(&["upgrade", upgrade]);
+        if self.meta.contains_key(&marker)? {
+            return Ok(0);
+        }
+        let mut changed = 0;
+        for kv in self.snapshots.iter() {
+            let (k, v) = kv?;
+            let mut parts = k.splitn(3, |b| *b == 0);
+            let (Some(_source), Some(resource), Some(id)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (resource, id) = (
+                String::from_utf8_lossy(resource),
+                String::from_utf8_lossy(id),
+            );
+            if let Some(new) = rewrite(&resource, &id, &v) {
+                self.snapshots.insert(k, new)?;
+                changed += 1;
+            }
+        }
+        self.meta.insert(marker, &b"done"[..])?;
+        self.db.flush()?;
+        Ok(changed)
+    }
+
+    /// Erases everything stored about one record: its snapshot, its change journal entries, its
+    /// queued deliveries and dead letters and their attempt logs, in one transaction.
+    pub fn erase_record(&self, source: &str, resource: &str, id: &str) -> Result<Erased> {
+        #[derive(Deserialize)]
+        struct JournalKey {
+            source: String,
+            resource: String,
+            id: String,
+        }
+        #[derive(Deserialize)]
+        struct EntryKey {
+            resource: String,
+            record_id: String,
+        }
+        #[derive(Deserialize)]
+        struct DeadKey {
+            entry: EntryKey,
+        }
+        let is_it = |e: &EntryKey| e.resource == resource && e.record_id == id;
+        let snap_key = key(&[source, resource, id]);
+        let mut erased = Erased {
+            snapshots: usize::from(self.snapshots.contains_key(&snap_key)?),
+            ..Erased::default()
+        };
+        let mut changes = Vec::new();
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            if serde_json::from_slice::<JournalKey>(&v)
+                .is_ok_and(|c| c.source == source && c.resource == resource && c.id == id)
+            {
+                changes.push(k);
+            }
+        }
+        // The outbox has no source in its entries: one source is all there is today.
+        let mut outbox = Vec::new();
+        let mut seqs = Vec::new();
+        for kv in self.outbox.iter() {
+            let (k, v) = kv?;
+            if serde_json::from_slice::<EntryKey>(&v).is_ok_and(|e| is_it(&e)) {
+                seqs.extend(seq_of_outbox_key(&k));
+                outbox.push(k);
+            }
+        }
+        let mut dead = Vec::new();
+        for kv in self.dead.iter() {
+            let (k, v) = kv?;
+            if serde_json::from_slice::<DeadKey>(&v).is_ok_and(|d| is_it(&d.entry)) {
+                seqs.extend(k.as_ref().try_into().ok().map(u64::from_be_bytes));
+                dead.push(k);
+            }
+        }
+        let mut attempts = Vec::new();
+        for seq in seqs {
+            for k in self.attempts.scan_prefix(seq.to_be_bytes()).keys() {
+                attempts.push(k?);
+            }
+        }
+        erased.changes = changes.len();
+        erased.outbox = outbox.len();
+        erased.dead = dead.len();
+        erased.attempts = attempts.len();
+        let res: std::result::Result<(), TransactionError<()>> = (
+            &self.snapshots,
+            &self.changes,
+            &self.outbox,
+            &self.dead,
+            &self.attempts,
+        )
+            .transaction(|(snaps, ch, ob, de, at)| {
+                snaps.remove(snap_key.as_slice())?;
+                for k in &changes {
+                    ch.remove(k)?;
+                }
+                for k in &outbox {
+                    ob.remove(k)?;
+                }
+                for k in &dead {
+                    de.remove(k)?;
+                }
+                for k in &attempts {
+                    at.remove(k)?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => Ok(erased),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
     }
 
     // --- outbox ---------------------------------------------------------------------------
@@ -597,6 +914,56 @@ impl Store {
     pub fn dead_len(&self) -> usize {
         self.dead.len()
     }
+
+    /// Deletes the dead letters that died before `cutoff_ms` (Unix ms; `None`: every one) and
+    /// their attempt logs, and returns how many went. Dead letters are keyed by delivery, not by
+    /// when they died, so each is looked at (only its `died_ms` is decoded); one that cannot be
+    /// read is of no use to anyone and goes too.
+    pub fn purge_dead(&self, cutoff_ms: Option<i64>) -> Result<usize> {
+        #[derive(Deserialize)]
+        struct Died {
+            died_ms: i64,
+        }
+        let mut removed = 0;
+        for kv in self.dead.iter() {
+            let (k, v) = kv?;
+            let old = cutoff_ms
+                .is_none_or(|c| serde_json::from_slice::<Died>(&v).map_or(true, |d| d.died_ms < c));
+            if !old {
+                continue;
+            }
+            let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) else {
+                self.dead.remove(k)?;
+                removed += 1;
+                continue;
+            };
+            self.dead_remove(seq)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// What [`Store::erase_record`] removed, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Erased {
+    /// The record's snapshot (0 or 1).
+    pub snapshots: usize,
+    /// Change journal entries.
+    pub changes: usize,
+    /// Queued deliveries.
+    pub outbox: usize,
+    /// Dead letters.
+    pub dead: usize,
+    /// Attempt logs of those deliveries and dead letters.
+    pub attempts: usize,
+}
+
+impl Erased {
+    /// Everything removed.
+    pub fn total(&self) -> usize {
+        self.snapshots + self.changes + self.outbox + self.dead + self.attempts
+    }
 }
 
 #[cfg(test)]
@@ -674,6 +1041,23 @@ mod tests {
             .map(|(_, c)| c.id)
             .collect();
         assert_eq!(left, vec!["300"]);
+    }
+
+    #[test]
+    fn files_created_after_open_are_tightened_by_the_maintenance_call() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), DIR_MODE);
+        // As sled makes a snapshot file or a blob later, under the process umask.
+        let later = path.join("blobs").join("123");
+        std::fs::write(&later, "x").unwrap();
+        std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(store.tighten_permissions(), 1);
+        assert_eq!(mode(&later), FILE_MODE);
+        assert_eq!(store.tighten_permissions(), 0);
     }
 
     #[test]

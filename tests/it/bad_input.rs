@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A fake Clinicea API serving a fixed body for page 0 of the leads and 204 after it.
-struct StaticApi {
-    base_url: String,
+pub(crate) struct StaticApi {
+    pub(crate) base_url: String,
     body: Arc<Mutex<Vec<u8>>>,
 }
 
 impl StaticApi {
-    async fn start(body: impl Into<Vec<u8>>) -> StaticApi {
+    pub(crate) async fn start(body: impl Into<Vec<u8>>) -> StaticApi {
         let body = Arc::new(Mutex::new(body.into()));
         let b = body.clone();
         let app = axum::Router::new().route(
@@ -57,7 +57,7 @@ impl StaticApi {
         }
     }
 
-    fn set(&self, body: impl Into<Vec<u8>>) {
+    pub(crate) fn set(&self, body: impl Into<Vec<u8>>) {
         *self.body.lock().unwrap() = body.into();
     }
 }
@@ -633,4 +633,80 @@ async fn a_full_disk_fails_the_poll_clearly_and_nothing_is_lost_once_space_is_ba
         300,
         "every lead, none lost: {text}"
     );
+}
+
+// --- durations ----------------------------------------------------------------------------------
+
+const SMALL_CONFIG: &str = "clinicea:\n  base_url: http://127.0.0.1:1\n  api_key: k\nresources:\n  leads: { path: /api/v1/leads }\n";
+
+#[test]
+fn a_huge_duration_is_refused_by_check_naming_the_file_line_and_key() {
+    let cases = [
+        (
+            SMALL_CONFIG.replace(
+                "  api_key: k\n",
+                "  api_key: k\n  poll_interval: 99999999999999999999d\n",
+            ),
+            "clinicea-notifier.yaml:4: clinicea.poll_interval",
+            "too long",
+        ),
+        (
+            format!("{SMALL_CONFIG}store:\n  dead_letter_retention: 150000000000d\n"),
+            "clinicea-notifier.yaml:7: store.dead_letter_retention",
+            "too long",
+        ),
+        (
+            format!("{SMALL_CONFIG}retry:\n  schedule: [5s, 99999999999999999999999999999999d]\n"),
+            "clinicea-notifier.yaml:7: retry.schedule",
+            "too long",
+        ),
+        // Below the ten-year bound, but over the key's own.
+        (
+            SMALL_CONFIG.replace("  api_key: k\n", "  api_key: k\n  timeout: 2h\n"),
+            "clinicea.timeout: must be at most 1h",
+            "",
+        ),
+        (
+            SMALL_CONFIG.replace("  api_key: k\n", "  api_key: k\n  poll_interval: 2d\n"),
+            "clinicea.poll_interval: must be at most 1d",
+            "",
+        ),
+    ];
+    for (yaml, key, message) in cases {
+        let t = TestDir::new(&yaml);
+        let (ok, text) = check_cli(&t.config);
+        assert!(!ok, "{yaml}\n{text}");
+        assert!(
+            text.contains(key) && text.contains(message),
+            "{key}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dead_purge_with_a_huge_age_is_an_error_and_purges_nothing() {
+    let t = TestDir::new(&leads_only("http://127.0.0.1:1"));
+    let now = chrono::Utc::now().timestamp_millis();
+    {
+        let store = open_store(&t);
+        crate::data::put_dead(&store, 1, "a", now - 3_600_000);
+        crate::data::put_dead(&store, 2, "b", now - 40 * 86_400_000);
+    }
+    for age in ["150000000000d", "99999999999999999999d"] {
+        let out = cli(&t, &["dead", "purge", "--older-than", age]).await;
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains("too long") && !text.contains("panicked"),
+            "{text}"
+        );
+        assert_eq!(open_store(&t).dead_len(), 2, "nothing purged by {age}");
+    }
+    // The longest age there is purges what is older, which is nothing here.
+    let out = cli(&t, &["dead", "purge", "--older-than", "3650d"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 0 dead letters"));
+    let out = cli(&t, &["dead", "purge", "--older-than", "30d"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 1 dead letters"));
+    assert_eq!(open_store(&t).dead_len(), 1);
 }

@@ -352,3 +352,102 @@ async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_
         Some("New lead: Ayesha Khan")
     );
 }
+
+/// `check` on a config with this `smtp:` section: (success, stdout + stderr).
+fn check_smtp(smtp: &str) -> (bool, String) {
+    let t = TestDir::new(&format!(
+        "{}smtp:\n{smtp}  from: \"{FROM}\"\n",
+        leads_only("http://127.0.0.1:1")
+    ));
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&t.config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_refuses_tls_none_to_a_remote_host_unless_cleartext_is_allowed() {
+    let remote = "  host: smtp.example.com\n  port: 25\n  tls: none\n";
+    let (ok, text) = check_smtp(remote);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("clinicea-notifier.yaml:")
+            && text.contains(": smtp.tls: ")
+            && text.contains("loopback"),
+        "{text}"
+    );
+    assert!(
+        text.contains("smtp.allow_cleartext"),
+        "names the opt-in: {text}"
+    );
+    let (ok, text) = check_smtp(&format!("{remote}  allow_cleartext: true\n"));
+    assert!(ok, "{text}");
+    let (ok, text) = check_smtp("  host: localhost\n  port: 25\n  tls: none\n");
+    assert!(ok, "{text}");
+    // The opt-in is for `tls: none` only.
+    let (ok, text) = check_smtp("  host: smtp.example.com\n  allow_cleartext: true\n");
+    assert!(!ok && text.contains("smtp.allow_cleartext"), "{text}");
+}
+
+#[tokio::test]
+async fn credentials_with_tls_none_are_refused_and_the_server_never_sees_auth() {
+    // A server that offers AUTH on a plain connection, as a careless relay does.
+    let catcher = Catcher::start(
+        "127.0.0.1:0",
+        CatcherOptions {
+            require_auth: Some(("notifier".into(), "s3cret-smtp-pass".into())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sb = empty_sandbox().await;
+    for extra in ["", "  allow_cleartext: true\n"] {
+        let smtp = format!(
+            "{}  username: notifier\n  password: s3cret-smtp-pass\n{extra}",
+            plain_smtp(catcher.addr.port())
+        );
+        let t = TestDir::new(&email_config(
+            &sb.base_url(),
+            &smtp,
+            &["frontdesk@clinic.example"],
+            "new-lead",
+        ));
+        sb.sandbox.insert("leads", test_lead());
+        // `once` polls and would send: it refuses the config before anything goes out.
+        let out = cli(&t, &["once"]).await;
+        let text = output_text(&out);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains(": smtp.tls: ") && text.contains("in clear"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret-smtp-pass"), "{text}");
+    }
+    // Whoever builds the transport: it refuses credentials without TLS.
+    let settings = clinicea_notifier::email::SmtpSettings {
+        host: "127.0.0.1".into(),
+        port: catcher.addr.port(),
+        tls: clinicea_notifier::config::SmtpTls::None,
+        username: Some("notifier".into()),
+        password: Some("s3cret-smtp-pass".into()),
+        timeout: Duration::from_secs(3),
+        extra_root_cert_pem: None,
+        allow_private: false,
+    };
+    let refused = clinicea_notifier::email::Mailer::new(settings)
+        .err()
+        .unwrap();
+    assert_eq!(refused.key, "smtp.tls");
+    assert_eq!(catcher.auth_commands(), (0, 0), "no AUTH ever reached it");
+    assert!(catcher.messages().is_empty());
+}

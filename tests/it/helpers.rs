@@ -275,12 +275,30 @@ pub async fn drain_outbox(engine: &Engine, timeout: Duration) {
 
 /// Every dead letter.
 pub fn dead_list(engine: &Engine) -> Vec<clinicea_notifier::deliver::DeadLetter> {
-    engine
-        .store
+    store_dead_letters(&engine.store)
+}
+
+/// Every dead letter of a store, decoded.
+pub fn store_dead_letters(
+    store: &clinicea_notifier::store::Store,
+) -> Vec<clinicea_notifier::deliver::DeadLetter> {
+    store
         .dead_entries()
         .unwrap()
         .into_iter()
         .map(|(_, raw)| serde_json::from_slice(&raw).unwrap())
+        .collect()
+}
+
+/// Every queued outbox entry of a store, of every destination, decoded.
+pub fn store_outbox(
+    store: &clinicea_notifier::store::Store,
+) -> Vec<clinicea_notifier::deliver::OutboxEntry> {
+    store
+        .all_outbox()
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, raw)| serde_json::from_slice(&raw).unwrap())
         .collect()
 }
 

@@ -5,6 +5,7 @@ mod bad_input;
 mod chat;
 mod cli;
 mod crash;
+mod data;
 mod delivery;
 mod demo;
 mod egress;

@@ -424,8 +424,13 @@ async fn sighup_that_removes_a_destination_moves_its_queued_entries_to_the_dead_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_with_an_smtp_username_but_no_password_keeps_the_old_config_running() {
+/// Starts `run` delivering one lead to a receiver, rewrites the config to `broken(base_url,
+/// rest)` (`rest`: the running config's destinations and rules), sends SIGHUP, and checks the
+/// reload is refused, the notifier keeps running and still delivers with the old config, and
+/// stops cleanly. Returns its log.
+async fn a_refused_reload_keeps_the_old_config_running(
+    broken: impl Fn(&str, &str) -> String,
+) -> String {
     let sb = sandbox(small(1)).await;
     let a = FnReceiver::start(|_, _| Reply::status(200)).await;
     let rest = format!(
@@ -440,13 +445,7 @@ async fn sighup_with_an_smtp_username_but_no_password_keeps_the_old_config_runni
         "{}",
         d.stderr_text()
     );
-    // An SMTP username without a password: the YAML is well-formed, but the mail transport
-    // refuses it. Before the fix `check` said OK and this SIGHUP stopped the notifier
-    // ("error: smtp: a username needs a password").
-    t.rewrite(&format!(
-        "{}smtp:\n  host: localhost\n  port: 2525\n  tls: none\n  username: notifier\n  from: \"n@example.com\"\n",
-        daemon_config(&sb.base_url(), "", &rest)
-    ));
+    t.rewrite(&broken(&sb.base_url(), &rest));
     d.signal("HUP");
     assert!(
         d.wait_log("reload rejected", 1, Duration::from_secs(20))
@@ -472,4 +471,33 @@ async fn sighup_with_an_smtp_username_but_no_password_keeps_the_old_config_runni
     d.signal("TERM");
     let status = d.wait_exit(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    d.stderr_text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_an_smtp_username_but_no_password_keeps_the_old_config_running() {
+    // An SMTP username without a password: the YAML is well-formed, but the mail transport
+    // refuses it. Before the fix `check` said OK and this SIGHUP stopped the notifier
+    // ("error: smtp: a username needs a password").
+    a_refused_reload_keeps_the_old_config_running(|base_url, rest| {
+        format!(
+            "{}smtp:\n  host: localhost\n  port: 2525\n  tls: none\n  username: notifier\n  from: \"n@example.com\"\n",
+            daemon_config(base_url, "", rest)
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_huge_duration_keeps_the_old_config_running() {
+    // Before the fix, parsing it panicked and took the daemon down.
+    let log = a_refused_reload_keeps_the_old_config_running(|base_url, rest| {
+        daemon_config(base_url, "  overlap: 99999999999999999999d\n", rest)
+    })
+    .await;
+    assert!(
+        log.contains("clinicea.overlap") && log.contains("too long"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }
