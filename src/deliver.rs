@@ -11,7 +11,7 @@
 use crate::chat::{self, ChatKind};
 use crate::config::{Problem, RawDestination, RawRetry};
 use crate::email::{EmailMessage, Mailer};
-use crate::model::{AttemptReport, Change, Verdict};
+use crate::model::{AttemptReport, Change, IdKey, Verdict};
 use crate::outcome::RetryPolicy;
 use crate::render::{self, Templates};
 use crate::rules::RuleSet;
@@ -486,10 +486,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The deliveries a change should produce: one per destination whose rules match, one per
-    /// recipient for email.
-    pub fn plan(&self, change: &Change) -> Vec<Planned> {
+    /// recipient for email. `id_key` is the store's key of change ids (email `Message-ID`s are
+    /// derived from the change's id).
+    pub fn plan(&self, change: &Change, id_key: &IdKey) -> Vec<Planned> {
         let routes = self.rules.route(change);
         let mut out = Vec::with_capacity(routes.len());
+        // Hashed at most once, and only when an email destination needs it.
+        let change_id = std::cell::OnceCell::new();
         for route in routes {
             let Some(dest) = self.destinations.get(&route.destination) else {
                 continue;
@@ -513,7 +516,7 @@ impl Pipeline {
                     let name = format!("{template}.txt");
                     push(
                         self.templates
-                            .render(&name, &ctx)
+                            .render_chat(*kind, &name, &ctx)
                             .map(|text| Payload::Chat {
                                 body: String::from_utf8_lossy(&chat::body(*kind, &text))
                                     .into_owned(),
@@ -552,7 +555,7 @@ impl Pipeline {
                         Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
                     })();
                     // One Message-ID key per recipient; the change id behind it is hashed once.
-                    let change_id = change.change_id();
+                    let change_id = change_id.get_or_init(|| change.change_id(id_key));
                     let domain = crate::email::domain_of(from);
                     for to_tpl in to {
                         let payload = rendered.clone().and_then(|(subject, text, html)| {
@@ -697,6 +700,60 @@ pub struct Deliverer {
     /// Destinations marked failing (mirrors the store's `dest_health`), so the success path only
     /// touches the store when a mark has to be cleared.
     failing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Where the unit tests make an attempt panic.
+    #[cfg(test)]
+    fault: TestFault,
+}
+
+/// Where a unit test makes every attempt panic: inside the send (caught by the attempt itself) or
+/// after it (the whole task panics, which the worker catches).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum TestFault {
+    #[default]
+    None,
+    PanicInSend,
+    PanicAfterSend,
+}
+
+/// The reason recorded for an attempt that panicked. A panic is a bug, not the receiver's answer,
+/// but it counts as a failed attempt like any other: the entry follows its retry schedule and
+/// ends in the dead letters instead of being tried again forever.
+pub const PANIC_REASON: &str = "the delivery attempt panicked (a bug in clinicea-notifier)";
+
+/// Runs a future and turns a panic inside it into `Err(())`, so one attempt's bug is recorded
+/// against that attempt instead of unwinding through the bookkeeping after it.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        // After a panic the inner future is never polled again (this future is then done), so
+        // no broken state can be observed.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}
+
+/// The report of an attempt that panicked.
+fn panic_report(duration: Duration) -> AttemptReport {
+    AttemptReport {
+        verdict: Verdict::Retry {
+            reason: PANIC_REASON.to_string(),
+            retry_after: None,
+        },
+        status: None,
+        response: String::new(),
+        duration,
+    }
 }
 
 /// Whether a permanent failure means the destination itself is gone (a deleted chat webhook).
@@ -727,6 +784,8 @@ impl Deliverer {
             mailer,
             events: None,
             failing: Arc::new(std::sync::Mutex::new(failing)),
+            #[cfg(test)]
+            fault: TestFault::None,
         })
     }
 
@@ -748,6 +807,10 @@ impl Deliverer {
     }
 
     async fn send(&self, dest: &Destination, entry: &OutboxEntry) -> AttemptReport {
+        #[cfg(test)]
+        if self.fault == TestFault::PanicInSend {
+            panic!("test fault: panic in send");
+        }
         let fail = |reason: String| AttemptReport {
             verdict: Verdict::Fail { reason },
             status: None,
@@ -788,7 +851,7 @@ impl Deliverer {
         let Some(raw) = self.store.outbox_get(destination, seq)? else {
             return Ok(Step::Gone);
         };
-        let mut entry: OutboxEntry =
+        let entry: OutboxEntry =
             serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
                 what: "outbox entry",
                 source,
@@ -801,11 +864,58 @@ impl Deliverer {
         };
         let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
         let started_ms = now_ms();
+        let started = std::time::Instant::now();
         // `instrument`, not `enter`: an entered span guard held across an await leaks the span into
         // whatever else runs on this thread meanwhile.
-        let report = self.send(&dest, &entry).instrument(span.clone()).await;
+        let sent = CatchPanic(Box::pin(self.send(&dest, &entry)))
+            .instrument(span.clone())
+            .await;
+        #[cfg(test)]
+        if self.fault == TestFault::PanicAfterSend {
+            panic!("test fault: panic after send");
+        }
         // Nothing below awaits, so entering here is sound.
         let _enter = span.enter();
+        let report = sent.unwrap_or_else(|()| {
+            tracing::error!("{PANIC_REASON}; counted as a failed attempt");
+            panic_report(started.elapsed())
+        });
+        self.record(&dest, seq, entry, report, started_ms)
+    }
+
+    /// Counts an attempt whose task panicked before it could record its outcome: the entry's
+    /// attempt count goes up and it follows its retry schedule, like any failed attempt.
+    pub fn record_panicked(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+        let Some(raw) = self.store.outbox_get(destination, seq)? else {
+            return Ok(Step::Gone);
+        };
+        let entry: OutboxEntry =
+            serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
+                what: "outbox entry",
+                source,
+            })?;
+        let Some(dest) = self.destinations.get(destination).cloned() else {
+            let reason = format!("destination {destination} is no longer in the config");
+            self.to_dead(&entry, reason)?;
+            return Ok(Step::Dead);
+        };
+        let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
+        let _enter = span.enter();
+        tracing::error!("{PANIC_REASON}; counted as a failed attempt");
+        self.record(&dest, seq, entry, panic_report(Duration::ZERO), now_ms())
+    }
+
+    /// Records one attempt's outcome: removes the entry on success, reschedules it on a retryable
+    /// failure, moves it to the dead letters on a permanent one or when its schedule is spent.
+    fn record(
+        &self,
+        dest: &Destination,
+        seq: u64,
+        mut entry: OutboxEntry,
+        report: AttemptReport,
+        started_ms: i64,
+    ) -> Result<Step, StoreError> {
+        let destination = dest.name.as_str();
         entry.attempts += 1;
         let labels = [("destination", destination.to_string())];
         metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)
@@ -994,6 +1104,7 @@ impl Deliverer {
             .map_or(Duration::ZERO, |d| d.min_interval);
         let mut out = Outcome::default();
         let mut set = tokio::task::JoinSet::new();
+        let mut task_seq: HashMap<tokio::task::Id, u64> = HashMap::new();
         let sem = Arc::new(Semaphore::new(limit));
         for (_, seq) in due {
             let permit = sem
@@ -1006,19 +1117,28 @@ impl Deliverer {
                 })?;
             let me = self.clone();
             let dest = destination.to_string();
-            set.spawn(async move {
+            let handle = set.spawn(async move {
                 let r = me.attempt(&dest, seq).await;
                 drop(permit);
                 r
             });
+            task_seq.insert(handle.id(), seq);
             if !min_interval.is_zero() {
                 tokio::time::sleep(min_interval).await;
             }
         }
-        while let Some(r) = set.join_next().await {
+        while let Some(r) = set.join_next_with_id().await {
             match r {
-                Ok(step) => out.add(step?),
-                Err(e) => tracing::error!("a delivery task panicked: {e}"),
+                Ok((id, step)) => {
+                    task_seq.remove(&id);
+                    out.add(step?)
+                }
+                Err(e) => {
+                    // The attempt could not record itself; count it here.
+                    if let Some(seq) = task_seq.remove(&e.id()) {
+                        out.add(self.record_panicked(destination, seq)?);
+                    }
+                }
             }
         }
         Ok(out)
@@ -1139,10 +1259,10 @@ impl Deliverer {
                     }
                 },
                 Some(done) = inflight.join_next_with_id(), if !inflight.is_empty() => {
-                    finished(done, &mut task_seq, &mut queue, &destination);
+                    finished(&shared, done, &mut task_seq, &mut queue, &destination);
                     // Collect every other attempt that has finished too, before refilling.
                     while let Some(done) = inflight.try_join_next_with_id() {
-                        finished(done, &mut task_seq, &mut queue, &destination);
+                        finished(&shared, done, &mut task_seq, &mut queue, &destination);
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
@@ -1156,9 +1276,15 @@ impl Deliverer {
     }
 }
 
+/// How long a worker waits before trying an entry again after a store error during its attempt.
+const STORE_ERROR_RETRY: Duration = Duration::from_secs(5);
+
 /// Records a finished attempt in the worker's queue: a retry goes back in at its due time, an
-/// entry that left the outbox is forgotten, a store error or a failed task is tried again in 5 s.
+/// entry that left the outbox is forgotten, a store error is tried again after
+/// [`STORE_ERROR_RETRY`], and a task that panicked counts as a failed attempt
+/// ([`Deliverer::record_panicked`]) and follows the entry's schedule.
 fn finished(
+    deliverer: &Deliverer,
     done: Result<(tokio::task::Id, Result<Step, StoreError>), tokio::task::JoinError>,
     task_seq: &mut HashMap<tokio::task::Id, u64>,
     queue: &mut DueQueue,
@@ -1171,18 +1297,22 @@ fn finished(
     let Some(seq) = task_seq.remove(&id) else {
         return;
     };
-    match result {
-        Ok(Ok(Step::Retry(due))) => queue.requeue(due, seq),
-        Ok(Ok(_)) => queue.done(seq),
-        Ok(Err(e)) => {
-            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in 5s");
-            queue.requeue(now_ms() + 5000, seq);
-        }
+    let store_error_retry = STORE_ERROR_RETRY.as_millis() as i64;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => deliverer.record_panicked(destination, seq),
         Err(e) => {
-            // The entry is still in the outbox; try it again later rather than leaving it
-            // stranded until the next start.
-            tracing::error!(destination = %destination, "a delivery task failed: {e}; retrying in 5s");
-            queue.requeue(now_ms() + 5000, seq);
+            // Cancelled (only at shutdown): the entry is still in the outbox, untouched.
+            tracing::warn!(destination = %destination, "a delivery task ended early: {e}");
+            Ok(Step::Retry(now_ms() + store_error_retry))
+        }
+    };
+    match result {
+        Ok(Step::Retry(due)) => queue.requeue(due, seq),
+        Ok(_) => queue.done(seq),
+        Err(e) => {
+            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in {STORE_ERROR_RETRY:?}");
+            queue.requeue(now_ms() + store_error_retry, seq);
         }
     }
 }
