@@ -1423,3 +1423,129 @@ mod body_tests {
         assert_eq!(webhook_body(&change, "r1", &rules), expected);
     }
 }
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+
+    /// A webhook destination with a short schedule; its URL is never reached (the attempt panics
+    /// first).
+    fn destination() -> Destination {
+        Destination {
+            name: "hooks".into(),
+            target: Target::Webhook(WebhookTarget {
+                name: "hooks".into(),
+                url: url::Url::parse("http://127.0.0.1:9/hook").unwrap(),
+                secrets: vec![
+                    webhook::Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+                ],
+                headers: vec![],
+                timeout: Duration::from_secs(1),
+            }),
+            retry: RetryPolicy {
+                schedule: vec![Duration::from_millis(10), Duration::from_millis(10)],
+                jitter: 0.0,
+            },
+            concurrency: 1,
+            min_interval: Duration::ZERO,
+        }
+    }
+
+    /// A store with one due webhook entry, and a deliverer over it that panics where `fault` says.
+    fn setup(fault: TestFault) -> (tempfile::TempDir, Deliverer) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::store::DEFAULT_CACHE_BYTES).unwrap();
+        let entry = OutboxEntry {
+            seq: 1,
+            destination: "hooks".into(),
+            webhook_id: "msg_test".into(),
+            event_type: "leads.added".into(),
+            resource: "leads".into(),
+            record_id: "1".into(),
+            rule: "r".into(),
+            change_seq: 0,
+            payload: Payload::Webhook { body: "{}".into() },
+            attempts: 0,
+            next_attempt_ms: now_ms(),
+            created_ms: now_ms(),
+        };
+        store
+            .outbox_put("hooks", 1, &serde_json::to_vec(&entry).unwrap())
+            .unwrap();
+        let mut d = Deliverer::new(
+            store,
+            HashMap::from([("hooks".to_string(), Arc::new(destination()))]),
+            None,
+        )
+        .unwrap();
+        d.fault = fault;
+        (dir, d)
+    }
+
+    fn queued(d: &Deliverer) -> Option<OutboxEntry> {
+        d.store
+            .outbox_get("hooks", 1)
+            .unwrap()
+            .map(|raw| serde_json::from_slice(&raw).unwrap())
+    }
+
+    fn assert_dead_after_the_schedule(d: &Deliverer) {
+        assert!(queued(d).is_none(), "the entry left the outbox");
+        let dead = d.store.dead_entries().unwrap();
+        assert_eq!(dead.len(), 1);
+        let dead: DeadLetter = serde_json::from_slice(&dead[0].1).unwrap();
+        assert_eq!(dead.entry.attempts, 3, "first attempt plus two retries");
+        assert!(
+            dead.reason
+                .contains("retry schedule spent after 3 attempts")
+                && dead.reason.contains(PANIC_REASON),
+            "{}",
+            dead.reason
+        );
+        let logs = d.store.attempts(1).unwrap();
+        assert_eq!(logs.len(), 3, "each panicked attempt is logged");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_panics_counts_and_follows_the_schedule_to_the_dead_letters() {
+        let (_dir, d) = setup(TestFault::PanicInSend);
+        let out = d.deliver_due("hooks").await.unwrap();
+        assert_eq!((out.attempted, out.retried), (1, 1));
+        assert_eq!(queued(&d).unwrap().attempts, 1, "the attempt was counted");
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            d.deliver_due("hooks").await.unwrap();
+        }
+        assert_dead_after_the_schedule(&d);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_task_that_panics_counts_as_an_attempt_in_deliver_due() {
+        let (_dir, d) = setup(TestFault::PanicAfterSend);
+        let out = d.deliver_due("hooks").await.unwrap();
+        assert_eq!((out.attempted, out.retried), (1, 1));
+        assert_eq!(queued(&d).unwrap().attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn the_worker_counts_a_panicked_task_and_buries_it_after_the_schedule() {
+        let (_dir, d) = setup(TestFault::PanicAfterSend);
+        let cancel = CancellationToken::new();
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let worker = tokio::spawn(
+            d.clone()
+                .run_destination("hooks".into(), rx, cancel.clone()),
+        );
+        let start = std::time::Instant::now();
+        while d.store.dead_len() == 0 && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        worker.await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not re-queued on a fixed delay: the schedule's 10 ms waits were followed"
+        );
+        assert_dead_after_the_schedule(&d);
+    }
+}

@@ -11,6 +11,7 @@ mod email;
 mod faults;
 mod foundation;
 mod helpers;
+mod leaks;
 mod ops;
 mod props;
 mod signals;
