@@ -1003,7 +1003,7 @@ impl Deliverer {
                 }
             }
             Verdict::Fail { ref reason } => {
-                if destination_gone(report.status, &dest) {
+                if destination_gone(report.status, dest) {
                     tracing::error!(destination = %destination, "the destination's webhook is gone ({reason}); marked failing in status");
                     self.store.set_destination_failing(
                         destination,

@@ -883,6 +883,39 @@ mod tests {
     }
 
     #[test]
+    fn chat_rendering_escapes_values_for_the_service_but_not_the_template() {
+        let mut t = Templates::shipped().unwrap();
+        t.register_inline(
+            "link.txt",
+            "<https://clinic.example/leads/{{id}}|Open> *{{record.FirstName}}* {{upper record.FirstName}}",
+        )
+        .unwrap();
+        let mut c = sample_change("leads");
+        c.id = "a<b".into();
+        c.record["FirstName"] = json!("<users/all> [x](https://evil.example)");
+        let ctx = ctx(&c);
+        assert_eq!(
+            t.render_chat(ChatKind::Slack, "link.txt", &ctx).unwrap(),
+            "<https://clinic.example/leads/a&lt;b|Open> *&lt;users/all&gt; [x](https://evil.example)* \
+             &lt;USERS/ALL&gt; [X](HTTPS://EVIL.EXAMPLE)"
+        );
+        assert_eq!(
+            t.render_chat(ChatKind::Discord, "link.txt", &ctx).unwrap(),
+            r"<https://clinic.example/leads/a\<b|Open> *\<users/all\> \[x\](https://evil.example)* \<USERS/ALL\> \[X\](HTTPS://EVIL.EXAMPLE)"
+        );
+        // Plain text (email) is not escaped at all.
+        assert!(t
+            .render("link.txt", &ctx)
+            .unwrap()
+            .contains("*<users/all> [x](https://evil.example)*"));
+        // Inline templates that are not `.txt` (subjects, recipients) are not chat templates.
+        t.register_inline("destination:d:subject", "x").unwrap();
+        assert!(t
+            .render_chat(ChatKind::Slack, "destination:d:subject", &ctx)
+            .is_err());
+    }
+
+    #[test]
     fn appointment_change_shows_what_changed() {
         let t = Templates::shipped().unwrap();
         let prev = fixture("appointments-v3-getChanges.json", 0);

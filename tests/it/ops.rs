@@ -534,7 +534,9 @@ async fn verbose_and_debug_runs_log_no_record_values() {
     lead["Notes"] = serde_json::json!("Allergic to penicillin");
     lead["Mobile"] = serde_json::json!("+92 300 7771234");
     let leaks = ["Zebulon", "Quixotefeather", "penicillin", "7771234"];
-    let runs: [(&[&str], &[(&str, &str)]); 4] = [
+    /// Command-line flags and environment of one run.
+    type Run<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let runs: [Run; 4] = [
         (&["-vv"], &[]),
         (&[], &[("RUST_LOG", "debug")]),
         (&[], &[("RUST_LOG", "trace")]),
