@@ -743,6 +743,14 @@ impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
     }
 }
 
+/// An outbox entry ready for an attempt, or what became of it instead.
+enum Loaded {
+    /// The entry, its destination and the span of its attempt.
+    Ready(Box<OutboxEntry>, Arc<Destination>, tracing::Span),
+    /// Nothing to attempt: gone, or dead because its destination left the config.
+    Done(Step),
+}
+
 /// The report of an attempt that panicked.
 fn panic_report(duration: Duration) -> AttemptReport {
     AttemptReport {
@@ -844,12 +852,12 @@ impl Deliverer {
         }
     }
 
-    /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
-    /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
-    /// when its schedule is spent.
-    pub async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+    /// Loads an outbox entry with its destination and the span its attempt logs in. An entry that
+    /// is gone, or whose destination left the config (it is then kept, visibly, as a dead
+    /// letter), needs no attempt.
+    fn load(&self, destination: &str, seq: u64) -> Result<Loaded, StoreError> {
         let Some(raw) = self.store.outbox_get(destination, seq)? else {
-            return Ok(Step::Gone);
+            return Ok(Loaded::Done(Step::Gone));
         };
         let entry: OutboxEntry =
             serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
@@ -857,12 +865,22 @@ impl Deliverer {
                 source,
             })?;
         let Some(dest) = self.destinations.get(destination).cloned() else {
-            // The destination was removed from the config: keep the entry, visibly, as a dead letter.
             let reason = format!("destination {destination} is no longer in the config");
             self.to_dead(&entry, reason)?;
-            return Ok(Step::Dead);
+            return Ok(Loaded::Done(Step::Dead));
         };
         let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
+        Ok(Loaded::Ready(Box::new(entry), dest, span))
+    }
+
+    /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
+    /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
+    /// when its schedule is spent.
+    pub async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+        let (entry, dest, span) = match self.load(destination, seq)? {
+            Loaded::Ready(entry, dest, span) => (*entry, dest, span),
+            Loaded::Done(step) => return Ok(step),
+        };
         let started_ms = now_ms();
         let started = std::time::Instant::now();
         // `instrument`, not `enter`: an entered span guard held across an await leaks the span into
@@ -886,20 +904,10 @@ impl Deliverer {
     /// Counts an attempt whose task panicked before it could record its outcome: the entry's
     /// attempt count goes up and it follows its retry schedule, like any failed attempt.
     pub fn record_panicked(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
-        let Some(raw) = self.store.outbox_get(destination, seq)? else {
-            return Ok(Step::Gone);
+        let (entry, dest, span) = match self.load(destination, seq)? {
+            Loaded::Ready(entry, dest, span) => (*entry, dest, span),
+            Loaded::Done(step) => return Ok(step),
         };
-        let entry: OutboxEntry =
-            serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
-                what: "outbox entry",
-                source,
-            })?;
-        let Some(dest) = self.destinations.get(destination).cloned() else {
-            let reason = format!("destination {destination} is no longer in the config");
-            self.to_dead(&entry, reason)?;
-            return Ok(Step::Dead);
-        };
-        let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
         let _enter = span.enter();
         tracing::error!("{PANIC_REASON}; counted as a failed attempt");
         self.record(&dest, seq, entry, panic_report(Duration::ZERO), now_ms())
