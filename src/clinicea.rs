@@ -202,13 +202,18 @@ impl Client {
         scrub_secrets(s, &self.secrets())
     }
 
-    /// The error for an error status, with the body's length only; a scrubbed excerpt of the body
-    /// goes to the debug log.
-    fn status_error(&self, resource: &str, status: u16, body: &[u8]) -> ApiError {
-        if !body.is_empty() {
+    /// Logs a scrubbed excerpt of an error body at debug level (the only place any of it goes).
+    fn log_error_body(&self, resource: &str, status: u16, body: &[u8]) {
+        if !body.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
             let excerpt = excerpt(&self.scrub(&String::from_utf8_lossy(body)));
             tracing::debug!(resource, status, excerpt = %excerpt, "the API's error body (scrubbed)");
         }
+    }
+
+    /// The error for an error status, with the body's length only; a scrubbed excerpt of the body
+    /// goes to the debug log.
+    fn status_error(&self, resource: &str, status: u16, body: &[u8]) -> ApiError {
+        self.log_error_body(resource, status, body);
         ApiError::Status {
             resource: resource.to_string(),
             status,
@@ -274,19 +279,16 @@ impl Client {
             .await
             .map_err(|e| ApiError::Login(self.transport("login", &e).to_string()))?;
         if !status.is_success() {
-            let err = self.status_error("login", status.as_u16(), body.as_bytes());
+            let code = status.as_u16();
+            self.log_error_body("login", code, body.as_bytes());
+            let hint = if code == 401 || code == 403 {
+                " (check clinicea.login and clinicea.api_key)"
+            } else {
+                ""
+            };
             return Err(ApiError::Login(format!(
-                "HTTP {}{}; {}",
-                status.as_u16(),
-                if status.as_u16() == 401 || status.as_u16() == 403 {
-                    " (check clinicea.login and clinicea.api_key)"
-                } else {
-                    ""
-                },
-                match err {
-                    ApiError::Status { body_bytes, .. } => body_note(body_bytes),
-                    _ => String::new(),
-                }
+                "HTTP {code}{hint}; {}",
+                body_note(body.len())
             )));
         }
         let token = match serde_json::from_str::<Value>(&body) {
@@ -564,7 +566,7 @@ fn secret_forms(secret: &str) -> Vec<String> {
 
 /// Replaces every form ([`secret_forms`]) of every non-empty secret in the whole of `text` with
 /// `[redacted]`. Done before any cut, so no part of a secret survives at the edge of an excerpt.
-pub fn scrub_secrets(text: &str, secrets: &[String]) -> String {
+fn scrub_secrets(text: &str, secrets: &[String]) -> String {
     let mut forms: Vec<String> = secrets
         .iter()
         .filter(|s| !s.is_empty())
