@@ -247,23 +247,15 @@ pub fn retry_after_header(headers: &HeaderMap, now: SystemTime) -> Option<Durati
 }
 
 /// Discord's rate-limit hints on a 429, the longest wait of: `Retry-After`,
-/// `X-RateLimit-Reset-After` (seconds, a float), `X-RateLimit-Reset` (a Unix time in seconds, a
-/// float) and the body's JSON `retry_after` (see [`discord_body_retry_after`]); each bounded by
-/// [`MAX_RETRY_AFTER`].
+/// `X-RateLimit-Reset-After` (seconds, a float) and the body's JSON `retry_after` (see
+/// [`discord_body_retry_after`]); each bounded by [`MAX_RETRY_AFTER`]. `X-RateLimit-Reset` (a
+/// Unix time) is not read: it says the same as `X-RateLimit-Reset-After`, but through two clocks,
+/// so any skew between them would lengthen the wait.
 pub fn discord_retry_after(headers: &HeaderMap, body: &str, now: SystemTime) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let reset_at = header("x-ratelimit-reset").and_then(|v| {
-        let at = v.trim().parse::<f64>().ok()?;
-        let now = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()?
-            .as_secs_f64();
-        bounded_secs((at - now).max(0.0))
-    });
     [
         retry_after_header(headers, now),
         header("x-ratelimit-reset-after").and_then(|v| parse_retry_after(v, now)),
-        reset_at,
         discord_body_retry_after(body),
     ]
     .into_iter()
@@ -541,14 +533,15 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
             .as_secs()
-            + 7;
+            + 900;
         h.insert(
             "x-ratelimit-reset",
             HeaderValue::from_str(&format!("{reset}.5")).unwrap(),
         );
         assert_eq!(
             discord_retry_after(&h, body, now()),
-            Some(Duration::from_millis(7500))
+            Some(Duration::from_millis(3250)),
+            "the absolute reset time is not read (clock skew would lengthen the wait)"
         );
         // Absurd values in every place: bounded, no panic.
         let mut h = HeaderMap::new();
