@@ -578,12 +578,45 @@ pub fn test_rule_command(config: &Path, args: &TestRuleArgs) -> anyhow::Result<E
         println!("No change: the record is identical to the previous version, so nothing is sent.");
         return Ok(ExitCode::SUCCESS);
     };
-    print!("{}", describe_test(&settings, &change));
+    let (id_key, note) = test_rule_id_key(&settings);
+    print!("{}", describe_test(&settings, &change, &id_key));
+    if let Some(note) = note {
+        println!("\nNote: {note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The text `test-rule` prints for a change.
-pub fn describe_test(settings: &Settings, change: &crate::model::Change) -> String {
+/// The key `test-rule` derives ids with: the store's when it exists and is free, so ids match what
+/// the notifier would send; otherwise a one-off key, with a note saying so.
+fn test_rule_id_key(settings: &Settings) -> (crate::model::IdKey, Option<String>) {
+    let path = &settings.base.store.path;
+    let one_off = "webhook-id and Message-ID above come from a one-off key";
+    if !path.exists() {
+        return (
+            crate::model::IdKey::ephemeral(),
+            Some(format!(
+                "{one_off}: there is no store at {} yet, and the notifier's ids come from the key made in its store",
+                path.display()
+            )),
+        );
+    }
+    match Store::open(path, settings.base.store.cache_bytes) {
+        Ok(store) => (store.id_key().clone(), None),
+        Err(e) => (
+            crate::model::IdKey::ephemeral(),
+            Some(format!(
+                "{one_off}, since the store's key could not be read ({e}); the notifier's ids differ"
+            )),
+        ),
+    }
+}
+
+/// The text `test-rule` prints for a change; ids are derived with `id_key`.
+pub fn describe_test(
+    settings: &Settings,
+    change: &crate::model::Change,
+    id_key: &crate::model::IdKey,
+) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
@@ -608,7 +641,7 @@ pub fn describe_test(settings: &Settings, change: &crate::model::Change) -> Stri
             );
         }
     }
-    let planned = settings.pipeline.plan(change);
+    let planned = settings.pipeline.plan(change, id_key);
     let _ = writeln!(out, "\nDeliveries ({}), nothing is sent:", planned.len());
     for p in planned {
         let _ = writeln!(out, "\n--- {} (rule {}) ---", p.destination, p.rule);
@@ -624,7 +657,7 @@ pub fn describe_test(settings: &Settings, change: &crate::model::Change) -> Stri
                 let _ = writeln!(
                     out,
                     "POST webhook, webhook-id: {}\n{pretty}",
-                    change.change_id()
+                    change.change_id(id_key)
                 );
             }
             Ok(crate::deliver::Payload::Chat { body }) => {
@@ -686,9 +719,10 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
                 st.last_changes
             ),
             (Some(t), Some(e)) => format!(
-                "FAILED at {} ({} in a row): {e}",
+                "FAILED at {} ({} in a row): {}",
                 t.to_rfc3339(),
-                st.consecutive_failures
+                st.consecutive_failures,
+                terminal_safe(e)
             ),
         };
         let stale = stale_after(settings, r);
@@ -732,7 +766,11 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
         let (q, r) = queued.get(n).copied().unwrap_or_default();
         let d = dead.get(n).copied().unwrap_or_default();
         let mark = match failing.get(n) {
-            Some(h) => format!("  FAILING since {}: {}", h.since.to_rfc3339(), h.reason),
+            Some(h) => format!(
+                "  FAILING since {}: {}",
+                h.since.to_rfc3339(),
+                terminal_safe(&h.reason)
+            ),
             None => String::new(),
         };
         let _ = writeln!(out, "  {n:<14} queued {q}, retrying {r}, dead {d}{mark}");
@@ -786,6 +824,25 @@ pub async fn dead_command(config: &Path, cmd: DeadCommand) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// Text from outside (a receiver's response, a reason quoting it, a record id) made safe to print
+/// on a terminal: control characters (ESC, CSI, BEL, backspace, carriage return, newline, DEL,
+/// the C1 range) and the invisible bidirectional overrides that reorder what a line shows are
+/// written as `\u{..}` escapes, and a backslash as `\\` so an escape cannot be faked.
+pub fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn fmt_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -808,10 +865,10 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
                     out,
                     "{seq}  {}  {}  {}  {} attempts  {}",
                     fmt_ms(d.died_ms),
-                    d.entry.destination,
-                    d.entry.event_type,
+                    terminal_safe(&d.entry.destination),
+                    terminal_safe(&d.entry.event_type),
                     d.entry.attempts,
-                    d.reason
+                    terminal_safe(&d.reason)
                 );
             }
         }
@@ -820,30 +877,35 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
                 .dead_get(id)?
                 .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
             let d: DeadLetter = serde_json::from_slice(&raw)?;
+            // Everything printed here may have come from outside (the record id from the API,
+            // reasons and responses from receivers): all of it goes through `terminal_safe`.
+            let t = terminal_safe;
             let _ = writeln!(out, "Dead letter {id}");
-            let _ = writeln!(out, "  destination: {}", d.entry.destination);
+            let _ = writeln!(out, "  destination: {}", t(&d.entry.destination));
             let _ = writeln!(
                 out,
                 "  event:       {} ({} {})",
-                d.entry.event_type, d.entry.resource, d.entry.record_id
+                t(&d.entry.event_type),
+                t(&d.entry.resource),
+                t(&d.entry.record_id)
             );
-            let _ = writeln!(out, "  webhook-id:  {}", d.entry.webhook_id);
-            let _ = writeln!(out, "  rule:        {}", d.entry.rule);
+            let _ = writeln!(out, "  webhook-id:  {}", t(&d.entry.webhook_id));
+            let _ = writeln!(out, "  rule:        {}", t(&d.entry.rule));
             let _ = writeln!(out, "  created:     {}", fmt_ms(d.entry.created_ms));
             let _ = writeln!(out, "  died:        {}", fmt_ms(d.died_ms));
-            let _ = writeln!(out, "  reason:      {}", d.reason);
+            let _ = writeln!(out, "  reason:      {}", t(&d.reason));
             let _ = writeln!(out, "  attempts:");
             for raw in store.attempts(id)? {
                 let a: crate::deliver::AttemptLog = serde_json::from_slice(&raw)?;
                 let _ = writeln!(
                     out,
-                    "    #{} at {}: status {} in {} ms, {:?}; response: {}",
+                    "    #{} at {}: status {} in {} ms, {}; response: {}",
                     a.attempt,
                     fmt_ms(a.at_ms),
                     a.status.map_or("-".to_string(), |s| s.to_string()),
                     a.duration_ms,
-                    a.verdict,
-                    a.response
+                    t(&format!("{:?}", a.verdict)),
+                    t(&a.response)
                 );
             }
         }

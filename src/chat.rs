@@ -5,6 +5,7 @@
 //! does both. Webhook URLs carry their own credentials, so they never appear in errors or logs.
 
 use crate::model::{truncate_utf8, AttemptReport, Verdict, RESPONSE_SNIPPET_BYTES};
+use crate::outcome;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime};
@@ -78,12 +79,64 @@ fn cut_chars(text: &str, max: usize) -> String {
     out
 }
 
-/// Slack treats `<`, `>` and `&` as control characters (`<!channel>` pings everyone), so text from
-/// records is escaped as Slack asks.
-fn slack_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// A zero-width space: invisible, but it breaks the syntax a value would otherwise form
+/// (`<users/all>`, `@everyone`, `](`) where the service has no escape for it.
+const ZWSP: char = '\u{200B}';
+
+/// Escapes one value from a record (anything a template prints with `{{...}}`) for the chat
+/// service it goes to, so that it shows as the text it is and never becomes a mention, a link or
+/// formatting. Templates' own text is not escaped: a template may use the service's markup.
+///
+/// * Slack: `&`, `<`, `>` as entities, as Slack asks (`<!channel>`, `<@U123>`, `<url|text>` are
+///   made of them).
+/// * Teams (Adaptive Card Markdown, a CommonMark subset) and Discord (Markdown): a backslash
+///   before every character Markdown gives a meaning (emphasis, links, headings, quotes, code,
+///   spoilers, `<...>` autolinks and mentions such as `<@id>`). Discord also gets a zero-width
+///   space after the `@` of `@everyone` and `@here`, so they stay text even where
+///   `allowed_mentions` is not honoured.
+/// * Google Chat: a zero-width space after every `<` (`<users/all>`, `<users/123>` and
+///   `<url|text>` are its mention and link syntax, with no escape) and between `]` and `(` (a
+///   Markdown link, for spaces whose app reads Markdown).
+pub fn escape(kind: ChatKind, value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + value.len() / 8);
+    for (i, c) in value.char_indices() {
+        let rest = &value[i + c.len_utf8()..];
+        match kind {
+            ChatKind::Slack => match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                c => out.push(c),
+            },
+            ChatKind::Teams | ChatKind::Discord => {
+                if matches!(
+                    c,
+                    '\\' | '*' | '_' | '~' | '`' | '|' | '<' | '>' | '[' | ']' | '#'
+                ) {
+                    out.push('\\');
+                }
+                out.push(c);
+                // Only before the two words Discord reads as everyone-mentions, so an email
+                // address copied out of a message has no invisible character in it.
+                if c == '@'
+                    && kind == ChatKind::Discord
+                    && (rest.starts_with("everyone") || rest.starts_with("here"))
+                {
+                    out.push(ZWSP);
+                }
+            }
+            ChatKind::GoogleChat => {
+                if c == '(' && out.ends_with(']') {
+                    out.push(ZWSP);
+                }
+                out.push(c);
+                if c == '<' {
+                    out.push(ZWSP);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn envelope(kind: ChatKind, text: &str) -> Value {
@@ -113,16 +166,16 @@ fn to_bytes(v: &Value) -> Vec<u8> {
 }
 
 /// The JSON body for one message of `text`, cut with [`TRUNCATION_MARKER`] to the service's limit:
-/// Slack `{"text"}` (at most [`SLACK_MAX_CHARS`], with `<>&` escaped), Teams an Adaptive Card with
-/// one wrapping `TextBlock` (body at most [`TEAMS_MAX_BODY_BYTES`]), Discord `{"content"}` (at most
-/// [`DISCORD_MAX_CHARS`], `allowed_mentions` empty so record text cannot ping), Google Chat
+/// Slack `{"text"}` (at most [`SLACK_MAX_CHARS`]), Teams an Adaptive Card with one wrapping
+/// `TextBlock` (body at most [`TEAMS_MAX_BODY_BYTES`]), Discord `{"content"}` (at most
+/// [`DISCORD_MAX_CHARS`], `allowed_mentions` empty so nothing in it can ping), Google Chat
 /// `{"text"}` (body at most [`GOOGLE_CHAT_MAX_BODY_BYTES`]).
+///
+/// `text` is the rendered template, whose record values are already escaped for `kind` (see
+/// [`escape`]); the template's own markup is sent as written.
 pub fn body(kind: ChatKind, text: &str) -> Vec<u8> {
     match kind {
-        ChatKind::Slack => to_bytes(&envelope(
-            kind,
-            &cut_chars(&slack_escape(text), SLACK_MAX_CHARS),
-        )),
+        ChatKind::Slack => to_bytes(&envelope(kind, &cut_chars(text, SLACK_MAX_CHARS))),
         ChatKind::Discord => to_bytes(&envelope(kind, &cut_chars(text, DISCORD_MAX_CHARS))),
         ChatKind::Teams => cut_to_bytes(kind, text, TEAMS_MAX_BODY_BYTES),
         ChatKind::GoogleChat => cut_to_bytes(kind, text, GOOGLE_CHAT_MAX_BODY_BYTES),
@@ -154,45 +207,11 @@ fn cut_to_bytes(kind: ChatKind, text: &str, max: usize) -> Vec<u8> {
     build(lo)
 }
 
-/// Parses `Retry-After`: delta seconds or an HTTP date (relative to `now`).
-pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    httpdate::parse_http_date(v)
-        .ok()
-        .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Discord's JSON `retry_after`. API v10 sends seconds as a float (`0.5`, `64.57`); older versions
-/// sent whole milliseconds (`1500`). Decision: a whole number above 60 is read as milliseconds
-/// (Discord's per-webhook waits are seconds long, and a v10 value is rarely a whole number), any
-/// other value as seconds.
-pub fn discord_retry_after(body: &str) -> Option<Duration> {
-    let v: Value = serde_json::from_str(body).ok()?;
-    let n = v.get("retry_after")?.as_f64()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    if n > 60.0 && n.fract() == 0.0 {
-        Some(Duration::from_millis(n as u64))
-    } else {
-        Some(Duration::from_secs_f64(n))
-    }
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 /// Sorts one answer of a chat service:
 /// - 2xx: success;
 /// - 429: retry after the longest wait the service asked for: `Retry-After`, and for Discord also
-///   `X-RateLimit-Reset-After` and the body's `retry_after` (see [`discord_retry_after`]);
+///   its reset headers and the body's `retry_after` (see [`outcome::discord_retry_after`]); every
+///   hint is bounded by [`outcome::MAX_RETRY_AFTER`];
 /// - 408 and 5xx: retry (honouring `Retry-After`);
 /// - 404 and 410 from Slack or Discord: fail with `webhook gone (404)` (the webhook or channel was
 ///   deleted; the destination should be marked failing);
@@ -204,23 +223,17 @@ pub fn classify(
     body_snippet: &str,
     now: SystemTime,
 ) -> Verdict {
-    let retry_after_header = header(headers, "retry-after").and_then(|v| parse_retry_after(v, now));
+    let retry_after_header = outcome::retry_after_header(headers, now);
     match status {
         200..=299 => Verdict::Success,
-        429 => {
-            let mut hints = vec![retry_after_header];
-            if kind == ChatKind::Discord {
-                hints.push(
-                    header(headers, "x-ratelimit-reset-after")
-                        .and_then(|v| parse_retry_after(v, now)),
-                );
-                hints.push(discord_retry_after(body_snippet));
-            }
-            Verdict::Retry {
-                reason: format!("rate limited by {} (429)", kind.as_str()),
-                retry_after: hints.into_iter().flatten().max(),
-            }
-        }
+        429 => Verdict::Retry {
+            reason: format!("rate limited by {} (429)", kind.as_str()),
+            retry_after: if kind == ChatKind::Discord {
+                outcome::discord_retry_after(headers, body_snippet, now)
+            } else {
+                retry_after_header
+            },
+        },
         408 | 500..=599 => Verdict::Retry {
             reason: format!("{} answered {status}", kind.as_str()),
             retry_after: retry_after_header,
@@ -353,9 +366,14 @@ mod tests {
 
     #[test]
     fn body_shapes() {
+        // The body carries the rendered text as it is: values were escaped while rendering, and
+        // the template's own markup (a Slack link) must survive.
         assert_eq!(
-            parse(&body(ChatKind::Slack, "hi <!channel> & co")),
-            json!({"text": "hi &lt;!channel&gt; &amp; co"})
+            parse(&body(
+                ChatKind::Slack,
+                "hi <https://clinic.example|open> & co"
+            )),
+            json!({"text": "hi <https://clinic.example|open> & co"})
         );
         assert_eq!(
             parse(&body(ChatKind::GoogleChat, "hi")),
@@ -375,6 +393,45 @@ mod tests {
             a["content"]["body"][0],
             json!({"type": "TextBlock", "text": "hi", "wrap": true})
         );
+    }
+
+    #[test]
+    fn values_are_escaped_for_each_service() {
+        let hostile = "<users/all> [click](https://evil.example) @everyone <@123> **x** a_b";
+        assert_eq!(
+            escape(ChatKind::Slack, hostile),
+            "&lt;users/all&gt; [click](https://evil.example) @everyone &lt;@123&gt; **x** a_b"
+        );
+        assert_eq!(
+            escape(ChatKind::Slack, "<!channel> & co"),
+            "&lt;!channel&gt; &amp; co"
+        );
+        let md = r"\<users/all\> \[click\](https://evil.example) @everyone \<@123\> \*\*x\*\* a\_b";
+        assert_eq!(escape(ChatKind::Teams, hostile), md);
+        assert_eq!(
+            escape(ChatKind::Discord, hostile),
+            md.replace("@everyone", "@\u{200B}everyone")
+        );
+        assert_eq!(
+            escape(ChatKind::Discord, "@here a@b.example"),
+            "@\u{200B}here a@b.example"
+        );
+        assert_eq!(
+            escape(ChatKind::GoogleChat, hostile),
+            "<\u{200B}users/all> [click]\u{200B}(https://evil.example) @everyone <\u{200B}@123> **x** a_b"
+        );
+        // Plain values are left alone.
+        for kind in [
+            ChatKind::Slack,
+            ChatKind::Teams,
+            ChatKind::Discord,
+            ChatKind::GoogleChat,
+        ] {
+            assert_eq!(
+                escape(kind, "Ayesha Khan, +92 300 1234567 (Website)"),
+                "Ayesha Khan, +92 300 1234567 (Website)"
+            );
+        }
     }
 
     #[test]

@@ -4,14 +4,18 @@
 //! What public clients learned about the live API shapes this code: the sync timestamp's colons
 //! must not be percent-encoded, an empty page may be a 204 with no body, lists are bare arrays, and
 //! a login token lasts about an hour. API keys, passwords and tokens never appear in errors or logs:
-//! URLs that may carry them are never printed, and error bodies are scrubbed of them.
+//! URLs that may carry them are never printed. Error bodies never appear in errors (which reach
+//! `once`, `status` and the stored poll status) nor in logs at the default level, because they
+//! may echo a request (with its key) or hold patient data; an error names the status, a hint and
+//! the body's length, and a short excerpt scrubbed of every form of every secret is logged at
+//! debug level only.
 
 use crate::config::{AuthMode, Clinicea, Resource};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
@@ -26,14 +30,19 @@ pub const API_MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub const TOKEN_REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
 /// The largest page body accepted; a larger one is an error, not an out-of-memory.
 pub const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
-/// How much of an error body is quoted in an error message.
-const ERROR_BODY_CHARS: usize = 200;
+/// How much of an error body the debug log quotes, after every secret is scrubbed from the whole
+/// body.
+const ERROR_EXCERPT_CHARS: usize = 200;
+/// How many login tokens are remembered for scrubbing: the current one and the one before, which
+/// a server may still echo in an answer to a request sent before a renewal.
+const TOKENS_REMEMBERED: usize = 2;
 
 /// What can go wrong fetching a page.
 #[derive(Debug, Error)]
 pub enum ApiError {
-    /// The API answered with an error status.
-    #[error("{resource}: the API answered HTTP {status}{hint}: {body:?}")]
+    /// The API answered with an error status. The body is not kept: it may echo the request's
+    /// key or hold patient data.
+    #[error("{resource}: the API answered HTTP {status}{hint}; {}", body_note(*body_bytes))]
     Status {
         /// The resource key.
         resource: String,
@@ -41,8 +50,8 @@ pub enum ApiError {
         status: u16,
         /// A hint for common statuses (", check the API key").
         hint: &'static str,
-        /// The start of the response body, scrubbed of secrets.
-        body: String,
+        /// The length of the response body in bytes.
+        body_bytes: usize,
     },
     /// The body was not a JSON array of records.
     #[error("{resource}: page {page} is not a JSON array of records: {detail}")]
@@ -79,6 +88,15 @@ pub enum ApiError {
     },
 }
 
+/// What an error says about a body it does not show.
+fn body_note(bytes: usize) -> String {
+    if bytes == 0 {
+        "the body was empty".to_string()
+    } else {
+        format!("its {bytes}-byte body is not shown (it may hold patient data; -v logs a scrubbed excerpt)")
+    }
+}
+
 impl ApiError {
     /// Whether retrying the same request may help (429, 5xx, 408, transport errors).
     pub fn is_retryable(&self) -> bool {
@@ -109,6 +127,9 @@ pub struct Client {
     http: reqwest::Client,
     cfg: Arc<Clinicea>,
     token: Arc<Mutex<Option<(String, Instant)>>>,
+    /// The latest login tokens (newest last), for scrubbing; a plain mutex, never held across an
+    /// await, so scrubbing needs no `.await`.
+    issued_tokens: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Percent-encodes a query value, leaving unreserved characters and `:` as they are (the live API
@@ -157,26 +178,52 @@ impl Client {
             http,
             cfg: Arc::new(cfg.clone()),
             token: Arc::new(Mutex::new(None)),
+            issued_tokens: Arc::default(),
         })
     }
 
-    /// Replaces secrets in a text that came from outside (an error body may echo a request).
-    fn scrub(&self, s: &str) -> String {
-        let mut out: String = s
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(ERROR_BODY_CHARS)
-            .collect();
-        let key = self.cfg.api_key.expose();
-        if !key.is_empty() {
-            out = out.replace(key, "[redacted]");
-        }
+    /// Every secret this client sends: the API key, the login password and user name, and the
+    /// latest session tokens.
+    fn secrets(&self) -> Vec<String> {
+        let mut v = vec![self.cfg.api_key.expose().to_string()];
         if let Some(login) = &self.cfg.login {
-            if !login.password.expose().is_empty() {
-                out = out.replace(login.password.expose(), "[redacted]");
-            }
+            v.push(login.password.expose().to_string());
+            v.push(login.username.clone());
         }
-        out
+        v.extend(
+            self.issued_tokens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        v
+    }
+
+    /// Removes every secret from a whole text that came from outside (an error body may echo a
+    /// request, its URL or its headers), in each form it may take there; see [`scrub_secrets`].
+    fn scrub(&self, s: &str) -> String {
+        scrub_secrets(s, &self.secrets())
+    }
+
+    /// Logs a scrubbed excerpt of an error body at debug level (the only place any of it goes).
+    fn log_error_body(&self, resource: &str, status: u16, body: &[u8]) {
+        if !body.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
+            let excerpt = excerpt(&self.scrub(&String::from_utf8_lossy(body)));
+            tracing::debug!(resource, status, excerpt = %excerpt, "the API's error body (scrubbed)");
+        }
+    }
+
+    /// The error for an error status, with the body's length only; a scrubbed excerpt of the body
+    /// goes to the debug log.
+    fn status_error(&self, resource: &str, status: u16, body: &[u8]) -> ApiError {
+        self.log_error_body(resource, status, body);
+        ApiError::Status {
+            resource: resource.to_string(),
+            status,
+            hint: hint_for(status),
+            body_bytes: body.len(),
+        }
     }
 
     fn transport(&self, resource: &str, e: &reqwest::Error) -> ApiError {
@@ -236,10 +283,16 @@ impl Client {
             .await
             .map_err(|e| ApiError::Login(self.transport("login", &e).to_string()))?;
         if !status.is_success() {
+            let code = status.as_u16();
+            self.log_error_body("login", code, body.as_bytes());
+            let hint = if code == 401 || code == 403 {
+                " (check clinicea.login and clinicea.api_key)"
+            } else {
+                ""
+            };
             return Err(ApiError::Login(format!(
-                "HTTP {}: {:?}",
-                status.as_u16(),
-                self.scrub(&body)
+                "HTTP {code}{hint}; {}",
+                body_note(body.len())
             )));
         }
         let token = match serde_json::from_str::<Value>(&body) {
@@ -251,6 +304,15 @@ impl Client {
             }
         };
         tracing::info!("logged in for a new session token");
+        {
+            let mut issued = self
+                .issued_tokens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            issued.push(token.clone());
+            let extra = issued.len().saturating_sub(TOKENS_REMEMBERED);
+            issued.drain(..extra);
+        }
         *guard = Some((token.clone(), Instant::now()));
         Ok(token)
     }
@@ -380,14 +442,10 @@ impl Client {
                 });
             }
             if !status.is_success() {
-                let err = ApiError::Status {
-                    resource: res.name.clone(),
-                    status: status.as_u16(),
-                    hint: hint_for(status.as_u16()),
-                    body: self.scrub(&String::from_utf8_lossy(&body)),
-                };
+                let err = self.status_error(&res.name, status.as_u16(), &body);
                 if err.is_retryable() && attempt <= API_MAX_RETRIES {
-                    let wait = retry_after(&headers).unwrap_or_else(|| backoff(attempt));
+                    let wait = crate::outcome::retry_after_header(&headers, SystemTime::now())
+                        .unwrap_or_else(|| backoff(attempt));
                     if wait <= API_MAX_BACKOFF {
                         tracing::warn!(resource = %res.name, page, attempt, status = status.as_u16(), "API asked to retry; waiting {wait:?}");
                         tokio::time::sleep(wait).await;
@@ -478,20 +536,64 @@ fn backoff(attempt: u32) -> Duration {
         .min(API_MAX_BACKOFF)
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+/// Every form a secret may take in a text that echoes a request: as sent, percent-encoded the way
+/// this client encodes query values (upper- and lowercase hex), form-encoded (`+` for a space, as
+/// servers often re-encode), and inside a JSON string. Longest first, so no form is left half
+/// replaced by a shorter one.
+fn secret_forms(secret: &str) -> Vec<String> {
+    let encoded = encode_query_value(secret);
+    let lower_hex = {
+        // Only the hex digits after a `%` change case.
+        let mut out = String::with_capacity(encoded.len());
+        let mut after_percent = 0;
+        for c in encoded.chars() {
+            if c == '%' {
+                after_percent = 2;
+                out.push(c);
+            } else if after_percent > 0 {
+                after_percent -= 1;
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json.trim_matches('"').to_string();
+    let mut forms = vec![secret.to_string(), encoded, lower_hex, form, json];
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
+}
+
+/// Replaces every form ([`secret_forms`]) of every non-empty secret in the whole of `text` with
+/// `[redacted]`. Done before any cut, so no part of a secret survives at the edge of an excerpt.
+fn scrub_secrets(text: &str, secrets: &[String]) -> String {
+    let mut forms: Vec<String> = secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .flat_map(|s| secret_forms(s))
+        .collect();
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    let mut out = text.to_string();
+    for f in &forms {
+        if out.contains(f.as_str()) {
+            out = out.replace(f.as_str(), "[redacted]");
+        }
     }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    out
+}
+
+/// The start of an already scrubbed text for a log line: control characters as spaces, at most
+/// [`ERROR_EXCERPT_CHARS`] characters.
+fn excerpt(scrubbed: &str) -> String {
+    scrubbed
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(ERROR_EXCERPT_CHARS)
+        .collect()
 }
 
 #[cfg(test)]
@@ -553,6 +655,55 @@ mod tests {
             e.contains("invalid unicode code point") && !e.contains("Ay"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_form_of_a_secret_is_scrubbed_before_any_cut() {
+        let key = "ak_Q/9+z=k y&LEAK";
+        let token = "tok-1234567890abcdef";
+        let secrets = vec![key.to_string(), token.to_string(), String::new()];
+        let encoded = encode_query_value(key);
+        assert_eq!(encoded, "ak_Q%2F9%2Bz%3Dk%20y%26LEAK");
+        let form: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+        let body = format!(
+            "{pad}{key} url=/api?api_key={encoded}&x=1 lower={lower} form={form} json={json} token {token}",
+            pad = "x".repeat(180),
+            lower = encoded.to_lowercase().replace("ak_q", "ak_Q").replace("leak", "LEAK"),
+            json = serde_json::to_string(key).unwrap(),
+        );
+        let out = scrub_secrets(&body, &secrets);
+        for leak in ["ak_Q", "LEAK", "tok-1234", "%2F9", "%2f9"] {
+            assert!(!out.contains(leak), "{leak} survived: {out}");
+        }
+        assert_eq!(out.matches("[redacted]").count(), 6, "{out}");
+        // The key straddling the excerpt's edge: nothing of it is left in the excerpt.
+        let e = excerpt(&out);
+        assert_eq!(e.chars().count(), ERROR_EXCERPT_CHARS);
+        assert!(!e.contains("ak_"), "{e}");
+        assert_eq!(excerpt("a\u{1b}[2Jb\n"), "a [2Jb ");
+    }
+
+    #[test]
+    fn status_errors_name_the_status_and_length_but_not_the_body() {
+        let e = ApiError::Status {
+            resource: "leads".into(),
+            status: 500,
+            hint: hint_for(500),
+            body_bytes: 1234,
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("leads") && text.contains("HTTP 500") && text.contains("1234-byte"),
+            "{text}"
+        );
+        let e = ApiError::Status {
+            resource: "leads".into(),
+            status: 401,
+            hint: hint_for(401),
+            body_bytes: 0,
+        };
+        assert!(e.to_string().contains("check clinicea.api_key"), "{e}");
+        assert!(e.to_string().contains("empty"), "{e}");
     }
 
     #[test]

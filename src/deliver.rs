@@ -11,7 +11,7 @@
 use crate::chat::{self, ChatKind};
 use crate::config::{Problem, RawDestination, RawRetry};
 use crate::email::{EmailMessage, Mailer};
-use crate::model::{AttemptReport, Change, Verdict};
+use crate::model::{AttemptReport, Change, IdKey, Verdict};
 use crate::outcome::RetryPolicy;
 use crate::render::{self, Templates};
 use crate::rules::RuleSet;
@@ -532,10 +532,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The deliveries a change should produce: one per destination whose rules match, one per
-    /// recipient for email.
-    pub fn plan(&self, change: &Change) -> Vec<Planned> {
+    /// recipient for email. `id_key` is the store's key of change ids (email `Message-ID`s are
+    /// derived from the change's id).
+    pub fn plan(&self, change: &Change, id_key: &IdKey) -> Vec<Planned> {
         let routes = self.rules.route(change);
         let mut out = Vec::with_capacity(routes.len());
+        // Hashed at most once, and only when an email destination needs it.
+        let change_id = std::cell::OnceCell::new();
         for route in routes {
             let Some(dest) = self.destinations.get(&route.destination) else {
                 continue;
@@ -559,7 +562,7 @@ impl Pipeline {
                     let name = format!("{template}.txt");
                     push(
                         self.templates
-                            .render(&name, &ctx)
+                            .render_chat(*kind, &name, &ctx)
                             .map(|text| Payload::Chat {
                                 body: String::from_utf8_lossy(&chat::body(*kind, &text))
                                     .into_owned(),
@@ -598,7 +601,7 @@ impl Pipeline {
                         Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
                     })();
                     // One Message-ID key per recipient; the change id behind it is hashed once.
-                    let change_id = change.change_id();
+                    let change_id = change_id.get_or_init(|| change.change_id(id_key));
                     let domain = crate::email::domain_of(from);
                     for to_tpl in to {
                         let payload = rendered.clone().and_then(|(subject, text, html)| {
@@ -745,6 +748,68 @@ pub struct Deliverer {
     /// Destinations marked failing (mirrors the store's `dest_health`), so the success path only
     /// touches the store when a mark has to be cleared.
     failing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Where the unit tests make an attempt panic.
+    #[cfg(test)]
+    fault: TestFault,
+}
+
+/// Where a unit test makes every attempt panic: inside the send (caught by the attempt itself) or
+/// after it (the whole task panics, which the worker catches).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum TestFault {
+    #[default]
+    None,
+    PanicInSend,
+    PanicAfterSend,
+}
+
+/// The reason recorded for an attempt that panicked. A panic is a bug, not the receiver's answer,
+/// but it counts as a failed attempt like any other: the entry follows its retry schedule and
+/// ends in the dead letters instead of being tried again forever.
+pub const PANIC_REASON: &str = "the delivery attempt panicked (a bug in clinicea-notifier)";
+
+/// Runs a future and turns a panic inside it into `Err(())`, so one attempt's bug is recorded
+/// against that attempt instead of unwinding through the bookkeeping after it.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        // After a panic the inner future is never polled again (this future is then done), so
+        // no broken state can be observed.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}
+
+/// An outbox entry ready for an attempt, or what became of it instead.
+enum Loaded {
+    /// The entry, its destination and the span of its attempt.
+    Ready(Box<OutboxEntry>, Arc<Destination>, tracing::Span),
+    /// Nothing to attempt: gone, or dead because its destination left the config.
+    Done(Step),
+}
+
+/// The report of an attempt that panicked.
+fn panic_report(duration: Duration) -> AttemptReport {
+    AttemptReport {
+        verdict: Verdict::Retry {
+            reason: PANIC_REASON.to_string(),
+            retry_after: None,
+        },
+        status: None,
+        response: String::new(),
+        duration,
+    }
 }
 
 /// Whether a permanent failure means the destination itself is gone (a deleted chat webhook).
@@ -782,6 +847,8 @@ impl Deliverer {
             mailer,
             events: None,
             failing: Arc::new(std::sync::Mutex::new(failing)),
+            #[cfg(test)]
+            fault: TestFault::None,
         })
     }
 
@@ -803,6 +870,10 @@ impl Deliverer {
     }
 
     async fn send(&self, dest: &Destination, entry: &OutboxEntry) -> AttemptReport {
+        #[cfg(test)]
+        if self.fault == TestFault::PanicInSend {
+            panic!("test fault: panic in send");
+        }
         let fail = |reason: String| AttemptReport {
             verdict: Verdict::Fail { reason },
             status: None,
@@ -838,31 +909,78 @@ impl Deliverer {
         }
     }
 
-    /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
-    /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
-    /// when its schedule is spent.
-    pub async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+    /// Loads an outbox entry with its destination and the span its attempt logs in. An entry that
+    /// is gone, or whose destination left the config (it is then kept, visibly, as a dead
+    /// letter), needs no attempt.
+    fn load(&self, destination: &str, seq: u64) -> Result<Loaded, StoreError> {
         let Some(raw) = self.store.outbox_get(destination, seq)? else {
-            return Ok(Step::Gone);
+            return Ok(Loaded::Done(Step::Gone));
         };
-        let mut entry: OutboxEntry =
+        let entry: OutboxEntry =
             serde_json::from_slice(&raw).map_err(|source| StoreError::Decode {
                 what: "outbox entry",
                 source,
             })?;
         let Some(dest) = self.destinations.get(destination).cloned() else {
-            // The destination was removed from the config: keep the entry, visibly, as a dead letter.
             let reason = format!("destination {destination} is no longer in the config");
             self.to_dead(&entry, reason)?;
-            return Ok(Step::Dead);
+            return Ok(Loaded::Done(Step::Dead));
         };
         let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
+        Ok(Loaded::Ready(Box::new(entry), dest, span))
+    }
+
+    /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
+    /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
+    /// when its schedule is spent.
+    pub async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+        let (entry, dest, span) = match self.load(destination, seq)? {
+            Loaded::Ready(entry, dest, span) => (*entry, dest, span),
+            Loaded::Done(step) => return Ok(step),
+        };
         let started_ms = now_ms();
+        let started = std::time::Instant::now();
         // `instrument`, not `enter`: an entered span guard held across an await leaks the span into
         // whatever else runs on this thread meanwhile.
-        let report = self.send(&dest, &entry).instrument(span.clone()).await;
+        let sent = CatchPanic(Box::pin(self.send(&dest, &entry)))
+            .instrument(span.clone())
+            .await;
+        #[cfg(test)]
+        if self.fault == TestFault::PanicAfterSend {
+            panic!("test fault: panic after send");
+        }
         // Nothing below awaits, so entering here is sound.
         let _enter = span.enter();
+        let report = sent.unwrap_or_else(|()| {
+            tracing::error!("{PANIC_REASON}; counted as a failed attempt");
+            panic_report(started.elapsed())
+        });
+        self.record(&dest, seq, entry, report, started_ms)
+    }
+
+    /// Counts an attempt whose task panicked before it could record its outcome: the entry's
+    /// attempt count goes up and it follows its retry schedule, like any failed attempt.
+    pub fn record_panicked(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+        let (entry, dest, span) = match self.load(destination, seq)? {
+            Loaded::Ready(entry, dest, span) => (*entry, dest, span),
+            Loaded::Done(step) => return Ok(step),
+        };
+        let _enter = span.enter();
+        tracing::error!("{PANIC_REASON}; counted as a failed attempt");
+        self.record(&dest, seq, entry, panic_report(Duration::ZERO), now_ms())
+    }
+
+    /// Records one attempt's outcome: removes the entry on success, reschedules it on a retryable
+    /// failure, moves it to the dead letters on a permanent one or when its schedule is spent.
+    fn record(
+        &self,
+        dest: &Destination,
+        seq: u64,
+        mut entry: OutboxEntry,
+        report: AttemptReport,
+        started_ms: i64,
+    ) -> Result<Step, StoreError> {
+        let destination = dest.name.as_str();
         entry.attempts += 1;
         let labels = [("destination", destination.to_string())];
         metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)
@@ -950,7 +1068,7 @@ impl Deliverer {
                 }
             }
             Verdict::Fail { ref reason } => {
-                if destination_gone(report.status, &dest) {
+                if destination_gone(report.status, dest) {
                     tracing::error!(destination = %destination, "the destination's webhook is gone ({reason}); marked failing in status");
                     self.store.set_destination_failing(
                         destination,
@@ -1051,6 +1169,7 @@ impl Deliverer {
             .map_or(Duration::ZERO, |d| d.min_interval);
         let mut out = Outcome::default();
         let mut set = tokio::task::JoinSet::new();
+        let mut task_seq: HashMap<tokio::task::Id, u64> = HashMap::new();
         let sem = Arc::new(Semaphore::new(limit));
         for (_, seq) in due {
             let permit = sem
@@ -1063,19 +1182,28 @@ impl Deliverer {
                 })?;
             let me = self.clone();
             let dest = destination.to_string();
-            set.spawn(async move {
+            let handle = set.spawn(async move {
                 let r = me.attempt(&dest, seq).await;
                 drop(permit);
                 r
             });
+            task_seq.insert(handle.id(), seq);
             if !min_interval.is_zero() {
                 tokio::time::sleep(min_interval).await;
             }
         }
-        while let Some(r) = set.join_next().await {
+        while let Some(r) = set.join_next_with_id().await {
             match r {
-                Ok(step) => out.add(step?),
-                Err(e) => tracing::error!("a delivery task panicked: {e}"),
+                Ok((id, step)) => {
+                    task_seq.remove(&id);
+                    out.add(step?)
+                }
+                Err(e) => {
+                    // The attempt could not record itself; count it here.
+                    if let Some(seq) = task_seq.remove(&e.id()) {
+                        out.add(self.record_panicked(destination, seq)?);
+                    }
+                }
             }
         }
         Ok(out)
@@ -1196,10 +1324,10 @@ impl Deliverer {
                     }
                 },
                 Some(done) = inflight.join_next_with_id(), if !inflight.is_empty() => {
-                    finished(done, &mut task_seq, &mut queue, &destination);
+                    finished(&shared, done, &mut task_seq, &mut queue, &destination);
                     // Collect every other attempt that has finished too, before refilling.
                     while let Some(done) = inflight.try_join_next_with_id() {
-                        finished(done, &mut task_seq, &mut queue, &destination);
+                        finished(&shared, done, &mut task_seq, &mut queue, &destination);
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
@@ -1213,9 +1341,15 @@ impl Deliverer {
     }
 }
 
+/// How long a worker waits before trying an entry again after a store error during its attempt.
+const STORE_ERROR_RETRY: Duration = Duration::from_secs(5);
+
 /// Records a finished attempt in the worker's queue: a retry goes back in at its due time, an
-/// entry that left the outbox is forgotten, a store error or a failed task is tried again in 5 s.
+/// entry that left the outbox is forgotten, a store error is tried again after
+/// [`STORE_ERROR_RETRY`], and a task that panicked counts as a failed attempt
+/// ([`Deliverer::record_panicked`]) and follows the entry's schedule.
 fn finished(
+    deliverer: &Deliverer,
     done: Result<(tokio::task::Id, Result<Step, StoreError>), tokio::task::JoinError>,
     task_seq: &mut HashMap<tokio::task::Id, u64>,
     queue: &mut DueQueue,
@@ -1228,18 +1362,22 @@ fn finished(
     let Some(seq) = task_seq.remove(&id) else {
         return;
     };
-    match result {
-        Ok(Ok(Step::Retry(due))) => queue.requeue(due, seq),
-        Ok(Ok(_)) => queue.done(seq),
-        Ok(Err(e)) => {
-            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in 5s");
-            queue.requeue(now_ms() + 5000, seq);
-        }
+    let store_error_retry = STORE_ERROR_RETRY.as_millis() as i64;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => deliverer.record_panicked(destination, seq),
         Err(e) => {
-            // The entry is still in the outbox; try it again later rather than leaving it
-            // stranded until the next start.
-            tracing::error!(destination = %destination, "a delivery task failed: {e}; retrying in 5s");
-            queue.requeue(now_ms() + 5000, seq);
+            // Cancelled (only at shutdown): the entry is still in the outbox, untouched.
+            tracing::warn!(destination = %destination, "a delivery task ended early: {e}");
+            Ok(Step::Retry(now_ms() + store_error_retry))
+        }
+    };
+    match result {
+        Ok(Step::Retry(due)) => queue.requeue(due, seq),
+        Ok(_) => queue.done(seq),
+        Err(e) => {
+            tracing::error!(destination = %destination, "store error during delivery: {e}; retrying in {STORE_ERROR_RETRY:?}");
+            queue.requeue(now_ms() + store_error_retry, seq);
         }
     }
 }
@@ -1348,5 +1486,132 @@ mod body_tests {
         })
         .to_string();
         assert_eq!(webhook_body(&change, "r1", &rules), expected);
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+
+    /// A webhook destination with a short schedule; its URL is never reached (the attempt panics
+    /// first).
+    fn destination() -> Destination {
+        Destination {
+            name: "hooks".into(),
+            target: Target::Webhook(WebhookTarget {
+                name: "hooks".into(),
+                url: url::Url::parse("http://127.0.0.1:9/hook").unwrap(),
+                secrets: vec![
+                    webhook::Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+                ],
+                headers: vec![],
+                timeout: Duration::from_secs(1),
+            }),
+            retry: RetryPolicy {
+                schedule: vec![Duration::from_millis(10), Duration::from_millis(10)],
+                jitter: 0.0,
+            },
+            concurrency: 1,
+            min_interval: Duration::ZERO,
+            allow_private: false,
+        }
+    }
+
+    /// A store with one due webhook entry, and a deliverer over it that panics where `fault` says.
+    fn setup(fault: TestFault) -> (tempfile::TempDir, Deliverer) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::store::DEFAULT_CACHE_BYTES).unwrap();
+        let entry = OutboxEntry {
+            seq: 1,
+            destination: "hooks".into(),
+            webhook_id: "msg_test".into(),
+            event_type: "leads.added".into(),
+            resource: "leads".into(),
+            record_id: "1".into(),
+            rule: "r".into(),
+            change_seq: 0,
+            payload: Payload::Webhook { body: "{}".into() },
+            attempts: 0,
+            next_attempt_ms: now_ms(),
+            created_ms: now_ms(),
+        };
+        store
+            .outbox_put("hooks", 1, &serde_json::to_vec(&entry).unwrap())
+            .unwrap();
+        let mut d = Deliverer::new(
+            store,
+            HashMap::from([("hooks".to_string(), Arc::new(destination()))]),
+            None,
+        )
+        .unwrap();
+        d.fault = fault;
+        (dir, d)
+    }
+
+    fn queued(d: &Deliverer) -> Option<OutboxEntry> {
+        d.store
+            .outbox_get("hooks", 1)
+            .unwrap()
+            .map(|raw| serde_json::from_slice(&raw).unwrap())
+    }
+
+    fn assert_dead_after_the_schedule(d: &Deliverer) {
+        assert!(queued(d).is_none(), "the entry left the outbox");
+        let dead = d.store.dead_entries().unwrap();
+        assert_eq!(dead.len(), 1);
+        let dead: DeadLetter = serde_json::from_slice(&dead[0].1).unwrap();
+        assert_eq!(dead.entry.attempts, 3, "first attempt plus two retries");
+        assert!(
+            dead.reason
+                .contains("retry schedule spent after 3 attempts")
+                && dead.reason.contains(PANIC_REASON),
+            "{}",
+            dead.reason
+        );
+        let logs = d.store.attempts(1).unwrap();
+        assert_eq!(logs.len(), 3, "each panicked attempt is logged");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_panics_counts_and_follows_the_schedule_to_the_dead_letters() {
+        let (_dir, d) = setup(TestFault::PanicInSend);
+        let out = d.deliver_due("hooks").await.unwrap();
+        assert_eq!((out.attempted, out.retried), (1, 1));
+        assert_eq!(queued(&d).unwrap().attempts, 1, "the attempt was counted");
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            d.deliver_due("hooks").await.unwrap();
+        }
+        assert_dead_after_the_schedule(&d);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_task_that_panics_counts_as_an_attempt_in_deliver_due() {
+        let (_dir, d) = setup(TestFault::PanicAfterSend);
+        let out = d.deliver_due("hooks").await.unwrap();
+        assert_eq!((out.attempted, out.retried), (1, 1));
+        assert_eq!(queued(&d).unwrap().attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn the_worker_counts_a_panicked_task_and_buries_it_after_the_schedule() {
+        let (_dir, d) = setup(TestFault::PanicAfterSend);
+        let cancel = CancellationToken::new();
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let worker = tokio::spawn(
+            d.clone()
+                .run_destination("hooks".into(), rx, cancel.clone()),
+        );
+        let start = std::time::Instant::now();
+        while d.store.dead_len() == 0 && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        worker.await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not re-queued on a fixed delay: the schedule's 10 ms waits were followed"
+        );
+        assert_dead_after_the_schedule(&d);
     }
 }

@@ -21,7 +21,8 @@ struct Cli {
     /// Log format: pretty for people, json for machines.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
-    /// More detail in the logs (-v, -vv). Record contents appear only at -vv.
+    /// More detail in the logs (-v, -vv); record contents never appear in them, and other
+    /// crates stay at warnings unless RUST_LOG names them.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Less detail in the logs (-q, -qq).

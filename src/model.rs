@@ -1,14 +1,17 @@
 //! The change model: what the diff produces, what rules test and what templates and webhook bodies see.
 //!
 //! A [`Change`] is one record that differs from the version the store last saw. Its
-//! [`Change::change_id`] is derived from its content alone, so the same change detected twice (for
-//! example after a crash between a page's fetch and its checkpoint) gets the same id, and a receiver
-//! can drop the duplicate by its `webhook-id`.
+//! [`Change::change_id`] is derived from its content and the store's [`IdKey`], so the same change
+//! detected twice (for example after a crash between a page's fetch and its checkpoint) gets the
+//! same id, and a receiver can drop the duplicate by its `webhook-id`; and because the hash is
+//! keyed, someone who reads the ids (in logs, at a receiver) cannot test guesses about the
+//! record's fields against them.
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::fmt;
 
 /// The name of the one source that exists today. Every store key is namespaced by a source name so
@@ -77,35 +80,76 @@ impl Change {
         format!("{}.{}", self.resource, self.kind)
     }
 
-    /// A stable id for this change, the same whenever the same change is detected again.
+    /// A stable id for this change, the same whenever the same change is detected again with the
+    /// same `key` (the store's, see [`crate::store::Store::id_key`]).
     ///
-    /// It hashes the source, resource, record id, kind, and the canonical JSON of `previous` and
-    /// `record`; `detected_at` is left out on purpose, since a re-detection after a crash happens at
-    /// another time but is the same change.
-    pub fn change_id(&self) -> String {
-        let mut h = Sha256::new();
+    /// It is an HMAC-SHA256 under `key` of the source, resource, record id, kind, and the canonical
+    /// JSON of `previous` and `record`; `detected_at` is left out on purpose, since a re-detection
+    /// after a crash happens at another time but is the same change.
+    pub fn change_id(&self, key: &IdKey) -> String {
+        let mut h = key.mac.clone();
         for part in [
             self.source.as_str(),
             self.resource.as_str(),
             self.id.as_str(),
             self.kind.as_str(),
         ] {
-            h.update((part.len() as u64).to_be_bytes());
+            h.update(&(part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
         let mut buf = Vec::with_capacity(512);
         canonical_json(self.previous.as_ref().unwrap_or(&Value::Null), &mut buf);
-        h.update((buf.len() as u64).to_be_bytes());
+        h.update(&(buf.len() as u64).to_be_bytes());
         h.update(&buf);
         buf.clear();
         canonical_json(&self.record, &mut buf);
         h.update(&buf);
-        let digest = h.finalize();
+        let digest = h.finalize().into_bytes();
         let mut id = String::from("msg_");
         for b in &digest[..16] {
             id.push_str(&format!("{b:02x}"));
         }
         id
+    }
+}
+
+/// The secret key of [`Change::change_id`]: 32 random bytes made once per store and kept in it,
+/// so ids stay stable across restarts but cannot be computed (or guesses checked) without it.
+#[derive(Clone)]
+pub struct IdKey {
+    /// Keyed once; each id starts from a copy of this state.
+    mac: Hmac<Sha256>,
+}
+
+impl IdKey {
+    /// The key's length in bytes.
+    pub const LEN: usize = 32;
+
+    /// The key made of these bytes.
+    pub fn from_bytes(bytes: &[u8; IdKey::LEN]) -> IdKey {
+        IdKey {
+            // HMAC takes keys of any length; 32 bytes can never be refused.
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(bytes)
+                .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length")),
+        }
+    }
+
+    /// Fresh random key bytes (from the operating system's generator, through `rand`'s CSPRNG).
+    pub fn random_bytes() -> [u8; IdKey::LEN] {
+        let mut b = [0u8; IdKey::LEN];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+        b
+    }
+
+    /// A key of fresh random bytes that is kept nowhere (for `test-rule` without a store).
+    pub fn ephemeral() -> IdKey {
+        IdKey::from_bytes(&IdKey::random_bytes())
+    }
+}
+
+impl fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdKey(<redacted>)")
     }
 }
 
@@ -168,7 +212,8 @@ pub enum Verdict {
     Retry {
         /// Why, in words (status and cause); never record contents or secrets.
         reason: String,
-        /// What the receiver asked for (`Retry-After`, Discord's `retry_after`), unclamped.
+        /// What the receiver asked for (`Retry-After`, Discord's `retry_after`), at most
+        /// [`crate::outcome::MAX_RETRY_AFTER`].
         retry_after: Option<std::time::Duration>,
     },
     /// Never going to work as it stands (3xx, other 4xx, SMTP 5xx): dead letters at once.
@@ -227,13 +272,32 @@ mod tests {
 
     #[test]
     fn change_id_ignores_key_order_and_detection_time() {
+        let k = IdKey::from_bytes(&[7; IdKey::LEN]);
         let a = change(json!({"ID": "a", "X": 1}));
         let mut b = change(json!({"X": 1, "ID": "a"}));
         b.detected_at = DateTime::from_timestamp(0, 0).unwrap();
-        assert_eq!(a.change_id(), b.change_id());
+        assert_eq!(a.change_id(&k), b.change_id(&k));
         let c = change(json!({"ID": "a", "X": 2}));
-        assert_ne!(a.change_id(), c.change_id());
-        assert!(a.change_id().starts_with("msg_"));
+        assert_ne!(a.change_id(&k), c.change_id(&k));
+        assert!(a.change_id(&k).starts_with("msg_"));
+        assert_eq!(a.change_id(&k).len(), 4 + 32);
+    }
+
+    #[test]
+    fn change_id_depends_on_the_key() {
+        let a = change(json!({"ID": "a", "FirstName": "Zebulon"}));
+        let k1 = IdKey::from_bytes(&[1; IdKey::LEN]);
+        let k2 = IdKey::from_bytes(&[2; IdKey::LEN]);
+        assert_ne!(a.change_id(&k1), a.change_id(&k2));
+        assert_eq!(
+            a.change_id(&k1),
+            a.change_id(&IdKey::from_bytes(&[1; IdKey::LEN]))
+        );
+        assert_ne!(
+            a.change_id(&IdKey::ephemeral()),
+            a.change_id(&IdKey::ephemeral())
+        );
+        assert_eq!(format!("{k1:?}"), "IdKey(<redacted>)");
     }
 
     #[test]

@@ -50,7 +50,7 @@ const MAX_REASON_BYTES: usize = 300;
 /// * 3xx → [`Verdict::Fail`] "HTTP 302 Found: redirect to example.org not followed"; only the
 ///   `Location` host is named, never its path or query string.
 /// * 408, 429, 5xx → [`Verdict::Retry`], with `retry_after` from a valid `Retry-After` header
-///   (unclamped; see [`clamp_retry_after`]).
+///   (at most [`MAX_RETRY_AFTER`], no minimum yet; see [`clamp_retry_after`]).
 /// * anything else (other 4xx, 1xx) → [`Verdict::Fail`].
 pub fn classify_http(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Verdict {
     let label = status_label(status);
@@ -78,13 +78,9 @@ pub fn classify_http(status: StatusCode, headers: &HeaderMap, now: SystemTime) -
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
     {
-        let retry_after = headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now));
         Verdict::Retry {
             reason: label,
-            retry_after,
+            retry_after: retry_after_header(headers, now),
         }
     } else {
         Verdict::Fail { reason: label }
@@ -202,12 +198,14 @@ fn bounded(s: String) -> String {
     }
 }
 
-/// Parses a `Retry-After` value: delta-seconds (`120`) or an HTTP-date
-/// (`Wed, 21 Oct 2015 07:28:00 GMT`).
+/// Parses a `Retry-After` value: delta-seconds (`120`, and leniently `1.5`) or an HTTP-date
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`), the one parser every sink uses (webhooks, chat, the API
+/// client).
 ///
-/// A date in the past gives `Some(Duration::ZERO)`; a huge number saturates rather than failing.
-/// Returns `None` for anything else (negative numbers, fractions, garbage). The result is unclamped;
-/// pass it through [`clamp_retry_after`] before waiting.
+/// A date in the past gives `Some(Duration::ZERO)`; anything longer than [`MAX_RETRY_AFTER`]
+/// (`99999999999`, `1e20`, a date years ahead) gives [`MAX_RETRY_AFTER`], so no caller ever holds
+/// a wait it cannot add to a clock. Returns `None` for anything else (negative numbers, NaN,
+/// infinity, garbage). Pass the result through [`clamp_retry_after`] to impose a minimum too.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if v.is_empty() {
@@ -216,10 +214,67 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     if v.bytes().all(|b| b.is_ascii_digit()) {
         // All digits: only overflow can fail, and a huge wait is still a wait.
         let secs = v.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    if v.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-') {
+        return v.parse::<f64>().ok().and_then(bounded_secs);
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+/// A number of seconds as a wait of at most [`MAX_RETRY_AFTER`]; `None` when negative, NaN or
+/// infinite. (`Duration::from_secs_f64` panics on those and on huge values.)
+pub fn bounded_secs(secs: f64) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        secs.min(MAX_RETRY_AFTER.as_secs_f64()),
+    ))
+}
+
+/// The wait a response's headers ask for: `Retry-After` (see [`parse_retry_after`]).
+pub fn retry_after_header(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now))
+}
+
+/// Discord's rate-limit hints on a 429, the longest wait of: `Retry-After`,
+/// `X-RateLimit-Reset-After` (seconds, a float) and the body's JSON `retry_after` (see
+/// [`discord_body_retry_after`]); each bounded by [`MAX_RETRY_AFTER`]. `X-RateLimit-Reset` (a
+/// Unix time) is not read: it says the same as `X-RateLimit-Reset-After`, but through two clocks,
+/// so any skew between them would lengthen the wait.
+pub fn discord_retry_after(headers: &HeaderMap, body: &str, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    [
+        retry_after_header(headers, now),
+        header("x-ratelimit-reset-after").and_then(|v| parse_retry_after(v, now)),
+        discord_body_retry_after(body),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+}
+
+/// Discord's JSON `retry_after`, bounded by [`MAX_RETRY_AFTER`]. API v10 sends seconds as a float
+/// (`0.5`, `64.57`); older versions sent whole milliseconds (`1500`). Decision: a whole number
+/// above 60 is read as milliseconds (Discord's per-webhook waits are seconds long, and a v10 value
+/// is rarely a whole number), any other value as seconds.
+pub fn discord_body_retry_after(body: &str) -> Option<Duration> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let n = v.get("retry_after")?.as_f64()?;
+    if n > 60.0 && n.fract() == 0.0 {
+        bounded_secs(n / 1000.0)
+    } else {
+        bounded_secs(n)
+    }
 }
 
 /// Bounds a receiver's requested wait to `[min, max]` (normally [`MIN_RETRY_AFTER`] and
@@ -265,7 +320,7 @@ impl RetryPolicy {
     ///
     /// `attempts_done` counts the attempts made so far, including the one that just failed (so 1
     /// after the first failure; 0 is treated like 1). `retry_after` is the receiver's request from
-    /// [`Verdict::Retry`], unclamped.
+    /// [`Verdict::Retry`] (no minimum applied yet).
     ///
     /// The wait is `max(scheduled wait with jitter, clamped retry_after)`:
     /// * taking the larger never retries earlier than the receiver asked (within
@@ -353,15 +408,23 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_header_is_carried_unclamped() {
-        let v = classify(429, &[("retry-after", "7200")]);
+    fn retry_after_header_is_carried_up_to_the_maximum() {
+        let v = classify(429, &[("retry-after", "1800")]);
         assert_eq!(
             v,
             Verdict::Retry {
                 reason: "HTTP 429 Too Many Requests".into(),
-                retry_after: Some(Duration::from_secs(7200))
+                retry_after: Some(Duration::from_secs(1800))
             }
         );
+        let v = classify(429, &[("retry-after", "7200")]);
+        assert!(matches!(
+            v,
+            Verdict::Retry {
+                retry_after: Some(MAX_RETRY_AFTER),
+                ..
+            }
+        ));
         let v = classify(503, &[("retry-after", "soon")]);
         assert!(matches!(
             v,
@@ -403,11 +466,9 @@ mod tests {
         assert_eq!(parse_retry_after("2", now()), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after(" 0 ", now()), Some(Duration::ZERO));
         assert_eq!(
-            parse_retry_after("99999999999999999999999", now()),
-            Some(Duration::from_secs(u64::MAX))
+            parse_retry_after("1.5", now()),
+            Some(Duration::from_millis(1500))
         );
-        assert_eq!(parse_retry_after("-1", now()), None);
-        assert_eq!(parse_retry_after("1.5", now()), None);
         assert_eq!(parse_retry_after("", now()), None);
         assert_eq!(parse_retry_after("later", now()), None);
         let in_90s = httpdate::fmt_http_date(now() + Duration::from_secs(90));
@@ -417,6 +478,82 @@ mod tests {
         );
         let past = httpdate::fmt_http_date(now() - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&past, now()), Some(Duration::ZERO));
+    }
+
+    /// `Duration::from_secs_f64` panics on these; the parser must not, and must stay bounded.
+    #[test]
+    fn absurd_retry_after_values_never_panic_and_stay_bounded() {
+        for huge in [
+            "99999999999999999999999",
+            "1e20",
+            "1E308",
+            "18446744073709551616.5",
+            "99999999999.25",
+        ] {
+            assert_eq!(
+                parse_retry_after(huge, now()),
+                Some(MAX_RETRY_AFTER),
+                "{huge}"
+            );
+        }
+        let far = httpdate::fmt_http_date(now() + Duration::from_secs(10 * 365 * 86_400));
+        assert_eq!(parse_retry_after(&far, now()), Some(MAX_RETRY_AFTER));
+        for bad in [
+            "-1", "-0.5", "-1e20", "NaN", "nan", "inf", "-inf", "+inf", "1e", "1..2",
+        ] {
+            assert_eq!(parse_retry_after(bad, now()), None, "{bad}");
+        }
+        assert_eq!(bounded_secs(f64::NAN), None);
+        assert_eq!(bounded_secs(f64::INFINITY), None);
+        assert_eq!(bounded_secs(-1.0), None);
+        assert_eq!(bounded_secs(f64::MAX), Some(MAX_RETRY_AFTER));
+        assert_eq!(bounded_secs(0.25), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn discord_hints_are_bounded_and_the_longest_wins() {
+        let mut h = HeaderMap::new();
+        let body = r#"{"message": "You are being rate limited.", "retry_after": 2.5}"#;
+        assert_eq!(
+            discord_retry_after(&h, body, now()),
+            Some(Duration::from_millis(2500))
+        );
+        // Old API: whole milliseconds.
+        assert_eq!(
+            discord_body_retry_after(r#"{"retry_after": 1500}"#),
+            Some(Duration::from_millis(1500))
+        );
+        h.insert("x-ratelimit-reset-after", HeaderValue::from_static("3.25"));
+        h.insert("retry-after", HeaderValue::from_static("1"));
+        assert_eq!(
+            discord_retry_after(&h, body, now()),
+            Some(Duration::from_millis(3250))
+        );
+        let reset = now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 900;
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&format!("{reset}.5")).unwrap(),
+        );
+        assert_eq!(
+            discord_retry_after(&h, body, now()),
+            Some(Duration::from_millis(3250)),
+            "the absolute reset time is not read (clock skew would lengthen the wait)"
+        );
+        // Absurd values in every place: bounded, no panic.
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset-after", HeaderValue::from_static("1e20"));
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("1e300"));
+        h.insert("retry-after", HeaderValue::from_static("NaN"));
+        assert_eq!(
+            discord_retry_after(&h, r#"{"retry_after": 1e300}"#, now()),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(discord_body_retry_after(r#"{"retry_after": -3}"#), None);
+        assert_eq!(discord_body_retry_after("not json"), None);
     }
 
     #[test]

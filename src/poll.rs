@@ -302,7 +302,7 @@ fn observe(ctx: &PollCtx, change: &Change) -> PollEvent {
         resource: change.resource.clone(),
         kind: change.kind,
         id: change.id.clone(),
-        change_id: change.change_id(),
+        change_id: change.change_id(ctx.store.id_key()),
         rules: routes.first().map(|r| r.rules.clone()).unwrap_or_default(),
         destinations: routes.into_iter().map(|r| r.destination).collect(),
     }
@@ -322,9 +322,9 @@ fn plan_change(
         .push((change_seq, serde_json::to_vec(change).unwrap_or_default()));
     // The change id hashes the whole record: compute it once, not once per delivery.
     let mut webhook_id = None;
-    for planned in ctx.pipeline.plan(change) {
+    for planned in ctx.pipeline.plan(change, ctx.store.id_key()) {
         let seq = ctx.store.next_id()?;
-        let webhook_id = webhook_id.get_or_insert_with(|| change.change_id());
+        let webhook_id = webhook_id.get_or_insert_with(|| change.change_id(ctx.store.id_key()));
         match planned.into_entry(seq, change_seq, change, webhook_id) {
             Ok(entry) => {
                 wakes.push(Wake {

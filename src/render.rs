@@ -7,7 +7,10 @@
 //! there add templates.
 //!
 //! Escaping: `*.txt` templates (and inline templates, used for subjects and recipients) never
-//! escape; `*.html` templates HTML-escape every `{{value}}` (use `{{{value}}}` to opt out).
+//! escape; `*.html` templates HTML-escape every `{{value}}` (use `{{{value}}}` to opt out). A
+//! `*.txt` template rendered for a chat destination ([`Templates::render_chat`]) escapes every
+//! `{{value}}` for that service ([`crate::chat::escape`]), so a record value never becomes a
+//! mention, a link or formatting, while the template's own text may use the service's markup.
 //!
 //! Strictness: real deliveries render **leniently** (a field that is absent renders as an empty
 //! string), because Clinicea omits optional fields and one absent field must not kill a staff
@@ -24,6 +27,7 @@
 //! - `{{truncate record.Notes 80}}`: at most 80 characters, ending with `…` when cut.
 //! - `{{json record}}` (`pretty=true`), `{{join changed_fields ", "}}`, `{{upper x}}`, `{{lower x}}`.
 
+use crate::chat::ChatKind;
 use crate::config::Problem;
 use crate::model::{Change, ChangeKind};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
@@ -79,11 +83,31 @@ pub const UNSET_DATE_PREFIX: &str = "0001-01-01";
 /// The format the `date` helper uses when none is given.
 pub const DEFAULT_DATE_FORMAT: &str = "%Y-%m-%d %H:%M";
 
-/// The registered templates: two handlebars registries, one that escapes HTML and one that does not.
+/// Every chat service, in the order of [`Templates`]' chat registries.
+const CHAT_KINDS: [ChatKind; 4] = [
+    ChatKind::Slack,
+    ChatKind::Teams,
+    ChatKind::Discord,
+    ChatKind::GoogleChat,
+];
+
+/// The registered templates: handlebars registries that differ in how they escape values: one
+/// that escapes HTML, one that does not, and one per chat service (the `*.txt` templates again,
+/// escaping for that service).
 #[derive(Clone)]
 pub struct Templates {
     text: Handlebars<'static>,
     html: Handlebars<'static>,
+    chat: [Handlebars<'static>; 4],
+}
+
+fn chat_index(kind: ChatKind) -> usize {
+    match kind {
+        ChatKind::Slack => 0,
+        ChatKind::Teams => 1,
+        ChatKind::Discord => 2,
+        ChatKind::GoogleChat => 3,
+    }
 }
 
 impl std::fmt::Debug for Templates {
@@ -94,10 +118,23 @@ impl std::fmt::Debug for Templates {
     }
 }
 
-fn new_registry(escape_html: bool) -> Handlebars<'static> {
+/// How a registry escapes what `{{value}}` prints.
+#[derive(Clone, Copy)]
+enum Escaping {
+    /// Plain text: nothing.
+    None,
+    /// HTML entities (handlebars' default).
+    Html,
+    /// For one chat service.
+    Chat(ChatKind),
+}
+
+fn new_registry(escaping: Escaping) -> Handlebars<'static> {
     let mut r = Handlebars::new();
-    if !escape_html {
-        r.register_escape_fn(handlebars::no_escape);
+    match escaping {
+        Escaping::None => r.register_escape_fn(handlebars::no_escape),
+        Escaping::Html => {}
+        Escaping::Chat(kind) => r.register_escape_fn(move |s: &str| crate::chat::escape(kind, s)),
     }
     r.register_helper("date", Box::new(ValueHelper(date_helper)));
     r.register_helper("default", Box::new(ValueHelper(default_helper)));
@@ -125,8 +162,9 @@ impl Templates {
     /// returned, keyed by the file's path.
     pub fn load(dir: Option<&Path>) -> Result<Templates, Vec<Problem>> {
         let mut t = Templates {
-            text: new_registry(false),
-            html: new_registry(true),
+            text: new_registry(Escaping::None),
+            html: new_registry(Escaping::Html),
+            chat: CHAT_KINDS.map(|k| new_registry(Escaping::Chat(k))),
         };
         let mut problems = Vec::new();
         for (file, src) in SHIPPED {
@@ -201,7 +239,17 @@ impl Templates {
                 None => format!("template syntax error: {}", e.reason()),
             };
             Problem::at(line, key, message)
-        })
+        })?;
+        // Chat messages are rendered from `*.txt` templates; the parsed template is shared, not
+        // parsed again.
+        if name.ends_with(".txt") {
+            if let Some(parsed) = self.text.get_template(name).cloned() {
+                for reg in &mut self.chat {
+                    reg.register_template(name, parsed.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Registers a template given inline in the config (an email subject, a recipient). It never
@@ -240,6 +288,17 @@ impl Templates {
         } else {
             self.text.render(name, ctx)
         }
+    }
+
+    /// Renders a `*.txt` template for a chat destination of `kind`, leniently, with every
+    /// `{{value}}` escaped for that service ([`crate::chat::escape`]).
+    pub fn render_chat(
+        &self,
+        kind: ChatKind,
+        name: &str,
+        ctx: &Value,
+    ) -> Result<String, RenderError> {
+        self.chat[chat_index(kind)].render(name, ctx)
     }
 
     /// Renders an email body from a template base name (`new-lead`): `new-lead.txt` (required) and
@@ -821,6 +880,39 @@ mod tests {
         let text = t.render("new-lead.txt", &ctx(&c)).unwrap();
         assert!(text.starts_with("New lead: <script>alert(1)</script> Butt"));
         assert!(text.contains("Notes:   Tom & Jerry"));
+    }
+
+    #[test]
+    fn chat_rendering_escapes_values_for_the_service_but_not_the_template() {
+        let mut t = Templates::shipped().unwrap();
+        t.register_inline(
+            "link.txt",
+            "<https://clinic.example/leads/{{id}}|Open> *{{record.FirstName}}* {{upper record.FirstName}}",
+        )
+        .unwrap();
+        let mut c = sample_change("leads");
+        c.id = "a<b".into();
+        c.record["FirstName"] = json!("<users/all> [x](https://evil.example)");
+        let ctx = ctx(&c);
+        assert_eq!(
+            t.render_chat(ChatKind::Slack, "link.txt", &ctx).unwrap(),
+            "<https://clinic.example/leads/a&lt;b|Open> *&lt;users/all&gt; [x](https://evil.example)* \
+             &lt;USERS/ALL&gt; [X](HTTPS://EVIL.EXAMPLE)"
+        );
+        assert_eq!(
+            t.render_chat(ChatKind::Discord, "link.txt", &ctx).unwrap(),
+            r"<https://clinic.example/leads/a\<b|Open> *\<users/all\> \[x\](https://evil.example)* \<USERS/ALL\> \[X\](HTTPS://EVIL.EXAMPLE)"
+        );
+        // Plain text (email) is not escaped at all.
+        assert!(t
+            .render("link.txt", &ctx)
+            .unwrap()
+            .contains("*<users/all> [x](https://evil.example)*"));
+        // Inline templates that are not `.txt` (subjects, recipients) are not chat templates.
+        t.register_inline("destination:d:subject", "x").unwrap();
+        assert!(t
+            .render_chat(ChatKind::Slack, "destination:d:subject", &ctx)
+            .is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | one attempt's log (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a dead letter (JSON, see `deliver`)   |
 //! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
-//! | `meta`        | name                                  | store-wide facts (one-time upgrades)  |
+//! | `meta`        | name                                  | `change_id_key` ([`crate::model::IdKey`], 32 bytes), one-time upgrades |
 //!
 //! # Who can read it
 //!
@@ -32,7 +32,8 @@
 //!   old checkpoint, so the next poll reads the same window again.
 //! * Reading a window again is harmless: pages that were stored compare equal to their snapshots and
 //!   produce nothing; pages that were lost are detected again, and since a change's id is a hash of
-//!   its content ([`crate::model::Change::change_id`]), the re-detected change has the same
+//!   its content under the store's own key ([`crate::model::Change::change_id`], the key made once
+//!   in `meta` and flushed before any id is used), the re-detected change has the same
 //!   `webhook-id` as the lost one would have had.
 //! * Nothing is sent before it is on disk: the poller flushes a page before it hands the page's
 //!   deliveries to the workers (and `once` flushes before delivering). Otherwise a crash could
@@ -42,6 +43,7 @@
 //!   transaction). A crash between the success and the flush of the removal re-sends it: at least
 //!   once, with the same `webhook-id`.
 
+use crate::model::IdKey;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -167,6 +169,8 @@ pub struct Store {
     dead: sled::Tree,
     dest_health: sled::Tree,
     meta: sled::Tree,
+    /// The key of every change id this store hands out (see [`Store::id_key`]).
+    id_key: Arc<IdKey>,
     /// False while the attempts log is known to be empty (it was empty at open and nothing has been
     /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
     attempts_used: Arc<AtomicBool>,
@@ -223,6 +227,37 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Res
 /// Decodes a snapshot's raw bytes (see [`Store::snapshot_raw`]).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<serde_json::Value> {
     decode("snapshot", bytes)
+}
+
+/// Where in the `meta` tree the change-id key is kept.
+const ID_KEY: &[u8] = b"change_id_key";
+
+/// Reads the change-id key, or makes one when the store has none (a new store, or one from before
+/// ids were keyed: the ids already in its outbox entries stay as they are). A new key is flushed
+/// before it is used, so no id goes out under a key a crash could lose.
+fn load_or_make_id_key(db: &sled::Db) -> Result<IdKey> {
+    let meta = db.open_tree("meta")?;
+    let fresh = IdKey::random_bytes();
+    // Compare-and-swap: if the key appeared meanwhile, the stored one wins.
+    let stored = match meta.compare_and_swap(ID_KEY, None as Option<&[u8]>, Some(&fresh[..]))? {
+        Ok(()) => {
+            meta.flush()?;
+            fresh.to_vec()
+        }
+        Err(current) => current.current.map(|v| v.to_vec()).unwrap_or_default(),
+    };
+    let bytes: [u8; IdKey::LEN] = stored
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Decode {
+            what: "change-id key",
+            source: serde_json::Error::io(std::io::Error::other(format!(
+                "the key in the meta tree is {} bytes long, not {}",
+                stored.len(),
+                IdKey::LEN
+            ))),
+        })?;
+    Ok(IdKey::from_bytes(&bytes))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -408,7 +443,9 @@ impl Store {
                 },
             })?;
         let attempts = db.open_tree("attempts")?;
+        let id_key = Arc::new(load_or_make_id_key(&db)?);
         let store = Store {
+            id_key,
             path: path.to_path_buf(),
             attempts_used: Arc::new(AtomicBool::new(!attempts.is_empty())),
             attempts,
@@ -448,6 +485,12 @@ impl Store {
     /// The store folder.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The key of this store's change ids (`webhook-id`, email `Message-ID`): made once, at the
+    /// first open, and the same at every later open.
+    pub fn id_key(&self) -> &IdKey {
+        &self.id_key
     }
 
     /// A fresh, unique, increasing id (sled persists its generator across restarts).

@@ -86,6 +86,8 @@ pub fn api_page(data: &[u8]) {
         status_field: "DataStatusStr",
     };
     let now = chrono::Utc::now();
+    let key =
+        clinicea_notifier::model::IdKey::from_bytes(&[7; clinicea_notifier::model::IdKey::LEN]);
     let mut previous: Option<serde_json::Value> = None;
     for record in records {
         let Ok(id) = diff::record_id(&record, "ID") else {
@@ -95,8 +97,8 @@ pub fn api_page(data: &[u8]) {
             .expect("an unknown id is always a change");
         let again = diff::diff(&spec, id.clone(), None, record.clone(), now).unwrap();
         assert_eq!(
-            added.change_id(),
-            again.change_id(),
+            added.change_id(&key),
+            again.change_id(&key),
             "change ids are stable"
         );
         assert!(
@@ -104,7 +106,7 @@ pub fn api_page(data: &[u8]) {
             "a record compared with itself is not a change"
         );
         if let Some(p) = previous.take() {
-            let _ = diff::diff(&spec, id, Some(p), record.clone(), now).map(|c| c.change_id());
+            let _ = diff::diff(&spec, id, Some(p), record.clone(), now).map(|c| c.change_id(&key));
         }
         previous = Some(record);
     }

@@ -21,16 +21,27 @@ async fn one_lead_to(
     kind: &str,
     replies: Vec<BodyReply>,
 ) -> (BodyReceiver, Engine, TestDir, Duration) {
+    lead_to(kind, test_lead(), replies, Duration::from_secs(15)).await
+}
+
+/// [`one_lead_to`] with this lead, delivering for at most `drain` (a retry an hour later stays
+/// queued).
+async fn lead_to(
+    kind: &str,
+    lead: serde_json::Value,
+    replies: Vec<BodyReply>,
+    drain: Duration,
+) -> (BodyReceiver, Engine, TestDir, Duration) {
     let sb = empty_sandbox().await;
     let rx = BodyReceiver::start().await;
     rx.script(replies);
     let t = TestDir::new(&chat_config(&sb.base_url(), kind, &rx.url));
     let engine = t.engine();
-    sb.sandbox.insert("leads", test_lead());
+    sb.sandbox.insert("leads", lead);
     let rep = engine.poll_all().await.remove(0).1.unwrap();
     assert_eq!(rep.deliveries, 1);
     let started = std::time::Instant::now();
-    drain_outbox(&engine, Duration::from_secs(15)).await;
+    drain_outbox(&engine, drain).await;
     (rx, engine, t, started.elapsed())
 }
 
@@ -177,5 +188,125 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
         let text = clinicea_notifier::app::status_text(&_t.settings(), &engine.store).unwrap();
         assert!(text.contains("FAILING since"), "{kind}: {text}");
         assert!(text.contains("404"), "{kind}: {text}");
+    }
+}
+
+/// `Retry-After: 1e20` (and Discord's reset headers saying the same) used to panic the delivery
+/// task, which was then re-queued every few seconds with its attempt count unchanged, forever.
+/// Now the wait is bounded by the named maximum and the attempt counts.
+#[tokio::test]
+async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
+    use clinicea_notifier::outcome::MAX_RETRY_AFTER;
+    for (kind, reply) in [
+        (
+            "slack",
+            BodyReply::new(429, "rate_limited").header("retry-after", "1e20"),
+        ),
+        (
+            "teams",
+            BodyReply::new(429, "slow down").header("retry-after", "1e20"),
+        ),
+        (
+            "discord",
+            BodyReply::new(429, r#"{"retry_after": 1e300}"#)
+                .header("content-type", "application/json")
+                .header("x-ratelimit-reset-after", "1e20")
+                .header("retry-after", "NaN"),
+        ),
+    ] {
+        let (rx, engine, _t, _) =
+            lead_to(kind, test_lead(), vec![reply], Duration::from_millis(500)).await;
+        assert_eq!(
+            rx.received().len(),
+            1,
+            "{kind}: one attempt, then a long wait"
+        );
+        let q = queued(&engine, "team-chat");
+        assert_eq!(q.len(), 1, "{kind}: still queued, not dead");
+        assert_eq!(q[0].attempts, 1, "{kind}: the attempt was counted");
+        let wait_ms = q[0].next_attempt_ms - chrono::Utc::now().timestamp_millis();
+        let max_ms = MAX_RETRY_AFTER.as_millis() as i64;
+        assert!(
+            wait_ms > max_ms - 60_000 && wait_ms <= max_ms,
+            "{kind}: the wait is bounded by MAX_RETRY_AFTER: {wait_ms} ms"
+        );
+        let logs = attempt_logs(&engine, q[0].seq);
+        assert_eq!(logs.len(), 1, "{kind}");
+        assert!(
+            matches!(&logs[0].verdict, clinicea_notifier::model::Verdict::Retry { retry_after: Some(d), .. } if *d == MAX_RETRY_AFTER),
+            "{kind}: {:?}",
+            logs[0].verdict
+        );
+    }
+}
+
+/// A lead whose fields are chat markup: a Google Chat everyone-mention, a Markdown link, Discord
+/// mentions and emphasis.
+fn hostile_lead() -> serde_json::Value {
+    let mut lead = test_lead();
+    lead["FirstName"] = serde_json::json!("<users/all>");
+    lead["LastName"] = serde_json::json!("[click](https://evil.example)");
+    lead["Notes"] = serde_json::json!("@everyone <@123> **urgent**");
+    lead
+}
+
+/// The message text a chat service received.
+fn chat_text(kind: &str, body: &serde_json::Value) -> String {
+    let v = match kind {
+        "teams" => &body["attachments"][0]["content"]["body"][0]["text"],
+        "discord" => &body["content"],
+        _ => &body["text"],
+    };
+    v.as_str().expect("a text").to_string()
+}
+
+#[tokio::test]
+async fn record_values_never_become_mentions_links_or_formatting_in_any_chat_service() {
+    for kind in ["slack", "teams", "discord", "google_chat"] {
+        let (rx, _engine, _t, _) =
+            lead_to(kind, hostile_lead(), vec![], Duration::from_secs(15)).await;
+        let got = rx.received();
+        assert_eq!(got.len(), 1, "{kind}");
+        let text = chat_text(kind, &got[0].json());
+        // The template's own text is untouched.
+        assert!(text.starts_with("New lead: "), "{kind}: {text}");
+        assert!(
+            text.contains("(source: Website, status: New)"),
+            "{kind}: {text}"
+        );
+        assert!(
+            !text.contains("<users/all>"),
+            "{kind}: a live mention: {text}"
+        );
+        assert!(!text.contains("<@123>"), "{kind}: a live mention: {text}");
+        match kind {
+            "slack" => {
+                assert!(
+                    text.contains("&lt;users/all&gt; [click](https://evil.example)"),
+                    "{text}"
+                );
+                assert!(text.contains("@everyone &lt;@123&gt; **urgent**"), "{text}");
+            }
+            "teams" | "discord" => {
+                assert!(
+                    text.contains(r"\<users/all\> \[click\](https://evil.example)"),
+                    "{kind}: {text}"
+                );
+                assert!(!text.contains("[click]("), "{kind}: a live link: {text}");
+                assert!(text.contains(r"\<@123\> \*\*urgent\*\*"), "{kind}: {text}");
+                if kind == "discord" {
+                    assert!(text.contains("@\u{200B}everyone"), "{text}");
+                    assert!(!text.contains("@everyone"), "{text}");
+                }
+            }
+            _ => {
+                assert!(text.contains("<\u{200B}users/all>"), "{text}");
+                assert!(
+                    text.contains("[click]\u{200B}(https://evil.example)"),
+                    "{text}"
+                );
+                assert!(!text.contains("[click]("), "a live link: {text}");
+            }
+        }
     }
 }

@@ -327,7 +327,7 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
         .changes()
         .unwrap()
         .into_iter()
-        .map(|(_, c)| c.change_id())
+        .map(|(_, c)| c.change_id(store.id_key()))
         .collect();
     assert!(journal.contains(&first.req.header("webhook-id")));
 }

@@ -754,13 +754,21 @@ pub fn lead_requests(sb: &SandboxHandle) -> u64 {
 
 /// Runs a one-shot command (`once`, `status`, `dead list`, ...) against the test's config.
 pub async fn cli(t: &TestDir, args: &[&str]) -> std::process::Output {
-    let fut = tokio::process::Command::new(BIN)
-        .arg("--config")
+    cli_env(t, args, &[]).await
+}
+
+/// [`cli`] with `env` added to the environment (`RUST_LOG` is removed unless given here).
+pub async fn cli_env(t: &TestDir, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--config")
         .arg(&t.config)
         .args(args)
         .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .output();
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let fut = cmd.output();
     match tokio::time::timeout(Duration::from_secs(60), fut).await {
         Ok(out) => out.expect("the binary starts"),
         Err(_) => panic!("`{}` did not finish within 60 s", args.join(" ")),

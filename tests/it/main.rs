@@ -13,6 +13,7 @@ mod email;
 mod faults;
 mod foundation;
 mod helpers;
+mod leaks;
 mod ops;
 mod props;
 mod signals;

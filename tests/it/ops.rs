@@ -380,8 +380,27 @@ async fn logs_hold_no_record_contents_and_no_keys(args: &[&str]) -> String {
         .as_str()
         .expect("the sandbox gives the lead an id")
         .to_string();
-    // The first page request gets a truncated body (a parse error), the next a 500: both are
-    // logged, and the poll after them succeeds.
+    // The first poll gets a 401 that echoes the key after 180 characters (where error bodies
+    // used to be cut before the key was scrubbed); the second a 500 on every try whose body
+    // names the patient and a diagnosis; the third a truncated body (a parse error); the fourth
+    // a 500 once. Every failure is logged, and the poll after them succeeds.
+    sb.sandbox.inject_faults(
+        Fault::new(FaultKind::Status {
+            status: 401,
+            retry_after: None,
+            body: format!("{}{API_KEY} is not a valid key", "x".repeat(180)),
+        })
+        .on("leads"),
+    );
+    sb.sandbox.inject_faults(
+        Fault::new(FaultKind::Status {
+            status: 500,
+            retry_after: Some(0),
+            body: "error saving Zebulon Quixotefeather: diagnosis chronic hepatitis B".into(),
+        })
+        .on("leads")
+        .times(5),
+    );
     sb.sandbox
         .inject_faults(Fault::new(FaultKind::MalformedJson).on("leads"));
     sb.sandbox.inject_faults(
@@ -479,6 +498,8 @@ rules:
     let secret_b64 = SECRET.trim_start_matches("whsec_");
     for leak in [
         API_KEY,
+        &API_KEY[..10],
+        "hepatitis",
         SMTP_PASSWORD,
         secret_b64,
         "Zebulon",
@@ -610,4 +631,73 @@ async fn a_reload_replaces_the_metrics_token() {
     let log = d.stderr_text();
     assert!(!log.contains(old) && !log.contains(new), "{log}");
     d.kill9().await;
+}
+
+/// `-vv` and `RUST_LOG=debug` used to turn on the template engine's own debug logging, which
+/// prints every value it renders. Other crates now stay at warnings unless named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_and_debug_runs_log_no_record_values() {
+    let sb = empty_sandbox().await;
+    let hooks = Receiver::start().await;
+    let chat = BodyReceiver::start().await;
+    let yaml = format!(
+        "{}destinations:\n{}  team-chat:\n    type: slack\n    url: {}\n    template: lead-chat\n    timeout: 5s\n\
+         rules:\n  - {{ name: r, resource: leads, on: [added], notify: [hooks, team-chat] }}\n",
+        leads_only(&sb.base_url()),
+        webhook_destination("hooks", &hooks.url, "    timeout: 5s\n"),
+        chat.url
+    );
+    let mut lead = test_lead();
+    lead["FirstName"] = serde_json::json!("Zebulon");
+    lead["LastName"] = serde_json::json!("Quixotefeather");
+    lead["Notes"] = serde_json::json!("Allergic to penicillin");
+    lead["Mobile"] = serde_json::json!("+92 300 7771234");
+    let leaks = ["Zebulon", "Quixotefeather", "penicillin", "7771234"];
+    /// Command-line flags and environment of one run.
+    type Run<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let runs: [Run; 4] = [
+        (&["-vv"], &[]),
+        (&[], &[("RUST_LOG", "debug")]),
+        (&[], &[("RUST_LOG", "trace")]),
+        // Named explicitly, a crate's debug logs still come through: the check below can see them.
+        (&[], &[("RUST_LOG", "handlebars=debug")]),
+    ];
+    for (i, (flags, env)) in runs.iter().enumerate() {
+        // A fresh store each time, so the lead is new and rendered again.
+        let t = TestDir::new(&yaml);
+        if i == 0 {
+            sb.sandbox.insert("leads", lead.clone());
+        }
+        let args: Vec<&str> = flags.iter().copied().chain(["once"]).collect();
+        let out = cli_env(&t, &args, env).await;
+        assert!(
+            out.status.success(),
+            "{flags:?} {env:?}: {}",
+            output_text(&out)
+        );
+        assert_eq!(
+            chat.received().len(),
+            i + 1,
+            "{flags:?} {env:?}: the chat message was rendered"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if *env == [("RUST_LOG", "handlebars=debug")] {
+            assert!(
+                stderr.contains("Rendering"),
+                "handlebars=debug no longer logs: {stderr}"
+            );
+            continue;
+        }
+        assert!(
+            stderr.contains("DEBUG"),
+            "{flags:?} {env:?}: not a debug run: {stderr}"
+        );
+        for leak in leaks {
+            assert!(
+                !stderr.contains(leak),
+                "{flags:?} {env:?}: the log contains {leak:?}:\n{stderr}"
+            );
+        }
+    }
+    assert_eq!(hooks.received().len(), 4);
 }
