@@ -136,6 +136,17 @@ pub async fn serve_health(
         .await
 }
 
+/// Drops the change journal's entries older than `retention` (`store.journal_retention`),
+/// logging what it did; a failure is logged, never fatal (the journal is for inspection).
+pub fn prune_journal(store: &Store, retention: std::time::Duration) {
+    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    match store.prune_changes_before(cutoff) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "pruned the change journal"),
+        Err(e) => tracing::error!("pruning the change journal failed: {e}"),
+    }
+}
+
 /// Polls one resource on its interval until cancelled, keeping `health` current.
 pub async fn poll_loop(
     ctx: PollCtx,
@@ -240,13 +251,7 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
     let m_cancel = cancel.clone();
     tasks.spawn(async move {
         loop {
-            let cutoff =
-                Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-            match store.prune_changes_before(cutoff) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "pruned the change journal"),
-                Err(e) => tracing::error!("pruning the change journal failed: {e}"),
-            }
+            prune_journal(&store, retention);
             tokio::select! {
                 _ = m_cancel.cancelled() => break,
                 _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}

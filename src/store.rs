@@ -11,12 +11,18 @@
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | one attempt's log (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a dead letter (JSON, see `deliver`)   |
 //! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
+//! | `baselines`   | source \0 resource                    | [`Baseline`] (JSON)                   |
+//! | `baseline_snapshots` | source \0 resource \0 record id | a record as the baseline read it (JSON), until merged into `snapshots` |
 //!
 //! # Why a `kill -9` at any instant loses nothing
 //!
 //! * The snapshot updates, change journal entries and outbox entries of one page are written in one
 //!   sled transaction ([`Store::commit_page`]): after a crash either all of a page's writes are there
-//!   or none is. sled recovers its log to a consistent state made of whole transactions.
+//!   or none is. sled recovers its log to a consistent state made of whole transactions. A page
+//!   larger than one chunk ([`crate::clinicea::CHUNK_RECORDS`]) is committed a chunk per
+//!   transaction: a crash between two chunks leaves part of the page stored, which is the case of
+//!   a poll stopped between two pages (below): the checkpoint has not moved, the window is read
+//!   again, and the stored chunks compare equal.
 //! * The checkpoint advances only after every page of a poll is stored *and flushed to disk*
 //!   ([`Store::set_checkpoint`] flushes before and after writing it). A crash before that leaves the
 //!   old checkpoint, so the next poll reads the same window again.
@@ -109,6 +115,41 @@ impl Checkpoint {
     }
 }
 
+/// Where a resource's silent baseline stands (see [`crate::baseline`]). Written with the first
+/// checkpoint, advanced with each page it stores, finished once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// The since it reads from (`clinicea.baseline.since`).
+    pub since: DateTime<Utc>,
+    /// The page to read next: where a baseline stopped by a crash or shutdown resumes.
+    pub next_page: u32,
+    /// Pages stored.
+    #[serde(default)]
+    pub pages: u64,
+    /// Records stored.
+    #[serde(default)]
+    pub records: u64,
+    /// When it began.
+    pub started: DateTime<Utc>,
+    /// When its last page was stored; `None` while it runs.
+    #[serde(default)]
+    pub finished: Option<DateTime<Utc>>,
+}
+
+impl Baseline {
+    /// A baseline about to read from `since`, starting at page `first_page`.
+    pub fn new(since: DateTime<Utc>, first_page: u32, started: DateTime<Utc>) -> Baseline {
+        Baseline {
+            since,
+            next_page: first_page,
+            pages: 0,
+            records: 0,
+            started,
+            finished: None,
+        }
+    }
+}
+
 /// The outcome of the last poll of a resource, for `status`, `/readyz` and the watchdog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PollStatus {
@@ -155,6 +196,8 @@ pub struct Store {
     attempts: sled::Tree,
     dead: sled::Tree,
     dest_health: sled::Tree,
+    baselines: sled::Tree,
+    baseline_snapshots: sled::Tree,
     /// False while the attempts log is known to be empty (it was empty at open and nothing has been
     /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
     attempts_used: Arc<AtomicBool>,
@@ -254,6 +297,8 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             dead: db.open_tree("dead")?,
             dest_health: db.open_tree("dest_health")?,
+            baselines: db.open_tree("baselines")?,
+            baseline_snapshots: db.open_tree("baseline_snapshots")?,
             db,
         })
     }
@@ -296,6 +341,117 @@ impl Store {
         self.checkpoints
             .insert(key(&[source, resource]), encode(cp))?;
         self.flush().await
+    }
+
+    /// Writes a resource's first checkpoint and, when one is due, its baseline, in one transaction,
+    /// flushed: a crash can leave neither or both, never a checkpoint whose baseline is lost.
+    pub async fn set_first_checkpoint(
+        &self,
+        source: &str,
+        resource: &str,
+        cp: &Checkpoint,
+        baseline: Option<&Baseline>,
+    ) -> Result<()> {
+        let k = key(&[source, resource]);
+        let (cp, baseline) = (encode(cp), baseline.map(encode));
+        let res: std::result::Result<(), TransactionError<()>> = (&self.checkpoints, &self.baselines)
+            .transaction(|(checkpoints, baselines)| {
+                checkpoints.insert(k.as_slice(), cp.as_slice())?;
+                if let Some(b) = &baseline {
+                    baselines.insert(k.as_slice(), b.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => {}
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+        }
+        self.flush().await
+    }
+
+    /// The baseline of a resource, if it ever had one.
+    pub fn baseline(&self, source: &str, resource: &str) -> Result<Option<Baseline>> {
+        self.baselines
+            .get(key(&[source, resource]))?
+            .map(|v| decode("baseline", &v))
+            .transpose()
+    }
+
+    /// Stores records the baseline read, and with a page's last chunk its progress, in one
+    /// transaction (not flushed: a crash re-reads a page or two, which is harmless).
+    pub fn commit_baseline_chunk(
+        &self,
+        source: &str,
+        resource: &str,
+        snapshots: &[(String, Vec<u8>)],
+        progress: Option<&Baseline>,
+    ) -> Result<()> {
+        let keys: Vec<(Vec<u8>, &[u8])> = snapshots
+            .iter()
+            .map(|(id, v)| (key(&[source, resource, id]), v.as_slice()))
+            .collect();
+        let (bk, progress) = (key(&[source, resource]), progress.map(encode));
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&self.baseline_snapshots, &self.baselines).transaction(|(snaps, baselines)| {
+                for (k, v) in &keys {
+                    snaps.insert(k.as_slice(), *v)?;
+                }
+                if let Some(p) = &progress {
+                    baselines.insert(bk.as_slice(), p.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
+    /// A record as the baseline read it, while the baseline is not merged yet.
+    pub fn baseline_snapshot_raw(
+        &self,
+        source: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<sled::IVec>> {
+        Ok(self.baseline_snapshots.get(key(&[source, resource, id]))?)
+    }
+
+    /// The number of records the baseline holds apart (before it is merged).
+    pub fn baseline_snapshot_count(&self, source: &str, resource: &str) -> usize {
+        self.baseline_snapshots
+            .scan_prefix(prefix(&[source, resource]))
+            .count()
+    }
+
+    /// Moves the baseline's records into the snapshots, where no newer version is stored, and
+    /// returns how many moved. Idempotent, so a crash part-way only means doing the rest again.
+    pub fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64> {
+        const BATCH: usize = 1_000;
+        let mut moved = 0;
+        loop {
+            let batch: Vec<(sled::IVec, sled::IVec)> = self
+                .baseline_snapshots
+                .scan_prefix(prefix(&[source, resource]))
+                .take(BATCH)
+                .collect::<std::result::Result<_, _>>()?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            let mut into = sled::Batch::default();
+            let mut out = sled::Batch::default();
+            for (k, v) in &batch {
+                if !self.snapshots.contains_key(k)? {
+                    into.insert(k.clone(), v.clone());
+                    moved += 1;
+                }
+                out.remove(k.clone());
+            }
+            // Into the snapshots first: a crash between the two leaves the records in both, and
+            // the next merge finds them stored already.
+            self.snapshots.apply_batch(into)?;
+            self.baseline_snapshots.apply_batch(out)?;
+        }
     }
 
     /// The last poll's status of a resource.
