@@ -18,7 +18,8 @@
 //! the origin has succeeded, and that poll compares what it is served with them:
 //!
 //! * a different version: the record changed after the baseline read it; it is `modified`, with
-//!   the baseline's version as `previous`;
+//!   the baseline's version as `previous` (a record the baseline reads twice, because its change
+//!   moved it to a later page, keeps the version read first);
 //! * the same version: the record was served since the origin, so it changed after the origin,
 //!   but before the baseline read it; the version before that change was never seen, and the
 //!   record is judged as a backfill judges it (`added`, or `deleted` when flagged so). With

@@ -377,8 +377,9 @@ impl Store {
             .transpose()
     }
 
-    /// Stores records the baseline read, and with a page's last chunk its progress, in one
-    /// transaction (not flushed: a crash re-reads a page or two, which is harmless).
+    /// Stores records the baseline read (those it has not read before), and with a page's last
+    /// chunk its progress, in one transaction (not flushed: a crash re-reads a page or two, which
+    /// is harmless).
     pub fn commit_baseline_chunk(
         &self,
         source: &str,
@@ -394,7 +395,12 @@ impl Store {
         let res: std::result::Result<(), TransactionError<()>> =
             (&self.baseline_snapshots, &self.baselines).transaction(|(snaps, baselines)| {
                 for (k, v) in &keys {
-                    snaps.insert(k.as_slice(), *v)?;
+                    // The first version read is kept: a record read again (it moved to a later
+                    // page when it changed, or its page is read again after a crash) changed
+                    // after the origin, and the first poll from the origin compares with it.
+                    if snaps.get(k.as_slice())?.is_none() {
+                        snaps.insert(k.as_slice(), *v)?;
+                    }
                 }
                 if let Some(p) = &progress {
                     baselines.insert(bk.as_slice(), p.as_slice())?;
