@@ -34,9 +34,9 @@
 //! never runs one.
 
 use crate::clinicea::CHUNK_RECORDS;
+use crate::config::Resource;
 use crate::diff;
 use crate::poll::{PageWalk, PollCtx, PollError, PollReport, Step};
-use crate::config::Resource;
 use crate::store::Baseline;
 use chrono::Utc;
 

@@ -455,8 +455,7 @@ impl Client {
                 .feed(&piece, &mut records)
                 .map_err(|d| (malformed(d), sent))?;
             in_chunk += piece.len();
-            if records.len() >= CHUNK_RECORDS || (in_chunk >= CHUNK_BYTES && !records.is_empty())
-            {
+            if records.len() >= CHUNK_RECORDS || (in_chunk >= CHUNK_BYTES && !records.is_empty()) {
                 handed += records.len() as u64;
                 in_chunk = 0;
                 let chunk = Chunk {
@@ -472,7 +471,9 @@ impl Client {
         match splitter.finish() {
             Ok(None) => {}
             // Not a list: say what it is (an empty body is an empty page).
-            Ok(Some(whole)) => records = judge_whole(&res.name, page, &whole).map_err(|e| (e, sent))?,
+            Ok(Some(whole)) => {
+                records = judge_whole(&res.name, page, &whole).map_err(|e| (e, sent))?
+            }
             Err(d) => return Err((malformed(d), sent)),
         }
         let count = handed + records.len() as u64;
@@ -523,7 +524,10 @@ impl Client {
             attempt += 1;
             // Each attempt may wait on the API for `timeout` in all.
             let mut budget = self.cfg.timeout;
-            let resp = match self.request_once(res, since, page, false, &mut budget).await {
+            let resp = match self
+                .request_once(res, since, page, false, &mut budget)
+                .await
+            {
                 Ok(r) => r,
                 Err(e) if e.is_retryable() && attempt <= API_MAX_RETRIES => {
                     let wait = backoff(attempt);

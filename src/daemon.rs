@@ -139,7 +139,8 @@ pub async fn serve_health(
 /// Drops the change journal's entries older than `retention` (`store.journal_retention`),
 /// logging what it did; a failure is logged, never fatal (the journal is for inspection).
 pub fn prune_journal(store: &Store, retention: std::time::Duration) {
-    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff =
+        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     match store.prune_changes_before(cutoff) {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "pruned the change journal"),

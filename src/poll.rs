@@ -252,7 +252,10 @@ async fn store_chunk(
                 Some(raw) if raw == bytes.as_slice() => continue,
                 Some(raw) => Some(decode_snapshot(&raw)?),
                 None if catch_up => {
-                    match ctx.store.baseline_snapshot_raw(&ctx.source, &res.name, &id)? {
+                    match ctx
+                        .store
+                        .baseline_snapshot_raw(&ctx.source, &res.name, &id)?
+                    {
                         // Served since the origin, so changed after it, yet already so when the
                         // baseline read it: the version before that change was never seen, and
                         // the record is judged as a backfill judges it.
@@ -451,8 +454,11 @@ impl<'a> PageWalk<'a> {
         } else {
             self.page_no += 1;
             if self.ctx.page_delay.is_zero() {
-                self.prefetched =
-                    Some(self.ctx.client.read_page(self.res, self.since, self.page_no));
+                self.prefetched = Some(self.ctx.client.read_page(
+                    self.res,
+                    self.since,
+                    self.page_no,
+                ));
             }
         }
         Ok(Some(Step::Records {

@@ -441,7 +441,10 @@ mod tests {
         let too_deep = nested(deepest + 1);
         let e = split(&[too_deep.as_bytes()]).unwrap_err();
         assert_eq!(Err(e.clone()), whole(too_deep.as_bytes()), "{e}");
-        assert!(e.contains("recursion limit exceeded (nested more than 128"), "{e}");
+        assert!(
+            e.contains("recursion limit exceeded (nested more than 128"),
+            "{e}"
+        );
         // A million open brackets stop at the limit, not at the end of the body.
         let e = split(&["[".repeat(1_000_000).as_bytes()]).unwrap_err();
         assert!(e.contains("recursion limit"), "{e}");

@@ -354,8 +354,8 @@ impl Store {
     ) -> Result<()> {
         let k = key(&[source, resource]);
         let (cp, baseline) = (encode(cp), baseline.map(encode));
-        let res: std::result::Result<(), TransactionError<()>> = (&self.checkpoints, &self.baselines)
-            .transaction(|(checkpoints, baselines)| {
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&self.checkpoints, &self.baselines).transaction(|(checkpoints, baselines)| {
                 checkpoints.insert(k.as_slice(), cp.as_slice())?;
                 if let Some(b) = &baseline {
                     baselines.insert(k.as_slice(), b.as_slice())?;

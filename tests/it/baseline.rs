@@ -50,7 +50,11 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
     assert_eq!(engine.store.snapshot_count(DEFAULT_SOURCE, "leads"), 65_000);
     let journal = journal_ids(&engine.store);
     assert_eq!(journal.len(), 65_000);
-    assert_eq!(journal.into_iter().collect::<HashSet<_>>(), ids, "each once");
+    assert_eq!(
+        journal.into_iter().collect::<HashSet<_>>(),
+        ids,
+        "each once"
+    );
 
     // A second poll (the leads changed within the overlap, still one page) finds nothing new.
     let rep = engine.poll_all().await.remove(0).1.expect("polls again");
@@ -123,7 +127,11 @@ async fn a_clinic_with_2000_records_started_now_sends_nothing_then_an_old_appoin
 
     for (name, r) in engine.poll_all().await {
         let rep = r.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!((rep.baseline_records, rep.changes), (0, 1), "{name}: {rep:?}");
+        assert_eq!(
+            (rep.baseline_records, rep.changes),
+            (0, 1),
+            "{name}: {rep:?}"
+        );
     }
     let changes = engine.store.changes().unwrap();
     let kind_of = |id: &str| {
@@ -132,7 +140,11 @@ async fn a_clinic_with_2000_records_started_now_sends_nothing_then_an_old_appoin
             .find(|(_, c)| c.id == id)
             .map(|(_, c)| c.kind)
     };
-    assert_eq!(kind_of(&lead_id), Some(ChangeKind::Modified), "an old lead is no new lead");
+    assert_eq!(
+        kind_of(&lead_id),
+        Some(ChangeKind::Modified),
+        "an old lead is no new lead"
+    );
     assert_eq!(kind_of(&appt_id), Some(ChangeKind::Modified));
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!(out.delivered, 1, "{out:?}");
@@ -177,7 +189,11 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
     let t = TestDir::new(&yaml);
     let d = Daemon::start(&t, "run0").await;
     let reached = eventually(Duration::from_secs(30), || lead_requests(&sb) >= 10).await;
-    assert!(reached, "the baseline never got going:\n{}", d.stderr_text());
+    assert!(
+        reached,
+        "the baseline never got going:\n{}",
+        d.stderr_text()
+    );
     d.kill9().await;
     let before = lead_requests(&sb);
 
@@ -195,7 +211,11 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
     drop(store);
     let status = cli(&t, &["status"]).await;
     let text = String::from_utf8_lossy(&status.stdout).to_string();
-    assert!(text.contains("BASELINE in progress"), "{}", output_text(&status));
+    assert!(
+        text.contains("BASELINE in progress"),
+        "{}",
+        output_text(&status)
+    );
 
     let out = cli(&t, &["once"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
@@ -211,15 +231,23 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
     let done = store.baseline(DEFAULT_SOURCE, "leads").unwrap().unwrap();
     assert!(done.finished.is_some(), "{done:?}");
     assert_eq!(store.snapshot_count(DEFAULT_SOURCE, "leads"), 3000);
-    assert_eq!(store.baseline_snapshot_count(DEFAULT_SOURCE, "leads"), 0, "merged");
+    assert_eq!(
+        store.baseline_snapshot_count(DEFAULT_SOURCE, "leads"),
+        0,
+        "merged"
+    );
     assert_eq!(store.change_count(), 0);
     assert_eq!(store.outbox_len(), 0);
-    assert!(rx.received().is_empty(), "nothing is ever sent for existing records");
+    assert!(
+        rx.received().is_empty(),
+        "nothing is ever sent for existing records"
+    );
     drop(store);
 
     // And a change after it is sent, as a modification.
     let id = sandbox_lead_ids(&sb).into_iter().next().unwrap();
-    sb.sandbox.modify("leads", &id, json!({"Notes": "called back"}));
+    sb.sandbox
+        .modify("leads", &id, json!({"Notes": "called back"}));
     let out = cli(&t, &["once"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
     let got = rx.wait_for(1, Duration::from_secs(10)).await;
@@ -261,7 +289,10 @@ async fn records_changed_while_the_baseline_runs_are_sent_by_the_first_poll_afte
         }
         sandbox.modify("leads", &e2, json!({"Notes": "edited early"}));
         sandbox.modify("leads", &l2, json!({"Notes": "edited late"}));
-        sandbox.insert("leads", json!({"ID": "new-during-baseline", "FirstName": "N"}))
+        sandbox.insert(
+            "leads",
+            json!({"ID": "new-during-baseline", "FirstName": "N"}),
+        )
     });
     let rep = engine.poll_all().await.remove(0).1.unwrap();
     edits.await.unwrap();
@@ -304,7 +335,11 @@ async fn once_prunes_the_journal_to_store_journal_retention() {
     assert!(out.status.success(), "{}", output_text(&out));
     let store = open_store(&t);
     assert_eq!(store.change_count(), 0, "the journal is kept for 1s only");
-    assert_eq!(store.snapshot_count(DEFAULT_SOURCE, "leads"), 137, "snapshots stay");
+    assert_eq!(
+        store.snapshot_count(DEFAULT_SOURCE, "leads"),
+        137,
+        "snapshots stay"
+    );
 }
 
 /// An API whose first answer for page 0 breaks off after `cut` bytes of a page of `n` leads (more
@@ -370,19 +405,35 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
     );
     let t = TestDir::new(&yaml);
     let engine = t.engine();
-    let rep = engine.poll_all().await.remove(0).1.expect("the retry reads the page whole");
+    let rep = engine
+        .poll_all()
+        .await
+        .remove(0)
+        .1
+        .expect("the retry reads the page whole");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one retry");
-    assert_eq!((rep.pages, rep.records, rep.changes), (1, 3000, 3000), "{rep:?}");
+    assert_eq!(
+        (rep.pages, rep.records, rep.changes),
+        (1, 3000, 3000),
+        "{rep:?}"
+    );
     let journal = journal_ids(&engine.store);
     assert_eq!(journal.len(), 3000);
-    assert_eq!(journal.iter().collect::<HashSet<_>>().len(), 3000, "each once");
+    assert_eq!(
+        journal.iter().collect::<HashSet<_>>().len(),
+        3000,
+        "each once"
+    );
     assert_eq!(engine.store.snapshot_count(DEFAULT_SOURCE, "leads"), 3000);
 }
 
 #[test]
 fn a_baseline_since_that_is_not_a_time_and_a_since_with_the_baseline_off_are_config_errors() {
     for (extra, says) in [
-        ("  baseline: { since: yesterday }\n", "clinicea.baseline.since"),
+        (
+            "  baseline: { since: yesterday }\n",
+            "clinicea.baseline.since",
+        ),
         (
             "  baseline: { enabled: false, since: 2000-01-01T00:00:00Z }\n",
             "turned off",
@@ -400,4 +451,3 @@ fn a_baseline_since_that_is_not_a_time_and_a_since_with_the_baseline_off_are_con
         assert!(e.contains(says), "{extra}: {e}");
     }
 }
-
