@@ -839,6 +839,63 @@ mod tests {
     }
 
     #[test]
+    fn the_baseline_keeps_the_version_read_first_and_merges_where_nothing_newer_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let t = DateTime::from_timestamp(1_000, 0).unwrap();
+        let mut b = Baseline::new(t, 0, t);
+        let snap = |id: &str, v: u8| {
+            (
+                id.to_string(),
+                format!("{{\"ID\":\"{id}\",\"V\":{v}}}").into_bytes(),
+            )
+        };
+        store
+            .commit_baseline_chunk("default", "leads", &[snap("a", 1), snap("b", 1)], None)
+            .unwrap();
+        b.next_page = 1;
+        // `a` read again (it changed and moved to a later page): the first version stays.
+        store
+            .commit_baseline_chunk("default", "leads", &[snap("a", 2), snap("c", 1)], Some(&b))
+            .unwrap();
+        assert_eq!(store.baseline("default", "leads").unwrap(), Some(b));
+        let raw = store
+            .baseline_snapshot_raw("default", "leads", "a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.as_ref(), snap("a", 1).1.as_slice());
+        assert_eq!(store.baseline_snapshot_count("default", "leads"), 3);
+        // The first poll from the origin stored `c` anew; the merge keeps that one.
+        let page = PageWrite {
+            snapshots: vec![snap("c", 9)],
+            ..PageWrite::default()
+        };
+        store.commit_page("default", "leads", &page).unwrap();
+        assert_eq!(store.merge_baseline("default", "leads").unwrap(), 2);
+        assert_eq!(store.baseline_snapshot_count("default", "leads"), 0);
+        assert_eq!(store.snapshot_count("default", "leads"), 3);
+        let c = store.snapshot("default", "leads", "c").unwrap().unwrap();
+        assert_eq!(c["V"], 9);
+        assert_eq!(
+            store.merge_baseline("default", "leads").unwrap(),
+            0,
+            "idempotent"
+        );
+    }
+
+    #[test]
+    fn a_baseline_record_without_its_counters_still_loads() {
+        let b: Baseline = serde_json::from_str(
+            r#"{"since":"2000-01-01T00:00:00Z","next_page":3,"started":"2026-12-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (b.next_page, b.pages, b.records, b.finished),
+            (3, 0, 0, None)
+        );
+    }
+
+    #[test]
     fn second_open_reports_locked() {
         let dir = tempfile::tempdir().unwrap();
         let _a = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
