@@ -4,8 +4,13 @@
 #
 #   bench/page_memory.sh                       # builds the release binary, then measures it
 #   NOTIFIER=path/to/old/clinicea-notifier bench/page_memory.sh   # another binary (e.g. before)
-#   BASELINE=off bench/page_memory.sh          # without the silent baseline (config it cannot read
-#                                              # otherwise: needed for binaries older than it)
+#   SANDBOX_BIN=... NO_BUILD=1                 # the sandbox binary (it needs --ignore-paging), no build
+#   BASELINE=off bench/page_memory.sh          # without the silent baseline (writes
+#                                              # `baseline: { enabled: false }`, which binaries older
+#                                              # than the baseline refuse: measure those as they are)
+#   PAGED=1 bench/page_memory.sh               # the same leads in pages of 100 (the sandbox's
+#                                              # normal paging): what storing them costs anyway
+#   CACHE_MB=16 bench/page_memory.sh           # store.cache_mb (default: the notifier's, 64)
 #   LEADS="65000 130000 195000" (the default) sets the page sizes.
 #
 # The sandbox is the release binary's own `sandbox --ignore-paging` in its own process, so its
@@ -13,19 +18,21 @@
 # so no deliveries). Not part of `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin clinicea-notifier >&2
-SANDBOX_BIN=target/release/clinicea-notifier
+if [ -z "${NO_BUILD:-}" ]; then cargo build --release --bin clinicea-notifier >&2; fi
+SANDBOX_BIN=${SANDBOX_BIN:-target/release/clinicea-notifier}
 NOTIFIER=${NOTIFIER:-target/release/clinicea-notifier}
 LEADS=${LEADS:-65000 130000 195000}
 BASELINE=${BASELINE:-on}
+paging=--ignore-paging
+if [ -n "${PAGED:-}" ]; then paging=; fi
 work=$(mktemp -d)
 trap 'kill "${sb_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
-echo "date: $(date -u +%FT%TZ)  nproc: $(nproc)  notifier: $NOTIFIER  baseline: $BASELINE"
+echo "date: $(date -u +%FT%TZ)  nproc: $(nproc)  notifier: $NOTIFIER  baseline: $BASELINE  paging: ${paging:-pages of 100}  cache_mb: ${CACHE_MB:-default}"
 printf '| %8s | %9s | %12s | %8s | %s\n' leads "page MB" "peak RSS MB" "wall s" "once says"
 for leads in $LEADS; do
   port=$((20000 + RANDOM % 20000))
   "$SANDBOX_BIN" sandbox --listen "127.0.0.1:$port" --leads "$leads" --patients 0 \
-    --appointments 0 --churn-every 0s --ignore-paging >"$work/sandbox.log" 2>&1 &
+    --appointments 0 --churn-every 0s $paging >"$work/sandbox.log" 2>&1 &
   sb_pid=$!
   url="http://127.0.0.1:$port/api/v1/leads?lastSyncTimestamp=2000-01-01T00:00:00+00:00&intPageNo=0"
   for _ in $(seq 600); do
@@ -39,6 +46,7 @@ for leads in $LEADS; do
     printf '  start_from: 2000-01-01T00:00:00Z\n  timeout: 120s\n'
     if [ "$BASELINE" = off ]; then printf '  baseline: { enabled: false }\n'; fi
     printf 'resources:\n  leads:\n    path: /api/v1/leads\nstore:\n  path: %s/data\n' "$work"
+    if [ -n "${CACHE_MB:-}" ]; then printf '  cache_mb: %s\n' "$CACHE_MB"; fi
   } >"$work/config.yaml"
   /usr/bin/time -v "$NOTIFIER" --config "$work/config.yaml" -q once \
     >"$work/once.out" 2>"$work/time.txt" || true
