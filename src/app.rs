@@ -296,6 +296,7 @@ impl Engine {
             pipeline: self.settings.pipeline.clone(),
             overlap: self.settings.base.clinicea.overlap,
             start_from: self.settings.base.clinicea.start_from,
+            baseline: self.settings.base.clinicea.baseline,
             page_delay: self.settings.base.clinicea.page_delay,
             wake,
             cancel,
@@ -402,7 +403,15 @@ pub async fn once_command(config: &Path) -> anyhow::Result<ExitCode> {
     for (name, r) in &results {
         match r {
             Ok(rep) => println!(
-                "{name}: {} pages, {} records, {} changes, {} deliveries queued{}",
+                "{name}: {}{} pages, {} records, {} changes, {} deliveries queued{}",
+                if rep.baseline_pages > 0 {
+                    format!(
+                        "baseline {} pages, {} records stored silently; then ",
+                        rep.baseline_pages, rep.baseline_records
+                    )
+                } else {
+                    String::new()
+                },
                 rep.pages,
                 rep.records,
                 rep.changes,
@@ -735,11 +744,25 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
             }
             _ => String::new(),
         };
+        let baseline = match store.baseline(source, &r.name)? {
+            Some(b) if b.finished.is_none() => format!(
+                "; BASELINE in progress: page {} next, {} pages and {} records stored so far (since {})",
+                b.next_page,
+                b.pages,
+                b.records,
+                b.since.to_rfc3339()
+            ),
+            Some(b) if cp.as_ref().is_some_and(|c| c.last_success_start.is_none()) => format!(
+                "; baseline of {} records done, the first poll from the origin is next",
+                b.records
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:<14} next since {since}; last poll {last}; {} records known{stale_note}",
+            "  {:<14} next since {since}; last poll {last}; {} records known{baseline}{stale_note}",
             r.name,
-            store.snapshot_count(source, &r.name)
+            store.snapshot_count(source, &r.name) + store.baseline_snapshot_count(source, &r.name)
         );
     }
     let _ = writeln!(out, "Destinations:");
@@ -1175,6 +1198,10 @@ pub struct SandboxArgs {
     /// Appointments at start.
     #[arg(long, default_value_t = 42)]
     pub appointments: usize,
+    /// Serve every record in one page, whatever page is asked for (an endpoint that ignores the
+    /// page parameter).
+    #[arg(long)]
+    pub ignore_paging: bool,
 }
 
 /// `sandbox`: serve the simulated API until Ctrl-C.
@@ -1192,6 +1219,7 @@ pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         patients: args.patients,
         appointments: args.appointments,
         churn_every: (!args.churn_every.is_zero()).then_some(args.churn_every),
+        ignore_paging: args.ignore_paging,
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

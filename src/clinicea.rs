@@ -36,6 +36,17 @@ const ERROR_EXCERPT_CHARS: usize = 200;
 /// How many login tokens are remembered for scrubbing: the current one and the one before, which
 /// a server may still echo in an answer to a request sent before a renewal.
 const TOKENS_REMEMBERED: usize = 2;
+/// A page is handed to the poll in chunks of at most this many records (or [`CHUNK_BYTES`]),
+/// each diffed, planned and committed on its own, so memory stays bounded whatever the page size.
+pub const CHUNK_RECORDS: usize = 1_000;
+/// A chunk also ends once this much of the page's JSON went into it.
+pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Chunks parsed ahead of the poll: the body is read no faster than the poll takes them.
+const CHUNKS_AHEAD: usize = 1;
+/// The longest a page request may stay open while the poll works through its chunks. The
+/// configured `timeout` bounds the time spent waiting on the API (for the answer and for each
+/// piece of the body, in sum), not the time the poll spends storing what arrived.
+const PAGE_REQUEST_LIMIT: Duration = Duration::from_secs(3600);
 
 /// What can go wrong fetching a page.
 #[derive(Debug, Error)]
@@ -110,15 +121,56 @@ impl ApiError {
     }
 }
 
-/// One fetched page.
+/// What a page reader hands the poll, in order.
 #[derive(Debug)]
-pub struct Page {
+pub enum PageEvent {
+    /// The next records of the page.
+    Chunk(Chunk),
+    /// The page failed part-way and is being requested again from its start: the records of the
+    /// chunks already handed over will come again (storing them again is harmless).
+    Restart,
+}
+
+/// Consecutive records of one page.
+#[derive(Debug)]
+pub struct Chunk {
     /// The records, as sent (some may not be objects; the diff skips those).
     pub records: Vec<Value>,
+    /// Set on the page's last chunk.
+    pub end: Option<PageEnd>,
+}
+
+/// How a page ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageEnd {
+    /// The records the page held.
+    pub records: u64,
     /// Whether this was the last page (short, empty or 204).
     pub last: bool,
     /// How many request attempts it took.
     pub attempts: u32,
+}
+
+/// One page being read in the background: its chunks arrive as the poll asks for them. Dropping
+/// it stops the request.
+pub struct PageReader {
+    resource: String,
+    rx: tokio::sync::mpsc::Receiver<Result<PageEvent, ApiError>>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl PageReader {
+    /// The page's next event. After the chunk that carries [`Chunk::end`] (or after an error)
+    /// there is nothing more to ask for.
+    pub async fn next(&mut self) -> Result<PageEvent, ApiError> {
+        match self.rx.recv().await {
+            Some(event) => event,
+            None => Err(ApiError::Transport {
+                resource: self.resource.clone(),
+                detail: "the page request task ended early".into(),
+            }),
+        }
+    }
 }
 
 /// The Clinicea API client for one source.
@@ -350,7 +402,8 @@ impl Client {
         since: DateTime<Utc>,
         page: u32,
         fresh_token: bool,
-    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ApiError> {
+        budget: &mut Duration,
+    ) -> Result<reqwest::Response, ApiError> {
         let mut url = self.page_url(res, since, page);
         let mut req_headers = reqwest::header::HeaderMap::new();
         req_headers.insert(
@@ -377,48 +430,170 @@ impl Client {
                 url.push_str(&encode_query_value(&secret));
             }
         }
-        let resp = self
+        let send = self
             .http
             .get(url)
             .headers(req_headers)
-            .send()
-            .await
-            .map_err(|e| self.transport(&res.name, &e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let mut body = Vec::new();
-        let mut resp = resp;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| self.transport(&res.name, &e))?
-        {
-            if body.len() + chunk.len() > MAX_PAGE_BYTES {
-                return Err(ApiError::Malformed {
-                    resource: res.name.clone(),
-                    page,
-                    detail: format!("the page is larger than {} MiB", MAX_PAGE_BYTES >> 20),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, headers, body))
+            .timeout(PAGE_REQUEST_LIMIT)
+            .send();
+        let waited = Instant::now();
+        let resp = match tokio::time::timeout(*budget, send).await {
+            Ok(r) => r.map_err(|e| self.transport(&res.name, &e))?,
+            Err(_) => return Err(self.timed_out(&res.name)),
+        };
+        *budget = budget.saturating_sub(waited.elapsed());
+        Ok(resp)
     }
 
-    /// Fetches one page, retrying 429, 5xx, 408 and transport errors with backoff (bounded by
-    /// [`API_MAX_RETRIES`]), and logging in again once on a 401 in `auth: login` mode.
-    pub async fn fetch_page(
+    /// The error of a request that waited longer than `timeout` on the API.
+    fn timed_out(&self, resource: &str) -> ApiError {
+        ApiError::Transport {
+            resource: resource.to_string(),
+            detail: format!("timed out after {:?}", self.cfg.timeout),
+        }
+    }
+
+    /// The next piece of a body, waiting on the API at most what is left of `budget`.
+    async fn next_piece(
+        &self,
+        resource: &str,
+        resp: &mut reqwest::Response,
+        budget: &mut Duration,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
+        let waited = Instant::now();
+        let piece = tokio::time::timeout(*budget, resp.chunk()).await;
+        *budget = budget.saturating_sub(waited.elapsed());
+        match piece {
+            Ok(p) => p.map_err(|e| self.transport(resource, &e)),
+            Err(_) => Err(self.timed_out(resource)),
+        }
+    }
+
+    /// A whole (error) body, up to [`MAX_PAGE_BYTES`].
+    async fn read_body(
+        &self,
+        res: &Resource,
+        page: u32,
+        mut resp: reqwest::Response,
+        budget: &mut Duration,
+    ) -> Result<Vec<u8>, ApiError> {
+        let mut body = Vec::new();
+        while let Some(piece) = self.next_piece(&res.name, &mut resp, budget).await? {
+            if body.len() + piece.len() > MAX_PAGE_BYTES {
+                return Err(too_large(&res.name, page));
+            }
+            body.extend_from_slice(&piece);
+        }
+        Ok(body)
+    }
+
+    /// Streams a successful page body to `tx` in chunks. The error comes with whether any chunk
+    /// was handed over already; `Ok(false)` means the reader was dropped.
+    async fn stream_body(
+        &self,
+        res: &Resource,
+        page: u32,
+        mut resp: reqwest::Response,
+        attempts: u32,
+        budget: &mut Duration,
+        tx: &tokio::sync::mpsc::Sender<Result<PageEvent, ApiError>>,
+    ) -> Result<bool, (ApiError, bool)> {
+        let malformed = |detail: String| ApiError::Malformed {
+            resource: res.name.clone(),
+            page,
+            detail,
+        };
+        let mut splitter = crate::split::ArraySplitter::new();
+        let mut records = Vec::new();
+        let (mut total, mut in_chunk, mut handed) = (0usize, 0usize, 0u64);
+        loop {
+            let sent = handed > 0;
+            let piece = match self.next_piece(&res.name, &mut resp, budget).await {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return Err((e, sent)),
+            };
+            total += piece.len();
+            if total > MAX_PAGE_BYTES {
+                return Err((too_large(&res.name, page), sent));
+            }
+            splitter
+                .feed(&piece, &mut records)
+                .map_err(|d| (malformed(d), sent))?;
+            in_chunk += piece.len();
+            if records.len() >= CHUNK_RECORDS || (in_chunk >= CHUNK_BYTES && !records.is_empty()) {
+                handed += records.len() as u64;
+                in_chunk = 0;
+                let chunk = Chunk {
+                    records: std::mem::take(&mut records),
+                    end: None,
+                };
+                if tx.send(Ok(PageEvent::Chunk(chunk))).await.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        let sent = handed > 0;
+        match splitter.finish() {
+            Ok(None) => {}
+            // Not a list: say what it is (an empty body is an empty page).
+            Ok(Some(whole)) => {
+                records = judge_whole(&res.name, page, &whole).map_err(|e| (e, sent))?
+            }
+            Err(d) => return Err((malformed(d), sent)),
+        }
+        let count = handed + records.len() as u64;
+        let end = PageEnd {
+            records: count,
+            last: count < u64::from(res.page_size),
+            attempts,
+        };
+        let chunk = Chunk {
+            records,
+            end: Some(end),
+        };
+        Ok(tx.send(Ok(PageEvent::Chunk(chunk))).await.is_ok())
+    }
+
+    /// Starts reading one page in the background; its records arrive in bounded chunks (see
+    /// [`PageReader`]). 429, 5xx, 408 and transport errors are retried with backoff (bounded by
+    /// [`API_MAX_RETRIES`]), also when the body breaks off after some chunks were handed over (the
+    /// reader then says [`PageEvent::Restart`]); a 401 in `auth: login` mode logs in again once.
+    pub fn read_page(&self, res: &Resource, since: DateTime<Utc>, page: u32) -> PageReader {
+        use tracing::Instrument;
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+        let (client, res2) = (self.clone(), res.clone());
+        let task = async move {
+            if let Err(e) = client.stream_page(&res2, since, page, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        };
+        PageReader {
+            resource: res.name.clone(),
+            rx,
+            _task: tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                task.instrument(tracing::Span::current()),
+            )),
+        }
+    }
+
+    async fn stream_page(
         &self,
         res: &Resource,
         since: DateTime<Utc>,
         page: u32,
-    ) -> Result<Page, ApiError> {
+        tx: &tokio::sync::mpsc::Sender<Result<PageEvent, ApiError>>,
+    ) -> Result<(), ApiError> {
         let mut attempt = 0u32;
         let mut relogged = false;
         loop {
             attempt += 1;
-            let outcome = self.request_once(res, since, page, false).await;
-            let (status, headers, body) = match outcome {
+            // Each attempt may wait on the API for `timeout` in all.
+            let mut budget = self.cfg.timeout;
+            let resp = match self
+                .request_once(res, since, page, false, &mut budget)
+                .await
+            {
                 Ok(r) => r,
                 Err(e) if e.is_retryable() && attempt <= API_MAX_RETRIES => {
                     let wait = backoff(attempt);
@@ -428,6 +603,7 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
+            let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && self.cfg.auth == AuthMode::Login && !relogged {
                 relogged = true;
                 tracing::info!(resource = %res.name, "401 with a session token; logging in again");
@@ -435,13 +611,28 @@ impl Client {
                 continue;
             }
             if status == StatusCode::NO_CONTENT {
-                return Ok(Page {
-                    records: Vec::new(),
+                let end = PageEnd {
+                    records: 0,
                     last: true,
                     attempts: attempt,
-                });
+                };
+                let chunk = Chunk {
+                    records: Vec::new(),
+                    end: Some(end),
+                };
+                let _ = tx.send(Ok(PageEvent::Chunk(chunk))).await;
+                return Ok(());
             }
             if !status.is_success() {
+                let headers = resp.headers().clone();
+                let body = match self.read_body(res, page, resp, &mut budget).await {
+                    Ok(b) => b,
+                    Err(e) if e.is_retryable() && attempt <= API_MAX_RETRIES => {
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let err = self.status_error(&res.name, status.as_u16(), &body);
                 if err.is_retryable() && attempt <= API_MAX_RETRIES {
                     let wait = crate::outcome::retry_after_header(&headers, SystemTime::now())
@@ -454,19 +645,55 @@ impl Client {
                 }
                 return Err(err);
             }
-            let records = parse_page(&res.name, page, &body)?;
-            let last = records.len() < res.page_size as usize;
-            return Ok(Page {
-                records,
-                last,
-                attempts: attempt,
-            });
+            match self
+                .stream_body(res, page, resp, attempt, &mut budget, tx)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err((e, handed)) if e.is_retryable() && attempt <= API_MAX_RETRIES => {
+                    if handed && tx.send(Ok(PageEvent::Restart)).await.is_err() {
+                        return Ok(());
+                    }
+                    let wait = backoff(attempt);
+                    tracing::warn!(resource = %res.name, page, attempt, error = %e, "the page broke off; requesting it again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
         }
     }
 }
 
-/// Decodes a page body: a bare JSON array (an empty body counts as an empty page).
+fn too_large(resource: &str, page: u32) -> ApiError {
+    ApiError::Malformed {
+        resource: resource.to_string(),
+        page,
+        detail: format!("the page is larger than {} MiB", MAX_PAGE_BYTES >> 20),
+    }
+}
+
+/// Decodes a whole page body: a bare JSON array (an empty body counts as an empty page). The poll
+/// reads pages in chunks instead ([`Client::read_page`]); both split the array the same way.
 pub fn parse_page(resource: &str, page: u32, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let mut records = Vec::new();
+    let mut splitter = crate::split::ArraySplitter::new();
+    let split = splitter
+        .feed(body, &mut records)
+        .and_then(|()| splitter.finish());
+    match split {
+        Ok(None) => Ok(records),
+        Ok(Some(whole)) => judge_whole(resource, page, &whole),
+        Err(detail) => Err(ApiError::Malformed {
+            resource: resource.to_string(),
+            page,
+            detail,
+        }),
+    }
+}
+
+/// Judges a body parsed whole: a bare JSON array (an empty body counts as an empty page), or an
+/// error that says what it is instead.
+fn judge_whole(resource: &str, page: u32, body: &[u8]) -> Result<Vec<Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
@@ -500,7 +727,7 @@ pub fn parse_page(resource: &str, page: u32, body: &[u8]) -> Result<Vec<Value>, 
 /// levels deep)", "invalid unicode code point", "EOF while parsing a string". Parsing into a
 /// `Value` only fails on syntax, whose messages are fixed texts that never quote the body (so no
 /// record content reaches a log); anything else is named by its category only.
-fn json_error_cause(e: &serde_json::Error) -> String {
+pub(crate) fn json_error_cause(e: &serde_json::Error) -> String {
     if e.classify() != serde_json::error::Category::Syntax
         && e.classify() != serde_json::error::Category::Eof
     {

@@ -350,6 +350,23 @@ pub struct RawClinicea {
     /// e.g. a sandbox in another container. Link-local and metadata addresses are never allowed.
     #[serde(default)]
     pub allow_private: bool,
+    /// The silent baseline at a resource's first start (default: on, from 2000-01-01).
+    #[serde(default)]
+    pub baseline: Option<RawBaseline>,
+}
+
+/// The `clinicea.baseline:` section: at a resource's first start, read every existing record
+/// once and store it without sending anything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBaseline {
+    /// `false` turns the baseline off: records that existed before the first start are unknown,
+    /// and the first edit of each is judged `added` (default `true`).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The oldest since the API accepts, RFC 3339 (default `2000-01-01T00:00:00Z`).
+    #[serde(default)]
+    pub since: Option<Text>,
 }
 
 /// One `resources:` entry. Every key has the vendor doc's default.
@@ -837,6 +854,8 @@ pub struct Clinicea {
     pub page_delay: Duration,
     /// Whether the API may be on a private address.
     pub allow_private: bool,
+    /// The since of the silent baseline at a resource's first start; `None` when it is off.
+    pub baseline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A validated resource: every knob resolved to its value.
@@ -895,6 +914,8 @@ pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:9187";
     /// The sled directory.
     pub const STORE_PATH: &str = "./data";
+    /// The baseline reads from here: before any clinic's records, and a date the API takes.
+    pub const BASELINE_SINCE: &str = "2000-01-01T00:00:00Z";
     /// A week of detected changes stays inspectable.
     pub const JOURNAL_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
     /// A month to look into and re-drive a dead letter; then its patient data goes.
@@ -1091,6 +1112,41 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
             }
         },
     };
+    let baseline = match &c.baseline {
+        Some(RawBaseline {
+            enabled: Some(false),
+            since: Some(_),
+        }) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.baseline.since",
+                "is set, but the baseline is turned off (enabled: false)",
+            ));
+            None
+        }
+        Some(RawBaseline {
+            enabled: Some(false),
+            ..
+        }) => None,
+        other => {
+            let s = other
+                .as_ref()
+                .and_then(|b| b.since.as_deref())
+                .unwrap_or(defaults::BASELINE_SINCE)
+                .trim();
+            match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+                Err(e) => {
+                    problems.push(Problem::at(
+                        cline,
+                        "clinicea.baseline.since",
+                        format!("{s:?} is not an RFC 3339 time such as 2000-01-01T00:00:00Z: {e}"),
+                    ));
+                    None
+                }
+            }
+        }
+    };
     let poll_interval = c.poll_interval.map_or(defaults::POLL_INTERVAL, |d| d.0);
     if poll_interval < Duration::from_millis(100) {
         problems.push(Problem::at(
@@ -1134,6 +1190,7 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
         timeout: c.timeout.map_or(defaults::API_TIMEOUT, |d| d.0),
         page_delay: c.page_delay.map_or(Duration::ZERO, |d| d.0),
         allow_private: c.allow_private,
+        baseline,
     };
 
     if raw.resources.is_empty() {

@@ -25,6 +25,7 @@
 //! `telemetry` sets up logs and metrics.
 
 pub mod app;
+pub mod baseline;
 pub mod catcher;
 pub mod chat;
 pub mod clinicea;
@@ -42,6 +43,7 @@ pub mod poll;
 pub mod render;
 pub mod rules;
 pub mod sandbox;
+pub mod split;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;

@@ -1,21 +1,23 @@
 //! One poll of one resource: fetch every page since the checkpoint, diff each record against its
-//! snapshot, plan the deliveries of each change, commit each page atomically, and advance the
-//! checkpoint only when every page is stored.
+//! snapshot, plan the deliveries of each change, commit each page atomically (a page larger than
+//! [`CHUNK_RECORDS`](crate::clinicea::CHUNK_RECORDS) one chunk at a time), and advance the
+//! checkpoint only when every page is stored. A resource's first poll runs its silent baseline
+//! first (see [`crate::baseline`]).
 
-use crate::clinicea::{ApiError, Client, Page};
+use crate::clinicea::{ApiError, Client, PageEvent, PageReader};
 use crate::config::{Resource, StartFrom};
 use crate::deliver::{Pipeline, Wake};
 use crate::diff::{self, DiffSpec, Skip};
 use crate::model::{Change, ChangeKind};
-use crate::store::{decode_snapshot, Checkpoint, PageWrite, Store, StoreError};
+use crate::store::{decode_snapshot, Baseline, Checkpoint, PageWrite, Store, StoreError};
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tokio_util::task::AbortOnDropHandle;
-use tracing::Instrument;
 
 /// A guard against an endpoint that ignores the page parameter and never returns a short page.
 pub const MAX_PAGES_PER_POLL: u32 = 100_000;
@@ -47,6 +49,10 @@ pub struct PollReport {
     pub skipped: u64,
     /// Outbox entries created.
     pub deliveries: u64,
+    /// Pages the silent baseline read in this poll (first start only).
+    pub baseline_pages: u64,
+    /// Records the silent baseline stored in this poll, sending nothing.
+    pub baseline_records: u64,
 }
 
 /// One change a poll detected and stored, with where it is going: what an observer (the `demo`
@@ -82,6 +88,8 @@ pub struct PollCtx {
     pub overlap: Duration,
     /// Where the first poll starts.
     pub start_from: StartFrom,
+    /// The since of the silent baseline at a resource's first start; `None`: no baseline.
+    pub baseline: Option<DateTime<Utc>>,
     /// Pause between pages.
     pub page_delay: Duration,
     /// Tells the delivery workers about new outbox entries.
@@ -134,7 +142,7 @@ async fn poll_inner(
         Some(cp) => cp,
         None => {
             // Fix the origin durably on the very first poll, so `start_from: now` means the
-            // first start, not the first successful poll.
+            // first start, not the first successful poll; the baseline is due from then on.
             let origin = match ctx.start_from {
                 StartFrom::Now => started,
                 StartFrom::At(t) => t,
@@ -143,12 +151,27 @@ async fn poll_inner(
                 origin,
                 last_success_start: None,
             };
+            let baseline = ctx
+                .baseline
+                .map(|since| Baseline::new(since, res.first_page, started));
             ctx.store
-                .set_checkpoint(&ctx.source, &res.name, &cp)
+                .set_first_checkpoint(&ctx.source, &res.name, &cp, baseline.as_ref())
                 .await?;
             cp
         }
     };
+    let mut report = PollReport::default();
+    // Until the first poll from the origin succeeds, the records the baseline stored are
+    // consulted too (see `crate::baseline` for why they are kept apart until then).
+    let mut catch_up = false;
+    if cp.last_success_start.is_none() {
+        if let Some(b) = ctx.store.baseline(&ctx.source, &res.name)? {
+            if b.finished.is_none() {
+                crate::baseline::run(ctx, res, b, &mut report).await?;
+            }
+            catch_up = true;
+        }
+    }
     let since = cp.since(ctx.overlap);
     let spec = DiffSpec {
         source: &ctx.source,
@@ -156,131 +179,19 @@ async fn poll_inner(
         id_field: &res.id_field,
         status_field: &res.status_field,
     };
-    let mut report = PollReport::default();
-    let mut page_no = res.first_page;
-    let mut previous_ids: Option<Vec<String>> = None;
-    // The next page's request, started while this page is diffed and stored (only after a full
-    // page, which is always followed by another request; aborted if the poll stops early).
-    let mut prefetched: Option<AbortOnDropHandle<Result<Page, ApiError>>> = None;
-    loop {
-        if ctx.cancel.is_cancelled() {
-            return Err(PollError::Cancelled(res.name.clone()));
-        }
-        let page = match prefetched.take() {
-            Some(next) => next.await.map_err(|e| ApiError::Transport {
-                resource: res.name.clone(),
-                detail: format!("the page request task failed: {e}"),
-            })??,
-            None => ctx.client.fetch_page(res, since, page_no).await?,
+    let mut walk = PageWalk::new(ctx, res, since, res.first_page);
+    while let Some(step) = walk.next().await? {
+        // A page requested again after it broke off: what it stored compares equal next time.
+        let Step::Records { records, page, .. } = step else {
+            continue;
         };
-        report.pages += 1;
-        if !page.last && report.pages < MAX_PAGES_PER_POLL && ctx.page_delay.is_zero() {
-            let (client, res, next) = (ctx.client.clone(), res.clone(), page_no + 1);
-            let fetch = async move { client.fetch_page(&res, since, next).await };
-            prefetched = Some(AbortOnDropHandle::new(tokio::spawn(
-                fetch.instrument(tracing::Span::current()),
-            )));
-        }
-        report.records += page.records.len() as u64;
-        metrics::counter!("clinicea_records_fetched_total", "resource" => res.name.clone())
-            .increment(page.records.len() as u64);
-
-        let detected_at = Utc::now();
-        let mut write = PageWrite::default();
-        // Later copies of a record in the same page compare against the earlier copy: its index
-        // in `write.snapshots`.
-        let mut pending: HashMap<String, usize> = HashMap::new();
-        let mut ids = Vec::with_capacity(page.records.len());
-        let mut wakes = Vec::new();
-        let mut observed = Vec::new();
-        let mut kinds = [0u64; 3];
-        for record in page.records {
-            let id = match diff::record_id(&record, &res.id_field) {
-                Ok(id) => id,
-                Err(skip) => {
-                    report.skipped += 1;
-                    let reason = match skip {
-                        Skip::NoId => "no_id",
-                        Skip::NotAnObject => "not_an_object",
-                    };
-                    metrics::counter!("clinicea_records_skipped_total", "resource" => res.name.clone(), "reason" => reason).increment(1);
-                    tracing::error!(resource = %res.name, page = page_no, reason, id_field = %res.id_field, "skipped a record without a usable id");
-                    continue;
-                }
-            };
-            ids.push(id.clone());
-            // The record as it would be stored. Equal bytes mean an equal record: nothing changed,
-            // and the stored version need not be decoded (the common case of an overlap re-read).
-            let bytes = serde_json::to_vec(&record).unwrap_or_default();
-            let previous = match pending.get(&id) {
-                Some(&i) if write.snapshots[i].1 == bytes => continue,
-                Some(&i) => Some(decode_snapshot(&write.snapshots[i].1)?),
-                None => match ctx.store.snapshot_raw(&ctx.source, &res.name, &id)? {
-                    Some(raw) if raw == bytes.as_slice() => continue,
-                    Some(raw) => Some(decode_snapshot(&raw)?),
-                    None => None,
-                },
-            };
-            let Some(change) = diff::diff(&spec, id.clone(), previous, record, detected_at) else {
-                continue;
-            };
-            report.changes += 1;
-            kinds[change.kind as usize] += 1;
-            pending.insert(id.clone(), write.snapshots.len());
-            // A deleted record is kept as a tombstone, not with its contents.
-            let stored = if change.kind == ChangeKind::Deleted {
-                diff::tombstone(&res.id_field, &id)
-            } else {
-                bytes
-            };
-            write.snapshots.push((id, stored));
-            plan_change(ctx, &change, &mut write, &mut wakes, &mut report)?;
-            if ctx.observer.is_some() {
-                observed.push(observe(ctx, &change));
-            }
-        }
-        for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
-            if kinds[kind as usize] > 0 {
-                metrics::counter!("clinicea_changes_total", "resource" => res.name.clone(), "change" => kind.as_str()).increment(kinds[kind as usize]);
-            }
-        }
-        if let Some(prev) = &previous_ids {
-            if !ids.is_empty() && *prev == ids {
-                return Err(ApiError::PageRepeats {
-                    resource: res.name.clone(),
-                    page: page_no,
-                    param: res.page_param.clone(),
-                }
-                .into());
-            }
-        }
-        ctx.store.commit_page(&ctx.source, &res.name, &write)?;
-        // The observer hears of a change before the workers are woken to deliver it.
-        if let Some(tx) = &ctx.observer {
-            for e in observed {
-                let _ = tx.send(e);
-            }
-        }
-        if let Some(tx) = &ctx.wake {
-            // Nothing is sent before it is on disk: a delivery from a page a crash then loses
-            // would be re-detected as another change (another webhook-id) if the record changed
-            // in between, and the receiver would get e.g. `added` twice.
-            if !wakes.is_empty() {
-                ctx.store.flush().await?;
-            }
-            for w in wakes {
-                let _ = tx.send(w);
-            }
-        }
-        tracing::debug!(resource = %res.name, page = page_no, changes = write.changes.len(), "page stored");
-        if page.last || report.pages >= MAX_PAGES_PER_POLL {
-            break;
-        }
-        previous_ids = Some(ids);
-        page_no += 1;
-        if !ctx.page_delay.is_zero() {
-            tokio::time::sleep(ctx.page_delay).await;
-        }
+        store_chunk(ctx, res, &spec, records, page, catch_up, &mut report).await?;
+    }
+    report.pages = walk.pages;
+    report.records = walk.records;
+    if catch_up {
+        let moved = ctx.store.merge_baseline(&ctx.source, &res.name)?;
+        tracing::info!(resource = %res.name, records = moved, "baseline merged: from now on every known record is compared with the version the baseline read");
     }
     ctx.store
         .set_checkpoint(
@@ -293,6 +204,275 @@ async fn poll_inner(
         )
         .await?;
     Ok(report)
+}
+
+/// Diffs one chunk of a page against the store, plans its changes' deliveries, commits it in one
+/// transaction, and only then tells the observer and wakes the workers. `catch_up`: the first
+/// poll after the baseline, which also consults the records the baseline stored.
+async fn store_chunk(
+    ctx: &PollCtx,
+    res: &Resource,
+    spec: &DiffSpec<'_>,
+    records: Vec<Value>,
+    page_no: u32,
+    catch_up: bool,
+    report: &mut PollReport,
+) -> Result<(), PollError> {
+    metrics::counter!("clinicea_records_fetched_total", "resource" => res.name.clone())
+        .increment(records.len() as u64);
+    let detected_at = Utc::now();
+    let mut write = PageWrite::default();
+    // Later copies of a record in the same chunk compare against the earlier copy: its index
+    // in `write.snapshots` (an earlier chunk's copy is in the store already).
+    let mut pending: HashMap<String, usize> = HashMap::new();
+    let mut wakes = Vec::new();
+    let mut observed = Vec::new();
+    let mut kinds = [0u64; 3];
+    for record in records {
+        let id = match diff::record_id(&record, &res.id_field) {
+            Ok(id) => id,
+            Err(skip) => {
+                report.skipped += 1;
+                let reason = match skip {
+                    Skip::NoId => "no_id",
+                    Skip::NotAnObject => "not_an_object",
+                };
+                metrics::counter!("clinicea_records_skipped_total", "resource" => res.name.clone(), "reason" => reason).increment(1);
+                tracing::error!(resource = %res.name, page = page_no, reason, id_field = %res.id_field, "skipped a record without a usable id");
+                continue;
+            }
+        };
+        // The record as it would be stored. Equal bytes mean an equal record: nothing changed,
+        // and the stored version need not be decoded (the common case of an overlap re-read).
+        let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        let previous = match pending.get(&id) {
+            Some(&i) if write.snapshots[i].1 == bytes => continue,
+            Some(&i) => Some(decode_snapshot(&write.snapshots[i].1)?),
+            None => match ctx.store.snapshot_raw(&ctx.source, &res.name, &id)? {
+                Some(raw) if raw == bytes.as_slice() => continue,
+                Some(raw) => Some(decode_snapshot(&raw)?),
+                None if catch_up => {
+                    match ctx
+                        .store
+                        .baseline_snapshot_raw(&ctx.source, &res.name, &id)?
+                    {
+                        // Served since the origin, so changed after it, yet already so when the
+                        // baseline read it: the version before that change was never seen, and
+                        // the record is judged as a backfill judges it.
+                        Some(raw) if raw == bytes.as_slice() => None,
+                        Some(raw) => Some(decode_snapshot(&raw)?),
+                        None => None,
+                    }
+                }
+                None => None,
+            },
+        };
+        let Some(change) = diff::diff(spec, id.clone(), previous, record, detected_at) else {
+            continue;
+        };
+        report.changes += 1;
+        kinds[change.kind as usize] += 1;
+        pending.insert(id.clone(), write.snapshots.len());
+        // A deleted record is kept as a tombstone, not with its contents.
+        let stored = if change.kind == ChangeKind::Deleted {
+            diff::tombstone(&res.id_field, &id)
+        } else {
+            bytes
+        };
+        write.snapshots.push((id, stored));
+        plan_change(ctx, &change, &mut write, &mut wakes, report)?;
+        if ctx.observer.is_some() {
+            observed.push(observe(ctx, &change));
+        }
+    }
+    for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
+        if kinds[kind as usize] > 0 {
+            metrics::counter!("clinicea_changes_total", "resource" => res.name.clone(), "change" => kind.as_str()).increment(kinds[kind as usize]);
+        }
+    }
+    ctx.store.commit_page(&ctx.source, &res.name, &write)?;
+    // The observer hears of a change before the workers are woken to deliver it.
+    if let Some(tx) = &ctx.observer {
+        for e in observed {
+            let _ = tx.send(e);
+        }
+    }
+    if let Some(tx) = &ctx.wake {
+        // Nothing is sent before it is on disk: a delivery from a page a crash then loses
+        // would be re-detected as another change (another webhook-id) if the record changed
+        // in between, and the receiver would get e.g. `added` twice.
+        if !wakes.is_empty() {
+            ctx.store.flush().await?;
+        }
+        for w in wakes {
+            let _ = tx.send(w);
+        }
+    }
+    tracing::debug!(resource = %res.name, page = page_no, changes = write.changes.len(), "chunk stored");
+    Ok(())
+}
+
+/// What [`PageWalk::next`] hands over.
+pub(crate) enum Step {
+    /// The next records of page `page`; `page_end` on its last chunk.
+    Records {
+        /// The records, as sent.
+        records: Vec<Value>,
+        /// Their page number.
+        page: u32,
+        /// Whether the page ends with them.
+        page_end: bool,
+    },
+    /// The page broke off and is being read again from its start: its records come again.
+    Restart,
+}
+
+/// The ids of one page, as far as read: their count and a hash of them in order, so that a page
+/// repeating the previous one is recognised without keeping either page.
+#[derive(Default)]
+struct PageIds {
+    count: u64,
+    hash: std::hash::DefaultHasher,
+}
+
+/// The pages of one window (one `since`), walked in bounded chunks. It starts the next page's
+/// request while the last chunk of a full page is stored (a full page is always followed by
+/// another request, so requests per poll do not change; none when `page_delay` is set), refuses a
+/// page that repeats the previous one, and stops at the first short page.
+///
+/// An endpoint that ignores the page parameter serves everything as page after page of the same
+/// records: when such a page holds more records than `page_size`, it was the whole window, and
+/// the walk ends after its first repeat (not stored again); a repeated page of at most
+/// `page_size` records is the error it always was, since it may be one page of many.
+pub(crate) struct PageWalk<'a> {
+    ctx: &'a PollCtx,
+    res: &'a Resource,
+    since: DateTime<Utc>,
+    page_no: u32,
+    reader: Option<PageReader>,
+    prefetched: Option<PageReader>,
+    /// Pages requested.
+    pub pages: u32,
+    /// Records read (a page read again after it broke off counts once).
+    pub records: u64,
+    page_records: u64,
+    ids: PageIds,
+    /// The previous page's id count and hash, and its record count.
+    previous: Option<(u64, u64, u64)>,
+    done: bool,
+}
+
+impl<'a> PageWalk<'a> {
+    /// A walk from page `first` of the window since `since`.
+    pub(crate) fn new(
+        ctx: &'a PollCtx,
+        res: &'a Resource,
+        since: DateTime<Utc>,
+        first: u32,
+    ) -> PageWalk<'a> {
+        PageWalk {
+            ctx,
+            res,
+            since,
+            page_no: first,
+            reader: None,
+            prefetched: None,
+            pages: 0,
+            records: 0,
+            page_records: 0,
+            ids: PageIds::default(),
+            previous: None,
+            done: false,
+        }
+    }
+
+    /// The next chunk; `None` once the window is read.
+    pub(crate) async fn next(&mut self) -> Result<Option<Step>, PollError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self.page_no;
+        if self.reader.is_none() {
+            if self.ctx.cancel.is_cancelled() {
+                return Err(PollError::Cancelled(self.res.name.clone()));
+            }
+            if self.pages > 0 && !self.ctx.page_delay.is_zero() {
+                tokio::time::sleep(self.ctx.page_delay).await;
+            }
+            self.pages += 1;
+            let reader = match self.prefetched.take() {
+                Some(r) => r,
+                None => self.ctx.client.read_page(self.res, self.since, page),
+            };
+            self.reader = Some(reader);
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let chunk = match reader.next().await? {
+            PageEvent::Restart => {
+                self.records -= self.page_records;
+                self.page_records = 0;
+                self.ids = PageIds::default();
+                return Ok(Some(Step::Restart));
+            }
+            PageEvent::Chunk(c) => c,
+        };
+        let n = chunk.records.len() as u64;
+        self.page_records += n;
+        self.records += n;
+        for r in &chunk.records {
+            if let Ok(id) = diff::record_id(r, &self.res.id_field) {
+                self.ids.count += 1;
+                id.hash(&mut self.ids.hash);
+            }
+        }
+        let Some(end) = chunk.end else {
+            return Ok(Some(Step::Records {
+                records: chunk.records,
+                page,
+                page_end: false,
+            }));
+        };
+        self.reader = None;
+        let ids = std::mem::take(&mut self.ids);
+        let this = (ids.count, ids.hash.finish(), end.records);
+        let page_records = std::mem::take(&mut self.page_records);
+        if let Some(prev) = self.previous {
+            if this.0 > 0 && (this.0, this.1) == (prev.0, prev.1) {
+                if prev.2 > u64::from(self.res.page_size) {
+                    tracing::warn!(resource = %self.res.name, page, records = prev.2, page_size = self.res.page_size, param = %self.res.page_param, "the endpoint ignores the page parameter: the page repeats the previous one, which held every record; taking that as the whole window");
+                    self.records -= page_records;
+                    self.done = true;
+                    return Ok(None);
+                }
+                return Err(ApiError::PageRepeats {
+                    resource: self.res.name.clone(),
+                    page,
+                    param: self.res.page_param.clone(),
+                }
+                .into());
+            }
+        }
+        self.previous = Some(this);
+        if end.last || self.pages >= MAX_PAGES_PER_POLL {
+            self.done = true;
+        } else {
+            self.page_no += 1;
+            if self.ctx.page_delay.is_zero() {
+                self.prefetched = Some(self.ctx.client.read_page(
+                    self.res,
+                    self.since,
+                    self.page_no,
+                ));
+            }
+        }
+        Ok(Some(Step::Records {
+            records: chunk.records,
+            page,
+            page_end: true,
+        }))
+    }
 }
 
 /// What an observer is told about `change`.

@@ -93,6 +93,9 @@ pub struct SandboxOptions {
     /// The instant the sandbox treats as its start (initial timestamps end there; new appointments
     /// are booked around its date). `None` (the default) means the moment [`Sandbox::new`] runs.
     pub start: Option<DateTime<Utc>>,
+    /// Serve every record since the since value in one page, whatever page is asked for (as an
+    /// endpoint that ignores the page parameter does); default false.
+    pub ignore_paging: bool,
 }
 
 impl std::fmt::Debug for SandboxOptions {
@@ -110,6 +113,7 @@ impl std::fmt::Debug for SandboxOptions {
             .field("token_ttl", &self.token_ttl)
             .field("history", &self.history)
             .field("start", &self.start)
+            .field("ignore_paging", &self.ignore_paging)
             .finish()
     }
 }
@@ -129,6 +133,7 @@ impl Default for SandboxOptions {
             token_ttl: Duration::from_secs(3600),
             history: Duration::from_secs(3600),
             start: None,
+            ignore_paging: false,
         }
     }
 }
@@ -304,6 +309,7 @@ struct Config {
     password: String,
     token_ttl: Duration,
     churn_every: Option<Duration>,
+    ignore_paging: bool,
 }
 
 /// Everything that changes, behind one lock.
@@ -907,6 +913,7 @@ impl Sandbox {
                     password: opts.password,
                     token_ttl: opts.token_ttl,
                     churn_every: opts.churn_every,
+                    ignore_paging: opts.ignore_paging,
                 },
                 state: Mutex::new(state),
                 stop: Mutex::new(None),
@@ -1267,10 +1274,13 @@ impl Sandbox {
             }
         };
         let size = usize::try_from(size).unwrap_or(usize::MAX);
-        let Some(skip) = usize::try_from(page_index)
-            .ok()
-            .and_then(|p| p.checked_mul(size))
-        else {
+        let Some((skip, size)) = (match self.shared.config.ignore_paging {
+            true => Some((0, usize::MAX)),
+            false => usize::try_from(page_index)
+                .ok()
+                .and_then(|p| p.checked_mul(size))
+                .map(|skip| (skip, size)),
+        }) else {
             return StatusCode::NO_CONTENT.into_response();
         };
         let body = {

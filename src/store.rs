@@ -11,6 +11,8 @@
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | one attempt's log (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a dead letter (JSON, see `deliver`)   |
 //! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
+//! | `baselines`   | source \0 resource                    | [`Baseline`] (JSON)                   |
+//! | `baseline_snapshots` | source \0 resource \0 record id | a record as the baseline read it (JSON), until merged into `snapshots` |
 //! | `meta`        | name                                  | `change_id_key` ([`crate::model::IdKey`], 32 bytes), one-time upgrades |
 //!
 //! # Who can read it
@@ -26,7 +28,11 @@
 //!
 //! * The snapshot updates, change journal entries and outbox entries of one page are written in one
 //!   sled transaction ([`Store::commit_page`]): after a crash either all of a page's writes are there
-//!   or none is. sled recovers its log to a consistent state made of whole transactions.
+//!   or none is. sled recovers its log to a consistent state made of whole transactions. A page
+//!   larger than one chunk ([`crate::clinicea::CHUNK_RECORDS`]) is committed a chunk per
+//!   transaction: a crash between two chunks leaves part of the page stored, which is the case of
+//!   a poll stopped between two pages (below): the checkpoint has not moved, the window is read
+//!   again, and the stored chunks compare equal.
 //! * The checkpoint advances only after every page of a poll is stored *and flushed to disk*
 //!   ([`Store::set_checkpoint`] flushes before and after writing it). A crash before that leaves the
 //!   old checkpoint, so the next poll reads the same window again.
@@ -121,6 +127,41 @@ impl Checkpoint {
     }
 }
 
+/// Where a resource's silent baseline stands (see [`crate::baseline`]). Written with the first
+/// checkpoint, advanced with each page it stores, finished once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// The since it reads from (`clinicea.baseline.since`).
+    pub since: DateTime<Utc>,
+    /// The page to read next: where a baseline stopped by a crash or shutdown resumes.
+    pub next_page: u32,
+    /// Pages stored.
+    #[serde(default)]
+    pub pages: u64,
+    /// Records stored.
+    #[serde(default)]
+    pub records: u64,
+    /// When it began.
+    pub started: DateTime<Utc>,
+    /// When its last page was stored; `None` while it runs.
+    #[serde(default)]
+    pub finished: Option<DateTime<Utc>>,
+}
+
+impl Baseline {
+    /// A baseline about to read from `since`, starting at page `first_page`.
+    pub fn new(since: DateTime<Utc>, first_page: u32, started: DateTime<Utc>) -> Baseline {
+        Baseline {
+            since,
+            next_page: first_page,
+            pages: 0,
+            records: 0,
+            started,
+            finished: None,
+        }
+    }
+}
+
 /// The outcome of the last poll of a resource, for `status`, `/readyz` and the watchdog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PollStatus {
@@ -171,6 +212,8 @@ pub struct Store {
     meta: sled::Tree,
     /// The key of every change id this store hands out (see [`Store::id_key`]).
     id_key: Arc<IdKey>,
+    baselines: sled::Tree,
+    baseline_snapshots: sled::Tree,
     /// False while the attempts log is known to be empty (it was empty at open and nothing has been
     /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
     attempts_used: Arc<AtomicBool>,
@@ -457,6 +500,8 @@ impl Store {
             dead: db.open_tree("dead")?,
             dest_health: db.open_tree("dest_health")?,
             meta: db.open_tree("meta")?,
+            baselines: db.open_tree("baselines")?,
+            baseline_snapshots: db.open_tree("baseline_snapshots")?,
             db,
         };
         // sled has just created its files with the process umask.
@@ -531,6 +576,123 @@ impl Store {
         self.checkpoints
             .insert(key(&[source, resource]), encode(cp))?;
         self.flush().await
+    }
+
+    /// Writes a resource's first checkpoint and, when one is due, its baseline, in one transaction,
+    /// flushed: a crash can leave neither or both, never a checkpoint whose baseline is lost.
+    pub async fn set_first_checkpoint(
+        &self,
+        source: &str,
+        resource: &str,
+        cp: &Checkpoint,
+        baseline: Option<&Baseline>,
+    ) -> Result<()> {
+        let k = key(&[source, resource]);
+        let (cp, baseline) = (encode(cp), baseline.map(encode));
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&self.checkpoints, &self.baselines).transaction(|(checkpoints, baselines)| {
+                checkpoints.insert(k.as_slice(), cp.as_slice())?;
+                if let Some(b) = &baseline {
+                    baselines.insert(k.as_slice(), b.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => {}
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+        }
+        self.flush().await
+    }
+
+    /// The baseline of a resource, if it ever had one.
+    pub fn baseline(&self, source: &str, resource: &str) -> Result<Option<Baseline>> {
+        self.baselines
+            .get(key(&[source, resource]))?
+            .map(|v| decode("baseline", &v))
+            .transpose()
+    }
+
+    /// Stores records the baseline read (those it has not read before), and with a page's last
+    /// chunk its progress, in one transaction (not flushed: a crash re-reads a page or two, which
+    /// is harmless).
+    pub fn commit_baseline_chunk(
+        &self,
+        source: &str,
+        resource: &str,
+        snapshots: &[(String, Vec<u8>)],
+        progress: Option<&Baseline>,
+    ) -> Result<()> {
+        let keys: Vec<(Vec<u8>, &[u8])> = snapshots
+            .iter()
+            .map(|(id, v)| (key(&[source, resource, id]), v.as_slice()))
+            .collect();
+        let (bk, progress) = (key(&[source, resource]), progress.map(encode));
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&self.baseline_snapshots, &self.baselines).transaction(|(snaps, baselines)| {
+                for (k, v) in &keys {
+                    // The first version read is kept: a record read again (it moved to a later
+                    // page when it changed, or its page is read again after a crash) changed
+                    // after the origin, and the first poll from the origin compares with it.
+                    if snaps.get(k.as_slice())?.is_none() {
+                        snaps.insert(k.as_slice(), *v)?;
+                    }
+                }
+                if let Some(p) = &progress {
+                    baselines.insert(bk.as_slice(), p.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
+    /// A record as the baseline read it, while the baseline is not merged yet.
+    pub fn baseline_snapshot_raw(
+        &self,
+        source: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<sled::IVec>> {
+        Ok(self.baseline_snapshots.get(key(&[source, resource, id]))?)
+    }
+
+    /// The number of records the baseline holds apart (before it is merged).
+    pub fn baseline_snapshot_count(&self, source: &str, resource: &str) -> usize {
+        self.baseline_snapshots
+            .scan_prefix(prefix(&[source, resource]))
+            .count()
+    }
+
+    /// Moves the baseline's records into the snapshots, where no newer version is stored, and
+    /// returns how many moved. Idempotent, so a crash part-way only means doing the rest again.
+    pub fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64> {
+        const BATCH: usize = 1_000;
+        let mut moved = 0;
+        loop {
+            let batch: Vec<(sled::IVec, sled::IVec)> = self
+                .baseline_snapshots
+                .scan_prefix(prefix(&[source, resource]))
+                .take(BATCH)
+                .collect::<std::result::Result<_, _>>()?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            let mut into = sled::Batch::default();
+            let mut out = sled::Batch::default();
+            for (k, v) in &batch {
+                if !self.snapshots.contains_key(k)? {
+                    into.insert(k.clone(), v.clone());
+                    moved += 1;
+                }
+                out.remove(k.clone());
+            }
+            // Into the snapshots first: a crash between the two leaves the records in both, and
+            // the next merge finds them stored already.
+            self.snapshots.apply_batch(into)?;
+            self.baseline_snapshots.apply_batch(out)?;
+        }
     }
 
     /// The last poll's status of a resource.
@@ -1101,6 +1263,63 @@ mod tests {
         assert_eq!(store.tighten_permissions(), 1);
         assert_eq!(mode(&later), FILE_MODE);
         assert_eq!(store.tighten_permissions(), 0);
+    }
+
+    #[test]
+    fn the_baseline_keeps_the_version_read_first_and_merges_where_nothing_newer_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let t = DateTime::from_timestamp(1_000, 0).unwrap();
+        let mut b = Baseline::new(t, 0, t);
+        let snap = |id: &str, v: u8| {
+            (
+                id.to_string(),
+                format!("{{\"ID\":\"{id}\",\"V\":{v}}}").into_bytes(),
+            )
+        };
+        store
+            .commit_baseline_chunk("default", "leads", &[snap("a", 1), snap("b", 1)], None)
+            .unwrap();
+        b.next_page = 1;
+        // `a` read again (it changed and moved to a later page): the first version stays.
+        store
+            .commit_baseline_chunk("default", "leads", &[snap("a", 2), snap("c", 1)], Some(&b))
+            .unwrap();
+        assert_eq!(store.baseline("default", "leads").unwrap(), Some(b));
+        let raw = store
+            .baseline_snapshot_raw("default", "leads", "a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.as_ref(), snap("a", 1).1.as_slice());
+        assert_eq!(store.baseline_snapshot_count("default", "leads"), 3);
+        // The first poll from the origin stored `c` anew; the merge keeps that one.
+        let page = PageWrite {
+            snapshots: vec![snap("c", 9)],
+            ..PageWrite::default()
+        };
+        store.commit_page("default", "leads", &page).unwrap();
+        assert_eq!(store.merge_baseline("default", "leads").unwrap(), 2);
+        assert_eq!(store.baseline_snapshot_count("default", "leads"), 0);
+        assert_eq!(store.snapshot_count("default", "leads"), 3);
+        let c = store.snapshot("default", "leads", "c").unwrap().unwrap();
+        assert_eq!(c["V"], 9);
+        assert_eq!(
+            store.merge_baseline("default", "leads").unwrap(),
+            0,
+            "idempotent"
+        );
+    }
+
+    #[test]
+    fn a_baseline_record_without_its_counters_still_loads() {
+        let b: Baseline = serde_json::from_str(
+            r#"{"since":"2000-01-01T00:00:00Z","next_page":3,"started":"2026-12-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (b.next_page, b.pages, b.records, b.finished),
+            (3, 0, 0, None)
+        );
     }
 
     #[test]

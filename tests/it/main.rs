@@ -2,6 +2,7 @@
 //! real webhook receivers, a real SMTP listener) and a temporary sled directory per test.
 
 mod bad_input;
+mod baseline;
 mod chat;
 mod cli;
 mod crash;
