@@ -149,6 +149,19 @@ pub struct PageEnd {
     pub last: bool,
     /// How many request attempts it took.
     pub attempts: u32,
+    /// The server's `Date` header (`None` when missing or unparseable).
+    pub date: Option<DateTime<Utc>>,
+    /// Our clock when the response headers arrived (the server's `Date` is no later than its
+    /// clock at that moment).
+    pub received: DateTime<Utc>,
+}
+
+/// The `Date` header as an instant (IMF-fixdate; the obsolete HTTP date forms count as missing).
+fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
+    let v = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    DateTime::parse_from_rfc2822(v.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// One page being read in the background: its chunks arrive as the poll asks for them. Dropping
@@ -498,6 +511,7 @@ impl Client {
         budget: &mut Duration,
         tx: &tokio::sync::mpsc::Sender<Result<PageEvent, ApiError>>,
     ) -> Result<bool, (ApiError, bool)> {
+        let (date, received) = (server_date(resp.headers()), Utc::now());
         let malformed = |detail: String| ApiError::Malformed {
             resource: res.name.clone(),
             page,
@@ -547,6 +561,8 @@ impl Client {
             records: count,
             last: count < u64::from(res.page_size),
             attempts,
+            date,
+            received,
         };
         let chunk = Chunk {
             records,
@@ -615,6 +631,8 @@ impl Client {
                     records: 0,
                     last: true,
                     attempts: attempt,
+                    date: server_date(resp.headers()),
+                    received: Utc::now(),
                 };
                 let chunk = Chunk {
                     records: Vec::new(),

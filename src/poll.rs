@@ -259,7 +259,14 @@ async fn store_chunk(
                         // Served since the origin, so changed after it, yet already so when the
                         // baseline read it: the version before that change was never seen, and
                         // the record is judged as a backfill judges it.
-                        Some(raw) if raw == bytes.as_slice() => None,
+                        // (A deleted record is kept as its tombstone.)
+                        Some(raw)
+                            if raw == bytes.as_slice()
+                                || (diff::is_deleted(&record, &res.status_field)
+                                    && raw == diff::tombstone(&res.id_field, &id).as_slice()) =>
+                        {
+                            None
+                        }
                         Some(raw) => Some(decode_snapshot(&raw)?),
                         None => None,
                     }
