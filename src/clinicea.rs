@@ -101,6 +101,19 @@ pub struct Page {
     pub last: bool,
     /// How many request attempts it took.
     pub attempts: u32,
+    /// The server's `Date` header (`None` when missing or unparseable).
+    pub date: Option<DateTime<Utc>>,
+    /// Our clock when the response headers arrived (the server's `Date` is no later than its
+    /// clock at that moment).
+    pub received: DateTime<Utc>,
+}
+
+/// The `Date` header as an instant (IMF-fixdate; the obsolete HTTP date forms count as missing).
+fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
+    let v = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    DateTime::parse_from_rfc2822(v.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The Clinicea API client for one source.
@@ -284,7 +297,15 @@ impl Client {
         since: DateTime<Utc>,
         page: u32,
         fresh_token: bool,
-    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ApiError> {
+    ) -> Result<
+        (
+            StatusCode,
+            reqwest::header::HeaderMap,
+            Vec<u8>,
+            DateTime<Utc>,
+        ),
+        ApiError,
+    > {
         let mut url = self.page_url(res, since, page);
         let mut req_headers = reqwest::header::HeaderMap::new();
         req_headers.insert(
@@ -318,6 +339,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.transport(&res.name, &e))?;
+        let received = Utc::now();
         let status = resp.status();
         let headers = resp.headers().clone();
         let mut body = Vec::new();
@@ -336,7 +358,7 @@ impl Client {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((status, headers, body))
+        Ok((status, headers, body, received))
     }
 
     /// Fetches one page, retrying 429, 5xx, 408 and transport errors with backoff (bounded by
@@ -352,7 +374,7 @@ impl Client {
         loop {
             attempt += 1;
             let outcome = self.request_once(res, since, page, false).await;
-            let (status, headers, body) = match outcome {
+            let (status, headers, body, received) = match outcome {
                 Ok(r) => r,
                 Err(e) if e.is_retryable() && attempt <= API_MAX_RETRIES => {
                     let wait = backoff(attempt);
@@ -373,6 +395,8 @@ impl Client {
                     records: Vec::new(),
                     last: true,
                     attempts: attempt,
+                    date: server_date(&headers),
+                    received,
                 });
             }
             if !status.is_success() {
@@ -398,6 +422,8 @@ impl Client {
                 records,
                 last,
                 attempts: attempt,
+                date: server_date(&headers),
+                received,
             });
         }
     }

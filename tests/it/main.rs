@@ -12,5 +12,6 @@ mod faults;
 mod foundation;
 mod helpers;
 mod ops;
+mod paging;
 mod props;
 mod signals;
