@@ -1638,12 +1638,14 @@ async fn admin_set_mode(State(sb): State<Sandbox>, body: Bytes) -> Response {
     if let Some(secs) = spec.clock_offset_secs {
         match TimeDelta::try_seconds(secs).filter(|d| d.num_days().abs() <= MAX_CLOCK_OFFSET_DAYS) {
             Some(d) => sb.set_clock_offset(d),
-            None => return text(
-                StatusCode::BAD_REQUEST,
-                format!(
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
                     "Invalid mode: clock_offset_secs must be within {MAX_CLOCK_OFFSET_DAYS} days"
                 ),
-            ),
+                )
+            }
         }
     }
     json_value(StatusCode::OK, &sb.mode())
