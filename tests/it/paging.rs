@@ -329,3 +329,44 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
         "twice the overlap, never in the future"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_skew_is_exported_and_warned_about_once() {
+    let sb = sandbox(SandboxOptions {
+        leads: 5,
+        patients: 0,
+        appointments: 0,
+        clock_offset: chrono::TimeDelta::minutes(-10),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let t = TestDir::new(&daemon_config(&sb.base_url(), "", ""));
+    let d = MetricsDaemon::start(&t.config, &[], &[]);
+    let base = format!("http://{}", d.addr);
+    let leads = [("resource", "leads")];
+    let start = std::time::Instant::now();
+    let s = loop {
+        let s = scrape(&base).await;
+        if s.get("clinicea_polls_total", &leads).unwrap_or(0.0) >= 4.0 {
+            break s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no four polls; last scrape:\n{}",
+            s.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let skew = s
+        .get("clinicea_api_clock_skew_seconds", &leads)
+        .expect("the skew gauge is exported");
+    assert!((skew + 600.0).abs() < 3.0, "skew {skew}");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("beyond half the overlap"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning for one skew:\n{log}");
+    assert!(warnings[0].contains("resource=leads") && warnings[0].contains("behind"));
+}
