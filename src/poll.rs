@@ -167,8 +167,9 @@ pub struct PollCtx {
     pub observer: Option<mpsc::UnboundedSender<PollEvent>>,
 }
 
-/// Polls one resource once. On success the checkpoint has advanced; on error it has not, and
-/// whatever pages were stored stay stored (re-reading them produces nothing).
+/// Polls one resource once. On success the checkpoint has advanced if a pass came out clean
+/// ([`PollReport::settled`]); on error it has not, and whatever pages were stored stay stored
+/// (re-reading them produces nothing).
 pub async fn poll_resource(ctx: &PollCtx, res: &Resource) -> Result<PollReport, PollError> {
     let started = Utc::now();
     let mut status = ctx.store.poll_status(&ctx.source, &res.name)?;
