@@ -1202,6 +1202,17 @@ pub struct SandboxArgs {
     /// page parameter).
     #[arg(long)]
     pub ignore_paging: bool,
+    /// How the feeds order records: modified (by change time), id, or unordered (reshuffled for
+    /// every request).
+    #[arg(long, default_value = "modified")]
+    pub order: crate::sandbox::Order,
+    /// Random changes that land after each page request (they shift the pages under a client).
+    #[arg(long, default_value_t = 0)]
+    pub page_edits: u32,
+    /// Seconds the sandbox's clock runs ahead of the host's (negative: behind); the `Date` header
+    /// and the change times come from it.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_offset_secs: i64,
 }
 
 /// `sandbox`: serve the simulated API until Ctrl-C.
@@ -1220,6 +1231,10 @@ pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         appointments: args.appointments,
         churn_every: (!args.churn_every.is_zero()).then_some(args.churn_every),
         ignore_paging: args.ignore_paging,
+        order: args.order,
+        page_edits: args.page_edits,
+        clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
+            .context("--clock-offset-secs is out of range")?,
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -1230,7 +1245,7 @@ pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     println!("  GET  /api/v1/leads?lastSyncTimestamp=...&intPageNo=0");
     println!("  GET  /api/v1/patients?lastSyncTimestamp=...&intPageNo=0");
     println!("  GET  /api/v3/appointments/getChanges?lastSyncDTime=...&pageNo=1&pageSize=100");
-    println!("  POST /admin/{{resource}}, PATCH/DELETE /admin/{{resource}}/{{id}}, POST /admin/faults, POST /admin/churn, GET /admin/stats");
+    println!("  POST /admin/{{resource}}, PATCH/DELETE /admin/{{resource}}/{{id}}, POST /admin/faults, POST /admin/churn, GET /admin/stats, GET/POST /admin/mode");
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
     tokio::spawn(async move {

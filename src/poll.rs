@@ -1,26 +1,97 @@
 //! One poll of one resource: fetch every page since the checkpoint, diff each record against its
 //! snapshot, plan the deliveries of each change, commit each page atomically (a page larger than
 //! [`CHUNK_RECORDS`](crate::clinicea::CHUNK_RECORDS) one chunk at a time), and advance the
-//! checkpoint only when every page is stored. A resource's first poll runs its silent baseline
+//! checkpoint only when a pass over the window read every record in it. A resource's first poll runs its silent baseline
 //! first (see [`crate::baseline`]).
+//!
+//! # Why no record is skipped for good
+//!
+//! Clinicea pages by offset and promises no order; between two page requests records are edited,
+//! deleted and added, and in most orders (by modification time above all) that moves records
+//! across page boundaries. A record that moves from the unread part of the window to the read
+//! part shifts the rest right (some record is served twice); a record that moves from the read
+//! part to the unread part shifts the rest left, and the record at the boundary is not served in
+//! that pass at all. If its change time is older than the next since, nothing would read it again.
+//!
+//! Each pass over the window (from the first page to the first short one, with the same since)
+//! remembers the ids it served (64-bit hashes of them: 8 bytes a record, about 16 MB for a
+//! million-record backfill; a hash collision only costs a needless re-read). The argument is a
+//! pigeonhole over the sync feed, whose window never shrinks (deleted records stay listed, flagged
+//! deleted, so an edit, deletion or insert only moves a record or adds one):
+//!
+//! - pages `0..m` were full (`s` records each) and page `m` was short, so the pass took
+//!   `m·s + |page m|` slots, and page `m` held the window's tail: `|W_m| = m·s + |page m|`, where
+//!   `W_m` is the window at the last request;
+//! - if no id was served twice (across pages; a page is one snapshot, so a record repeated inside
+//!   one page is the feed listing it twice, not a move), the pass served `|W_m|` distinct records,
+//!   every one of them still in `W_m` (the window never shrinks), so it served all of `W_m`: every
+//!   record that was in the window throughout the pass, wherever the server put it.
+//! - A record that entered the window or moved during the pass (and may have been missed) changed
+//!   during the pass, so its change time is at or after the pass began, on the API's clock, which
+//!   the next poll's since (the API's time at the start of this poll minus the overlap) covers.
+//!
+//! So a pass in which an id came back is re-read (another pass from the first page, same since)
+//! before the checkpoint moves, up to [`MAX_PASSES`] passes. Pages are committed as they come: a
+//! re-read compares equal to the snapshots and produces no change and no delivery, and a record
+//! edited in between is a real change, delivered once. If no pass came out clean, the checkpoint
+//! stays: the next poll reads the same window again (and more), a warning names the resource, and
+//! `clinicea_polls_unsettled_total` counts it.
+//!
+//! What it costs: a quiet poll (one short page) is still exactly one request; a multi-page window
+//! that did not shift costs nothing extra; a shifted one costs one more pass (rarely two). A window
+//! that shifts in every pass (edits landing faster than a pass takes, or a server whose order
+//! changes with every request) keeps its checkpoint and is re-read every poll until a pass comes
+//! out clean: no change is lost, the requests are what grows.
+//!
+//! What the argument does not cover: a feed that drops records from the window (hard deletes, or
+//! a record whose change time moves back before the since). Then a left shift can hide a record
+//! with nothing served twice. Clinicea's sync feeds flag deletions instead of dropping records; a
+//! feed that does drop them loses, at worst, the record at the boundary until it changes again
+//! (its next change brings it into the next window). The overlap does not help there; paging by the
+//! records' own times would, and the feed offers no such parameter.
+//!
+//! # Whose clock
+//!
+//! The records' change times come from the API's clock, so the since does too: the first response
+//! of a poll carries a `Date`, and `Date - (our clock when it arrived)` is the skew, an
+//! underestimate by at most a second plus the round trip (so the since errs early, which only
+//! re-reads). The next poll asks from the API's time at this poll's start, minus the overlap. A
+//! skew beyond half the overlap is logged as a warning (when it first appears or changes) and is
+//! always exported as `clinicea_api_clock_skew_seconds`. A missing or absurd `Date` (unparseable,
+//! or more than [`MAX_PLAUSIBLE_SKEW`] from our clock) falls back to our clock (shifted by a lag
+//! measured before, if the API was behind) with twice the overlap, never to a since in the future.
+//! If the API's clock goes back between two polls (its skew drops), the checkpoint moves to the
+//! previous poll's start on the API's new clock instead, so what was changed in between, stamped
+//! with the earlier times, is read by the next poll.
 
-use crate::clinicea::{ApiError, Client, PageEvent, PageReader};
+use crate::clinicea::{ApiError, Client, PageEnd, PageEvent, PageReader};
 use crate::config::{Resource, StartFrom};
 use crate::deliver::{Pipeline, Wake};
 use crate::diff::{self, DiffSpec, Skip};
 use crate::model::{Change, ChangeKind};
-use crate::store::{decode_snapshot, Baseline, Checkpoint, PageWrite, Store, StoreError};
-use chrono::{DateTime, Utc};
+use crate::store::{
+    decode_snapshot, Baseline, Checkpoint, PageWrite, PollStatus, Store, StoreError,
+};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-/// A guard against an endpoint that ignores the page parameter and never returns a short page.
+/// A guard against an endpoint that ignores the page parameter and never returns a short page:
+/// the most pages one pass reads.
 pub const MAX_PAGES_PER_POLL: u32 = 100_000;
+/// The most passes one poll makes over a window that shifts while it is paged (see the module
+/// docs); after that the checkpoint stays and the next poll reads the window again.
+pub const MAX_PASSES: u32 = 3;
+/// A `Date` further than this from our clock is not believed: the since falls back to our clock.
+pub const MAX_PLAUSIBLE_SKEW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+/// Two skew readings closer than this are the same skew (the `Date` header has one-second
+/// resolution, plus the round trip): a warning is logged again only past it.
+pub const SKEW_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// Why a poll failed. The checkpoint stays where it was in every case.
 #[derive(Debug, Error)]
@@ -53,6 +124,11 @@ pub struct PollReport {
     pub baseline_pages: u64,
     /// Records the silent baseline stored in this poll, sending nothing.
     pub baseline_records: u64,
+    /// Passes over the window (more than one when it shifted while it was paged).
+    pub passes: u32,
+    /// Whether a pass read the window without any record served twice (then the checkpoint
+    /// advanced); false when every pass saw the window shift.
+    pub settled: bool,
 }
 
 /// One change a poll detected and stored, with where it is going: what an observer (the `demo`
@@ -100,13 +176,14 @@ pub struct PollCtx {
     pub observer: Option<mpsc::UnboundedSender<PollEvent>>,
 }
 
-/// Polls one resource once. On success the checkpoint has advanced; on error it has not, and
-/// whatever pages were stored stay stored (re-reading them produces nothing).
+/// Polls one resource once. On success the checkpoint has advanced if a pass came out clean
+/// ([`PollReport::settled`]); on error it has not, and whatever pages were stored stay stored
+/// (re-reading them produces nothing).
 pub async fn poll_resource(ctx: &PollCtx, res: &Resource) -> Result<PollReport, PollError> {
     let started = Utc::now();
     let mut status = ctx.store.poll_status(&ctx.source, &res.name)?;
     status.last_started = Some(started);
-    let result = poll_inner(ctx, res, started).await;
+    let result = poll_inner(ctx, res, started, &mut status).await;
     let finished = Utc::now();
     status.last_finished = Some(finished);
     match &result {
@@ -137,19 +214,22 @@ async fn poll_inner(
     ctx: &PollCtx,
     res: &Resource,
     started: DateTime<Utc>,
+    status: &mut PollStatus,
 ) -> Result<PollReport, PollError> {
     let cp = match ctx.store.checkpoint(&ctx.source, &res.name)? {
         Some(cp) => cp,
         None => {
             // Fix the origin durably on the very first poll, so `start_from: now` means the
             // first start, not the first successful poll; the baseline is due from then on.
-            let origin = match ctx.start_from {
-                StartFrom::Now => started,
-                StartFrom::At(t) => t,
+            let (origin, origin_on_our_clock) = match ctx.start_from {
+                StartFrom::Now => (started, true),
+                StartFrom::At(t) => (t, false),
             };
             let cp = Checkpoint {
                 origin,
                 last_success_start: None,
+                skew_ms: None,
+                origin_on_our_clock,
             };
             let baseline = ctx
                 .baseline
@@ -179,31 +259,214 @@ async fn poll_inner(
         id_field: &res.id_field,
         status_field: &res.status_field,
     };
-    let mut walk = PageWalk::new(ctx, res, since, res.first_page);
-    while let Some(step) = walk.next().await? {
-        // A page requested again after it broke off: what it stored compares equal next time.
-        let Step::Records { records, page, .. } = step else {
-            continue;
-        };
-        store_chunk(ctx, res, &spec, records, page, catch_up, &mut report).await?;
+    // The API's clock minus ours, from the poll's first response (`None`: no usable `Date`).
+    let mut skew: Option<Option<TimeDelta>> = None;
+    let hasher = RandomState::new();
+    while report.passes < MAX_PASSES && !report.settled {
+        report.passes += 1;
+        let mut served = PassIds::new(&hasher);
+        let mut walk = PageWalk::new(ctx, res, since, res.first_page);
+        while let Some(step) = walk.next().await? {
+            let (records, page, page_end) = match step {
+                Step::Records {
+                    records,
+                    page,
+                    page_end,
+                } => (records, page, page_end),
+                // A page requested again after it broke off: its records come again, and what
+                // it stored compares equal.
+                Step::Restart => {
+                    served.restart_page();
+                    continue;
+                }
+            };
+            if skew.is_none() {
+                if let Some(end) = &walk.first_end {
+                    skew = Some(read_clock(ctx, res, end, status));
+                }
+            }
+            store_chunk(
+                ctx,
+                res,
+                &spec,
+                records,
+                page,
+                catch_up,
+                &mut served,
+                &mut report,
+            )
+            .await?;
+            if page_end {
+                served.end_page();
+            }
+        }
+        if walk.ended_on_repeat {
+            // The endpoint ignores the page parameter: its repeat of the whole window is not a
+            // shift (and was not stored again past its first chunks, which compared equal).
+            served.discard_page();
+        }
+        report.pages += walk.pages;
+        report.records += walk.records;
+        if served.repeats == 0 {
+            report.settled = true;
+        } else {
+            metrics::counter!("clinicea_window_shifts_total", "resource" => res.name.clone())
+                .increment(1);
+            tracing::info!(resource = %res.name, pass = report.passes, records_served_twice = served.repeats, "the window shifted while it was paged; reading it again");
+        }
     }
-    report.pages = walk.pages;
-    report.records = walk.records;
+    if !report.settled {
+        metrics::counter!("clinicea_polls_unsettled_total", "resource" => res.name.clone())
+            .increment(1);
+        tracing::warn!(resource = %res.name, passes = report.passes, "the window kept shifting while it was paged (records served twice in every pass); the checkpoint stays and the next poll reads the window again");
+        return Ok(report);
+    }
     if catch_up {
         let moved = ctx.store.merge_baseline(&ctx.source, &res.name)?;
         tracing::info!(resource = %res.name, records = moved, "baseline merged: from now on every known record is compared with the version the baseline read");
     }
+    let next = next_checkpoint(&cp, started, skew.flatten());
     ctx.store
-        .set_checkpoint(
-            &ctx.source,
-            &res.name,
-            &Checkpoint {
-                origin: cp.origin,
-                last_success_start: Some(started),
-            },
-        )
+        .set_checkpoint(&ctx.source, &res.name, &next)
         .await?;
     Ok(report)
+}
+/// The checkpoint after a settled poll that began at `started` (our clock), with the API's clock
+/// `skew` ahead of ours (`None`: unknown). See the module docs.
+fn next_checkpoint(cp: &Checkpoint, started: DateTime<Utc>, skew: Option<TimeDelta>) -> Checkpoint {
+    match skew {
+        Some(skew) => {
+            let api_start = started + skew;
+            let mut start = api_start;
+            // The API's clock went back against ours: records changed since the last poll carry
+            // times from before where this poll asked; the last poll's start, on the new clock.
+            if let (Some(prev), Some(prev_skew)) = (cp.last_success_start, cp.skew_ms) {
+                let fell_back = TimeDelta::milliseconds(prev_skew) - skew;
+                if fell_back > SKEW_RESOLUTION {
+                    start = start.min(prev - fell_back);
+                }
+            }
+            Checkpoint {
+                origin: if cp.origin_on_our_clock {
+                    cp.origin + skew
+                } else {
+                    cp.origin
+                },
+                last_success_start: Some(start),
+                skew_ms: Some(skew.num_milliseconds()),
+                origin_on_our_clock: false,
+            }
+        }
+        None => {
+            // Our clock, moved back by a lag measured before: a since only ever earlier than ours.
+            let lag = cp.skew_ms.filter(|ms| *ms < 0).unwrap_or(0);
+            Checkpoint {
+                origin: cp.origin,
+                last_success_start: Some(started + TimeDelta::milliseconds(lag)),
+                skew_ms: None,
+                origin_on_our_clock: cp.origin_on_our_clock,
+            }
+        }
+    }
+}
+
+/// Reads the API's clock off a poll's first response: the skew (API minus ours), or `None` when
+/// its `Date` is missing or absurd. Logs a skew beyond half the overlap (once per change) and
+/// exports it; records the reading in `status`.
+fn read_clock(
+    ctx: &PollCtx,
+    res: &Resource,
+    end: &PageEnd,
+    status: &mut PollStatus,
+) -> Option<TimeDelta> {
+    let skew = end
+        .date
+        .map(|date| date - end.received)
+        .filter(|skew| skew.abs() <= MAX_PLAUSIBLE_SKEW);
+    let previous = status.clock_skew_ms.map(TimeDelta::milliseconds);
+    let was_unusable = status.api_date_unusable;
+    status.clock_skew_ms = skew.map(|s| s.num_milliseconds());
+    status.api_date_unusable = skew.is_none();
+    let Some(skew) = skew else {
+        if !was_unusable {
+            let reason = if end.date.is_some() {
+                "absurd"
+            } else {
+                "missing or unparseable"
+            };
+            tracing::warn!(resource = %res.name, reason, "the API's Date header is {reason}; the since falls back to our clock with twice the overlap");
+        }
+        return None;
+    };
+    metrics::gauge!("clinicea_api_clock_skew_seconds", "resource" => res.name.clone())
+        .set(skew.num_milliseconds() as f64 / 1000.0);
+    let bound = TimeDelta::from_std(ctx.overlap / 2).unwrap_or(TimeDelta::MAX);
+    let beyond = |s: TimeDelta| s.abs() > bound;
+    if beyond(skew) {
+        let changed = previous.is_none_or(|p| !beyond(p) || (p - skew).abs() > SKEW_RESOLUTION);
+        if changed {
+            let secs = skew.num_milliseconds() as f64 / 1000.0;
+            tracing::warn!(resource = %res.name, skew_seconds = secs, overlap = ?ctx.overlap, "the API's clock is {:.0} s {} ours, beyond half the overlap; the since follows the API's clock", secs.abs(), if secs < 0.0 { "behind" } else { "ahead of" });
+        }
+    } else if previous.is_some_and(beyond) {
+        tracing::info!(resource = %res.name, skew_seconds = skew.num_milliseconds() as f64 / 1000.0, "the API's clock is back within half the overlap of ours");
+    }
+    Some(skew)
+}
+
+/// The ids one pass over a window has served, as 64-bit hashes, to tell whether the window
+/// shifted under it (an id served twice, across pages).
+struct PassIds<'a> {
+    hasher: &'a RandomState,
+    /// Every id of the pages before the current one.
+    seen: HashSet<u64>,
+    /// The current page's ids, as far as read.
+    page: Vec<u64>,
+    /// How many records of this pass were served on an earlier page too.
+    repeats: u64,
+    /// How many of those are on the current page.
+    page_repeats: u64,
+}
+
+impl<'a> PassIds<'a> {
+    fn new(hasher: &'a RandomState) -> Self {
+        PassIds {
+            hasher,
+            seen: HashSet::new(),
+            page: Vec::new(),
+            repeats: 0,
+            page_repeats: 0,
+        }
+    }
+
+    /// Notes one record served on the current page, by its id (or, without one, its content).
+    fn note(&mut self, key: &str) {
+        let h = self.hasher.hash_one(key);
+        if self.seen.contains(&h) {
+            self.repeats += 1;
+            self.page_repeats += 1;
+        }
+        self.page.push(h);
+    }
+
+    /// Forgets what the current page noted: it is being read again from its start, or it was no
+    /// page of its own.
+    fn discard_page(&mut self) {
+        self.repeats -= self.page_repeats;
+        self.page_repeats = 0;
+        self.page.clear();
+    }
+
+    /// The current page broke off and is read again from its start.
+    fn restart_page(&mut self) {
+        self.discard_page();
+    }
+
+    /// Closes the current page.
+    fn end_page(&mut self) {
+        self.seen.extend(self.page.drain(..));
+        self.page_repeats = 0;
+    }
 }
 
 /// Diffs one chunk of a page against the store, plans its changes' deliveries, commits it in one
@@ -216,6 +479,7 @@ async fn store_chunk(
     records: Vec<Value>,
     page_no: u32,
     catch_up: bool,
+    served: &mut PassIds<'_>,
     report: &mut PollReport,
 ) -> Result<(), PollError> {
     metrics::counter!("clinicea_records_fetched_total", "resource" => res.name.clone())
@@ -232,6 +496,7 @@ async fn store_chunk(
         let id = match diff::record_id(&record, &res.id_field) {
             Ok(id) => id,
             Err(skip) => {
+                served.note(&record.to_string());
                 report.skipped += 1;
                 let reason = match skip {
                     Skip::NoId => "no_id",
@@ -242,6 +507,7 @@ async fn store_chunk(
                 continue;
             }
         };
+        served.note(&id);
         // The record as it would be stored. Equal bytes mean an equal record: nothing changed,
         // and the stored version need not be decoded (the common case of an overlap re-read).
         let bytes = serde_json::to_vec(&record).unwrap_or_default();
@@ -367,6 +633,11 @@ pub(crate) struct PageWalk<'a> {
     /// The previous page's id count and hash, and its record count.
     previous: Option<(u64, u64, u64)>,
     done: bool,
+    /// How the walk's first page ended (its `Date` is the poll's reading of the API's clock).
+    pub first_end: Option<PageEnd>,
+    /// The walk ended on a page that repeated the previous one, which held every record (an
+    /// endpoint that ignores the page parameter); the repeat's chunks were handed over already.
+    pub ended_on_repeat: bool,
 }
 
 impl<'a> PageWalk<'a> {
@@ -390,6 +661,8 @@ impl<'a> PageWalk<'a> {
             ids: PageIds::default(),
             previous: None,
             done: false,
+            first_end: None,
+            ended_on_repeat: false,
         }
     }
 
@@ -442,6 +715,9 @@ impl<'a> PageWalk<'a> {
             }));
         };
         self.reader = None;
+        if self.first_end.is_none() {
+            self.first_end = Some(end);
+        }
         let ids = std::mem::take(&mut self.ids);
         let this = (ids.count, ids.hash.finish(), end.records);
         let page_records = std::mem::take(&mut self.page_records);
@@ -451,6 +727,7 @@ impl<'a> PageWalk<'a> {
                     tracing::warn!(resource = %self.res.name, page, records = prev.2, page_size = self.res.page_size, param = %self.res.page_param, "the endpoint ignores the page parameter: the page repeats the previous one, which held every record; taking that as the whole window");
                     self.records -= page_records;
                     self.done = true;
+                    self.ended_on_repeat = true;
                     return Ok(None);
                 }
                 return Err(ApiError::PageRepeats {

@@ -11,7 +11,8 @@
 //! | appointments | `GET /api/v3/appointments/getChanges` | `lastSyncDTime` | `pageNo` from 1, `pageSize` (default 100, at least 10) | `DataStatusValue` + `IsDeleted` |
 //!
 //! A record is listed when its change time is at or after the since value, ordered by change time
-//! and then id; a page past the end is `204 No Content`; bad parameters get `400` with a plain-text
+//! (or, per [`SandboxOptions::order`], by id or in an order shuffled anew for every request); a
+//! page past the end is `204 No Content`; bad parameters get `400` with a plain-text
 //! body; a wrong or missing key gets `401 Invalid API key`. The key (or a token from
 //! `GET /api/v2/login/getTokenByStaffUsernamePwd`) is accepted in the `api` header, the `api_key`
 //! header or the `api_key` query parameter.
@@ -19,6 +20,12 @@
 //! Records change through the admin endpoints under `/admin` (no auth), the in-process methods of
 //! [`Sandbox`], or random churn ([`SandboxOptions::churn_every`], [`Sandbox::churn_once`]). Faults
 //! (error statuses, stalls, malformed bodies) can be queued for the next requests.
+//!
+//! Like a real sync API, the sandbox can move records under a client that pages through them:
+//! [`SandboxOptions::page_edits`] random edits, inserts and deletions land after every page request.
+//! Its clock can run ahead of or behind the host's ([`SandboxOptions::clock_offset`]): change times,
+//! `ModifiedDatetime` and the `Date` header every response carries all come from that clock. These
+//! three can also be changed while it runs, in process or through `GET`/`POST /admin/mode`.
 //!
 //! Records are kept per resource in change order behind an index, so a page costs O(log n + page)
 //! even with a million records. Record contents are never logged.
@@ -60,6 +67,10 @@ pub const V3_MIN_PAGE_SIZE: usize = 10;
 pub const INVALID_KEY: &str = "Invalid API key";
 /// The path of the login endpoint.
 pub const LOGIN_PATH: &str = "/api/v2/login/getTokenByStaffUsernamePwd";
+/// The `Date` header's format (IMF-fixdate, RFC 9110), always in GMT.
+pub const HTTP_DATE_FORMAT: &str = "%a, %d %b %Y %H:%M:%S GMT";
+/// The largest clock offset `POST /admin/mode` accepts, in days.
+const MAX_CLOCK_OFFSET_DAYS: i64 = 3650;
 
 /// How a sandbox is set up. Its `Debug` output hides the API key and the password.
 #[derive(Clone)]
@@ -91,11 +102,69 @@ pub struct SandboxOptions {
     /// The initial records are timestamped spread over this long before start (default 1 hour).
     pub history: Duration,
     /// The instant the sandbox treats as its start (initial timestamps end there; new appointments
-    /// are booked around its date). `None` (the default) means the moment [`Sandbox::new`] runs.
+    /// are booked around its date). `None` (the default) means the moment [`Sandbox::new`] runs,
+    /// on the sandbox's clock.
     pub start: Option<DateTime<Utc>>,
     /// Serve every record since the since value in one page, whatever page is asked for (as an
     /// endpoint that ignores the page parameter does); default false.
     pub ignore_paging: bool,
+    /// How the feeds order the records they list (default: by change time).
+    pub order: Order,
+    /// How many random changes (edits, inserts, flagged deletions, of the requested resource) land
+    /// after each page request is answered, before the next one (default 0).
+    pub page_edits: u32,
+    /// How far the sandbox's clock is ahead of the host's (negative: behind); change times and the
+    /// `Date` header come from it (default 0).
+    pub clock_offset: TimeDelta,
+}
+
+/// How a feed orders the records it lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// By change time, then id: an edited record moves to the end (the live API's natural order).
+    #[default]
+    Modified,
+    /// By id: edits do not move records, inserts land anywhere.
+    Id,
+    /// A shuffle drawn anew for every request (deterministic under the seed and the sequence of
+    /// requests): no two pages come from the same order.
+    Unordered,
+}
+
+impl std::str::FromStr for Order {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Order, String> {
+        match s {
+            "modified" => Ok(Order::Modified),
+            "id" => Ok(Order::Id),
+            "unordered" => Ok(Order::Unordered),
+            other => Err(format!(
+                "unknown order '{other}' (expected modified, id or unordered)"
+            )),
+        }
+    }
+}
+
+/// How the sandbox serves, changeable while it runs: the body of `GET`/`POST /admin/mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mode {
+    /// See [`SandboxOptions::order`].
+    pub order: Order,
+    /// See [`SandboxOptions::page_edits`].
+    pub page_edits: u32,
+    /// See [`SandboxOptions::clock_offset`], in whole seconds.
+    pub clock_offset_secs: i64,
+}
+
+/// A partial [`Mode`]: what `POST /admin/mode` changes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeSpec {
+    order: Option<Order>,
+    page_edits: Option<u32>,
+    clock_offset_secs: Option<i64>,
 }
 
 impl std::fmt::Debug for SandboxOptions {
@@ -114,6 +183,9 @@ impl std::fmt::Debug for SandboxOptions {
             .field("history", &self.history)
             .field("start", &self.start)
             .field("ignore_paging", &self.ignore_paging)
+            .field("order", &self.order)
+            .field("page_edits", &self.page_edits)
+            .field("clock_offset", &self.clock_offset)
             .finish()
     }
 }
@@ -134,6 +206,9 @@ impl Default for SandboxOptions {
             history: Duration::from_secs(3600),
             start: None,
             ignore_paging: false,
+            order: Order::Modified,
+            page_edits: 0,
+            clock_offset: TimeDelta::zero(),
         }
     }
 }
@@ -323,6 +398,10 @@ struct Inner {
     /// The current login token and when it expires (`None`: never).
     token: Option<(String, Option<Instant>)>,
     stats: Stats,
+    seed: u64,
+    order: Order,
+    page_edits: u32,
+    clock_offset: TimeDelta,
 }
 
 struct Shared {
@@ -406,8 +485,78 @@ impl Inner {
         &self.tables[r.idx()]
     }
 
+    /// The sandbox's clock: the host's plus the offset.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.clock_offset
+    }
+
     fn change_time(&self, r: Resource) -> DateTime<Utc> {
-        self.table(r).next_time(Utc::now())
+        self.table(r).next_time(self.now())
+    }
+
+    /// One page of `r` in the current order: the records changed at or after `since`, skipping
+    /// `skip`, at most `limit`. `nonce` (the request's number) draws the unordered shuffle.
+    fn page(
+        &self,
+        r: Resource,
+        since: Option<DateTime<Utc>>,
+        skip: usize,
+        limit: usize,
+        nonce: u64,
+    ) -> Vec<&str> {
+        use std::hash::{Hash, Hasher};
+        let table = self.table(r);
+        let mut window: Vec<&table::Slot> = match self.order {
+            Order::Modified => return table.page(since, skip, limit),
+            Order::Id | Order::Unordered => table.window(since).collect(),
+        };
+        if self.order == Order::Id {
+            window.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        } else {
+            window.sort_by_cached_key(|s| {
+                let mut h = std::hash::DefaultHasher::new();
+                (self.seed, nonce, &*s.id).hash(&mut h);
+                h.finish()
+            });
+        }
+        window
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .filter_map(|s| s.json.as_deref())
+            .collect()
+    }
+
+    /// The random changes that land after a page request of `r` ([`SandboxOptions::page_edits`]).
+    fn edit_between_pages(&mut self, r: Resource) {
+        for _ in 0..self.page_edits {
+            match self.rng.gen_range(0..10) {
+                0..=5 => {
+                    if let Some((id, _)) = self.pick(r, |_| true) {
+                        let n: u32 = self.rng.gen();
+                        let fields =
+                            serde_json::json!({"Notes": format!("edited between pages {n:08x}")});
+                        let _ = self.modify(r, &id, fields);
+                    }
+                }
+                6..=7 => {
+                    self.add_generated(r, "Scheduled");
+                }
+                _ => {
+                    if let Some((id, _)) = self.pick(r, |_| true) {
+                        let _ = self.delete(r, &id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        Mode {
+            order: self.order,
+            page_edits: self.page_edits,
+            clock_offset_secs: self.clock_offset.num_seconds(),
+        }
     }
 
     fn current(&self, r: Resource, id: &str) -> Option<Value> {
@@ -892,7 +1041,7 @@ impl Sandbox {
     /// A sandbox with its initial records generated (this takes a while for millions of
     /// records; [`Sandbox::start`] does it off the async runtime).
     pub fn new(opts: SandboxOptions) -> Sandbox {
-        let start = opts.start.unwrap_or_else(Utc::now);
+        let start = opts.start.unwrap_or_else(|| Utc::now() + opts.clock_offset);
         let mut state = Inner {
             tz: opts.timezone,
             start,
@@ -902,6 +1051,10 @@ impl Sandbox {
             faults: VecDeque::new(),
             token: None,
             stats: Stats::default(),
+            seed: opts.seed,
+            order: opts.order,
+            page_edits: opts.page_edits,
+            clock_offset: opts.clock_offset,
         };
         state.populate([opts.leads, opts.patients, opts.appointments], opts.history);
         Sandbox {
@@ -946,11 +1099,16 @@ impl Sandbox {
             )
             .route("/admin/churn", post(admin_churn))
             .route("/admin/stats", get(admin_stats))
+            .route("/admin/mode", get(admin_mode).post(admin_set_mode))
             .route("/admin/{resource}", get(admin_list).post(admin_insert))
             .route(
                 "/admin/{resource}/{id}",
                 get(admin_get).patch(admin_patch).delete(admin_delete),
             )
+            .layer(axum::middleware::map_response_with_state(
+                self.clone(),
+                with_date,
+            ))
             .with_state(self.clone())
     }
 
@@ -1082,6 +1240,33 @@ impl Sandbox {
     /// now and then a deletion. Deterministic under the seed for the same sequence of calls.
     pub fn churn_once(&self) -> Vec<(String, String, &'static str)> {
         self.state().churn()
+    }
+
+    /// How the sandbox serves now (order, edits between pages, clock offset).
+    pub fn mode(&self) -> Mode {
+        self.state().mode()
+    }
+
+    /// Changes how the feeds order their records, from the next request on.
+    pub fn set_order(&self, order: Order) {
+        self.state().order = order;
+    }
+
+    /// Changes how many random changes land after each page request.
+    pub fn set_page_edits(&self, n: u32) {
+        self.state().page_edits = n;
+    }
+
+    /// Moves the sandbox's clock to `offset` from the host's. Change times never go back (the
+    /// feeds are kept in change order): after a move back, changes are stamped just after the
+    /// latest change time until the clock catches up with it.
+    pub fn set_clock_offset(&self, offset: TimeDelta) {
+        self.state().clock_offset = offset;
+    }
+
+    /// The sandbox's clock: the time its `Date` header and new change times come from.
+    pub fn clock(&self) -> DateTime<Utc> {
+        self.state().now()
     }
 
     /// Request and fault counters.
@@ -1284,9 +1469,10 @@ impl Sandbox {
             return StatusCode::NO_CONTENT.into_response();
         };
         let body = {
-            let state = self.state();
-            let records = state.table(r).page(since, skip, size);
-            if records.is_empty() {
+            let mut state = self.state();
+            let nonce = state.stats.requests.get(r.name()).copied().unwrap_or(0);
+            let records = state.page(r, since, skip, size, nonce);
+            let body = if records.is_empty() {
                 None
             } else {
                 let len = records.iter().map(|j| j.len() + 1).sum::<usize>() + 2;
@@ -1300,7 +1486,10 @@ impl Sandbox {
                 }
                 body.push(']');
                 Some(body)
-            }
+            };
+            // The records move only once this page is taken, as on an API edited between requests.
+            state.edit_between_pages(r);
+            body
         };
         match body {
             Some(body) => json_body(StatusCode::OK, body),
@@ -1439,6 +1628,46 @@ async fn admin_delete(
         Ok(record) => json_value(StatusCode::OK, &record),
         Err(e) => admin_error(e),
     }
+}
+
+async fn admin_mode(State(sb): State<Sandbox>) -> Response {
+    json_value(StatusCode::OK, &sb.mode())
+}
+
+async fn admin_set_mode(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    let spec: ModeSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid mode: {e}")),
+    };
+    if let Some(order) = spec.order {
+        sb.set_order(order);
+    }
+    if let Some(n) = spec.page_edits {
+        sb.set_page_edits(n);
+    }
+    if let Some(secs) = spec.clock_offset_secs {
+        match TimeDelta::try_seconds(secs).filter(|d| d.num_days().abs() <= MAX_CLOCK_OFFSET_DAYS) {
+            Some(d) => sb.set_clock_offset(d),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "Invalid mode: clock_offset_secs must be within {MAX_CLOCK_OFFSET_DAYS} days"
+                ),
+                )
+            }
+        }
+    }
+    json_value(StatusCode::OK, &sb.mode())
+}
+
+/// Stamps every response with the sandbox's clock (hyper would stamp the host's).
+async fn with_date(State(sb): State<Sandbox>, mut resp: Response) -> Response {
+    let date = sb.clock().format(HTTP_DATE_FORMAT).to_string();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&date) {
+        resp.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -197,6 +197,15 @@ impl Table {
             .collect()
     }
 
+    /// Every current record changed at or after `since` (all when `None`), in change order.
+    pub fn window(&self, since: Option<DateTime<Utc>>) -> impl Iterator<Item = &Slot> {
+        let start = match since {
+            Some(since) => self.slots.partition_point(|s| s.at < since),
+            None => 0,
+        };
+        self.slots[start..].iter().filter(|s| s.json.is_some())
+    }
+
     /// The `k`-th current record in change order (`k` is taken modulo the count), for picking a
     /// record at random without depending on hash order.
     pub fn nth(&self, k: usize) -> Option<&Slot> {

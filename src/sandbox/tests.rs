@@ -907,3 +907,153 @@ fn debug_output_hides_secrets_and_records() {
     );
     assert!(shown.contains("137"), "{shown}");
 }
+
+#[tokio::test]
+async fn feeds_order_by_id_or_reshuffle_for_every_request() {
+    let h = spawn(SandboxOptions {
+        order: Order::Id,
+        ..opts()
+    })
+    .await;
+    let page0 = ids(&get_list(&h, "/api/v1/leads?intPageNo=0").await);
+    let page1 = ids(&get_list(&h, "/api/v1/leads?intPageNo=1").await);
+    let all: Vec<String> = page0.iter().chain(&page1).cloned().collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted, "by id");
+    assert_eq!(all.len(), 137);
+
+    h.sandbox.set_order(Order::Unordered);
+    let a = ids(&get_list(&h, "/api/v1/leads?intPageNo=0").await);
+    let b = ids(&get_list(&h, "/api/v1/leads?intPageNo=0").await);
+    assert_eq!(a.len(), 100);
+    assert_ne!(a, b, "a new shuffle for every request");
+    h.stop().await;
+
+    // The same seed and the same requests give the same shuffles.
+    let again = spawn(SandboxOptions {
+        order: Order::Unordered,
+        ..opts()
+    })
+    .await;
+    let first = |h: SandboxHandle| async move {
+        let v = ids(&get_list(&h, "/api/v1/leads?intPageNo=0").await);
+        h.stop().await;
+        v
+    };
+    let twin = spawn(SandboxOptions {
+        order: Order::Unordered,
+        ..opts()
+    })
+    .await;
+    assert_eq!(first(again).await, first(twin).await);
+}
+
+#[tokio::test]
+async fn page_edits_land_after_each_page_request() {
+    let h = spawn(SandboxOptions {
+        page_edits: 3,
+        ..opts()
+    })
+    .await;
+    let before = h.sandbox.records("leads");
+    let page0 = get_list(&h, "/api/v1/leads?intPageNo=0").await;
+    assert_eq!(
+        page0,
+        before[..100].to_vec(),
+        "the page is served as it was"
+    );
+    let after = h.sandbox.records("leads");
+    let new_versions = after.iter().filter(|r| !before.contains(r)).count();
+    assert!(
+        (1..=3).contains(&new_versions),
+        "{new_versions} records changed"
+    );
+    // Admin requests are no page requests: nothing moves.
+    let stats = client()
+        .get(format!("{}/admin/stats", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 200);
+    assert_eq!(after, h.sandbox.records("leads"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_clock_offset_moves_the_date_header_and_the_change_times() {
+    let h = spawn(SandboxOptions {
+        clock_offset: TimeDelta::minutes(-10),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let resp = get(&h, "/api/v1/leads?intPageNo=0", Some(KEY)).await;
+    let date = resp.headers()["date"].to_str().unwrap().to_string();
+    let date = DateTime::parse_from_rfc2822(&date)
+        .unwrap()
+        .with_timezone(&Utc);
+    let expected = Utc::now() - TimeDelta::minutes(10);
+    assert!(
+        (date - expected).num_seconds().abs() <= 2,
+        "{date} vs {expected}"
+    );
+    let id = h.sandbox.records("leads")[0]["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let edited = h
+        .sandbox
+        .modify("leads", &id, json!({"Notes": "x"}))
+        .unwrap();
+    let modified = edited["ModifiedDatetime"].as_str().unwrap();
+    let modified = chrono::NaiveDateTime::parse_from_str(modified, gen::TS_FORMAT)
+        .unwrap()
+        .and_utc();
+    assert!((modified - expected).num_seconds().abs() <= 2, "{modified}");
+    // Errors and admin answers carry it too.
+    let resp = get(&h, "/api/v1/leads", Some("wrong")).await;
+    assert_eq!(resp.status(), 401);
+    let date = resp.headers()["date"].to_str().unwrap().to_string();
+    let date = DateTime::parse_from_rfc2822(&date)
+        .unwrap()
+        .with_timezone(&Utc);
+    assert!((date - expected).num_seconds().abs() <= 2);
+
+    // The admin API reads and changes the mode.
+    let c = client();
+    let url = format!("{}/admin/mode", h.base_url());
+    let mode: Mode = c.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        mode,
+        Mode {
+            order: Order::Modified,
+            page_edits: 0,
+            clock_offset_secs: -600
+        }
+    );
+    let resp = c
+        .post(&url)
+        .json(&json!({"order": "unordered", "page_edits": 2, "clock_offset_secs": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        h.sandbox.mode(),
+        Mode {
+            order: Order::Unordered,
+            page_edits: 2,
+            clock_offset_secs: 300
+        }
+    );
+    for bad in [
+        json!({"order": "random"}),
+        json!({"speed": 1}),
+        json!({"clock_offset_secs": 9_000_000_000i64}),
+    ] {
+        let resp = c.post(&url).json(&bad).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        assert!(resp.text().await.unwrap().starts_with("Invalid mode"));
+    }
+    h.stop().await;
+}

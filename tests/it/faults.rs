@@ -1,7 +1,10 @@
 //! Issue 7: fault injection. A mixed workload of sandbox edits, polls and deliveries while the
 //! sandbox answers with random 5xx, 429, stalls, malformed bodies and resets, the receivers answer
 //! with random 5xx, 429 and slow replies, and the notifier process is `kill -9`ed at random
-//! moments and restarted. At the end nothing the sandbox did may be lost.
+//! moments and restarted. The windows are several pages long and shift while they are paged
+//! (random edits between page requests, in a random order that changes during the run), and the
+//! sandbox's clock runs minutes ahead of or behind ours (more than the overlap), moving now and
+//! then. At the end nothing the sandbox did may be lost.
 //!
 //! Knobs: `FAULT_SOAK_SECS` (default 20: seconds of faulty activity) and `FAULT_SEED` (default:
 //! from the clock, printed so a failure can be replayed).
@@ -9,7 +12,7 @@
 use crate::helpers::*;
 use clinicea_notifier::deliver::DeadLetter;
 use clinicea_notifier::model::canonical_json;
-use clinicea_notifier::sandbox::{Fault, FaultKind, SandboxOptions};
+use clinicea_notifier::sandbox::{Fault, FaultKind, Order, SandboxOptions};
 use clinicea_notifier::store::{Store, DEFAULT_CACHE_BYTES};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,6 +43,7 @@ resources:
     since_param: lastSyncDTime
     page_param: pageNo
     first_page: 1
+    page_size: 10
     page_size_param: pageSize
     status_field: DataStatusValue
 store:
@@ -150,6 +154,19 @@ fn is_deleted(r: &Value) -> bool {
     r["DataStatusStr"] == "Deleted" || r["DataStatusValue"] == "Deleted" || r["IsDeleted"] == true
 }
 
+/// A record's content as the notifier judges it: the server's `Added`/`Modified` flag alone is no
+/// change (a record re-flagged `Modified` within the second it was added, with nothing else
+/// changed, is the version already delivered), so the two count as one; `Deleted` stays apart.
+fn content(v: &Value) -> String {
+    let mut v = v.clone();
+    for flag in ["DataStatusStr", "DataStatusValue"] {
+        if v[flag] == "Added" {
+            v[flag] = Value::String("Modified".into());
+        }
+    }
+    canon(&v)
+}
+
 fn canon(v: &Value) -> String {
     let mut buf = Vec::new();
     canonical_json(v, &mut buf);
@@ -180,14 +197,32 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     );
     let mut rng = StdRng::seed_from_u64(seed);
 
+    // More than the 30 s overlap either way, so a since on our clock would lose changes.
+    let skew = |rng: &mut StdRng| {
+        let secs = rng.gen_range(60..900);
+        chrono::TimeDelta::seconds(if rng.gen_bool(0.5) { secs } else { -secs })
+    };
+    let orders = [Order::Modified, Order::Id, Order::Unordered];
+    // The first offset and order from the seed itself, so consecutive seeds cover both signs and
+    // every order.
+    let clock_offset = skew(&mut rng).abs() * if seed % 2 == 0 { -1 } else { 1 };
+    let order = orders[(seed / 2 % 3) as usize];
+    // Leads: two pages of 100 and more; appointments: pages of 10.
     let sb = sandbox(SandboxOptions {
         seed,
-        leads: 30,
+        leads: 130,
         patients: 6,
-        appointments: 12,
+        appointments: 25,
+        order,
+        page_edits: 1,
+        clock_offset,
         ..SandboxOptions::default()
     })
     .await;
+    println!(
+        "fault injection: sandbox clock {} s from ours, order {order:?}",
+        clock_offset.num_seconds()
+    );
     let sandbox = sb.sandbox.clone();
     let crm = ChaosReceiver::start(seed ^ 1).await;
     let ops = ChaosReceiver::start(seed ^ 2).await;
@@ -236,6 +271,15 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
                     }
                 }
             }
+            65..=67 => {
+                sandbox.set_order(orders[rng.gen_range(0..3)]);
+                sandbox.set_page_edits(rng.gen_range(0..=3));
+                *edits.entry("mode").or_default() += 1;
+            }
+            68 => {
+                sandbox.set_clock_offset(skew(&mut rng));
+                *edits.entry("clock").or_default() += 1;
+            }
             _ => sandbox.inject_faults(random_fault(&mut rng)),
         }
         if Instant::now() >= next_kill {
@@ -251,7 +295,11 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     }
 
     // --- the clean phase: no faults, let it drain ----------------------------------------------
+    // A steady order without edits between pages, so every window can come out clean and its
+    // checkpoint move; the clock stays skewed.
     sandbox.clear_faults();
+    sandbox.set_page_edits(0);
+    sandbox.set_order(Order::Modified);
     crm.calm();
     ops.calm();
     let total = |crm: &ChaosReceiver, ops: &ChaosReceiver, legacy: &ChaosReceiver| {
@@ -313,6 +361,11 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
         .map(|(_, raw)| serde_json::from_slice(&raw).unwrap())
         .collect();
     let changes = store.change_count();
+    let journal = store.changes().unwrap();
+    let checkpoints: Vec<String> = ["leads", "patients", "appointments"]
+        .iter()
+        .map(|r| format!("{r}: {:?}", store.checkpoint("default", r).unwrap()))
+        .collect();
     drop(store);
 
     // --- what must hold ------------------------------------------------------------------------
@@ -380,7 +433,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
                 let b = r.json();
                 (
                     b["data"]["id"].as_str().unwrap_or_default().to_string(),
-                    canon(&b["data"]["record"]),
+                    content(&b["data"]["record"]),
                 )
             })
             .collect()
@@ -398,7 +451,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     for resource in ["leads", "patients", "appointments"] {
         for record in sandbox.records(resource) {
             finals += 1;
-            let key = (record["ID"].as_str().unwrap().to_string(), canon(&record));
+            let key = (record["ID"].as_str().unwrap().to_string(), content(&record));
             let want: Vec<(&str, &BTreeSet<(String, String)>)> = match resource {
                 "leads" if is_deleted(&record) => vec![("crm", &crm_got), ("ops", &ops_got)],
                 "leads" => vec![("crm", &crm_got)],
@@ -407,9 +460,22 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
             };
             for (dest, got) in want {
                 if !got.contains(&key) {
+                    // What the journal holds of it, to tell a missed read from a lost delivery.
+                    let seen: Vec<String> = journal
+                        .iter()
+                        .filter(|(_, c)| c.resource == resource && c.id == key.0)
+                        .map(|(seq, c)| {
+                            format!(
+                                "#{seq} {:?} at {} {}",
+                                c.kind,
+                                c.detected_at,
+                                canon(&c.record)
+                            )
+                        })
+                        .collect();
                     losses.push(format!(
-                        "{resource} {} (final version) never reached {dest}",
-                        key.0
+                        "{resource} {} (final version) never reached {dest}; final {}; journal: {seen:#?}",
+                        key.0, key.1
                     ));
                 }
             }
@@ -430,11 +496,12 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     let stats = sandbox.stats();
     let api_requests: u64 = stats.requests.values().sum();
     println!(
-        "fault injection (seed {seed}, {} s): kills {kills}, sandbox edits {edits:?}, API requests {api_requests} \
+        "fault injection (seed {seed}, {} s, clock offset at the end {} s): kills {kills}, sandbox edits {edits:?}, API requests {api_requests} \
          ({:?}), sandbox faults served {}, changes journaled {changes}, final records {finals}, \
          deliveries accepted crm {} ops {}, requests crm {} ops {} legacy {}, duplicates {duplicates}, \
          dead letters {}, losses {}",
         soak.as_secs(),
+        sandbox.mode().clock_offset_secs,
         stats.requests,
         stats.faults_served,
         crm_ok.len(),
@@ -452,7 +519,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     assert!(id_problems.is_empty(), "{id_problems:#?}");
     assert!(
         losses.is_empty(),
-        "lost changes (seed {seed}):\n{}\nlog:\n{}",
+        "lost changes (seed {seed}):\n{}\ncheckpoints: {checkpoints:#?}\nlog:\n{}",
         losses.join("\n"),
         tail(&log)
     );

@@ -16,5 +16,6 @@ mod foundation;
 mod helpers;
 mod leaks;
 mod ops;
+mod paging;
 mod props;
 mod signals;
