@@ -23,6 +23,15 @@ fn canon(v: &Value) -> String {
     String::from_utf8(buf).unwrap()
 }
 
+/// The leads checkpoint of `engine`.
+fn checkpoint(engine: &Engine) -> clinicea_notifier::store::Checkpoint {
+    engine
+        .store
+        .checkpoint(DEFAULT_SOURCE, "leads")
+        .unwrap()
+        .expect("a checkpoint once polled")
+}
+
 /// The leads poll of `engine`, which must succeed.
 async fn poll_leads(engine: &Engine) -> PollReport {
     let mut results = engine.poll_all().await;
@@ -154,11 +163,7 @@ async fn a_shifted_window_is_read_again_and_a_steady_one_costs_no_extra_request(
     let rep = poll_leads(&engine).await;
     assert_eq!((rep.pages, rep.passes, rep.changes), (1, 1, 0));
     assert_eq!(lead_requests(&sb), 5);
-    let cp = engine
-        .store
-        .checkpoint(DEFAULT_SOURCE, "leads")
-        .unwrap()
-        .unwrap();
+    let cp = checkpoint(&engine);
 
     // Records edited after each request move to the end; when one of them had been read, every
     // record after it moves one place left, and the pass that saw it twice is read again.
@@ -198,21 +203,13 @@ async fn an_unsettled_poll_keeps_the_checkpoint() {
         "every reshuffled pass serves ids twice: {rep:?}"
     );
     assert_eq!(rep.passes, clinicea_notifier::poll::MAX_PASSES);
-    let cp = engine
-        .store
-        .checkpoint(DEFAULT_SOURCE, "leads")
-        .unwrap()
-        .unwrap();
+    let cp = checkpoint(&engine);
     assert_eq!(cp.last_success_start, None, "the checkpoint did not move");
     // Once the order is stable again, the next poll settles and moves it.
     sb.sandbox.set_order(Order::Id);
     let rep = poll_leads(&engine).await;
     assert!(rep.settled, "{rep:?}");
-    let cp = engine
-        .store
-        .checkpoint(DEFAULT_SOURCE, "leads")
-        .unwrap()
-        .unwrap();
+    let cp = checkpoint(&engine);
     assert!(cp.last_success_start.is_some());
     let (missing, twice) = undelivered(&sb, &engine);
     assert!(
@@ -273,11 +270,7 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
         (skew - offset_secs as f64).abs() < 3.0,
         "measured skew {skew} s for an offset of {offset_secs} s"
     );
-    let cp = engine
-        .store
-        .checkpoint(DEFAULT_SOURCE, "leads")
-        .unwrap()
-        .unwrap();
+    let cp = checkpoint(&engine);
     assert!(
         !cp.origin_on_our_clock,
         "the origin moved onto the API's clock"
@@ -313,11 +306,7 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
     let status = engine.store.poll_status(DEFAULT_SOURCE, "leads").unwrap();
     assert!(status.api_date_unusable);
     assert_eq!(status.clock_skew_ms, None);
-    let cp = engine
-        .store
-        .checkpoint(DEFAULT_SOURCE, "leads")
-        .unwrap()
-        .unwrap();
+    let cp = checkpoint(&engine);
     assert_eq!(cp.skew_ms, None);
     let start = cp.last_success_start.unwrap();
     assert!(start >= before && start <= chrono::Utc::now(), "our clock");
