@@ -253,12 +253,6 @@ async fn poll_inner(
         }
     }
     let since = cp.since(ctx.overlap);
-    let spec = DiffSpec {
-        source: &ctx.source,
-        resource: &res.name,
-        id_field: &res.id_field,
-        status_field: &res.status_field,
-    };
     // The API's clock minus ours, from the poll's first response (`None`: no usable `Date`).
     let mut skew: Option<Option<TimeDelta>> = None;
     let hasher = RandomState::new();
@@ -285,17 +279,7 @@ async fn poll_inner(
                     skew = Some(read_clock(ctx, res, end, status));
                 }
             }
-            store_chunk(
-                ctx,
-                res,
-                &spec,
-                records,
-                page,
-                catch_up,
-                &mut served,
-                &mut report,
-            )
-            .await?;
+            store_chunk(ctx, res, records, page, catch_up, &mut served, &mut report).await?;
             if page_end {
                 served.end_page();
             }
@@ -475,7 +459,6 @@ impl<'a> PassIds<'a> {
 async fn store_chunk(
     ctx: &PollCtx,
     res: &Resource,
-    spec: &DiffSpec<'_>,
     records: Vec<Value>,
     page_no: u32,
     catch_up: bool,
@@ -484,6 +467,12 @@ async fn store_chunk(
 ) -> Result<(), PollError> {
     metrics::counter!("clinicea_records_fetched_total", "resource" => res.name.clone())
         .increment(records.len() as u64);
+    let spec = DiffSpec {
+        source: &ctx.source,
+        resource: &res.name,
+        id_field: &res.id_field,
+        status_field: &res.status_field,
+    };
     let detected_at = Utc::now();
     let mut write = PageWrite::default();
     // Later copies of a record in the same chunk compare against the earlier copy: its index
@@ -540,7 +529,7 @@ async fn store_chunk(
                 None => None,
             },
         };
-        let Some(change) = diff::diff(spec, id.clone(), previous, record, detected_at) else {
+        let Some(change) = diff::diff(&spec, id.clone(), previous, record, detected_at) else {
             continue;
         };
         report.changes += 1;
