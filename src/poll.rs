@@ -270,7 +270,7 @@ async fn poll_inner(
                 // A page requested again after it broke off: its records come again, and what
                 // it stored compares equal.
                 Step::Restart => {
-                    served.restart_page();
+                    served.discard_page();
                     continue;
                 }
             };
@@ -439,11 +439,6 @@ impl<'a> PassIds<'a> {
         self.repeats -= self.page_repeats;
         self.page_repeats = 0;
         self.page.clear();
-    }
-
-    /// The current page broke off and is read again from its start.
-    fn restart_page(&mut self) {
-        self.discard_page();
     }
 
     /// Closes the current page.
