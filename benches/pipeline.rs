@@ -15,11 +15,13 @@
 //! loop is bounded.
 
 use axum::body::Bytes;
-use clinicea_notifier::app::{self, Engine};
-use clinicea_notifier::deliver::{Event, OutboxEntry, Payload, Wake};
-use clinicea_notifier::poll;
-use clinicea_notifier::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
-use clinicea_notifier::store::PageWrite;
+use clinicea_notifier::commands::{self, Engine};
+use clinicea_notifier::deliver::Event;
+use clinicea_notifier::ingest::poll;
+use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
+use clinicea_notifier::outbox::entry::{OutboxEntry, Wake};
+use clinicea_notifier::outbox::store::PageWrite;
+use clinicea_notifier::route::plan::Payload;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,7 +172,7 @@ rules:\n  - name: everything\n    resource: leads\n    notify: [hook]\n"
 fn engine_in(dir: &Path, yaml: &str) -> Engine {
     let config = dir.join("clinicea-notifier.yaml");
     std::fs::write(&config, yaml).unwrap();
-    let settings = match app::load_settings_with(&config, &HashMap::new()) {
+    let settings = match commands::load_settings_with(&config, &HashMap::new()) {
         Ok(s) => s,
         Err(e) => panic!("bench config should load: {e}"),
     };

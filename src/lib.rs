@@ -24,26 +24,14 @@
 //! SMTP server; `demo` runs the sandbox, a receiver, the catcher and the notifier in one process;
 //! `telemetry` sets up logs and metrics.
 
-pub mod app;
-pub mod baseline;
-pub mod catcher;
-pub mod chat;
-pub mod clinicea;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
-pub mod demo;
-pub mod diff;
-pub mod egress;
-pub mod email;
+pub mod ingest;
+pub mod kit;
 pub mod model;
-pub mod outcome;
-pub mod placeholder;
-pub mod poll;
-pub mod render;
-pub mod rules;
-pub mod sandbox;
-pub mod split;
-pub mod store;
+pub mod net;
+pub mod outbox;
+pub mod route;
 pub mod telemetry;
-pub mod webhook;

@@ -1,8 +1,9 @@
 //! The `clinicea-notifier` binary: parse the command line, start logging, hand over to the library.
 
 use clap::{Parser, Subcommand};
+use clinicea_notifier::commands;
+use clinicea_notifier::kit::demo;
 use clinicea_notifier::telemetry::{self, LogFormat};
-use clinicea_notifier::{app, demo};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,18 +42,18 @@ enum Command {
     /// Validate the config, templates and environment; print what would run.
     Check,
     /// Show which rules match a change and print each delivery as it would be sent; sends nothing.
-    TestRule(app::TestRuleArgs),
+    TestRule(commands::TestRuleArgs),
     /// Per resource: checkpoint and last poll; per destination: queued, retrying, dead.
     Status,
     /// Inspect and re-drive dead letters.
     #[command(subcommand)]
-    Dead(app::DeadCommand),
+    Dead(commands::DeadCommand),
     /// Erase everything stored about one record: snapshot, journal, queued deliveries, dead letters.
-    Purge(app::PurgeArgs),
+    Purge(commands::PurgeArgs),
     /// Check a Standard Webhooks signature (for people writing receivers).
-    Verify(app::VerifyArgs),
+    Verify(commands::VerifyArgs),
     /// Serve a simulated Clinicea API with generated, changing data.
-    Sandbox(app::SandboxArgs),
+    Sandbox(commands::SandboxArgs),
     /// Run the whole product locally: sandbox, webhook receiver, SMTP catcher and the notifier.
     Demo(demo::DemoArgs),
 }
@@ -82,14 +83,14 @@ fn try_main() -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         match cli.command {
             Command::Run => clinicea_notifier::daemon::run_command(&config).await,
-            Command::Once => app::once_command(&config).await,
-            Command::Check => app::check_command(&config),
-            Command::TestRule(args) => app::test_rule_command(&config, &args),
-            Command::Status => app::status_command(&config),
-            Command::Dead(cmd) => app::dead_command(&config, cmd).await,
-            Command::Purge(args) => app::purge_command(&config, &args).await,
-            Command::Verify(args) => app::verify_command(&args),
-            Command::Sandbox(args) => app::sandbox_command(args).await,
+            Command::Once => commands::once_command(&config).await,
+            Command::Check => commands::check_command(&config),
+            Command::TestRule(args) => commands::test_rule_command(&config, &args),
+            Command::Status => commands::status_command(&config),
+            Command::Dead(cmd) => commands::dead_command(&config, cmd).await,
+            Command::Purge(args) => commands::purge_command(&config, &args).await,
+            Command::Verify(args) => commands::verify_command(&args),
+            Command::Sandbox(args) => commands::sandbox_command(args).await,
             Command::Demo(args) => demo::demo_command(args).await,
         }
     })

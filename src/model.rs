@@ -81,7 +81,7 @@ impl Change {
     }
 
     /// A stable id for this change, the same whenever the same change is detected again with the
-    /// same `key` (the store's, see [`crate::store::Store::id_key`]).
+    /// same `key` (the store's, see [`crate::outbox::store::Store::id_key`]).
     ///
     /// It is an HMAC-SHA256 under `key` of the source, resource, record id, kind, and the canonical
     /// JSON of `previous` and `record`; `detected_at` is left out on purpose, since a re-detection
@@ -213,7 +213,7 @@ pub enum Verdict {
         /// Why, in words (status and cause); never record contents or secrets.
         reason: String,
         /// What the receiver asked for (`Retry-After`, Discord's `retry_after`), at most
-        /// [`crate::outcome::MAX_RETRY_AFTER`].
+        /// [`crate::deliver::outcome::MAX_RETRY_AFTER`].
         retry_after: Option<std::time::Duration>,
     },
     /// Never going to work as it stands (3xx, other 4xx, SMTP 5xx): dead letters at once.

@@ -44,7 +44,7 @@ pub fn filter_for(verbosity: i8) -> String {
 /// Reads a `RUST_LOG` value so that a bare level (`RUST_LOG=debug`) applies to this crate only,
 /// while other crates stay at [`THIRD_PARTY_LEVEL`] (a bare level quieter than that, such as
 /// `error`, still applies to everything). Directives that name a target (`handlebars=debug`,
-/// `hyper=trace`, `clinicea_notifier::poll=trace`) are kept as written: asking for a crate by name
+/// `hyper=trace`, `clinicea_notifier::ingest::poll=trace`) are kept as written: asking for a crate by name
 /// is the way to get its debug output. A span filter without a target (`[delivery]=trace`) is
 /// narrowed to this crate.
 pub fn filter_from_rust_log(rust_log: &str) -> String {
@@ -61,7 +61,7 @@ pub fn filter_from_rust_log(rust_log: &str) -> String {
             out.push(format!("{OUR_TARGET}{d}"));
         } else {
             let target = d.split(['=', '[']).next().unwrap_or("");
-            // A module of this crate (`clinicea_notifier::poll`) does not set the crate's level.
+            // A module of this crate (`clinicea_notifier::ingest::poll`) does not set the crate's level.
             if target == OUR_TARGET {
                 names_us = true;
             }
@@ -148,8 +148,8 @@ mod tests {
             "warn,clinicea_notifier=debug,handlebars=debug"
         );
         assert_eq!(
-            f("debug,clinicea_notifier::poll=trace"),
-            "warn,clinicea_notifier=debug,clinicea_notifier::poll=trace"
+            f("debug,clinicea_notifier::ingest::poll=trace"),
+            "warn,clinicea_notifier=debug,clinicea_notifier::ingest::poll=trace"
         );
         assert_eq!(
             f("debug,clinicea_notifier=info"),

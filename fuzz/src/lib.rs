@@ -4,7 +4,10 @@
 //! Each body panics only when an invariant breaks: parsing never panics, a record compared with
 //! itself is never a change, and a change's id is stable.
 
-use clinicea_notifier::{app, clinicea, config, diff, rules};
+use clinicea_notifier::commands;
+use clinicea_notifier::config;
+use clinicea_notifier::ingest::{client, diff};
+use clinicea_notifier::route::rules;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -39,7 +42,7 @@ pub fn config_parse(data: &[u8]) {
     let file = Path::new("/nonexistent-fuzz-dir/clinicea-notifier.yaml");
     match config::load_str(text, file, &vars) {
         Ok(cfg) => {
-            if let Err(e) = app::compile(cfg) {
+            if let Err(e) = commands::compile(cfg) {
                 assert!(!e.problems.is_empty(), "a failed compile names a problem");
                 let _ = e.to_string();
             }
@@ -71,7 +74,7 @@ pub fn config_parse(data: &[u8]) {
 /// page), never panic; each record with an id diffs as added, then as nothing against itself,
 /// and against the record before it without panicking.
 pub fn api_page(data: &[u8]) {
-    let records = match clinicea::parse_page("leads", 3, data) {
+    let records = match client::parse_page("leads", 3, data) {
         Ok(r) => r,
         Err(e) => {
             let msg = e.to_string();

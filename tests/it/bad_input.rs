@@ -4,14 +4,14 @@
 use crate::helpers::*;
 use axum::body::Bytes;
 use axum::response::IntoResponse;
-use clinicea_notifier::app::Engine;
-use clinicea_notifier::clinicea::{self, MAX_PAGE_BYTES};
+use clinicea_notifier::commands::Engine;
 use clinicea_notifier::config;
+use clinicea_notifier::ingest::client::{self, MAX_PAGE_BYTES};
+use clinicea_notifier::ingest::poll::PollError;
+use clinicea_notifier::kit::sandbox::SandboxOptions;
 use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
-use clinicea_notifier::poll::PollError;
-use clinicea_notifier::rules::{self, CompileContext, RuleSpec};
-use clinicea_notifier::sandbox::SandboxOptions;
-use clinicea_notifier::store::{Store, StoreError, DEFAULT_CACHE_BYTES};
+use clinicea_notifier::outbox::store::{Store, StoreError, DEFAULT_CACHE_BYTES};
+use clinicea_notifier::route::rules::{self, CompileContext, RuleSpec};
 use serde_json::json;
 use std::collections::HashMap;
 use std::process::Command;
@@ -193,7 +193,9 @@ fn static_config(base_url: &str) -> String {
     leads_only(base_url)
 }
 
-async fn only_report(engine: &Engine) -> Result<clinicea_notifier::poll::PollReport, PollError> {
+async fn only_report(
+    engine: &Engine,
+) -> Result<clinicea_notifier::ingest::poll::PollReport, PollError> {
     engine.poll_all().await.remove(0).1
 }
 
@@ -286,7 +288,7 @@ fn deeply_nested_json_is_a_clear_malformed_error_not_a_stack_overflow() {
         format!("[{{\"ID\":\"1\",\"N\":{}}}]", nested(100_000)),
         "[".repeat(1_000_000),
     ] {
-        let e = clinicea::parse_page("leads", 2, body.as_bytes())
+        let e = client::parse_page("leads", 2, body.as_bytes())
             .unwrap_err()
             .to_string();
         assert!(e.contains("leads") && e.contains("page 2"), "{e}");
@@ -296,7 +298,7 @@ fn deeply_nested_json_is_a_clear_malformed_error_not_a_stack_overflow() {
         );
         println!("{e}");
     }
-    let e = clinicea::parse_page("leads", 0, nested(100_000).as_bytes())
+    let e = client::parse_page("leads", 0, nested(100_000).as_bytes())
         .unwrap_err()
         .to_string();
     assert!(e.contains("recursion limit"), "says why: {e}");
@@ -309,7 +311,7 @@ async fn the_deepest_record_the_parser_takes_is_delivered() {
     // The deepest nesting inside a record that a page may carry.
     let page = |depth: usize| format!("[{{\"ID\":\"deep\",\"N\":{}}}]", nested(depth));
     let depth = (100..200)
-        .take_while(|d| clinicea::parse_page("leads", 0, page(*d).as_bytes()).is_ok())
+        .take_while(|d| client::parse_page("leads", 0, page(*d).as_bytes()).is_ok())
         .last()
         .unwrap();
     println!("the deepest record nesting a page may carry: {depth}");

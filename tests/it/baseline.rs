@@ -4,8 +4,8 @@
 use crate::helpers::*;
 use axum::body::Bytes;
 use axum::response::IntoResponse;
+use clinicea_notifier::kit::sandbox::SandboxOptions;
 use clinicea_notifier::model::{ChangeKind, DEFAULT_SOURCE};
-use clinicea_notifier::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -444,7 +444,7 @@ fn a_baseline_since_that_is_not_a_time_and_a_since_with_the_baseline_off_are_con
             "{}resources:\n  leads:\n    path: /api/v1/leads\n",
             from_now("http://127.0.0.1:1", extra)
         ));
-        let e = match clinicea_notifier::app::load_settings_with(&t.config, &t.vars) {
+        let e = match clinicea_notifier::commands::load_settings_with(&t.config, &t.vars) {
             Ok(_) => panic!("{extra} should not load"),
             Err(e) => e.to_string(),
         };

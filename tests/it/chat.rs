@@ -2,7 +2,7 @@
 //! loopback.
 
 use crate::helpers::*;
-use clinicea_notifier::app::Engine;
+use clinicea_notifier::commands::Engine;
 use std::time::Duration;
 
 /// A config: new leads go to one chat destination of `kind` at `url`, rendered with `lead-chat`.
@@ -185,7 +185,7 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
         );
         assert_eq!(engine.store.outbox_len(), 0);
         // And `status` shows the destination as failing.
-        let text = clinicea_notifier::app::status_text(&_t.settings(), &engine.store).unwrap();
+        let text = clinicea_notifier::commands::status_text(&_t.settings(), &engine.store).unwrap();
         assert!(text.contains("FAILING since"), "{kind}: {text}");
         assert!(text.contains("404"), "{kind}: {text}");
     }
@@ -196,7 +196,7 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
 /// Now the wait is bounded by the named maximum and the attempt counts.
 #[tokio::test]
 async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
-    use clinicea_notifier::outcome::MAX_RETRY_AFTER;
+    use clinicea_notifier::deliver::outcome::MAX_RETRY_AFTER;
     for (kind, reply) in [
         (
             "slack",

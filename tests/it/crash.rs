@@ -3,7 +3,7 @@
 //! receivers run in this process.
 
 use crate::helpers::*;
-use clinicea_notifier::sandbox::SandboxOptions;
+use clinicea_notifier::kit::sandbox::SandboxOptions;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

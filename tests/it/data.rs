@@ -3,9 +3,10 @@
 
 use crate::bad_input::StaticApi;
 use crate::helpers::*;
-use clinicea_notifier::deliver::{AttemptLog, DeadLetter, OutboxEntry, Payload};
 use clinicea_notifier::model::{ChangeKind, Verdict, DEFAULT_SOURCE};
-use clinicea_notifier::store::{PageWrite, Store, DEFAULT_CACHE_BYTES};
+use clinicea_notifier::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use clinicea_notifier::outbox::store::{PageWrite, Store, DEFAULT_CACHE_BYTES};
+use clinicea_notifier::route::plan::Payload;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,9 @@
 //! Issue 4: the outbox, signed webhooks, retries and dead letters, against real receivers.
 
 use crate::helpers::*;
-use clinicea_notifier::app::{self, DeadCommand, Engine};
-use clinicea_notifier::deliver::{DeadLetter, OutboxEntry};
-use clinicea_notifier::sandbox::SandboxOptions;
+use clinicea_notifier::commands::{self, DeadCommand, Engine};
+use clinicea_notifier::kit::sandbox::SandboxOptions;
+use clinicea_notifier::outbox::entry::{DeadLetter, OutboxEntry};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ fn webhook_config(base_url: &str, hooks: &[(&str, &str, &str)]) -> String {
     y
 }
 
-async fn small_sandbox(leads: usize) -> clinicea_notifier::sandbox::SandboxHandle {
+async fn small_sandbox(leads: usize) -> clinicea_notifier::kit::sandbox::SandboxHandle {
     sandbox(SandboxOptions {
         leads,
         ..SandboxOptions::default()
@@ -127,7 +127,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let dead = dead_letters(&engine);
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
-    let show = app::dead_text(
+    let show = commands::dead_text(
         &engine.store,
         DeadCommand::Show {
             id: dead[0].entry.seq,
@@ -137,7 +137,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     assert!(show.contains("#1") && show.contains("status 400"), "{show}");
 
     // Re-drive it: it goes back to the queue and is delivered with the same webhook-id.
-    let out = app::dead_text(
+    let out = commands::dead_text(
         &engine.store,
         DeadCommand::Retry {
             ids: vec![],

@@ -7,10 +7,10 @@
 //! connected to, so a broken guard would fail locally rather than reach another machine.
 
 use crate::helpers::*;
-use clinicea_notifier::app;
-use clinicea_notifier::egress::{GuardedResolver, Policy};
+use clinicea_notifier::commands;
+use clinicea_notifier::deliver::webhook::{self, Secret, WebhookTarget};
 use clinicea_notifier::model::Verdict;
-use clinicea_notifier::webhook::{self, Secret, WebhookTarget};
+use clinicea_notifier::net::egress::{GuardedResolver, Policy};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,7 +37,7 @@ const FRESH_SECRET: &str = "whsec_8vJ7wPz1m3Qx5tKcR0yNaBdEfGhIjKlM";
 /// `check`'s verdict on a config: `Ok` or the problems as printed.
 fn check(yaml: &str) -> Result<(), String> {
     let t = TestDir::new(yaml);
-    app::load_settings_with(&t.config, &HashMap::new())
+    commands::load_settings_with(&t.config, &HashMap::new())
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -302,9 +302,9 @@ async fn a_chat_message_to_a_name_resolving_to_a_link_local_address_is_refused()
     let url: url::Url = "https://hooks.slack.test/services/T0/B0/SECRET-TOKEN"
         .parse()
         .unwrap();
-    let report = clinicea_notifier::chat::send(
+    let report = clinicea_notifier::deliver::chat::send(
         &client,
-        clinicea_notifier::chat::ChatKind::Slack,
+        clinicea_notifier::deliver::chat::ChatKind::Slack,
         &url,
         br#"{"text":"x"}"#.to_vec(),
         Duration::from_secs(5),

@@ -1,8 +1,8 @@
 //! Issue 5: staff emails through a real SMTP server (the product's own catcher) on loopback.
 
 use crate::helpers::*;
-use clinicea_notifier::catcher::{Catcher, CatcherOptions, CaughtMessage};
-use clinicea_notifier::deliver::Payload;
+use clinicea_notifier::kit::catcher::{Catcher, CatcherOptions, CaughtMessage};
+use clinicea_notifier::route::plan::Payload;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ fn by_recipient(got: &[CaughtMessage]) -> HashMap<String, Vec<CaughtMessage>> {
     m
 }
 
-fn message_ids(engine: &clinicea_notifier::app::Engine) -> HashMap<String, String> {
+fn message_ids(engine: &clinicea_notifier::commands::Engine) -> HashMap<String, String> {
     queued(engine, "front-desk")
         .into_iter()
         .map(|e| match e.payload {
@@ -434,7 +434,7 @@ async fn credentials_with_tls_none_are_refused_and_the_server_never_sees_auth() 
         assert!(!text.contains("s3cret-smtp-pass"), "{text}");
     }
     // Whoever builds the transport: it refuses credentials without TLS.
-    let settings = clinicea_notifier::email::SmtpSettings {
+    let settings = clinicea_notifier::deliver::email::SmtpSettings {
         host: "127.0.0.1".into(),
         port: catcher.addr.port(),
         tls: clinicea_notifier::config::SmtpTls::None,
@@ -444,7 +444,7 @@ async fn credentials_with_tls_none_are_refused_and_the_server_never_sees_auth() 
         extra_root_cert_pem: None,
         allow_private: false,
     };
-    let refused = clinicea_notifier::email::Mailer::new(settings)
+    let refused = clinicea_notifier::deliver::email::Mailer::new(settings)
         .err()
         .unwrap();
     assert_eq!(refused.key, "smtp.tls");

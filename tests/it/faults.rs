@@ -10,10 +10,10 @@
 //! from the clock, printed so a failure can be replayed).
 
 use crate::helpers::*;
-use clinicea_notifier::deliver::DeadLetter;
+use clinicea_notifier::kit::sandbox::{Fault, FaultKind, Order, SandboxOptions};
 use clinicea_notifier::model::canonical_json;
-use clinicea_notifier::sandbox::{Fault, FaultKind, Order, SandboxOptions};
-use clinicea_notifier::store::{Store, DEFAULT_CACHE_BYTES};
+use clinicea_notifier::outbox::entry::DeadLetter;
+use clinicea_notifier::outbox::store::{Store, DEFAULT_CACHE_BYTES};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -129,7 +129,7 @@ fn random_fault(rng: &mut StdRng) -> Fault {
 
 /// A live (not deleted) record id of `resource`, at random.
 fn live_id(
-    sb: &clinicea_notifier::sandbox::Sandbox,
+    sb: &clinicea_notifier::kit::sandbox::Sandbox,
     resource: &str,
     rng: &mut StdRng,
 ) -> Option<String> {

@@ -1,12 +1,12 @@
 //! Issue 2: polling the sandbox into a durable, diffed change stream.
 
 use crate::helpers::*;
+use clinicea_notifier::kit::sandbox::{Fault, FaultKind, SandboxOptions};
 use clinicea_notifier::model::ChangeKind;
-use clinicea_notifier::sandbox::{Fault, FaultKind, SandboxOptions};
 use std::collections::HashSet;
 use std::time::Duration;
 
-fn ids_in_journal(engine: &clinicea_notifier::app::Engine) -> Vec<String> {
+fn ids_in_journal(engine: &clinicea_notifier::commands::Engine) -> Vec<String> {
     engine
         .store
         .changes()

@@ -5,8 +5,8 @@
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use clinicea_notifier::app::{self, Engine, Settings};
-use clinicea_notifier::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
+use clinicea_notifier::commands::{self, Engine, Settings};
+use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -59,7 +59,7 @@ impl TestDir {
 
     /// Loads and compiles the config.
     pub fn settings(&self) -> Settings {
-        match app::load_settings_with(&self.config, &self.vars) {
+        match commands::load_settings_with(&self.config, &self.vars) {
             Ok(s) => s,
             Err(e) => panic!("config should load: {e}"),
         }
@@ -274,14 +274,14 @@ pub async fn drain_outbox(engine: &Engine, timeout: Duration) {
 }
 
 /// Every dead letter.
-pub fn dead_list(engine: &Engine) -> Vec<clinicea_notifier::deliver::DeadLetter> {
+pub fn dead_list(engine: &Engine) -> Vec<clinicea_notifier::outbox::entry::DeadLetter> {
     store_dead_letters(&engine.store)
 }
 
 /// Every dead letter of a store, decoded.
 pub fn store_dead_letters(
-    store: &clinicea_notifier::store::Store,
-) -> Vec<clinicea_notifier::deliver::DeadLetter> {
+    store: &clinicea_notifier::outbox::store::Store,
+) -> Vec<clinicea_notifier::outbox::entry::DeadLetter> {
     store
         .dead_entries()
         .unwrap()
@@ -292,8 +292,8 @@ pub fn store_dead_letters(
 
 /// Every queued outbox entry of a store, of every destination, decoded.
 pub fn store_outbox(
-    store: &clinicea_notifier::store::Store,
-) -> Vec<clinicea_notifier::deliver::OutboxEntry> {
+    store: &clinicea_notifier::outbox::store::Store,
+) -> Vec<clinicea_notifier::outbox::entry::OutboxEntry> {
     store
         .all_outbox()
         .unwrap()
@@ -303,7 +303,10 @@ pub fn store_outbox(
 }
 
 /// Every queued outbox entry of `destination`.
-pub fn queued(engine: &Engine, destination: &str) -> Vec<clinicea_notifier::deliver::OutboxEntry> {
+pub fn queued(
+    engine: &Engine,
+    destination: &str,
+) -> Vec<clinicea_notifier::outbox::entry::OutboxEntry> {
     engine
         .store
         .outbox_entries(destination)
@@ -314,7 +317,10 @@ pub fn queued(engine: &Engine, destination: &str) -> Vec<clinicea_notifier::deli
 }
 
 /// The attempts log of one delivery.
-pub fn attempt_logs(engine: &Engine, seq: u64) -> Vec<clinicea_notifier::deliver::AttemptLog> {
+pub fn attempt_logs(
+    engine: &Engine,
+    seq: u64,
+) -> Vec<clinicea_notifier::outbox::entry::AttemptLog> {
     engine
         .store
         .attempts(seq)
@@ -431,7 +437,7 @@ pub fn decode_qp(s: &str) -> String {
 
 /// The parts of a caught message as (content type, decoded body): the one part of a single-part
 /// message, or each part of a multipart one (one level deep).
-pub fn mime_parts(m: &clinicea_notifier::catcher::CaughtMessage) -> Vec<(String, String)> {
+pub fn mime_parts(m: &clinicea_notifier::kit::catcher::CaughtMessage) -> Vec<(String, String)> {
     use base64::Engine as _;
     fn decode(head: &str, body: &str) -> (String, String) {
         let find = |name: &str| {
@@ -715,16 +721,16 @@ pub fn store_path(t: &TestDir) -> PathBuf {
 }
 
 /// Opens the store of a test whose child has exited (sled allows one process per store).
-pub fn open_store(t: &TestDir) -> clinicea_notifier::store::Store {
-    clinicea_notifier::store::Store::open(
+pub fn open_store(t: &TestDir) -> clinicea_notifier::outbox::store::Store {
+    clinicea_notifier::outbox::store::Store::open(
         &store_path(t),
-        clinicea_notifier::store::DEFAULT_CACHE_BYTES,
+        clinicea_notifier::outbox::store::DEFAULT_CACHE_BYTES,
     )
     .expect("the store opens once the child has exited")
 }
 
 /// The record ids in the change journal, in journal order.
-pub fn journal_ids(store: &clinicea_notifier::store::Store) -> Vec<String> {
+pub fn journal_ids(store: &clinicea_notifier::outbox::store::Store) -> Vec<String> {
     store
         .changes()
         .expect("the journal reads")

@@ -6,7 +6,7 @@
 //! stderr at the default level.
 
 use crate::helpers::*;
-use clinicea_notifier::sandbox::{Fault, FaultKind, SandboxOptions};
+use clinicea_notifier::kit::sandbox::{Fault, FaultKind, SandboxOptions};
 use std::time::Duration;
 
 /// What an operator sees after a failed poll: `once`'s stdout and stderr, `status`'s, and the
@@ -289,7 +289,7 @@ async fn webhook_ids_are_keyed_per_store_and_stable_across_a_reopen() {
 
 #[tokio::test]
 async fn a_store_from_before_keyed_ids_gets_its_key_on_first_open_and_keeps_its_entries() {
-    use clinicea_notifier::store::{Store, DEFAULT_CACHE_BYTES};
+    use clinicea_notifier::outbox::store::{Store, DEFAULT_CACHE_BYTES};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
     // A store as an older version left it: an outbox entry, no `meta` tree.
@@ -298,12 +298,15 @@ async fn a_store_from_before_keyed_ids_gets_its_key_on_first_open_and_keeps_its_
         let db = sled::open(&path).unwrap();
         db.open_tree("outbox")
             .unwrap()
-            .insert(clinicea_notifier::store::outbox_key("hooks", 1), &entry[..])
+            .insert(
+                clinicea_notifier::outbox::store::outbox_key("hooks", 1),
+                &entry[..],
+            )
             .unwrap();
         assert!(!db.tree_names().iter().any(|n| &n[..] == b"meta"));
         db.flush().unwrap();
     }
-    let change = clinicea_notifier::render::sample_change("leads");
+    let change = clinicea_notifier::route::render::sample_change("leads");
     let first = {
         let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
         change.change_id(store.id_key())

@@ -14,6 +14,7 @@ mod email;
 mod faults;
 mod foundation;
 mod helpers;
+mod layers;
 mod leaks;
 mod ops;
 mod paging;

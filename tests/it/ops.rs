@@ -7,8 +7,8 @@
 //! shows what really reaches stderr. Readiness is checked in-process through `daemon::run`.
 
 use crate::helpers::*;
-use clinicea_notifier::catcher::{Catcher, CatcherOptions};
-use clinicea_notifier::sandbox::{Fault, FaultKind, SandboxOptions};
+use clinicea_notifier::kit::catcher::{Catcher, CatcherOptions};
+use clinicea_notifier::kit::sandbox::{Fault, FaultKind, SandboxOptions};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -585,7 +585,7 @@ fn a_short_or_placeholder_metrics_token_is_refused_by_check() {
             daemon_config("http://127.0.0.1:1", "", "")
         );
         let t = TestDir::new(&yaml);
-        let err = match clinicea_notifier::app::load_settings_with(&t.config, &t.vars) {
+        let err = match clinicea_notifier::commands::load_settings_with(&t.config, &t.vars) {
             Ok(_) => panic!("{value} was accepted"),
             Err(e) => e.to_string(),
         };

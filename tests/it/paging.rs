@@ -6,10 +6,10 @@
 //! replayed.
 
 use crate::helpers::*;
-use clinicea_notifier::app::Engine;
+use clinicea_notifier::commands::Engine;
+use clinicea_notifier::ingest::poll::PollReport;
+use clinicea_notifier::kit::sandbox::{Order, SandboxHandle, SandboxOptions};
 use clinicea_notifier::model::{canonical_json, DEFAULT_SOURCE};
-use clinicea_notifier::poll::PollReport;
-use clinicea_notifier::sandbox::{Order, SandboxHandle, SandboxOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ fn canon(v: &Value) -> String {
 }
 
 /// The leads checkpoint of `engine`.
-fn checkpoint(engine: &Engine) -> clinicea_notifier::store::Checkpoint {
+fn checkpoint(engine: &Engine) -> clinicea_notifier::outbox::store::Checkpoint {
     engine
         .store
         .checkpoint(DEFAULT_SOURCE, "leads")
@@ -203,7 +203,7 @@ async fn an_unsettled_poll_keeps_the_checkpoint() {
         !rep.settled,
         "every reshuffled pass serves ids twice: {rep:?}"
     );
-    assert_eq!(rep.passes, clinicea_notifier::poll::MAX_PASSES);
+    assert_eq!(rep.passes, clinicea_notifier::ingest::poll::MAX_PASSES);
     let cp = checkpoint(&engine);
     assert_eq!(cp.last_success_start, None, "the checkpoint did not move");
     // Once the order is stable again, the next poll settles and moves it.

@@ -5,9 +5,9 @@
 mod fuzz_bodies;
 
 use chrono::{DateTime, Utc};
-use clinicea_notifier::diff::{self, DiffSpec};
+use clinicea_notifier::ingest::diff::{self, DiffSpec};
 use clinicea_notifier::model::{Change, ChangeKind, IdKey, DEFAULT_SOURCE};
-use clinicea_notifier::rules::{self, CompileContext, RuleSet, RuleSpec};
+use clinicea_notifier::route::rules::{self, CompileContext, RuleSet, RuleSpec};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 

@@ -3,8 +3,8 @@
 //! read a stopped store and refuse a store a running notifier holds.
 
 use crate::helpers::*;
-use clinicea_notifier::deliver::OutboxEntry;
-use clinicea_notifier::sandbox::{Fault, FaultKind, SandboxOptions};
+use clinicea_notifier::kit::sandbox::{Fault, FaultKind, SandboxOptions};
+use clinicea_notifier::outbox::entry::OutboxEntry;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 

@@ -33,11 +33,11 @@
 //! A store that has a checkpoint (from before baselines existed, or with the baseline turned off)
 //! never runs one.
 
-use crate::clinicea::CHUNK_RECORDS;
 use crate::config::Resource;
-use crate::diff;
-use crate::poll::{PageWalk, PollCtx, PollError, PollReport, Step};
-use crate::store::Baseline;
+use crate::ingest::client::CHUNK_RECORDS;
+use crate::ingest::diff;
+use crate::ingest::poll::{PageWalk, PollCtx, PollError, PollReport, Step};
+use crate::outbox::store::Baseline;
 use chrono::Utc;
 
 /// The baseline logs its progress every this many pages.

@@ -4,8 +4,8 @@
 //! destination's incoming-webhook URL. [`classify`] turns the answer into a [`Verdict`]; [`send`]
 //! does both. Webhook URLs carry their own credentials, so they never appear in errors or logs.
 
+use crate::deliver::outcome;
 use crate::model::{truncate_utf8, AttemptReport, Verdict, RESPONSE_SNIPPET_BYTES};
-use crate::outcome;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime};

@@ -1,15 +1,17 @@
 //! The commands: each builds what it needs from the config and runs it. `main.rs` only parses the
 //! command line and calls these.
 
-use crate::clinicea::Client;
 use crate::config::{self, Base, Config, ConfigError, Problem};
-use crate::deliver::{DeadLetter, Deliverer, Destination, OutboxEntry, Pipeline, Wake};
-use crate::email::{Mailer, SmtpSettings};
-use crate::outcome::RetryPolicy;
-use crate::poll::{self, PollCtx, PollError, PollReport};
-use crate::render::Templates;
-use crate::rules::{self, CompileContext};
-use crate::store::Store;
+use crate::deliver::email::{Mailer, SmtpSettings};
+use crate::deliver::outcome::RetryPolicy;
+use crate::deliver::{Deliverer, Destination};
+use crate::ingest::client::Client;
+use crate::ingest::poll::{self, PollCtx, PollError, PollReport};
+use crate::outbox::entry::{DeadLetter, OutboxEntry, Wake};
+use crate::outbox::store::Store;
+use crate::route::plan::Pipeline;
+use crate::route::render::Templates;
+use crate::route::rules::{self, CompileContext};
 use anyhow::Context;
 use chrono::Utc;
 use std::collections::HashMap;
@@ -83,7 +85,8 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
     }
     if let Some(s) = &raw.smtp {
         let line = config::line_of(s);
-        if let Err(e) = crate::egress::Policy::smtp(s.value.allow_private).check_host(&s.value.host)
+        if let Err(e) =
+            crate::net::egress::Policy::smtp(s.value.allow_private).check_host(&s.value.host)
         {
             problems.push(Problem::at(line, "smtp.host", e.reason));
         }
@@ -93,7 +96,7 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
     }
     let smtp_from = raw.smtp.as_ref().map(|s| s.value.from.0.clone());
     if let Some(from) = &smtp_from {
-        if let Err(e) = crate::email::validate_address(from) {
+        if let Err(e) = crate::deliver::email::validate_address(from) {
             problems.push(Problem::at(
                 raw.smtp.as_ref().and_then(config::line_of),
                 "smtp.from",
@@ -223,7 +226,7 @@ pub fn load_settings_with(
 #[derive(Clone, Default)]
 pub struct Observers {
     /// Told about each change a poll stores, with its matched rules and destinations.
-    pub poll: Option<mpsc::UnboundedSender<crate::poll::PollEvent>>,
+    pub poll: Option<mpsc::UnboundedSender<crate::ingest::poll::PollEvent>>,
     /// Told about each delivery attempt's outcome.
     pub deliveries: Option<mpsc::UnboundedSender<crate::deliver::Event>>,
 }
@@ -327,14 +330,14 @@ impl Engine {
 }
 
 /// Reduces the deleted records an older version stored whole to tombstones (see
-/// [`crate::diff::tombstone`]); the work is done once per store.
+/// [`crate::ingest::diff::tombstone`]); the work is done once per store.
 fn reduce_tombstones(store: &Store, base: &Base) -> anyhow::Result<()> {
     let n = store.upgrade_snapshots_once("reduced-tombstones", |resource, id, raw| {
         let (id_field, status_field) = base.resources.iter().find(|r| r.name == resource).map_or(
             (config::defaults::ID_FIELD, config::defaults::STATUS_FIELD),
             |r| (r.id_field.as_str(), r.status_field.as_str()),
         );
-        crate::diff::reduce_stored(raw, id_field, status_field, id)
+        crate::ingest::diff::reduce_stored(raw, id_field, status_field, id)
     })?;
     if n > 0 {
         tracing::info!(
@@ -492,7 +495,7 @@ pub fn summary(s: &Settings) -> String {
     dests.sort_by(|a, b| a.name.cmp(&b.name));
     for d in dests {
         let where_ = match &d.target {
-            crate::deliver::Target::Webhook(t) => crate::webhook::redacted_url(&t.url),
+            crate::deliver::Target::Webhook(t) => crate::deliver::webhook::redacted_url(&t.url),
             crate::deliver::Target::Chat { url, .. } => {
                 format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or(""))
             }
@@ -571,19 +574,19 @@ pub fn test_rule_command(config: &Path, args: &TestRuleArgs) -> anyhow::Result<E
     };
     let record = read_json(&args.record)?;
     let previous = args.previous.as_deref().map(read_json).transpose()?;
-    let id = crate::diff::record_id(&record, &res.id_field).map_err(|_| {
+    let id = crate::ingest::diff::record_id(&record, &res.id_field).map_err(|_| {
         anyhow::anyhow!(
             "the record has no usable id in field {:?} (set id_field for this resource)",
             res.id_field
         )
     })?;
-    let spec = crate::diff::DiffSpec {
+    let spec = crate::ingest::diff::DiffSpec {
         source: crate::model::DEFAULT_SOURCE,
         resource: &res.name,
         id_field: &res.id_field,
         status_field: &res.status_field,
     };
-    let Some(change) = crate::diff::diff(&spec, id, previous, record, Utc::now()) else {
+    let Some(change) = crate::ingest::diff::diff(&spec, id, previous, record, Utc::now()) else {
         println!("No change: the record is identical to the previous version, so nothing is sent.");
         return Ok(ExitCode::SUCCESS);
     };
@@ -658,7 +661,7 @@ pub fn describe_test(
             Err(e) => {
                 let _ = writeln!(out, "  would go to the dead letters: {e}");
             }
-            Ok(crate::deliver::Payload::Webhook { body }) => {
+            Ok(crate::route::plan::Payload::Webhook { body }) => {
                 let pretty = serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| serde_json::to_string_pretty(&v).ok())
@@ -669,10 +672,10 @@ pub fn describe_test(
                     change.change_id(id_key)
                 );
             }
-            Ok(crate::deliver::Payload::Chat { body }) => {
+            Ok(crate::route::plan::Payload::Chat { body }) => {
                 let _ = writeln!(out, "chat message body:\n{body}");
             }
-            Ok(crate::deliver::Payload::Email(m)) => {
+            Ok(crate::route::plan::Payload::Email(m)) => {
                 let _ = writeln!(
                     out,
                     "From: {}\nTo: {}\nSubject: {}\nMessage-ID: {}\n\n{}",
@@ -697,7 +700,7 @@ pub fn status_command(config: &Path) -> anyhow::Result<ExitCode> {
 
 fn open_store_for_cli(settings: &Settings) -> anyhow::Result<Store> {
     Store::open(&settings.base.store.path, settings.base.store.cache_bytes).map_err(|e| match e {
-        crate::store::StoreError::Locked { path } => anyhow::anyhow!(
+        crate::outbox::store::StoreError::Locked { path } => anyhow::anyhow!(
             "the store at {path} is in use by a running notifier; stop it first (sled allows one process per store), or read its state from /metrics on the address it listens on ({})",
             settings.base.listen
         ),
@@ -781,7 +784,7 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
         let d: DeadLetter = serde_json::from_slice(&raw)?;
         *dead.entry(d.entry.destination).or_default() += 1;
     }
-    let failing: HashMap<String, crate::store::DestHealth> =
+    let failing: HashMap<String, crate::outbox::store::DestHealth> =
         store.failing_destinations()?.into_iter().collect();
     let mut names: Vec<&String> = settings.pipeline.destinations.keys().collect();
     names.sort();
@@ -919,7 +922,7 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
             let _ = writeln!(out, "  reason:      {}", t(&d.reason));
             let _ = writeln!(out, "  attempts:");
             for raw in store.attempts(id)? {
-                let a: crate::deliver::AttemptLog = serde_json::from_slice(&raw)?;
+                let a: crate::outbox::entry::AttemptLog = serde_json::from_slice(&raw)?;
                 let _ = writeln!(
                     out,
                     "    #{} at {}: status {} in {} ms, {}; response: {}",
@@ -1009,7 +1012,7 @@ pub async fn purge_command(config: &Path, args: &PurgeArgs) -> anyhow::Result<Ex
 pub fn purge_text(
     settings: &Settings,
     args: &PurgeArgs,
-    erased: &crate::store::Erased,
+    erased: &crate::outbox::store::Erased,
 ) -> (String, bool) {
     use std::fmt::Write;
     let mut out = String::new();
@@ -1089,7 +1092,7 @@ pub struct VerifyArgs {
 pub fn verify_secret(
     args: &VerifyArgs,
     env: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<crate::webhook::Secret> {
+) -> anyhow::Result<crate::deliver::webhook::Secret> {
     let (text, from) = if let Some(f) = &args.secret_file {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("cannot read the secret file {}", f.display()))?;
@@ -1108,7 +1111,7 @@ pub fn verify_secret(
             "give the endpoint's secret with --secret-file PATH or the {VERIFY_SECRET_ENV} environment variable"
         );
     };
-    crate::webhook::Secret::parse(&text).with_context(|| format!("the secret from {from}"))
+    crate::deliver::webhook::Secret::parse(&text).with_context(|| format!("the secret from {from}"))
 }
 
 /// `verify`: check a Standard Webhooks signature.
@@ -1149,14 +1152,14 @@ pub fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         Utc::now().timestamp()
     };
-    match crate::webhook::verify(
+    match crate::deliver::webhook::verify(
         &secret,
         &id,
         &ts,
         &sig,
         &body,
         now,
-        crate::webhook::DEFAULT_TOLERANCE,
+        crate::deliver::webhook::DEFAULT_TOLERANCE,
     ) {
         Ok(()) => {
             println!("valid: the signature matches (webhook-id {id})");
@@ -1205,7 +1208,7 @@ pub struct SandboxArgs {
     /// How the feeds order records: modified (by change time), id, or unordered (reshuffled for
     /// every request).
     #[arg(long, default_value = "modified")]
-    pub order: crate::sandbox::Order,
+    pub order: crate::kit::sandbox::Order,
     /// Random changes that land after each page request (they shift the pages under a client).
     #[arg(long, default_value_t = 0)]
     pub page_edits: u32,
@@ -1217,13 +1220,13 @@ pub struct SandboxArgs {
 
 /// `sandbox`: serve the simulated API until Ctrl-C.
 pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<ExitCode> {
-    if !args.allow_remote && !crate::egress::is_loopback_ip(args.listen.ip()) {
+    if !args.allow_remote && !crate::net::egress::is_loopback_ip(args.listen.ip()) {
         anyhow::bail!(
             "refusing to listen on {}: it is not a loopback address, and the sandbox's /admin endpoints (change records, inject faults) have no authentication; pass --allow-remote to do it anyway (e.g. inside a container network)",
             args.listen
         );
     }
-    let opts = crate::sandbox::SandboxOptions {
+    let opts = crate::kit::sandbox::SandboxOptions {
         seed: args.seed,
         api_key: args.api_key,
         leads: args.leads,
@@ -1252,7 +1255,7 @@ pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         c2.cancel();
     });
-    crate::sandbox::Sandbox::new(opts)
+    crate::kit::sandbox::Sandbox::new(opts)
         .serve(listener, cancel)
         .await?;
     Ok(ExitCode::SUCCESS)

@@ -1,11 +1,11 @@
 //! `demo`: the whole product on one machine, with no network, no config file and no real data.
 //!
 //! In one process, on loopback ports the OS picks, it starts:
-//! - the Clinicea sandbox ([`crate::sandbox`]) with a few made-up records that change every 2 s;
+//! - the Clinicea sandbox ([`crate::kit::sandbox`]) with a few made-up records that change every 2 s;
 //! - a webhook receiver that verifies every Standard Webhooks signature with the secret the demo
 //!   generated, and answers a few requests with 503 so retries are seen;
 //! - a Slack-style chat receiver (its first answer is a 429 with `Retry-After`);
-//! - an SMTP catcher ([`crate::catcher`]) that refuses its first transaction with 421;
+//! - an SMTP catcher ([`crate::kit::catcher`]) that refuses its first transaction with 421;
 //! - the notifier itself ([`crate::daemon::run_with`]) with a demo copy of the example rules, written
 //!   to a temporary folder together with its store.
 //!
@@ -16,12 +16,12 @@
 //! different: it is the command's explicit output, and everything in it is made-up sandbox data,
 //! so it shows names in email subjects and chat text there (and only there; logs are unchanged).
 
-use crate::app::{self, Observers};
-use crate::catcher::{Catcher, CatcherHandle, CatcherOptions};
+use crate::commands::{self, Observers};
+use crate::deliver::webhook::{self, Secret};
 use crate::deliver::Event;
-use crate::poll::PollEvent;
-use crate::sandbox::{Sandbox, SandboxOptions};
-use crate::webhook::{self, Secret};
+use crate::ingest::poll::PollEvent;
+use crate::kit::catcher::{Catcher, CatcherHandle, CatcherOptions};
+use crate::kit::sandbox::{Sandbox, SandboxOptions};
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -48,7 +48,7 @@ pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Stop after this long (e.g. 20s, 2m); without it the demo runs until Ctrl-C.
-    #[arg(long, value_parser = app::parse_dur_arg)]
+    #[arg(long, value_parser = commands::parse_dur_arg)]
     pub duration: Option<Duration>,
     /// Seed for the sandbox's made-up records and their changes.
     #[arg(long, default_value_t = 42)]
@@ -523,7 +523,7 @@ pub async fn demo_command(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .context("cannot write the demo config")?;
     let vars = HashMap::new();
-    let settings = app::load_settings_with(&config_path, &vars)?;
+    let settings = commands::load_settings_with(&config_path, &vars)?;
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let health_addr = health.local_addr()?;
 
@@ -604,9 +604,11 @@ pub async fn demo_command(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = emails.await;
     let _ = receiver_task.await;
     sandbox.stop().await;
-    let queued = app::load_settings_with(&config_path, &HashMap::new())
+    let queued = commands::load_settings_with(&config_path, &HashMap::new())
         .ok()
-        .and_then(|s| crate::store::Store::open(&s.base.store.path, s.base.store.cache_bytes).ok())
+        .and_then(|s| {
+            crate::outbox::store::Store::open(&s.base.store.path, s.base.store.cache_bytes).ok()
+        })
         .map(|st| st.outbox_len());
 
     let t = &tally;
@@ -664,7 +666,7 @@ mod tests {
             demo_config("http://127.0.0.1:1", "http://127.0.0.1:2", 25, &secret),
         )
         .unwrap();
-        let s = app::load_settings_with(&path, &HashMap::new()).unwrap();
+        let s = commands::load_settings_with(&path, &HashMap::new()).unwrap();
         assert_eq!(s.base.resources.len(), 3);
         assert_eq!(s.pipeline.destinations.len(), 4);
         assert!(s.smtp.is_some());

@@ -1,8 +1,8 @@
 //! One poll of one resource: fetch every page since the checkpoint, diff each record against its
 //! snapshot, plan the deliveries of each change, commit each page atomically (a page larger than
-//! [`CHUNK_RECORDS`](crate::clinicea::CHUNK_RECORDS) one chunk at a time), and advance the
+//! [`CHUNK_RECORDS`](crate::ingest::client::CHUNK_RECORDS) one chunk at a time), and advance the
 //! checkpoint only when a pass over the window read every record in it. A resource's first poll runs its silent baseline
-//! first (see [`crate::baseline`]).
+//! first (see [`crate::ingest::baseline`]).
 //!
 //! # Why no record is skipped for good
 //!
@@ -64,14 +64,15 @@
 //! previous poll's start on the API's new clock instead, so what was changed in between, stamped
 //! with the earlier times, is read by the next poll.
 
-use crate::clinicea::{ApiError, Client, PageEnd, PageEvent, PageReader};
 use crate::config::{Resource, StartFrom};
-use crate::deliver::{Pipeline, Wake};
-use crate::diff::{self, DiffSpec, Skip};
+use crate::ingest::client::{ApiError, Client, PageEnd, PageEvent, PageReader};
+use crate::ingest::diff::{self, DiffSpec, Skip};
 use crate::model::{Change, ChangeKind};
-use crate::store::{
+use crate::outbox::entry::Wake;
+use crate::outbox::store::{
     decode_snapshot, Baseline, Checkpoint, PageWrite, PollStatus, Store, StoreError,
 };
+use crate::route::plan::Pipeline;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -242,12 +243,12 @@ async fn poll_inner(
     };
     let mut report = PollReport::default();
     // Until the first poll from the origin succeeds, the records the baseline stored are
-    // consulted too (see `crate::baseline` for why they are kept apart until then).
+    // consulted too (see `crate::ingest::baseline` for why they are kept apart until then).
     let mut catch_up = false;
     if cp.last_success_start.is_none() {
         if let Some(b) = ctx.store.baseline(&ctx.source, &res.name)? {
             if b.finished.is_none() {
-                crate::baseline::run(ctx, res, b, &mut report).await?;
+                crate::ingest::baseline::run(ctx, res, b, &mut report).await?;
             }
             catch_up = true;
         }

@@ -529,7 +529,7 @@ fn variables_are_substituted_in_condition_values() {
 #[test]
 fn fixture_records_route() {
     let leads: Vec<Value> =
-        serde_json::from_str(include_str!("../../tests/fixtures/leads-v1-page0.json")).unwrap();
+        serde_json::from_str(include_str!("../../../tests/fixtures/leads-v1-page0.json")).unwrap();
     let rs = set("
 - name: new-lead-email
   resource: leads
@@ -807,7 +807,7 @@ fn unknown_rule_keys_and_kinds_are_serde_errors() {
 #[test]
 fn fixture_shapes_unset_dates() {
     let patients: Vec<Value> =
-        serde_json::from_str(include_str!("../../tests/fixtures/patients-v1.json")).unwrap();
+        serde_json::from_str(include_str!("../../../tests/fixtures/patients-v1.json")).unwrap();
     let rs =
         set("- {name: r, where: [{field: ModifiedDatetime, exists: true}], notify: [front-desk]}");
     let unset = patients

@@ -8,13 +8,13 @@
 
 use crate::config::{Problem, RawSmtp, SmtpTls};
 use crate::model::{truncate_utf8, AttemptReport, Verdict, RESPONSE_SNIPPET_BYTES};
+use crate::route::plan::EmailMessage;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,25 +24,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections kept open to the SMTP server.
 pub const POOL_SIZE: u32 = 4;
-
-/// One email to one recipient, as stored in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EmailMessage {
-    /// The From address, `Name <addr>` or `addr`.
-    pub from: String,
-    /// The one recipient.
-    pub to: String,
-    /// An optional Reply-To address.
-    pub reply_to: Option<String>,
-    /// The subject (rendered).
-    pub subject: String,
-    /// The plain-text body (rendered).
-    pub text: String,
-    /// The HTML body, when the template has an HTML part; the message is then multipart/alternative.
-    pub html: Option<String>,
-    /// The `Message-ID` header value, with angle brackets; the same on every attempt.
-    pub message_id: String,
-}
 
 /// A stable `Message-ID` (`<hex@domain>`) for a delivery: the same key always gives the same id.
 /// An empty or odd `domain` becomes `clinicea-notifier.invalid`.
@@ -241,7 +222,7 @@ pub struct Mailer {
     /// The host and port, checked against the egress rules before each send.
     host: String,
     port: u16,
-    egress: crate::egress::Policy,
+    egress: crate::net::egress::Policy,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -290,7 +271,7 @@ impl Mailer {
         Ok(Mailer {
             transport: b.build(),
             timeout: settings.timeout,
-            egress: crate::egress::Policy::smtp(settings.allow_private),
+            egress: crate::net::egress::Policy::smtp(settings.allow_private),
             host: settings.host,
             port: settings.port,
         })
@@ -412,7 +393,7 @@ fn build_message(msg: &EmailMessage) -> Result<Message, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catcher::{Catcher, CatcherOptions};
+    use crate::kit::catcher::{Catcher, CatcherOptions};
 
     fn settings(port: u16) -> SmtpSettings {
         SmtpSettings {

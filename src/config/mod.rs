@@ -5,6 +5,8 @@
 //! Every problem is reported with the file, the line and the key, so `check` can print
 //! `rules.yaml:14: rules[new-lead].where[1].matches: invalid regex ...`.
 
+pub mod placeholder;
+
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -271,7 +273,7 @@ pub struct RawConfig {
     pub destinations: BTreeMap<String, Spanned<RawDestination>>,
     /// Which changes go where.
     #[serde(default)]
-    pub rules: Vec<Spanned<crate::rules::RuleSpec>>,
+    pub rules: Vec<Spanned<crate::route::rules::RuleSpec>>,
     /// The default retry schedule.
     #[serde(default)]
     pub retry: Option<Spanned<RawRetry>>,
@@ -601,7 +603,7 @@ pub fn parse_raw(text: &str, vars: &HashMap<String, String>) -> Result<RawConfig
     }
     VARS.with(|v| *v.borrow_mut() = Some(vars.clone()));
     let _reset = Reset;
-    serde_saphyr::from_str_with_options::<RawConfig>(text, crate::rules::yaml_options()).map_err(
+    serde_saphyr::from_str_with_options::<RawConfig>(text, crate::route::rules::yaml_options()).map_err(
         |e| {
             let line = e.location().map(|l| l.line()).filter(|l| *l > 0);
             let full = e.to_string();
@@ -966,15 +968,15 @@ pub struct Base {
 pub fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => crate::egress::is_loopback_ip(ip.into()),
-        Some(url::Host::Ipv6(ip)) => crate::egress::is_loopback_ip(ip.into()),
+        Some(url::Host::Ipv4(ip)) => crate::net::egress::is_loopback_ip(ip.into()),
+        Some(url::Host::Ipv6(ip)) => crate::net::egress::is_loopback_ip(ip.into()),
         None => false,
     }
 }
 
 /// Adds a problem when a secret-bearing value is an example's placeholder.
 pub fn check_placeholder(value: &str, line: Option<u64>, key: &str, problems: &mut Vec<Problem>) {
-    if let Some(why) = crate::placeholder::placeholder(value) {
+    if let Some(why) = crate::config::placeholder::placeholder(value) {
         problems.push(Problem::at(line, key, why));
     }
 }
@@ -1094,7 +1096,7 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
         problems.push(Problem::at(cline, "clinicea.api_key", "is empty"));
     }
     if let Some(u) = &base_url {
-        if let Err(e) = crate::egress::Policy::clinicea(c.allow_private).check_url(u) {
+        if let Err(e) = crate::net::egress::Policy::clinicea(c.allow_private).check_url(u) {
             problems.push(Problem::at(cline, "clinicea.base_url", e.reason));
         }
     }
@@ -1289,7 +1291,9 @@ pub fn validate_base(raw: &RawConfig, file: &std::path::Path, problems: &mut Vec
         cache_bytes: raw
             .store
             .cache_mb
-            .map_or(crate::store::DEFAULT_CACHE_BYTES, |mb| mb * 1024 * 1024),
+            .map_or(crate::outbox::store::DEFAULT_CACHE_BYTES, |mb| {
+                mb * 1024 * 1024
+            }),
         journal_retention: raw
             .store
             .journal_retention

@@ -6,12 +6,12 @@
 //! keyed with the bytes of the secret's base64 after `whsec_`, one space-separated entry per secret
 //! while secrets rotate. See <https://www.standardwebhooks.com/>.
 //!
-//! [`send`] makes one attempt and sorts its outcome with [`crate::outcome`]; retrying is the
+//! [`send`] makes one attempt and sorts its outcome with [`crate::deliver::outcome`]; retrying is the
 //! caller's business. Secrets, bodies, URLs' query strings and extra header values never appear in
 //! errors, reasons or `Debug` output.
 
+use crate::deliver::outcome;
 use crate::model::{truncate_utf8, AttemptReport, Verdict, RESPONSE_SNIPPET_BYTES};
-use crate::outcome;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
@@ -260,14 +260,14 @@ pub fn redacted_url(url: &url::Url) -> String {
 
 /// The HTTP client for one webhook or chat destination's deliveries.
 ///
-/// It never follows redirects (a 3xx is a failure, see [`crate::outcome`]), keeps idle connections
+/// It never follows redirects (a 3xx is a failure, see [`crate::deliver::outcome`]), keeps idle connections
 /// for 90 seconds, uses rustls and sends [`USER_AGENT_VALUE`]. Every name it resolves goes through
-/// the destination's egress rules ([`crate::egress::guard`]): a name that resolves to a
+/// the destination's egress rules ([`crate::net::egress::guard`]): a name that resolves to a
 /// link-local, metadata or (without `allow_private`) private address fails before connecting.
 /// Proxy settings from the environment (`HTTPS_PROXY`, ...) are honoured as usual. Fails only if
 /// the TLS backend cannot start.
-pub fn client(egress: crate::egress::Policy) -> Result<reqwest::Client, reqwest::Error> {
-    crate::egress::guard(client_builder(), egress).build()
+pub fn client(egress: crate::net::egress::Policy) -> Result<reqwest::Client, reqwest::Error> {
+    crate::net::egress::guard(client_builder(), egress).build()
 }
 
 /// [`client`]'s settings, before the resolver is chosen.
@@ -761,7 +761,7 @@ mod tests {
         const BODY: &[u8] = br#"{"type":"leads.added","data":{"id":"42"}}"#;
 
         async fn send_to(addr: SocketAddr, path: &str, timeout: Duration) -> AttemptReport {
-            let c = client(crate::egress::Policy::destination("test", false)).unwrap();
+            let c = client(crate::net::egress::Policy::destination("test", false)).unwrap();
             let t = target(addr, path, timeout);
             send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await
         }
@@ -851,7 +851,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             drop(listener);
-            let c = client(crate::egress::Policy::destination("test", false)).unwrap();
+            let c = client(crate::net::egress::Policy::destination("test", false)).unwrap();
             let mut t = target(addr, "/hook", Duration::from_secs(5));
             t.url = url::Url::parse(&format!("http://{addr}/hook/TOKEN?key=SECRET")).unwrap();
             let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;
@@ -886,7 +886,7 @@ mod tests {
 
         #[tokio::test]
         async fn dns_failure_is_retried() {
-            let c = client(crate::egress::Policy::destination("test", false)).unwrap();
+            let c = client(crate::net::egress::Policy::destination("test", false)).unwrap();
             let mut t = target("127.0.0.1:1".parse().unwrap(), "/", Duration::from_secs(5));
             t.url = url::Url::parse("https://no-such-host.invalid/hook?token=SECRET").unwrap();
             let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;
@@ -938,7 +938,7 @@ mod tests {
         #[tokio::test]
         async fn refuses_without_secrets() {
             let (addr, seen) = server().await;
-            let c = client(crate::egress::Policy::destination("test", false)).unwrap();
+            let c = client(crate::net::egress::Policy::destination("test", false)).unwrap();
             let mut t = target(addr, "/ok", Duration::from_secs(5));
             t.secrets.clear();
             let r = send(&c, &t, "msg_abc", bytes::Bytes::from_static(BODY)).await;

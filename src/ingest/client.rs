@@ -236,9 +236,11 @@ impl Client {
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION")));
-        let http =
-            crate::egress::guard(builder, crate::egress::Policy::clinicea(cfg.allow_private))
-                .build()?;
+        let http = crate::net::egress::guard(
+            builder,
+            crate::net::egress::Policy::clinicea(cfg.allow_private),
+        )
+        .build()?;
         Ok(Client {
             http,
             cfg: Arc::new(cfg.clone()),
@@ -517,7 +519,7 @@ impl Client {
             page,
             detail,
         };
-        let mut splitter = crate::split::ArraySplitter::new();
+        let mut splitter = crate::ingest::split::ArraySplitter::new();
         let mut records = Vec::new();
         let (mut total, mut in_chunk, mut handed) = (0usize, 0usize, 0u64);
         loop {
@@ -653,8 +655,9 @@ impl Client {
                 };
                 let err = self.status_error(&res.name, status.as_u16(), &body);
                 if err.is_retryable() && attempt <= API_MAX_RETRIES {
-                    let wait = crate::outcome::retry_after_header(&headers, SystemTime::now())
-                        .unwrap_or_else(|| backoff(attempt));
+                    let wait =
+                        crate::deliver::outcome::retry_after_header(&headers, SystemTime::now())
+                            .unwrap_or_else(|| backoff(attempt));
                     if wait <= API_MAX_BACKOFF {
                         tracing::warn!(resource = %res.name, page, attempt, status = status.as_u16(), "API asked to retry; waiting {wait:?}");
                         tokio::time::sleep(wait).await;
@@ -694,7 +697,7 @@ fn too_large(resource: &str, page: u32) -> ApiError {
 /// reads pages in chunks instead ([`Client::read_page`]); both split the array the same way.
 pub fn parse_page(resource: &str, page: u32, body: &[u8]) -> Result<Vec<Value>, ApiError> {
     let mut records = Vec::new();
-    let mut splitter = crate::split::ArraySplitter::new();
+    let mut splitter = crate::ingest::split::ArraySplitter::new();
     let split = splitter
         .feed(body, &mut records)
         .and_then(|()| splitter.finish());

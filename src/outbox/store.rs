@@ -29,7 +29,7 @@
 //! * The snapshot updates, change journal entries and outbox entries of one page are written in one
 //!   sled transaction ([`Store::commit_page`]): after a crash either all of a page's writes are there
 //!   or none is. sled recovers its log to a consistent state made of whole transactions. A page
-//!   larger than one chunk ([`crate::clinicea::CHUNK_RECORDS`]) is committed a chunk per
+//!   larger than one chunk ([`crate::ingest::client::CHUNK_RECORDS`]) is committed a chunk per
 //!   transaction: a crash between two chunks leaves part of the page stored, which is the case of
 //!   a poll stopped between two pages (below): the checkpoint has not moved, the window is read
 //!   again, and the stored chunks compare equal.
@@ -146,7 +146,7 @@ impl Checkpoint {
     }
 }
 
-/// Where a resource's silent baseline stands (see [`crate::baseline`]). Written with the first
+/// Where a resource's silent baseline stands (see [`crate::ingest::baseline`]). Written with the first
 /// checkpoint, advanced with each page it stores, finished once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {

@@ -260,7 +260,7 @@ impl ArraySplitter {
             Ok(_) => self.at(self.pos, "expected `,` or `]`"),
             Err(e) => {
                 let p = self.absolute(e.line(), e.column());
-                let cause = crate::clinicea::json_error_cause(&e);
+                let cause = crate::ingest::client::json_error_cause(&e);
                 // What follows one value is, inside a list, a missing comma.
                 if cause == "trailing characters" {
                     self.at(p, "expected `,` or `]`")
@@ -341,7 +341,7 @@ mod tests {
                 "invalid JSON at line {} column {}: {}",
                 e.line(),
                 e.column(),
-                crate::clinicea::json_error_cause(&e)
+                crate::ingest::client::json_error_cause(&e)
             )),
         }
     }

@@ -9,7 +9,7 @@
 //! Escaping: `*.txt` templates (and inline templates, used for subjects and recipients) never
 //! escape; `*.html` templates HTML-escape every `{{value}}` (use `{{{value}}}` to opt out). A
 //! `*.txt` template rendered for a chat destination ([`Templates::render_chat`]) escapes every
-//! `{{value}}` for that service ([`crate::chat::escape`]), so a record value never becomes a
+//! `{{value}}` for that service ([`crate::deliver::chat::escape`]), so a record value never becomes a
 //! mention, a link or formatting, while the template's own text may use the service's markup.
 //!
 //! Strictness: real deliveries render **leniently** (a field that is absent renders as an empty
@@ -27,8 +27,8 @@
 //! - `{{truncate record.Notes 80}}`: at most 80 characters, ending with `…` when cut.
 //! - `{{json record}}` (`pretty=true`), `{{join changed_fields ", "}}`, `{{upper x}}`, `{{lower x}}`.
 
-use crate::chat::ChatKind;
 use crate::config::Problem;
+use crate::deliver::chat::ChatKind;
 use crate::model::{Change, ChangeKind};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use handlebars::{
@@ -45,35 +45,35 @@ pub type RenderError = handlebars::RenderError;
 pub const SHIPPED: &[(&str, &str)] = &[
     (
         "new-lead.txt.hbs",
-        include_str!("../templates/new-lead.txt.hbs"),
+        include_str!("../../templates/new-lead.txt.hbs"),
     ),
     (
         "new-lead.html.hbs",
-        include_str!("../templates/new-lead.html.hbs"),
+        include_str!("../../templates/new-lead.html.hbs"),
     ),
     (
         "appointment-change.txt.hbs",
-        include_str!("../templates/appointment-change.txt.hbs"),
+        include_str!("../../templates/appointment-change.txt.hbs"),
     ),
     (
         "appointment-change.html.hbs",
-        include_str!("../templates/appointment-change.html.hbs"),
+        include_str!("../../templates/appointment-change.html.hbs"),
     ),
     (
         "lead-chat.txt.hbs",
-        include_str!("../templates/lead-chat.txt.hbs"),
+        include_str!("../../templates/lead-chat.txt.hbs"),
     ),
     (
         "appointment-chat.txt.hbs",
-        include_str!("../templates/appointment-chat.txt.hbs"),
+        include_str!("../../templates/appointment-chat.txt.hbs"),
     ),
     (
         "patient-chat.txt.hbs",
-        include_str!("../templates/patient-chat.txt.hbs"),
+        include_str!("../../templates/patient-chat.txt.hbs"),
     ),
     (
         "change.txt.hbs",
-        include_str!("../templates/change.txt.hbs"),
+        include_str!("../../templates/change.txt.hbs"),
     ),
 ];
 
@@ -134,7 +134,9 @@ fn new_registry(escaping: Escaping) -> Handlebars<'static> {
     match escaping {
         Escaping::None => r.register_escape_fn(handlebars::no_escape),
         Escaping::Html => {}
-        Escaping::Chat(kind) => r.register_escape_fn(move |s: &str| crate::chat::escape(kind, s)),
+        Escaping::Chat(kind) => {
+            r.register_escape_fn(move |s: &str| crate::deliver::chat::escape(kind, s))
+        }
     }
     r.register_helper("date", Box::new(ValueHelper(date_helper)));
     r.register_helper("default", Box::new(ValueHelper(default_helper)));
@@ -291,7 +293,7 @@ impl Templates {
     }
 
     /// Renders a `*.txt` template for a chat destination of `kind`, leniently, with every
-    /// `{{value}}` escaped for that service ([`crate::chat::escape`]).
+    /// `{{value}}` escaped for that service ([`crate::deliver::chat::escape`]).
     pub fn render_chat(
         &self,
         kind: ChatKind,

@@ -8,16 +8,21 @@
 //! tests call), and [`Deliverer::run_destination`] wraps the same step in a loop with `select!` on
 //! a cancellation token.
 
-use crate::chat::{self, ChatKind};
+pub mod chat;
+pub mod email;
+pub mod outcome;
+pub mod webhook;
+
 use crate::config::{Problem, RawDestination, RawRetry};
-use crate::email::{EmailMessage, Mailer};
-use crate::model::{AttemptReport, Change, IdKey, Verdict};
-use crate::outcome::RetryPolicy;
-use crate::render::{self, Templates};
-use crate::rules::RuleSet;
-use crate::store::{Store, StoreError};
-use crate::webhook::{self, WebhookTarget};
-use serde::{Deserialize, Serialize};
+use crate::deliver::outcome::RetryPolicy;
+use crate::model::{AttemptReport, Verdict};
+use crate::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry, Wake};
+use crate::outbox::store::{Store, StoreError};
+use crate::route::plan::Payload;
+use crate::route::render::Templates;
+use chat::ChatKind;
+use email::Mailer;
+use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -25,127 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// What is sent, rendered once when the change is detected: what is signed is exactly what is sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Payload {
-    /// A Standard Webhooks POST of this JSON body.
-    Webhook {
-        /// The JSON body, byte for byte.
-        body: String,
-    },
-    /// A chat message: the JSON body the service expects.
-    Chat {
-        /// The JSON body.
-        body: String,
-    },
-    /// One email to one recipient.
-    Email(crate::email::EmailMessage),
-}
-
-/// One delivery of one change to one destination (one recipient, for email).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OutboxEntry {
-    /// The delivery's sequence number (its outbox and dead-letter key).
-    pub seq: u64,
-    /// The destination name.
-    pub destination: String,
-    /// The change's stable id, sent as `webhook-id`.
-    pub webhook_id: String,
-    /// `leads.added` etc.
-    pub event_type: String,
-    /// The resource key.
-    pub resource: String,
-    /// The record id.
-    pub record_id: String,
-    /// The first matching rule.
-    pub rule: String,
-    /// The change journal entry it came from.
-    pub change_seq: u64,
-    /// What is sent.
-    pub payload: Payload,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// When the next attempt is due (Unix ms).
-    pub next_attempt_ms: i64,
-    /// When the entry was created (Unix ms).
-    pub created_ms: i64,
-}
-
-/// A delivery that will not be attempted again until someone re-drives it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    /// The entry as it was when it died.
-    pub entry: OutboxEntry,
-    /// Why it died.
-    pub reason: String,
-    /// When it died (Unix ms).
-    pub died_ms: i64,
-}
-
-/// Tells a destination's worker that an entry is due at `due_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wake {
-    /// The destination.
-    pub destination: String,
-    /// The delivery's sequence number.
-    pub seq: u64,
-    /// When it is due (Unix ms).
-    pub due_ms: i64,
-}
-
-/// One delivery a change should produce, before it has a sequence number.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    /// The destination name.
-    pub destination: String,
-    /// The first matching rule.
-    pub rule: String,
-    /// The rendered payload, or why it could not be rendered.
-    pub payload: Result<Payload, String>,
-}
-
-impl Planned {
-    /// Turns the plan into an outbox entry, or a dead letter when rendering failed. `webhook_id`
-    /// is the change's [`Change::change_id`], computed once per change by the caller.
-    pub fn into_entry(
-        self,
-        seq: u64,
-        change_seq: u64,
-        change: &Change,
-        webhook_id: &str,
-    ) -> Result<OutboxEntry, Box<DeadLetter>> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let mut entry = OutboxEntry {
-            seq,
-            destination: self.destination,
-            webhook_id: webhook_id.to_string(),
-            event_type: change.event_type(),
-            resource: change.resource.clone(),
-            record_id: change.id.clone(),
-            rule: self.rule,
-            change_seq,
-            payload: Payload::Chat {
-                body: String::new(),
-            },
-            attempts: 0,
-            next_attempt_ms: now,
-            created_ms: now,
-        };
-        match self.payload {
-            Ok(p) => {
-                entry.payload = p;
-                Ok(entry)
-            }
-            Err(reason) => Err(Box::new(DeadLetter {
-                entry,
-                reason,
-                died_ms: now,
-            })),
-        }
-    }
-}
+use webhook::WebhookTarget;
 
 /// How long shutdown waits for attempts in flight before leaving them queued.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -249,7 +134,7 @@ impl Destination {
             crate::config::check_placeholder(u, line, &key("url"), problems);
             match url::Url::parse(u) {
                 Ok(url) => match webhook::check_url(&url, insecure).and_then(|()| {
-                    crate::egress::Policy::destination(name, private)
+                    crate::net::egress::Policy::destination(name, private)
                         .check_url(&url)
                         .map_err(|e| e.reason)
                 }) {
@@ -303,17 +188,17 @@ impl Destination {
                 let mut secrets = Vec::new();
                 for (i, s) in w.secret.to_vec().iter().enumerate() {
                     let skey = format!("{}[{i}]", key("secret"));
-                    if let Some(why) = crate::placeholder::placeholder(s) {
+                    if let Some(why) = crate::config::placeholder::placeholder(s) {
                         problems.push(Problem::at(line, skey, why));
                         continue;
                     }
-                    if crate::placeholder::is_published_webhook_secret(s)
+                    if crate::config::placeholder::is_published_webhook_secret(s)
                         && !url.as_ref().is_some_and(crate::config::is_loopback)
                     {
                         problems.push(Problem::at(
                             line,
                             skey.clone(),
-                            crate::placeholder::published_secret_message(),
+                            crate::config::placeholder::published_secret_message(),
                         ));
                     }
                     match webhook::Secret::parse(s) {
@@ -373,7 +258,7 @@ impl Destination {
                     ));
                 }
                 if !from.is_empty() {
-                    if let Err(err) = crate::email::validate_address(&from) {
+                    if let Err(err) = crate::deliver::email::validate_address(&from) {
                         problems.push(Problem::at(line, key("from"), err));
                     }
                 }
@@ -385,7 +270,7 @@ impl Destination {
                 for (i, r) in recipients.iter().enumerate() {
                     let tname = format!("destination:{name}:to:{i}");
                     if !r.contains("{{") {
-                        if let Err(err) = crate::email::validate_address(r) {
+                        if let Err(err) = crate::deliver::email::validate_address(r) {
                             problems.push(Problem::at(line, format!("{}[{i}]", key("to")), err));
                         }
                     }
@@ -471,188 +356,6 @@ impl Destination {
             Target::Chat { kind, .. } => kind.as_str(),
         }
     }
-}
-
-/// The JSON body of a webhook: the spec's envelope around the change model.
-///
-/// Serialized straight from the change (no intermediate `Value`, so the record and its previous
-/// version are not copied); the bytes are the same as building the envelope with `json!`.
-pub fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
-    #[derive(Serialize)]
-    struct Envelope<'a> {
-        #[serde(rename = "type")]
-        kind: String,
-        timestamp: String,
-        data: Data<'a>,
-    }
-    #[derive(Serialize)]
-    struct Data<'a> {
-        resource: &'a str,
-        change: crate::model::ChangeKind,
-        id: &'a str,
-        record: &'a serde_json::Value,
-        previous: &'a Option<serde_json::Value>,
-        changed_fields: &'a [String],
-        server_status: &'a Option<String>,
-        rule: &'a str,
-        rules: &'a [String],
-    }
-    let body = Envelope {
-        kind: change.event_type(),
-        timestamp: change
-            .detected_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        data: Data {
-            resource: &change.resource,
-            change: change.kind,
-            id: &change.id,
-            record: &change.record,
-            previous: &change.previous,
-            changed_fields: &change.changed_fields,
-            server_status: &change.server_status,
-            rule,
-            rules,
-        },
-    };
-    // Serializing plain data (string keys only) cannot fail.
-    serde_json::to_string(&body).unwrap_or_default()
-}
-
-/// Rules, templates and destinations: what turns a change into planned deliveries.
-pub struct Pipeline {
-    /// The compiled rules.
-    pub rules: RuleSet,
-    /// The registered templates.
-    pub templates: Templates,
-    /// Destinations by name.
-    pub destinations: HashMap<String, Arc<Destination>>,
-    /// The clinic's zone, for templates.
-    pub timezone: chrono_tz::Tz,
-}
-
-impl Pipeline {
-    /// The deliveries a change should produce: one per destination whose rules match, one per
-    /// recipient for email. `id_key` is the store's key of change ids (email `Message-ID`s are
-    /// derived from the change's id).
-    pub fn plan(&self, change: &Change, id_key: &IdKey) -> Vec<Planned> {
-        let routes = self.rules.route(change);
-        let mut out = Vec::with_capacity(routes.len());
-        // Hashed at most once, and only when an email destination needs it.
-        let change_id = std::cell::OnceCell::new();
-        for route in routes {
-            let Some(dest) = self.destinations.get(&route.destination) else {
-                continue;
-            };
-            let mut push = |payload: Result<Payload, String>| {
-                out.push(Planned {
-                    destination: dest.name.clone(),
-                    rule: route.rule.clone(),
-                    payload,
-                })
-            };
-            // Chat and email render templates against the change model; webhooks do not.
-            let ctx =
-                || render::context(change, &route.rule, &route.rules, &dest.name, self.timezone);
-            match &dest.target {
-                Target::Webhook(_) => push(Ok(Payload::Webhook {
-                    body: webhook_body(change, &route.rule, &route.rules),
-                })),
-                Target::Chat { kind, template, .. } => {
-                    let ctx = ctx();
-                    let name = format!("{template}.txt");
-                    push(
-                        self.templates
-                            .render_chat(*kind, &name, &ctx)
-                            .map(|text| Payload::Chat {
-                                body: String::from_utf8_lossy(&chat::body(*kind, &text))
-                                    .into_owned(),
-                            })
-                            .map_err(|e| format!("template {name}: {e}")),
-                    )
-                }
-                Target::Email {
-                    to,
-                    subject,
-                    template,
-                    from,
-                    reply_to,
-                } => {
-                    let ctx = ctx();
-                    let rendered = (|| -> Result<(String, String, Option<String>), String> {
-                        let subj = self
-                            .templates
-                            .render(subject, &ctx)
-                            .map_err(|e| format!("subject of {}: {e}", dest.name))?;
-                        let txt_name = format!("{template}.txt");
-                        let text = self
-                            .templates
-                            .render(&txt_name, &ctx)
-                            .map_err(|e| format!("template {txt_name}: {e}"))?;
-                        let html_name = format!("{template}.html");
-                        let html = if self.templates.has(&html_name) {
-                            Some(
-                                self.templates
-                                    .render(&html_name, &ctx)
-                                    .map_err(|e| format!("template {html_name}: {e}"))?,
-                            )
-                        } else {
-                            None
-                        };
-                        Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
-                    })();
-                    // One Message-ID key per recipient; the change id behind it is hashed once.
-                    let change_id = change_id.get_or_init(|| change.change_id(id_key));
-                    let domain = crate::email::domain_of(from);
-                    for to_tpl in to {
-                        let payload = rendered.clone().and_then(|(subject, text, html)| {
-                            let addr = self
-                                .templates
-                                .render(to_tpl, &ctx)
-                                .map_err(|e| format!("recipient of {}: {e}", dest.name))?
-                                .trim()
-                                .to_string();
-                            if addr.is_empty() {
-                                return Err(format!("a recipient of {} rendered empty", dest.name));
-                            }
-                            crate::email::validate_address(&addr)
-                                .map_err(|e| format!("recipient of {}: {e}", dest.name))?;
-                            Ok(Payload::Email(EmailMessage {
-                                from: from.clone(),
-                                message_id: crate::email::message_id(
-                                    &format!("{change_id}/{}/{addr}", dest.name),
-                                    &domain,
-                                ),
-                                to: addr,
-                                reply_to: reply_to.clone(),
-                                subject,
-                                text,
-                                html,
-                            }))
-                        });
-                        push(payload);
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-/// One attempt's line in the attempts log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptLog {
-    /// When it started (Unix ms).
-    pub at_ms: i64,
-    /// The attempt number, from 1.
-    pub attempt: u32,
-    /// HTTP status or SMTP code.
-    pub status: Option<u16>,
-    /// How long it took (ms).
-    pub duration_ms: u64,
-    /// The first 4 KiB of the response.
-    pub response: String,
-    /// Success, retry or fail, with the reason.
-    pub verdict: Verdict,
 }
 
 /// Something a delivery did, for the demo's live stream and for tests.
@@ -836,7 +539,7 @@ impl Deliverer {
         let mut http = HashMap::new();
         for (name, d) in &destinations {
             if matches!(d.target, Target::Webhook(_) | Target::Chat { .. }) {
-                let policy = crate::egress::Policy::destination(name, d.allow_private);
+                let policy = crate::net::egress::Policy::destination(name, d.allow_private);
                 http.insert(name.clone(), webhook::client(policy)?);
             }
         }
@@ -1072,7 +775,7 @@ impl Deliverer {
                     tracing::error!(destination = %destination, "the destination's webhook is gone ({reason}); marked failing in status");
                     self.store.set_destination_failing(
                         destination,
-                        Some(&crate::store::DestHealth {
+                        Some(&crate::outbox::store::DestHealth {
                             since: chrono::Utc::now(),
                             reason: reason.clone(),
                         }),
@@ -1450,46 +1153,6 @@ mod queue_tests {
 }
 
 #[cfg(test)]
-mod body_tests {
-    use super::*;
-    use crate::model::ChangeKind;
-
-    /// The serialized envelope is byte for byte what building it as a `Value` gives.
-    #[test]
-    fn webhook_body_matches_the_value_envelope() {
-        let change = Change {
-            source: "default".into(),
-            resource: "leads".into(),
-            id: "a\"1".into(),
-            kind: ChangeKind::Modified,
-            record: serde_json::json!({"ID": "a\"1", "Z": 1.5, "A": [1, {"b": null}], "S": "é\n"}),
-            previous: Some(serde_json::json!({"ID": "a\"1", "Z": 1})),
-            changed_fields: vec!["Z".into(), "A".into()],
-            server_status: None,
-            detected_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-        };
-        let rules = vec!["r1".to_string(), "r2".to_string()];
-        let expected = serde_json::json!({
-            "type": change.event_type(),
-            "timestamp": change.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "data": {
-                "resource": change.resource,
-                "change": change.kind,
-                "id": change.id,
-                "record": change.record,
-                "previous": change.previous,
-                "changed_fields": change.changed_fields,
-                "server_status": change.server_status,
-                "rule": "r1",
-                "rules": rules,
-            }
-        })
-        .to_string();
-        assert_eq!(webhook_body(&change, "r1", &rules), expected);
-    }
-}
-
-#[cfg(test)]
 mod panic_tests {
     use super::*;
 
@@ -1520,7 +1183,7 @@ mod panic_tests {
     /// A store with one due webhook entry, and a deliverer over it that panics where `fault` says.
     fn setup(fault: TestFault) -> (tempfile::TempDir, Deliverer) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), crate::store::DEFAULT_CACHE_BYTES).unwrap();
+        let store = Store::open(dir.path(), crate::outbox::store::DEFAULT_CACHE_BYTES).unwrap();
         let entry = OutboxEntry {
             seq: 1,
             destination: "hooks".into(),

@@ -2,13 +2,14 @@
 //! `/metrics`, `/healthz` and `/readyz` server, the watchdog, journal maintenance, and signals
 //! (SIGINT/SIGTERM stop, SIGHUP reloads the config without losing queued deliveries).
 
-use crate::app::{load_settings_with, stale_after, Engine, Observers, Settings};
-use crate::clinicea::Client;
+use crate::commands::{load_settings_with, stale_after, Engine, Observers, Settings};
 use crate::config;
-use crate::deliver::{Deliverer, Wake};
-use crate::email::Mailer;
-use crate::poll::{self, PollCtx, PollError};
-use crate::store::Store;
+use crate::deliver::email::Mailer;
+use crate::deliver::Deliverer;
+use crate::ingest::client::Client;
+use crate::ingest::poll::{self, PollCtx, PollError};
+use crate::outbox::entry::Wake;
+use crate::outbox::store::Store;
 use anyhow::Context;
 use chrono::Utc;
 use std::collections::HashMap;
@@ -293,7 +294,7 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
     let m_cancel = cancel.clone();
     tasks.spawn(async move {
         loop {
-            if let Err(e) = crate::app::maintain_store(&store, &store_settings, Utc::now()) {
+            if let Err(e) = crate::commands::maintain_store(&store, &store_settings, Utc::now()) {
                 tracing::error!("store maintenance failed: {e:#}");
             }
             tokio::select! {

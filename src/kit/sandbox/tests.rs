@@ -112,7 +112,7 @@ async fn v1_full_sync_is_two_pages_then_204() {
     let all_ids = ids(&all);
     assert_eq!(all_ids.iter().collect::<HashSet<_>>().len(), 137);
     assert!(all_ids.iter().all(|id| is_guid(id)));
-    let lead_keys = fixture_keys(include_str!("../../tests/fixtures/leads-v1-page0.json"));
+    let lead_keys = fixture_keys(include_str!("../../../tests/fixtures/leads-v1-page0.json"));
     for lead in &all {
         assert_eq!(keys(lead), lead_keys);
         let status = lead["DataStatusStr"].as_str().unwrap();
@@ -133,7 +133,7 @@ async fn v1_full_sync_is_two_pages_then_204() {
 
     let patients = get_list(&h, "/api/v1/patients?intPageNo=0").await;
     assert_eq!(patients.len(), 12);
-    let patient_keys = fixture_keys(include_str!("../../tests/fixtures/patients-v1.json"));
+    let patient_keys = fixture_keys(include_str!("../../../tests/fixtures/patients-v1.json"));
     assert!(patients.iter().all(|p| keys(p) == patient_keys));
     assert_204(&h, "/api/v1/patients?intPageNo=1").await;
     assert_400(&h, "/api/v1/patients?intPageNo=-1").await;
@@ -147,7 +147,7 @@ async fn v3_paging_from_one_with_page_size() {
     let all = get_list(&h, "/api/v3/appointments/getChanges").await;
     assert_eq!(all.len(), 42);
     let appt_keys = fixture_keys(include_str!(
-        "../../tests/fixtures/appointments-v3-getChanges.json"
+        "../../../tests/fixtures/appointments-v3-getChanges.json"
     ));
     let patient_ids: HashSet<String> = ids(&h.sandbox.records("patients")).into_iter().collect();
     for a in &all {

@@ -1,0 +1,115 @@
+//! The outbox's typed values: an entry waiting for delivery, a dead letter, an attempt's log line,
+//! and the wake a worker gets when an entry is due.
+
+use crate::model::{Change, Verdict};
+use crate::route::plan::{Payload, Planned};
+use serde::{Deserialize, Serialize};
+
+/// One delivery of one change to one destination (one recipient, for email).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The delivery's sequence number (its outbox and dead-letter key).
+    pub seq: u64,
+    /// The destination name.
+    pub destination: String,
+    /// The change's stable id, sent as `webhook-id`.
+    pub webhook_id: String,
+    /// `leads.added` etc.
+    pub event_type: String,
+    /// The resource key.
+    pub resource: String,
+    /// The record id.
+    pub record_id: String,
+    /// The first matching rule.
+    pub rule: String,
+    /// The change journal entry it came from.
+    pub change_seq: u64,
+    /// What is sent.
+    pub payload: Payload,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix ms).
+    pub next_attempt_ms: i64,
+    /// When the entry was created (Unix ms).
+    pub created_ms: i64,
+}
+
+/// A delivery that will not be attempted again until someone re-drives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The entry as it was when it died.
+    pub entry: OutboxEntry,
+    /// Why it died.
+    pub reason: String,
+    /// When it died (Unix ms).
+    pub died_ms: i64,
+}
+
+/// Tells a destination's worker that an entry is due at `due_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wake {
+    /// The destination.
+    pub destination: String,
+    /// The delivery's sequence number.
+    pub seq: u64,
+    /// When it is due (Unix ms).
+    pub due_ms: i64,
+}
+
+impl Planned {
+    /// Turns the plan into an outbox entry, or a dead letter when rendering failed. `webhook_id`
+    /// is the change's [`Change::change_id`], computed once per change by the caller.
+    pub fn into_entry(
+        self,
+        seq: u64,
+        change_seq: u64,
+        change: &Change,
+        webhook_id: &str,
+    ) -> Result<OutboxEntry, Box<DeadLetter>> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut entry = OutboxEntry {
+            seq,
+            destination: self.destination,
+            webhook_id: webhook_id.to_string(),
+            event_type: change.event_type(),
+            resource: change.resource.clone(),
+            record_id: change.id.clone(),
+            rule: self.rule,
+            change_seq,
+            payload: Payload::Chat {
+                body: String::new(),
+            },
+            attempts: 0,
+            next_attempt_ms: now,
+            created_ms: now,
+        };
+        match self.payload {
+            Ok(p) => {
+                entry.payload = p;
+                Ok(entry)
+            }
+            Err(reason) => Err(Box::new(DeadLetter {
+                entry,
+                reason,
+                died_ms: now,
+            })),
+        }
+    }
+}
+
+/// One attempt's line in the attempts log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    /// When it started (Unix ms).
+    pub at_ms: i64,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// HTTP status or SMTP code.
+    pub status: Option<u16>,
+    /// How long it took (ms).
+    pub duration_ms: u64,
+    /// The first 4 KiB of the response.
+    pub response: String,
+    /// Success, retry or fail, with the reason.
+    pub verdict: Verdict,
+}

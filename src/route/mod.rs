@@ -1,0 +1,6 @@
+//! Route: which destinations a change goes to, and what each is sent. The rule language, the
+//! templates, and the plan that turns a change into rendered deliveries.
+
+pub mod plan;
+pub mod render;
+pub mod rules;

@@ -1,0 +1,264 @@
+//! Planning: a change and the rules that matched it become one planned delivery per destination
+//! (one per recipient, for email), each payload rendered once, here, at poll time.
+
+use crate::deliver::chat;
+use crate::deliver::{Destination, Target};
+use crate::model::{Change, IdKey};
+use crate::route::render::{self, Templates};
+use crate::route::rules::RuleSet;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What is sent, rendered once when the change is detected: what is signed is exactly what is sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// A Standard Webhooks POST of this JSON body.
+    Webhook {
+        /// The JSON body, byte for byte.
+        body: String,
+    },
+    /// A chat message: the JSON body the service expects.
+    Chat {
+        /// The JSON body.
+        body: String,
+    },
+    /// One email to one recipient.
+    Email(EmailMessage),
+}
+
+/// One email to one recipient, as stored in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailMessage {
+    /// The From address, `Name <addr>` or `addr`.
+    pub from: String,
+    /// The one recipient.
+    pub to: String,
+    /// An optional Reply-To address.
+    pub reply_to: Option<String>,
+    /// The subject (rendered).
+    pub subject: String,
+    /// The plain-text body (rendered).
+    pub text: String,
+    /// The HTML body, when the template has an HTML part; the message is then multipart/alternative.
+    pub html: Option<String>,
+    /// The `Message-ID` header value, with angle brackets; the same on every attempt.
+    pub message_id: String,
+}
+
+/// One delivery a change should produce, before it has a sequence number.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The destination name.
+    pub destination: String,
+    /// The first matching rule.
+    pub rule: String,
+    /// The rendered payload, or why it could not be rendered.
+    pub payload: Result<Payload, String>,
+}
+
+/// The JSON body of a webhook: the spec's envelope around the change model.
+///
+/// Serialized straight from the change (no intermediate `Value`, so the record and its previous
+/// version are not copied); the bytes are the same as building the envelope with `json!`.
+pub fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        timestamp: String,
+        data: Data<'a>,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        resource: &'a str,
+        change: crate::model::ChangeKind,
+        id: &'a str,
+        record: &'a serde_json::Value,
+        previous: &'a Option<serde_json::Value>,
+        changed_fields: &'a [String],
+        server_status: &'a Option<String>,
+        rule: &'a str,
+        rules: &'a [String],
+    }
+    let body = Envelope {
+        kind: change.event_type(),
+        timestamp: change
+            .detected_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        data: Data {
+            resource: &change.resource,
+            change: change.kind,
+            id: &change.id,
+            record: &change.record,
+            previous: &change.previous,
+            changed_fields: &change.changed_fields,
+            server_status: &change.server_status,
+            rule,
+            rules,
+        },
+    };
+    // Serializing plain data (string keys only) cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
+}
+
+/// Rules, templates and destinations: what turns a change into planned deliveries.
+pub struct Pipeline {
+    /// The compiled rules.
+    pub rules: RuleSet,
+    /// The registered templates.
+    pub templates: Templates,
+    /// Destinations by name.
+    pub destinations: HashMap<String, Arc<Destination>>,
+    /// The clinic's zone, for templates.
+    pub timezone: chrono_tz::Tz,
+}
+
+impl Pipeline {
+    /// The deliveries a change should produce: one per destination whose rules match, one per
+    /// recipient for email. `id_key` is the store's key of change ids (email `Message-ID`s are
+    /// derived from the change's id).
+    pub fn plan(&self, change: &Change, id_key: &IdKey) -> Vec<Planned> {
+        let routes = self.rules.route(change);
+        let mut out = Vec::with_capacity(routes.len());
+        // Hashed at most once, and only when an email destination needs it.
+        let change_id = std::cell::OnceCell::new();
+        for route in routes {
+            let Some(dest) = self.destinations.get(&route.destination) else {
+                continue;
+            };
+            let mut push = |payload: Result<Payload, String>| {
+                out.push(Planned {
+                    destination: dest.name.clone(),
+                    rule: route.rule.clone(),
+                    payload,
+                })
+            };
+            // Chat and email render templates against the change model; webhooks do not.
+            let ctx =
+                || render::context(change, &route.rule, &route.rules, &dest.name, self.timezone);
+            match &dest.target {
+                Target::Webhook(_) => push(Ok(Payload::Webhook {
+                    body: webhook_body(change, &route.rule, &route.rules),
+                })),
+                Target::Chat { kind, template, .. } => {
+                    let ctx = ctx();
+                    let name = format!("{template}.txt");
+                    push(
+                        self.templates
+                            .render_chat(*kind, &name, &ctx)
+                            .map(|text| Payload::Chat {
+                                body: String::from_utf8_lossy(&chat::body(*kind, &text))
+                                    .into_owned(),
+                            })
+                            .map_err(|e| format!("template {name}: {e}")),
+                    )
+                }
+                Target::Email {
+                    to,
+                    subject,
+                    template,
+                    from,
+                    reply_to,
+                } => {
+                    let ctx = ctx();
+                    let rendered = (|| -> Result<(String, String, Option<String>), String> {
+                        let subj = self
+                            .templates
+                            .render(subject, &ctx)
+                            .map_err(|e| format!("subject of {}: {e}", dest.name))?;
+                        let txt_name = format!("{template}.txt");
+                        let text = self
+                            .templates
+                            .render(&txt_name, &ctx)
+                            .map_err(|e| format!("template {txt_name}: {e}"))?;
+                        let html_name = format!("{template}.html");
+                        let html = if self.templates.has(&html_name) {
+                            Some(
+                                self.templates
+                                    .render(&html_name, &ctx)
+                                    .map_err(|e| format!("template {html_name}: {e}"))?,
+                            )
+                        } else {
+                            None
+                        };
+                        Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
+                    })();
+                    // One Message-ID key per recipient; the change id behind it is hashed once.
+                    let change_id = change_id.get_or_init(|| change.change_id(id_key));
+                    let domain = crate::deliver::email::domain_of(from);
+                    for to_tpl in to {
+                        let payload = rendered.clone().and_then(|(subject, text, html)| {
+                            let addr = self
+                                .templates
+                                .render(to_tpl, &ctx)
+                                .map_err(|e| format!("recipient of {}: {e}", dest.name))?
+                                .trim()
+                                .to_string();
+                            if addr.is_empty() {
+                                return Err(format!("a recipient of {} rendered empty", dest.name));
+                            }
+                            crate::deliver::email::validate_address(&addr)
+                                .map_err(|e| format!("recipient of {}: {e}", dest.name))?;
+                            Ok(Payload::Email(EmailMessage {
+                                from: from.clone(),
+                                message_id: crate::deliver::email::message_id(
+                                    &format!("{change_id}/{}/{addr}", dest.name),
+                                    &domain,
+                                ),
+                                to: addr,
+                                reply_to: reply_to.clone(),
+                                subject,
+                                text,
+                                html,
+                            }))
+                        });
+                        push(payload);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use crate::model::ChangeKind;
+
+    /// The serialized envelope is byte for byte what building it as a `Value` gives.
+    #[test]
+    fn webhook_body_matches_the_value_envelope() {
+        let change = Change {
+            source: "default".into(),
+            resource: "leads".into(),
+            id: "a\"1".into(),
+            kind: ChangeKind::Modified,
+            record: serde_json::json!({"ID": "a\"1", "Z": 1.5, "A": [1, {"b": null}], "S": "é\n"}),
+            previous: Some(serde_json::json!({"ID": "a\"1", "Z": 1})),
+            changed_fields: vec!["Z".into(), "A".into()],
+            server_status: None,
+            detected_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let rules = vec!["r1".to_string(), "r2".to_string()];
+        let expected = serde_json::json!({
+            "type": change.event_type(),
+            "timestamp": change.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "data": {
+                "resource": change.resource,
+                "change": change.kind,
+                "id": change.id,
+                "record": change.record,
+                "previous": change.previous,
+                "changed_fields": change.changed_fields,
+                "server_status": change.server_status,
+                "rule": "r1",
+                "rules": rules,
+            }
+        })
+        .to_string();
+        assert_eq!(webhook_body(&change, "r1", &rules), expected);
+    }
+}
