@@ -532,7 +532,7 @@ fn main() {
 
             if on("A") {
                 // A template for the paced latency phase: one of the real entries.
-                let raw = engine
+                let template: OutboxEntry = engine
                     .store
                     .outbox_entries("hook")
                     .unwrap()
@@ -540,7 +540,6 @@ fn main() {
                     .next()
                     .unwrap()
                     .1;
-                let template: OutboxEntry = serde_json::from_slice(&raw).unwrap();
                 let body = match &template.payload {
                     Payload::Webhook { body } => Bytes::from(body.clone()),
                     _ => unreachable!(),

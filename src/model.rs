@@ -213,7 +213,7 @@ pub enum Verdict {
         /// Why, in words (status and cause); never record contents or secrets.
         reason: String,
         /// What the receiver asked for (`Retry-After`, Discord's `retry_after`), at most
-        /// [`crate::deliver::outcome::MAX_RETRY_AFTER`].
+        /// [`crate::net::retry_after::MAX_RETRY_AFTER`].
         retry_after: Option<std::time::Duration>,
     },
     /// Never going to work as it stands (3xx, other 4xx, SMTP 5xx): dead letters at once.
@@ -222,22 +222,6 @@ pub enum Verdict {
         reason: String,
     },
 }
-
-/// What one attempt produced: the verdict plus what the attempts log keeps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptReport {
-    /// Success, retry or fail.
-    pub verdict: Verdict,
-    /// HTTP status or SMTP reply code, when the peer answered.
-    pub status: Option<u16>,
-    /// The first 4 KiB of the response body (or SMTP reply text).
-    pub response: String,
-    /// How long the attempt took.
-    pub duration: std::time::Duration,
-}
-
-/// How much of a response the attempts log keeps.
-pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
 pub fn truncate_utf8(s: &str, max: usize) -> &str {

@@ -7,7 +7,7 @@ use crate::deliver::outcome::RetryPolicy;
 use crate::deliver::{Deliverer, Destination};
 use crate::ingest::client::Client;
 use crate::ingest::poll::{self, PollCtx, PollError, PollReport};
-use crate::outbox::entry::{DeadLetter, OutboxEntry, Wake};
+use crate::outbox::entry::Wake;
 use crate::outbox::store::Store;
 use crate::route::plan::Pipeline;
 use crate::route::render::Templates;
@@ -96,7 +96,7 @@ pub fn compile(cfg: Config) -> Result<Settings, ConfigError> {
     }
     let smtp_from = raw.smtp.as_ref().map(|s| s.value.from.0.clone());
     if let Some(from) = &smtp_from {
-        if let Err(e) = crate::deliver::email::validate_address(from) {
+        if let Err(e) = crate::net::mail::validate_address(from) {
             problems.push(Problem::at(
                 raw.smtp.as_ref().and_then(config::line_of),
                 "smtp.from",
@@ -495,7 +495,7 @@ pub fn summary(s: &Settings) -> String {
     dests.sort_by(|a, b| a.name.cmp(&b.name));
     for d in dests {
         let where_ = match &d.target {
-            crate::deliver::Target::Webhook(t) => crate::deliver::webhook::redacted_url(&t.url),
+            crate::deliver::Target::Webhook(t) => crate::net::scrub::redacted_url(&t.url),
             crate::deliver::Target::Chat { url, .. } => {
                 format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or(""))
             }
@@ -770,9 +770,8 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
     }
     let _ = writeln!(out, "Destinations:");
     let mut queued: HashMap<String, (u64, u64)> = HashMap::new();
-    for (dest, _, raw) in store.all_outbox()? {
-        let e: OutboxEntry = serde_json::from_slice(&raw)?;
-        let slot = queued.entry(dest).or_default();
+    for e in store.all_outbox()? {
+        let slot = queued.entry(e.destination).or_default();
         if e.attempts == 0 {
             slot.0 += 1;
         } else {
@@ -780,8 +779,7 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
         }
     }
     let mut dead: HashMap<String, u64> = HashMap::new();
-    for (_, raw) in store.dead_entries()? {
-        let d: DeadLetter = serde_json::from_slice(&raw)?;
+    for (_, d) in store.dead_entries()? {
         *dead.entry(d.entry.destination).or_default() += 1;
     }
     let failing: HashMap<String, crate::outbox::store::DestHealth> =
@@ -885,8 +883,7 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
             if entries.is_empty() {
                 let _ = writeln!(out, "No dead letters.");
             }
-            for (seq, raw) in entries {
-                let d: DeadLetter = serde_json::from_slice(&raw)?;
+            for (seq, d) in entries {
                 let _ = writeln!(
                     out,
                     "{seq}  {}  {}  {}  {} attempts  {}",
@@ -899,10 +896,9 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
             }
         }
         DeadCommand::Show { id } => {
-            let raw = store
+            let d = store
                 .dead_get(id)?
                 .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
-            let d: DeadLetter = serde_json::from_slice(&raw)?;
             // Everything printed here may have come from outside (the record id from the API,
             // reasons and responses from receivers): all of it goes through `terminal_safe`.
             let t = terminal_safe;
@@ -921,8 +917,7 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
             let _ = writeln!(out, "  died:        {}", fmt_ms(d.died_ms));
             let _ = writeln!(out, "  reason:      {}", t(&d.reason));
             let _ = writeln!(out, "  attempts:");
-            for raw in store.attempts(id)? {
-                let a: crate::outbox::entry::AttemptLog = serde_json::from_slice(&raw)?;
+            for a in store.attempts(id)? {
                 let _ = writeln!(
                     out,
                     "    #{} at {}: status {} in {} ms, {}; response: {}",
@@ -945,15 +940,14 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
                 anyhow::bail!("name dead letter ids to retry, or --all");
             }
             for seq in targets {
-                let raw = store
+                let d = store
                     .dead_get(seq)?
                     .ok_or_else(|| anyhow::anyhow!("no dead letter {seq}"))?;
-                let d: DeadLetter = serde_json::from_slice(&raw)?;
                 let mut entry = d.entry;
                 entry.attempts = 0;
                 entry.next_attempt_ms = Utc::now().timestamp_millis();
                 store.forget_attempts(seq)?;
-                store.dead_to_outbox(seq, &entry.destination, &serde_json::to_vec(&entry)?)?;
+                store.dead_to_outbox(seq, &entry.destination, &entry)?;
                 let _ = writeln!(out, "{seq}: queued again for {}", entry.destination);
             }
         }

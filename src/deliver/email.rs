@@ -7,15 +7,17 @@
 //! show the recipient's domain only, never the address, subject or body.
 
 use crate::config::{Problem, RawSmtp, SmtpTls};
-use crate::model::{truncate_utf8, AttemptReport, Verdict, RESPONSE_SNIPPET_BYTES};
+use crate::deliver::outcome::{self, AttemptReport, RESPONSE_SNIPPET_BYTES};
+use crate::model::{truncate_utf8, Verdict};
+use crate::net::egress::is_loopback_host;
+use crate::net::mail::{domain_of, validate_address};
 use crate::route::plan::EmailMessage;
 use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, Message, MultiPart};
+use lettre::message::{Message, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,44 +26,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections kept open to the SMTP server.
 pub const POOL_SIZE: u32 = 4;
-
-/// A stable `Message-ID` (`<hex@domain>`) for a delivery: the same key always gives the same id.
-/// An empty or odd `domain` becomes `clinicea-notifier.invalid`.
-pub fn message_id(delivery_key: &str, domain: &str) -> String {
-    let digest = Sha256::digest(delivery_key.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let domain = domain.trim();
-    let ok = !domain.is_empty()
-        && domain
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-    let domain = if ok {
-        domain
-    } else {
-        "clinicea-notifier.invalid"
-    };
-    format!("<{hex}@{domain}>")
-}
-
-/// The domain of an address (`Name <a@clinic.example>` → `clinic.example`), for Message-IDs and
-/// logs; empty when there is none.
-pub fn domain_of(address: &str) -> String {
-    let addr = address
-        .rsplit_once('<')
-        .map(|(_, a)| a.trim_end_matches('>'))
-        .unwrap_or(address);
-    addr.rsplit_once('@')
-        .map(|(_, d)| d.trim().trim_end_matches('>').to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
-/// Parses an address (`a@b` or `Name <a@b>`). The error does not repeat the address, which may
-/// come from a record.
-pub fn validate_address(s: &str) -> Result<Mailbox, String> {
-    s.trim()
-        .parse::<Mailbox>()
-        .map_err(|e| format!("not a valid email address ({e})"))
-}
 
 /// AUTH needs both a user name and a password, or neither.
 fn check_credentials(username: bool, password: bool) -> Result<(), Problem> {
@@ -78,18 +42,6 @@ fn check_credentials(username: bool, password: bool) -> Result<(), Problem> {
         )),
         _ => Ok(()),
     }
-}
-
-/// Whether an SMTP host name is this machine (`localhost`, `127.0.0.1`, `::1`).
-pub fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim();
-    let bracketed = if h.contains(':') && !h.starts_with('[') {
-        format!("[{h}]")
-    } else {
-        h.to_string()
-    };
-    // Parsed as an http URL: only the special schemes parse IP addresses as such.
-    url::Url::parse(&format!("http://{bracketed}/")).is_ok_and(|u| crate::config::is_loopback(&u))
 }
 
 /// `tls: none` sends everything in clear: never with credentials (AUTH would show the password to
@@ -335,33 +287,8 @@ impl Mailer {
             Ok(Err(e)) => {
                 let code = e.status().map(u16::from);
                 let text = truncate_utf8(&e.to_string(), RESPONSE_SNIPPET_BYTES).to_string();
-                let verdict = if e.is_permanent() {
-                    Verdict::Fail {
-                        reason: format!("SMTP {} permanent failure", code.unwrap_or(500)),
-                    }
-                } else if e.is_transient() {
-                    Verdict::Retry {
-                        reason: format!("SMTP {} temporary failure", code.unwrap_or(400)),
-                        retry_after: None,
-                    }
-                } else if e.is_timeout() {
-                    Verdict::Retry {
-                        reason: "SMTP timed out".into(),
-                        retry_after: None,
-                    }
-                } else if e.is_tls() {
-                    Verdict::Retry {
-                        reason: "SMTP TLS error".into(),
-                        retry_after: None,
-                    }
-                } else {
-                    Verdict::Retry {
-                        reason: "SMTP connection error".into(),
-                        retry_after: None,
-                    }
-                };
                 tracing::info!(recipient_domain = %domain, code, "email attempt failed");
-                report(verdict, code, text)
+                report(outcome::classify_smtp(&e), code, text)
             }
         }
     }
@@ -393,7 +320,6 @@ fn build_message(msg: &EmailMessage) -> Result<Message, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kit::catcher::{Catcher, CatcherOptions};
 
     fn settings(port: u16) -> SmtpSettings {
         SmtpSettings {
@@ -416,45 +342,12 @@ mod tests {
             subject: "New lead: Mehwish Qureshi".into(),
             text: "New lead: Mehwish Qureshi\n.dot line\nCall within the hour.\n".into(),
             html: html.map(str::to_string),
-            message_id: message_id("msg_abc/front-desk/0", "clinic.example"),
+            message_id: crate::net::mail::message_id("msg_abc/front-desk/0", "clinic.example"),
         }
-    }
-
-    #[test]
-    fn ids_addresses_and_domains() {
-        let a = message_id("k1", "clinic.example");
-        assert_eq!(a, message_id("k1", "clinic.example"));
-        assert_ne!(a, message_id("k2", "clinic.example"));
-        assert!(a.starts_with('<') && a.ends_with("@clinic.example>"));
-        assert!(message_id("k", "").ends_with("@clinicea-notifier.invalid>"));
-        assert_eq!(domain_of("Clinic <a@Clinic.Example>"), "clinic.example");
-        assert_eq!(domain_of("a@b.c"), "b.c");
-        assert!(validate_address("Front Desk <fd@clinic.example>").is_ok());
-        let e = validate_address("patient-at-example.com").unwrap_err();
-        assert!(!e.contains("patient"), "{e}");
     }
 
     #[test]
     fn cleartext_only_to_loopback_or_by_opt_in_and_never_with_auth() {
-        for h in [
-            "localhost",
-            "LOCALHOST",
-            "127.0.0.1",
-            "127.3.4.5",
-            "::1",
-            "[::1]",
-        ] {
-            assert!(is_loopback_host(h), "{h}");
-        }
-        for h in [
-            "smtp.example.com",
-            "10.0.0.5",
-            "127.0.0.1.nip.io",
-            "::2",
-            "",
-        ] {
-            assert!(!is_loopback_host(h), "{h}");
-        }
         let key = |r: Result<(), Problem>| r.err().map(|p| p.key);
         assert_eq!(
             key(check_cleartext(SmtpTls::None, "127.0.0.1", false, false)),
@@ -518,104 +411,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn plain_and_multipart_arrive_with_headers() {
-        let c = Catcher::start("127.0.0.1:0", CatcherOptions::default())
-            .await
-            .unwrap();
-        let m = Mailer::new(settings(c.addr.port())).unwrap();
-        let plain = msg("frontdesk@clinic.example", None);
-        let r = m.send(&plain).await;
-        assert_eq!(r.verdict, Verdict::Success, "{r:?}");
-        assert_eq!(r.status, Some(250));
-        let html = msg(
-            "manager@clinic.example",
-            Some("<p>New lead: <b>Mehwish</b></p>"),
-        );
-        assert_eq!(m.send(&html).await.verdict, Verdict::Success);
-        let got = c.wait_for(2, Duration::from_secs(5)).await;
-        assert_eq!(got.len(), 2);
-
-        let p = &got[0];
-        assert_eq!(p.mail_from, "notifier@clinic.example");
-        assert_eq!(p.rcpt_to, vec!["frontdesk@clinic.example"]);
-        assert_eq!(
-            p.header("Subject").as_deref(),
-            Some("New lead: Mehwish Qureshi")
-        );
-        assert_eq!(
-            p.header("From").as_deref(),
-            Some("\"Clinic Notifier\" <notifier@clinic.example>")
-        );
-        assert_eq!(p.header("To").as_deref(), Some("frontdesk@clinic.example"));
-        assert_eq!(
-            p.header("Reply-To").as_deref(),
-            Some("frontdesk@clinic.example")
-        );
-        assert_eq!(p.header("Message-ID"), Some(plain.message_id.clone()));
-        assert!(p.header("Date").is_some());
-        assert!(
-            p.header("Content-Type").unwrap().starts_with("text/plain"),
-            "{:?}",
-            p.header("Content-Type")
-        );
-        assert!(
-            p.data
-                .contains("\r\n.dot line\r\nCall within the hour.\r\n"),
-            "{}",
-            p.data
-        );
-
-        let h = &got[1];
-        assert!(h
-            .header("Content-Type")
-            .unwrap()
-            .starts_with("multipart/alternative"));
-        assert!(h.data.contains("Content-Type: text/plain"));
-        assert!(h.data.contains("Content-Type: text/html"));
-        assert!(h.data.contains("<p>New lead: <b>Mehwish</b></p>"));
-        assert_eq!(h.header("Message-ID"), Some(html.message_id.clone()));
-    }
-
-    #[tokio::test]
-    async fn rejection_fails_and_tempfail_retries() {
-        let c = Catcher::start(
-            "127.0.0.1:0",
-            CatcherOptions {
-                reject_recipients: vec!["gone@clinic.example".into()],
-                tempfail_first: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        let m = Mailer::new(settings(c.addr.port())).unwrap();
-        let first = m.send(&msg("frontdesk@clinic.example", None)).await;
-        assert!(matches!(first.verdict, Verdict::Retry { .. }), "{first:?}");
-        assert_eq!(first.status, Some(421));
-        let again = m.send(&msg("frontdesk@clinic.example", None)).await;
-        assert_eq!(again.verdict, Verdict::Success, "{again:?}");
-        let rejected = m.send(&msg("gone@clinic.example", None)).await;
-        assert!(
-            matches!(rejected.verdict, Verdict::Fail { .. }),
-            "{rejected:?}"
-        );
-        assert_eq!(rejected.status, Some(550));
-        // A record value with a line break cannot add a header.
-        let mut evil = msg("frontdesk@clinic.example", None);
-        evil.subject = "Lead\r\nBcc: evil@attacker.example".into();
-        assert_eq!(m.send(&evil).await.verdict, Verdict::Success);
-        let got = c.wait_for(2, Duration::from_secs(5)).await;
-        assert_eq!(got[1].header("Bcc"), None, "{}", got[1].data);
-        assert_eq!(got[1].rcpt_to, vec!["frontdesk@clinic.example"]);
-        // The pool still works after a rejection.
-        assert_eq!(
-            m.send(&msg("frontdesk@clinic.example", None)).await.verdict,
-            Verdict::Success
-        );
-        assert_eq!(c.wait_for(3, Duration::from_secs(5)).await.len(), 3);
-    }
-
-    #[tokio::test]
     async fn server_down_retries() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
@@ -624,49 +419,5 @@ mod tests {
         let r = m.send(&msg("frontdesk@clinic.example", None)).await;
         assert!(matches!(r.verdict, Verdict::Retry { .. }), "{r:?}");
         assert_eq!(r.status, None);
-    }
-
-    #[tokio::test]
-    async fn starttls_with_a_trusted_self_signed_certificate_and_auth() {
-        let ck = rcgen::generate_simple_self_signed(vec![
-            "127.0.0.1".to_string(),
-            "localhost".to_string(),
-        ])
-        .unwrap();
-        let cert_pem = ck.cert.pem().into_bytes();
-        let key_pem = ck.key_pair.serialize_pem().into_bytes();
-        let c = Catcher::start(
-            "127.0.0.1:0",
-            CatcherOptions {
-                tls: Some((cert_pem.clone(), key_pem)),
-                require_auth: Some(("notifier".into(), "s3cret".into())),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        let mut s = settings(c.addr.port());
-        s.tls = SmtpTls::Starttls;
-        s.username = Some("notifier".into());
-        s.password = Some("s3cret".into());
-        s.extra_root_cert_pem = Some(cert_pem);
-        let m = Mailer::new(s.clone()).unwrap();
-        let r = m
-            .send(&msg("frontdesk@clinic.example", Some("<p>hi</p>")))
-            .await;
-        assert_eq!(r.verdict, Verdict::Success, "{r:?}");
-        let got = c.wait_for(1, Duration::from_secs(5)).await;
-        assert_eq!(got.len(), 1);
-        assert!(got[0].tls);
-        assert_eq!(got[0].auth_user.as_deref(), Some("notifier"));
-
-        // Without trusting the certificate: a TLS error, retried, nothing delivered.
-        s.extra_root_cert_pem = None;
-        let untrusting = Mailer::new(s).unwrap();
-        let r = untrusting
-            .send(&msg("frontdesk@clinic.example", None))
-            .await;
-        assert!(matches!(r.verdict, Verdict::Retry { .. }), "{r:?}");
-        assert_eq!(c.messages().len(), 1);
     }
 }

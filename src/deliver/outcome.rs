@@ -1,9 +1,8 @@
-//! Sorting HTTP outcomes into success, retry or failure, and the retry schedule math.
+//! The verdict of an attempt, for every sink: delivered ([`Verdict::Success`]), worth trying again
+//! later ([`Verdict::Retry`]), or never going to work as it stands ([`Verdict::Fail`], straight to
+//! the dead letters); and the retry schedule math.
 //!
-//! Every HTTP-based sink (webhooks, chat) answers the same question after an attempt: was it
-//! delivered ([`Verdict::Success`]), is it worth trying again later ([`Verdict::Retry`]), or will it
-//! never work as it stands ([`Verdict::Fail`], straight to the dead letters)? The rules follow the
-//! product spec's "Delivery promises":
+//! The rules follow the product spec's "Delivery promises":
 //!
 //! | outcome                                   | verdict  |
 //! |-------------------------------------------|----------|
@@ -13,6 +12,12 @@
 //! | other 4xx, anything else                  | Fail     |
 //! | timeout, connect error, reset, DNS error  | Retry    |
 //! | a request that cannot even be built       | Fail     |
+//! | SMTP 5xx                                  | Fail     |
+//! | SMTP 4xx, timeout, connection, TLS error  | Retry    |
+//!
+//! Webhooks are sorted by [`classify_http`], chat services (which add their own rate-limit hints
+//! and a "webhook gone") by [`classify_chat`], any HTTP request that got no answer by
+//! [`classify_transport`], and SMTP errors by [`classify_smtp`].
 //!
 //! Reasons are short human words ("HTTP 503 Service Unavailable", "connection refused", "timed out
 //! after 15s"). They never contain a URL's path, query string or userinfo (which often carry tokens),
@@ -22,27 +27,47 @@
 //! schedule is spent.
 
 use crate::model::Verdict;
+use crate::net::retry_after::{
+    bounded_secs, clamp_retry_after, parse_retry_after, retry_after_header, MAX_RETRY_AFTER,
+    MIN_RETRY_AFTER,
+};
+use crate::net::scrub::{self, Scrubber};
+use crate::route::chat::ChatKind;
 use rand::Rng;
-use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, LOCATION};
 use reqwest::StatusCode;
-use std::error::Error as StdError;
 use std::time::{Duration, SystemTime};
 
-/// The shortest wait a receiver's `Retry-After` can impose.
-///
-/// `Retry-After: 0` (or an HTTP-date in the past) would otherwise turn a struggling receiver into a
-/// hot loop; one second is enough to stop that without noticeably delaying an honest request.
-pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// The longest wait a receiver's `Retry-After` can impose.
-///
-/// A buggy or hostile receiver could answer `Retry-After: 999999999` and park deliveries for years;
-/// an hour is longer than any legitimate rate-limit window we have seen, and the regular schedule
-/// (whose later steps are hours long) takes over beyond that.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// How much of a response the attempts log keeps.
+pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
 
 /// The longest reason text kept, in bytes; error chains can be long.
 const MAX_REASON_BYTES: usize = 300;
+
+/// What one attempt produced: the verdict plus what the attempts log keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptReport {
+    /// Success, retry or fail.
+    pub verdict: Verdict,
+    /// HTTP status or SMTP reply code, when the peer answered.
+    pub status: Option<u16>,
+    /// The first [`RESPONSE_SNIPPET_BYTES`] of the response body (or SMTP reply text).
+    pub response: String,
+    /// How long the attempt took.
+    pub duration: Duration,
+}
+
+impl AttemptReport {
+    /// A report of an attempt that got no answer.
+    pub fn unanswered(verdict: Verdict, duration: Duration) -> AttemptReport {
+        AttemptReport {
+            verdict,
+            status: None,
+            response: String::new(),
+            duration,
+        }
+    }
+}
 
 /// Sorts an HTTP response by its status (and, for 3xx and retries, a few headers).
 ///
@@ -95,14 +120,64 @@ fn status_label(status: StatusCode) -> String {
     }
 }
 
-/// Sorts a transport-level reqwest error (no HTTP response, or a failure while reading one).
+/// Sorts one answer of a chat service:
+/// - 2xx: success;
+/// - 429: retry after the longest wait the service asked for: `Retry-After`, and for Discord also
+///   its reset headers and the body's `retry_after` (see [`discord_retry_after`]); every hint is
+///   bounded by [`MAX_RETRY_AFTER`];
+/// - 408 and 5xx: retry (honouring `Retry-After`);
+/// - 404 and 410 from Slack or Discord: fail with `webhook gone (404)` (the webhook or channel was
+///   deleted; the destination should be marked failing);
+/// - 3xx (redirects are not followed) and other 4xx: fail.
+pub fn classify_chat(
+    kind: ChatKind,
+    status: u16,
+    headers: &HeaderMap,
+    body_snippet: &str,
+    now: SystemTime,
+) -> Verdict {
+    let retry_after_header = retry_after_header(headers, now);
+    match status {
+        200..=299 => Verdict::Success,
+        429 => Verdict::Retry {
+            reason: format!("rate limited by {} (429)", kind.as_str()),
+            retry_after: if kind == ChatKind::Discord {
+                discord_retry_after(headers, body_snippet, now)
+            } else {
+                retry_after_header
+            },
+        },
+        408 | 500..=599 => Verdict::Retry {
+            reason: format!("{} answered {status}", kind.as_str()),
+            retry_after: retry_after_header,
+        },
+        404 | 410 if matches!(kind, ChatKind::Slack | ChatKind::Discord) => Verdict::Fail {
+            reason: format!("webhook gone ({status})"),
+        },
+        300..=399 => Verdict::Fail {
+            reason: format!(
+                "{} answered {status} (redirects are not followed)",
+                kind.as_str()
+            ),
+        },
+        _ => Verdict::Fail {
+            reason: format!("{} answered {status}", kind.as_str()),
+        },
+    }
+}
+
+/// Sorts an HTTP request to `url` that got no usable answer (a transport-level reqwest error: no
+/// response, or a failure while reading one).
 ///
-/// Timeouts, connect errors (refused, DNS, TLS), resets and other send failures are
-/// [`Verdict::Retry`]; an error building the request or a redirect error is [`Verdict::Fail`].
-/// The reason is a short phrase ("timed out", "connection refused", "connection failed: dns error:
-/// ...") built from the error's cause chain with the request URL scrubbed out.
-pub fn classify_reqwest_error(e: &reqwest::Error) -> Verdict {
-    let cause = root_cause(e);
+/// Timeouts, connect errors (refused, DNS, TLS, an address the egress rules refuse), resets and
+/// other send failures are [`Verdict::Retry`]; an error building the request or a redirect error
+/// is [`Verdict::Fail`]. The reason is a short phrase ("timed out after 15s", naming the request's
+/// `timeout`; "connection refused"; "connection failed: dns error: ...") built from the error's
+/// cause chain with every sensitive part of `url` scrubbed out.
+pub fn classify_transport(e: &reqwest::Error, url: &url::Url, timeout: Duration) -> Verdict {
+    let cause = Scrubber::new()
+        .url(url)
+        .scrub(&scrub::root_cause(e).unwrap_or_else(|| "unknown error".to_string()));
     if e.is_builder() {
         return Verdict::Fail {
             reason: bounded(format!("invalid request: {cause}")),
@@ -114,7 +189,7 @@ pub fn classify_reqwest_error(e: &reqwest::Error) -> Verdict {
         };
     }
     let reason = if e.is_timeout() {
-        "timed out".to_string()
+        format!("timed out after {}", human(timeout))
     } else if let Some(kind) = io_kind(e) {
         kind.to_string()
     } else if e.is_connect() {
@@ -133,60 +208,52 @@ pub fn classify_reqwest_error(e: &reqwest::Error) -> Verdict {
 /// A short name for the first well-known `std::io::Error` kind in the cause chain.
 fn io_kind(e: &reqwest::Error) -> Option<&'static str> {
     use std::io::ErrorKind;
-    let mut src: Option<&(dyn StdError + 'static)> = e.source();
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            let name = match io.kind() {
-                ErrorKind::ConnectionRefused => "connection refused",
-                ErrorKind::ConnectionReset => "connection reset",
-                ErrorKind::ConnectionAborted => "connection aborted",
-                ErrorKind::TimedOut => "timed out",
-                ErrorKind::UnexpectedEof => "connection closed early",
-                ErrorKind::BrokenPipe => "connection closed (broken pipe)",
-                ErrorKind::AddrNotAvailable => "address not available",
-                _ => return None,
-            };
-            return Some(name);
-        }
-        src = s.source();
-    }
-    None
+    let io = scrub::sources(e).find_map(|s| s.downcast_ref::<std::io::Error>())?;
+    Some(match io.kind() {
+        ErrorKind::ConnectionRefused => "connection refused",
+        ErrorKind::ConnectionReset => "connection reset",
+        ErrorKind::ConnectionAborted => "connection aborted",
+        ErrorKind::TimedOut => "timed out",
+        ErrorKind::UnexpectedEof => "connection closed early",
+        ErrorKind::BrokenPipe => "connection closed (broken pipe)",
+        ErrorKind::AddrNotAvailable => "address not available",
+        _ => return None,
+    })
 }
 
-/// The text of the deepest cause in `e`'s chain (reqwest's own message names the URL; its causes do
-/// not, but any leftover URL, query string or userinfo is scrubbed anyway).
-fn root_cause(e: &reqwest::Error) -> String {
-    let mut last: Option<&(dyn StdError + 'static)> = None;
-    let mut src: Option<&(dyn StdError + 'static)> = e.source();
-    while let Some(s) = src {
-        last = Some(s);
-        src = s.source();
+/// "15s", "1.5s", "250ms": a timeout in words.
+fn human(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
-    let text = match last {
-        Some(s) => s.to_string(),
-        None => "unknown error".to_string(),
+}
+
+/// Sorts an SMTP error: a permanent (5xx) answer fails; a transient (4xx) answer, a timeout, a
+/// TLS or connection error retries. The reason names the code, never the reply text (which may
+/// quote the recipient).
+pub fn classify_smtp(e: &lettre::transport::smtp::Error) -> Verdict {
+    let code = e.status().map(u16::from);
+    let retry = |reason: String| Verdict::Retry {
+        reason,
+        retry_after: None,
     };
-    scrub(text, e.url())
-}
-
-/// Removes the URL and its sensitive parts from `text`.
-fn scrub(mut text: String, url: Option<&url::Url>) -> String {
-    let Some(url) = url else { return text };
-    let mut secrets: Vec<String> = vec![url.as_str().to_string()];
-    if let Some(q) = url.query() {
-        secrets.push(q.to_string());
+    if e.is_permanent() {
+        Verdict::Fail {
+            reason: format!("SMTP {} permanent failure", code.unwrap_or(500)),
+        }
+    } else if e.is_transient() {
+        retry(format!("SMTP {} temporary failure", code.unwrap_or(400)))
+    } else if e.is_timeout() {
+        retry("SMTP timed out".into())
+    } else if e.is_tls() {
+        retry("SMTP TLS error".into())
+    } else {
+        retry("SMTP connection error".into())
     }
-    if let Some(p) = url.password() {
-        secrets.push(p.to_string());
-    }
-    // Paths of chat webhooks carry tokens; very short ones would only mangle the text.
-    if url.path().len() > 4 {
-        secrets.push(url.path().to_string());
-    }
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(s.as_str(), "[redacted]");
-    }
-    text
 }
 
 /// Cuts a reason to [`MAX_REASON_BYTES`].
@@ -196,54 +263,6 @@ fn bounded(s: String) -> String {
     } else {
         crate::model::truncate_utf8(&s, MAX_REASON_BYTES).to_string()
     }
-}
-
-/// Parses a `Retry-After` value: delta-seconds (`120`, and leniently `1.5`) or an HTTP-date
-/// (`Wed, 21 Oct 2015 07:28:00 GMT`), the one parser every sink uses (webhooks, chat, the API
-/// client).
-///
-/// A date in the past gives `Some(Duration::ZERO)`; anything longer than [`MAX_RETRY_AFTER`]
-/// (`99999999999`, `1e20`, a date years ahead) gives [`MAX_RETRY_AFTER`], so no caller ever holds
-/// a wait it cannot add to a clock. Returns `None` for anything else (negative numbers, NaN,
-/// infinity, garbage). Pass the result through [`clamp_retry_after`] to impose a minimum too.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let v = value.trim();
-    if v.is_empty() {
-        return None;
-    }
-    if v.bytes().all(|b| b.is_ascii_digit()) {
-        // All digits: only overflow can fail, and a huge wait is still a wait.
-        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
-    }
-    if v.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-') {
-        return v.parse::<f64>().ok().and_then(bounded_secs);
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(
-        when.duration_since(now)
-            .unwrap_or(Duration::ZERO)
-            .min(MAX_RETRY_AFTER),
-    )
-}
-
-/// A number of seconds as a wait of at most [`MAX_RETRY_AFTER`]; `None` when negative, NaN or
-/// infinite. (`Duration::from_secs_f64` panics on those and on huge values.)
-pub fn bounded_secs(secs: f64) -> Option<Duration> {
-    if !secs.is_finite() || secs < 0.0 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(
-        secs.min(MAX_RETRY_AFTER.as_secs_f64()),
-    ))
-}
-
-/// The wait a response's headers ask for: `Retry-After` (see [`parse_retry_after`]).
-pub fn retry_after_header(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, now))
 }
 
 /// Discord's rate-limit hints on a 429, the longest wait of: `Retry-After`,
@@ -275,12 +294,6 @@ pub fn discord_body_retry_after(body: &str) -> Option<Duration> {
     } else {
         bounded_secs(n)
     }
-}
-
-/// Bounds a receiver's requested wait to `[min, max]` (normally [`MIN_RETRY_AFTER`] and
-/// [`MAX_RETRY_AFTER`]). If `min > max`, `max` wins.
-pub fn clamp_retry_after(d: Duration, min: Duration, max: Duration) -> Duration {
-    d.max(min).min(max)
 }
 
 /// When to try again: a schedule of waits with relative jitter.
@@ -462,55 +475,6 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_parsing() {
-        assert_eq!(parse_retry_after("2", now()), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(" 0 ", now()), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("1.5", now()),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(parse_retry_after("", now()), None);
-        assert_eq!(parse_retry_after("later", now()), None);
-        let in_90s = httpdate::fmt_http_date(now() + Duration::from_secs(90));
-        assert_eq!(
-            parse_retry_after(&in_90s, now()),
-            Some(Duration::from_secs(90))
-        );
-        let past = httpdate::fmt_http_date(now() - Duration::from_secs(90));
-        assert_eq!(parse_retry_after(&past, now()), Some(Duration::ZERO));
-    }
-
-    /// `Duration::from_secs_f64` panics on these; the parser must not, and must stay bounded.
-    #[test]
-    fn absurd_retry_after_values_never_panic_and_stay_bounded() {
-        for huge in [
-            "99999999999999999999999",
-            "1e20",
-            "1E308",
-            "18446744073709551616.5",
-            "99999999999.25",
-        ] {
-            assert_eq!(
-                parse_retry_after(huge, now()),
-                Some(MAX_RETRY_AFTER),
-                "{huge}"
-            );
-        }
-        let far = httpdate::fmt_http_date(now() + Duration::from_secs(10 * 365 * 86_400));
-        assert_eq!(parse_retry_after(&far, now()), Some(MAX_RETRY_AFTER));
-        for bad in [
-            "-1", "-0.5", "-1e20", "NaN", "nan", "inf", "-inf", "+inf", "1e", "1..2",
-        ] {
-            assert_eq!(parse_retry_after(bad, now()), None, "{bad}");
-        }
-        assert_eq!(bounded_secs(f64::NAN), None);
-        assert_eq!(bounded_secs(f64::INFINITY), None);
-        assert_eq!(bounded_secs(-1.0), None);
-        assert_eq!(bounded_secs(f64::MAX), Some(MAX_RETRY_AFTER));
-        assert_eq!(bounded_secs(0.25), Some(Duration::from_millis(250)));
-    }
-
-    #[test]
     fn discord_hints_are_bounded_and_the_longest_wins() {
         let mut h = HeaderMap::new();
         let body = r#"{"message": "You are being rate limited.", "retry_after": 2.5}"#;
@@ -554,22 +518,6 @@ mod tests {
         );
         assert_eq!(discord_body_retry_after(r#"{"retry_after": -3}"#), None);
         assert_eq!(discord_body_retry_after("not json"), None);
-    }
-
-    #[test]
-    fn clamping() {
-        let c = |s| clamp_retry_after(Duration::from_secs(s), MIN_RETRY_AFTER, MAX_RETRY_AFTER);
-        assert_eq!(c(0), MIN_RETRY_AFTER);
-        assert_eq!(c(30), Duration::from_secs(30));
-        assert_eq!(c(1_000_000), MAX_RETRY_AFTER);
-        assert_eq!(
-            clamp_retry_after(
-                Duration::from_secs(5),
-                Duration::from_secs(10),
-                Duration::from_secs(3)
-            ),
-            Duration::from_secs(3)
-        );
     }
 
     #[test]
@@ -630,15 +578,110 @@ mod tests {
     }
 
     #[test]
-    fn scrubbing() {
-        let u = url::Url::parse("https://me:pw@h.example/hook/abc?token=SECRET").unwrap();
-        let t = scrub(
-            format!("failed for {u} with token=SECRET and pw and /hook/abc"),
-            Some(&u),
+    fn classify_answers() {
+        let now = SystemTime::now();
+        let none = HeaderMap::new();
+        assert_eq!(
+            classify_chat(ChatKind::Slack, 200, &none, "ok", now),
+            Verdict::Success
+        );
+        assert_eq!(
+            classify_chat(ChatKind::Discord, 204, &none, "", now),
+            Verdict::Success
+        );
+        assert_eq!(
+            classify_chat(ChatKind::Slack, 404, &none, "no_service", now),
+            Verdict::Fail {
+                reason: "webhook gone (404)".into()
+            }
+        );
+        assert_eq!(
+            classify_chat(ChatKind::Discord, 404, &none, "{}", now),
+            Verdict::Fail {
+                reason: "webhook gone (404)".into()
+            }
         );
         assert!(
-            !t.contains("SECRET") && !t.contains("pw") && !t.contains("/hook/abc"),
-            "{t}"
+            matches!(classify_chat(ChatKind::Slack, 410, &none, "", now), Verdict::Fail { reason } if reason == "webhook gone (410)")
         );
+        assert!(matches!(
+            classify_chat(ChatKind::Teams, 400, &none, "", now),
+            Verdict::Fail { .. }
+        ));
+        assert!(matches!(
+            classify_chat(ChatKind::Teams, 302, &none, "", now),
+            Verdict::Fail { .. }
+        ));
+        assert!(matches!(
+            classify_chat(ChatKind::GoogleChat, 503, &none, "", now),
+            Verdict::Retry {
+                retry_after: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_chat(ChatKind::GoogleChat, 408, &none, "", now),
+            Verdict::Retry { .. }
+        ));
+    }
+
+    fn retry_after(v: Verdict) -> Option<Duration> {
+        match v {
+            Verdict::Retry { retry_after, .. } => retry_after,
+            other => panic!("not a retry: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limits_are_honoured() {
+        let now = SystemTime::now();
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(
+            retry_after(classify_chat(ChatKind::Slack, 429, &h, "", now)),
+            Some(Duration::from_secs(7))
+        );
+        let none = HeaderMap::new();
+        let body =
+            r#"{"message": "You are being rate limited.", "retry_after": 2.5, "global": false}"#;
+        assert_eq!(
+            retry_after(classify_chat(ChatKind::Discord, 429, &none, body, now)),
+            Some(Duration::from_millis(2500))
+        );
+        // Old API: whole milliseconds.
+        let old = r#"{"retry_after": 1500}"#;
+        assert_eq!(
+            retry_after(classify_chat(ChatKind::Discord, 429, &none, old, now)),
+            Some(Duration::from_millis(1500))
+        );
+        // Discord headers; the longest hint wins.
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset-after", HeaderValue::from_static("3.25"));
+        h.insert("retry-after", HeaderValue::from_static("1"));
+        assert_eq!(
+            retry_after(classify_chat(ChatKind::Discord, 429, &h, body, now)),
+            Some(Duration::from_millis(3250))
+        );
+        // Only Discord reads the body.
+        assert_eq!(
+            retry_after(classify_chat(ChatKind::Slack, 429, &none, body, now)),
+            None
+        );
+        // HTTP date.
+        let mut h = HeaderMap::new();
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(classify_chat(ChatKind::Teams, 503, &h, "", now)).unwrap();
+        assert!(
+            d <= Duration::from_secs(120) && d >= Duration::from_secs(118),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_secs(15)), "15s");
+        assert_eq!(human(Duration::from_millis(300)), "300ms");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
     }
 }

@@ -10,8 +10,9 @@
 //! caller's business. Secrets, bodies, URLs' query strings and extra header values never appear in
 //! errors, reasons or `Debug` output.
 
-use crate::deliver::outcome;
-use crate::model::{truncate_utf8, AttemptReport, Verdict, RESPONSE_SNIPPET_BYTES};
+use crate::deliver::outcome::{self, AttemptReport, RESPONSE_SNIPPET_BYTES};
+use crate::model::{truncate_utf8, Verdict};
+use crate::net::scrub::redacted_url;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
@@ -249,15 +250,6 @@ impl fmt::Debug for WebhookTarget {
     }
 }
 
-/// `scheme://host:port/…`, for logs.
-pub fn redacted_url(url: &url::Url) -> String {
-    let host = url.host_str().unwrap_or("");
-    match url.port() {
-        Some(p) => format!("{}://{host}:{p}/…", url.scheme()),
-        None => format!("{}://{host}/…", url.scheme()),
-    }
-}
-
 /// The HTTP client for one webhook or chat destination's deliveries.
 ///
 /// It never follows redirects (a 3xx is a failure, see [`crate::deliver::outcome`]), keeps idle connections
@@ -288,24 +280,13 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// "15s", "1.5s", "250ms": a timeout in words.
-fn human(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
 /// Makes one signed delivery attempt and reports how it went.
 ///
 /// Sends `POST target.url` with the body as is, `content-type: application/json`, `webhook-id:
 /// msg_id`, `webhook-timestamp` (now) and `webhook-signature` signed afresh for this attempt, plus
 /// the target's extra headers, within `target.timeout`. At most [`RESPONSE_SNIPPET_BYTES`] of the
 /// response body are read (streamed; the rest is never downloaded). The verdict comes from
-/// [`outcome::classify_http`] or [`outcome::classify_reqwest_error`]; a timeout reads
+/// [`outcome::classify_http`] or [`outcome::classify_transport`]; a timeout reads
 /// "timed out after 15s".
 ///
 /// `client` should come from [`client`]: a client that follows redirects would hide 3xx answers.
@@ -316,13 +297,13 @@ pub async fn send(
     body: bytes::Bytes,
 ) -> AttemptReport {
     let started = Instant::now();
-    let fail = |reason: &str| AttemptReport {
-        verdict: Verdict::Fail {
-            reason: reason.to_string(),
-        },
-        status: None,
-        response: String::new(),
-        duration: started.elapsed(),
+    let fail = |reason: &str| {
+        AttemptReport::unanswered(
+            Verdict::Fail {
+                reason: reason.to_string(),
+            },
+            started.elapsed(),
+        )
     };
     if target.secrets.is_empty() {
         return fail("no signing secret configured");
@@ -359,12 +340,10 @@ pub async fn send(
     let mut response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
-            return AttemptReport {
-                verdict: transport_verdict(&e, target.timeout),
-                status: None,
-                response: String::new(),
-                duration: started.elapsed(),
-            }
+            return AttemptReport::unanswered(
+                outcome::classify_transport(&e, &target.url, target.timeout),
+                started.elapsed(),
+            )
         }
     };
 
@@ -392,20 +371,6 @@ pub async fn send(
     }
 }
 
-/// Classifies a transport error, naming the configured timeout when it was hit.
-fn transport_verdict(e: &reqwest::Error, timeout: Duration) -> Verdict {
-    match outcome::classify_reqwest_error(e) {
-        Verdict::Retry {
-            reason,
-            retry_after,
-        } if e.is_timeout() && reason == "timed out" => Verdict::Retry {
-            reason: format!("timed out after {}", human(timeout)),
-            retry_after,
-        },
-        other => other,
-    }
-}
-
 /// Checks that a destination URL may be used.
 ///
 /// `https` is always fine; plain `http` only to a loopback host (`localhost`, 127.0.0.0/8, `::1`)
@@ -417,7 +382,7 @@ pub fn check_url(url: &url::Url, allow_insecure_http: bool) -> Result<(), String
     }
     match url.scheme() {
         "https" => Ok(()),
-        "http" if allow_insecure_http || crate::config::is_loopback(url) => Ok(()),
+        "http" if allow_insecure_http || crate::net::egress::is_loopback_url(url) => Ok(()),
         "http" => Err(
             "plain http:// is only allowed to loopback hosts (localhost, 127.0.0.1, ::1); \
              use https:// or set `allow_insecure_http: true`"
@@ -671,13 +636,6 @@ mod tests {
             d.contains("hooks.example:8443") && d.contains("authorization"),
             "{d}"
         );
-    }
-
-    #[test]
-    fn human_durations() {
-        assert_eq!(human(Duration::from_secs(15)), "15s");
-        assert_eq!(human(Duration::from_millis(300)), "300ms");
-        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
     }
 
     mod loopback {

@@ -11,6 +11,8 @@
 //! debug level only.
 
 use crate::config::{AuthMode, Clinicea, Resource};
+use crate::net::http::encode_query_value;
+use crate::net::scrub::{self, Scrubber};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -197,20 +199,6 @@ pub struct Client {
     issued_tokens: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-/// Percent-encodes a query value, leaving unreserved characters and `:` as they are (the live API
-/// rejects `%3A`); `+` becomes `%2B` so an offset is not read as a space.
-pub fn encode_query_value(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Writes the since value for a resource: `since` in `tz`, in the resource's format.
 pub fn format_since(since: DateTime<Utc>, format: &str, tz: chrono_tz::Tz) -> String {
     since.with_timezone(&tz).format(format).to_string()
@@ -268,9 +256,11 @@ impl Client {
     }
 
     /// Removes every secret from a whole text that came from outside (an error body may echo a
-    /// request, its URL or its headers), in each form it may take there; see [`scrub_secrets`].
+    /// request, its URL or its headers), in each form it may take there; see [`Scrubber::secret`].
     fn scrub(&self, s: &str) -> String {
-        scrub_secrets(s, &self.secrets())
+        Scrubber::new()
+            .secrets(self.secrets().iter().map(String::as_str))
+            .scrub(s)
     }
 
     /// Logs a scrubbed excerpt of an error body at debug level (the only place any of it goes).
@@ -305,11 +295,10 @@ impl Client {
         };
         // The URL may carry the key (auth: query), so only the cause chain without it is shown.
         let mut detail = what;
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
+        let causes = scrub::source_text(e);
+        if !causes.is_empty() {
             detail.push_str(": ");
-            detail.push_str(&self.scrub(&s.to_string()));
-            src = s.source();
+            detail.push_str(&self.scrub(&causes));
         }
         ApiError::Transport {
             resource: resource.to_string(),
@@ -656,7 +645,7 @@ impl Client {
                 let err = self.status_error(&res.name, status.as_u16(), &body);
                 if err.is_retryable() && attempt <= API_MAX_RETRIES {
                     let wait =
-                        crate::deliver::outcome::retry_after_header(&headers, SystemTime::now())
+                        crate::net::retry_after::retry_after_header(&headers, SystemTime::now())
                             .unwrap_or_else(|| backoff(attempt));
                     if wait <= API_MAX_BACKOFF {
                         tracing::warn!(resource = %res.name, page, attempt, status = status.as_u16(), "API asked to retry; waiting {wait:?}");
@@ -784,56 +773,6 @@ fn backoff(attempt: u32) -> Duration {
         .min(API_MAX_BACKOFF)
 }
 
-/// Every form a secret may take in a text that echoes a request: as sent, percent-encoded the way
-/// this client encodes query values (upper- and lowercase hex), form-encoded (`+` for a space, as
-/// servers often re-encode), and inside a JSON string. Longest first, so no form is left half
-/// replaced by a shorter one.
-fn secret_forms(secret: &str) -> Vec<String> {
-    let encoded = encode_query_value(secret);
-    let lower_hex = {
-        // Only the hex digits after a `%` change case.
-        let mut out = String::with_capacity(encoded.len());
-        let mut after_percent = 0;
-        for c in encoded.chars() {
-            if c == '%' {
-                after_percent = 2;
-                out.push(c);
-            } else if after_percent > 0 {
-                after_percent -= 1;
-                out.push(c.to_ascii_lowercase());
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
-    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-    let json = serde_json::to_string(secret).unwrap_or_default();
-    let json = json.trim_matches('"').to_string();
-    let mut forms = vec![secret.to_string(), encoded, lower_hex, form, json];
-    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
-    forms.dedup();
-    forms
-}
-
-/// Replaces every form ([`secret_forms`]) of every non-empty secret in the whole of `text` with
-/// `[redacted]`. Done before any cut, so no part of a secret survives at the edge of an excerpt.
-fn scrub_secrets(text: &str, secrets: &[String]) -> String {
-    let mut forms: Vec<String> = secrets
-        .iter()
-        .filter(|s| !s.is_empty())
-        .flat_map(|s| secret_forms(s))
-        .collect();
-    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
-    let mut out = text.to_string();
-    for f in &forms {
-        if out.contains(f.as_str()) {
-            out = out.replace(f.as_str(), "[redacted]");
-        }
-    }
-    out
-}
-
 /// The start of an already scrubbed text for a log line: control characters as spaces, at most
 /// [`ERROR_EXCERPT_CHARS`] characters.
 fn excerpt(scrubbed: &str) -> String {
@@ -847,15 +786,6 @@ fn excerpt(scrubbed: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn colons_stay_plus_is_encoded() {
-        assert_eq!(
-            encode_query_value("2026-11-29T10:00:00+05:00"),
-            "2026-11-29T10:00:00%2B05:00"
-        );
-        assert_eq!(encode_query_value("a b&c"), "a%20b%26c");
-    }
 
     #[test]
     fn since_formats() {
@@ -919,7 +849,9 @@ mod tests {
             lower = encoded.to_lowercase().replace("ak_q", "ak_Q").replace("leak", "LEAK"),
             json = serde_json::to_string(key).unwrap(),
         );
-        let out = scrub_secrets(&body, &secrets);
+        let out = Scrubber::new()
+            .secrets(secrets.iter().map(String::as_str))
+            .scrub(&body);
         for leak in ["ak_Q", "LEAK", "tok-1234", "%2F9", "%2f9"] {
             assert!(!out.contains(leak), "{leak} survived: {out}");
         }

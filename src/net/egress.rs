@@ -130,6 +130,30 @@ pub fn is_loopback_ip(ip: IpAddr) -> bool {
     classify(ip) == AddrClass::Loopback
 }
 
+/// Whether a URL's host is this machine: `localhost`, or an address [`is_loopback_ip`] accepts
+/// (127.0.0.0/8, `::1`, `::ffff:127.x.y.z`).
+pub fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => is_loopback_ip(ip.into()),
+        Some(url::Host::Ipv6(ip)) => is_loopback_ip(ip.into()),
+        None => false,
+    }
+}
+
+/// Whether a bare host name (an SMTP `host:`, an IPv6 address with or without brackets) is this
+/// machine, by the rules of [`is_loopback_url`].
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim();
+    let bracketed = if h.contains(':') && !h.starts_with('[') {
+        format!("[{h}]")
+    } else {
+        h.to_string()
+    };
+    // Parsed as an http URL: only the special schemes parse IP addresses as such.
+    url::Url::parse(&format!("http://{bracketed}/")).is_ok_and(|u| is_loopback_url(&u))
+}
+
 /// Whether a host name is a well-known metadata service name.
 pub fn is_metadata_name(host: &str) -> bool {
     let h = host.trim_end_matches('.');
@@ -567,6 +591,35 @@ mod tests {
             vec!["proxy.corp".into()],
         );
         assert!(resolve(&r, "proxy.corp").await.is_err());
+    }
+
+    #[test]
+    fn loopback_hosts_and_urls_agree_with_the_address_classes() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.3.4.5",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+            "[::ffff:127.9.9.9]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+            let u = url::Url::parse(&format!("http://{}/", if h.contains(':') && !h.starts_with('[') { format!("[{h}]") } else { h.to_string() })).unwrap();
+            assert!(is_loopback_url(&u), "{u}");
+        }
+        for h in [
+            "smtp.example.com",
+            "10.0.0.5",
+            "127.0.0.1.nip.io",
+            "::2",
+            "::ffff:10.0.0.1",
+            "64:ff9b::7f00:1",
+            "",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 
     #[tokio::test]

@@ -7,9 +7,9 @@
 //! | `polls`       | source \0 resource                    | [`PollStatus`] (JSON)                 |
 //! | `snapshots`   | source \0 resource \0 record id       | the record as last fetched (JSON)     |
 //! | `changes`     | seq (u64 BE)                          | the detected [`crate::model::Change`] |
-//! | `outbox`      | destination \0 seq (u64 BE)           | an outbox entry (JSON, see `deliver`) |
-//! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | one attempt's log (JSON)              |
-//! | `dead`        | seq (u64 BE)                          | a dead letter (JSON, see `deliver`)   |
+//! | `outbox`      | destination \0 seq (u64 BE)           | an [`OutboxEntry`] (JSON)             |
+//! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | an [`AttemptLog`] (JSON)              |
+//! | `dead`        | seq (u64 BE)                          | a [`DeadLetter`] (JSON)               |
 //! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
 //! | `baselines`   | source \0 resource                    | [`Baseline`] (JSON)                   |
 //! | `baseline_snapshots` | source \0 resource \0 record id | a record as the baseline read it (JSON), until merged into `snapshots` |
@@ -50,6 +50,7 @@
 //!   once, with the same `webhook-id`.
 
 use crate::model::IdKey;
+use crate::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -296,6 +297,20 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Res
 /// Decodes a snapshot's raw bytes (see [`Store::snapshot_raw`]).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<serde_json::Value> {
     decode("snapshot", bytes)
+}
+
+/// What a stored outbox entry is called in a [`StoreError::Decode`].
+const OUTBOX_ENTRY: &str = "outbox entry";
+/// What a stored dead letter is called in a [`StoreError::Decode`].
+const DEAD_LETTER: &str = "dead letter";
+
+/// When an outbox entry is due ([`Store::outbox_due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The delivery's sequence number.
+    pub seq: u64,
+    /// When its next attempt is due (Unix ms).
+    pub at_ms: i64,
 }
 
 /// Where in the `meta` tree the change-id key is kept.
@@ -977,38 +992,69 @@ impl Store {
 
     // --- outbox ---------------------------------------------------------------------------
 
-    /// Every outbox entry of a destination, in sequence order: (seq, raw JSON).
-    pub fn outbox_entries(&self, destination: &str) -> Result<Vec<(u64, sled::IVec)>> {
+    /// Every outbox entry of a destination, in sequence order: (seq, entry).
+    pub fn outbox_entries(&self, destination: &str) -> Result<Vec<(u64, OutboxEntry)>> {
         self.outbox
             .scan_prefix(prefix(&[destination]))
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((seq_of_outbox_key(&k).unwrap_or(0), v))
+                Ok((seq_of_outbox_key(&k).unwrap_or(0), decode(OUTBOX_ENTRY, &v)?))
             })
             .collect()
     }
 
-    /// All outbox entries of all destinations: (destination, seq, raw JSON).
-    pub fn all_outbox(&self) -> Result<Vec<(String, u64, sled::IVec)>> {
+    /// When each outbox entry of a destination is due, in sequence order, one result per entry
+    /// (only the due time is decoded), so a scheduler can queue every entry it can read even when
+    /// one cannot be.
+    pub fn outbox_due(&self, destination: &str) -> impl Iterator<Item = Result<Due>> + '_ {
+        #[derive(Deserialize)]
+        struct DueOnly {
+            next_attempt_ms: i64,
+        }
+        self.outbox.scan_prefix(prefix(&[destination])).map(|kv| {
+            let (k, v) = kv?;
+            let d: DueOnly = decode(OUTBOX_ENTRY, &v)?;
+            Ok(Due {
+                seq: seq_of_outbox_key(&k).unwrap_or(0),
+                at_ms: d.next_attempt_ms,
+            })
+        })
+    }
+
+    /// All outbox entries of all destinations, by destination and then sequence.
+    pub fn all_outbox(&self) -> Result<Vec<OutboxEntry>> {
         self.outbox
             .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
+            .values()
+            .map(|v| decode(OUTBOX_ENTRY, &v?))
+            .collect()
+    }
+
+    /// The names of the destinations that have entries in the outbox (nothing is decoded).
+    pub fn outbox_destinations(&self) -> Result<std::collections::BTreeSet<String>> {
+        self.outbox
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k?;
                 let dest_end = k.len().saturating_sub(9);
-                let dest = String::from_utf8_lossy(&k[..dest_end]).into_owned();
-                Ok((dest, seq_of_outbox_key(&k).unwrap_or(0), v))
+                Ok(String::from_utf8_lossy(&k[..dest_end]).into_owned())
             })
             .collect()
     }
 
     /// One outbox entry.
-    pub fn outbox_get(&self, destination: &str, seq: u64) -> Result<Option<sled::IVec>> {
-        Ok(self.outbox.get(outbox_key(destination, seq))?)
+    pub fn outbox_get(&self, destination: &str, seq: u64) -> Result<Option<OutboxEntry>> {
+        self.outbox
+            .get(outbox_key(destination, seq))?
+            .map(|v| decode(OUTBOX_ENTRY, &v))
+            .transpose()
     }
 
     /// Replaces an outbox entry (after a failed attempt: attempts and next time updated).
-    pub fn outbox_put(&self, destination: &str, seq: u64, entry: &[u8]) -> Result<()> {
-        self.outbox.insert(outbox_key(destination, seq), entry)?;
+    pub fn outbox_put(&self, destination: &str, seq: u64, entry: &OutboxEntry) -> Result<()> {
+        self.outbox
+            .insert(outbox_key(destination, seq), encode(entry))?;
         Ok(())
     }
 
@@ -1024,12 +1070,13 @@ impl Store {
     }
 
     /// Moves an entry from the outbox to the dead letters in one transaction.
-    pub fn outbox_to_dead(&self, destination: &str, seq: u64, dead_letter: &[u8]) -> Result<()> {
+    pub fn outbox_to_dead(&self, destination: &str, seq: u64, dead_letter: &DeadLetter) -> Result<()> {
         let k = outbox_key(destination, seq);
+        let dead_letter = encode(dead_letter);
         let res: std::result::Result<(), TransactionError<()>> = (&self.outbox, &self.dead)
             .transaction(|(outbox, dead)| {
                 outbox.remove(k.as_slice())?;
-                dead.insert(&seq.to_be_bytes(), dead_letter)?;
+                dead.insert(&seq.to_be_bytes(), dead_letter.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         match res {
@@ -1040,22 +1087,22 @@ impl Store {
 
     // --- attempts log ---------------------------------------------------------------------
 
-    /// Appends one attempt's log line to a delivery.
-    pub fn log_attempt(&self, seq: u64, attempt: u32, log: &[u8]) -> Result<()> {
+    /// Appends one attempt's log line to a delivery, under its attempt number.
+    pub fn log_attempt(&self, seq: u64, log: &AttemptLog) -> Result<()> {
         let mut k = seq.to_be_bytes().to_vec();
-        k.extend_from_slice(&attempt.to_be_bytes());
+        k.extend_from_slice(&log.attempt.to_be_bytes());
         // Set before the insert, so no clone of this store can miss it.
         self.attempts_used.store(true, Ordering::SeqCst);
-        self.attempts.insert(k, log)?;
+        self.attempts.insert(k, encode(log))?;
         Ok(())
     }
 
-    /// Every attempt of a delivery, in order (raw JSON).
-    pub fn attempts(&self, seq: u64) -> Result<Vec<sled::IVec>> {
+    /// Every attempt of a delivery, in order.
+    pub fn attempts(&self, seq: u64) -> Result<Vec<AttemptLog>> {
         self.attempts
             .scan_prefix(seq.to_be_bytes())
             .values()
-            .map(|v| Ok(v?))
+            .map(|v| decode("attempt log", &v?))
             .collect()
     }
 
@@ -1101,32 +1148,36 @@ impl Store {
 
     // --- dead letters ---------------------------------------------------------------------
 
-    /// Every dead letter, oldest first: (seq, raw JSON).
-    pub fn dead_entries(&self) -> Result<Vec<(u64, sled::IVec)>> {
+    /// Every dead letter, oldest first: (seq, dead letter).
+    pub fn dead_entries(&self) -> Result<Vec<(u64, DeadLetter)>> {
         self.dead
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
                 Ok((
                     u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
-                    v,
+                    decode(DEAD_LETTER, &v)?,
                 ))
             })
             .collect()
     }
 
     /// One dead letter.
-    pub fn dead_get(&self, seq: u64) -> Result<Option<sled::IVec>> {
-        Ok(self.dead.get(seq.to_be_bytes())?)
+    pub fn dead_get(&self, seq: u64) -> Result<Option<DeadLetter>> {
+        self.dead
+            .get(seq.to_be_bytes())?
+            .map(|v| decode(DEAD_LETTER, &v))
+            .transpose()
     }
 
     /// Moves a dead letter back into a destination's outbox in one transaction.
-    pub fn dead_to_outbox(&self, seq: u64, destination: &str, entry: &[u8]) -> Result<()> {
+    pub fn dead_to_outbox(&self, seq: u64, destination: &str, entry: &OutboxEntry) -> Result<()> {
         let k = outbox_key(destination, seq);
+        let entry = encode(entry);
         let res: std::result::Result<(), TransactionError<()>> = (&self.outbox, &self.dead)
             .transaction(|(outbox, dead)| {
                 dead.remove(&seq.to_be_bytes())?;
-                outbox.insert(k.as_slice(), entry)?;
+                outbox.insert(k.as_slice(), entry.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         match res {
@@ -1201,6 +1252,24 @@ impl Erased {
 mod tests {
     use super::*;
 
+    /// A queued webhook delivery.
+    fn entry(destination: &str, seq: u64) -> OutboxEntry {
+        OutboxEntry {
+            seq,
+            destination: destination.into(),
+            webhook_id: format!("msg_{seq}"),
+            event_type: "leads.added".into(),
+            resource: "leads".into(),
+            record_id: "a".into(),
+            rule: "r".into(),
+            change_seq: 1,
+            payload: crate::route::plan::Payload::Webhook { body: "{}".into() },
+            attempts: 0,
+            next_attempt_ms: 0,
+            created_ms: 0,
+        }
+    }
+
     #[test]
     fn page_commit_is_visible_and_keys_sort() {
         let dir = tempfile::tempdir().unwrap();
@@ -1208,11 +1277,10 @@ mod tests {
         let page = PageWrite {
             snapshots: vec![("a".into(), br#"{"ID":"a"}"#.to_vec())],
             changes: vec![(1, b"{}".to_vec())],
-            outbox: vec![
-                ("hook".into(), 300, b"3".to_vec()),
-                ("hook".into(), 2, b"2".to_vec()),
-                ("hook2".into(), 1, b"1".to_vec()),
-            ],
+            outbox: [("hook", 300), ("hook", 2), ("hook2", 1)]
+                .into_iter()
+                .map(|(d, seq)| (d.to_string(), seq, encode(&entry(d, seq))))
+                .collect(),
             dead: vec![],
         };
         store.commit_page("default", "leads", &page).unwrap();
@@ -1227,15 +1295,67 @@ mod tests {
             .map(|(s, _)| s)
             .collect();
         assert_eq!(seqs, vec![2, 300]);
+        let due: Vec<Due> = store.outbox_due("hook").map(Result::unwrap).collect();
+        assert_eq!(
+            due,
+            vec![Due { seq: 2, at_ms: 0 }, Due { seq: 300, at_ms: 0 }]
+        );
         let all = store.all_outbox().unwrap();
         assert_eq!(all.len(), 3);
-        assert_eq!(all[2].0, "hook2");
-        store.outbox_to_dead("hook", 2, b"dead").unwrap();
+        assert_eq!(all[2].destination, "hook2");
+        assert_eq!(
+            store.outbox_destinations().unwrap().into_iter().collect::<Vec<_>>(),
+            ["hook", "hook2"]
+        );
+        let dead = DeadLetter {
+            entry: entry("hook", 2),
+            reason: "dead".into(),
+            died_ms: 5,
+        };
+        store.outbox_to_dead("hook", 2, &dead).unwrap();
         assert_eq!(store.outbox_entries("hook").unwrap().len(), 1);
-        assert_eq!(store.dead_get(2).unwrap().as_deref(), Some(&b"dead"[..]));
-        store.dead_to_outbox(2, "hook", b"again").unwrap();
+        assert_eq!(store.dead_get(2).unwrap(), Some(dead));
+        let mut again = entry("hook", 2);
+        again.attempts = 0;
+        store.dead_to_outbox(2, "hook", &again).unwrap();
         assert_eq!(store.dead_len(), 0);
         assert_eq!(store.outbox_entries("hook").unwrap().len(), 2);
+        assert_eq!(store.outbox_get("hook", 2).unwrap(), Some(again));
+    }
+
+    #[test]
+    fn values_are_stored_as_their_json_and_a_bad_one_is_a_decode_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let e = entry("hook", 7);
+        store.outbox_put("hook", 7, &e).unwrap();
+        let raw = store.outbox.get(outbox_key("hook", 7)).unwrap().unwrap();
+        assert_eq!(&raw[..], &serde_json::to_vec(&e).unwrap()[..], "the same bytes as ever");
+        store.outbox.insert(outbox_key("hook", 8), &b"{\"seq\":"[..]).unwrap();
+        assert!(matches!(
+            store.outbox_get("hook", 8),
+            Err(StoreError::Decode { what: "outbox entry", .. })
+        ));
+        // The due scan reads every entry it can and says which one it could not.
+        let due: Vec<Result<Due>> = store.outbox_due("hook").collect();
+        assert_eq!(due.len(), 2);
+        assert_eq!(*due[0].as_ref().unwrap(), Due { seq: 7, at_ms: 0 });
+        assert!(due[1].is_err());
+        let log = AttemptLog {
+            at_ms: 1,
+            attempt: 2,
+            status: Some(503),
+            duration_ms: 3,
+            response: "busy".into(),
+            verdict: crate::model::Verdict::Fail {
+                reason: "HTTP 503".into(),
+            },
+        };
+        store.log_attempt(7, &log).unwrap();
+        let mut k = 7u64.to_be_bytes().to_vec();
+        k.extend_from_slice(&2u32.to_be_bytes());
+        assert!(store.attempts.get(k).unwrap().is_some(), "keyed by its attempt number");
+        assert_eq!(store.attempts(7).unwrap(), vec![log]);
     }
 
     #[test]

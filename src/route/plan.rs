@@ -1,9 +1,10 @@
 //! Planning: a change and the rules that matched it become one planned delivery per destination
 //! (one per recipient, for email), each payload rendered once, here, at poll time.
 
-use crate::deliver::chat;
 use crate::deliver::{Destination, Target};
 use crate::model::{Change, IdKey};
+use crate::net::mail;
+use crate::route::chat;
 use crate::route::render::{self, Templates};
 use crate::route::rules::RuleSet;
 use serde::{Deserialize, Serialize};
@@ -149,8 +150,7 @@ impl Pipeline {
                         self.templates
                             .render_chat(*kind, &name, &ctx)
                             .map(|text| Payload::Chat {
-                                body: String::from_utf8_lossy(&chat::body(*kind, &text))
-                                    .into_owned(),
+                                body: chat::body(*kind, &text),
                             })
                             .map_err(|e| format!("template {name}: {e}")),
                     )
@@ -187,7 +187,7 @@ impl Pipeline {
                     })();
                     // One Message-ID key per recipient; the change id behind it is hashed once.
                     let change_id = change_id.get_or_init(|| change.change_id(id_key));
-                    let domain = crate::deliver::email::domain_of(from);
+                    let domain = mail::domain_of(from);
                     for to_tpl in to {
                         let payload = rendered.clone().and_then(|(subject, text, html)| {
                             let addr = self
@@ -199,11 +199,11 @@ impl Pipeline {
                             if addr.is_empty() {
                                 return Err(format!("a recipient of {} rendered empty", dest.name));
                             }
-                            crate::deliver::email::validate_address(&addr)
+                            mail::validate_address(&addr)
                                 .map_err(|e| format!("recipient of {}: {e}", dest.name))?;
                             Ok(Payload::Email(EmailMessage {
                                 from: from.clone(),
-                                message_id: crate::deliver::email::message_id(
+                                message_id: mail::message_id(
                                     &format!("{change_id}/{}/{addr}", dest.name),
                                     &domain,
                                 ),

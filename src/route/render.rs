@@ -9,7 +9,7 @@
 //! Escaping: `*.txt` templates (and inline templates, used for subjects and recipients) never
 //! escape; `*.html` templates HTML-escape every `{{value}}` (use `{{{value}}}` to opt out). A
 //! `*.txt` template rendered for a chat destination ([`Templates::render_chat`]) escapes every
-//! `{{value}}` for that service ([`crate::deliver::chat::escape`]), so a record value never becomes a
+//! `{{value}}` for that service ([`crate::route::chat::escape`]), so a record value never becomes a
 //! mention, a link or formatting, while the template's own text may use the service's markup.
 //!
 //! Strictness: real deliveries render **leniently** (a field that is absent renders as an empty
@@ -28,7 +28,7 @@
 //! - `{{json record}}` (`pretty=true`), `{{join changed_fields ", "}}`, `{{upper x}}`, `{{lower x}}`.
 
 use crate::config::Problem;
-use crate::deliver::chat::ChatKind;
+use crate::route::chat::ChatKind;
 use crate::model::{Change, ChangeKind};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use handlebars::{
@@ -135,7 +135,7 @@ fn new_registry(escaping: Escaping) -> Handlebars<'static> {
         Escaping::None => r.register_escape_fn(handlebars::no_escape),
         Escaping::Html => {}
         Escaping::Chat(kind) => {
-            r.register_escape_fn(move |s: &str| crate::deliver::chat::escape(kind, s))
+            r.register_escape_fn(move |s: &str| crate::route::chat::escape(kind, s))
         }
     }
     r.register_helper("date", Box::new(ValueHelper(date_helper)));
@@ -293,7 +293,7 @@ impl Templates {
     }
 
     /// Renders a `*.txt` template for a chat destination of `kind`, leniently, with every
-    /// `{{value}}` escaped for that service ([`crate::deliver::chat::escape`]).
+    /// `{{value}}` escaped for that service ([`crate::route::chat::escape`]).
     pub fn render_chat(
         &self,
         kind: ChatKind,

@@ -196,7 +196,7 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
 /// Now the wait is bounded by the named maximum and the attempt counts.
 #[tokio::test]
 async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
-    use clinicea_notifier::deliver::outcome::MAX_RETRY_AFTER;
+    use clinicea_notifier::net::retry_after::MAX_RETRY_AFTER;
     for (kind, reply) in [
         (
             "slack",

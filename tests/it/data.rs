@@ -153,7 +153,7 @@ pub(crate) fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
         },
     };
     store
-        .log_attempt(seq, 1, &serde_json::to_vec(&log).unwrap())
+        .log_attempt(seq, &log)
         .unwrap();
     store.flush_blocking().unwrap();
 }

@@ -304,7 +304,7 @@ async fn a_chat_message_to_a_name_resolving_to_a_link_local_address_is_refused()
         .unwrap();
     let report = clinicea_notifier::deliver::chat::send(
         &client,
-        clinicea_notifier::deliver::chat::ChatKind::Slack,
+        clinicea_notifier::route::chat::ChatKind::Slack,
         &url,
         br#"{"text":"x"}"#.to_vec(),
         Duration::from_secs(5),

@@ -286,7 +286,7 @@ pub fn store_dead_letters(
         .dead_entries()
         .unwrap()
         .into_iter()
-        .map(|(_, raw)| serde_json::from_slice(&raw).unwrap())
+        .map(|(_, dead)| dead)
         .collect()
 }
 
@@ -294,12 +294,7 @@ pub fn store_dead_letters(
 pub fn store_outbox(
     store: &clinicea_notifier::outbox::store::Store,
 ) -> Vec<clinicea_notifier::outbox::entry::OutboxEntry> {
-    store
-        .all_outbox()
-        .unwrap()
-        .into_iter()
-        .map(|(_, _, raw)| serde_json::from_slice(&raw).unwrap())
-        .collect()
+    store.all_outbox().unwrap()
 }
 
 /// Every queued outbox entry of `destination`.
@@ -312,7 +307,7 @@ pub fn queued(
         .outbox_entries(destination)
         .unwrap()
         .into_iter()
-        .map(|(_, raw)| serde_json::from_slice(&raw).unwrap())
+        .map(|(_, entry)| entry)
         .collect()
 }
 
@@ -321,13 +316,7 @@ pub fn attempt_logs(
     engine: &Engine,
     seq: u64,
 ) -> Vec<clinicea_notifier::outbox::entry::AttemptLog> {
-    engine
-        .store
-        .attempts(seq)
-        .unwrap()
-        .into_iter()
-        .map(|raw| serde_json::from_slice(&raw).unwrap())
-        .collect()
+    engine.store.attempts(seq).unwrap()
 }
 
 /// A loopback port with nothing listening on it (at the moment of asking).

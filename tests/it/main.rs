@@ -16,6 +16,7 @@ mod foundation;
 mod helpers;
 mod layers;
 mod leaks;
+mod mailer;
 mod ops;
 mod paging;
 mod props;

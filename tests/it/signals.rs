@@ -78,11 +78,7 @@ async fn sigterm_during_deliveries_exits_0_promptly_and_once_delivers_the_rest()
         .outbox_entries("hook")
         .unwrap()
         .into_iter()
-        .map(|(_, raw)| {
-            serde_json::from_slice::<OutboxEntry>(&raw)
-                .unwrap()
-                .record_id
-        })
+        .map(|(_, entry): (u64, OutboxEntry)| entry.record_id)
         .collect();
     drop(store);
     let accounted: HashSet<String> = queued.union(&delivered_before).cloned().collect();

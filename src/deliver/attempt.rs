@@ -1,0 +1,334 @@
+//! The step: one attempt of one outbox entry, and its outcome recorded.
+//!
+//! [`Deliverer::attempt`] loads the entry, sends it through its destination's sink, and records
+//! what happened: on success the entry and its attempts log go; on a retryable failure the
+//! attempt is logged and the entry rescheduled by its destination's retry policy; on a permanent
+//! failure, or once the schedule is spent, it moves to the dead letters. A panic inside an attempt
+//! is a failed attempt like any other ([`PANIC_REASON`]). The scheduler that decides which entry
+//! is attempted when is [`crate::deliver::worker`].
+
+use super::{Deliverer, Destination, Event, Target};
+use crate::deliver::outcome::AttemptReport;
+use crate::model::Verdict;
+use crate::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use crate::outbox::store::{DestHealth, StoreError};
+use crate::route::plan::Payload;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tracing::Instrument;
+
+/// The reason recorded for an attempt that panicked. A panic is a bug, not the receiver's answer,
+/// but it counts as a failed attempt like any other: the entry follows its retry schedule and
+/// ends in the dead letters instead of being tried again forever.
+pub const PANIC_REASON: &str = "the delivery attempt panicked (a bug in clinicea-notifier)";
+
+/// What [`Deliverer::attempt`] did with one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Delivered and removed from the outbox.
+    Delivered,
+    /// Rescheduled for this Unix ms.
+    Retry(i64),
+    /// Moved to the dead letters.
+    Dead,
+    /// Not in the outbox any more (delivered or re-driven elsewhere).
+    Gone,
+}
+
+/// Runs a future and turns a panic inside it into `Err(())`, so one attempt's bug is recorded
+/// against that attempt instead of unwinding through the bookkeeping after it.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        // After a panic the inner future is never polled again (this future is then done), so
+        // no broken state can be observed.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
+/// An outbox entry ready for an attempt, or what became of it instead.
+enum Loaded {
+    /// The entry, its destination and the span of its attempt.
+    Ready(Box<OutboxEntry>, Arc<Destination>, tracing::Span),
+    /// Nothing to attempt: gone, or dead because its destination left the config.
+    Done(Step),
+}
+
+/// The report of an attempt that panicked.
+fn panic_report(duration: Duration) -> AttemptReport {
+    AttemptReport::unanswered(
+        Verdict::Retry {
+            reason: PANIC_REASON.to_string(),
+            retry_after: None,
+        },
+        duration,
+    )
+}
+
+/// Whether a permanent failure means the destination itself is gone (a deleted chat webhook).
+fn destination_gone(status: Option<u16>, dest: &Destination) -> bool {
+    matches!(dest.target, Target::Chat { .. }) && matches!(status, Some(404) | Some(410))
+}
+
+/// Now, in Unix ms: the clock of due times and of the attempts log.
+pub(super) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The reason of an entry whose destination is no longer configured.
+fn orphan_reason(destination: &str) -> String {
+    format!("destination {destination} is no longer in the config")
+}
+
+impl Deliverer {
+    async fn send(&self, dest: &Destination, entry: &OutboxEntry) -> AttemptReport {
+        #[cfg(test)]
+        if self.fault == super::TestFault::PanicInSend {
+            panic!("test fault: panic in send");
+        }
+        let fail = |reason: String| AttemptReport::unanswered(Verdict::Fail { reason }, Duration::ZERO);
+        let http = self.http.get(&dest.name);
+        match (&dest.target, &entry.payload, http) {
+            (Target::Webhook(t), Payload::Webhook { body }, Some(http)) => {
+                super::webhook::send(
+                    http,
+                    t,
+                    &entry.webhook_id,
+                    bytes::Bytes::from(body.clone().into_bytes()),
+                )
+                .await
+            }
+            (
+                Target::Chat {
+                    kind, url, timeout, ..
+                },
+                Payload::Chat { body },
+                Some(http),
+            ) => super::chat::send(http, *kind, url, body.clone().into_bytes(), *timeout).await,
+            (Target::Email { .. }, Payload::Email(msg), _) => match &self.mailer {
+                Some(m) => m.send(msg).await,
+                None => fail("no smtp: section is configured".into()),
+            },
+            _ => fail(format!(
+                "the entry's payload does not fit destination {} (its type changed in the config?)",
+                dest.name
+            )),
+        }
+    }
+
+    /// Loads an outbox entry with its destination and the span its attempt logs in. An entry that
+    /// is gone, or whose destination left the config (it is then kept, visibly, as a dead
+    /// letter), needs no attempt.
+    fn load(&self, destination: &str, seq: u64) -> Result<Loaded, StoreError> {
+        let Some(entry) = self.store.outbox_get(destination, seq)? else {
+            return Ok(Loaded::Done(Step::Gone));
+        };
+        let Some(dest) = self.destinations.get(destination).cloned() else {
+            self.to_dead(&entry, orphan_reason(destination))?;
+            return Ok(Loaded::Done(Step::Dead));
+        };
+        let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
+        Ok(Loaded::Ready(Box::new(entry), dest, span))
+    }
+
+    /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
+    /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
+    /// when its schedule is spent.
+    pub(crate) async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+        let (entry, dest, span) = match self.load(destination, seq)? {
+            Loaded::Ready(entry, dest, span) => (*entry, dest, span),
+            Loaded::Done(step) => return Ok(step),
+        };
+        let started_ms = now_ms();
+        let started = std::time::Instant::now();
+        // `instrument`, not `enter`: an entered span guard held across an await leaks the span into
+        // whatever else runs on this thread meanwhile.
+        let sent = CatchPanic(Box::pin(self.send(&dest, &entry)))
+            .instrument(span.clone())
+            .await;
+        #[cfg(test)]
+        if self.fault == super::TestFault::PanicAfterSend {
+            panic!("test fault: panic after send");
+        }
+        // Nothing below awaits, so entering here is sound.
+        let _enter = span.enter();
+        let report = sent.unwrap_or_else(|()| {
+            tracing::error!("{PANIC_REASON}; counted as a failed attempt");
+            panic_report(started.elapsed())
+        });
+        self.record(&dest, seq, entry, report, started_ms)
+    }
+
+    /// Counts an attempt whose task panicked before it could record its outcome: the entry's
+    /// attempt count goes up and it follows its retry schedule, like any failed attempt.
+    pub(crate) fn record_panicked(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+        let (entry, dest, span) = match self.load(destination, seq)? {
+            Loaded::Ready(entry, dest, span) => (*entry, dest, span),
+            Loaded::Done(step) => return Ok(step),
+        };
+        let _enter = span.enter();
+        tracing::error!("{PANIC_REASON}; counted as a failed attempt");
+        self.record(&dest, seq, entry, panic_report(Duration::ZERO), now_ms())
+    }
+
+    /// Records one attempt's outcome: removes the entry on success, reschedules it on a retryable
+    /// failure, moves it to the dead letters on a permanent one or when its schedule is spent.
+    fn record(
+        &self,
+        dest: &Destination,
+        seq: u64,
+        mut entry: OutboxEntry,
+        report: AttemptReport,
+        started_ms: i64,
+    ) -> Result<Step, StoreError> {
+        let destination = dest.name.as_str();
+        entry.attempts += 1;
+        let labels = [("destination", destination.to_string())];
+        metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)
+            .record(report.duration.as_secs_f64());
+        // The attempts log keeps failed attempts only (a success removes the entry and its log).
+        let log = |report: &AttemptReport, attempt: u32| AttemptLog {
+            at_ms: started_ms,
+            attempt,
+            status: report.status,
+            duration_ms: report.duration.as_millis() as u64,
+            response: report.response.clone(),
+            verdict: report.verdict.clone(),
+        };
+        match report.verdict {
+            Verdict::Success => {
+                let detail = match &entry.payload {
+                    Payload::Email(m) => m.to.clone(),
+                    _ => String::new(),
+                };
+                self.store.outbox_remove(destination, seq)?;
+                self.store.forget_attempts(seq)?;
+                let was_failing = self
+                    .failing
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(destination);
+                if was_failing {
+                    self.store.set_destination_failing(destination, None)?;
+                    tracing::info!(destination = %destination, "delivering again; no longer marked failing");
+                }
+                metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
+                metrics::histogram!("clinicea_delivery_latency_seconds", &labels)
+                    .record((now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
+                tracing::info!(status = ?report.status, "delivered");
+                self.emit(Event::Delivered {
+                    destination: destination.to_string(),
+                    event_type: entry.event_type.clone(),
+                    webhook_id: entry.webhook_id.clone(),
+                    attempt: entry.attempts,
+                    status: report.status,
+                    detail,
+                });
+                Ok(Step::Delivered)
+            }
+            Verdict::Retry {
+                ref reason,
+                retry_after,
+            } => {
+                self.store.log_attempt(seq, &log(&report, entry.attempts))?;
+                let reason = reason.clone();
+                let delay =
+                    dest.retry
+                        .next_delay(entry.attempts, retry_after, &mut rand::thread_rng());
+                match delay {
+                    Some(d) => {
+                        entry.next_attempt_ms = now_ms() + d.as_millis() as i64;
+                        self.store.outbox_put(destination, seq, &entry)?;
+                        metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "retry").increment(1);
+                        tracing::warn!(status = ?report.status, %reason, retry_in = ?d, "delivery failed; will retry");
+                        self.emit(Event::Retrying {
+                            destination: destination.to_string(),
+                            webhook_id: entry.webhook_id.clone(),
+                            attempt: entry.attempts,
+                            reason,
+                            in_ms: d.as_millis() as i64,
+                        });
+                        Ok(Step::Retry(entry.next_attempt_ms))
+                    }
+                    None => {
+                        let reason = format!(
+                            "retry schedule spent after {} attempts; last error: {reason}",
+                            entry.attempts
+                        );
+                        self.to_dead(&entry, reason)?;
+                        Ok(Step::Dead)
+                    }
+                }
+            }
+            Verdict::Fail { ref reason } => {
+                if destination_gone(report.status, dest) {
+                    tracing::error!(destination = %destination, "the destination's webhook is gone ({reason}); marked failing in status");
+                    self.store.set_destination_failing(
+                        destination,
+                        Some(&DestHealth {
+                            since: chrono::Utc::now(),
+                            reason: reason.clone(),
+                        }),
+                    )?;
+                    self.failing
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(destination.to_string());
+                }
+                self.store.log_attempt(seq, &log(&report, entry.attempts))?;
+                let reason = reason.clone();
+                self.to_dead(&entry, reason)?;
+                Ok(Step::Dead)
+            }
+        }
+    }
+
+    /// Moves an entry to the dead letters, counted and announced.
+    fn to_dead(&self, entry: &OutboxEntry, reason: String) -> Result<(), StoreError> {
+        tracing::error!(destination = %entry.destination, webhook_id = %entry.webhook_id, %reason, "delivery moved to the dead letters");
+        metrics::counter!("clinicea_deliveries_total", "destination" => entry.destination.clone(), "outcome" => "dead").increment(1);
+        metrics::counter!("clinicea_dead_letters_total", "destination" => entry.destination.clone()).increment(1);
+        let dead = DeadLetter {
+            entry: entry.clone(),
+            reason: reason.clone(),
+            died_ms: now_ms(),
+        };
+        self.store
+            .outbox_to_dead(&entry.destination, entry.seq, &dead)?;
+        self.emit(Event::Dead {
+            destination: entry.destination.clone(),
+            webhook_id: entry.webhook_id.clone(),
+            reason,
+        });
+        Ok(())
+    }
+
+    /// Moves the outbox entries of destinations that are no longer in the config to the dead
+    /// letters (no worker would ever look at them, and `status` lists configured destinations
+    /// only), where `dead list` shows them and `dead retry` re-drives them once the destination
+    /// is back. Returns how many moved.
+    pub fn bury_orphans(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for dest in self.store.outbox_destinations()? {
+            if self.destinations.contains_key(&dest) {
+                continue;
+            }
+            for (_, entry) in self.store.outbox_entries(&dest)? {
+                self.to_dead(&entry, orphan_reason(&dest))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

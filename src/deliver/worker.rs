@@ -1,0 +1,535 @@
+//! The one scheduler: a destination's worker, which attempts what is due, within the
+//! destination's concurrency limit and pace, one [`Deliverer::attempt`] per entry.
+//!
+//! Each destination has its own worker with its own queue (a heap of due times, read from the
+//! outbox at start) and its own limit, so a slow or failing destination never delays another.
+//! The daemon runs a worker until it is cancelled ([`Deliverer::run_destination`]): it takes newly
+//! committed entries from its wake channel and puts each retry back in the queue at its due time.
+//! `once` and the tests run the same worker until it is idle ([`Deliverer::deliver_all_due`]):
+//! it attempts each entry that was due when it started once, and stops when they are done.
+
+use super::attempt::{now_ms, Step};
+use super::Deliverer;
+use crate::outbox::entry::Wake;
+use crate::outbox::store::StoreError;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for attempts in flight before leaving them queued.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The longest a worker sleeps before looking at its queue again, so a clock jump heals itself.
+pub const MAX_IDLE_SLEEP: Duration = Duration::from_secs(30);
+/// How long a worker waits before trying an entry again after a store error during its attempt.
+const STORE_ERROR_RETRY: Duration = Duration::from_secs(5);
+
+/// Counts of what a worker did (what `once` prints).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Attempts made.
+    pub attempted: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Rescheduled.
+    pub retried: u64,
+    /// Dead-lettered.
+    pub dead: u64,
+}
+
+impl Outcome {
+    fn add(&mut self, s: Step) {
+        match s {
+            Step::Delivered => self.delivered += 1,
+            Step::Retry(_) => self.retried += 1,
+            Step::Dead => self.dead += 1,
+            Step::Gone => return,
+        }
+        self.attempted += 1;
+    }
+
+    fn merge(&mut self, o: Outcome) {
+        self.attempted += o.attempted;
+        self.delivered += o.delivered;
+        self.retried += o.retried;
+        self.dead += o.dead;
+    }
+}
+
+/// How long a worker runs.
+enum Until {
+    /// Until `cancel` fires, taking newly committed entries from `wake` (the daemon).
+    Cancelled {
+        wake: mpsc::UnboundedReceiver<Wake>,
+        cancel: CancellationToken,
+    },
+    /// Until each entry that was due at the start has been attempted once (`once`, the tests).
+    Idle,
+}
+
+impl Deliverer {
+    /// The worker of one destination: keeps a heap of due times (read from the outbox), takes new
+    /// entries from `wake`, and attempts what is due within the concurrency limit until `cancel`
+    /// fires; then it lets attempts in flight finish within [`SHUTDOWN_GRACE`].
+    pub async fn run_destination(
+        self,
+        destination: String,
+        wake: mpsc::UnboundedReceiver<Wake>,
+        cancel: CancellationToken,
+    ) {
+        // Cancelled workers record store errors per entry and retry them; nothing to return.
+        let _ = Worker::new(Arc::new(self), &destination)
+            .run(Until::Cancelled { wake, cancel })
+            .await;
+    }
+
+    /// Attempts every entry of `destination` that is due now, once, within its concurrency limit
+    /// and pace; entries rescheduled stay queued for a later pass.
+    pub(crate) async fn deliver_due(&self, destination: &str) -> Result<Outcome, StoreError> {
+        Worker::new(Arc::new(self.clone()), destination)
+            .run(Until::Idle)
+            .await
+    }
+
+    /// Attempts everything due now in every destination, destinations side by side, pass after
+    /// pass until nothing is due now (entries rescheduled for later stay queued).
+    pub async fn deliver_all_due(&self) -> Result<Outcome, StoreError> {
+        let mut total = Outcome::default();
+        loop {
+            let mut passes = JoinSet::new();
+            for name in self.destinations.keys() {
+                let (me, name) = (self.clone(), name.clone());
+                passes.spawn(async move { me.deliver_due(&name).await });
+            }
+            let mut round = Outcome::default();
+            let mut failed = None;
+            // Every pass finishes (no attempt is cut off half-recorded) before an error is told.
+            while let Some(pass) = passes.join_next().await {
+                match pass {
+                    Ok(Ok(o)) => round.merge(o),
+                    Ok(Err(e)) => failed = failed.or(Some(e)),
+                    // A worker that panicked outside an attempt: its entries stay queued.
+                    Err(_) => {}
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            total.merge(round);
+            if round.attempted == 0 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// One destination's scheduler state.
+struct Worker {
+    deliverer: Arc<Deliverer>,
+    /// Shared with every attempt task: an attempt costs two reference counts, not a copy of every
+    /// handle the deliverer holds.
+    destination: Arc<str>,
+    queue: DueQueue,
+    inflight: JoinSet<Result<Step, StoreError>>,
+    /// Which entry each attempt task is about, to record the attempt of a task that panicked.
+    task_seq: HashMap<Id, u64>,
+    /// Attempts in flight at once.
+    limit: usize,
+    /// The least time between two sends.
+    min_interval: Duration,
+    last_send: tokio::time::Instant,
+    /// Until idle: each entry is attempted once, so a retry is not queued again.
+    once_each: bool,
+    /// Until idle: the first store error, told once the attempts in flight are done.
+    failed: Option<StoreError>,
+    outcome: Outcome,
+}
+
+impl Worker {
+    fn new(deliverer: Arc<Deliverer>, destination: &str) -> Worker {
+        let (limit, min_interval) = deliverer
+            .destinations
+            .get(destination)
+            .map_or((1, Duration::ZERO), |d| {
+                (d.concurrency.max(1), d.min_interval)
+            });
+        Worker {
+            deliverer,
+            destination: Arc::from(destination),
+            queue: DueQueue::default(),
+            inflight: JoinSet::new(),
+            task_seq: HashMap::new(),
+            limit,
+            min_interval,
+            last_send: tokio::time::Instant::now() - min_interval,
+            once_each: false,
+            failed: None,
+            outcome: Outcome::default(),
+        }
+    }
+
+    /// Queues the destination's outbox entries: all of them when running until cancelled (an
+    /// entry that cannot be read is skipped and logged), those due now when running until idle
+    /// (an entry that cannot be read is an error).
+    fn scan(&mut self) -> Result<(), StoreError> {
+        let now = now_ms();
+        for due in self.deliverer.store.outbox_due(&self.destination) {
+            match due {
+                Ok(d) if self.once_each && d.at_ms > now => {}
+                Ok(d) => self.queue.push(d.at_ms, d.seq),
+                Err(e) if self.once_each => return Err(e),
+                Err(StoreError::Decode { what, .. }) => {
+                    // The decode error is not logged: its text may quote the stored value.
+                    tracing::error!(destination = %self.destination, "a stored {what} cannot be read; it is skipped");
+                }
+                Err(e) => {
+                    tracing::error!(destination = %self.destination, "cannot read the outbox: {e}")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the loop until `until` says stop, and returns what it did.
+    async fn run(mut self, until: Until) -> Result<Outcome, StoreError> {
+        let (mut wake, cancel) = match until {
+            Until::Cancelled { wake, cancel } => (Some(wake), cancel),
+            Until::Idle => {
+                self.once_each = true;
+                // Never cancelled: an idle worker stops by itself.
+                (None, CancellationToken::new())
+            }
+        };
+        self.scan()?;
+        let mut wake_closed = wake.is_none();
+        loop {
+            self.start_due();
+            if self.once_each
+                && self.inflight.is_empty()
+                && (self.queue.is_empty() || self.failed.is_some())
+            {
+                break;
+            }
+            let sleep_for = self.sleep_for();
+            tokio::select! {
+                // Shutdown first: with several branches ready, `select!` would otherwise pick one
+                // at random and could start a long sleep after the token was cancelled.
+                biased;
+                _ = cancel.cancelled() => break,
+                w = recv(&mut wake), if !wake_closed => match w {
+                    Some(w) => {
+                        self.queue.push(w.due_ms, w.seq);
+                        // Take every wake-up already queued (a page brings a hundred at once).
+                        while let Some(Ok(w)) = wake.as_mut().map(|r| r.try_recv()) {
+                            self.queue.push(w.due_ms, w.seq);
+                        }
+                    }
+                    None => {
+                        // No more producers; keep draining what is queued (without this branch,
+                        // which would now be ready forever).
+                        wake_closed = true;
+                        if self.queue.is_empty() && self.inflight.is_empty() { break; }
+                    }
+                },
+                Some(done) = self.inflight.join_next_with_id(), if !self.inflight.is_empty() => {
+                    self.finished(done);
+                    // Collect every other attempt that has finished too, before refilling.
+                    while let Some(done) = self.inflight.try_join_next_with_id() {
+                        self.finished(done);
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for) => {}
+            }
+        }
+        // Shutdown: attempts in flight may finish; the rest stays queued in the outbox. (An idle
+        // worker has nothing in flight by now.)
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.inflight.join_next().await.is_some() {}
+        })
+        .await;
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(self.outcome),
+        }
+    }
+
+    /// Starts what is due, within the limit and the service's rate (nothing new after a store
+    /// error, when running until idle).
+    fn start_due(&mut self) {
+        let now = now_ms();
+        while self.inflight.len() < self.limit && self.failed.is_none() {
+            if self.queue.next_due().is_none_or(|due| due > now) {
+                break;
+            }
+            if !self.min_interval.is_zero() && self.last_send.elapsed() < self.min_interval {
+                break;
+            }
+            let Some(seq) = self.queue.pop() else {
+                break;
+            };
+            let (me, dest) = (self.deliverer.clone(), self.destination.clone());
+            self.last_send = tokio::time::Instant::now();
+            let handle = self
+                .inflight
+                .spawn(async move { me.attempt(&dest, seq).await });
+            self.task_seq.insert(handle.id(), seq);
+        }
+    }
+
+    /// How long to wait for something to do: the next due time or the end of the pause the
+    /// service's rate asks for, at most [`MAX_IDLE_SLEEP`]; a full worker waits for an attempt.
+    fn sleep_for(&self) -> Duration {
+        if self.inflight.len() >= self.limit {
+            return MAX_IDLE_SLEEP;
+        }
+        let until_due = self
+            .queue
+            .next_due()
+            .map(|due| Duration::from_millis((due - now_ms()).max(0) as u64))
+            .unwrap_or(MAX_IDLE_SLEEP);
+        let until_rate = self.min_interval.saturating_sub(self.last_send.elapsed());
+        until_due.max(until_rate).min(MAX_IDLE_SLEEP)
+    }
+
+    /// Records a finished attempt: a retry goes back in the queue at its due time (when running
+    /// until cancelled), an entry that left the outbox is forgotten, a store error is tried again
+    /// after [`STORE_ERROR_RETRY`] (or, until idle, ends the run), and a task that panicked counts
+    /// as a failed attempt ([`Deliverer::record_panicked`]) and follows the entry's schedule.
+    fn finished(&mut self, done: Result<(Id, Result<Step, StoreError>), JoinError>) {
+        let (id, result) = match done {
+            Ok((id, r)) => (id, Ok(r)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let Some(seq) = self.task_seq.remove(&id) else {
+            return;
+        };
+        let store_error_retry = STORE_ERROR_RETRY.as_millis() as i64;
+        let result = match result {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => self.deliverer.record_panicked(&self.destination, seq),
+            Err(e) => {
+                // Cancelled (only at shutdown): the entry is still in the outbox, untouched.
+                tracing::warn!(destination = %self.destination, "a delivery task ended early: {e}");
+                Ok(Step::Retry(now_ms() + store_error_retry))
+            }
+        };
+        match result {
+            Ok(step) => {
+                self.outcome.add(step);
+                match step {
+                    Step::Retry(due) if !self.once_each => self.queue.requeue(due, seq),
+                    _ => self.queue.done(seq),
+                }
+            }
+            Err(e) if self.once_each => {
+                self.queue.done(seq);
+                self.failed.get_or_insert(e);
+            }
+            Err(e) => {
+                tracing::error!(destination = %self.destination, "store error during delivery: {e}; retrying in {STORE_ERROR_RETRY:?}");
+                self.queue.requeue(now_ms() + store_error_retry, seq);
+            }
+        }
+    }
+}
+
+/// The next wake-up, or never when the worker has no wake channel.
+async fn recv(wake: &mut Option<mpsc::UnboundedReceiver<Wake>>) -> Option<Wake> {
+    match wake {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A destination worker's queue: due times in a heap, and every sequence number it holds (queued
+/// or in flight) in a set, so an entry announced twice (found by the start-up scan *and* woken by
+/// the poller that just committed it) is never attempted twice at once.
+#[derive(Default)]
+struct DueQueue {
+    heap: BinaryHeap<Reverse<(i64, u64)>>,
+    known: HashSet<u64>,
+}
+
+impl DueQueue {
+    /// Queues `seq` unless it is already queued or in flight.
+    fn push(&mut self, due: i64, seq: u64) {
+        if self.known.insert(seq) {
+            self.heap.push(Reverse((due, seq)));
+        }
+    }
+    /// Queues an entry that is in flight again (it stays known).
+    fn requeue(&mut self, due: i64, seq: u64) {
+        self.heap.push(Reverse((due, seq)));
+    }
+    /// Forgets an entry that left the outbox (or, until idle, is done for this run).
+    fn done(&mut self, seq: u64) {
+        self.known.remove(&seq);
+    }
+    fn next_due(&self) -> Option<i64> {
+        self.heap.peek().map(|Reverse((due, _))| *due)
+    }
+    /// Takes the earliest entry; it stays known while in flight.
+    fn pop(&mut self) -> Option<u64> {
+        self.heap.pop().map(|Reverse((_, seq))| seq)
+    }
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::DueQueue;
+
+    #[test]
+    fn an_entry_announced_twice_is_queued_once() {
+        let mut q = DueQueue::default();
+        q.push(10, 1);
+        q.push(10, 1); // the poller's wake after the start-up scan found it
+        q.push(5, 2);
+        assert_eq!(q.pop(), Some(2));
+        assert_eq!(q.pop(), Some(1));
+        assert_eq!(q.pop(), None);
+        // In flight, it is still known: a late wake does not queue it again.
+        q.push(10, 1);
+        assert!(q.is_empty());
+        q.requeue(20, 1);
+        assert_eq!(q.next_due(), Some(20));
+        assert_eq!(q.pop(), Some(1));
+        q.done(1);
+        q.push(30, 1);
+        assert_eq!(q.next_due(), Some(30));
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+    use crate::deliver::attempt::PANIC_REASON;
+    use crate::deliver::outcome::RetryPolicy;
+    use crate::deliver::webhook::{self, WebhookTarget};
+    use crate::deliver::{Destination, Target, TestFault};
+    use crate::outbox::entry::OutboxEntry;
+    use crate::outbox::store::Store;
+    use crate::route::plan::Payload;
+
+    /// A webhook destination with a short schedule; its URL is never reached (the attempt panics
+    /// first).
+    fn destination() -> Destination {
+        Destination {
+            name: "hooks".into(),
+            target: Target::Webhook(WebhookTarget {
+                name: "hooks".into(),
+                url: url::Url::parse("http://127.0.0.1:9/hook").unwrap(),
+                secrets: vec![
+                    webhook::Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+                ],
+                headers: vec![],
+                timeout: Duration::from_secs(1),
+            }),
+            retry: RetryPolicy {
+                schedule: vec![Duration::from_millis(10), Duration::from_millis(10)],
+                jitter: 0.0,
+            },
+            concurrency: 1,
+            min_interval: Duration::ZERO,
+            allow_private: false,
+        }
+    }
+
+    /// A store with one due webhook entry, and a deliverer over it that panics where `fault` says.
+    fn setup(fault: TestFault) -> (tempfile::TempDir, Deliverer) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::outbox::store::DEFAULT_CACHE_BYTES).unwrap();
+        let entry = OutboxEntry {
+            seq: 1,
+            destination: "hooks".into(),
+            webhook_id: "msg_test".into(),
+            event_type: "leads.added".into(),
+            resource: "leads".into(),
+            record_id: "1".into(),
+            rule: "r".into(),
+            change_seq: 0,
+            payload: Payload::Webhook { body: "{}".into() },
+            attempts: 0,
+            next_attempt_ms: now_ms(),
+            created_ms: now_ms(),
+        };
+        store.outbox_put("hooks", 1, &entry).unwrap();
+        let mut d = Deliverer::new(
+            store,
+            HashMap::from([("hooks".to_string(), Arc::new(destination()))]),
+            None,
+        )
+        .unwrap();
+        d.fault = fault;
+        (dir, d)
+    }
+
+    fn queued(d: &Deliverer) -> Option<OutboxEntry> {
+        d.store.outbox_get("hooks", 1).unwrap()
+    }
+
+    fn assert_dead_after_the_schedule(d: &Deliverer) {
+        assert!(queued(d).is_none(), "the entry left the outbox");
+        let dead = d.store.dead_entries().unwrap();
+        assert_eq!(dead.len(), 1);
+        let dead = &dead[0].1;
+        assert_eq!(dead.entry.attempts, 3, "first attempt plus two retries");
+        assert!(
+            dead.reason
+                .contains("retry schedule spent after 3 attempts")
+                && dead.reason.contains(PANIC_REASON),
+            "{}",
+            dead.reason
+        );
+        let logs = d.store.attempts(1).unwrap();
+        assert_eq!(logs.len(), 3, "each panicked attempt is logged");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_panics_counts_and_follows_the_schedule_to_the_dead_letters() {
+        let (_dir, d) = setup(TestFault::PanicInSend);
+        let out = d.deliver_due("hooks").await.unwrap();
+        assert_eq!((out.attempted, out.retried), (1, 1));
+        assert_eq!(queued(&d).unwrap().attempts, 1, "the attempt was counted");
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            d.deliver_due("hooks").await.unwrap();
+        }
+        assert_dead_after_the_schedule(&d);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_task_that_panics_counts_as_an_attempt_in_deliver_due() {
+        let (_dir, d) = setup(TestFault::PanicAfterSend);
+        let out = d.deliver_due("hooks").await.unwrap();
+        assert_eq!((out.attempted, out.retried), (1, 1));
+        assert_eq!(queued(&d).unwrap().attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn the_worker_counts_a_panicked_task_and_buries_it_after_the_schedule() {
+        let (_dir, d) = setup(TestFault::PanicAfterSend);
+        let cancel = CancellationToken::new();
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let worker = tokio::spawn(
+            d.clone()
+                .run_destination("hooks".into(), rx, cancel.clone()),
+        );
+        let start = std::time::Instant::now();
+        while d.store.dead_len() == 0 && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        worker.await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not re-queued on a fixed delay: the schedule's 10 ms waits were followed"
+        );
+        assert_dead_after_the_schedule(&d);
+    }
+}
