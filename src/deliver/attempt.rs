@@ -97,7 +97,8 @@ impl Deliverer {
         if self.fault == super::TestFault::PanicInSend {
             panic!("test fault: panic in send");
         }
-        let fail = |reason: String| AttemptReport::unanswered(Verdict::Fail { reason }, Duration::ZERO);
+        let fail =
+            |reason: String| AttemptReport::unanswered(Verdict::Fail { reason }, Duration::ZERO);
         let http = self.http.get(&dest.name);
         match (&dest.target, &entry.payload, http) {
             (Target::Webhook(t), Payload::Webhook { body }, Some(http)) => {

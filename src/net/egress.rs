@@ -606,7 +606,15 @@ mod tests {
             "[::ffff:127.9.9.9]",
         ] {
             assert!(is_loopback_host(h), "{h}");
-            let u = url::Url::parse(&format!("http://{}/", if h.contains(':') && !h.starts_with('[') { format!("[{h}]") } else { h.to_string() })).unwrap();
+            let u = url::Url::parse(&format!(
+                "http://{}/",
+                if h.contains(':') && !h.starts_with('[') {
+                    format!("[{h}]")
+                } else {
+                    h.to_string()
+                }
+            ))
+            .unwrap();
             assert!(is_loopback_url(&u), "{u}");
         }
         for h in [

@@ -100,7 +100,9 @@ fn lower_percent_hex(encoded: &str) -> String {
 }
 
 /// The causes of `e` (its sources, not `e` itself), outermost first.
-pub fn sources<'a>(e: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+pub fn sources<'a>(
+    e: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
     std::iter::successors(e.source(), |s: &&'a (dyn Error + 'static)| (*s).source())
 }
 

@@ -259,7 +259,7 @@ pub struct DestHealth {
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Joins key parts with a NUL separator (names are validated to contain none).
-pub fn key(parts: &[&str]) -> Vec<u8> {
+fn key(parts: &[&str]) -> Vec<u8> {
     let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
@@ -285,7 +285,7 @@ pub fn outbox_key(destination: &str, seq: u64) -> Vec<u8> {
 }
 
 /// Reads the sequence number at the end of an outbox key.
-pub fn seq_of_outbox_key(k: &[u8]) -> Option<u64> {
+fn seq_of_outbox_key(k: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = k.get(k.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))
 }
@@ -998,7 +998,10 @@ impl Store {
             .scan_prefix(prefix(&[destination]))
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((seq_of_outbox_key(&k).unwrap_or(0), decode(OUTBOX_ENTRY, &v)?))
+                Ok((
+                    seq_of_outbox_key(&k).unwrap_or(0),
+                    decode(OUTBOX_ENTRY, &v)?,
+                ))
             })
             .collect()
     }
@@ -1070,7 +1073,12 @@ impl Store {
     }
 
     /// Moves an entry from the outbox to the dead letters in one transaction.
-    pub fn outbox_to_dead(&self, destination: &str, seq: u64, dead_letter: &DeadLetter) -> Result<()> {
+    pub fn outbox_to_dead(
+        &self,
+        destination: &str,
+        seq: u64,
+        dead_letter: &DeadLetter,
+    ) -> Result<()> {
         let k = outbox_key(destination, seq);
         let dead_letter = encode(dead_letter);
         let res: std::result::Result<(), TransactionError<()>> = (&self.outbox, &self.dead)
@@ -1304,7 +1312,11 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(all[2].destination, "hook2");
         assert_eq!(
-            store.outbox_destinations().unwrap().into_iter().collect::<Vec<_>>(),
+            store
+                .outbox_destinations()
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["hook", "hook2"]
         );
         let dead = DeadLetter {
@@ -1330,11 +1342,21 @@ mod tests {
         let e = entry("hook", 7);
         store.outbox_put("hook", 7, &e).unwrap();
         let raw = store.outbox.get(outbox_key("hook", 7)).unwrap().unwrap();
-        assert_eq!(&raw[..], &serde_json::to_vec(&e).unwrap()[..], "the same bytes as ever");
-        store.outbox.insert(outbox_key("hook", 8), &b"{\"seq\":"[..]).unwrap();
+        assert_eq!(
+            &raw[..],
+            &serde_json::to_vec(&e).unwrap()[..],
+            "the same bytes as ever"
+        );
+        store
+            .outbox
+            .insert(outbox_key("hook", 8), &b"{\"seq\":"[..])
+            .unwrap();
         assert!(matches!(
             store.outbox_get("hook", 8),
-            Err(StoreError::Decode { what: "outbox entry", .. })
+            Err(StoreError::Decode {
+                what: "outbox entry",
+                ..
+            })
         ));
         // The due scan reads every entry it can and says which one it could not.
         let due: Vec<Result<Due>> = store.outbox_due("hook").collect();
@@ -1354,7 +1376,10 @@ mod tests {
         store.log_attempt(7, &log).unwrap();
         let mut k = 7u64.to_be_bytes().to_vec();
         k.extend_from_slice(&2u32.to_be_bytes());
-        assert!(store.attempts.get(k).unwrap().is_some(), "keyed by its attempt number");
+        assert!(
+            store.attempts.get(k).unwrap().is_some(),
+            "keyed by its attempt number"
+        );
         assert_eq!(store.attempts(7).unwrap(), vec![log]);
     }
 

@@ -28,8 +28,8 @@
 //! - `{{json record}}` (`pretty=true`), `{{join changed_fields ", "}}`, `{{upper x}}`, `{{lower x}}`.
 
 use crate::config::Problem;
-use crate::route::chat::ChatKind;
 use crate::model::{Change, ChangeKind};
+use crate::route::chat::ChatKind;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, RenderContext, RenderErrorReason, ScopedJson,

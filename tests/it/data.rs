@@ -152,9 +152,7 @@ pub(crate) fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
             reason: "HTTP 400".into(),
         },
     };
-    store
-        .log_attempt(seq, &log)
-        .unwrap();
+    store.log_attempt(seq, &log).unwrap();
     store.flush_blocking().unwrap();
 }
 

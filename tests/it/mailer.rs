@@ -134,11 +134,9 @@ async fn rejection_fails_and_tempfail_retries() {
 
 #[tokio::test]
 async fn starttls_with_a_trusted_self_signed_certificate_and_auth() {
-    let ck = rcgen::generate_simple_self_signed(vec![
-        "127.0.0.1".to_string(),
-        "localhost".to_string(),
-    ])
-    .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
     let cert_pem = ck.cert.pem().into_bytes();
     let key_pem = ck.key_pair.serialize_pem().into_bytes();
     let c = Catcher::start(
