@@ -1,5 +1,8 @@
 //! The embedded sled store: one tree per purpose, keys namespaced by source and big-endian where
-//! they carry a sequence number, so prefix scans come back in order.
+//! they carry a sequence number, so prefix scans come back in order. Its accessors take and give
+//! typed values, encoded and decoded here, once; a value that cannot be read is a
+//! [`StoreError::Decode`] naming what it was. Two things stay bytes: snapshots (a poll compares
+//! them before decoding) and a [`PageWrite`] (its values are encoded by the poll that builds it).
 //!
 //! | tree          | key                                   | value                                 |
 //! |---------------|---------------------------------------|---------------------------------------|
