@@ -146,7 +146,7 @@ impl Deliverer {
     /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
     /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
     /// when its schedule is spent.
-    pub(crate) async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+    pub async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
         let (entry, dest, span) = match self.load(destination, seq)? {
             Loaded::Ready(entry, dest, span) => (*entry, dest, span),
             Loaded::Done(step) => return Ok(step),
