@@ -1,7 +1,8 @@
-//! The commands, one module each: every command builds what it needs from the config, does its
-//! work through the daemon's parts, and prints the text its `*_text` function returns. `main.rs`
-//! only parses the command line and calls them. Here: compiling a config into [`Settings`], and
-//! what several commands share.
+//! The commands, one module each. A command's `run` builds what it needs from the config (the
+//! store, or the daemon's [`Engine`](crate::daemon::engine::Engine)) and prints what a function of
+//! its own returns as text (`status_text`, `dead_text`, ...), so the text can be tested without
+//! a process. `main.rs` only parses the command line and calls `run`. Here: compiling a config
+//! into [`Settings`], and what several commands share.
 
 pub mod check;
 pub mod dead;

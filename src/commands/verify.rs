@@ -139,3 +139,46 @@ pub fn verify_text(args: &VerifyArgs, secret: &Secret, now: i64) -> anyhow::Resu
         Err(e) => Ok((format!("INVALID: {e}\n"), false)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::webhook::sign;
+
+    fn args(id: &str, ts: i64, sig: &str, body: &str) -> VerifyArgs {
+        VerifyArgs {
+            secret: None,
+            secret_file: None,
+            id: Some(id.to_string()),
+            timestamp: Some(ts.to_string()),
+            signature: Some(sig.to_string()),
+            headers_file: None,
+            body: Some(body.to_string()),
+            body_file: None,
+            ignore_time: false,
+        }
+    }
+
+    #[test]
+    fn the_text_says_valid_for_a_signed_body_and_invalid_for_a_changed_one_or_an_old_one() {
+        let secret = Secret::generate();
+        let (ts, body) = (1_700_000_000, r#"{"type":"leads.added"}"#);
+        let sig = sign(std::slice::from_ref(&secret), "msg_1", ts, body.as_bytes());
+        let (text, valid) = verify_text(&args("msg_1", ts, &sig, body), &secret, ts).unwrap();
+        assert_eq!(text, "valid: the signature matches (webhook-id msg_1)\n");
+        assert!(valid);
+
+        let tampered = args("msg_1", ts, &sig, r#"{"type":"leads.deleted"}"#);
+        let (text, valid) = verify_text(&tampered, &secret, ts).unwrap();
+        assert!(text.starts_with("INVALID: "), "{text}");
+        assert!(!valid);
+
+        // A day later the timestamp is out of tolerance, unless the time is ignored.
+        let later = ts + 86_400;
+        let (text, valid) = verify_text(&args("msg_1", ts, &sig, body), &secret, later).unwrap();
+        assert!(text.starts_with("INVALID: ") && !valid, "{text}");
+        let mut ignoring = args("msg_1", ts, &sig, body);
+        ignoring.ignore_time = true;
+        assert!(verify_text(&ignoring, &secret, later).unwrap().1);
+    }
+}
