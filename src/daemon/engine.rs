@@ -41,7 +41,7 @@ impl Engine {
     /// deliverer. It is built before the running generation stops, so a config that parses but
     /// cannot be applied (an SMTP username without a password, a bad CA file) is rejected while
     /// the old one keeps running.
-    pub fn reloaded(&self, settings: Settings) -> anyhow::Result<Engine> {
+    pub(crate) fn reloaded(&self, settings: Settings) -> anyhow::Result<Engine> {
         Engine::over(self.store.clone(), settings, self.events.clone())
     }
 

@@ -64,12 +64,12 @@ impl Events {
     }
 
     /// Where polls tell of the changes they stored, when someone watches.
-    pub fn changes(&self) -> Option<mpsc::UnboundedSender<PollEvent>> {
+    pub(crate) fn changes(&self) -> Option<mpsc::UnboundedSender<PollEvent>> {
         self.senders.as_ref().map(|s| s.changes.clone())
     }
 
     /// Where the deliverer tells of its attempts, when someone watches.
-    pub fn deliveries(&self) -> Option<mpsc::UnboundedSender<deliver::Event>> {
+    pub(crate) fn deliveries(&self) -> Option<mpsc::UnboundedSender<deliver::Event>> {
         self.senders.as_ref().map(|s| s.deliveries.clone())
     }
 }

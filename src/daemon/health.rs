@@ -10,29 +10,29 @@ use tokio_util::sync::CancellationToken;
 
 /// What the health endpoints and the watchdog know about each resource.
 #[derive(Debug, Clone, Default)]
-pub struct ResourceHealth {
+pub(crate) struct ResourceHealth {
     /// When the last successful poll ended.
-    pub last_success: Option<chrono::DateTime<Utc>>,
+    pub(crate) last_success: Option<chrono::DateTime<Utc>>,
     /// Failed polls since then.
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// The last error.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// Stale after this long without success.
-    pub stale_after: std::time::Duration,
+    pub(crate) stale_after: std::time::Duration,
 }
 
 /// Shared health state of a running notifier.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     /// By resource key.
-    pub resources: std::sync::RwLock<HashMap<String, ResourceHealth>>,
+    pub(crate) resources: std::sync::RwLock<HashMap<String, ResourceHealth>>,
     /// The bearer token `/metrics` asks for (`metrics_token`), replaced on reload.
-    pub metrics_token: std::sync::RwLock<Option<config::SecretString>>,
+    pub(crate) metrics_token: std::sync::RwLock<Option<config::SecretString>>,
 }
 
 impl Health {
     /// Sets the token `/metrics` asks for (`None`: open).
-    pub fn set_metrics_token(&self, token: Option<config::SecretString>) {
+    pub(crate) fn set_metrics_token(&self, token: Option<config::SecretString>) {
         *self
             .metrics_token
             .write()
@@ -41,7 +41,7 @@ impl Health {
 
     /// Whether a request with these headers may read `/metrics`: always when no token is set,
     /// else only with `Authorization: Bearer TOKEN`, compared in constant time.
-    pub fn metrics_allowed(&self, headers: &axum::http::HeaderMap) -> bool {
+    pub(crate) fn metrics_allowed(&self, headers: &axum::http::HeaderMap) -> bool {
         let guard = self
             .metrics_token
             .read()
@@ -73,7 +73,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Health {
     /// Whether every resource has polled successfully and none is stale; the reasons if not.
-    pub fn ready(&self) -> Result<(), Vec<String>> {
+    pub(crate) fn ready(&self) -> Result<(), Vec<String>> {
         let now = Utc::now();
         let guard = self
             .resources
@@ -108,7 +108,7 @@ impl Health {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
-pub async fn serve_health(
+pub(crate) async fn serve_health(
     listener: tokio::net::TcpListener,
     health: Arc<Health>,
     store: Store,
@@ -175,7 +175,7 @@ pub async fn serve_health(
 
 /// How long a resource may go without a successful poll before it is stale: `watchdog.stale_after`,
 /// else three of its poll intervals.
-pub fn stale_after(base: &config::Base, r: &config::Resource) -> std::time::Duration {
+pub(crate) fn stale_after(base: &config::Base, r: &config::Resource) -> std::time::Duration {
     base.stale_after.unwrap_or(r.poll_interval * 3)
 }
 

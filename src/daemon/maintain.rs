@@ -9,10 +9,10 @@ use chrono::Utc;
 
 /// How often the running notifier applies the store's retention periods (change journal, dead
 /// letters) and tightens its file modes.
-pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `now - age`, or the earliest instant there is when that underflows (nothing is older).
-pub fn cutoff_before(
+pub(crate) fn cutoff_before(
     now: chrono::DateTime<Utc>,
     age: std::time::Duration,
 ) -> chrono::DateTime<Utc> {
@@ -24,15 +24,15 @@ pub fn cutoff_before(
 
 /// What one round of [`maintain_store`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Maintenance {
+pub(crate) struct Maintenance {
     /// Change journal entries past `store.journal_retention`.
-    pub journal: usize,
+    pub(crate) journal: usize,
     /// Dead letters past `store.dead_letter_retention`.
-    pub dead: usize,
+    pub(crate) dead: usize,
 }
 
 /// One round of housekeeping on `store` with the retention periods of `s`, as of `now`.
-pub fn maintain_store(
+pub(crate) fn maintain_store(
     store: &Store,
     s: &config::StoreSettings,
     now: chrono::DateTime<Utc>,

@@ -25,10 +25,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for pollers and workers before giving up on them.
-pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Polls one resource on its interval until cancelled, keeping `health` current.
-pub async fn poll_loop(
+async fn poll_loop(
     ctx: PollCtx,
     res: config::Resource,
     health: Arc<Health>,
@@ -275,7 +275,7 @@ pub async fn run_command(config: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// SIGINT and SIGTERM cancel `cancel`; SIGHUP sends on `reload`.
-pub fn spawn_signal_handlers(
+fn spawn_signal_handlers(
     cancel: CancellationToken,
     reload: mpsc::UnboundedSender<()>,
 ) -> anyhow::Result<()> {
