@@ -15,8 +15,10 @@
 //! loop is bounded.
 
 use axum::body::Bytes;
-use clinicea_notifier::commands::{self, Engine};
-use clinicea_notifier::deliver::Event;
+use clinicea_notifier::commands;
+use clinicea_notifier::daemon::engine::Engine;
+use clinicea_notifier::daemon::events::Events;
+use clinicea_notifier::deliver::{Deliverer, Event};
 use clinicea_notifier::ingest::poll;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
 use clinicea_notifier::outbox::entry::{OutboxEntry, Wake};
@@ -176,7 +178,7 @@ fn engine_in(dir: &Path, yaml: &str) -> Engine {
         Ok(s) => s,
         Err(e) => panic!("bench config should load: {e}"),
     };
-    Engine::open(settings).expect("engine opens")
+    Engine::open(settings, Events::none()).expect("engine opens")
 }
 
 // --- B: ingest --------------------------------------------------------------------------------
@@ -254,7 +256,14 @@ fn memchr_count(hay: &[u8], needle: &[u8]) -> usize {
 /// enqueue-to-delivered latency at a paced rate. Returns (deliveries/s, p50 ms, p99 ms, rate).
 async fn deliver(engine: &Engine, n: u64, template: &OutboxEntry) -> (f64, f64, f64, u64) {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let deliverer = engine.deliverer.clone().with_events(ev_tx);
+    // A deliverer of its own, over the engine's store, that reports each attempt to the harness.
+    let deliverer = Deliverer::new(
+        engine.store.clone(),
+        engine.settings.pipeline.destinations.clone(),
+        None,
+        Some(ev_tx),
+    )
+    .expect("deliverer builds");
     let (wake_tx, wake_rx) = mpsc::unbounded_channel::<Wake>();
     let cancel = CancellationToken::new();
     let t = Instant::now();

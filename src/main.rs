@@ -1,8 +1,9 @@
 //! The `clinicea-notifier` binary: parse the command line, start logging, hand over to the library.
 
 use clap::{Parser, Subcommand};
-use clinicea_notifier::commands;
-use clinicea_notifier::kit::demo;
+use clinicea_notifier::commands::{check, dead, once, purge, status, test_rule, verify};
+use clinicea_notifier::daemon;
+use clinicea_notifier::kit::{demo, sandbox};
 use clinicea_notifier::telemetry::{self, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,18 +43,18 @@ enum Command {
     /// Validate the config, templates and environment; print what would run.
     Check,
     /// Show which rules match a change and print each delivery as it would be sent; sends nothing.
-    TestRule(commands::TestRuleArgs),
+    TestRule(test_rule::TestRuleArgs),
     /// Per resource: checkpoint and last poll; per destination: queued, retrying, dead.
     Status,
     /// Inspect and re-drive dead letters.
     #[command(subcommand)]
-    Dead(commands::DeadCommand),
+    Dead(dead::DeadCommand),
     /// Erase everything stored about one record: snapshot, journal, queued deliveries, dead letters.
-    Purge(commands::PurgeArgs),
+    Purge(purge::PurgeArgs),
     /// Check a Standard Webhooks signature (for people writing receivers).
-    Verify(commands::VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// Serve a simulated Clinicea API with generated, changing data.
-    Sandbox(commands::SandboxArgs),
+    Sandbox(sandbox::command::SandboxArgs),
     /// Run the whole product locally: sandbox, webhook receiver, SMTP catcher and the notifier.
     Demo(demo::DemoArgs),
 }
@@ -82,16 +83,16 @@ fn try_main() -> anyhow::Result<ExitCode> {
     let config = cli.config;
     rt.block_on(async move {
         match cli.command {
-            Command::Run => clinicea_notifier::daemon::run_command(&config).await,
-            Command::Once => commands::once_command(&config).await,
-            Command::Check => commands::check_command(&config),
-            Command::TestRule(args) => commands::test_rule_command(&config, &args),
-            Command::Status => commands::status_command(&config),
-            Command::Dead(cmd) => commands::dead_command(&config, cmd).await,
-            Command::Purge(args) => commands::purge_command(&config, &args).await,
-            Command::Verify(args) => commands::verify_command(&args),
-            Command::Sandbox(args) => commands::sandbox_command(args).await,
-            Command::Demo(args) => demo::demo_command(args).await,
+            Command::Run => daemon::run_command(&config).await,
+            Command::Once => once::run(&config).await,
+            Command::Check => check::run(&config),
+            Command::TestRule(args) => test_rule::run(&config, &args),
+            Command::Status => status::run(&config),
+            Command::Dead(cmd) => dead::run(&config, cmd).await,
+            Command::Purge(args) => purge::run(&config, &args).await,
+            Command::Verify(args) => verify::run(&args),
+            Command::Sandbox(args) => sandbox::command::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     })
 }

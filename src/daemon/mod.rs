@@ -2,16 +2,21 @@
 //! `/metrics`, `/healthz` and `/readyz` server, the watchdog, journal maintenance, and signals
 //! (SIGINT/SIGTERM stop, SIGHUP reloads the config without losing queued deliveries).
 
-use crate::commands::{load_settings_with, stale_after, Engine, Observers, Settings};
+pub mod engine;
+pub mod events;
+pub mod health;
+pub mod maintain;
+
+use crate::commands::{load_settings_with, Settings};
 use crate::config;
-use crate::deliver::email::Mailer;
-use crate::deliver::Deliverer;
-use crate::ingest::client::Client;
 use crate::ingest::poll::{self, PollCtx, PollError};
 use crate::outbox::entry::Wake;
-use crate::outbox::store::Store;
 use anyhow::Context;
 use chrono::Utc;
+use engine::Engine;
+use events::Events;
+use health::{serve_health, stale_after, Health};
+use maintain::{maintain_store, MAINTENANCE_INTERVAL};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,179 +24,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// How often the running notifier applies the store's retention periods (change journal, dead
-/// letters) and tightens its file modes.
-pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 /// How long shutdown waits for pollers and workers before giving up on them.
-pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// What the health endpoints and the watchdog know about each resource.
-#[derive(Debug, Clone, Default)]
-pub struct ResourceHealth {
-    /// When the last successful poll ended.
-    pub last_success: Option<chrono::DateTime<Utc>>,
-    /// Failed polls since then.
-    pub consecutive_failures: u32,
-    /// The last error.
-    pub last_error: Option<String>,
-    /// Stale after this long without success.
-    pub stale_after: std::time::Duration,
-}
-
-/// Shared health state of a running notifier.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// By resource key.
-    pub resources: std::sync::RwLock<HashMap<String, ResourceHealth>>,
-    /// The bearer token `/metrics` asks for (`metrics_token`), replaced on reload.
-    pub metrics_token: std::sync::RwLock<Option<config::SecretString>>,
-}
-
-impl Health {
-    /// Sets the token `/metrics` asks for (`None`: open).
-    pub fn set_metrics_token(&self, token: Option<config::SecretString>) {
-        *self
-            .metrics_token
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
-    }
-
-    /// Whether a request with these headers may read `/metrics`: always when no token is set,
-    /// else only with `Authorization: Bearer TOKEN`, compared in constant time.
-    pub fn metrics_allowed(&self, headers: &axum::http::HeaderMap) -> bool {
-        let guard = self
-            .metrics_token
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(token) = guard.as_ref() else {
-            return true;
-        };
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .unwrap_or("");
-        constant_time_eq(given.as_bytes(), token.expose().as_bytes())
-    }
-}
-
-/// Compares two secrets in time independent of where they differ: both are hashed first, so
-/// neither the position of the first difference nor the length shows in the timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use sha2::{Digest, Sha256};
-    let (da, db) = (Sha256::digest(a), Sha256::digest(b));
-    da.iter()
-        .zip(db.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
-}
-
-impl Health {
-    /// Whether every resource has polled successfully and none is stale; the reasons if not.
-    pub fn ready(&self) -> Result<(), Vec<String>> {
-        let now = Utc::now();
-        let guard = self
-            .resources
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut why = Vec::new();
-        if guard.is_empty() {
-            why.push("no resources yet".to_string());
-        }
-        let mut names: Vec<_> = guard.keys().collect();
-        names.sort();
-        for name in names {
-            let h = &guard[name];
-            match h.last_success {
-                None => why.push(format!("{name}: no successful poll yet")),
-                Some(t) if (now - t).to_std().unwrap_or_default() > h.stale_after => {
-                    why.push(format!(
-                        "{name}: no successful poll for {}s ({} failures in a row)",
-                        (now - t).num_seconds(),
-                        h.consecutive_failures
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        if why.is_empty() {
-            Ok(())
-        } else {
-            Err(why)
-        }
-    }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
-pub async fn serve_health(
-    listener: tokio::net::TcpListener,
-    health: Arc<Health>,
-    store: Store,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    use axum::response::IntoResponse;
-    use axum::{http::StatusCode, routing::get, Router};
-    let metrics = crate::telemetry::metrics_handle();
-    let h2 = health.clone();
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let h = h2.clone();
-                async move {
-                    match h.ready() {
-                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-                        Err(why) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready:\n{}\n", why.join("\n")),
-                        ),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move |headers: axum::http::HeaderMap| {
-                let h = health.clone();
-                let m = metrics.clone();
-                let store = store.clone();
-                async move {
-                    if !h.metrics_allowed(&headers) {
-                        return (
-                            StatusCode::UNAUTHORIZED,
-                            [(axum::http::header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")],
-                            "/metrics needs the bearer token set in metrics_token\n".to_string(),
-                        )
-                            .into_response();
-                    }
-                    let now = Utc::now();
-                    if let Ok(guard) = h.resources.read() {
-                        for (name, r) in guard.iter() {
-                            if let Some(t) = r.last_success {
-                                metrics::gauge!("clinicea_seconds_since_last_success", "resource" => name.clone())
-                                    .set((now - t).num_milliseconds() as f64 / 1000.0);
-                            }
-                        }
-                    }
-                    metrics::gauge!("clinicea_outbox_entries").set(store.outbox_len() as f64);
-                    metrics::gauge!("clinicea_dead_letters").set(store.dead_len() as f64);
-                    match m {
-                        Some(m) => (StatusCode::OK, m.render()).into_response(),
-                        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response(),
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-}
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Polls one resource on its interval until cancelled, keeping `health` current.
-pub async fn poll_loop(
+async fn poll_loop(
     ctx: PollCtx,
     res: config::Resource,
     health: Arc<Health>,
@@ -294,7 +131,7 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
     let m_cancel = cancel.clone();
     tasks.spawn(async move {
         loop {
-            if let Err(e) = crate::commands::maintain_store(&store, &store_settings, Utc::now()) {
+            if let Err(e) = maintain_store(&store, &store_settings, Utc::now()) {
                 tracing::error!("store maintenance failed: {e:#}");
             }
             tokio::select! {
@@ -312,7 +149,7 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
         guard.retain(|k, _| engine.settings.base.resources.iter().any(|r| &r.name == k));
     }
     for res in engine.settings.base.resources.clone() {
-        let stale = stale_after(&engine.settings, &res);
+        let stale = stale_after(&engine.settings.base, &res);
         {
             let mut guard = health
                 .resources
@@ -339,40 +176,20 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
 /// Runs the notifier until `cancel` fires; each message on `reload` re-reads `config_path` and,
 /// when it is valid, swaps the rules, templates, destinations and resources without losing
 /// queued deliveries or checkpoints. An invalid config is logged and the old one keeps running.
+/// `events` is told what the polls and deliveries do, across reloads ([`Events::none`]: nobody).
 pub async fn run(
-    settings: Settings,
-    config_path: PathBuf,
-    listener: tokio::net::TcpListener,
-    cancel: CancellationToken,
-    reload: mpsc::UnboundedReceiver<()>,
-    vars: HashMap<String, String>,
-) -> anyhow::Result<()> {
-    run_with(
-        settings,
-        config_path,
-        listener,
-        cancel,
-        reload,
-        vars,
-        Observers::default(),
-    )
-    .await
-}
-
-/// [`run`], with watchers of the polls and deliveries (kept across reloads).
-pub async fn run_with(
     settings: Settings,
     config_path: PathBuf,
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
     mut reload: mpsc::UnboundedReceiver<()>,
     vars: HashMap<String, String>,
-    observers: Observers,
+    events: Events,
 ) -> anyhow::Result<()> {
     // Install the metrics recorder before any poller or worker runs: metrics recorded before
     // it exists go nowhere, and `serve_health` only installs it once its task first runs.
     let _ = crate::telemetry::metrics_handle();
-    let mut engine = Arc::new(Engine::open_with(settings, observers)?);
+    let mut engine = Arc::new(Engine::open(settings, events)?);
     let health = Arc::new(Health::default());
     health.set_metrics_token(engine.settings.base.metrics_token.clone());
     let server = tokio::spawn(serve_health(
@@ -406,10 +223,9 @@ pub async fn run_with(
                             tracing::error!("reload rejected: store.path cannot change while running; keeping the old config");
                         }
                         // Build everything the new config needs before stopping the old one:
-                        // a config that parses but cannot be applied (an SMTP username without
-                        // a password, a bad CA file) is rejected like a broken one.
-                        Ok(new) => match reload_parts(&engine.store, &new) {
-                            Ok((client, deliverer)) => break Some((new, client, deliverer)),
+                        // a config that parses but cannot be applied is rejected like a broken one.
+                        Ok(new) => match engine.reloaded(new) {
+                            Ok(next) => break Some(next),
                             Err(e) => tracing::error!("reload rejected, keeping the old config: {e:#}"),
                         },
                         Err(e) => tracing::error!("reload rejected, keeping the old config: {e}"),
@@ -419,17 +235,11 @@ pub async fn run_with(
         };
         match next {
             None => break,
-            Some((new, client, deliverer)) => {
+            Some(next) => {
                 gen_cancel.cancel();
                 gen.await;
-                health.set_metrics_token(new.base.metrics_token.clone());
-                engine = Arc::new(Engine {
-                    settings: new,
-                    store: engine.store.clone(),
-                    client,
-                    deliverer: engine.observers.attach(deliverer),
-                    observers: engine.observers.clone(),
-                });
+                health.set_metrics_token(next.settings.base.metrics_token.clone());
+                engine = Arc::new(next);
                 tracing::info!("config reloaded");
             }
         }
@@ -438,19 +248,6 @@ pub async fn run_with(
     let _ = server.await;
     tracing::info!("stopped cleanly");
     Ok(())
-}
-
-/// The API client and deliverer of a reloaded config, over the running store.
-fn reload_parts(store: &Store, new: &Settings) -> anyhow::Result<(Client, Deliverer)> {
-    let client = Client::new(&new.base.clinicea)?;
-    let mailer = match &new.smtp {
-        Some(s) => Some(Arc::new(
-            Mailer::new(s.clone()).map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
-        )),
-        None => None,
-    };
-    let deliverer = Deliverer::new(store.clone(), new.pipeline.destinations.clone(), mailer)?;
-    Ok((client, deliverer))
 }
 
 /// `run`: the daemon, with signals wired: SIGINT/SIGTERM stop, SIGHUP reloads.
@@ -471,13 +268,14 @@ pub async fn run_command(config: &Path) -> anyhow::Result<ExitCode> {
         cancel,
         reload_rx,
         vars,
+        Events::none(),
     )
     .await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// SIGINT and SIGTERM cancel `cancel`; SIGHUP sends on `reload`.
-pub fn spawn_signal_handlers(
+fn spawn_signal_handlers(
     cancel: CancellationToken,
     reload: mpsc::UnboundedSender<()>,
 ) -> anyhow::Result<()> {
@@ -495,38 +293,4 @@ pub fn spawn_signal_handlers(
         }
     });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
-
-    fn with_auth(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-        h
-    }
-
-    #[test]
-    fn metrics_need_the_exact_bearer_token_once_one_is_set() {
-        let health = Health::default();
-        assert!(health.metrics_allowed(&HeaderMap::new()), "no token: open");
-        health.set_metrics_token(Some(config::SecretString::new("s3cret-token-123456")));
-        assert!(!health.metrics_allowed(&HeaderMap::new()));
-        assert!(health.metrics_allowed(&with_auth("Bearer s3cret-token-123456")));
-        assert!(health.metrics_allowed(&with_auth("bearer  s3cret-token-123456 ")));
-        for wrong in [
-            "Bearer s3cret-token-12345",
-            "Bearer s3cret-token-1234567",
-            "Bearer ",
-            "Basic s3cret-token-123456",
-            "s3cret-token-123456",
-        ] {
-            assert!(!health.metrics_allowed(&with_auth(wrong)), "{wrong}");
-        }
-        // A reload that removes the token opens /metrics again.
-        health.set_metrics_token(None);
-        assert!(health.metrics_allowed(&HeaderMap::new()));
-    }
 }

@@ -415,11 +415,13 @@ enum TestFault {
 }
 
 impl Deliverer {
-    /// A deliverer over `store` for `destinations`.
+    /// A deliverer over `store` for `destinations`; `events` is told what each attempt did
+    /// (`None`: nobody watches).
     pub fn new(
         store: Store,
         destinations: HashMap<String, Arc<Destination>>,
         mailer: Option<Arc<Mailer>>,
+        events: Option<mpsc::UnboundedSender<Event>>,
     ) -> anyhow::Result<Deliverer> {
         let failing = store
             .failing_destinations()?
@@ -438,17 +440,11 @@ impl Deliverer {
             destinations: Arc::new(destinations),
             http: Arc::new(http),
             mailer,
-            events: None,
+            events,
             failing: Arc::new(std::sync::Mutex::new(failing)),
             #[cfg(test)]
             fault: TestFault::None,
         })
-    }
-
-    /// Sends [`Event`]s to `tx` as deliveries happen.
-    pub fn with_events(mut self, tx: mpsc::UnboundedSender<Event>) -> Self {
-        self.events = Some(tx);
-        self
     }
 
     fn emit(&self, e: Event) {

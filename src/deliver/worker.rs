@@ -463,6 +463,7 @@ mod panic_tests {
             store,
             HashMap::from([("hooks".to_string(), Arc::new(destination()))]),
             None,
+            None,
         )
         .unwrap();
         d.fault = fault;

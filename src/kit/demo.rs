@@ -6,19 +6,22 @@
 //!   generated, and answers a few requests with 503 so retries are seen;
 //! - a Slack-style chat receiver (its first answer is a 429 with `Retry-After`);
 //! - an SMTP catcher ([`crate::kit::catcher`]) that refuses its first transaction with 421;
-//! - the notifier itself ([`crate::daemon::run_with`]) with a demo copy of the example rules, written
+//! - the notifier itself ([`crate::daemon::run`]) with a demo copy of the example rules, written
 //!   to a temporary folder together with its store.
 //!
 //! It prints a live stream to stdout (changes, matched rules, deliveries, retries, emails, chat
-//! messages) until Ctrl-C or `--duration`, then a summary, and exits 0.
+//! messages) until Ctrl-C or `--duration`, then a summary, and exits 0. Changes and deliveries
+//! come from the notifier's own event stream ([`crate::daemon::events`]); the receivers and the
+//! catcher print what reaches them.
 //!
 //! Record contents: the product never logs them at the default level. The demo's stdout stream is
 //! different: it is the command's explicit output, and everything in it is made-up sandbox data,
 //! so it shows names in email subjects and chat text there (and only there; logs are unchanged).
 
-use crate::commands::{self, Observers};
+use crate::commands;
+use crate::daemon::events::{Event, Events, Subscription};
 use crate::deliver::webhook::{self, Secret};
-use crate::deliver::Event;
+use crate::deliver::Event as Delivery;
 use crate::ingest::poll::PollEvent;
 use crate::kit::catcher::{Catcher, CatcherHandle, CatcherOptions};
 use crate::kit::sandbox::{Sandbox, SandboxOptions};
@@ -48,7 +51,7 @@ pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Stop after this long (e.g. 20s, 2m); without it the demo runs until Ctrl-C.
-    #[arg(long, value_parser = commands::parse_dur_arg)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub duration: Option<Duration>,
     /// Seed for the sandbox's made-up records and their changes.
     #[arg(long, default_value_t = 42)]
@@ -301,90 +304,95 @@ retry:
     )
 }
 
-/// Prints the changes the polls store.
-async fn print_polls(mut rx: mpsc::UnboundedReceiver<PollEvent>, tally: Arc<Tally>, p: Printer) {
-    while let Some(e) = rx.recv().await {
-        bump(&tally.changes, 1);
-        bump(&tally.rules_matched, e.rules.len() as u64);
-        let routing = if e.rules.is_empty() {
-            "no rule matched".to_string()
-        } else {
-            format!(
-                "rules [{}] -> [{}]",
-                e.rules.join(", "),
-                e.destinations.join(", ")
-            )
-        };
-        p.line(
-            "change",
-            &format!(
-                "{} {} id {}  {routing}",
-                e.resource,
-                e.kind.as_str(),
-                short(&e.id)
-            ),
-        );
+/// Prints the notifier's events as they come: each change with where it is going, and each
+/// delivery's outcome.
+async fn print_events(mut sub: Subscription, tally: Arc<Tally>, p: Printer) {
+    while let Some(e) = sub.recv().await {
+        match e {
+            Event::Change(c) => print_change(&c, &tally, p),
+            Event::Delivery(d) => print_delivery(d, &tally, p),
+        }
     }
 }
 
-/// Prints each delivery's outcome.
-async fn print_deliveries(mut rx: mpsc::UnboundedReceiver<Event>, tally: Arc<Tally>, p: Printer) {
-    while let Some(e) = rx.recv().await {
-        match e {
-            Event::Delivered {
-                destination,
-                event_type,
-                webhook_id,
-                attempt,
-                status,
-                detail,
-            } => {
-                bump(&tally.delivered, 1);
-                let to = if detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(" to {detail}")
-                };
-                let status = status.map_or_else(String::new, |s| format!(", status {s}"));
-                p.line(
-                    "delivered",
-                    &format!(
-                        "{destination}: {event_type} {}{to}, attempt {attempt}{status}",
-                        short(&webhook_id)
-                    ),
-                );
-            }
-            Event::Retrying {
-                destination,
-                webhook_id,
-                attempt,
-                reason,
-                in_ms,
-            } => {
-                bump(&tally.retries, 1);
-                p.line(
-                    "retry",
-                    &format!(
-                        "{destination}: {} attempt {attempt} failed ({reason}); next try in {:.1}s",
-                        short(&webhook_id),
-                        in_ms as f64 / 1000.0
-                    ),
-                );
-            }
-            Event::Dead {
-                destination,
-                webhook_id,
-                reason,
-            } => {
-                bump(&tally.dead, 1);
-                p.line(
-                    "dead",
-                    &format!(
-                        "{destination}: {} moved to the dead letters ({reason})",
-                        short(&webhook_id)
-                    ),
-                );
-            }
+fn print_change(e: &PollEvent, tally: &Tally, p: Printer) {
+    bump(&tally.changes, 1);
+    bump(&tally.rules_matched, e.rules.len() as u64);
+    let routing = if e.rules.is_empty() {
+        "no rule matched".to_string()
+    } else {
+        format!(
+            "rules [{}] -> [{}]",
+            e.rules.join(", "),
+            e.destinations.join(", ")
+        )
+    };
+    p.line(
+        "change",
+        &format!(
+            "{} {} id {}  {routing}",
+            e.resource,
+            e.kind.as_str(),
+            short(&e.id)
+        ),
+    );
+}
+
+fn print_delivery(e: Delivery, tally: &Tally, p: Printer) {
+    match e {
+        Delivery::Delivered {
+            destination,
+            event_type,
+            webhook_id,
+            attempt,
+            status,
+            detail,
+        } => {
+            bump(&tally.delivered, 1);
+            let to = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" to {detail}")
+            };
+            let status = status.map_or_else(String::new, |s| format!(", status {s}"));
+            p.line(
+                "delivered",
+                &format!(
+                    "{destination}: {event_type} {}{to}, attempt {attempt}{status}",
+                    short(&webhook_id)
+                ),
+            );
+        }
+        Delivery::Retrying {
+            destination,
+            webhook_id,
+            attempt,
+            reason,
+            in_ms,
+        } => {
+            bump(&tally.retries, 1);
+            p.line(
+                "retry",
+                &format!(
+                    "{destination}: {} attempt {attempt} failed ({reason}); next try in {:.1}s",
+                    short(&webhook_id),
+                    in_ms as f64 / 1000.0
+                ),
+            );
+        }
+        Delivery::Dead {
+            destination,
+            webhook_id,
+            reason,
+        } => {
+            bump(&tally.dead, 1);
+            p.line(
+                "dead",
+                &format!(
+                    "{destination}: {} moved to the dead letters ({reason})",
+                    short(&webhook_id)
+                ),
+            );
         }
     }
 }
@@ -454,7 +462,7 @@ impl Drop for TempDir {
 }
 
 /// `demo`: runs everything locally and prints the live stream; see the module docs.
-pub async fn demo_command(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let p = Printer {
         start: Instant::now(),
     };
@@ -559,10 +567,8 @@ pub async fn demo_command(args: DemoArgs) -> anyhow::Result<ExitCode> {
         None => p.plain("Running until Ctrl-C.\n"),
     }
 
-    let (poll_tx, poll_rx) = mpsc::unbounded_channel();
-    let (event_tx, event_rx) = mpsc::unbounded_channel();
-    let polls = tokio::spawn(print_polls(poll_rx, tally.clone(), p));
-    let deliveries = tokio::spawn(print_deliveries(event_rx, tally.clone(), p));
+    let (events, subscription) = Events::channel();
+    let printer = tokio::spawn(print_events(subscription, tally.clone(), p));
     let emails = tokio::spawn(print_emails(
         catcher.clone(),
         tally.clone(),
@@ -572,17 +578,14 @@ pub async fn demo_command(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let cancel = CancellationToken::new();
     let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
-    let notifier = tokio::spawn(crate::daemon::run_with(
+    let notifier = tokio::spawn(crate::daemon::run(
         settings,
         config_path.clone(),
         health,
         cancel.clone(),
         reload_rx,
         vars,
-        Observers {
-            poll: Some(poll_tx),
-            deliveries: Some(event_tx),
-        },
+        events,
     ));
 
     let stop_reason = tokio::select! {
@@ -597,9 +600,8 @@ pub async fn demo_command(args: DemoArgs) -> anyhow::Result<ExitCode> {
     p.plain(&format!("\nStopping ({stop_reason})..."));
     cancel.cancel();
     let run_result = notifier.await;
-    // The notifier has stopped, so its observers are gone: the printers finish what is queued.
-    let _ = polls.await;
-    let _ = deliveries.await;
+    // The notifier has stopped, so its event senders are gone: the printer finishes what is queued.
+    let _ = printer.await;
     stop_parts.cancel();
     let _ = emails.await;
     let _ = receiver_task.await;

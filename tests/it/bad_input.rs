@@ -4,8 +4,8 @@
 use crate::helpers::*;
 use axum::body::Bytes;
 use axum::response::IntoResponse;
-use clinicea_notifier::commands::Engine;
 use clinicea_notifier::config;
+use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::ingest::client::{self, MAX_PAGE_BYTES};
 use clinicea_notifier::ingest::poll::PollError;
 use clinicea_notifier::kit::sandbox::SandboxOptions;

@@ -2,7 +2,7 @@
 //! loopback.
 
 use crate::helpers::*;
-use clinicea_notifier::commands::Engine;
+use clinicea_notifier::daemon::engine::Engine;
 use std::time::Duration;
 
 /// A config: new leads go to one chat destination of `kind` at `url`, rendered with `lead-chat`.
@@ -185,7 +185,8 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
         );
         assert_eq!(engine.store.outbox_len(), 0);
         // And `status` shows the destination as failing.
-        let text = clinicea_notifier::commands::status_text(&_t.settings(), &engine.store).unwrap();
+        let text = clinicea_notifier::commands::status::status_text(&_t.settings(), &engine.store)
+            .unwrap();
         assert!(text.contains("FAILING since"), "{kind}: {text}");
         assert!(text.contains("404"), "{kind}: {text}");
     }

@@ -1,7 +1,9 @@
 //! Issue 4: the outbox, signed webhooks, retries and dead letters, against real receivers.
 
 use crate::helpers::*;
-use clinicea_notifier::commands::{self, DeadCommand, Engine};
+use clinicea_notifier::commands::dead::{self, DeadCommand};
+use clinicea_notifier::daemon::engine::Engine;
+use clinicea_notifier::daemon::events::Events;
 use clinicea_notifier::kit::sandbox::SandboxOptions;
 use clinicea_notifier::outbox::entry::{DeadLetter, OutboxEntry};
 use std::collections::HashSet;
@@ -127,7 +129,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let dead = dead_letters(&engine);
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
-    let show = commands::dead_text(
+    let show = dead::dead_text(
         &engine.store,
         DeadCommand::Show {
             id: dead[0].entry.seq,
@@ -137,7 +139,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     assert!(show.contains("#1") && show.contains("status 400"), "{show}");
 
     // Re-drive it: it goes back to the queue and is delivered with the same webhook-id.
-    let out = commands::dead_text(
+    let out = dead::dead_text(
         &engine.store,
         DeadCommand::Retry {
             ids: vec![],
@@ -242,6 +244,7 @@ async fn a_slow_destination_does_not_delay_a_fast_one() {
         cancel.clone(),
         reload_rx,
         t.vars.clone(),
+        Events::none(),
     ));
     let got = fast.wait_for(20, Duration::from_secs(4)).await;
     let fast_done = started.elapsed();

@@ -38,7 +38,7 @@ fn by_recipient(got: &[CaughtMessage]) -> HashMap<String, Vec<CaughtMessage>> {
     m
 }
 
-fn message_ids(engine: &clinicea_notifier::commands::Engine) -> HashMap<String, String> {
+fn message_ids(engine: &clinicea_notifier::daemon::engine::Engine) -> HashMap<String, String> {
     queued(engine, "front-desk")
         .into_iter()
         .map(|e| match e.payload {

@@ -6,7 +6,7 @@ use clinicea_notifier::model::ChangeKind;
 use std::collections::HashSet;
 use std::time::Duration;
 
-fn ids_in_journal(engine: &clinicea_notifier::commands::Engine) -> Vec<String> {
+fn ids_in_journal(engine: &clinicea_notifier::daemon::engine::Engine) -> Vec<String> {
     engine
         .store
         .changes()

@@ -5,7 +5,9 @@
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use clinicea_notifier::commands::{self, Engine, Settings};
+use clinicea_notifier::commands::{self, Settings};
+use clinicea_notifier::daemon::engine::Engine;
+use clinicea_notifier::daemon::events::Events;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -67,7 +69,7 @@ impl TestDir {
 
     /// Opens an engine (store in this directory).
     pub fn engine(&self) -> Engine {
-        Engine::open(self.settings()).expect("engine opens")
+        Engine::open(self.settings(), Events::none()).expect("engine opens")
     }
 }
 

@@ -251,6 +251,7 @@ async fn readyz_follows_the_first_poll_and_the_watchdog_while_healthz_stays_up()
         cancel.clone(),
         reload_rx,
         t.vars.clone(),
+        clinicea_notifier::daemon::events::Events::none(),
     ));
 
     // Waits until /readyz answers `want`, checking /healthz is 200 on the way.

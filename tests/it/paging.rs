@@ -6,7 +6,7 @@
 //! replayed.
 
 use crate::helpers::*;
-use clinicea_notifier::commands::Engine;
+use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::ingest::poll::PollReport;
 use clinicea_notifier::kit::sandbox::{Order, SandboxHandle, SandboxOptions};
 use clinicea_notifier::model::{canonical_json, DEFAULT_SOURCE};

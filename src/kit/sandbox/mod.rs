@@ -30,6 +30,7 @@
 //! Records are kept per resource in change order behind an index, so a page costs O(log n + page)
 //! even with a million records. Record contents are never logged.
 
+pub mod command;
 mod gen;
 mod since;
 mod table;

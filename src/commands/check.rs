@@ -1,0 +1,76 @@
+//! `check`: validate the config, templates and environment, and print what would run.
+
+use super::{load_settings, Settings};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// `check`: validate and print what would run.
+pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
+    match load_settings(config) {
+        Ok(s) => {
+            print!("{}", summary(&s));
+            println!("{}: OK", config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// A short, secret-free summary of what a config would run.
+pub fn summary(s: &Settings) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let c = &s.base.clinicea;
+    let _ = writeln!(
+        out,
+        "Clinicea: {} (auth: {:?}, timezone {}, overlap {:?})",
+        c.base_url.origin().ascii_serialization(),
+        c.auth,
+        c.timezone,
+        c.overlap
+    );
+    let _ = writeln!(out, "Resources:");
+    for r in &s.base.resources {
+        let _ = writeln!(
+            out,
+            "  {:<14} GET {} every {:?} ({}, pages from {} by {}, {} per page)",
+            r.name, r.path, r.poll_interval, r.since_param, r.first_page, r.page_param, r.page_size
+        );
+    }
+    let _ = writeln!(out, "Destinations:");
+    let mut dests: Vec<_> = s.pipeline.destinations.values().collect();
+    dests.sort_by(|a, b| a.name.cmp(&b.name));
+    for d in dests {
+        let where_ = match &d.target {
+            crate::deliver::Target::Webhook(t) => crate::net::scrub::redacted_url(&t.url),
+            crate::deliver::Target::Chat { url, .. } => {
+                format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or(""))
+            }
+            crate::deliver::Target::Email { to, template, .. } => {
+                format!("{} recipient(s), template {template}", to.len())
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<11} {} (retries: {})",
+            d.name,
+            d.kind_str(),
+            where_,
+            d.retry.schedule.len()
+        );
+    }
+    let _ = writeln!(out, "Rules:");
+    for line in s.pipeline.rules.describe() {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(
+        out,
+        "Store: {}   Listen: {}",
+        s.base.store.path.display(),
+        s.base.listen
+    );
+    out
+}

@@ -1,0 +1,87 @@
+//! `purge`: erase everything stored about one record (an erasure request).
+
+use super::{load_settings, open_store_for_cli, Settings};
+use crate::config;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Arguments of `purge`.
+#[derive(Debug, clap::Args)]
+pub struct PurgeArgs {
+    /// The resource key the record belongs to, as in the config (`leads`).
+    #[arg(long)]
+    pub resource: String,
+    /// The record's id.
+    #[arg(long)]
+    pub id: String,
+}
+
+/// `purge`: erase everything stored about one record (an erasure request). Exits 1 when nothing
+/// was stored about it.
+pub async fn run(config: &Path, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(config)?;
+    if !config::valid_name(&args.resource) {
+        anyhow::bail!(
+            "{:?} is not a resource key (letters, digits, '-', '_' and '.')",
+            args.resource
+        );
+    }
+    if args.id.trim().is_empty() || args.id.contains('\0') {
+        anyhow::bail!("give the record's id with --id");
+    }
+    let store = open_store_for_cli(&settings)?;
+    let erased = store.erase_record(crate::model::DEFAULT_SOURCE, &args.resource, &args.id)?;
+    store.flush().await?;
+    let (text, found) = purge_text(&settings, args, &erased);
+    if found {
+        print!("{text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{text}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// What `purge` prints, and whether anything was stored about the record.
+pub fn purge_text(
+    settings: &Settings,
+    args: &PurgeArgs,
+    erased: &crate::outbox::store::Erased,
+) -> (String, bool) {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if erased.total() == 0 {
+        let _ = write!(
+            out,
+            "Nothing is stored about {} record {:?}: no snapshot, journal entry, queued delivery or dead letter. Nothing was erased.",
+            args.resource, args.id
+        );
+        if !settings
+            .base
+            .resources
+            .iter()
+            .any(|r| r.name == args.resource)
+        {
+            let _ = write!(out, " ({} is not a resource in the config.)", args.resource);
+        }
+        let _ = writeln!(out);
+        return (out, false);
+    }
+    let _ = writeln!(
+        out,
+        "Erased {} record {:?} from the store at {}:",
+        args.resource,
+        args.id,
+        settings.base.store.path.display()
+    );
+    for (n, what) in [
+        (erased.snapshots, "snapshot"),
+        (erased.changes, "change journal entries"),
+        (erased.outbox, "queued deliveries"),
+        (erased.dead, "dead letters"),
+        (erased.attempts, "attempt logs"),
+    ] {
+        let _ = writeln!(out, "  {n:>4} {what}");
+    }
+    (out, true)
+}

@@ -1,0 +1,183 @@
+//! `test-rule`: which rules match a change, why the others do not, and each delivery as it
+//! would be sent; nothing is sent.
+
+use super::{load_settings, Settings};
+use crate::outbox::store::Store;
+use anyhow::Context;
+use chrono::Utc;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Arguments of `test-rule`.
+#[derive(Debug, clap::Args)]
+pub struct TestRuleArgs {
+    /// The resource key the record belongs to.
+    #[arg(long)]
+    pub resource: String,
+    /// A JSON file with the record as fetched now.
+    #[arg(long)]
+    pub record: PathBuf,
+    /// A JSON file with the stored version before the change.
+    #[arg(long)]
+    pub previous: Option<PathBuf>,
+}
+
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    // A fixture page (an array) is accepted: its first record is used.
+    Ok(match v {
+        serde_json::Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        other => other,
+    })
+}
+
+/// `test-rule`: prints [`test_rule_text`].
+pub fn run(config: &Path, args: &TestRuleArgs) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(config)?;
+    print!("{}", test_rule_text(&settings, args)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `test-rule` prints for the record files in `args`: the change they make, which rules
+/// match it and why the others do not, and each delivery as it would be sent.
+pub fn test_rule_text(settings: &Settings, args: &TestRuleArgs) -> anyhow::Result<String> {
+    let Some(res) = settings
+        .base
+        .resources
+        .iter()
+        .find(|r| r.name == args.resource)
+    else {
+        anyhow::bail!(
+            "no resource {:?} in the config (have: {})",
+            args.resource,
+            settings
+                .base
+                .resources
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let record = read_json(&args.record)?;
+    let previous = args.previous.as_deref().map(read_json).transpose()?;
+    let id = crate::ingest::diff::record_id(&record, &res.id_field).map_err(|_| {
+        anyhow::anyhow!(
+            "the record has no usable id in field {:?} (set id_field for this resource)",
+            res.id_field
+        )
+    })?;
+    let spec = crate::ingest::diff::DiffSpec {
+        source: crate::model::DEFAULT_SOURCE,
+        resource: &res.name,
+        id_field: &res.id_field,
+        status_field: &res.status_field,
+    };
+    let Some(change) = crate::ingest::diff::diff(&spec, id, previous, record, Utc::now()) else {
+        return Ok(
+            "No change: the record is identical to the previous version, so nothing is sent.\n"
+                .to_string(),
+        );
+    };
+    let (id_key, note) = test_rule_id_key(settings);
+    let mut out = describe_test(settings, &change, &id_key);
+    if let Some(note) = note {
+        out.push_str(&format!("\nNote: {note}\n"));
+    }
+    Ok(out)
+}
+
+/// The key `test-rule` derives ids with: the store's when it exists and is free, so ids match what
+/// the notifier would send; otherwise a one-off key, with a note saying so.
+fn test_rule_id_key(settings: &Settings) -> (crate::model::IdKey, Option<String>) {
+    let path = &settings.base.store.path;
+    let one_off = "webhook-id and Message-ID above come from a one-off key";
+    if !path.exists() {
+        return (
+            crate::model::IdKey::ephemeral(),
+            Some(format!(
+                "{one_off}: there is no store at {} yet, and the notifier's ids come from the key made in its store",
+                path.display()
+            )),
+        );
+    }
+    match Store::open(path, settings.base.store.cache_bytes) {
+        Ok(store) => (store.id_key().clone(), None),
+        Err(e) => (
+            crate::model::IdKey::ephemeral(),
+            Some(format!(
+                "{one_off}, since the store's key could not be read ({e}); the notifier's ids differ"
+            )),
+        ),
+    }
+}
+
+/// The text `test-rule` prints for a change; ids are derived with `id_key`.
+pub fn describe_test(
+    settings: &Settings,
+    change: &crate::model::Change,
+    id_key: &crate::model::IdKey,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Change: {} {} (id {}), changed fields: [{}], server status: {}",
+        change.resource,
+        change.kind,
+        change.id,
+        change.changed_fields.join(", "),
+        change.server_status.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(out, "\nRules:");
+    for e in settings.pipeline.rules.explain(change) {
+        if e.matched {
+            let _ = writeln!(out, "  MATCH    {}", e.rule);
+        } else {
+            let _ = writeln!(
+                out,
+                "  no match {}: {}",
+                e.rule,
+                e.failed.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let planned = settings.pipeline.plan(change, id_key);
+    let _ = writeln!(out, "\nDeliveries ({}), nothing is sent:", planned.len());
+    for p in planned {
+        let _ = writeln!(out, "\n--- {} (rule {}) ---", p.destination, p.rule);
+        match p.payload {
+            Err(e) => {
+                let _ = writeln!(out, "  would go to the dead letters: {e}");
+            }
+            Ok(crate::route::plan::Payload::Webhook { body }) => {
+                let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .unwrap_or(body);
+                let _ = writeln!(
+                    out,
+                    "POST webhook, webhook-id: {}\n{pretty}",
+                    change.change_id(id_key)
+                );
+            }
+            Ok(crate::route::plan::Payload::Chat { body }) => {
+                let _ = writeln!(out, "chat message body:\n{body}");
+            }
+            Ok(crate::route::plan::Payload::Email(m)) => {
+                let _ = writeln!(
+                    out,
+                    "From: {}\nTo: {}\nSubject: {}\nMessage-ID: {}\n\n{}",
+                    m.from, m.to, m.subject, m.message_id, m.text
+                );
+                if let Some(h) = m.html {
+                    let _ = writeln!(out, "\n[HTML part]\n{h}");
+                }
+            }
+        }
+    }
+    out
+}
