@@ -2,13 +2,15 @@
 //! command line and calls these.
 
 use crate::config::{self, Base, Config, ConfigError, Problem};
+use crate::daemon::intake::{OutboxIntake, PollEvent};
 use crate::deliver::email::{Mailer, SmtpSettings};
 use crate::deliver::outcome::RetryPolicy;
 use crate::deliver::{Deliverer, Destination};
 use crate::ingest::client::Client;
-use crate::ingest::poll::{self, PollCtx, PollError, PollReport};
+use crate::ingest::ctx::{PollCtx, PollError};
+use crate::ingest::poll::{self, PollReport};
 use crate::outbox::entry::{DeadLetter, OutboxEntry, Wake};
-use crate::outbox::store::Store;
+use crate::outbox::store::{Store, StoreError};
 use crate::route::plan::Pipeline;
 use crate::route::render::Templates;
 use crate::route::rules::{self, CompileContext};
@@ -226,7 +228,7 @@ pub fn load_settings_with(
 #[derive(Clone, Default)]
 pub struct Observers {
     /// Told about each change a poll stores, with its matched rules and destinations.
-    pub poll: Option<mpsc::UnboundedSender<crate::ingest::poll::PollEvent>>,
+    pub poll: Option<mpsc::UnboundedSender<PollEvent>>,
     /// Told about each delivery attempt's outcome.
     pub deliveries: Option<mpsc::UnboundedSender<crate::deliver::Event>>,
 }
@@ -291,24 +293,26 @@ impl Engine {
         &self,
         wake: Option<mpsc::UnboundedSender<Wake>>,
         cancel: CancellationToken,
-    ) -> PollCtx {
+    ) -> PollCtx<OutboxIntake> {
         PollCtx {
             source: crate::model::DEFAULT_SOURCE.to_string(),
-            store: self.store.clone(),
+            intake: OutboxIntake {
+                store: self.store.clone(),
+                pipeline: self.settings.pipeline.clone(),
+                wake,
+                events: self.observers.poll.clone(),
+            },
             client: self.client.clone(),
-            pipeline: self.settings.pipeline.clone(),
             overlap: self.settings.base.clinicea.overlap,
             start_from: self.settings.base.clinicea.start_from,
             baseline: self.settings.base.clinicea.baseline,
             page_delay: self.settings.base.clinicea.page_delay,
-            wake,
             cancel,
-            observer: self.observers.poll.clone(),
         }
     }
 
     /// Polls every resource once, side by side.
-    pub async fn poll_all(&self) -> Vec<(String, Result<PollReport, PollError>)> {
+    pub async fn poll_all(&self) -> Vec<(String, Result<PollReport, PollError<StoreError>>)> {
         let ctx = self.poll_ctx(None, CancellationToken::new());
         let mut set = tokio::task::JoinSet::new();
         for res in self.settings.base.resources.clone() {

@@ -7,7 +7,8 @@ use crate::config;
 use crate::deliver::email::Mailer;
 use crate::deliver::Deliverer;
 use crate::ingest::client::Client;
-use crate::ingest::poll::{self, PollCtx, PollError};
+use crate::ingest::ctx::{PollCtx, PollError};
+use crate::ingest::poll;
 use crate::outbox::entry::Wake;
 use crate::outbox::store::Store;
 use anyhow::Context;
@@ -18,6 +19,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+pub mod intake;
 
 /// How often the running notifier applies the store's retention periods (change journal, dead
 /// letters) and tightens its file modes.
@@ -192,7 +195,7 @@ pub async fn serve_health(
 
 /// Polls one resource on its interval until cancelled, keeping `health` current.
 pub async fn poll_loop(
-    ctx: PollCtx,
+    ctx: PollCtx<intake::OutboxIntake>,
     res: config::Resource,
     health: Arc<Health>,
     stale_after: std::time::Duration,

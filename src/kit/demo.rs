@@ -17,9 +17,9 @@
 //! so it shows names in email subjects and chat text there (and only there; logs are unchanged).
 
 use crate::commands::{self, Observers};
+use crate::daemon::intake::PollEvent;
 use crate::deliver::webhook::{self, Secret};
 use crate::deliver::Event;
-use crate::ingest::poll::PollEvent;
 use crate::kit::catcher::{Catcher, CatcherHandle, CatcherOptions};
 use crate::kit::sandbox::{Sandbox, SandboxOptions};
 use anyhow::Context;
