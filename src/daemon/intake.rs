@@ -196,8 +196,9 @@ impl Intake for OutboxIntake {
             ..PageWrite::default()
         };
         let (mut wakes, mut events, mut deliveries) = (Vec::new(), Vec::new(), 0);
-        for change in &chunk.changes {
-            deliveries += self.plan_change(change, &mut write, &mut wakes, &mut events)?;
+        // Each change is dropped once planned: what stays is what is written.
+        for change in chunk.changes {
+            deliveries += self.plan_change(&change, &mut write, &mut wakes, &mut events)?;
         }
         self.store.commit_page(source, resource, &write)?;
         // The watcher hears of a change before the workers are woken to deliver it.

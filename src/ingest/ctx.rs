@@ -1,5 +1,6 @@
 //! What every step of one poll shares: its context (the API client, the settings that shape a
-//! poll, and the [`Intake`](crate::ingest::intake::Intake) of the stages after it) and why a poll fails.
+//! poll, and the [`Intake`](crate::ingest::intake::Intake) of the stages after it) and why a
+//! poll fails.
 
 use crate::config::StartFrom;
 use crate::ingest::client::{ApiError, Client};

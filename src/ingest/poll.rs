@@ -1,8 +1,9 @@
 //! One poll of one resource: fetch every page since the checkpoint, diff each record against its
-//! snapshot, plan the deliveries of each change, commit each page atomically (a page larger than
-//! [`CHUNK_RECORDS`](crate::ingest::client::CHUNK_RECORDS) one chunk at a time), and advance the
-//! checkpoint only when a pass over the window read every record in it. A resource's first poll runs its silent baseline
-//! first (see [`crate::ingest::baseline`]).
+//! snapshot, hand each page to the [`Intake`] (which routes its changes and commits it
+//! atomically; a page larger than [`CHUNK_RECORDS`](crate::ingest::client::CHUNK_RECORDS) one
+//! chunk at a time), and advance the checkpoint only when a pass over the window read every
+//! record in it. A resource's first poll runs its silent baseline first (see
+//! [`crate::ingest::baseline`]).
 //!
 //! # Why no record is skipped for good
 //!
