@@ -11,7 +11,6 @@
 //! debug level only.
 
 use crate::config::{AuthMode, Clinicea, Resource};
-use crate::ingest::split::{json_error_cause, ArraySplitter};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -517,7 +516,7 @@ impl Client {
             page,
             detail,
         };
-        let mut splitter = ArraySplitter::new();
+        let mut splitter = crate::ingest::split::ArraySplitter::new();
         let mut records = Vec::new();
         let (mut total, mut in_chunk, mut handed) = (0usize, 0usize, 0u64);
         loop {
@@ -690,7 +689,7 @@ fn too_large(resource: &str, page: u32) -> ApiError {
 /// reads pages in chunks instead ([`Client::read_page`]); both split the array the same way.
 pub fn parse_page(resource: &str, page: u32, body: &[u8]) -> Result<Vec<Value>, ApiError> {
     let mut records = Vec::new();
-    let mut splitter = ArraySplitter::new();
+    let mut splitter = crate::ingest::split::ArraySplitter::new();
     let split = splitter
         .feed(body, &mut records)
         .and_then(|()| splitter.finish());
@@ -732,7 +731,7 @@ fn judge_whole(resource: &str, page: u32, body: &[u8]) -> Result<Vec<Value>, Api
             "invalid JSON at line {} column {}: {}",
             e.line(),
             e.column(),
-            json_error_cause(&e)
+            crate::ingest::split::json_error_cause(&e)
         ))),
     }
 }
