@@ -21,8 +21,8 @@ pub struct DiffedChunk {
     pub changes: Vec<Change>,
 }
 
-/// What a poll needs from the stages after it, for one source's resources. Every method names
-/// the source and the resource it is about.
+/// What a poll needs from the stages after it. Every method names the source and the resource
+/// it is about.
 pub trait Intake: Send + Sync {
     /// A failure of the stages behind the port (the store); a poll reports it as it reads.
     type Error: std::error::Error + Send + Sync + 'static;
