@@ -4,12 +4,14 @@
 use crate::commands::Settings;
 use crate::config::{self, Base};
 use crate::daemon::events::Events;
+use crate::daemon::intake::OutboxIntake;
 use crate::deliver::email::Mailer;
 use crate::deliver::Deliverer;
 use crate::ingest::client::Client;
-use crate::ingest::poll::{self, PollCtx, PollError, PollReport};
+use crate::ingest::ctx::{PollCtx, PollError};
+use crate::ingest::poll::{self, PollReport};
 use crate::outbox::entry::Wake;
-use crate::outbox::store::Store;
+use crate::outbox::store::{Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -73,24 +75,26 @@ impl Engine {
         &self,
         wake: Option<mpsc::UnboundedSender<Wake>>,
         cancel: CancellationToken,
-    ) -> PollCtx {
+    ) -> PollCtx<OutboxIntake> {
         PollCtx {
             source: crate::model::DEFAULT_SOURCE.to_string(),
-            store: self.store.clone(),
+            intake: OutboxIntake {
+                store: self.store.clone(),
+                pipeline: self.settings.pipeline.clone(),
+                wake,
+                events: self.events.changes(),
+            },
             client: self.client.clone(),
-            pipeline: self.settings.pipeline.clone(),
             overlap: self.settings.base.clinicea.overlap,
             start_from: self.settings.base.clinicea.start_from,
             baseline: self.settings.base.clinicea.baseline,
             page_delay: self.settings.base.clinicea.page_delay,
-            wake,
             cancel,
-            observer: self.events.changes(),
         }
     }
 
     /// Polls every resource once, side by side.
-    pub async fn poll_all(&self) -> Vec<(String, Result<PollReport, PollError>)> {
+    pub async fn poll_all(&self) -> Vec<(String, Result<PollReport, PollError<StoreError>>)> {
         let ctx = self.poll_ctx(None, CancellationToken::new());
         let mut set = tokio::task::JoinSet::new();
         for res in self.settings.base.resources.clone() {

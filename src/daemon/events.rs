@@ -6,8 +6,8 @@
 //! has its own queue, and one [`Subscription`] hands both out in the order that matters: a change
 //! always comes before the deliveries it caused.
 
+use crate::daemon::intake::PollEvent;
 use crate::deliver;
-use crate::ingest::poll::PollEvent;
 use tokio::sync::mpsc;
 
 /// Something a running notifier did. Ids and names only, never record contents.

@@ -9,7 +9,8 @@ pub mod maintain;
 
 use crate::commands::{load_settings_with, Settings};
 use crate::config;
-use crate::ingest::poll::{self, PollCtx, PollError};
+use crate::ingest::ctx::{PollCtx, PollError};
+use crate::ingest::poll;
 use crate::outbox::entry::Wake;
 use anyhow::Context;
 use chrono::Utc;
@@ -24,12 +25,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod intake;
 /// How long shutdown waits for pollers and workers before giving up on them.
 const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Polls one resource on its interval until cancelled, keeping `health` current.
 async fn poll_loop(
-    ctx: PollCtx,
+    ctx: PollCtx<intake::OutboxIntake>,
     res: config::Resource,
     health: Arc<Health>,
     stale_after: std::time::Duration,

@@ -35,26 +35,38 @@
 
 use crate::config::Resource;
 use crate::ingest::client::CHUNK_RECORDS;
+use crate::ingest::ctx::{PollCtx, PollError};
 use crate::ingest::diff;
-use crate::ingest::poll::{PageWalk, PollCtx, PollError, PollReport, Step};
-use crate::outbox::store::Baseline;
+use crate::ingest::intake::Intake;
+use crate::ingest::state::Baseline;
+use crate::ingest::walk::{PageWalk, Step};
 use chrono::Utc;
 
 /// The baseline logs its progress every this many pages.
 pub const BASELINE_LOG_EVERY_PAGES: u64 = 50;
 
-/// Runs (or resumes) a resource's baseline to its end and returns it finished.
-pub(crate) async fn run(
-    ctx: &PollCtx,
+/// What one run of the baseline read (a resumed baseline counts only what it read this time).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Read {
+    /// Pages stored.
+    pub(crate) pages: u64,
+    /// Records stored, sending nothing.
+    pub(crate) records: u64,
+}
+
+/// Runs (or resumes) a resource's baseline to its end, and marks it finished.
+pub(crate) async fn run<I: Intake>(
+    ctx: &PollCtx<I>,
     res: &Resource,
     mut b: Baseline,
-    report: &mut PollReport,
-) -> Result<Baseline, PollError> {
+) -> Result<Read, PollError<I::Error>> {
     let (source, name) = (ctx.source.as_str(), res.name.as_str());
+    let mut read = Read::default();
     if ctx.baseline.is_none() {
         // Turned off part-way: what it read is kept, the rest is not read.
         tracing::info!(resource = %name, pages = b.pages, records = b.records, "baseline turned off part-way; keeping the records it read");
-        return finish(ctx, res, b).await;
+        finish(ctx, res, b).await?;
+        return Ok(read);
     }
     if b.pages == 0 {
         tracing::info!(resource = %name, since = %b.since.to_rfc3339(), "baseline: reading every existing record once; nothing is sent");
@@ -67,19 +79,12 @@ pub(crate) async fn run(
     let mut in_page = 0u64;
     let mut snaps = Vec::with_capacity(CHUNK_RECORDS);
     while let Some(step) = walk.next().await? {
-        let (records, page, page_end) = match step {
-            Step::Records {
-                records,
-                page,
-                page_end,
-            } => (records, page, page_end),
-            Step::Restart => {
-                in_page = 0;
-                continue;
-            }
+        let Step::Records(chunk) = step else {
+            in_page = 0;
+            continue;
         };
         snaps.clear();
-        for record in &records {
+        for record in &chunk.records {
             // Records without an id are skipped (and reported) by the normal polls.
             if let Ok(id) = diff::record_id(record, &res.id_field) {
                 // A deleted record is kept as a tombstone, as the normal polls keep it.
@@ -92,15 +97,16 @@ pub(crate) async fn run(
             }
         }
         in_page += snaps.len() as u64;
-        if page_end {
-            b.next_page = page.saturating_add(1);
+        if chunk.page_end {
+            b.next_page = chunk.page.saturating_add(1);
             b.pages += 1;
             b.records += std::mem::take(&mut in_page);
-            report.baseline_pages += 1;
+            read.pages += 1;
         }
-        ctx.store
-            .commit_baseline_chunk(source, name, &snaps, page_end.then_some(&b))?;
-        if page_end {
+        ctx.intake
+            .commit_baseline_chunk(source, name, &snaps, chunk.page_end.then_some(&b))
+            .map_err(PollError::Store)?;
+        if chunk.page_end {
             metrics::gauge!("clinicea_baseline_records", "resource" => res.name.clone())
                 .set(b.records as f64);
             if b.pages % BASELINE_LOG_EVERY_PAGES == 0 {
@@ -108,16 +114,22 @@ pub(crate) async fn run(
             }
         }
     }
-    report.baseline_records += b.records - before;
-    finish(ctx, res, b).await
+    read.records = b.records - before;
+    finish(ctx, res, b).await?;
+    Ok(read)
 }
 
 /// Marks a baseline finished, durably.
-async fn finish(ctx: &PollCtx, res: &Resource, mut b: Baseline) -> Result<Baseline, PollError> {
+async fn finish<I: Intake>(
+    ctx: &PollCtx<I>,
+    res: &Resource,
+    mut b: Baseline,
+) -> Result<(), PollError<I::Error>> {
     b.finished = Some(Utc::now());
-    ctx.store
-        .commit_baseline_chunk(&ctx.source, &res.name, &[], Some(&b))?;
-    ctx.store.flush().await?;
+    ctx.intake
+        .commit_baseline_chunk(&ctx.source, &res.name, &[], Some(&b))
+        .map_err(PollError::Store)?;
+    ctx.intake.flush().await.map_err(PollError::Store)?;
     tracing::info!(resource = %res.name, pages = b.pages, records = b.records, "baseline done; changes from the origin on are read next");
-    Ok(b)
+    Ok(())
 }

@@ -149,8 +149,6 @@ pub struct PageEnd {
     pub records: u64,
     /// Whether this was the last page (short, empty or 204).
     pub last: bool,
-    /// How many request attempts it took.
-    pub attempts: u32,
     /// The server's `Date` header (`None` when missing or unparseable).
     pub date: Option<DateTime<Utc>>,
     /// Our clock when the response headers arrived (the server's `Date` is no later than its
@@ -498,7 +496,6 @@ impl Client {
         res: &Resource,
         page: u32,
         mut resp: reqwest::Response,
-        attempts: u32,
         budget: &mut Duration,
         tx: &tokio::sync::mpsc::Sender<Result<PageEvent, ApiError>>,
     ) -> Result<bool, (ApiError, bool)> {
@@ -551,7 +548,6 @@ impl Client {
         let end = PageEnd {
             records: count,
             last: count < u64::from(res.page_size),
-            attempts,
             date,
             received,
         };
@@ -621,7 +617,6 @@ impl Client {
                 let end = PageEnd {
                     records: 0,
                     last: true,
-                    attempts: attempt,
                     date: server_date(resp.headers()),
                     received: Utc::now(),
                 };
@@ -655,10 +650,7 @@ impl Client {
                 }
                 return Err(err);
             }
-            match self
-                .stream_body(res, page, resp, attempt, &mut budget, tx)
-                .await
-            {
+            match self.stream_body(res, page, resp, &mut budget, tx).await {
                 Ok(_) => return Ok(()),
                 Err((e, handed)) if e.is_retryable() && attempt <= API_MAX_RETRIES => {
                     if handed && tx.send(Ok(PageEvent::Restart)).await.is_err() {
@@ -728,42 +720,8 @@ fn judge_whole(resource: &str, page: u32, body: &[u8]) -> Result<Vec<Value>, Api
             "invalid JSON at line {} column {}: {}",
             e.line(),
             e.column(),
-            json_error_cause(&e)
+            crate::ingest::split::json_error_cause(&e)
         ))),
-    }
-}
-
-/// Why serde_json refused a body, in words: "recursion limit exceeded (nested more than 128
-/// levels deep)", "invalid unicode code point", "EOF while parsing a string". Parsing into a
-/// `Value` only fails on syntax, whose messages are fixed texts that never quote the body (so no
-/// record content reaches a log); anything else is named by its category only.
-pub(crate) fn json_error_cause(e: &serde_json::Error) -> String {
-    if e.classify() != serde_json::error::Category::Syntax
-        && e.classify() != serde_json::error::Category::Eof
-    {
-        return e.classify_str().to_string();
-    }
-    let full = e.to_string();
-    let cause = full.split(" at line ").next().unwrap_or(&full);
-    if cause.contains("recursion limit") {
-        format!("{cause} (nested more than 128 levels deep)")
-    } else {
-        cause.to_string()
-    }
-}
-
-trait ClassifyStr {
-    fn classify_str(&self) -> &'static str;
-}
-
-impl ClassifyStr for serde_json::Error {
-    fn classify_str(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "unexpected data",
-            serde_json::error::Category::Eof => "unexpected end of input",
-        }
     }
 }
 

@@ -21,6 +21,26 @@ fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// Why serde_json refused a body, in words: "recursion limit exceeded (nested more than 128
+/// levels deep)", "invalid unicode code point", "EOF while parsing a string". Parsing into a
+/// `Value` only fails on syntax, whose messages are fixed texts that never quote the body (so no
+/// record content reaches a log); anything else is named by its category only.
+pub(crate) fn json_error_cause(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => {}
+        Category::Io => return "I/O error".to_string(),
+        Category::Data => return "unexpected data".to_string(),
+    }
+    let full = e.to_string();
+    let cause = full.split(" at line ").next().unwrap_or(&full);
+    if cause.contains("recursion limit") {
+        format!("{cause} (nested more than {RECURSION_LIMIT} levels deep)")
+    } else {
+        cause.to_string()
+    }
+}
+
 /// Where the scanner is in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -260,7 +280,7 @@ impl ArraySplitter {
             Ok(_) => self.at(self.pos, "expected `,` or `]`"),
             Err(e) => {
                 let p = self.absolute(e.line(), e.column());
-                let cause = crate::ingest::client::json_error_cause(&e);
+                let cause = json_error_cause(&e);
                 // What follows one value is, inside a list, a missing comma.
                 if cause == "trailing characters" {
                     self.at(p, "expected `,` or `]`")
@@ -341,7 +361,7 @@ mod tests {
                 "invalid JSON at line {} column {}: {}",
                 e.line(),
                 e.column(),
-                crate::ingest::client::json_error_cause(&e)
+                json_error_cause(&e)
             )),
         }
     }

@@ -20,9 +20,9 @@
 
 use crate::commands;
 use crate::daemon::events::{Event, Events, Subscription};
+use crate::daemon::intake::PollEvent;
 use crate::deliver::webhook::{self, Secret};
 use crate::deliver::Event as Delivery;
-use crate::ingest::poll::PollEvent;
 use crate::kit::catcher::{Catcher, CatcherHandle, CatcherOptions};
 use crate::kit::sandbox::{Sandbox, SandboxOptions};
 use anyhow::Context;

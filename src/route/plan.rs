@@ -6,7 +6,7 @@ use crate::model::{Change, IdKey};
 use crate::net::mail;
 use crate::route::chat;
 use crate::route::render::{self, Templates};
-use crate::route::rules::RuleSet;
+use crate::route::rules::{Route, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -121,7 +121,12 @@ impl Pipeline {
     /// recipient for email. `id_key` is the store's key of change ids (email `Message-ID`s are
     /// derived from the change's id).
     pub fn plan(&self, change: &Change, id_key: &IdKey) -> Vec<Planned> {
-        let routes = self.rules.route(change);
+        self.plan_routes(change, &self.rules.route(change), id_key)
+    }
+
+    /// [`Pipeline::plan`] for the routes of `change` already found (`self.rules.route(change)`),
+    /// for a caller that needs the routes as well.
+    pub fn plan_routes(&self, change: &Change, routes: &[Route], id_key: &IdKey) -> Vec<Planned> {
         let mut out = Vec::with_capacity(routes.len());
         // Hashed at most once, and only when an email destination needs it.
         let change_id = std::cell::OnceCell::new();

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use clinicea_notifier::config;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::ingest::client::{self, MAX_PAGE_BYTES};
-use clinicea_notifier::ingest::poll::PollError;
+use clinicea_notifier::ingest::ctx::PollError;
 use clinicea_notifier::kit::sandbox::SandboxOptions;
 use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
 use clinicea_notifier::outbox::store::{Store, StoreError, DEFAULT_CACHE_BYTES};
@@ -195,7 +195,7 @@ fn static_config(base_url: &str) -> String {
 
 async fn only_report(
     engine: &Engine,
-) -> Result<clinicea_notifier::ingest::poll::PollReport, PollError> {
+) -> Result<clinicea_notifier::ingest::poll::PollReport, PollError<StoreError>> {
     engine.poll_all().await.remove(0).1
 }
 

@@ -24,7 +24,7 @@ fn canon(v: &Value) -> String {
 }
 
 /// The leads checkpoint of `engine`.
-fn checkpoint(engine: &Engine) -> clinicea_notifier::outbox::store::Checkpoint {
+fn checkpoint(engine: &Engine) -> clinicea_notifier::ingest::state::Checkpoint {
     engine
         .store
         .checkpoint(DEFAULT_SOURCE, "leads")

@@ -1,0 +1,227 @@
+//! Where ingest's chunks go: the [`Intake`] over the rules and the store. Each diffed chunk's
+//! changes are routed and planned (one outbox entry per delivery, a dead letter where a payload
+//! could not be rendered), committed with the chunk's snapshots in one store transaction, and
+//! only then handed on: to whoever watches the polls, and, once on disk, to the delivery workers.
+
+use crate::ingest::intake::{DiffedChunk, Intake};
+use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
+use crate::model::{Change, ChangeKind};
+use crate::outbox::entry::Wake;
+use crate::outbox::store::{PageWrite, Store, StoreError};
+use crate::route::plan::Pipeline;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// One change a poll detected and stored, with where it is going: what a watcher of the polls
+/// (the `demo` command's live stream) is told. It carries ids and names only, never record
+/// contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollEvent {
+    /// The resource key.
+    pub resource: String,
+    /// Added, modified or deleted.
+    pub kind: ChangeKind,
+    /// The record id.
+    pub id: String,
+    /// The change's stable id (the `webhook-id` of its deliveries).
+    pub change_id: String,
+    /// Every matching rule, in file order.
+    pub rules: Vec<String>,
+    /// The destinations it was queued for (one entry per destination).
+    pub destinations: Vec<String>,
+}
+
+/// Ingest's [`Intake`] for one store and one set of rules, templates and destinations.
+#[derive(Clone)]
+pub struct OutboxIntake {
+    /// The store.
+    pub store: Store,
+    /// Rules, templates and destinations.
+    pub pipeline: Arc<Pipeline>,
+    /// Tells the delivery workers about new outbox entries (`None`: nobody delivers meanwhile,
+    /// as in `once`, and a chunk is not flushed on its own).
+    pub wake: Option<mpsc::UnboundedSender<Wake>>,
+    /// Told about each change once its chunk is stored, before the workers are woken (`None`:
+    /// nobody is watching).
+    pub events: Option<mpsc::UnboundedSender<PollEvent>>,
+}
+
+impl OutboxIntake {
+    /// Adds a change's journal entry and its planned deliveries to the page write, and its event
+    /// when someone watches; returns how many deliveries it queued.
+    fn plan_change(
+        &self,
+        change: &Change,
+        write: &mut PageWrite,
+        wakes: &mut Vec<Wake>,
+        events: &mut Vec<PollEvent>,
+    ) -> Result<u64, StoreError> {
+        let id_key = self.store.id_key();
+        let change_seq = self.store.next_id()?;
+        write
+            .changes
+            .push((change_seq, serde_json::to_vec(change).unwrap_or_default()));
+        let routes = self.pipeline.rules.route(change);
+        let mut deliveries = 0;
+        // The change id hashes the whole record: compute it once, not once per delivery.
+        let mut change_id = None;
+        for planned in self.pipeline.plan_routes(change, &routes, id_key) {
+            let seq = self.store.next_id()?;
+            let webhook_id = change_id.get_or_insert_with(|| change.change_id(id_key));
+            match planned.into_entry(seq, change_seq, change, webhook_id) {
+                Ok(entry) => {
+                    wakes.push(Wake {
+                        destination: entry.destination.clone(),
+                        seq,
+                        due_ms: entry.next_attempt_ms,
+                    });
+                    write.outbox.push((
+                        entry.destination.clone(),
+                        seq,
+                        serde_json::to_vec(&entry).unwrap_or_default(),
+                    ));
+                    deliveries += 1;
+                }
+                Err(dead) => {
+                    tracing::error!(destination = %dead.entry.destination, resource = %change.resource, id = %change.id, reason = %dead.reason, "a delivery could not be prepared; it went to the dead letters");
+                    metrics::counter!("clinicea_dead_letters_total", "destination" => dead.entry.destination.clone()).increment(1);
+                    metrics::counter!("clinicea_deliveries_total", "destination" => dead.entry.destination.clone(), "outcome" => "dead").increment(1);
+                    write
+                        .dead
+                        .push((seq, serde_json::to_vec(&dead).unwrap_or_default()));
+                }
+            }
+        }
+        if self.events.is_some() {
+            events.push(PollEvent {
+                resource: change.resource.clone(),
+                kind: change.kind,
+                id: change.id.clone(),
+                change_id: change_id.unwrap_or_else(|| change.change_id(id_key)),
+                rules: routes.first().map(|r| r.rules.clone()).unwrap_or_default(),
+                destinations: routes.into_iter().map(|r| r.destination).collect(),
+            });
+        }
+        Ok(deliveries)
+    }
+}
+
+impl Intake for OutboxIntake {
+    type Error = StoreError;
+    type Bytes = sled::IVec;
+
+    fn checkpoint(&self, source: &str, resource: &str) -> Result<Option<Checkpoint>, StoreError> {
+        self.store.checkpoint(source, resource)
+    }
+
+    async fn set_first_checkpoint(
+        &self,
+        source: &str,
+        resource: &str,
+        cp: &Checkpoint,
+        baseline: Option<&Baseline>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .set_first_checkpoint(source, resource, cp, baseline)
+            .await
+    }
+
+    async fn set_checkpoint(
+        &self,
+        source: &str,
+        resource: &str,
+        cp: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.store.set_checkpoint(source, resource, cp).await
+    }
+
+    fn poll_status(&self, source: &str, resource: &str) -> Result<PollStatus, StoreError> {
+        self.store.poll_status(source, resource)
+    }
+
+    fn set_poll_status(
+        &self,
+        source: &str,
+        resource: &str,
+        status: &PollStatus,
+    ) -> Result<(), StoreError> {
+        self.store.set_poll_status(source, resource, status)
+    }
+
+    fn baseline(&self, source: &str, resource: &str) -> Result<Option<Baseline>, StoreError> {
+        self.store.baseline(source, resource)
+    }
+
+    fn commit_baseline_chunk(
+        &self,
+        source: &str,
+        resource: &str,
+        snapshots: &[(String, Vec<u8>)],
+        progress: Option<&Baseline>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .commit_baseline_chunk(source, resource, snapshots, progress)
+    }
+
+    fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64, StoreError> {
+        self.store.merge_baseline(source, resource)
+    }
+
+    fn snapshot(
+        &self,
+        source: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<sled::IVec>, StoreError> {
+        self.store.snapshot_raw(source, resource, id)
+    }
+
+    fn baseline_snapshot(
+        &self,
+        source: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<sled::IVec>, StoreError> {
+        self.store.baseline_snapshot_raw(source, resource, id)
+    }
+
+    async fn commit_chunk(
+        &self,
+        source: &str,
+        resource: &str,
+        chunk: DiffedChunk,
+    ) -> Result<u64, StoreError> {
+        let mut write = PageWrite {
+            snapshots: chunk.snapshots,
+            ..PageWrite::default()
+        };
+        let (mut wakes, mut events, mut deliveries) = (Vec::new(), Vec::new(), 0);
+        // Each change is dropped once planned: what stays is what is written.
+        for change in chunk.changes {
+            deliveries += self.plan_change(&change, &mut write, &mut wakes, &mut events)?;
+        }
+        self.store.commit_page(source, resource, &write)?;
+        // The watcher hears of a change before the workers are woken to deliver it.
+        if let Some(tx) = &self.events {
+            for e in events {
+                let _ = tx.send(e);
+            }
+        }
+        if let Some(tx) = &self.wake {
+            // Nothing is sent before it is on disk: a delivery from a page a crash then loses
+            // would be re-detected as another change (another webhook-id) if the record changed
+            // in between, and the receiver would get e.g. `added` twice.
+            if !wakes.is_empty() {
+                self.store.flush().await?;
+            }
+            for w in wakes {
+                let _ = tx.send(w);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush().await
+    }
+}

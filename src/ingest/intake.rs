@@ -1,0 +1,112 @@
+//! The port between ingest and the stages after it: what a poll reads of a resource's stored
+//! state, and what it hands over once a chunk of a page is diffed. Ingest names no store, rules
+//! or outbox; the daemon implements [`Intake`] over them (routing each change, queueing its
+//! deliveries and committing the chunk in one transaction).
+//!
+//! The durability points a poll relies on are in the contract of each method: a chunk is committed
+//! whole or not at all ([`Intake::commit_chunk`]), and a checkpoint moves only after what was
+//! committed before it is on disk ([`Intake::set_checkpoint`]).
+
+use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
+use crate::model::Change;
+use std::future::Future;
+
+/// One diffed chunk of a page: the snapshots to store and the changes they carry.
+#[derive(Debug, Default)]
+pub struct DiffedChunk {
+    /// New snapshot versions, in the order read: (record id, record JSON; a deleted record as its
+    /// tombstone).
+    pub snapshots: Vec<(String, Vec<u8>)>,
+    /// The changes detected, in the order read.
+    pub changes: Vec<Change>,
+}
+
+/// What a poll needs from the stages after it. Every method names the source and the resource
+/// it is about.
+pub trait Intake: Send + Sync {
+    /// A failure of the stages behind the port (the store); a poll reports it as it reads.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// A stored record's bytes, as they were handed over in [`DiffedChunk::snapshots`] or
+    /// [`Intake::commit_baseline_chunk`].
+    type Bytes: AsRef<[u8]> + Send;
+
+    /// The checkpoint of a resource, if it has ever been polled.
+    fn checkpoint(&self, source: &str, resource: &str) -> Result<Option<Checkpoint>, Self::Error>;
+
+    /// Writes a resource's first checkpoint and, when one is due, its baseline, together and on
+    /// disk when it returns: a crash leaves neither or both.
+    fn set_first_checkpoint(
+        &self,
+        source: &str,
+        resource: &str,
+        cp: &Checkpoint,
+        baseline: Option<&Baseline>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Advances a checkpoint durably: everything committed before it is on disk first, and the
+    /// checkpoint is on disk when it returns.
+    fn set_checkpoint(
+        &self,
+        source: &str,
+        resource: &str,
+        cp: &Checkpoint,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The last poll's status of a resource (the default when it was never polled).
+    fn poll_status(&self, source: &str, resource: &str) -> Result<PollStatus, Self::Error>;
+
+    /// Records the last poll's status (informational: not flushed on its own).
+    fn set_poll_status(
+        &self,
+        source: &str,
+        resource: &str,
+        status: &PollStatus,
+    ) -> Result<(), Self::Error>;
+
+    /// The baseline of a resource, if it ever had one.
+    fn baseline(&self, source: &str, resource: &str) -> Result<Option<Baseline>, Self::Error>;
+
+    /// Stores records the baseline read, apart from the snapshots (a record it holds already keeps
+    /// the version read first), and with `progress` the baseline's new state, in one transaction.
+    fn commit_baseline_chunk(
+        &self,
+        source: &str,
+        resource: &str,
+        snapshots: &[(String, Vec<u8>)],
+        progress: Option<&Baseline>,
+    ) -> Result<(), Self::Error>;
+
+    /// Moves the baseline's records into the snapshots where no newer version is stored; returns
+    /// how many moved. Idempotent.
+    fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64, Self::Error>;
+
+    /// The stored version of a record, as the bytes committed.
+    fn snapshot(
+        &self,
+        source: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<Self::Bytes>, Self::Error>;
+
+    /// A record as the baseline read it, while the baseline is not merged.
+    fn baseline_snapshot(
+        &self,
+        source: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Option<Self::Bytes>, Self::Error>;
+
+    /// Takes a diffed chunk: routes each change, and commits the snapshots, the changes and their
+    /// deliveries in one transaction (all of it, or nothing after a crash); only then are the
+    /// deliveries handed on, and never before they are on disk. Returns how many deliveries it
+    /// queued.
+    fn commit_chunk(
+        &self,
+        source: &str,
+        resource: &str,
+        chunk: DiffedChunk,
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// Writes everything committed so far to disk and waits for it.
+    fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
