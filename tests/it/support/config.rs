@@ -7,7 +7,7 @@ use super::SECRET;
 use std::fmt::Write as _;
 
 /// An RFC 3339 time `hours` ago, for `start_from` backfills.
-pub fn hours_ago(hours: i64) -> String {
+fn hours_ago(hours: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::hours(hours)).to_rfc3339()
 }
 
@@ -143,7 +143,8 @@ impl Config {
             timeout: None,
             allow_private: false,
         });
-        self.destinations.push((name.into(), Destination::Chat(chat)));
+        self.destinations
+            .push((name.into(), Destination::Chat(chat)));
         self
     }
 
@@ -299,12 +300,6 @@ impl Clinicea {
     /// `poll_interval: DURATION`.
     pub fn poll_interval(mut self, d: &str) -> Clinicea {
         self.poll_interval = Some(d.into());
-        self
-    }
-
-    /// No `poll_interval:` key (the default).
-    pub fn without_poll_interval(mut self) -> Clinicea {
-        self.poll_interval = None;
         self
     }
 

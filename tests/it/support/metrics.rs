@@ -97,7 +97,7 @@ pub async fn get_text(url: &str) -> (u16, String) {
 }
 
 /// Scrapes `/metrics` at `base` (`http://ADDR`).
-pub async fn scrape(base: &str) -> Scrape {
+async fn scrape(base: &str) -> Scrape {
     let (status, text) = get_text(&format!("{base}/metrics")).await;
     assert_eq!(status, 200, "/metrics: {text}");
     Scrape::parse(&text)

@@ -5,7 +5,6 @@
 
 use crate::support::*;
 use clinicea_notifier::model::DEFAULT_SOURCE;
-use clinicea_notifier::sandbox::SandboxOptions;
 use clinicea_notifier::store::{Store, StoreError, DEFAULT_CACHE_BYTES};
 use serde_json::json;
 use std::process::Command;
@@ -139,8 +138,8 @@ async fn a_full_disk_fails_the_poll_clearly_and_nothing_is_lost_once_space_is_ba
             json!({"ID": format!("lead-{i:03}"), "Notes": format!("{i}").repeat(20_000 / 3 + 1)}),
         );
     }
-    let config = leads_only(&sb.base_url())
-        .store(StoreSection::at(&mnt.join("data").display().to_string()));
+    let config =
+        leads_only(&sb.base_url()).store(StoreSection::at(&mnt.join("data").display().to_string()));
     let t = TestDir::new(&config.to_yaml());
     let out = Command::new(BIN)
         .args(["once", "--config"])

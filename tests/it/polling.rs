@@ -46,7 +46,10 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
     // The sandbox's appointments include deleted ones; every record is a change of some kind.
     assert_eq!(rep.changes, 137);
     assert_eq!(
-        journal_ids(&engine.store).iter().collect::<HashSet<_>>().len(),
+        journal_ids(&engine.store)
+            .iter()
+            .collect::<HashSet<_>>()
+            .len(),
         137
     );
 }

@@ -21,10 +21,7 @@ fn chat_config(base_url: &str, kind: &str, url: &str) -> String {
 
 /// Starts a sandbox, a receiver scripted with `replies` and an engine for `kind`; inserts one
 /// lead, polls and delivers until the outbox is empty.
-async fn one_lead_to(
-    kind: &str,
-    replies: Vec<Reply>,
-) -> (Receiver, Engine, TestDir, Duration) {
+async fn one_lead_to(kind: &str, replies: Vec<Reply>) -> (Receiver, Engine, TestDir, Duration) {
     lead_to(kind, test_lead(), replies, Duration::from_secs(15)).await
 }
 
@@ -120,7 +117,9 @@ fn gap(rx: &Receiver) -> Duration {
 async fn slack_429_with_retry_after_waits_that_long() {
     let (rx, engine, _t, _) = one_lead_to(
         "slack",
-        vec![Reply::status(429).body("rate_limited").header("retry-after", "2")],
+        vec![Reply::status(429)
+            .body("rate_limited")
+            .header("retry-after", "2")],
     )
     .await;
     let g = gap(&rx);
@@ -137,7 +136,9 @@ async fn teams_and_google_chat_429_with_retry_after_wait_that_long() {
     for kind in ["teams", "google_chat"] {
         let (rx, engine, _t, _) = one_lead_to(
             kind,
-            vec![Reply::status(429).body("slow down").header("retry-after", "2")],
+            vec![Reply::status(429)
+                .body("slow down")
+                .header("retry-after", "2")],
         )
         .await;
         let g = gap(&rx);
@@ -172,7 +173,9 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
     for kind in ["slack", "discord"] {
         let (rx, engine, _t, _) = one_lead_to(
             kind,
-            vec![Reply::status(404).body("no_service").header("content-type", "text/plain")],
+            vec![Reply::status(404)
+                .body("no_service")
+                .header("content-type", "text/plain")],
         )
         .await;
         assert_eq!(rx.received().len(), 1, "{kind}: no retry after a 404");
@@ -201,15 +204,20 @@ async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
     for (kind, reply) in [
         (
             "slack",
-            Reply::status(429).body("rate_limited").header("retry-after", "1e20"),
+            Reply::status(429)
+                .body("rate_limited")
+                .header("retry-after", "1e20"),
         ),
         (
             "teams",
-            Reply::status(429).body("slow down").header("retry-after", "1e20"),
+            Reply::status(429)
+                .body("slow down")
+                .header("retry-after", "1e20"),
         ),
         (
             "discord",
-            Reply::status(429).body(r#"{"retry_after": 1e300}"#)
+            Reply::status(429)
+                .body(r#"{"retry_after": 1e300}"#)
                 .header("content-type", "application/json")
                 .header("x-ratelimit-reset-after", "1e20")
                 .header("retry-after", "NaN"),

@@ -273,8 +273,9 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     sandbox.set_order(Order::Modified);
     crm.respond_with(Responder::ok());
     ops.respond_with(Responder::ok());
-    let total =
-        |crm: &Receiver, ops: &Receiver, legacy: &Receiver| crm.count() + ops.count() + legacy.count();
+    let total = |crm: &Receiver, ops: &Receiver, legacy: &Receiver| {
+        crm.count() + ops.count() + legacy.count()
+    };
     let calm_from = Instant::now();
     let mut last = (total(&crm, &ops, &legacy), Instant::now());
     while calm_from.elapsed() < Duration::from_secs(60) {

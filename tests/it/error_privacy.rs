@@ -175,7 +175,7 @@ async fn a_500_with_a_patients_name_and_diagnosis_leaks_nowhere() {
         })
         .times(10),
     );
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     once_then_status(
         &t,
         500,

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_polls_records_changes_deliveries_and_latency() {
     let sb = default_sandbox().await; // 137 leads, 12 patients
-    // Two 500s (retried, then delivered) and one 400 (dead at once); everything else 200.
+                                      // Two 500s (retried, then delivered) and one 400 (dead at once); everything else 200.
     let hooks = Receiver::with(Responder::script([
         Reply::status(500),
         Reply::status(500),

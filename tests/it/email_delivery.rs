@@ -58,12 +58,15 @@ fn message_ids(engine: &clinicea_notifier::app::Engine) -> HashMap<String, Strin
 async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
     let sb = empty_sandbox().await;
     let catcher = start_catcher(CatcherOptions::default()).await;
-    let t = TestDir::new(&email_config(
-        &sb.base_url(),
-        Smtp::plain(catcher.addr.port()),
-        &RECIPIENTS,
-        "new-lead",
-    ).to_yaml());
+    let t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            Smtp::plain(catcher.addr.port()),
+            &RECIPIENTS,
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     let engine = t.engine();
     let lead = sb.sandbox.insert("leads", test_lead());
     let rep = engine.poll_all().await.remove(0).1.unwrap();
@@ -185,17 +188,20 @@ async fn a_rejected_recipient_is_dead_and_the_others_get_exactly_one_copy_across
     let sb = empty_sandbox().await;
     // The first transaction is refused with 421 as well, so some delivery is retried.
     let catcher = start_catcher(CatcherOptions {
-            reject_recipients: vec!["manager@clinic.example".into()],
-            tempfail_first: 1,
-            ..Default::default()
-        })
+        reject_recipients: vec!["manager@clinic.example".into()],
+        tempfail_first: 1,
+        ..Default::default()
+    })
     .await;
-    let t = TestDir::new(&email_config(
-        &sb.base_url(),
-        Smtp::plain(catcher.addr.port()),
-        &RECIPIENTS,
-        "new-lead",
-    ).to_yaml());
+    let t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            Smtp::plain(catcher.addr.port()),
+            &RECIPIENTS,
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
     engine.poll_all().await.remove(0).1.unwrap();
@@ -227,16 +233,19 @@ async fn a_rejected_recipient_is_dead_and_the_others_get_exactly_one_copy_across
 async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
     let sb = empty_sandbox().await;
     let catcher = start_catcher(CatcherOptions {
-            tempfail_first: 1,
-            ..Default::default()
-        })
+        tempfail_first: 1,
+        ..Default::default()
+    })
     .await;
-    let t = TestDir::new(&email_config(
-        &sb.base_url(),
-        Smtp::plain(catcher.addr.port()),
-        &["frontdesk@clinic.example"],
-        "new-lead",
-    ).to_yaml());
+    let t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            Smtp::plain(catcher.addr.port()),
+            &["frontdesk@clinic.example"],
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
     engine.poll_all().await.remove(0).1.unwrap();
@@ -267,12 +276,15 @@ async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
 async fn a_server_that_is_down_is_retried_then_delivered_when_it_comes_up() {
     let sb = empty_sandbox().await;
     let port = free_port();
-    let t = TestDir::new(&email_config(
-        &sb.base_url(),
-        Smtp::plain(port),
-        &["frontdesk@clinic.example"],
-        "new-lead",
-    ).to_yaml());
+    let t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            Smtp::plain(port),
+            &["frontdesk@clinic.example"],
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
     engine.poll_all().await.remove(0).1.unwrap();
@@ -310,10 +322,10 @@ async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_
     let cert_pem = ck.cert.pem();
     let key_pem = ck.key_pair.serialize_pem();
     let catcher = start_catcher(CatcherOptions {
-            tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
-            require_auth: Some(("notifier".into(), "s3cret".into())),
-            ..Default::default()
-        })
+        tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
+        require_auth: Some(("notifier".into(), "s3cret".into())),
+        ..Default::default()
+    })
     .await;
     let sb = empty_sandbox().await;
     let smtp = Smtp::host("localhost")
@@ -322,12 +334,15 @@ async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_
         .username("notifier")
         .password("${SMTP_PASSWORD}")
         .ca_file("relay-ca.pem");
-    let mut t = TestDir::new(&email_config(
-        &sb.base_url(),
-        smtp,
-        &["frontdesk@clinic.example"],
-        "new-lead",
-    ).to_yaml());
+    let mut t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            smtp,
+            &["frontdesk@clinic.example"],
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     t.vars.insert("SMTP_PASSWORD".into(), "s3cret".into());
     std::fs::write(t.dir.path().join("relay-ca.pem"), &cert_pem).unwrap();
     let engine = t.engine();
@@ -347,7 +362,11 @@ async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_
 /// `check` on a config with this `smtp:` section (sending from [`FROM`]): (success, stdout +
 /// stderr).
 fn check_smtp(smtp: Smtp) -> (bool, String) {
-    let t = TestDir::new(&leads_only("http://127.0.0.1:1").smtp(smtp.from(FROM)).to_yaml());
+    let t = TestDir::new(
+        &leads_only("http://127.0.0.1:1")
+            .smtp(smtp.from(FROM))
+            .to_yaml(),
+    );
     check(&t.config)
 }
 
@@ -379,9 +398,9 @@ fn check_refuses_tls_none_to_a_remote_host_unless_cleartext_is_allowed() {
 async fn credentials_with_tls_none_are_refused_and_the_server_never_sees_auth() {
     // A server that offers AUTH on a plain connection, as a careless relay does.
     let catcher = start_catcher(CatcherOptions {
-            require_auth: Some(("notifier".into(), "s3cret-smtp-pass".into())),
-            ..Default::default()
-        })
+        require_auth: Some(("notifier".into(), "s3cret-smtp-pass".into())),
+        ..Default::default()
+    })
     .await;
     let sb = empty_sandbox().await;
     for allow_cleartext in [false, true] {
@@ -393,12 +412,15 @@ async fn credentials_with_tls_none_are_refused_and_the_server_never_sees_auth() 
         } else {
             smtp
         };
-        let t = TestDir::new(&email_config(
-            &sb.base_url(),
-            smtp,
-            &["frontdesk@clinic.example"],
-            "new-lead",
-        ).to_yaml());
+        let t = TestDir::new(
+            &email_config(
+                &sb.base_url(),
+                smtp,
+                &["frontdesk@clinic.example"],
+                "new-lead",
+            )
+            .to_yaml(),
+        );
         sb.sandbox.insert("leads", test_lead());
         // `once` polls and would send: it refuses the config before anything goes out.
         let out = cli(&t, &["once"]).await;
