@@ -6,10 +6,8 @@
 use crate::support::*;
 use axum::body::Bytes;
 use axum::response::IntoResponse;
-use clinicea_notifier::app::Engine;
 use clinicea_notifier::clinicea::{self, MAX_PAGE_BYTES};
 use clinicea_notifier::model::DEFAULT_SOURCE;
-use clinicea_notifier::poll::PollError;
 use clinicea_notifier::sandbox::SandboxOptions;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -27,11 +25,8 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
     .await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    let rep = engine
-        .poll_all()
+    let rep = poll_report(&engine)
         .await
-        .remove(0)
-        .1
         .expect("a one-page feed is not an error");
     // The baseline read the page, and page 1 repeating it ended the baseline; the same again for
     // the first poll from the origin (two hours back: every lead is in it, so every lead is sent).
@@ -54,7 +49,7 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
     );
 
     // A second poll (the leads changed within the overlap, still one page) finds nothing new.
-    let rep = engine.poll_all().await.remove(0).1.expect("polls again");
+    let rep = poll_report(&engine).await.expect("polls again");
     assert_eq!(rep.changes, 0, "{rep:?}");
 }
 
@@ -123,11 +118,8 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
     .resources([Resource::leads().page_size(5000)]);
     let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    let rep = engine
-        .poll_all()
+    let rep = poll_report(&engine)
         .await
-        .remove(0)
-        .1
         .expect("the retry reads the page whole");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one retry");
     assert_eq!(
@@ -145,10 +137,6 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
     assert_eq!(engine.store.snapshot_count(DEFAULT_SOURCE, "leads"), 3000);
 }
 
-async fn only_report(engine: &Engine) -> Result<clinicea_notifier::poll::PollReport, PollError> {
-    engine.poll_all().await.remove(0).1
-}
-
 /// The client takes pages up to MAX_PAGE_BYTES (64 MiB), so a 50 MB page (here one lead with a
 /// 50 MB note) is a normal page: stored and diffed like any other. A 65 MiB page is refused with
 /// a message naming the limit, and the checkpoint stays.
@@ -162,7 +150,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
     let start = Instant::now();
-    let rep = only_report(&engine)
+    let rep = poll_report(&engine)
         .await
         .expect("a 50 MB page is accepted");
     println!("50 MB page: {:?}, {rep:?}", start.elapsed());
@@ -187,7 +175,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
         json!({"Notes": "y".repeat(MAX_PAGE_BYTES + 1024 * 1024)}),
     );
     let cp = engine.store.checkpoint(DEFAULT_SOURCE, "leads").unwrap();
-    let e = only_report(&engine)
+    let e = poll_report(&engine)
         .await
         .expect_err("a page over 64 MiB is refused");
     let msg = e.to_string();
@@ -210,7 +198,7 @@ async fn records_that_are_not_objects_are_skipped_and_counted() {
     .await;
     let t = TestDir::new(&leads_only(&api.base_url).to_yaml());
     let engine = t.engine();
-    let rep = only_report(&engine).await.expect("the poll goes on");
+    let rep = poll_report(&engine).await.expect("the poll goes on");
     assert_eq!(
         (rep.records, rep.skipped, rep.changes),
         (7, 6, 1),
@@ -269,7 +257,7 @@ async fn the_deepest_record_the_parser_takes_is_delivered() {
         .rule(Rule::new("all", &["hook"]));
     let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    let rep = only_report(&engine).await.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     assert_eq!(rep.changes, 1);
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!(out.delivered, 1, "{out:?}");
@@ -287,7 +275,7 @@ async fn invalid_utf8_in_a_page_fails_the_poll_clearly_and_the_next_poll_recover
     let api = StaticApi::start(b"[{\"ID\":\"1\",\"Name\":\"Ay\xff\xfesha\"}]".to_vec()).await;
     let t = TestDir::new(&leads_only(&api.base_url).to_yaml());
     let engine = t.engine();
-    let e = only_report(&engine)
+    let e = poll_report(&engine)
         .await
         .expect_err("invalid UTF-8 fails the poll");
     let msg = e.to_string();
@@ -311,7 +299,7 @@ async fn invalid_utf8_in_a_page_fails_the_poll_clearly_and_the_next_poll_recover
         "the checkpoint did not advance"
     );
     api.set(r#"[{"ID":"1","Name":"Aysha"}]"#);
-    let rep = only_report(&engine).await.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     assert_eq!(
         rep.changes, 1,
         "the record is picked up once the page is fixed"

@@ -246,7 +246,7 @@ async fn records_changed_while_the_baseline_runs_are_sent_by_the_first_poll_afte
             json!({"ID": "new-during-baseline", "FirstName": "N"}),
         )
     });
-    let rep = engine.poll_all().await.remove(0).1.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     edits.await.unwrap();
     assert!(rep.baseline_records >= 450, "{rep:?}");
     let changes = engine.store.changes().unwrap();

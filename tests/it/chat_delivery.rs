@@ -38,7 +38,7 @@ async fn lead_to(
     let t = TestDir::new(&chat_config(&sb.base_url(), kind, &rx.chat_url()));
     let engine = t.engine();
     sb.sandbox.insert("leads", lead);
-    let rep = engine.poll_all().await.remove(0).1.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     assert_eq!(rep.deliveries, 1);
     let started = std::time::Instant::now();
     drain_outbox(&engine, drain).await;

@@ -43,9 +43,8 @@ async fn sighup_refuses_a_broken_config_then_applies_a_valid_one_without_losing_
     // 1. A broken config (an unknown key, written literally) is refused; the old rules keep
     // running.
     t.rewrite(&format!("{}bogus_key: 1\n", config(true).to_yaml()));
-    d.signal("HUP");
     assert!(
-        d.wait_log("reload rejected", 1, Duration::from_secs(10))
+        d.reload("reload rejected", 1, Duration::from_secs(10))
             .await,
         "{}",
         d.stderr_text()
@@ -69,9 +68,8 @@ async fn sighup_refuses_a_broken_config_then_applies_a_valid_one_without_losing_
         "b is still failing: 4 entries queued"
     );
     t.rewrite(&config(true).to_yaml());
-    d.signal("HUP");
     assert!(
-        d.wait_log("config reloaded", 1, Duration::from_secs(20))
+        d.reload("config reloaded", 1, Duration::from_secs(20))
             .await,
         "{}",
         d.stderr_text()
@@ -97,8 +95,7 @@ async fn sighup_refuses_a_broken_config_then_applies_a_valid_one_without_losing_
         c.ok_ids(),
         d.stderr_text()
     );
-    d.signal("TERM");
-    let status = d.wait_exit(Duration::from_secs(20)).await;
+    let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let store = open_store(&t);
     assert_eq!(store.outbox_len(), 0);
@@ -135,17 +132,15 @@ async fn sighup_that_removes_a_destination_moves_its_queued_entries_to_the_dead_
         d.stderr_text()
     );
     t.rewrite(&without_b.to_yaml());
-    d.signal("HUP");
     assert!(
-        d.wait_log("config reloaded", 1, Duration::from_secs(20))
+        d.reload("config reloaded", 1, Duration::from_secs(20))
             .await,
         "{}",
         d.stderr_text()
     );
     // Give the new generation a moment, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    d.signal("TERM");
-    let status = d.wait_exit(Duration::from_secs(20)).await;
+    let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 
     // b's three entries are not silently parked where neither `status` nor `dead list` shows
@@ -188,9 +183,8 @@ async fn a_refused_reload_keeps_the_old_config_running(
         d.stderr_text()
     );
     t.rewrite(&broken(&sb.base_url(), running).to_yaml());
-    d.signal("HUP");
     assert!(
-        d.wait_log("reload rejected", 1, Duration::from_secs(20))
+        d.reload("reload rejected", 1, Duration::from_secs(20))
             .await,
         "{}",
         d.stderr_text()
@@ -210,8 +204,7 @@ async fn a_refused_reload_keeps_the_old_config_running(
         "still delivering with the old config:\n{}",
         d.stderr_text()
     );
-    d.signal("TERM");
-    let status = d.wait_exit(Duration::from_secs(20)).await;
+    let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     d.stderr_text()
 }
@@ -260,9 +253,8 @@ async fn a_reload_replaces_the_metrics_token() {
     assert_eq!(get_with_auth(&metrics, Some(&bearer(new))).await.0, 401);
 
     t.rewrite(&base.clone().metrics_token(new).to_yaml());
-    d.signal("HUP");
     assert!(
-        d.wait_log("config reloaded", 1, Duration::from_secs(20))
+        d.reload("config reloaded", 1, Duration::from_secs(20))
             .await,
         "{}",
         d.stderr_text()
@@ -272,9 +264,8 @@ async fn a_reload_replaces_the_metrics_token() {
 
     // Removing the key opens /metrics again.
     t.rewrite(&base.to_yaml());
-    d.signal("HUP");
     assert!(
-        d.wait_log("config reloaded", 2, Duration::from_secs(20))
+        d.reload("config reloaded", 2, Duration::from_secs(20))
             .await
     );
     assert_eq!(get_with_auth(&metrics, None).await.0, 200);

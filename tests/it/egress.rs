@@ -277,7 +277,7 @@ async fn the_api_and_a_receiver_on_localhost_are_reached_through_the_guarded_sys
     let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    let rep = engine.poll_all().await.remove(0).1.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     assert_eq!(rep.deliveries, 1);
     drain_outbox(&engine, Duration::from_secs(15)).await;
     let got = rx.received();

@@ -69,7 +69,7 @@ async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
     );
     let engine = t.engine();
     let lead = sb.sandbox.insert("leads", test_lead());
-    let rep = engine.poll_all().await.remove(0).1.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     assert_eq!((rep.changes, rep.deliveries), (1, 3));
     let ids = message_ids(&engine);
     assert_eq!(ids.len(), 3);
@@ -163,7 +163,7 @@ async fn a_text_only_template_sends_a_plain_email() {
     .unwrap();
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
@@ -204,7 +204,7 @@ async fn a_rejected_recipient_is_dead_and_the_others_get_exactly_one_copy_across
     );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(2, Duration::from_secs(5)).await;
     // Give any stray duplicate time to arrive.
@@ -248,7 +248,7 @@ async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
     );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
 
     let first = engine.deliverer.deliver_all_due().await.unwrap();
@@ -287,7 +287,7 @@ async fn a_server_that_is_down_is_retried_then_delivered_when_it_comes_up() {
     );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
 
     let out = engine.deliverer.deliver_all_due().await.unwrap();
@@ -347,7 +347,7 @@ async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_
     std::fs::write(t.dir.path().join("relay-ca.pem"), &cert_pem).unwrap();
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1, "dead: {:?}", dead_list(&engine));

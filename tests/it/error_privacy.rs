@@ -193,7 +193,7 @@ async fn dead_show_prints_a_receivers_escape_sequences_as_text() {
     let seq = {
         let engine = t.engine();
         sb.sandbox.insert("leads", test_lead());
-        engine.poll_all().await.remove(0).1.unwrap();
+        poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(15)).await;
         let dead = engine.store.dead_entries().unwrap();
         assert_eq!(dead.len(), 1, "the 400 is a dead letter");

@@ -4,7 +4,6 @@
 //! runs as a child process; the sandbox and the receivers run in this process.
 
 use crate::support::*;
-use clinicea_notifier::sandbox::SandboxOptions;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -21,11 +20,7 @@ fn duplicates(ids: &[String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead_exactly_once() {
     // 3,000 leads: 30 full pages and a 204, 50 ms apart, so a sync takes a few seconds.
-    let sb = sandbox(SandboxOptions {
-        leads: 3000,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(3000).await;
     let all = sandbox_lead_ids(&sb);
     assert_eq!(all.len(), 3000);
     let config = Config::new(Clinicea::sandbox(&sb.base_url()).page_delay("50ms")).listen();
@@ -112,11 +107,7 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_their_webhook_id() {
     const LEADS: usize = 300;
-    let sb = sandbox(SandboxOptions {
-        leads: LEADS,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(LEADS).await;
     let all = sandbox_lead_ids(&sb);
     // Every 3rd request fails with 500, requests 120..160 get 503 with Retry-After, each takes
     // 30 ms: deliveries and retries are in progress all through the kills.
@@ -173,8 +164,7 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    d.signal("TERM");
-    let status = d.wait_exit(Duration::from_secs(20)).await;
+    let status = d.terminate(Duration::from_secs(20)).await;
     assert!(
         status.is_some_and(|s| s.success()),
         "{status:?}\n{}",
@@ -240,11 +230,7 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_second_added() {
     use std::sync::atomic::{AtomicU32, Ordering};
-    let sb = sandbox(SandboxOptions {
-        leads: 0,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(0).await;
     let pid = std::sync::Arc::new(AtomicU32::new(0));
     let p = pid.clone();
     let rx = Receiver::with(Responder::from_fn(move |n| {

@@ -57,29 +57,15 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
 #[tokio::test]
 async fn an_empty_page_is_a_204_and_ends_the_sync() {
     // Exactly 100 leads: page 0 is full, page 1 is a 204 with no body.
-    let sb = sandbox(SandboxOptions {
-        leads: 100,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(100).await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    let rep = engine.poll_all().await.remove(0).1.expect("poll succeeds");
+    let rep = poll_report(&engine).await.expect("poll succeeds");
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 100, 100));
     // Nothing at all: a single 204.
-    let sb0 = sandbox(SandboxOptions {
-        leads: 0,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb0 = sandbox_with_leads(0).await;
     let t0 = TestDir::new(&leads_only(&sb0.base_url()).to_yaml());
-    let rep0 = t0
-        .engine()
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .expect("poll succeeds");
+    let rep0 = poll_report(&t0.engine()).await.expect("poll succeeds");
     assert_eq!((rep0.pages, rep0.records, rep0.changes), (1, 0, 0));
 }
 
@@ -88,7 +74,7 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
     let sb = default_sandbox().await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.expect("first poll");
+    poll_report(&engine).await.expect("first poll");
     let lead = sb.sandbox.records("leads")[5].clone();
     let id = lead["ID"].as_str().unwrap().to_string();
     let new_status = if lead["LeadStatus"] == "HOT" {
@@ -104,7 +90,7 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
         )
         .expect("modified");
 
-    let rep = engine.poll_all().await.remove(0).1.expect("second poll");
+    let rep = poll_report(&engine).await.expect("second poll");
     assert_eq!(rep.changes, 1);
     let (_, change) = engine.store.changes().unwrap().pop().unwrap();
     assert_eq!(change.kind, ChangeKind::Modified);
@@ -122,7 +108,7 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
     assert_eq!(change.server_status.as_deref(), Some("Modified"));
 
     // The edited record is inside the overlap window: it is fetched again, and produces nothing.
-    let rep = engine.poll_all().await.remove(0).1.expect("third poll");
+    let rep = poll_report(&engine).await.expect("third poll");
     assert!(rep.records >= 1, "the overlap re-reads the edited record");
     assert_eq!(rep.changes, 0);
     assert_eq!(engine.store.change_count(), 138);
@@ -133,13 +119,13 @@ async fn a_delete_is_deleted() {
     let sb = default_sandbox().await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.expect("first poll");
+    poll_report(&engine).await.expect("first poll");
     let id = sb.sandbox.records("leads")[7]["ID"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(sb.sandbox.delete("leads", &id));
-    let rep = engine.poll_all().await.remove(0).1.expect("second poll");
+    let rep = poll_report(&engine).await.expect("second poll");
     assert_eq!(rep.changes, 1);
     let (_, change) = engine.store.changes().unwrap().pop().unwrap();
     assert_eq!(
@@ -151,11 +137,7 @@ async fn a_delete_is_deleted() {
 #[tokio::test]
 async fn a_record_without_an_id_is_skipped_and_the_poll_goes_on() {
     // The resource says records carry `LeadID`; two of three do not.
-    let sb = sandbox(SandboxOptions {
-        leads: 2,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(2).await;
     sb.sandbox.insert(
         "leads",
         serde_json::json!({"LeadID": "L-1", "FirstName": "Ayesha", "LastName": "Khan"}),
@@ -163,12 +145,7 @@ async fn a_record_without_an_id_is_skipped_and_the_poll_goes_on() {
     let config = leads_only(&sb.base_url()).resources([Resource::leads().id_field("LeadID")]);
     let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    let rep = engine
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .expect("the poll goes on");
+    let rep = poll_report(&engine).await.expect("the poll goes on");
     assert_eq!((rep.records, rep.skipped, rep.changes), (3, 2, 1));
     assert_eq!(journal_ids(&engine.store), vec!["L-1".to_string()]);
 }
@@ -187,11 +164,8 @@ async fn a_429_is_retried_inside_the_poll() {
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
     let started = std::time::Instant::now();
-    let rep = engine
-        .poll_all()
+    let rep = poll_report(&engine)
         .await
-        .remove(0)
-        .1
         .expect("poll succeeds after the 429");
     assert_eq!(rep.changes, 137);
     assert!(
@@ -207,7 +181,7 @@ async fn a_401_names_the_resource_and_status_and_never_the_key() {
     let config = Config::new(Clinicea::sandbox(&sb.base_url()).api_key("wrong-key-123"));
     let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
+    let err = poll_report(&engine).await.unwrap_err().to_string();
     assert!(err.contains("leads") && err.contains("401"), "{err}");
     assert!(
         err.contains("check clinicea.api_key") && err.contains("-byte body is not shown"),
@@ -236,17 +210,17 @@ async fn malformed_json_names_the_resource_and_page() {
         .inject_faults(Fault::new(FaultKind::MalformedJson).times(1));
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
+    let err = poll_report(&engine).await.unwrap_err().to_string();
     assert!(
         err.contains("leads") && err.contains("page 0") && err.contains("invalid JSON"),
         "{err}"
     );
     sb.sandbox
         .inject_faults(Fault::new(FaultKind::ObjectInsteadOfArray).times(1));
-    let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
+    let err = poll_report(&engine).await.unwrap_err().to_string();
     assert!(err.contains("an object where an array belongs"), "{err}");
     // And the next clean poll gets everything.
-    let rep = engine.poll_all().await.remove(0).1.expect("clean poll");
+    let rep = poll_report(&engine).await.expect("clean poll");
     assert_eq!(rep.changes, 137);
 }
 
@@ -276,7 +250,7 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
             .times(1),
         );
     });
-    let err = engine.poll_all().await.remove(0).1.unwrap_err();
+    let err = poll_report(&engine).await.unwrap_err();
     injector.await.unwrap();
     assert!(err.to_string().contains("400"), "{err}");
     assert_eq!(
@@ -285,12 +259,7 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
         "the first page was stored"
     );
 
-    let rep = engine
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .expect("re-run succeeds");
+    let rep = poll_report(&engine).await.expect("re-run succeeds");
     assert_eq!(rep.changes, 37, "only the rest is new");
     let ids = journal_ids(&engine.store);
     assert_eq!(ids.len(), 137);
@@ -307,7 +276,7 @@ async fn start_from_now_sends_nothing_from_before_the_first_start() {
     let config = Config::new(Clinicea::sandbox(&sb.base_url()).without_start_from());
     let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    let rep = engine.poll_all().await.remove(0).1.expect("poll");
+    let rep = poll_report(&engine).await.expect("poll");
     assert_eq!(
         rep.changes, 0,
         "the 137 existing leads predate the first start"
@@ -316,7 +285,7 @@ async fn start_from_now_sends_nothing_from_before_the_first_start() {
         "leads",
         serde_json::json!({"FirstName": "Sana", "LastName": "Malik", "Email": "sana@example.com"}),
     );
-    let rep = engine.poll_all().await.remove(0).1.expect("poll");
+    let rep = poll_report(&engine).await.expect("poll");
     assert_eq!(rep.changes, 1);
     assert_eq!(
         journal_ids(&engine.store),
@@ -326,15 +295,11 @@ async fn start_from_now_sends_nothing_from_before_the_first_start() {
 
 #[tokio::test]
 async fn every_auth_mode_reaches_the_sandbox() {
-    let sb = sandbox(SandboxOptions {
-        leads: 3,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(3).await;
     for mode in ["header", "api_key_header", "query"] {
         let config = Config::new(Clinicea::sandbox(&sb.base_url()).auth(mode));
         let t = TestDir::new(&config.to_yaml());
-        let rep = t.engine().poll_all().await.remove(0).1;
+        let rep = poll_report(&t.engine()).await;
         assert_eq!(rep.expect(mode).changes, 3, "{mode}");
     }
 }
@@ -352,32 +317,17 @@ async fn login_mode_fetches_a_token_and_logs_in_again_once_on_a_401() {
     };
     let t = TestDir::new(&login("sandbox"));
     let engine = t.engine();
-    engine
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .expect("first poll logs in");
+    poll_report(&engine).await.expect("first poll logs in");
     assert_eq!(sb.sandbox.stats().logins, 1);
     // The token expires; the next request gets a 401, logs in again once, and succeeds.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    engine
-        .poll_all()
+    poll_report(&engine)
         .await
-        .remove(0)
-        .1
         .expect("second poll logs in again");
     assert_eq!(sb.sandbox.stats().logins, 2);
     // A wrong password is a clear login error without the password in it.
     let t2 = TestDir::new(&login("hunter2-secret"));
-    let err = t2
-        .engine()
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .unwrap_err()
-        .to_string();
+    let err = poll_report(&t2.engine()).await.unwrap_err().to_string();
     assert!(err.contains("login"), "{err}");
     assert!(
         !err.contains("hunter2-secret") && !err.contains("sandbox-api-key"),
@@ -387,22 +337,14 @@ async fn login_mode_fetches_a_token_and_logs_in_again_once_on_a_401() {
 
 #[tokio::test]
 async fn a_stalled_request_times_out_and_is_retried_inside_the_poll() {
-    let sb = sandbox(SandboxOptions {
-        leads: 3,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(3).await;
     sb.sandbox
         .inject_faults(Fault::new(FaultKind::Stall(Duration::from_secs(5))).times(1));
     let config = Config::new(Clinicea::sandbox(&sb.base_url()).timeout("1s"));
     let t = TestDir::new(&config.to_yaml());
     let started = std::time::Instant::now();
-    let rep = t
-        .engine()
-        .poll_all()
+    let rep = poll_report(&t.engine())
         .await
-        .remove(0)
-        .1
         .expect("retried after the timeout");
     assert_eq!(rep.changes, 3);
     assert!(started.elapsed() >= Duration::from_secs(1));

@@ -131,9 +131,8 @@ async fn run_deletes_dead_letters_past_their_retention() {
         "{}",
         d.stderr_text()
     );
-    d.signal("TERM");
     assert!(d
-        .wait_exit(Duration::from_secs(20))
+        .terminate(Duration::from_secs(20))
         .await
         .is_some_and(|s| s.success()));
     let store = open_store(&t);
@@ -200,7 +199,7 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
     let api = StaticApi::start(json!([lead("Added")]).to_string()).await;
     let t = TestDir::new(&leads_only(&api.base_url).to_yaml());
     let engine = t.engine();
-    let poll = || async { engine.poll_all().await.remove(0).1.unwrap().changes };
+    let poll = || async { poll_report(&engine).await.unwrap().changes };
     assert_eq!(poll().await, 1);
     api.set(json!([lead("Deleted")]).to_string());
     assert_eq!(poll().await, 1);
@@ -270,7 +269,7 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
     );
     // The deleted record served again is still nothing.
     api.set(json!([lead("Deleted")]).to_string());
-    assert_eq!(engine.poll_all().await.remove(0).1.unwrap().changes, 0);
+    assert_eq!(poll_report(&engine).await.unwrap().changes, 0);
 }
 
 // --- erasure ------------------------------------------------------------------------------------
@@ -295,7 +294,7 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
     );
     {
         let engine = t.engine();
-        engine.poll_all().await.remove(0).1.unwrap();
+        poll_report(&engine).await.unwrap();
         // `down` retries in an hour (queued, one attempt logged); `bad` dies.
         engine.deliverer.deliver_all_due().await.unwrap();
         assert_eq!(engine.store.outbox_len(), 2);

@@ -103,6 +103,17 @@ fn a_store_path_that_cannot_be_created_names_the_path_and_the_cause() {
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
+/// `once` on the test's config, run to completion: its output, and stdout then stderr.
+async fn once(t: &TestDir) -> (std::process::Output, String) {
+    let out = cli(t, &["once"]).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
 /// Unmounts on drop.
 struct Mount(std::path::PathBuf);
 
@@ -141,16 +152,7 @@ async fn a_full_disk_fails_the_poll_clearly_and_nothing_is_lost_once_space_is_ba
     let config =
         leads_only(&sb.base_url()).store(StoreSection::at(&mnt.join("data").display().to_string()));
     let t = TestDir::new(&config.to_yaml());
-    let out = Command::new(BIN)
-        .args(["once", "--config"])
-        .arg(&t.config)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, text) = once(&t).await;
     println!(
         "once on a full disk: {:?}\n{}",
         out.status,
@@ -170,16 +172,7 @@ async fn a_full_disk_fails_the_poll_clearly_and_nothing_is_lost_once_space_is_ba
         .status()
         .unwrap();
     assert!(grown.success());
-    let out = Command::new(BIN)
-        .args(["once", "--config"])
-        .arg(&t.config)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, text) = once(&t).await;
     assert!(out.status.success(), "once with space back: {text}");
     let store = Store::open(&mnt.join("data"), DEFAULT_CACHE_BYTES).unwrap();
     assert_eq!(
@@ -216,7 +209,7 @@ async fn status_and_dead_list_read_a_stopped_store_and_refuse_a_running_ones() {
     // Polled but nothing delivered yet: 3 queued for each destination.
     {
         let engine = t.engine();
-        engine.poll_all().await.remove(0).1.unwrap();
+        poll_report(&engine).await.unwrap();
     }
     let out = cli(&t, &["status"]).await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -287,8 +280,7 @@ async fn status_and_dead_list_read_a_stopped_store_and_refuse_a_running_ones() {
             output_text(&out)
         );
     }
-    d.signal("TERM");
-    let status = d.wait_exit(Duration::from_secs(20)).await;
+    let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let out = cli(&t, &["status"]).await;
     assert!(out.status.success(), "{}", output_text(&out));

@@ -30,7 +30,7 @@ async fn success_on_the_first_try_signed_and_shaped_as_the_spec_says() {
     let rx = Receiver::start().await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((out.attempted, out.delivered), (1, 1));
     let got = rx.received();
@@ -57,7 +57,7 @@ async fn two_500s_then_200_is_three_attempts_with_one_webhook_id() {
     let rx = Receiver::with(Responder::script([Reply::status(500), Reply::status(500)])).await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
     assert_eq!(got.len(), 3);
@@ -83,7 +83,7 @@ async fn a_429_with_retry_after_2_waits_about_2_seconds() {
     .await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
     assert_eq!(got.len(), 2);
@@ -100,7 +100,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let rx = Receiver::with(Responder::script([Reply::status(400)])).await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1, "no retry after a 400");
     let dead = dead_list(&engine);
@@ -150,7 +150,7 @@ async fn a_timeout_and_a_refused_connection_are_retried_then_dead_when_the_sched
         ],
     ));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(20)).await;
     let dead = dead_list(&engine);
     assert_eq!(dead.len(), 2, "both spent their schedule of 3 retries");
@@ -182,7 +182,7 @@ async fn a_302_is_a_failure_and_the_redirect_is_not_followed() {
     .await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1);
     assert!(

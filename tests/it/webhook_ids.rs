@@ -37,7 +37,7 @@ async fn webhook_ids_are_keyed_per_store_and_stable_across_a_reopen() {
         let rx = Receiver::start().await;
         let t = TestDir::new(&new_leads_to_hooks(&sb.base_url(), &rx.url).to_yaml());
         let engine = t.engine();
-        engine.poll_all().await.remove(0).1.unwrap();
+        poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(15)).await;
         let got = rx.received();
         assert_eq!(got.len(), 1);

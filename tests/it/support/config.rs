@@ -2,9 +2,42 @@
 //! with a timeout, a rule, a page delay) and [`Config::to_yaml`] spells it the way the loader
 //! reads it, so no test splices YAML text with `format!` or `replace`. Configs that are broken
 //! on purpose (bad YAML, typos, line numbers under test) stay literal text in their tests.
+//!
+//! Durations are written as the config writes them (`"300ms"`), and `${VAR}` values pass through
+//! for the loader to substitute.
 
 use super::SECRET;
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
+
+/// Setters for optional keys: `name(value)` sets the key `name` (documented by the doc comment).
+macro_rules! keys {
+    ($ty:ident { $( $(#[$doc:meta])* $name:ident: $arg:ty ),* $(,)? }) => {
+        impl $ty {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self, value: $arg) -> $ty {
+                    self.$name = Some(value.into());
+                    self
+                }
+            )*
+        }
+    };
+}
+
+/// Setters for opt-ins: `name()` writes `name: true`.
+macro_rules! flags {
+    ($ty:ident { $( $(#[$doc:meta])* $name:ident ),* $(,)? }) => {
+        impl $ty {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self) -> $ty {
+                    self.$name = true;
+                    self
+                }
+            )*
+        }
+    };
+}
 
 /// An RFC 3339 time `hours` ago, for `start_from` backfills.
 fn hours_ago(hours: i64) -> String {
@@ -27,6 +60,26 @@ pub struct Config {
     destinations: Vec<(String, Destination)>,
     rules: Vec<Rule>,
 }
+
+keys!(Config {
+    /// `metrics_token: TOKEN` (literal, or `${VAR}`).
+    metrics_token: &str,
+    /// `watchdog: { stale_after: DURATION }`.
+    watchdog_stale_after: &str,
+    /// `templates: DIR`.
+    templates: &str,
+    /// The `smtp:` section.
+    smtp: Smtp,
+    /// The top-level `retry:` section (every destination's default).
+    retry: Retry,
+    /// Replaces the `store:` section.
+    store: StoreSection,
+});
+
+flags!(Config {
+    /// `listen: 127.0.0.1:0`, so the ports of parallel tests never collide.
+    listen,
+});
 
 impl Config {
     /// `clinicea`, the leads at `/api/v1/leads` and a store in `./data`.
@@ -64,59 +117,22 @@ impl Config {
         self
     }
 
-    /// Replaces the `store:` section.
-    pub fn store(mut self, store: StoreSection) -> Config {
-        self.store = Some(store);
-        self
-    }
-
     /// No `store:` section (for configs that are only loaded, never opened).
     pub fn without_store(mut self) -> Config {
         self.store = None;
         self
     }
 
-    /// `listen: 127.0.0.1:0`, so the ports of parallel tests never collide.
-    pub fn listen(mut self) -> Config {
-        self.listen = true;
-        self
-    }
-
-    /// `metrics_token: TOKEN` (literal, or `${VAR}`).
-    pub fn metrics_token(mut self, token: &str) -> Config {
-        self.metrics_token = Some(token.into());
-        self
-    }
-
-    /// `watchdog: { stale_after: DURATION }`.
-    pub fn watchdog_stale_after(mut self, duration: &str) -> Config {
-        self.watchdog_stale_after = Some(duration.into());
-        self
-    }
-
-    /// `templates: DIR`.
-    pub fn templates(mut self, dir: &str) -> Config {
-        self.templates = Some(dir.into());
-        self
-    }
-
-    /// The `smtp:` section.
-    pub fn smtp(mut self, smtp: Smtp) -> Config {
-        self.smtp = Some(smtp);
-        self
-    }
-
-    /// The top-level `retry:` section (every destination's default).
-    pub fn retry(mut self, retry: Retry) -> Config {
-        self.retry = Some(retry);
-        self
-    }
-
-    /// A webhook destination signed with [`SECRET`]; `f` sets its other keys.
-    pub fn webhook(mut self, name: &str, url: &str, f: impl FnOnce(Webhook) -> Webhook) -> Config {
-        let hook = f(Webhook {
+    /// A webhook destination signed with [`SECRET`]; `keys` sets its other keys.
+    pub fn webhook(
+        mut self,
+        name: &str,
+        url: &str,
+        keys: impl FnOnce(Webhook) -> Webhook,
+    ) -> Config {
+        let hook = keys(Webhook {
             url: url.into(),
-            secret: SECRET.into(),
+            secret: Some(SECRET.into()),
             timeout: None,
             concurrency: None,
             retry: None,
@@ -128,15 +144,15 @@ impl Config {
     }
 
     /// A chat destination of `kind` (`slack`, `teams`, `discord`, `google_chat`) rendered with
-    /// the shipped `lead-chat` template; `f` sets its other keys.
+    /// the shipped `lead-chat` template; `keys` sets its other keys.
     pub fn chat(
         mut self,
         name: &str,
         kind: &str,
         url: &str,
-        f: impl FnOnce(Chat) -> Chat,
+        keys: impl FnOnce(Chat) -> Chat,
     ) -> Config {
-        let chat = f(Chat {
+        let chat = keys(Chat {
             kind: kind.into(),
             url: url.into(),
             template: "lead-chat".into(),
@@ -170,12 +186,8 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         let mut y = Yaml::default();
         self.clinicea.write(&mut y);
-        if self.listen {
-            y.line(0, "listen", "127.0.0.1:0");
-        }
-        if let Some(token) = &self.metrics_token {
-            y.line(0, "metrics_token", token);
-        }
+        y.flag(0, "listen: 127.0.0.1:0", self.listen);
+        y.text(0, "metrics_token", &self.metrics_token);
         if let Some(stale) = &self.watchdog_stale_after {
             y.key(0, "watchdog");
             y.line(1, "stale_after", stale);
@@ -189,9 +201,7 @@ impl Config {
         if let Some(store) = &self.store {
             store.write(&mut y);
         }
-        if let Some(dir) = &self.templates {
-            y.line(0, "templates", dir);
-        }
+        y.text(0, "templates", &self.templates);
         if let Some(smtp) = &self.smtp {
             smtp.write(&mut y);
         }
@@ -211,7 +221,7 @@ impl Config {
                 r.write(&mut y);
             }
         }
-        y.text
+        y.out
     }
 }
 
@@ -219,7 +229,7 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct Clinicea {
     base_url: String,
-    api_key: String,
+    api_key: Option<String>,
     auth: Option<String>,
     login: Option<(String, String)>,
     start_from: Option<String>,
@@ -227,16 +237,40 @@ pub struct Clinicea {
     overlap: Option<String>,
     timeout: Option<String>,
     page_delay: Option<String>,
-    baseline_enabled: Option<bool>,
+    baseline_off: bool,
     allow_private: bool,
 }
+
+keys!(Clinicea {
+    /// `api_key: KEY` (literal, or `${VAR}`).
+    api_key: &str,
+    /// `auth: MODE` (`header`, `api_key_header`, `query`, `login`).
+    auth: &str,
+    /// `start_from: TIME` (`now` or RFC 3339).
+    start_from: &str,
+    /// `poll_interval: DURATION`.
+    poll_interval: &str,
+    /// `overlap: DURATION`.
+    overlap: &str,
+    /// `timeout: DURATION` (per API request).
+    timeout: &str,
+    /// `page_delay: DURATION` between page requests.
+    page_delay: &str,
+});
+
+flags!(Clinicea {
+    /// `baseline: { enabled: false }`: the first start sends what a backfill finds.
+    baseline_off,
+    /// `allow_private: true`.
+    allow_private,
+});
 
 impl Clinicea {
     /// The API at `base_url` with this key, every other key at its default.
     pub fn new(base_url: &str, api_key: &str) -> Clinicea {
         Clinicea {
             base_url: base_url.into(),
-            api_key: api_key.into(),
+            api_key: Some(api_key.into()),
             auth: None,
             login: None,
             start_from: None,
@@ -244,7 +278,7 @@ impl Clinicea {
             overlap: None,
             timeout: None,
             page_delay: None,
-            baseline_enabled: None,
+            baseline_off: false,
             allow_private: false,
         }
     }
@@ -266,28 +300,10 @@ impl Clinicea {
             .timeout("10s")
     }
 
-    /// `api_key: KEY` (literal, or `${VAR}`).
-    pub fn api_key(mut self, key: &str) -> Clinicea {
-        self.api_key = key.into();
-        self
-    }
-
-    /// `auth: MODE` (`header`, `api_key_header`, `query`, `login`).
-    pub fn auth(mut self, mode: &str) -> Clinicea {
-        self.auth = Some(mode.into());
-        self
-    }
-
     /// `auth: login` with these staff credentials.
     pub fn login(mut self, username: &str, password: &str) -> Clinicea {
         self.auth = Some("login".into());
         self.login = Some((username.into(), password.into()));
-        self
-    }
-
-    /// `start_from: TIME` (`now` or RFC 3339).
-    pub fn start_from(mut self, time: &str) -> Clinicea {
-        self.start_from = Some(time.into());
         self
     }
 
@@ -297,76 +313,26 @@ impl Clinicea {
         self
     }
 
-    /// `poll_interval: DURATION`.
-    pub fn poll_interval(mut self, d: &str) -> Clinicea {
-        self.poll_interval = Some(d.into());
-        self
-    }
-
-    /// `overlap: DURATION`.
-    pub fn overlap(mut self, d: &str) -> Clinicea {
-        self.overlap = Some(d.into());
-        self
-    }
-
-    /// `timeout: DURATION` (per API request).
-    pub fn timeout(mut self, d: &str) -> Clinicea {
-        self.timeout = Some(d.into());
-        self
-    }
-
-    /// `page_delay: DURATION` between page requests.
-    pub fn page_delay(mut self, d: &str) -> Clinicea {
-        self.page_delay = Some(d.into());
-        self
-    }
-
-    /// `baseline: { enabled: false }`: the first start sends what a backfill finds.
-    pub fn baseline_off(mut self) -> Clinicea {
-        self.baseline_enabled = Some(false);
-        self
-    }
-
-    /// `allow_private: true`.
-    pub fn allow_private(mut self) -> Clinicea {
-        self.allow_private = true;
-        self
-    }
-
     fn write(&self, y: &mut Yaml) {
         y.key(0, "clinicea");
         y.line(1, "base_url", &self.base_url);
-        y.line(1, "api_key", &self.api_key);
-        if let Some(auth) = &self.auth {
-            y.line(1, "auth", auth);
-        }
+        y.text(1, "api_key", &self.api_key);
+        y.text(1, "auth", &self.auth);
         if let Some((user, password)) = &self.login {
             y.key(1, "login");
             y.line(2, "username", user);
             y.line(2, "password", password);
         }
-        if let Some(t) = &self.start_from {
-            y.line(1, "start_from", t);
-        }
-        if let Some(d) = &self.poll_interval {
-            y.line(1, "poll_interval", d);
-        }
-        if let Some(d) = &self.overlap {
-            y.line(1, "overlap", d);
-        }
-        if let Some(d) = &self.timeout {
-            y.line(1, "timeout", d);
-        }
-        if let Some(d) = &self.page_delay {
-            y.line(1, "page_delay", d);
-        }
-        if let Some(enabled) = self.baseline_enabled {
+        y.text(1, "start_from", &self.start_from);
+        y.text(1, "poll_interval", &self.poll_interval);
+        y.text(1, "overlap", &self.overlap);
+        y.text(1, "timeout", &self.timeout);
+        y.text(1, "page_delay", &self.page_delay);
+        if self.baseline_off {
             y.key(1, "baseline");
-            y.raw(2, "enabled", &enabled.to_string());
+            y.raw(2, "enabled", "false");
         }
-        if self.allow_private {
-            y.raw(1, "allow_private", "true");
-        }
+        y.flag(1, "allow_private: true", self.allow_private);
     }
 }
 
@@ -384,6 +350,25 @@ pub struct Resource {
     page_size_param: Option<String>,
     status_field: Option<String>,
 }
+
+keys!(Resource {
+    /// `id_field: FIELD`.
+    id_field: &str,
+    /// `since_param: NAME`.
+    since_param: &str,
+    /// `since_format: STRFTIME`.
+    since_format: &str,
+    /// `page_param: NAME`.
+    page_param: &str,
+    /// `first_page: N`.
+    first_page: u32,
+    /// `page_size: N`.
+    page_size: u32,
+    /// `page_size_param: NAME`.
+    page_size_param: &str,
+    /// `status_field: FIELD`.
+    status_field: &str,
+});
 
 impl Resource {
     /// A resource served at `path`, every paging key at its default (the v1 API's).
@@ -425,87 +410,23 @@ impl Resource {
             .status_field("DataStatusValue")
     }
 
-    /// `id_field: FIELD`.
-    pub fn id_field(mut self, field: &str) -> Resource {
-        self.id_field = Some(field.into());
-        self
-    }
-
-    /// `since_param: NAME`.
-    pub fn since_param(mut self, name: &str) -> Resource {
-        self.since_param = Some(name.into());
-        self
-    }
-
-    /// `since_format: STRFTIME`.
-    pub fn since_format(mut self, format: &str) -> Resource {
-        self.since_format = Some(format.into());
-        self
-    }
-
     /// No `since_format:` key (the default).
     pub fn without_since_format(mut self) -> Resource {
         self.since_format = None;
         self
     }
 
-    /// `page_param: NAME`.
-    pub fn page_param(mut self, name: &str) -> Resource {
-        self.page_param = Some(name.into());
-        self
-    }
-
-    /// `first_page: N`.
-    pub fn first_page(mut self, n: u32) -> Resource {
-        self.first_page = Some(n);
-        self
-    }
-
-    /// `page_size: N`.
-    pub fn page_size(mut self, n: u32) -> Resource {
-        self.page_size = Some(n);
-        self
-    }
-
-    /// `page_size_param: NAME`.
-    pub fn page_size_param(mut self, name: &str) -> Resource {
-        self.page_size_param = Some(name.into());
-        self
-    }
-
-    /// `status_field: FIELD`.
-    pub fn status_field(mut self, field: &str) -> Resource {
-        self.status_field = Some(field.into());
-        self
-    }
-
     fn write(&self, y: &mut Yaml) {
         y.key(1, &self.name);
         y.line(2, "path", &self.path);
-        if let Some(f) = &self.id_field {
-            y.line(2, "id_field", f);
-        }
-        if let Some(p) = &self.since_param {
-            y.line(2, "since_param", p);
-        }
-        if let Some(f) = &self.since_format {
-            y.line(2, "since_format", f);
-        }
-        if let Some(p) = &self.page_param {
-            y.line(2, "page_param", p);
-        }
-        if let Some(n) = self.first_page {
-            y.raw(2, "first_page", &n.to_string());
-        }
-        if let Some(n) = self.page_size {
-            y.raw(2, "page_size", &n.to_string());
-        }
-        if let Some(p) = &self.page_size_param {
-            y.line(2, "page_size_param", p);
-        }
-        if let Some(f) = &self.status_field {
-            y.line(2, "status_field", f);
-        }
+        y.text(2, "id_field", &self.id_field);
+        y.text(2, "since_param", &self.since_param);
+        y.text(2, "since_format", &self.since_format);
+        y.text(2, "page_param", &self.page_param);
+        y.number(2, "first_page", self.first_page);
+        y.number(2, "page_size", self.page_size);
+        y.text(2, "page_size_param", &self.page_size_param);
+        y.text(2, "status_field", &self.status_field);
     }
 }
 
@@ -516,6 +437,13 @@ pub struct StoreSection {
     journal_retention: Option<String>,
     dead_letter_retention: Option<String>,
 }
+
+keys!(StoreSection {
+    /// `journal_retention: DURATION`.
+    journal_retention: &str,
+    /// `dead_letter_retention: DURATION`.
+    dead_letter_retention: &str,
+});
 
 impl Default for StoreSection {
     /// `path: ./data` (below the config's folder, so inside the test's directory).
@@ -534,27 +462,11 @@ impl StoreSection {
         }
     }
 
-    /// `journal_retention: DURATION`.
-    pub fn journal_retention(mut self, d: &str) -> StoreSection {
-        self.journal_retention = Some(d.into());
-        self
-    }
-
-    /// `dead_letter_retention: DURATION`.
-    pub fn dead_letter_retention(mut self, d: &str) -> StoreSection {
-        self.dead_letter_retention = Some(d.into());
-        self
-    }
-
     fn write(&self, y: &mut Yaml) {
         y.key(0, "store");
         y.line(1, "path", &self.path);
-        if let Some(d) = &self.journal_retention {
-            y.line(1, "journal_retention", d);
-        }
-        if let Some(d) = &self.dead_letter_retention {
-            y.line(1, "dead_letter_retention", d);
-        }
+        y.text(1, "journal_retention", &self.journal_retention);
+        y.text(1, "dead_letter_retention", &self.dead_letter_retention);
     }
 }
 
@@ -572,6 +484,30 @@ pub struct Smtp {
     allow_cleartext: bool,
     allow_private: bool,
 }
+
+keys!(Smtp {
+    /// `port: N`.
+    port: u16,
+    /// `tls: MODE` (`none`, `starttls`, ...).
+    tls: &str,
+    /// `from: ADDRESS`.
+    from: &str,
+    /// `timeout: DURATION`.
+    timeout: &str,
+    /// `username: NAME`.
+    username: &str,
+    /// `password: SECRET` (literal, or `${VAR}`).
+    password: &str,
+    /// `ca_file: PATH`.
+    ca_file: &str,
+});
+
+flags!(Smtp {
+    /// `allow_cleartext: true`.
+    allow_cleartext,
+    /// `allow_private: true`.
+    allow_private,
+});
 
 impl Smtp {
     /// A relay at `host`, every other key at its default.
@@ -595,90 +531,18 @@ impl Smtp {
         Smtp::host("127.0.0.1").port(port).tls("none")
     }
 
-    /// `port: N`.
-    pub fn port(mut self, port: u16) -> Smtp {
-        self.port = Some(port);
-        self
-    }
-
-    /// `tls: MODE` (`none`, `starttls`, ...).
-    pub fn tls(mut self, mode: &str) -> Smtp {
-        self.tls = Some(mode.into());
-        self
-    }
-
-    /// `from: ADDRESS`.
-    pub fn from(mut self, address: &str) -> Smtp {
-        self.from = Some(address.into());
-        self
-    }
-
-    /// `timeout: DURATION`.
-    pub fn timeout(mut self, d: &str) -> Smtp {
-        self.timeout = Some(d.into());
-        self
-    }
-
-    /// `username: NAME`.
-    pub fn username(mut self, name: &str) -> Smtp {
-        self.username = Some(name.into());
-        self
-    }
-
-    /// `password: SECRET` (literal, or `${VAR}`).
-    pub fn password(mut self, password: &str) -> Smtp {
-        self.password = Some(password.into());
-        self
-    }
-
-    /// `ca_file: PATH`.
-    pub fn ca_file(mut self, path: &str) -> Smtp {
-        self.ca_file = Some(path.into());
-        self
-    }
-
-    /// `allow_cleartext: true`.
-    pub fn allow_cleartext(mut self) -> Smtp {
-        self.allow_cleartext = true;
-        self
-    }
-
-    /// `allow_private: true`.
-    pub fn allow_private(mut self) -> Smtp {
-        self.allow_private = true;
-        self
-    }
-
     fn write(&self, y: &mut Yaml) {
         y.key(0, "smtp");
         y.line(1, "host", &self.host);
-        if let Some(port) = self.port {
-            y.raw(1, "port", &port.to_string());
-        }
-        if let Some(tls) = &self.tls {
-            y.line(1, "tls", tls);
-        }
-        if let Some(user) = &self.username {
-            y.line(1, "username", user);
-        }
-        if let Some(password) = &self.password {
-            y.line(1, "password", password);
-        }
-        if let Some(ca) = &self.ca_file {
-            y.line(1, "ca_file", ca);
-        }
-        if self.allow_cleartext {
-            y.raw(1, "allow_cleartext", "true");
-        }
-        if self.allow_private {
-            y.raw(1, "allow_private", "true");
-        }
-        if let Some(from) = &self.from {
-            y.line(1, "from", from);
-        }
-        if let Some(d) = &self.timeout {
-            y.line(1, "timeout", d);
-        }
+        y.number(1, "port", self.port);
+        y.text(1, "tls", &self.tls);
+        y.text(1, "username", &self.username);
+        y.text(1, "password", &self.password);
+        y.text(1, "ca_file", &self.ca_file);
+        y.flag(1, "allow_cleartext: true", self.allow_cleartext);
+        y.flag(1, "allow_private: true", self.allow_private);
+        y.text(1, "from", &self.from);
+        y.text(1, "timeout", &self.timeout);
     }
 }
 
@@ -738,60 +602,40 @@ impl Destination {
 #[derive(Debug, Clone)]
 pub struct Webhook {
     url: String,
-    secret: String,
+    secret: Option<String>,
     timeout: Option<String>,
     concurrency: Option<u32>,
     retry: Option<Retry>,
     allow_private: bool,
 }
 
-impl Webhook {
+keys!(Webhook {
     /// `secret: SECRET` instead of [`SECRET`] (literal, or `${VAR}`).
-    pub fn secret(mut self, secret: &str) -> Webhook {
-        self.secret = secret.into();
-        self
-    }
-
+    secret: &str,
     /// `timeout: DURATION`.
-    pub fn timeout(mut self, d: &str) -> Webhook {
-        self.timeout = Some(d.into());
-        self
-    }
-
+    timeout: &str,
     /// `concurrency: N`.
-    pub fn concurrency(mut self, n: u32) -> Webhook {
-        self.concurrency = Some(n);
-        self
-    }
-
+    concurrency: u32,
     /// The destination's own `retry:`.
-    pub fn retry(mut self, retry: Retry) -> Webhook {
-        self.retry = Some(retry);
-        self
-    }
+    retry: Retry,
+});
 
+flags!(Webhook {
     /// `allow_private: true`.
-    pub fn allow_private(mut self) -> Webhook {
-        self.allow_private = true;
-        self
-    }
+    allow_private,
+});
 
+impl Webhook {
     fn write(&self, y: &mut Yaml) {
         y.line(2, "type", "webhook");
         y.line(2, "url", &self.url);
-        y.line(2, "secret", &self.secret);
-        if let Some(d) = &self.timeout {
-            y.line(2, "timeout", d);
-        }
-        if let Some(n) = self.concurrency {
-            y.raw(2, "concurrency", &n.to_string());
-        }
+        y.text(2, "secret", &self.secret);
+        y.text(2, "timeout", &self.timeout);
+        y.number(2, "concurrency", self.concurrency);
         if let Some(r) = &self.retry {
             r.write(y, 2);
         }
-        if self.allow_private {
-            y.raw(2, "allow_private", "true");
-        }
+        y.flag(2, "allow_private: true", self.allow_private);
     }
 }
 
@@ -805,29 +649,23 @@ pub struct Chat {
     allow_private: bool,
 }
 
-impl Chat {
+keys!(Chat {
     /// `timeout: DURATION`.
-    pub fn timeout(mut self, d: &str) -> Chat {
-        self.timeout = Some(d.into());
-        self
-    }
+    timeout: &str,
+});
 
+flags!(Chat {
     /// `allow_private: true`.
-    pub fn allow_private(mut self) -> Chat {
-        self.allow_private = true;
-        self
-    }
+    allow_private,
+});
 
+impl Chat {
     fn write(&self, y: &mut Yaml) {
         y.line(2, "type", &self.kind);
         y.line(2, "url", &self.url);
         y.line(2, "template", &self.template);
-        if let Some(d) = &self.timeout {
-            y.line(2, "timeout", d);
-        }
-        if self.allow_private {
-            y.raw(2, "allow_private", "true");
-        }
+        y.text(2, "timeout", &self.timeout);
+        y.flag(2, "allow_private: true", self.allow_private);
     }
 }
 
@@ -858,6 +696,11 @@ pub struct Rule {
     notify: Vec<String>,
 }
 
+keys!(Rule {
+    /// `resource: NAME`.
+    resource: &str,
+});
+
 impl Rule {
     /// A rule for every change of every resource, to `notify`.
     pub fn new(name: &str, notify: &[&str]) -> Rule {
@@ -868,12 +711,6 @@ impl Rule {
             changed_to: None,
             notify: notify.iter().map(|s| s.to_string()).collect(),
         }
-    }
-
-    /// `resource: NAME`.
-    pub fn resource(mut self, resource: &str) -> Rule {
-        self.resource = Some(resource.into());
-        self
     }
 
     /// `on: [KINDS]` (`added`, `modified`, `deleted`).
@@ -889,10 +726,8 @@ impl Rule {
     }
 
     fn write(&self, y: &mut Yaml) {
-        let _ = writeln!(y.text, "  - name: {}", scalar(&self.name));
-        if let Some(r) = &self.resource {
-            y.line(2, "resource", r);
-        }
+        let _ = writeln!(y.out, "  - name: {}", scalar(&self.name));
+        y.text(2, "resource", &self.resource);
         if !self.on.is_empty() {
             y.raw(2, "on", &flow(&self.on));
         }
@@ -908,13 +743,13 @@ impl Rule {
 /// Block-style YAML being written, two spaces an indent.
 #[derive(Default)]
 struct Yaml {
-    text: String,
+    out: String,
 }
 
 impl Yaml {
     /// `key:` opening a nested block.
     fn key(&mut self, depth: usize, key: &str) {
-        let _ = writeln!(self.text, "{:width$}{key}:", "", width = depth * 2);
+        let _ = writeln!(self.out, "{:width$}{key}:", "", width = depth * 2);
     }
 
     /// `key: value` with a string value, quoted when plain YAML would read it otherwise.
@@ -922,9 +757,30 @@ impl Yaml {
         self.raw(depth, key, &scalar(value));
     }
 
+    /// [`Yaml::line`] when the key is set.
+    fn text(&mut self, depth: usize, key: &str, value: &Option<String>) {
+        if let Some(v) = value {
+            self.line(depth, key, v);
+        }
+    }
+
+    /// `key: N` when the key is set.
+    fn number(&mut self, depth: usize, key: &str, value: Option<impl Display>) {
+        if let Some(v) = value {
+            self.raw(depth, key, &v.to_string());
+        }
+    }
+
+    /// The whole `key: value` line when `on`.
+    fn flag(&mut self, depth: usize, line: &str, on: bool) {
+        if on {
+            let _ = writeln!(self.out, "{:width$}{line}", "", width = depth * 2);
+        }
+    }
+
     /// `key: value` with the value written as it is (numbers, booleans, flow lists).
     fn raw(&mut self, depth: usize, key: &str, value: &str) {
-        let _ = writeln!(self.text, "{:width$}{key}: {value}", "", width = depth * 2);
+        let _ = writeln!(self.out, "{:width$}{key}: {value}", "", width = depth * 2);
     }
 }
 
@@ -934,8 +790,12 @@ fn scalar(s: &str) -> String {
     if plain_is_safe(s) {
         s.to_string()
     } else {
-        serde_json::to_string(s).expect("a string serializes")
+        quoted(s)
     }
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
 }
 
 /// A flow sequence of strings: `[a, b]`.
@@ -944,7 +804,7 @@ fn flow(items: &[String]) -> String {
         .iter()
         .map(|s| {
             if s.contains([',', '[', ']', '{', '}']) {
-                serde_json::to_string(s).expect("a string serializes")
+                quoted(s)
             } else {
                 scalar(s)
             }

@@ -24,6 +24,7 @@ use axum::body::Bytes;
 use axum::response::IntoResponse;
 use clinicea_notifier::app::{self, Engine, Settings};
 use clinicea_notifier::catcher::{Catcher, CatcherHandle, CatcherOptions};
+use clinicea_notifier::poll::{PollError, PollReport};
 use clinicea_notifier::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -214,6 +215,11 @@ pub async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// Polls every resource once: the report of the first (in most configs the only one).
+pub async fn poll_report(engine: &Engine) -> Result<PollReport, PollError> {
+    engine.poll_all().await.remove(0).1
 }
 
 /// Delivers until the outbox is empty or `timeout` passes.

@@ -191,6 +191,13 @@ impl Notifier {
         assert!(status.success(), "kill -{sig} {} failed", self.pid);
     }
 
+    /// SIGHUP, then waits until the log holds `outcome` (`config reloaded`, `reload rejected`)
+    /// `n` times; false on timeout.
+    pub async fn reload(&self, outcome: &str, n: usize, timeout: Duration) -> bool {
+        self.signal("HUP");
+        self.wait_log(outcome, n, timeout).await
+    }
+
     /// SIGKILL (`kill -9`), then reaps the child.
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("SIGKILL is delivered");
