@@ -195,9 +195,9 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
     }
 }
 
-/// `Retry-After: 1e20` (and Discord's reset headers saying the same) used to panic the delivery
-/// task, which was then re-queued every few seconds with its attempt count unchanged, forever.
-/// Now the wait is bounded by the named maximum and the attempt counts.
+/// `Retry-After: 1e20` (and Discord's reset headers saying the same) must not panic the delivery
+/// task, which would then be re-queued every few seconds with its attempt count unchanged,
+/// forever: the wait is bounded by the named maximum and the attempt counts.
 #[tokio::test]
 async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
     use clinicea_notifier::outcome::MAX_RETRY_AFTER;

@@ -212,8 +212,8 @@ async fn a_refused_reload_keeps_the_old_config_running(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_an_smtp_username_but_no_password_keeps_the_old_config_running() {
     // An SMTP username without a password: the YAML is well-formed, but the mail transport
-    // refuses it. Before the fix `check` said OK and this SIGHUP stopped the notifier
-    // ("error: smtp: a username needs a password").
+    // refuses it, so the reload must be refused rather than stop the notifier ("error: smtp: a
+    // username needs a password").
     a_refused_reload_keeps_the_old_config_running(|_, running| {
         running.smtp(
             Smtp::host("localhost")
@@ -228,7 +228,7 @@ async fn sighup_with_an_smtp_username_but_no_password_keeps_the_old_config_runni
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_huge_duration_keeps_the_old_config_running() {
-    // Before the fix, parsing it panicked and took the daemon down.
+    // Parsing it must not panic and take the daemon down.
     let log = a_refused_reload_keeps_the_old_config_running(|base_url, running| {
         running.clinicea(Clinicea::sandbox(base_url).overlap("99999999999999999999d"))
     })

@@ -67,7 +67,8 @@ async fn an_api_key_echoed_after_180_characters_of_a_401_leaks_nowhere() {
         ..SandboxOptions::default()
     })
     .await;
-    // The key straddles the 200th character, where the excerpt used to be cut before scrubbing.
+    // The key straddles the 200th character: cutting the excerpt there before scrubbing it would
+    // leave half the key unscrubbed.
     sb.sandbox.inject_faults(
         Fault::new(FaultKind::Status {
             status: 401,

@@ -63,8 +63,8 @@ async fn logs_hold_no_record_contents_and_no_keys(args: &[&str]) -> String {
         .as_str()
         .expect("the sandbox gives the lead an id")
         .to_string();
-    // The first poll gets a 401 that echoes the key after 180 characters (where error bodies
-    // used to be cut before the key was scrubbed); the second a 500 on every try whose body
+    // The first poll gets a 401 that echoes the key after 180 characters (across where an error
+    // body cut before scrubbing would split it); the second a 500 on every try whose body
     // names the patient and a diagnosis; the third a truncated body (a parse error); the fourth
     // a 500 once. Every failure is logged, and the poll after them succeeds.
     sb.sandbox.inject_faults(
@@ -190,8 +190,8 @@ async fn logs_hold_no_record_contents_and_no_keys(args: &[&str]) -> String {
     log
 }
 
-/// `-vv` and `RUST_LOG=debug` used to turn on the template engine's own debug logging, which
-/// prints every value it renders. Other crates now stay at warnings unless named.
+/// `-vv` and `RUST_LOG=debug` must not turn on the template engine's own debug logging, which
+/// prints every value it renders: other crates stay at warnings unless named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verbose_and_debug_runs_log_no_record_values() {
     let sb = empty_sandbox().await;

@@ -141,33 +141,12 @@ async fn run_deletes_dead_letters_past_their_retention() {
 }
 
 #[tokio::test]
-async fn once_prunes_the_journal_to_store_journal_retention() {
-    let sb = default_sandbox().await;
-    let config = leads_only(&sb.base_url()).store(StoreSection::default().journal_retention("1s"));
-    let t = TestDir::new(&config.to_yaml());
-    let out = cli(&t, &["once"]).await;
-    assert!(out.status.success(), "{}", output_text(&out));
-    assert_eq!(open_store(&t).change_count(), 137);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let out = cli(&t, &["once"]).await;
-    assert!(out.status.success(), "{}", output_text(&out));
-    let store = open_store(&t);
-    assert_eq!(store.change_count(), 0, "the journal is kept for 1s only");
-    assert_eq!(
-        store.snapshot_count(DEFAULT_SOURCE, "leads"),
-        137,
-        "snapshots stay"
-    );
-}
-
-#[tokio::test]
 async fn dead_purge_with_a_huge_age_is_an_error_and_purges_nothing() {
     let t = TestDir::new(&leads_only("http://127.0.0.1:1").to_yaml());
-    let now = chrono::Utc::now().timestamp_millis();
     {
         let store = open_store(&t);
-        put_dead(&store, 1, "a", now - 3_600_000);
-        put_dead(&store, 2, "b", now - 40 * 86_400_000);
+        put_dead(&store, 1, "a", now_ms() - 3_600_000);
+        put_dead(&store, 2, "b", now_ms() - 40 * DAY_MS);
     }
     for age in ["150000000000d", "99999999999999999999d"] {
         let out = cli(&t, &["dead", "purge", "--older-than", age]).await;
@@ -186,6 +165,28 @@ async fn dead_purge_with_a_huge_age_is_an_error_and_purges_nothing() {
     let out = cli(&t, &["dead", "purge", "--older-than", "30d"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 1 dead letters"));
     assert_eq!(open_store(&t).dead_len(), 1);
+}
+
+// --- the change journal -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn once_prunes_the_journal_to_store_journal_retention() {
+    let sb = default_sandbox().await;
+    let config = leads_only(&sb.base_url()).store(StoreSection::default().journal_retention("1s"));
+    let t = TestDir::new(&config.to_yaml());
+    let out = cli(&t, &["once"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(open_store(&t).change_count(), 137);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = cli(&t, &["once"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let store = open_store(&t);
+    assert_eq!(store.change_count(), 0, "the journal is kept for 1s only");
+    assert_eq!(
+        store.snapshot_count(DEFAULT_SOURCE, "leads"),
+        137,
+        "snapshots stay"
+    );
 }
 
 // --- tombstones ---------------------------------------------------------------------------------

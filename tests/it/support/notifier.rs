@@ -246,12 +246,14 @@ impl Notifier {
     ) -> Option<String> {
         let start = Instant::now();
         loop {
+            // Asked before reading: a child that had exited by then has written all it will.
+            let running = self.is_running();
             let out = self.stdout_text();
             let whole = &out[..out.rfind('\n').map_or(0, |i| i + 1)];
             if let Some(line) = whole.lines().find(|l| want(l)) {
                 return Some(line.to_string());
             }
-            if !self.is_running() || start.elapsed() > timeout {
+            if !running || start.elapsed() > timeout {
                 return None;
             }
             tokio::time::sleep(POLL_STEP).await;
