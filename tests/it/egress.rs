@@ -6,7 +6,7 @@
 //! resolver, and the blocked answer it gives is `fe80::1`, which without a scope id cannot even be
 //! connected to, so a broken guard would fail locally rather than reach another machine.
 
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::commands;
 use clinicea_notifier::deliver::webhook::{self, Secret, WebhookTarget};
 use clinicea_notifier::model::Verdict;
@@ -18,46 +18,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A config with the API at `base_url` (`clinicea_extra` added to its section), an optional
-/// `smtp:` section and the `destinations:` given.
-fn config(base_url: &str, clinicea_extra: &str, smtp: &str, destinations: &str) -> String {
-    let destinations = if destinations.is_empty() {
-        String::new()
-    } else {
-        format!("destinations:\n{destinations}")
-    };
-    format!(
-        "clinicea:\n  base_url: {base_url}\n  api_key: k3y-for-tests\n{clinicea_extra}resources:\n  leads:\n    path: /api/v1/leads\nstore:\n  path: ./data\n{smtp}{destinations}"
-    )
+/// The `clinicea:` section of an API at `base_url`.
+fn api(base_url: &str) -> Clinicea {
+    Clinicea::new(base_url, "k3y-for-tests")
 }
 
-/// A webhook secret nobody published (the specification's example is refused for remote receivers).
-const FRESH_SECRET: &str = "whsec_8vJ7wPz1m3Qx5tKcR0yNaBdEfGhIjKlM";
-
-/// `check`'s verdict on a config: `Ok` or the problems as printed.
-fn check(yaml: &str) -> Result<(), String> {
-    let t = TestDir::new(yaml);
+/// The config loader's verdict on a config (what `check` prints): `Ok` or the problems.
+fn verdict(config: &Config) -> Result<(), String> {
+    let t = TestDir::new(&config.to_yaml());
     commands::load_settings_with(&t.config, &HashMap::new())
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
-fn webhook_to(url: &str, extra: &str) -> String {
-    config(
-        "https://api.clinicea.com",
-        "",
-        "",
-        &format!(
-            "  hooks:\n    type: webhook\n    url: {url}\n    secret: {FRESH_SECRET}\n{extra}"
-        ),
-    )
+/// A config with one webhook destination at `url` (its other keys from `keys`).
+fn webhook_to(url: &str, keys: fn(Webhook) -> Webhook) -> Config {
+    Config::new(api("https://api.clinicea.com"))
+        .webhook("hooks", url, |w| keys(w.secret(FRESH_SECRET)))
 }
 
 #[test]
 fn check_refuses_a_metadata_url_and_a_private_url_unless_the_destination_opts_in() {
-    let err = check(&webhook_to(
+    let err = verdict(&webhook_to(
         "https://169.254.169.254/latest/meta-data/iam/security-credentials/",
-        "",
+        |w| w,
     ))
     .unwrap_err();
     assert!(
@@ -69,7 +53,7 @@ fn check_refuses_a_metadata_url_and_a_private_url_unless_the_destination_opts_in
         "the path is not echoed: {err}"
     );
 
-    let err = check(&webhook_to("https://10.0.0.5/hook", "")).unwrap_err();
+    let err = verdict(&webhook_to("https://10.0.0.5/hook", |w| w)).unwrap_err();
     assert!(
         err.contains("destinations.hooks.url: 10.0.0.5 is a private address (10.0.0.0/8)"),
         "{err}"
@@ -78,11 +62,7 @@ fn check_refuses_a_metadata_url_and_a_private_url_unless_the_destination_opts_in
         err.contains("destinations.hooks.allow_private: true"),
         "{err}"
     );
-    check(&webhook_to(
-        "https://10.0.0.5/hook",
-        "    allow_private: true\n",
-    ))
-    .unwrap();
+    verdict(&webhook_to("https://10.0.0.5/hook", Webhook::allow_private)).unwrap();
 
     // The opt-in never covers link-local or metadata addresses, in any spelling.
     for url in [
@@ -94,7 +74,7 @@ fn check_refuses_a_metadata_url_and_a_private_url_unless_the_destination_opts_in
         "https://169.254.10.20/",
         "https://[fe80::1]/",
     ] {
-        let err = check(&webhook_to(url, "    allow_private: true\n")).unwrap_err();
+        let err = verdict(&webhook_to(url, Webhook::allow_private)).unwrap_err();
         assert!(err.contains("destinations.hooks.url"), "{url}: {err}");
         assert!(err.contains("never connects there"), "{url}: {err}");
     }
@@ -106,9 +86,9 @@ fn check_refuses_a_metadata_url_and_a_private_url_unless_the_destination_opts_in
         "https://[fd12:3456::1]/",
         "https://[::ffff:10.0.0.1]/",
     ] {
-        let err = check(&webhook_to(url, "")).unwrap_err();
+        let err = verdict(&webhook_to(url, |w| w)).unwrap_err();
         assert!(err.contains("is a private address"), "{url}: {err}");
-        check(&webhook_to(url, "    allow_private: true\n")).unwrap();
+        verdict(&webhook_to(url, Webhook::allow_private)).unwrap();
     }
     // Loopback stays allowed, plain http included, in every spelling.
     for url in [
@@ -117,23 +97,18 @@ fn check_refuses_a_metadata_url_and_a_private_url_unless_the_destination_opts_in
         "http://[::1]:9/hook",
         "http://[::ffff:127.0.0.1]:9/hook",
     ] {
-        check(&webhook_to(url, "")).unwrap_or_else(|e| panic!("{url}: {e}"));
+        verdict(&webhook_to(url, |w| w)).unwrap_or_else(|e| panic!("{url}: {e}"));
     }
 }
 
 #[test]
 fn check_applies_the_same_rules_to_chat_destinations_the_api_and_the_smtp_host() {
-    let chat = |url: &str, extra: &str| {
-        config(
-            "https://api.clinicea.com",
-            "",
-            "",
-            &format!("  team:\n    type: slack\n    url: {url}\n    template: lead-chat\n{extra}"),
-        )
+    let chat = |url: &str, keys: fn(Chat) -> Chat| {
+        Config::new(api("https://api.clinicea.com")).chat("team", "slack", url, keys)
     };
-    let err = check(&chat(
+    let err = verdict(&chat(
         "https://192.168.1.20/services/T0/B0/SECRET-TOKEN",
-        "",
+        |c| c,
     ))
     .unwrap_err();
     assert!(
@@ -141,64 +116,35 @@ fn check_applies_the_same_rules_to_chat_destinations_the_api_and_the_smtp_host()
         "{err}"
     );
     assert!(!err.contains("SECRET-TOKEN"), "{err}");
-    check(&chat(
+    verdict(&chat(
         "https://192.168.1.20/services/T0/B0/X",
-        "    allow_private: true\n",
+        Chat::allow_private,
     ))
     .unwrap();
 
-    let err = check(&config("https://10.1.1.1", "", "", "")).unwrap_err();
+    let err = verdict(&Config::new(api("https://10.1.1.1"))).unwrap_err();
     assert!(
         err.contains("clinicea.base_url: 10.1.1.1 is a private address"),
         "{err}"
     );
     assert!(err.contains("clinicea.allow_private: true"), "{err}");
-    check(&config(
-        "https://10.1.1.1",
-        "  allow_private: true\n",
-        "",
-        "",
-    ))
-    .unwrap();
-    let err = check(&config(
-        "https://169.254.169.254",
-        "  allow_private: true\n",
-        "",
-        "",
-    ))
-    .unwrap_err();
+    verdict(&Config::new(api("https://10.1.1.1").allow_private())).unwrap();
+    let err = verdict(&Config::new(api("https://169.254.169.254").allow_private())).unwrap_err();
     assert!(err.contains("clinicea.base_url"), "{err}");
     // The API on loopback written as an IPv4-mapped address is loopback too (plain http allowed).
-    check(&config("http://[::ffff:127.0.0.1]:8080", "", "", "")).unwrap();
+    verdict(&Config::new(api("http://[::ffff:127.0.0.1]:8080"))).unwrap();
 
-    let smtp = |host: &str, extra: &str| {
-        format!("smtp:\n  host: \"{host}\"\n  from: notifier@clinic.example\n{extra}")
+    let smtp = |host: &str, keys: fn(Smtp) -> Smtp| {
+        Config::new(api("https://api.clinicea.com"))
+            .smtp(keys(Smtp::host(host).from("notifier@clinic.example")))
     };
-    let err = check(&config(
-        "https://api.clinicea.com",
-        "",
-        &smtp("10.0.0.25", ""),
-        "",
-    ))
-    .unwrap_err();
+    let err = verdict(&smtp("10.0.0.25", |s| s)).unwrap_err();
     assert!(
         err.contains("smtp.host: 10.0.0.25 is a private address"),
         "{err}"
     );
-    check(&config(
-        "https://api.clinicea.com",
-        "",
-        &smtp("10.0.0.25", "  allow_private: true\n"),
-        "",
-    ))
-    .unwrap();
-    let err = check(&config(
-        "https://api.clinicea.com",
-        "",
-        &smtp("metadata.google.internal", "  allow_private: true\n"),
-        "",
-    ))
-    .unwrap_err();
+    verdict(&smtp("10.0.0.25", Smtp::allow_private)).unwrap();
+    let err = verdict(&smtp("metadata.google.internal", Smtp::allow_private)).unwrap_err();
     assert!(err.contains("smtp.host"), "{err}");
 }
 
@@ -273,12 +219,7 @@ async fn a_name_resolving_to_a_blocked_address_is_refused_before_connecting() {
 #[tokio::test]
 async fn allowed_answers_are_used_and_blocked_ones_in_the_same_answer_are_dropped() {
     let rx = Receiver::start().await;
-    let port = rx
-        .url
-        .trim_start_matches("http://127.0.0.1:")
-        .split('/')
-        .next()
-        .unwrap();
+    let port = rx.addr.port();
     let (client, _) = client_resolving_to(
         &["[fe80::1]:0", &format!("127.0.0.1:{port}")],
         Policy::destination("hooks", false),
@@ -326,15 +267,17 @@ async fn the_api_and_a_receiver_on_localhost_are_reached_through_the_guarded_sys
     let sb = empty_sandbox().await;
     let rx = Receiver::start().await;
     let url = rx.url.replace("127.0.0.1", "localhost");
-    let yaml = format!(
-        "{}destinations:\n{}rules:\n  - {{ name: all, resource: leads, on: [added], notify: [hooks] }}\n",
-        leads_only(&sb.base_url().replace("127.0.0.1", "localhost")),
-        webhook_destination("hooks", &url, "    timeout: 5s\n")
-    );
-    let t = TestDir::new(&yaml);
+    let config = leads_only(&sb.base_url().replace("127.0.0.1", "localhost"))
+        .webhook("hooks", &url, |w| w.timeout("5s"))
+        .rule(
+            Rule::new("all", &["hooks"])
+                .resource("leads")
+                .on(&["added"]),
+        );
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    let rep = engine.poll_all().await.remove(0).1.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     assert_eq!(rep.deliveries, 1);
     drain_outbox(&engine, Duration::from_secs(15)).await;
     let got = rx.received();

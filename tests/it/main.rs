@@ -1,23 +1,32 @@
 //! The integration suite: one binary, real parts over loopback (the product's own Clinicea sandbox,
-//! real webhook receivers, a real SMTP listener) and a temporary sled directory per test.
+//! real webhook receivers, a real SMTP listener) and a temporary sled directory per test. Each
+//! file is named after the behaviour it checks; `support` holds the parts they share.
 
-mod bad_input;
+mod api_pages;
 mod baseline;
-mod chat;
-mod cli;
-mod crash;
-mod data;
-mod delivery;
-mod demo;
+mod chat_delivery;
+mod config_check;
+mod config_reload;
+mod diff_properties;
 mod egress;
-mod email;
-mod faults;
-mod foundation;
-mod helpers;
+mod email_delivery;
+mod error_privacy;
+mod fault_injection;
+mod fuzz_corpus;
+mod graceful_shutdown;
+mod kill_9_recovery;
 mod layers;
-mod leaks;
+mod log_privacy;
 mod mailer;
-mod ops;
+mod metrics_and_health;
 mod paging;
-mod props;
-mod signals;
+mod polling;
+mod rehearsal_kit;
+mod retention_and_erasure;
+mod rule_matching;
+mod store_access;
+mod store_privacy;
+mod support;
+mod verify_command;
+mod webhook_delivery;
+mod webhook_ids;

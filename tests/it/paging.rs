@@ -5,7 +5,7 @@
 //! Knob: `PAGING_SEED` (default 1) picks the seeds of the property test, so a failure can be
 //! replayed.
 
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::ingest::poll::PollReport;
 use clinicea_notifier::kit::sandbox::{Order, SandboxHandle, SandboxOptions};
@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 const ORDERS: [Order; 3] = [Order::Modified, Order::Id, Order::Unordered];
 
@@ -80,7 +81,7 @@ async fn backfill_case(seed: u64, order: Order, leads: usize, edits: u32) -> Res
         ..SandboxOptions::default()
     })
     .await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
     for _ in 0..2 {
         poll_leads(&engine).await;
@@ -153,7 +154,7 @@ async fn a_shifted_window_is_read_again_and_a_steady_one_costs_no_extra_request(
         ..SandboxOptions::default()
     })
     .await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
     // A steady window of four pages: four requests, one pass.
     let rep = poll_leads(&engine).await;
@@ -168,7 +169,7 @@ async fn a_shifted_window_is_read_again_and_a_steady_one_costs_no_extra_request(
 
     // Records edited after each request move to the end; when one of them had been read, every
     // record after it moves one place left, and the pass that saw it twice is read again.
-    let t2 = TestDir::new(&leads_only(&sb.base_url()));
+    let t2 = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let fresh = t2.engine();
     sb.sandbox.set_page_edits(3);
     let rep = poll_leads(&fresh).await;
@@ -196,7 +197,7 @@ async fn an_unsettled_poll_keeps_the_checkpoint() {
         ..SandboxOptions::default()
     })
     .await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
     let rep = poll_leads(&engine).await;
     assert!(
@@ -230,11 +231,12 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
         ..SandboxOptions::default()
     })
     .await;
-    let yaml = format!(
-        "clinicea:\n  base_url: {}\n  api_key: sandbox-api-key\n  start_from: now\n  timeout: 5s\nresources:\n  leads:\n    path: /api/v1/leads\nstore:\n  path: ./data\n",
-        sb.base_url()
+    let config = Config::new(
+        Clinicea::new(&sb.base_url(), "sandbox-api-key")
+            .start_from("now")
+            .timeout("5s"),
     );
-    let t = TestDir::new(&yaml);
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
     poll_leads(&engine).await;
     let ids: Vec<String> = sandbox_lead_ids(&sb).into_iter().collect();
@@ -300,7 +302,7 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
         ..SandboxOptions::default()
     })
     .await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
     let before = chrono::Utc::now();
     poll_leads(&engine).await;
@@ -330,29 +332,23 @@ async fn the_skew_is_exported_and_warned_about_once() {
         ..SandboxOptions::default()
     })
     .await;
-    let t = TestDir::new(&daemon_config(&sb.base_url(), "", ""));
-    let d = MetricsDaemon::start(&t.config, &[], &[]);
-    let base = format!("http://{}", d.addr);
+    let t = TestDir::new(&leads_only(&sb.base_url()).listen().to_yaml());
+    let mut d = Notifier::run(&t)
+        .ready_within(Duration::from_secs(60))
+        .start()
+        .await;
     let leads = [("resource", "leads")];
-    let start = std::time::Instant::now();
-    let s = loop {
-        let s = scrape(&base).await;
-        if s.get("clinicea_polls_total", &leads).unwrap_or(0.0) >= 4.0 {
-            break s;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "no four polls; last scrape:\n{}",
-            s.text
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let s = scrape_until(&d.url(""), Duration::from_secs(30), |s| {
+        s.get("clinicea_polls_total", &leads).unwrap_or(0.0) >= 4.0
+    })
+    .await;
     let skew = s
         .get("clinicea_api_clock_skew_seconds", &leads)
         .expect("the skew gauge is exported");
     assert!((skew + 600.0).abs() < 3.0, "skew {skew}");
-    let (status, log) = d.stop();
-    assert!(status.success(), "{log}");
+    let status = d.terminate(Duration::from_secs(30)).await;
+    let log = d.stderr_text();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
     let warnings: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("beyond half the overlap"))

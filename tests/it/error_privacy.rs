@@ -1,11 +1,11 @@
-//! Issue 11: what must never leak. API error bodies (echoing the key, the login token or patient
-//! data) reach no error text, no `once` or `status` output and no stored poll status; `dead show`
-//! prints a receiver's escape sequences as text; change ids are keyed by the store.
+//! What must never leak from an API's error bodies (which echo the key, the login token or
+//! patient data): no error text, no `once` or `status` output and no stored poll status holds
+//! them; and `dead show` prints a receiver's escape sequences as text.
 //!
 //! The API cases run the real binary: only a real process shows what reaches its stdout and
 //! stderr at the default level.
 
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::kit::sandbox::{Fault, FaultKind, SandboxOptions};
 use std::time::Duration;
 
@@ -67,7 +67,8 @@ async fn an_api_key_echoed_after_180_characters_of_a_401_leaks_nowhere() {
         ..SandboxOptions::default()
     })
     .await;
-    // The key straddles the 200th character, where the excerpt used to be cut before scrubbing.
+    // The key straddles the 200th character: cutting the excerpt there before scrubbing it would
+    // leave half the key unscrubbed.
     sb.sandbox.inject_faults(
         Fault::new(FaultKind::Status {
             status: 401,
@@ -76,7 +77,7 @@ async fn an_api_key_echoed_after_180_characters_of_a_401_leaks_nowhere() {
         })
         .times(3),
     );
-    let t = TestDir::new(&leads_only(&sb.base_url()).replace("sandbox-api-key", KEY));
+    let t = TestDir::new(&Config::new(Clinicea::sandbox(&sb.base_url()).api_key(KEY)).to_yaml());
     let seen = once_then_status(&t, 401, &[KEY, &KEY[..10], &KEY[KEY.len() - 10..]]).await;
     assert!(
         seen.once.contains("check clinicea.api_key"),
@@ -112,11 +113,8 @@ async fn a_percent_encoded_key_echoed_in_a_url_leaks_nowhere() {
                 .replace('=', "%3D")
         ),
     }));
-    let yaml = leads_only(&sb.base_url()).replace(
-        "  api_key: sandbox-api-key\n",
-        &format!("  api_key: \"{KEY}\"\n  auth: query\n"),
-    );
-    let t = TestDir::new(&yaml);
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()).api_key(KEY).auth("query"));
+    let t = TestDir::new(&config.to_yaml());
     once_then_status(
         &t,
         400,
@@ -144,13 +142,12 @@ async fn a_login_token_password_and_user_echoed_by_the_api_leak_nowhere() {
             )
         });
     let addr = serve_on_loopback(app).await;
-    let yaml = leads_only(&format!("http://{addr}")).replace(
-        "  api_key: sandbox-api-key\n",
-        &format!(
-            "  api_key: ak_LEAKCHECK_login\n  auth: login\n  login: {{ username: {USER}, password: {PASSWORD} }}\n"
-        ),
+    let config = Config::new(
+        Clinicea::sandbox(&format!("http://{addr}"))
+            .api_key("ak_LEAKCHECK_login")
+            .login(USER, PASSWORD),
     );
-    let t = TestDir::new(&yaml);
+    let t = TestDir::new(&config.to_yaml());
     once_then_status(
         &t,
         401,
@@ -179,7 +176,7 @@ async fn a_500_with_a_patients_name_and_diagnosis_leaks_nowhere() {
         })
         .times(10),
     );
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     once_then_status(
         &t,
         500,
@@ -192,17 +189,12 @@ async fn a_500_with_a_patients_name_and_diagnosis_leaks_nowhere() {
 async fn dead_show_prints_a_receivers_escape_sequences_as_text() {
     const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2J";
     let sb = empty_sandbox().await;
-    let rx = BodyReceiver::start().await;
-    rx.script([BodyReply::new(400, HOSTILE)]);
-    let t = TestDir::new(&format!(
-        "{}destinations:\n{}rules:\n  - {{ name: r, resource: leads, on: [added], notify: [hooks] }}\n",
-        leads_only(&sb.base_url()),
-        webhook_destination("hooks", &rx.url, "    timeout: 5s\n")
-    ));
+    let rx = Receiver::with(Responder::script([Reply::status(400).body(HOSTILE)])).await;
+    let t = TestDir::new(&new_leads_to_hooks(&sb.base_url(), &rx.url).to_yaml());
     let seq = {
         let engine = t.engine();
         sb.sandbox.insert("leads", test_lead());
-        engine.poll_all().await.remove(0).1.unwrap();
+        poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(15)).await;
         let dead = engine.store.dead_entries().unwrap();
         assert_eq!(dead.len(), 1, "the 400 is a dead letter");
@@ -225,105 +217,4 @@ async fn dead_show_prints_a_receivers_escape_sequences_as_text() {
         stdout.contains(r"response: \u{1b}]0;pwned\u{7}\u{1b}[2J"),
         "{stdout}"
     );
-}
-
-/// The unkeyed id the keyed one replaced: SHA-256 over the change's parts, as anyone holding a
-/// guessed record could compute it.
-fn unkeyed_id(c: &clinicea_notifier::model::Change) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for part in [&c.source, &c.resource, &c.id, c.kind.as_str()] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    let mut buf = Vec::new();
-    let null = serde_json::Value::Null;
-    clinicea_notifier::model::canonical_json(c.previous.as_ref().unwrap_or(&null), &mut buf);
-    h.update((buf.len() as u64).to_be_bytes());
-    h.update(&buf);
-    buf.clear();
-    clinicea_notifier::model::canonical_json(&c.record, &mut buf);
-    h.update(&buf);
-    let d = h.finalize();
-    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("msg_{hex}")
-}
-
-#[tokio::test]
-async fn webhook_ids_are_keyed_per_store_and_stable_across_a_reopen() {
-    let sb = empty_sandbox().await;
-    sb.sandbox.insert("leads", test_lead());
-    let mut ids = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..2 {
-        let rx = Receiver::start().await;
-        let t = TestDir::new(&format!(
-            "{}destinations:\n{}rules:\n  - {{ name: r, resource: leads, on: [added], notify: [hooks] }}\n",
-            leads_only(&sb.base_url()),
-            webhook_destination("hooks", &rx.url, "    timeout: 5s\n")
-        ));
-        let engine = t.engine();
-        engine.poll_all().await.remove(0).1.unwrap();
-        drain_outbox(&engine, Duration::from_secs(15)).await;
-        let got = rx.received();
-        assert_eq!(got.len(), 1);
-        ids.push(got[0].header("webhook-id"));
-        drop(engine);
-        dirs.push(t);
-    }
-    assert_ne!(
-        ids[0], ids[1],
-        "two stores, the same change: different keys, different ids"
-    );
-    for (t, id) in dirs.iter().zip(&ids) {
-        // Reopened (a restart): the same key gives the same id for the same change, and it is
-        // not the plain hash of the record.
-        let store = open_store(t);
-        let changes = store.changes().unwrap();
-        assert_eq!(changes.len(), 1);
-        let change = &changes[0].1;
-        assert_eq!(&change.change_id(store.id_key()), id);
-        assert_ne!(&unkeyed_id(change), id);
-    }
-}
-
-#[tokio::test]
-async fn a_store_from_before_keyed_ids_gets_its_key_on_first_open_and_keeps_its_entries() {
-    use clinicea_notifier::outbox::store::{Store, DEFAULT_CACHE_BYTES};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data");
-    // A store as an older version left it: an outbox entry, no `meta` tree.
-    let entry = br#"{"queued":"by an older version","webhook_id":"msg_0123"}"#;
-    {
-        let db = sled::open(&path).unwrap();
-        db.open_tree("outbox")
-            .unwrap()
-            .insert(
-                clinicea_notifier::outbox::store::outbox_key("hooks", 1),
-                &entry[..],
-            )
-            .unwrap();
-        assert!(!db.tree_names().iter().any(|n| &n[..] == b"meta"));
-        db.flush().unwrap();
-    }
-    let change = clinicea_notifier::route::render::sample_change("leads");
-    let first = {
-        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
-        change.change_id(store.id_key())
-    };
-    let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
-    assert_eq!(change.change_id(store.id_key()), first, "the key was kept");
-    assert_ne!(unkeyed_id(&change), first);
-    drop(store);
-    // Read under the store, as the older version wrote it (the entry is not today's shape).
-    let db = sled::open(&path).unwrap();
-    let kept: Vec<sled::IVec> = db
-        .open_tree("outbox")
-        .unwrap()
-        .iter()
-        .values()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(kept.len(), 1);
-    assert_eq!(&kept[0][..], &entry[..], "queued entries are untouched");
 }

@@ -1,4 +1,4 @@
-//! Issue 7: fault injection. A mixed workload of sandbox edits, polls and deliveries while the
+//! Fault injection: a mixed workload of sandbox edits, polls and deliveries while the
 //! sandbox answers with random 5xx, 429, stalls, malformed bodies and resets, the receivers answer
 //! with random 5xx, 429 and slow replies, and the notifier process is `kill -9`ed at random
 //! moments and restarted. The windows are several pages long and shift while they are paged
@@ -9,7 +9,7 @@
 //! Knobs: `FAULT_SOAK_SECS` (default 20: seconds of faulty activity) and `FAULT_SEED` (default:
 //! from the clock, printed so a failure can be replayed).
 
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::kit::sandbox::{Fault, FaultKind, Order, SandboxOptions};
 use clinicea_notifier::model::canonical_json;
 use clinicea_notifier::outbox::entry::DeadLetter;
@@ -24,70 +24,43 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// Three resources (appointments in pages of 10) polled every 200 ms with a 30 s overlap and a
+/// 1 s timeout, to three webhooks (`legacy` gets the patients), retried with jitter.
 fn config(base_url: &str, crm: &str, ops: &str, legacy: &str) -> String {
-    format!(
-        r#"clinicea:
-  base_url: {base_url}
-  api_key: sandbox-api-key
-  start_from: "{start}"
-  poll_interval: 200ms
-  overlap: 30s
-  timeout: 1s
-resources:
-  leads:
-    path: /api/v1/leads
-  patients:
-    path: /api/v1/patients
-  appointments:
-    path: /api/v3/appointments/getChanges
-    since_param: lastSyncDTime
-    page_param: pageNo
-    first_page: 1
-    page_size: 10
-    page_size_param: pageSize
-    status_field: DataStatusValue
-store:
-  path: ./data
-listen: 127.0.0.1:0
-retry:
-  schedule: [100ms, 200ms, 300ms, 500ms, 500ms, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s]
-  jitter: 0.1
-destinations:
-  crm:
-    type: webhook
-    url: {crm}
-    secret: {SECRET}
-    timeout: 2s
-  ops:
-    type: webhook
-    url: {ops}
-    secret: {SECRET}
-    timeout: 2s
-  legacy:
-    type: webhook
-    url: {legacy}
-    secret: {SECRET}
-    timeout: 2s
-rules:
-  - name: leads-to-crm
-    resource: leads
-    notify: [crm]
-  - name: patients-to-crm
-    resource: patients
-    notify: [crm]
-  - name: appointments-to-ops
-    resource: appointments
-    notify: [ops]
-  - name: lead-deletions-to-ops
-    resource: leads
-    on: [deleted]
-    notify: [ops]
-  - name: patients-to-legacy
-    resource: patients
-    notify: [legacy]
-"#,
-        start = hours_ago(2)
+    Config::new(
+        Clinicea::sandbox(base_url)
+            .poll_interval("200ms")
+            .overlap("30s")
+            .timeout("1s"),
     )
+    .resources([
+        Resource::leads(),
+        Resource::patients(),
+        Resource::appointments()
+            .without_since_format()
+            .page_size(10),
+    ])
+    .listen()
+    .retry(
+        Retry::schedule(&[
+            "100ms", "200ms", "300ms", "500ms", "500ms", "1s", "1s", "1s", "1s", "1s", "1s", "1s",
+            "1s", "1s", "1s",
+        ])
+        .jitter(0.1),
+    )
+    .webhook("crm", crm, |w| w.timeout("2s"))
+    .webhook("ops", ops, |w| w.timeout("2s"))
+    .webhook("legacy", legacy, |w| w.timeout("2s"))
+    .rule(Rule::new("leads-to-crm", &["crm"]).resource("leads"))
+    .rule(Rule::new("patients-to-crm", &["crm"]).resource("patients"))
+    .rule(Rule::new("appointments-to-ops", &["ops"]).resource("appointments"))
+    .rule(
+        Rule::new("lead-deletions-to-ops", &["ops"])
+            .resource("leads")
+            .on(&["deleted"]),
+    )
+    .rule(Rule::new("patients-to-legacy", &["legacy"]).resource("patients"))
+    .to_yaml()
 }
 
 /// A random sandbox fault.
@@ -173,13 +146,9 @@ fn canon(v: &Value) -> String {
     String::from_utf8(buf).unwrap()
 }
 
-/// Deliveries a receiver accepted (2xx), by (record id, canonical record).
-fn accepted(rx: &ChaosReceiver) -> Vec<Received> {
-    rx.answered()
-        .into_iter()
-        .filter(|a| (200..300).contains(&a.status))
-        .map(|a| a.got)
-        .collect()
+/// Deliveries a receiver accepted (2xx).
+fn accepted(rx: &Receiver) -> Vec<Received> {
+    rx.received().into_iter().filter(Received::ok).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,16 +193,18 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
         clock_offset.num_seconds()
     );
     let sandbox = sb.sandbox.clone();
-    let crm = ChaosReceiver::start(seed ^ 1).await;
-    let ops = ChaosReceiver::start(seed ^ 2).await;
-    let legacy = ChaosReceiver::always(400).await;
+    let crm = Receiver::with(Responder::chaos(seed ^ 1)).await;
+    let ops = Receiver::with(Responder::chaos(seed ^ 2)).await;
+    let legacy = Receiver::with(Responder::always(Reply::status(400))).await;
     let t = TestDir::new(&config(&sb.base_url(), &crm.url, &ops.url, &legacy.url));
-    let log = t.dir.path().join("notifier.log");
+    // Each start logs to the same file (the tag), quietly.
+    let notifier = || Notifier::run(&t).tag("notifier").flags(&["-q"]).spawn();
 
     // --- the faulty phase ---------------------------------------------------------------------
     let mut kills = 0u32;
     let mut edits: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut child = Some(NotifierChild::run(&t.config, &log));
+    let mut child = Some(notifier());
+    let log = child.as_ref().unwrap().stderr_path().to_path_buf();
     let started = Instant::now();
     let mut next_kill = started + Duration::from_millis(rng.gen_range(500..3000));
     while started.elapsed() < soak {
@@ -284,11 +255,11 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
         }
         if Instant::now() >= next_kill {
             if let Some(c) = child.take() {
-                c.kill9();
+                c.kill9().await;
                 kills += 1;
             }
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
-            child = Some(NotifierChild::run(&t.config, &log));
+            child = Some(notifier());
             next_kill = Instant::now() + Duration::from_millis(rng.gen_range(300..3000));
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(20..200))).await;
@@ -300,10 +271,10 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     sandbox.clear_faults();
     sandbox.set_page_edits(0);
     sandbox.set_order(Order::Modified);
-    crm.calm();
-    ops.calm();
-    let total = |crm: &ChaosReceiver, ops: &ChaosReceiver, legacy: &ChaosReceiver| {
-        crm.answered().len() + ops.answered().len() + legacy.answered().len()
+    crm.respond_with(Responder::ok());
+    ops.respond_with(Responder::ok());
+    let total = |crm: &Receiver, ops: &Receiver, legacy: &Receiver| {
+        crm.count() + ops.count() + legacy.count()
     };
     let calm_from = Instant::now();
     let mut last = (total(&crm, &ops, &legacy), Instant::now());
@@ -318,7 +289,12 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
             break;
         }
     }
-    let clean_exit = child.take().unwrap().terminate(Duration::from_secs(25));
+    let clean_exit = child
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(25))
+        .await
+        .is_some_and(|s| s.success());
     assert!(
         clean_exit,
         "SIGTERM stops the notifier cleanly; log:\n{}",
@@ -354,12 +330,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     }
     let store = Store::open(&store_path, DEFAULT_CACHE_BYTES).unwrap();
     assert_eq!(store.outbox_len(), 0, "the outbox drains");
-    let dead: Vec<DeadLetter> = store
-        .dead_entries()
-        .unwrap()
-        .into_iter()
-        .map(|(_, dead)| dead)
-        .collect();
+    let dead: Vec<DeadLetter> = store_dead_letters(&store);
     let changes = store.change_count();
     let journal = store.changes().unwrap();
     let checkpoints: Vec<String> = ["leads", "patients", "appointments"]
@@ -374,12 +345,12 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     let mut everything: Vec<(&str, Received)> = Vec::new();
     let mut bad_signatures = Vec::new();
     for (dest, rx) in [("crm", &crm), ("ops", &ops), ("legacy", &legacy)] {
-        for a in rx.answered() {
+        for a in rx.received() {
             // Every request is validly signed (checked by the library on arrival).
             if let Err(e) = &a.verified {
                 bad_signatures.push(format!("{dest}: {e}"));
             }
-            everything.push((dest, a.got));
+            everything.push((dest, a));
         }
     }
     // One change, one webhook-id, the same bytes each time it is sent to one destination; and
@@ -439,13 +410,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
             .collect()
     };
     let (crm_got, ops_got) = (delivered(&crm_ok), delivered(&ops_ok));
-    let legacy_got = delivered(
-        &legacy
-            .answered()
-            .into_iter()
-            .map(|a| a.got)
-            .collect::<Vec<_>>(),
-    );
+    let legacy_got = delivered(&legacy.received());
     let mut losses = Vec::new();
     let mut finals = 0usize;
     for resource in ["leads", "patients", "appointments"] {
@@ -506,9 +471,9 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
         stats.faults_served,
         crm_ok.len(),
         ops_ok.len(),
-        crm.answered().len(),
-        ops.answered().len(),
-        legacy.answered().len(),
+        crm.count(),
+        ops.count(),
+        legacy.count(),
         dead.len(),
         losses.len()
     );

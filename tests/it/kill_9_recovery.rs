@@ -1,9 +1,9 @@
-//! Issues 2 and 4: `kill -9` at random-ish moments loses nothing, and a re-sent delivery carries the
-//! same `webhook-id` as the first. The notifier runs as a child process; the sandbox and the
-//! receivers run in this process.
+//! `kill -9` at random-ish moments loses nothing: a sync killed twice journals every lead
+//! exactly once, deliveries killed four times all arrive with one `webhook-id` per change, and a
+//! kill the instant a webhook lands leaves the store knowing what the receiver got. The notifier
+//! runs as a child process; the sandbox and the receivers run in this process.
 
-use crate::helpers::*;
-use clinicea_notifier::kit::sandbox::SandboxOptions;
+use crate::support::*;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -20,20 +20,17 @@ fn duplicates(ids: &[String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead_exactly_once() {
     // 3,000 leads: 30 full pages and a 204, 50 ms apart, so a sync takes a few seconds.
-    let sb = sandbox(SandboxOptions {
-        leads: 3000,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(3000).await;
     let all = sandbox_lead_ids(&sb);
     assert_eq!(all.len(), 3000);
-    let t = TestDir::new(&daemon_config(&sb.base_url(), "  page_delay: 50ms\n", ""));
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()).page_delay("50ms")).listen();
+    let t = TestDir::new(&config.to_yaml());
 
     let mut journaled_after_kill = Vec::new();
     let mut pages_before_kill = Vec::new();
     for (round, pages) in [6u64, 14].into_iter().enumerate() {
         let before = lead_requests(&sb);
-        let d = Daemon::start(&t, &format!("run{round}")).await;
+        let d = Notifier::run(&t).tag(&format!("run{round}")).start().await;
         let reached = eventually(Duration::from_secs(30), || {
             lead_requests(&sb) >= before + pages
         })
@@ -110,15 +107,11 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_their_webhook_id() {
     const LEADS: usize = 300;
-    let sb = sandbox(SandboxOptions {
-        leads: LEADS,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(LEADS).await;
     let all = sandbox_lead_ids(&sb);
     // Every 3rd request fails with 500, requests 120..160 get 503 with Retry-After, each takes
     // 30 ms: deliveries and retries are in progress all through the kills.
-    let rx = FnReceiver::start(|n, _| {
+    let rx = Receiver::with(Responder::from_fn(|n| {
         let d = Duration::from_millis(30);
         if (120..160).contains(&n) {
             Reply::status(503).header("retry-after", "1").delay(d)
@@ -127,24 +120,23 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
         } else {
             Reply::status(200).delay(d)
         }
-    })
+    }))
     .await;
-    let rest = format!(
-        "retry:\n  schedule: [200ms, 200ms, 500ms, 1s, 1s, 2s, 2s, 5s]\n  jitter: 0\ndestinations:\n{}rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
-        webhook_destination("hook", &rx.url, "    timeout: 5s\n    concurrency: 3\n")
-    );
     // 300 ms between pages: the first kill lands while the poll is still running.
-    let t = TestDir::new(&daemon_config(
-        &sb.base_url(),
-        "  page_delay: 300ms\n",
-        &rest,
-    ));
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()).page_delay("300ms"))
+        .listen()
+        .retry(Retry::schedule(&[
+            "200ms", "200ms", "500ms", "1s", "1s", "2s", "2s", "5s",
+        ]))
+        .webhook("hook", &rx.url, |w| w.timeout("5s").concurrency(3))
+        .rule(Rule::new("all-leads", &["hook"]).resource("leads"));
+    let t = TestDir::new(&config.to_yaml());
 
     let mut rng = rand::thread_rng();
     let mut kills = Vec::new();
     for (round, base) in [10usize, 80, 160, 240].into_iter().enumerate() {
         let at = base + rng.gen_range(0..25);
-        let d = Daemon::start(&t, &format!("run{round}")).await;
+        let d = Notifier::run(&t).tag(&format!("run{round}")).start().await;
         let reached = eventually(Duration::from_secs(45), || rx.count() >= at).await;
         assert!(
             reached,
@@ -157,7 +149,7 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
     }
 
     // A clean run finishes the work: wait until its outbox is empty and every lead arrived.
-    let mut d = Daemon::start(&t, "final").await;
+    let mut d = Notifier::run(&t).tag("final").start().await;
     let start = std::time::Instant::now();
     loop {
         let outbox = d.metric("clinicea_outbox_entries").await;
@@ -172,18 +164,17 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    d.signal("TERM");
-    let status = d.wait_exit(Duration::from_secs(20)).await;
+    let status = d.terminate(Duration::from_secs(20)).await;
     assert!(
         status.is_some_and(|s| s.success()),
         "{status:?}\n{}",
         d.stderr_text()
     );
 
-    let got = rx.answered();
+    let got = rx.received();
     // Every request is validly signed.
     for a in &got {
-        verify_with_library(&a.req)
+        verify_with_library(a)
             .unwrap_or_else(|e| panic!("request for {} fails verification: {e}", a.data_id()));
     }
     // Every lead arrived, and one change has one webhook-id however often it was sent.
@@ -192,7 +183,7 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
         by_id
             .entry(a.data_id())
             .or_default()
-            .insert(a.req.header("webhook-id"));
+            .insert(a.header("webhook-id"));
     }
     let odd: Vec<_> = by_id.iter().filter(|(_, w)| w.len() != 1).collect();
     assert!(
@@ -239,14 +230,10 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_second_added() {
     use std::sync::atomic::{AtomicU32, Ordering};
-    let sb = sandbox(SandboxOptions {
-        leads: 0,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(0).await;
     let pid = std::sync::Arc::new(AtomicU32::new(0));
     let p = pid.clone();
-    let rx = FnReceiver::start(move |n, _| {
+    let rx = Receiver::with(Responder::from_fn(move |n| {
         let pid = p.load(Ordering::SeqCst);
         if n == 0 && pid != 0 {
             let _ = std::process::Command::new("kill")
@@ -254,16 +241,16 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
                 .status();
         }
         Reply::status(200)
-    })
+    }))
     .await;
-    let rest = format!(
-        "destinations:\n{}rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
-        webhook_destination("hook", &rx.url, "    timeout: 5s\n")
-    );
     // Two pages 3 s apart: the first page's deliveries go out while the poll is still running,
     // before the end-of-poll flush.
-    let t = TestDir::new(&daemon_config(&sb.base_url(), "  page_delay: 3s\n", &rest));
-    let mut d = Daemon::start(&t, "run").await;
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()).page_delay("3s"))
+        .listen()
+        .webhook("hook", &rx.url, |w| w.timeout("5s"))
+        .rule(Rule::new("all-leads", &["hook"]).resource("leads"));
+    let t = TestDir::new(&config.to_yaml());
+    let mut d = Notifier::run(&t).start().await;
     pid.store(d.pid, Ordering::SeqCst);
     for i in 0..101 {
         sb.sandbox.insert(
@@ -277,8 +264,8 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
         "the receiver killed it: {status:?}\n{}",
         d.stderr_text()
     );
-    let first = rx.answered()[0].clone();
-    assert_eq!(first.req.json()["type"], "leads.added");
+    let first = rx.received()[0].clone();
+    assert_eq!(first.json()["type"], "leads.added");
     let id = first.data_id();
     let before_restart = rx.count();
 
@@ -288,19 +275,19 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
     let out = cli(&t, &["once"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
 
-    let got: Vec<Answered> = rx.answered()[before_restart..]
+    let got: Vec<Received> = rx.received()[before_restart..]
         .iter()
         .filter(|a| a.data_id() == id)
         .cloned()
         .collect();
-    let later: Vec<serde_json::Value> = got.iter().map(|a| a.req.json()).collect();
+    let later: Vec<serde_json::Value> = got.iter().map(|a| a.json()).collect();
     assert!(
         !later.is_empty(),
         "the edit was delivered: {}",
         output_text(&out)
     );
     for (a, body) in got.iter().zip(&later) {
-        let same_as_first = a.req.header("webhook-id") == first.req.header("webhook-id");
+        let same_as_first = a.header("webhook-id") == first.header("webhook-id");
         assert!(
             same_as_first || body["type"] == "leads.modified",
             "after the crash the lead came again as {} under a new webhook-id: the store forgot a change the receiver had already got",
@@ -311,10 +298,7 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
         .iter()
         .find(|b| b["type"] == "leads.modified")
         .expect("the edit arrives as leads.modified");
-    assert_eq!(
-        modified["data"]["previous"],
-        first.req.json()["data"]["record"]
-    );
+    assert_eq!(modified["data"]["previous"], first.json()["data"]["record"]);
     assert!(
         modified["data"]["changed_fields"]
             .as_array()
@@ -329,5 +313,5 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
         .into_iter()
         .map(|(_, c)| c.change_id(store.id_key()))
         .collect();
-    assert!(journal.contains(&first.req.header("webhook-id")));
+    assert!(journal.contains(&first.header("webhook-id")));
 }

@@ -1,116 +1,21 @@
-//! Patient data at rest: who can read the store, how long dead letters and deleted records are
-//! kept, and the erasure of one record (`purge`).
+//! How long patient data is kept, and its erasure: dead letters past their retention deleted by
+//! `once` and `run`, the change journal pruned, deleted records reduced to a tombstone, `dead
+//! purge` refusing an age it cannot mean, and `purge` erasing one record everywhere.
 
-use crate::bad_input::StaticApi;
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::model::{ChangeKind, Verdict, DEFAULT_SOURCE};
 use clinicea_notifier::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
-use clinicea_notifier::outbox::store::{PageWrite, Store, DEFAULT_CACHE_BYTES};
+use clinicea_notifier::outbox::store::{PageWrite, Store};
 use clinicea_notifier::route::plan::Payload;
 use serde_json::json;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const DAY_MS: i64 = 86_400_000;
 
-/// The warning a store others can read gets.
-const LOOSE_STORE_WARNING: &str = "the store could be read by other users";
-
-/// Every folder and file under `dir` (itself first) with its permission bits.
-fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
-    let mut out = vec![(
-        dir.to_path_buf(),
-        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
-    )];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            out.push((e.path(), m.permissions().mode() & 0o777));
-        }
-    }
-    out
-}
-
-/// Asserts the folders under `dir` are 0700 and the files 0600.
-fn assert_owner_only(dir: &Path) {
-    let all = modes(dir);
-    assert!(
-        all.iter().any(|(p, _)| p.ends_with("db")) && all.iter().any(|(p, _)| p.ends_with("conf")),
-        "sled's files are there: {all:?}"
-    );
-    for (p, mode) in all {
-        let want = if p.is_dir() { 0o700 } else { 0o600 };
-        assert_eq!(mode, want, "{} is {mode:o}", p.display());
-    }
-}
-
-/// Runs the binary under `umask 022`, as a shell outside systemd would.
-fn under_umask_022(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("sh")
-        .arg("-c")
-        .arg("umask 022; exec \"$@\"")
-        .arg("sh")
-        .arg(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-#[test]
-fn under_umask_022_a_new_store_is_0700_and_its_files_0600() {
-    let t = TestDir::new(&leads_only("http://127.0.0.1:1"));
-    let out = under_umask_022(&t.config, &["status"]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    assert_owner_only(&store_path(&t));
-    assert!(
-        !output_text(&out).contains(LOOSE_STORE_WARNING),
-        "a store it just made is no warning: {}",
-        output_text(&out)
-    );
-}
-
-#[test]
-fn a_store_others_can_read_is_a_warning_naming_it_and_is_tightened() {
-    let t = TestDir::new(&leads_only("http://127.0.0.1:1"));
-    let path = store_path(&t);
-    drop(Store::open(&path, DEFAULT_CACHE_BYTES).unwrap());
-    // As an older version left it under umask 022.
-    for (p, _) in modes(&path) {
-        let mode = if p.is_dir() { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    let out = under_umask_022(&t.config, &["status"]);
-    let text = output_text(&out);
-    assert!(out.status.success(), "{text}");
-    // The path as the config gives it (`./data` below the config's folder).
-    let named = t.dir.path().join("./data").display().to_string();
-    assert!(
-        text.contains(LOOSE_STORE_WARNING) && text.contains(&named) && text.contains("755"),
-        "{text}"
-    );
-    assert_owner_only(&path);
-    let again = under_umask_022(&t.config, &["status"]);
-    assert!(
-        !output_text(&again).contains(LOOSE_STORE_WARNING),
-        "warned once, fixed: {}",
-        output_text(&again)
-    );
-}
-
 // --- dead letter retention ----------------------------------------------------------------------
 
 /// Stores a dead letter for `record_id` that died at `died_ms`, with one attempt log.
-pub(crate) fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
+fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
     let entry = OutboxEntry {
         seq,
         destination: "hook".into(),
@@ -163,7 +68,7 @@ fn now_ms() -> i64 {
 #[tokio::test]
 async fn once_deletes_dead_letters_past_their_retention_and_keeps_the_rest() {
     let sb = empty_sandbox().await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     {
         let store = open_store(&t);
         put_dead(&store, 1, "old", now_ms() - 31 * DAY_MS);
@@ -193,10 +98,11 @@ async fn once_deletes_dead_letters_past_their_retention_and_keeps_the_rest() {
         assert_eq!(store.attempts(2).unwrap().len(), 1);
     }
     // A shorter retention from the config.
-    t.rewrite(&format!(
-        "{}  dead_letter_retention: 12h\n",
-        leads_only(&sb.base_url())
-    ));
+    t.rewrite(
+        &leads_only(&sb.base_url())
+            .store(StoreSection::default().dead_letter_retention("12h"))
+            .to_yaml(),
+    );
     let out = cli(&t, &["once"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
     let store = open_store(&t);
@@ -207,13 +113,13 @@ async fn once_deletes_dead_letters_past_their_retention_and_keeps_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_deletes_dead_letters_past_their_retention() {
     let sb = empty_sandbox().await;
-    let t = TestDir::new(&daemon_config(&sb.base_url(), "", ""));
+    let t = TestDir::new(&leads_only(&sb.base_url()).listen().to_yaml());
     {
         let store = open_store(&t);
         put_dead(&store, 1, "old", now_ms() - 31 * DAY_MS);
         put_dead(&store, 2, "recent", now_ms() - DAY_MS);
     }
-    let mut d = Daemon::start(&t, "run").await;
+    let mut d = Notifier::run(&t).start().await;
     assert!(
         d.wait_log(
             "deleted dead letters past their retention",
@@ -224,14 +130,62 @@ async fn run_deletes_dead_letters_past_their_retention() {
         "{}",
         d.stderr_text()
     );
-    d.signal("TERM");
     assert!(d
-        .wait_exit(Duration::from_secs(20))
+        .terminate(Duration::from_secs(20))
         .await
         .is_some_and(|s| s.success()));
     let store = open_store(&t);
     assert_eq!(store.dead_len(), 1);
     assert!(store.dead_get(2).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn dead_purge_with_a_huge_age_is_an_error_and_purges_nothing() {
+    let t = TestDir::new(&leads_only("http://127.0.0.1:1").to_yaml());
+    {
+        let store = open_store(&t);
+        put_dead(&store, 1, "a", now_ms() - 3_600_000);
+        put_dead(&store, 2, "b", now_ms() - 40 * DAY_MS);
+    }
+    for age in ["150000000000d", "99999999999999999999d"] {
+        let out = cli(&t, &["dead", "purge", "--older-than", age]).await;
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains("too long") && !text.contains("panicked"),
+            "{text}"
+        );
+        assert_eq!(open_store(&t).dead_len(), 2, "nothing purged by {age}");
+    }
+    // The longest age there is purges what is older, which is nothing here.
+    let out = cli(&t, &["dead", "purge", "--older-than", "3650d"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 0 dead letters"));
+    let out = cli(&t, &["dead", "purge", "--older-than", "30d"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 1 dead letters"));
+    assert_eq!(open_store(&t).dead_len(), 1);
+}
+
+// --- the change journal -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn once_prunes_the_journal_to_store_journal_retention() {
+    let sb = default_sandbox().await;
+    let config = leads_only(&sb.base_url()).store(StoreSection::default().journal_retention("1s"));
+    let t = TestDir::new(&config.to_yaml());
+    let out = cli(&t, &["once"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(open_store(&t).change_count(), 137);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = cli(&t, &["once"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let store = open_store(&t);
+    assert_eq!(store.change_count(), 0, "the journal is kept for 1s only");
+    assert_eq!(
+        store.snapshot_count(DEFAULT_SOURCE, "leads"),
+        137,
+        "snapshots stay"
+    );
 }
 
 // --- tombstones ---------------------------------------------------------------------------------
@@ -243,9 +197,9 @@ fn lead(status: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
     let api = StaticApi::start(json!([lead("Added")]).to_string()).await;
-    let t = TestDir::new(&leads_only(&api.base_url));
+    let t = TestDir::new(&leads_only(&api.base_url).to_yaml());
     let engine = t.engine();
-    let poll = || async { engine.poll_all().await.remove(0).1.unwrap().changes };
+    let poll = || async { poll_report(&engine).await.unwrap().changes };
     assert_eq!(poll().await, 1);
     api.set(json!([lead("Deleted")]).to_string());
     assert_eq!(poll().await, 1);
@@ -284,7 +238,7 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
 #[tokio::test]
 async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
     let api = StaticApi::start("[]").await;
-    let t = TestDir::new(&leads_only(&api.base_url));
+    let t = TestDir::new(&leads_only(&api.base_url).to_yaml());
     {
         let store = open_store(&t);
         let page = PageWrite {
@@ -315,7 +269,7 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
     );
     // The deleted record served again is still nothing.
     api.set(json!([lead("Deleted")]).to_string());
-    assert_eq!(engine.poll_all().await.remove(0).1.unwrap().changes, 0);
+    assert_eq!(poll_report(&engine).await.unwrap().changes, 0);
 }
 
 // --- erasure ------------------------------------------------------------------------------------
@@ -323,14 +277,15 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
 #[tokio::test]
 async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters() {
     let sb = empty_sandbox().await;
-    let down = FnReceiver::start(|_, _| Reply::status(503)).await;
-    let bad = FnReceiver::start(|_, _| Reply::status(400)).await;
-    let rest = format!(
-        "retry:\n  schedule: [1h]\n  jitter: 0\ndestinations:\n{}{}rules:\n  - name: all\n    resource: leads\n    notify: [down, bad]\n",
-        webhook_destination("down", &down.url, ""),
-        webhook_destination("bad", &bad.url, "")
-    );
-    let t = TestDir::new(&daemon_config(&sb.base_url(), "", &rest));
+    let down = Receiver::with(Responder::always(Reply::status(503))).await;
+    let bad = Receiver::with(Responder::always(Reply::status(400))).await;
+    let config = leads_only(&sb.base_url())
+        .listen()
+        .retry(Retry::schedule(&["1h"]))
+        .webhook("down", &down.url, |w| w)
+        .webhook("bad", &bad.url, |w| w)
+        .rule(Rule::new("all", &["down", "bad"]).resource("leads"));
+    let t = TestDir::new(&config.to_yaml());
     let one = sb.sandbox.insert("leads", test_lead());
     let other = sb.sandbox.insert("leads", test_lead());
     let (one, other) = (
@@ -339,7 +294,7 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
     );
     {
         let engine = t.engine();
-        engine.poll_all().await.remove(0).1.unwrap();
+        poll_report(&engine).await.unwrap();
         // `down` retries in an hour (queued, one attempt logged); `bad` dies.
         engine.deliverer.deliver_all_due().await.unwrap();
         assert_eq!(engine.store.outbox_len(), 2);

@@ -1,26 +1,27 @@
-//! Issue 5: chat destinations (Slack, Teams, Discord, Google Chat) against real receivers on
-//! loopback.
+//! Chat destinations (Slack, Teams, Discord, Google Chat) against real receivers on loopback:
+//! each service's message shape, its way of saying "retry after", dead letters that never show
+//! the secret URL, and record values that never become mentions, links or formatting.
 
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::daemon::engine::Engine;
 use std::time::Duration;
 
 /// A config: new leads go to one chat destination of `kind` at `url`, rendered with `lead-chat`.
 fn chat_config(base_url: &str, kind: &str, url: &str) -> String {
-    format!(
-        "{}retry:\n  schedule: [100ms, 100ms, 100ms]\n  jitter: 0\n\
-         destinations:\n  team-chat:\n    type: {kind}\n    url: {url}\n    template: lead-chat\n    timeout: 3s\n\
-         rules:\n  - name: new-lead-chat\n    resource: leads\n    on: [added]\n    notify: [team-chat]\n",
-        leads_only(base_url)
-    )
+    leads_only(base_url)
+        .retry(Retry::every("100ms", 3))
+        .chat("team-chat", kind, url, |c| c.timeout("3s"))
+        .rule(
+            Rule::new("new-lead-chat", &["team-chat"])
+                .resource("leads")
+                .on(&["added"]),
+        )
+        .to_yaml()
 }
 
 /// Starts a sandbox, a receiver scripted with `replies` and an engine for `kind`; inserts one
 /// lead, polls and delivers until the outbox is empty.
-async fn one_lead_to(
-    kind: &str,
-    replies: Vec<BodyReply>,
-) -> (BodyReceiver, Engine, TestDir, Duration) {
+async fn one_lead_to(kind: &str, replies: Vec<Reply>) -> (Receiver, Engine, TestDir, Duration) {
     lead_to(kind, test_lead(), replies, Duration::from_secs(15)).await
 }
 
@@ -29,16 +30,15 @@ async fn one_lead_to(
 async fn lead_to(
     kind: &str,
     lead: serde_json::Value,
-    replies: Vec<BodyReply>,
+    replies: Vec<Reply>,
     drain: Duration,
-) -> (BodyReceiver, Engine, TestDir, Duration) {
+) -> (Receiver, Engine, TestDir, Duration) {
     let sb = empty_sandbox().await;
-    let rx = BodyReceiver::start().await;
-    rx.script(replies);
-    let t = TestDir::new(&chat_config(&sb.base_url(), kind, &rx.url));
+    let rx = Receiver::with(Responder::script(replies)).await;
+    let t = TestDir::new(&chat_config(&sb.base_url(), kind, &rx.chat_url()));
     let engine = t.engine();
     sb.sandbox.insert("leads", lead);
-    let rep = engine.poll_all().await.remove(0).1.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     assert_eq!(rep.deliveries, 1);
     let started = std::time::Instant::now();
     drain_outbox(&engine, drain).await;
@@ -106,7 +106,7 @@ async fn google_chat_gets_text() {
     assert!(body["text"].as_str().unwrap().starts_with(TEXT_START));
 }
 
-fn gap(rx: &BodyReceiver) -> Duration {
+fn gap(rx: &Receiver) -> Duration {
     let got = rx.received();
     assert_eq!(got.len(), 2, "one 429, then delivered");
     assert_eq!(got[0].body, got[1].body, "the same message again");
@@ -117,7 +117,9 @@ fn gap(rx: &BodyReceiver) -> Duration {
 async fn slack_429_with_retry_after_waits_that_long() {
     let (rx, engine, _t, _) = one_lead_to(
         "slack",
-        vec![BodyReply::new(429, "rate_limited").header("retry-after", "2")],
+        vec![Reply::status(429)
+            .body("rate_limited")
+            .header("retry-after", "2")],
     )
     .await;
     let g = gap(&rx);
@@ -134,7 +136,9 @@ async fn teams_and_google_chat_429_with_retry_after_wait_that_long() {
     for kind in ["teams", "google_chat"] {
         let (rx, engine, _t, _) = one_lead_to(
             kind,
-            vec![BodyReply::new(429, "slow down").header("retry-after", "2")],
+            vec![Reply::status(429)
+                .body("slow down")
+                .header("retry-after", "2")],
         )
         .await;
         let g = gap(&rx);
@@ -151,11 +155,9 @@ async fn discord_429_json_retry_after_is_honoured() {
     // No header at all: only Discord's JSON body says how long to wait (v10: seconds, a float).
     let (rx, engine, _t, _) = one_lead_to(
         "discord",
-        vec![BodyReply::new(
-            429,
-            r#"{"message": "You are being rate limited.", "retry_after": 2.5, "global": false}"#,
-        )
-        .header("content-type", "application/json")],
+        vec![Reply::status(429)
+            .body(r#"{"message": "You are being rate limited.", "retry_after": 2.5, "global": false}"#)
+            .header("content-type", "application/json")],
     )
     .await;
     let g = gap(&rx);
@@ -171,7 +173,9 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
     for kind in ["slack", "discord"] {
         let (rx, engine, _t, _) = one_lead_to(
             kind,
-            vec![BodyReply::new(404, "no_service").header("content-type", "text/plain")],
+            vec![Reply::status(404)
+                .body("no_service")
+                .header("content-type", "text/plain")],
         )
         .await;
         assert_eq!(rx.received().len(), 1, "{kind}: no retry after a 404");
@@ -192,24 +196,29 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
     }
 }
 
-/// `Retry-After: 1e20` (and Discord's reset headers saying the same) used to panic the delivery
-/// task, which was then re-queued every few seconds with its attempt count unchanged, forever.
-/// Now the wait is bounded by the named maximum and the attempt counts.
+/// `Retry-After: 1e20` (and Discord's reset headers saying the same) must not panic the delivery
+/// task, which would then be re-queued every few seconds with its attempt count unchanged,
+/// forever: the wait is bounded by the named maximum and the attempt counts.
 #[tokio::test]
 async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
     use clinicea_notifier::net::retry_after::MAX_RETRY_AFTER;
     for (kind, reply) in [
         (
             "slack",
-            BodyReply::new(429, "rate_limited").header("retry-after", "1e20"),
+            Reply::status(429)
+                .body("rate_limited")
+                .header("retry-after", "1e20"),
         ),
         (
             "teams",
-            BodyReply::new(429, "slow down").header("retry-after", "1e20"),
+            Reply::status(429)
+                .body("slow down")
+                .header("retry-after", "1e20"),
         ),
         (
             "discord",
-            BodyReply::new(429, r#"{"retry_after": 1e300}"#)
+            Reply::status(429)
+                .body(r#"{"retry_after": 1e300}"#)
                 .header("content-type", "application/json")
                 .header("x-ratelimit-reset-after", "1e20")
                 .header("retry-after", "NaN"),

@@ -1,33 +1,25 @@
-//! Issue 2: polling the sandbox into a durable, diffed change stream.
+//! Polling the sandbox into a durable, diffed change stream: pages from 0 or 1 and the empty
+//! page that ends them, edits, deletes and records without an id, `start_from`, every auth mode,
+//! and the API's errors (429, 401, malformed JSON, stalls, a poll cut off between pages).
 
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::kit::sandbox::{Fault, FaultKind, SandboxOptions};
 use clinicea_notifier::model::ChangeKind;
 use std::collections::HashSet;
 use std::time::Duration;
 
-fn ids_in_journal(engine: &clinicea_notifier::daemon::engine::Engine) -> Vec<String> {
-    engine
-        .store
-        .changes()
-        .unwrap()
-        .into_iter()
-        .map(|(_, c)| c.id)
-        .collect()
-}
-
 #[tokio::test]
 async fn syncs_137_leads_over_two_pages_from_page_0() {
     // Arrange
     let sb = default_sandbox().await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
     // Act
     let results = engine.poll_all().await;
     // Assert
     let rep = results[0].1.as_ref().expect("poll succeeds");
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 137, 137));
-    let ids = ids_in_journal(&engine);
+    let ids = journal_ids(&engine.store);
     assert_eq!(ids.len(), 137);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 137, "each once");
     // Two pages for the silent baseline at first start, two for the poll from the origin.
@@ -43,11 +35,10 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
         ..SandboxOptions::default()
     })
     .await;
-    let yaml = format!(
-        "{}resources:\n  appointments:\n    path: /api/v3/appointments/getChanges\n    since_param: lastSyncDTime\n    since_format: \"%Y-%m-%dT%H:%M:%S\"\n    page_param: pageNo\n    first_page: 1\n    page_size: 100\n    page_size_param: pageSize\n    status_field: DataStatusValue\n",
-        clinicea_section(&sb.base_url())
-    );
-    let t = TestDir::new(&yaml);
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()))
+        .resources([Resource::appointments()])
+        .without_store();
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
     let results = engine.poll_all().await;
     let rep = results[0].1.as_ref().expect("poll succeeds");
@@ -55,7 +46,10 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
     // The sandbox's appointments include deleted ones; every record is a change of some kind.
     assert_eq!(rep.changes, 137);
     assert_eq!(
-        ids_in_journal(&engine).iter().collect::<HashSet<_>>().len(),
+        journal_ids(&engine.store)
+            .iter()
+            .collect::<HashSet<_>>()
+            .len(),
         137
     );
 }
@@ -63,38 +57,24 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
 #[tokio::test]
 async fn an_empty_page_is_a_204_and_ends_the_sync() {
     // Exactly 100 leads: page 0 is full, page 1 is a 204 with no body.
-    let sb = sandbox(SandboxOptions {
-        leads: 100,
-        ..SandboxOptions::default()
-    })
-    .await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let sb = sandbox_with_leads(100).await;
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    let rep = engine.poll_all().await.remove(0).1.expect("poll succeeds");
+    let rep = poll_report(&engine).await.expect("poll succeeds");
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 100, 100));
     // Nothing at all: a single 204.
-    let sb0 = sandbox(SandboxOptions {
-        leads: 0,
-        ..SandboxOptions::default()
-    })
-    .await;
-    let t0 = TestDir::new(&leads_only(&sb0.base_url()));
-    let rep0 = t0
-        .engine()
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .expect("poll succeeds");
+    let sb0 = sandbox_with_leads(0).await;
+    let t0 = TestDir::new(&leads_only(&sb0.base_url()).to_yaml());
+    let rep0 = poll_report(&t0.engine()).await.expect("poll succeeds");
     assert_eq!((rep0.pages, rep0.records, rep0.changes), (1, 0, 0));
 }
 
 #[tokio::test]
 async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_silent() {
     let sb = default_sandbox().await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.expect("first poll");
+    poll_report(&engine).await.expect("first poll");
     let lead = sb.sandbox.records("leads")[5].clone();
     let id = lead["ID"].as_str().unwrap().to_string();
     let new_status = if lead["LeadStatus"] == "HOT" {
@@ -110,7 +90,7 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
         )
         .expect("modified");
 
-    let rep = engine.poll_all().await.remove(0).1.expect("second poll");
+    let rep = poll_report(&engine).await.expect("second poll");
     assert_eq!(rep.changes, 1);
     let (_, change) = engine.store.changes().unwrap().pop().unwrap();
     assert_eq!(change.kind, ChangeKind::Modified);
@@ -128,7 +108,7 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
     assert_eq!(change.server_status.as_deref(), Some("Modified"));
 
     // The edited record is inside the overlap window: it is fetched again, and produces nothing.
-    let rep = engine.poll_all().await.remove(0).1.expect("third poll");
+    let rep = poll_report(&engine).await.expect("third poll");
     assert!(rep.records >= 1, "the overlap re-reads the edited record");
     assert_eq!(rep.changes, 0);
     assert_eq!(engine.store.change_count(), 138);
@@ -137,15 +117,15 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
 #[tokio::test]
 async fn a_delete_is_deleted() {
     let sb = default_sandbox().await;
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.expect("first poll");
+    poll_report(&engine).await.expect("first poll");
     let id = sb.sandbox.records("leads")[7]["ID"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(sb.sandbox.delete("leads", &id));
-    let rep = engine.poll_all().await.remove(0).1.expect("second poll");
+    let rep = poll_report(&engine).await.expect("second poll");
     assert_eq!(rep.changes, 1);
     let (_, change) = engine.store.changes().unwrap().pop().unwrap();
     assert_eq!(
@@ -157,29 +137,17 @@ async fn a_delete_is_deleted() {
 #[tokio::test]
 async fn a_record_without_an_id_is_skipped_and_the_poll_goes_on() {
     // The resource says records carry `LeadID`; two of three do not.
-    let sb = sandbox(SandboxOptions {
-        leads: 2,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(2).await;
     sb.sandbox.insert(
         "leads",
         serde_json::json!({"LeadID": "L-1", "FirstName": "Ayesha", "LastName": "Khan"}),
     );
-    let yaml = leads_only(&sb.base_url()).replace(
-        "    path: /api/v1/leads\n",
-        "    path: /api/v1/leads\n    id_field: LeadID\n",
-    );
-    let t = TestDir::new(&yaml);
+    let config = leads_only(&sb.base_url()).resources([Resource::leads().id_field("LeadID")]);
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    let rep = engine
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .expect("the poll goes on");
+    let rep = poll_report(&engine).await.expect("the poll goes on");
     assert_eq!((rep.records, rep.skipped, rep.changes), (3, 2, 1));
-    assert_eq!(ids_in_journal(&engine), vec!["L-1".to_string()]);
+    assert_eq!(journal_ids(&engine.store), vec!["L-1".to_string()]);
 }
 
 #[tokio::test]
@@ -193,14 +161,11 @@ async fn a_429_is_retried_inside_the_poll() {
         })
         .times(1),
     );
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
     let started = std::time::Instant::now();
-    let rep = engine
-        .poll_all()
+    let rep = poll_report(&engine)
         .await
-        .remove(0)
-        .1
         .expect("poll succeeds after the 429");
     assert_eq!(rep.changes, 137);
     assert!(
@@ -213,11 +178,10 @@ async fn a_429_is_retried_inside_the_poll() {
 #[tokio::test]
 async fn a_401_names_the_resource_and_status_and_never_the_key() {
     let sb = default_sandbox().await;
-    let yaml =
-        leads_only(&sb.base_url()).replace("api_key: sandbox-api-key", "api_key: wrong-key-123");
-    let t = TestDir::new(&yaml);
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()).api_key("wrong-key-123"));
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
+    let err = poll_report(&engine).await.unwrap_err().to_string();
     assert!(err.contains("leads") && err.contains("401"), "{err}");
     assert!(
         err.contains("check clinicea.api_key") && err.contains("-byte body is not shown"),
@@ -244,19 +208,19 @@ async fn malformed_json_names_the_resource_and_page() {
     let sb = default_sandbox().await;
     sb.sandbox
         .inject_faults(Fault::new(FaultKind::MalformedJson).times(1));
-    let t = TestDir::new(&leads_only(&sb.base_url()));
+    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     let engine = t.engine();
-    let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
+    let err = poll_report(&engine).await.unwrap_err().to_string();
     assert!(
         err.contains("leads") && err.contains("page 0") && err.contains("invalid JSON"),
         "{err}"
     );
     sb.sandbox
         .inject_faults(Fault::new(FaultKind::ObjectInsteadOfArray).times(1));
-    let err = engine.poll_all().await.remove(0).1.unwrap_err().to_string();
+    let err = poll_report(&engine).await.unwrap_err().to_string();
     assert!(err.contains("an object where an array belongs"), "{err}");
     // And the next clean poll gets everything.
-    let rep = engine.poll_all().await.remove(0).1.expect("clean poll");
+    let rep = poll_report(&engine).await.expect("clean poll");
     assert_eq!(rep.changes, 137);
 }
 
@@ -264,11 +228,12 @@ async fn malformed_json_names_the_resource_and_page() {
 async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
     let sb = default_sandbox().await;
     // Without the baseline, whose own pages would come first (baseline.rs covers it).
-    let yaml = leads_only(&sb.base_url()).replace(
-        "  timeout: 5s\n",
-        "  timeout: 5s\n  page_delay: 300ms\n  baseline: { enabled: false }\n",
+    let config = Config::new(
+        Clinicea::sandbox(&sb.base_url())
+            .page_delay("300ms")
+            .baseline_off(),
     );
-    let t = TestDir::new(&yaml);
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
     // Fail the second page with a 400 (not retried), injected while the poll waits between pages.
     let sandbox = sb.sandbox.clone();
@@ -285,7 +250,7 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
             .times(1),
         );
     });
-    let err = engine.poll_all().await.remove(0).1.unwrap_err();
+    let err = poll_report(&engine).await.unwrap_err();
     injector.await.unwrap();
     assert!(err.to_string().contains("400"), "{err}");
     assert_eq!(
@@ -294,14 +259,9 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
         "the first page was stored"
     );
 
-    let rep = engine
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .expect("re-run succeeds");
+    let rep = poll_report(&engine).await.expect("re-run succeeds");
     assert_eq!(rep.changes, 37, "only the rest is new");
-    let ids = ids_in_journal(&engine);
+    let ids = journal_ids(&engine.store);
     assert_eq!(ids.len(), 137);
     assert_eq!(
         ids.iter().collect::<HashSet<_>>().len(),
@@ -313,16 +273,10 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
 #[tokio::test]
 async fn start_from_now_sends_nothing_from_before_the_first_start() {
     let sb = default_sandbox().await;
-    let yaml = leads_only(&sb.base_url()).replace(&format!("  start_from: \"{}\"\n", ""), "");
-    let yaml = yaml
-        .lines()
-        .filter(|l| !l.contains("start_from"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
-    let t = TestDir::new(&yaml);
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()).without_start_from());
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    let rep = engine.poll_all().await.remove(0).1.expect("poll");
+    let rep = poll_report(&engine).await.expect("poll");
     assert_eq!(
         rep.changes, 0,
         "the 137 existing leads predate the first start"
@@ -331,28 +285,21 @@ async fn start_from_now_sends_nothing_from_before_the_first_start() {
         "leads",
         serde_json::json!({"FirstName": "Sana", "LastName": "Malik", "Email": "sana@example.com"}),
     );
-    let rep = engine.poll_all().await.remove(0).1.expect("poll");
+    let rep = poll_report(&engine).await.expect("poll");
     assert_eq!(rep.changes, 1);
     assert_eq!(
-        ids_in_journal(&engine),
+        journal_ids(&engine.store),
         vec![new["ID"].as_str().unwrap().to_string()]
     );
 }
 
 #[tokio::test]
 async fn every_auth_mode_reaches_the_sandbox() {
-    let sb = sandbox(SandboxOptions {
-        leads: 3,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(3).await;
     for mode in ["header", "api_key_header", "query"] {
-        let yaml = leads_only(&sb.base_url()).replace(
-            "  api_key: sandbox-api-key\n",
-            &format!("  api_key: sandbox-api-key\n  auth: {mode}\n"),
-        );
-        let t = TestDir::new(&yaml);
-        let rep = t.engine().poll_all().await.remove(0).1;
+        let config = Config::new(Clinicea::sandbox(&sb.base_url()).auth(mode));
+        let t = TestDir::new(&config.to_yaml());
+        let rep = poll_report(&t.engine()).await;
         assert_eq!(rep.expect(mode).changes, 3, "{mode}");
     }
 }
@@ -365,39 +312,22 @@ async fn login_mode_fetches_a_token_and_logs_in_again_once_on_a_401() {
         ..SandboxOptions::default()
     })
     .await;
-    let yaml = leads_only(&sb.base_url()).replace(
-        "  api_key: sandbox-api-key\n",
-        "  api_key: sandbox-api-key\n  auth: login\n  login: { username: sandbox, password: sandbox }\n",
-    );
-    let t = TestDir::new(&yaml);
+    let login = |password: &str| {
+        Config::new(Clinicea::sandbox(&sb.base_url()).login("sandbox", password)).to_yaml()
+    };
+    let t = TestDir::new(&login("sandbox"));
     let engine = t.engine();
-    engine
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .expect("first poll logs in");
+    poll_report(&engine).await.expect("first poll logs in");
     assert_eq!(sb.sandbox.stats().logins, 1);
     // The token expires; the next request gets a 401, logs in again once, and succeeds.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    engine
-        .poll_all()
+    poll_report(&engine)
         .await
-        .remove(0)
-        .1
         .expect("second poll logs in again");
     assert_eq!(sb.sandbox.stats().logins, 2);
     // A wrong password is a clear login error without the password in it.
-    let bad = yaml.replace("password: sandbox", "password: hunter2-secret");
-    let t2 = TestDir::new(&bad);
-    let err = t2
-        .engine()
-        .poll_all()
-        .await
-        .remove(0)
-        .1
-        .unwrap_err()
-        .to_string();
+    let t2 = TestDir::new(&login("hunter2-secret"));
+    let err = poll_report(&t2.engine()).await.unwrap_err().to_string();
     assert!(err.contains("login"), "{err}");
     assert!(
         !err.contains("hunter2-secret") && !err.contains("sandbox-api-key"),
@@ -407,22 +337,14 @@ async fn login_mode_fetches_a_token_and_logs_in_again_once_on_a_401() {
 
 #[tokio::test]
 async fn a_stalled_request_times_out_and_is_retried_inside_the_poll() {
-    let sb = sandbox(SandboxOptions {
-        leads: 3,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox_with_leads(3).await;
     sb.sandbox
         .inject_faults(Fault::new(FaultKind::Stall(Duration::from_secs(5))).times(1));
-    let yaml = leads_only(&sb.base_url()).replace("  timeout: 5s\n", "  timeout: 1s\n");
-    let t = TestDir::new(&yaml);
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()).timeout("1s"));
+    let t = TestDir::new(&config.to_yaml());
     let started = std::time::Instant::now();
-    let rep = t
-        .engine()
-        .poll_all()
+    let rep = poll_report(&t.engine())
         .await
-        .remove(0)
-        .1
         .expect("retried after the timeout");
     assert_eq!(rep.changes, 3);
     assert!(started.elapsed() >= Duration::from_secs(1));

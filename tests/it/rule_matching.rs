@@ -1,185 +1,15 @@
-//! Issue 7: property tests for the diff and the rule matcher (through the public API), and the
-//! fuzz targets' bodies run over their committed corpus (`fuzz/corpus/*`).
+//! The rule matcher: properties of `equals`, `in`, `not`, `any`, `all` and routing over random
+//! rules and records (through the public API), values that are no timestamp never matching a date
+//! rule, and `test-rule` explaining a fixture lead against the example config.
 
-#[path = "../../fuzz/src/lib.rs"]
-mod fuzz_bodies;
-
-use chrono::{DateTime, Utc};
-use clinicea_notifier::ingest::diff::{self, DiffSpec};
-use clinicea_notifier::model::{Change, ChangeKind, IdKey, DEFAULT_SOURCE};
+use crate::support::*;
+use chrono::Utc;
+use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
 use clinicea_notifier::route::rules::{self, CompileContext, RuleSet, RuleSpec};
 use proptest::prelude::*;
-use serde_json::{Map, Value};
-
-const SPEC: DiffSpec<'static> = DiffSpec {
-    source: DEFAULT_SOURCE,
-    resource: "leads",
-    id_field: "ID",
-    status_field: "DataStatusStr",
-};
-
-/// A fixed change-id key: the properties hold under any key.
-fn id_key() -> IdKey {
-    IdKey::from_bytes(&[7; IdKey::LEN])
-}
-
-fn scalar() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        (-1e9f64..1e9).prop_map(Value::from),
-        "[ -~]{0,12}".prop_map(Value::String),
-        "\\PC{0,6}".prop_map(Value::String),
-    ]
-}
-
-fn value() -> impl Strategy<Value = Value> {
-    scalar().prop_recursive(3, 16, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[A-Za-z]{1,6}", inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
-/// A record: an id, some fields (never the id, status or delete flag), a status flag.
-fn record() -> impl Strategy<Value = Value> {
-    (
-        "[a-f0-9]{1,8}",
-        prop::collection::btree_map("F[A-Za-z]{0,5}", value(), 0..8),
-        prop::sample::select(vec!["Added", "Modified"]),
-    )
-        .prop_map(|(id, fields, status)| {
-            let mut m = Map::new();
-            m.insert("ID".into(), Value::String(id));
-            for (k, v) in fields {
-                m.insert(k, v);
-            }
-            m.insert("DataStatusStr".into(), Value::String(status.into()));
-            Value::Object(m)
-        })
-}
-
-fn at(secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(secs, 0).unwrap()
-}
-
-fn run(prev: Option<Value>, rec: Value, detected_at: DateTime<Utc>) -> Option<Change> {
-    let id = diff::record_id(&rec, "ID").unwrap();
-    diff::diff(&SPEC, id, prev, rec, detected_at)
-}
-
-fn reversed(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .rev()
-                .map(|(k, v)| (k.clone(), reversed(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(reversed).collect()),
-        other => other.clone(),
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn an_identical_record_is_no_change(r in record()) {
-        prop_assert!(run(Some(r.clone()), r, Utc::now()).is_none());
-    }
-
-    #[test]
-    fn the_status_field_alone_is_no_change(r in record(), s in "[A-Za-z]{0,8}") {
-        let mut other = r.clone();
-        other["DataStatusStr"] = Value::String(s);
-        prop_assume!(!diff::is_deleted(&other, "DataStatusStr"));
-        prop_assert!(run(Some(r), other, Utc::now()).is_none());
-    }
-
-    #[test]
-    fn one_field_changed_is_modified_with_exactly_that_field(
-        r in record(),
-        field in "F[A-Za-z]{0,5}",
-        new in value(),
-    ) {
-        prop_assume!(r.get(&field) != Some(&new));
-        let mut cur = r.clone();
-        cur[&field] = new;
-        let c = run(Some(r), cur, Utc::now()).expect("a changed field is a change");
-        prop_assert_eq!(c.kind, ChangeKind::Modified);
-        prop_assert_eq!(c.changed_fields, vec![field]);
-    }
-
-    #[test]
-    fn a_removed_field_is_modified_with_that_field(r in record(), pick in any::<prop::sample::Index>()) {
-        let keys: Vec<String> = r.as_object().unwrap().keys().filter(|k| k.starts_with('F')).cloned().collect();
-        prop_assume!(!keys.is_empty());
-        let field = keys[pick.index(keys.len())].clone();
-        let mut cur = r.clone();
-        cur.as_object_mut().unwrap().shift_remove(&field);
-        let c = run(Some(r), cur, Utc::now()).unwrap();
-        prop_assert_eq!(c.kind, ChangeKind::Modified);
-        prop_assert_eq!(c.changed_fields, vec![field]);
-    }
-
-    #[test]
-    fn change_id_ignores_key_order_and_detection_time(
-        prev in record(),
-        r in record(),
-        t1 in 0i64..4_000_000_000,
-        t2 in 0i64..4_000_000_000,
-    ) {
-        let mut r = r;
-        r["ID"] = prev["ID"].clone();
-        let a = run(Some(prev.clone()), r.clone(), at(t1));
-        let b = run(Some(reversed(&prev)), reversed(&r), at(t2));
-        prop_assert_eq!(a.is_some(), b.is_some());
-        if let (Some(a), Some(b)) = (a, b) {
-            prop_assert_eq!(a.change_id(&id_key()), b.change_id(&id_key()));
-        }
-        let a = run(None, r.clone(), at(t1)).unwrap();
-        let b = run(None, reversed(&r), at(t2)).unwrap();
-        prop_assert_eq!(a.change_id(&id_key()), b.change_id(&id_key()));
-    }
-
-    #[test]
-    fn change_id_differs_when_the_record_differs(r in record(), field in "F[A-Za-z]{0,5}", new in value()) {
-        prop_assume!(r.get(&field) != Some(&new));
-        let mut other = r.clone();
-        other[&field] = new;
-        let a = run(None, r, at(0)).unwrap();
-        let b = run(None, other, at(0)).unwrap();
-        prop_assert_ne!(a.change_id(&id_key()), b.change_id(&id_key()));
-    }
-
-    #[test]
-    fn is_deleted_true_is_deleted(r in record(), known in any::<bool>(), field in "F[A-Za-z]{0,5}", new in value()) {
-        let mut cur = r.clone();
-        cur["IsDeleted"] = Value::Bool(true);
-        cur[&field] = new;
-        let prev = if known { Some(r) } else { None };
-        let c = run(prev, cur, Utc::now()).expect("a deletion is a change");
-        prop_assert_eq!(c.kind, ChangeKind::Deleted);
-    }
-
-    #[test]
-    fn changed_fields_never_names_the_status_field(a in record(), b in record()) {
-        let f = diff::changed_fields(Some(&a), &b, "DataStatusStr");
-        prop_assert!(!f.iter().any(|k| k == "DataStatusStr"));
-        // And is symmetric as a set.
-        let mut g = diff::changed_fields(Some(&b), &a, "DataStatusStr");
-        let mut f = f;
-        f.sort();
-        g.sort();
-        prop_assert_eq!(f, g);
-    }
-}
-
-// --- the rule matcher -------------------------------------------------------------------------
+use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::process::Command;
 
 const DESTS: [&str; 4] = ["d0", "d1", "d2", "d3"];
 
@@ -371,35 +201,132 @@ proptest! {
     }
 }
 
-// --- the fuzz corpus, run as ordinary tests ---------------------------------------------------
-
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
-        .collect();
-    out.sort();
-    assert!(!out.is_empty(), "{} holds a corpus", dir.display());
-    out
-}
-
 #[test]
-fn fuzz_corpus_config_parse() {
-    for (name, data) in corpus("config_parse") {
-        println!("config_parse: {name}");
-        fuzz_bodies::config_parse(&data);
+fn a_strange_timestamp_never_panics_and_never_matches_a_date_rule() {
+    let yaml = r#"
+- name: after
+  where: [{ field: CreatedDatetime, gt: "2026-11-30T09:00:00+05:00" }]
+  notify: [d]
+- name: before
+  where: [{ field: CreatedDatetime, lt: "2026-11-30T09:00:00+05:00" }]
+  notify: [d]
+- name: at-least-date
+  where: [{ field: CreatedDatetime, gte: "2026-11-30" }]
+  notify: [d]
+"#;
+    let specs: Vec<serde_saphyr::Spanned<RuleSpec>> =
+        serde_saphyr::from_str_with_options(yaml, rules::yaml_options()).unwrap();
+    let rs = rules::compile(
+        &specs,
+        &CompileContext {
+            destinations: &["d".to_string()],
+            resources: &["leads".to_string()],
+            timezone: chrono_tz::Asia::Karachi,
+        },
+    )
+    .unwrap();
+    let strange = [
+        json!("not a date"),
+        json!("31/12/2026 10:00"),
+        json!("2026-13-45T99:99:99"),
+        json!("2026-02-30T10:00:00"),
+        json!("+275760-09-13T00:00:00Z"),
+        json!("-0001-01-01T00:00:00"),
+        json!("99999999999-01-01T00:00:00"),
+        json!("2026-11-30T09:00:00+99:99"),
+        json!("0001-01-01T00:00:00"),
+        json!("/Date(1732000000000)/"),
+        json!(""),
+        json!("  "),
+        json!("\u{0}"),
+        json!("２０２６-１１-３０"),
+        json!(1732000000),
+        json!(1e308),
+        json!(-1e308),
+        json!(true),
+        json!(null),
+        json!([]),
+        json!({"date": "2026-12-01"}),
+    ];
+    for v in strange {
+        let c = Change {
+            source: DEFAULT_SOURCE.into(),
+            resource: "leads".into(),
+            id: "1".into(),
+            kind: ChangeKind::Added,
+            record: json!({"ID": "1", "CreatedDatetime": v.clone()}),
+            previous: None,
+            changed_fields: vec!["ID".into(), "CreatedDatetime".into()],
+            server_status: None,
+            detected_at: chrono::Utc::now(),
+        };
+        let routes = rs.route(&c);
+        let why = rs.explain(&c);
+        assert!(
+            routes.is_empty(),
+            "{v}: a value that is not a timestamp matches no date rule: {why:?}"
+        );
+        assert!(why.iter().all(|e| e.failed.is_some()), "{v}: {why:?}");
     }
 }
 
+/// Runs `test-rule` on a lead record file with the example config; it must succeed.
+fn test_rule_on(record: &Path) -> String {
+    let out = example_env(Command::new(BIN).args([
+        "test-rule",
+        "--config",
+        &example_config(),
+        "--resource",
+        "leads",
+        "--record",
+        record.to_str().unwrap(),
+    ]))
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
-fn fuzz_corpus_api_page() {
-    for (name, data) in corpus("api_page") {
-        println!("api_page: {name}");
-        fuzz_bodies::api_page(&data);
-    }
+fn test_rule_on_a_fixture_lead_shows_matches_failures_and_rendered_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    // A Website lead with an email: it matches new-lead-email and everything-to-automations.
+    let lead = serde_json::json!({
+        "ID": "16a6fc9c-4b99-7980-2f96-afd9f2235b9f", "FirstName": "Farhan", "LastName": "Butt",
+        "Mobile": "+923009823391", "Email": "farhan.butt0@example.com", "LeadStatus": "HOT",
+        "Source": "Website", "Notes": "Follow-up needed", "CreatedDatetime": "2026-11-27T09:00:00",
+        "ModifiedDatetime": "2026-11-28T09:00:00", "DataStatusStr": "Added"
+    });
+    let f = dir.path().join("lead.json");
+    std::fs::write(&f, lead.to_string()).unwrap();
+    let stdout = test_rule_on(&f);
+    assert!(stdout.contains("MATCH    new-lead-email"), "{stdout}");
+    assert!(
+        stdout.contains("MATCH    everything-to-automations"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no match appointment-cancelled"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("To: frontdesk@example.com"), "{stdout}");
+    assert!(
+        stdout.contains("Subject: New lead: Farhan Butt"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"type\": \"leads.added\""), "{stdout}");
+
+    // The fixture's first lead (Source: Referral) fails the `in` condition, and says so.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/leads-v1-page0.json");
+    let stdout = test_rule_on(&fixture);
+    assert!(
+        stdout.contains("no match new-lead-email: where[1]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Referral"), "{stdout}");
 }

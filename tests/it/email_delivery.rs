@@ -1,6 +1,8 @@
-//! Issue 5: staff emails through a real SMTP server (the product's own catcher) on loopback.
+//! Staff emails through a real SMTP server (the product's own catcher) on loopback: one message
+//! per recipient with its planned Message-ID, multipart or plain, rejected recipients dead and
+//! the others sent once across retries, STARTTLS to a private CA, and no credentials in clear.
 
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::kit::catcher::{Catcher, CatcherOptions, CaughtMessage};
 use clinicea_notifier::route::plan::Payload;
 use std::collections::HashMap;
@@ -13,19 +15,23 @@ const RECIPIENTS: [&str; 3] = [
     "sales@clinic.example",
 ];
 
-/// A config: the sandbox's leads; new leads are emailed with `template` to `to`.
-fn email_config(base_url: &str, smtp: &str, to: &[&str], template: &str) -> String {
-    format!(
-        "{}smtp:\n{smtp}  from: \"{FROM}\"\n  timeout: 3s\nretry:\n  schedule: [200ms, 200ms, 200ms, 200ms, 200ms]\n  jitter: 0\n\
-         destinations:\n  front-desk:\n    type: email\n    to: [{}]\n    subject: \"New lead: {{{{record.FirstName}}}} {{{{record.LastName}}}}\"\n    template: {template}\n\
-         rules:\n  - name: new-lead-email\n    resource: leads\n    on: [added]\n    notify: [front-desk]\n",
-        leads_only(base_url),
-        to.join(", ")
-    )
-}
-
-fn plain_smtp(port: u16) -> String {
-    format!("  host: 127.0.0.1\n  port: {port}\n  tls: none\n")
+/// A config: the sandbox's leads; new leads are emailed with `template` to `to` through `smtp`
+/// (sending from [`FROM`], 3 s timeout), retried five times 200 ms apart.
+fn email_config(base_url: &str, smtp: Smtp, to: &[&str], template: &str) -> Config {
+    leads_only(base_url)
+        .smtp(smtp.from(FROM).timeout("3s"))
+        .retry(Retry::every("200ms", 5))
+        .email(
+            "front-desk",
+            to,
+            "New lead: {{record.FirstName}} {{record.LastName}}",
+            template,
+        )
+        .rule(
+            Rule::new("new-lead-email", &["front-desk"])
+                .resource("leads")
+                .on(&["added"]),
+        )
 }
 
 fn by_recipient(got: &[CaughtMessage]) -> HashMap<String, Vec<CaughtMessage>> {
@@ -51,18 +57,19 @@ fn message_ids(engine: &clinicea_notifier::daemon::engine::Engine) -> HashMap<St
 #[tokio::test]
 async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
     let sb = empty_sandbox().await;
-    let catcher = Catcher::start("127.0.0.1:0", CatcherOptions::default())
-        .await
-        .unwrap();
-    let t = TestDir::new(&email_config(
-        &sb.base_url(),
-        &plain_smtp(catcher.addr.port()),
-        &RECIPIENTS,
-        "new-lead",
-    ));
+    let catcher = start_catcher(CatcherOptions::default()).await;
+    let t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            Smtp::plain(catcher.addr.port()),
+            &RECIPIENTS,
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     let engine = t.engine();
     let lead = sb.sandbox.insert("leads", test_lead());
-    let rep = engine.poll_all().await.remove(0).1.unwrap();
+    let rep = poll_report(&engine).await.unwrap();
     assert_eq!((rep.changes, rep.deliveries), (1, 3));
     let ids = message_ids(&engine);
     assert_eq!(ids.len(), 3);
@@ -138,18 +145,15 @@ async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
 #[tokio::test]
 async fn a_text_only_template_sends_a_plain_email() {
     let sb = empty_sandbox().await;
-    let catcher = Catcher::start("127.0.0.1:0", CatcherOptions::default())
-        .await
-        .unwrap();
-    let t = TestDir::new(&format!(
-        "{}templates: ./templates\n",
-        email_config(
-            &sb.base_url(),
-            &plain_smtp(catcher.addr.port()),
-            &["frontdesk@clinic.example"],
-            "short-lead",
-        )
-    ));
+    let catcher = start_catcher(CatcherOptions::default()).await;
+    let config = email_config(
+        &sb.base_url(),
+        Smtp::plain(catcher.addr.port()),
+        &["frontdesk@clinic.example"],
+        "short-lead",
+    )
+    .templates("./templates");
+    let t = TestDir::new(&config.to_yaml());
     let tdir = t.dir.path().join("templates");
     std::fs::create_dir_all(&tdir).unwrap();
     std::fs::write(
@@ -159,7 +163,7 @@ async fn a_text_only_template_sends_a_plain_email() {
     .unwrap();
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
@@ -183,25 +187,24 @@ async fn a_text_only_template_sends_a_plain_email() {
 async fn a_rejected_recipient_is_dead_and_the_others_get_exactly_one_copy_across_retries() {
     let sb = empty_sandbox().await;
     // The first transaction is refused with 421 as well, so some delivery is retried.
-    let catcher = Catcher::start(
-        "127.0.0.1:0",
-        CatcherOptions {
-            reject_recipients: vec!["manager@clinic.example".into()],
-            tempfail_first: 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let t = TestDir::new(&email_config(
-        &sb.base_url(),
-        &plain_smtp(catcher.addr.port()),
-        &RECIPIENTS,
-        "new-lead",
-    ));
+    let catcher = start_catcher(CatcherOptions {
+        reject_recipients: vec!["manager@clinic.example".into()],
+        tempfail_first: 1,
+        ..Default::default()
+    })
+    .await;
+    let t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            Smtp::plain(catcher.addr.port()),
+            &RECIPIENTS,
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(2, Duration::from_secs(5)).await;
     // Give any stray duplicate time to arrive.
@@ -229,24 +232,23 @@ async fn a_rejected_recipient_is_dead_and_the_others_get_exactly_one_copy_across
 #[tokio::test]
 async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
     let sb = empty_sandbox().await;
-    let catcher = Catcher::start(
-        "127.0.0.1:0",
-        CatcherOptions {
-            tempfail_first: 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let t = TestDir::new(&email_config(
-        &sb.base_url(),
-        &plain_smtp(catcher.addr.port()),
-        &["frontdesk@clinic.example"],
-        "new-lead",
-    ));
+    let catcher = start_catcher(CatcherOptions {
+        tempfail_first: 1,
+        ..Default::default()
+    })
+    .await;
+    let t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            Smtp::plain(catcher.addr.port()),
+            &["frontdesk@clinic.example"],
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
 
     let first = engine.deliverer.deliver_all_due().await.unwrap();
@@ -274,15 +276,18 @@ async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
 async fn a_server_that_is_down_is_retried_then_delivered_when_it_comes_up() {
     let sb = empty_sandbox().await;
     let port = free_port();
-    let t = TestDir::new(&email_config(
-        &sb.base_url(),
-        &plain_smtp(port),
-        &["frontdesk@clinic.example"],
-        "new-lead",
-    ));
+    let t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            Smtp::plain(port),
+            &["frontdesk@clinic.example"],
+            "new-lead",
+        )
+        .to_yaml(),
+    );
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
 
     let out = engine.deliverer.deliver_all_due().await.unwrap();
@@ -316,32 +321,33 @@ async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_
             .unwrap();
     let cert_pem = ck.cert.pem();
     let key_pem = ck.key_pair.serialize_pem();
-    let catcher = Catcher::start(
-        "127.0.0.1:0",
-        CatcherOptions {
-            tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
-            require_auth: Some(("notifier".into(), "s3cret".into())),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let catcher = start_catcher(CatcherOptions {
+        tls: Some((cert_pem.clone().into_bytes(), key_pem.into_bytes())),
+        require_auth: Some(("notifier".into(), "s3cret".into())),
+        ..Default::default()
+    })
+    .await;
     let sb = empty_sandbox().await;
-    let smtp = format!(
-        "  host: localhost\n  port: {}\n  tls: starttls\n  username: notifier\n  password: ${{SMTP_PASSWORD}}\n  ca_file: relay-ca.pem\n",
-        catcher.addr.port()
+    let smtp = Smtp::host("localhost")
+        .port(catcher.addr.port())
+        .tls("starttls")
+        .username("notifier")
+        .password("${SMTP_PASSWORD}")
+        .ca_file("relay-ca.pem");
+    let mut t = TestDir::new(
+        &email_config(
+            &sb.base_url(),
+            smtp,
+            &["frontdesk@clinic.example"],
+            "new-lead",
+        )
+        .to_yaml(),
     );
-    let mut t = TestDir::new(&email_config(
-        &sb.base_url(),
-        &smtp,
-        &["frontdesk@clinic.example"],
-        "new-lead",
-    ));
     t.vars.insert("SMTP_PASSWORD".into(), "s3cret".into());
     std::fs::write(t.dir.path().join("relay-ca.pem"), &cert_pem).unwrap();
     let engine = t.engine();
     sb.sandbox.insert("leads", test_lead());
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1, "dead: {:?}", dead_list(&engine));
@@ -353,31 +359,21 @@ async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_
     );
 }
 
-/// `check` on a config with this `smtp:` section: (success, stdout + stderr).
-fn check_smtp(smtp: &str) -> (bool, String) {
-    let t = TestDir::new(&format!(
-        "{}smtp:\n{smtp}  from: \"{FROM}\"\n",
-        leads_only("http://127.0.0.1:1")
-    ));
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&t.config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+/// `check` on a config with this `smtp:` section (sending from [`FROM`]): (success, stdout +
+/// stderr).
+fn check_smtp(smtp: Smtp) -> (bool, String) {
+    let t = TestDir::new(
+        &leads_only("http://127.0.0.1:1")
+            .smtp(smtp.from(FROM))
+            .to_yaml(),
+    );
+    check(&t.config)
 }
 
 #[test]
 fn check_refuses_tls_none_to_a_remote_host_unless_cleartext_is_allowed() {
-    let remote = "  host: smtp.example.com\n  port: 25\n  tls: none\n";
-    let (ok, text) = check_smtp(remote);
+    let remote = || Smtp::host("smtp.example.com").port(25).tls("none");
+    let (ok, text) = check_smtp(remote());
     assert!(!ok, "{text}");
     assert!(
         text.contains("clinicea-notifier.yaml:")
@@ -389,39 +385,42 @@ fn check_refuses_tls_none_to_a_remote_host_unless_cleartext_is_allowed() {
         text.contains("smtp.allow_cleartext"),
         "names the opt-in: {text}"
     );
-    let (ok, text) = check_smtp(&format!("{remote}  allow_cleartext: true\n"));
+    let (ok, text) = check_smtp(remote().allow_cleartext());
     assert!(ok, "{text}");
-    let (ok, text) = check_smtp("  host: localhost\n  port: 25\n  tls: none\n");
+    let (ok, text) = check_smtp(Smtp::host("localhost").port(25).tls("none"));
     assert!(ok, "{text}");
     // The opt-in is for `tls: none` only.
-    let (ok, text) = check_smtp("  host: smtp.example.com\n  allow_cleartext: true\n");
+    let (ok, text) = check_smtp(Smtp::host("smtp.example.com").allow_cleartext());
     assert!(!ok && text.contains("smtp.allow_cleartext"), "{text}");
 }
 
 #[tokio::test]
 async fn credentials_with_tls_none_are_refused_and_the_server_never_sees_auth() {
     // A server that offers AUTH on a plain connection, as a careless relay does.
-    let catcher = Catcher::start(
-        "127.0.0.1:0",
-        CatcherOptions {
-            require_auth: Some(("notifier".into(), "s3cret-smtp-pass".into())),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let catcher = start_catcher(CatcherOptions {
+        require_auth: Some(("notifier".into(), "s3cret-smtp-pass".into())),
+        ..Default::default()
+    })
+    .await;
     let sb = empty_sandbox().await;
-    for extra in ["", "  allow_cleartext: true\n"] {
-        let smtp = format!(
-            "{}  username: notifier\n  password: s3cret-smtp-pass\n{extra}",
-            plain_smtp(catcher.addr.port())
+    for allow_cleartext in [false, true] {
+        let smtp = Smtp::plain(catcher.addr.port())
+            .username("notifier")
+            .password("s3cret-smtp-pass");
+        let smtp = if allow_cleartext {
+            smtp.allow_cleartext()
+        } else {
+            smtp
+        };
+        let t = TestDir::new(
+            &email_config(
+                &sb.base_url(),
+                smtp,
+                &["frontdesk@clinic.example"],
+                "new-lead",
+            )
+            .to_yaml(),
         );
-        let t = TestDir::new(&email_config(
-            &sb.base_url(),
-            &smtp,
-            &["frontdesk@clinic.example"],
-            "new-lead",
-        ));
         sb.sandbox.insert("leads", test_lead());
         // `once` polls and would send: it refuses the config before anything goes out.
         let out = cli(&t, &["once"]).await;

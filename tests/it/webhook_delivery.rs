@@ -1,59 +1,36 @@
-//! Issue 4: the outbox, signed webhooks, retries and dead letters, against real receivers.
+//! Webhook delivery against real receivers: the outbox, Standard Webhooks signatures and body
+//! shape, retries on 5xx, 429 and timeouts with one `webhook-id`, dead letters and `dead retry`,
+//! redirects refused, and destinations that do not hold each other up.
 
-use crate::helpers::*;
+use crate::support::*;
 use clinicea_notifier::commands::dead::{self, DeadCommand};
-use clinicea_notifier::daemon::engine::Engine;
-use clinicea_notifier::daemon::events::Events;
-use clinicea_notifier::kit::sandbox::SandboxOptions;
-use clinicea_notifier::outbox::entry::{DeadLetter, OutboxEntry};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-/// A config: the sandbox's leads, every change to each webhook destination given as (name, url, extra yaml).
-fn webhook_config(base_url: &str, hooks: &[(&str, &str, &str)]) -> String {
-    let mut y = leads_only(base_url);
-    y.push_str("retry:\n  schedule: [100ms, 100ms, 100ms]\n  jitter: 0\ndestinations:\n");
-    for (name, url, extra) in hooks {
-        let timeout = if extra.contains("timeout:") {
-            ""
-        } else {
-            "    timeout: 2s\n"
-        };
-        y.push_str(&format!(
-            "  {name}:\n    type: webhook\n    url: {url}\n    secret: {SECRET}\n{timeout}{extra}"
-        ));
+/// One webhook destination of [`webhook_config`]: its name, its URL and its keys beyond a 2 s
+/// timeout.
+type Hook<'a> = (&'a str, &'a str, fn(Webhook) -> Webhook);
+
+/// A config: the sandbox's leads, every change to each webhook destination, retried three times
+/// 100 ms apart.
+fn webhook_config(base_url: &str, hooks: &[Hook]) -> String {
+    let mut config = leads_only(base_url).retry(Retry::every("100ms", 3));
+    for (name, url, keys) in hooks {
+        config = config.webhook(name, url, |w| keys(w.timeout("2s")));
     }
-    y.push_str("rules:\n  - name: all-leads\n    resource: leads\n    notify: [");
-    y.push_str(&hooks.iter().map(|h| h.0).collect::<Vec<_>>().join(", "));
-    y.push_str("]\n");
-    y
-}
-
-async fn small_sandbox(leads: usize) -> clinicea_notifier::kit::sandbox::SandboxHandle {
-    sandbox(SandboxOptions {
-        leads,
-        ..SandboxOptions::default()
-    })
-    .await
-}
-
-fn dead_letters(engine: &Engine) -> Vec<DeadLetter> {
-    engine
-        .store
-        .dead_entries()
-        .unwrap()
-        .into_iter()
-        .map(|(_, dead)| dead)
-        .collect()
+    let names: Vec<&str> = hooks.iter().map(|h| h.0).collect();
+    config
+        .rule(Rule::new("all-leads", &names).resource("leads"))
+        .to_yaml()
 }
 
 #[tokio::test]
 async fn success_on_the_first_try_signed_and_shaped_as_the_spec_says() {
-    let sb = small_sandbox(1).await;
+    let sb = sandbox_with_leads(1).await;
     let rx = Receiver::start().await;
-    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
+    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((out.attempted, out.delivered), (1, 1));
     let got = rx.received();
@@ -76,12 +53,11 @@ async fn success_on_the_first_try_signed_and_shaped_as_the_spec_says() {
 
 #[tokio::test]
 async fn two_500s_then_200_is_three_attempts_with_one_webhook_id() {
-    let sb = small_sandbox(1).await;
-    let rx = Receiver::start().await;
-    rx.script([Reply::status(500), Reply::status(500)]);
-    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
+    let sb = sandbox_with_leads(1).await;
+    let rx = Receiver::with(Responder::script([Reply::status(500), Reply::status(500)])).await;
+    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
     assert_eq!(got.len(), 3);
@@ -95,17 +71,19 @@ async fn two_500s_then_200_is_three_attempts_with_one_webhook_id() {
         "the same bytes every time"
     );
     assert_eq!(engine.store.outbox_len(), 0);
-    assert!(dead_letters(&engine).is_empty());
+    assert!(dead_list(&engine).is_empty());
 }
 
 #[tokio::test]
 async fn a_429_with_retry_after_2_waits_about_2_seconds() {
-    let sb = small_sandbox(1).await;
-    let rx = Receiver::start().await;
-    rx.script([Reply::status(429).header("retry-after", "2")]);
-    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
+    let sb = sandbox_with_leads(1).await;
+    let rx = Receiver::with(Responder::script([
+        Reply::status(429).header("retry-after", "2")
+    ]))
+    .await;
+    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
     assert_eq!(got.len(), 2);
@@ -118,15 +96,14 @@ async fn a_429_with_retry_after_2_waits_about_2_seconds() {
 
 #[tokio::test]
 async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
-    let sb = small_sandbox(1).await;
-    let rx = Receiver::start().await;
-    rx.script([Reply::status(400)]);
-    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
+    let sb = sandbox_with_leads(1).await;
+    let rx = Receiver::with(Responder::script([Reply::status(400)])).await;
+    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1, "no retry after a 400");
-    let dead = dead_letters(&engine);
+    let dead = dead_list(&engine);
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
     let show = dead::dead_text(
@@ -152,32 +129,30 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let got = rx.received();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
-    assert!(dead_letters(&engine).is_empty());
+    assert!(dead_list(&engine).is_empty());
     assert_eq!(engine.store.outbox_len(), 0);
 }
 
 #[tokio::test]
 async fn a_timeout_and_a_refused_connection_are_retried_then_dead_when_the_schedule_is_spent() {
-    let sb = small_sandbox(1).await;
-    let slow = Receiver::start().await;
-    slow.set_default(Reply::status(200).delay(Duration::from_secs(3)));
+    let sb = sandbox_with_leads(1).await;
+    let slow = Receiver::with(Responder::always(
+        Reply::status(200).delay(Duration::from_secs(3)),
+    ))
+    .await;
     // A port with nothing listening.
-    let dead_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let refused = format!("http://127.0.0.1:{dead_port}/hook");
+    let refused = format!("http://127.0.0.1:{}/hook", free_port());
     let t = TestDir::new(&webhook_config(
         &sb.base_url(),
         &[
-            ("slow", &slow.url, "    timeout: 300ms\n"),
-            ("gone", &refused, ""),
+            ("slow", &slow.url, |w| w.timeout("300ms")),
+            ("gone", &refused, |w| w),
         ],
     ));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(20)).await;
-    let dead = dead_letters(&engine);
+    let dead = dead_list(&engine);
     assert_eq!(dead.len(), 2, "both spent their schedule of 3 retries");
     for d in &dead {
         assert_eq!(d.entry.attempts, 4, "1 try + 3 retries");
@@ -199,20 +174,22 @@ async fn a_timeout_and_a_refused_connection_are_retried_then_dead_when_the_sched
 
 #[tokio::test]
 async fn a_302_is_a_failure_and_the_redirect_is_not_followed() {
-    let sb = small_sandbox(1).await;
+    let sb = sandbox_with_leads(1).await;
     let target = Receiver::start().await;
-    let rx = Receiver::start().await;
-    rx.script([Reply::status(302).header("location", &target.url)]);
-    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, "")]));
+    let rx = Receiver::with(Responder::script([
+        Reply::status(302).header("location", &target.url)
+    ]))
+    .await;
+    let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
     let engine = t.engine();
-    engine.poll_all().await.remove(0).1.unwrap();
+    poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1);
     assert!(
         target.received().is_empty(),
         "the redirect target was never asked"
     );
-    let dead = dead_letters(&engine);
+    let dead = dead_list(&engine);
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("302"), "{}", dead[0].reason);
 }
@@ -220,15 +197,17 @@ async fn a_302_is_a_failure_and_the_redirect_is_not_followed() {
 #[tokio::test]
 async fn a_slow_destination_does_not_delay_a_fast_one() {
     // 20 leads to both; the slow receiver takes 5 s per request.
-    let sb = small_sandbox(20).await;
+    let sb = sandbox_with_leads(20).await;
     let fast = Receiver::start().await;
-    let slow = Receiver::start().await;
-    slow.set_default(Reply::status(200).delay(Duration::from_secs(5)));
+    let slow = Receiver::with(Responder::always(
+        Reply::status(200).delay(Duration::from_secs(5)),
+    ))
+    .await;
     let yaml = webhook_config(
         &sb.base_url(),
         &[
-            ("fast", &fast.url, ""),
-            ("slow", &slow.url, "    timeout: 10s\n    concurrency: 2\n"),
+            ("fast", &fast.url, |w| w),
+            ("slow", &slow.url, |w| w.timeout("10s").concurrency(2)),
         ],
     );
     let t = TestDir::new(&yaml);
@@ -244,7 +223,7 @@ async fn a_slow_destination_does_not_delay_a_fast_one() {
         cancel.clone(),
         reload_rx,
         t.vars.clone(),
-        Events::none(),
+        clinicea_notifier::daemon::events::Events::none(),
     ));
     let got = fast.wait_for(20, Duration::from_secs(4)).await;
     let fast_done = started.elapsed();
@@ -258,12 +237,6 @@ async fn a_slow_destination_does_not_delay_a_fast_one() {
     daemon.await.unwrap().unwrap();
     // Nothing was lost: what the slow one did not get is still queued.
     let engine = t.engine();
-    let queued: Vec<OutboxEntry> = engine
-        .store
-        .outbox_entries("slow")
-        .unwrap()
-        .into_iter()
-        .map(|(_, entry)| entry)
-        .collect();
+    let queued = queued(&engine, "slow");
     assert_eq!(queued.len() + slow.received().len().min(20), 20);
 }

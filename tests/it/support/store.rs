@@ -1,0 +1,72 @@
+//! Reading a test's store: opening it once a child has exited, and its queued deliveries, dead
+//! letters, attempt logs and journal, decoded.
+
+use super::TestDir;
+use clinicea_notifier::daemon::engine::Engine;
+use clinicea_notifier::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use clinicea_notifier::outbox::store::Store;
+use std::path::PathBuf;
+
+/// The store directory of a test whose config keeps the default `path: ./data`.
+pub fn store_path(t: &TestDir) -> PathBuf {
+    t.dir.path().join("data")
+}
+
+/// Opens the store of a test whose child has exited (sled allows one process per store).
+pub fn open_store(t: &TestDir) -> Store {
+    Store::open(
+        &store_path(t),
+        clinicea_notifier::outbox::store::DEFAULT_CACHE_BYTES,
+    )
+    .expect("the store opens once the child has exited")
+}
+
+/// Every dead letter of an engine's store.
+pub fn dead_list(engine: &Engine) -> Vec<DeadLetter> {
+    store_dead_letters(&engine.store)
+}
+
+/// Every dead letter of a store, decoded.
+pub fn store_dead_letters(store: &Store) -> Vec<DeadLetter> {
+    store
+        .dead_entries()
+        .unwrap()
+        .into_iter()
+        .map(|(_, dead)| dead)
+        .collect()
+}
+
+/// Every queued outbox entry of a store, of every destination, decoded.
+pub fn store_outbox(store: &Store) -> Vec<OutboxEntry> {
+    store.all_outbox().unwrap()
+}
+
+/// Every queued outbox entry of `destination` in an engine's store.
+pub fn queued(engine: &Engine, destination: &str) -> Vec<OutboxEntry> {
+    queued_in(&engine.store, destination)
+}
+
+/// Every queued outbox entry of `destination` in a store.
+pub fn queued_in(store: &Store, destination: &str) -> Vec<OutboxEntry> {
+    store
+        .outbox_entries(destination)
+        .unwrap()
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect()
+}
+
+/// The attempts log of one delivery.
+pub fn attempt_logs(engine: &Engine, seq: u64) -> Vec<AttemptLog> {
+    engine.store.attempts(seq).unwrap()
+}
+
+/// The record ids in the change journal, in journal order.
+pub fn journal_ids(store: &Store) -> Vec<String> {
+    store
+        .changes()
+        .expect("the journal reads")
+        .into_iter()
+        .map(|(_, c)| c.id)
+        .collect()
+}
