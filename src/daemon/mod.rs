@@ -2,8 +2,11 @@
 //! `/metrics`, `/healthz` and `/readyz` server, the watchdog, journal maintenance, and signals
 //! (SIGINT/SIGTERM stop, SIGHUP reloads the config without losing queued deliveries).
 
-use crate::commands::{load_settings_with, stale_after, Engine, Observers, Settings};
+pub mod settings;
+
+use crate::commands::{stale_after, Engine, Observers};
 use crate::config;
+use crate::daemon::settings::{load_settings_with, Settings};
 use crate::deliver::email::Mailer;
 use crate::deliver::Deliverer;
 use crate::ingest::client::Client;

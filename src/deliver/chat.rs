@@ -11,30 +11,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 
-/// Which chat service a destination posts to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChatKind {
-    /// Slack incoming webhook: `{"text": ...}`.
-    Slack,
-    /// Microsoft Teams Workflows webhook: an Adaptive Card message.
-    Teams,
-    /// Discord webhook: `{"content": ...}`.
-    Discord,
-    /// Google Chat space webhook: `{"text": ...}`.
-    GoogleChat,
-}
-
-impl ChatKind {
-    /// The name used in config files (`slack`, `teams`, `discord`, `google_chat`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChatKind::Slack => "slack",
-            ChatKind::Teams => "teams",
-            ChatKind::Discord => "discord",
-            ChatKind::GoogleChat => "google_chat",
-        }
-    }
-}
+pub use crate::config::destination::ChatKind;
 
 /// What is appended to a message that had to be cut.
 pub const TRUNCATION_MARKER: &str = "… [truncated]";

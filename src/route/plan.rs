@@ -1,8 +1,8 @@
 //! Planning: a change and the rules that matched it become one planned delivery per destination
 //! (one per recipient, for email), each payload rendered once, here, at poll time.
 
+use crate::config::{Destination, Target};
 use crate::deliver::chat;
-use crate::deliver::{Destination, Target};
 use crate::model::{Change, IdKey};
 use crate::route::render::{self, Templates};
 use crate::route::rules::RuleSet;
@@ -144,7 +144,7 @@ impl Pipeline {
                 })),
                 Target::Chat { kind, template, .. } => {
                     let ctx = ctx();
-                    let name = format!("{template}.txt");
+                    let name = template.text();
                     push(
                         self.templates
                             .render_chat(*kind, &name, &ctx)
@@ -163,28 +163,14 @@ impl Pipeline {
                     reply_to,
                 } => {
                     let ctx = ctx();
-                    let rendered = (|| -> Result<(String, String, Option<String>), String> {
-                        let subj = self
-                            .templates
-                            .render(subject, &ctx)
-                            .map_err(|e| format!("subject of {}: {e}", dest.name))?;
-                        let txt_name = format!("{template}.txt");
-                        let text = self
-                            .templates
-                            .render(&txt_name, &ctx)
-                            .map_err(|e| format!("template {txt_name}: {e}"))?;
-                        let html_name = format!("{template}.html");
-                        let html = if self.templates.has(&html_name) {
-                            Some(
-                                self.templates
-                                    .render(&html_name, &ctx)
-                                    .map_err(|e| format!("template {html_name}: {e}"))?,
-                            )
-                        } else {
-                            None
-                        };
-                        Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
-                    })();
+                    let rendered = self
+                        .templates
+                        .render(&subject.name, &ctx)
+                        .map_err(|e| format!("subject of {}: {e}", dest.name))
+                        .and_then(|subj| {
+                            let (text, html) = self.templates.render_email(template, &ctx)?;
+                            Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
+                        });
                     // One Message-ID key per recipient; the change id behind it is hashed once.
                     let change_id = change_id.get_or_init(|| change.change_id(id_key));
                     let domain = crate::deliver::email::domain_of(from);
@@ -192,14 +178,14 @@ impl Pipeline {
                         let payload = rendered.clone().and_then(|(subject, text, html)| {
                             let addr = self
                                 .templates
-                                .render(to_tpl, &ctx)
+                                .render(&to_tpl.name, &ctx)
                                 .map_err(|e| format!("recipient of {}: {e}", dest.name))?
                                 .trim()
                                 .to_string();
                             if addr.is_empty() {
                                 return Err(format!("a recipient of {} rendered empty", dest.name));
                             }
-                            crate::deliver::email::validate_address(&addr)
+                            crate::config::smtp::validate_address(&addr)
                                 .map_err(|e| format!("recipient of {}: {e}", dest.name))?;
                             Ok(Payload::Email(EmailMessage {
                                 from: from.clone(),
