@@ -166,7 +166,8 @@ pub struct StoreSettings {
     pub dead_letter_retention: Duration,
 }
 
-/// A validated config file, minus the parts other modules compile (see [`Config`]).
+/// The validated base of a config file: what ingest, the store and the daemon read (the rest is
+/// in [`crate::config::Config`]).
 #[derive(Debug, Clone)]
 pub struct Base {
     /// The config file.

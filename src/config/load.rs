@@ -400,13 +400,7 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         let r = &spanned.value;
         let line = line_of(spanned);
         let key = |k: &str| format!("resources.{name}.{k}");
-        if !valid_name(name) {
-            problems.push(Problem::at(
-                line,
-                format!("resources.{name}"),
-                "a resource key may use only letters, digits, '-', '_' and '.'",
-            ));
-        }
+        check_name("resources", "a resource key", name, line, problems);
         if !r.path.starts_with('/') {
             problems.push(Problem::at(line, key("path"), "must start with /"));
         }
@@ -603,6 +597,23 @@ fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
     }
 }
 
+/// Adds a problem when a name under `section` cannot be part of a store key or metric label.
+fn check_name(
+    section: &str,
+    what: &str,
+    name: &str,
+    line: Option<u64>,
+    problems: &mut Vec<Problem>,
+) {
+    if !valid_name(name) {
+        problems.push(Problem::at(
+            line,
+            format!("{section}.{name}"),
+            format!("{what} may use only letters, digits, '-', '_' and '.'"),
+        ));
+    }
+}
+
 /// Adds a problem when a secret-bearing value is an example's placeholder.
 fn check_placeholder(value: &str, line: Option<u64>, key: &str, problems: &mut Vec<Problem>) {
     if let Some(why) = placeholder::placeholder(value) {
@@ -750,13 +761,7 @@ fn destination(
     let raw = &spanned.value;
     let line = line_of(spanned);
     let key = |k: &str| format!("destinations.{name}.{k}");
-    if !valid_name(name) {
-        problems.push(Problem::at(
-            line,
-            format!("destinations.{name}"),
-            "a destination name may use only letters, digits, '-', '_' and '.'",
-        ));
-    }
+    check_name("destinations", "a destination name", name, line, problems);
     let parse_url =
         |u: &str, insecure: bool, private: bool, problems: &mut Vec<Problem>| -> Option<url::Url> {
             check_placeholder(u, line, &key("url"), problems);

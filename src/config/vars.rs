@@ -197,140 +197,46 @@ impl Walk for Node {
     }
 }
 
-/// Walks the named fields of a struct, each at its own key. The structs below are taken apart
-/// field by field (no `..`), so a new field has to be placed here or named as holding no text.
-macro_rules! walk_fields {
-    ($pass:ident, $at:ident; $($field:ident),* $(,)?) => {
-        $( $field.walk($pass, &$at.key(stringify!($field))); )*
-    };
+/// `impl Walk` for structs whose fields are walked each at its own key. Every field is named,
+/// either as walked or as holding no text (the pattern has no `..`), so a new field does not
+/// compile until it is placed.
+macro_rules! walk_structs {
+    ($($ty:ident { $($field:ident),* } no text in { $($plain:ident),* };)*) => {$(
+        impl Walk for $ty {
+            fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
+                let $ty { $($field,)* $($plain: _,)* } = self;
+                $( $field.walk(pass, &at.key(stringify!($field))); )*
+            }
+        }
+    )*};
 }
 
-impl Walk for RawConfig {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawConfig {
-            clinicea,
-            resources,
-            store,
-            templates,
-            listen,
-            metrics_token,
-            smtp,
-            destinations,
-            rules,
-            retry,
-            watchdog,
-        } = self;
-        walk_fields!(pass, at; clinicea, resources, store, templates, listen, metrics_token, smtp,
-            destinations, rules, retry, watchdog);
-    }
-}
-
-impl Walk for RawClinicea {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawClinicea {
-            base_url,
-            api_key,
-            auth: _,
-            login,
-            poll_interval,
-            overlap,
-            start_from,
-            timezone,
-            since_timezone,
-            timeout,
-            page_delay,
-            allow_insecure_http: _,
-            allow_private: _,
-            baseline,
-        } = self;
-        walk_fields!(pass, at; base_url, api_key, login, poll_interval, overlap, start_from,
-            timezone, since_timezone, timeout, page_delay, baseline);
-    }
-}
-
-impl Walk for RawLogin {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawLogin {
-            username,
-            password,
-            path,
-        } = self;
-        walk_fields!(pass, at; username, password, path);
-    }
-}
-
-impl Walk for RawBaseline {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawBaseline { enabled: _, since } = self;
-        walk_fields!(pass, at; since);
-    }
-}
-
-impl Walk for RawResource {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawResource {
-            path,
-            since_param,
-            since_format,
-            page_param,
-            first_page: _,
-            page_size: _,
-            page_size_param,
-            id_field,
-            status_field,
-            poll_interval,
-            params,
-        } = self;
-        walk_fields!(pass, at; path, since_param, since_format, page_param, page_size_param,
-            id_field, status_field, poll_interval, params);
-    }
-}
-
-impl Walk for RawStore {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawStore {
-            path,
-            cache_mb: _,
-            journal_retention,
-            dead_letter_retention,
-        } = self;
-        walk_fields!(pass, at; path, journal_retention, dead_letter_retention);
-    }
-}
-
-impl Walk for RawSmtp {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawSmtp {
-            host,
-            port: _,
-            tls: _,
-            username,
-            password,
-            from,
-            timeout,
-            ca_file,
-            allow_private: _,
-            allow_cleartext: _,
-        } = self;
-        walk_fields!(pass, at; host, username, password, from, timeout, ca_file);
-    }
-}
-
-impl Walk for RawRetry {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawRetry {
-            schedule,
-            jitter: _,
-        } = self;
-        walk_fields!(pass, at; schedule);
-    }
-}
-
-impl Walk for RawWatchdog {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawWatchdog { stale_after } = self;
-        walk_fields!(pass, at; stale_after);
-    }
+walk_structs! {
+    RawConfig {
+        clinicea, resources, store, templates, listen, metrics_token, smtp, destinations, rules,
+        retry, watchdog
+    } no text in {};
+    RawClinicea {
+        base_url, api_key, login, poll_interval, overlap, start_from, timezone, since_timezone,
+        timeout, page_delay, baseline
+    } no text in { auth, allow_insecure_http, allow_private };
+    RawLogin { username, password, path } no text in {};
+    RawBaseline { since } no text in { enabled };
+    RawResource {
+        path, since_param, since_format, page_param, page_size_param, id_field, status_field,
+        poll_interval, params
+    } no text in { first_page, page_size };
+    RawStore { path, journal_retention, dead_letter_retention } no text in { cache_mb };
+    RawSmtp {
+        host, username, password, from, timeout, ca_file
+    } no text in { port, tls, allow_private, allow_cleartext };
+    RawRetry { schedule } no text in { jitter };
+    RawWatchdog { stale_after } no text in {};
+    RawWebhook {
+        url, secret, headers, timeout, retry
+    } no text in { allow_insecure_http, allow_private, concurrency };
+    RawEmail { to, subject, template, from, reply_to, retry } no text in { concurrency };
+    RawChat { url, template, timeout, retry } no text in { allow_insecure_http, allow_private };
 }
 
 impl Walk for RawDestination {
@@ -346,51 +252,6 @@ impl Walk for RawDestination {
     }
 }
 
-impl Walk for RawWebhook {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawWebhook {
-            url,
-            secret,
-            headers,
-            timeout,
-            allow_insecure_http: _,
-            allow_private: _,
-            concurrency: _,
-            retry,
-        } = self;
-        walk_fields!(pass, at; url, secret, headers, timeout, retry);
-    }
-}
-
-impl Walk for RawEmail {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawEmail {
-            to,
-            subject,
-            template,
-            from,
-            reply_to,
-            concurrency: _,
-            retry,
-        } = self;
-        walk_fields!(pass, at; to, subject, template, from, reply_to, retry);
-    }
-}
-
-impl Walk for RawChat {
-    fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
-        let RawChat {
-            url,
-            template,
-            timeout,
-            allow_insecure_http: _,
-            allow_private: _,
-            retry,
-        } = self;
-        walk_fields!(pass, at; url, template, timeout, retry);
-    }
-}
-
 impl Walk for RuleSpec {
     fn walk(&mut self, pass: &mut Pass<'_>, at: &At) {
         let RuleSpec {
@@ -402,7 +263,10 @@ impl Walk for RuleSpec {
             notify,
             enabled: _,
         } = self;
-        walk_fields!(pass, at; name, resource, changed, notify);
+        name.walk(pass, &at.key("name"));
+        resource.walk(pass, &at.key("resource"));
+        changed.walk(pass, &at.key("changed"));
+        notify.walk(pass, &at.key("notify"));
         // Written `where:` in the file.
         conditions.walk(pass, &at.key("where"));
     }
