@@ -545,9 +545,6 @@ pub struct RawChat {
     pub retry: Option<RawRetry>,
 }
 
-/// Parses the YAML text into raw structs, substituting `${VAR}` from `vars`.
-///
-
 // ---------------------------------------------------------------------------------------------
 // The rules, as written (compiled by `crate::route::rules::compile`)
 // ---------------------------------------------------------------------------------------------

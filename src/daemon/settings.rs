@@ -3,7 +3,7 @@
 //! destination's inline templates and template files) and the rules. Every problem of every step
 //! comes back at once, in one [`ConfigError`], each with its line and key.
 
-use crate::config::destination::{TemplateFile, TemplatePart};
+use crate::config::destination::{InlineTemplate, TemplateFile, TemplatePart};
 use crate::config::{self, Base, Config, ConfigError, Problem, SmtpSettings, Target};
 use crate::route::plan::Pipeline;
 use crate::route::render::Templates;
@@ -104,8 +104,8 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
             } else {
                 rule_resource
             };
-            // (registry name, where an inline template was written)
-            let names: Vec<(String, Option<(&str, Option<u64>)>)> = match &d.target {
+            // The registry names, each with the inline template it is, if it is one.
+            let names: Vec<(String, Option<&InlineTemplate>)> = match &d.target {
                 Target::Webhook(_) => vec![],
                 Target::Chat { template, .. } => vec![(template.text(), None)],
                 Target::Email {
@@ -113,10 +113,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
                 } => {
                     let mut v = vec![
                         (template.text(), None),
-                        (
-                            subject.name.clone(),
-                            Some((subject.key.as_str(), subject.line)),
-                        ),
+                        (subject.name.clone(), Some(subject)),
                     ];
                     if templates.has(&template.html()) {
                         v.push((template.html(), None));
@@ -127,9 +124,9 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
             for (name, inline) in names {
                 if let Err(mut p) = templates.check(&name, &resource) {
                     // Inline templates (subjects) are reported at their destination.
-                    if let Some((key, line)) = inline {
-                        p.key = key.to_string();
-                        p.line = line;
+                    if let Some(t) = inline {
+                        p.key = t.key.clone();
+                        p.line = t.line;
                     }
                     p.message = format!(
                         "{} (rendering for destination {dest} on a sample {resource} record)",
