@@ -96,7 +96,11 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
     // missing field or a helper error shows now and not at 3 a.m.
     if let Some(rules) = &rules {
         for (rule_resource, dest) in rules.resource_destinations() {
-            let Some(d) = destinations.get(&dest) else {
+            // A destination whose templates did not register is reported already.
+            let Some(d) = destinations
+                .get(&dest)
+                .filter(|d| templates_registered(d, &templates))
+            else {
                 continue;
             };
             let resource = if rule_resource == "*" {
@@ -154,6 +158,24 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         pipeline: Arc::new(pipeline),
         smtp: cfg.smtp,
     })
+}
+
+/// Whether every template `d` names is in the registry (inline ones registered, files found).
+fn templates_registered(d: &config::Destination, templates: &Templates) -> bool {
+    match &d.target {
+        Target::Webhook(_) => true,
+        Target::Chat { template, .. } => templates.has(&template.text()),
+        Target::Email {
+            to,
+            subject,
+            template,
+            ..
+        } => {
+            templates.has(&template.text())
+                && templates.has(&subject.name)
+                && to.iter().all(|t| templates.has(&t.name))
+        }
+    }
 }
 
 /// The problem for a template file that neither the templates folder nor the binary has.
