@@ -45,11 +45,11 @@ pub fn summary(s: &Settings) -> String {
     dests.sort_by(|a, b| a.name.cmp(&b.name));
     for d in dests {
         let where_ = match &d.target {
-            crate::deliver::Target::Webhook(t) => crate::net::scrub::redacted_url(&t.url),
-            crate::deliver::Target::Chat { url, .. } => {
+            crate::config::Target::Webhook(t) => crate::net::scrub::redacted_url(&t.url),
+            crate::config::Target::Chat { url, .. } => {
                 format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or(""))
             }
-            crate::deliver::Target::Email { to, template, .. } => {
+            crate::config::Target::Email { to, template, .. } => {
                 format!("{} recipient(s), template {template}", to.len())
             }
         };

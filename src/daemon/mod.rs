@@ -6,9 +6,10 @@ pub mod engine;
 pub mod events;
 pub mod health;
 pub mod maintain;
+pub mod settings;
 
-use crate::commands::{load_settings_with, Settings};
 use crate::config;
+use crate::daemon::settings::{load_settings_with, Settings};
 use crate::ingest::ctx::{PollCtx, PollError};
 use crate::ingest::poll;
 use crate::outbox::entry::Wake;

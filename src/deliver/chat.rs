@@ -6,9 +6,9 @@
 //! [`crate::deliver::outcome::classify_chat`]. Webhook URLs carry their own credentials, so they
 //! never appear in errors or logs.
 
+use crate::config::ChatKind;
 use crate::deliver::outcome::{self, AttemptReport, RESPONSE_SNIPPET_BYTES};
 use crate::model::{truncate_utf8, Verdict};
-use crate::route::chat::ChatKind;
 use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 

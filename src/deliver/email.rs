@@ -6,10 +6,10 @@
 //! SMTP 5xx answers fail at once; 4xx answers, timeouts and connection or TLS errors retry. Logs
 //! show the recipient's domain only, never the address, subject or body.
 
-use crate::config::{Problem, RawSmtp, SmtpTls};
+use crate::config::smtp::check_credentials;
+use crate::config::{Problem, SmtpTls};
 use crate::deliver::outcome::{self, AttemptReport, RESPONSE_SNIPPET_BYTES};
 use crate::model::{truncate_utf8, Verdict};
-use crate::net::egress::is_loopback_host;
 use crate::net::mail::{domain_of, validate_address};
 use crate::route::plan::EmailMessage;
 use lettre::message::header::ContentType;
@@ -18,153 +18,12 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Default per-command SMTP timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::config::smtp::SmtpSettings;
 
 /// Connections kept open to the SMTP server.
 pub const POOL_SIZE: u32 = 4;
-
-/// AUTH needs both a user name and a password, or neither.
-fn check_credentials(username: bool, password: bool) -> Result<(), Problem> {
-    match (username, password) {
-        (true, false) => Err(Problem::at(
-            None,
-            "smtp.password",
-            "a username needs a password",
-        )),
-        (false, true) => Err(Problem::at(
-            None,
-            "smtp.username",
-            "a password needs a username",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// `tls: none` sends everything in clear: never with credentials (AUTH would show the password to
-/// anyone on the path), and only to loopback unless `allow_cleartext` says the path is trusted.
-fn check_cleartext(
-    tls: SmtpTls,
-    host: &str,
-    credentials: bool,
-    allow_cleartext: bool,
-) -> Result<(), Problem> {
-    if tls != SmtpTls::None {
-        return if allow_cleartext {
-            Err(Problem::at(
-                None,
-                "smtp.allow_cleartext",
-                "only applies to tls: none; remove it",
-            ))
-        } else {
-            Ok(())
-        };
-    }
-    if credentials {
-        return Err(Problem::at(
-            None,
-            "smtp.tls",
-            "tls: none with a username and password would send them in clear (AUTH is never sent without TLS); use starttls or tls, or remove smtp.username and smtp.password for a relay that needs no AUTH",
-        ));
-    }
-    if !allow_cleartext && !is_loopback_host(host) {
-        return Err(Problem::at(
-            None,
-            "smtp.tls",
-            "tls: none is only allowed to a relay on loopback (localhost, 127.0.0.1, ::1): messages hold patient data; use starttls or tls, or set smtp.allow_cleartext: true if the network to this host is trusted (dangerous)",
-        ));
-    }
-    Ok(())
-}
-
-/// How to reach the SMTP server.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SmtpSettings {
-    /// Host name (also the name the TLS certificate must carry).
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// STARTTLS, TLS from the first byte, or none.
-    pub tls: SmtpTls,
-    /// AUTH user name.
-    pub username: Option<String>,
-    /// AUTH password.
-    pub password: Option<String>,
-    /// Per-command timeout; a whole send is given twice this.
-    pub timeout: Duration,
-    /// Extra CA certificates (PEM) to trust besides the public roots.
-    pub extra_root_cert_pem: Option<Vec<u8>>,
-    /// Whether the host may be on a private address (`smtp.allow_private`).
-    pub allow_private: bool,
-}
-
-impl std::fmt::Debug for SmtpSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("timeout", &self.timeout)
-            .field("extra_root_cert_pem", &self.extra_root_cert_pem.is_some())
-            .finish()
-    }
-}
-
-impl SmtpSettings {
-    /// The default port of a TLS mode: 587 for STARTTLS, 465 for TLS, 25 for none.
-    pub fn default_port(tls: SmtpTls) -> u16 {
-        match tls {
-            SmtpTls::Starttls => 587,
-            SmtpTls::Tls => 465,
-            SmtpTls::None => 25,
-        }
-    }
-
-    /// Settings from the `smtp:` section; `ca_file` is read relative to `base_dir` (the config
-    /// file's folder).
-    pub fn from_raw(raw: &RawSmtp, base_dir: &Path) -> Result<SmtpSettings, Problem> {
-        let extra_root_cert_pem = match &raw.ca_file {
-            None => None,
-            Some(f) => {
-                let path = base_dir.join(f.as_str());
-                Some(std::fs::read(&path).map_err(|e| {
-                    Problem::at(
-                        None,
-                        "smtp.ca_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?)
-            }
-        };
-        // The transport refuses these (see `Mailer::new`); say so in `check`, not at start.
-        check_credentials(raw.username.is_some(), raw.password.is_some())?;
-        check_cleartext(
-            raw.tls,
-            &raw.host,
-            raw.username.is_some() || raw.password.is_some(),
-            raw.allow_cleartext,
-        )?;
-        let timeout = raw.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT);
-        if timeout > crate::config::MAX_WAIT {
-            return Err(Problem::at(None, "smtp.timeout", "must be at most 1h"));
-        }
-        Ok(SmtpSettings {
-            host: raw.host.0.clone(),
-            port: raw.port.unwrap_or_else(|| Self::default_port(raw.tls)),
-            tls: raw.tls,
-            username: raw.username.as_ref().map(|t| t.0.clone()),
-            password: raw.password.as_ref().map(|t| t.0.clone()),
-            timeout,
-            extra_root_cert_pem,
-            allow_private: raw.allow_private,
-        })
-    }
-}
 
 /// Sends [`EmailMessage`]s over one pooled SMTP transport.
 #[derive(Clone)]
@@ -208,7 +67,7 @@ impl Mailer {
             .timeout(Some(settings.timeout))
             .pool_config(PoolConfig::new().max_size(POOL_SIZE));
         check_credentials(settings.username.is_some(), settings.password.is_some())?;
-        // `from_raw` already refuses this; the transport itself refuses it too, so no path can
+        // `config::load` already refuses this; the transport itself refuses it too, so no path can
         // build a mailer that offers the password on a cleartext connection.
         if settings.tls == SmtpTls::None && settings.username.is_some() {
             return Err(Problem::at(
@@ -344,60 +203,6 @@ mod tests {
             html: html.map(str::to_string),
             message_id: crate::net::mail::message_id("msg_abc/front-desk/0", "clinic.example"),
         }
-    }
-
-    #[test]
-    fn cleartext_only_to_loopback_or_by_opt_in_and_never_with_auth() {
-        let key = |r: Result<(), Problem>| r.err().map(|p| p.key);
-        assert_eq!(
-            key(check_cleartext(SmtpTls::None, "127.0.0.1", false, false)),
-            None
-        );
-        assert_eq!(
-            key(check_cleartext(
-                SmtpTls::None,
-                "smtp.example.com",
-                false,
-                false
-            ))
-            .as_deref(),
-            Some("smtp.tls")
-        );
-        assert_eq!(
-            key(check_cleartext(
-                SmtpTls::None,
-                "smtp.example.com",
-                false,
-                true
-            )),
-            None
-        );
-        // Credentials without TLS: refused whatever the host and the opt-in.
-        for (host, allow) in [("127.0.0.1", false), ("smtp.example.com", true)] {
-            assert_eq!(
-                key(check_cleartext(SmtpTls::None, host, true, allow)).as_deref(),
-                Some("smtp.tls")
-            );
-        }
-        assert_eq!(
-            key(check_cleartext(
-                SmtpTls::Starttls,
-                "smtp.example.com",
-                true,
-                true
-            ))
-            .as_deref(),
-            Some("smtp.allow_cleartext")
-        );
-        assert_eq!(
-            key(check_cleartext(
-                SmtpTls::Tls,
-                "smtp.example.com",
-                true,
-                false
-            )),
-            None
-        );
     }
 
     #[test]

@@ -26,13 +26,14 @@
 //! [`RetryPolicy`] turns "attempt N failed with Retry" into "wait this long", or `None` once the
 //! schedule is spent.
 
+use crate::config::retry::RetryPolicy;
+use crate::config::ChatKind;
 use crate::model::Verdict;
 use crate::net::retry_after::{
     bounded_secs, clamp_retry_after, parse_retry_after, retry_after_header, MAX_RETRY_AFTER,
     MIN_RETRY_AFTER,
 };
 use crate::net::scrub::{self, Scrubber};
-use crate::route::chat::ChatKind;
 use rand::Rng;
 use reqwest::header::{HeaderMap, LOCATION};
 use reqwest::StatusCode;
@@ -296,37 +297,8 @@ pub fn discord_body_retry_after(body: &str) -> Option<Duration> {
     }
 }
 
-/// When to try again: a schedule of waits with relative jitter.
-///
-/// The schedule's length is the number of retries: after the first attempt fails the worker waits
-/// `schedule[0]`, after the second `schedule[1]`, and once the last wait has been used up the next
-/// failure goes to the dead letters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Waits between attempts.
-    pub schedule: Vec<Duration>,
-    /// Relative jitter, 0.0 to 1.0: each wait is scaled by a uniform factor in `[1 - j, 1 + j]` so
-    /// that many deliveries failing together do not come back together. Out-of-range values are
-    /// clamped.
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    /// 5s, 5m, 30m, 2h, 5h, 10h, 10h with 20% jitter: about 28 hours from first failure to dead
-    /// letter, so a receiver that is down over a night or a weekend day still gets everything.
-    fn default() -> Self {
-        const M: u64 = 60;
-        const H: u64 = 60 * M;
-        RetryPolicy {
-            schedule: [5, 5 * M, 30 * M, 2 * H, 5 * H, 10 * H, 10 * H]
-                .into_iter()
-                .map(Duration::from_secs)
-                .collect(),
-            jitter: 0.2,
-        }
-    }
-}
-
+/// The schedule math needs the receiver's `Retry-After` bounds, which are delivery's; the
+/// policy's data is the config's ([`crate::config::retry`]).
 impl RetryPolicy {
     /// How long to wait before the next attempt, or `None` when the schedule is spent (the delivery
     /// goes to the dead letters).
@@ -366,13 +338,6 @@ impl RetryPolicy {
             .map(|d| clamp_retry_after(d, MIN_RETRY_AFTER, MAX_RETRY_AFTER))
             .unwrap_or(Duration::ZERO);
         Some(jittered.max(asked))
-    }
-
-    /// How many attempts a delivery gets in total: the first plus one per schedule step.
-    pub fn max_attempts(&self) -> u32 {
-        u32::try_from(self.schedule.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(1)
     }
 }
 

@@ -10,25 +10,18 @@
 //! caller's business. Secrets, bodies, URLs' query strings and extra header values never appear in
 //! errors, reasons or `Debug` output.
 
+use crate::config::secret::B64_LENIENT;
 use crate::deliver::outcome::{self, AttemptReport, RESPONSE_SNIPPET_BYTES};
 use crate::model::{truncate_utf8, Verdict};
-use crate::net::scrub::redacted_url;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use sha2::Sha256;
-use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The prefix every Standard Webhooks secret carries.
-pub const SECRET_PREFIX: &str = "whsec_";
-
-/// The shortest key accepted, in bytes (128 bits). The Standard Webhooks spec recommends 24 to 64.
-pub const MIN_SECRET_BYTES: usize = 16;
+pub use crate::config::secret::{Secret, SigningError, MIN_SECRET_BYTES, SECRET_PREFIX};
 
 /// The `user-agent` sent with every webhook.
 pub const USER_AGENT_VALUE: &str = concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION"));
@@ -43,93 +36,24 @@ pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
 /// The header carrying the signatures.
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
 
-/// Standard base64, with or without padding (both appear in the wild).
-const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-/// A webhook signing secret: the key bytes behind `whsec_<base64>`.
-///
-/// `Debug` prints `Secret(..)`, never the key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret {
-    key: Vec<u8>,
-}
-
-/// Why a secret was rejected. The messages never contain the secret itself.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SigningError {
-    /// The value does not start with `whsec_`.
-    #[error("a webhook secret must look like `whsec_<base64>` (the `whsec_` prefix is missing)")]
-    MissingPrefix,
-    /// The part after `whsec_` is not valid base64.
-    #[error("the part of the webhook secret after `whsec_` is not valid base64")]
-    InvalidBase64,
-    /// The key is shorter than [`MIN_SECRET_BYTES`].
-    #[error("the webhook secret's key is {0} bytes long; at least {MIN_SECRET_BYTES} are required (24 to 64 recommended)")]
-    TooShort(usize),
-}
-
-impl Secret {
-    /// Parses `whsec_<base64>` (surrounding whitespace ignored, base64 padding optional).
-    ///
-    /// A value without the `whsec_` prefix is rejected rather than guessed at, so that a password
-    /// pasted by mistake is not silently used as base64.
-    pub fn parse(s: &str) -> Result<Secret, SigningError> {
-        let b64 = s
-            .trim()
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or(SigningError::MissingPrefix)?;
-        let key = B64_LENIENT
-            .decode(b64)
-            .map_err(|_| SigningError::InvalidBase64)?;
-        if key.len() < MIN_SECRET_BYTES {
-            return Err(SigningError::TooShort(key.len()));
-        }
-        Ok(Secret { key })
-    }
-
-    /// A fresh random 32-byte secret (for the demo and `init`-style helpers).
-    pub fn generate() -> Secret {
-        let mut key = vec![0u8; 32];
-        rand::Rng::fill(&mut rand::thread_rng(), key.as_mut_slice());
-        Secret { key }
-    }
-
-    /// The secret in its `whsec_<base64>` form, to hand to a receiver. Treat the result as secret.
-    pub fn to_whsec(&self) -> String {
-        format!(
-            "{SECRET_PREFIX}{}",
-            base64::engine::general_purpose::STANDARD.encode(&self.key)
-        )
-    }
-
-    /// A keyed HMAC ready for input.
-    fn mac(&self) -> HmacSha256 {
-        match HmacSha256::new_from_slice(&self.key) {
-            Ok(m) => m,
-            // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-            Err(_) => unreachable!("HMAC accepts keys of any length"),
-        }
-    }
-
-    /// The MAC over `{msg_id}.{timestamp}.{body}`.
-    fn mac_over(&self, msg_id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
-        let mut mac = self.mac();
-        mac.update(msg_id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac
+/// A keyed HMAC ready for input.
+fn mac(secret: &Secret) -> HmacSha256 {
+    match HmacSha256::new_from_slice(secret.key()) {
+        Ok(m) => m,
+        // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
     }
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
+/// The MAC over `{msg_id}.{timestamp}.{body}`.
+fn mac_over(secret: &Secret, msg_id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
+    let mut mac = mac(secret);
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
 }
 
 /// Signs one message: `v1,<base64>` per secret, space-separated, in the order given.
@@ -142,7 +66,7 @@ pub fn sign(secrets: &[Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> St
         if !out.is_empty() {
             out.push(' ');
         }
-        let tag = secret.mac_over(msg_id, &ts, body).finalize().into_bytes();
+        let tag = mac_over(secret, msg_id, &ts, body).finalize().into_bytes();
         out.push_str("v1,");
         out.push_str(&base64::engine::general_purpose::STANDARD.encode(tag));
     }
@@ -206,7 +130,7 @@ pub fn verify(
         return Err(VerifyError::MalformedHeader);
     }
     // Sign over the timestamp as sent, the way the sender formatted it.
-    let expected = secret.mac_over(msg_id, ts_text, body);
+    let expected = mac_over(secret, msg_id, ts_text, body);
     let matched = entries
         .iter()
         .filter(|(version, _)| *version == "v1")
@@ -219,36 +143,7 @@ pub fn verify(
     }
 }
 
-/// Where and how to deliver one webhook destination's messages.
-#[derive(Clone)]
-pub struct WebhookTarget {
-    /// The destination's name from the config, for logs and the attempts log.
-    pub name: String,
-    /// The receiver's URL (check it with [`check_url`] when loading the config).
-    pub url: url::Url,
-    /// Signing secrets; each adds a signature (rotation). Must not be empty.
-    pub secrets: Vec<Secret>,
-    /// Extra headers. They may replace `user-agent` but never `content-type` or the `webhook-*`
-    /// headers.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Per-request timeout, from connecting until the response (snippet) has been read.
-    pub timeout: Duration,
-}
-
-impl fmt::Debug for WebhookTarget {
-    /// Shows the URL's scheme, host and port only, the number of secrets and the extra headers'
-    /// names: paths, query strings, secrets and header values often carry tokens.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("WebhookTarget")
-            .field("name", &self.name)
-            .field("url", &redacted_url(&self.url))
-            .field("secrets", &self.secrets.len())
-            .field("headers", &names)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
+pub use crate::config::destination::WebhookTarget;
 
 /// The HTTP client for one webhook or chat destination's deliveries.
 ///
@@ -368,27 +263,6 @@ pub async fn send(
         status: Some(status.as_u16()),
         response: truncate_utf8(&text, RESPONSE_SNIPPET_BYTES).to_string(),
         duration: started.elapsed(),
-    }
-}
-
-/// Checks that a destination URL may be used.
-///
-/// `https` is always fine; plain `http` only to a loopback host (`localhost`, 127.0.0.0/8, `::1`)
-/// unless `allow_insecure_http`; every other scheme is rejected. The error never repeats the URL,
-/// whose path or query may hold a token.
-pub fn check_url(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
-    if url.host().is_none() {
-        return Err("the URL has no host".to_string());
-    }
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if allow_insecure_http || crate::net::egress::is_loopback_url(url) => Ok(()),
-        "http" => Err(
-            "plain http:// is only allowed to loopback hosts (localhost, 127.0.0.1, ::1); \
-             use https:// or set `allow_insecure_http: true`"
-                .to_string(),
-        ),
-        other => Err(format!("unsupported URL scheme `{other}`; use https://")),
     }
 }
 
@@ -592,50 +466,6 @@ mod tests {
         .unwrap();
         // And both agree on the spec vector.
         assert_eq!(theirs.sign(SPEC_ID, SPEC_TS, SPEC_BODY).unwrap(), SPEC_SIG);
-    }
-
-    #[test]
-    fn url_checks() {
-        let ok = |u: &str, insecure| check_url(&url::Url::parse(u).unwrap(), insecure);
-        assert!(ok("https://example.org/hook?token=x", false).is_ok());
-        assert!(ok("http://localhost:8080/hook", false).is_ok());
-        assert!(ok("http://LOCALHOST/hook", false).is_ok());
-        assert!(ok("http://127.0.0.1/hook", false).is_ok());
-        assert!(ok("http://127.8.9.10/hook", false).is_ok());
-        assert!(ok("http://[::1]:9000/hook", false).is_ok());
-        assert!(ok("http://[::ffff:127.0.0.1]/hook", false).is_ok());
-        let err = ok("http://example.org/hook?token=SECRET", false).unwrap_err();
-        assert!(
-            !err.contains("SECRET") && !err.contains("example.org"),
-            "{err}"
-        );
-        assert!(ok("http://example.org/hook", true).is_ok());
-        assert!(ok("http://10.0.0.1/hook", false).is_err());
-        assert!(ok("http://localhost.evil.example/hook", false).is_err());
-        assert!(ok("http://[::2]/hook", false).is_err());
-        assert!(ok("ftp://example.org/x", true).is_err());
-        assert!(ok("file:///etc/passwd", true).is_err());
-        assert!(ok("unix:/run/x.sock", true).is_err());
-    }
-
-    #[test]
-    fn debug_output_hides_tokens() {
-        let t = WebhookTarget {
-            name: "automation".into(),
-            url: url::Url::parse("https://hooks.example:8443/T0/B0/XYZSECRET?k=SECRET").unwrap(),
-            secrets: vec![spec_secret()],
-            headers: vec![(
-                HeaderName::from_static("authorization"),
-                HeaderValue::from_static("Bearer SECRET"),
-            )],
-            timeout: Duration::from_secs(15),
-        };
-        let d = format!("{t:?}");
-        assert!(!d.contains("SECRET") && !d.contains("MfKQ"), "{d}");
-        assert!(
-            d.contains("hooks.example:8443") && d.contains("authorization"),
-            "{d}"
-        );
     }
 
     mod loopback {

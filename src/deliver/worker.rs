@@ -154,7 +154,7 @@ impl Worker {
             .destinations
             .get(destination)
             .map_or((1, Duration::ZERO), |d| {
-                (d.concurrency.max(1), d.min_interval)
+                (d.concurrency.max(1), super::pacing(d))
             });
         Worker {
             deliverer,
@@ -408,8 +408,8 @@ mod queue_tests {
 #[cfg(test)]
 mod panic_tests {
     use super::*;
+    use crate::config::retry::RetryPolicy;
     use crate::deliver::attempt::PANIC_REASON;
-    use crate::deliver::outcome::RetryPolicy;
     use crate::deliver::webhook::{self, WebhookTarget};
     use crate::deliver::{Destination, Target, TestFault};
     use crate::outbox::entry::OutboxEntry;
@@ -435,7 +435,6 @@ mod panic_tests {
                 jitter: 0.0,
             },
             concurrency: 1,
-            min_interval: Duration::ZERO,
             allow_private: false,
         }
     }

@@ -154,8 +154,8 @@ pub struct DestHealth {
     pub reason: String,
 }
 
-/// The default page cache: small, because the working set is one page of snapshots at a time.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The default page cache (`store.cache_mb` unset).
+pub const DEFAULT_CACHE_BYTES: u64 = crate::config::defaults::STORE_CACHE_BYTES;
 
 /// Joins key parts with a NUL separator (names are validated to contain none).
 fn key(parts: &[&str]) -> Vec<u8> {

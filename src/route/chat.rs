@@ -4,33 +4,9 @@
 //! This is what planning renders at poll time (the body is stored in the outbox and sent as is);
 //! posting it and reading the service's answer is the sink's part (`deliver::chat`).
 
+use crate::config::ChatKind;
 use crate::model::truncate_utf8;
 use serde_json::{json, Value};
-
-/// Which chat service a destination posts to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChatKind {
-    /// Slack incoming webhook: `{"text": ...}`.
-    Slack,
-    /// Microsoft Teams Workflows webhook: an Adaptive Card message.
-    Teams,
-    /// Discord webhook: `{"content": ...}`.
-    Discord,
-    /// Google Chat space webhook: `{"text": ...}`.
-    GoogleChat,
-}
-
-impl ChatKind {
-    /// The name used in config files (`slack`, `teams`, `discord`, `google_chat`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChatKind::Slack => "slack",
-            ChatKind::Teams => "teams",
-            ChatKind::Discord => "discord",
-            ChatKind::GoogleChat => "google_chat",
-        }
-    }
-}
 
 /// What is appended to a message that had to be cut.
 pub const TRUNCATION_MARKER: &str = "… [truncated]";

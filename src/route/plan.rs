@@ -1,7 +1,7 @@
 //! Planning: a change and the rules that matched it become one planned delivery per destination
 //! (one per recipient, for email), each payload rendered once, here, at poll time.
 
-use crate::deliver::{Destination, Target};
+use crate::config::{Destination, Target};
 use crate::model::{Change, IdKey};
 use crate::net::mail;
 use crate::route::chat;
@@ -150,7 +150,7 @@ impl Pipeline {
                 })),
                 Target::Chat { kind, template, .. } => {
                     let ctx = ctx();
-                    let name = format!("{template}.txt");
+                    let name = template.text();
                     push(
                         self.templates
                             .render_chat(*kind, &name, &ctx)
@@ -168,28 +168,14 @@ impl Pipeline {
                     reply_to,
                 } => {
                     let ctx = ctx();
-                    let rendered = (|| -> Result<(String, String, Option<String>), String> {
-                        let subj = self
-                            .templates
-                            .render(subject, &ctx)
-                            .map_err(|e| format!("subject of {}: {e}", dest.name))?;
-                        let txt_name = format!("{template}.txt");
-                        let text = self
-                            .templates
-                            .render(&txt_name, &ctx)
-                            .map_err(|e| format!("template {txt_name}: {e}"))?;
-                        let html_name = format!("{template}.html");
-                        let html = if self.templates.has(&html_name) {
-                            Some(
-                                self.templates
-                                    .render(&html_name, &ctx)
-                                    .map_err(|e| format!("template {html_name}: {e}"))?,
-                            )
-                        } else {
-                            None
-                        };
-                        Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
-                    })();
+                    let rendered = self
+                        .templates
+                        .render(&subject.name, &ctx)
+                        .map_err(|e| format!("subject of {}: {e}", dest.name))
+                        .and_then(|subj| {
+                            let (text, html) = self.templates.render_email(template, &ctx)?;
+                            Ok((subj.trim().replace(['\r', '\n'], " "), text, html))
+                        });
                     // One Message-ID key per recipient; the change id behind it is hashed once.
                     let change_id = change_id.get_or_init(|| change.change_id(id_key));
                     let domain = mail::domain_of(from);
@@ -197,7 +183,7 @@ impl Pipeline {
                         let payload = rendered.clone().and_then(|(subject, text, html)| {
                             let addr = self
                                 .templates
-                                .render(to_tpl, &ctx)
+                                .render(&to_tpl.name, &ctx)
                                 .map_err(|e| format!("recipient of {}: {e}", dest.name))?
                                 .trim()
                                 .to_string();

@@ -27,9 +27,9 @@
 //! - `{{truncate record.Notes 80}}`: at most 80 characters, ending with `…` when cut.
 //! - `{{json record}}` (`pretty=true`), `{{join changed_fields ", "}}`, `{{upper x}}`, `{{lower x}}`.
 
-use crate::config::Problem;
+use crate::config::destination::TemplateFile;
+use crate::config::{ChatKind, Problem};
 use crate::model::{Change, ChangeKind};
-use crate::route::chat::ChatKind;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, RenderContext, RenderErrorReason, ScopedJson,
@@ -303,17 +303,21 @@ impl Templates {
         self.chat[chat_index(kind)].render(name, ctx)
     }
 
-    /// Renders an email body from a template base name (`new-lead`): `new-lead.txt` (required) and
-    /// `new-lead.html` when it exists. Returns `(text, html)`.
+    /// Renders an email body leniently: `NAME.txt` (required) and `NAME.html` when it exists.
+    /// Returns `(text, html)`; an error names the template that failed.
     pub fn render_email(
         &self,
-        base: &str,
+        body: &TemplateFile,
         ctx: &Value,
-    ) -> Result<(String, Option<String>), RenderError> {
-        let text = self.render(&format!("{base}.txt"), ctx)?;
-        let html_name = format!("{base}.html");
+    ) -> Result<(String, Option<String>), String> {
+        let render = |name: String| {
+            self.render(&name, ctx)
+                .map_err(|e| format!("template {name}: {e}"))
+        };
+        let text = render(body.text())?;
+        let html_name = body.html();
         let html = if self.has(&html_name) {
-            Some(self.render(&html_name, ctx)?)
+            Some(render(html_name)?)
         } else {
             None
         };
@@ -354,29 +358,6 @@ impl Templates {
             };
             Problem::at(line, e.template_name.clone().unwrap_or(name.into()), reason)
         })
-    }
-
-    /// Checks every registered template against the sample record its name suggests (`lead` →
-    /// leads, `appointment` → appointments, `patient` → patients, anything else a generic record).
-    /// `check` should prefer [`Templates::check`] with the resources of the rules that use a
-    /// template; this is the fallback for templates no rule uses.
-    pub fn check_all(&self) -> Vec<Problem> {
-        self.names()
-            .iter()
-            .filter_map(|n| self.check(n, guess_resource(n)).err())
-            .collect()
-    }
-}
-
-fn guess_resource(name: &str) -> &'static str {
-    if name.contains("lead") {
-        "leads"
-    } else if name.contains("appointment") {
-        "appointments"
-    } else if name.contains("patient") {
-        "patients"
-    } else {
-        "records"
     }
 }
 
@@ -523,21 +504,12 @@ pub fn sample_change(resource: &str) -> Change {
             (ChangeKind::Modified, rec, Some(prev), "Modified")
         }
     };
-    let changed_fields = match &previous {
-        Some(Value::Object(p)) => record
-            .as_object()
-            .map(|r| {
-                r.iter()
-                    .filter(|(k, v)| p.get(*k) != Some(*v))
-                    .map(|(k, _)| k.clone())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => record
-            .as_object()
-            .map(|r| r.keys().cloned().collect())
-            .unwrap_or_default(),
-    };
+    // What the poller would find changed between the two versions.
+    let changed_fields = crate::ingest::diff::changed_fields(
+        previous.as_ref(),
+        &record,
+        crate::config::defaults::STATUS_FIELD,
+    );
     Change {
         source: crate::model::DEFAULT_SOURCE.into(),
         resource: resource.into(),
@@ -834,7 +806,19 @@ mod tests {
     fn every_shipped_template_passes_strict_check() {
         let t = Templates::shipped().unwrap();
         assert_eq!(t.names().len(), SHIPPED.len());
-        assert_eq!(t.check_all(), vec![]);
+        // Each against the sample record its name suggests.
+        let resource = |name: &str| {
+            ["lead", "appointment", "patient"]
+                .into_iter()
+                .find(|r| name.contains(r))
+                .map_or("records".to_string(), |r| format!("{r}s"))
+        };
+        let problems: Vec<Problem> = t
+            .names()
+            .iter()
+            .filter_map(|n| t.check(n, &resource(n)).err())
+            .collect();
+        assert_eq!(problems, vec![]);
     }
 
     #[test]
@@ -853,9 +837,15 @@ mod tests {
         let html = t.render("new-lead.html", &ctx(&c)).unwrap();
         assert!(html.contains("<h2 style=\"margin: 0 0 12px 0;\">New lead: Mehwish Qureshi</h2>"));
         assert!(html.contains("<td>mehwish.qureshi1@example.com</td>"));
-        let (t2, h2) = t.render_email("new-lead", &ctx(&c)).unwrap();
+        let body = |base: &str| TemplateFile {
+            base: base.into(),
+            part: crate::config::destination::TemplatePart::EmailBody,
+            key: "destinations.front-desk.template".into(),
+            line: None,
+        };
+        let (t2, h2) = t.render_email(&body("new-lead"), &ctx(&c)).unwrap();
         assert_eq!((t2, h2), (out.clone(), Some(html.clone())));
-        let (_, none) = t.render_email("lead-chat", &ctx(&c)).unwrap();
+        let (_, none) = t.render_email(&body("lead-chat"), &ctx(&c)).unwrap();
         assert_eq!(none, None);
 
         // A lead with no email: the default shows and the email advice is left out.

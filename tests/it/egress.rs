@@ -245,7 +245,7 @@ async fn a_chat_message_to_a_name_resolving_to_a_link_local_address_is_refused()
         .unwrap();
     let report = clinicea_notifier::deliver::chat::send(
         &client,
-        clinicea_notifier::route::chat::ChatKind::Slack,
+        clinicea_notifier::config::ChatKind::Slack,
         &url,
         br#"{"text":"x"}"#.to_vec(),
         Duration::from_secs(5),

@@ -1,6 +1,6 @@
 //! Rules: which changes go to which destinations.
 //!
-//! A rule is written in the config file ([`RuleSpec`]), compiled once at start by [`compile`] (every
+//! A rule is written in the config file ([`RuleSpec`], parsed with it by [`crate::config::raw`]), compiled once at start by [`compile`] (every
 //! regex, number, timestamp and field path is parsed then, and every problem in every rule is
 //! reported at once), and matched against each [`Change`] by [`RuleSet::route`]. `docs/rules.md`
 //! is the user-facing reference for the condition language and its value semantics.
@@ -10,154 +10,17 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-use crate::config::{line_of, Problem, Text};
+use crate::config::{line_of, Problem};
 use crate::model::{Change, ChangeKind};
 use chrono_tz::Tz;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 use std::collections::HashMap;
-use std::fmt;
 use value::{Bound, Lit, Ord4, Time};
 
-// ---------------------------------------------------------------------------------------------
-// What the config file holds
-// ---------------------------------------------------------------------------------------------
-
-/// One rule as written in the config file.
-///
-/// `where` conditions and `changed` are kept as raw YAML nodes and checked by [`compile`], so a
-/// misspelt operator gets a precise message (and every problem is reported, not only the first).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleSpec {
-    /// The rule's name, unique in the file.
-    pub name: Spanned<Text>,
-    /// A resource key from `resources:`, or `"*"` for all (the default).
-    #[serde(default)]
-    pub resource: Option<Spanned<Text>>,
-    /// Which kinds of change the rule is for (default: all three).
-    #[serde(default)]
-    pub on: Option<Spanned<Vec<ChangeKind>>>,
-    /// Conditions that must all hold.
-    #[serde(default, rename = "where")]
-    pub conditions: Vec<Spanned<Node>>,
-    /// Field names of which any changed, or `{Field: {from: X, to: Y}}`.
-    #[serde(default)]
-    pub changed: Option<Spanned<Node>>,
-    /// The destinations that get a matching change.
-    #[serde(default)]
-    pub notify: Option<Spanned<Vec<Spanned<Text>>>>,
-    /// `false` keeps the rule in the file (still checked) without it ever matching.
-    #[serde(default)]
-    pub enabled: Option<bool>,
-}
-
-/// A YAML node as written: scalars (strings with `${VAR}` substituted), lists and maps, each with
-/// the place it was written.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Node {
-    /// `null`, `~` or nothing.
-    Null,
-    /// `true` / `false`.
-    Bool(bool),
-    /// An integer.
-    Int(i128),
-    /// A number with a fraction or exponent.
-    Float(f64),
-    /// A string.
-    Str(String),
-    /// A list.
-    Seq(Vec<Spanned<Node>>),
-    /// A map, in the order written.
-    Map(Vec<(Spanned<String>, Spanned<Node>)>),
-}
-
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Node;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a YAML value")
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
-                Ok(Node::Bool(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
-                Ok(Node::Int(v.into()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
-                Ok(Node::Int(v.into()))
-            }
-            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Node, E> {
-                Ok(Node::Int(v))
-            }
-            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
-                i128::try_from(v)
-                    .map(Node::Int)
-                    .map_err(|_| E::custom("number too large"))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
-                Ok(Node::Float(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
-                // Through `Text`, so `${VAR}` is substituted like everywhere else.
-                let t = Text::deserialize(de::value::StrDeserializer::<E>::new(v))?;
-                Ok(Node::Str(t.0))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
-                Ok(Node::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Node, E> {
-                Ok(Node::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
-                Node::deserialize(d)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<Spanned<Node>>()? {
-                    items.push(item);
-                }
-                Ok(Node::Seq(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-                let mut entries = Vec::new();
-                while let Some((k, v)) = map.next_entry::<Spanned<String>, Spanned<Node>>()? {
-                    entries.push((k, v));
-                }
-                Ok(Node::Map(entries))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl Node {
-    fn type_name(&self) -> &'static str {
-        match self {
-            Node::Null => "null",
-            Node::Bool(_) => "a boolean",
-            Node::Int(_) | Node::Float(_) => "a number",
-            Node::Str(_) => "a string",
-            Node::Seq(_) => "a list",
-            Node::Map(_) => "a map",
-        }
-    }
-}
-
-/// The serde-saphyr options rule conditions should be parsed with.
-///
-/// With serde-saphyr's defaults an unquoted `yes`, `no`, `on`, `off`, `y`, `n` is read as a YAML 1.1
-/// boolean (so `in: [NO, PK]` would hold `false`), and an unquoted `0300123` as the number 300123,
-/// losing the leading zero. These options keep both as the strings the operator wrote; `true`,
-/// `false` and ordinary numbers are unaffected. `config::parse_raw` should use
-/// `serde_saphyr::from_str_with_options(text, rules::yaml_options())`.
-pub fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options!(strict_booleans: true, leading_zero_numbers_as_strings: true)
-}
+/// The rules as written are parsed with the rest of the config file; the spec lives there
+/// ([`crate::config::raw`]) and is named here too, beside its compiler.
+pub use crate::config::raw::{yaml_options, Node, RuleSpec};
 
 // ---------------------------------------------------------------------------------------------
 // The compiled form
@@ -860,7 +723,7 @@ impl Compiler<'_, '_> {
                         ),
                     );
                 }
-                Some(r.value.0.clone())
+                Some(r.value.to_string())
             }
         };
 

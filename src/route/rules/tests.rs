@@ -516,8 +516,8 @@ fn explanations_name_the_first_failing_condition() {
 
 #[test]
 fn variables_are_substituted_in_condition_values() {
-    // Without a config load there is no variable map, so `${X}` stays as written; the point is that
-    // condition strings go through `Text` (exercised in config's own tests with a map).
+    // Parsing alone leaves `${X}` as written: `config::vars::substitute` replaces it in condition
+    // strings like everywhere else (exercised in that module's tests with a map).
     let rs = set("- {name: r, where: [{field: A, equals: '${X}'}], notify: [front-desk]}");
     assert_eq!(
         rs.route(&change(ChangeKind::Added, json!({"A": "${X}"}), None))

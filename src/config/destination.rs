@@ -1,0 +1,262 @@
+//! Validated destinations: where each delivery goes and how ([`Destination`], [`Target`]), as
+//! [`crate::config::load`] builds them from `destinations:`. Delivery builds its HTTP clients and
+//! mailer from these; routing renders the templates they name ([`InlineTemplate`],
+//! [`TemplateFile`]), which the engine's compile step registers and checks.
+
+use crate::config::retry::RetryPolicy;
+use crate::config::secret::Secret;
+use crate::net::scrub::redacted_url;
+use reqwest::header::{HeaderName, HeaderValue};
+use std::fmt;
+use std::time::Duration;
+
+/// Default requests in flight per webhook destination.
+pub const DEFAULT_WEBHOOK_CONCURRENCY: usize = 8;
+/// Default messages in flight per email destination.
+pub const DEFAULT_EMAIL_CONCURRENCY: usize = 2;
+/// Default per-request timeout of webhook and chat destinations.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A validated destination.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The name from the config.
+    pub name: String,
+    /// Where and how it sends.
+    pub target: Target,
+    /// Its retry schedule.
+    pub retry: RetryPolicy,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// Whether its receiver may be on a private address (`allow_private: true`).
+    pub allow_private: bool,
+}
+
+impl Destination {
+    /// A short word for the destination's type.
+    pub fn kind_str(&self) -> &'static str {
+        match &self.target {
+            Target::Webhook(_) => "webhook",
+            Target::Email { .. } => "email",
+            Target::Chat { kind, .. } => kind.as_str(),
+        }
+    }
+}
+
+/// Where a destination sends, validated.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A signed webhook.
+    Webhook(WebhookTarget),
+    /// Email, one delivery per recipient.
+    Email {
+        /// The recipients, each an inline template (most are a plain address).
+        to: Vec<InlineTemplate>,
+        /// The subject, an inline template.
+        subject: InlineTemplate,
+        /// The body's template files (`NAME.txt`, optional `NAME.html`).
+        template: TemplateFile,
+        /// The From address.
+        from: String,
+        /// An optional Reply-To.
+        reply_to: Option<String>,
+    },
+    /// A chat service webhook.
+    Chat {
+        /// Which service.
+        kind: ChatKind,
+        /// The webhook URL (a secret: never logged).
+        url: url::Url,
+        /// The message's template file (`NAME.txt`).
+        template: TemplateFile,
+        /// Per-request timeout.
+        timeout: Duration,
+    },
+}
+
+/// A template written inline in the config (an email subject, a recipient), with the name the
+/// template registry knows it by and the place `check` names when it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineTemplate {
+    /// Its name in the template registry (`destination:NAME:subject`, `destination:NAME:to:0`).
+    pub name: String,
+    /// The template source as written (after `${VAR}`).
+    pub source: String,
+    /// The key it was written at (`destinations.NAME.subject`, `destinations.NAME.to[0]`).
+    pub key: String,
+    /// The destination's line.
+    pub line: Option<u64>,
+}
+
+/// A destination's template files, by base name: `new-lead` is `new-lead.txt.hbs` (and, for
+/// email, `new-lead.html.hbs` when it exists), from the templates folder or built in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateFile {
+    /// The base name as written.
+    pub base: String,
+    /// What the template renders, which decides what must exist.
+    pub part: TemplatePart,
+    /// The key it was written at (`destinations.NAME.template`).
+    pub key: String,
+    /// The destination's line.
+    pub line: Option<u64>,
+}
+
+/// What a [`TemplateFile`] renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// An email body: `NAME.txt` and, when it exists, `NAME.html`.
+    EmailBody,
+    /// A chat message: `NAME.txt`.
+    ChatText,
+}
+
+impl TemplateFile {
+    /// The plain-text template's registry name (`NAME.txt`).
+    pub fn text(&self) -> String {
+        format!("{}.txt", self.base)
+    }
+
+    /// The HTML template's registry name (`NAME.html`), which an email body may have.
+    pub fn html(&self) -> String {
+        format!("{}.html", self.base)
+    }
+}
+
+impl fmt::Display for TemplateFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+/// Which chat service a destination posts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChatKind {
+    /// Slack incoming webhook: `{"text": ...}`.
+    Slack,
+    /// Microsoft Teams Workflows webhook: an Adaptive Card message.
+    Teams,
+    /// Discord webhook: `{"content": ...}`.
+    Discord,
+    /// Google Chat space webhook: `{"text": ...}`.
+    GoogleChat,
+}
+
+impl ChatKind {
+    /// The name used in config files (`slack`, `teams`, `discord`, `google_chat`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatKind::Slack => "slack",
+            ChatKind::Teams => "teams",
+            ChatKind::Discord => "discord",
+            ChatKind::GoogleChat => "google_chat",
+        }
+    }
+}
+
+/// Where and how to deliver one webhook destination's messages.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    /// The destination's name from the config, for logs and the attempts log.
+    pub name: String,
+    /// The receiver's URL (checked with [`check_url`] when the config is loaded).
+    pub url: url::Url,
+    /// Signing secrets; each adds a signature (rotation). Must not be empty.
+    pub secrets: Vec<Secret>,
+    /// Extra headers. They may replace `user-agent` but never `content-type` or the `webhook-*`
+    /// headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Per-request timeout, from connecting until the response (snippet) has been read.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for WebhookTarget {
+    /// Shows the URL's scheme, host and port only, the number of secrets and the extra headers'
+    /// names: paths, query strings, secrets and header values often carry tokens.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("WebhookTarget")
+            .field("name", &self.name)
+            .field("url", &redacted_url(&self.url))
+            .field("secrets", &self.secrets.len())
+            .field("headers", &names)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Checks that a destination URL may be used.
+///
+/// `https` is always fine; plain `http` only to a loopback host (`localhost`, 127.0.0.0/8, `::1`)
+/// unless `allow_insecure_http`; every other scheme is rejected. The error never repeats the URL,
+/// whose path or query may hold a token.
+pub fn check_url(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
+    if url.host().is_none() {
+        return Err("the URL has no host".to_string());
+    }
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || crate::net::egress::is_loopback_url(url) => Ok(()),
+        "http" => Err(
+            "plain http:// is only allowed to loopback hosts (localhost, 127.0.0.1, ::1); \
+             use https:// or set `allow_insecure_http: true`"
+                .to_string(),
+        ),
+        other => Err(format!("unsupported URL scheme `{other}`; use https://")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn spec_secret() -> Secret {
+        Secret::parse(SPEC_SECRET).unwrap()
+    }
+
+    #[test]
+    fn url_checks() {
+        let ok = |u: &str, insecure| check_url(&url::Url::parse(u).unwrap(), insecure);
+        assert!(ok("https://example.org/hook?token=x", false).is_ok());
+        assert!(ok("http://localhost:8080/hook", false).is_ok());
+        assert!(ok("http://LOCALHOST/hook", false).is_ok());
+        assert!(ok("http://127.0.0.1/hook", false).is_ok());
+        assert!(ok("http://127.8.9.10/hook", false).is_ok());
+        assert!(ok("http://[::1]:9000/hook", false).is_ok());
+        assert!(ok("http://[::ffff:127.0.0.1]/hook", false).is_ok());
+        let err = ok("http://example.org/hook?token=SECRET", false).unwrap_err();
+        assert!(
+            !err.contains("SECRET") && !err.contains("example.org"),
+            "{err}"
+        );
+        assert!(ok("http://example.org/hook", true).is_ok());
+        assert!(ok("http://10.0.0.1/hook", false).is_err());
+        assert!(ok("http://localhost.evil.example/hook", false).is_err());
+        assert!(ok("http://[::2]/hook", false).is_err());
+        assert!(ok("ftp://example.org/x", true).is_err());
+        assert!(ok("file:///etc/passwd", true).is_err());
+        assert!(ok("unix:/run/x.sock", true).is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_tokens() {
+        let t = WebhookTarget {
+            name: "automation".into(),
+            url: url::Url::parse("https://hooks.example:8443/T0/B0/XYZSECRET?k=SECRET").unwrap(),
+            secrets: vec![spec_secret()],
+            headers: vec![(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("Bearer SECRET"),
+            )],
+            timeout: Duration::from_secs(15),
+        };
+        let d = format!("{t:?}");
+        assert!(!d.contains("SECRET") && !d.contains("MfKQ"), "{d}");
+        assert!(
+            d.contains("hooks.example:8443") && d.contains("authorization"),
+            "{d}"
+        );
+    }
+}

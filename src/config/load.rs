@@ -1,0 +1,970 @@
+//! The one compile step of the config file: [`load`] reads it, parses it ([`raw::parse`]),
+//! substitutes `${VAR}` ([`vars::substitute`]) and validates every section into the runtime types
+//! the rest of the program uses ([`Config`]), so a bad config fails at start and never at 3 a.m.
+//!
+//! Every problem is collected, not only the first, each with its line and key path: the
+//! `clinicea:` section, resources, store, listen address and metrics token, `smtp:` (its `from`
+//! checked once, here), the retry schedules and every destination (URLs and their egress rules,
+//! secrets, headers, recipients, subjects, template names). What other stages compile (the rules'
+//! conditions, the template registry) is handed on as parsed ([`Config::rules`]) or as typed
+//! references ([`InlineTemplate`], [`TemplateFile`]); `daemon::settings` runs those compiles and
+//! reports their problems in the same list.
+
+use crate::config::base::{
+    defaults, Base, Clinicea, Login, Resource, SecretString, StartFrom, StoreSettings,
+    DEFAULT_LOGIN_PATH, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
+};
+use crate::config::destination::{
+    check_url, ChatKind, Destination, InlineTemplate, Target, TemplateFile, TemplatePart,
+    WebhookTarget, DEFAULT_EMAIL_CONCURRENCY, DEFAULT_HTTP_TIMEOUT, DEFAULT_WEBHOOK_CONCURRENCY,
+};
+use crate::config::placeholder;
+use crate::config::problem::{line_of, ConfigError, Problem};
+use crate::config::raw::{
+    self, parse_duration, AuthMode, Dur, RawBaseline, RawConfig, RawDestination, RawRetry, RawSmtp,
+    RuleSpec, Text,
+};
+use crate::config::retry::{RetryPolicy, DEFAULT_JITTER};
+use crate::config::secret::Secret;
+use crate::config::smtp::{self, SmtpSettings};
+use crate::config::{valid_name, vars};
+use crate::net::egress;
+use crate::net::egress::is_loopback_url as is_loopback;
+use crate::net::mail::validate_address;
+use serde_saphyr::Spanned;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The shortest poll interval: faster is a busy loop against the clinic's API.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A config file, validated.
+#[derive(Debug)]
+pub struct Config {
+    /// Clinicea, resources, store, listen address.
+    pub base: Base,
+    /// The SMTP server, when `smtp:` is there and valid.
+    pub smtp: Option<SmtpSettings>,
+    /// The destinations without problems, in name order.
+    pub destinations: Vec<Destination>,
+    /// Every name under `destinations:`, those with problems too, so a rule naming one is not
+    /// also told the destination does not exist.
+    pub destination_names: Vec<String>,
+    /// Every inline template of every destination (those with problems too, so `check` reports
+    /// all of their problems at once), in file order.
+    pub inline_templates: Vec<InlineTemplate>,
+    /// Every template file a destination names, likewise.
+    pub template_files: Vec<TemplateFile>,
+    /// The rules as written, for `route::rules::compile`.
+    pub rules: Vec<Spanned<RuleSpec>>,
+}
+
+/// The process environment as a map, for [`load`].
+pub fn env_vars() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+/// Reads, parses and validates a config file; `vars` feeds `${VAR}`.
+pub fn load(file: &Path, vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    checked(file, validate(parse_file(file, vars)?, file))
+}
+
+/// Parses and validates config text as if read from `file` (relative paths resolve against its
+/// folder).
+pub fn load_str(
+    text: &str,
+    file: &Path,
+    vars: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    checked(file, validate(parse_text(text, file, vars)?, file))
+}
+
+/// The config, or every problem found in it.
+fn checked(file: &Path, (config, problems): (Config, Vec<Problem>)) -> Result<Config, ConfigError> {
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::new(file, problems))
+    }
+}
+
+/// Reads and parses a config file, `${VAR}` substituted from `vars`. A file that cannot be read
+/// or parsed, or a variable that is not set, stops here: nothing after it could be judged.
+pub fn parse_file(file: &Path, vars: &HashMap<String, String>) -> Result<RawConfig, ConfigError> {
+    let fail = |message: String| ConfigError::new(file, vec![Problem::at(None, "config", message)]);
+    let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        fail(format!(
+            "the file is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    parse_text(&text, file, vars)
+}
+
+/// [`parse_file`] for text already read.
+pub fn parse_text(
+    text: &str,
+    file: &Path,
+    vars: &HashMap<String, String>,
+) -> Result<RawConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(
+            file,
+            vec![Problem::at(None, "config", "the file is empty")],
+        ));
+    }
+    let mut raw = raw::parse(text).map_err(|p| ConfigError::new(file, vec![p]))?;
+    let problems = vars::substitute(&mut raw, vars);
+    if problems.is_empty() {
+        Ok(raw)
+    } else {
+        Err(ConfigError::new(file, problems))
+    }
+}
+
+/// Validates a parsed config read from `file`: the runtime config, built as far as it goes, and
+/// every problem found (none when it is valid).
+pub fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let base = base(&raw, file, &mut problems);
+    secrets_are_not_placeholders(&raw, &mut problems);
+    let smtp_from = raw.smtp.as_ref().map(|s| s.value.from.to_string());
+    let smtp = raw
+        .smtp
+        .as_ref()
+        .and_then(|s| smtp(s, &base_dir(file), &mut problems));
+    let default_retry = match &raw.retry {
+        Some(r) => retry(&r.value, line_of(r), "retry", &mut problems),
+        None => RetryPolicy::default(),
+    };
+    let mut config = Config {
+        base,
+        smtp,
+        destinations: Vec::new(),
+        destination_names: raw.destinations.keys().cloned().collect(),
+        inline_templates: Vec::new(),
+        template_files: Vec::new(),
+        rules: Vec::new(),
+    };
+    for (name, spanned) in &raw.destinations {
+        let mut found = Vec::new();
+        let d = destination(
+            name,
+            spanned,
+            &default_retry,
+            smtp_from.as_deref(),
+            &mut config,
+            &mut found,
+        );
+        match d {
+            Some(d) if found.is_empty() => config.destinations.push(d),
+            _ => problems.extend(found),
+        }
+    }
+    config.rules = raw.rules;
+    (config, problems)
+}
+
+/// The folder relative paths in `file` resolve against.
+fn base_dir(file: &Path) -> PathBuf {
+    file.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalars
+// ---------------------------------------------------------------------------------------------
+
+/// Reads a duration, if one is written; a bad one is a problem at its own line (else `line`)
+/// and `key`.
+fn duration(
+    d: Option<&Dur>,
+    line: Option<u64>,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Duration> {
+    let text = d?.text();
+    parse_duration(text)
+        .map_err(|e| problems.push(Problem::at(text.line().or(line), key, e)))
+        .ok()
+}
+
+/// [`duration`], with the default when none is written (or it is bad: the problem is reported).
+fn duration_or(
+    d: Option<&Dur>,
+    default: Duration,
+    line: Option<u64>,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    duration(d, line, key, problems).unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The base: clinicea, resources, store, listen
+// ---------------------------------------------------------------------------------------------
+
+/// The sections [`Base`] holds; `problems` collects every error.
+fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
+    let base_dir = base_dir(file);
+    let c = &raw.clinicea.value;
+    let cline = line_of(&raw.clinicea);
+
+    let base_url = match url::Url::parse(c.base_url.trim_end_matches('/')) {
+        Ok(u) if u.scheme() == "https" => Some(u),
+        Ok(u) if u.scheme() == "http" && (is_loopback(&u) || c.allow_insecure_http) => Some(u),
+        Ok(u) if u.scheme() == "http" => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.base_url",
+                "plain http:// is only allowed to loopback; use https:// (or set clinicea.allow_insecure_http: true for a sandbox on another host)",
+            ));
+            Some(u)
+        }
+        Ok(_) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.base_url",
+                "must be an http(s) URL",
+            ));
+            None
+        }
+        Err(e) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.base_url",
+                format!("not a URL: {e}"),
+            ));
+            None
+        }
+    };
+    let login = match (c.auth, &c.login) {
+        (AuthMode::Login, Some(l)) => Some(Login {
+            username: l.username.to_string(),
+            password: SecretString::new(l.password.as_str()),
+            path: l
+                .path
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| DEFAULT_LOGIN_PATH.to_string()),
+        }),
+        (AuthMode::Login, None) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.login",
+                "auth: login needs login: { username, password }",
+            ));
+            None
+        }
+        (_, Some(_)) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.login",
+                "login: is only used with auth: login",
+            ));
+            None
+        }
+        (_, None) => None,
+    };
+    if c.api_key.trim().is_empty() {
+        problems.push(Problem::at(cline, "clinicea.api_key", "is empty"));
+    }
+    if let Some(u) = &base_url {
+        if let Err(e) = crate::net::egress::Policy::clinicea(c.allow_private).check_url(u) {
+            problems.push(Problem::at(cline, "clinicea.base_url", e.reason));
+        }
+    }
+    let start_from = match c.start_from.as_deref().map(str::trim) {
+        None | Some("now") => StartFrom::Now,
+        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => StartFrom::At(t.with_timezone(&chrono::Utc)),
+            Err(e) => {
+                problems.push(Problem::at(
+                    cline,
+                    "clinicea.start_from",
+                    format!("{s:?} is neither `now` nor an RFC 3339 time such as 2026-11-01T00:00:00Z: {e}"),
+                ));
+                StartFrom::Now
+            }
+        },
+    };
+    let baseline = match &c.baseline {
+        Some(RawBaseline {
+            enabled: Some(false),
+            since: Some(_),
+        }) => {
+            problems.push(Problem::at(
+                cline,
+                "clinicea.baseline.since",
+                "is set, but the baseline is turned off (enabled: false)",
+            ));
+            None
+        }
+        Some(RawBaseline {
+            enabled: Some(false),
+            ..
+        }) => None,
+        other => {
+            let s = other
+                .as_ref()
+                .and_then(|b| b.since.as_deref())
+                .unwrap_or(defaults::BASELINE_SINCE)
+                .trim();
+            match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+                Err(e) => {
+                    problems.push(Problem::at(
+                        cline,
+                        "clinicea.baseline.since",
+                        format!("{s:?} is not an RFC 3339 time such as 2000-01-01T00:00:00Z: {e}"),
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    let poll_interval = duration_or(
+        c.poll_interval.as_ref(),
+        defaults::POLL_INTERVAL,
+        cline,
+        "clinicea.poll_interval",
+        problems,
+    );
+    if poll_interval < MIN_POLL_INTERVAL {
+        problems.push(Problem::at(
+            cline,
+            "clinicea.poll_interval",
+            "must be at least 100ms",
+        ));
+    }
+    check_at_most(
+        poll_interval,
+        MAX_POLL_INTERVAL,
+        "1d",
+        cline,
+        "clinicea.poll_interval",
+        problems,
+    );
+    let overlap = duration_or(
+        c.overlap.as_ref(),
+        defaults::OVERLAP,
+        cline,
+        "clinicea.overlap",
+        problems,
+    );
+    let timeout = duration(c.timeout.as_ref(), cline, "clinicea.timeout", problems);
+    let page_delay = duration(
+        c.page_delay.as_ref(),
+        cline,
+        "clinicea.page_delay",
+        problems,
+    );
+    for (d, k) in [
+        (timeout, "clinicea.timeout"),
+        (page_delay, "clinicea.page_delay"),
+    ] {
+        if let Some(d) = d {
+            check_at_most(d, MAX_WAIT, "1h", cline, k, problems);
+        }
+    }
+    let clinicea = Clinicea {
+        base_url: base_url
+            .unwrap_or_else(|| url::Url::parse("http://127.0.0.1/").expect("static URL")),
+        api_key: SecretString::new(c.api_key.as_str()),
+        auth: c.auth,
+        login,
+        poll_interval,
+        overlap,
+        start_from,
+        timezone: parse_tz(c.timezone.as_ref(), "clinicea.timezone", cline, problems),
+        since_timezone: parse_tz(
+            c.since_timezone.as_ref(),
+            "clinicea.since_timezone",
+            cline,
+            problems,
+        ),
+        timeout: timeout.unwrap_or(defaults::API_TIMEOUT),
+        page_delay: page_delay.unwrap_or(Duration::ZERO),
+        allow_private: c.allow_private,
+        baseline,
+    };
+
+    if raw.resources.is_empty() {
+        problems.push(Problem::at(
+            None,
+            "resources",
+            "no resources to poll; add at least one (e.g. leads: { path: /api/v1/leads })",
+        ));
+    }
+    let mut resources = Vec::new();
+    for (name, spanned) in &raw.resources {
+        let r = &spanned.value;
+        let line = line_of(spanned);
+        let key = |k: &str| format!("resources.{name}.{k}");
+        check_name("resources", "a resource key", name, line, problems);
+        if !r.path.starts_with('/') {
+            problems.push(Problem::at(line, key("path"), "must start with /"));
+        }
+        let since_format = r
+            .since_format
+            .as_ref()
+            .map_or(defaults::SINCE_FORMAT.to_string(), |t| t.to_string());
+        if !valid_strftime(&since_format) {
+            problems.push(Problem::at(
+                line,
+                key("since_format"),
+                format!("{since_format:?} is not a valid chrono format"),
+            ));
+        }
+        let page_size = r.page_size.unwrap_or(defaults::PAGE_SIZE);
+        if page_size == 0 {
+            problems.push(Problem::at(line, key("page_size"), "must be at least 1"));
+        }
+        let own_poll = duration(
+            r.poll_interval.as_ref(),
+            line,
+            &key("poll_interval"),
+            problems,
+        );
+        let poll = own_poll.unwrap_or(poll_interval);
+        if poll < MIN_POLL_INTERVAL {
+            problems.push(Problem::at(
+                line,
+                key("poll_interval"),
+                "must be at least 100ms",
+            ));
+        }
+        // An inherited interval is reported at `clinicea.poll_interval`.
+        if own_poll.is_some() {
+            check_at_most(
+                poll,
+                MAX_POLL_INTERVAL,
+                "1d",
+                line,
+                &key("poll_interval"),
+                problems,
+            );
+        }
+        resources.push(Resource {
+            name: name.clone(),
+            path: r.path.to_string(),
+            since_param: r
+                .since_param
+                .as_ref()
+                .map_or(defaults::SINCE_PARAM.into(), |t| t.to_string()),
+            since_format,
+            page_param: r
+                .page_param
+                .as_ref()
+                .map_or(defaults::PAGE_PARAM.into(), |t| t.to_string()),
+            first_page: r.first_page.unwrap_or(defaults::FIRST_PAGE),
+            page_size: page_size.max(1),
+            page_size_param: r.page_size_param.as_ref().map(|t| t.to_string()),
+            id_field: r
+                .id_field
+                .as_ref()
+                .map_or(defaults::ID_FIELD.into(), |t| t.to_string()),
+            status_field: r
+                .status_field
+                .as_ref()
+                .map_or(defaults::STATUS_FIELD.into(), |t| t.to_string()),
+            poll_interval: poll,
+            params: r
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+        });
+    }
+
+    let store = StoreSettings {
+        path: resolve_path(
+            &base_dir,
+            raw.store.path.as_deref().unwrap_or(defaults::STORE_PATH),
+        ),
+        cache_bytes: raw
+            .store
+            .cache_mb
+            .map_or(defaults::STORE_CACHE_BYTES, |mb| mb * 1024 * 1024),
+        journal_retention: duration_or(
+            raw.store.journal_retention.as_ref(),
+            defaults::JOURNAL_RETENTION,
+            None,
+            "store.journal_retention",
+            problems,
+        ),
+        dead_letter_retention: duration_or(
+            raw.store.dead_letter_retention.as_ref(),
+            defaults::DEAD_LETTER_RETENTION,
+            None,
+            "store.dead_letter_retention",
+            problems,
+        ),
+    };
+    let templates_dir = raw.templates.as_ref().map(|t| resolve_path(&base_dir, t));
+    let listen_s = raw.listen.as_deref().unwrap_or(defaults::LISTEN);
+    let listen = listen_s.parse().unwrap_or_else(|_| {
+        problems.push(Problem::at(
+            None,
+            "listen",
+            format!("{listen_s:?} is not an address such as 127.0.0.1:9187"),
+        ));
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9187))
+    });
+    let metrics_token = raw.metrics_token.as_ref().map(|t| {
+        if t.trim().len() < MIN_METRICS_TOKEN_LEN {
+            problems.push(Problem::at(
+                None,
+                "metrics_token",
+                format!("is shorter than {MIN_METRICS_TOKEN_LEN} characters; make one with `head -c 32 /dev/urandom | base64`"),
+            ));
+        }
+        SecretString::new(t.trim())
+    });
+    Base {
+        file: file.to_path_buf(),
+        clinicea,
+        resources,
+        store,
+        templates_dir,
+        listen,
+        stale_after: raw.watchdog.as_ref().and_then(|w| {
+            duration(
+                w.stale_after.as_ref(),
+                None,
+                "watchdog.stale_after",
+                problems,
+            )
+        }),
+        metrics_token,
+    }
+}
+
+/// Adds a problem at `key` when `d` is longer than `max` (`max_text` writes it as the config
+/// would, e.g. `1h`): for keys with a bound smaller than [`raw::MAX_DURATION`].
+fn check_at_most(
+    d: Duration,
+    max: Duration,
+    max_text: &str,
+    line: Option<u64>,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) {
+    if d > max {
+        problems.push(Problem::at(
+            line,
+            key,
+            format!("must be at most {max_text}"),
+        ));
+    }
+}
+
+/// Checks a chrono format string.
+fn valid_strftime(f: &str) -> bool {
+    use chrono::format::{Item, StrftimeItems};
+    !f.is_empty() && StrftimeItems::new(f).all(|i| !matches!(i, Item::Error))
+}
+
+/// An IANA zone (UTC when none is written, or a bad one, which is a problem).
+fn parse_tz(
+    s: Option<&Text>,
+    key: &str,
+    line: Option<u64>,
+    problems: &mut Vec<Problem>,
+) -> chrono_tz::Tz {
+    match s {
+        None => chrono_tz::UTC,
+        Some(t) => t.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+            problems.push(Problem::at(
+                line,
+                key,
+                format!(
+                    "unknown time zone {:?} (use an IANA name such as Asia/Karachi)",
+                    t.as_str()
+                ),
+            ));
+            chrono_tz::UTC
+        }),
+    }
+}
+
+/// Resolves a path from the config against the folder that holds the config file.
+fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+/// Adds a problem when a name under `section` cannot be part of a store key or metric label.
+fn check_name(
+    section: &str,
+    what: &str,
+    name: &str,
+    line: Option<u64>,
+    problems: &mut Vec<Problem>,
+) {
+    if !valid_name(name) {
+        problems.push(Problem::at(
+            line,
+            format!("{section}.{name}"),
+            format!("{what} may use only letters, digits, '-', '_' and '.'"),
+        ));
+    }
+}
+
+/// Adds a problem when a secret-bearing value is an example's placeholder.
+fn check_placeholder(value: &str, line: Option<u64>, key: &str, problems: &mut Vec<Problem>) {
+    if let Some(why) = placeholder::placeholder(value) {
+        problems.push(Problem::at(line, key, why));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets, SMTP, retries
+// ---------------------------------------------------------------------------------------------
+
+/// Example placeholders in the secret-bearing keys outside `destinations:` (destinations check
+/// their own).
+fn secrets_are_not_placeholders(raw: &RawConfig, problems: &mut Vec<Problem>) {
+    let cline = line_of(&raw.clinicea);
+    check_placeholder(
+        &raw.clinicea.value.api_key,
+        cline,
+        "clinicea.api_key",
+        problems,
+    );
+    if let Some(l) = &raw.clinicea.value.login {
+        check_placeholder(&l.password, cline, "clinicea.login.password", problems);
+    }
+    if let Some(t) = &raw.metrics_token {
+        check_placeholder(t, None, "metrics_token", problems);
+    }
+    if let Some(p) = raw.smtp.as_ref().and_then(|s| s.value.password.as_ref()) {
+        check_placeholder(
+            p,
+            raw.smtp.as_ref().and_then(line_of),
+            "smtp.password",
+            problems,
+        );
+    }
+}
+
+/// The `smtp:` section. `smtp.from` is checked here, once; destinations that inherit it do not
+/// check it again. Problems are at the section's line.
+fn smtp(
+    s: &Spanned<RawSmtp>,
+    base_dir: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<SmtpSettings> {
+    let line = line_of(s);
+    let raw = &s.value;
+    let before = problems.len();
+    let mut at = |p: Problem| {
+        problems.push(Problem {
+            line: p.line.or(line),
+            ..p
+        })
+    };
+    if let Err(e) = egress::Policy::smtp(raw.allow_private).check_host(&raw.host) {
+        at(Problem::at(None, "smtp.host", e.reason));
+    }
+    if let Err(e) = validate_address(&raw.from) {
+        at(Problem::at(None, "smtp.from", e));
+    }
+    let extra_root_cert_pem = match &raw.ca_file {
+        None => None,
+        Some(f) => {
+            let path = base_dir.join(f.as_str());
+            std::fs::read(&path)
+                .map_err(|e| {
+                    at(Problem::at(
+                        None,
+                        "smtp.ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    ))
+                })
+                .ok()
+        }
+    };
+    // The transport refuses these (see `deliver::email::Mailer::new`); say so in `check`, not
+    // at start.
+    let credentials = raw.username.is_some() || raw.password.is_some();
+    if let Err(p) = smtp::check_credentials(raw.username.is_some(), raw.password.is_some()) {
+        at(p);
+    }
+    if let Err(p) = smtp::check_cleartext(raw.tls, &raw.host, credentials, raw.allow_cleartext) {
+        at(p);
+    }
+    let mut timeout_problems = Vec::new();
+    let timeout = duration_or(
+        raw.timeout.as_ref(),
+        smtp::DEFAULT_TIMEOUT,
+        None,
+        "smtp.timeout",
+        &mut timeout_problems,
+    );
+    timeout_problems.into_iter().for_each(&mut at);
+    if timeout > MAX_WAIT {
+        at(Problem::at(None, "smtp.timeout", "must be at most 1h"));
+    }
+    (problems.len() == before).then(|| SmtpSettings {
+        host: raw.host.to_string(),
+        port: raw
+            .port
+            .unwrap_or_else(|| SmtpSettings::default_port(raw.tls)),
+        tls: raw.tls,
+        username: raw.username.as_ref().map(|t| t.to_string()),
+        password: raw.password.as_ref().map(|t| t.to_string()),
+        timeout,
+        extra_root_cert_pem,
+        allow_private: raw.allow_private,
+    })
+}
+
+/// A `retry:` section (the default schedule at `retry`, a destination's own at
+/// `destinations.NAME.retry`); the default policy stands in for a bad one.
+fn retry(r: &RawRetry, line: Option<u64>, key: &str, problems: &mut Vec<Problem>) -> RetryPolicy {
+    let mut schedule = Vec::with_capacity(r.schedule.len());
+    for (i, d) in r.schedule.iter().enumerate() {
+        if let Some(d) = duration(Some(d), line, &format!("{key}.schedule[{i}]"), problems) {
+            schedule.push(d);
+        }
+    }
+    let jitter = r.jitter.unwrap_or(DEFAULT_JITTER);
+    if !(0.0..=1.0).contains(&jitter) {
+        problems.push(Problem::at(
+            line,
+            key,
+            format!("jitter must be between 0 and 1, not {jitter}"),
+        ));
+        return RetryPolicy::default();
+    }
+    RetryPolicy { schedule, jitter }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Destinations
+// ---------------------------------------------------------------------------------------------
+
+/// Validates one `destinations:` entry into `problems`; its templates are added to `config`'s
+/// lists whether or not it has problems. `None` when it cannot be built at all.
+fn destination(
+    name: &str,
+    spanned: &Spanned<RawDestination>,
+    default_retry: &RetryPolicy,
+    smtp_from: Option<&str>,
+    config: &mut Config,
+    problems: &mut Vec<Problem>,
+) -> Option<Destination> {
+    let raw = &spanned.value;
+    let line = line_of(spanned);
+    let key = |k: &str| format!("destinations.{name}.{k}");
+    check_name("destinations", "a destination name", name, line, problems);
+    let parse_url =
+        |u: &str, insecure: bool, private: bool, problems: &mut Vec<Problem>| -> Option<url::Url> {
+            check_placeholder(u, line, &key("url"), problems);
+            match url::Url::parse(u) {
+                Ok(url) => match check_url(&url, insecure).and_then(|()| {
+                    egress::Policy::destination(name, private)
+                        .check_url(&url)
+                        .map_err(|e| e.reason)
+                }) {
+                    Ok(()) => Some(url),
+                    Err(e) => {
+                        problems.push(Problem::at(line, key("url"), e));
+                        None
+                    }
+                },
+                // The URL may be a secret (chat webhooks): do not echo it.
+                Err(e) => {
+                    problems.push(Problem::at(
+                        line,
+                        key("url"),
+                        format!("not a valid URL ({e})"),
+                    ));
+                    None
+                }
+            }
+        };
+    let (own_retry, allow_private) = match raw {
+        RawDestination::Webhook(w) => (w.retry.as_ref(), w.allow_private),
+        RawDestination::Email(e) => (e.retry.as_ref(), false),
+        RawDestination::Slack(c)
+        | RawDestination::Teams(c)
+        | RawDestination::Discord(c)
+        | RawDestination::GoogleChat(c) => (c.retry.as_ref(), c.allow_private),
+    };
+    let retry = match own_retry {
+        Some(r) => retry(r, line, &key("retry"), problems),
+        None => default_retry.clone(),
+    };
+    let mut concurrency = 1;
+    let target = match raw {
+        RawDestination::Webhook(w) => {
+            let url = parse_url(&w.url, w.allow_insecure_http, w.allow_private, problems);
+            let mut secrets = Vec::new();
+            for (i, s) in w.secret.as_slice().iter().enumerate() {
+                let skey = format!("{}[{i}]", key("secret"));
+                if let Some(why) = placeholder::placeholder(s) {
+                    problems.push(Problem::at(line, skey, why));
+                    continue;
+                }
+                if placeholder::is_published_webhook_secret(s)
+                    && !url.as_ref().is_some_and(is_loopback)
+                {
+                    problems.push(Problem::at(
+                        line,
+                        skey.clone(),
+                        placeholder::published_secret_message(),
+                    ));
+                }
+                match Secret::parse(s) {
+                    Ok(sec) => secrets.push(sec),
+                    Err(e) => problems.push(Problem::at(line, skey, e.to_string())),
+                }
+            }
+            let mut headers = Vec::new();
+            for (h, v) in &w.headers {
+                let hkey = format!("{}.{h}", key("headers"));
+                check_placeholder(v, line, &hkey, problems);
+                match (
+                    reqwest::header::HeaderName::from_bytes(h.as_bytes()),
+                    reqwest::header::HeaderValue::from_str(v),
+                ) {
+                    (Ok(hn), Ok(hv)) => headers.push((hn, hv)),
+                    _ => problems.push(Problem::at(line, hkey, "not a valid HTTP header")),
+                }
+            }
+            concurrency = w.concurrency.unwrap_or(DEFAULT_WEBHOOK_CONCURRENCY).max(1);
+            let timeout = duration_or(
+                w.timeout.as_ref(),
+                DEFAULT_HTTP_TIMEOUT,
+                line,
+                &key("timeout"),
+                problems,
+            );
+            url.map(|url| {
+                Target::Webhook(WebhookTarget {
+                    name: name.to_string(),
+                    url,
+                    secrets,
+                    headers,
+                    timeout,
+                })
+            })
+        }
+        RawDestination::Email(e) => {
+            concurrency = e.concurrency.unwrap_or(DEFAULT_EMAIL_CONCURRENCY).max(1);
+            if smtp_from.is_none() {
+                problems.push(Problem::at(
+                    line,
+                    format!("destinations.{name}"),
+                    "email destinations need an smtp: section",
+                ));
+            }
+            // Its own `from:` is checked here; an inherited `smtp.from` was checked at its key.
+            let from = match (&e.from, smtp_from) {
+                (Some(own), _) => {
+                    if let Err(err) = validate_address(own) {
+                        problems.push(Problem::at(line, key("from"), err));
+                    }
+                    own.to_string()
+                }
+                (None, Some(inherited)) => inherited.to_string(),
+                (None, None) => {
+                    problems.push(Problem::at(
+                        line,
+                        key("from"),
+                        "an email destination needs an smtp: section (or its own from:)",
+                    ));
+                    String::new()
+                }
+            };
+            let recipients = e.to.as_slice();
+            if recipients.is_empty() {
+                problems.push(Problem::at(line, key("to"), "needs at least one recipient"));
+            }
+            let mut to = Vec::with_capacity(recipients.len());
+            for (i, r) in recipients.iter().enumerate() {
+                let rkey = format!("{}[{i}]", key("to"));
+                if !r.contains("{{") {
+                    if let Err(err) = validate_address(r) {
+                        problems.push(Problem::at(line, rkey.clone(), err));
+                    }
+                }
+                to.push(InlineTemplate {
+                    name: format!("destination:{name}:to:{i}"),
+                    source: r.to_string(),
+                    key: rkey,
+                    line,
+                });
+            }
+            let subject = InlineTemplate {
+                name: format!("destination:{name}:subject"),
+                source: e.subject.to_string(),
+                key: key("subject"),
+                line,
+            };
+            let template = TemplateFile {
+                base: e.template.to_string(),
+                part: TemplatePart::EmailBody,
+                key: key("template"),
+                line,
+            };
+            config.inline_templates.extend(to.iter().cloned());
+            config.inline_templates.push(subject.clone());
+            config.template_files.push(template.clone());
+            Some(Target::Email {
+                to,
+                subject,
+                template,
+                from,
+                reply_to: e.reply_to.as_ref().map(|r| r.to_string()),
+            })
+        }
+        RawDestination::Slack(c)
+        | RawDestination::Teams(c)
+        | RawDestination::Discord(c)
+        | RawDestination::GoogleChat(c) => {
+            let kind = match raw {
+                RawDestination::Slack(_) => ChatKind::Slack,
+                RawDestination::Teams(_) => ChatKind::Teams,
+                RawDestination::Discord(_) => ChatKind::Discord,
+                _ => ChatKind::GoogleChat,
+            };
+            let template = TemplateFile {
+                base: c.template.to_string(),
+                part: TemplatePart::ChatText,
+                key: key("template"),
+                line,
+            };
+            config.template_files.push(template.clone());
+            let timeout = duration_or(
+                c.timeout.as_ref(),
+                DEFAULT_HTTP_TIMEOUT,
+                line,
+                &key("timeout"),
+                problems,
+            );
+            parse_url(&c.url, c.allow_insecure_http, c.allow_private, problems).map(|url| {
+                Target::Chat {
+                    kind,
+                    url,
+                    template,
+                    timeout,
+                }
+            })
+        }
+    };
+    target.map(|target| Destination {
+        name: name.to_string(),
+        target,
+        retry,
+        concurrency,
+        allow_private,
+    })
+}
