@@ -1,10 +1,10 @@
 //! The engine: everything a notifier runs with for one compiled config — the store, the API
 //! client and the deliverer — built in one place, for `run`, each reload, `once` and the tests.
 
-use crate::commands::Settings;
 use crate::config::{self, Base};
 use crate::daemon::events::Events;
 use crate::daemon::intake::OutboxIntake;
+use crate::daemon::settings::Settings;
 use crate::deliver::email::Mailer;
 use crate::deliver::Deliverer;
 use crate::ingest::client::Client;
