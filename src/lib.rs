@@ -1,28 +1,27 @@
 //! clinicea-notifier: signed, reliable webhooks, chat messages and staff emails for Clinicea.
 //!
-//! The pipeline, one module per capability:
+//! The pipeline, one folder per stage. Data flows down this map, and a module imports only its own
+//! stage or the stages above it here (`tests/it/layers.rs` checks it):
 //!
 //! ```text
-//!  config ──► clinicea (poll a resource, page by page)
-//!                 │
-//!                 ▼
-//!               diff (against the last version in store) ──► model::Change
-//!                 │
-//!                 ▼
-//!               rules (which destinations get it) ──► render (body rendered once)
-//!                 │
-//!                 ▼
-//!               store (snapshots + changes + outbox entries of a page: one sled transaction)
-//!                 │
-//!                 ▼
-//!               deliver (per-destination workers) ──► webhook | email | chat
-//!                 │                                       │
-//!                 └── retries, attempts log, dead letters ◄┘
-//! ```
+//!  foundation   model (Change, change_id) · config (YAML → validated settings) ·
+//!               net (egress rules, Retry-After, scrubbing, mail addresses) · telemetry
+//!      │
+//!  ingest       client (one page of the API) → walk (the pages of a window) → poll (passes,
+//!      │        checkpoint) → diff (record vs. last seen) ⇒ changes, handed to the Intake port
+//!  route        rules (which destinations) → render / chat (templates, bodies) → plan
+//!      │
+//!  outbox       entry (typed entries, dead letters, attempt logs) · store (sled: snapshots,
+//!      │        journal and outbox of a chunk in one transaction)
+//!  deliver      worker (the one scheduler) → attempt (the step) → webhook | email | chat,
+//!      │        judged by outcome (Success / Retry / Fail)
+//!  daemon       run, reload, signals · engine (the one constructor) · settings (compiled all the
+//!      │        way) · intake (ingest's port over route and outbox) · health · events
+//!  commands     once, check, test-rule, status, dead, purge, verify
 //!
-//! `sandbox` is a simulated Clinicea API for tests, rehearsals and the demo; `catcher` is a small
-//! SMTP server; `demo` runs the sandbox, a receiver, the catcher and the notifier in one process;
-//! `telemetry` sets up logs and metrics.
+//!  kit          sandbox (a simulated Clinicea), catcher (an SMTP server), demo: beside the
+//!               pipeline, which never imports it
+//! ```
 
 pub mod commands;
 pub mod config;

@@ -1,3 +1,5 @@
+//! Tests of the rule language: compiling, matching, explaining.
+
 use super::*;
 use crate::model::DEFAULT_SOURCE;
 use serde_json::json;
