@@ -625,6 +625,7 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::7f00:1",
             "",
+            "localhost.evil.example",
         ] {
             assert!(!is_loopback_host(h), "{h}");
         }
@@ -647,42 +648,5 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("smtp.allow_private"), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod loopback_tests {
-    use super::*;
-
-    #[test]
-    fn loopback_is_the_egress_rules_loopback_for_urls_and_hosts_alike() {
-        for h in [
-            "localhost",
-            "LOCALHOST",
-            "127.0.0.1",
-            "127.3.4.5",
-            "::1",
-            "[::1]",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_loopback_host(h), "{h}");
-            let bracketed = if h.contains(':') && !h.starts_with('[') {
-                format!("[{h}]")
-            } else {
-                h.to_string()
-            };
-            let url = url::Url::parse(&format!("http://{bracketed}/")).unwrap();
-            assert!(is_loopback_url(&url), "{url}");
-        }
-        for h in [
-            "smtp.example.com",
-            "10.0.0.5",
-            "127.0.0.1.nip.io",
-            "::2",
-            "",
-            "localhost.evil.example",
-        ] {
-            assert!(!is_loopback_host(h), "{h}");
-        }
     }
 }

@@ -395,6 +395,22 @@ fn tighten_at_open(path: &Path, loose: Option<Loose>) {
     }
 }
 
+/// One record's bytes in a tree keyed by source, resource and record id (the snapshots and the
+/// baseline's records are laid out alike).
+fn record_in(
+    tree: &sled::Tree,
+    source: &str,
+    resource: &str,
+    id: &str,
+) -> Result<Option<sled::IVec>> {
+    Ok(tree.get(key(&[source, resource, id]))?)
+}
+
+/// How many records of one resource a tree laid out as [`record_in`] reads holds.
+fn count_in(tree: &sled::Tree, source: &str, resource: &str) -> usize {
+    tree.scan_prefix(prefix(&[source, resource])).count()
+}
+
 impl Store {
     /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`. The folder and
     /// its files are made readable by this user only (see the module docs).
@@ -595,14 +611,12 @@ impl Store {
         resource: &str,
         id: &str,
     ) -> Result<Option<sled::IVec>> {
-        Ok(self.baseline_snapshots.get(key(&[source, resource, id]))?)
+        record_in(&self.baseline_snapshots, source, resource, id)
     }
 
     /// The number of records the baseline holds apart (before it is merged).
     pub fn baseline_snapshot_count(&self, source: &str, resource: &str) -> usize {
-        self.baseline_snapshots
-            .scan_prefix(prefix(&[source, resource]))
-            .count()
+        count_in(&self.baseline_snapshots, source, resource)
     }
 
     /// Moves the baseline's records into the snapshots, where no newer version is stored, and
@@ -673,14 +687,12 @@ impl Store {
         resource: &str,
         id: &str,
     ) -> Result<Option<sled::IVec>> {
-        Ok(self.snapshots.get(key(&[source, resource, id]))?)
+        record_in(&self.snapshots, source, resource, id)
     }
 
     /// The number of stored snapshots of a resource.
     pub fn snapshot_count(&self, source: &str, resource: &str) -> usize {
-        self.snapshots
-            .scan_prefix(prefix(&[source, resource]))
-            .count()
+        count_in(&self.snapshots, source, resource)
     }
 
     /// Atomically writes a page's snapshots, change journal entries, outbox entries and dead letters.
