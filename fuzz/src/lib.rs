@@ -4,7 +4,7 @@
 //! Each body panics only when an invariant breaks: parsing never panics, a record compared with
 //! itself is never a change, and a change's id is stable.
 
-use clinicea_notifier::commands;
+use clinicea_notifier::daemon::settings;
 use clinicea_notifier::config;
 use clinicea_notifier::ingest::{client, diff};
 use clinicea_notifier::route::rules;
@@ -42,7 +42,7 @@ pub fn config_parse(data: &[u8]) {
     let file = Path::new("/nonexistent-fuzz-dir/clinicea-notifier.yaml");
     match config::load_str(text, file, &vars) {
         Ok(cfg) => {
-            if let Err(e) = commands::compile(cfg) {
+            if let Err(e) = settings::compile(cfg) {
                 assert!(!e.problems.is_empty(), "a failed compile names a problem");
                 let _ = e.to_string();
             }
