@@ -4,8 +4,8 @@
 //! Each body panics only when an invariant breaks: parsing never panics, a record compared with
 //! itself is never a change, and a change's id is stable.
 
-use clinicea_notifier::commands;
-use clinicea_notifier::config;
+use clinicea_notifier::config::{self, yaml_options, RuleSpec};
+use clinicea_notifier::daemon::settings;
 use clinicea_notifier::ingest::{client, diff};
 use clinicea_notifier::route::rules;
 use std::collections::HashMap;
@@ -42,7 +42,7 @@ pub fn config_parse(data: &[u8]) {
     let file = Path::new("/nonexistent-fuzz-dir/clinicea-notifier.yaml");
     match config::load_str(text, file, &vars) {
         Ok(cfg) => {
-            if let Err(e) = commands::compile(cfg) {
+            if let Err(e) = settings::compile(cfg) {
                 assert!(!e.problems.is_empty(), "a failed compile names a problem");
                 let _ = e.to_string();
             }
@@ -54,8 +54,8 @@ pub fn config_parse(data: &[u8]) {
     }
     // The rule language on its own, too.
     if let Ok(specs) = serde_saphyr::from_str_with_options::<
-        Vec<serde_saphyr::Spanned<rules::RuleSpec>>,
-    >(text, rules::yaml_options())
+        Vec<serde_saphyr::Spanned<RuleSpec>>,
+    >(text, yaml_options())
     {
         let d = vec!["a".to_string(), "b".to_string()];
         let r = vec!["leads".to_string(), "patients".to_string()];

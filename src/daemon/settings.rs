@@ -19,7 +19,7 @@ pub struct Settings {
     /// Rules, templates and destinations.
     pub pipeline: Arc<Pipeline>,
     /// The SMTP server, when email destinations exist.
-    pub smtp: Option<SmtpSettings>,
+    pub(crate) smtp: Option<SmtpSettings>,
 }
 
 /// Loads and compiles a config file with the process environment.

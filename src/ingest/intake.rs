@@ -13,12 +13,12 @@ use std::future::Future;
 
 /// One diffed chunk of a page: the snapshots to store and the changes they carry.
 #[derive(Debug, Default)]
-pub struct DiffedChunk {
+pub(crate) struct DiffedChunk {
     /// New snapshot versions, in the order read: (record id, record JSON; a deleted record as its
     /// tombstone).
-    pub snapshots: Vec<(String, Vec<u8>)>,
+    pub(crate) snapshots: Vec<(String, Vec<u8>)>,
     /// The changes detected, in the order read.
-    pub changes: Vec<Change>,
+    pub(crate) changes: Vec<Change>,
 }
 
 /// What a poll needs from the stages after it. Every method names the source and the resource
