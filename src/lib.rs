@@ -24,6 +24,8 @@
 //! SMTP server; `demo` runs the sandbox, a receiver, the catcher and the notifier in one process;
 //! `telemetry` sets up logs and metrics.
 
+#![warn(unreachable_pub)]
+
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -188,20 +188,6 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Looks up a dotted path (`Patient.Address.City`, or `Items.0.Name` for arrays) in a JSON value.
-/// A path that exists with a JSON `null` returns `Some(&Value::Null)`; a missing one returns `None`.
-pub(crate) fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut cur = v;
-    for seg in path.split('.') {
-        cur = match cur {
-            Value::Object(map) => map.get(seg)?,
-            Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
-}
-
 /// How one delivery attempt ended, sorted the way the retry machinery needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "lowercase")]
@@ -282,14 +268,5 @@ mod tests {
             a.change_id(&IdKey::ephemeral())
         );
         assert_eq!(format!("{k1:?}"), "IdKey(<redacted>)");
-    }
-
-    #[test]
-    fn dotted_paths() {
-        let v = json!({"a": {"b": [10, {"c": null}]}});
-        assert_eq!(get_path(&v, "a.b.0"), Some(&json!(10)));
-        assert_eq!(get_path(&v, "a.b.1.c"), Some(&Value::Null));
-        assert_eq!(get_path(&v, "a.x"), None);
-        assert_eq!(get_path(&v, "a.b.x"), None);
     }
 }

@@ -12,7 +12,7 @@ pub(crate) struct SecretString(String);
 
 impl SecretString {
     /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
+    pub(crate) fn new(s: impl Into<String>) -> Self {
         SecretString(s.into())
     }
     /// The secret itself, for the one place that sends it.
@@ -61,8 +61,6 @@ pub struct Clinicea {
     pub(crate) auth: AuthMode,
     /// Credentials for `auth: login`.
     pub(crate) login: Option<Login>,
-    /// Default poll interval.
-    pub(crate) poll_interval: Duration,
     /// How far back each poll re-reads.
     pub overlap: Duration,
     /// Where the first poll starts.

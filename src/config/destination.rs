@@ -77,7 +77,7 @@ pub enum Target {
 /// A template written inline in the config (an email subject, a recipient), with the name the
 /// template registry knows it by and the place `check` names when it is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InlineTemplate {
+pub struct InlineTemplate {
     /// Its name in the template registry (`destination:NAME:subject`, `destination:NAME:to:0`).
     pub(crate) name: String,
     /// The template source as written (after `${VAR}`).
@@ -91,7 +91,7 @@ pub(crate) struct InlineTemplate {
 /// A destination's template files, by base name: `new-lead` is `new-lead.txt.hbs` (and, for
 /// email, `new-lead.html.hbs` when it exists), from the templates folder or built in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TemplateFile {
+pub struct TemplateFile {
     /// The base name as written.
     pub(crate) base: String,
     /// What the template renders, which decides what must exist.

@@ -374,7 +374,6 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         api_key: SecretString::new(c.api_key.as_str()),
         auth: c.auth,
         login,
-        poll_interval,
         overlap,
         start_from,
         timezone: parse_tz(c.timezone.as_ref(), "clinicea.timezone", cline, problems),

@@ -22,15 +22,11 @@ pub(crate) mod secret;
 pub(crate) mod smtp;
 pub(crate) mod vars;
 
-pub(crate) use base::{
-    defaults, Base, Clinicea, Login, Resource, SecretString, StartFrom, StoreSettings,
-    DEFAULT_LOGIN_PATH, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
-};
+pub(crate) use base::{defaults, Base, Clinicea, Resource, SecretString, StartFrom, StoreSettings};
 pub use destination::{ChatKind, Destination, Target, WebhookTarget};
 pub use load::{env_vars, load, load_str, Config};
 pub use problem::{line_of, ConfigError, Problem};
 pub use raw::{parse_duration, yaml_options, AuthMode, RuleSpec, SmtpTls, Text, MAX_DURATION};
-pub(crate) use retry::RetryPolicy;
 pub use secret::Secret;
 pub use smtp::SmtpSettings;
 

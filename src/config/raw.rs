@@ -143,11 +143,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub(crate) struct Dur(Text);
 
 impl Dur {
-    /// A duration written as `text` (tests).
-    pub fn new(text: impl Into<String>) -> Dur {
-        Dur(Text::new(text))
-    }
-
     /// The text as written (substituted, after the `${VAR}` pass).
     pub(crate) fn text(&self) -> &Text {
         &self.0

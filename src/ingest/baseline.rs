@@ -47,7 +47,7 @@ pub(crate) const BASELINE_LOG_EVERY_PAGES: u64 = 50;
 
 /// What one run of the baseline read (a resumed baseline counts only what it read this time).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Read {
+pub struct Read {
     /// Pages stored.
     pub(crate) pages: u64,
     /// Records stored, sending nothing.

@@ -216,7 +216,7 @@ impl Client {
     /// Builds a client for a validated `clinicea:` section. The base URL's name is resolved
     /// through the egress rules: a link-local, metadata or (without `clinicea.allow_private`)
     /// private address is refused before connecting.
-    pub fn new(cfg: &Clinicea) -> anyhow::Result<Client> {
+    pub(crate) fn new(cfg: &Clinicea) -> anyhow::Result<Client> {
         let builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))

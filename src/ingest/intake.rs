@@ -13,7 +13,7 @@ use std::future::Future;
 
 /// One diffed chunk of a page: the snapshots to store and the changes they carry.
 #[derive(Debug, Default)]
-pub(crate) struct DiffedChunk {
+pub struct DiffedChunk {
     /// New snapshot versions, in the order read: (record id, record JSON; a deleted record as its
     /// tombstone).
     pub(crate) snapshots: Vec<(String, Vec<u8>)>,

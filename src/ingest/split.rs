@@ -101,7 +101,7 @@ impl Default for ArraySplitter {
 
 impl ArraySplitter {
     /// A splitter at the start of a body.
-    pub fn new() -> ArraySplitter {
+    pub(crate) fn new() -> ArraySplitter {
         ArraySplitter {
             state: State::Start,
             buf: Vec::new(),

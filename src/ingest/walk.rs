@@ -73,7 +73,7 @@ pub(crate) struct PageWalk<'a, I> {
 
 impl<'a, I> PageWalk<'a, I> {
     /// A walk from page `first` of the window since `since`.
-    pub fn new(
+    pub(crate) fn new(
         ctx: &'a PollCtx<I>,
         res: &'a Resource,
         since: DateTime<Utc>,

@@ -151,11 +151,6 @@ impl CatcherHandle {
             self.shared.cleartext_auth_commands.load(Ordering::SeqCst),
         )
     }
-
-    /// Stops accepting connections.
-    pub(crate) fn shutdown(&self) {
-        self.task.abort();
-    }
 }
 
 /// Errors starting a catcher.

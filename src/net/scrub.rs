@@ -26,7 +26,7 @@ pub(crate) struct Scrubber {
 
 impl Scrubber {
     /// A scrubber that removes nothing yet.
-    pub fn new() -> Scrubber {
+    pub(crate) fn new() -> Scrubber {
         Scrubber::default()
     }
 

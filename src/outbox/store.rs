@@ -467,11 +467,6 @@ impl Store {
         }
     }
 
-    /// The store folder.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The key of this store's change ids (`webhook-id`, email `Message-ID`): made once, at the
     /// first open, and the same at every later open.
     pub fn id_key(&self) -> &IdKey {

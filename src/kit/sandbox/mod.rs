@@ -445,11 +445,6 @@ impl SandboxHandle {
         format!("http://{}", self.addr)
     }
 
-    /// The token that stops the server when cancelled (for tying it to a caller's shutdown).
-    pub(crate) fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
-    }
-
     /// Stops serving and waits until the server has shut down.
     pub(crate) async fn stop(mut self) {
         self.cancel.cancel();

@@ -110,7 +110,7 @@ pub(super) struct Table {
 }
 
 impl Table {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Table {
             slots: Vec::new(),
             current: Fenwick::new(),

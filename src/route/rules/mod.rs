@@ -592,11 +592,13 @@ impl RuleSet {
     }
 
     /// Every rule's name in file order, disabled rules included.
+    #[cfg(test)]
     pub(crate) fn rule_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.rules.iter().map(|r| r.name.as_str())
     }
 
     /// Whether the named rule exists and is enabled.
+    #[cfg(test)]
     pub(crate) fn is_enabled(&self, name: &str) -> bool {
         self.rules.iter().any(|r| r.name == name && r.enabled)
     }
@@ -607,7 +609,7 @@ impl RuleSet {
     }
 
     /// Whether there are no rules at all.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 }

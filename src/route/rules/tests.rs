@@ -852,3 +852,13 @@ fn yaml_1_1_booleans_and_leading_zeros_need_the_recommended_options() {
         serde_saphyr::from_str_with_options(yaml, yaml_options()).unwrap();
     assert_eq!(compile(&strict, &ctx).unwrap().route(&c).len(), 1);
 }
+
+#[test]
+fn dotted_paths() {
+    let get = |v, p| Path::parse(p).unwrap().in_value(v).cloned();
+    let v = json!({"a": {"b": [10, {"c": null}]}});
+    assert_eq!(get(&v, "a.b.0"), Some(json!(10)));
+    assert_eq!(get(&v, "a.b.1.c"), Some(Value::Null));
+    assert_eq!(get(&v, "a.x"), None);
+    assert_eq!(get(&v, "a.b.x"), None);
+}
