@@ -484,12 +484,6 @@ impl Store {
         Ok(())
     }
 
-    /// Writes everything buffered to disk (blocking).
-    pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
-    }
-
     // --- checkpoints and poll status ------------------------------------------------------
 
     /// The checkpoint of a resource, if it has ever been polled.
