@@ -61,7 +61,7 @@ pub struct Config {
 }
 
 /// The process environment as a map, for [`load`].
-pub fn env_vars() -> HashMap<String, String> {
+pub(crate) fn env_vars() -> HashMap<String, String> {
     std::env::vars().collect()
 }
 

@@ -24,9 +24,11 @@ pub(crate) mod vars;
 
 pub(crate) use base::{defaults, Base, Clinicea, Resource, SecretString, StartFrom, StoreSettings};
 pub use destination::{ChatKind, Destination, Target, WebhookTarget};
-pub use load::{env_vars, load, load_str, Config};
+pub(crate) use load::env_vars;
+pub use load::{load, load_str, Config};
 pub use problem::{line_of, ConfigError, Problem};
-pub use raw::{parse_duration, yaml_options, AuthMode, RuleSpec, SmtpTls, Text, MAX_DURATION};
+pub(crate) use raw::{parse_duration, AuthMode};
+pub use raw::{yaml_options, RuleSpec, SmtpTls, Text};
 pub use secret::Secret;
 pub use smtp::SmtpSettings;
 

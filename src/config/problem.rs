@@ -56,7 +56,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// The error for `problems` in `file`, sorted into file order (problems without a line
     /// first; the order they were found in is kept within a line).
-    pub fn new(file: impl Into<PathBuf>, mut problems: Vec<Problem>) -> ConfigError {
+    pub(crate) fn new(file: impl Into<PathBuf>, mut problems: Vec<Problem>) -> ConfigError {
         problems.sort_by_key(|p| p.line.unwrap_or(0));
         ConfigError {
             file: file.into(),

@@ -31,14 +31,6 @@ pub struct Text {
 }
 
 impl Text {
-    /// A text written nowhere in particular (tests, defaults).
-    pub fn new(value: impl Into<String>) -> Text {
-        Text {
-            value: value.into(),
-            line: 0,
-        }
-    }
-
     /// The string.
     pub fn as_str(&self) -> &str {
         &self.value
@@ -90,11 +82,11 @@ impl<'de> Deserialize<'de> for Text {
 /// The longest duration anything accepts, in a config file or on the command line: ten years.
 /// Longer is a typo, and would overflow the time arithmetic it feeds (a cutoff `now - age`, a
 /// deadline `now + wait`). Keys where less makes sense have their own, smaller bound.
-pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Parses `30s`, `5m`, `2h`, `1d`, `250ms`, or a combination such as `1h30m`; at most
 /// [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
@@ -234,7 +226,7 @@ pub(crate) struct RawConfig {
 /// How the API key is presented to Clinicea.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AuthMode {
+pub(crate) enum AuthMode {
     /// The vendor doc's header `api: KEY`.
     #[default]
     Header,

@@ -23,7 +23,7 @@ pub struct Settings {
 }
 
 /// Loads and compiles a config file with the process environment.
-pub fn load_settings(path: &Path) -> Result<Settings, ConfigError> {
+pub(crate) fn load_settings(path: &Path) -> Result<Settings, ConfigError> {
     load_settings_with(path, &config::env_vars())
 }
 

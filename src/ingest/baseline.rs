@@ -47,7 +47,7 @@ pub(crate) const BASELINE_LOG_EVERY_PAGES: u64 = 50;
 
 /// What one run of the baseline read (a resumed baseline counts only what it read this time).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Read {
+pub(crate) struct Read {
     /// Pages stored.
     pub(crate) pages: u64,
     /// Records stored, sending nothing.
@@ -55,7 +55,7 @@ pub struct Read {
 }
 
 /// Runs (or resumes) a resource's baseline to its end, and marks it finished.
-pub async fn run<I: Intake>(
+pub(crate) async fn run<I: Intake>(
     ctx: &PollCtx<I>,
     res: &Resource,
     mut b: Baseline,

@@ -72,7 +72,7 @@ pub struct Baseline {
 
 impl Baseline {
     /// A baseline about to read from `since`, starting at page `first_page`.
-    pub fn new(since: DateTime<Utc>, first_page: u32, started: DateTime<Utc>) -> Baseline {
+    pub(crate) fn new(since: DateTime<Utc>, first_page: u32, started: DateTime<Utc>) -> Baseline {
         Baseline {
             since,
             next_page: first_page,

@@ -1036,7 +1036,7 @@ impl FaultSpec {
 impl Sandbox {
     /// A sandbox with its initial records generated (this takes a while for millions of
     /// records; [`Sandbox::start`] does it off the async runtime).
-    pub fn new(opts: SandboxOptions) -> Sandbox {
+    pub(crate) fn new(opts: SandboxOptions) -> Sandbox {
         let start = opts.start.unwrap_or_else(|| Utc::now() + opts.clock_offset);
         let mut state = Inner {
             tz: opts.timezone,
