@@ -15,9 +15,9 @@
 //! loop is bounded.
 
 use axum::body::Bytes;
-use clinicea_notifier::daemon::settings::load_settings_with;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::daemon::events::Events;
+use clinicea_notifier::daemon::settings::load_settings_with;
 use clinicea_notifier::deliver::{Deliverer, Event};
 use clinicea_notifier::ingest::poll;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};

@@ -53,10 +53,10 @@ pub fn config_parse(data: &[u8]) {
         }
     }
     // The rule language on its own, too.
-    if let Ok(specs) = serde_saphyr::from_str_with_options::<
-        Vec<serde_saphyr::Spanned<RuleSpec>>,
-    >(text, yaml_options())
-    {
+    if let Ok(specs) = serde_saphyr::from_str_with_options::<Vec<serde_saphyr::Spanned<RuleSpec>>>(
+        text,
+        yaml_options(),
+    ) {
         let d = vec!["a".to_string(), "b".to_string()];
         let r = vec!["leads".to_string(), "patients".to_string()];
         let _ = rules::compile(

@@ -1,8 +1,8 @@
 //! `purge`: erase everything stored about one record (an erasure request).
 
 use super::open_store_for_cli;
-use crate::daemon::settings::{load_settings, Settings};
 use crate::config;
+use crate::daemon::settings::{load_settings, Settings};
 use std::path::Path;
 use std::process::ExitCode;
 

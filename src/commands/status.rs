@@ -2,8 +2,8 @@
 //! retrying and dead; read from the store.
 
 use super::{open_store_for_cli, terminal_safe};
-use crate::daemon::settings::{load_settings, Settings};
 use crate::daemon::health::stale_after;
+use crate::daemon::settings::{load_settings, Settings};
 use crate::outbox::store::Store;
 use chrono::Utc;
 use std::collections::HashMap;

@@ -87,7 +87,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// Checks the message `args` name against `secret` at Unix time `now` (the message's own time
 /// with `--ignore-time`): what `verify` prints, and whether the signature matched.
-pub(crate) fn verify_text(args: &VerifyArgs, secret: &Secret, now: i64) -> anyhow::Result<(String, bool)> {
+pub(crate) fn verify_text(
+    args: &VerifyArgs,
+    secret: &Secret,
+    now: i64,
+) -> anyhow::Result<(String, bool)> {
     let mut id = args.id.clone();
     let mut ts = args.timestamp.clone();
     let mut sig = args.signature.clone();

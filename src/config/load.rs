@@ -91,7 +91,10 @@ fn checked(file: &Path, (config, problems): (Config, Vec<Problem>)) -> Result<Co
 
 /// Reads and parses a config file, `${VAR}` substituted from `vars`. A file that cannot be read
 /// or parsed, or a variable that is not set, stops here: nothing after it could be judged.
-pub(crate) fn parse_file(file: &Path, vars: &HashMap<String, String>) -> Result<RawConfig, ConfigError> {
+pub(crate) fn parse_file(
+    file: &Path,
+    vars: &HashMap<String, String>,
+) -> Result<RawConfig, ConfigError> {
     let fail = |message: String| ConfigError::new(file, vec![Problem::at(None, "config", message)]);
     let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {

@@ -20,7 +20,11 @@ pub struct Problem {
 
 impl Problem {
     /// A problem at a known line.
-    pub(crate) fn at(line: Option<u64>, key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn at(
+        line: Option<u64>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem {
             line,
             key: key.into(),

@@ -271,7 +271,11 @@ fn bounded(s: String) -> String {
 /// [`discord_body_retry_after`]); each bounded by [`MAX_RETRY_AFTER`]. `X-RateLimit-Reset` (a
 /// Unix time) is not read: it says the same as `X-RateLimit-Reset-After`, but through two clocks,
 /// so any skew between them would lengthen the wait.
-pub(crate) fn discord_retry_after(headers: &HeaderMap, body: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn discord_retry_after(
+    headers: &HeaderMap,
+    body: &str,
+    now: SystemTime,
+) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     [
         retry_after_header(headers, now),

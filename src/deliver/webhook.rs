@@ -151,7 +151,9 @@ pub(crate) fn verify(
 /// link-local, metadata or (without `allow_private`) private address fails before connecting.
 /// Proxy settings from the environment (`HTTPS_PROXY`, ...) are honoured as usual. Fails only if
 /// the TLS backend cannot start.
-pub(crate) fn client(egress: crate::net::egress::Policy) -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn client(
+    egress: crate::net::egress::Policy,
+) -> Result<reqwest::Client, reqwest::Error> {
     crate::net::egress::guard(client_builder(), egress).build()
 }
 

@@ -409,9 +409,9 @@ mod queue_tests {
 mod panic_tests {
     use super::*;
     use crate::config::retry::RetryPolicy;
+    use crate::config::{Destination, Secret, Target, WebhookTarget};
     use crate::deliver::attempt::PANIC_REASON;
-    use crate::config::{Secret, WebhookTarget};
-    use crate::deliver::{Destination, Target, TestFault};
+    use crate::deliver::TestFault;
     use crate::outbox::entry::OutboxEntry;
     use crate::outbox::store::Store;
     use crate::route::plan::Payload;
@@ -424,9 +424,7 @@ mod panic_tests {
             target: Target::Webhook(WebhookTarget {
                 name: "hooks".into(),
                 url: url::Url::parse("http://127.0.0.1:9/hook").unwrap(),
-                secrets: vec![
-                    Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
-                ],
+                secrets: vec![Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()],
                 headers: vec![],
                 timeout: Duration::from_secs(1),
             }),

@@ -81,7 +81,12 @@ pub(crate) fn tombstone(id_field: &str, id: &str) -> Vec<u8> {
 
 /// For a stored snapshot: the [`tombstone`] to keep instead, when it is a deleted record kept
 /// whole (what older versions stored); `None` when it is live or already reduced.
-pub(crate) fn reduce_stored(raw: &[u8], id_field: &str, status_field: &str, id: &str) -> Option<Vec<u8>> {
+pub(crate) fn reduce_stored(
+    raw: &[u8],
+    id_field: &str,
+    status_field: &str,
+    id: &str,
+) -> Option<Vec<u8>> {
     let v: Value = serde_json::from_slice(raw).ok()?;
     if !is_deleted(&v, status_field) {
         return None;

@@ -18,10 +18,10 @@
 //! different: it is the command's explicit output, and everything in it is made-up sandbox data,
 //! so it shows names in email subjects and chat text there (and only there; logs are unchanged).
 
-use crate::daemon::settings::load_settings_with;
+use crate::config::Secret;
 use crate::daemon::events::{Event, Events, Subscription};
 use crate::daemon::intake::PollEvent;
-use crate::config::Secret;
+use crate::daemon::settings::load_settings_with;
 use crate::deliver::webhook;
 use crate::deliver::Event as Delivery;
 use crate::kit::catcher::{Catcher, CatcherHandle, CatcherOptions};

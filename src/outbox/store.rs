@@ -635,7 +635,12 @@ impl Store {
     }
 
     /// Records the last poll's status (not flushed on its own: it is informational).
-    pub(crate) fn set_poll_status(&self, source: &str, resource: &str, st: &PollStatus) -> Result<()> {
+    pub(crate) fn set_poll_status(
+        &self,
+        source: &str,
+        resource: &str,
+        st: &PollStatus,
+    ) -> Result<()> {
         self.polls.insert(key(&[source, resource]), encode(st))?;
         Ok(())
     }
@@ -943,7 +948,12 @@ impl Store {
     }
 
     /// Replaces an outbox entry (after a failed attempt: attempts and next time updated).
-    pub(crate) fn outbox_put(&self, destination: &str, seq: u64, entry: &OutboxEntry) -> Result<()> {
+    pub(crate) fn outbox_put(
+        &self,
+        destination: &str,
+        seq: u64,
+        entry: &OutboxEntry,
+    ) -> Result<()> {
         self.outbox
             .insert(outbox_key(destination, seq), encode(entry))?;
         Ok(())
@@ -1067,7 +1077,12 @@ impl Store {
     }
 
     /// Moves a dead letter back into a destination's outbox in one transaction.
-    pub(crate) fn dead_to_outbox(&self, seq: u64, destination: &str, entry: &OutboxEntry) -> Result<()> {
+    pub(crate) fn dead_to_outbox(
+        &self,
+        seq: u64,
+        destination: &str,
+        entry: &OutboxEntry,
+    ) -> Result<()> {
         let k = outbox_key(destination, seq);
         let entry = encode(entry);
         let res: std::result::Result<(), TransactionError<()>> = (&self.outbox, &self.dead)

@@ -126,7 +126,12 @@ impl Pipeline {
 
     /// [`Pipeline::plan`] for the routes of `change` already found (`self.rules.route(change)`),
     /// for a caller that needs the routes as well.
-    pub(crate) fn plan_routes(&self, change: &Change, routes: &[Route], id_key: &IdKey) -> Vec<Planned> {
+    pub(crate) fn plan_routes(
+        &self,
+        change: &Change,
+        routes: &[Route],
+        id_key: &IdKey,
+    ) -> Vec<Planned> {
         let mut out = Vec::with_capacity(routes.len());
         // Hashed at most once, and only when an email destination needs it.
         let change_id = std::cell::OnceCell::new();

@@ -7,8 +7,8 @@
 //! connected to, so a broken guard would fail locally rather than reach another machine.
 
 use crate::support::*;
-use clinicea_notifier::daemon::settings::load_settings_with;
 use clinicea_notifier::config::{Secret, WebhookTarget};
+use clinicea_notifier::daemon::settings::load_settings_with;
 use clinicea_notifier::deliver::webhook;
 use clinicea_notifier::model::Verdict;
 use clinicea_notifier::net::egress::{GuardedResolver, Policy};

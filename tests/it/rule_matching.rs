@@ -4,8 +4,8 @@
 
 use crate::support::*;
 use chrono::Utc;
-use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
 use clinicea_notifier::config::{yaml_options, RuleSpec};
+use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
 use clinicea_notifier::route::rules::{self, CompileContext, RuleSet};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};

@@ -227,7 +227,8 @@ pub enum Resource {
 
 impl Resource {
     /// Every resource.
-    pub(crate) const ALL: [Resource; 3] = [Resource::Leads, Resource::Patients, Resource::Appointments];
+    pub(crate) const ALL: [Resource; 3] =
+        [Resource::Leads, Resource::Patients, Resource::Appointments];
 
     /// The resource's name: `leads`, `patients` or `appointments`.
     pub(crate) fn name(self) -> &'static str {

@@ -176,7 +176,12 @@ impl Table {
 
     /// The records changed at or after `since` (all when `None`), in change order, skipping the
     /// first `skip` of them and returning at most `limit`.
-    pub(crate) fn page(&self, since: Option<DateTime<Utc>>, skip: usize, limit: usize) -> Vec<&str> {
+    pub(crate) fn page(
+        &self,
+        since: Option<DateTime<Utc>>,
+        skip: usize,
+        limit: usize,
+    ) -> Vec<&str> {
         let start = match since {
             Some(since) => self.slots.partition_point(|s| s.at < since),
             None => 0,

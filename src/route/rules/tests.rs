@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::raw::yaml_options;
+use crate::config::yaml_options;
 use crate::model::DEFAULT_SOURCE;
 use serde_json::json;
 

@@ -22,9 +22,9 @@ pub use store::{
 
 use axum::body::Bytes;
 use axum::response::IntoResponse;
-use clinicea_notifier::daemon::settings::{load_settings_with, Settings};
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::daemon::events::Events;
+use clinicea_notifier::daemon::settings::{load_settings_with, Settings};
 use clinicea_notifier::ingest::ctx::PollError;
 use clinicea_notifier::ingest::poll::PollReport;
 use clinicea_notifier::kit::catcher::{Catcher, CatcherHandle, CatcherOptions};
