@@ -15,9 +15,9 @@
 //! loop is bounded.
 
 use axum::body::Bytes;
-use clinicea_notifier::commands;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::daemon::events::Events;
+use clinicea_notifier::daemon::settings::load_settings_with;
 use clinicea_notifier::deliver::{Deliverer, Event};
 use clinicea_notifier::ingest::poll;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
@@ -174,7 +174,7 @@ rules:\n  - name: everything\n    resource: leads\n    notify: [hook]\n"
 fn engine_in(dir: &Path, yaml: &str) -> Engine {
     let config = dir.join("clinicea-notifier.yaml");
     std::fs::write(&config, yaml).unwrap();
-    let settings = match commands::load_settings_with(&config, &HashMap::new()) {
+    let settings = match load_settings_with(&config, &HashMap::new()) {
         Ok(s) => s,
         Err(e) => panic!("bench config should load: {e}"),
     };

@@ -4,8 +4,9 @@
 //! Run with `cargo bench --bench rules`. One thread; prints changes/s and rule evaluations/s, where
 //! one rule evaluation is one rule considered for one change (50 per change).
 
+use clinicea_notifier::config::{yaml_options, RuleSpec};
 use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
-use clinicea_notifier::route::rules::{compile, yaml_options, CompileContext, RuleSpec};
+use clinicea_notifier::route::rules::{compile, CompileContext};
 use serde_json::Value;
 use serde_saphyr::Spanned;
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -23,6 +23,8 @@
 //!               pipeline, which never imports it
 //! ```
 
+#![warn(unreachable_pub)]
+
 pub mod commands;
 pub mod config;
 pub mod daemon;

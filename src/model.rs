@@ -76,7 +76,7 @@ pub struct Change {
 
 impl Change {
     /// The event type a webhook carries: `leads.added`, `appointments.modified`, ...
-    pub fn event_type(&self) -> String {
+    pub(crate) fn event_type(&self) -> String {
         format!("{}.{}", self.resource, self.kind)
     }
 
@@ -135,14 +135,14 @@ impl IdKey {
     }
 
     /// Fresh random key bytes (from the operating system's generator, through `rand`'s CSPRNG).
-    pub fn random_bytes() -> [u8; IdKey::LEN] {
+    pub(crate) fn random_bytes() -> [u8; IdKey::LEN] {
         let mut b = [0u8; IdKey::LEN];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
         b
     }
 
     /// A key of fresh random bytes that is kept nowhere (for `test-rule` without a store).
-    pub fn ephemeral() -> IdKey {
+    pub(crate) fn ephemeral() -> IdKey {
         IdKey::from_bytes(&IdKey::random_bytes())
     }
 }
@@ -188,20 +188,6 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Looks up a dotted path (`Patient.Address.City`, or `Items.0.Name` for arrays) in a JSON value.
-/// A path that exists with a JSON `null` returns `Some(&Value::Null)`; a missing one returns `None`.
-pub fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut cur = v;
-    for seg in path.split('.') {
-        cur = match cur {
-            Value::Object(map) => map.get(seg)?,
-            Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
-}
-
 /// How one delivery attempt ended, sorted the way the retry machinery needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "lowercase")]
@@ -224,7 +210,7 @@ pub enum Verdict {
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
-pub fn truncate_utf8(s: &str, max: usize) -> &str {
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -282,14 +268,5 @@ mod tests {
             a.change_id(&IdKey::ephemeral())
         );
         assert_eq!(format!("{k1:?}"), "IdKey(<redacted>)");
-    }
-
-    #[test]
-    fn dotted_paths() {
-        let v = json!({"a": {"b": [10, {"c": null}]}});
-        assert_eq!(get_path(&v, "a.b.0"), Some(&json!(10)));
-        assert_eq!(get_path(&v, "a.b.1.c"), Some(&Value::Null));
-        assert_eq!(get_path(&v, "a.x"), None);
-        assert_eq!(get_path(&v, "a.b.x"), None);
     }
 }

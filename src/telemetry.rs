@@ -23,7 +23,7 @@ pub enum LogFormat {
 
 /// The level other crates log at unless `RUST_LOG` names them: their debug output is not ours to
 /// vouch for (the template engine's logs every value it renders, HTTP clients log URLs).
-pub const THIRD_PARTY_LEVEL: &str = "warn";
+pub(crate) const THIRD_PARTY_LEVEL: &str = "warn";
 
 /// This crate's name as a log target.
 const OUR_TARGET: &str = "clinicea_notifier";
@@ -31,7 +31,7 @@ const OUR_TARGET: &str = "clinicea_notifier";
 /// The filter for a verbosity: 0 is info for this crate, each `-v` adds detail (debug, then
 /// trace), each `-q` removes it; other crates stay at [`THIRD_PARTY_LEVEL`] (or quieter with
 /// `-qq`). `RUST_LOG` overrides it (see [`filter_from_rust_log`]).
-pub fn filter_for(verbosity: i8) -> String {
+pub(crate) fn filter_for(verbosity: i8) -> String {
     match verbosity {
         i8::MIN..=-2 => "error".into(),
         -1 => "warn".into(),
@@ -47,7 +47,7 @@ pub fn filter_for(verbosity: i8) -> String {
 /// `hyper=trace`, `clinicea_notifier::ingest::poll=trace`) are kept as written: asking for a crate by name
 /// is the way to get its debug output. A span filter without a target (`[delivery]=trace`) is
 /// narrowed to this crate.
-pub fn filter_from_rust_log(rust_log: &str) -> String {
+pub(crate) fn filter_from_rust_log(rust_log: &str) -> String {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let rank = |l: &str| LEVELS.iter().position(|x| x.eq_ignore_ascii_case(l));
     let third = rank(THIRD_PARTY_LEVEL).unwrap_or(2);
@@ -108,7 +108,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process; the `metrics` facade is process-wide by
 /// design) and returns the handle that renders `/metrics`.
-pub fn metrics_handle() -> Option<PrometheusHandle> {
+pub(crate) fn metrics_handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()

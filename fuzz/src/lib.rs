@@ -4,8 +4,8 @@
 //! Each body panics only when an invariant breaks: parsing never panics, a record compared with
 //! itself is never a change, and a change's id is stable.
 
+use clinicea_notifier::config::{self, yaml_options, RuleSpec};
 use clinicea_notifier::daemon::settings;
-use clinicea_notifier::config;
 use clinicea_notifier::ingest::{client, diff};
 use clinicea_notifier::route::rules;
 use std::collections::HashMap;
@@ -53,10 +53,10 @@ pub fn config_parse(data: &[u8]) {
         }
     }
     // The rule language on its own, too.
-    if let Ok(specs) = serde_saphyr::from_str_with_options::<
-        Vec<serde_saphyr::Spanned<rules::RuleSpec>>,
-    >(text, rules::yaml_options())
-    {
+    if let Ok(specs) = serde_saphyr::from_str_with_options::<Vec<serde_saphyr::Spanned<RuleSpec>>>(
+        text,
+        yaml_options(),
+    ) {
         let d = vec!["a".to_string(), "b".to_string()];
         let r = vec!["leads".to_string(), "patients".to_string()];
         let _ = rules::compile(

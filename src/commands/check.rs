@@ -1,6 +1,6 @@
 //! `check`: validate the config, templates and environment, and print what would run.
 
-use super::{load_settings, Settings};
+use crate::daemon::settings::{load_settings, Settings};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -20,7 +20,7 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// A short, secret-free summary of what a config would run.
-pub fn summary(s: &Settings) -> String {
+pub(crate) fn summary(s: &Settings) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let c = &s.base.clinicea;

@@ -1,7 +1,8 @@
 //! `dead`: list, show, re-drive and purge dead letters.
 
-use super::{load_settings, open_store_for_cli, terminal_safe};
+use super::{open_store_for_cli, terminal_safe};
 use crate::daemon::maintain::cutoff_before;
+use crate::daemon::settings::load_settings;
 use crate::outbox::store::Store;
 use chrono::Utc;
 use std::path::Path;

@@ -14,8 +14,7 @@ pub mod verify;
 
 use crate::outbox::store::Store;
 
-/// Compiling a config all the way lives beside the engine that runs it; the commands use it.
-pub use crate::daemon::settings::{compile, load_settings, load_settings_with, Settings};
+use crate::daemon::settings::Settings;
 
 fn open_store_for_cli(settings: &Settings) -> anyhow::Result<Store> {
     Store::open(&settings.base.store.path, settings.base.store.cache_bytes).map_err(|e| match e {

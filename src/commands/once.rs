@@ -1,10 +1,10 @@
 //! `once`: poll every resource once, deliver until nothing is due now, keep the store to its
 //! retention periods, and exit (0 when every poll succeeded).
 
-use super::load_settings;
 use crate::daemon::engine::Engine;
 use crate::daemon::events::Events;
 use crate::daemon::maintain::maintain_store;
+use crate::daemon::settings::load_settings;
 use chrono::Utc;
 use std::fmt::Write;
 use std::path::Path;
@@ -25,7 +25,7 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Polls every resource once: a line per resource, and whether every poll succeeded.
-pub async fn poll_text(engine: &Engine) -> (String, bool) {
+pub(crate) async fn poll_text(engine: &Engine) -> (String, bool) {
     let mut out = String::new();
     let mut ok = true;
     for (name, r) in engine.poll_all().await {
@@ -63,7 +63,7 @@ pub async fn poll_text(engine: &Engine) -> (String, bool) {
 }
 
 /// Delivers everything due now, then applies the retention periods: what happened, as printed.
-pub async fn deliver_text(engine: &Engine) -> anyhow::Result<String> {
+pub(crate) async fn deliver_text(engine: &Engine) -> anyhow::Result<String> {
     let mut text = String::new();
     // A failed poll leaves its stored pages unflushed; nothing is sent before it is on disk.
     engine.store.flush().await?;

@@ -1,7 +1,8 @@
 //! `purge`: erase everything stored about one record (an erasure request).
 
-use super::{load_settings, open_store_for_cli, Settings};
+use super::open_store_for_cli;
 use crate::config;
+use crate::daemon::settings::{load_settings, Settings};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -10,10 +11,10 @@ use std::process::ExitCode;
 pub struct PurgeArgs {
     /// The resource key the record belongs to, as in the config (`leads`).
     #[arg(long)]
-    pub resource: String,
+    pub(crate) resource: String,
     /// The record's id.
     #[arg(long)]
-    pub id: String,
+    pub(crate) id: String,
 }
 
 /// `purge`: erase everything stored about one record (an erasure request). Exits 1 when nothing
@@ -43,7 +44,7 @@ pub async fn run(config: &Path, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// What `purge` prints, and whether anything was stored about the record.
-pub fn purge_text(
+pub(crate) fn purge_text(
     settings: &Settings,
     args: &PurgeArgs,
     erased: &crate::outbox::store::Erased,

@@ -1,8 +1,9 @@
 //! `status`: per resource, the checkpoint and the last poll; per destination, what is queued,
 //! retrying and dead; read from the store.
 
-use super::{load_settings, open_store_for_cli, terminal_safe, Settings};
+use super::{open_store_for_cli, terminal_safe};
 use crate::daemon::health::stale_after;
+use crate::daemon::settings::{load_settings, Settings};
 use crate::outbox::store::Store;
 use chrono::Utc;
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! `test-rule`: which rules match a change, why the others do not, and each delivery as it
 //! would be sent; nothing is sent.
 
-use super::{load_settings, Settings};
+use crate::daemon::settings::{load_settings, Settings};
 use crate::outbox::store::Store;
 use anyhow::Context;
 use chrono::Utc;
@@ -13,13 +13,13 @@ use std::process::ExitCode;
 pub struct TestRuleArgs {
     /// The resource key the record belongs to.
     #[arg(long)]
-    pub resource: String,
+    pub(crate) resource: String,
     /// A JSON file with the record as fetched now.
     #[arg(long)]
-    pub record: PathBuf,
+    pub(crate) record: PathBuf,
     /// A JSON file with the stored version before the change.
     #[arg(long)]
-    pub previous: Option<PathBuf>,
+    pub(crate) previous: Option<PathBuf>,
 }
 
 fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
@@ -43,7 +43,7 @@ pub fn run(config: &Path, args: &TestRuleArgs) -> anyhow::Result<ExitCode> {
 
 /// What `test-rule` prints for the record files in `args`: the change they make, which rules
 /// match it and why the others do not, and each delivery as it would be sent.
-pub fn test_rule_text(settings: &Settings, args: &TestRuleArgs) -> anyhow::Result<String> {
+pub(crate) fn test_rule_text(settings: &Settings, args: &TestRuleArgs) -> anyhow::Result<String> {
     let Some(res) = settings
         .base
         .resources
@@ -116,7 +116,7 @@ fn test_rule_id_key(settings: &Settings) -> (crate::model::IdKey, Option<String>
 }
 
 /// The text `test-rule` prints for a change; ids are derived with `id_key`.
-pub fn describe_test(
+pub(crate) fn describe_test(
     settings: &Settings,
     change: &crate::model::Change,
     id_key: &crate::model::IdKey,

@@ -1,15 +1,15 @@
 //! `verify`: check a Standard Webhooks signature, for people writing receivers.
 
-use crate::deliver::webhook::Secret;
+use crate::config::Secret;
 use anyhow::Context;
 use chrono::Utc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// The environment variable `verify` reads the secret from when no flag gives it.
-pub const VERIFY_SECRET_ENV: &str = "CLINICEA_WEBHOOK_SECRET";
+pub(crate) const VERIFY_SECRET_ENV: &str = "CLINICEA_WEBHOOK_SECRET";
 /// The older name of [`VERIFY_SECRET_ENV`], still read after it.
-pub const VERIFY_SECRET_ENV_OLD: &str = "WEBHOOK_SECRET";
+pub(crate) const VERIFY_SECRET_ENV_OLD: &str = "WEBHOOK_SECRET";
 
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
@@ -18,37 +18,37 @@ pub struct VerifyArgs {
     /// of the machine (`ps`) and stays in the shell history; use --secret-file or the
     /// CLINICEA_WEBHOOK_SECRET environment variable.
     #[arg(long, conflicts_with = "secret_file")]
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
     /// A file holding the endpoint's secret (`whsec_...`; surrounding whitespace is ignored).
     /// Without this and --secret, CLINICEA_WEBHOOK_SECRET (or WEBHOOK_SECRET) is read.
     #[arg(long)]
-    pub secret_file: Option<PathBuf>,
+    pub(crate) secret_file: Option<PathBuf>,
     /// The `webhook-id` header.
     #[arg(long)]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// The `webhook-timestamp` header.
     #[arg(long)]
-    pub timestamp: Option<String>,
+    pub(crate) timestamp: Option<String>,
     /// The `webhook-signature` header.
     #[arg(long)]
-    pub signature: Option<String>,
+    pub(crate) signature: Option<String>,
     /// A file of `name: value` header lines (as a receiver logged them) instead of the three flags.
     #[arg(long)]
-    pub headers_file: Option<PathBuf>,
+    pub(crate) headers_file: Option<PathBuf>,
     /// The body, as received.
     #[arg(long, conflicts_with = "body_file")]
-    pub body: Option<String>,
+    pub(crate) body: Option<String>,
     /// A file with the body, as received.
     #[arg(long)]
-    pub body_file: Option<PathBuf>,
+    pub(crate) body_file: Option<PathBuf>,
     /// Accept any timestamp age (for checking a logged request later).
     #[arg(long)]
-    pub ignore_time: bool,
+    pub(crate) ignore_time: bool,
 }
 
 /// The secret `verify` uses: `--secret-file`, else `--secret` (with a warning on stderr), else
 /// `env(CLINICEA_WEBHOOK_SECRET)`, else `env(WEBHOOK_SECRET)`. Errors never contain the secret.
-pub fn verify_secret(
+pub(crate) fn verify_secret(
     args: &VerifyArgs,
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Secret> {
@@ -87,7 +87,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// Checks the message `args` name against `secret` at Unix time `now` (the message's own time
 /// with `--ignore-time`): what `verify` prints, and whether the signature matched.
-pub fn verify_text(args: &VerifyArgs, secret: &Secret, now: i64) -> anyhow::Result<(String, bool)> {
+pub(crate) fn verify_text(
+    args: &VerifyArgs,
+    secret: &Secret,
+    now: i64,
+) -> anyhow::Result<(String, bool)> {
     let mut id = args.id.clone();
     let mut ts = args.timestamp.clone();
     let mut sig = args.signature.clone();

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 /// A secret string (API key, password): its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct SecretString(String);
+pub(crate) struct SecretString(String);
 
 impl SecretString {
     /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
+    pub(crate) fn new(s: impl Into<String>) -> Self {
         SecretString(s.into())
     }
     /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -29,7 +29,7 @@ impl fmt::Debug for SecretString {
 
 /// Where the first poll starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartFrom {
+pub(crate) enum StartFrom {
     /// Nothing from before the first start is sent.
     Now,
     /// Backfill from this instant.
@@ -38,132 +38,130 @@ pub enum StartFrom {
 
 /// Staff credentials for `auth: login`.
 #[derive(Debug, Clone)]
-pub struct Login {
+pub(crate) struct Login {
     /// Staff user name.
-    pub username: String,
+    pub(crate) username: String,
     /// Staff password.
-    pub password: SecretString,
+    pub(crate) password: SecretString,
     /// Path of the token endpoint.
-    pub path: String,
+    pub(crate) path: String,
 }
 
 /// The vendor's login endpoint, seen in public clients.
-pub const DEFAULT_LOGIN_PATH: &str = "/api/v2/login/getTokenByStaffUsernamePwd";
+pub(crate) const DEFAULT_LOGIN_PATH: &str = "/api/v2/login/getTokenByStaffUsernamePwd";
 
 /// The validated `clinicea:` section.
 #[derive(Debug, Clone)]
 pub struct Clinicea {
     /// Base URL without a trailing slash.
-    pub base_url: url::Url,
+    pub(crate) base_url: url::Url,
     /// The API key.
-    pub api_key: SecretString,
+    pub(crate) api_key: SecretString,
     /// How the key is sent.
-    pub auth: AuthMode,
+    pub(crate) auth: AuthMode,
     /// Credentials for `auth: login`.
-    pub login: Option<Login>,
-    /// Default poll interval.
-    pub poll_interval: Duration,
+    pub(crate) login: Option<Login>,
     /// How far back each poll re-reads.
     pub overlap: Duration,
     /// Where the first poll starts.
-    pub start_from: StartFrom,
+    pub(crate) start_from: StartFrom,
     /// Zone of offset-less API timestamps.
-    pub timezone: chrono_tz::Tz,
+    pub(crate) timezone: chrono_tz::Tz,
     /// Zone the since value is written in when its format has no offset.
-    pub since_timezone: chrono_tz::Tz,
+    pub(crate) since_timezone: chrono_tz::Tz,
     /// Per-request timeout.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Pause between two page requests of one poll.
-    pub page_delay: Duration,
+    pub(crate) page_delay: Duration,
     /// Whether the API may be on a private address.
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
     /// The since of the silent baseline at a resource's first start; `None` when it is off.
-    pub baseline: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) baseline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A validated resource: every knob resolved to its value.
 #[derive(Debug, Clone)]
 pub struct Resource {
     /// The resource key, e.g. `leads`.
-    pub name: String,
+    pub(crate) name: String,
     /// Path below the base URL.
-    pub path: String,
+    pub(crate) path: String,
     /// Since parameter name.
-    pub since_param: String,
+    pub(crate) since_param: String,
     /// chrono format of the since value.
-    pub since_format: String,
+    pub(crate) since_format: String,
     /// Page parameter name.
-    pub page_param: String,
+    pub(crate) page_param: String,
     /// Number of the first page.
-    pub first_page: u32,
+    pub(crate) first_page: u32,
     /// Records per full page.
-    pub page_size: u32,
+    pub(crate) page_size: u32,
     /// Page size parameter name, if it is sent.
-    pub page_size_param: Option<String>,
+    pub(crate) page_size_param: Option<String>,
     /// The id field.
-    pub id_field: String,
+    pub(crate) id_field: String,
     /// The server's change-flag field.
-    pub status_field: String,
+    pub(crate) status_field: String,
     /// How often it is polled.
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     /// Extra query parameters.
-    pub params: Vec<(String, String)>,
+    pub(crate) params: Vec<(String, String)>,
 }
 
 /// Vendor-doc defaults for a resource.
-pub mod defaults {
+pub(crate) mod defaults {
     use std::time::Duration;
     /// `lastSyncTimestamp`.
-    pub const SINCE_PARAM: &str = "lastSyncTimestamp";
+    pub(crate) const SINCE_PARAM: &str = "lastSyncTimestamp";
     /// ISO 8601 with an offset.
-    pub const SINCE_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%:z";
+    pub(crate) const SINCE_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%:z";
     /// `intPageNo`.
-    pub const PAGE_PARAM: &str = "intPageNo";
+    pub(crate) const PAGE_PARAM: &str = "intPageNo";
     /// Pages start at 0 in the vendor doc.
-    pub const FIRST_PAGE: u32 = 0;
+    pub(crate) const FIRST_PAGE: u32 = 0;
     /// 100 records a page.
-    pub const PAGE_SIZE: u32 = 100;
+    pub(crate) const PAGE_SIZE: u32 = 100;
     /// `ID`.
-    pub const ID_FIELD: &str = "ID";
+    pub(crate) const ID_FIELD: &str = "ID";
     /// `DataStatusStr`.
-    pub const STATUS_FIELD: &str = "DataStatusStr";
+    pub(crate) const STATUS_FIELD: &str = "DataStatusStr";
     /// Poll every minute.
-    pub const POLL_INTERVAL: Duration = Duration::from_secs(60);
+    pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(60);
     /// Re-read two minutes back, to cover clock skew and records committed late.
-    pub const OVERLAP: Duration = Duration::from_secs(120);
+    pub(crate) const OVERLAP: Duration = Duration::from_secs(120);
     /// Give a slow API half a minute.
-    pub const API_TIMEOUT: Duration = Duration::from_secs(30);
+    pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(30);
     /// `/metrics`, `/healthz`, `/readyz` on loopback.
-    pub const LISTEN: &str = "127.0.0.1:9187";
+    pub(crate) const LISTEN: &str = "127.0.0.1:9187";
     /// The sled directory.
-    pub const STORE_PATH: &str = "./data";
+    pub(crate) const STORE_PATH: &str = "./data";
     /// sled's page cache: small, because the working set is one page of snapshots at a time.
-    pub const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+    pub(crate) const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
     /// The baseline reads from here: before any clinic's records, and a date the API takes.
-    pub const BASELINE_SINCE: &str = "2000-01-01T00:00:00Z";
+    pub(crate) const BASELINE_SINCE: &str = "2000-01-01T00:00:00Z";
     /// A week of detected changes stays inspectable.
-    pub const JOURNAL_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub(crate) const JOURNAL_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
     /// A month to look into and re-drive a dead letter; then its patient data goes.
-    pub const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+    pub(crate) const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 }
 
 /// The longest poll interval: a feed polled less than once a day is not a notifier.
-pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
+pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// The longest request timeout or pause between requests: a request that waits longer is stuck.
-pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// The validated `store:` section.
 #[derive(Debug, Clone)]
-pub struct StoreSettings {
+pub(crate) struct StoreSettings {
     /// The sled directory (absolute, or relative to the working directory if the config had none).
-    pub path: std::path::PathBuf,
+    pub(crate) path: std::path::PathBuf,
     /// sled's page cache in bytes.
-    pub cache_bytes: u64,
+    pub(crate) cache_bytes: u64,
     /// How long the change journal keeps entries.
-    pub journal_retention: Duration,
+    pub(crate) journal_retention: Duration,
     /// How long dead letters are kept.
-    pub dead_letter_retention: Duration,
+    pub(crate) dead_letter_retention: Duration,
 }
 
 /// The validated base of a config file: what ingest, the store and the daemon read (the rest is
@@ -171,22 +169,22 @@ pub struct StoreSettings {
 #[derive(Debug, Clone)]
 pub struct Base {
     /// The config file.
-    pub file: std::path::PathBuf,
+    pub(crate) file: std::path::PathBuf,
     /// The `clinicea:` section.
     pub clinicea: Clinicea,
     /// The resources, in key order.
     pub resources: Vec<Resource>,
     /// The store.
-    pub store: StoreSettings,
+    pub(crate) store: StoreSettings,
     /// The folder of template overrides.
-    pub templates_dir: Option<std::path::PathBuf>,
+    pub(crate) templates_dir: Option<std::path::PathBuf>,
     /// The address of the health and metrics server.
-    pub listen: std::net::SocketAddr,
+    pub(crate) listen: std::net::SocketAddr,
     /// A resource with no successful poll for this long is stale (`None`: three intervals).
-    pub stale_after: Option<Duration>,
+    pub(crate) stale_after: Option<Duration>,
     /// The bearer token `/metrics` asks for, when set.
-    pub metrics_token: Option<SecretString>,
+    pub(crate) metrics_token: Option<SecretString>,
 }
 
 /// The shortest `metrics_token` accepted: a guessable token protects nothing.
-pub const MIN_METRICS_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_METRICS_TOKEN_LEN: usize = 16;

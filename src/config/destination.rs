@@ -11,30 +11,30 @@ use std::fmt;
 use std::time::Duration;
 
 /// Default requests in flight per webhook destination.
-pub const DEFAULT_WEBHOOK_CONCURRENCY: usize = 8;
+pub(crate) const DEFAULT_WEBHOOK_CONCURRENCY: usize = 8;
 /// Default messages in flight per email destination.
-pub const DEFAULT_EMAIL_CONCURRENCY: usize = 2;
+pub(crate) const DEFAULT_EMAIL_CONCURRENCY: usize = 2;
 /// Default per-request timeout of webhook and chat destinations.
-pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A validated destination.
 #[derive(Debug, Clone)]
 pub struct Destination {
     /// The name from the config.
-    pub name: String,
+    pub(crate) name: String,
     /// Where and how it sends.
-    pub target: Target,
+    pub(crate) target: Target,
     /// Its retry schedule.
-    pub retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
     /// Attempts in flight at once.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Whether its receiver may be on a private address (`allow_private: true`).
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
 }
 
 impl Destination {
     /// A short word for the destination's type.
-    pub fn kind_str(&self) -> &'static str {
+    pub(crate) fn kind_str(&self) -> &'static str {
         match &self.target {
             Target::Webhook(_) => "webhook",
             Target::Email { .. } => "email",
@@ -79,13 +79,13 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InlineTemplate {
     /// Its name in the template registry (`destination:NAME:subject`, `destination:NAME:to:0`).
-    pub name: String,
+    pub(crate) name: String,
     /// The template source as written (after `${VAR}`).
-    pub source: String,
+    pub(crate) source: String,
     /// The key it was written at (`destinations.NAME.subject`, `destinations.NAME.to[0]`).
-    pub key: String,
+    pub(crate) key: String,
     /// The destination's line.
-    pub line: Option<u64>,
+    pub(crate) line: Option<u64>,
 }
 
 /// A destination's template files, by base name: `new-lead` is `new-lead.txt.hbs` (and, for
@@ -93,18 +93,18 @@ pub struct InlineTemplate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateFile {
     /// The base name as written.
-    pub base: String,
+    pub(crate) base: String,
     /// What the template renders, which decides what must exist.
-    pub part: TemplatePart,
+    pub(crate) part: TemplatePart,
     /// The key it was written at (`destinations.NAME.template`).
-    pub key: String,
+    pub(crate) key: String,
     /// The destination's line.
-    pub line: Option<u64>,
+    pub(crate) line: Option<u64>,
 }
 
 /// What a [`TemplateFile`] renders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TemplatePart {
+pub(crate) enum TemplatePart {
     /// An email body: `NAME.txt` and, when it exists, `NAME.html`.
     EmailBody,
     /// A chat message: `NAME.txt`.
@@ -113,12 +113,12 @@ pub enum TemplatePart {
 
 impl TemplateFile {
     /// The plain-text template's registry name (`NAME.txt`).
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         format!("{}.txt", self.base)
     }
 
     /// The HTML template's registry name (`NAME.html`), which an email body may have.
-    pub fn html(&self) -> String {
+    pub(crate) fn html(&self) -> String {
         format!("{}.html", self.base)
     }
 }
@@ -144,7 +144,7 @@ pub enum ChatKind {
 
 impl ChatKind {
     /// The name used in config files (`slack`, `teams`, `discord`, `google_chat`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChatKind::Slack => "slack",
             ChatKind::Teams => "teams",
@@ -190,7 +190,7 @@ impl fmt::Debug for WebhookTarget {
 /// `https` is always fine; plain `http` only to a loopback host (`localhost`, 127.0.0.0/8, `::1`)
 /// unless `allow_insecure_http`; every other scheme is rejected. The error never repeats the URL,
 /// whose path or query may hold a token.
-pub fn check_url(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
+pub(crate) fn check_url(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
     if url.host().is_none() {
         return Err("the URL has no host".to_string());
     }

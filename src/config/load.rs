@@ -37,31 +37,31 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The shortest poll interval: faster is a busy loop against the clinic's API.
-pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A config file, validated.
 #[derive(Debug)]
 pub struct Config {
     /// Clinicea, resources, store, listen address.
-    pub base: Base,
+    pub(crate) base: Base,
     /// The SMTP server, when `smtp:` is there and valid.
-    pub smtp: Option<SmtpSettings>,
+    pub(crate) smtp: Option<SmtpSettings>,
     /// The destinations without problems, in name order.
-    pub destinations: Vec<Destination>,
+    pub(crate) destinations: Vec<Destination>,
     /// Every name under `destinations:`, those with problems too, so a rule naming one is not
     /// also told the destination does not exist.
-    pub destination_names: Vec<String>,
+    pub(crate) destination_names: Vec<String>,
     /// Every inline template of every destination (those with problems too, so `check` reports
     /// all of their problems at once), in file order.
-    pub inline_templates: Vec<InlineTemplate>,
+    pub(crate) inline_templates: Vec<InlineTemplate>,
     /// Every template file a destination names, likewise.
-    pub template_files: Vec<TemplateFile>,
+    pub(crate) template_files: Vec<TemplateFile>,
     /// The rules as written, for `route::rules::compile`.
-    pub rules: Vec<Spanned<RuleSpec>>,
+    pub(crate) rules: Vec<Spanned<RuleSpec>>,
 }
 
 /// The process environment as a map, for [`load`].
-pub fn env_vars() -> HashMap<String, String> {
+pub(crate) fn env_vars() -> HashMap<String, String> {
     std::env::vars().collect()
 }
 
@@ -91,7 +91,10 @@ fn checked(file: &Path, (config, problems): (Config, Vec<Problem>)) -> Result<Co
 
 /// Reads and parses a config file, `${VAR}` substituted from `vars`. A file that cannot be read
 /// or parsed, or a variable that is not set, stops here: nothing after it could be judged.
-pub fn parse_file(file: &Path, vars: &HashMap<String, String>) -> Result<RawConfig, ConfigError> {
+pub(crate) fn parse_file(
+    file: &Path,
+    vars: &HashMap<String, String>,
+) -> Result<RawConfig, ConfigError> {
     let fail = |message: String| ConfigError::new(file, vec![Problem::at(None, "config", message)]);
     let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -104,7 +107,7 @@ pub fn parse_file(file: &Path, vars: &HashMap<String, String>) -> Result<RawConf
 }
 
 /// [`parse_file`] for text already read.
-pub fn parse_text(
+pub(crate) fn parse_text(
     text: &str,
     file: &Path,
     vars: &HashMap<String, String>,
@@ -126,7 +129,7 @@ pub fn parse_text(
 
 /// Validates a parsed config read from `file`: the runtime config, built as far as it goes, and
 /// every problem found (none when it is valid).
-pub fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
+pub(crate) fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
     let mut problems = Vec::new();
     let base = base(&raw, file, &mut problems);
     secrets_are_not_placeholders(&raw, &mut problems);
@@ -374,7 +377,6 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         api_key: SecretString::new(c.api_key.as_str()),
         auth: c.auth,
         login,
-        poll_interval,
         overlap,
         start_from,
         timezone: parse_tz(c.timezone.as_ref(), "clinicea.timezone", cline, problems),

@@ -11,30 +11,29 @@
 //!
 //! `check` prints problems as `rules.yaml:14: rules[new-lead].where[1].matches: invalid regex ...`.
 
-pub mod base;
-pub mod destination;
-pub mod load;
-pub mod placeholder;
-pub mod problem;
-pub mod raw;
-pub mod retry;
-pub mod secret;
-pub mod smtp;
-pub mod vars;
+pub(crate) mod base;
+pub(crate) mod destination;
+pub(crate) mod load;
+pub(crate) mod placeholder;
+pub(crate) mod problem;
+pub(crate) mod raw;
+pub(crate) mod retry;
+pub(crate) mod secret;
+pub(crate) mod smtp;
+pub(crate) mod vars;
 
-pub use base::{
-    defaults, Base, Clinicea, Login, Resource, SecretString, StartFrom, StoreSettings,
-    DEFAULT_LOGIN_PATH, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
-};
+pub(crate) use base::{defaults, Base, Clinicea, Resource, SecretString, StartFrom, StoreSettings};
 pub use destination::{ChatKind, Destination, Target, WebhookTarget};
-pub use load::{env_vars, load, load_str, Config};
+pub(crate) use load::env_vars;
+pub use load::{load, load_str, Config};
 pub use problem::{line_of, ConfigError, Problem};
-pub use raw::{parse_duration, AuthMode, SmtpTls, Text, MAX_DURATION};
-pub use retry::RetryPolicy;
+pub(crate) use raw::{parse_duration, AuthMode};
+pub use raw::{yaml_options, RuleSpec, SmtpTls, Text};
+pub use secret::Secret;
 pub use smtp::SmtpSettings;
 
 /// A resource or destination name: what can safely be part of a store key and a metric label.
-pub fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

@@ -7,7 +7,7 @@
 //! accepted only for a receiver on this machine (tests, the local demo).
 
 /// What every placeholder in the example files starts with.
-pub const PLACEHOLDER_PREFIX: &str = "REPLACE_ME";
+pub(crate) const PLACEHOLDER_PREFIX: &str = "REPLACE_ME";
 
 /// Other values commonly left in place of a secret (compared without case).
 const PLACEHOLDER_WORDS: [&str; 8] = [
@@ -22,7 +22,7 @@ const PLACEHOLDER_WORDS: [&str; 8] = [
 ];
 
 /// Webhook secrets that are public knowledge.
-pub const PUBLISHED_WEBHOOK_SECRETS: [&str; 2] = [
+pub(crate) const PUBLISHED_WEBHOOK_SECRETS: [&str; 2] = [
     // The example secret of the Standard Webhooks specification.
     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     // base64("replace-me-with-32-random-bytes"), once in this project's example Secret.
@@ -30,11 +30,11 @@ pub const PUBLISHED_WEBHOOK_SECRETS: [&str; 2] = [
 ];
 
 /// The command the messages suggest for making a webhook secret.
-pub const MAKE_SECRET: &str = "echo whsec_$(head -c 32 /dev/urandom | base64)";
+pub(crate) const MAKE_SECRET: &str = "echo whsec_$(head -c 32 /dev/urandom | base64)";
 
 /// Why `value` is a placeholder rather than a real secret, or `None`. The reason never repeats
 /// the value.
-pub fn placeholder(value: &str) -> Option<String> {
+pub(crate) fn placeholder(value: &str) -> Option<String> {
     let v = value.trim();
     let upper = v.to_ascii_uppercase();
     if upper.contains(PLACEHOLDER_PREFIX) || upper.contains("REPLACE-ME") {
@@ -55,7 +55,7 @@ pub fn placeholder(value: &str) -> Option<String> {
 
 /// Whether a webhook secret is one of the [`PUBLISHED_WEBHOOK_SECRETS`] (padding and surrounding
 /// space ignored).
-pub fn is_published_webhook_secret(value: &str) -> bool {
+pub(crate) fn is_published_webhook_secret(value: &str) -> bool {
     let v = value.trim().trim_end_matches('=');
     PUBLISHED_WEBHOOK_SECRETS
         .iter()
@@ -63,7 +63,7 @@ pub fn is_published_webhook_secret(value: &str) -> bool {
 }
 
 /// The message for a published webhook secret used for a receiver elsewhere than this machine.
-pub fn published_secret_message() -> String {
+pub(crate) fn published_secret_message() -> String {
     format!(
         "is a published example secret: anyone can forge signatures with it, so it is accepted only for receivers on this machine; make your own with `{MAKE_SECRET}`"
     )

@@ -11,16 +11,20 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// 1-based line in the config file, when known.
-    pub line: Option<u64>,
+    pub(crate) line: Option<u64>,
     /// The dotted key path, e.g. `rules[new-lead].where[1].matches` or `destinations.front-desk.url`.
     pub key: String,
     /// What is wrong, in words a clinic's IT person understands.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Problem {
     /// A problem at a known line.
-    pub fn at(line: Option<u64>, key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn at(
+        line: Option<u64>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem {
             line,
             key: key.into(),
@@ -48,7 +52,7 @@ pub fn line_of<T>(s: &Spanned<T>) -> Option<u64> {
 #[derive(Debug)]
 pub struct ConfigError {
     /// The config file.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// What is wrong, in file order where known.
     pub problems: Vec<Problem>,
 }
@@ -56,7 +60,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// The error for `problems` in `file`, sorted into file order (problems without a line
     /// first; the order they were found in is kept within a line).
-    pub fn new(file: impl Into<PathBuf>, mut problems: Vec<Problem>) -> ConfigError {
+    pub(crate) fn new(file: impl Into<PathBuf>, mut problems: Vec<Problem>) -> ConfigError {
         problems.sort_by_key(|p| p.line.unwrap_or(0));
         ConfigError {
             file: file.into(),

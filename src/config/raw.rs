@@ -31,21 +31,13 @@ pub struct Text {
 }
 
 impl Text {
-    /// A text written nowhere in particular (tests, defaults).
-    pub fn new(value: impl Into<String>) -> Text {
-        Text {
-            value: value.into(),
-            line: 0,
-        }
-    }
-
     /// The string.
     pub fn as_str(&self) -> &str {
         &self.value
     }
 
     /// The line it was written on, when known.
-    pub fn line(&self) -> Option<u64> {
+    pub(crate) fn line(&self) -> Option<u64> {
         (self.line > 0).then_some(self.line)
     }
 
@@ -90,11 +82,11 @@ impl<'de> Deserialize<'de> for Text {
 /// The longest duration anything accepts, in a config file or on the command line: ten years.
 /// Longer is a typo, and would overflow the time arithmetic it feeds (a cutoff `now - age`, a
 /// deadline `now + wait`). Keys where less makes sense have their own, smaller bound.
-pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Parses `30s`, `5m`, `2h`, `1d`, `250ms`, or a combination such as `1h30m`; at most
 /// [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
@@ -140,16 +132,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// bad one with its line and key.
 #[derive(Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(transparent)]
-pub struct Dur(Text);
+pub(crate) struct Dur(Text);
 
 impl Dur {
-    /// A duration written as `text` (tests).
-    pub fn new(text: impl Into<String>) -> Dur {
-        Dur(Text::new(text))
-    }
-
     /// The text as written (substituted, after the `${VAR}` pass).
-    pub fn text(&self) -> &Text {
+    pub(crate) fn text(&self) -> &Text {
         &self.0
     }
 
@@ -168,7 +155,7 @@ impl fmt::Debug for Dur {
 /// One string or a list of them (`secret: whsec_..` or `secret: [whsec_a, whsec_b]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
-pub enum OneOrMany {
+pub(crate) enum OneOrMany {
     /// A single value.
     One(Text),
     /// A list of values.
@@ -177,7 +164,7 @@ pub enum OneOrMany {
 
 impl OneOrMany {
     /// The values, in order.
-    pub fn as_slice(&self) -> &[Text] {
+    pub(crate) fn as_slice(&self) -> &[Text] {
         match self {
             OneOrMany::One(t) => std::slice::from_ref(t),
             OneOrMany::Many(v) => v,
@@ -200,46 +187,46 @@ impl OneOrMany {
 /// The whole configuration file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     /// How to reach Clinicea and how often to poll it.
-    pub clinicea: Spanned<RawClinicea>,
+    pub(crate) clinicea: Spanned<RawClinicea>,
     /// The feeds to poll, by resource key.
     #[serde(default)]
-    pub resources: BTreeMap<String, Spanned<RawResource>>,
+    pub(crate) resources: BTreeMap<String, Spanned<RawResource>>,
     /// Where the sled store lives.
     #[serde(default)]
-    pub store: RawStore,
+    pub(crate) store: RawStore,
     /// The folder of template overrides (`NAME.txt.hbs`, `NAME.html.hbs`).
     #[serde(default)]
-    pub templates: Option<Text>,
+    pub(crate) templates: Option<Text>,
     /// Address for `/metrics`, `/healthz`, `/readyz` while `run` runs.
     #[serde(default)]
-    pub listen: Option<Text>,
+    pub(crate) listen: Option<Text>,
     /// A bearer token `/metrics` asks for (`Authorization: Bearer TOKEN`); `/healthz` and
     /// `/readyz` stay open. Unset: `/metrics` is open to whoever reaches `listen`.
     #[serde(default)]
-    pub metrics_token: Option<Text>,
+    pub(crate) metrics_token: Option<Text>,
     /// The SMTP server for email destinations.
     #[serde(default)]
-    pub smtp: Option<Spanned<RawSmtp>>,
+    pub(crate) smtp: Option<Spanned<RawSmtp>>,
     /// Where deliveries go, by destination name.
     #[serde(default)]
-    pub destinations: BTreeMap<String, Spanned<RawDestination>>,
+    pub(crate) destinations: BTreeMap<String, Spanned<RawDestination>>,
     /// Which changes go where.
     #[serde(default)]
-    pub rules: Vec<Spanned<RuleSpec>>,
+    pub(crate) rules: Vec<Spanned<RuleSpec>>,
     /// The default retry schedule.
     #[serde(default)]
-    pub retry: Option<Spanned<RawRetry>>,
+    pub(crate) retry: Option<Spanned<RawRetry>>,
     /// The watchdog that makes a silent death impossible.
     #[serde(default)]
-    pub watchdog: Option<RawWatchdog>,
+    pub(crate) watchdog: Option<RawWatchdog>,
 }
 
 /// How the API key is presented to Clinicea.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AuthMode {
+pub(crate) enum AuthMode {
     /// The vendor doc's header `api: KEY`.
     #[default]
     Header,
@@ -254,132 +241,132 @@ pub enum AuthMode {
 /// Staff credentials for `auth: login`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLogin {
+pub(crate) struct RawLogin {
     /// Staff user name.
-    pub username: Text,
+    pub(crate) username: Text,
     /// Staff password.
-    pub password: Text,
+    pub(crate) password: Text,
     /// Path of the token endpoint (default `/api/v2/login/getTokenByStaffUsernamePwd`).
     #[serde(default)]
-    pub path: Option<Text>,
+    pub(crate) path: Option<Text>,
 }
 
 /// The `clinicea:` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawClinicea {
+pub(crate) struct RawClinicea {
     /// Base URL, e.g. `https://api.clinicea.com`.
-    pub base_url: Text,
+    pub(crate) base_url: Text,
     /// The API key.
-    pub api_key: Text,
+    pub(crate) api_key: Text,
     /// How the key is sent.
     #[serde(default)]
-    pub auth: AuthMode,
+    pub(crate) auth: AuthMode,
     /// Credentials for `auth: login`.
     #[serde(default)]
-    pub login: Option<RawLogin>,
+    pub(crate) login: Option<RawLogin>,
     /// How often each resource is polled (default 60s).
     #[serde(default)]
-    pub poll_interval: Option<Dur>,
+    pub(crate) poll_interval: Option<Dur>,
     /// How far back each poll re-reads (default 2m).
     #[serde(default)]
-    pub overlap: Option<Dur>,
+    pub(crate) overlap: Option<Dur>,
     /// `now` or an RFC 3339 time.
     #[serde(default)]
-    pub start_from: Option<Text>,
+    pub(crate) start_from: Option<Text>,
     /// IANA zone for offset-less API timestamps (default UTC).
     #[serde(default)]
-    pub timezone: Option<Text>,
+    pub(crate) timezone: Option<Text>,
     /// The zone the since value is written in when its format has no offset (default UTC).
     #[serde(default)]
-    pub since_timezone: Option<Text>,
+    pub(crate) since_timezone: Option<Text>,
     /// Per-request timeout (default 30s).
     #[serde(default)]
-    pub timeout: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
     /// Pause between two page requests of one poll, to be gentle with the API (default 0).
     #[serde(default)]
-    pub page_delay: Option<Dur>,
+    pub(crate) page_delay: Option<Dur>,
     /// Allow a plain http:// base URL to a host other than loopback (a sandbox in another container).
     #[serde(default)]
-    pub allow_insecure_http: bool,
+    pub(crate) allow_insecure_http: bool,
     /// Allow a base URL on a private address (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7),
     /// e.g. a sandbox in another container. Link-local and metadata addresses are never allowed.
     #[serde(default)]
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
     /// The silent baseline at a resource's first start (default: on, from 2000-01-01).
     #[serde(default)]
-    pub baseline: Option<RawBaseline>,
+    pub(crate) baseline: Option<RawBaseline>,
 }
 
 /// The `clinicea.baseline:` section: at a resource's first start, read every existing record
 /// once and store it without sending anything.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBaseline {
+pub(crate) struct RawBaseline {
     /// `false` turns the baseline off: records that existed before the first start are unknown,
     /// and the first edit of each is judged `added` (default `true`).
     #[serde(default)]
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
     /// The oldest since the API accepts, RFC 3339 (default `2000-01-01T00:00:00Z`).
     #[serde(default)]
-    pub since: Option<Text>,
+    pub(crate) since: Option<Text>,
 }
 
 /// One `resources:` entry. Every key has the vendor doc's default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawResource {
+pub(crate) struct RawResource {
     /// Path below the base URL.
-    pub path: Text,
+    pub(crate) path: Text,
     /// Name of the since parameter (default `lastSyncTimestamp`).
     #[serde(default)]
-    pub since_param: Option<Text>,
+    pub(crate) since_param: Option<Text>,
     /// chrono format of the since value (default `%Y-%m-%dT%H:%M:%S%:z`).
     #[serde(default)]
-    pub since_format: Option<Text>,
+    pub(crate) since_format: Option<Text>,
     /// Name of the page parameter (default `intPageNo`).
     #[serde(default)]
-    pub page_param: Option<Text>,
+    pub(crate) page_param: Option<Text>,
     /// Number of the first page (default 0).
     #[serde(default)]
-    pub first_page: Option<u32>,
+    pub(crate) first_page: Option<u32>,
     /// Records per full page (default 100); a shorter page ends the sync.
     #[serde(default)]
-    pub page_size: Option<u32>,
+    pub(crate) page_size: Option<u32>,
     /// Name of the page size parameter (default: not sent).
     #[serde(default)]
-    pub page_size_param: Option<Text>,
+    pub(crate) page_size_param: Option<Text>,
     /// The id field (default `ID`).
     #[serde(default)]
-    pub id_field: Option<Text>,
+    pub(crate) id_field: Option<Text>,
     /// The server's change flag field (default `DataStatusStr`).
     #[serde(default)]
-    pub status_field: Option<Text>,
+    pub(crate) status_field: Option<Text>,
     /// This resource's own poll interval.
     #[serde(default)]
-    pub poll_interval: Option<Dur>,
+    pub(crate) poll_interval: Option<Dur>,
     /// Extra query parameters sent on every request.
     #[serde(default)]
-    pub params: BTreeMap<String, Text>,
+    pub(crate) params: BTreeMap<String, Text>,
 }
 
 /// The `store:` section.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStore {
+pub(crate) struct RawStore {
     /// The sled directory (default `./data`).
     #[serde(default)]
-    pub path: Option<Text>,
+    pub(crate) path: Option<Text>,
     /// sled's page cache in MiB (default 64).
     #[serde(default)]
-    pub cache_mb: Option<u64>,
+    pub(crate) cache_mb: Option<u64>,
     /// How long the change journal keeps detected changes for inspection (default 7d).
     #[serde(default)]
-    pub journal_retention: Option<Dur>,
+    pub(crate) journal_retention: Option<Dur>,
     /// How long dead letters (full payloads, patient data) are kept before they are deleted
     /// (default 30d).
     #[serde(default)]
-    pub dead_letter_retention: Option<Dur>,
+    pub(crate) dead_letter_retention: Option<Dur>,
 }
 
 /// TLS mode for SMTP.
@@ -399,62 +386,62 @@ pub enum SmtpTls {
 /// The `smtp:` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSmtp {
+pub(crate) struct RawSmtp {
     /// Host name.
-    pub host: Text,
+    pub(crate) host: Text,
     /// Port (default 587 for starttls, 465 for tls, 25 for none).
     #[serde(default)]
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// TLS mode.
     #[serde(default)]
-    pub tls: SmtpTls,
+    pub(crate) tls: SmtpTls,
     /// User name for AUTH.
     #[serde(default)]
-    pub username: Option<Text>,
+    pub(crate) username: Option<Text>,
     /// Password for AUTH.
     #[serde(default)]
-    pub password: Option<Text>,
+    pub(crate) password: Option<Text>,
     /// The From address, `Name <addr>` or `addr`.
-    pub from: Text,
+    pub(crate) from: Text,
     /// Per-message timeout (default 30s).
     #[serde(default)]
-    pub timeout: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
     /// A PEM file of extra CA certificates to trust (for a relay with its own CA).
     #[serde(default)]
-    pub ca_file: Option<Text>,
+    pub(crate) ca_file: Option<Text>,
     /// Allow an SMTP host on a private address (a relay on the clinic's own network).
     #[serde(default)]
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
     /// Allow `tls: none` to a host other than loopback. Dangerous: every message, with the patient
     /// data in it, crosses the network in clear. Never allows AUTH without TLS.
     #[serde(default)]
-    pub allow_cleartext: bool,
+    pub(crate) allow_cleartext: bool,
 }
 
 /// The `retry:` section, and a destination's own `retry:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRetry {
+pub(crate) struct RawRetry {
     /// Waits between attempts; its length is the number of retries.
-    pub schedule: Vec<Dur>,
+    pub(crate) schedule: Vec<Dur>,
     /// Relative jitter, 0.0 to 1.0 (default 0.2).
     #[serde(default)]
-    pub jitter: Option<f64>,
+    pub(crate) jitter: Option<f64>,
 }
 
 /// The `watchdog:` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWatchdog {
+pub(crate) struct RawWatchdog {
     /// A resource with no successful poll for this long is stale (default: three poll intervals).
     #[serde(default)]
-    pub stale_after: Option<Dur>,
+    pub(crate) stale_after: Option<Dur>,
 }
 
 /// One `destinations:` entry, by `type`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum RawDestination {
+pub(crate) enum RawDestination {
     /// A signed Standard Webhooks POST.
     Webhook(RawWebhook),
     /// An email to each recipient.
@@ -472,77 +459,77 @@ pub enum RawDestination {
 /// A webhook destination.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWebhook {
+pub(crate) struct RawWebhook {
     /// The receiver's URL.
-    pub url: Text,
+    pub(crate) url: Text,
     /// `whsec_...`; a list signs with each (rotation).
-    pub secret: OneOrMany,
+    pub(crate) secret: OneOrMany,
     /// Extra headers.
     #[serde(default)]
-    pub headers: BTreeMap<String, Text>,
+    pub(crate) headers: BTreeMap<String, Text>,
     /// Per-request timeout (default 15s).
     #[serde(default)]
-    pub timeout: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
     /// Allow plain http:// to hosts other than loopback.
     #[serde(default)]
-    pub allow_insecure_http: bool,
+    pub(crate) allow_insecure_http: bool,
     /// Allow a receiver on a private address (10/8, 172.16/12, 192.168/16, 100.64/10,
     /// fc00::/7), checked for literal addresses and for what the host name resolves to.
     #[serde(default)]
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
     /// Requests in flight at once (default 8).
     #[serde(default)]
-    pub concurrency: Option<usize>,
+    pub(crate) concurrency: Option<usize>,
     /// This destination's own retry schedule.
     #[serde(default)]
-    pub retry: Option<RawRetry>,
+    pub(crate) retry: Option<RawRetry>,
 }
 
 /// An email destination.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEmail {
+pub(crate) struct RawEmail {
     /// Recipients; each is its own delivery. May contain templates.
-    pub to: OneOrMany,
+    pub(crate) to: OneOrMany,
     /// Subject template.
-    pub subject: Text,
+    pub(crate) subject: Text,
     /// Template name (`NAME.txt.hbs`, optional `NAME.html.hbs`).
-    pub template: Text,
+    pub(crate) template: Text,
     /// Overrides `smtp.from`.
     #[serde(default)]
-    pub from: Option<Text>,
+    pub(crate) from: Option<Text>,
     /// Reply-To address.
     #[serde(default)]
-    pub reply_to: Option<Text>,
+    pub(crate) reply_to: Option<Text>,
     /// Messages in flight at once (default 2).
     #[serde(default)]
-    pub concurrency: Option<usize>,
+    pub(crate) concurrency: Option<usize>,
     /// This destination's own retry schedule.
     #[serde(default)]
-    pub retry: Option<RawRetry>,
+    pub(crate) retry: Option<RawRetry>,
 }
 
 /// A chat destination (Slack, Teams, Discord, Google Chat).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawChat {
+pub(crate) struct RawChat {
     /// The incoming-webhook URL.
-    pub url: Text,
+    pub(crate) url: Text,
     /// Template name (`NAME.txt.hbs` renders the message text).
-    pub template: Text,
+    pub(crate) template: Text,
     /// Per-request timeout (default 15s).
     #[serde(default)]
-    pub timeout: Option<Dur>,
+    pub(crate) timeout: Option<Dur>,
     /// Allow plain http:// to hosts other than loopback.
     #[serde(default)]
-    pub allow_insecure_http: bool,
+    pub(crate) allow_insecure_http: bool,
     /// Allow a receiver on a private address (10/8, 172.16/12, 192.168/16, 100.64/10,
     /// fc00::/7), checked for literal addresses and for what the host name resolves to.
     #[serde(default)]
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
     /// This destination's own retry schedule.
     #[serde(default)]
-    pub retry: Option<RawRetry>,
+    pub(crate) retry: Option<RawRetry>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,7 +545,7 @@ pub struct RawChat {
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// The rule's name, unique in the file.
-    pub name: Spanned<Text>,
+    pub(crate) name: Spanned<Text>,
     /// A resource key from `resources:`, or `"*"` for all (the default).
     #[serde(default)]
     pub resource: Option<Spanned<Text>>,
@@ -567,22 +554,22 @@ pub struct RuleSpec {
     pub on: Option<Spanned<Vec<ChangeKind>>>,
     /// Conditions that must all hold.
     #[serde(default, rename = "where")]
-    pub conditions: Vec<Spanned<Node>>,
+    pub(crate) conditions: Vec<Spanned<Node>>,
     /// Field names of which any changed, or `{Field: {from: X, to: Y}}`.
     #[serde(default)]
-    pub changed: Option<Spanned<Node>>,
+    pub(crate) changed: Option<Spanned<Node>>,
     /// The destinations that get a matching change.
     #[serde(default)]
-    pub notify: Option<Spanned<Vec<Spanned<Text>>>>,
+    pub(crate) notify: Option<Spanned<Vec<Spanned<Text>>>>,
     /// `false` keeps the rule in the file (still checked) without it ever matching.
     #[serde(default)]
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
 }
 
 /// A YAML node as written: scalars (strings with `${VAR}` substituted), lists and maps, each with
 /// the place it was written.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Node {
+pub(crate) enum Node {
     /// `null`, `~` or nothing.
     Null,
     /// `true` / `false`.
@@ -661,7 +648,7 @@ impl<'de> Deserialize<'de> for Node {
 
 impl Node {
     /// What kind of value it is, for messages (`a string`, `a list`).
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Node::Null => "null",
             Node::Bool(_) => "a boolean",
@@ -690,7 +677,7 @@ pub fn yaml_options() -> serde_saphyr::Options {
 /// Parses YAML text into the raw structs, `${VAR}` left as written.
 ///
 /// Errors carry the line and column serde-saphyr reports, and the key path of that line.
-pub fn parse(text: &str) -> Result<RawConfig, Problem> {
+pub(crate) fn parse(text: &str) -> Result<RawConfig, Problem> {
     serde_saphyr::from_str_with_options::<RawConfig>(text, yaml_options()).map_err(|e| {
             let line = e.location().map(|l| l.line()).filter(|l| *l > 0);
             let full = e.to_string();
@@ -722,7 +709,7 @@ pub fn parse(text: &str) -> Result<RawConfig, Problem> {
 /// Reconstructs the dotted key path of the YAML line `line` (1-based) from indentation, e.g.
 /// `clinicea.poll_interval` or `rules[2].where[0].matches`. Good enough for block-style YAML,
 /// which is what config files are written in; it only labels error messages.
-pub fn key_path_at_line(text: &str, line: usize) -> String {
+pub(crate) fn key_path_at_line(text: &str, line: usize) -> String {
     /// (indent of a leading `- `, indent of the key, the key).
     fn parse(l: &str) -> Option<(Option<usize>, usize, String)> {
         let indent = l.len() - l.trim_start().len();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// The jitter a `retry:` section without `jitter:` gets.
-pub const DEFAULT_JITTER: f64 = 0.2;
+pub(crate) const DEFAULT_JITTER: f64 = 0.2;
 
 /// When to try again: a schedule of waits with relative jitter.
 ///
@@ -13,13 +13,13 @@ pub const DEFAULT_JITTER: f64 = 0.2;
 /// `schedule[0]`, after the second `schedule[1]`, and once the last wait has been used up the next
 /// failure goes to the dead letters.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Waits between attempts.
-    pub schedule: Vec<Duration>,
+    pub(crate) schedule: Vec<Duration>,
     /// Relative jitter, 0.0 to 1.0: each wait is scaled by a uniform factor in `[1 - j, 1 + j]` so
     /// that many deliveries failing together do not come back together. Out-of-range values are
     /// clamped.
-    pub jitter: f64,
+    pub(crate) jitter: f64,
 }
 
 impl Default for RetryPolicy {
@@ -39,8 +39,10 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// How many attempts a delivery gets in total: the first plus one per schedule step.
-    pub fn max_attempts(&self) -> u32 {
+    /// How many attempts a delivery gets in total: the first plus one per schedule step. The
+    /// worker never counts them (it stops when `next_delay` has no step left); tests pin it.
+    #[cfg(test)]
+    pub(crate) fn max_attempts(&self) -> u32 {
         u32::try_from(self.schedule.len())
             .unwrap_or(u32::MAX)
             .saturating_add(1)

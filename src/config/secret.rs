@@ -7,10 +7,10 @@ use base64::Engine;
 use std::fmt;
 
 /// The prefix every Standard Webhooks secret carries.
-pub const SECRET_PREFIX: &str = "whsec_";
+pub(crate) const SECRET_PREFIX: &str = "whsec_";
 
 /// The shortest key accepted, in bytes (128 bits). The Standard Webhooks spec recommends 24 to 64.
-pub const MIN_SECRET_BYTES: usize = 16;
+pub(crate) const MIN_SECRET_BYTES: usize = 16;
 
 /// Standard base64, with or without padding (both appear in the wild).
 pub(crate) const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -60,14 +60,14 @@ impl Secret {
     }
 
     /// A fresh random 32-byte secret (for the demo and `init`-style helpers).
-    pub fn generate() -> Secret {
+    pub(crate) fn generate() -> Secret {
         let mut key = vec![0u8; 32];
         rand::Rng::fill(&mut rand::thread_rng(), key.as_mut_slice());
         Secret { key }
     }
 
     /// The secret in its `whsec_<base64>` form, to hand to a receiver. Treat the result as secret.
-    pub fn to_whsec(&self) -> String {
+    pub(crate) fn to_whsec(&self) -> String {
         format!(
             "{SECRET_PREFIX}{}",
             base64::engine::general_purpose::STANDARD.encode(&self.key)

@@ -6,11 +6,11 @@ use crate::config::raw::SmtpTls;
 use std::time::Duration;
 
 /// Default per-command SMTP timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// AUTH needs both a user name and a password, or neither. `config::load` and the mailer both
 /// ask, so no path builds a transport that would refuse to log in.
-pub fn check_credentials(username: bool, password: bool) -> Result<(), Problem> {
+pub(crate) fn check_credentials(username: bool, password: bool) -> Result<(), Problem> {
     match (username, password) {
         (true, false) => Err(Problem::at(
             None,
@@ -28,7 +28,7 @@ pub fn check_credentials(username: bool, password: bool) -> Result<(), Problem> 
 
 /// `tls: none` sends everything in clear: never with credentials (AUTH would show the password to
 /// anyone on the path), and only to loopback unless `allow_cleartext` says the path is trusted.
-pub fn check_cleartext(
+pub(crate) fn check_cleartext(
     tls: SmtpTls,
     host: &str,
     credentials: bool,
@@ -99,7 +99,7 @@ impl std::fmt::Debug for SmtpSettings {
 
 impl SmtpSettings {
     /// The default port of a TLS mode: 587 for STARTTLS, 465 for TLS, 25 for none.
-    pub fn default_port(tls: SmtpTls) -> u16 {
+    pub(crate) fn default_port(tls: SmtpTls) -> u16 {
         match tls {
             SmtpTls::Starttls => 587,
             SmtpTls::Tls => 465,

@@ -15,7 +15,7 @@ use serde_saphyr::Spanned;
 use std::collections::{BTreeMap, HashMap};
 
 /// Replaces every `${NAME}` in `s` from `vars`; `$${` writes a literal `${`.
-pub fn expand_vars(s: &str, vars: &HashMap<String, String>) -> Result<String, String> {
+pub(crate) fn expand_vars(s: &str, vars: &HashMap<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
@@ -49,7 +49,7 @@ pub fn expand_vars(s: &str, vars: &HashMap<String, String>) -> Result<String, St
 /// Substitutes `${VAR}` in every string of `raw` from `vars`. Returns what could not be
 /// substituted (an unset variable, a malformed `${`), each at its key path and line: the text's
 /// own line where serde kept it, else the line of the nearest enclosing section.
-pub fn substitute(raw: &mut RawConfig, vars: &HashMap<String, String>) -> Vec<Problem> {
+pub(crate) fn substitute(raw: &mut RawConfig, vars: &HashMap<String, String>) -> Vec<Problem> {
     let mut pass = Pass {
         vars,
         problems: Vec::new(),

@@ -23,7 +23,7 @@ pub struct Engine {
     /// The store.
     pub store: Store,
     /// The API client.
-    pub client: Client,
+    pub(crate) client: Client,
     /// The deliverer.
     pub deliverer: Deliverer,
     /// Who watches its polls and deliveries; a reload's engine tells the same watcher.

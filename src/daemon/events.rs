@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 /// Something a running notifier did. Ids and names only, never record contents.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub(crate) enum Event {
     /// A poll stored a change and queued its deliveries.
     Change(PollEvent),
     /// A delivery attempt ended: delivered, to be retried, or dead.
@@ -34,7 +34,7 @@ struct Senders {
 
 /// The receiving side: every event of the notifier its [`Events`] went to.
 #[derive(Debug)]
-pub struct Subscription {
+pub(crate) struct Subscription {
     changes: mpsc::UnboundedReceiver<PollEvent>,
     deliveries: mpsc::UnboundedReceiver<deliver::Event>,
 }
@@ -46,7 +46,7 @@ impl Events {
     }
 
     /// Events to hand to the notifier, and the subscription that receives them.
-    pub fn channel() -> (Events, Subscription) {
+    pub(crate) fn channel() -> (Events, Subscription) {
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let (deliveries, deliveries_rx) = mpsc::unbounded_channel();
         (
@@ -79,7 +79,7 @@ impl Subscription {
     ///
     /// A change is sent before the workers are woken to deliver it, so taking waiting changes
     /// first is enough for a change to come before every delivery event of its own.
-    pub async fn recv(&mut self) -> Option<Event> {
+    pub(crate) async fn recv(&mut self) -> Option<Event> {
         tokio::select! {
             biased;
             Some(c) = self.changes.recv() => Some(Event::Change(c)),

@@ -16,34 +16,34 @@ use tokio::sync::mpsc;
 /// (the `demo` command's live stream) is told. It carries ids and names only, never record
 /// contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PollEvent {
+pub(crate) struct PollEvent {
     /// The resource key.
-    pub resource: String,
+    pub(crate) resource: String,
     /// Added, modified or deleted.
-    pub kind: ChangeKind,
+    pub(crate) kind: ChangeKind,
     /// The record id.
-    pub id: String,
+    pub(crate) id: String,
     /// The change's stable id (the `webhook-id` of its deliveries).
-    pub change_id: String,
+    pub(crate) change_id: String,
     /// Every matching rule, in file order.
-    pub rules: Vec<String>,
+    pub(crate) rules: Vec<String>,
     /// The destinations it was queued for (one entry per destination).
-    pub destinations: Vec<String>,
+    pub(crate) destinations: Vec<String>,
 }
 
 /// Ingest's [`Intake`] for one store and one set of rules, templates and destinations.
 #[derive(Clone)]
 pub struct OutboxIntake {
     /// The store.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Rules, templates and destinations.
-    pub pipeline: Arc<Pipeline>,
+    pub(crate) pipeline: Arc<Pipeline>,
     /// Tells the delivery workers about new outbox entries (`None`: nobody delivers meanwhile,
     /// as in `once`, and a chunk is not flushed on its own).
-    pub wake: Option<mpsc::UnboundedSender<Wake>>,
+    pub(crate) wake: Option<mpsc::UnboundedSender<Wake>>,
     /// Told about each change once its chunk is stored, before the workers are woken (`None`:
     /// nobody is watching).
-    pub events: Option<mpsc::UnboundedSender<PollEvent>>,
+    pub(crate) events: Option<mpsc::UnboundedSender<PollEvent>>,
 }
 
 impl OutboxIntake {

@@ -4,8 +4,8 @@
 
 pub mod engine;
 pub mod events;
-pub mod health;
-pub mod maintain;
+pub(crate) mod health;
+pub(crate) mod maintain;
 pub mod settings;
 
 use crate::config;

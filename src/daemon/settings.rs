@@ -19,11 +19,11 @@ pub struct Settings {
     /// Rules, templates and destinations.
     pub pipeline: Arc<Pipeline>,
     /// The SMTP server, when email destinations exist.
-    pub smtp: Option<SmtpSettings>,
+    pub(crate) smtp: Option<SmtpSettings>,
 }
 
 /// Loads and compiles a config file with the process environment.
-pub fn load_settings(path: &Path) -> Result<Settings, ConfigError> {
+pub(crate) fn load_settings(path: &Path) -> Result<Settings, ConfigError> {
     load_settings_with(path, &config::env_vars())
 }
 

@@ -23,11 +23,11 @@ use tracing::Instrument;
 /// The reason recorded for an attempt that panicked. A panic is a bug, not the receiver's answer,
 /// but it counts as a failed attempt like any other: the entry follows its retry schedule and
 /// ends in the dead letters instead of being tried again forever.
-pub const PANIC_REASON: &str = "the delivery attempt panicked (a bug in clinicea-notifier)";
+pub(crate) const PANIC_REASON: &str = "the delivery attempt panicked (a bug in clinicea-notifier)";
 
 /// What [`Deliverer::attempt`] did with one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Delivered and removed from the outbox.
     Delivered,
     /// Rescheduled for this Unix ms.
@@ -146,7 +146,7 @@ impl Deliverer {
     /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
     /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
     /// when its schedule is spent.
-    pub async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
+    pub(crate) async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
         let (entry, dest, span) = match self.load(destination, seq)? {
             Loaded::Ready(entry, dest, span) => (*entry, dest, span),
             Loaded::Done(step) => return Ok(step),
@@ -319,7 +319,7 @@ impl Deliverer {
     /// letters (no worker would ever look at them, and `status` lists configured destinations
     /// only), where `dead list` shows them and `dead retry` re-drives them once the destination
     /// is back. Returns how many moved.
-    pub fn bury_orphans(&self) -> Result<u64, StoreError> {
+    pub(crate) fn bury_orphans(&self) -> Result<u64, StoreError> {
         let mut n = 0;
         for dest in self.store.outbox_destinations()? {
             if self.destinations.contains_key(&dest) {

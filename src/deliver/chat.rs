@@ -13,18 +13,18 @@ use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 
 /// Slack allows about one message per second per incoming webhook.
-pub const SLACK_MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SLACK_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Teams Workflows webhooks throttle bursts; four a second stays clear of it.
-pub const TEAMS_MIN_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const TEAMS_MIN_INTERVAL: Duration = Duration::from_millis(250);
 /// Google Chat allows 60 messages a minute per space.
-pub const GOOGLE_CHAT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const GOOGLE_CHAT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Discord tells its limits in `X-RateLimit-*` headers and 429 answers, so no fixed pacing.
-pub const DISCORD_MIN_INTERVAL: Duration = Duration::ZERO;
+pub(crate) const DISCORD_MIN_INTERVAL: Duration = Duration::ZERO;
 
 /// The least time between two messages to one destination of this kind, so a burst of changes does
 /// not run into the service's rate limit. A 429 is still honoured
 /// ([`crate::deliver::outcome::classify_chat`]).
-pub fn min_interval(kind: ChatKind) -> Duration {
+pub(crate) fn min_interval(kind: ChatKind) -> Duration {
     match kind {
         ChatKind::Slack => SLACK_MIN_INTERVAL,
         ChatKind::Teams => TEAMS_MIN_INTERVAL,

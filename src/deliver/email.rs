@@ -7,7 +7,7 @@
 //! show the recipient's domain only, never the address, subject or body.
 
 use crate::config::smtp::check_credentials;
-use crate::config::{Problem, SmtpTls};
+use crate::config::{Problem, SmtpSettings, SmtpTls};
 use crate::deliver::outcome::{self, AttemptReport, RESPONSE_SNIPPET_BYTES};
 use crate::model::{truncate_utf8, Verdict};
 use crate::net::mail::{domain_of, validate_address};
@@ -20,10 +20,8 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use std::time::{Duration, Instant};
 
-pub use crate::config::smtp::SmtpSettings;
-
 /// Connections kept open to the SMTP server.
-pub const POOL_SIZE: u32 = 4;
+pub(crate) const POOL_SIZE: u32 = 4;
 
 /// Sends [`EmailMessage`]s over one pooled SMTP transport.
 #[derive(Clone)]

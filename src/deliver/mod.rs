@@ -5,9 +5,9 @@
 pub mod attempt;
 pub mod chat;
 pub mod email;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod webhook;
-pub mod worker;
+pub(crate) mod worker;
 
 use crate::config::{Destination, Target};
 use crate::outbox::store::Store;

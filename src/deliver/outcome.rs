@@ -40,7 +40,7 @@ use reqwest::StatusCode;
 use std::time::{Duration, SystemTime};
 
 /// How much of a response the attempts log keeps.
-pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
+pub(crate) const RESPONSE_SNIPPET_BYTES: usize = 4096;
 
 /// The longest reason text kept, in bytes; error chains can be long.
 const MAX_REASON_BYTES: usize = 300;
@@ -53,14 +53,14 @@ pub struct AttemptReport {
     /// HTTP status or SMTP reply code, when the peer answered.
     pub status: Option<u16>,
     /// The first [`RESPONSE_SNIPPET_BYTES`] of the response body (or SMTP reply text).
-    pub response: String,
+    pub(crate) response: String,
     /// How long the attempt took.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 impl AttemptReport {
     /// A report of an attempt that got no answer.
-    pub fn unanswered(verdict: Verdict, duration: Duration) -> AttemptReport {
+    pub(crate) fn unanswered(verdict: Verdict, duration: Duration) -> AttemptReport {
         AttemptReport {
             verdict,
             status: None,
@@ -78,7 +78,7 @@ impl AttemptReport {
 /// * 408, 429, 5xx → [`Verdict::Retry`], with `retry_after` from a valid `Retry-After` header
 ///   (at most [`MAX_RETRY_AFTER`], no minimum yet; see [`clamp_retry_after`]).
 /// * anything else (other 4xx, 1xx) → [`Verdict::Fail`].
-pub fn classify_http(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Verdict {
+pub(crate) fn classify_http(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Verdict {
     let label = status_label(status);
     if status.is_success() {
         Verdict::Success
@@ -130,7 +130,7 @@ fn status_label(status: StatusCode) -> String {
 /// - 404 and 410 from Slack or Discord: fail with `webhook gone (404)` (the webhook or channel was
 ///   deleted; the destination should be marked failing);
 /// - 3xx (redirects are not followed) and other 4xx: fail.
-pub fn classify_chat(
+pub(crate) fn classify_chat(
     kind: ChatKind,
     status: u16,
     headers: &HeaderMap,
@@ -175,7 +175,7 @@ pub fn classify_chat(
 /// is [`Verdict::Fail`]. The reason is a short phrase ("timed out after 15s", naming the request's
 /// `timeout`; "connection refused"; "connection failed: dns error: ...") built from the error's
 /// cause chain with every sensitive part of `url` scrubbed out.
-pub fn classify_transport(e: &reqwest::Error, url: &url::Url, timeout: Duration) -> Verdict {
+pub(crate) fn classify_transport(e: &reqwest::Error, url: &url::Url, timeout: Duration) -> Verdict {
     let cause = Scrubber::new()
         .url(url)
         .scrub(&scrub::root_cause(e).unwrap_or_else(|| "unknown error".to_string()));
@@ -236,7 +236,7 @@ fn human(d: Duration) -> String {
 /// Sorts an SMTP error: a permanent (5xx) answer fails; a transient (4xx) answer, a timeout, a
 /// TLS or connection error retries. The reason names the code, never the reply text (which may
 /// quote the recipient).
-pub fn classify_smtp(e: &lettre::transport::smtp::Error) -> Verdict {
+pub(crate) fn classify_smtp(e: &lettre::transport::smtp::Error) -> Verdict {
     let code = e.status().map(u16::from);
     let retry = |reason: String| Verdict::Retry {
         reason,
@@ -271,7 +271,11 @@ fn bounded(s: String) -> String {
 /// [`discord_body_retry_after`]); each bounded by [`MAX_RETRY_AFTER`]. `X-RateLimit-Reset` (a
 /// Unix time) is not read: it says the same as `X-RateLimit-Reset-After`, but through two clocks,
 /// so any skew between them would lengthen the wait.
-pub fn discord_retry_after(headers: &HeaderMap, body: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn discord_retry_after(
+    headers: &HeaderMap,
+    body: &str,
+    now: SystemTime,
+) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     [
         retry_after_header(headers, now),
@@ -287,7 +291,7 @@ pub fn discord_retry_after(headers: &HeaderMap, body: &str, now: SystemTime) -> 
 /// (`0.5`, `64.57`); older versions sent whole milliseconds (`1500`). Decision: a whole number
 /// above 60 is read as milliseconds (Discord's per-webhook waits are seconds long, and a v10 value
 /// is rarely a whole number), any other value as seconds.
-pub fn discord_body_retry_after(body: &str) -> Option<Duration> {
+pub(crate) fn discord_body_retry_after(body: &str) -> Option<Duration> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     let n = v.get("retry_after")?.as_f64()?;
     if n > 60.0 && n.fract() == 0.0 {
@@ -315,7 +319,7 @@ impl RetryPolicy {
     ///   deliveries during an outage the schedule was designed to ride out;
     /// * every attempt, whoever chose its wait, uses up one step of the schedule, so the number of
     ///   attempts stays bounded.
-    pub fn next_delay(
+    pub(crate) fn next_delay(
         &self,
         attempts_done: u32,
         retry_after: Option<Duration>,

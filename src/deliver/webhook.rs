@@ -19,22 +19,22 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGE
 use sha2::Sha256;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::config::{Secret, WebhookTarget};
+
 type HmacSha256 = Hmac<Sha256>;
 
-pub use crate::config::secret::{Secret, SigningError, MIN_SECRET_BYTES, SECRET_PREFIX};
-
 /// The `user-agent` sent with every webhook.
-pub const USER_AGENT_VALUE: &str = concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT_VALUE: &str = concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION"));
 
 /// How far a receiver should let `webhook-timestamp` drift from its clock (the spec's 5 minutes).
-pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+pub(crate) const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// The header carrying the message id.
-pub const HEADER_ID: &str = "webhook-id";
+pub(crate) const HEADER_ID: &str = "webhook-id";
 /// The header carrying the signing time, seconds since the epoch.
-pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
+pub(crate) const HEADER_TIMESTAMP: &str = "webhook-timestamp";
 /// The header carrying the signatures.
-pub const HEADER_SIGNATURE: &str = "webhook-signature";
+pub(crate) const HEADER_SIGNATURE: &str = "webhook-signature";
 
 /// A keyed HMAC ready for input.
 fn mac(secret: &Secret) -> HmacSha256 {
@@ -59,7 +59,7 @@ fn mac_over(secret: &Secret, msg_id: &str, timestamp: &str, body: &[u8]) -> Hmac
 /// Signs one message: `v1,<base64>` per secret, space-separated, in the order given.
 ///
 /// An empty `secrets` gives an empty string; [`send`] refuses to send in that case.
-pub fn sign(secrets: &[Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub(crate) fn sign(secrets: &[Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let ts = timestamp.to_string();
     let mut out = String::new();
     for secret in secrets {
@@ -75,7 +75,7 @@ pub fn sign(secrets: &[Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> St
 
 /// Why a signature did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     /// `webhook-timestamp` is empty.
     #[error("missing webhook-timestamp")]
     MissingTimestamp,
@@ -101,7 +101,7 @@ pub enum VerifyError {
 /// `timestamp` and `signature_header` are the raw header values; `now` is seconds since the epoch.
 /// The timestamp must be within `tolerance` of `now` either way. Entries of other versions (`v1a,...`)
 /// and undecodable entries are skipped; a `v1` entry matching in constant time is enough.
-pub fn verify(
+pub(crate) fn verify(
     secret: &Secret,
     msg_id: &str,
     timestamp: &str,
@@ -143,8 +143,6 @@ pub fn verify(
     }
 }
 
-pub use crate::config::destination::WebhookTarget;
-
 /// The HTTP client for one webhook or chat destination's deliveries.
 ///
 /// It never follows redirects (a 3xx is a failure, see [`crate::deliver::outcome`]), keeps idle connections
@@ -153,7 +151,9 @@ pub use crate::config::destination::WebhookTarget;
 /// link-local, metadata or (without `allow_private`) private address fails before connecting.
 /// Proxy settings from the environment (`HTTPS_PROXY`, ...) are honoured as usual. Fails only if
 /// the TLS backend cannot start.
-pub fn client(egress: crate::net::egress::Policy) -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn client(
+    egress: crate::net::egress::Policy,
+) -> Result<reqwest::Client, reqwest::Error> {
     crate::net::egress::guard(client_builder(), egress).build()
 }
 
@@ -269,6 +269,7 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::secret::SigningError;
 
     const SPEC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const SPEC_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";

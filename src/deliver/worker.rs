@@ -21,9 +21,9 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for attempts in flight before leaving them queued.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The longest a worker sleeps before looking at its queue again, so a clock jump heals itself.
-pub const MAX_IDLE_SLEEP: Duration = Duration::from_secs(30);
+pub(crate) const MAX_IDLE_SLEEP: Duration = Duration::from_secs(30);
 /// How long a worker waits before trying an entry again after a store error during its attempt.
 const STORE_ERROR_RETRY: Duration = Duration::from_secs(5);
 
@@ -37,7 +37,7 @@ pub struct Outcome {
     /// Rescheduled.
     pub retried: u64,
     /// Dead-lettered.
-    pub dead: u64,
+    pub(crate) dead: u64,
 }
 
 impl Outcome {
@@ -409,9 +409,9 @@ mod queue_tests {
 mod panic_tests {
     use super::*;
     use crate::config::retry::RetryPolicy;
+    use crate::config::{Destination, Secret, Target, WebhookTarget};
     use crate::deliver::attempt::PANIC_REASON;
-    use crate::deliver::webhook::{self, WebhookTarget};
-    use crate::deliver::{Destination, Target, TestFault};
+    use crate::deliver::TestFault;
     use crate::outbox::entry::OutboxEntry;
     use crate::outbox::store::Store;
     use crate::route::plan::Payload;
@@ -424,9 +424,7 @@ mod panic_tests {
             target: Target::Webhook(WebhookTarget {
                 name: "hooks".into(),
                 url: url::Url::parse("http://127.0.0.1:9/hook").unwrap(),
-                secrets: vec![
-                    webhook::Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
-                ],
+                secrets: vec![Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()],
                 headers: vec![],
                 timeout: Duration::from_secs(1),
             }),

@@ -43,7 +43,7 @@ use crate::ingest::walk::{PageWalk, Step};
 use chrono::Utc;
 
 /// The baseline logs its progress every this many pages.
-pub const BASELINE_LOG_EVERY_PAGES: u64 = 50;
+pub(crate) const BASELINE_LOG_EVERY_PAGES: u64 = 50;
 
 /// What one run of the baseline read (a resumed baseline counts only what it read this time).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -22,14 +22,14 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 
 /// How many times one page request is retried inside a poll before the poll fails.
-pub const API_MAX_RETRIES: u32 = 4;
+pub(crate) const API_MAX_RETRIES: u32 = 4;
 /// The first backoff between retries of a page request; it doubles each time.
-pub const API_BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub(crate) const API_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// The longest backoff (and the longest `Retry-After` honoured) inside a poll: past this the poll
 /// fails, keeps its checkpoint, and the next interval tries again.
-pub const API_MAX_BACKOFF: Duration = Duration::from_secs(60);
+pub(crate) const API_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A login token is renewed after this long, before the hour it is said to last is up.
-pub const TOKEN_REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
+pub(crate) const TOKEN_REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
 /// The largest page body accepted; a larger one is an error, not an out-of-memory.
 pub const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How much of an error body the debug log quotes, after every secret is scrubbed from the whole
@@ -40,9 +40,9 @@ const ERROR_EXCERPT_CHARS: usize = 200;
 const TOKENS_REMEMBERED: usize = 2;
 /// A page is handed to the poll in chunks of at most this many records (or [`CHUNK_BYTES`]),
 /// each diffed, planned and committed on its own, so memory stays bounded whatever the page size.
-pub const CHUNK_RECORDS: usize = 1_000;
+pub(crate) const CHUNK_RECORDS: usize = 1_000;
 /// A chunk also ends once this much of the page's JSON went into it.
-pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Chunks parsed ahead of the poll: the body is read no faster than the poll takes them.
 const CHUNKS_AHEAD: usize = 1;
 /// The longest a page request may stay open while the poll works through its chunks. The
@@ -112,7 +112,7 @@ fn body_note(bytes: usize) -> String {
 
 impl ApiError {
     /// Whether retrying the same request may help (429, 5xx, 408, transport errors).
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             ApiError::Status { status, .. } => {
                 *status == 429 || *status == 408 || (500..600).contains(status)
@@ -125,7 +125,7 @@ impl ApiError {
 
 /// What a page reader hands the poll, in order.
 #[derive(Debug)]
-pub enum PageEvent {
+pub(crate) enum PageEvent {
     /// The next records of the page.
     Chunk(Chunk),
     /// The page failed part-way and is being requested again from its start: the records of the
@@ -135,25 +135,25 @@ pub enum PageEvent {
 
 /// Consecutive records of one page.
 #[derive(Debug)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     /// The records, as sent (some may not be objects; the diff skips those).
-    pub records: Vec<Value>,
+    pub(crate) records: Vec<Value>,
     /// Set on the page's last chunk.
-    pub end: Option<PageEnd>,
+    pub(crate) end: Option<PageEnd>,
 }
 
 /// How a page ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageEnd {
+pub(crate) struct PageEnd {
     /// The records the page held.
-    pub records: u64,
+    pub(crate) records: u64,
     /// Whether this was the last page (short, empty or 204).
-    pub last: bool,
+    pub(crate) last: bool,
     /// The server's `Date` header (`None` when missing or unparseable).
-    pub date: Option<DateTime<Utc>>,
+    pub(crate) date: Option<DateTime<Utc>>,
     /// Our clock when the response headers arrived (the server's `Date` is no later than its
     /// clock at that moment).
-    pub received: DateTime<Utc>,
+    pub(crate) received: DateTime<Utc>,
 }
 
 /// The `Date` header as an instant (IMF-fixdate; the obsolete HTTP date forms count as missing).
@@ -166,7 +166,7 @@ fn server_date(headers: &reqwest::header::HeaderMap) -> Option<DateTime<Utc>> {
 
 /// One page being read in the background: its chunks arrive as the poll asks for them. Dropping
 /// it stops the request.
-pub struct PageReader {
+pub(crate) struct PageReader {
     resource: String,
     rx: tokio::sync::mpsc::Receiver<Result<PageEvent, ApiError>>,
     _task: tokio_util::task::AbortOnDropHandle<()>,
@@ -175,7 +175,7 @@ pub struct PageReader {
 impl PageReader {
     /// The page's next event. After the chunk that carries [`Chunk::end`] (or after an error)
     /// there is nothing more to ask for.
-    pub async fn next(&mut self) -> Result<PageEvent, ApiError> {
+    pub(crate) async fn next(&mut self) -> Result<PageEvent, ApiError> {
         match self.rx.recv().await {
             Some(event) => event,
             None => Err(ApiError::Transport {
@@ -188,7 +188,7 @@ impl PageReader {
 
 /// The Clinicea API client for one source.
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     cfg: Arc<Clinicea>,
     token: Arc<Mutex<Option<(String, Instant)>>>,
@@ -198,7 +198,7 @@ pub struct Client {
 }
 
 /// Writes the since value for a resource: `since` in `tz`, in the resource's format.
-pub fn format_since(since: DateTime<Utc>, format: &str, tz: chrono_tz::Tz) -> String {
+pub(crate) fn format_since(since: DateTime<Utc>, format: &str, tz: chrono_tz::Tz) -> String {
     since.with_timezone(&tz).format(format).to_string()
 }
 
@@ -216,7 +216,7 @@ impl Client {
     /// Builds a client for a validated `clinicea:` section. The base URL's name is resolved
     /// through the egress rules: a link-local, metadata or (without `clinicea.allow_private`)
     /// private address is refused before connecting.
-    pub fn new(cfg: &Clinicea) -> anyhow::Result<Client> {
+    pub(crate) fn new(cfg: &Clinicea) -> anyhow::Result<Client> {
         let builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
@@ -562,7 +562,7 @@ impl Client {
     /// [`PageReader`]). 429, 5xx, 408 and transport errors are retried with backoff (bounded by
     /// [`API_MAX_RETRIES`]), also when the body breaks off after some chunks were handed over (the
     /// reader then says [`PageEvent::Restart`]); a 401 in `auth: login` mode logs in again once.
-    pub fn read_page(&self, res: &Resource, since: DateTime<Utc>, page: u32) -> PageReader {
+    pub(crate) fn read_page(&self, res: &Resource, since: DateTime<Utc>, page: u32) -> PageReader {
         use tracing::Instrument;
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
         let (client, res2) = (self.clone(), res.clone());

@@ -30,19 +30,19 @@ pub enum PollError<E> {
 #[derive(Clone)]
 pub struct PollCtx<I> {
     /// The source (clinic) name.
-    pub source: String,
+    pub(crate) source: String,
     /// The stages after ingest: the stored state, and where diffed chunks go.
-    pub intake: I,
+    pub(crate) intake: I,
     /// The API client of this source.
-    pub client: Client,
+    pub(crate) client: Client,
     /// How far back each poll re-reads.
-    pub overlap: Duration,
+    pub(crate) overlap: Duration,
     /// Where the first poll starts.
-    pub start_from: StartFrom,
+    pub(crate) start_from: StartFrom,
     /// The since of the silent baseline at a resource's first start; `None`: no baseline.
-    pub baseline: Option<DateTime<Utc>>,
+    pub(crate) baseline: Option<DateTime<Utc>>,
     /// Pause between pages.
-    pub page_delay: Duration,
+    pub(crate) page_delay: Duration,
     /// Stop between pages when cancelled.
-    pub cancel: tokio_util::sync::CancellationToken,
+    pub(crate) cancel: tokio_util::sync::CancellationToken,
 }

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 /// The field name of the boolean delete flag some endpoints send.
-pub const IS_DELETED_FIELD: &str = "IsDeleted";
+pub(crate) const IS_DELETED_FIELD: &str = "IsDeleted";
 
 /// How a resource names its id and status fields.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub fn record_id(record: &Value, id_field: &str) -> Result<String, Skip> {
 }
 
 /// The server's status flag as a string, if present.
-pub fn server_status(record: &Value, status_field: &str) -> Option<String> {
+pub(crate) fn server_status(record: &Value, status_field: &str) -> Option<String> {
     match record.get(status_field)? {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
@@ -72,7 +72,7 @@ pub fn is_deleted(record: &Value, status_field: &str) -> bool {
 }
 
 /// The snapshot kept for a deleted record: `{"<id_field>": id, "IsDeleted": true}`.
-pub fn tombstone(id_field: &str, id: &str) -> Vec<u8> {
+pub(crate) fn tombstone(id_field: &str, id: &str) -> Vec<u8> {
     let mut m = serde_json::Map::new();
     m.insert(id_field.to_string(), Value::String(id.to_string()));
     m.insert(IS_DELETED_FIELD.to_string(), Value::Bool(true));
@@ -81,7 +81,12 @@ pub fn tombstone(id_field: &str, id: &str) -> Vec<u8> {
 
 /// For a stored snapshot: the [`tombstone`] to keep instead, when it is a deleted record kept
 /// whole (what older versions stored); `None` when it is live or already reduced.
-pub fn reduce_stored(raw: &[u8], id_field: &str, status_field: &str, id: &str) -> Option<Vec<u8>> {
+pub(crate) fn reduce_stored(
+    raw: &[u8],
+    id_field: &str,
+    status_field: &str,
+    id: &str,
+) -> Option<Vec<u8>> {
     let v: Value = serde_json::from_slice(raw).ok()?;
     if !is_deleted(&v, status_field) {
         return None;

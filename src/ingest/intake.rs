@@ -16,9 +16,9 @@ use std::future::Future;
 pub struct DiffedChunk {
     /// New snapshot versions, in the order read: (record id, record JSON; a deleted record as its
     /// tombstone).
-    pub snapshots: Vec<(String, Vec<u8>)>,
+    pub(crate) snapshots: Vec<(String, Vec<u8>)>,
     /// The changes detected, in the order read.
-    pub changes: Vec<Change>,
+    pub(crate) changes: Vec<Change>,
 }
 
 /// What a poll needs from the stages after it. Every method names the source and the resource

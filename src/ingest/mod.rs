@@ -12,6 +12,6 @@ pub mod ctx;
 pub mod diff;
 pub mod intake;
 pub mod poll;
-pub mod split;
+pub(crate) mod split;
 pub mod state;
-pub mod walk;
+pub(crate) mod walk;

@@ -82,10 +82,10 @@ use std::hash::{BuildHasher, RandomState};
 /// docs); after that the checkpoint stays and the next poll reads the window again.
 pub const MAX_PASSES: u32 = 3;
 /// A `Date` further than this from our clock is not believed: the since falls back to our clock.
-pub const MAX_PLAUSIBLE_SKEW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+pub(crate) const MAX_PLAUSIBLE_SKEW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 /// Two skew readings closer than this are the same skew (the `Date` header has one-second
 /// resolution, plus the round trip): a warning is logged again only past it.
-pub const SKEW_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+pub(crate) const SKEW_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// What one poll did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub struct PollReport {
     /// Outbox entries created.
     pub deliveries: u64,
     /// Pages the silent baseline read in this poll (first start only).
-    pub baseline_pages: u64,
+    pub(crate) baseline_pages: u64,
     /// Records the silent baseline stored in this poll, sending nothing.
     pub baseline_records: u64,
     /// Passes over the window (more than one when it shifted while it was paged).

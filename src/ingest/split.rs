@@ -14,7 +14,7 @@ use serde_json::Value;
 
 /// serde_json's recursion limit: a page nested this deep (counting the page's own array) is
 /// refused, as serde_json refuses it when it parses a body whole, and before it is buffered.
-pub const RECURSION_LIMIT: usize = 128;
+pub(crate) const RECURSION_LIMIT: usize = 128;
 
 /// JSON's insignificant whitespace.
 fn is_ws(b: u8) -> bool {
@@ -79,7 +79,7 @@ impl Pos {
 
 /// Splits a JSON array fed in pieces into its elements.
 #[derive(Debug)]
-pub struct ArraySplitter {
+pub(crate) struct ArraySplitter {
     state: State,
     /// The current element's bytes (or, in `Whole`, the whole body).
     buf: Vec<u8>,
@@ -101,7 +101,7 @@ impl Default for ArraySplitter {
 
 impl ArraySplitter {
     /// A splitter at the start of a body.
-    pub fn new() -> ArraySplitter {
+    pub(crate) fn new() -> ArraySplitter {
         ArraySplitter {
             state: State::Start,
             buf: Vec::new(),
@@ -115,7 +115,7 @@ impl ArraySplitter {
 
     /// Consumes the next piece of the body, pushing every element it completes onto `out`.
     /// An error is final: the body is malformed (the text says why and where).
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Value>) -> Result<(), String> {
+    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<Value>) -> Result<(), String> {
         let mut i = 0;
         while i < bytes.len() {
             match self.state {
@@ -316,7 +316,7 @@ impl ArraySplitter {
     /// Ends the body. `Ok(None)` means the list was complete (or the body empty: nothing was
     /// pushed); `Ok(Some(body))` means the body is not a list and is returned whole, for the caller
     /// to say what it is.
-    pub fn finish(mut self) -> Result<Option<Vec<u8>>, String> {
+    pub(crate) fn finish(mut self) -> Result<Option<Vec<u8>>, String> {
         match self.state {
             State::Done | State::Start => Ok(None),
             State::Whole => Ok(Some(std::mem::take(&mut self.buf))),

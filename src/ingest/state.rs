@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Nothing from before this instant is ever asked for (`start_from`, fixed at first start).
-    pub origin: DateTime<Utc>,
+    pub(crate) origin: DateTime<Utc>,
     /// When the last poll whose pages were all stored began; the next poll asks from here minus the
     /// overlap (never before `origin`).
     pub last_success_start: Option<DateTime<Utc>>,
@@ -30,7 +30,7 @@ pub struct Checkpoint {
 }
 
 /// How much further back a since reaches when its checkpoint is on our clock, not the API's.
-pub const UNKNOWN_CLOCK_OVERLAP_FACTOR: u32 = 2;
+pub(crate) const UNKNOWN_CLOCK_OVERLAP_FACTOR: u32 = 2;
 
 impl Checkpoint {
     /// The instant the next poll asks from.
@@ -54,17 +54,17 @@ impl Checkpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     /// The since it reads from (`clinicea.baseline.since`).
-    pub since: DateTime<Utc>,
+    pub(crate) since: DateTime<Utc>,
     /// The page to read next: where a baseline stopped by a crash or shutdown resumes.
-    pub next_page: u32,
+    pub(crate) next_page: u32,
     /// Pages stored.
     #[serde(default)]
     pub pages: u64,
     /// Records stored.
     #[serde(default)]
-    pub records: u64,
+    pub(crate) records: u64,
     /// When it began.
-    pub started: DateTime<Utc>,
+    pub(crate) started: DateTime<Utc>,
     /// When its last page was stored; `None` while it runs.
     #[serde(default)]
     pub finished: Option<DateTime<Utc>>,
@@ -72,7 +72,7 @@ pub struct Baseline {
 
 impl Baseline {
     /// A baseline about to read from `since`, starting at page `first_page`.
-    pub fn new(since: DateTime<Utc>, first_page: u32, started: DateTime<Utc>) -> Baseline {
+    pub(crate) fn new(since: DateTime<Utc>, first_page: u32, started: DateTime<Utc>) -> Baseline {
         Baseline {
             since,
             next_page: first_page,
@@ -88,21 +88,21 @@ impl Baseline {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PollStatus {
     /// When the last poll began.
-    pub last_started: Option<DateTime<Utc>>,
+    pub(crate) last_started: Option<DateTime<Utc>>,
     /// When the last poll ended.
-    pub last_finished: Option<DateTime<Utc>>,
+    pub(crate) last_finished: Option<DateTime<Utc>>,
     /// When the last successful poll ended.
-    pub last_success: Option<DateTime<Utc>>,
+    pub(crate) last_success: Option<DateTime<Utc>>,
     /// The last poll's error, or `None` if it succeeded.
     pub last_error: Option<String>,
     /// Failed polls since the last success.
     pub consecutive_failures: u32,
     /// Records fetched by the last poll.
-    pub last_records: u64,
+    pub(crate) last_records: u64,
     /// Changes detected by the last poll.
-    pub last_changes: u64,
+    pub(crate) last_changes: u64,
     /// Pages fetched by the last poll.
-    pub last_pages: u32,
+    pub(crate) last_pages: u32,
     /// The API's clock minus ours, in milliseconds, as the last poll measured it (`None`: not
     /// measured, or the `Date` was missing or absurd).
     #[serde(default)]

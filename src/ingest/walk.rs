@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 
 /// A guard against an endpoint that ignores the page parameter and never returns a short page:
 /// the most pages one pass reads.
-pub const MAX_PAGES_PER_POLL: u32 = 100_000;
+pub(crate) const MAX_PAGES_PER_POLL: u32 = 100_000;
 
 /// What [`PageWalk::next`] hands over.
 pub(crate) enum Step {
@@ -56,19 +56,19 @@ pub(crate) struct PageWalk<'a, I> {
     reader: Option<PageReader>,
     prefetched: Option<PageReader>,
     /// Pages requested.
-    pub pages: u32,
+    pub(crate) pages: u32,
     /// Records read (a page read again after it broke off counts once).
-    pub records: u64,
+    pub(crate) records: u64,
     page_records: u64,
     ids: PageIds,
     /// The previous page's id count and hash, and its record count.
     previous: Option<(u64, u64, u64)>,
     done: bool,
     /// How the walk's first page ended (its `Date` is the poll's reading of the API's clock).
-    pub first_end: Option<PageEnd>,
+    pub(crate) first_end: Option<PageEnd>,
     /// The walk ended on a page that repeated the previous one, which held every record (an
     /// endpoint that ignores the page parameter); the repeat's chunks were handed over already.
-    pub ended_on_repeat: bool,
+    pub(crate) ended_on_repeat: bool,
 }
 
 impl<'a, I> PageWalk<'a, I> {

@@ -19,7 +19,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
 /// The largest message (and line) the catcher accepts.
-pub const MAX_MESSAGE_BYTES: usize = 25 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 25 * 1024 * 1024;
 
 /// How the catcher behaves.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +45,7 @@ pub struct CaughtMessage {
     /// The raw message after dot-unstuffing, lines ending in CRLF.
     pub data: String,
     /// When DATA completed.
-    pub received_at: DateTime<Utc>,
+    pub(crate) received_at: DateTime<Utc>,
     /// Whether the message came over TLS.
     pub tls: bool,
     /// The user that authenticated, if any.
@@ -150,11 +150,6 @@ impl CatcherHandle {
             self.shared.auth_commands.load(Ordering::SeqCst),
             self.shared.cleartext_auth_commands.load(Ordering::SeqCst),
         )
-    }
-
-    /// Stops accepting connections.
-    pub fn shutdown(&self) {
-        self.task.abort();
     }
 }
 

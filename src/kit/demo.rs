@@ -18,10 +18,11 @@
 //! different: it is the command's explicit output, and everything in it is made-up sandbox data,
 //! so it shows names in email subjects and chat text there (and only there; logs are unchanged).
 
-use crate::commands;
+use crate::config::Secret;
 use crate::daemon::events::{Event, Events, Subscription};
 use crate::daemon::intake::PollEvent;
-use crate::deliver::webhook::{self, Secret};
+use crate::daemon::settings::load_settings_with;
+use crate::deliver::webhook;
 use crate::deliver::Event as Delivery;
 use crate::kit::catcher::{Catcher, CatcherHandle, CatcherOptions};
 use crate::kit::sandbox::{Sandbox, SandboxOptions};
@@ -39,48 +40,48 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How often the sandbox changes some records.
-pub const CHURN_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const CHURN_EVERY: Duration = Duration::from_secs(2);
 /// Webhook requests (numbered from 1) the demo receiver answers with 503, to show retries.
-pub const WEBHOOK_FAILURES: [u64; 3] = [2, 3, 9];
+pub(crate) const WEBHOOK_FAILURES: [u64; 3] = [2, 3, 9];
 /// How far back the notifier starts, so the sandbox's initial records flow too.
-pub const BACKFILL: Duration = Duration::from_secs(2 * 3600);
+pub(crate) const BACKFILL: Duration = Duration::from_secs(2 * 3600);
 /// How long a signature's timestamp may be off before the receiver rejects it.
-pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
+pub(crate) const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Stop after this long (e.g. 20s, 2m); without it the demo runs until Ctrl-C.
     #[arg(long, value_parser = crate::config::parse_duration)]
-    pub duration: Option<Duration>,
+    pub(crate) duration: Option<Duration>,
     /// Seed for the sandbox's made-up records and their changes.
     #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// What the demo counted; the summary prints it.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Changes the polls detected.
-    pub changes: AtomicU64,
+    pub(crate) changes: AtomicU64,
     /// Rule matches (a change matching two rules counts two).
-    pub rules_matched: AtomicU64,
+    pub(crate) rules_matched: AtomicU64,
     /// Deliveries that succeeded.
-    pub delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// Failed attempts that will be retried.
-    pub retries: AtomicU64,
+    pub(crate) retries: AtomicU64,
     /// Deliveries moved to the dead letters.
-    pub dead: AtomicU64,
+    pub(crate) dead: AtomicU64,
     /// Webhook requests whose signature verified.
-    pub signatures_ok: AtomicU64,
+    pub(crate) signatures_ok: AtomicU64,
     /// Webhook requests whose signature did not verify.
-    pub signatures_failed: AtomicU64,
+    pub(crate) signatures_failed: AtomicU64,
     /// Webhook requests answered with an injected 503.
-    pub injected_failures: AtomicU64,
+    pub(crate) injected_failures: AtomicU64,
     /// Chat messages received (all attempts).
-    pub chat_messages: AtomicU64,
+    pub(crate) chat_messages: AtomicU64,
     /// Emails the SMTP catcher accepted.
-    pub emails: AtomicU64,
+    pub(crate) emails: AtomicU64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -531,7 +532,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .context("cannot write the demo config")?;
     let vars = HashMap::new();
-    let settings = commands::load_settings_with(&config_path, &vars)?;
+    let settings = load_settings_with(&config_path, &vars)?;
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let health_addr = health.local_addr()?;
 
@@ -606,7 +607,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = emails.await;
     let _ = receiver_task.await;
     sandbox.stop().await;
-    let queued = commands::load_settings_with(&config_path, &HashMap::new())
+    let queued = load_settings_with(&config_path, &HashMap::new())
         .ok()
         .and_then(|s| {
             crate::outbox::store::Store::open(&s.base.store.path, s.base.store.cache_bytes).ok()
@@ -668,7 +669,7 @@ mod tests {
             demo_config("http://127.0.0.1:1", "http://127.0.0.1:2", 25, &secret),
         )
         .unwrap();
-        let s = commands::load_settings_with(&path, &HashMap::new()).unwrap();
+        let s = load_settings_with(&path, &HashMap::new()).unwrap();
         assert_eq!(s.base.resources.len(), 3);
         assert_eq!(s.pipeline.destinations.len(), 4);
         assert!(s.smtp.is_some());

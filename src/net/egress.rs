@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 /// What kind of address an IP is, for the egress rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddrClass {
+pub(crate) enum AddrClass {
     /// This machine (127.0.0.0/8, `::1`): always allowed.
     Loopback,
     /// Anything else routable: allowed.
@@ -47,7 +47,7 @@ const METADATA_V4: [Ipv4Addr; 3] = [
 const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x254);
 
 /// Host names of metadata services (compared without case and without a trailing dot).
-pub const METADATA_NAMES: [&str; 5] = [
+pub(crate) const METADATA_NAMES: [&str; 5] = [
     "metadata.google.internal",
     "metadata.goog",
     "metadata",
@@ -58,7 +58,7 @@ pub const METADATA_NAMES: [&str; 5] = [
 const METADATA_WHY: &str = "a cloud metadata address";
 
 /// Sorts an IP address into its [`AddrClass`].
-pub fn classify(ip: IpAddr) -> AddrClass {
+pub(crate) fn classify(ip: IpAddr) -> AddrClass {
     match ip {
         IpAddr::V4(v4) => classify_v4(v4),
         IpAddr::V6(v6) => classify_v6(v6),
@@ -126,13 +126,13 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
 }
 
 /// Whether an address is this machine's loopback (`::ffff:127.0.0.1` included).
-pub fn is_loopback_ip(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback_ip(ip: IpAddr) -> bool {
     classify(ip) == AddrClass::Loopback
 }
 
 /// Whether a URL's host is this machine: `localhost`, or an address [`is_loopback_ip`] accepts
 /// (127.0.0.0/8, `::1`, `::ffff:127.x.y.z`).
-pub fn is_loopback_url(url: &url::Url) -> bool {
+pub(crate) fn is_loopback_url(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => is_loopback_ip(ip.into()),
@@ -143,7 +143,7 @@ pub fn is_loopback_url(url: &url::Url) -> bool {
 
 /// Whether a bare host name (an SMTP `host:`, an IPv6 address with or without brackets) is this
 /// machine, by the rules of [`is_loopback_url`].
-pub fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let h = host.trim();
     let bracketed = if h.contains(':') && !h.starts_with('[') {
         format!("[{h}]")
@@ -155,7 +155,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Whether a host name is a well-known metadata service name.
-pub fn is_metadata_name(host: &str) -> bool {
+pub(crate) fn is_metadata_name(host: &str) -> bool {
     let h = host.trim_end_matches('.');
     METADATA_NAMES.iter().any(|m| h.eq_ignore_ascii_case(m))
 }
@@ -164,11 +164,11 @@ pub fn is_metadata_name(host: &str) -> bool {
 /// it never contains a URL's path or query (chat webhook URLs are secrets).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{who}: {reason}")]
-pub struct Refused {
+pub(crate) struct Refused {
     /// `destination automations`, `clinicea.base_url`, `smtp.host`.
-    pub who: String,
+    pub(crate) who: String,
     /// What is wrong with the host, e.g. `169.254.169.254 is a cloud metadata address ...`.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// The egress rules for one connecting party: who it is (for messages), and whether it may reach
@@ -176,11 +176,11 @@ pub struct Refused {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Who connects, for messages: `destination automations`, `clinicea.base_url`, `smtp.host`.
-    pub who: String,
+    pub(crate) who: String,
     /// The config key that lets private addresses through, for messages.
-    pub opt_in_key: String,
+    pub(crate) opt_in_key: String,
     /// Whether private ranges are allowed (`allow_private: true`).
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
 }
 
 impl Policy {
@@ -194,7 +194,7 @@ impl Policy {
     }
 
     /// The rules for the Clinicea API (`clinicea.base_url`).
-    pub fn clinicea(allow_private: bool) -> Policy {
+    pub(crate) fn clinicea(allow_private: bool) -> Policy {
         Policy {
             who: "clinicea.base_url".to_string(),
             opt_in_key: "clinicea.allow_private".to_string(),
@@ -203,7 +203,7 @@ impl Policy {
     }
 
     /// The rules for the SMTP server (`smtp.host`).
-    pub fn smtp(allow_private: bool) -> Policy {
+    pub(crate) fn smtp(allow_private: bool) -> Policy {
         Policy {
             who: "smtp.host".to_string(),
             opt_in_key: "smtp.allow_private".to_string(),
@@ -235,13 +235,13 @@ impl Policy {
     }
 
     /// Checks one address.
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refused> {
+    pub(crate) fn check_ip(&self, ip: IpAddr) -> Result<(), Refused> {
         self.check_ip_as(ip, &format!("{ip} is"))
     }
 
     /// Checks a host as written in the config: a literal IP, a metadata name, or a name to be
     /// checked when it is resolved (accepted here).
-    pub fn check_host(&self, host: &str) -> Result<(), Refused> {
+    pub(crate) fn check_host(&self, host: &str) -> Result<(), Refused> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return self.check_ip(ip);
@@ -256,7 +256,7 @@ impl Policy {
 
     /// Checks a URL's host (see [`Policy::check_host`]); a URL without a host passes (the URL
     /// checks refuse it on their own).
-    pub fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
+    pub(crate) fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
         match url.host() {
             Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)),
@@ -267,7 +267,7 @@ impl Policy {
 
     /// Keeps the resolved addresses of `host` that may be used; refuses when none is left, naming
     /// the first refused address and why.
-    pub fn filter(
+    pub(crate) fn filter(
         &self,
         host: &str,
         addrs: impl IntoIterator<Item = SocketAddr>,
@@ -295,7 +295,7 @@ impl Policy {
     /// Resolves `host:port` and checks every address, before a client that resolves on its own
     /// (the SMTP transport) connects. A name that does not resolve passes: the client then
     /// reports its own, more precise, error.
-    pub async fn resolve_checked(&self, host: &str, port: u16) -> Result<(), Refused> {
+    pub(crate) async fn resolve_checked(&self, host: &str, port: u16) -> Result<(), Refused> {
         self.check_host(host)?;
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if bare.parse::<IpAddr>().is_ok() {
@@ -310,7 +310,7 @@ impl Policy {
 
 /// The system resolver (`getaddrinfo` on a blocking thread), as reqwest's default is.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemResolver;
+pub(crate) struct SystemResolver;
 
 impl Resolve for SystemResolver {
     fn resolve(&self, name: Name) -> Resolving {
@@ -376,7 +376,7 @@ impl<R: Resolve> Resolve for GuardedResolver<R> {
 
 /// The host names of the HTTP proxies set in the environment (`HTTPS_PROXY`, `HTTP_PROXY`,
 /// `ALL_PROXY`, either case), which reqwest uses on its own.
-pub fn proxy_hosts_from_env() -> Vec<String> {
+pub(crate) fn proxy_hosts_from_env() -> Vec<String> {
     let mut hosts = Vec::new();
     for var in [
         "HTTPS_PROXY",
@@ -406,7 +406,7 @@ pub fn proxy_hosts_from_env() -> Vec<String> {
 
 /// `builder` with the egress rules of `policy` applied to every name it resolves (with the system
 /// resolver). Literal IPs in URLs are not resolved: `check` refuses the blocked ones.
-pub fn guard(builder: reqwest::ClientBuilder, policy: Policy) -> reqwest::ClientBuilder {
+pub(crate) fn guard(builder: reqwest::ClientBuilder, policy: Policy) -> reqwest::ClientBuilder {
     builder.dns_resolver(Arc::new(GuardedResolver::new(
         SystemResolver,
         policy,

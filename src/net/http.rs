@@ -2,7 +2,7 @@
 
 /// Percent-encodes a query value, leaving unreserved characters and `:` as they are (the live
 /// Clinicea API rejects `%3A`); `+` becomes `%2B` so an offset is not read as a space.
-pub fn encode_query_value(s: &str) -> String {
+pub(crate) fn encode_query_value(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {

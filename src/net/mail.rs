@@ -24,7 +24,7 @@ pub fn message_id(delivery_key: &str, domain: &str) -> String {
 
 /// The domain of an address (`Name <a@clinic.example>` → `clinic.example`), for Message-IDs and
 /// logs; empty when there is none.
-pub fn domain_of(address: &str) -> String {
+pub(crate) fn domain_of(address: &str) -> String {
     let addr = address
         .rsplit_once('<')
         .map(|(_, a)| a.trim_end_matches('>'))
@@ -36,7 +36,7 @@ pub fn domain_of(address: &str) -> String {
 
 /// Parses an address (`a@b` or `Name <a@b>`). The error does not repeat the address, which may
 /// come from a record.
-pub fn validate_address(s: &str) -> Result<Mailbox, String> {
+pub(crate) fn validate_address(s: &str) -> Result<Mailbox, String> {
     s.trim()
         .parse::<Mailbox>()
         .map_err(|e| format!("not a valid email address ({e})"))

@@ -4,7 +4,7 @@
 //! encoding ([`http`]) and mail addresses ([`mail`]).
 
 pub mod egress;
-pub mod http;
+pub(crate) mod http;
 pub mod mail;
 pub mod retry_after;
-pub mod scrub;
+pub(crate) mod scrub;

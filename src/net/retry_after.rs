@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 ///
 /// `Retry-After: 0` (or an HTTP-date in the past) would otherwise turn a struggling receiver into a
 /// hot loop; one second is enough to stop that without noticeably delaying an honest request.
-pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The longest wait a receiver's `Retry-After` can impose.
 ///
@@ -24,7 +24,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// (`99999999999`, `1e20`, a date years ahead) gives [`MAX_RETRY_AFTER`], so no caller ever holds
 /// a wait it cannot add to a clock. Returns `None` for anything else (negative numbers, NaN,
 /// infinity, garbage). Pass the result through [`clamp_retry_after`] to impose a minimum too.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if v.is_empty() {
         return None;
@@ -47,7 +47,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 /// A number of seconds as a wait of at most [`MAX_RETRY_AFTER`]; `None` when negative, NaN or
 /// infinite. (`Duration::from_secs_f64` panics on those and on huge values.)
-pub fn bounded_secs(secs: f64) -> Option<Duration> {
+pub(crate) fn bounded_secs(secs: f64) -> Option<Duration> {
     if !secs.is_finite() || secs < 0.0 {
         return None;
     }
@@ -57,7 +57,7 @@ pub fn bounded_secs(secs: f64) -> Option<Duration> {
 }
 
 /// The wait a response's headers ask for: `Retry-After` (see [`parse_retry_after`]).
-pub fn retry_after_header(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(crate) fn retry_after_header(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -66,7 +66,7 @@ pub fn retry_after_header(headers: &HeaderMap, now: SystemTime) -> Option<Durati
 
 /// Bounds a receiver's requested wait to `[min, max]` (normally [`MIN_RETRY_AFTER`] and
 /// [`MAX_RETRY_AFTER`]). If `min > max`, `max` wins.
-pub fn clamp_retry_after(d: Duration, min: Duration, max: Duration) -> Duration {
+pub(crate) fn clamp_retry_after(d: Duration, min: Duration, max: Duration) -> Duration {
     d.max(min).min(max)
 }
 

@@ -9,7 +9,7 @@ use std::error::Error;
 use url::Url;
 
 /// What a secret is replaced with.
-pub const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[redacted]";
 
 /// URL paths this short or shorter are left in scrubbed text: they carry no token (`/`, `/api`),
 /// and replacing them would only mangle the text around them.
@@ -19,14 +19,14 @@ const MAX_PLAIN_PATH_BYTES: usize = 4;
 ///
 /// No `Debug`: it holds the secrets themselves.
 #[derive(Clone, Default)]
-pub struct Scrubber {
+pub(crate) struct Scrubber {
     /// Every form of every secret, longest first once [`Scrubber::scrub`] runs.
     forms: Vec<String>,
 }
 
 impl Scrubber {
     /// A scrubber that removes nothing yet.
-    pub fn new() -> Scrubber {
+    pub(crate) fn new() -> Scrubber {
         Scrubber::default()
     }
 
@@ -34,7 +34,7 @@ impl Scrubber {
     /// percent-encoded the way [`crate::net::http::encode_query_value`] encodes query values
     /// (upper- and lowercase hex), form-encoded (`+` for a space, as servers often re-encode),
     /// and inside a JSON string. An empty secret adds nothing.
-    pub fn secret(mut self, secret: &str) -> Scrubber {
+    pub(crate) fn secret(mut self, secret: &str) -> Scrubber {
         if secret.is_empty() {
             return self;
         }
@@ -49,14 +49,14 @@ impl Scrubber {
     }
 
     /// Adds every secret of `secrets` (see [`Scrubber::secret`]).
-    pub fn secrets<'a>(self, secrets: impl IntoIterator<Item = &'a str>) -> Scrubber {
+    pub(crate) fn secrets<'a>(self, secrets: impl IntoIterator<Item = &'a str>) -> Scrubber {
         secrets.into_iter().fold(self, Scrubber::secret)
     }
 
     /// Adds the parts of a URL that carry credentials: the whole URL, its query string, its
     /// password, and its path unless it is very short (chat webhook paths are tokens). The host is
     /// kept: it helps, and it is not secret.
-    pub fn url(self, url: &Url) -> Scrubber {
+    pub(crate) fn url(self, url: &Url) -> Scrubber {
         let path = url.path();
         let path = (path.len() > MAX_PLAIN_PATH_BYTES).then_some(path);
         self.secret(url.as_str())
@@ -67,7 +67,7 @@ impl Scrubber {
 
     /// `text` with every form of every secret replaced by [`REDACTED`], longest first, so no
     /// form is left half replaced by a shorter one.
-    pub fn scrub(&self, text: &str) -> String {
+    pub(crate) fn scrub(&self, text: &str) -> String {
         let mut forms: Vec<&str> = self.forms.iter().map(String::as_str).collect();
         forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
         forms.dedup();
@@ -100,7 +100,7 @@ fn lower_percent_hex(encoded: &str) -> String {
 }
 
 /// The causes of `e` (its sources, not `e` itself), outermost first.
-pub fn sources<'a>(
+pub(crate) fn sources<'a>(
     e: &'a (dyn Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
     std::iter::successors(e.source(), |s: &&'a (dyn Error + 'static)| (*s).source())
@@ -108,7 +108,7 @@ pub fn sources<'a>(
 
 /// The messages of `e`'s causes, outermost first, joined by `": "`; empty when it has none.
 /// Scrub the result: a cause may name a URL.
-pub fn source_text(e: &(dyn Error + 'static)) -> String {
+pub(crate) fn source_text(e: &(dyn Error + 'static)) -> String {
     sources(e)
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
@@ -116,13 +116,13 @@ pub fn source_text(e: &(dyn Error + 'static)) -> String {
 }
 
 /// The message of `e`'s deepest cause, if it has one. Scrub the result: a cause may name a URL.
-pub fn root_cause(e: &(dyn Error + 'static)) -> Option<String> {
+pub(crate) fn root_cause(e: &(dyn Error + 'static)) -> Option<String> {
     sources(e).last().map(|s| s.to_string())
 }
 
 /// `scheme://host:port/…`: the part of a URL that may be shown (paths, query strings and
 /// userinfo often carry tokens).
-pub fn redacted_url(url: &Url) -> String {
+pub(crate) fn redacted_url(url: &Url) -> String {
     let host = url.host_str().unwrap_or("");
     match url.port() {
         Some(p) => format!("{}://{host}:{p}/…", url.scheme()),

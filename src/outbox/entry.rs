@@ -59,7 +59,7 @@ pub struct Wake {
 impl Planned {
     /// Turns the plan into an outbox entry, or a dead letter when rendering failed. `webhook_id`
     /// is the change's [`Change::change_id`], computed once per change by the caller.
-    pub fn into_entry(
+    pub(crate) fn into_entry(
         self,
         seq: u64,
         change_seq: u64,

@@ -107,7 +107,7 @@ impl From<sled::Error> for StoreError {
 }
 
 /// Result alias for store operations.
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything one page writes, committed atomically by [`Store::commit_page`].
 #[derive(Debug, Default)]
@@ -147,11 +147,11 @@ pub struct Store {
 
 /// Why a destination is marked failing (e.g. its chat webhook answered 404: it was deleted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DestHealth {
+pub(crate) struct DestHealth {
     /// Since when.
-    pub since: DateTime<Utc>,
+    pub(crate) since: DateTime<Utc>,
     /// The reason, as the attempt recorded it.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// The default page cache (`store.cache_mb` unset).
@@ -194,7 +194,7 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Res
 }
 
 /// Decodes a snapshot's raw bytes (see [`Store::snapshot_raw`]).
-pub fn decode_snapshot(bytes: &[u8]) -> Result<serde_json::Value> {
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<serde_json::Value> {
     decode("snapshot", bytes)
 }
 
@@ -205,11 +205,11 @@ const DEAD_LETTER: &str = "dead letter";
 
 /// When an outbox entry is due ([`Store::outbox_due`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Due {
+pub(crate) struct Due {
     /// The delivery's sequence number.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// When its next attempt is due (Unix ms).
-    pub at_ms: i64,
+    pub(crate) at_ms: i64,
 }
 
 /// Where in the `meta` tree the change-id key is kept.
@@ -249,9 +249,9 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 /// The mode of the store folder (and its subfolders): its owner only.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 /// The mode of every file in the store: its owner only.
-pub const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 /// What was loose about an existing store folder before it was opened.
 #[derive(Debug, Clone, Copy)]
@@ -468,7 +468,7 @@ impl Store {
     /// Sets the folders and files in the store to 0700 and 0600 where they allow more (files sled
     /// made since the last call); returns how many it changed. A failure is logged, not returned:
     /// the store folder's own mode already keeps others out.
-    pub fn tighten_permissions(&self) -> usize {
+    pub(crate) fn tighten_permissions(&self) -> usize {
         match tighten_below(&self.path) {
             Ok(n) => {
                 if n > 0 {
@@ -481,11 +481,6 @@ impl Store {
                 0
             }
         }
-    }
-
-    /// The store folder.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The key of this store's change ids (`webhook-id`, email `Message-ID`): made once, at the
@@ -505,12 +500,6 @@ impl Store {
         Ok(())
     }
 
-    /// Writes everything buffered to disk (blocking).
-    pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
-    }
-
     // --- checkpoints and poll status ------------------------------------------------------
 
     /// The checkpoint of a resource, if it has ever been polled.
@@ -522,7 +511,7 @@ impl Store {
     }
 
     /// Durably advances a checkpoint: flushes the pages written before it, writes it, flushes again.
-    pub async fn set_checkpoint(
+    pub(crate) async fn set_checkpoint(
         &self,
         source: &str,
         resource: &str,
@@ -536,7 +525,7 @@ impl Store {
 
     /// Writes a resource's first checkpoint and, when one is due, its baseline, in one transaction,
     /// flushed: a crash can leave neither or both, never a checkpoint whose baseline is lost.
-    pub async fn set_first_checkpoint(
+    pub(crate) async fn set_first_checkpoint(
         &self,
         source: &str,
         resource: &str,
@@ -571,7 +560,7 @@ impl Store {
     /// Stores records the baseline read (those it has not read before), and with a page's last
     /// chunk its progress, in one transaction (not flushed: a crash re-reads a page or two, which
     /// is harmless).
-    pub fn commit_baseline_chunk(
+    pub(crate) fn commit_baseline_chunk(
         &self,
         source: &str,
         resource: &str,
@@ -605,7 +594,7 @@ impl Store {
     }
 
     /// A record as the baseline read it, while the baseline is not merged yet.
-    pub fn baseline_snapshot_raw(
+    pub(crate) fn baseline_snapshot_raw(
         &self,
         source: &str,
         resource: &str,
@@ -621,7 +610,7 @@ impl Store {
 
     /// Moves the baseline's records into the snapshots, where no newer version is stored, and
     /// returns how many moved. Idempotent, so a crash part-way only means doing the rest again.
-    pub fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64> {
+    pub(crate) fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64> {
         const BATCH: usize = 1_000;
         let mut moved = 0;
         loop {
@@ -660,7 +649,12 @@ impl Store {
     }
 
     /// Records the last poll's status (not flushed on its own: it is informational).
-    pub fn set_poll_status(&self, source: &str, resource: &str, st: &PollStatus) -> Result<()> {
+    pub(crate) fn set_poll_status(
+        &self,
+        source: &str,
+        resource: &str,
+        st: &PollStatus,
+    ) -> Result<()> {
         self.polls.insert(key(&[source, resource]), encode(st))?;
         Ok(())
     }
@@ -681,7 +675,7 @@ impl Store {
 
     /// The stored version of a record as its raw JSON bytes (what [`Store::commit_page`] wrote), so
     /// a poll can compare bytes before decoding.
-    pub fn snapshot_raw(
+    pub(crate) fn snapshot_raw(
         &self,
         source: &str,
         resource: &str,
@@ -756,7 +750,7 @@ impl Store {
     /// Drops journal entries detected before `cutoff`, oldest first, and returns how many went.
     /// The journal is for inspection (deliveries live in the outbox), so it is kept for a
     /// retention period only; the cost is proportional to what is removed.
-    pub fn prune_changes_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+    pub(crate) fn prune_changes_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
         #[derive(Deserialize)]
         struct Detected {
             detected_at: DateTime<Utc>,
@@ -779,7 +773,7 @@ impl Store {
     /// Runs `rewrite` over every snapshot once per store: the first call with a given `upgrade`
     /// name rewrites each snapshot it returns new bytes for (`rewrite(resource, id, bytes)`) and
     /// records the upgrade in `meta`; later calls return 0 at once. Returns how many changed.
-    pub fn upgrade_snapshots_once(
+    pub(crate) fn upgrade_snapshots_once(
         &self,
         upgrade: &str,
         rewrite: impl Fn(&str, &str, &[u8]) -> Option<Vec<u8>>,
@@ -813,7 +807,7 @@ impl Store {
 
     /// Erases everything stored about one record: its snapshot, its change journal entries, its
     /// queued deliveries and dead letters and their attempt logs, in one transaction.
-    pub fn erase_record(&self, source: &str, resource: &str, id: &str) -> Result<Erased> {
+    pub(crate) fn erase_record(&self, source: &str, resource: &str, id: &str) -> Result<Erased> {
         #[derive(Deserialize)]
         struct JournalKey {
             source: String,
@@ -920,7 +914,7 @@ impl Store {
     /// When each outbox entry of a destination is due, in sequence order, one result per entry
     /// (only the due time is decoded), so a scheduler can queue every entry it can read even when
     /// one cannot be.
-    pub fn outbox_due(&self, destination: &str) -> impl Iterator<Item = Result<Due>> + '_ {
+    pub(crate) fn outbox_due(&self, destination: &str) -> impl Iterator<Item = Result<Due>> + '_ {
         #[derive(Deserialize)]
         struct DueOnly {
             next_attempt_ms: i64,
@@ -945,7 +939,7 @@ impl Store {
     }
 
     /// The names of the destinations that have entries in the outbox (nothing is decoded).
-    pub fn outbox_destinations(&self) -> Result<std::collections::BTreeSet<String>> {
+    pub(crate) fn outbox_destinations(&self) -> Result<std::collections::BTreeSet<String>> {
         self.outbox
             .iter()
             .keys()
@@ -958,7 +952,7 @@ impl Store {
     }
 
     /// One outbox entry.
-    pub fn outbox_get(&self, destination: &str, seq: u64) -> Result<Option<OutboxEntry>> {
+    pub(crate) fn outbox_get(&self, destination: &str, seq: u64) -> Result<Option<OutboxEntry>> {
         self.outbox
             .get(outbox_key(destination, seq))?
             .map(|v| decode(OUTBOX_ENTRY, &v))
@@ -966,14 +960,19 @@ impl Store {
     }
 
     /// Replaces an outbox entry (after a failed attempt: attempts and next time updated).
-    pub fn outbox_put(&self, destination: &str, seq: u64, entry: &OutboxEntry) -> Result<()> {
+    pub(crate) fn outbox_put(
+        &self,
+        destination: &str,
+        seq: u64,
+        entry: &OutboxEntry,
+    ) -> Result<()> {
         self.outbox
             .insert(outbox_key(destination, seq), encode(entry))?;
         Ok(())
     }
 
     /// Removes a delivered entry.
-    pub fn outbox_remove(&self, destination: &str, seq: u64) -> Result<()> {
+    pub(crate) fn outbox_remove(&self, destination: &str, seq: u64) -> Result<()> {
         self.outbox.remove(outbox_key(destination, seq))?;
         Ok(())
     }
@@ -984,7 +983,7 @@ impl Store {
     }
 
     /// Moves an entry from the outbox to the dead letters in one transaction.
-    pub fn outbox_to_dead(
+    pub(crate) fn outbox_to_dead(
         &self,
         destination: &str,
         seq: u64,
@@ -1026,7 +1025,7 @@ impl Store {
     }
 
     /// Drops the attempt logs of a delivery.
-    pub fn forget_attempts(&self, seq: u64) -> Result<()> {
+    pub(crate) fn forget_attempts(&self, seq: u64) -> Result<()> {
         if !self.attempts_used.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -1039,7 +1038,7 @@ impl Store {
     // --- destination health ---------------------------------------------------------------
 
     /// Every destination marked failing.
-    pub fn failing_destinations(&self) -> Result<Vec<(String, DestHealth)>> {
+    pub(crate) fn failing_destinations(&self) -> Result<Vec<(String, DestHealth)>> {
         self.dest_health
             .iter()
             .map(|kv| {
@@ -1053,7 +1052,7 @@ impl Store {
     }
 
     /// Marks a destination failing, or clears the mark with `None`.
-    pub fn set_destination_failing(
+    pub(crate) fn set_destination_failing(
         &self,
         destination: &str,
         health: Option<&DestHealth>,
@@ -1090,7 +1089,12 @@ impl Store {
     }
 
     /// Moves a dead letter back into a destination's outbox in one transaction.
-    pub fn dead_to_outbox(&self, seq: u64, destination: &str, entry: &OutboxEntry) -> Result<()> {
+    pub(crate) fn dead_to_outbox(
+        &self,
+        seq: u64,
+        destination: &str,
+        entry: &OutboxEntry,
+    ) -> Result<()> {
         let k = outbox_key(destination, seq);
         let entry = encode(entry);
         let res: std::result::Result<(), TransactionError<()>> = (&self.outbox, &self.dead)
@@ -1106,7 +1110,7 @@ impl Store {
     }
 
     /// Deletes a dead letter and its attempts log.
-    pub fn dead_remove(&self, seq: u64) -> Result<()> {
+    pub(crate) fn dead_remove(&self, seq: u64) -> Result<()> {
         self.dead.remove(seq.to_be_bytes())?;
         self.forget_attempts(seq)
     }
@@ -1120,7 +1124,7 @@ impl Store {
     /// their attempt logs, and returns how many went. Dead letters are keyed by delivery, not by
     /// when they died, so each is looked at (only its `died_ms` is decoded); one that cannot be
     /// read is of no use to anyone and goes too.
-    pub fn purge_dead(&self, cutoff_ms: Option<i64>) -> Result<usize> {
+    pub(crate) fn purge_dead(&self, cutoff_ms: Option<i64>) -> Result<usize> {
         #[derive(Deserialize)]
         struct Died {
             died_ms: i64,
@@ -1147,22 +1151,22 @@ impl Store {
 
 /// What [`Store::erase_record`] removed, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Erased {
+pub(crate) struct Erased {
     /// The record's snapshot (0 or 1).
-    pub snapshots: usize,
+    pub(crate) snapshots: usize,
     /// Change journal entries.
-    pub changes: usize,
+    pub(crate) changes: usize,
     /// Queued deliveries.
-    pub outbox: usize,
+    pub(crate) outbox: usize,
     /// Dead letters.
-    pub dead: usize,
+    pub(crate) dead: usize,
     /// Attempt logs of those deliveries and dead letters.
-    pub attempts: usize,
+    pub(crate) attempts: usize,
 }
 
 impl Erased {
     /// Everything removed.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.snapshots + self.changes + self.outbox + self.dead + self.attempts
     }
 }

@@ -9,16 +9,16 @@ use crate::model::truncate_utf8;
 use serde_json::{json, Value};
 
 /// What is appended to a message that had to be cut.
-pub const TRUNCATION_MARKER: &str = "… [truncated]";
+pub(crate) const TRUNCATION_MARKER: &str = "… [truncated]";
 
 /// Slack shows at most 40,000 characters of a message's `text`.
-pub const SLACK_MAX_CHARS: usize = 40_000;
+pub(crate) const SLACK_MAX_CHARS: usize = 40_000;
 /// Discord rejects a `content` longer than 2,000 characters.
-pub const DISCORD_MAX_CHARS: usize = 2_000;
+pub(crate) const DISCORD_MAX_CHARS: usize = 2_000;
 /// Teams rejects a Workflows webhook payload above about 28 KB; this is the whole JSON body.
-pub const TEAMS_MAX_BODY_BYTES: usize = 28_000;
+pub(crate) const TEAMS_MAX_BODY_BYTES: usize = 28_000;
 /// Google Chat rejects a message above 32,000 bytes; this is the whole JSON body.
-pub const GOOGLE_CHAT_MAX_BODY_BYTES: usize = 32_000;
+pub(crate) const GOOGLE_CHAT_MAX_BODY_BYTES: usize = 32_000;
 
 /// Cuts `text` to at most `max` characters, ending with [`TRUNCATION_MARKER`] when cut.
 fn cut_chars(text: &str, max: usize) -> String {
@@ -49,7 +49,7 @@ const ZWSP: char = '\u{200B}';
 /// * Google Chat: a zero-width space after every `<` (`<users/all>`, `<users/123>` and
 ///   `<url|text>` are its mention and link syntax, with no escape) and between `]` and `(` (a
 ///   Markdown link, for spaces whose app reads Markdown).
-pub fn escape(kind: ChatKind, value: &str) -> String {
+pub(crate) fn escape(kind: ChatKind, value: &str) -> String {
     let mut out = String::with_capacity(value.len() + value.len() / 8);
     for (i, c) in value.char_indices() {
         let rest = &value[i + c.len_utf8()..];
@@ -125,7 +125,7 @@ fn to_text(v: &Value) -> String {
 ///
 /// `text` is the rendered template, whose record values are already escaped for `kind` (see
 /// [`escape`]); the template's own markup is sent as written.
-pub fn body(kind: ChatKind, text: &str) -> String {
+pub(crate) fn body(kind: ChatKind, text: &str) -> String {
     match kind {
         ChatKind::Slack => to_text(&envelope(kind, &cut_chars(text, SLACK_MAX_CHARS))),
         ChatKind::Discord => to_text(&envelope(kind, &cut_chars(text, DISCORD_MAX_CHARS))),

@@ -50,20 +50,20 @@ pub struct EmailMessage {
 
 /// One delivery a change should produce, before it has a sequence number.
 #[derive(Debug, Clone)]
-pub struct Planned {
+pub(crate) struct Planned {
     /// The destination name.
-    pub destination: String,
+    pub(crate) destination: String,
     /// The first matching rule.
-    pub rule: String,
+    pub(crate) rule: String,
     /// The rendered payload, or why it could not be rendered.
-    pub payload: Result<Payload, String>,
+    pub(crate) payload: Result<Payload, String>,
 }
 
 /// The JSON body of a webhook: the spec's envelope around the change model.
 ///
 /// Serialized straight from the change (no intermediate `Value`, so the record and its previous
 /// version are not copied); the bytes are the same as building the envelope with `json!`.
-pub fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
+pub(crate) fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
     #[derive(Serialize)]
     struct Envelope<'a> {
         #[serde(rename = "type")]
@@ -107,26 +107,31 @@ pub fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
 /// Rules, templates and destinations: what turns a change into planned deliveries.
 pub struct Pipeline {
     /// The compiled rules.
-    pub rules: RuleSet,
+    pub(crate) rules: RuleSet,
     /// The registered templates.
-    pub templates: Templates,
+    pub(crate) templates: Templates,
     /// Destinations by name.
     pub destinations: HashMap<String, Arc<Destination>>,
     /// The clinic's zone, for templates.
-    pub timezone: chrono_tz::Tz,
+    pub(crate) timezone: chrono_tz::Tz,
 }
 
 impl Pipeline {
     /// The deliveries a change should produce: one per destination whose rules match, one per
     /// recipient for email. `id_key` is the store's key of change ids (email `Message-ID`s are
     /// derived from the change's id).
-    pub fn plan(&self, change: &Change, id_key: &IdKey) -> Vec<Planned> {
+    pub(crate) fn plan(&self, change: &Change, id_key: &IdKey) -> Vec<Planned> {
         self.plan_routes(change, &self.rules.route(change), id_key)
     }
 
     /// [`Pipeline::plan`] for the routes of `change` already found (`self.rules.route(change)`),
     /// for a caller that needs the routes as well.
-    pub fn plan_routes(&self, change: &Change, routes: &[Route], id_key: &IdKey) -> Vec<Planned> {
+    pub(crate) fn plan_routes(
+        &self,
+        change: &Change,
+        routes: &[Route],
+        id_key: &IdKey,
+    ) -> Vec<Planned> {
         let mut out = Vec::with_capacity(routes.len());
         // Hashed at most once, and only when an email destination needs it.
         let change_id = std::cell::OnceCell::new();

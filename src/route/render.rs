@@ -39,10 +39,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The error a render returns (handlebars' own, with template name and line when known).
-pub type RenderError = handlebars::RenderError;
+pub(crate) type RenderError = handlebars::RenderError;
 
 /// The templates shipped in the binary: (file name, source).
-pub const SHIPPED: &[(&str, &str)] = &[
+pub(crate) const SHIPPED: &[(&str, &str)] = &[
     (
         "new-lead.txt.hbs",
         include_str!("../../templates/new-lead.txt.hbs"),
@@ -78,10 +78,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
 ];
 
 /// The unset date Clinicea sends for an empty timestamp; the `date` helper renders it as empty.
-pub const UNSET_DATE_PREFIX: &str = "0001-01-01";
+pub(crate) const UNSET_DATE_PREFIX: &str = "0001-01-01";
 
 /// The format the `date` helper uses when none is given.
-pub const DEFAULT_DATE_FORMAT: &str = "%Y-%m-%d %H:%M";
+pub(crate) const DEFAULT_DATE_FORMAT: &str = "%Y-%m-%d %H:%M";
 
 /// Every chat service, in the order of [`Templates`]' chat registries.
 const CHAT_KINDS: [ChatKind; 4] = [
@@ -95,7 +95,7 @@ const CHAT_KINDS: [ChatKind; 4] = [
 /// that escapes HTML, one that does not, and one per chat service (the `*.txt` templates again,
 /// escaping for that service).
 #[derive(Clone)]
-pub struct Templates {
+pub(crate) struct Templates {
     text: Handlebars<'static>,
     html: Handlebars<'static>,
     chat: [Handlebars<'static>; 4],
@@ -155,14 +155,14 @@ fn is_html(name: &str) -> bool {
 
 impl Templates {
     /// The shipped templates only.
-    pub fn shipped() -> Result<Templates, Vec<Problem>> {
+    pub(crate) fn shipped() -> Result<Templates, Vec<Problem>> {
         Self::load(None)
     }
 
     /// The shipped templates, overridden and extended by `NAME.txt.hbs` / `NAME.html.hbs` files in
     /// `dir`. Every problem (unreadable file, syntax error with its line, badly named file) is
     /// returned, keyed by the file's path.
-    pub fn load(dir: Option<&Path>) -> Result<Templates, Vec<Problem>> {
+    pub(crate) fn load(dir: Option<&Path>) -> Result<Templates, Vec<Problem>> {
         let mut t = Templates {
             text: new_registry(Escaping::None),
             html: new_registry(Escaping::Html),
@@ -257,12 +257,12 @@ impl Templates {
     /// Registers a template given inline in the config (an email subject, a recipient). It never
     /// escapes unless its name ends in `.html`. `name` is what [`Templates::render`] uses; the
     /// problem's key is that name too.
-    pub fn register_inline(&mut self, name: &str, src: &str) -> Result<(), Problem> {
+    pub(crate) fn register_inline(&mut self, name: &str, src: &str) -> Result<(), Problem> {
         self.register(name, src, name)
     }
 
     /// Whether a template of that name exists (`new-lead.txt`, `new-lead.html`, an inline name).
-    pub fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         if is_html(name) {
             self.html.has_template(name)
         } else {
@@ -271,7 +271,7 @@ impl Templates {
     }
 
     /// Every template name, sorted.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .text
             .get_templates()
@@ -284,7 +284,7 @@ impl Templates {
     }
 
     /// Renders a template leniently: an absent field renders as an empty string.
-    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+    pub(crate) fn render(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
         if is_html(name) {
             self.html.render(name, ctx)
         } else {
@@ -294,7 +294,7 @@ impl Templates {
 
     /// Renders a `*.txt` template for a chat destination of `kind`, leniently, with every
     /// `{{value}}` escaped for that service ([`crate::route::chat::escape`]).
-    pub fn render_chat(
+    pub(crate) fn render_chat(
         &self,
         kind: ChatKind,
         name: &str,
@@ -305,7 +305,7 @@ impl Templates {
 
     /// Renders an email body leniently: `NAME.txt` (required) and `NAME.html` when it exists.
     /// Returns `(text, html)`; an error names the template that failed.
-    pub fn render_email(
+    pub(crate) fn render_email(
         &self,
         body: &TemplateFile,
         ctx: &Value,
@@ -327,7 +327,7 @@ impl Templates {
     /// Renders `name` strictly against [`sample_change`]`(resource)`, so a field the record does
     /// not have is an error. The problem names the template and the line. Returns the rendered
     /// text, for `check` and `test-rule` to show.
-    pub fn check(&self, name: &str, resource: &str) -> Result<String, Problem> {
+    pub(crate) fn check(&self, name: &str, resource: &str) -> Result<String, Problem> {
         if !self.has(name) {
             return Err(Problem::at(None, name, "no such template"));
         }
@@ -363,7 +363,7 @@ impl Templates {
 
 /// Fields left out of the context's `changes` list because they change with every edit and say
 /// nothing to a person (they stay in `changed_fields`).
-pub const BOOKKEEPING_FIELDS: &[&str] = &[
+pub(crate) const BOOKKEEPING_FIELDS: &[&str] = &[
     "DataStatusStr",
     "DataStatusValue",
     "ModifiedDatetime",
@@ -377,7 +377,7 @@ pub const BOOKKEEPING_FIELDS: &[&str] = &[
 /// `destination`) plus `timezone` (the clinic's IANA zone, which the `date` helper uses) and
 /// `changes`, a list of `{field, from, to}` for each changed field of a modified record except the
 /// [`BOOKKEEPING_FIELDS`] (empty for added and deleted records).
-pub fn context(
+pub(crate) fn context(
     change: &Change,
     rule: &str,
     rules: &[String],
@@ -627,7 +627,7 @@ fn date_helper(h: &Helper<'_>, r: &Handlebars<'_>, ctx: &Context) -> Result<Valu
 /// Reads a timestamp: RFC 3339, or an offset-less `2026-11-30T09:30:00` (also with a space or
 /// fractional seconds, or a bare date) taken to be in `tz`. `None` when `s` is not a timestamp or
 /// is Clinicea's unset `0001-01-01T00:00:00`.
-pub fn parse_timestamp(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<chrono_tz::Tz>> {
+pub(crate) fn parse_timestamp(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<chrono_tz::Tz>> {
     let s = s.trim();
     if s.is_empty() || s.starts_with(UNSET_DATE_PREFIX) {
         return None;
@@ -655,7 +655,7 @@ pub fn parse_timestamp(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<chrono_tz:
 /// Formats `s` (see [`parse_timestamp`]) in `tz` with the chrono format `fmt`. Empty input and
 /// Clinicea's unset `0001-01-01T00:00:00` give an empty string; text that is not a timestamp is
 /// returned as it is; an invalid format is an error.
-pub fn format_date(s: &str, fmt: &str, tz: chrono_tz::Tz) -> Result<String, String> {
+pub(crate) fn format_date(s: &str, fmt: &str, tz: chrono_tz::Tz) -> Result<String, String> {
     if s.trim().is_empty() || s.trim().starts_with(UNSET_DATE_PREFIX) {
         return Ok(String::new());
     }
@@ -690,7 +690,7 @@ fn show_helper(h: &Helper<'_>, r: &Handlebars<'_>, ctx: &Context) -> Result<Valu
 }
 
 /// The format `{{show}}` gives timestamps.
-pub const SHOW_DATE_FORMAT: &str = "%a %d %b %Y, %H:%M";
+pub(crate) const SHOW_DATE_FORMAT: &str = "%a %d %b %Y, %H:%M";
 
 fn truncate_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Value, RenderError> {
     let text = param(h, r, 0)?.map(as_text).unwrap_or_default();
@@ -701,7 +701,7 @@ fn truncate_helper(h: &Helper<'_>, r: &Handlebars<'_>, _: &Context) -> Result<Va
 }
 
 /// Cuts `s` to at most `max` characters, the last being `…` when it was cut.
-pub fn truncate_chars(s: &str, max: usize) -> String {
+pub(crate) fn truncate_chars(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
     }

@@ -288,7 +288,7 @@ fn a_baseline_since_that_is_not_a_time_and_a_since_with_the_baseline_off_are_con
         let t = TestDir::new(&format!(
             "clinicea:\n  base_url: http://127.0.0.1:1\n  api_key: sandbox-api-key\n  poll_interval: 1s\n  timeout: 10s\n{extra}resources:\n  leads:\n    path: /api/v1/leads\n"
         ));
-        let e = match clinicea_notifier::commands::load_settings_with(&t.config, &t.vars) {
+        let e = match clinicea_notifier::daemon::settings::load_settings_with(&t.config, &t.vars) {
             Ok(_) => panic!("{extra} should not load"),
             Err(e) => e.to_string(),
         };

@@ -7,8 +7,9 @@
 //! connected to, so a broken guard would fail locally rather than reach another machine.
 
 use crate::support::*;
-use clinicea_notifier::commands;
-use clinicea_notifier::deliver::webhook::{self, Secret, WebhookTarget};
+use clinicea_notifier::config::{Secret, WebhookTarget};
+use clinicea_notifier::daemon::settings::load_settings_with;
+use clinicea_notifier::deliver::webhook;
 use clinicea_notifier::model::Verdict;
 use clinicea_notifier::net::egress::{GuardedResolver, Policy};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -26,7 +27,7 @@ fn api(base_url: &str) -> Clinicea {
 /// The config loader's verdict on a config (what `check` prints): `Ok` or the problems.
 fn verdict(config: &Config) -> Result<(), String> {
     let t = TestDir::new(&config.to_yaml());
-    commands::load_settings_with(&t.config, &HashMap::new())
+    load_settings_with(&t.config, &HashMap::new())
         .map(|_| ())
         .map_err(|e| e.to_string())
 }

@@ -433,7 +433,7 @@ async fn credentials_with_tls_none_are_refused_and_the_server_never_sees_auth() 
         assert!(!text.contains("s3cret-smtp-pass"), "{text}");
     }
     // Whoever builds the transport: it refuses credentials without TLS.
-    let settings = clinicea_notifier::deliver::email::SmtpSettings {
+    let settings = clinicea_notifier::config::SmtpSettings {
         host: "127.0.0.1".into(),
         port: catcher.addr.port(),
         tls: clinicea_notifier::config::SmtpTls::None,

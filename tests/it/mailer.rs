@@ -1,8 +1,9 @@
 //! The mailer against the product's own SMTP catcher on loopback: what arrives (headers, parts,
 //! dot-stuffing), how rejections and temporary failures are sorted, STARTTLS with AUTH.
 
+use clinicea_notifier::config::SmtpSettings;
 use clinicea_notifier::config::SmtpTls;
-use clinicea_notifier::deliver::email::{Mailer, SmtpSettings};
+use clinicea_notifier::deliver::email::Mailer;
 use clinicea_notifier::kit::catcher::{Catcher, CatcherOptions};
 use clinicea_notifier::model::Verdict;
 use clinicea_notifier::net::mail::message_id;

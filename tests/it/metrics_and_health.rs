@@ -364,7 +364,8 @@ fn a_short_or_placeholder_metrics_token_is_refused_by_check() {
             .listen()
             .metrics_token(value);
         let t = TestDir::new(&config.to_yaml());
-        let err = match clinicea_notifier::commands::load_settings_with(&t.config, &t.vars) {
+        let err = match clinicea_notifier::daemon::settings::load_settings_with(&t.config, &t.vars)
+        {
             Ok(_) => panic!("{value} was accepted"),
             Err(e) => e.to_string(),
         };

@@ -15,7 +15,7 @@ const DAY_MS: i64 = 86_400_000;
 // --- dead letter retention ----------------------------------------------------------------------
 
 /// Stores a dead letter for `record_id` that died at `died_ms`, with one attempt log.
-fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
+async fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
     let entry = OutboxEntry {
         seq,
         destination: "hook".into(),
@@ -58,7 +58,7 @@ fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
         },
     };
     store.log_attempt(seq, &log).unwrap();
-    store.flush_blocking().unwrap();
+    store.flush().await.unwrap();
 }
 
 fn now_ms() -> i64 {
@@ -71,8 +71,8 @@ async fn once_deletes_dead_letters_past_their_retention_and_keeps_the_rest() {
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
     {
         let store = open_store(&t);
-        put_dead(&store, 1, "old", now_ms() - 31 * DAY_MS);
-        put_dead(&store, 2, "recent", now_ms() - DAY_MS);
+        put_dead(&store, 1, "old", now_ms() - 31 * DAY_MS).await;
+        put_dead(&store, 2, "recent", now_ms() - DAY_MS).await;
     }
     // The default retention: 30 days.
     let out = cli(&t, &["once"]).await;
@@ -116,8 +116,8 @@ async fn run_deletes_dead_letters_past_their_retention() {
     let t = TestDir::new(&leads_only(&sb.base_url()).listen().to_yaml());
     {
         let store = open_store(&t);
-        put_dead(&store, 1, "old", now_ms() - 31 * DAY_MS);
-        put_dead(&store, 2, "recent", now_ms() - DAY_MS);
+        put_dead(&store, 1, "old", now_ms() - 31 * DAY_MS).await;
+        put_dead(&store, 2, "recent", now_ms() - DAY_MS).await;
     }
     let mut d = Notifier::run(&t).start().await;
     assert!(
@@ -144,8 +144,8 @@ async fn dead_purge_with_a_huge_age_is_an_error_and_purges_nothing() {
     let t = TestDir::new(&leads_only("http://127.0.0.1:1").to_yaml());
     {
         let store = open_store(&t);
-        put_dead(&store, 1, "a", now_ms() - 3_600_000);
-        put_dead(&store, 2, "b", now_ms() - 40 * DAY_MS);
+        put_dead(&store, 1, "a", now_ms() - 3_600_000).await;
+        put_dead(&store, 2, "b", now_ms() - 40 * DAY_MS).await;
     }
     for age in ["150000000000d", "99999999999999999999d"] {
         let out = cli(&t, &["dead", "purge", "--older-than", age]).await;
@@ -249,7 +249,7 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
             ..PageWrite::default()
         };
         store.commit_page(DEFAULT_SOURCE, "leads", &page).unwrap();
-        store.flush_blocking().unwrap();
+        store.flush().await.unwrap();
     }
     let engine = t.engine();
     assert_eq!(

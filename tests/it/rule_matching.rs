@@ -4,8 +4,9 @@
 
 use crate::support::*;
 use chrono::Utc;
+use clinicea_notifier::config::{yaml_options, RuleSpec};
 use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
-use clinicea_notifier::route::rules::{self, CompileContext, RuleSet, RuleSpec};
+use clinicea_notifier::route::rules::{self, CompileContext, RuleSet};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -15,7 +16,7 @@ const DESTS: [&str; 4] = ["d0", "d1", "d2", "d3"];
 
 fn compile(yaml: &str) -> RuleSet {
     let specs: Vec<serde_saphyr::Spanned<RuleSpec>> =
-        serde_saphyr::from_str_with_options(yaml, rules::yaml_options())
+        serde_saphyr::from_str_with_options(yaml, yaml_options())
             .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let d: Vec<String> = DESTS.iter().map(|s| s.to_string()).collect();
     let r = vec!["leads".to_string(), "patients".to_string()];
@@ -215,7 +216,7 @@ fn a_strange_timestamp_never_panics_and_never_matches_a_date_rule() {
   notify: [d]
 "#;
     let specs: Vec<serde_saphyr::Spanned<RuleSpec>> =
-        serde_saphyr::from_str_with_options(yaml, rules::yaml_options()).unwrap();
+        serde_saphyr::from_str_with_options(yaml, yaml_options()).unwrap();
     let rs = rules::compile(
         &specs,
         &CompileContext {

@@ -12,44 +12,44 @@ pub struct SandboxArgs {
     /// Address to listen on. Only loopback unless --allow-remote: the /admin endpoints have no
     /// authentication.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: std::net::SocketAddr,
+    pub(crate) listen: std::net::SocketAddr,
     /// Listen on a non-loopback address (another container, a test network): whoever reaches it
     /// can change its records and inject faults through /admin.
     #[arg(long)]
-    pub allow_remote: bool,
+    pub(crate) allow_remote: bool,
     /// Seed for the generated records and their changes.
     #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// The API key clients must send.
     #[arg(long, default_value = "sandbox-api-key", env = "SANDBOX_API_KEY")]
-    pub api_key: String,
+    pub(crate) api_key: String,
     /// How often records change on their own (0s: only through /admin).
     #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
-    pub churn_every: std::time::Duration,
+    pub(crate) churn_every: std::time::Duration,
     /// Leads at start.
     #[arg(long, default_value_t = 137)]
-    pub leads: usize,
+    pub(crate) leads: usize,
     /// Patients at start.
     #[arg(long, default_value_t = 12)]
-    pub patients: usize,
+    pub(crate) patients: usize,
     /// Appointments at start.
     #[arg(long, default_value_t = 42)]
-    pub appointments: usize,
+    pub(crate) appointments: usize,
     /// Serve every record in one page, whatever page is asked for (an endpoint that ignores the
     /// page parameter).
     #[arg(long)]
-    pub ignore_paging: bool,
+    pub(crate) ignore_paging: bool,
     /// How the feeds order records: modified (by change time), id, or unordered (reshuffled for
     /// every request).
     #[arg(long, default_value = "modified")]
-    pub order: Order,
+    pub(crate) order: Order,
     /// Random changes that land after each page request (they shift the pages under a client).
     #[arg(long, default_value_t = 0)]
-    pub page_edits: u32,
+    pub(crate) page_edits: u32,
     /// Seconds the sandbox's clock runs ahead of the host's (negative: behind); the `Date` header
     /// and the change times come from it.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-    pub clock_offset_secs: i64,
+    pub(crate) clock_offset_secs: i64,
 }
 
 /// `sandbox`: serve the simulated API until Ctrl-C.

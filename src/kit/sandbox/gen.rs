@@ -204,14 +204,14 @@ pub(super) fn desk_staff(rng: &mut StdRng) -> &'static str {
 
 /// Who an appointment is for.
 pub(super) struct PatientRef {
-    pub id: String,
-    pub name: String,
-    pub mobile: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) mobile: String,
 }
 
 impl PatientRef {
     /// Reads the reference out of a patient record.
-    pub fn from_patient(p: &Value) -> Option<PatientRef> {
+    pub(crate) fn from_patient(p: &Value) -> Option<PatientRef> {
         let code = p["MobileCountryCode"].as_str().unwrap_or("");
         Some(PatientRef {
             id: p["ID"].as_str()?.to_string(),
@@ -221,7 +221,7 @@ impl PatientRef {
     }
 
     /// A made-up walk-in patient that is not in the patients list.
-    pub fn made_up(rng: &mut StdRng) -> PatientRef {
+    pub(crate) fn made_up(rng: &mut StdRng) -> PatientRef {
         let id = guid(rng);
         let name = format!("{} {}", pick(rng, FIRST_NAMES), pick(rng, LAST_NAMES));
         PatientRef {

@@ -59,17 +59,17 @@ use gen::{PatientRef, TS_FORMAT, UNSET_DATE};
 use table::Table;
 
 /// Records per page on the v1 feeds (leads, patients); fixed, as on the live API.
-pub const V1_PAGE_SIZE: usize = 100;
+pub(crate) const V1_PAGE_SIZE: usize = 100;
 /// The default `pageSize` of the v3 appointments feed.
-pub const V3_DEFAULT_PAGE_SIZE: usize = 100;
+pub(crate) const V3_DEFAULT_PAGE_SIZE: usize = 100;
 /// The smallest `pageSize` the v3 appointments feed accepts.
-pub const V3_MIN_PAGE_SIZE: usize = 10;
+pub(crate) const V3_MIN_PAGE_SIZE: usize = 10;
 /// The body of every 401 response.
-pub const INVALID_KEY: &str = "Invalid API key";
+pub(crate) const INVALID_KEY: &str = "Invalid API key";
 /// The path of the login endpoint.
-pub const LOGIN_PATH: &str = "/api/v2/login/getTokenByStaffUsernamePwd";
+pub(crate) const LOGIN_PATH: &str = "/api/v2/login/getTokenByStaffUsernamePwd";
 /// The `Date` header's format (IMF-fixdate, RFC 9110), always in GMT.
-pub const HTTP_DATE_FORMAT: &str = "%a, %d %b %Y %H:%M:%S GMT";
+pub(crate) const HTTP_DATE_FORMAT: &str = "%a, %d %b %Y %H:%M:%S GMT";
 /// The largest clock offset `POST /admin/mode` accepts, in days.
 const MAX_CLOCK_OFFSET_DAYS: i64 = 3650;
 
@@ -152,9 +152,9 @@ impl std::str::FromStr for Order {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mode {
     /// See [`SandboxOptions::order`].
-    pub order: Order,
+    pub(crate) order: Order,
     /// See [`SandboxOptions::page_edits`].
-    pub page_edits: u32,
+    pub(crate) page_edits: u32,
     /// See [`SandboxOptions::clock_offset`], in whole seconds.
     pub clock_offset_secs: i64,
 }
@@ -227,10 +227,11 @@ pub enum Resource {
 
 impl Resource {
     /// Every resource.
-    pub const ALL: [Resource; 3] = [Resource::Leads, Resource::Patients, Resource::Appointments];
+    pub(crate) const ALL: [Resource; 3] =
+        [Resource::Leads, Resource::Patients, Resource::Appointments];
 
     /// The resource's name: `leads`, `patients` or `appointments`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Resource::Leads => "leads",
             Resource::Patients => "patients",
@@ -239,12 +240,12 @@ impl Resource {
     }
 
     /// The resource called `name`.
-    pub fn from_name(name: &str) -> Option<Resource> {
+    pub(crate) fn from_name(name: &str) -> Option<Resource> {
         Resource::ALL.into_iter().find(|r| r.name() == name)
     }
 
     /// The path the sandbox serves the feed at.
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Resource::Leads => "/api/v1/leads",
             Resource::Patients => "/api/v1/patients",
@@ -253,7 +254,7 @@ impl Resource {
     }
 
     /// The field that carries the change flag (`Added`, `Modified`, `Deleted`).
-    pub fn status_field(self) -> &'static str {
+    pub(crate) fn status_field(self) -> &'static str {
         match self {
             Resource::Appointments => "DataStatusValue",
             _ => "DataStatusStr",
@@ -267,7 +268,7 @@ impl Resource {
 
 /// Why an in-process admin call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SandboxError {
+pub(crate) enum SandboxError {
     /// Not `leads`, `patients` or `appointments`.
     #[error("unknown resource '{0}' (expected leads, patients or appointments)")]
     UnknownResource(String),
@@ -283,12 +284,12 @@ pub enum SandboxError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
     /// How many requests get it.
-    pub count: u32,
+    pub(crate) count: u32,
     /// What they get.
-    pub kind: FaultKind,
+    pub(crate) kind: FaultKind,
     /// Only requests for this resource (`leads`, `patients`, `appointments`, or `login` for the
     /// login endpoint); `None` means any API request.
-    pub resource: Option<String>,
+    pub(crate) resource: Option<String>,
 }
 
 impl Fault {
@@ -368,13 +369,13 @@ pub struct Stats {
     /// Requests answered with (or delayed by) a fault.
     pub faults_served: u64,
     /// Requests refused with 401.
-    pub unauthorized: u64,
+    pub(crate) unauthorized: u64,
     /// Successful logins.
     pub logins: u64,
     /// Faults still queued (the sum of their remaining counts).
-    pub pending_faults: u64,
+    pub(crate) pending_faults: u64,
     /// Records held per resource, deleted ones included.
-    pub records: BTreeMap<String, usize>,
+    pub(crate) records: BTreeMap<String, usize>,
 }
 
 /// Settings that never change after [`Sandbox::new`].
@@ -432,7 +433,7 @@ impl std::fmt::Debug for Sandbox {
 #[derive(Debug)]
 pub struct SandboxHandle {
     /// Where it listens.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The sandbox itself, for in-process admin calls.
     pub sandbox: Sandbox,
     cancel: CancellationToken,
@@ -445,13 +446,8 @@ impl SandboxHandle {
         format!("http://{}", self.addr)
     }
 
-    /// The token that stops the server when cancelled (for tying it to a caller's shutdown).
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
-    }
-
     /// Stops serving and waits until the server has shut down.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
             match task.await {
@@ -1041,7 +1037,7 @@ impl FaultSpec {
 impl Sandbox {
     /// A sandbox with its initial records generated (this takes a while for millions of
     /// records; [`Sandbox::start`] does it off the async runtime).
-    pub fn new(opts: SandboxOptions) -> Sandbox {
+    pub(crate) fn new(opts: SandboxOptions) -> Sandbox {
         let start = opts.start.unwrap_or_else(|| Utc::now() + opts.clock_offset);
         let mut state = Inner {
             tz: opts.timezone,
@@ -1080,7 +1076,7 @@ impl Sandbox {
     }
 
     /// The HTTP API (feeds, login, admin) as an axum router.
-    pub fn router(&self) -> Router {
+    pub(crate) fn router(&self) -> Router {
         fn feed(r: Resource) -> axum::routing::MethodRouter<Sandbox> {
             get(
                 move |State(sb): State<Sandbox>, headers: HeaderMap, RawQuery(q): RawQuery| async move {
@@ -1115,7 +1111,7 @@ impl Sandbox {
 
     /// Serves the API on `listener` until `cancel` fires, applying a round of churn every
     /// [`SandboxOptions::churn_every`] meanwhile.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self,
         listener: TcpListener,
         cancel: CancellationToken,
@@ -1187,7 +1183,7 @@ impl Sandbox {
     }
 
     /// [`Sandbox::insert`], returning errors instead of panicking.
-    pub fn try_insert(&self, resource: &str, record: Value) -> Result<Value, SandboxError> {
+    pub(crate) fn try_insert(&self, resource: &str, record: Value) -> Result<Value, SandboxError> {
         let r = resource_of(resource)?;
         self.state().insert(r, record)
     }
@@ -1202,7 +1198,7 @@ impl Sandbox {
     }
 
     /// [`Sandbox::modify`], saying why it failed.
-    pub fn try_modify(
+    pub(crate) fn try_modify(
         &self,
         resource: &str,
         id: &str,
@@ -1266,7 +1262,7 @@ impl Sandbox {
     }
 
     /// The sandbox's clock: the time its `Date` header and new change times come from.
-    pub fn clock(&self) -> DateTime<Utc> {
+    pub(crate) fn clock(&self) -> DateTime<Utc> {
         self.state().now()
     }
 
@@ -1298,7 +1294,7 @@ impl Sandbox {
     }
 
     /// One record of `resource` as served now.
-    pub fn record(&self, resource: &str, id: &str) -> Option<Value> {
+    pub(crate) fn record(&self, resource: &str, id: &str) -> Option<Value> {
         let r = Resource::from_name(resource)?;
         self.state().current(r, id)
     }

@@ -95,11 +95,11 @@ impl Fenwick {
 /// One entry of the change log.
 pub(super) struct Slot {
     /// When the record last changed (the sandbox-internal change time).
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
     /// The record's id.
-    pub id: Arc<str>,
+    pub(crate) id: Arc<str>,
     /// The record as compact JSON; `None` once a later slot superseded this one.
-    pub json: Option<Box<str>>,
+    pub(crate) json: Option<Box<str>>,
 }
 
 /// The records of one resource.
@@ -110,7 +110,7 @@ pub(super) struct Table {
 }
 
 impl Table {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Table {
             slots: Vec::new(),
             current: Fenwick::new(),
@@ -119,13 +119,13 @@ impl Table {
     }
 
     /// How many records (including ones flagged deleted) the table holds.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.index.len()
     }
 
     /// A change time for a change made at `now`: never earlier than `now`, and strictly after
     /// every change time handed out before, so the log stays ordered.
-    pub fn next_time(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn next_time(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         match self.slots.last() {
             Some(last) if last.at >= now => last.at + TimeDelta::microseconds(1),
             _ => now,
@@ -133,14 +133,14 @@ impl Table {
     }
 
     /// The current JSON of record `id`.
-    pub fn get(&self, id: &str) -> Option<&str> {
+    pub(crate) fn get(&self, id: &str) -> Option<&str> {
         let slot = &self.slots[*self.index.get(id)?];
         slot.json.as_deref()
     }
 
     /// Stores a new version of record `id`, changed at `at` (which must come from
     /// [`Table::next_time`]).
-    pub fn put(&mut self, id: &str, at: DateTime<Utc>, json: String) {
+    pub(crate) fn put(&mut self, id: &str, at: DateTime<Utc>, json: String) {
         debug_assert!(self.slots.last().is_none_or(|last| last.at < at));
         let id: Arc<str> = match self.index.get_key_value(id) {
             Some((key, &old)) => {
@@ -176,7 +176,12 @@ impl Table {
 
     /// The records changed at or after `since` (all when `None`), in change order, skipping the
     /// first `skip` of them and returning at most `limit`.
-    pub fn page(&self, since: Option<DateTime<Utc>>, skip: usize, limit: usize) -> Vec<&str> {
+    pub(crate) fn page(
+        &self,
+        since: Option<DateTime<Utc>>,
+        skip: usize,
+        limit: usize,
+    ) -> Vec<&str> {
         let start = match since {
             Some(since) => self.slots.partition_point(|s| s.at < since),
             None => 0,
@@ -198,7 +203,7 @@ impl Table {
     }
 
     /// Every current record changed at or after `since` (all when `None`), in change order.
-    pub fn window(&self, since: Option<DateTime<Utc>>) -> impl Iterator<Item = &Slot> {
+    pub(crate) fn window(&self, since: Option<DateTime<Utc>>) -> impl Iterator<Item = &Slot> {
         let start = match since {
             Some(since) => self.slots.partition_point(|s| s.at < since),
             None => 0,
@@ -208,7 +213,7 @@ impl Table {
 
     /// The `k`-th current record in change order (`k` is taken modulo the count), for picking a
     /// record at random without depending on hash order.
-    pub fn nth(&self, k: usize) -> Option<&Slot> {
+    pub(crate) fn nth(&self, k: usize) -> Option<&Slot> {
         if self.index.is_empty() {
             return None;
         }
@@ -217,7 +222,7 @@ impl Table {
     }
 
     /// Every current record, in change order.
-    pub fn iter(&self) -> impl Iterator<Item = &Slot> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().filter(|s| s.json.is_some())
     }
 }

@@ -18,9 +18,7 @@ use serde_saphyr::Spanned;
 use std::collections::HashMap;
 use value::{Bound, Lit, Ord4, Time};
 
-/// The rules as written are parsed with the rest of the config file; the spec lives there
-/// ([`crate::config::raw`]) and is named here too, beside its compiler.
-pub use crate::config::raw::{yaml_options, Node, RuleSpec};
+use crate::config::raw::{Node, RuleSpec};
 
 // ---------------------------------------------------------------------------------------------
 // The compiled form
@@ -54,7 +52,7 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
     /// The rule's name.
-    pub rule: String,
+    pub(crate) rule: String,
     /// Whether it matched.
     pub matched: bool,
     /// The first thing that did not hold, e.g. `where[1]: Source is "Referral", not in [Website, Facebook]`.
@@ -475,7 +473,7 @@ impl Rule {
 impl RuleSet {
     /// Every (resource, destination) pair a rule connects, `*` for any resource; `check` renders
     /// each destination's templates against a sample record of that resource.
-    pub fn resource_destinations(&self) -> Vec<(String, String)> {
+    pub(crate) fn resource_destinations(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
         for r in self.rules.iter().filter(|r| r.enabled) {
             for &d in &r.notify {
@@ -492,7 +490,7 @@ impl RuleSet {
     }
 
     /// One line per rule for `check`: name, resource, kinds and destinations.
-    pub fn describe(&self) -> Vec<String> {
+    pub(crate) fn describe(&self) -> Vec<String> {
         self.rules
             .iter()
             .map(|r| {
@@ -594,12 +592,14 @@ impl RuleSet {
     }
 
     /// Every rule's name in file order, disabled rules included.
-    pub fn rule_names(&self) -> impl Iterator<Item = &str> + '_ {
+    #[cfg(test)]
+    pub(crate) fn rule_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.rules.iter().map(|r| r.name.as_str())
     }
 
     /// Whether the named rule exists and is enabled.
-    pub fn is_enabled(&self, name: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_enabled(&self, name: &str) -> bool {
         self.rules.iter().any(|r| r.name == name && r.enabled)
     }
 

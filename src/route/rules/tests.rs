@@ -1,6 +1,7 @@
 //! Tests of the rule language: compiling, matching, explaining.
 
 use super::*;
+use crate::config::yaml_options;
 use crate::model::DEFAULT_SOURCE;
 use serde_json::json;
 
@@ -852,4 +853,14 @@ fn yaml_1_1_booleans_and_leading_zeros_need_the_recommended_options() {
     let strict: Vec<Spanned<RuleSpec>> =
         serde_saphyr::from_str_with_options(yaml, yaml_options()).unwrap();
     assert_eq!(compile(&strict, &ctx).unwrap().route(&c).len(), 1);
+}
+
+#[test]
+fn dotted_paths() {
+    let get = |v, p| Path::parse(p).unwrap().in_value(v).cloned();
+    let v = json!({"a": {"b": [10, {"c": null}]}});
+    assert_eq!(get(&v, "a.b.0"), Some(json!(10)));
+    assert_eq!(get(&v, "a.b.1.c"), Some(Value::Null));
+    assert_eq!(get(&v, "a.x"), None);
+    assert_eq!(get(&v, "a.b.x"), None);
 }

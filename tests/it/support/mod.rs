@@ -22,9 +22,9 @@ pub use store::{
 
 use axum::body::Bytes;
 use axum::response::IntoResponse;
-use clinicea_notifier::commands::{self, Settings};
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::daemon::events::Events;
+use clinicea_notifier::daemon::settings::{load_settings_with, Settings};
 use clinicea_notifier::ingest::ctx::PollError;
 use clinicea_notifier::ingest::poll::PollReport;
 use clinicea_notifier::kit::catcher::{Catcher, CatcherHandle, CatcherOptions};
@@ -68,7 +68,7 @@ impl TestDir {
 
     /// Loads and compiles the config.
     pub fn settings(&self) -> Settings {
-        match commands::load_settings_with(&self.config, &self.vars) {
+        match load_settings_with(&self.config, &self.vars) {
             Ok(s) => s,
             Err(e) => panic!("config should load: {e}"),
         }
