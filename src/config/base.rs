@@ -1,5 +1,5 @@
 //! The validated base of a config: how to reach Clinicea, the resources to poll, the store, the
-//! health server; the types [`crate::config::load`] builds and ingest, the store and the daemon
+//! health server; the types [`crate::config::load()`] builds and ingest, the store and the daemon
 //! read.
 
 use crate::config::raw::AuthMode;

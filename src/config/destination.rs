@@ -1,5 +1,5 @@
 //! Validated destinations: where each delivery goes and how ([`Destination`], [`Target`]), as
-//! [`crate::config::load`] builds them from `destinations:`. Delivery builds its HTTP clients and
+//! [`crate::config::load()`] builds them from `destinations:`. Delivery builds its HTTP clients and
 //! mailer from these; routing renders the templates they name ([`InlineTemplate`],
 //! [`TemplateFile`]), which the engine's compile step registers and checks.
 

@@ -1,4 +1,4 @@
-//! The one compile step of the config file: [`load`] reads it, parses it ([`raw::parse`]),
+//! The one compile step of the config file: [`load()`] reads it, parses it ([`raw::parse`]),
 //! substitutes `${VAR}` ([`vars::substitute`]) and validates every section into the runtime types
 //! the rest of the program uses ([`Config`]), so a bad config fails at start and never at 3 a.m.
 //!
@@ -60,7 +60,7 @@ pub struct Config {
     pub(crate) rules: Vec<Spanned<RuleSpec>>,
 }
 
-/// The process environment as a map, for [`load`].
+/// The process environment as a map, for [`load()`].
 pub(crate) fn env_vars() -> HashMap<String, String> {
     std::env::vars().collect()
 }

@@ -3,7 +3,7 @@
 //!
 //! - [`raw`]: the serde types that mirror the YAML (the rules' spec included) and the parser;
 //! - [`vars`]: `${VAR}` substitution, one pass over what was parsed, with the variables passed in;
-//! - [`load`]: the one compile step, raw to runtime types, every problem with its line and key;
+//! - [`mod@load`]: the one compile step, raw to runtime types, every problem with its line and key;
 //! - [`problem`]: what a problem is and how a failed config reads;
 //! - the runtime types: [`base`] (Clinicea, resources, store), [`destination`], [`smtp`],
 //!   [`retry`], [`secret`] (webhook signing secrets), and [`placeholder`] (example values `check`

@@ -1,6 +1,6 @@
 //! What is wrong with a config file, and where: [`Problem`] (line, key path, message) and
 //! [`ConfigError`] (the file and every problem in it). Every stage that checks part of the
-//! config (this module's [`load`](crate::config::load), the rule compiler, the template registry)
+//! config (this module's [`load`](fn@crate::config::load), the rule compiler, the template registry)
 //! reports through these, so `check` prints one list in one shape.
 
 use serde_saphyr::Spanned;

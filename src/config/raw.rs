@@ -3,7 +3,7 @@
 //! [`Dur`]), and [`parse`], which turns YAML text into them.
 //!
 //! Nothing here substitutes `${VAR}` or judges a value: [`crate::config::vars`] substitutes in one
-//! pass over what was parsed, and [`crate::config::load`] validates. Each [`Text`] and [`Dur`]
+//! pass over what was parsed, and [`crate::config::load()`] validates. Each [`Text`] and [`Dur`]
 //! remembers the line it was written on, so both can name it.
 
 use crate::config::problem::Problem;
@@ -128,7 +128,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A duration as written: `30s`, `5m`, `2h`, `1h30m` (or `${VAR}` holding one). It is read with
-/// [`parse_duration`] once `${VAR}` is substituted, by [`crate::config::load`], which reports a
+/// [`parse_duration`] once `${VAR}` is substituted, by [`crate::config::load()`], which reports a
 /// bad one with its line and key.
 #[derive(Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(transparent)]

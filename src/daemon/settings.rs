@@ -1,4 +1,4 @@
-//! A config compiled all the way ([`Settings`]): [`crate::config::load`]'s validated config, then
+//! A config compiled all the way ([`Settings`]): [`crate::config::load()`]'s validated config, then
 //! the compile steps of routing, which sit above it: the template registry (the folder, every
 //! destination's inline templates and template files) and the rules. Every problem of every step
 //! comes back at once, in one [`ConfigError`], each with its line and key.
