@@ -15,7 +15,7 @@ pub struct Problem {
     /// The dotted key path, e.g. `rules[new-lead].where[1].matches` or `destinations.front-desk.url`.
     pub key: String,
     /// What is wrong, in words a clinic's IT person understands.
-    pub(crate) message: String,
+    pub message: String,
 }
 
 impl Problem {

@@ -174,3 +174,24 @@ async fn starttls_with_a_trusted_self_signed_certificate_and_auth() {
     assert!(matches!(r.verdict, Verdict::Retry { .. }), "{r:?}");
     assert_eq!(c.messages().len(), 1);
 }
+
+#[test]
+fn the_transport_refuses_credentials_without_tls() {
+    let mut s = settings(2525);
+    s.username = Some("notifier".into());
+    s.password = Some("s3cret".into());
+    let p = Mailer::new(s).expect_err("refused");
+    assert_eq!(p.key, "smtp.tls");
+    assert!(!p.message.contains("s3cret"), "{}", p.message);
+}
+
+#[tokio::test]
+async fn server_down_retries() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let m = Mailer::new(settings(port)).unwrap();
+    let r = m.send(&msg("frontdesk@clinic.example", None)).await;
+    assert!(matches!(r.verdict, Verdict::Retry { .. }), "{r:?}");
+    assert_eq!(r.status, None);
+}
