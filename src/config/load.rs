@@ -29,7 +29,7 @@ use crate::config::secret::Secret;
 use crate::config::smtp::{self, SmtpSettings};
 use crate::config::{valid_name, vars};
 use crate::net::egress;
-use crate::net::egress::is_loopback_url as is_loopback;
+use crate::net::egress::is_loopback_url;
 use crate::net::mail::validate_address;
 use serde_saphyr::Spanned;
 use std::collections::HashMap;
@@ -216,7 +216,7 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
 
     let base_url = match url::Url::parse(c.base_url.trim_end_matches('/')) {
         Ok(u) if u.scheme() == "https" => Some(u),
-        Ok(u) if u.scheme() == "http" && (is_loopback(&u) || c.allow_insecure_http) => Some(u),
+        Ok(u) if u.scheme() == "http" && (is_loopback_url(&u) || c.allow_insecure_http) => Some(u),
         Ok(u) if u.scheme() == "http" => {
             problems.push(Problem::at(
                 cline,
@@ -816,7 +816,7 @@ fn destination(
                     continue;
                 }
                 if placeholder::is_published_webhook_secret(s)
-                    && !url.as_ref().is_some_and(is_loopback)
+                    && !url.as_ref().is_some_and(is_loopback_url)
                 {
                     problems.push(Problem::at(
                         line,
