@@ -5,7 +5,7 @@
 //! one rule evaluation is one rule considered for one change (50 per change).
 
 use clinicea_notifier::config::{yaml_options, RuleSpec};
-use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
+use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_CLINIC};
 use clinicea_notifier::route::rules::{compile, CompileContext};
 use serde_json::Value;
 use serde_saphyr::Spanned;
@@ -222,7 +222,7 @@ fn change(resource: &str, kind: ChangeKind, record: Value, previous: Option<Valu
         _ => vec![],
     };
     Change {
-        source: DEFAULT_SOURCE.into(),
+        clinic: DEFAULT_CLINIC.into(),
         resource: resource.into(),
         id: record["ID"].as_str().unwrap_or_default().into(),
         kind,

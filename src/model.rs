@@ -14,9 +14,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use std::fmt;
 
-/// The name of the one source that exists today. Every store key is namespaced by a source name so
-/// that many clinics in one process need no migration later.
-pub const DEFAULT_SOURCE: &str = "default";
+/// The clinic of a config without `clinics:`. Every store key is namespaced by the clinic, so a
+/// store made before `clinics:` existed is this clinic's store.
+pub const DEFAULT_CLINIC: &str = "default";
 
 /// What happened to a record, decided by the diff against the stored version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -53,8 +53,9 @@ impl fmt::Display for ChangeKind {
 /// One detected change of one record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
-    /// The source (clinic) the record came from; [`DEFAULT_SOURCE`] today.
-    pub source: String,
+    /// The clinic the record came from (its name under `clinics:`; [`DEFAULT_CLINIC`] without one).
+    #[serde(rename = "clinic", alias = "source")]
+    pub clinic: String,
     /// The resource key from the config, e.g. `leads`.
     pub resource: String,
     /// The record's id (the configured id field, as a string).
@@ -83,13 +84,13 @@ impl Change {
     /// A stable id for this change, the same whenever the same change is detected again with the
     /// same `key` (the store's, see [`crate::outbox::store::Store::id_key`]).
     ///
-    /// It is an HMAC-SHA256 under `key` of the source, resource, record id, kind, and the canonical
+    /// It is an HMAC-SHA256 under `key` of the clinic, resource, record id, kind, and the canonical
     /// JSON of `previous` and `record`; `detected_at` is left out on purpose, since a re-detection
     /// after a crash happens at another time but is the same change.
     pub fn change_id(&self, key: &IdKey) -> String {
         let mut h = key.mac.clone();
         for part in [
-            self.source.as_str(),
+            self.clinic.as_str(),
             self.resource.as_str(),
             self.id.as_str(),
             self.kind.as_str(),
@@ -228,7 +229,7 @@ mod tests {
 
     fn change(record: Value) -> Change {
         Change {
-            source: DEFAULT_SOURCE.into(),
+            clinic: DEFAULT_CLINIC.into(),
             resource: "leads".into(),
             id: "a".into(),
             kind: ChangeKind::Added,

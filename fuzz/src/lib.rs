@@ -83,7 +83,7 @@ pub fn api_page(data: &[u8]) {
         }
     };
     let spec = diff::DiffSpec {
-        source: "default",
+        clinic: "default",
         resource: "leads",
         id_field: "ID",
         status_field: "DataStatusStr",

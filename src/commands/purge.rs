@@ -31,7 +31,7 @@ pub async fn run(config: &Path, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give the record's id with --id");
     }
     let store = open_store_for_cli(&settings)?;
-    let erased = store.erase_record(crate::model::DEFAULT_SOURCE, &args.resource, &args.id)?;
+    let erased = store.erase_record(crate::model::DEFAULT_CLINIC, &args.resource, &args.id)?;
     store.flush().await?;
     let (text, found) = purge_text(&settings, args, &erased);
     if found {

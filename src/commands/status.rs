@@ -22,7 +22,7 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
 pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String> {
     use std::fmt::Write;
     let mut out = String::new();
-    let source = crate::model::DEFAULT_SOURCE;
+    let source = crate::model::DEFAULT_CLINIC;
     let now = Utc::now();
     let _ = writeln!(out, "Resources:");
     for r in &settings.base.resources {

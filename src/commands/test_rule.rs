@@ -71,7 +71,7 @@ pub(crate) fn test_rule_text(settings: &Settings, args: &TestRuleArgs) -> anyhow
         )
     })?;
     let spec = crate::ingest::diff::DiffSpec {
-        source: crate::model::DEFAULT_SOURCE,
+        clinic: crate::model::DEFAULT_CLINIC,
         resource: &res.name,
         id_field: &res.id_field,
         status_field: &res.status_field,

@@ -77,7 +77,7 @@ impl Engine {
         cancel: CancellationToken,
     ) -> PollCtx<OutboxIntake> {
         PollCtx {
-            source: crate::model::DEFAULT_SOURCE.to_string(),
+            clinic: crate::model::DEFAULT_CLINIC.to_string(),
             intake: OutboxIntake {
                 store: self.store.clone(),
                 pipeline: self.settings.pipeline.clone(),

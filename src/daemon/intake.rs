@@ -110,84 +110,84 @@ impl Intake for OutboxIntake {
     type Error = StoreError;
     type Bytes = sled::IVec;
 
-    fn checkpoint(&self, source: &str, resource: &str) -> Result<Option<Checkpoint>, StoreError> {
-        self.store.checkpoint(source, resource)
+    fn checkpoint(&self, clinic: &str, resource: &str) -> Result<Option<Checkpoint>, StoreError> {
+        self.store.checkpoint(clinic, resource)
     }
 
     async fn set_first_checkpoint(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         cp: &Checkpoint,
         baseline: Option<&Baseline>,
     ) -> Result<(), StoreError> {
         self.store
-            .set_first_checkpoint(source, resource, cp, baseline)
+            .set_first_checkpoint(clinic, resource, cp, baseline)
             .await
     }
 
     async fn set_checkpoint(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         cp: &Checkpoint,
     ) -> Result<(), StoreError> {
-        self.store.set_checkpoint(source, resource, cp).await
+        self.store.set_checkpoint(clinic, resource, cp).await
     }
 
-    fn poll_status(&self, source: &str, resource: &str) -> Result<PollStatus, StoreError> {
-        self.store.poll_status(source, resource)
+    fn poll_status(&self, clinic: &str, resource: &str) -> Result<PollStatus, StoreError> {
+        self.store.poll_status(clinic, resource)
     }
 
     fn set_poll_status(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         status: &PollStatus,
     ) -> Result<(), StoreError> {
-        self.store.set_poll_status(source, resource, status)
+        self.store.set_poll_status(clinic, resource, status)
     }
 
-    fn baseline(&self, source: &str, resource: &str) -> Result<Option<Baseline>, StoreError> {
-        self.store.baseline(source, resource)
+    fn baseline(&self, clinic: &str, resource: &str) -> Result<Option<Baseline>, StoreError> {
+        self.store.baseline(clinic, resource)
     }
 
     fn commit_baseline_chunk(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         snapshots: &[(String, Vec<u8>)],
         progress: Option<&Baseline>,
     ) -> Result<(), StoreError> {
         self.store
-            .commit_baseline_chunk(source, resource, snapshots, progress)
+            .commit_baseline_chunk(clinic, resource, snapshots, progress)
     }
 
-    fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64, StoreError> {
-        self.store.merge_baseline(source, resource)
+    fn merge_baseline(&self, clinic: &str, resource: &str) -> Result<u64, StoreError> {
+        self.store.merge_baseline(clinic, resource)
     }
 
     fn snapshot(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         id: &str,
     ) -> Result<Option<sled::IVec>, StoreError> {
-        self.store.snapshot_raw(source, resource, id)
+        self.store.snapshot_raw(clinic, resource, id)
     }
 
     fn baseline_snapshot(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         id: &str,
     ) -> Result<Option<sled::IVec>, StoreError> {
-        self.store.baseline_snapshot_raw(source, resource, id)
+        self.store.baseline_snapshot_raw(clinic, resource, id)
     }
 
     async fn commit_chunk(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         chunk: DiffedChunk,
     ) -> Result<u64, StoreError> {
@@ -200,7 +200,7 @@ impl Intake for OutboxIntake {
         for change in chunk.changes {
             deliveries += self.plan_change(&change, &mut write, &mut wakes, &mut events)?;
         }
-        self.store.commit_page(source, resource, &write)?;
+        self.store.commit_page(clinic, resource, &write)?;
         // The watcher hears of a change before the workers are woken to deliver it.
         if let Some(tx) = &self.events {
             for e in events {

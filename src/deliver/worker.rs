@@ -444,6 +444,7 @@ mod panic_tests {
         let entry = OutboxEntry {
             seq: 1,
             destination: "hooks".into(),
+            clinic: "default".into(),
             webhook_id: "msg_test".into(),
             event_type: "leads.added".into(),
             resource: "leads".into(),

@@ -60,7 +60,7 @@ pub(crate) async fn run<I: Intake>(
     res: &Resource,
     mut b: Baseline,
 ) -> Result<Read, PollError<I::Error>> {
-    let (source, name) = (ctx.source.as_str(), res.name.as_str());
+    let (clinic, name) = (ctx.clinic.as_str(), res.name.as_str());
     let mut read = Read::default();
     if ctx.baseline.is_none() {
         // Turned off part-way: what it read is kept, the rest is not read.
@@ -104,7 +104,7 @@ pub(crate) async fn run<I: Intake>(
             read.pages += 1;
         }
         ctx.intake
-            .commit_baseline_chunk(source, name, &snaps, chunk.page_end.then_some(&b))
+            .commit_baseline_chunk(clinic, name, &snaps, chunk.page_end.then_some(&b))
             .map_err(PollError::Store)?;
         if chunk.page_end {
             metrics::gauge!("clinicea_baseline_records", "resource" => res.name.clone())
@@ -127,7 +127,7 @@ async fn finish<I: Intake>(
 ) -> Result<(), PollError<I::Error>> {
     b.finished = Some(Utc::now());
     ctx.intake
-        .commit_baseline_chunk(&ctx.source, &res.name, &[], Some(&b))
+        .commit_baseline_chunk(&ctx.clinic, &res.name, &[], Some(&b))
         .map_err(PollError::Store)?;
     ctx.intake.flush().await.map_err(PollError::Store)?;
     tracing::info!(resource = %res.name, pages = b.pages, records = b.records, "baseline done; changes from the origin on are read next");

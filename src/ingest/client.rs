@@ -186,7 +186,7 @@ impl PageReader {
     }
 }
 
-/// The Clinicea API client for one source.
+/// The Clinicea API client for one clinic.
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,

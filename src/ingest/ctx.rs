@@ -29,11 +29,11 @@ pub enum PollError<E> {
 /// Everything a poll needs.
 #[derive(Clone)]
 pub struct PollCtx<I> {
-    /// The source (clinic) name.
-    pub(crate) source: String,
+    /// The clinic's name (its store namespace).
+    pub(crate) clinic: String,
     /// The stages after ingest: the stored state, and where diffed chunks go.
     pub(crate) intake: I,
-    /// The API client of this source.
+    /// The API client of this clinic.
     pub(crate) client: Client,
     /// How far back each poll re-reads.
     pub(crate) overlap: Duration,

@@ -23,8 +23,8 @@ pub(crate) const IS_DELETED_FIELD: &str = "IsDeleted";
 /// How a resource names its id and status fields.
 #[derive(Debug, Clone)]
 pub struct DiffSpec<'a> {
-    /// The source name.
-    pub source: &'a str,
+    /// The clinic's name.
+    pub clinic: &'a str,
     /// The resource key.
     pub resource: &'a str,
     /// The id field.
@@ -141,7 +141,7 @@ pub fn diff(
         Some(_) => ChangeKind::Modified,
     };
     Some(Change {
-        source: spec.source.to_string(),
+        clinic: spec.clinic.to_string(),
         resource: spec.resource.to_string(),
         id,
         kind,
@@ -159,7 +159,7 @@ mod tests {
     use serde_json::json;
 
     const SPEC: DiffSpec<'static> = DiffSpec {
-        source: "default",
+        clinic: "default",
         resource: "leads",
         id_field: "ID",
         status_field: "DataStatusStr",

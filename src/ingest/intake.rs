@@ -21,7 +21,7 @@ pub struct DiffedChunk {
     pub(crate) changes: Vec<Change>,
 }
 
-/// What a poll needs from the stages after it. Every method names the source and the resource
+/// What a poll needs from the stages after it. Every method names the clinic and the resource
 /// it is about.
 pub trait Intake: Send + Sync {
     /// A failure of the stages behind the port (the store); a poll reports it as it reads.
@@ -31,13 +31,13 @@ pub trait Intake: Send + Sync {
     type Bytes: AsRef<[u8]> + Send;
 
     /// The checkpoint of a resource, if it has ever been polled.
-    fn checkpoint(&self, source: &str, resource: &str) -> Result<Option<Checkpoint>, Self::Error>;
+    fn checkpoint(&self, clinic: &str, resource: &str) -> Result<Option<Checkpoint>, Self::Error>;
 
     /// Writes a resource's first checkpoint and, when one is due, its baseline, together and on
     /// disk when it returns: a crash leaves neither or both.
     fn set_first_checkpoint(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         cp: &Checkpoint,
         baseline: Option<&Baseline>,
@@ -47,30 +47,30 @@ pub trait Intake: Send + Sync {
     /// checkpoint is on disk when it returns.
     fn set_checkpoint(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         cp: &Checkpoint,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The last poll's status of a resource (the default when it was never polled).
-    fn poll_status(&self, source: &str, resource: &str) -> Result<PollStatus, Self::Error>;
+    fn poll_status(&self, clinic: &str, resource: &str) -> Result<PollStatus, Self::Error>;
 
     /// Records the last poll's status (informational: not flushed on its own).
     fn set_poll_status(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         status: &PollStatus,
     ) -> Result<(), Self::Error>;
 
     /// The baseline of a resource, if it ever had one.
-    fn baseline(&self, source: &str, resource: &str) -> Result<Option<Baseline>, Self::Error>;
+    fn baseline(&self, clinic: &str, resource: &str) -> Result<Option<Baseline>, Self::Error>;
 
     /// Stores records the baseline read, apart from the snapshots (a record it holds already keeps
     /// the version read first), and with `progress` the baseline's new state, in one transaction.
     fn commit_baseline_chunk(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         snapshots: &[(String, Vec<u8>)],
         progress: Option<&Baseline>,
@@ -78,12 +78,12 @@ pub trait Intake: Send + Sync {
 
     /// Moves the baseline's records into the snapshots where no newer version is stored; returns
     /// how many moved. Idempotent.
-    fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64, Self::Error>;
+    fn merge_baseline(&self, clinic: &str, resource: &str) -> Result<u64, Self::Error>;
 
     /// The stored version of a record, as the bytes committed.
     fn snapshot(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         id: &str,
     ) -> Result<Option<Self::Bytes>, Self::Error>;
@@ -91,7 +91,7 @@ pub trait Intake: Send + Sync {
     /// A record as the baseline read it, while the baseline is not merged.
     fn baseline_snapshot(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         id: &str,
     ) -> Result<Option<Self::Bytes>, Self::Error>;
@@ -102,7 +102,7 @@ pub trait Intake: Send + Sync {
     /// queued.
     fn commit_chunk(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         chunk: DiffedChunk,
     ) -> impl Future<Output = Result<u64, Self::Error>> + Send;

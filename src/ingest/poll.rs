@@ -121,7 +121,7 @@ pub async fn poll_resource<I: Intake>(
     let started = Utc::now();
     let mut status = ctx
         .intake
-        .poll_status(&ctx.source, &res.name)
+        .poll_status(&ctx.clinic, &res.name)
         .map_err(PollError::Store)?;
     status.last_started = Some(started);
     let result = poll_inner(ctx, res, started, &mut status).await;
@@ -148,7 +148,7 @@ pub async fn poll_resource<I: Intake>(
         }
     }
     ctx.intake
-        .set_poll_status(&ctx.source, &res.name, &status)
+        .set_poll_status(&ctx.clinic, &res.name, &status)
         .map_err(PollError::Store)?;
     result
 }
@@ -161,7 +161,7 @@ async fn poll_inner<I: Intake>(
 ) -> Result<PollReport, PollError<I::Error>> {
     let stored = ctx
         .intake
-        .checkpoint(&ctx.source, &res.name)
+        .checkpoint(&ctx.clinic, &res.name)
         .map_err(PollError::Store)?;
     let cp = match stored {
         Some(cp) => cp,
@@ -182,7 +182,7 @@ async fn poll_inner<I: Intake>(
                 .baseline
                 .map(|since| Baseline::new(since, res.first_page, started));
             ctx.intake
-                .set_first_checkpoint(&ctx.source, &res.name, &cp, baseline.as_ref())
+                .set_first_checkpoint(&ctx.clinic, &res.name, &cp, baseline.as_ref())
                 .await
                 .map_err(PollError::Store)?;
             cp
@@ -195,7 +195,7 @@ async fn poll_inner<I: Intake>(
     if cp.last_success_start.is_none() {
         let stored = ctx
             .intake
-            .baseline(&ctx.source, &res.name)
+            .baseline(&ctx.clinic, &res.name)
             .map_err(PollError::Store)?;
         if let Some(b) = stored {
             if b.finished.is_none() {
@@ -265,13 +265,13 @@ async fn poll_inner<I: Intake>(
     if catch_up {
         let moved = ctx
             .intake
-            .merge_baseline(&ctx.source, &res.name)
+            .merge_baseline(&ctx.clinic, &res.name)
             .map_err(PollError::Store)?;
         tracing::info!(resource = %res.name, records = moved, "baseline merged: from now on every known record is compared with the version the baseline read");
     }
     let next = next_checkpoint(&cp, started, skew.flatten());
     ctx.intake
-        .set_checkpoint(&ctx.source, &res.name, &next)
+        .set_checkpoint(&ctx.clinic, &res.name, &next)
         .await
         .map_err(PollError::Store)?;
     Ok(report)
@@ -425,7 +425,7 @@ async fn store_chunk<I: Intake>(
     metrics::counter!("clinicea_records_fetched_total", "resource" => res.name.clone())
         .increment(records.len() as u64);
     let spec = DiffSpec {
-        source: &ctx.source,
+        clinic: &ctx.clinic,
         resource: &res.name,
         id_field: &res.id_field,
         status_field: &res.status_field,
@@ -460,7 +460,7 @@ async fn store_chunk<I: Intake>(
             Some(&i) => Some(decode_snapshot(&chunk.snapshots[i].1)?),
             None => match ctx
                 .intake
-                .snapshot(&ctx.source, &res.name, &id)
+                .snapshot(&ctx.clinic, &res.name, &id)
                 .map_err(PollError::Store)?
             {
                 Some(raw) if raw.as_ref() == bytes.as_slice() => continue,
@@ -468,7 +468,7 @@ async fn store_chunk<I: Intake>(
                 None if catch_up => {
                     match ctx
                         .intake
-                        .baseline_snapshot(&ctx.source, &res.name, &id)
+                        .baseline_snapshot(&ctx.clinic, &res.name, &id)
                         .map_err(PollError::Store)?
                     {
                         // Served since the origin, so changed after it, yet already so when the
@@ -513,7 +513,7 @@ async fn store_chunk<I: Intake>(
     let changes = chunk.changes.len();
     report.deliveries += ctx
         .intake
-        .commit_chunk(&ctx.source, &res.name, chunk)
+        .commit_chunk(&ctx.clinic, &res.name, chunk)
         .await
         .map_err(PollError::Store)?;
     tracing::debug!(resource = %res.name, page = page_no, changes, "chunk stored");

@@ -1,6 +1,6 @@
 //! What ingest keeps about each resource between polls: the checkpoint (where the next poll
 //! asks from), the silent baseline's progress and the last poll's status. The store keeps them
-//! as JSON under the source and resource; the serde attributes here are that format, so a field
+//! as JSON under the clinic and resource; the serde attributes here are that format, so a field
 //! is only ever added, with `#[serde(default)]`.
 
 use chrono::{DateTime, Utc};

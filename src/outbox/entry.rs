@@ -12,6 +12,9 @@ pub struct OutboxEntry {
     pub seq: u64,
     /// The destination name.
     pub destination: String,
+    /// The clinic the change came from (entries stored before `clinics:` existed are `default`).
+    #[serde(default = "default_clinic")]
+    pub clinic: String,
     /// The change's stable id, sent as `webhook-id`.
     pub webhook_id: String,
     /// `leads.added` etc.
@@ -32,6 +35,11 @@ pub struct OutboxEntry {
     pub next_attempt_ms: i64,
     /// When the entry was created (Unix ms).
     pub created_ms: i64,
+}
+
+/// The clinic of an entry stored before entries named theirs.
+pub(crate) fn default_clinic() -> String {
+    crate::model::DEFAULT_CLINIC.to_string()
 }
 
 /// A delivery that will not be attempted again until someone re-drives it.
@@ -70,6 +78,7 @@ impl Planned {
         let mut entry = OutboxEntry {
             seq,
             destination: self.destination,
+            clinic: change.clinic.clone(),
             webhook_id: webhook_id.to_string(),
             event_type: change.event_type(),
             resource: change.resource.clone(),

@@ -1,4 +1,4 @@
-//! The embedded sled store: one tree per purpose, keys namespaced by source and big-endian where
+//! The embedded sled store: one tree per purpose, keys namespaced by clinic and big-endian where
 //! they carry a sequence number, so prefix scans come back in order. Its accessors take and give
 //! typed values, encoded and decoded here, once; a value that cannot be read is a
 //! [`StoreError::Decode`] naming what it was. Two things stay bytes: snapshots (a poll compares
@@ -6,16 +6,16 @@
 //!
 //! | tree          | key                                   | value                                 |
 //! |---------------|---------------------------------------|---------------------------------------|
-//! | `checkpoints` | source \0 resource                    | [`Checkpoint`] (JSON)                 |
-//! | `polls`       | source \0 resource                    | [`PollStatus`] (JSON)                 |
-//! | `snapshots`   | source \0 resource \0 record id       | the record as last fetched (JSON)     |
+//! | `checkpoints` | clinic \0 resource                    | [`Checkpoint`] (JSON)                 |
+//! | `polls`       | clinic \0 resource                    | [`PollStatus`] (JSON)                 |
+//! | `snapshots`   | clinic \0 resource \0 record id       | the record as last fetched (JSON)     |
 //! | `changes`     | seq (u64 BE)                          | the detected [`crate::model::Change`] |
 //! | `outbox`      | destination \0 seq (u64 BE)           | an [`OutboxEntry`] (JSON)             |
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | an [`AttemptLog`] (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a [`DeadLetter`] (JSON)               |
 //! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
-//! | `baselines`   | source \0 resource                    | [`Baseline`] (JSON)                   |
-//! | `baseline_snapshots` | source \0 resource \0 record id | a record as the baseline read it (JSON), until merged into `snapshots` |
+//! | `baselines`   | clinic \0 resource                    | [`Baseline`] (JSON)                   |
+//! | `baseline_snapshots` | clinic \0 resource \0 record id | a record as the baseline read it (JSON), until merged into `snapshots` |
 //! | `meta`        | name                                  | `change_id_key` ([`crate::model::IdKey`], 32 bytes), one-time upgrades |
 //!
 //! # Who can read it
@@ -54,7 +54,7 @@
 
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::IdKey;
-use crate::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use crate::outbox::entry::{default_clinic, AttemptLog, DeadLetter, OutboxEntry};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -395,20 +395,20 @@ fn tighten_at_open(path: &Path, loose: Option<Loose>) {
     }
 }
 
-/// One record's bytes in a tree keyed by source, resource and record id (the snapshots and the
+/// One record's bytes in a tree keyed by clinic, resource and record id (the snapshots and the
 /// baseline's records are laid out alike).
 fn record_in(
     tree: &sled::Tree,
-    source: &str,
+    clinic: &str,
     resource: &str,
     id: &str,
 ) -> Result<Option<sled::IVec>> {
-    Ok(tree.get(key(&[source, resource, id]))?)
+    Ok(tree.get(key(&[clinic, resource, id]))?)
 }
 
 /// How many records of one resource a tree laid out as [`record_in`] reads holds.
-fn count_in(tree: &sled::Tree, source: &str, resource: &str) -> usize {
-    tree.scan_prefix(prefix(&[source, resource])).count()
+fn count_in(tree: &sled::Tree, clinic: &str, resource: &str) -> usize {
+    tree.scan_prefix(prefix(&[clinic, resource])).count()
 }
 
 impl Store {
@@ -503,9 +503,9 @@ impl Store {
     // --- checkpoints and poll status ------------------------------------------------------
 
     /// The checkpoint of a resource, if it has ever been polled.
-    pub fn checkpoint(&self, source: &str, resource: &str) -> Result<Option<Checkpoint>> {
+    pub fn checkpoint(&self, clinic: &str, resource: &str) -> Result<Option<Checkpoint>> {
         self.checkpoints
-            .get(key(&[source, resource]))?
+            .get(key(&[clinic, resource]))?
             .map(|v| decode("checkpoint", &v))
             .transpose()
     }
@@ -513,13 +513,13 @@ impl Store {
     /// Durably advances a checkpoint: flushes the pages written before it, writes it, flushes again.
     pub(crate) async fn set_checkpoint(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         cp: &Checkpoint,
     ) -> Result<()> {
         self.flush().await?;
         self.checkpoints
-            .insert(key(&[source, resource]), encode(cp))?;
+            .insert(key(&[clinic, resource]), encode(cp))?;
         self.flush().await
     }
 
@@ -527,12 +527,12 @@ impl Store {
     /// flushed: a crash can leave neither or both, never a checkpoint whose baseline is lost.
     pub(crate) async fn set_first_checkpoint(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         cp: &Checkpoint,
         baseline: Option<&Baseline>,
     ) -> Result<()> {
-        let k = key(&[source, resource]);
+        let k = key(&[clinic, resource]);
         let (cp, baseline) = (encode(cp), baseline.map(encode));
         let res: std::result::Result<(), TransactionError<()>> =
             (&self.checkpoints, &self.baselines).transaction(|(checkpoints, baselines)| {
@@ -550,9 +550,9 @@ impl Store {
     }
 
     /// The baseline of a resource, if it ever had one.
-    pub fn baseline(&self, source: &str, resource: &str) -> Result<Option<Baseline>> {
+    pub fn baseline(&self, clinic: &str, resource: &str) -> Result<Option<Baseline>> {
         self.baselines
-            .get(key(&[source, resource]))?
+            .get(key(&[clinic, resource]))?
             .map(|v| decode("baseline", &v))
             .transpose()
     }
@@ -562,16 +562,16 @@ impl Store {
     /// is harmless).
     pub(crate) fn commit_baseline_chunk(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         snapshots: &[(String, Vec<u8>)],
         progress: Option<&Baseline>,
     ) -> Result<()> {
         let keys: Vec<(Vec<u8>, &[u8])> = snapshots
             .iter()
-            .map(|(id, v)| (key(&[source, resource, id]), v.as_slice()))
+            .map(|(id, v)| (key(&[clinic, resource, id]), v.as_slice()))
             .collect();
-        let (bk, progress) = (key(&[source, resource]), progress.map(encode));
+        let (bk, progress) = (key(&[clinic, resource]), progress.map(encode));
         let res: std::result::Result<(), TransactionError<()>> =
             (&self.baseline_snapshots, &self.baselines).transaction(|(snaps, baselines)| {
                 for (k, v) in &keys {
@@ -596,27 +596,27 @@ impl Store {
     /// A record as the baseline read it, while the baseline is not merged yet.
     pub(crate) fn baseline_snapshot_raw(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         id: &str,
     ) -> Result<Option<sled::IVec>> {
-        record_in(&self.baseline_snapshots, source, resource, id)
+        record_in(&self.baseline_snapshots, clinic, resource, id)
     }
 
     /// The number of records the baseline holds apart (before it is merged).
-    pub fn baseline_snapshot_count(&self, source: &str, resource: &str) -> usize {
-        count_in(&self.baseline_snapshots, source, resource)
+    pub fn baseline_snapshot_count(&self, clinic: &str, resource: &str) -> usize {
+        count_in(&self.baseline_snapshots, clinic, resource)
     }
 
     /// Moves the baseline's records into the snapshots, where no newer version is stored, and
     /// returns how many moved. Idempotent, so a crash part-way only means doing the rest again.
-    pub(crate) fn merge_baseline(&self, source: &str, resource: &str) -> Result<u64> {
+    pub(crate) fn merge_baseline(&self, clinic: &str, resource: &str) -> Result<u64> {
         const BATCH: usize = 1_000;
         let mut moved = 0;
         loop {
             let batch: Vec<(sled::IVec, sled::IVec)> = self
                 .baseline_snapshots
-                .scan_prefix(prefix(&[source, resource]))
+                .scan_prefix(prefix(&[clinic, resource]))
                 .take(BATCH)
                 .collect::<std::result::Result<_, _>>()?;
             if batch.is_empty() {
@@ -639,10 +639,10 @@ impl Store {
     }
 
     /// The last poll's status of a resource.
-    pub fn poll_status(&self, source: &str, resource: &str) -> Result<PollStatus> {
+    pub fn poll_status(&self, clinic: &str, resource: &str) -> Result<PollStatus> {
         Ok(self
             .polls
-            .get(key(&[source, resource]))?
+            .get(key(&[clinic, resource]))?
             .map(|v| decode("poll status", &v))
             .transpose()?
             .unwrap_or_default())
@@ -651,11 +651,11 @@ impl Store {
     /// Records the last poll's status (not flushed on its own: it is informational).
     pub(crate) fn set_poll_status(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         st: &PollStatus,
     ) -> Result<()> {
-        self.polls.insert(key(&[source, resource]), encode(st))?;
+        self.polls.insert(key(&[clinic, resource]), encode(st))?;
         Ok(())
     }
 
@@ -664,11 +664,11 @@ impl Store {
     /// The stored version of a record.
     pub fn snapshot(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         id: &str,
     ) -> Result<Option<serde_json::Value>> {
-        self.snapshot_raw(source, resource, id)?
+        self.snapshot_raw(clinic, resource, id)?
             .map(|v| decode_snapshot(&v))
             .transpose()
     }
@@ -677,20 +677,20 @@ impl Store {
     /// a poll can compare bytes before decoding.
     pub(crate) fn snapshot_raw(
         &self,
-        source: &str,
+        clinic: &str,
         resource: &str,
         id: &str,
     ) -> Result<Option<sled::IVec>> {
-        record_in(&self.snapshots, source, resource, id)
+        record_in(&self.snapshots, clinic, resource, id)
     }
 
     /// The number of stored snapshots of a resource.
-    pub fn snapshot_count(&self, source: &str, resource: &str) -> usize {
-        count_in(&self.snapshots, source, resource)
+    pub fn snapshot_count(&self, clinic: &str, resource: &str) -> usize {
+        count_in(&self.snapshots, clinic, resource)
     }
 
     /// Atomically writes a page's snapshots, change journal entries, outbox entries and dead letters.
-    pub fn commit_page(&self, source: &str, resource: &str, page: &PageWrite) -> Result<()> {
+    pub fn commit_page(&self, clinic: &str, resource: &str, page: &PageWrite) -> Result<()> {
         if page.snapshots.is_empty()
             && page.changes.is_empty()
             && page.outbox.is_empty()
@@ -701,7 +701,7 @@ impl Store {
         let snap_keys: Vec<(Vec<u8>, &[u8])> = page
             .snapshots
             .iter()
-            .map(|(id, v)| (key(&[source, resource, id]), v.as_slice()))
+            .map(|(id, v)| (key(&[clinic, resource, id]), v.as_slice()))
             .collect();
         let res: std::result::Result<(), TransactionError<()>> =
             (&self.snapshots, &self.changes, &self.outbox, &self.dead).transaction(
@@ -807,15 +807,18 @@ impl Store {
 
     /// Erases everything stored about one record: its snapshot, its change journal entries, its
     /// queued deliveries and dead letters and their attempt logs, in one transaction.
-    pub(crate) fn erase_record(&self, source: &str, resource: &str, id: &str) -> Result<Erased> {
+    pub(crate) fn erase_record(&self, clinic: &str, resource: &str, id: &str) -> Result<Erased> {
         #[derive(Deserialize)]
         struct JournalKey {
-            source: String,
+            #[serde(rename = "clinic", alias = "source")]
+            clinic: String,
             resource: String,
             id: String,
         }
         #[derive(Deserialize)]
         struct EntryKey {
+            #[serde(default = "default_clinic")]
+            clinic: String,
             resource: String,
             record_id: String,
         }
@@ -823,8 +826,9 @@ impl Store {
         struct DeadKey {
             entry: EntryKey,
         }
-        let is_it = |e: &EntryKey| e.resource == resource && e.record_id == id;
-        let snap_key = key(&[source, resource, id]);
+        let is_it =
+            |e: &EntryKey| e.clinic == clinic && e.resource == resource && e.record_id == id;
+        let snap_key = key(&[clinic, resource, id]);
         let mut erased = Erased {
             snapshots: usize::from(self.snapshots.contains_key(&snap_key)?),
             ..Erased::default()
@@ -833,12 +837,11 @@ impl Store {
         for kv in self.changes.iter() {
             let (k, v) = kv?;
             if serde_json::from_slice::<JournalKey>(&v)
-                .is_ok_and(|c| c.source == source && c.resource == resource && c.id == id)
+                .is_ok_and(|c| c.clinic == clinic && c.resource == resource && c.id == id)
             {
                 changes.push(k);
             }
         }
-        // The outbox has no source in its entries: one source is all there is today.
         let mut outbox = Vec::new();
         let mut seqs = Vec::new();
         for kv in self.outbox.iter() {
@@ -1180,6 +1183,7 @@ mod tests {
         OutboxEntry {
             seq,
             destination: destination.into(),
+            clinic: "default".into(),
             webhook_id: format!("msg_{seq}"),
             event_type: "leads.added".into(),
             resource: "leads".into(),
@@ -1304,7 +1308,7 @@ mod tests {
         let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         let mk = |secs: i64| {
             let c = crate::model::Change {
-                source: "default".into(),
+                clinic: "default".into(),
                 resource: "leads".into(),
                 id: secs.to_string(),
                 kind: crate::model::ChangeKind::Added,

@@ -228,7 +228,7 @@ mod body_tests {
     #[test]
     fn webhook_body_matches_the_value_envelope() {
         let change = Change {
-            source: "default".into(),
+            clinic: "default".into(),
             resource: "leads".into(),
             id: "a\"1".into(),
             kind: ChangeKind::Modified,

@@ -511,7 +511,7 @@ pub fn sample_change(resource: &str) -> Change {
         crate::config::defaults::STATUS_FIELD,
     );
     Change {
-        source: crate::model::DEFAULT_SOURCE.into(),
+        clinic: crate::model::DEFAULT_CLINIC.into(),
         resource: resource.into(),
         id: record
             .get("ID")

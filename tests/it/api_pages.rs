@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::response::IntoResponse;
 use clinicea_notifier::ingest::client::{self, MAX_PAGE_BYTES};
 use clinicea_notifier::kit::sandbox::SandboxOptions;
-use clinicea_notifier::model::DEFAULT_SOURCE;
+use clinicea_notifier::model::DEFAULT_CLINIC;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,10 +36,10 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
     let ids = sandbox_lead_ids(&sb);
     assert_eq!(ids.len(), 65_000);
     for id in &ids {
-        let stored = engine.store.snapshot(DEFAULT_SOURCE, "leads", id).unwrap();
+        let stored = engine.store.snapshot(DEFAULT_CLINIC, "leads", id).unwrap();
         assert!(stored.is_some(), "lead {id} has no snapshot");
     }
-    assert_eq!(engine.store.snapshot_count(DEFAULT_SOURCE, "leads"), 65_000);
+    assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads"), 65_000);
     let journal = journal_ids(&engine.store);
     assert_eq!(journal.len(), 65_000);
     assert_eq!(
@@ -134,7 +134,7 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
         3000,
         "each once"
     );
-    assert_eq!(engine.store.snapshot_count(DEFAULT_SOURCE, "leads"), 3000);
+    assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads"), 3000);
 }
 
 /// The client takes pages up to MAX_PAGE_BYTES (64 MiB), so a 50 MB page (here one lead with a
@@ -157,7 +157,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
     assert_eq!((rep.records, rep.changes), (3, 3));
     let snap = engine
         .store
-        .snapshot(DEFAULT_SOURCE, "leads", "big-one")
+        .snapshot(DEFAULT_CLINIC, "leads", "big-one")
         .unwrap()
         .unwrap();
     assert_eq!(snap["Notes"].as_str().unwrap().len(), 50_000_000);
@@ -174,7 +174,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
         "big-one",
         json!({"Notes": "y".repeat(MAX_PAGE_BYTES + 1024 * 1024)}),
     );
-    let cp = engine.store.checkpoint(DEFAULT_SOURCE, "leads").unwrap();
+    let cp = engine.store.checkpoint(DEFAULT_CLINIC, "leads").unwrap();
     let e = poll_report(&engine)
         .await
         .expect_err("a page over 64 MiB is refused");
@@ -184,7 +184,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
         "{msg}"
     );
     assert_eq!(
-        engine.store.checkpoint(DEFAULT_SOURCE, "leads").unwrap(),
+        engine.store.checkpoint(DEFAULT_CLINIC, "leads").unwrap(),
         cp,
         "the checkpoint stays"
     );
@@ -206,7 +206,7 @@ async fn records_that_are_not_objects_are_skipped_and_counted() {
     );
     assert!(engine
         .store
-        .snapshot(DEFAULT_SOURCE, "leads", "ok-1")
+        .snapshot(DEFAULT_CLINIC, "leads", "ok-1")
         .unwrap()
         .is_some());
 }
@@ -291,7 +291,7 @@ async fn invalid_utf8_in_a_page_fails_the_poll_clearly_and_the_next_poll_recover
     assert!(!msg.contains("Ay"), "no record content in the error: {msg}");
     let cp = engine
         .store
-        .checkpoint(DEFAULT_SOURCE, "leads")
+        .checkpoint(DEFAULT_CLINIC, "leads")
         .unwrap()
         .unwrap();
     assert_eq!(

@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use clinicea_notifier::kit::sandbox::SandboxOptions;
-use clinicea_notifier::model::{ChangeKind, DEFAULT_SOURCE};
+use clinicea_notifier::model::{ChangeKind, DEFAULT_CLINIC};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ async fn a_clinic_with_2000_records_started_now_sends_nothing_then_an_old_appoin
     assert_eq!(out.attempted, 0);
     assert!(rx.received().is_empty());
     for r in ["leads", "appointments"] {
-        assert_eq!(engine.store.snapshot_count(DEFAULT_SOURCE, r), 1000, "{r}");
+        assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, r), 1000, "{r}");
     }
 
     // An old appointment is cancelled, an old lead is edited.
@@ -154,14 +154,14 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
 
     let store = open_store(&t);
     let b = store
-        .baseline(DEFAULT_SOURCE, "leads")
+        .baseline(DEFAULT_CLINIC, "leads")
         .unwrap()
         .expect("the baseline is recorded with the first checkpoint");
     assert!(b.finished.is_none(), "the kill came too late: {b:?}");
     assert!(b.pages > 0 && b.pages < 31, "{b:?}");
     assert_eq!(store.outbox_len(), 0);
     assert_eq!(store.change_count(), 0);
-    let cp = store.checkpoint(DEFAULT_SOURCE, "leads").unwrap().unwrap();
+    let cp = store.checkpoint(DEFAULT_CLINIC, "leads").unwrap().unwrap();
     assert_eq!(cp.last_success_start, None);
     drop(store);
     let status = cli(&t, &["status"]).await;
@@ -183,11 +183,11 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
         b.pages
     );
     let store = open_store(&t);
-    let done = store.baseline(DEFAULT_SOURCE, "leads").unwrap().unwrap();
+    let done = store.baseline(DEFAULT_CLINIC, "leads").unwrap().unwrap();
     assert!(done.finished.is_some(), "{done:?}");
-    assert_eq!(store.snapshot_count(DEFAULT_SOURCE, "leads"), 3000);
+    assert_eq!(store.snapshot_count(DEFAULT_CLINIC, "leads"), 3000);
     assert_eq!(
-        store.baseline_snapshot_count(DEFAULT_SOURCE, "leads"),
+        store.baseline_snapshot_count(DEFAULT_CLINIC, "leads"),
         0,
         "merged"
     );
@@ -268,7 +268,7 @@ async fn records_changed_while_the_baseline_runs_are_sent_by_the_first_poll_afte
     // the baseline's offset paging skips one unchanged lead at the next page boundary: it stays
     // unknown, and nothing changed is lost. Re-reading a shifted window is the page-shift part of
     // the poller, not the baseline's.)
-    assert!(engine.store.snapshot_count(DEFAULT_SOURCE, "leads") >= 450);
+    assert!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads") >= 450);
 }
 
 #[test]

@@ -3,12 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use clinicea_notifier::ingest::diff::{self, DiffSpec};
-use clinicea_notifier::model::{Change, ChangeKind, IdKey, DEFAULT_SOURCE};
+use clinicea_notifier::model::{Change, ChangeKind, IdKey, DEFAULT_CLINIC};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 const SPEC: DiffSpec<'static> = DiffSpec {
-    source: DEFAULT_SOURCE,
+    clinic: DEFAULT_CLINIC,
     resource: "leads",
     id_field: "ID",
     status_field: "DataStatusStr",

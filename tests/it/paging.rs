@@ -9,7 +9,7 @@ use crate::support::*;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::ingest::poll::PollReport;
 use clinicea_notifier::kit::sandbox::{Order, SandboxHandle, SandboxOptions};
-use clinicea_notifier::model::{canonical_json, DEFAULT_SOURCE};
+use clinicea_notifier::model::{canonical_json, DEFAULT_CLINIC};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -28,7 +28,7 @@ fn canon(v: &Value) -> String {
 fn checkpoint(engine: &Engine) -> clinicea_notifier::ingest::state::Checkpoint {
     engine
         .store
-        .checkpoint(DEFAULT_SOURCE, "leads")
+        .checkpoint(DEFAULT_CLINIC, "leads")
         .unwrap()
         .expect("a checkpoint once polled")
 }
@@ -267,7 +267,7 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
         lost.len(),
         expected.len()
     );
-    let status = engine.store.poll_status(DEFAULT_SOURCE, "leads").unwrap();
+    let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").unwrap();
     let skew = status.clock_skew_ms.expect("the skew is measured") as f64 / 1000.0;
     assert!(
         (skew - offset_secs as f64).abs() < 3.0,
@@ -306,7 +306,7 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
     let engine = t.engine();
     let before = chrono::Utc::now();
     poll_leads(&engine).await;
-    let status = engine.store.poll_status(DEFAULT_SOURCE, "leads").unwrap();
+    let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").unwrap();
     assert!(status.api_date_unusable);
     assert_eq!(status.clock_skew_ms, None);
     let cp = checkpoint(&engine);

@@ -3,7 +3,7 @@
 //! purge` refusing an age it cannot mean, and `purge` erasing one record everywhere.
 
 use crate::support::*;
-use clinicea_notifier::model::{ChangeKind, Verdict, DEFAULT_SOURCE};
+use clinicea_notifier::model::{ChangeKind, Verdict, DEFAULT_CLINIC};
 use clinicea_notifier::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
 use clinicea_notifier::outbox::store::{PageWrite, Store};
 use clinicea_notifier::route::plan::Payload;
@@ -19,6 +19,7 @@ async fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
     let entry = OutboxEntry {
         seq,
         destination: "hook".into(),
+        clinic: "default".into(),
         webhook_id: format!("msg_{seq}"),
         event_type: "leads.added".into(),
         resource: "leads".into(),
@@ -39,7 +40,7 @@ async fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
     };
     store
         .commit_page(
-            DEFAULT_SOURCE,
+            DEFAULT_CLINIC,
             "leads",
             &PageWrite {
                 dead: vec![(seq, serde_json::to_vec(&dead).unwrap())],
@@ -182,7 +183,7 @@ async fn once_prunes_the_journal_to_store_journal_retention() {
     let store = open_store(&t);
     assert_eq!(store.change_count(), 0, "the journal is kept for 1s only");
     assert_eq!(
-        store.snapshot_count(DEFAULT_SOURCE, "leads"),
+        store.snapshot_count(DEFAULT_CLINIC, "leads"),
         137,
         "snapshots stay"
     );
@@ -206,7 +207,7 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
     assert_eq!(
         engine
             .store
-            .snapshot(DEFAULT_SOURCE, "leads", "L1")
+            .snapshot(DEFAULT_CLINIC, "leads", "L1")
             .unwrap(),
         Some(json!({"ID": "L1", "IsDeleted": true})),
         "a tombstone holds nothing of the record"
@@ -229,7 +230,7 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
     assert_eq!(
         engine
             .store
-            .snapshot(DEFAULT_SOURCE, "leads", "L1")
+            .snapshot(DEFAULT_CLINIC, "leads", "L1")
             .unwrap(),
         Some(lead("Modified"))
     );
@@ -248,21 +249,21 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
             ],
             ..PageWrite::default()
         };
-        store.commit_page(DEFAULT_SOURCE, "leads", &page).unwrap();
+        store.commit_page(DEFAULT_CLINIC, "leads", &page).unwrap();
         store.flush().await.unwrap();
     }
     let engine = t.engine();
     assert_eq!(
         engine
             .store
-            .snapshot(DEFAULT_SOURCE, "leads", "L1")
+            .snapshot(DEFAULT_CLINIC, "leads", "L1")
             .unwrap(),
         Some(json!({"ID": "L1", "IsDeleted": true}))
     );
     assert_eq!(
         engine
             .store
-            .snapshot(DEFAULT_SOURCE, "leads", "L2")
+            .snapshot(DEFAULT_CLINIC, "leads", "L2")
             .unwrap(),
         Some(lead("Added")),
         "a live record is kept as it is"
@@ -316,9 +317,9 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
     assert!(text.contains(&one), "{text}");
 
     let store = open_store(&t);
-    assert_eq!(store.snapshot(DEFAULT_SOURCE, "leads", &one).unwrap(), None);
+    assert_eq!(store.snapshot(DEFAULT_CLINIC, "leads", &one).unwrap(), None);
     assert!(store
-        .snapshot(DEFAULT_SOURCE, "leads", &other)
+        .snapshot(DEFAULT_CLINIC, "leads", &other)
         .unwrap()
         .is_some());
     assert_eq!(journal_ids(&store), vec![other.clone()]);

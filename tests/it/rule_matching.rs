@@ -5,7 +5,7 @@
 use crate::support::*;
 use chrono::Utc;
 use clinicea_notifier::config::{yaml_options, RuleSpec};
-use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_SOURCE};
+use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_CLINIC};
 use clinicea_notifier::route::rules::{self, CompileContext, RuleSet};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -38,7 +38,7 @@ fn q(s: &str) -> String {
 
 fn change(resource: &str, kind: ChangeKind, record: Value) -> Change {
     Change {
-        source: DEFAULT_SOURCE.into(),
+        clinic: DEFAULT_CLINIC.into(),
         resource: resource.into(),
         id: "x".into(),
         kind,
@@ -251,7 +251,7 @@ fn a_strange_timestamp_never_panics_and_never_matches_a_date_rule() {
     ];
     for v in strange {
         let c = Change {
-            source: DEFAULT_SOURCE.into(),
+            clinic: DEFAULT_CLINIC.into(),
             resource: "leads".into(),
             id: "1".into(),
             kind: ChangeKind::Added,

@@ -4,7 +4,7 @@
 //! and loses nothing.
 
 use crate::support::*;
-use clinicea_notifier::model::DEFAULT_SOURCE;
+use clinicea_notifier::model::DEFAULT_CLINIC;
 use clinicea_notifier::outbox::store::{Store, StoreError, DEFAULT_CACHE_BYTES};
 use serde_json::json;
 use std::process::Command;
@@ -176,7 +176,7 @@ async fn a_full_disk_fails_the_poll_clearly_and_nothing_is_lost_once_space_is_ba
     assert!(out.status.success(), "once with space back: {text}");
     let store = Store::open(&mnt.join("data"), DEFAULT_CACHE_BYTES).unwrap();
     assert_eq!(
-        store.snapshot_count(DEFAULT_SOURCE, "leads"),
+        store.snapshot_count(DEFAULT_CLINIC, "leads"),
         300,
         "every lead, none lost: {text}"
     );

@@ -10,7 +10,7 @@ use std::time::Duration;
 fn unkeyed_id(c: &clinicea_notifier::model::Change) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for part in [&c.source, &c.resource, &c.id, c.kind.as_str()] {
+    for part in [&c.clinic, &c.resource, &c.id, c.kind.as_str()] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::yaml_options;
-use crate::model::DEFAULT_SOURCE;
+use crate::model::DEFAULT_CLINIC;
 use serde_json::json;
 
 const DESTS: [&str; 3] = ["front-desk", "sales-chat", "automations"];
@@ -48,7 +48,7 @@ fn change(kind: ChangeKind, record: Value, previous: Option<Value>) -> Change {
         _ => vec![],
     };
     Change {
-        source: DEFAULT_SOURCE.into(),
+        clinic: DEFAULT_CLINIC.into(),
         resource: "leads".into(),
         id: "x".into(),
         kind,
