@@ -223,7 +223,7 @@ pub fn free_port() -> u16 {
 
 /// Polls every resource once: the report of the first (in most configs the only one).
 pub async fn poll_report(engine: &Engine) -> Result<PollReport, PollError<StoreError>> {
-    engine.poll_all().await.remove(0).1
+    engine.poll_all().await.remove(0).result
 }
 
 /// Delivers until the outbox is empty or `timeout` passes.
