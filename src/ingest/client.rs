@@ -915,4 +915,40 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(1));
         assert_eq!(backoff(30), API_MAX_BACKOFF);
     }
+
+    #[tokio::test]
+    async fn a_clinic_at_its_own_limit_holds_no_more_of_the_fleet_than_that() {
+        let fleet = FleetLimit::new(3);
+        let (slow, other) = (fleet.clinic(2), fleet.clinic(2));
+        // The slow clinic's two requests hang; its third waits on its own limit, not the fleet's.
+        let held = [slow.acquire().await, slow.acquire().await];
+        let third = tokio::spawn({
+            let slow = slow.clone();
+            async move { slow.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(fleet.0.available_permits(), 1, "two of three taken, the waiter takes none");
+        // The other clinic gets the fleet's last permit at once, and then waits like everyone.
+        let mine = tokio::time::timeout(Duration::from_secs(5), other.acquire())
+            .await
+            .expect("a permit is free");
+        assert_eq!(fleet.0.available_permits(), 0);
+        // Now the fleet is full: the other clinic's second request waits on it.
+        let second = tokio::spawn({
+            let other = other.clone();
+            async move { other.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished() && !second.is_finished());
+        drop(held);
+        let _third = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("the slow clinic's waiter goes once its own requests end")
+            .unwrap();
+        let _second = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("so does the other's")
+            .unwrap();
+        drop(mine);
+    }
 }
