@@ -73,12 +73,18 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         }
     }
     let resource_names: Vec<String> = cfg.base.resources.iter().map(|r| r.name.clone()).collect();
+    let timezones = std::collections::BTreeMap::from([(
+        crate::model::DEFAULT_CLINIC.to_string(),
+        cfg.base.clinicea.timezone,
+    )]);
     let rules = match rules::compile(
         &cfg.rules,
         &CompileContext {
             destinations: &cfg.destination_names,
             resources: &resource_names,
+            clinics: &[crate::model::DEFAULT_CLINIC.to_string()],
             timezone: cfg.base.clinicea.timezone,
+            timezones: &timezones,
         },
     ) {
         Ok(r) => Some(r),
@@ -151,7 +157,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         rules,
         templates,
         destinations,
-        timezone: cfg.base.clinicea.timezone,
+        timezones,
     };
     Ok(Settings {
         base: cfg.base,
