@@ -227,7 +227,7 @@ async fn a_reload_adds_a_clinic_and_a_removed_one_keeps_its_checkpoint_for_its_r
     let rx = Receiver::start().await;
     let base = || {
         leads_only(&north.base_url())
-            .clinicea(Clinicea::sandbox_from_now(&north.base_url()))
+            .clinicea(Clinicea::sandbox_from_now(&north.base_url()).overlap("1s"))
             .listen()
             .webhook("hooks", &rx.url, |w| w.timeout("5s"))
             .rule(Rule::new("all-leads", &["hooks"]).resource("leads"))
@@ -246,8 +246,10 @@ async fn a_reload_adds_a_clinic_and_a_removed_one_keeps_its_checkpoint_for_its_r
         d.stderr_text()
     );
 
-    // Add south: its first poll is its baseline (nothing sent), then its new leads arrive.
+    // Add south: its first poll is its baseline (nothing sent), then its new leads arrive. Its
+    // lead from before is older than the overlap (1 s), so not a change since the first start.
     south.sandbox.insert("leads", test_lead());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     t.rewrite(
         &base()
             .clinic("south", Clinic::at(&south.base_url(), SOUTH_KEY))
@@ -279,7 +281,16 @@ async fn a_reload_adds_a_clinic_and_a_removed_one_keeps_its_checkpoint_for_its_r
     assert_eq!(
         rx.count(),
         3,
-        "the lead south had before it was added is its baseline"
+        "the lead south had before it was added is its baseline: {:?}\n{}",
+        rx.received()
+            .iter()
+            .map(|r| (
+                r.data_id(),
+                r.json()["data"]["clinic"].clone(),
+                r.header("webhook-id")
+            ))
+            .collect::<Vec<_>>(),
+        d.stderr_text()
     );
 
     // Remove south again: its checkpoint stays in the store.
@@ -445,4 +456,58 @@ async fn a_broken_clinic_is_named_with_its_key_and_line() {
     );
     // The inherited zone is wrong once, and said once.
     assert_eq!(err.matches("clinicea.timezone").count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn a_rule_for_one_clinic_sends_only_that_clinics_changes() {
+    let north = sandbox_with_leads(3).await;
+    let south = south_sandbox(2).await;
+    let (all, north_only) = (Receiver::start().await, Receiver::start().await);
+    let config = leads_only(&north.base_url())
+        .clinic("north", Clinic::at(&north.base_url(), "sandbox-api-key"))
+        .clinic("south", Clinic::at(&south.base_url(), SOUTH_KEY))
+        .webhook("all", &all.url, |w| w.timeout("5s"))
+        .webhook("north-desk", &north_only.url, |w| w.timeout("5s"))
+        .rule(Rule::new("everything", &["all"]))
+        .rule(
+            Rule::new("north-leads", &["north-desk"])
+                .clinic(&["north"])
+                .resource("leads"),
+        );
+    let t = TestDir::new(&config.to_yaml());
+    let engine = t.engine();
+    for p in engine.poll_all().await {
+        p.result.unwrap_or_else(|e| panic!("{}: {e}", p.clinic));
+    }
+    drain_outbox(&engine, Duration::from_secs(20)).await;
+    let per_clinic = |rx: &Receiver, clinic: &str| {
+        clinics_by_id(&rx.received())
+            .iter()
+            .filter(|(_, c)| c == clinic)
+            .count()
+    };
+    assert_eq!(
+        (per_clinic(&all, "north"), per_clinic(&all, "south")),
+        (3, 2)
+    );
+    assert_eq!(
+        (per_clinic(&north_only, "north"), north_only.count()),
+        (3, 3),
+        "the north rule sends north's leads and nothing of south's"
+    );
+    for r in north_only.received() {
+        let rules = r.json()["data"]["rules"].clone();
+        assert!(
+            rules.as_array().unwrap().contains(&"north-leads".into()),
+            "{rules}"
+        );
+    }
+    // A rule naming a clinic that is not configured is refused, with its line.
+    let bad = config.rule(Rule::new("typo", &["all"]).clinic(&["nort"]));
+    t.rewrite(&bad.to_yaml());
+    let out = cli(&t, &["check"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("rules[typo].clinic"), "{err}");
+    assert!(err.contains("nort"), "{err}");
 }
