@@ -98,8 +98,8 @@ pub struct SandboxOptions {
     pub patients: usize,
     /// How many appointments exist at start (default 42).
     pub appointments: usize,
-    /// How often the serving sandbox applies a round of random changes (to every organization); `None` (the default) means
-    /// records change only through admin calls.
+    /// How often the serving sandbox applies a round of random changes (to every organization);
+    /// `None` (the default) means records change only through admin calls.
     pub churn_every: Option<Duration>,
     /// The zone of the offset-less timestamps the sandbox serves and of since values sent without
     /// an offset (default UTC).
