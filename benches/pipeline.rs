@@ -185,7 +185,9 @@ fn engine_in(dir: &Path, yaml: &str) -> Engine {
 
 /// Polls leads once through the real pipeline: (records, seconds, outbox entries).
 async fn ingest(engine: &Engine) -> (u64, f64, u64) {
-    let ctx = engine.poll_ctx(None, CancellationToken::new());
+    let ctx = engine
+        .poll_ctx("default", None, CancellationToken::new())
+        .unwrap();
     let res = engine.settings.base.resources[0].clone();
     let t = Instant::now();
     let rep = poll::poll_resource(&ctx, &res)
@@ -525,7 +527,9 @@ fn main() {
             // D (large): a second poll when nothing changed re-reads the overlap window.
             if on("D") {
                 let before = requests(&sb);
-                let ctx = engine.poll_ctx(None, CancellationToken::new());
+                let ctx = engine
+                    .poll_ctx("default", None, CancellationToken::new())
+                    .unwrap();
                 let rep = poll::poll_resource(&ctx, &engine.settings.base.resources[0])
                     .await
                     .unwrap();
@@ -597,12 +601,12 @@ fn main() {
                 dir.path(),
                 &three_resources_config(&sb.base_url(), &hook_url, &hours_ago(2)),
             );
-            for (_, r) in engine.poll_all().await {
-                r.unwrap();
+            for p in engine.poll_all().await {
+                p.result.unwrap();
             }
             let before = requests(&sb);
-            for (_, r) in engine.poll_all().await {
-                assert_eq!(r.unwrap().changes, 0);
+            for p in engine.poll_all().await {
+                assert_eq!(p.result.unwrap().changes, 0);
             }
             let after = requests(&sb);
             let total: u64 = ["leads", "patients", "appointments"]

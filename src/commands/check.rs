@@ -23,17 +23,35 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
 pub(crate) fn summary(s: &Settings) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let c = &s.base.clinicea;
-    let _ = writeln!(
-        out,
-        "Clinicea: {} (auth: {:?}, timezone {}, overlap {:?})",
-        c.base_url.origin().ascii_serialization(),
-        c.auth,
-        c.timezone,
-        c.overlap
-    );
+    let base = &s.base;
+    let clinic_line = |c: &crate::config::Clinic| {
+        let k = &c.clinicea;
+        format!(
+            "{} (auth: {:?}, timezone {}, overlap {:?}, at most {} requests at once)",
+            k.base_url.origin().ascii_serialization(),
+            k.auth,
+            k.timezone,
+            k.overlap,
+            k.max_concurrent_requests
+        )
+    };
+    if base.is_fleet() {
+        let _ = writeln!(
+            out,
+            "Clinics: {} (at most {} API requests at once in all)",
+            base.clinics.len(),
+            base.max_concurrent_requests
+        );
+        for c in &base.clinics {
+            let names: Vec<&str> = c.resources.iter().map(|r| r.name.as_str()).collect();
+            let _ = writeln!(out, "  {:<14} {}", c.name, clinic_line(c));
+            let _ = writeln!(out, "  {:<14} polls {}", "", names.join(", "));
+        }
+    } else if let Some(c) = base.clinics.first() {
+        let _ = writeln!(out, "Clinicea: {}", clinic_line(c));
+    }
     let _ = writeln!(out, "Resources:");
-    for r in &s.base.resources {
+    for r in &base.resources {
         let _ = writeln!(
             out,
             "  {:<14} GET {} every {:?} ({}, pages from {} by {}, {} per page)",

@@ -63,8 +63,9 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
             for (seq, d) in entries {
                 let _ = writeln!(
                     out,
-                    "{seq}  {}  {}  {}  {} attempts  {}",
+                    "{seq}  {}  {}  {}  {}  {} attempts  {}",
                     fmt_ms(d.died_ms),
+                    terminal_safe(&d.entry.clinic),
                     terminal_safe(&d.entry.destination),
                     terminal_safe(&d.entry.event_type),
                     d.entry.attempts,
@@ -80,6 +81,7 @@ pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
             // reasons and responses from receivers): all of it goes through `terminal_safe`.
             let t = terminal_safe;
             let _ = writeln!(out, "Dead letter {id}");
+            let _ = writeln!(out, "  clinic:      {}", t(&d.entry.clinic));
             let _ = writeln!(out, "  destination: {}", t(&d.entry.destination));
             let _ = writeln!(
                 out,

@@ -1,4 +1,4 @@
-//! `once`: poll every resource once, deliver until nothing is due now, keep the store to its
+//! `once`: poll every resource of every clinic once, deliver until nothing is due now, keep the store to its
 //! retention periods, and exit (0 when every poll succeeded).
 
 use crate::daemon::engine::Engine;
@@ -24,12 +24,19 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Polls every resource once: a line per resource, and whether every poll succeeded.
+/// Polls every resource of every clinic once: a line per resource (`clinic/resource` when
+/// there are clinics to tell apart), and whether every poll succeeded.
 pub(crate) async fn poll_text(engine: &Engine) -> (String, bool) {
     let mut out = String::new();
     let mut ok = true;
-    for (name, r) in engine.poll_all().await {
-        match r {
+    let fleet = engine.settings.base.is_fleet();
+    for p in engine.poll_all().await {
+        let name = if fleet {
+            format!("{}/{}", p.clinic, p.resource)
+        } else {
+            p.resource
+        };
+        match p.result {
             Ok(rep) => {
                 let _ = writeln!(
                     out,

@@ -9,6 +9,11 @@ use std::process::ExitCode;
 /// Arguments of `purge`.
 #[derive(Debug, clap::Args)]
 pub struct PurgeArgs {
+    /// The clinic the record belongs to, as named under `clinics:`; needed only when the config
+    /// has more than one. A clinic no longer in the config can still be named: its records stay
+    /// in the store until erased.
+    #[arg(long)]
+    pub(crate) clinic: Option<String>,
     /// The resource key the record belongs to, as in the config (`leads`).
     #[arg(long)]
     pub(crate) resource: String,
@@ -30,10 +35,25 @@ pub async fn run(config: &Path, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
     if args.id.trim().is_empty() || args.id.contains('\0') {
         anyhow::bail!("give the record's id with --id");
     }
+    let clinic = match &args.clinic {
+        Some(c) if config::valid_name(c) => c.clone(),
+        Some(c) => anyhow::bail!("{c:?} is not a clinic name (letters, digits, '-', '_' and '.')"),
+        None => match settings.base.clinics.as_slice() {
+            [only] => only.name.clone(),
+            all => anyhow::bail!(
+                "this config has {} clinics: name the record's with --clinic ({})",
+                all.len(),
+                all.iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    };
     let store = open_store_for_cli(&settings)?;
-    let erased = store.erase_record(crate::model::DEFAULT_CLINIC, &args.resource, &args.id)?;
+    let erased = store.erase_record(&clinic, &args.resource, &args.id)?;
     store.flush().await?;
-    let (text, found) = purge_text(&settings, args, &erased);
+    let (text, found) = purge_text(&settings, &clinic, args, &erased);
     if found {
         print!("{text}");
         Ok(ExitCode::SUCCESS)
@@ -46,6 +66,7 @@ pub async fn run(config: &Path, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
 /// What `purge` prints, and whether anything was stored about the record.
 pub(crate) fn purge_text(
     settings: &Settings,
+    clinic: &str,
     args: &PurgeArgs,
     erased: &crate::outbox::store::Erased,
 ) -> (String, bool) {
@@ -54,8 +75,8 @@ pub(crate) fn purge_text(
     if erased.total() == 0 {
         let _ = write!(
             out,
-            "Nothing is stored about {} record {:?}: no snapshot, journal entry, queued delivery or dead letter. Nothing was erased.",
-            args.resource, args.id
+            "Nothing is stored about {}{} record {:?}: no snapshot, journal entry, queued delivery or dead letter. Nothing was erased.",
+            clinic_prefix(settings, clinic), args.resource, args.id
         );
         if !settings
             .base
@@ -70,7 +91,8 @@ pub(crate) fn purge_text(
     }
     let _ = writeln!(
         out,
-        "Erased {} record {:?} from the store at {}:",
+        "Erased {}{} record {:?} from the store at {}:",
+        clinic_prefix(settings, clinic),
         args.resource,
         args.id,
         settings.base.store.path.display()
@@ -85,4 +107,13 @@ pub(crate) fn purge_text(
         let _ = writeln!(out, "  {n:>4} {what}");
     }
     (out, true)
+}
+
+/// `clinic north's ` when the config has clinics to tell apart, else nothing.
+fn clinic_prefix(settings: &Settings, clinic: &str) -> String {
+    if settings.base.is_fleet() || clinic != crate::model::DEFAULT_CLINIC {
+        format!("clinic {clinic}'s ")
+    } else {
+        String::new()
+    }
 }

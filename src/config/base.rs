@@ -77,7 +77,32 @@ pub struct Clinicea {
     pub(crate) allow_private: bool,
     /// The since of the silent baseline at a resource's first start; `None` when it is off.
     pub(crate) baseline: Option<chrono::DateTime<chrono::Utc>>,
+    /// How often each resource is polled, unless the resource sets its own.
+    pub(crate) poll_interval: Duration,
+    /// The most API requests of this clinic in flight at once.
+    pub(crate) max_concurrent_requests: usize,
 }
+
+/// One clinic (one Clinicea organization, one API key): how to reach it and what to poll there.
+#[derive(Debug, Clone)]
+pub struct Clinic {
+    /// Its name under `clinics:` (`default` without that section): the store's namespace, the
+    /// `clinic` of its changes, a metric label.
+    pub(crate) name: String,
+    /// Its settings, each key its own or inherited from `clinicea:`.
+    pub clinicea: Clinicea,
+    /// The resources it polls (all, or its `resources:` subset), with its intervals.
+    pub resources: Vec<Resource>,
+}
+
+/// The most API requests one clinic has in flight at once, by default: a page and the prefetch
+/// of the next, or two resources at a time.
+pub(crate) const DEFAULT_CLINIC_CONCURRENCY: usize = 2;
+/// The most API requests in flight at once across every clinic, by default: enough to keep a
+/// fleet's polls on time, few enough to stay gentle with the API.
+pub(crate) const DEFAULT_FLEET_CONCURRENCY: usize = 8;
+/// The largest concurrency limit accepted: more would be a flood, not a poll.
+pub(crate) const MAX_CONCURRENT_REQUESTS: usize = 256;
 
 /// A validated resource: every knob resolved to its value.
 #[derive(Debug, Clone)]
@@ -104,6 +129,8 @@ pub struct Resource {
     pub(crate) status_field: String,
     /// How often it is polled.
     pub(crate) poll_interval: Duration,
+    /// Whether the resource sets its own interval (else it takes its clinic's).
+    pub(crate) own_poll_interval: bool,
     /// Extra query parameters.
     pub(crate) params: Vec<(String, String)>,
 }
@@ -170,10 +197,13 @@ pub(crate) struct StoreSettings {
 pub struct Base {
     /// The config file.
     pub(crate) file: std::path::PathBuf,
-    /// The `clinicea:` section.
-    pub clinicea: Clinicea,
-    /// The resources, in key order.
+    /// The clinics, in name order (one, `default`, without `clinics:`).
+    pub clinics: Vec<Clinic>,
+    /// The top-level resources, in key order, with the intervals of `clinicea:` (each clinic
+    /// has its own copy in [`Clinic::resources`]).
     pub resources: Vec<Resource>,
+    /// The most API requests in flight at once across every clinic.
+    pub(crate) max_concurrent_requests: usize,
     /// The store.
     pub(crate) store: StoreSettings,
     /// The folder of template overrides.
@@ -188,3 +218,20 @@ pub struct Base {
 
 /// The shortest `metrics_token` accepted: a guessable token protects nothing.
 pub(crate) const MIN_METRICS_TOKEN_LEN: usize = 16;
+
+impl Base {
+    /// The clinic of this name.
+    pub(crate) fn clinic(&self, name: &str) -> Option<&Clinic> {
+        self.clinics.iter().find(|c| c.name == name)
+    }
+
+    /// Every clinic's name, in name order.
+    pub(crate) fn clinic_names(&self) -> Vec<String> {
+        self.clinics.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Whether the config names its clinics (`clinics:`), rather than being the one `default`.
+    pub(crate) fn is_fleet(&self) -> bool {
+        !(self.clinics.len() == 1 && self.clinics[0].name == crate::model::DEFAULT_CLINIC)
+    }
+}

@@ -11,8 +11,9 @@
 //! reports their problems in the same list.
 
 use crate::config::base::{
-    defaults, Base, Clinicea, Login, Resource, SecretString, StartFrom, StoreSettings,
-    DEFAULT_LOGIN_PATH, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
+    defaults, Base, Clinic, Clinicea, Login, Resource, SecretString, StartFrom, StoreSettings,
+    DEFAULT_CLINIC_CONCURRENCY, DEFAULT_FLEET_CONCURRENCY, DEFAULT_LOGIN_PATH,
+    MAX_CONCURRENT_REQUESTS, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
 };
 use crate::config::destination::{
     check_url, ChatKind, Destination, InlineTemplate, Target, TemplateFile, TemplatePart,
@@ -21,8 +22,8 @@ use crate::config::destination::{
 use crate::config::placeholder;
 use crate::config::problem::{line_of, ConfigError, Problem};
 use crate::config::raw::{
-    self, parse_duration, AuthMode, Dur, RawBaseline, RawConfig, RawDestination, RawRetry, RawSmtp,
-    RuleSpec, Text,
+    self, parse_duration, AuthMode, Dur, RawBaseline, RawClinicea, RawConfig, RawDestination,
+    RawRetry, RawSmtp, RuleSpec, Text,
 };
 use crate::config::retry::{RetryPolicy, DEFAULT_JITTER};
 use crate::config::secret::Secret;
@@ -167,6 +168,9 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
         }
     }
     config.rules = raw.rules;
+    // A default `clinicea:` key is checked once per clinic that inherits it: say it once.
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert((p.line, p.key.clone(), p.message.clone())));
     (config, problems)
 }
 
@@ -208,45 +212,100 @@ fn duration_or(
 // The base: clinicea, resources, store, listen
 // ---------------------------------------------------------------------------------------------
 
-/// The sections [`Base`] holds; `problems` collects every error.
-fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
-    let base_dir = base_dir(file);
-    let c = &raw.clinicea.value;
-    let cline = line_of(&raw.clinicea);
+/// Where one clinic's settings come from: its own entry under `clinics:` (when there is one) over
+/// the `clinicea:` section, key by key. A key is reported where it is written: at
+/// `clinics.NAME.KEY` when the clinic sets it, at `clinicea.KEY` when it inherits it.
+struct Layers<'a> {
+    /// The clinic's name and its entry, with the entry's line.
+    own: Option<(&'a str, &'a RawClinicea, Option<u64>)>,
+    /// The `clinicea:` section and its line.
+    defaults: Option<(&'a RawClinicea, Option<u64>)>,
+}
 
-    let base_url = match url::Url::parse(c.base_url.trim_end_matches('/')) {
-        Ok(u) if u.scheme() == "https" => Some(u),
-        Ok(u) if u.scheme() == "http" && (is_loopback_url(&u) || c.allow_insecure_http) => Some(u),
-        Ok(u) if u.scheme() == "http" => {
+impl<'a> Layers<'a> {
+    /// The value of one key, the key path it is reported at and the nearest line: the clinic's
+    /// own value first, then the default. Without a value anywhere, the path and line of where
+    /// it would be written (the clinic's entry if there is one).
+    fn pick<T>(
+        &self,
+        field: &str,
+        get: impl Fn(&'a RawClinicea) -> Option<&'a T>,
+    ) -> (Option<&'a T>, String, Option<u64>) {
+        if let Some((name, own, line)) = self.own {
+            if let Some(v) = get(own) {
+                return (Some(v), format!("clinics.{name}.{field}"), line);
+            }
+        }
+        if let Some((d, line)) = self.defaults {
+            if let Some(v) = get(d) {
+                return (Some(v), format!("clinicea.{field}"), line);
+            }
+        }
+        match self.own {
+            Some((name, _, line)) => (None, format!("clinics.{name}.{field}"), line),
+            None => (
+                None,
+                format!("clinicea.{field}"),
+                self.defaults.and_then(|d| d.1),
+            ),
+        }
+    }
+}
+
+/// One clinic's connection and polling settings, from its layers; `problems` collects every error.
+fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
+    let (insecure, _, _) = l.pick("allow_insecure_http", |c| c.allow_insecure_http.as_ref());
+    let allow_insecure_http = insecure.copied().unwrap_or(false);
+    let (private, _, _) = l.pick("allow_private", |c| c.allow_private.as_ref());
+    let allow_private = private.copied().unwrap_or(false);
+    let (url_text, url_key, url_line) = l.pick("base_url", |c| c.base_url.as_ref());
+    let url_line = url_text.and_then(|t| t.line()).or(url_line);
+    let base_url = match url_text.map(|t| url::Url::parse(t.trim_end_matches('/'))) {
+        None => {
             problems.push(Problem::at(
-                cline,
-                "clinicea.base_url",
-                "plain http:// is only allowed to loopback; use https:// (or set clinicea.allow_insecure_http: true for a sandbox on another host)",
+                url_line,
+                url_key.clone(),
+                "is missing: the Clinicea API's address, e.g. https://api.clinicea.com",
+            ));
+            None
+        }
+        Some(Ok(u)) if u.scheme() == "https" => Some(u),
+        Some(Ok(u)) if u.scheme() == "http" && (is_loopback_url(&u) || allow_insecure_http) => {
+            Some(u)
+        }
+        Some(Ok(u)) if u.scheme() == "http" => {
+            problems.push(Problem::at(
+                url_line,
+                url_key.clone(),
+                "plain http:// is only allowed to loopback; use https:// (or set allow_insecure_http: true for a sandbox on another host)",
             ));
             Some(u)
         }
-        Ok(_) => {
+        Some(Ok(_)) => {
             problems.push(Problem::at(
-                cline,
-                "clinicea.base_url",
+                url_line,
+                url_key.clone(),
                 "must be an http(s) URL",
             ));
             None
         }
-        Err(e) => {
+        Some(Err(e)) => {
             problems.push(Problem::at(
-                cline,
-                "clinicea.base_url",
+                url_line,
+                url_key.clone(),
                 format!("not a URL: {e}"),
             ));
             None
         }
     };
-    let login = match (c.auth, &c.login) {
-        (AuthMode::Login, Some(l)) => Some(Login {
-            username: l.username.to_string(),
-            password: SecretString::new(l.password.as_str()),
-            path: l
+    let (auth, auth_key, auth_line) = l.pick("auth", |c| c.auth.as_ref());
+    let auth = auth.copied().unwrap_or_default();
+    let (raw_login, login_key, login_line) = l.pick("login", |c| c.login.as_ref());
+    let login = match (auth, raw_login) {
+        (AuthMode::Login, Some(lg)) => Some(Login {
+            username: lg.username.to_string(),
+            password: SecretString::new(lg.password.as_str()),
+            path: lg
                 .path
                 .as_ref()
                 .map(|p| p.to_string())
@@ -254,52 +313,66 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         }),
         (AuthMode::Login, None) => {
             problems.push(Problem::at(
-                cline,
-                "clinicea.login",
+                auth_line,
+                login_key,
                 "auth: login needs login: { username, password }",
             ));
             None
         }
         (_, Some(_)) => {
             problems.push(Problem::at(
-                cline,
-                "clinicea.login",
-                "login: is only used with auth: login",
+                login_line,
+                login_key,
+                format!("login: is only used with auth: login (see {auth_key})"),
             ));
             None
         }
         (_, None) => None,
     };
-    if c.api_key.trim().is_empty() {
-        problems.push(Problem::at(cline, "clinicea.api_key", "is empty"));
+    let (key_text, key_key, key_line) = l.pick("api_key", |c| c.api_key.as_ref());
+    match key_text {
+        None => problems.push(Problem::at(
+            key_line,
+            key_key,
+            "is missing: the clinic's Clinicea API key (e.g. api_key: ${CLINICEA_API_KEY})",
+        )),
+        Some(k) if k.trim().is_empty() => {
+            problems.push(Problem::at(k.line().or(key_line), key_key, "is empty"))
+        }
+        Some(k) => check_placeholder(k, k.line().or(key_line), &key_key, problems),
+    }
+    if let Some((lg, k, line)) = raw_login.map(|lg| (lg, login_key_of(l), login_line)) {
+        check_placeholder(&lg.password, line, &format!("{k}.password"), problems);
     }
     if let Some(u) = &base_url {
-        if let Err(e) = crate::net::egress::Policy::clinicea(c.allow_private).check_url(u) {
-            problems.push(Problem::at(cline, "clinicea.base_url", e.reason));
+        if let Err(e) = crate::net::egress::Policy::clinicea(allow_private).check_url(u) {
+            problems.push(Problem::at(url_line, url_key, e.reason));
         }
     }
-    let start_from = match c.start_from.as_deref().map(str::trim) {
+    let (start, start_key, start_line) = l.pick("start_from", |c| c.start_from.as_ref());
+    let start_from = match start.map(|t| t.trim()) {
         None | Some("now") => StartFrom::Now,
         Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
             Ok(t) => StartFrom::At(t.with_timezone(&chrono::Utc)),
             Err(e) => {
                 problems.push(Problem::at(
-                    cline,
-                    "clinicea.start_from",
+                    start_line,
+                    start_key,
                     format!("{s:?} is neither `now` nor an RFC 3339 time such as 2026-11-01T00:00:00Z: {e}"),
                 ));
                 StartFrom::Now
             }
         },
     };
-    let baseline = match &c.baseline {
+    let (raw_baseline, baseline_key, baseline_line) = l.pick("baseline", |c| c.baseline.as_ref());
+    let baseline = match raw_baseline {
         Some(RawBaseline {
             enabled: Some(false),
             since: Some(_),
         }) => {
             problems.push(Problem::at(
-                cline,
-                "clinicea.baseline.since",
+                baseline_line,
+                format!("{baseline_key}.since"),
                 "is set, but the baseline is turned off (enabled: false)",
             ));
             None
@@ -310,7 +383,6 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         }) => None,
         other => {
             let s = other
-                .as_ref()
                 .and_then(|b| b.since.as_deref())
                 .unwrap_or(defaults::BASELINE_SINCE)
                 .trim();
@@ -318,8 +390,8 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
                 Ok(t) => Some(t.with_timezone(&chrono::Utc)),
                 Err(e) => {
                     problems.push(Problem::at(
-                        cline,
-                        "clinicea.baseline.since",
+                        baseline_line,
+                        format!("{baseline_key}.since"),
                         format!("{s:?} is not an RFC 3339 time such as 2000-01-01T00:00:00Z: {e}"),
                     ));
                     None
@@ -327,78 +399,84 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             }
         }
     };
-    let poll_interval = duration_or(
-        c.poll_interval.as_ref(),
-        defaults::POLL_INTERVAL,
-        cline,
-        "clinicea.poll_interval",
-        problems,
-    );
+    let dur = |field: &str, get: fn(&RawClinicea) -> Option<&Dur>, problems: &mut Vec<Problem>| {
+        let (d, key, line) = l.pick(field, get);
+        (duration(d, line, &key, problems), key, line)
+    };
+    let (poll, poll_key, poll_line) = dur("poll_interval", |c| c.poll_interval.as_ref(), problems);
+    let poll_interval = poll.unwrap_or(defaults::POLL_INTERVAL);
     if poll_interval < MIN_POLL_INTERVAL {
-        problems.push(Problem::at(
-            cline,
-            "clinicea.poll_interval",
-            "must be at least 100ms",
-        ));
+        problems.push(Problem::at(poll_line, &poll_key, "must be at least 100ms"));
     }
     check_at_most(
         poll_interval,
         MAX_POLL_INTERVAL,
         "1d",
-        cline,
-        "clinicea.poll_interval",
+        poll_line,
+        &poll_key,
         problems,
     );
-    let overlap = duration_or(
-        c.overlap.as_ref(),
-        defaults::OVERLAP,
-        cline,
-        "clinicea.overlap",
-        problems,
-    );
-    let timeout = duration(c.timeout.as_ref(), cline, "clinicea.timeout", problems);
-    let page_delay = duration(
-        c.page_delay.as_ref(),
-        cline,
-        "clinicea.page_delay",
-        problems,
-    );
-    for (d, k) in [
-        (timeout, "clinicea.timeout"),
-        (page_delay, "clinicea.page_delay"),
+    let (overlap, _, _) = dur("overlap", |c| c.overlap.as_ref(), problems);
+    let (timeout, timeout_key, timeout_line) = dur("timeout", |c| c.timeout.as_ref(), problems);
+    let (page_delay, delay_key, delay_line) =
+        dur("page_delay", |c| c.page_delay.as_ref(), problems);
+    for (d, k, line) in [
+        (timeout, timeout_key, timeout_line),
+        (page_delay, delay_key, delay_line),
     ] {
         if let Some(d) = d {
-            check_at_most(d, MAX_WAIT, "1h", cline, k, problems);
+            check_at_most(d, MAX_WAIT, "1h", line, &k, problems);
         }
     }
-    let clinicea = Clinicea {
-        base_url: base_url
-            .unwrap_or_else(|| url::Url::parse("http://127.0.0.1/").expect("static URL")),
-        api_key: SecretString::new(c.api_key.as_str()),
-        auth: c.auth,
-        login,
-        overlap,
-        start_from,
-        timezone: parse_tz(c.timezone.as_ref(), "clinicea.timezone", cline, problems),
-        since_timezone: parse_tz(
-            c.since_timezone.as_ref(),
-            "clinicea.since_timezone",
-            cline,
-            problems,
-        ),
-        timeout: timeout.unwrap_or(defaults::API_TIMEOUT),
-        page_delay: page_delay.unwrap_or(Duration::ZERO),
-        allow_private: c.allow_private,
-        baseline,
+    let tz = |field: &str, get: fn(&RawClinicea) -> Option<&Text>, problems: &mut Vec<Problem>| {
+        let (t, key, line) = l.pick(field, get);
+        parse_tz(t, &key, t.and_then(|t| t.line()).or(line), problems)
     };
-
-    if raw.resources.is_empty() {
+    let timezone = tz("timezone", |c| c.timezone.as_ref(), problems);
+    let since_timezone = tz("since_timezone", |c| c.since_timezone.as_ref(), problems);
+    let (limit, limit_key, limit_line) = l.pick("max_concurrent_requests", |c| {
+        c.max_concurrent_requests.as_ref()
+    });
+    let max_concurrent_requests = limit.copied().unwrap_or(DEFAULT_CLINIC_CONCURRENCY);
+    if !(1..=MAX_CONCURRENT_REQUESTS).contains(&max_concurrent_requests) {
         problems.push(Problem::at(
-            None,
-            "resources",
-            "no resources to poll; add at least one (e.g. leads: { path: /api/v1/leads })",
+            limit_line,
+            limit_key,
+            format!("must be between 1 and {MAX_CONCURRENT_REQUESTS}"),
         ));
     }
+    Clinicea {
+        base_url: base_url
+            .unwrap_or_else(|| url::Url::parse("http://127.0.0.1/").expect("static URL")),
+        api_key: SecretString::new(key_text.map_or("", |k| k.as_str())),
+        auth,
+        login,
+        overlap: overlap.unwrap_or(defaults::OVERLAP),
+        start_from,
+        timezone,
+        since_timezone,
+        timeout: timeout.unwrap_or(defaults::API_TIMEOUT),
+        page_delay: page_delay.unwrap_or(Duration::ZERO),
+        allow_private,
+        baseline,
+        poll_interval,
+        max_concurrent_requests: max_concurrent_requests.clamp(1, MAX_CONCURRENT_REQUESTS),
+    }
+}
+
+/// The key path `login` is reported at for these layers.
+fn login_key_of(l: &Layers<'_>) -> String {
+    l.pick("login", |c| c.login.as_ref()).1
+}
+
+/// The top-level resources, their intervals inherited from `poll_interval` (a clinic's, or the
+/// `clinicea:` default when `clinic` is `None`); `problems` collects every error, reported once
+/// (for the top-level resources, not again for each clinic).
+fn resources(
+    raw: &RawConfig,
+    poll_interval: Duration,
+    problems: &mut Vec<Problem>,
+) -> Vec<Resource> {
     let mut resources = Vec::new();
     for (name, spanned) in &raw.resources {
         let r = &spanned.value;
@@ -430,15 +508,15 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             problems,
         );
         let poll = own_poll.unwrap_or(poll_interval);
-        if poll < MIN_POLL_INTERVAL {
-            problems.push(Problem::at(
-                line,
-                key("poll_interval"),
-                "must be at least 100ms",
-            ));
-        }
-        // An inherited interval is reported at `clinicea.poll_interval`.
+        // An inherited interval is reported where it is written.
         if own_poll.is_some() {
+            if poll < MIN_POLL_INTERVAL {
+                problems.push(Problem::at(
+                    line,
+                    key("poll_interval"),
+                    "must be at least 100ms",
+                ));
+            }
             check_at_most(
                 poll,
                 MAX_POLL_INTERVAL,
@@ -472,12 +550,143 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
                 .as_ref()
                 .map_or(defaults::STATUS_FIELD.into(), |t| t.to_string()),
             poll_interval: poll,
+            own_poll_interval: own_poll.is_some(),
             params: r
                 .params
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
         });
+    }
+    resources
+}
+
+/// Every clinic: the entries of `clinics:`, or `clinicea:` as the one clinic `default`.
+fn clinics(raw: &RawConfig, resources: &[Resource], problems: &mut Vec<Problem>) -> Vec<Clinic> {
+    let defaults = raw.clinicea.as_ref().map(|c| (&c.value, line_of(c)));
+    let Some(entries) = &raw.clinics else {
+        if defaults.is_none() {
+            problems.push(Problem::at(
+                None,
+                "clinicea",
+                "is missing: say how to reach Clinicea (base_url, api_key), or list clinics under clinics:",
+            ));
+        }
+        let clinicea = clinicea(
+            &Layers {
+                own: None,
+                defaults,
+            },
+            problems,
+        );
+        return vec![Clinic {
+            name: crate::model::DEFAULT_CLINIC.to_string(),
+            resources: clinic_resources(resources, clinicea.poll_interval),
+            clinicea,
+        }];
+    };
+    if entries.value.is_empty() {
+        problems.push(Problem::at(
+            line_of(entries),
+            "clinics",
+            "is empty; name at least one clinic (or leave clinics: out for one clinic)",
+        ));
+    }
+    let mut out = Vec::new();
+    for (name, spanned) in &entries.value {
+        let line = line_of(spanned);
+        check_name("clinics", "a clinic name", name, line, problems);
+        let own = &spanned.value;
+        let layers = Layers {
+            own: Some((name.as_str(), own, line)),
+            defaults,
+        };
+        let clinicea = clinicea(&layers, problems);
+        let mut polled = clinic_resources(resources, clinicea.poll_interval);
+        let (subset, subset_key, subset_line) = layers.pick("resources", |c| c.resources.as_ref());
+        if let Some(subset) = subset {
+            let line = line_of(subset).or(subset_line);
+            if subset.value.is_empty() {
+                problems.push(Problem::at(
+                    line,
+                    &subset_key,
+                    "is empty; leave it out to poll every resource",
+                ));
+            }
+            for r in &subset.value {
+                if !resources.iter().any(|x| x.name == r.as_str()) {
+                    let known: Vec<&str> = resources.iter().map(|x| x.name.as_str()).collect();
+                    problems.push(Problem::at(
+                        r.line().or(line),
+                        &subset_key,
+                        format!(
+                            "resource `{}` is not defined under `resources:` ({})",
+                            r.as_str(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+            polled.retain(|x| subset.value.iter().any(|r| r.as_str() == x.name));
+        }
+        out.push(Clinic {
+            name: name.clone(),
+            clinicea,
+            resources: polled,
+        });
+    }
+    out
+}
+
+/// The resources a clinic polls, every inherited interval its own.
+fn clinic_resources(resources: &[Resource], poll_interval: Duration) -> Vec<Resource> {
+    resources
+        .iter()
+        .map(|r| Resource {
+            poll_interval: if r.own_poll_interval {
+                r.poll_interval
+            } else {
+                poll_interval
+            },
+            ..r.clone()
+        })
+        .collect()
+}
+
+/// The sections [`Base`] holds; `problems` collects every error.
+fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
+    let base_dir = base_dir(file);
+    if raw.resources.is_empty() {
+        problems.push(Problem::at(
+            None,
+            "resources",
+            "no resources to poll; add at least one (e.g. leads: { path: /api/v1/leads })",
+        ));
+    }
+    // The top-level resources take the `clinicea:` interval; each clinic's copy takes its own.
+    let default_poll = {
+        let d = raw.clinicea.as_ref().map(|c| (&c.value, line_of(c)));
+        let mut quiet = Vec::new();
+        let l = Layers {
+            own: None,
+            defaults: d,
+        };
+        let (p, key, line) = l.pick("poll_interval", |c| c.poll_interval.as_ref());
+        duration(p, line, &key, &mut quiet).unwrap_or(defaults::POLL_INTERVAL)
+    };
+    let resources = resources(raw, default_poll, problems);
+    let clinics = clinics(raw, &resources, problems);
+    let fleet_limit = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| f.max_concurrent_requests)
+        .unwrap_or(DEFAULT_FLEET_CONCURRENCY);
+    if !(1..=MAX_CONCURRENT_REQUESTS).contains(&fleet_limit) {
+        problems.push(Problem::at(
+            None,
+            "fleet.max_concurrent_requests",
+            format!("must be between 1 and {MAX_CONCURRENT_REQUESTS}"),
+        ));
     }
 
     let store = StoreSettings {
@@ -526,8 +735,9 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
     });
     Base {
         file: file.to_path_buf(),
-        clinicea,
+        clinics,
         resources,
+        max_concurrent_requests: fleet_limit.clamp(1, MAX_CONCURRENT_REQUESTS),
         store,
         templates_dir,
         listen,
@@ -632,16 +842,7 @@ fn check_placeholder(value: &str, line: Option<u64>, key: &str, problems: &mut V
 /// Example placeholders in the secret-bearing keys outside `destinations:` (destinations check
 /// their own).
 fn secrets_are_not_placeholders(raw: &RawConfig, problems: &mut Vec<Problem>) {
-    let cline = line_of(&raw.clinicea);
-    check_placeholder(
-        &raw.clinicea.value.api_key,
-        cline,
-        "clinicea.api_key",
-        problems,
-    );
-    if let Some(l) = &raw.clinicea.value.login {
-        check_placeholder(&l.password, cline, "clinicea.login.password", problems);
-    }
+    // The API keys and login passwords are checked with each clinic.
     if let Some(t) = &raw.metrics_token {
         check_placeholder(t, None, "metrics_token", problems);
     }

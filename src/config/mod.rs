@@ -22,7 +22,9 @@ pub(crate) mod secret;
 pub(crate) mod smtp;
 pub(crate) mod vars;
 
-pub(crate) use base::{defaults, Base, Clinicea, Resource, SecretString, StartFrom, StoreSettings};
+pub(crate) use base::{
+    defaults, Base, Clinic, Clinicea, Resource, SecretString, StartFrom, StoreSettings,
+};
 pub use destination::{ChatKind, Destination, Target, WebhookTarget};
 pub(crate) use load::env_vars;
 pub use load::{load, load_str, Config};
@@ -32,7 +34,7 @@ pub use raw::{yaml_options, RuleSpec, SmtpTls, Text};
 pub use secret::Secret;
 pub use smtp::SmtpSettings;
 
-/// A resource or destination name: what can safely be part of a store key and a metric label.
+/// A clinic, resource or destination name: what can safely be part of a store key and a metric label.
 pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64

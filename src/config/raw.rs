@@ -188,8 +188,18 @@ impl OneOrMany {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
-    /// How to reach Clinicea and how often to poll it.
-    pub(crate) clinicea: Spanned<RawClinicea>,
+    /// How to reach Clinicea and how often to poll it; with `clinics:`, the defaults of every
+    /// clinic (then it may be left out).
+    #[serde(default)]
+    pub(crate) clinicea: Option<Spanned<RawClinicea>>,
+    /// Many clinics in one process, by name: each any key of `clinicea:` (which holds their
+    /// defaults) and `resources:`, a subset of the top-level resources. Without it, `clinicea:` is
+    /// one clinic named `default`.
+    #[serde(default)]
+    pub(crate) clinics: Option<Spanned<BTreeMap<String, Spanned<RawClinicea>>>>,
+    /// Limits across every clinic.
+    #[serde(default)]
+    pub(crate) fleet: Option<RawFleet>,
     /// The feeds to poll, by resource key.
     #[serde(default)]
     pub(crate) resources: BTreeMap<String, Spanned<RawResource>>,
@@ -251,17 +261,20 @@ pub(crate) struct RawLogin {
     pub(crate) path: Option<Text>,
 }
 
-/// The `clinicea:` section.
-#[derive(Debug, Clone, Deserialize)]
+/// The `clinicea:` section, and one clinic under `clinics:` (every key optional there: what a
+/// clinic leaves out it takes from `clinicea:`).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawClinicea {
     /// Base URL, e.g. `https://api.clinicea.com`.
-    pub(crate) base_url: Text,
-    /// The API key.
-    pub(crate) api_key: Text,
-    /// How the key is sent.
     #[serde(default)]
-    pub(crate) auth: AuthMode,
+    pub(crate) base_url: Option<Text>,
+    /// The API key (it belongs to one Clinicea organization: one clinic).
+    #[serde(default)]
+    pub(crate) api_key: Option<Text>,
+    /// How the key is sent (default `header`).
+    #[serde(default)]
+    pub(crate) auth: Option<AuthMode>,
     /// Credentials for `auth: login`.
     #[serde(default)]
     pub(crate) login: Option<RawLogin>,
@@ -288,14 +301,29 @@ pub(crate) struct RawClinicea {
     pub(crate) page_delay: Option<Dur>,
     /// Allow a plain http:// base URL to a host other than loopback (a sandbox in another container).
     #[serde(default)]
-    pub(crate) allow_insecure_http: bool,
+    pub(crate) allow_insecure_http: Option<bool>,
     /// Allow a base URL on a private address (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7),
     /// e.g. a sandbox in another container. Link-local and metadata addresses are never allowed.
     #[serde(default)]
-    pub(crate) allow_private: bool,
+    pub(crate) allow_private: Option<bool>,
     /// The silent baseline at a resource's first start (default: on, from 2000-01-01).
     #[serde(default)]
     pub(crate) baseline: Option<RawBaseline>,
+    /// The most API requests of this clinic in flight at once (default 2).
+    #[serde(default)]
+    pub(crate) max_concurrent_requests: Option<usize>,
+    /// The resources this clinic polls, a subset of the top-level `resources:` (default all).
+    #[serde(default)]
+    pub(crate) resources: Option<Spanned<Vec<Text>>>,
+}
+
+/// The `fleet:` section: limits across every clinic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    /// The most API requests in flight at once, all clinics together (default 8).
+    #[serde(default)]
+    pub(crate) max_concurrent_requests: Option<usize>,
 }
 
 /// The `clinicea.baseline:` section: at a resource's first start, read every existing record
@@ -848,12 +876,10 @@ mod tests {
     fn texts_and_durations_remember_their_line_where_serde_keeps_it() {
         let y = "clinicea:\n  base_url: ${URL}\n  api_key: k\n  poll_interval: ${EVERY}\nstore:\n  journal_retention: 2d\ndestinations:\n  hook:\n    type: webhook\n    url: https://x.example/\n    secret: [whsec_a, whsec_b]\n";
         let raw = parse(y).unwrap();
-        let c = &raw.clinicea.value;
-        assert_eq!(
-            (c.base_url.as_str(), c.base_url.line()),
-            ("${URL}", Some(2))
-        );
-        assert_eq!(c.api_key.line(), Some(3));
+        let c = &raw.clinicea.as_ref().unwrap().value;
+        let (url, key) = (c.base_url.as_ref().unwrap(), c.api_key.as_ref().unwrap());
+        assert_eq!((url.as_str(), url.line()), ("${URL}", Some(2)));
+        assert_eq!(key.line(), Some(3));
         let every = c.poll_interval.as_ref().unwrap().text();
         assert_eq!((every.as_str(), every.line()), ("${EVERY}", Some(4)));
         let kept = raw.store.journal_retention.as_ref().unwrap().text();

@@ -213,13 +213,13 @@ macro_rules! walk_structs {
 
 walk_structs! {
     RawConfig {
-        clinicea, resources, store, templates, listen, metrics_token, smtp, destinations, rules,
-        retry, watchdog
-    } no text in {};
+        clinicea, clinics, resources, store, templates, listen, metrics_token, smtp, destinations,
+        rules, retry, watchdog
+    } no text in { fleet };
     RawClinicea {
         base_url, api_key, login, poll_interval, overlap, start_from, timezone, since_timezone,
-        timeout, page_delay, baseline
-    } no text in { auth, allow_insecure_http, allow_private };
+        timeout, page_delay, baseline, resources
+    } no text in { auth, allow_insecure_http, allow_private, max_concurrent_requests };
     RawLogin { username, password, path } no text in {};
     RawBaseline { since } no text in { enabled };
     RawResource {
@@ -301,8 +301,8 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let problems = substitute(&mut raw, &vars);
-        let c = &raw.clinicea.value;
-        assert_eq!(c.base_url.as_str(), "https://api.example");
+        let c = &raw.clinicea.as_ref().unwrap().value;
+        assert_eq!(c.base_url.as_ref().unwrap().as_str(), "https://api.example");
         assert_eq!(c.poll_interval.as_ref().unwrap().text().as_str(), "5m");
         assert_eq!(raw.resources["leads"].value.params["clinic"].as_str(), "7");
         let RawDestination::Webhook(w) = &raw.destinations["hook"].value else {

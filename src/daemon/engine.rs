@@ -1,5 +1,5 @@
-//! The engine: everything a notifier runs with for one compiled config — the store, the API
-//! client and the deliverer — built in one place, for `run`, each reload, `once` and the tests.
+//! The engine: everything a notifier runs with for one compiled config — the store, an API client
+//! per clinic and the deliverer — built in one place, for `run`, each reload, `once` and the tests.
 
 use crate::config::{self, Base};
 use crate::daemon::events::Events;
@@ -7,11 +7,13 @@ use crate::daemon::intake::OutboxIntake;
 use crate::daemon::settings::Settings;
 use crate::deliver::email::Mailer;
 use crate::deliver::Deliverer;
-use crate::ingest::client::Client;
+use crate::ingest::client::{Client, FleetLimit};
 use crate::ingest::ctx::{PollCtx, PollError};
 use crate::ingest::poll::{self, PollReport};
 use crate::outbox::entry::Wake;
 use crate::outbox::store::{Store, StoreError};
+use anyhow::Context;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,16 +24,28 @@ pub struct Engine {
     pub settings: Settings,
     /// The store.
     pub store: Store,
-    /// The API client.
-    pub(crate) client: Client,
+    /// An API client per clinic, in the order of `settings.base.clinics`; they share the fleet's
+    /// limit on requests in flight and, where their settings agree, one HTTP connection pool.
+    clients: Vec<Client>,
     /// The deliverer.
     pub deliverer: Deliverer,
     /// Who watches its polls and deliveries; a reload's engine tells the same watcher.
     events: Events,
 }
 
+/// What one poll of one clinic's resource came to, for `once` and the tests.
+#[derive(Debug)]
+pub struct Polled {
+    /// The clinic.
+    pub clinic: String,
+    /// The resource key.
+    pub resource: String,
+    /// The poll's report, or why it failed.
+    pub result: Result<PollReport, PollError<StoreError>>,
+}
+
 impl Engine {
-    /// Opens the store and builds the client and deliverer over it; `events` is told what the
+    /// Opens the store and builds the clients and deliverer over it; `events` is told what the
     /// polls and deliveries do ([`Events::none`]: nobody).
     pub fn open(settings: Settings, events: Events) -> anyhow::Result<Engine> {
         let store = Store::open(&settings.base.store.path, settings.base.store.cache_bytes)?;
@@ -39,7 +53,7 @@ impl Engine {
         Engine::over(store, settings, events)
     }
 
-    /// The engine a reload to `settings` runs: this one's store and watcher, a new client and
+    /// The engine a reload to `settings` runs: this one's store and watcher, new clients and
     /// deliverer. It is built before the running generation stops, so a config that parses but
     /// cannot be applied (an SMTP username without a password, a bad CA file) is rejected while
     /// the old one keeps running.
@@ -48,7 +62,28 @@ impl Engine {
     }
 
     fn over(store: Store, settings: Settings, events: Events) -> anyhow::Result<Engine> {
-        let client = Client::new(&settings.base.clinicea)?;
+        let fleet = FleetLimit::new(settings.base.max_concurrent_requests);
+        // One HTTP client (and connection pool) per distinct timeout and egress rule, not per
+        // clinic: a thousand clinics on one API share its connections.
+        let mut pools: HashMap<(std::time::Duration, bool), reqwest::Client> = HashMap::new();
+        let mut clients = Vec::with_capacity(settings.base.clinics.len());
+        for c in &settings.base.clinics {
+            let cfg = &c.clinicea;
+            let http = match pools.entry((cfg.timeout, cfg.allow_private)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(e) => e
+                    .insert(
+                        Client::http_for(cfg)
+                            .with_context(|| format!("clinic {}: the HTTP client", c.name))?,
+                    )
+                    .clone(),
+            };
+            clients.push(Client::new(
+                cfg,
+                http,
+                fleet.clinic(cfg.max_concurrent_requests),
+            ));
+        }
         let mailer = match &settings.smtp {
             Some(s) => Some(Arc::new(
                 Mailer::new(s.clone()).map_err(|p| anyhow::anyhow!("smtp: {}", p.message))?,
@@ -64,45 +99,85 @@ impl Engine {
         Ok(Engine {
             settings,
             store,
-            client,
+            clients,
             deliverer,
             events,
         })
     }
 
-    /// The poll context for this engine.
-    pub fn poll_ctx(
+    /// The poll context of one clinic (by its index in `settings.base.clinics`).
+    fn ctx_of(
         &self,
+        index: usize,
         wake: Option<mpsc::UnboundedSender<Wake>>,
         cancel: CancellationToken,
     ) -> PollCtx<OutboxIntake> {
+        let clinic = &self.settings.base.clinics[index];
         PollCtx {
-            clinic: crate::model::DEFAULT_CLINIC.to_string(),
+            clinic: clinic.name.clone(),
             intake: OutboxIntake {
                 store: self.store.clone(),
                 pipeline: self.settings.pipeline.clone(),
                 wake,
                 events: self.events.changes(),
             },
-            client: self.client.clone(),
-            overlap: self.settings.base.clinicea.overlap,
-            start_from: self.settings.base.clinicea.start_from,
-            baseline: self.settings.base.clinicea.baseline,
-            page_delay: self.settings.base.clinicea.page_delay,
+            client: self.clients[index].clone(),
+            overlap: clinic.clinicea.overlap,
+            start_from: clinic.clinicea.start_from,
+            baseline: clinic.clinicea.baseline,
+            page_delay: clinic.clinicea.page_delay,
             cancel,
         }
     }
 
-    /// Polls every resource once, side by side.
-    pub async fn poll_all(&self) -> Vec<(String, Result<PollReport, PollError<StoreError>>)> {
-        let ctx = self.poll_ctx(None, CancellationToken::new());
+    /// The poll context of the clinic named `clinic`, if there is one.
+    pub fn poll_ctx(
+        &self,
+        clinic: &str,
+        wake: Option<mpsc::UnboundedSender<Wake>>,
+        cancel: CancellationToken,
+    ) -> Option<PollCtx<OutboxIntake>> {
+        let index = self
+            .settings
+            .base
+            .clinics
+            .iter()
+            .position(|c| c.name == clinic)?;
+        Some(self.ctx_of(index, wake, cancel))
+    }
+
+    /// Every clinic's poll context with the resources it polls, in clinic order.
+    pub(crate) fn poll_ctxs(
+        &self,
+        wake: Option<mpsc::UnboundedSender<Wake>>,
+        cancel: CancellationToken,
+    ) -> Vec<(PollCtx<OutboxIntake>, Vec<config::Resource>)> {
+        (0..self.settings.base.clinics.len())
+            .map(|i| {
+                (
+                    self.ctx_of(i, wake.clone(), cancel.clone()),
+                    self.settings.base.clinics[i].resources.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Polls every resource of every clinic once, side by side (within the request limits);
+    /// the results in clinic, then resource order.
+    pub async fn poll_all(&self) -> Vec<Polled> {
         let mut set = tokio::task::JoinSet::new();
-        for res in self.settings.base.resources.clone() {
-            let ctx = ctx.clone();
-            set.spawn(async move {
-                let r = poll::poll_resource(&ctx, &res).await;
-                (res.name.clone(), r)
-            });
+        for (ctx, resources) in self.poll_ctxs(None, CancellationToken::new()) {
+            for res in resources {
+                let ctx = ctx.clone();
+                set.spawn(async move {
+                    let result = poll::poll_resource(&ctx, &res).await;
+                    Polled {
+                        clinic: ctx.clinic.clone(),
+                        resource: res.name.clone(),
+                        result,
+                    }
+                });
+            }
         }
         let mut out = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -110,7 +185,7 @@ impl Engine {
                 out.push(r);
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| (&a.clinic, &a.resource).cmp(&(&b.clinic, &b.resource)));
         out
     }
 }

@@ -1,5 +1,5 @@
 //! Health: what the `/metrics`, `/healthz` and `/readyz` endpoints and the watchdog know about
-//! each resource, and the server that answers them.
+//! each clinic's resources, and the server that answers them.
 
 use crate::config;
 use crate::outbox::store::Store;
@@ -8,9 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// What the health endpoints and the watchdog know about each resource.
+/// A clinic's resource: the key of [`Health::resources`].
+pub(crate) type PollKey = (String, String);
+
+/// What the health endpoints and the watchdog know about one resource of one clinic.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ResourceHealth {
+    /// When the last poll started (in this process), so a reload keeps each poll's phase.
+    pub(crate) last_started: Option<std::time::Instant>,
     /// When the last successful poll ended.
     pub(crate) last_success: Option<chrono::DateTime<Utc>>,
     /// Failed polls since then.
@@ -24,8 +29,8 @@ pub(crate) struct ResourceHealth {
 /// Shared health state of a running notifier.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
-    /// By resource key.
-    pub(crate) resources: std::sync::RwLock<HashMap<String, ResourceHealth>>,
+    /// By clinic and resource key.
+    pub(crate) resources: std::sync::RwLock<HashMap<PollKey, ResourceHealth>>,
     /// The bearer token `/metrics` asks for (`metrics_token`), replaced on reload.
     pub(crate) metrics_token: std::sync::RwLock<Option<config::SecretString>>,
 }
@@ -72,7 +77,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Health {
-    /// Whether every resource has polled successfully and none is stale; the reasons if not.
+    /// Whether every resource of every clinic has polled successfully and none is stale; the
+    /// reasons if not: first the stale clinics by name (when there are clinics to tell apart),
+    /// then each resource, as `clinic/resource` (just `resource` for the one `default` clinic).
     pub(crate) fn ready(&self) -> Result<(), Vec<String>> {
         let now = Utc::now();
         let guard = self
@@ -83,21 +90,52 @@ impl Health {
         if guard.is_empty() {
             why.push("no resources yet".to_string());
         }
-        let mut names: Vec<_> = guard.keys().collect();
-        names.sort();
-        for name in names {
-            let h = &guard[name];
-            match h.last_success {
-                None => why.push(format!("{name}: no successful poll yet")),
-                Some(t) if (now - t).to_std().unwrap_or_default() > h.stale_after => {
-                    why.push(format!(
-                        "{name}: no successful poll for {}s ({} failures in a row)",
-                        (now - t).num_seconds(),
-                        h.consecutive_failures
-                    ))
+        let fleet = guard
+            .keys()
+            .any(|(clinic, _)| clinic != crate::model::DEFAULT_CLINIC);
+        let mut keys: Vec<_> = guard.keys().collect();
+        keys.sort();
+        let mut stale_clinics: Vec<&str> = Vec::new();
+        for key in keys {
+            let h = &guard[key];
+            let (clinic, resource) = key;
+            let name = if fleet {
+                format!("{clinic}/{resource}")
+            } else {
+                resource.clone()
+            };
+            let reason = match h.last_success {
+                None => Some(format!("{name}: no successful poll yet")),
+                Some(t) if (now - t).to_std().unwrap_or_default() > h.stale_after => Some(format!(
+                    "{name}: no successful poll for {}s ({} failures in a row)",
+                    (now - t).num_seconds(),
+                    h.consecutive_failures
+                )),
+                Some(_) => None,
+            };
+            if let Some(r) = reason {
+                why.push(r);
+                if stale_clinics.last() != Some(&clinic.as_str()) {
+                    stale_clinics.push(clinic);
                 }
-                Some(_) => {}
             }
+        }
+        if fleet && !stale_clinics.is_empty() {
+            why.insert(
+                0,
+                format!(
+                    "clinics not ready: {} of {}: {}",
+                    stale_clinics.len(),
+                    {
+                        let mut all: Vec<&str> = guard.keys().map(|k| k.0.as_str()).collect();
+                        all.dedup();
+                        all.sort_unstable();
+                        all.dedup();
+                        all.len()
+                    },
+                    stale_clinics.join(", ")
+                ),
+            );
         }
         if why.is_empty() {
             Ok(())
@@ -152,9 +190,9 @@ pub(crate) async fn serve_health(
                     }
                     let now = Utc::now();
                     if let Ok(guard) = h.resources.read() {
-                        for (name, r) in guard.iter() {
+                        for ((clinic, resource), r) in guard.iter() {
                             if let Some(t) = r.last_success {
-                                metrics::gauge!("clinicea_seconds_since_last_success", "resource" => name.clone())
+                                metrics::gauge!("clinicea_seconds_since_last_success", "clinic" => clinic.clone(), "resource" => resource.clone())
                                     .set((now - t).num_milliseconds() as f64 / 1000.0);
                             }
                         }

@@ -83,9 +83,9 @@ impl OutboxIntake {
                     deliveries += 1;
                 }
                 Err(dead) => {
-                    tracing::error!(destination = %dead.entry.destination, resource = %change.resource, id = %change.id, reason = %dead.reason, "a delivery could not be prepared; it went to the dead letters");
-                    metrics::counter!("clinicea_dead_letters_total", "destination" => dead.entry.destination.clone()).increment(1);
-                    metrics::counter!("clinicea_deliveries_total", "destination" => dead.entry.destination.clone(), "outcome" => "dead").increment(1);
+                    tracing::error!(destination = %dead.entry.destination, clinic = %change.clinic, resource = %change.resource, id = %change.id, reason = %dead.reason, "a delivery could not be prepared; it went to the dead letters");
+                    metrics::counter!("clinicea_dead_letters_total", "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone()).increment(1);
+                    metrics::counter!("clinicea_deliveries_total", "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone(), "outcome" => "dead").increment(1);
                     write
                         .dead
                         .push((seq, serde_json::to_vec(&dead).unwrap_or_default()));

@@ -1,4 +1,4 @@
-//! The running daemon (`run`): a poller per resource, a delivery worker per destination, the
+//! The running daemon (`run`): a poller per clinic and resource, a delivery worker per destination, the
 //! `/metrics`, `/healthz` and `/readyz` server, the watchdog, journal maintenance, and signals
 //! (SIGINT/SIGTERM stop, SIGHUP reloads the config without losing queued deliveries).
 
@@ -30,20 +30,35 @@ pub mod intake;
 /// How long shutdown waits for pollers and workers before giving up on them.
 const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Polls one resource on its interval until cancelled, keeping `health` current.
+/// Polls one resource of one clinic on its interval until cancelled, keeping `health` current.
+/// The first poll waits `first_delay`: the spread of a fleet's polls over the interval, or what is
+/// left of the interval since this resource's last poll before a reload.
 async fn poll_loop(
     ctx: PollCtx<intake::OutboxIntake>,
     res: config::Resource,
     health: Arc<Health>,
     stale_after: std::time::Duration,
+    first_delay: std::time::Duration,
 ) {
     let cancel = ctx.cancel.clone();
+    let key = (ctx.clinic.clone(), res.name.clone());
     // Staleness counts from this loop's start until the first successful poll.
     let started = Utc::now();
+    if !first_delay.is_zero() {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(first_delay) => {}
+        }
+    }
     loop {
+        let poll_started = std::time::Instant::now();
+        write_health(&health)
+            .entry(key.clone())
+            .or_default()
+            .last_started = Some(poll_started);
         // `instrument`, not `span.enter()`: an entered guard held across an await leaks the span
         // into whatever else runs on this thread meanwhile, mislabelling other tasks' log lines.
-        let span = tracing::info_span!("poll", resource = %res.name);
+        let span = tracing::info_span!("poll", clinic = %ctx.clinic, resource = %res.name);
         // Shutdown and reload do not wait for a poll held up by the API (a Retry-After of up
         // to a minute, a slow request): dropping it is safe, since a page is committed without
         // an await and the checkpoint advances only after its pages are flushed.
@@ -53,11 +68,8 @@ async fn poll_loop(
             r = tracing::Instrument::instrument(poll::poll_resource(&ctx, &res), span) => r,
         };
         {
-            let mut guard = health
-                .resources
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let h = guard.entry(res.name.clone()).or_default();
+            let mut guard = write_health(&health);
+            let h = guard.entry(key.clone()).or_default();
             h.stale_after = stale_after;
             match &result {
                 Ok(rep) => {
@@ -65,9 +77,9 @@ async fn poll_loop(
                     h.consecutive_failures = 0;
                     h.last_error = None;
                     if rep.changes > 0 {
-                        tracing::info!(resource = %res.name, pages = rep.pages, records = rep.records, changes = rep.changes, deliveries = rep.deliveries, "poll done");
+                        tracing::info!(clinic = %ctx.clinic, resource = %res.name, pages = rep.pages, records = rep.records, changes = rep.changes, deliveries = rep.deliveries, "poll done");
                     } else {
-                        tracing::debug!(resource = %res.name, pages = rep.pages, records = rep.records, "poll done, nothing changed");
+                        tracing::debug!(clinic = %ctx.clinic, resource = %res.name, pages = rep.pages, records = rep.records, "poll done, nothing changed");
                     }
                 }
                 Err(PollError::Cancelled(_)) => break,
@@ -79,17 +91,46 @@ async fn poll_loop(
                     let since = h.last_success.unwrap_or(started);
                     let stale = (Utc::now() - since).to_std().unwrap_or_default() > stale_after;
                     if stale {
-                        tracing::error!(resource = %res.name, failures = h.consecutive_failures, error = %e, "resource is STALE: no successful poll within {stale_after:?}");
+                        tracing::error!(clinic = %ctx.clinic, resource = %res.name, failures = h.consecutive_failures, error = %e, "resource is STALE: no successful poll within {stale_after:?}");
                     } else {
-                        tracing::warn!(resource = %res.name, failures = h.consecutive_failures, error = %e, "poll failed; the checkpoint stays and the next poll retries");
+                        tracing::warn!(clinic = %ctx.clinic, resource = %res.name, failures = h.consecutive_failures, error = %e, "poll failed; the checkpoint stays and the next poll retries");
                     }
                 }
             }
         }
+        // The interval runs from poll start to poll start, so a fleet's spread holds however
+        // long each poll takes (a poll longer than the interval is followed at once).
+        let next = poll_started + res.poll_interval;
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(res.poll_interval) => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
         }
+    }
+}
+
+/// The health map, for writing (a poisoned lock is still usable: health is advisory).
+fn write_health(
+    health: &Health,
+) -> std::sync::RwLockWriteGuard<'_, HashMap<health::PollKey, health::ResourceHealth>> {
+    health
+        .resources
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// When the first poll of a generation's loop is due: what is left of the interval since the
+/// resource's last poll in this process (a reload keeps each poll's phase), else the clinic's
+/// place in the spread: the `index`-th of `clinics` clinics starts `index / clinics` of the way
+/// into the interval, so a fleet's polls do not all fire at once.
+fn first_delay(
+    last_started: Option<std::time::Instant>,
+    interval: std::time::Duration,
+    index: usize,
+    clinics: usize,
+) -> std::time::Duration {
+    match last_started {
+        Some(t) => (t + interval).saturating_duration_since(std::time::Instant::now()),
+        None => interval.mul_f64(index as f64 / clinics.max(1) as f64),
     }
 }
 
@@ -143,24 +184,28 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
             }
         }
     });
-    let ctx = engine.poll_ctx(Some(wake_tx), cancel.clone());
-    {
-        let mut guard = health
-            .resources
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.retain(|k, _| engine.settings.base.resources.iter().any(|r| &r.name == k));
-    }
-    for res in engine.settings.base.resources.clone() {
-        let stale = stale_after(&engine.settings.base, &res);
-        {
-            let mut guard = health
-                .resources
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            guard.entry(res.name.clone()).or_default().stale_after = stale;
+    let polled = engine.poll_ctxs(Some(wake_tx), cancel.clone());
+    // Removed clinics and resources leave the health map (their checkpoints stay in the store).
+    write_health(&health).retain(|(clinic, resource), _| {
+        polled
+            .iter()
+            .any(|(ctx, rs)| &ctx.clinic == clinic && rs.iter().any(|r| &r.name == resource))
+    });
+    let clinics = polled.len();
+    for (index, (ctx, resources)) in polled.into_iter().enumerate() {
+        for res in resources {
+            let stale = stale_after(&engine.settings.base, &res);
+            let last_started = {
+                let mut guard = write_health(&health);
+                let h = guard
+                    .entry((ctx.clinic.clone(), res.name.clone()))
+                    .or_default();
+                h.stale_after = stale;
+                h.last_started
+            };
+            let delay = first_delay(last_started, res.poll_interval, index, clinics);
+            tasks.spawn(poll_loop(ctx.clone(), res, health.clone(), stale, delay));
         }
-        tasks.spawn(poll_loop(ctx.clone(), res, health.clone(), stale));
     }
     cancel.cancelled().await;
     if tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
@@ -202,6 +247,7 @@ pub async fn run(
         cancel.clone(),
     ));
     tracing::info!(
+        clinics = engine.settings.base.clinics.len(),
         resources = engine.settings.base.resources.len(),
         destinations = engine.settings.pipeline.destinations.len(),
         "notifier running"
@@ -296,4 +342,27 @@ fn spawn_signal_handlers(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_delay;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_fleets_first_polls_are_spread_over_the_interval_and_a_reload_keeps_the_phase() {
+        let every = Duration::from_secs(60);
+        let delays: Vec<u64> = (0..4)
+            .map(|i| first_delay(None, every, i, 4).as_secs())
+            .collect();
+        assert_eq!(delays, [0, 15, 30, 45]);
+        assert_eq!(first_delay(None, every, 0, 1), Duration::ZERO, "one clinic: at once");
+        // Polled 20 s ago: the next is due in 40 s, wherever the clinic sits in the spread.
+        let last = Instant::now() - Duration::from_secs(20);
+        let d = first_delay(Some(last), every, 3, 4);
+        assert!(d <= Duration::from_secs(40) && d > Duration::from_secs(38), "{d:?}");
+        // Overdue: at once.
+        let long_ago = Instant::now() - Duration::from_secs(600);
+        assert_eq!(first_delay(Some(long_ago), every, 3, 4), Duration::ZERO);
+    }
 }

@@ -78,7 +78,11 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         &CompileContext {
             destinations: &cfg.destination_names,
             resources: &resource_names,
-            timezone: cfg.base.clinicea.timezone,
+            timezone: cfg
+                .base
+                .clinics
+                .first()
+                .map_or(chrono_tz::UTC, |c| c.clinicea.timezone),
         },
     ) {
         Ok(r) => Some(r),
@@ -151,7 +155,11 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         rules,
         templates,
         destinations,
-        timezone: cfg.base.clinicea.timezone,
+        timezone: cfg
+            .base
+            .clinics
+            .first()
+            .map_or(chrono_tz::UTC, |c| c.clinicea.timezone),
     };
     Ok(Settings {
         base: cfg.base,

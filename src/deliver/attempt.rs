@@ -139,7 +139,7 @@ impl Deliverer {
             self.to_dead(&entry, orphan_reason(destination))?;
             return Ok(Loaded::Done(Step::Dead));
         };
-        let span = tracing::info_span!("delivery", destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
+        let span = tracing::info_span!("delivery", clinic = %entry.clinic, destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
         Ok(Loaded::Ready(Box::new(entry), dest, span))
     }
 
@@ -224,7 +224,7 @@ impl Deliverer {
                     self.store.set_destination_failing(destination, None)?;
                     tracing::info!(destination = %destination, "delivering again; no longer marked failing");
                 }
-                metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
+                metrics::counter!("clinicea_deliveries_total", "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
                 metrics::histogram!("clinicea_delivery_latency_seconds", &labels)
                     .record((now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
                 tracing::info!(status = ?report.status, "delivered");
@@ -251,7 +251,7 @@ impl Deliverer {
                     Some(d) => {
                         entry.next_attempt_ms = now_ms() + d.as_millis() as i64;
                         self.store.outbox_put(destination, seq, &entry)?;
-                        metrics::counter!("clinicea_deliveries_total", "destination" => destination.to_string(), "outcome" => "retry").increment(1);
+                        metrics::counter!("clinicea_deliveries_total", "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "retry").increment(1);
                         tracing::warn!(status = ?report.status, %reason, retry_in = ?d, "delivery failed; will retry");
                         self.emit(Event::Retrying {
                             destination: destination.to_string(),
@@ -298,8 +298,8 @@ impl Deliverer {
     /// Moves an entry to the dead letters, counted and announced.
     fn to_dead(&self, entry: &OutboxEntry, reason: String) -> Result<(), StoreError> {
         tracing::error!(destination = %entry.destination, webhook_id = %entry.webhook_id, %reason, "delivery moved to the dead letters");
-        metrics::counter!("clinicea_deliveries_total", "destination" => entry.destination.clone(), "outcome" => "dead").increment(1);
-        metrics::counter!("clinicea_dead_letters_total", "destination" => entry.destination.clone()).increment(1);
+        metrics::counter!("clinicea_deliveries_total", "clinic" => entry.clinic.clone(), "destination" => entry.destination.clone(), "outcome" => "dead").increment(1);
+        metrics::counter!("clinicea_dead_letters_total", "clinic" => entry.clinic.clone(), "destination" => entry.destination.clone()).increment(1);
         let dead = DeadLetter {
             entry: entry.clone(),
             reason: reason.clone(),

@@ -186,10 +186,65 @@ impl PageReader {
     }
 }
 
+/// How many API requests may be in flight at once: a limit for the whole fleet, shared by every
+/// clinic's client, and one for this clinic. A request holds a permit of each while it is sent and
+/// its body read, never while it waits to retry, so a clinic whose API is slow or failing holds at
+/// most its own limit of the fleet's and the others go on.
+#[derive(Clone, Debug)]
+pub(crate) struct ApiLimits {
+    /// Shared by every clinic.
+    fleet: Arc<tokio::sync::Semaphore>,
+    /// This clinic's own.
+    clinic: Arc<tokio::sync::Semaphore>,
+}
+
+/// The permits one request holds; dropping it lets the next request go.
+pub(crate) struct RequestPermit {
+    _clinic: tokio::sync::OwnedSemaphorePermit,
+    _fleet: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The fleet-wide limit on API requests in flight, shared by every clinic's [`ApiLimits`].
+#[derive(Clone, Debug)]
+pub(crate) struct FleetLimit(Arc<tokio::sync::Semaphore>);
+
+impl FleetLimit {
+    /// At most `n` requests in flight across every clinic.
+    pub(crate) fn new(n: usize) -> FleetLimit {
+        FleetLimit(Arc::new(tokio::sync::Semaphore::new(n.max(1))))
+    }
+
+    /// One clinic's limits: this fleet's, and at most `n` requests of its own.
+    pub(crate) fn clinic(&self, n: usize) -> ApiLimits {
+        ApiLimits {
+            fleet: self.0.clone(),
+            clinic: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+        }
+    }
+}
+
+impl ApiLimits {
+    /// Waits for a permit of the clinic's, then one of the fleet's: a clinic waiting on its own
+    /// limit holds none of the fleet's meanwhile.
+    pub(crate) async fn acquire(&self) -> RequestPermit {
+        // The semaphores are never closed, so acquiring cannot fail.
+        let clinic = self.clinic.clone().acquire_owned().await;
+        let fleet = self.fleet.clone().acquire_owned().await;
+        match (clinic, fleet) {
+            (Ok(c), Ok(f)) => RequestPermit {
+                _clinic: c,
+                _fleet: f,
+            },
+            _ => unreachable!("the request limits' semaphores are never closed"),
+        }
+    }
+}
+
 /// The Clinicea API client for one clinic.
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
+    limits: ApiLimits,
     cfg: Arc<Clinicea>,
     token: Arc<Mutex<Option<(String, Instant)>>>,
     /// The latest login tokens (newest last), for scrubbing; a plain mutex, never held across an
@@ -213,26 +268,33 @@ fn hint_for(status: u16) -> &'static str {
 }
 
 impl Client {
-    /// Builds a client for a validated `clinicea:` section. The base URL's name is resolved
-    /// through the egress rules: a link-local, metadata or (without `clinicea.allow_private`)
-    /// private address is refused before connecting.
-    pub(crate) fn new(cfg: &Clinicea) -> anyhow::Result<Client> {
+    /// The HTTP client for a validated `clinicea:` section (or clinic). The base URL's name is
+    /// resolved through the egress rules: a link-local, metadata or (without
+    /// `clinicea.allow_private`) private address is refused before connecting. Clinics with the
+    /// same timeout and egress rule can share one, and its connection pool.
+    pub(crate) fn http_for(cfg: &Clinicea) -> anyhow::Result<reqwest::Client> {
         let builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION")));
-        let http = crate::net::egress::guard(
+        Ok(crate::net::egress::guard(
             builder,
             crate::net::egress::Policy::clinicea(cfg.allow_private),
         )
-        .build()?;
-        Ok(Client {
+        .build()?)
+    }
+
+    /// A client for one clinic over `http` (from [`Client::http_for`] of the same settings), its
+    /// requests within `limits`.
+    pub(crate) fn new(cfg: &Clinicea, http: reqwest::Client, limits: ApiLimits) -> Client {
+        Client {
             http,
+            limits,
             cfg: Arc::new(cfg.clone()),
             token: Arc::new(Mutex::new(None)),
             issued_tokens: Arc::default(),
-        })
+        }
     }
 
     /// Every secret this client sends: the API key, the login password and user name, and the
@@ -591,7 +653,8 @@ impl Client {
         let mut relogged = false;
         loop {
             attempt += 1;
-            // Each attempt may wait on the API for `timeout` in all.
+            // Each attempt may wait on the API for `timeout` in all, once its turn has come.
+            let permit = self.limits.acquire().await;
             let mut budget = self.cfg.timeout;
             let resp = match self
                 .request_once(res, since, page, false, &mut budget)
@@ -601,6 +664,7 @@ impl Client {
                 Err(e) if e.is_retryable() && attempt <= API_MAX_RETRIES => {
                     let wait = backoff(attempt);
                     tracing::warn!(resource = %res.name, page, attempt, error = %e, "page request failed; retrying in {wait:?}");
+                    drop(permit);
                     tokio::time::sleep(wait).await;
                     continue;
                 }
@@ -632,6 +696,7 @@ impl Client {
                 let body = match self.read_body(res, page, resp, &mut budget).await {
                     Ok(b) => b,
                     Err(e) if e.is_retryable() && attempt <= API_MAX_RETRIES => {
+                        drop(permit);
                         tokio::time::sleep(backoff(attempt)).await;
                         continue;
                     }
@@ -644,6 +709,7 @@ impl Client {
                             .unwrap_or_else(|| backoff(attempt));
                     if wait <= API_MAX_BACKOFF {
                         tracing::warn!(resource = %res.name, page, attempt, status = status.as_u16(), "API asked to retry; waiting {wait:?}");
+                        drop(permit);
                         tokio::time::sleep(wait).await;
                         continue;
                     }
@@ -658,6 +724,7 @@ impl Client {
                     }
                     let wait = backoff(attempt);
                     tracing::warn!(resource = %res.name, page, attempt, error = %e, "the page broke off; requesting it again in {wait:?}");
+                    drop(permit);
                     tokio::time::sleep(wait).await;
                 }
                 Err((e, _)) => return Err(e),
@@ -847,5 +914,41 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_millis(500));
         assert_eq!(backoff(2), Duration::from_secs(1));
         assert_eq!(backoff(30), API_MAX_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn a_clinic_at_its_own_limit_holds_no_more_of_the_fleet_than_that() {
+        let fleet = FleetLimit::new(3);
+        let (slow, other) = (fleet.clinic(2), fleet.clinic(2));
+        // The slow clinic's two requests hang; its third waits on its own limit, not the fleet's.
+        let held = [slow.acquire().await, slow.acquire().await];
+        let third = tokio::spawn({
+            let slow = slow.clone();
+            async move { slow.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(fleet.0.available_permits(), 1, "two of three taken, the waiter takes none");
+        // The other clinic gets the fleet's last permit at once, and then waits like everyone.
+        let mine = tokio::time::timeout(Duration::from_secs(5), other.acquire())
+            .await
+            .expect("a permit is free");
+        assert_eq!(fleet.0.available_permits(), 0);
+        // Now the fleet is full: the other clinic's second request waits on it.
+        let second = tokio::spawn({
+            let other = other.clone();
+            async move { other.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished() && !second.is_finished());
+        drop(held);
+        let _third = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("the slow clinic's waiter goes once its own requests end")
+            .unwrap();
+        let _second = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("so does the other's")
+            .unwrap();
+        drop(mine);
     }
 }

@@ -35,8 +35,9 @@ async fn a_clinic_with_2000_records_started_now_sends_nothing_then_an_old_appoin
         );
     let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
-    for (name, r) in engine.poll_all().await {
-        let rep = r.unwrap_or_else(|e| panic!("{name}: {e}"));
+    for p in engine.poll_all().await {
+        let name = &p.resource;
+        let rep = p.result.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(rep.baseline_records, 1000, "{name}: {rep:?}");
         assert_eq!(rep.changes, 0, "{name}: {rep:?}");
     }
@@ -81,8 +82,9 @@ async fn a_clinic_with_2000_records_started_now_sends_nothing_then_an_old_appoin
         .modify("leads", &lead_id, json!({"LeadStatus": "Lost"}))
         .unwrap();
 
-    for (name, r) in engine.poll_all().await {
-        let rep = r.unwrap_or_else(|e| panic!("{name}: {e}"));
+    for p in engine.poll_all().await {
+        let name = &p.resource;
+        let rep = p.result.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             (rep.baseline_records, rep.changes),
             (0, 1),

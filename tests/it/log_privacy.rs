@@ -141,7 +141,7 @@ async fn logs_hold_no_record_contents_and_no_keys(args: &[&str]) -> String {
         let dv = |dest: &str, o: &str| {
             s.value(
                 "clinicea_deliveries_total",
-                &[("destination", dest), ("outcome", o)],
+                &[("clinic", "default"), ("destination", dest), ("outcome", o)],
             )
         };
         dv("hooks", "delivered") >= 1.0

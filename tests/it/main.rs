@@ -17,6 +17,7 @@ mod graceful_shutdown;
 mod kill_9_recovery;
 mod layers;
 mod log_privacy;
+mod many_clinics;
 mod mailer;
 mod metrics_and_health;
 mod paging;

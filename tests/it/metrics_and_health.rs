@@ -56,7 +56,11 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
     let deliveries = |s: &Scrape, dest: &str, outcome: &str| {
         s.value(
             "clinicea_deliveries_total",
-            &[("destination", dest), ("outcome", outcome)],
+            &[
+                ("clinic", "default"),
+                ("destination", dest),
+                ("outcome", outcome),
+            ],
         )
     };
     let s = scrape_until(&base, Duration::from_secs(60), |s| {
@@ -68,7 +72,7 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
 
     // Polls, records, changes: exactly one poll of each resource, every record new.
     for (res, n) in [("leads", 137.0), ("patients", 12.0)] {
-        let r = [("resource", res)];
+        let r = [("clinic", "default"), ("resource", res)];
         assert_eq!(s.get("clinicea_polls_total", &r), Some(1.0), "{res}");
         assert_eq!(s.value("clinicea_poll_failures_total", &r), 0.0, "{res}");
         assert_eq!(
@@ -79,7 +83,11 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
         assert_eq!(
             s.get(
                 "clinicea_changes_total",
-                &[("resource", res), ("change", "added")]
+                &[
+                    ("clinic", "default"),
+                    ("resource", res),
+                    ("change", "added")
+                ]
             ),
             Some(n),
             "{res}"
@@ -88,7 +96,7 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
             assert_eq!(
                 s.value(
                     "clinicea_changes_total",
-                    &[("resource", res), ("change", kind)]
+                    &[("clinic", "default"), ("resource", res), ("change", kind)]
                 ),
                 0.0
             );
@@ -112,7 +120,10 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
     assert_eq!(deliveries(&s, "team", "retry"), 0.0);
     assert_eq!(deliveries(&s, "team", "dead"), 0.0);
     assert_eq!(
-        s.get("clinicea_dead_letters_total", &[("destination", "hooks")]),
+        s.get(
+            "clinicea_dead_letters_total",
+            &[("clinic", "default"), ("destination", "hooks")]
+        ),
         Some(1.0)
     );
     // The gauges read the store at scrape time: nothing queued, one dead letter.

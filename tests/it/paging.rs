@@ -36,9 +36,9 @@ fn checkpoint(engine: &Engine) -> clinicea_notifier::ingest::state::Checkpoint {
 /// The leads poll of `engine`, which must succeed.
 async fn poll_leads(engine: &Engine) -> PollReport {
     let mut results = engine.poll_all().await;
-    let (name, result) = results.remove(0);
-    assert_eq!(name, "leads");
-    match result {
+    let polled = results.remove(0);
+    assert_eq!(polled.resource, "leads");
+    match polled.result {
         Ok(rep) => rep,
         Err(e) => panic!("the poll fails: {e}"),
     }
@@ -313,7 +313,7 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
     assert_eq!(cp.skew_ms, None);
     let start = cp.last_success_start.unwrap();
     assert!(start >= before && start <= chrono::Utc::now(), "our clock");
-    let overlap = t.settings().base.clinicea.overlap;
+    let overlap = t.settings().base.clinics[0].clinicea.overlap;
     let since = cp.since(overlap);
     assert_eq!(
         since,
@@ -337,7 +337,7 @@ async fn the_skew_is_exported_and_warned_about_once() {
         .ready_within(Duration::from_secs(60))
         .start()
         .await;
-    let leads = [("resource", "leads")];
+    let leads = [("clinic", "default"), ("resource", "leads")];
     let s = scrape_until(&d.url(""), Duration::from_secs(30), |s| {
         s.get("clinicea_polls_total", &leads).unwrap_or(0.0) >= 4.0
     })

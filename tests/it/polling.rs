@@ -17,7 +17,7 @@ async fn syncs_137_leads_over_two_pages_from_page_0() {
     // Act
     let results = engine.poll_all().await;
     // Assert
-    let rep = results[0].1.as_ref().expect("poll succeeds");
+    let rep = results[0].result.as_ref().expect("poll succeeds");
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 137, 137));
     let ids = journal_ids(&engine.store);
     assert_eq!(ids.len(), 137);
@@ -41,7 +41,7 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
     let t = TestDir::new(&config.to_yaml());
     let engine = t.engine();
     let results = engine.poll_all().await;
-    let rep = results[0].1.as_ref().expect("poll succeeds");
+    let rep = results[0].result.as_ref().expect("poll succeeds");
     assert_eq!((rep.pages, rep.records), (2, 137));
     // The sandbox's appointments include deleted ones; every record is a change of some kind.
     assert_eq!(rep.changes, 137);

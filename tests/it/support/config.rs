@@ -59,9 +59,13 @@ pub struct Config {
     retry: Option<Retry>,
     destinations: Vec<(String, Destination)>,
     rules: Vec<Rule>,
+    clinics: Vec<(String, Clinic)>,
+    fleet_max_concurrent_requests: Option<usize>,
 }
 
 keys!(Config {
+    /// `fleet: { max_concurrent_requests: N }`.
+    fleet_max_concurrent_requests: usize,
     /// `metrics_token: TOKEN` (literal, or `${VAR}`).
     metrics_token: &str,
     /// `watchdog: { stale_after: DURATION }`.
@@ -96,7 +100,15 @@ impl Config {
             retry: None,
             destinations: Vec::new(),
             rules: Vec::new(),
+            clinics: Vec::new(),
+            fleet_max_concurrent_requests: None,
         }
+    }
+
+    /// A clinic under `clinics:` (the `clinicea:` section then holds the defaults).
+    pub fn clinic(mut self, name: &str, clinic: Clinic) -> Config {
+        self.clinics.push((name.into(), clinic));
+        self
     }
 
     /// Replaces the `clinicea:` section.
@@ -186,6 +198,17 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         let mut y = Yaml::default();
         self.clinicea.write(&mut y);
+        if !self.clinics.is_empty() {
+            y.key(0, "clinics");
+            for (name, c) in &self.clinics {
+                y.key(1, name);
+                c.write(&mut y);
+            }
+        }
+        if let Some(n) = self.fleet_max_concurrent_requests {
+            y.key(0, "fleet");
+            y.raw(1, "max_concurrent_requests", &n.to_string());
+        }
         y.flag(0, "listen: 127.0.0.1:0", self.listen);
         y.text(0, "metrics_token", &self.metrics_token);
         if let Some(stale) = &self.watchdog_stale_after {
@@ -333,6 +356,46 @@ impl Clinicea {
             y.raw(2, "enabled", "false");
         }
         y.flag(1, "allow_private: true", self.allow_private);
+    }
+}
+
+/// One entry of `clinics:`: what it sets of its own (the rest comes from `clinicea:`).
+#[derive(Debug, Clone, Default)]
+pub struct Clinic {
+    base_url: Option<String>,
+    api_key: Option<String>,
+    timezone: Option<String>,
+    resources: Option<Vec<String>>,
+}
+
+keys!(Clinic {
+    /// `base_url: URL`.
+    base_url: &str,
+    /// `api_key: KEY`.
+    api_key: &str,
+    /// `timezone: ZONE`.
+    timezone: &str,
+});
+
+impl Clinic {
+    /// A clinic at `base_url` with this key.
+    pub fn at(base_url: &str, api_key: &str) -> Clinic {
+        Clinic::default().base_url(base_url).api_key(api_key)
+    }
+
+    /// `resources: [NAMES]`: the subset it polls.
+    pub fn polls(mut self, resources: &[&str]) -> Clinic {
+        self.resources = Some(resources.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    fn write(&self, y: &mut Yaml) {
+        y.text(2, "base_url", &self.base_url);
+        y.text(2, "api_key", &self.api_key);
+        y.text(2, "timezone", &self.timezone);
+        if let Some(r) = &self.resources {
+            y.raw(2, "resources", &flow(r));
+        }
     }
 }
 

@@ -10,7 +10,7 @@ mod notifier;
 mod receiver;
 mod store;
 
-pub use config::{Chat, Clinicea, Config, Resource, Retry, Rule, Smtp, StoreSection, Webhook};
+pub use config::{Chat, Clinic, Clinicea, Config, Resource, Retry, Rule, Smtp, StoreSection, Webhook};
 pub use mail::mime_parts;
 pub use metrics::{get_text, get_with_auth, scrape_until, Scrape};
 pub use notifier::{check, cli, cli_env, output_text, Notifier, BIN};
@@ -223,7 +223,7 @@ pub fn free_port() -> u16 {
 
 /// Polls every resource once: the report of the first (in most configs the only one).
 pub async fn poll_report(engine: &Engine) -> Result<PollReport, PollError<StoreError>> {
-    engine.poll_all().await.remove(0).1
+    engine.poll_all().await.remove(0).result
 }
 
 /// Delivers until the outbox is empty or `timeout` passes.
