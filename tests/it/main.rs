@@ -25,6 +25,7 @@ mod polling;
 mod rehearsal_kit;
 mod retention_and_erasure;
 mod rule_matching;
+mod sandbox_fleet;
 mod store_access;
 mod store_privacy;
 mod support;

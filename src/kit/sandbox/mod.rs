@@ -27,21 +27,24 @@
 //! `ModifiedDatetime` and the `Date` header every response carries all come from that clock. These
 //! three can also be changed while it runs, in process or through `GET`/`POST /admin/mode`.
 //!
+//! One sandbox can serve several organizations ([`SandboxOptions::clinics`]), each with its own
+//! key, records, counters, faults, mode, login token and churn; the key a request presents picks
+//! its organization, and `/clinics/{i}/admin/...` is organization i's admin (see `fleet.rs`).
+//!
 //! Records are kept per resource in change order behind an index, so a page costs O(log n + page)
 //! even with a million records. Record contents are never logged.
 
 pub mod command;
+mod fleet;
 mod gen;
 mod since;
 mod table;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use rand::rngs::StdRng;
@@ -55,6 +58,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use fleet::{ArrivalWindow, FleetStats};
+use fleet::{ClinicNo, Fleet};
 use gen::{PatientRef, TS_FORMAT, UNSET_DATE};
 use table::Table;
 
@@ -78,23 +83,29 @@ const MAX_CLOCK_OFFSET_DAYS: i64 = 3650;
 pub struct SandboxOptions {
     /// Seeds every random choice (generated records, ids, churn), so the same seed and the same
     /// sequence of calls give the same records (timestamps aside, unless [`Self::start`] is set
-    /// and no change happens after start).
+    /// and no change happens after start). With several [`Self::clinics`], organization i is
+    /// seeded from this seed and i (organization 1 from this seed itself), so their records differ.
     pub seed: u64,
-    /// The API key clients must present.
+    /// The API key clients must present; with several [`Self::clinics`], organization i's key is
+    /// this key followed by `-i` (`sandbox-api-key-2`), and this key alone is nobody's.
     pub api_key: String,
+    /// How many organizations the sandbox serves (default 1; 0 counts as 1), each with its own
+    /// records, counters, faults, mode, login token and churn, built from these options.
+    pub clinics: usize,
     /// How many leads exist at start (default 137: a full sync is two pages).
     pub leads: usize,
     /// How many patients exist at start (default 12).
     pub patients: usize,
     /// How many appointments exist at start (default 42).
     pub appointments: usize,
-    /// How often [`Sandbox::serve`] applies a round of random changes; `None` (the default) means
-    /// records change only through admin calls.
+    /// How often the serving sandbox applies a round of random changes (to every organization);
+    /// `None` (the default) means records change only through admin calls.
     pub churn_every: Option<Duration>,
     /// The zone of the offset-less timestamps the sandbox serves and of since values sent without
     /// an offset (default UTC).
     pub timezone: Tz,
-    /// The user name the login endpoint accepts (default `sandbox`).
+    /// The user name the login endpoint accepts (default `sandbox`); with several
+    /// [`Self::clinics`], organization i's is this name followed by `-i` (`sandbox-2`).
     pub username: String,
     /// The password the login endpoint accepts (default `sandbox`).
     pub password: String,
@@ -173,6 +184,7 @@ impl std::fmt::Debug for SandboxOptions {
         f.debug_struct("SandboxOptions")
             .field("seed", &self.seed)
             .field("api_key", &"<redacted>")
+            .field("clinics", &self.clinics)
             .field("leads", &self.leads)
             .field("patients", &self.patients)
             .field("appointments", &self.appointments)
@@ -196,6 +208,7 @@ impl Default for SandboxOptions {
         SandboxOptions {
             seed: 42,
             api_key: "sandbox-api-key".to_string(),
+            clinics: 1,
             leads: 137,
             patients: 12,
             appointments: 42,
@@ -434,8 +447,9 @@ impl std::fmt::Debug for Sandbox {
 pub struct SandboxHandle {
     /// Where it listens.
     pub(crate) addr: SocketAddr,
-    /// The sandbox itself, for in-process admin calls.
+    /// The sandbox itself (organization 1 when it serves several), for in-process admin calls.
     pub sandbox: Sandbox,
+    fleet: Fleet,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -444,6 +458,29 @@ impl SandboxHandle {
     /// `http://ADDR`, the base URL to configure the notifier with.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Organization `i` (1 to [`SandboxOptions::clinics`]), for in-process admin calls; with one
+    /// organization, `clinic(1)` is [`SandboxHandle::sandbox`].
+    ///
+    /// # Panics
+    /// When there is no organization `i`.
+    pub fn clinic(&self, i: usize) -> &Sandbox {
+        self.fleet.clinic(i)
+    }
+
+    /// The API key of organization `i` (see [`SandboxOptions::api_key`]).
+    ///
+    /// # Panics
+    /// When there is no organization `i`.
+    pub fn api_key(&self, i: usize) -> &str {
+        &self.fleet.clinic(i).shared.config.api_key
+    }
+
+    /// Every organization's counters and the arrival times of feed requests, as
+    /// `GET /admin/fleet` serves them.
+    pub fn fleet_stats(&self) -> FleetStats {
+        self.fleet.stats()
     }
 
     /// Stops serving and waits until the server has shut down.
@@ -465,7 +502,9 @@ impl Drop for SandboxHandle {
     }
 }
 
-fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+/// Locks `m`, also after a panic elsewhere left it poisoned (every critical section leaves the
+/// state consistent).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -1075,93 +1114,20 @@ impl Sandbox {
         lock(&self.shared.state)
     }
 
-    /// The HTTP API (feeds, login, admin) as an axum router.
-    pub(crate) fn router(&self) -> Router {
-        fn feed(r: Resource) -> axum::routing::MethodRouter<Sandbox> {
-            get(
-                move |State(sb): State<Sandbox>, headers: HeaderMap, RawQuery(q): RawQuery| async move {
-                    sb.feed(r, &headers, q.as_deref().unwrap_or("")).await
-                },
-            )
-        }
-        let mut router = Router::new();
-        for r in Resource::ALL {
-            router = router.route(r.path(), feed(r));
-        }
-        router
-            .route(LOGIN_PATH, get(login))
-            .route(
-                "/admin/faults",
-                post(admin_faults).delete(admin_clear_faults),
-            )
-            .route("/admin/churn", post(admin_churn))
-            .route("/admin/stats", get(admin_stats))
-            .route("/admin/mode", get(admin_mode).post(admin_set_mode))
-            .route("/admin/{resource}", get(admin_list).post(admin_insert))
-            .route(
-                "/admin/{resource}/{id}",
-                get(admin_get).patch(admin_patch).delete(admin_delete),
-            )
-            .layer(axum::middleware::map_response_with_state(
-                self.clone(),
-                with_date,
-            ))
-            .with_state(self.clone())
-    }
-
-    /// Serves the API on `listener` until `cancel` fires, applying a round of churn every
-    /// [`SandboxOptions::churn_every`] meanwhile.
-    pub(crate) async fn serve(
-        self,
-        listener: TcpListener,
-        cancel: CancellationToken,
-    ) -> std::io::Result<()> {
-        let stop = cancel.child_token();
-        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop.clone());
-        let churn = self.shared.config.churn_every.map(|every| {
-            let sandbox = self.clone();
-            let stop = stop.clone();
-            let every = every.max(Duration::from_millis(1));
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tick.tick() => {
-                            let changes = sandbox.churn_once();
-                            tracing::debug!(changes = changes.len(), "sandbox churn");
-                        }
-                    }
-                }
-            })
-        });
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "sandbox Clinicea API listening");
-        }
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        stop.cancel();
-        if let Some(task) = churn {
-            let _ = task.await;
-        }
-        result
-    }
-
-    /// Binds `addr` (port 0 picks a free port), generates the records and serves in the
-    /// background.
+    /// Binds `addr` (port 0 picks a free port), generates the records of every organization and
+    /// serves in the background.
     pub async fn start(opts: SandboxOptions, addr: SocketAddr) -> std::io::Result<SandboxHandle> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(opts))
+        let fleet = tokio::task::spawn_blocking(move || Fleet::new(opts))
             .await
             .map_err(std::io::Error::other)?;
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(sandbox.clone().serve(listener, cancel.clone()));
+        let task = tokio::spawn(fleet.clone().serve(listener, cancel.clone()));
         Ok(SandboxHandle {
             addr,
-            sandbox,
+            sandbox: fleet.clinic(1).clone(),
+            fleet,
             cancel,
             task: Some(task),
         })
@@ -1325,13 +1291,7 @@ impl Sandbox {
                 Some(resp)
             }
             FaultKind::Stall(d) => {
-                let stop = self
-                    .shared
-                    .stop
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .unwrap_or_default();
+                let stop = lock(&self.shared.stop).clone().unwrap_or_default();
                 tokio::select! {
                     _ = tokio::time::sleep(d) => None,
                     _ = stop.cancelled() => Some(text(StatusCode::SERVICE_UNAVAILABLE, "The sandbox is shutting down")),
@@ -1495,39 +1455,58 @@ impl Sandbox {
     }
 }
 
-/// `GET /api/v2/login/getTokenByStaffUsernamePwd?apiKey=..&loginUserName=..&pwd=..`.
-async fn login(State(sb): State<Sandbox>, RawQuery(raw): RawQuery) -> Response {
-    if let Some(resp) = sb.fault("login").await {
-        return resp;
+impl Sandbox {
+    /// `GET /api/v2/login/getTokenByStaffUsernamePwd?apiKey=..&loginUserName=..&pwd=..`; on
+    /// success also returns the new token (it replaces the previous one).
+    async fn login(&self, raw: &str) -> (Response, Option<String>) {
+        if let Some(resp) = self.fault("login").await {
+            return (resp, None);
+        }
+        let params = parse_query(raw);
+        let config = &self.shared.config;
+        if param(&params, "apiKey") != Some(config.api_key.as_str()) {
+            self.state().stats.unauthorized += 1;
+            return (text(StatusCode::UNAUTHORIZED, INVALID_KEY), None);
+        }
+        if param(&params, "loginUserName") != Some(config.username.as_str())
+            || param(&params, "pwd") != Some(config.password.as_str())
+        {
+            self.state().stats.unauthorized += 1;
+            return (
+                text(StatusCode::UNAUTHORIZED, "Invalid username or password"),
+                None,
+            );
+        }
+        // Tokens come from the thread RNG, so logins do not shift the seeded sequence.
+        let token = format!(
+            "{:032x}{:032x}",
+            rand::thread_rng().gen::<u128>(),
+            rand::thread_rng().gen::<u128>()
+        );
+        let expires = Instant::now().checked_add(config.token_ttl);
+        {
+            let mut state = self.state();
+            state.token = Some((token.clone(), expires));
+            state.stats.logins += 1;
+        }
+        (json_value(StatusCode::OK, &token), Some(token))
     }
-    let params = parse_query(raw.as_deref().unwrap_or(""));
-    let config = &sb.shared.config;
-    if param(&params, "apiKey") != Some(config.api_key.as_str()) {
-        sb.state().stats.unauthorized += 1;
-        return text(StatusCode::UNAUTHORIZED, INVALID_KEY);
-    }
-    if param(&params, "loginUserName") != Some(config.username.as_str())
-        || param(&params, "pwd") != Some(config.password.as_str())
-    {
-        sb.state().stats.unauthorized += 1;
-        return text(StatusCode::UNAUTHORIZED, "Invalid username or password");
-    }
-    // Tokens come from the thread RNG, so logins do not shift the seeded sequence.
-    let token = format!(
-        "{:032x}{:032x}",
-        rand::thread_rng().gen::<u128>(),
-        rand::thread_rng().gen::<u128>()
-    );
-    let expires = Instant::now().checked_add(config.token_ttl);
-    {
-        let mut state = sb.state();
-        state.token = Some((token.clone(), expires));
-        state.stats.logins += 1;
-    }
-    json_value(StatusCode::OK, &token)
 }
 
-async fn admin_faults(State(sb): State<Sandbox>, body: Bytes) -> Response {
+/// The `{resource}` of an admin path.
+#[derive(Debug, Deserialize)]
+struct ResourcePath {
+    resource: String,
+}
+
+/// The `{resource}/{id}` of an admin path.
+#[derive(Debug, Deserialize)]
+struct RecordPath {
+    resource: String,
+    id: String,
+}
+
+async fn admin_faults(Extension(sb): Extension<Sandbox>, body: Bytes) -> Response {
     let spec: FaultSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid fault: {e}")),
@@ -1544,12 +1523,12 @@ async fn admin_faults(State(sb): State<Sandbox>, body: Bytes) -> Response {
     }
 }
 
-async fn admin_clear_faults(State(sb): State<Sandbox>) -> Response {
+async fn admin_clear_faults(Extension(sb): Extension<Sandbox>) -> Response {
     sb.clear_faults();
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn admin_churn(State(sb): State<Sandbox>) -> Response {
+async fn admin_churn(Extension(sb): Extension<Sandbox>) -> Response {
     let changes: Vec<Value> = sb
         .churn_once()
         .into_iter()
@@ -1558,11 +1537,14 @@ async fn admin_churn(State(sb): State<Sandbox>) -> Response {
     json_value(StatusCode::OK, &changes)
 }
 
-async fn admin_stats(State(sb): State<Sandbox>) -> Response {
+async fn admin_stats(Extension(sb): Extension<Sandbox>) -> Response {
     json_value(StatusCode::OK, &sb.stats())
 }
 
-async fn admin_list(State(sb): State<Sandbox>, Path(resource): Path<String>) -> Response {
+async fn admin_list(
+    Extension(sb): Extension<Sandbox>,
+    Path(ResourcePath { resource }): Path<ResourcePath>,
+) -> Response {
     match resource_of(&resource) {
         Ok(_) => json_value(StatusCode::OK, &sb.records(&resource)),
         Err(e) => admin_error(e),
@@ -1570,8 +1552,8 @@ async fn admin_list(State(sb): State<Sandbox>, Path(resource): Path<String>) -> 
 }
 
 async fn admin_get(
-    State(sb): State<Sandbox>,
-    Path((resource, id)): Path<(String, String)>,
+    Extension(sb): Extension<Sandbox>,
+    Path(RecordPath { resource, id }): Path<RecordPath>,
 ) -> Response {
     if let Err(e) = resource_of(&resource) {
         return admin_error(e);
@@ -1583,8 +1565,8 @@ async fn admin_get(
 }
 
 async fn admin_insert(
-    State(sb): State<Sandbox>,
-    Path(resource): Path<String>,
+    Extension(sb): Extension<Sandbox>,
+    Path(ResourcePath { resource }): Path<ResourcePath>,
     body: Bytes,
 ) -> Response {
     let record: Value = match serde_json::from_slice(&body) {
@@ -1598,8 +1580,8 @@ async fn admin_insert(
 }
 
 async fn admin_patch(
-    State(sb): State<Sandbox>,
-    Path((resource, id)): Path<(String, String)>,
+    Extension(sb): Extension<Sandbox>,
+    Path(RecordPath { resource, id }): Path<RecordPath>,
     body: Bytes,
 ) -> Response {
     let fields: Value = match serde_json::from_slice(&body) {
@@ -1613,8 +1595,8 @@ async fn admin_patch(
 }
 
 async fn admin_delete(
-    State(sb): State<Sandbox>,
-    Path((resource, id)): Path<(String, String)>,
+    Extension(sb): Extension<Sandbox>,
+    Path(RecordPath { resource, id }): Path<RecordPath>,
 ) -> Response {
     let r = match resource_of(&resource) {
         Ok(r) => r,
@@ -1627,11 +1609,11 @@ async fn admin_delete(
     }
 }
 
-async fn admin_mode(State(sb): State<Sandbox>) -> Response {
+async fn admin_mode(Extension(sb): Extension<Sandbox>) -> Response {
     json_value(StatusCode::OK, &sb.mode())
 }
 
-async fn admin_set_mode(State(sb): State<Sandbox>, body: Bytes) -> Response {
+async fn admin_set_mode(Extension(sb): Extension<Sandbox>, body: Bytes) -> Response {
     let spec: ModeSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid mode: {e}")),
@@ -1658,8 +1640,13 @@ async fn admin_set_mode(State(sb): State<Sandbox>, body: Bytes) -> Response {
     json_value(StatusCode::OK, &sb.mode())
 }
 
-/// Stamps every response with the sandbox's clock (hyper would stamp the host's).
-async fn with_date(State(sb): State<Sandbox>, mut resp: Response) -> Response {
+/// Stamps every response with the clock of the organization that answered it (organization 1's
+/// when none did: the fleet's own answers), as hyper would stamp the host's.
+async fn with_date(State(fleet): State<Fleet>, mut resp: Response) -> Response {
+    let sb = match resp.extensions().get::<ClinicNo>() {
+        Some(ClinicNo(i)) => fleet.clinic(*i),
+        None => fleet.clinic(1),
+    };
     let date = sb.clock().format(HTTP_DATE_FORMAT).to_string();
     if let Ok(v) = axum::http::HeaderValue::from_str(&date) {
         resp.headers_mut().insert(axum::http::header::DATE, v);

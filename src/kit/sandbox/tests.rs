@@ -1057,3 +1057,325 @@ async fn the_clock_offset_moves_the_date_header_and_the_change_times() {
     }
     h.stop().await;
 }
+
+/// Options for a small fleet of `n` organizations.
+fn fleet_opts(n: usize) -> SandboxOptions {
+    SandboxOptions {
+        clinics: n,
+        leads: 5,
+        patients: 5,
+        appointments: 5,
+        ..opts()
+    }
+}
+
+/// `GET` with `key`, expecting a JSON list.
+async fn list_as(h: &SandboxHandle, path_and_query: &str, key: &str) -> Vec<Value> {
+    let resp = get(h, path_and_query, Some(key)).await;
+    assert_eq!(resp.status(), 200, "{path_and_query}");
+    resp.json().await.unwrap()
+}
+
+async fn admin_json(h: &SandboxHandle, path: &str) -> (u16, Value) {
+    let resp = client()
+        .get(format!("{}{path}", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn one_clinic_is_the_single_sandbox_as_before() {
+    let h = spawn(opts()).await;
+    assert_eq!(h.api_key(1), KEY);
+    assert_eq!(h.clinic(1).records("leads"), h.sandbox.records("leads"));
+    assert_eq!(
+        h.sandbox.records("leads"),
+        Sandbox::new(opts()).records("leads")
+    );
+    // The fleet scheme's keys are nobody's here; the refusal is the organization's own.
+    let resp = get(&h, "/api/v1/leads", Some("sandbox-api-key-1")).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.text().await.unwrap(), INVALID_KEY);
+    assert_eq!(get(&h, "/api/v1/leads", Some(KEY)).await.status(), 200);
+    let stats = h.sandbox.stats();
+    assert_eq!((stats.unauthorized, stats.requests["leads"]), (1, 2));
+
+    let (status, admin) = admin_json(&h, "/admin/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(admin, admin_json(&h, "/clinics/1/admin/stats").await.1);
+    assert_eq!(admin_json(&h, "/clinics/2/admin/stats").await.0, 404);
+    let fleet = h.fleet_stats();
+    assert_eq!((fleet.clinics, fleet.unrouted), (1, 0));
+    assert_eq!(fleet.organizations, vec![h.sandbox.stats()]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn each_clinic_answers_its_own_key_with_its_own_records() {
+    let h = spawn(fleet_opts(3)).await;
+    assert_eq!(h.api_key(2), "sandbox-api-key-2");
+    let mut seen = HashSet::new();
+    for i in 1..=3 {
+        for r in ["leads", "patients", "appointments"] {
+            let path = Resource::from_name(r).unwrap().path();
+            let served = ids(&list_as(&h, path, h.api_key(i)).await);
+            assert_eq!(served, ids(&h.clinic(i).records(r)), "clinic {i} {r}");
+            assert_eq!(served.len(), 5);
+            assert!(
+                seen.insert(served),
+                "clinic {i} {r} repeats another's records"
+            );
+        }
+    }
+    // Organization 1 of a fleet holds what a lone sandbox with the same seed holds.
+    assert_eq!(
+        h.clinic(1).records("leads"),
+        Sandbox::new(SandboxOptions {
+            clinics: 1,
+            ..fleet_opts(3)
+        })
+        .records("leads")
+    );
+    // The key picks the organization in each of its three places.
+    let c = client();
+    let url = format!("{}/api/v1/patients", h.base_url());
+    let key3 = h.api_key(3);
+    let expected = ids(&h.clinic(3).records("patients"));
+    for req in [
+        c.get(&url).header("api_key", key3),
+        c.get(format!("{url}?api_key={key3}")),
+        c.get(&url).header("api", "wrong").header("api_key", key3),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(ids(&resp.json::<Vec<Value>>().await.unwrap()), expected);
+    }
+    // A key of no organization, the bare key included, gets the usual 401 and reaches none.
+    let before: Vec<Stats> = (1..=3).map(|i| h.clinic(i).stats()).collect();
+    for key in [
+        KEY,
+        "sandbox-api-key-0",
+        "sandbox-api-key-4",
+        "sandbox-api-key-02",
+        "",
+    ] {
+        let resp = get(&h, "/api/v1/leads", Some(key)).await;
+        assert_eq!(resp.status(), 401, "{key}");
+        assert_eq!(resp.text().await.unwrap(), INVALID_KEY);
+    }
+    assert_eq!(get(&h, "/api/v1/leads", None).await.status(), 401);
+    let after: Vec<Stats> = (1..=3).map(|i| h.clinic(i).stats()).collect();
+    assert_eq!(before, after);
+    assert_eq!(h.fleet_stats().unrouted, 6);
+    // Neither the handle nor the options show a key.
+    let shown = format!("{h:?} {:?}", fleet_opts(3));
+    assert!(!shown.contains("sandbox-api-key"), "{shown}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_record_id_lives_apart_in_two_clinics() {
+    let h = spawn(fleet_opts(3)).await;
+    let c = client();
+    let base = h.base_url();
+    let id = "0e0e0e0e-1111-2222-3333-444444444444";
+    for (path, name) in [("/admin/leads", "Hira"), ("/clinics/2/admin/leads", "Sara")] {
+        let resp = c
+            .post(format!("{base}{path}"))
+            .json(&json!({"ID": id, "FirstName": name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{path}");
+        let rec: Value = resp.json().await.unwrap();
+        assert_eq!(rec["DataStatusStr"], "Added", "new in each organization");
+    }
+    let name_in = |i: usize| {
+        h.clinic(i)
+            .record("leads", id)
+            .map(|r| r["FirstName"].clone())
+    };
+    assert_eq!(name_in(1), Some(json!("Hira")));
+    assert_eq!(name_in(2), Some(json!("Sara")));
+    assert_eq!(name_in(3), None);
+    let (status, rec) = admin_json(&h, &format!("/clinics/2/admin/leads/{id}")).await;
+    assert_eq!((status, &rec["FirstName"]), (200, &json!("Sara")));
+    assert_eq!(
+        admin_json(&h, &format!("/clinics/3/admin/leads/{id}"))
+            .await
+            .0,
+        404
+    );
+    let served = list_as(&h, "/api/v1/leads", h.api_key(2)).await;
+    assert_eq!(served.last().unwrap()["FirstName"], "Sara");
+    // Churn is each organization's own.
+    let org1 = h.clinic(1).records("leads");
+    assert!(!h.clinic(2).churn_once().is_empty());
+    assert_eq!(h.clinic(1).records("leads"), org1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn admin_endpoints_act_on_their_clinic() {
+    let h = spawn(fleet_opts(3)).await;
+    let c = client();
+    let base = h.base_url();
+    let resp = c
+        .post(format!("{base}/clinics/2/admin/faults"))
+        .json(&json!({"count": 1, "status": 503}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        get(&h, "/api/v1/leads", Some(h.api_key(1))).await.status(),
+        200
+    );
+    assert_eq!(
+        get(&h, "/api/v1/leads", Some(h.api_key(3))).await.status(),
+        200
+    );
+    assert_eq!(
+        get(&h, "/api/v1/leads", Some(h.api_key(2))).await.status(),
+        503
+    );
+    assert_eq!(
+        get(&h, "/api/v1/leads", Some(h.api_key(2))).await.status(),
+        200
+    );
+    assert_eq!(h.clinic(2).stats().faults_served, 1);
+    assert_eq!(h.clinic(1).stats().faults_served, 0);
+
+    // Organization 3's clock runs a day ahead; its answers say so, the others' do not.
+    let resp = c
+        .post(format!("{base}/clinics/3/admin/mode"))
+        .json(&json!({"clock_offset_secs": 86_400}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h.clinic(3).mode().clock_offset_secs, 86_400);
+    assert_eq!(h.clinic(1).mode().clock_offset_secs, 0);
+    let date_of = |resp: &reqwest::Response| {
+        DateTime::parse_from_rfc2822(resp.headers()["date"].to_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    let ahead = date_of(&get(&h, "/api/v1/leads", Some(h.api_key(3))).await);
+    let home = date_of(&get(&h, "/api/v1/leads", Some(h.api_key(1))).await);
+    assert!(
+        (ahead - home - TimeDelta::days(1)).num_seconds().abs() <= 2,
+        "{ahead} {home}"
+    );
+    let admin_date = date_of(
+        &c.get(format!("{base}/clinics/3/admin/stats"))
+            .send()
+            .await
+            .unwrap(),
+    );
+    assert!((admin_date - ahead).num_seconds().abs() <= 2);
+
+    let (status, stats) = admin_json(&h, "/clinics/2/admin/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["requests"]["leads"], 2);
+    assert_eq!(
+        admin_json(&h, "/admin/stats").await.1["requests"]["leads"],
+        2
+    );
+    for bad in [
+        "/clinics/0/admin/stats",
+        "/clinics/4/admin/stats",
+        "/clinics/x/admin/stats",
+    ] {
+        let (status, body) = admin_json(&h, bad).await;
+        assert_eq!(status, 404, "{bad}");
+        assert!(body.as_str().unwrap().contains("1 to 3"), "{body}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn each_clinic_logs_in_with_its_own_user_and_its_token_finds_it() {
+    let h = spawn(fleet_opts(3)).await;
+    let key2 = h.api_key(2).to_string();
+    assert_eq!(login(&h, &key2, "sandbox-1", "sandbox").await.status(), 401);
+    assert_eq!(login(&h, &key2, "sandbox", "sandbox").await.status(), 401);
+    assert_eq!(login(&h, KEY, "sandbox-2", "sandbox").await.status(), 401);
+    let resp = login(&h, &key2, "sandbox-2", "sandbox").await;
+    assert_eq!(resp.status(), 200);
+    let first: String = resp.json().await.unwrap();
+    let served = ids(&list_as(&h, "/api/v1/leads", &first).await);
+    assert_eq!(served, ids(&h.clinic(2).records("leads")));
+    let by_query = get(&h, &format!("/api/v1/leads?api_key={first}"), None).await;
+    assert_eq!(by_query.status(), 200);
+
+    let second: String = login(&h, &key2, "sandbox-2", "sandbox")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(get(&h, "/api/v1/leads", Some(&first)).await.status(), 401);
+    assert_eq!(get(&h, "/api/v1/leads", Some(&second)).await.status(), 200);
+    assert_eq!(h.clinic(2).stats().logins, 2);
+    assert_eq!(h.clinic(1).stats().logins, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_fleet_endpoint_counts_requests_per_clinic_and_arrivals_per_second() {
+    let h = spawn(fleet_opts(3)).await;
+    for _ in 0..2 {
+        list_as(&h, "/api/v1/leads", h.api_key(2)).await;
+    }
+    list_as(&h, "/api/v3/appointments/getChanges", h.api_key(3)).await;
+    assert_eq!(
+        get(&h, "/api/v1/patients", Some("nobody")).await.status(),
+        401
+    );
+
+    let (status, fleet) = admin_json(&h, "/admin/fleet").await;
+    assert_eq!(status, 200);
+    assert_eq!(fleet["clinics"], 3);
+    assert_eq!(fleet["unrouted"], 1);
+    assert_eq!(fleet["requests"], json!({"appointments": 1, "leads": 2}));
+    let orgs = fleet["organizations"].as_array().unwrap();
+    assert_eq!(orgs.len(), 3);
+    assert_eq!(orgs[0]["requests"], json!({}));
+    assert_eq!(orgs[1]["requests"], json!({"leads": 2}));
+    assert_eq!(orgs[2]["requests"], json!({"appointments": 1}));
+    assert_eq!(orgs[2]["records"]["appointments"], 5);
+    let arrivals: u64 = fleet["arrivals"]["per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(arrivals, 4, "every feed request, the refused one too");
+    assert!(fleet["started_unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    let in_process = h.fleet_stats();
+    assert_eq!(in_process.organizations[1], h.clinic(2).stats());
+    assert_eq!(in_process.requests["leads"], 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_small_clinics_start_and_answer_by_key() {
+    let h = spawn(fleet_opts(1000)).await;
+    assert_eq!(h.api_key(1000), "sandbox-api-key-1000");
+    let served = ids(&list_as(&h, "/api/v1/leads", h.api_key(1000)).await);
+    assert_eq!(served, ids(&h.clinic(1000).records("leads")));
+    assert_ne!(served, ids(&h.clinic(999).records("leads")));
+    let fleet = h.fleet_stats();
+    assert_eq!(fleet.clinics, 1000);
+    assert_eq!(fleet.organizations[999].requests["leads"], 1);
+    assert_eq!(fleet.requests["leads"], 1);
+    h.stop().await;
+}
