@@ -320,7 +320,12 @@ fn main() {
         &CompileContext {
             destinations: &destinations,
             resources: &resources,
+            clinics: &[DEFAULT_CLINIC.to_string()],
             timezone: chrono_tz::Asia::Karachi,
+            timezones: &std::collections::BTreeMap::from([(
+                DEFAULT_CLINIC.to_string(),
+                chrono_tz::Asia::Karachi,
+            )]),
         },
     )
     .unwrap_or_else(|p| panic!("{p:#?}"));

@@ -64,7 +64,9 @@ pub fn config_parse(data: &[u8]) {
             &rules::CompileContext {
                 destinations: &d,
                 resources: &r,
+                clinics: &[clinicea_notifier::model::DEFAULT_CLINIC.to_string()],
                 timezone: chrono_tz::UTC,
+                timezones: &std::collections::BTreeMap::new(),
             },
         );
     }

@@ -14,6 +14,9 @@ pub struct TestRuleArgs {
     /// The resource key the record belongs to.
     #[arg(long)]
     pub(crate) resource: String,
+    /// The clinic the record comes from (a name under `clinics:`; `default` without them).
+    #[arg(long, default_value = crate::model::DEFAULT_CLINIC)]
+    pub(crate) clinic: String,
     /// A JSON file with the record as fetched now.
     #[arg(long)]
     pub(crate) record: PathBuf,
@@ -62,6 +65,14 @@ pub(crate) fn test_rule_text(settings: &Settings, args: &TestRuleArgs) -> anyhow
                 .join(", ")
         );
     };
+    let clinics = settings.pipeline.rules.clinics();
+    if !clinics.contains(&args.clinic) {
+        anyhow::bail!(
+            "no clinic {:?} in the config (have: {})",
+            args.clinic,
+            clinics.join(", ")
+        );
+    }
     let record = read_json(&args.record)?;
     let previous = args.previous.as_deref().map(read_json).transpose()?;
     let id = crate::ingest::diff::record_id(&record, &res.id_field).map_err(|_| {
@@ -71,7 +82,7 @@ pub(crate) fn test_rule_text(settings: &Settings, args: &TestRuleArgs) -> anyhow
         )
     })?;
     let spec = crate::ingest::diff::DiffSpec {
-        clinic: crate::model::DEFAULT_CLINIC,
+        clinic: &args.clinic,
         resource: &res.name,
         id_field: &res.id_field,
         status_field: &res.status_field,
@@ -125,10 +136,11 @@ pub(crate) fn describe_test(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Change: {} {} (id {}), changed fields: [{}], server status: {}",
+        "Change: {} {} (id {}) of clinic {}, changed fields: [{}], server status: {}",
         change.resource,
         change.kind,
         change.id,
+        change.clinic,
         change.changed_fields.join(", "),
         change.server_status.as_deref().unwrap_or("-")
     );

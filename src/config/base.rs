@@ -204,6 +204,9 @@ pub struct Base {
     pub resources: Vec<Resource>,
     /// The most API requests in flight at once across every clinic.
     pub(crate) max_concurrent_requests: usize,
+    /// The zone of `clinicea:` (UTC without one): what a rule for several clinics reads an
+    /// offset-less time in.
+    pub(crate) timezone: chrono_tz::Tz,
     /// The store.
     pub(crate) store: StoreSettings,
     /// The folder of template overrides.
@@ -220,11 +223,6 @@ pub struct Base {
 pub(crate) const MIN_METRICS_TOKEN_LEN: usize = 16;
 
 impl Base {
-    /// The clinic of this name.
-    pub(crate) fn clinic(&self, name: &str) -> Option<&Clinic> {
-        self.clinics.iter().find(|c| c.name == name)
-    }
-
     /// Every clinic's name, in name order.
     pub(crate) fn clinic_names(&self) -> Vec<String> {
         self.clinics.iter().map(|c| c.name.clone()).collect()

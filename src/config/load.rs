@@ -663,8 +663,9 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             "no resources to poll; add at least one (e.g. leads: { path: /api/v1/leads })",
         ));
     }
-    // The top-level resources take the `clinicea:` interval; each clinic's copy takes its own.
-    let default_poll = {
+    // The top-level resources take the `clinicea:` interval, each clinic's copy its own; the
+    // clinics report any problem with either.
+    let (default_poll, default_zone) = {
         let d = raw.clinicea.as_ref().map(|c| (&c.value, line_of(c)));
         let mut quiet = Vec::new();
         let l = Layers {
@@ -672,7 +673,11 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             defaults: d,
         };
         let (p, key, line) = l.pick("poll_interval", |c| c.poll_interval.as_ref());
-        duration(p, line, &key, &mut quiet).unwrap_or(defaults::POLL_INTERVAL)
+        let (z, zkey, zline) = l.pick("timezone", |c| c.timezone.as_ref());
+        (
+            duration(p, line, &key, &mut quiet).unwrap_or(defaults::POLL_INTERVAL),
+            parse_tz(z, &zkey, zline, &mut quiet),
+        )
     };
     let resources = resources(raw, default_poll, problems);
     let clinics = clinics(raw, &resources, problems);
@@ -738,6 +743,7 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         clinics,
         resources,
         max_concurrent_requests: fleet_limit.clamp(1, MAX_CONCURRENT_REQUESTS),
+        timezone: default_zone,
         store,
         templates_dir,
         listen,

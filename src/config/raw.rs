@@ -566,7 +566,7 @@ pub(crate) struct RawChat {
 
 /// One rule as written in the config file.
 ///
-/// `where` conditions and `changed` are kept as raw YAML nodes and checked by
+/// `where` conditions, `changed` and `clinic` are kept as raw YAML nodes and checked by
 /// `route::rules::compile`, so a misspelt operator gets a precise message (and every problem is
 /// reported, not only the first).
 #[derive(Debug, Clone, Deserialize)]
@@ -577,6 +577,10 @@ pub struct RuleSpec {
     /// A resource key from `resources:`, or `"*"` for all (the default).
     #[serde(default)]
     pub resource: Option<Spanned<Text>>,
+    /// The clinic the rule is for, or a list of them (default: every clinic). Kept as a node so
+    /// each name keeps its line, for the problem of one that is not a clinic.
+    #[serde(default)]
+    pub(crate) clinic: Option<Spanned<Node>>,
     /// Which kinds of change the rule is for (default: all three).
     #[serde(default)]
     pub on: Option<Spanned<Vec<ChangeKind>>>,

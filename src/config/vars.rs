@@ -257,6 +257,7 @@ impl Walk for RuleSpec {
         let RuleSpec {
             name,
             resource,
+            clinic,
             on: _,
             conditions,
             changed,
@@ -265,6 +266,7 @@ impl Walk for RuleSpec {
         } = self;
         name.walk(pass, &at.key("name"));
         resource.walk(pass, &at.key("resource"));
+        clinic.walk(pass, &at.key("clinic"));
         changed.walk(pass, &at.key("changed"));
         notify.walk(pass, &at.key("notify"));
         // Written `where:` in the file.
@@ -284,6 +286,18 @@ mod tests {
         assert_eq!(expand_vars("cost $5", &vars).unwrap(), "cost $5");
         let err = expand_vars("${MISSING}", &vars).unwrap_err();
         assert!(err.contains("MISSING"), "{err}");
+    }
+
+    #[test]
+    fn a_rule_s_clinic_is_substituted_and_an_unset_one_named_by_its_key() {
+        let y = "clinicea: {base_url: x, api_key: k}\nrules:\n  - name: r\n    clinic: ${CLINIC}\n    notify: [hook]\n  - name: s\n    clinic: [north, \"${MISSING}\"]\n    notify: [hook]\n";
+        let mut raw = crate::config::raw::parse(y).unwrap();
+        let vars = HashMap::from([("CLINIC".to_string(), "north".to_string())]);
+        let problems = substitute(&mut raw, &vars);
+        let clinic = |i: usize| raw.rules[i].value.clinic.as_ref().unwrap().value.clone();
+        assert_eq!(clinic(0), Node::Str("north".into()));
+        let got: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(got, ["rules[1].clinic[1]"], "{problems:?}");
     }
 
     #[test]

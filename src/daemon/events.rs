@@ -96,6 +96,7 @@ mod tests {
 
     fn change(id: &str) -> PollEvent {
         PollEvent {
+            clinic: "default".into(),
             resource: "leads".into(),
             kind: ChangeKind::Added,
             id: id.into(),

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 /// contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PollEvent {
+    /// The clinic.
+    pub(crate) clinic: String,
     /// The resource key.
     pub(crate) resource: String,
     /// Added, modified or deleted.
@@ -94,6 +96,7 @@ impl OutboxIntake {
         }
         if self.events.is_some() {
             events.push(PollEvent {
+                clinic: change.clinic.clone(),
                 resource: change.resource.clone(),
                 kind: change.kind,
                 id: change.id.clone(),

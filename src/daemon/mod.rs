@@ -356,11 +356,18 @@ mod tests {
             .map(|i| first_delay(None, every, i, 4).as_secs())
             .collect();
         assert_eq!(delays, [0, 15, 30, 45]);
-        assert_eq!(first_delay(None, every, 0, 1), Duration::ZERO, "one clinic: at once");
+        assert_eq!(
+            first_delay(None, every, 0, 1),
+            Duration::ZERO,
+            "one clinic: at once"
+        );
         // Polled 20 s ago: the next is due in 40 s, wherever the clinic sits in the spread.
         let last = Instant::now() - Duration::from_secs(20);
         let d = first_delay(Some(last), every, 3, 4);
-        assert!(d <= Duration::from_secs(40) && d > Duration::from_secs(38), "{d:?}");
+        assert!(
+            d <= Duration::from_secs(40) && d > Duration::from_secs(38),
+            "{d:?}"
+        );
         // Overdue: at once.
         let long_ago = Instant::now() - Duration::from_secs(600);
         assert_eq!(first_delay(Some(long_ago), every, 3, 4), Duration::ZERO);

@@ -73,16 +73,21 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         }
     }
     let resource_names: Vec<String> = cfg.base.resources.iter().map(|r| r.name.clone()).collect();
+    let clinic_names = cfg.base.clinic_names();
+    let timezones: std::collections::BTreeMap<String, chrono_tz::Tz> = cfg
+        .base
+        .clinics
+        .iter()
+        .map(|c| (c.name.clone(), c.clinicea.timezone))
+        .collect();
     let rules = match rules::compile(
         &cfg.rules,
         &CompileContext {
             destinations: &cfg.destination_names,
             resources: &resource_names,
-            timezone: cfg
-                .base
-                .clinics
-                .first()
-                .map_or(chrono_tz::UTC, |c| c.clinicea.timezone),
+            clinics: &clinic_names,
+            timezone: cfg.base.timezone,
+            timezones: &timezones,
         },
     ) {
         Ok(r) => Some(r),
@@ -155,11 +160,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         rules,
         templates,
         destinations,
-        timezone: cfg
-            .base
-            .clinics
-            .first()
-            .map_or(chrono_tz::UTC, |c| c.clinicea.timezone),
+        timezones,
     };
     Ok(Settings {
         base: cfg.base,

@@ -927,7 +927,11 @@ mod tests {
             async move { slow.acquire().await }
         });
         tokio::task::yield_now().await;
-        assert_eq!(fleet.0.available_permits(), 1, "two of three taken, the waiter takes none");
+        assert_eq!(
+            fleet.0.available_permits(),
+            1,
+            "two of three taken, the waiter takes none"
+        );
         // The other clinic gets the fleet's last permit at once, and then waits like everyone.
         let mine = tokio::time::timeout(Duration::from_secs(5), other.acquire())
             .await

@@ -41,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the sandbox changes some records.
 pub(crate) const CHURN_EVERY: Duration = Duration::from_secs(2);
+/// The demo runs a fleet of two clinics (two organizations of the sandbox).
+const DEMO_CLINICS: usize = 2;
 /// Webhook requests (numbered from 1) the demo receiver answers with 503, to show retries.
 pub(crate) const WEBHOOK_FAILURES: [u64; 3] = [2, 3, 9];
 /// How far back the notifier starts, so the sandbox's initial records flow too.
@@ -150,10 +152,16 @@ async fn webhook_handler(
         chrono::Utc::now().timestamp(),
         SIGNATURE_TOLERANCE,
     );
-    let event_type = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "?".into());
+    let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let text_at = |path: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.pointer(path))
+            .and_then(|t| t.as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let (clinic, event_type) = (text_at("/data/clinic"), text_at("/type"));
     let sig = match &verdict {
         Ok(()) => {
             bump(&st.tally.signatures_ok, 1);
@@ -175,7 +183,10 @@ async fn webhook_handler(
     };
     st.printer.line(
         "receiver",
-        &format!("webhook #{n} {event_type} {} {sig}{note}", short(&id)),
+        &format!(
+            "webhook #{n} {clinic} {event_type} {} {sig}{note}",
+            short(&id)
+        ),
     );
     (
         status,
@@ -218,19 +229,32 @@ async fn chat_handler(
 }
 
 /// The demo's config: the example rules, pointed at the local parts.
-fn demo_config(sandbox_url: &str, receiver: &str, smtp_port: u16, secret: &str) -> String {
+fn demo_config(
+    sandbox_url: &str,
+    keys: [&str; 2],
+    receiver: &str,
+    smtp_port: u16,
+    secret: &str,
+) -> String {
+    let [north_key, south_key] = keys;
     let start_from = (chrono::Utc::now()
         - chrono::Duration::from_std(BACKFILL).unwrap_or_else(|_| chrono::Duration::hours(2)))
     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     format!(
         r#"# Written by `clinicea-notifier demo`: the example rules, pointed at local, made-up parts.
-clinicea:
+clinicea:                  # what the two clinics share
   base_url: {sandbox_url}
-  api_key: sandbox-api-key
   poll_interval: 2s
   start_from: "{start_from}"
   timezone: UTC
   timeout: 5s
+clinics:                   # two organizations of the sandbox, each with its own key and records
+  north:
+    api_key: {north_key}
+  south:
+    api_key: {south_key}
+    timezone: Asia/Karachi
+    resources: [leads, appointments]
 
 resources:
   leads:
@@ -263,7 +287,7 @@ destinations:
     type: webhook
     url: {receiver}/hooks/clinicea
     secret: {secret}
-    headers: {{ X-Clinic: demo }}
+    headers: {{ X-Notifier: demo }}
     timeout: 5s
   front-desk:
     type: email
@@ -283,6 +307,7 @@ destinations:
 
 rules:
   - name: new-lead-email
+    clinic: north
     resource: leads
     on: [added]
     where:
@@ -331,7 +356,8 @@ fn print_change(e: &PollEvent, tally: &Tally, p: Printer) {
     p.line(
         "change",
         &format!(
-            "{} {} id {}  {routing}",
+            "{} {} {} id {}  {routing}",
+            e.clinic,
             e.resource,
             e.kind.as_str(),
             short(&e.id)
@@ -469,10 +495,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let tally = Arc::new(Tally::default());
 
-    // The sandbox: a handful of records, changing every 2 s.
+    // The sandbox: two organizations (clinics), a handful of records each, changing every 2 s.
     let sandbox = Sandbox::start(
         SandboxOptions {
             seed: args.seed,
+            clinics: DEMO_CLINICS,
             leads: 5,
             patients: 3,
             appointments: 6,
@@ -528,7 +555,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let config_path = dir.path.join("clinicea-notifier.yaml");
     std::fs::write(
         &config_path,
-        demo_config(&sandbox.base_url(), &receiver, catcher.addr.port(), &whsec),
+        demo_config(
+            &sandbox.base_url(),
+            [sandbox.api_key(1), sandbox.api_key(2)],
+            &receiver,
+            catcher.addr.port(),
+            &whsec,
+        ),
     )
     .context("cannot write the demo config")?;
     let vars = HashMap::new();
@@ -540,7 +573,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "clinicea-notifier demo: the whole product on this machine, with made-up sandbox data.",
     );
     p.plain(&format!(
-        "  Clinicea sandbox      {}  (records change every {}s)",
+        "  Clinicea sandbox      {}  ({DEMO_CLINICS} organizations, the clinics north and south; records change every {}s)",
         sandbox.base_url(),
         CHURN_EVERY.as_secs()
     ));
@@ -666,11 +699,19 @@ mod tests {
         let secret = Secret::generate().to_whsec();
         std::fs::write(
             &path,
-            demo_config("http://127.0.0.1:1", "http://127.0.0.1:2", 25, &secret),
+            demo_config(
+                "http://127.0.0.1:1",
+                ["k1", "k2"],
+                "http://127.0.0.1:2",
+                25,
+                &secret,
+            ),
         )
         .unwrap();
         let s = load_settings_with(&path, &HashMap::new()).unwrap();
         assert_eq!(s.base.resources.len(), 3);
+        assert_eq!(s.base.clinic_names(), ["north", "south"]);
+        assert_eq!(s.base.clinics[1].resources.len(), 2);
         assert_eq!(s.pipeline.destinations.len(), 4);
         assert!(s.smtp.is_some());
     }

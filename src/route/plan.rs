@@ -6,9 +6,10 @@ use crate::model::{Change, IdKey};
 use crate::net::mail;
 use crate::route::chat;
 use crate::route::render::{self, Templates};
-use crate::route::rules::{Route, RuleSet};
+use crate::route::rules::{self, Route, RuleSet};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// What is sent, rendered once when the change is detected: what is signed is exactly what is sent.
@@ -59,7 +60,7 @@ pub(crate) struct Planned {
     pub(crate) payload: Result<Payload, String>,
 }
 
-/// The JSON body of a webhook: the spec's envelope around the change model.
+/// The JSON body of a webhook: the spec's envelope around the change model, `data.clinic` first.
 ///
 /// Serialized straight from the change (no intermediate `Value`, so the record and its previous
 /// version are not copied); the bytes are the same as building the envelope with `json!`.
@@ -73,6 +74,7 @@ pub(crate) fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> Str
     }
     #[derive(Serialize)]
     struct Data<'a> {
+        clinic: &'a str,
         resource: &'a str,
         change: crate::model::ChangeKind,
         id: &'a str,
@@ -89,6 +91,7 @@ pub(crate) fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> Str
             .detected_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         data: Data {
+            clinic: &change.clinic,
             resource: &change.resource,
             change: change.kind,
             id: &change.id,
@@ -112,11 +115,17 @@ pub struct Pipeline {
     pub(crate) templates: Templates,
     /// Destinations by name.
     pub destinations: HashMap<String, Arc<Destination>>,
-    /// The clinic's zone, for templates.
-    pub(crate) timezone: chrono_tz::Tz,
+    /// Each clinic's zone: a change's templates show times in its clinic's (see
+    /// [`Pipeline::timezone`]).
+    pub(crate) timezones: BTreeMap<String, Tz>,
 }
 
 impl Pipeline {
+    /// The zone `clinic`'s changes are rendered in; UTC for a clinic without one.
+    pub(crate) fn timezone(&self, clinic: &str) -> Tz {
+        rules::zone_of(&self.timezones, clinic)
+    }
+
     /// The deliveries a change should produce: one per destination whose rules match, one per
     /// recipient for email. `id_key` is the store's key of change ids (email `Message-ID`s are
     /// derived from the change's id).
@@ -135,6 +144,7 @@ impl Pipeline {
         let mut out = Vec::with_capacity(routes.len());
         // Hashed at most once, and only when an email destination needs it.
         let change_id = std::cell::OnceCell::new();
+        let tz = self.timezone(&change.clinic);
         for route in routes {
             let Some(dest) = self.destinations.get(&route.destination) else {
                 continue;
@@ -147,8 +157,7 @@ impl Pipeline {
                 })
             };
             // Chat and email render templates against the change model; webhooks do not.
-            let ctx =
-                || render::context(change, &route.rule, &route.rules, &dest.name, self.timezone);
+            let ctx = || render::context(change, &route.rule, &route.rules, &dest.name, tz);
             match &dest.target {
                 Target::Webhook(_) => push(Ok(Payload::Webhook {
                     body: webhook_body(change, &route.rule, &route.rules),
@@ -228,7 +237,7 @@ mod body_tests {
     #[test]
     fn webhook_body_matches_the_value_envelope() {
         let change = Change {
-            clinic: "default".into(),
+            clinic: "north".into(),
             resource: "leads".into(),
             id: "a\"1".into(),
             kind: ChangeKind::Modified,
@@ -243,6 +252,7 @@ mod body_tests {
             "type": change.event_type(),
             "timestamp": change.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "data": {
+                "clinic": "north",
                 "resource": change.resource,
                 "change": change.kind,
                 "id": change.id,
@@ -256,5 +266,93 @@ mod body_tests {
         })
         .to_string();
         assert_eq!(webhook_body(&change, "r1", &rules), expected);
+    }
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use super::*;
+    use crate::config::destination::{TemplateFile, TemplatePart};
+    use crate::config::{ChatKind, RuleSpec};
+    use crate::model::ChangeKind;
+    use crate::route::rules::CompileContext;
+    use serde_saphyr::Spanned;
+
+    /// A pipeline with one Slack destination whose template shows the clinic, a time and the
+    /// zone; `north` is in Karachi, `south` has no zone of its own.
+    fn pipeline() -> Pipeline {
+        let mut templates = Templates::shipped().unwrap();
+        templates
+            .register_inline(
+                "when.txt",
+                "{{clinic}} {{date record.T \"%H:%M\"}} {{timezone}}",
+            )
+            .unwrap();
+        let dest = Destination {
+            name: "chat".into(),
+            target: Target::Chat {
+                kind: ChatKind::Slack,
+                url: "https://hooks.slack.example/x".parse().unwrap(),
+                template: TemplateFile {
+                    base: "when".into(),
+                    part: TemplatePart::ChatText,
+                    key: "destinations.chat.template".into(),
+                    line: None,
+                },
+                timeout: std::time::Duration::from_secs(1),
+            },
+            retry: Default::default(),
+            concurrency: 1,
+            allow_private: false,
+        };
+        let specs: Vec<Spanned<RuleSpec>> =
+            serde_saphyr::from_str("- {name: all, notify: [chat]}").unwrap();
+        let timezones = BTreeMap::from([("north".to_string(), chrono_tz::Asia::Karachi)]);
+        let rules = rules::compile(
+            &specs,
+            &CompileContext {
+                destinations: &["chat".to_string()],
+                resources: &["leads".to_string()],
+                clinics: &["north".to_string(), "south".to_string()],
+                timezone: Tz::UTC,
+                timezones: &timezones,
+            },
+        )
+        .unwrap();
+        Pipeline {
+            rules,
+            templates,
+            destinations: HashMap::from([("chat".to_string(), Arc::new(dest))]),
+            timezones,
+        }
+    }
+
+    fn chat_text(p: &Pipeline, clinic: &str) -> String {
+        let change = Change {
+            clinic: clinic.into(),
+            resource: "leads".into(),
+            id: "1".into(),
+            kind: ChangeKind::Added,
+            record: serde_json::json!({"ID": "1", "T": "2026-11-30T04:00:00Z"}),
+            previous: None,
+            changed_fields: vec!["ID".into(), "T".into()],
+            server_status: None,
+            detected_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let planned = p.plan(&change, &IdKey::ephemeral());
+        assert_eq!(planned.len(), 1);
+        let Ok(Payload::Chat { body }) = &planned[0].payload else {
+            panic!("{planned:?}")
+        };
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        body["text"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_change_is_rendered_with_its_clinic_in_its_clinic_s_zone() {
+        let p = pipeline();
+        assert_eq!(chat_text(&p, "north"), "north 09:00 Asia/Karachi");
+        assert_eq!(chat_text(&p, "south"), "south 04:00 UTC");
+        assert_eq!(p.timezone("nowhere"), Tz::UTC);
     }
 }

@@ -1,5 +1,6 @@
 //! Templates: the handlebars registry that renders email bodies, subjects, recipients and chat
-//! messages from the change model.
+//! messages from the change model; [`context`] lists the names a template sees (`clinic`,
+//! `record`, ...).
 //!
 //! Template names are file names without `.hbs`: `new-lead.txt` renders `new-lead.txt.hbs`,
 //! `new-lead.html` renders `new-lead.html.hbs`. The shipped templates in `templates/` are embedded
@@ -372,9 +373,10 @@ pub(crate) const BOOKKEEPING_FIELDS: &[&str] = &[
     "LastModifiedDateTime",
 ];
 
-/// The template context of one delivery: the spec's change model (`change`, `resource`, `id`,
-/// `record`, `previous`, `changed_fields`, `server_status`, `detected_at`, `rule`, `rules`,
-/// `destination`) plus `timezone` (the clinic's IANA zone, which the `date` helper uses) and
+/// The template context of one delivery: the spec's change model (`clinic`, `change`, `resource`,
+/// `id`, `record`, `previous`, `changed_fields`, `server_status`, `detected_at`, `rule`, `rules`,
+/// `destination`) plus `timezone` (`tz`, the IANA zone of the change's clinic, which the `date`
+/// helper uses) and
 /// `changes`, a list of `{field, from, to}` for each changed field of a modified record except the
 /// [`BOOKKEEPING_FIELDS`] (empty for added and deleted records).
 pub(crate) fn context(
@@ -400,6 +402,7 @@ pub(crate) fn context(
         _ => Vec::new(),
     };
     json!({
+        "clinic": change.clinic,
         "change": change.kind.as_str(),
         "resource": change.resource,
         "id": change.id,
@@ -1017,6 +1020,19 @@ mod tests {
         t.register_inline("badfmt", "{{date r.Start \"%Q\"}}")
             .unwrap();
         assert!(t.render("badfmt", &ctx).is_err());
+    }
+
+    #[test]
+    fn a_template_sees_the_change_s_clinic_and_check_s_sample_has_one() {
+        let mut t = Templates::shipped().unwrap();
+        t.register_inline("c.txt", "{{clinic}}: {{record.FirstName}}")
+            .unwrap();
+        let mut c = sample_change("leads");
+        c.clinic = "north".into();
+        assert_eq!(ctx(&c)["clinic"], "north");
+        assert_eq!(t.render("c.txt", &ctx(&c)).unwrap(), "north: Farhan");
+        // Strict: `clinic` must be in the sample context, or this would be an error.
+        assert_eq!(t.check("c.txt", "leads").unwrap(), "default: Farhan");
     }
 
     #[test]

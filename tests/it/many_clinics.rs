@@ -43,7 +43,10 @@ fn clinics_by_id(got: &[Received]) -> Vec<(String, String)> {
             let body = r.json();
             (
                 body["data"]["id"].as_str().unwrap_or_default().to_string(),
-                body["data"]["clinic"].as_str().unwrap_or_default().to_string(),
+                body["data"]["clinic"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             )
         })
         .collect();
@@ -56,9 +59,8 @@ async fn a_revoked_key_fails_only_its_clinic_and_the_other_delivers_every_change
     let north = sandbox_with_leads(6).await;
     let south = south_sandbox(4).await;
     let rx = Receiver::start().await;
-    let t = TestDir::new(
-        &two_clinics(&north, &south.base_url(), "a-revoked-key", &rx.url).to_yaml(),
-    );
+    let t =
+        TestDir::new(&two_clinics(&north, &south.base_url(), "a-revoked-key", &rx.url).to_yaml());
     let engine = t.engine();
     let polled = engine.poll_all().await;
     let outcome: Vec<(&str, bool)> = polled
@@ -80,7 +82,11 @@ async fn a_revoked_key_fails_only_its_clinic_and_the_other_delivers_every_change
         v.sort();
         v
     };
-    assert_eq!(clinics_by_id(&got), want, "every north lead, once, named north");
+    assert_eq!(
+        clinics_by_id(&got),
+        want,
+        "every north lead, once, named north"
+    );
     for r in &got {
         verify_with_library(r).expect("signed");
         assert_eq!(r.json()["type"], "leads.added");
@@ -99,7 +105,13 @@ async fn a_revoked_key_fails_only_its_clinic_and_the_other_delivers_every_change
     let south_block = &status[status.find("  south").expect("south listed")..];
     assert!(south_block.contains("FAILED"), "{status}");
     let north_block = &status[status.find("  north").expect("north listed")..];
-    assert!(north_block.lines().nth(1).is_some_and(|l| l.contains("ok at")), "{status}");
+    assert!(
+        north_block
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("ok at")),
+        "{status}"
+    );
 }
 
 #[tokio::test]
@@ -150,9 +162,9 @@ async fn a_stalled_clinic_delays_neither_the_polls_nor_the_deliveries_of_another
     let north = sandbox_with_leads(0).await;
     let south = south_sandbox(0).await;
     // Every south request stalls far past its timeout, for the whole test.
-    south.sandbox.inject_faults(
-        Fault::new(FaultKind::Stall(Duration::from_secs(600))).times(1000),
-    );
+    south
+        .sandbox
+        .inject_faults(Fault::new(FaultKind::Stall(Duration::from_secs(600))).times(1000));
     let rx = Receiver::start().await;
     let config = two_clinics(&north, &south.base_url(), SOUTH_KEY, &rx.url)
         .clinicea(Clinicea::sandbox_from_now(&north.base_url()).timeout("20s"))
@@ -160,7 +172,10 @@ async fn a_stalled_clinic_delays_neither_the_polls_nor_the_deliveries_of_another
         .fleet_max_concurrent_requests(3)
         .listen();
     let t = TestDir::new(&config.to_yaml());
-    let mut d = Notifier::run(&t).ready_within(Duration::from_secs(60)).start().await;
+    let mut d = Notifier::run(&t)
+        .ready_within(Duration::from_secs(60))
+        .start()
+        .await;
     // Past north's baseline (one request) and its first poll, so new leads are changes.
     assert!(eventually(Duration::from_secs(15), || lead_requests(&north) >= 2).await);
     // North goes on polling every second while south's first request hangs.
@@ -179,7 +194,10 @@ async fn a_stalled_clinic_delays_neither_the_polls_nor_the_deliveries_of_another
     assert!(south.sandbox.stats().faults_served >= 1, "south was asked");
     let (code, ready) = get_text(&d.url("/readyz")).await;
     assert_eq!(code, 503, "{ready}");
-    assert!(ready.contains("clinics not ready: 1 of 2: south"), "{ready}");
+    assert!(
+        ready.contains("clinics not ready: 1 of 2: south"),
+        "{ready}"
+    );
     assert!(!ready.contains("north/"), "{ready}");
     let s = scrape_until(&d.url(""), Duration::from_secs(10), |s| {
         s.value(
@@ -191,7 +209,11 @@ async fn a_stalled_clinic_delays_neither_the_polls_nor_the_deliveries_of_another
     assert_eq!(
         s.value(
             "clinicea_deliveries_total",
-            &[("clinic", "north"), ("destination", "hooks"), ("outcome", "delivered")]
+            &[
+                ("clinic", "north"),
+                ("destination", "hooks"),
+                ("outcome", "delivered")
+            ]
         ),
         2.0
     );
@@ -205,14 +227,17 @@ async fn a_reload_adds_a_clinic_and_a_removed_one_keeps_its_checkpoint_for_its_r
     let rx = Receiver::start().await;
     let base = || {
         leads_only(&north.base_url())
-            .clinicea(Clinicea::sandbox_from_now(&north.base_url()))
+            .clinicea(Clinicea::sandbox_from_now(&north.base_url()).overlap("1s"))
             .listen()
             .webhook("hooks", &rx.url, |w| w.timeout("5s"))
             .rule(Rule::new("all-leads", &["hooks"]).resource("leads"))
             .clinic("north", Clinic::at(&north.base_url(), "sandbox-api-key"))
     };
     let t = TestDir::new(&base().to_yaml());
-    let mut d = Notifier::run(&t).ready_within(Duration::from_secs(60)).start().await;
+    let mut d = Notifier::run(&t)
+        .ready_within(Duration::from_secs(60))
+        .start()
+        .await;
     assert!(eventually(Duration::from_secs(15), || lead_requests(&north) >= 2).await);
     let n1 = north.sandbox.insert("leads", test_lead());
     assert!(
@@ -221,11 +246,18 @@ async fn a_reload_adds_a_clinic_and_a_removed_one_keeps_its_checkpoint_for_its_r
         d.stderr_text()
     );
 
-    // Add south: its first poll is its baseline (nothing sent), then its new leads arrive.
+    // Add south: its first poll is its baseline (nothing sent), then its new leads arrive. Its
+    // lead from before is older than the overlap (1 s), so not a change since the first start.
     south.sandbox.insert("leads", test_lead());
-    t.rewrite(&base().clinic("south", Clinic::at(&south.base_url(), SOUTH_KEY)).to_yaml());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    t.rewrite(
+        &base()
+            .clinic("south", Clinic::at(&south.base_url(), SOUTH_KEY))
+            .to_yaml(),
+    );
     assert!(
-        d.reload("config reloaded", 1, Duration::from_secs(10)).await,
+        d.reload("config reloaded", 1, Duration::from_secs(10))
+            .await,
         "{}",
         d.stderr_text()
     );
@@ -246,11 +278,27 @@ async fn a_reload_adds_a_clinic_and_a_removed_one_keeps_its_checkpoint_for_its_r
         clinics_by_id(&rx.received()),
         d.stderr_text()
     );
-    assert_eq!(rx.count(), 3, "the lead south had before it was added is its baseline");
+    assert_eq!(
+        rx.count(),
+        3,
+        "the lead south had before it was added is its baseline: {:?}\n{}",
+        rx.received()
+            .iter()
+            .map(|r| (
+                r.data_id(),
+                r.json()["data"]["clinic"].clone(),
+                r.header("webhook-id")
+            ))
+            .collect::<Vec<_>>(),
+        d.stderr_text()
+    );
 
     // Remove south again: its checkpoint stays in the store.
     t.rewrite(&base().to_yaml());
-    assert!(d.reload("config reloaded", 2, Duration::from_secs(10)).await);
+    assert!(
+        d.reload("config reloaded", 2, Duration::from_secs(10))
+            .await
+    );
     d.terminate(Duration::from_secs(30)).await;
     let store = open_store(&t);
     assert!(store.checkpoint("south", "leads").unwrap().is_some());
@@ -281,7 +329,11 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
             let text = String::from_utf8(v.to_vec()).unwrap();
             assert!(text.contains(r#""clinic":"default""#), "{text}");
             changes
-                .insert(k, text.replace(r#""clinic":"default""#, r#""source":"default""#).as_bytes())
+                .insert(
+                    k,
+                    text.replace(r#""clinic":"default""#, r#""source":"default""#)
+                        .as_bytes(),
+                )
                 .unwrap();
         }
         let old_entry = serde_json::json!({
@@ -307,14 +359,26 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
         t.rewrite(&config.to_yaml());
         let engine = t.engine();
         let rep = poll_report(&engine).await.unwrap();
-        assert_eq!((rep.changes, rep.baseline_records), (0, 0), "config {i}: {rep:?}");
+        assert_eq!(
+            (rep.changes, rep.baseline_records),
+            (0, 0),
+            "config {i}: {rep:?}"
+        );
         drain_outbox(&engine, Duration::from_secs(20)).await;
     }
     let got = rx.received();
-    assert_eq!(got.len(), 6, "the five first deliveries and the old queued entry, nothing more");
+    assert_eq!(
+        got.len(),
+        6,
+        "the five first deliveries and the old queued entry, nothing more"
+    );
     assert_eq!(got[5].header("webhook-id"), "msg_queued_by_the_old_version");
     let store = open_store(&t);
-    assert!(store.changes().unwrap().iter().all(|(_, c)| c.clinic == "default"));
+    assert!(store
+        .changes()
+        .unwrap()
+        .iter()
+        .all(|(_, c)| c.clinic == "default"));
 }
 
 #[tokio::test]
@@ -323,19 +387,52 @@ async fn check_lists_each_clinic_and_the_resources_it_polls() {
         &Config::new(Clinicea::new("https://api.clinicea.com", "default-key"))
             .without_store()
             .resources([Resource::leads(), Resource::appointments()])
-            .clinic("north", Clinic::default().api_key("north-key").timezone("Asia/Karachi"))
-            .clinic("south", Clinic::default().api_key("south-key").polls(&["appointments"]))
+            .clinic(
+                "north",
+                Clinic::default()
+                    .api_key("north-key")
+                    .timezone("Asia/Karachi"),
+            )
+            .clinic(
+                "south",
+                Clinic::default()
+                    .api_key("south-key")
+                    .polls(&["appointments"]),
+            )
             .to_yaml(),
     );
     let out = cli(&t, &["check"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("Clinics: 2 (at most 8 API requests at once in all)"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Clinics: 2 (at most 8 API requests at once in all)"),
+        "{text}"
+    );
     let lines: Vec<&str> = text.lines().collect();
-    let at = |name: &str| lines.iter().position(|l| l.trim_start().starts_with(name)).unwrap();
-    assert!(lines[at("north")].contains("timezone Asia/Karachi"), "{text}");
-    assert!(lines[at("north") + 1].contains("polls appointments, leads"), "{text}");
-    assert!(lines[at("south") + 1].trim_end().ends_with("polls appointments"), "{text}");
+    let at = |name: &str| {
+        lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(name))
+            .unwrap()
+    };
+    assert!(
+        lines[at("north")].contains("timezone Asia/Karachi"),
+        "{text}"
+    );
+    assert!(
+        lines[at("north") + 1].contains("polls appointments, leads"),
+        "{text}"
+    );
+    assert!(
+        lines[at("south") + 1]
+            .trim_end()
+            .ends_with("polls appointments"),
+        "{text}"
+    );
     for key in ["default-key", "north-key", "south-key"] {
         assert!(!text.contains(key), "check prints no key: {text}");
     }
@@ -348,9 +445,69 @@ async fn a_broken_clinic_is_named_with_its_key_and_line() {
     let out = cli(&t, &["check"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(":7: clinics.north.resources: resource `bills` is not defined"), "{err}");
+    assert!(
+        err.contains(":7: clinics.north.resources: resource `bills` is not defined"),
+        "{err}"
+    );
     assert!(err.contains("clinics.south.api_key: is missing"), "{err}");
-    assert!(err.contains(":9: clinics.south.base_url: must be an http(s) URL"), "{err}");
+    assert!(
+        err.contains(":9: clinics.south.base_url: must be an http(s) URL"),
+        "{err}"
+    );
     // The inherited zone is wrong once, and said once.
     assert_eq!(err.matches("clinicea.timezone").count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn a_rule_for_one_clinic_sends_only_that_clinics_changes() {
+    let north = sandbox_with_leads(3).await;
+    let south = south_sandbox(2).await;
+    let (all, north_only) = (Receiver::start().await, Receiver::start().await);
+    let config = leads_only(&north.base_url())
+        .clinic("north", Clinic::at(&north.base_url(), "sandbox-api-key"))
+        .clinic("south", Clinic::at(&south.base_url(), SOUTH_KEY))
+        .webhook("all", &all.url, |w| w.timeout("5s"))
+        .webhook("north-desk", &north_only.url, |w| w.timeout("5s"))
+        .rule(Rule::new("everything", &["all"]))
+        .rule(
+            Rule::new("north-leads", &["north-desk"])
+                .clinic(&["north"])
+                .resource("leads"),
+        );
+    let t = TestDir::new(&config.to_yaml());
+    let engine = t.engine();
+    for p in engine.poll_all().await {
+        p.result.unwrap_or_else(|e| panic!("{}: {e}", p.clinic));
+    }
+    drain_outbox(&engine, Duration::from_secs(20)).await;
+    let per_clinic = |rx: &Receiver, clinic: &str| {
+        clinics_by_id(&rx.received())
+            .iter()
+            .filter(|(_, c)| c == clinic)
+            .count()
+    };
+    assert_eq!(
+        (per_clinic(&all, "north"), per_clinic(&all, "south")),
+        (3, 2)
+    );
+    assert_eq!(
+        (per_clinic(&north_only, "north"), north_only.count()),
+        (3, 3),
+        "the north rule sends north's leads and nothing of south's"
+    );
+    for r in north_only.received() {
+        let rules = r.json()["data"]["rules"].clone();
+        assert!(
+            rules.as_array().unwrap().contains(&"north-leads".into()),
+            "{rules}"
+        );
+    }
+    // A rule naming a clinic that is not configured is refused, with its line.
+    let bad = config.rule(Rule::new("typo", &["all"]).clinic(&["nort"]));
+    t.rewrite(&bad.to_yaml());
+    let out = cli(&t, &["check"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("rules[typo].clinic"), "{err}");
+    assert!(err.contains("nort"), "{err}");
 }

@@ -52,7 +52,9 @@ async fn the_demo_runs_for_20s_and_shows_changes_signed_webhooks_emails_and_retr
 
     // The live stream shows each kind of line.
     for needle in [
-        "] change     leads added id ",
+        // Two clinics, each change named with its own.
+        "] change     north leads added id ",
+        "] change     south leads added id ",
         "rules [new-lead-email, everything-to-automations]",
         "] receiver   webhook #1 ",
         "signature OK",
@@ -67,6 +69,15 @@ async fn the_demo_runs_for_20s_and_shows_changes_signed_webhooks_emails_and_retr
         assert!(stdout.contains(needle), "missing {needle:?}\n{ctx}");
     }
     assert!(!stdout.contains("signature FAILED"), "{ctx}");
+    // The lead email rule is north's: no south change matches it.
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.contains("] change     south ") && l.contains("new-lead-email")),
+        "{ctx}"
+    );
+    // South polls only its leads and appointments.
+    assert!(!stdout.contains("] change     south patients"), "{ctx}");
 }
 
 #[tokio::test]

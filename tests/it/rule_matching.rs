@@ -1,6 +1,7 @@
 //! The rule matcher: properties of `equals`, `in`, `not`, `any`, `all` and routing over random
-//! rules and records (through the public API), values that are no timestamp never matching a date
-//! rule, and `test-rule` explaining a fixture lead against the example config.
+//! rules (with and without a clinic filter) and records (through the public API), values that are
+//! no timestamp never matching a date rule, and `test-rule` explaining a fixture lead against the
+//! example config, in the clinic it is told.
 
 use crate::support::*;
 use chrono::Utc;
@@ -9,10 +10,12 @@ use clinicea_notifier::model::{Change, ChangeKind, DEFAULT_CLINIC};
 use clinicea_notifier::route::rules::{self, CompileContext, RuleSet};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 const DESTS: [&str; 4] = ["d0", "d1", "d2", "d3"];
+const CLINICS: [&str; 3] = [DEFAULT_CLINIC, "north", "south"];
 
 fn compile(yaml: &str) -> RuleSet {
     let specs: Vec<serde_saphyr::Spanned<RuleSpec>> =
@@ -20,12 +23,15 @@ fn compile(yaml: &str) -> RuleSet {
             .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let d: Vec<String> = DESTS.iter().map(|s| s.to_string()).collect();
     let r = vec!["leads".to_string(), "patients".to_string()];
+    let clinics: Vec<String> = CLINICS.iter().map(|s| s.to_string()).collect();
     rules::compile(
         &specs,
         &CompileContext {
             destinations: &d,
             resources: &r,
+            clinics: &clinics,
             timezone: chrono_tz::UTC,
+            timezones: &BTreeMap::new(),
         },
     )
     .unwrap_or_else(|p| panic!("{p:?}\n{yaml}"))
@@ -147,16 +153,23 @@ proptest! {
                 prop::option::of("[ab]{0,1}"),
                 prop::collection::vec(prop::sample::select(DESTS.to_vec()), 1..4),
                 any::<bool>(),
+                prop::option::of(prop::sample::subsequence(CLINICS.to_vec(), 1..=2)),
             ),
             1..7,
         ),
         resource in prop::sample::select(vec!["leads", "patients"]),
+        clinic in prop::sample::select(CLINICS.to_vec()),
         kind in prop::sample::select(ChangeKind::ALL.to_vec()),
         source in prop::option::of("[ab]{0,1}"),
     ) {
         let mut yaml = String::new();
-        for (i, (res, on, eq, notify, enabled)) in specs.iter().enumerate() {
+        for (i, (res, on, eq, notify, enabled, clinics)) in specs.iter().enumerate() {
             yaml.push_str(&format!("- name: r{i}\n  resource: {}\n  on: [{}]\n", q(res), on.join(", ")));
+            match clinics.as_deref() {
+                None => {}
+                Some([one]) => yaml.push_str(&format!("  clinic: {one}\n")),
+                Some(many) => yaml.push_str(&format!("  clinic: [{}]\n", many.join(", "))),
+            }
             if let Some(v) = eq {
                 yaml.push_str(&format!("  where: [{{ field: Source, equals: {} }}]\n", q(v)));
             }
@@ -169,12 +182,14 @@ proptest! {
             yaml.push_str(&format!("  notify: [{}]\n  enabled: {enabled}\n", dedup.join(", ")));
         }
         let rs = compile(&yaml);
-        let c = change(resource, kind, rec(&source.clone().map(Value::String)));
+        let mut c = change(resource, kind, rec(&source.clone().map(Value::String)));
+        c.clinic = clinic.to_string();
         let matched: Vec<usize> = (0..specs.len())
             .filter(|&i| {
-                let (res, on, eq, _, enabled) = &specs[i];
+                let (res, on, eq, _, enabled, clinics) = &specs[i];
                 *enabled
                     && (*res == "*" || *res == resource)
+                    && clinics.as_ref().is_none_or(|cs| cs.contains(&clinic))
                     && on.contains(&kind.as_str())
                     && eq.as_ref().is_none_or(|v| source.as_ref() == Some(v))
             })
@@ -222,7 +237,9 @@ fn a_strange_timestamp_never_panics_and_never_matches_a_date_rule() {
         &CompileContext {
             destinations: &["d".to_string()],
             resources: &["leads".to_string()],
+            clinics: &[DEFAULT_CLINIC.to_string()],
             timezone: chrono_tz::Asia::Karachi,
+            timezones: &BTreeMap::from([(DEFAULT_CLINIC.to_string(), chrono_tz::Asia::Karachi)]),
         },
     )
     .unwrap();
@@ -271,25 +288,35 @@ fn a_strange_timestamp_never_panics_and_never_matches_a_date_rule() {
     }
 }
 
-/// Runs `test-rule` on a lead record file with the example config; it must succeed.
-fn test_rule_on(record: &Path) -> String {
-    let out = example_env(Command::new(BIN).args([
-        "test-rule",
-        "--config",
-        &example_config(),
-        "--resource",
-        "leads",
-        "--record",
-        record.to_str().unwrap(),
-    ]))
+/// Runs `test-rule` on a lead record file with the example config and `extra` arguments: its
+/// success, stdout and stderr.
+fn test_rule_with(record: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = example_env(
+        Command::new(BIN)
+            .args([
+                "test-rule",
+                "--config",
+                &example_config(),
+                "--resource",
+                "leads",
+                "--record",
+                record.to_str().unwrap(),
+            ])
+            .args(extra),
+    )
     .output()
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
+    (
         out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `test-rule` on a lead record file with the example config; it must succeed.
+fn test_rule_on(record: &Path) -> String {
+    let (ok, stdout, stderr) = test_rule_with(record, &[]);
+    assert!(ok, "{stdout}\n{stderr}");
     stdout
 }
 
@@ -330,4 +357,27 @@ fn test_rule_on_a_fixture_lead_shows_matches_failures_and_rendered_deliveries() 
         "{stdout}"
     );
     assert!(stdout.contains("Referral"), "{stdout}");
+}
+
+#[test]
+fn test_rule_builds_the_change_in_the_clinic_it_is_given_and_refuses_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("lead.json");
+    let mut lead = test_lead();
+    lead["ID"] = json!("lead-1");
+    std::fs::write(&f, lead.to_string()).unwrap();
+    // Without --clinic the change is the default clinic's, and its webhook body says so.
+    let stdout = test_rule_on(&f);
+    assert!(stdout.contains("of clinic default"), "{stdout}");
+    assert!(stdout.contains("\"clinic\": \"default\""), "{stdout}");
+    let (ok, named, stderr) = test_rule_with(&f, &["--clinic", "default"]);
+    assert!(ok, "{named}\n{stderr}");
+    assert!(named.contains("of clinic default"), "{named}");
+    // The example config has no `clinics:`, so `default` is its only clinic.
+    let (ok, stdout, stderr) = test_rule_with(&f, &["--clinic", "north"]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("no clinic \"north\" in the config (have: default)"),
+        "{stderr}"
+    );
 }

@@ -15,7 +15,7 @@ use crate::model::{Change, ChangeKind};
 use chrono_tz::Tz;
 use serde_json::Value;
 use serde_saphyr::Spanned;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use value::{Bound, Lit, Ord4, Time};
 
 use crate::config::raw::{Node, RuleSpec};
@@ -31,8 +31,21 @@ pub struct CompileContext<'a> {
     pub destinations: &'a [String],
     /// The keys under `resources:`.
     pub resources: &'a [String],
-    /// The clinic's zone: timestamps without an offset are read in it.
+    /// The clinics' names ([`crate::model::DEFAULT_CLINIC`] alone for a config without
+    /// `clinics:`): what a rule's `clinic` may name.
+    pub clinics: &'a [String],
+    /// The default zone (`clinicea.timezone`): a rule's timestamp without an offset is read in it,
+    /// unless the rule names exactly one clinic.
     pub timezone: Tz,
+    /// Each clinic's zone: a record's timestamp without an offset is read in its clinic's zone,
+    /// and so is the literal of a rule that names exactly one clinic. A clinic missing here is UTC.
+    pub timezones: &'a BTreeMap<String, Tz>,
+}
+
+/// The zone of `clinic` in `zones`, UTC for a clinic it does not hold (the zone Clinicea's
+/// timestamps are in when nothing says otherwise).
+pub(crate) fn zone_of(zones: &BTreeMap<String, Tz>, clinic: &str) -> Tz {
+    zones.get(clinic).copied().unwrap_or(Tz::UTC)
 }
 
 /// One delivery a change gets: each destination once, however many rules name it.
@@ -64,7 +77,10 @@ pub struct Explanation {
 pub struct RuleSet {
     rules: Vec<Rule>,
     destinations: Vec<String>,
-    tz: Tz,
+    /// The clinics the rules were checked against.
+    clinics: Vec<String>,
+    /// Each clinic's zone, for the record's offset-less timestamps ([`zone_of`]).
+    zones: BTreeMap<String, Tz>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +89,8 @@ struct Rule {
     enabled: bool,
     /// `None` for `*`.
     resource: Option<String>,
+    /// The clinics the rule is for, each once; `None` for every clinic.
+    clinics: Option<Box<[String]>>,
     /// Bit per [`ChangeKind`].
     kinds: u8,
     changed: Option<Changed>,
@@ -428,6 +446,10 @@ impl Rule {
                 .resource
                 .as_deref()
                 .is_none_or(|r| r == change.resource)
+            && self
+                .clinics
+                .as_deref()
+                .is_none_or(|cs| cs.contains(&change.clinic))
             && self.changed.as_ref().is_none_or(|c| c.holds(change))
             && self.conditions.iter().all(|c| c.holds(change, tz))
     }
@@ -453,6 +475,15 @@ impl Rule {
                 return Some(format!(
                     "resource: the change is to {}, the rule is for {r}",
                     change.resource
+                ));
+            }
+        }
+        if let Some(cs) = &self.clinics {
+            if !cs.contains(&change.clinic) {
+                return Some(format!(
+                    "clinic: the change is from {}, the rule is for {}",
+                    change.clinic,
+                    clinic_list(cs)
                 ));
             }
         }
@@ -489,7 +520,8 @@ impl RuleSet {
         out
     }
 
-    /// One line per rule for `check`: name, resource, kinds and destinations.
+    /// One line per rule for `check`: name, resource, the clinics when it names some, kinds and
+    /// destinations.
     pub(crate) fn describe(&self) -> Vec<String> {
         self.rules
             .iter()
@@ -505,9 +537,13 @@ impl RuleSet {
                     .map(|&d| self.destinations[d].as_str())
                     .collect();
                 format!(
-                    "{:<28} {} on [{}]{}{} -> {}{}",
+                    "{:<28} {}{} on [{}]{}{} -> {}{}",
                     r.name,
                     r.resource.as_deref().unwrap_or("*"),
+                    r.clinics
+                        .as_deref()
+                        .map(|cs| format!(" from {}", clinic_list(cs)))
+                        .unwrap_or_default(),
                     kinds.join(", "),
                     if r.conditions.is_empty() {
                         String::new()
@@ -530,9 +566,10 @@ impl RuleSet {
     /// order destinations first appear in the matching rules' `notify` lists.
     pub fn route(&self, change: &Change) -> Vec<Route> {
         // The common case (nothing matches) allocates nothing.
+        let tz = self.zone(change);
         let mut first = None;
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.matches(change, self.tz) {
+            if rule.matches(change, tz) {
                 first = Some(i);
                 break;
             }
@@ -545,7 +582,7 @@ impl RuleSet {
             self.rules[first + 1..]
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.matches(change, self.tz))
+                .filter(|(_, r)| r.matches(change, tz))
                 .map(|(j, _)| first + 1 + j),
         );
         let names: Vec<String> = matched
@@ -571,17 +608,29 @@ impl RuleSet {
 
     /// Whether any rule matches `change`; allocates nothing.
     pub fn matches_any(&self, change: &Change) -> bool {
-        self.rules.iter().any(|r| r.matches(change, self.tz))
+        let tz = self.zone(change);
+        self.rules.iter().any(|r| r.matches(change, tz))
+    }
+
+    /// The zone the record's offset-less timestamps are read in: its clinic's.
+    fn zone(&self, change: &Change) -> Tz {
+        zone_of(&self.zones, &change.clinic)
+    }
+
+    /// The clinics the rules were checked against, in the order given.
+    pub(crate) fn clinics(&self) -> &[String] {
+        &self.clinics
     }
 
     /// For each rule in file order: did it match, and if not, the first thing that failed.
     ///
     /// The `failed` text quotes record values: for the operator's eyes (`test-rule`), never logs.
     pub fn explain(&self, change: &Change) -> Vec<Explanation> {
+        let tz = self.zone(change);
         self.rules
             .iter()
             .map(|r| {
-                let failed = r.explain(change, self.tz);
+                let failed = r.explain(change, tz);
                 Explanation {
                     rule: r.name.clone(),
                     matched: failed.is_none(),
@@ -653,6 +702,7 @@ pub fn compile(specs: &[Spanned<RuleSpec>], ctx: &CompileContext) -> Result<Rule
                 name.to_string()
             },
             ctx,
+            tz: ctx.timezone,
             problems: &mut problems,
         };
         if name.is_empty() {
@@ -681,7 +731,8 @@ pub fn compile(specs: &[Spanned<RuleSpec>], ctx: &CompileContext) -> Result<Rule
         Ok(RuleSet {
             rules,
             destinations: ctx.destinations.to_vec(),
-            tz: ctx.timezone,
+            clinics: ctx.clinics.to_vec(),
+            zones: ctx.timezones.clone(),
         })
     } else {
         Err(problems)
@@ -691,6 +742,9 @@ pub fn compile(specs: &[Spanned<RuleSpec>], ctx: &CompileContext) -> Result<Rule
 struct Compiler<'a, 'p> {
     rule: String,
     ctx: &'a CompileContext<'a>,
+    /// The zone this rule's offset-less timestamps are read in: its clinic's when it names exactly
+    /// one, else the default zone.
+    tz: Tz,
     problems: &'p mut Vec<Problem>,
 }
 
@@ -726,6 +780,14 @@ impl Compiler<'_, '_> {
                 Some(r.value.to_string())
             }
         };
+
+        let clinics = s
+            .clinic
+            .as_ref()
+            .and_then(|c| self.clinics(c, &format!("{key}.clinic")));
+        if let Some([one]) = clinics.as_deref() {
+            self.tz = zone_of(self.ctx.timezones, one);
+        }
 
         let mut kinds = 0u8;
         match &s.on {
@@ -808,11 +870,79 @@ impl Compiler<'_, '_> {
             name: self.rule.clone(),
             enabled: s.enabled.unwrap_or(true),
             resource,
+            clinics,
             kinds,
             changed,
             conditions,
             notify,
         })
+    }
+
+    /// The clinics of `clinic: north` or `clinic: [north, south]`, each once; `None` (and a
+    /// problem) when one is not a clinic or the list is empty.
+    fn clinics(&mut self, node: &Spanned<Node>, key: &str) -> Option<Box<[String]>> {
+        let items: Vec<(&Spanned<Node>, String)> = match &node.value {
+            Node::Seq(items) => {
+                if items.is_empty() {
+                    self.problem(
+                        line_of(node),
+                        key,
+                        "`clinic: []` names no clinic, so the rule can never fire; leave `clinic` out for every clinic",
+                    );
+                    return None;
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| (item, format!("{key}[{i}]")))
+                    .collect()
+            }
+            _ => vec![(node, key.to_string())],
+        };
+        let mut names: Vec<String> = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (item, ikey) in items {
+            let name = match &item.value {
+                Node::Str(s) => s.clone(),
+                // A branch numbered `12` is a clinic named "12".
+                Node::Int(i) => i.to_string(),
+                other => {
+                    self.problem(
+                        line_of(item),
+                        &ikey,
+                        &format!(
+                            "expected a clinic name or a list of them, found {}",
+                            other.type_name()
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if !self.ctx.clinics.contains(&name) {
+                let only_default =
+                    matches!(self.ctx.clinics, [d] if d == crate::model::DEFAULT_CLINIC);
+                self.problem(
+                    line_of(item),
+                    &ikey,
+                    &format!(
+                        "clinic `{name}` is not defined under `clinics:` ({}{}); leave `clinic` out for every clinic",
+                        known(self.ctx.clinics),
+                        if only_default {
+                            "; without `clinics:` the one clinic is `default`"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        ok.then(|| names.into_boxed_slice())
     }
 
     fn changed(&mut self, ch: &Spanned<Node>, key: &str) -> Option<Changed> {
@@ -1229,7 +1359,7 @@ impl Compiler<'_, '_> {
                         if let Some(f) = value::parse_num_str(s) {
                             Some((Bound::Num(f), s.clone()))
                         } else {
-                            match value::parse_time(s, self.ctx.timezone) {
+                            match value::parse_time(s, self.tz) {
                                 Time::At(t) => Some((Bound::Time(t), s.clone())),
                                 Time::Unset => {
                                     self.problem(
@@ -1283,6 +1413,14 @@ impl Compiler<'_, '_> {
                 None
             }
         }
+    }
+}
+
+/// `north`, or `[north, south]` for several.
+fn clinic_list(cs: &[String]) -> String {
+    match cs {
+        [one] => one.clone(),
+        _ => format!("[{}]", cs.join(", ")),
     }
 }
 

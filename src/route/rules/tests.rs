@@ -7,21 +7,35 @@ use serde_json::json;
 
 const DESTS: [&str; 3] = ["front-desk", "sales-chat", "automations"];
 const RESOURCES: [&str; 3] = ["leads", "appointments", "patients"];
+const CLINICS: [&str; 3] = [DEFAULT_CLINIC, "north", "south"];
 
 fn owned(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The zones of [`CLINICS`]: `default` in `tz` (the default zone too), `north` in Karachi
+/// (+05:00), `south` in New York (-05:00 in November).
+fn zones(tz: Tz) -> BTreeMap<String, Tz> {
+    BTreeMap::from([
+        (DEFAULT_CLINIC.to_string(), tz),
+        ("north".to_string(), chrono_tz::Asia::Karachi),
+        ("south".to_string(), chrono_tz::America::New_York),
+    ])
 }
 
 fn compile_with(yaml: &str, tz: Tz) -> Result<RuleSet, Vec<Problem>> {
     let specs: Vec<Spanned<RuleSpec>> = serde_saphyr::from_str(yaml).expect("yaml parses");
     let d = owned(&DESTS);
     let r = owned(&RESOURCES);
+    let c = owned(&CLINICS);
     compile(
         &specs,
         &CompileContext {
             destinations: &d,
             resources: &r,
+            clinics: &c,
             timezone: tz,
+            timezones: &zones(tz),
         },
     )
 }
@@ -399,6 +413,127 @@ fn resource_and_kind_filters() {
     );
 }
 
+/// `change` as if it came from `clinic`.
+fn from(clinic: &str, mut change: Change) -> Change {
+    change.clinic = clinic.into();
+    change
+}
+
+#[test]
+fn a_rule_for_one_clinic_skips_the_others_and_explain_says_why() {
+    let rs = set("
+- {name: north-leads, clinic: north, resource: leads, notify: [front-desk]}
+- {name: everywhere, resource: leads, notify: [automations]}
+");
+    let lead = change(ChangeKind::Added, json!({"ID": "1"}), None);
+    let north = from("north", lead.clone());
+    let routes = rs.route(&north);
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0].destination, "front-desk");
+    assert_eq!(routes[0].rules, ["north-leads", "everywhere"]);
+    assert!(rs.matches_any(&north));
+
+    let south = from("south", lead.clone());
+    let routes = rs.route(&south);
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0].destination, "automations");
+    let ex = rs.explain(&south);
+    assert!(!ex[0].matched);
+    assert_eq!(
+        ex[0].failed.as_deref(),
+        Some("clinic: the change is from south, the rule is for north")
+    );
+    assert!(ex[1].matched);
+
+    // Without `clinic:` a config's one clinic, `default`, is just another clinic.
+    let default = from(DEFAULT_CLINIC, lead);
+    assert_eq!(rs.route(&default).len(), 1);
+    assert_eq!(
+        rs.explain(&default)[0].failed.as_deref(),
+        Some("clinic: the change is from default, the rule is for north")
+    );
+}
+
+#[test]
+fn a_rule_for_a_list_of_clinics_matches_each_of_them_and_no_other() {
+    let rs = set("
+- name: two
+  clinic: [north, south, north]
+  notify: [front-desk]
+- {name: only-default, clinic: default, notify: [automations]}
+");
+    let lead = change(ChangeKind::Added, json!({"ID": "1"}), None);
+    for clinic in ["north", "south"] {
+        let routes = rs.route(&from(clinic, lead.clone()));
+        let dests: Vec<&str> = routes.iter().map(|r| r.destination.as_str()).collect();
+        assert_eq!(dests, ["front-desk"], "{clinic}");
+    }
+    let routes = rs.route(&from(DEFAULT_CLINIC, lead.clone()));
+    let dests: Vec<&str> = routes.iter().map(|r| r.destination.as_str()).collect();
+    assert_eq!(dests, ["automations"]);
+    // A clinic the list does not hold (`test-rule --clinic` refuses one the config lacks, but the
+    // rules must not match it either way).
+    let elsewhere = from("east", lead);
+    assert!(rs.route(&elsewhere).is_empty());
+    assert_eq!(
+        rs.explain(&elsewhere)[0].failed.as_deref(),
+        Some("clinic: the change is from east, the rule is for [north, south]")
+    );
+    assert_eq!(rs.clinics(), CLINICS);
+}
+
+#[test]
+fn check_shows_the_clinics_of_a_rule_that_names_some() {
+    let rs = set("
+- {name: north-leads, clinic: north, resource: leads, on: [added], notify: [front-desk]}
+- {name: two, clinic: [north, south], notify: [automations]}
+- {name: everywhere, resource: leads, notify: [automations]}
+");
+    let lines = rs.describe();
+    assert!(
+        lines[0].ends_with("leads from north on [added] -> front-desk"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].ends_with("* from [north, south] on [added, modified, deleted] -> automations"),
+        "{lines:?}"
+    );
+    assert!(!lines[2].contains("from"), "{lines:?}");
+}
+
+#[test]
+fn a_timestamp_without_offset_is_read_in_the_clinic_s_zone() {
+    // 09:00 wall clock is 04:00Z in Karachi (north) and 14:00Z in New York (south).
+    let at_nine = change(ChangeKind::Added, json!({"T": "2026-11-30T09:00:00"}), None);
+    let after_noon_utc =
+        "- {name: r, where: [{field: T, gt: '2026-11-30T12:00:00Z'}], notify: [front-desk]}";
+    let rs = compile_with(after_noon_utc, Tz::UTC).unwrap();
+    assert!(rs.route(&from("north", at_nine.clone())).is_empty());
+    assert_eq!(rs.route(&from("south", at_nine.clone())).len(), 1);
+    assert!(rs.route(&from(DEFAULT_CLINIC, at_nine.clone())).is_empty());
+    // A clinic without a zone reads it in UTC.
+    assert!(rs.route(&from("east", at_nine)).is_empty());
+
+    // The rule's own offset-less literal: in its clinic's zone when it names exactly one, else in
+    // the default zone (UTC here). 10:00 in New York is 15:00Z; 10:00 in UTC is 10:00Z.
+    let at = |t: &str| from("south", change(ChangeKind::Added, json!({ "T": t }), None));
+    let noon_utc = at("2026-11-30T12:00:00Z");
+    let yaml = |clinic: &str| {
+        format!("- {{name: r, clinic: {clinic}, where: [{{field: T, gt: '2026-11-30T10:00:00'}}], notify: [front-desk]}}")
+    };
+    let one = compile_with(&yaml("south"), Tz::UTC).unwrap();
+    assert!(one.route(&noon_utc).is_empty(), "12:00Z is before 15:00Z");
+    assert_eq!(one.route(&at("2026-11-30T15:30:00Z")).len(), 1);
+    let several = compile_with(&yaml("[south, north]"), Tz::UTC).unwrap();
+    assert_eq!(several.route(&noon_utc).len(), 1, "12:00Z is after 10:00Z");
+    let every = compile_with(
+        "- {name: r, where: [{field: T, gt: '2026-11-30T10:00:00'}], notify: [front-desk]}",
+        Tz::UTC,
+    )
+    .unwrap();
+    assert_eq!(every.route(&noon_utc).len(), 1);
+}
+
 #[test]
 fn each_destination_once_with_first_rule_and_all_rules() {
     let rs = set("
@@ -750,6 +885,85 @@ fn config_errors() {
 }
 
 #[test]
+fn a_clinic_that_is_not_in_the_config_is_a_problem_at_its_line() {
+    one_problem(
+        "- name: r\n  clinic: east\n  notify: [front-desk]\n",
+        2,
+        "rules[r].clinic",
+        "r",
+        "clinic `east` is not defined under `clinics:` (defined: default, north, south); leave `clinic` out for every clinic",
+    );
+    one_problem(
+        "- name: r\n  clinic:\n    - north\n    - est\n  notify: [front-desk]\n",
+        4,
+        "rules[r].clinic[1]",
+        "r",
+        "clinic `est` is not defined under `clinics:`",
+    );
+    one_problem(
+        "- name: r\n  clinic: []\n  notify: [front-desk]\n",
+        2,
+        "rules[r].clinic",
+        "r",
+        "`clinic: []` names no clinic, so the rule can never fire",
+    );
+    one_problem(
+        "- name: r\n  clinic: {north: true}\n  notify: [front-desk]\n",
+        2,
+        "rules[r].clinic",
+        "r",
+        "expected a clinic name or a list of them, found a map",
+    );
+    // A config without `clinics:` has one clinic, and the message says which.
+    let specs: Vec<Spanned<RuleSpec>> =
+        serde_saphyr::from_str("- {name: r, clinic: north, notify: [front-desk]}").unwrap();
+    let d = owned(&DESTS);
+    let r = owned(&RESOURCES);
+    let only = owned(&[DEFAULT_CLINIC]);
+    let p = compile(
+        &specs,
+        &CompileContext {
+            destinations: &d,
+            resources: &r,
+            clinics: &only,
+            timezone: Tz::UTC,
+            timezones: &BTreeMap::new(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].message
+            .contains("(defined: default; without `clinics:` the one clinic is `default`)"),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn a_clinic_named_by_a_number_is_that_name() {
+    let specs: Vec<Spanned<RuleSpec>> =
+        serde_saphyr::from_str("- {name: r, clinic: [12], notify: [front-desk]}").unwrap();
+    let d = owned(&DESTS);
+    let r = owned(&RESOURCES);
+    let clinics = owned(&["12"]);
+    let rs = compile(
+        &specs,
+        &CompileContext {
+            destinations: &d,
+            resources: &r,
+            clinics: &clinics,
+            timezone: Tz::UTC,
+            timezones: &BTreeMap::new(),
+        },
+    )
+    .unwrap_or_else(|p| panic!("{p:#?}"));
+    let lead = change(ChangeKind::Added, json!({"ID": "1"}), None);
+    assert_eq!(rs.route(&from("12", lead.clone())).len(), 1);
+    assert!(rs.route(&from(DEFAULT_CLINIC, lead)).is_empty());
+}
+
+#[test]
 fn duplicate_names() {
     let p = errs("- {name: a, notify: [front-desk]}\n- {name: b, notify: [front-desk]}\n- {name: a, notify: [front-desk]}\n");
     assert_eq!(p.len(), 1, "{p:#?}");
@@ -836,10 +1050,13 @@ fn yaml_1_1_booleans_and_leading_zeros_need_the_recommended_options() {
     let c = change(ChangeKind::Added, json!({"A": "Y", "P": "0300123"}), None);
     let d = owned(&DESTS);
     let r = owned(&RESOURCES);
+    let clinics = owned(&CLINICS);
     let ctx = CompileContext {
         destinations: &d,
         resources: &r,
+        clinics: &clinics,
         timezone: Tz::UTC,
+        timezones: &zones(Tz::UTC),
     };
     let default: Vec<Spanned<RuleSpec>> = serde_saphyr::from_str(yaml).unwrap();
     assert!(compile(&default, &ctx).unwrap().route(&c).is_empty());

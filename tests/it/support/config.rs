@@ -753,6 +753,7 @@ impl Email {
 #[derive(Debug, Clone)]
 pub struct Rule {
     name: String,
+    clinic: Vec<String>,
     resource: Option<String>,
     on: Vec<String>,
     changed_to: Option<(String, String)>,
@@ -769,11 +770,18 @@ impl Rule {
     pub fn new(name: &str, notify: &[&str]) -> Rule {
         Rule {
             name: name.into(),
+            clinic: Vec::new(),
             resource: None,
             on: Vec::new(),
             changed_to: None,
             notify: notify.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// `clinic: [NAMES]`: the clinics it is for.
+    pub fn clinic(mut self, clinics: &[&str]) -> Rule {
+        self.clinic = clinics.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// `on: [KINDS]` (`added`, `modified`, `deleted`).
@@ -790,6 +798,9 @@ impl Rule {
 
     fn write(&self, y: &mut Yaml) {
         let _ = writeln!(y.out, "  - name: {}", scalar(&self.name));
+        if !self.clinic.is_empty() {
+            y.raw(2, "clinic", &flow(&self.clinic));
+        }
         y.text(2, "resource", &self.resource);
         if !self.on.is_empty() {
             y.raw(2, "on", &flow(&self.on));

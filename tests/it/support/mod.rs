@@ -10,7 +10,9 @@ mod notifier;
 mod receiver;
 mod store;
 
-pub use config::{Chat, Clinic, Clinicea, Config, Resource, Retry, Rule, Smtp, StoreSection, Webhook};
+pub use config::{
+    Chat, Clinic, Clinicea, Config, Resource, Retry, Rule, Smtp, StoreSection, Webhook,
+};
 pub use mail::mime_parts;
 pub use metrics::{get_text, get_with_auth, scrape_until, Scrape};
 pub use notifier::{check, cli, cli_env, output_text, Notifier, BIN};
