@@ -10,14 +10,17 @@
 #   RECORDS=5          records per resource in each organization
 #   SAMPLE_EVERY=5     seconds between two samples of /proc/PID/{stat,status}
 #   SLACK=5            seconds after the first interval before the steady part starts
+#   STOP_WITHIN=30     seconds `run` may take to stop on SIGTERM before it is killed (a miss)
 #   NO_BUILD=1 BIN=path/to/clinicea-notifier         # measure another binary, no build
 #   KEEP=1             keep the work directory (configs, logs, the sampled figures)
 #
 # Targets: peak RSS (VmHWM) under RSS_MAX_MB (150); CPU over the steady part under CPU_MAX_PCT (5)
 # of one core; exactly one request per resource per quiet poll in the steady part (the requests
 # the sandbox counted over the polls the notifier counted, 1.00 at two decimals) and no failed
-# poll; polls spread over the interval: the busiest second of the interval (arrivals folded
-# over the steady intervals) holds under SPREAD_MAX (2) times the mean.
+# poll; every whole interval of the steady part brings 3 x CLINICS requests (within 1 %: polls
+# that stop coming, or come twice, show here); polls spread over the interval: the busiest second
+# of the interval (arrivals folded over the steady intervals) holds under SPREAD_MAX (2) times the
+# mean; and `run` stops on SIGTERM within STOP_WITHIN seconds.
 #
 # The steady part starts one interval (plus SLACK) after `run` listens: the first interval holds
 # each clinic's silent baseline and first poll. Needs curl and python3.
@@ -31,6 +34,7 @@ INTERVAL=$(secs "${INTERVAL:-60}")
 RECORDS=${RECORDS:-5}
 SAMPLE_EVERY=$(secs "${SAMPLE_EVERY:-5}")
 SLACK=$(secs "${SLACK:-5}")
+STOP_WITHIN=$(secs "${STOP_WITHIN:-30}")
 RSS_MAX_MB=${RSS_MAX_MB:-150}
 CPU_MAX_PCT=${CPU_MAX_PCT:-5}
 SPREAD_MAX=${SPREAD_MAX:-2}
@@ -141,17 +145,28 @@ while :; do
 done
 snapshot end
 echo "$t0 $cpu0 $sb_cpu0" >"$work/start.times"
+stop_from=$(now_ms)
 kill -TERM "$run_pid" 2>/dev/null || true
+stopped=killed
+for _ in $(seq $((STOP_WITHIN * 10))); do
+  if ! kill -0 "$run_pid" 2>/dev/null; then stopped=$(( $(now_ms) - stop_from )); break; fi
+  sleep 0.1
+done
+if [ "$stopped" = killed ]; then
+  echo "run did not stop within ${STOP_WITHIN}s of SIGTERM; killing it" >&2
+  kill -KILL "$run_pid" 2>/dev/null || true
+fi
 wait "$run_pid" 2>/dev/null || true
 run_pid=
 problems=$(grep -cE '"level":"(WARN|ERROR)"| WARN | ERROR ' "$work/run.err" || true)
 
-python3 - "$work" "$INTERVAL" "$(getconf CLK_TCK)" "$CLINICS" "$RSS_MAX_MB" "$CPU_MAX_PCT" "$SPREAD_MAX" "$problems" <<'PY'
+python3 - "$work" "$INTERVAL" "$(getconf CLK_TCK)" "$CLINICS" "$RSS_MAX_MB" "$CPU_MAX_PCT" "$SPREAD_MAX" "$problems" "$stopped" "$STOP_WITHIN" <<'PY'
 import json, re, sys
 from collections import defaultdict
 
 work, interval, tck, clinics = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rss_max, cpu_max, spread_max, problems = float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
+stopped, stop_within = sys.argv[9], int(sys.argv[10])
 
 def times(tag):
     ms, run, sb = open(f"{work}/{tag}.times").read().split()
@@ -204,6 +219,7 @@ s_last = (t2 - started) // 1000 - 1
 per_sec = {arr["first_second"] + i: n for i, n in enumerate(arr["per_second"])}
 steady_secs = [per_sec.get(s, 0) for s in range(s_first, s_last + 1)]
 whole = len(steady_secs) // interval
+per_interval = [sum(steady_secs[k * interval:(k + 1) * interval]) for k in range(whole)]
 folded = [0] * interval
 for i, n in enumerate(steady_secs[: whole * interval]):
     folded[i % interval] += n
@@ -226,6 +242,10 @@ for r in resources:
     row(f"requests per poll, {r}", f"{v:.4f}", "req/poll", "1.00", f"{v:.2f}" == "1.00")
 row("failed polls, steady part", f"{failures:.0f}", "polls", "0", failures == 0)
 row("organizations polled in the steady part", f"{orgs_polled}", f"of {clinics}", f"{clinics}", orgs_polled == clinics)
+expected = 3 * clinics
+if per_interval:
+    ok = all(abs(n - expected) <= 0.01 * expected for n in per_interval)
+    row(f"requests in each of {whole} steady intervals", f"{min(per_interval)}-{max(per_interval)}", "req", f"{expected} +- 1%", ok)
 row("arrivals per second, steady: max", f"{max(steady_secs)}", "req")
 row("arrivals per second, steady: mean", f"{mean(steady_secs):.1f}", "req")
 row("arrivals per second, steady: min", f"{min(steady_secs)}", "req")
@@ -239,6 +259,10 @@ else:
     row("spread over the interval", "-", "", "needs one whole steady interval", False)
 row("sandbox CPU, steady part", f"{sb_cpu_steady:.2f}", "% of a core")
 row("unrouted sandbox requests (wrong key)", f"{fleet['end']['unrouted']}", "req", "0", fleet["end"]["unrouted"] == 0)
+if stopped == "killed":
+    row("stopped on SIGTERM", "no", "", f"< {stop_within} s", False)
+else:
+    row("stopped on SIGTERM", f"{int(stopped) / 1000:.1f}", "s", f"< {stop_within} s", True)
 row("warnings/errors in run's log", f"{problems}", "lines", "0", problems == 0)
 
 w = max(len(r[0]) for r in rows)
@@ -248,6 +272,7 @@ for name, figure, unit, target, ok in rows:
     print(f"| {name:<{w}} | {figure:>10} | {unit:<12} | {target:<30} | {ok:<3} |")
 print(f"steady part: {(t2 - t1) / 1000:.0f} s, {steady_req} requests; whole run {(t2 - t0) / 1000:.0f} s, {whole_req} requests")
 if folded and whole:
+    print("requests per steady interval:", " ".join(map(str, per_interval)))
     print("arrivals per second of the interval (folded):", " ".join(map(str, folded)))
 if missed:
     print("MISSED:", "; ".join(missed))
