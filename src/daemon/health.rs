@@ -192,15 +192,15 @@ pub(crate) async fn serve_health(
                     if let Ok(guard) = h.resources.read() {
                         for ((clinic, resource), r) in guard.iter() {
                             if let Some(t) = r.last_success {
-                                metrics::gauge!("clinicea_seconds_since_last_success", "clinic" => clinic.clone(), "resource" => resource.clone())
+                                metrics::gauge!(crate::telemetry::metric::LAST_SUCCESS_AGE, "clinic" => clinic.clone(), "resource" => resource.clone())
                                     .set((now - t).num_milliseconds() as f64 / 1000.0);
                             }
                         }
                     }
-                    metrics::gauge!("clinicea_outbox_entries").set(store.outbox_len() as f64);
-                    metrics::gauge!("clinicea_dead_letters").set(store.dead_len() as f64);
+                    metrics::gauge!(crate::telemetry::metric::OUTBOX_ENTRIES).set(store.outbox_len() as f64);
+                    metrics::gauge!(crate::telemetry::metric::DEAD_LETTERS_STORED).set(store.dead_len() as f64);
                     match m {
-                        Some(m) => (StatusCode::OK, m.render()).into_response(),
+                        Some(m) => (StatusCode::OK, crate::telemetry::render_metrics(&m)).into_response(),
                         None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response(),
                     }
                 }
