@@ -144,6 +144,36 @@ pub mod metric {
     pub const DEAD_LETTERS_STORED: &str = "clinicea_notifier_dead_letters_stored";
     /// Gauge: always 1, labelled with the running version.
     pub const BUILD_INFO: &str = "clinicea_notifier_build_info";
+    /// The standard process metrics, written beside ours under their usual names.
+    pub const PROCESS: &[&str] = &[
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+    ];
+    /// Every metric of ours, for whoever checks a dashboard or an alert against them.
+    pub const ALL: &[&str] = &[
+        POLLS,
+        POLL_FAILURES,
+        LAST_SUCCESS_TIMESTAMP,
+        LAST_SUCCESS_AGE,
+        WINDOW_SHIFTS,
+        POLLS_UNSETTLED,
+        API_CLOCK_SKEW,
+        RECORDS_FETCHED,
+        RECORDS_SKIPPED,
+        CHANGES,
+        BASELINE_RECORDS,
+        DELIVERIES,
+        DEAD_LETTERS_CREATED,
+        ATTEMPT_DURATION,
+        DELIVERY_LATENCY,
+        OUTBOX_ENTRIES,
+        DEAD_LETTERS_STORED,
+        BUILD_INFO,
+    ];
 }
 
 /// Gives every metric its HELP text and unit; the exporter writes them as `# HELP` lines.
@@ -357,13 +387,7 @@ mod tests {
     #[test]
     fn process_metrics_are_read_from_proc_with_help_and_type() {
         let text = process_metrics_text();
-        for name in [
-            "process_cpu_seconds_total",
-            "process_start_time_seconds",
-            "process_resident_memory_bytes",
-            "process_open_fds",
-            "process_max_fds",
-        ] {
+        for name in metric::PROCESS.iter().copied() {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}: {text}");
             let value: f64 = text

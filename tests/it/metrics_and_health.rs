@@ -444,3 +444,52 @@ fn a_short_or_placeholder_metrics_token_is_refused_by_check() {
         assert!(!err.contains(value), "the token is echoed: {err}");
     }
 }
+
+#[test]
+fn the_dashboard_and_the_alerts_name_only_metrics_the_daemon_exports() {
+    use clinicea_notifier::telemetry::metric;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let known = |name: &str| {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        metric::ALL.contains(&name)
+            || metric::ALL.contains(&base)
+            || metric::PROCESS.contains(&name)
+    };
+    let names_in = |text: &str| -> Vec<String> {
+        let re = regex::Regex::new(r"\b(clinicea_notifier_[a-z_]+|process_[a-z_]+)\b").unwrap();
+        re.find_iter(text).map(|m| m.as_str().to_string()).collect()
+    };
+    let dashboard = std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let exprs: Vec<String> = parsed["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let rules = std::fs::read_to_string(root.join("prometheus-rules.yaml")).unwrap();
+    for (file, text) in [
+        ("grafana-dashboard.json", exprs.join("\n")),
+        ("prometheus-rules.yaml", rules),
+    ] {
+        let names = names_in(&text);
+        assert!(names.len() >= 5, "{file}: {names:?}");
+        for n in names {
+            assert!(
+                known(&n),
+                "{file} reads {n}, which the daemon does not export"
+            );
+        }
+    }
+    // Each of our metrics is on the dashboard, so none goes unseen.
+    let shown = exprs.join("\n");
+    for name in metric::ALL {
+        assert!(shown.contains(name), "{name} is not on the dashboard");
+    }
+}
