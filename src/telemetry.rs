@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn process_metrics_are_read_from_proc_with_help_and_type() {
         let text = process_metrics_text();
-        for name in metric::PROCESS.iter().copied() {
+        for name in metric::PROCESS {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}: {text}");
             let value: f64 = text
