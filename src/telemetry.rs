@@ -396,7 +396,11 @@ mod tests {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{name}: {text}"));
             // A test process may not have used a whole clock tick of CPU yet.
-            let least = if name.starts_with("process_cpu") { 0.0 } else { 1.0 };
+            let least = if name.starts_with("process_cpu") {
+                0.0
+            } else {
+                1.0
+            };
             assert!(value >= least, "{name} = {value}");
         }
         let start: f64 = text

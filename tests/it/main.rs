@@ -14,6 +14,7 @@ mod error_privacy;
 mod fault_injection;
 mod fuzz_corpus;
 mod graceful_shutdown;
+mod json_output;
 mod kill_9_recovery;
 mod layers;
 mod log_privacy;
