@@ -1,7 +1,9 @@
 //! The `clinicea-notifier` binary: parse the command line, start logging, hand over to the library.
 
 use clap::{Parser, Subcommand};
-use clinicea_notifier::commands::{check, dead, once, purge, status, test_rule, verify, Output};
+use clinicea_notifier::commands::{
+    check, dead, once, purge, status, templates, test_rule, verify, Output,
+};
 use clinicea_notifier::daemon;
 use clinicea_notifier::kit::{demo, sandbox};
 use clinicea_notifier::telemetry::{self, LogFormat};
@@ -55,6 +57,8 @@ enum Command {
     Dead(dead::DeadCommand),
     /// Erase everything stored about one record: snapshot, journal, queued deliveries, dead letters.
     Purge(purge::PurgeArgs),
+    /// Write the shipped templates into a folder to edit them (files already there are kept).
+    Templates(templates::TemplatesArgs),
     /// Check a Standard Webhooks signature (for people writing receivers).
     Verify(verify::VerifyArgs),
     /// Serve a simulated Clinicea API with generated, changing data.
@@ -105,6 +109,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
             Command::Dead(cmd) => dead::run(&config, cmd, output).await,
             Command::Purge(args) => purge::run(&config, &args).await,
             Command::Verify(args) => verify::run(&args),
+            Command::Templates(args) => templates::run(&args),
             Command::Sandbox(args) => sandbox::command::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }

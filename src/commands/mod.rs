@@ -14,6 +14,7 @@ pub mod dead;
 pub mod once;
 pub mod purge;
 pub mod status;
+pub mod templates;
 pub mod test_rule;
 pub mod verify;
 
