@@ -796,6 +796,20 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         }
         SecretString::new(t.trim())
     });
+    let console_token = raw
+        .console
+        .as_ref()
+        .and_then(|c| c.value.token.as_ref())
+        .map(|t| {
+            if t.trim().len() < MIN_METRICS_TOKEN_LEN {
+                problems.push(Problem::at(
+                    t.line(),
+                    "console.token",
+                    format!("is shorter than {MIN_METRICS_TOKEN_LEN} characters; make one with `head -c 32 /dev/urandom | base64`"),
+                ));
+            }
+            SecretString::new(t.trim())
+        });
     Base {
         file: file.to_path_buf(),
         clinics,
@@ -814,6 +828,7 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             )
         }),
         metrics_token,
+        console_token,
     }
 }
 
@@ -909,6 +924,9 @@ fn secrets_are_not_placeholders(raw: &RawConfig, problems: &mut Vec<Problem>) {
     // The API keys and login passwords are checked with each clinic.
     if let Some(t) = &raw.metrics_token {
         check_placeholder(t, None, "metrics_token", problems);
+    }
+    if let Some(t) = raw.console.as_ref().and_then(|c| c.value.token.as_ref()) {
+        check_placeholder(t, t.line(), "console.token", problems);
     }
     if let Some(p) = raw.smtp.as_ref().and_then(|s| s.value.password.as_ref()) {
         check_placeholder(

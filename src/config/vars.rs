@@ -8,8 +8,9 @@
 
 use crate::config::problem::{line_of, Problem};
 use crate::config::raw::{
-    Dur, Node, OneOrMany, RawBaseline, RawChat, RawClinicea, RawConfig, RawDestination, RawEmail,
-    RawLogin, RawResource, RawRetry, RawSmtp, RawStore, RawWatchdog, RawWebhook, RuleSpec, Text,
+    Dur, Node, OneOrMany, RawBaseline, RawChat, RawClinicea, RawConfig, RawConsole, RawDestination,
+    RawEmail, RawLogin, RawResource, RawRetry, RawSmtp, RawStore, RawWatchdog, RawWebhook,
+    RuleSpec, Text,
 };
 use serde_saphyr::Spanned;
 use std::collections::{BTreeMap, HashMap};
@@ -248,9 +249,10 @@ macro_rules! walk_structs {
 
 walk_structs! {
     RawConfig {
-        clinicea, clinics, resources, store, templates, listen, metrics_token, smtp, destinations,
-        rules, retry, watchdog
+        clinicea, clinics, resources, store, templates, listen, metrics_token, console, smtp,
+        destinations, rules, retry, watchdog
     } no text in { fleet };
+    RawConsole { token } no text in {};
     RawClinicea {
         base_url, api_key, login, poll_interval, overlap, start_from, timezone, since_timezone,
         timeout, page_delay, baseline, resources
