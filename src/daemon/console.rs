@@ -20,7 +20,8 @@ use super::health::{constant_time_eq, Health};
 use crate::config::SecretString;
 use crate::outbox::entry::{DeadLetter, Wake};
 use crate::outbox::store::Store;
-use axum::extract::{Form, Path as UrlPath, State};
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -266,7 +267,8 @@ fn may_act(headers: &HeaderMap, form: &HashMap<String, String>, cfg: &ConsoleCon
     }
 }
 
-/// `Origin`, when the browser sends one, names this host.
+/// `Origin`, when the browser sends one, names this host. (The pages' referrer policy is
+/// `same-origin`: under `no-referrer` browsers send `Origin: null` with a form, refused here.)
 fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
@@ -289,7 +291,7 @@ fn page(title: &str, refresh: bool, body: Markup) -> Response {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 @if refresh { meta http-equiv="refresh" content=(PAGE_REFRESH_SECS); }
-                meta name="referrer" content="no-referrer";
+                meta name="referrer" content="same-origin";
                 title { (title) " · clinicea-notifier" }
                 style { (maud::PreEscaped(CSS)) }
             }
@@ -486,7 +488,8 @@ async fn login_page(State(app): State<App>) -> Response {
     )
 }
 
-async fn login(State(app): State<App>, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn login(State(app): State<App>, body: Bytes) -> Response {
+    let form = form_fields(&body);
     let cfg = app.health.console.config();
     let given = form.get("token").map(|t| t.trim()).unwrap_or("");
     match cfg.token.as_ref() {
@@ -634,6 +637,11 @@ fn redrive(app: &App, seq: u64) -> Result<bool, crate::outbox::store::StoreError
     Ok(true)
 }
 
+/// A form body's fields (a POST without a body has none).
+fn form_fields(body: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
 /// Runs an action when the request may act; then back to the overview.
 fn act(
     app: &App,
@@ -659,9 +667,9 @@ async fn retry_one(
     State(app): State<App>,
     UrlPath(seq): UrlPath<u64>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
-    act(&app, &headers, &form, |app| {
+    act(&app, &headers, &form_fields(&body), |app| {
         Ok((!redrive(app, seq)?).then_some(seq))
     })
 }
@@ -670,9 +678,9 @@ async fn purge_one(
     State(app): State<App>,
     UrlPath(seq): UrlPath<u64>,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
-    act(&app, &headers, &form, |app| {
+    act(&app, &headers, &form_fields(&body), |app| {
         if app.store.dead_get(seq)?.is_none() {
             return Ok(Some(seq));
         }
@@ -682,12 +690,8 @@ async fn purge_one(
     })
 }
 
-async fn retry_all(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    act(&app, &headers, &form, |app| {
+async fn retry_all(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    act(&app, &headers, &form_fields(&body), |app| {
         for (seq, _) in app.store.dead_entries()? {
             redrive(app, seq)?;
         }
@@ -695,12 +699,8 @@ async fn retry_all(
     })
 }
 
-async fn purge_all(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    act(&app, &headers, &form, |app| {
+async fn purge_all(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    act(&app, &headers, &form_fields(&body), |app| {
         let n = app.store.purge_dead(None)?;
         tracing::info!(n, "console: every dead letter purged");
         Ok(None)

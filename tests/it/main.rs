@@ -31,5 +31,6 @@ mod store_access;
 mod store_privacy;
 mod support;
 mod verify_command;
+mod web_console;
 mod webhook_delivery;
 mod webhook_ids;
