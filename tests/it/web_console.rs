@@ -451,3 +451,25 @@ async fn in_a_browser_retry_is_refused_without_the_token_and_redelivers_with_it(
         .await
         .expect("the daemon stops");
 }
+
+#[test]
+fn a_short_or_placeholder_console_token_is_refused_by_check() {
+    for (value, expected) in [
+        ("tiny-tok", "shorter than 16 characters"),
+        ("REPLACE_ME_with_a_random_token", "placeholder"),
+    ] {
+        let config =
+            leads_only("http://127.0.0.1:1").to_yaml() + &format!("console:\n  token: {value}\n");
+        let t = TestDir::new(&config);
+        let err = match clinicea_notifier::daemon::settings::load_settings_with(&t.config, &t.vars)
+        {
+            Ok(_) => panic!("{value} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("console.token") && err.contains(expected),
+            "{err}"
+        );
+        assert!(!err.contains(value), "the token is echoed: {err}");
+    }
+}
