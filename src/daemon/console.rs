@@ -18,6 +18,7 @@
 
 use super::health::{constant_time_eq, Health};
 use crate::config::SecretString;
+use crate::daemon::events::{Event, Events};
 use crate::outbox::entry::{DeadLetter, Wake};
 use crate::outbox::store::Store;
 use axum::body::Bytes;
@@ -42,6 +43,8 @@ pub(crate) const SNAPSHOT_TTL: Duration = Duration::from_secs(2);
 const PAGE_REFRESH_SECS: u32 = 10;
 /// The most dead letters the overview lists (the newest); `dead list` shows them all.
 const MAX_DEAD_LISTED: usize = 200;
+/// How many of the last delivery outcomes the overview shows.
+const RECENT_DELIVERIES: usize = 20;
 /// The session cookie's name.
 const SESSION_COOKIE: &str = "clinicea_console";
 /// How long the session cookie lasts in the browser.
@@ -54,6 +57,43 @@ pub(crate) struct ConsoleState {
     config: RwLock<ConsoleConfig>,
     wake: RwLock<Option<UnboundedSender<Wake>>>,
     snapshot: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    /// The last delivery outcomes, newest last, at most [`RECENT_DELIVERIES`].
+    recent: Mutex<std::collections::VecDeque<(DateTime<Utc>, crate::deliver::Event)>>,
+}
+
+/// Watches what the notifier does for the console's "last deliveries", passing every event on
+/// to whoever watched before (`demo`): the events to hand to the engine instead of `events`.
+pub(crate) fn watch(events: Events, health: Arc<Health>) -> Events {
+    let (mine, mut sub) = Events::channel();
+    let (changes, deliveries) = (events.changes(), events.deliveries());
+    tokio::spawn(async move {
+        while let Some(ev) = sub.recv().await {
+            match ev {
+                Event::Change(c) => {
+                    if let Some(tx) = &changes {
+                        let _ = tx.send(c);
+                    }
+                }
+                Event::Delivery(d) => {
+                    {
+                        let mut recent = health
+                            .console
+                            .recent
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        recent.push_back((Utc::now(), d.clone()));
+                        while recent.len() > RECENT_DELIVERIES {
+                            recent.pop_front();
+                        }
+                    }
+                    if let Some(tx) = &deliveries {
+                        let _ = tx.send(d);
+                    }
+                }
+            }
+        }
+    });
+    mine
 }
 
 /// The parts of the config the console shows or needs, replaced on reload.
@@ -385,6 +425,15 @@ async fn overview(State(app): State<App>, headers: HeaderMap) -> Response {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     resources.sort_by(|a, b| a.0.cmp(&b.0));
+    let recent: Vec<_> = app
+        .health
+        .console
+        .recent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect();
     let csrf = csrf_field(&cfg, who);
     let body = html! {
         div.bar {
@@ -434,6 +483,27 @@ async fn overview(State(app): State<App>, headers: HeaderMap) -> Response {
                         @match snap.failing.get(name) {
                             Some((since, why)) => span.bad { "FAILING since " (fmt_time(Some(*since))) ": " (why) },
                             None => span.ok { "ok" },
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Last deliveries" }
+        table #deliveries {
+            tr { th { "at" } th { "destination" } th { "outcome" } th { "webhook-id" } th { "attempt" } th { "detail" } }
+            @for (at, d) in recent.iter().rev() {
+                tr {
+                    td { (fmt_time(Some(*at))) }
+                    @match d {
+                        crate::deliver::Event::Delivered { destination, webhook_id, attempt, status, .. } => {
+                            td { (destination) } td { span.ok { "delivered" } } td { code { (webhook_id) } } td { (attempt) }
+                            td { (status.map_or(String::new(), |s| format!("status {s}"))) }
+                        }
+                        crate::deliver::Event::Retrying { destination, webhook_id, attempt, reason, .. } => {
+                            td { (destination) } td { "retrying" } td { code { (webhook_id) } } td { (attempt) } td { (reason) }
+                        }
+                        crate::deliver::Event::Dead { destination, webhook_id, reason, .. } => {
+                            td { (destination) } td { span.bad { "dead" } } td { code { (webhook_id) } } td {} td { (reason) }
                         }
                     }
                 }

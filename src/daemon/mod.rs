@@ -239,8 +239,9 @@ pub async fn run(
     // Install the metrics recorder before any poller or worker runs: metrics recorded before
     // it exists go nowhere, and `serve_health` only installs it once its task first runs.
     let _ = crate::telemetry::metrics_handle();
-    let mut engine = Arc::new(Engine::open(settings, events)?);
     let health = Arc::new(Health::default());
+    let events = console::watch(events, health.clone());
+    let mut engine = Arc::new(Engine::open(settings, events)?);
     health.set_metrics_token(engine.settings.base.metrics_token.clone());
     health.console.configure(&engine.settings);
     let server = tokio::spawn(serve_health(

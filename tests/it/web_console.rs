@@ -194,6 +194,31 @@ async fn the_console_lists_a_dead_letter_and_retries_it_only_with_the_token() {
     assert_eq!(got.len(), 2, "the retry was delivered");
     assert_eq!(got[1].header("webhook-id"), webhook_id);
     assert!(got[1].verified.is_ok(), "{:?}", got[1].verified);
+    // The last deliveries show the refusal and the re-delivery, by webhook-id.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = c
+            .get(s.d.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let recent = page
+            .split("id=\"deliveries\"")
+            .nth(1)
+            .and_then(|r| r.split("</table>").next())
+            .unwrap_or("")
+            .to_string();
+        if recent.contains(">delivered<") {
+            assert!(recent.contains(&webhook_id), "{recent}");
+            assert!(recent.contains(">dead<"), "{recent}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery listed:\n{page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // A bearer token works for scripts too: the letter is gone, so it is a 404 now.
     let r = c.post(&retry).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
@@ -231,7 +256,7 @@ impl Browser {
                 "--disable-gpu",
                 "--no-first-run",
                 "--hide-scrollbars",
-                "--window-size=1200,760",
+                "--window-size=1200,900",
                 "--remote-debugging-port=0",
                 "--remote-allow-origins=*",
             ])
