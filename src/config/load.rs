@@ -90,12 +90,23 @@ fn checked(file: &Path, (config, problems): (Config, Vec<Problem>)) -> Result<Co
     }
 }
 
+/// A parsed config, `${VAR}` substituted where it could be, and the strings it could not
+/// substitute (unset variables), each a problem at its line and key. [`validate`] goes on with
+/// the rest, so `check` reports every problem of the file in one run.
+pub(crate) struct Parsed {
+    /// The config as written, substituted.
+    raw: RawConfig,
+    /// The strings left unsubstituted.
+    unset: Vec<Problem>,
+}
+
 /// Reads and parses a config file, `${VAR}` substituted from `vars`. A file that cannot be read
-/// or parsed, or a variable that is not set, stops here: nothing after it could be judged.
+/// or parsed stops here: nothing after it could be judged. Unset variables do not: they are
+/// problems that [`validate`] reports with its own.
 pub(crate) fn parse_file(
     file: &Path,
     vars: &HashMap<String, String>,
-) -> Result<RawConfig, ConfigError> {
+) -> Result<Parsed, ConfigError> {
     let fail = |message: String| ConfigError::new(file, vec![Problem::at(None, "config", message)]);
     let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -112,7 +123,7 @@ pub(crate) fn parse_text(
     text: &str,
     file: &Path,
     vars: &HashMap<String, String>,
-) -> Result<RawConfig, ConfigError> {
+) -> Result<Parsed, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError::new(
             file,
@@ -120,17 +131,26 @@ pub(crate) fn parse_text(
         ));
     }
     let mut raw = raw::parse(text).map_err(|p| ConfigError::new(file, vec![p]))?;
-    let problems = vars::substitute(&mut raw, vars);
-    if problems.is_empty() {
-        Ok(raw)
-    } else {
-        Err(ConfigError::new(file, problems))
-    }
+    let unset = vars::substitute(&mut raw, text, vars);
+    Ok(Parsed { raw, unset })
+}
+
+/// Whether `problem` is only the echo of an unset variable: a value left as `${VAR}` fails its
+/// own check too (not a URL, not a duration), at the same line or key, and saying so twice
+/// would hide the one thing to fix.
+fn echoes_unset(problem: &Problem, unset: &[Problem]) -> bool {
+    unset.iter().any(|u| {
+        (u.line.is_some() && u.line == problem.line)
+            || problem.key == u.key
+            || problem.key.starts_with(&format!("{}.", u.key))
+            || problem.key.starts_with(&format!("{}[", u.key))
+    })
 }
 
 /// Validates a parsed config read from `file`: the runtime config, built as far as it goes, and
 /// every problem found (none when it is valid).
-pub(crate) fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
+pub(crate) fn validate(parsed: Parsed, file: &Path) -> (Config, Vec<Problem>) {
+    let Parsed { raw, unset } = parsed;
     let mut problems = Vec::new();
     let base = base(&raw, file, &mut problems);
     secrets_are_not_placeholders(&raw, &mut problems);
@@ -171,7 +191,42 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
     // A default `clinicea:` key is checked once per clinic that inherits it: say it once.
     let mut seen = std::collections::HashSet::new();
     problems.retain(|p| seen.insert((p.line, p.key.clone(), p.message.clone())));
+    problems.retain(|p| !echoes_unset(p, &unset));
+    problems.extend(unset);
     (config, problems)
+}
+
+/// The `templates:` folder, resolved; `None` (and a problem saying how to get the shipped
+/// templates to edit) when it is not there. A config copied from the example into a folder of
+/// its own has none, and the shipped templates, built into the binary, need none.
+fn templates_folder(t: &Text, base_dir: &Path, problems: &mut Vec<Problem>) -> Option<PathBuf> {
+    // `./templates` under the config's folder reads better without its `./`.
+    let dir: PathBuf = resolve_path(base_dir, t)
+        .components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect();
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let what = if dir.exists() {
+        "is not a folder"
+    } else {
+        "does not exist"
+    };
+    let shown = if dir.is_relative() {
+        format!("./{}", dir.display())
+    } else {
+        dir.display().to_string()
+    };
+    problems.push(Problem::at(
+        t.line(),
+        "templates",
+        format!(
+            "the folder {shown} {what}. Remove `templates:` to use the shipped templates (built \
+             into the binary), or write them there to edit: clinicea-notifier templates {shown}"
+        ),
+    ));
+    None
 }
 
 /// The folder relative paths in `file` resolve against.
@@ -718,7 +773,10 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             problems,
         ),
     };
-    let templates_dir = raw.templates.as_ref().map(|t| resolve_path(&base_dir, t));
+    let templates_dir = raw
+        .templates
+        .as_ref()
+        .and_then(|t| templates_folder(t, &base_dir, problems));
     let listen_s = raw.listen.as_deref().unwrap_or(defaults::LISTEN);
     let listen = listen_s.parse().unwrap_or_else(|_| {
         problems.push(Problem::at(
@@ -738,6 +796,20 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         }
         SecretString::new(t.trim())
     });
+    let console_token = raw
+        .console
+        .as_ref()
+        .and_then(|c| c.value.token.as_ref())
+        .map(|t| {
+            if t.trim().len() < MIN_METRICS_TOKEN_LEN {
+                problems.push(Problem::at(
+                    t.line(),
+                    "console.token",
+                    format!("is shorter than {MIN_METRICS_TOKEN_LEN} characters; make one with `head -c 32 /dev/urandom | base64`"),
+                ));
+            }
+            SecretString::new(t.trim())
+        });
     Base {
         file: file.to_path_buf(),
         clinics,
@@ -756,6 +828,7 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             )
         }),
         metrics_token,
+        console_token,
     }
 }
 
@@ -851,6 +924,9 @@ fn secrets_are_not_placeholders(raw: &RawConfig, problems: &mut Vec<Problem>) {
     // The API keys and login passwords are checked with each clinic.
     if let Some(t) = &raw.metrics_token {
         check_placeholder(t, None, "metrics_token", problems);
+    }
+    if let Some(t) = raw.console.as_ref().and_then(|c| c.value.token.as_ref()) {
+        check_placeholder(t, t.line(), "console.token", problems);
     }
     if let Some(p) = raw.smtp.as_ref().and_then(|s| s.value.password.as_ref()) {
         check_placeholder(

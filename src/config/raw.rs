@@ -216,6 +216,9 @@ pub(crate) struct RawConfig {
     /// `/readyz` stay open. Unset: `/metrics` is open to whoever reaches `listen`.
     #[serde(default)]
     pub(crate) metrics_token: Option<Text>,
+    /// The web console on `listen`.
+    #[serde(default)]
+    pub(crate) console: Option<Spanned<RawConsole>>,
     /// The SMTP server for email destinations.
     #[serde(default)]
     pub(crate) smtp: Option<Spanned<RawSmtp>>,
@@ -231,6 +234,16 @@ pub(crate) struct RawConfig {
     /// The watchdog that makes a silent death impossible.
     #[serde(default)]
     pub(crate) watchdog: Option<RawWatchdog>,
+}
+
+/// `console:`: the web console `run` serves on `listen`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsole {
+    /// The token that allows actions (retry, purge) and a dead letter's contents; without one
+    /// the console is read-only.
+    #[serde(default)]
+    pub(crate) token: Option<Text>,
 }
 
 /// How the API key is presented to Clinicea.
