@@ -70,6 +70,17 @@ pub(crate) fn summary(s: &Settings) -> String {
             crate::config::Target::Email { to, template, .. } => {
                 format!("{} recipient(s), template {template}", to.len())
             }
+            crate::config::Target::Nats(t) => format!(
+                "{} subject {}",
+                crate::net::scrub::redacted_url(&t.url),
+                t.subject.source
+            ),
+            crate::config::Target::Amqp(t) => format!(
+                "{} exchange {:?} routing key {}",
+                crate::net::scrub::redacted_url(&t.url),
+                t.exchange,
+                t.routing_key.source
+            ),
         };
         let _ = writeln!(
             out,

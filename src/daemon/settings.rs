@@ -68,7 +68,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         }
     }
     for f in &cfg.template_files {
-        if !templates.has(&f.text()) {
+        if !templates.has(&f.required()) {
             problems.push(missing_template(f));
         }
     }
@@ -118,8 +118,18 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
                 rule_resource
             };
             // The registry names, each with the inline template it is, if it is one.
+            if let Some(body) = &d.shape.body_template {
+                if let Err(mut p) = templates.check_body(&body.json(), &resource, &d.shape) {
+                    p.message = format!("{} (body_template of destination {dest})", p.message);
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+            }
             let names: Vec<(String, Option<&InlineTemplate>)> = match &d.target {
                 Target::Webhook(_) => vec![],
+                Target::Nats(t) => vec![(t.subject.name.clone(), Some(&t.subject))],
+                Target::Amqp(t) => vec![(t.routing_key.name.clone(), Some(&t.routing_key))],
                 Target::Chat { template, .. } => vec![(template.text(), None)],
                 Target::Email {
                     template, subject, ..
@@ -171,8 +181,15 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
 
 /// Whether every template `d` names is in the registry (inline ones registered, files found).
 fn templates_registered(d: &config::Destination, templates: &Templates) -> bool {
-    match &d.target {
+    let body = d
+        .shape
+        .body_template
+        .as_ref()
+        .is_none_or(|t| templates.has(&t.json()));
+    body && match &d.target {
         Target::Webhook(_) => true,
+        Target::Nats(t) => templates.has(&t.subject.name),
+        Target::Amqp(t) => templates.has(&t.routing_key.name),
         Target::Chat { template, .. } => templates.has(&template.text()),
         Target::Email {
             to,
@@ -195,6 +212,10 @@ fn missing_template(f: &TemplateFile) -> Problem {
             f.base, f.base
         ),
         TemplatePart::ChatText => format!("no template {:?} (expected {}.txt.hbs)", f.base, f.base),
+        TemplatePart::JsonBody => format!(
+            "no template {:?} (expected {}.json.hbs in the templates folder)",
+            f.base, f.base
+        ),
     };
     Problem::at(f.line, f.key.clone(), message)
 }

@@ -1,10 +1,12 @@
-//! Durable delivery: the sinks (webhook, email, chat), the verdict of an attempt, the step that
+//! Durable delivery: the sinks (webhook, email, chat, NATS, AMQP), the verdict of an attempt, the step that
 //! makes one attempt and records its outcome ([`attempt`]), and the one scheduler that runs the
 //! steps per destination ([`worker`]): retries with jitter, the attempts log and the dead letters.
 
+pub(crate) mod amqp;
 pub mod attempt;
 pub mod chat;
 pub mod email;
+pub(crate) mod nats;
 pub(crate) mod outcome;
 pub mod webhook;
 pub(crate) mod worker;
@@ -22,7 +24,9 @@ use tokio::sync::mpsc;
 pub(crate) fn pacing(d: &Destination) -> Duration {
     match &d.target {
         Target::Chat { kind, .. } => chat::min_interval(*kind),
-        Target::Webhook(_) | Target::Email { .. } => Duration::ZERO,
+        Target::Webhook(_) | Target::Email { .. } | Target::Nats(_) | Target::Amqp(_) => {
+            Duration::ZERO
+        }
     }
 }
 
@@ -76,6 +80,8 @@ pub struct Deliverer {
     /// One HTTP client per webhook and chat destination, each resolving names through that
     /// destination's egress rules.
     http: Arc<HashMap<String, reqwest::Client>>,
+    /// One kept broker connection per NATS and AMQP destination.
+    brokers: Arc<HashMap<String, Broker>>,
     mailer: Option<Arc<Mailer>>,
     events: Option<mpsc::UnboundedSender<Event>>,
     /// Destinations marked failing (mirrors the store's `dest_health`), so the success path only
@@ -84,6 +90,14 @@ pub struct Deliverer {
     /// Where the unit tests make an attempt panic.
     #[cfg(test)]
     fault: TestFault,
+}
+
+/// A broker destination's publisher, with the connection it keeps.
+pub(crate) enum Broker {
+    /// A NATS JetStream server.
+    Nats(nats::Publisher),
+    /// A RabbitMQ broker.
+    Amqp(amqp::Publisher),
 }
 
 /// Where a unit test makes every attempt panic: inside the send (caught by the attempt itself) or
@@ -112,16 +126,33 @@ impl Deliverer {
             .map(|(name, _)| name)
             .collect();
         let mut http = HashMap::new();
+        let mut brokers = HashMap::new();
         for (name, d) in &destinations {
-            if matches!(d.target, Target::Webhook(_) | Target::Chat { .. }) {
-                let policy = crate::net::egress::Policy::destination(name, d.allow_private);
-                http.insert(name.clone(), webhook::client(policy)?);
+            let policy = crate::net::egress::Policy::destination(name, d.allow_private);
+            match &d.target {
+                Target::Webhook(_) | Target::Chat { .. } => {
+                    http.insert(name.clone(), webhook::client(policy)?);
+                }
+                Target::Nats(t) => {
+                    brokers.insert(
+                        name.clone(),
+                        Broker::Nats(nats::Publisher::new(t.clone(), policy)),
+                    );
+                }
+                Target::Amqp(t) => {
+                    brokers.insert(
+                        name.clone(),
+                        Broker::Amqp(amqp::Publisher::new(t.clone(), policy)),
+                    );
+                }
+                Target::Email { .. } => {}
             }
         }
         Ok(Deliverer {
             store,
             destinations: Arc::new(destinations),
             http: Arc::new(http),
+            brokers: Arc::new(brokers),
             mailer,
             events,
             failing: Arc::new(std::sync::Mutex::new(failing)),
