@@ -126,6 +126,23 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
                     }
                 }
             }
+            // A subject or routing key must be one once rendered, not only render.
+            let address = match &d.target {
+                Target::Nats(t) => Some((&t.subject, crate::route::plan::check_subject as fn(&str) -> _)),
+                Target::Amqp(t) => Some((&t.routing_key, crate::route::plan::check_routing_key as fn(&str) -> _)),
+                _ => None,
+            };
+            if let Some((t, valid)) = address {
+                if let Ok(text) = templates.check(&t.name, &resource) {
+                    if let Err(why) = valid(&text) {
+                        problems.push(Problem::at(
+                            t.line,
+                            t.key.clone(),
+                            format!("{why} (rendering for destination {dest} on a sample {resource} record)"),
+                        ));
+                    }
+                }
+            }
             let names: Vec<(String, Option<&InlineTemplate>)> = match &d.target {
                 Target::Webhook(_) => vec![],
                 Target::Nats(t) => vec![(t.subject.name.clone(), Some(&t.subject))],

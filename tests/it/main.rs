@@ -3,6 +3,7 @@
 //! file is named after the behaviour it checks; `support` holds the parts they share.
 
 mod api_pages;
+mod broker_delivery;
 mod baseline;
 mod chat_delivery;
 mod config_check;
@@ -26,6 +27,7 @@ mod rehearsal_kit;
 mod retention_and_erasure;
 mod rule_matching;
 mod sandbox_fleet;
+mod shaping;
 mod store_access;
 mod store_privacy;
 mod support;
