@@ -1419,7 +1419,9 @@ fn broker_url(
     } else if url.scheme() == rules.tls {
         None
     } else if url.scheme() == rules.plain {
-        (!rules.allow_cleartext && !is_loopback_url(&url)).then(|| {
+        // Not `is_loopback_url`: these schemes are not special, so their hosts stay text.
+        let loopback = egress::is_loopback_host(url.host_str().unwrap_or_default());
+        (!rules.allow_cleartext && !loopback).then(|| {
             format!(
                 "{}:// without TLS is only allowed to loopback hosts; use {}:// or set \
                  `allow_cleartext: true`",

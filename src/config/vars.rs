@@ -8,9 +8,9 @@
 
 use crate::config::problem::{line_of, Problem};
 use crate::config::raw::{
-    Dur, Node, OneOrMany, RawBaseline, RawChat, RawClinicea, RawConfig, RawDestination, RawEmail,
-    RawNats, RawAmqp,
-    RawLogin, RawResource, RawRetry, RawSmtp, RawStore, RawWatchdog, RawWebhook, RuleSpec, Text,
+    Dur, Node, OneOrMany, RawAmqp, RawBaseline, RawChat, RawClinicea, RawConfig, RawDestination,
+    RawEmail, RawLogin, RawNats, RawResource, RawRetry, RawSmtp, RawStore, RawWatchdog, RawWebhook,
+    RuleSpec, Text,
 };
 use serde_saphyr::Spanned;
 use std::collections::{BTreeMap, HashMap};

@@ -128,8 +128,14 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
             }
             // A subject or routing key must be one once rendered, not only render.
             let address = match &d.target {
-                Target::Nats(t) => Some((&t.subject, crate::route::plan::check_subject as fn(&str) -> _)),
-                Target::Amqp(t) => Some((&t.routing_key, crate::route::plan::check_routing_key as fn(&str) -> _)),
+                Target::Nats(t) => Some((
+                    &t.subject,
+                    crate::route::plan::check_subject as fn(&str) -> _,
+                )),
+                Target::Amqp(t) => Some((
+                    &t.routing_key,
+                    crate::route::plan::check_routing_key as fn(&str) -> _,
+                )),
                 _ => None,
             };
             if let Some((t, valid)) = address {

@@ -65,7 +65,10 @@ impl Publisher {
             }
             // Broken: closing it is best effort.
             if let Some(c) = kept.take() {
-                let _ = c.connection.close(REPLY_SUCCESS, "reconnecting".into()).await;
+                let _ = c
+                    .connection
+                    .close(REPLY_SUCCESS, "reconnecting".into())
+                    .await;
             }
         }
         let url = &self.target.url;
@@ -79,9 +82,8 @@ impl Publisher {
             .resolve_checked(host, port)
             .await
             .map_err(|e| BrokerFailure::Connect(e.reason))?;
-        let props = lapin::ConnectionProperties::default().with_connection_name(
-            concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION")).into(),
-        );
+        let props = lapin::ConnectionProperties::default()
+            .with_connection_name(concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION")).into());
         let connection = lapin::Connection::connect(url.as_str(), props)
             .await
             .map_err(|e| BrokerFailure::Connect(self.cause(&e)))?;
@@ -104,7 +106,10 @@ impl Publisher {
     /// Forgets the kept connection, so the next attempt makes a new one.
     async fn forget(&self) {
         if let Some(c) = self.conn.lock().await.take() {
-            let _ = c.connection.close(REPLY_SUCCESS, "reconnecting".into()).await;
+            let _ = c
+                .connection
+                .close(REPLY_SUCCESS, "reconnecting".into())
+                .await;
         }
     }
 

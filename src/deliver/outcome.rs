@@ -254,7 +254,9 @@ pub(crate) fn classify_broker(f: BrokerFailure) -> Verdict {
         BrokerFailure::Timeout(t) => retry(format!("timed out after {}", human(t))),
         BrokerFailure::NotAcknowledged(why) => retry(format!("not acknowledged: {why}")),
         BrokerFailure::TooLarge(size, max) => Verdict::Fail {
-            reason: format!("the message ({size} bytes) is larger than the broker accepts ({max} bytes)"),
+            reason: format!(
+                "the message ({size} bytes) is larger than the broker accepts ({max} bytes)"
+            ),
         },
     }
 }

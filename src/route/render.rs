@@ -40,8 +40,8 @@ use crate::config::{ChatKind, Problem};
 use crate::model::{Change, ChangeKind};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext,
-    RenderErrorReason, ScopedJson,
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderErrorReason,
+    ScopedJson,
 };
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -350,7 +350,8 @@ impl Templates {
         let body = self
             .render(name, ctx)
             .map_err(|e| format!("body template {name}: {e}"))?;
-        valid_json(&body).map_err(|e| format!("body template {name} rendered invalid JSON: {e}"))?;
+        valid_json(&body)
+            .map_err(|e| format!("body template {name} rendered invalid JSON: {e}"))?;
         Ok(body)
     }
 
@@ -368,9 +369,21 @@ impl Templates {
         hostile.record = hostile_strings(&hostile.record);
         hostile.previous = hostile.previous.as_ref().map(hostile_strings);
         let mut first = None;
-        for (change, what) in [(sample, "a sample"), (hostile, "a sample (quotes, backslashes and newlines in every string)")] {
+        for (change, what) in [
+            (sample, "a sample"),
+            (
+                hostile,
+                "a sample (quotes, backslashes and newlines in every string)",
+            ),
+        ] {
             let shaped = shaped_change(&change, shape);
-            let ctx = context(&shaped, "check", &["check".to_string()], "check", chrono_tz::UTC);
+            let ctx = context(
+                &shaped,
+                "check",
+                &["check".to_string()],
+                "check",
+                chrono_tz::UTC,
+            );
             let body = self.check_ctx(name, resource, &ctx)?;
             if let Err(e) = valid_json(&body) {
                 return Err(Problem::at(

@@ -31,7 +31,9 @@ fn server(var: &str, test: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            eprintln!("{test}: skipped: {var} is not set (no server to test against; .ci/run sets it)");
+            eprintln!(
+                "{test}: skipped: {var} is not set (no server to test against; .ci/run sets it)"
+            );
             None
         }
     }
@@ -39,15 +41,16 @@ fn server(var: &str, test: &str) -> Option<String> {
 
 /// A name no other test (or run) uses.
 fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}{}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
+    format!("{prefix}{}{}", std::process::id(), rand::random::<u32>())
 }
 
 /// A sandbox holding `n` new leads, and their ids.
-async fn sandbox_with(n: usize) -> (clinicea_notifier::kit::sandbox::SandboxHandle, BTreeSet<String>) {
+async fn sandbox_with(
+    n: usize,
+) -> (
+    clinicea_notifier::kit::sandbox::SandboxHandle,
+    BTreeSet<String>,
+) {
     let sb = empty_sandbox().await;
     let ids = (0..n).map(|_| insert_lead(&sb)).collect();
     (sb, ids)
@@ -164,7 +167,9 @@ struct TestStream {
 
 impl TestStream {
     async fn create(url: &str) -> TestStream {
-        let client = async_nats::connect(url).await.expect("the NATS server answers");
+        let client = async_nats::connect(url)
+            .await
+            .expect("the NATS server answers");
         let js = async_nats::jetstream::new(client);
         let name = unique("CLINICEA_TEST_");
         let prefix = unique("clinicea-test-");
@@ -231,6 +236,8 @@ fn nats_destination(name: &str, url: &str, prefix: &str) -> String {
 
 /// A header of a NATS message, or empty.
 fn nats_header(m: &async_nats::jetstream::Message, name: &str) -> String {
+    // Parsed, so a well-known name (`Nats-Msg-Id`) is looked up as the client stores it.
+    let name: async_nats::header::HeaderName = name.parse().unwrap();
     m.headers
         .as_ref()
         .and_then(|h| h.get(name))
@@ -268,7 +275,11 @@ async fn nats_publishes_every_change_acked_with_the_webhook_id_as_msg_id() {
         .map(|e| e.webhook_id)
         .collect();
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0, "every publish was acknowledged");
+    assert_eq!(
+        engine.store.outbox_len(),
+        0,
+        "every publish was acknowledged"
+    );
     assert!(dead_list(&engine).is_empty());
 
     let got = stream.read_all().await;
@@ -276,10 +287,16 @@ async fn nats_publishes_every_change_acked_with_the_webhook_id_as_msg_id() {
     let subject = format!("{}.default.leads.added", stream.prefix);
     assert!(got.iter().all(|m| m.subject.as_str() == subject));
     let msg_ids: HashSet<String> = got.iter().map(|m| nats_header(m, "Nats-Msg-Id")).collect();
-    assert_eq!(msg_ids, ids_queued, "Nats-Msg-Id is each change's webhook-id");
+    assert_eq!(
+        msg_ids, ids_queued,
+        "Nats-Msg-Id is each change's webhook-id"
+    );
     assert!(got
         .iter()
         .all(|m| nats_header(m, "webhook-id") == nats_header(m, "Nats-Msg-Id")));
+    assert!(got
+        .iter()
+        .all(|m| nats_header(m, "content-type") == "application/json"));
     assert_eq!(data_ids(got.iter().map(|m| m.payload.as_ref())), ids);
     let body: Value = serde_json::from_slice(&got[0].payload).unwrap();
     assert_eq!(body["type"], "leads.added", "the body is the webhook body");
@@ -308,7 +325,11 @@ async fn nats_drops_a_re_send_with_the_same_msg_id() {
     poll_report(&engine).await.unwrap();
     assert_eq!(engine.store.outbox_len(), 6);
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0, "a duplicate's ack is a success");
+    assert_eq!(
+        engine.store.outbox_len(),
+        0,
+        "a duplicate's ack is a success"
+    );
     assert!(dead_list(&engine).is_empty());
     assert_eq!(stream.count().await, 3, "JetStream kept one of each id");
     stream.delete().await;
@@ -347,11 +368,18 @@ async fn nats_down_then_back_mid_run_loses_nothing_and_stores_nothing_twice() {
     ids.insert(insert_lead(&sb));
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
-    assert_eq!(out.delivered, 0, "nothing is acknowledged while the broker is away");
+    assert_eq!(
+        out.delivered, 0,
+        "nothing is acknowledged while the broker is away"
+    );
     assert_eq!(engine.store.outbox_len(), 2);
     proxy.start().await;
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0, "delivered once the broker is back");
+    assert_eq!(
+        engine.store.outbox_len(),
+        0,
+        "delivered once the broker is back"
+    );
     assert!(dead_list(&engine).is_empty());
 
     let got = stream.read_all().await;
@@ -488,7 +516,10 @@ async fn amqp_publishes_persistent_confirmed_messages_with_the_webhook_id() {
     let got = q.read_all().await;
     assert_eq!(got.len(), 5, "a consumer reads every change");
     assert!(got.iter().all(|m| m.routing_key.as_str() == "leads.added"));
-    assert!(got.iter().all(|m| m.properties.delivery_mode() == &Some(2)), "persistent");
+    assert!(
+        got.iter().all(|m| m.properties.delivery_mode() == &Some(2)),
+        "persistent"
+    );
     assert!(got.iter().all(|m| m
         .properties
         .content_type()
@@ -498,7 +529,10 @@ async fn amqp_publishes_persistent_confirmed_messages_with_the_webhook_id() {
         .iter()
         .filter_map(|m| m.properties.message_id().as_ref().map(|s| s.to_string()))
         .collect();
-    assert_eq!(msg_ids, ids_queued, "message_id is each change's webhook-id");
+    assert_eq!(
+        msg_ids, ids_queued,
+        "message_id is each change's webhook-id"
+    );
     assert_eq!(data_ids(got.iter().map(|m| m.data.as_slice())), ids);
     q.delete().await;
 }
@@ -532,14 +566,25 @@ async fn amqp_down_then_back_mid_run_loses_nothing() {
     ids.insert(insert_lead(&sb));
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
-    assert_eq!(out.delivered, 0, "nothing is confirmed while the broker is away");
+    assert_eq!(
+        out.delivered, 0,
+        "nothing is confirmed while the broker is away"
+    );
     proxy.start().await;
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0, "delivered once the broker is back");
+    assert_eq!(
+        engine.store.outbox_len(),
+        0,
+        "delivered once the broker is back"
+    );
     assert!(dead_list(&engine).is_empty());
 
     let got = q.read_all().await;
-    assert_eq!(data_ids(got.iter().map(|m| m.data.as_slice())), ids, "nothing lost");
+    assert_eq!(
+        data_ids(got.iter().map(|m| m.data.as_slice())),
+        ids,
+        "nothing lost"
+    );
     q.delete().await;
 }
 
@@ -558,7 +603,11 @@ async fn amqp_a_message_no_queue_is_bound_for_is_retried_until_one_is() {
     let engine = t.engine();
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
-    assert_eq!((out.attempted, out.delivered), (2, 0), "returned as unroutable: retried");
+    assert_eq!(
+        (out.attempted, out.delivered),
+        (2, 0),
+        "returned as unroutable: retried"
+    );
     let logs = attempt_logs(&engine, queued(&engine, "queue")[0].seq);
     assert!(
         format!("{:?}", logs[0].verdict).contains("no queue is bound"),

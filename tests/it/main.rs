@@ -3,8 +3,8 @@
 //! file is named after the behaviour it checks; `support` holds the parts they share.
 
 mod api_pages;
-mod broker_delivery;
 mod baseline;
+mod broker_delivery;
 mod chat_delivery;
 mod config_check;
 mod config_reload;

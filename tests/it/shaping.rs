@@ -82,7 +82,10 @@ rules:
     // Names are not contents: every field of the added record is still named as changed.
     let changed: BTreeSet<String> =
         serde_json::from_value(added["data"]["changed_fields"].clone()).unwrap();
-    assert!(changed.contains("Notes") && changed.contains("Email"), "{changed:?}");
+    assert!(
+        changed.contains("Notes") && changed.contains("Email"),
+        "{changed:?}"
+    );
 
     // A modification: the rule matches on Notes, which neither body may carry in full.
     sb.sandbox.modify(
@@ -92,7 +95,11 @@ rules:
     );
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
-    assert_eq!(only.count(), 2, "the rule saw the whole record, Notes included");
+    assert_eq!(
+        only.count(),
+        2,
+        "the rule saw the whole record, Notes included"
+    );
     let modified = last_body(&only);
     assert_eq!(modified["data"]["change"], "modified");
     assert_eq!(
@@ -117,8 +124,14 @@ rules:
 
     let minimal = last_body(&except);
     let record = keys(&minimal["data"]["record"]);
-    assert!(record.contains("FirstName") && record.contains("LeadStatus"), "{record:?}");
-    assert!(!record.contains("Notes") && !record.contains("Email"), "{record:?}");
+    assert!(
+        record.contains("FirstName") && record.contains("LeadStatus"),
+        "{record:?}"
+    );
+    assert!(
+        !record.contains("Notes") && !record.contains("Email"),
+        "{record:?}"
+    );
     assert!(
         minimal["data"].get("previous").is_none(),
         "include_previous: false leaves previous out: {minimal}"
@@ -227,8 +240,9 @@ rules:
         "{err:?}"
     );
     assert!(
-        err.iter().any(|p| p.contains("destinations.missing.body_template")
-            && p.contains("nowhere.json.hbs")),
+        err.iter()
+            .any(|p| p.contains("destinations.missing.body_template")
+                && p.contains("nowhere.json.hbs")),
         "{err:?}"
     );
     // The `check` command says the same and fails.
@@ -301,6 +315,10 @@ rules:
 fn load_settings_problems(t: &TestDir) -> Vec<String> {
     match clinicea_notifier::daemon::settings::load_settings_with(&t.config, &t.vars) {
         Ok(_) => panic!("the config should be refused"),
-        Err(e) => e.problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect(),
+        Err(e) => e
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect(),
     }
 }
