@@ -92,12 +92,13 @@ pub struct Deliverer {
     fault: TestFault,
 }
 
-/// A broker destination's publisher, with the connection it keeps.
+/// A broker destination's publisher, with the connection it keeps (boxed: the two differ a lot
+/// in size).
 pub(crate) enum Broker {
     /// A NATS JetStream server.
-    Nats(nats::Publisher),
+    Nats(Box<nats::Publisher>),
     /// A RabbitMQ broker.
-    Amqp(amqp::Publisher),
+    Amqp(Box<amqp::Publisher>),
 }
 
 /// Where a unit test makes every attempt panic: inside the send (caught by the attempt itself) or
@@ -136,13 +137,13 @@ impl Deliverer {
                 Target::Nats(t) => {
                     brokers.insert(
                         name.clone(),
-                        Broker::Nats(nats::Publisher::new(t.clone(), policy)),
+                        Broker::Nats(Box::new(nats::Publisher::new(t.clone(), policy))),
                     );
                 }
                 Target::Amqp(t) => {
                     brokers.insert(
                         name.clone(),
-                        Broker::Amqp(amqp::Publisher::new(t.clone(), policy)),
+                        Broker::Amqp(Box::new(amqp::Publisher::new(t.clone(), policy))),
                     );
                 }
                 Target::Email { .. } => {}
