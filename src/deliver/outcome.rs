@@ -692,4 +692,27 @@ mod tests {
         assert_eq!(human(Duration::from_millis(300)), "300ms");
         assert_eq!(human(Duration::from_millis(1500)), "1.5s");
     }
+
+    #[test]
+    fn a_broker_that_is_down_or_not_set_up_is_retried_and_only_an_oversized_message_fails() {
+        let retried = [
+            BrokerFailure::Connect("connection refused".into()),
+            BrokerFailure::Timeout(Duration::from_secs(2)),
+            BrokerFailure::NotAcknowledged("no stream found for given subject".into()),
+        ];
+        for f in retried {
+            assert!(matches!(classify_broker(f), Verdict::Retry { .. }));
+        }
+        assert_eq!(
+            classify_broker(BrokerFailure::Timeout(Duration::from_millis(1500))),
+            Verdict::Retry {
+                reason: "timed out after 1.5s".into(),
+                retry_after: None
+            }
+        );
+        assert!(matches!(
+            classify_broker(BrokerFailure::TooLarge(2_000_000, 1_048_576)),
+            Verdict::Fail { .. }
+        ));
+    }
 }

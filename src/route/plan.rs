@@ -413,6 +413,58 @@ mod body_tests {
             expected
         );
     }
+
+    /// Shaped, the same envelope with fewer fields, and without `previous` when asked.
+    #[test]
+    fn a_shaped_body_keeps_the_named_fields_and_every_changed_field_name() {
+        let change = Change {
+            clinic: "north".into(),
+            resource: "leads".into(),
+            id: "1".into(),
+            kind: ChangeKind::Modified,
+            record: serde_json::json!({"ID": "1", "Name": "Ada", "Notes": "private"}),
+            previous: Some(serde_json::json!({"ID": "1", "Name": "Ad", "Notes": "old"})),
+            changed_fields: vec!["Name".into(), "Notes".into()],
+            server_status: None,
+            detected_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let only = FieldFilter::Only(vec!["ID".into(), "Name".into()]);
+        let v: serde_json::Value =
+            serde_json::from_str(&webhook_body(&change, "r", &[], &only, true)).unwrap();
+        assert_eq!(
+            v["data"]["record"],
+            serde_json::json!({"ID": "1", "Name": "Ada"})
+        );
+        assert_eq!(
+            v["data"]["previous"],
+            serde_json::json!({"ID": "1", "Name": "Ad"})
+        );
+        assert_eq!(
+            v["data"]["changed_fields"],
+            serde_json::json!(["Name", "Notes"])
+        );
+        let except = FieldFilter::Except(vec!["Notes".into()]);
+        let body = webhook_body(&change, "r", &[], &except, false);
+        assert!(
+            !body.contains("private") && !body.contains("\"previous\""),
+            "{body}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["data"]["record"],
+            serde_json::json!({"ID": "1", "Name": "Ada"})
+        );
+    }
+
+    #[test]
+    fn subjects_and_routing_keys_are_checked_once_rendered() {
+        assert!(check_subject("clinicea.north.leads.added").is_ok());
+        for bad in ["", "a..b", ".a", "a.", "a b", "a.*.b", "a.>", "a\tb"] {
+            assert!(check_subject(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_routing_key("leads.added").is_ok());
+        assert!(check_routing_key(&"k".repeat(256)).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -1263,4 +1263,86 @@ mod tests {
         assert!(problems.iter().any(|p| p.key.ends_with("noext.hbs")));
         assert!(Templates::load(Some(&dir.path().join("missing"))).is_err());
     }
+
+    #[test]
+    fn json_templates_escape_values_and_write_json_literals_raw() {
+        let mut t = Templates::shipped().unwrap();
+        t.register_inline(
+            "body.json",
+            r#"{"name": "{{record.N}}", "n": {{json record.Num}}, "all": {{json record}}, "d": "{{default record.Missing "none"}}"}"#,
+        )
+        .unwrap();
+        let nasty = "a\"b\\c\nd\u{1}</x>";
+        let ctx = json!({"record": {"N": nasty, "Num": 3}});
+        let body = t.render_body("body.json", &ctx).unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["name"], nasty);
+        assert_eq!(v["n"], 3);
+        assert_eq!(v["all"]["N"], nasty);
+        assert_eq!(v["d"], "none");
+        assert_eq!(json_escape("q\"\\\n"), r#"q\"\\\n"#);
+        assert_eq!(json_escape(""), "");
+    }
+
+    #[test]
+    fn json_templates_refuse_triple_braces_and_bodies_that_do_not_parse() {
+        let mut t = Templates::shipped().unwrap();
+        let p = t
+            .register_inline("raw.json", "{\n\"a\": \"{{{record.N}}}\"}")
+            .unwrap_err();
+        assert_eq!(p.line, Some(2));
+        assert!(p.message.contains("triple braces"), "{p}");
+        t.register_inline("bare.json", "{\"a\": {{record.FirstName}}}")
+            .unwrap();
+        let err = t
+            .render_body("bare.json", &json!({"record": {"FirstName": "Ada"}}))
+            .unwrap_err();
+        assert!(
+            err.starts_with("body template bare.json rendered invalid JSON"),
+            "{err}"
+        );
+        assert!(!err.contains("Ada"), "a reason never holds a value: {err}");
+        let p = t
+            .check_body("bare.json", "leads", &Shape::default())
+            .unwrap_err();
+        assert!(
+            p.message.contains("invalid JSON on a sample leads record"),
+            "{p}"
+        );
+        // A numeric field outside quotes is fine for the sample, and the quotes-and-newlines pass.
+        t.register_inline(
+            "ok.json",
+            "{\"name\": \"{{record.FirstName}}\", \"id\": {{json id}}}",
+        )
+        .unwrap();
+        assert!(t.check_body("ok.json", "leads", &Shape::default()).is_ok());
+        // A field the shape leaves out is not in the template's record.
+        let shape = Shape {
+            fields: FieldFilter::Only(vec!["ID".into()]),
+            ..Shape::default()
+        };
+        let p = t.check_body("ok.json", "leads", &shape).unwrap_err();
+        assert!(p.message.contains("record.FirstName"), "{p}");
+    }
+
+    #[test]
+    fn shaping_a_change_keeps_changed_fields_and_can_drop_previous() {
+        let c = sample_change("appointments");
+        let shape = Shape {
+            fields: FieldFilter::Except(vec!["Notes".into(), "PatientMobile".into()]),
+            include_previous: false,
+            body_template: None,
+        };
+        let s = shaped_change(&c, &shape);
+        assert!(s.record.get("PatientMobile").is_none() && s.record.get("ID").is_some());
+        assert!(s.previous.is_none());
+        assert_eq!(s.changed_fields, c.changed_fields);
+        let keep = Shape {
+            fields: FieldFilter::Only(vec!["ID".into(), "AppointmentStatus".into()]),
+            ..Shape::default()
+        };
+        let s = shaped_change(&c, &keep);
+        assert_eq!(s.record.as_object().unwrap().len(), 2);
+        assert_eq!(s.previous.unwrap().as_object().unwrap().len(), 2);
+    }
 }
