@@ -1414,34 +1414,34 @@ fn broker_url(
             return None;
         }
     };
+    let egress_refusal = || {
+        egress::Policy::destination(name, rules.allow_private)
+            .check_url(&url)
+            .err()
+            .map(|e| e.reason)
+    };
+    // Not `is_loopback_url`: these schemes are not special, so their hosts stay text.
+    let loopback = egress::is_loopback_host(url.host_str().unwrap_or_default());
     let problem = if url.host_str().is_none_or(str::is_empty) {
         Some("the URL has no host".to_string())
-    } else if url.scheme() == rules.tls {
-        None
-    } else if url.scheme() == rules.plain {
-        // Not `is_loopback_url`: these schemes are not special, so their hosts stay text.
-        let loopback = egress::is_loopback_host(url.host_str().unwrap_or_default());
-        (!rules.allow_cleartext && !loopback).then(|| {
-            format!(
-                "{}:// without TLS is only allowed to loopback hosts; use {}:// or set \
-                 `allow_cleartext: true`",
-                rules.plain, rules.tls
-            )
-        })
-    } else {
+    } else if url.scheme() != rules.tls && url.scheme() != rules.plain {
         Some(format!(
             "unsupported URL scheme `{}`; use {}:// or {}://",
             url.scheme(),
             rules.tls,
             rules.plain
         ))
+    } else if let Some(refused) = egress_refusal() {
+        Some(refused)
+    } else if url.scheme() == rules.plain && !rules.allow_cleartext && !loopback {
+        Some(format!(
+            "{}:// without TLS is only allowed to loopback hosts; use {}:// or set \
+             `allow_cleartext: true`",
+            rules.plain, rules.tls
+        ))
+    } else {
+        None
     };
-    let problem = problem.or_else(|| {
-        egress::Policy::destination(name, rules.allow_private)
-            .check_url(&url)
-            .err()
-            .map(|e| e.reason)
-    });
     match problem {
         Some(p) => {
             problems.push(Problem::at(line, key, p));

@@ -621,3 +621,137 @@ async fn amqp_a_message_no_queue_is_bound_for_is_retried_until_one_is() {
     assert_eq!(data_ids(got.iter().map(|m| m.data.as_slice())), ids);
     q.delete().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Config and privacy (no server needed, except the AMQP half of the last test)
+// ---------------------------------------------------------------------------------------------
+
+/// The problems of a config with this one destination (YAML under `destinations:`), each as
+/// `key: message`; empty when it loads.
+fn problems_of(destination: &str) -> Vec<String> {
+    let t = TestDir::new(&config("http://127.0.0.1:9", &["d"], destination));
+    match clinicea_notifier::daemon::settings::load_settings_with(&t.config, &t.vars) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn broker_urls_follow_the_egress_rules_and_never_echo_credentials() {
+    let nats = |url: &str, extra: &str| {
+        problems_of(&format!(
+            "  d:\n    type: nats\n    url: \"{url}\"\n    subject: \"a.{{{{resource}}}}\"\n{extra}"
+        ))
+    };
+    let amqp = |url: &str, extra: &str| {
+        problems_of(&format!(
+            "  d:\n    type: amqp\n    url: \"{url}\"\n    exchange: x\n    routing_key: \"{{{{resource}}}}\"\n{extra}"
+        ))
+    };
+    assert!(nats("nats://127.0.0.1:4222", "").is_empty());
+    assert!(amqp("amqp://guest:guest@localhost:5672/%2f", "").is_empty());
+    assert!(nats("tls://nats.example.com:4222", "").is_empty());
+
+    let metadata = nats("nats://alice:SECRETPW@169.254.169.254:4222", "");
+    assert!(
+        metadata.len() == 1 && metadata[0].contains("never connects there"),
+        "{metadata:?}"
+    );
+    let private = amqp("amqps://guest:SECRETPW@10.1.2.3:5671/%2f", "");
+    assert!(
+        private.len() == 1 && private[0].contains("destinations.d.allow_private"),
+        "{private:?}"
+    );
+    assert!(amqp(
+        "amqps://guest:SECRETPW@10.1.2.3/%2f",
+        "    allow_private: true\n"
+    )
+    .is_empty());
+    let clear = amqp("amqp://guest:SECRETPW@mq.example.com/%2f", "");
+    assert!(
+        clear.len() == 1 && clear[0].contains("allow_cleartext"),
+        "{clear:?}"
+    );
+    let clear = nats("nats://nats.example.com:4222", "");
+    assert!(clear.len() == 1 && clear[0].contains("tls://"), "{clear:?}");
+    let scheme = nats("http://127.0.0.1:4222", "");
+    assert!(
+        scheme.len() == 1 && scheme[0].contains("unsupported URL scheme"),
+        "{scheme:?}"
+    );
+    for p in metadata.iter().chain(&private).chain(&clear) {
+        assert!(!p.contains("SECRETPW"), "{p}");
+    }
+
+    let both = nats(
+        "nats://127.0.0.1:4222",
+        "    creds_file: x.creds\n    user: a\n    password: b\n",
+    );
+    assert!(both.iter().any(|p| p.contains("not both")), "{both:?}");
+    let half = nats("nats://127.0.0.1:4222", "    user: a\n");
+    assert!(half.iter().any(|p| p.contains("go together")), "{half:?}");
+    let shape = nats(
+        "nats://127.0.0.1:4222",
+        "    fields: [ID]\n    exclude_fields: [Notes]\n",
+    );
+    assert!(
+        shape.iter().any(|p| p.contains("fields or exclude_fields")),
+        "{shape:?}"
+    );
+    let subject = problems_of(
+        "  d:\n    type: nats\n    url: nats://127.0.0.1:4222\n    subject: \"a.{{record.Notes}}\"\n",
+    );
+    assert!(
+        subject
+            .iter()
+            .any(|p| p.contains("destinations.d.subject") && p.contains("whitespace")),
+        "a subject that renders with spaces on the sample is refused: {subject:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_error_never_shows_the_password() {
+    let (sb, _) = sandbox_with(1).await;
+    let closed = free_port();
+    let t = TestDir::new(&config(
+        &sb.base_url(),
+        &["bus"],
+        &format!(
+            "  bus:\n    type: nats\n    url: nats://alice:SECRETPW@127.0.0.1:{closed}\n    subject: a.b\n    timeout: 2s\n"
+        ),
+    ));
+    let engine = t.engine();
+    poll_report(&engine).await.unwrap();
+    let out = engine.deliverer.deliver_all_due().await.unwrap();
+    assert_eq!(out.delivered, 0);
+    let entry = &queued(&engine, "bus")[0];
+    let reason = format!("{:?}", attempt_logs(&engine, entry.seq)[0].verdict);
+    assert!(reason.contains("connection failed"), "{reason}");
+    assert!(!reason.contains("SECRETPW"), "{reason}");
+
+    let Some(url) = server(
+        AMQP_VAR,
+        "a_broker_error_never_shows_the_password (AMQP part)",
+    ) else {
+        return;
+    };
+    let mut wrong = url::Url::parse(&url).unwrap();
+    wrong.set_password(Some("WRONG-SECRETPW")).unwrap();
+    let t = TestDir::new(&config(
+        &sb.base_url(),
+        &["queue"],
+        &amqp_destination("queue", wrong.as_str(), "amq.topic"),
+    ));
+    let engine = t.engine();
+    poll_report(&engine).await.unwrap();
+    let out = engine.deliverer.deliver_all_due().await.unwrap();
+    assert_eq!(out.delivered, 0, "a refused login is retried");
+    let entry = &queued(&engine, "queue")[0];
+    let reason = format!("{:?}", attempt_logs(&engine, entry.seq)[0].verdict);
+    assert!(reason.contains("Retry"), "{reason}");
+    assert!(!reason.contains("SECRETPW"), "{reason}");
+}
