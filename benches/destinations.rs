@@ -100,7 +100,12 @@ fn engine_in(dir: &Path, yaml: &str) -> Engine {
 async fn through_worker(base_url: &str, destination: &str) -> (u64, f64, Bytes) {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine_in(dir.path(), &config(base_url, destination));
-    let report = engine.poll_all().await.remove(0).result.expect("poll succeeds");
+    let report = engine
+        .poll_all()
+        .await
+        .remove(0)
+        .result
+        .expect("poll succeeds");
     let n = report.deliveries;
     let (_, first) = engine
         .store
@@ -363,13 +368,17 @@ fn main() {
     println!();
     println!(
         "| {:<38} | {:>7} | {:>11} | {:>12} | {:>5} |",
-        "destination (concurrency {concurrency})".replace("{concurrency}", &concurrency.to_string()),
+        "destination (concurrency {concurrency})"
+            .replace("{concurrency}", &concurrency.to_string()),
         "entries",
         "deliv/s",
         "ceiling/s",
         "ratio"
     );
-    println!("|{:-<40}|{:-<9}|{:-<13}|{:-<14}|{:-<7}|", "", "", "", "", "");
+    println!(
+        "|{:-<40}|{:-<9}|{:-<13}|{:-<14}|{:-<7}|",
+        "", "", "", "", ""
+    );
     for (name, n, rate, ceil) in rows {
         println!(
             "| {name:<38} | {n:>7} | {rate:>11.1} | {ceil:>12.1} | {:>5.2} |",

@@ -622,6 +622,59 @@ async fn amqp_a_message_no_queue_is_bound_for_is_retried_until_one_is() {
     q.delete().await;
 }
 
+#[tokio::test]
+async fn amqp_a_missing_exchange_is_retried_until_it_exists() {
+    let Some(url) = server(AMQP_VAR, "amqp_a_missing_exchange_is_retried") else {
+        return;
+    };
+    // The queue's exchange is declared only after the first attempts.
+    let q = TestQueue::create(&url, false).await;
+    let missing = unique("clinicea-test-missing-");
+    let (sb, ids) = sandbox_with(2).await;
+    let t = TestDir::new(&config(
+        &sb.base_url(),
+        &["queue"],
+        &amqp_destination("queue", &url, &missing),
+    ));
+    let engine = t.engine();
+    poll_report(&engine).await.unwrap();
+    let out = engine.deliverer.deliver_all_due().await.unwrap();
+    assert_eq!(
+        (out.attempted, out.delivered),
+        (2, 0),
+        "no exchange: retried"
+    );
+    assert!(dead_list(&engine).is_empty());
+    q.channel
+        .exchange_declare(
+            missing.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    q.channel
+        .queue_bind(
+            q.queue.as_str().into(),
+            missing.as_str().into(),
+            "leads.*".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    drain_outbox(&engine, DRAIN).await;
+    assert_eq!(engine.store.outbox_len(), 0);
+    let got = q.read_all().await;
+    assert_eq!(data_ids(got.iter().map(|m| m.data.as_slice())), ids);
+    q.channel
+        .exchange_delete(missing.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    q.delete().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Config and privacy (no server needed, except the AMQP half of the last test)
 // ---------------------------------------------------------------------------------------------
