@@ -150,9 +150,10 @@ impl Publisher {
         match acked {
             Ok(_) => Ok(()),
             Err(e) => {
-                // A timed-out ack leaves the connection as it was (the client reconnects on its
-                // own); anything else may mean it is broken, so the next attempt makes a new one.
-                if !matches!(e.kind(), PublishErrorKind::TimedOut) {
+                // The client reconnects on its own, and a missing stream or an error ack says
+                // nothing about the connection; only a broken pipe means the client itself is
+                // gone, so the next attempt makes a new one.
+                if matches!(e.kind(), PublishErrorKind::BrokenPipe) {
                     self.forget().await;
                 }
                 Err(BrokerFailure::NotAcknowledged(self.cause(&e)))

@@ -2,7 +2,9 @@
 //! published and acknowledged, read back by a consumer; `Nats-Msg-Id` / `message_id` = the
 //! `webhook-id`, and JetStream dropping a re-send of the same id; persistent AMQP messages with
 //! publisher confirms; a broker that goes away mid-run (a loopback TCP proxy in front of it, stopped
-//! and started again) costs nothing; a message no queue is bound for is retried, not lost.
+//! and started again) costs nothing; a subject no stream captures, a missing exchange and a
+//! message no queue is bound for are retried, not lost; broker URLs follow the egress rules and no
+//! error shows a password.
 //!
 //! The servers' addresses come from `CLINICEA_TEST_NATS_URL` (`nats://127.0.0.1:4222`) and
 //! `CLINICEA_TEST_AMQP_URL` (`amqp://guest:guest@127.0.0.1:5672/%2f`); `.ci/run` sets and checks
@@ -384,6 +386,42 @@ async fn nats_down_then_back_mid_run_loses_nothing_and_stores_nothing_twice() {
 
     let got = stream.read_all().await;
     assert_eq!(got.len(), 5, "nothing lost, nothing stored twice");
+    assert_eq!(data_ids(got.iter().map(|m| m.payload.as_ref())), ids);
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn nats_a_subject_no_stream_captures_is_retried_until_one_does() {
+    let Some(url) = server(NATS_VAR, "nats_a_subject_no_stream_captures") else {
+        return;
+    };
+    let prefix = unique("clinicea-test-nostream-");
+    let (sb, ids) = sandbox_with(2).await;
+    let t = TestDir::new(&config(
+        &sb.base_url(),
+        &["bus"],
+        &nats_destination("bus", &url, &prefix),
+    ));
+    let engine = t.engine();
+    poll_report(&engine).await.unwrap();
+    let out = engine.deliverer.deliver_all_due().await.unwrap();
+    assert_eq!((out.attempted, out.delivered), (2, 0), "no stream: retried");
+    assert!(dead_list(&engine).is_empty());
+    // The stream appears (the operator creates it): the same entries go.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let name = unique("CLINICEA_TEST_");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stream = TestStream { js, name, prefix };
+    drain_outbox(&engine, DRAIN).await;
+    assert_eq!(engine.store.outbox_len(), 0);
+    let got = stream.read_all().await;
     assert_eq!(data_ids(got.iter().map(|m| m.payload.as_ref())), ids);
     stream.delete().await;
 }
