@@ -306,6 +306,41 @@ async fn nats_publishes_every_change_acked_with_the_webhook_id_as_msg_id() {
 }
 
 #[tokio::test]
+async fn nats_carries_the_webhook_body_shaped_as_the_destination_says() {
+    let Some(url) = server(NATS_VAR, "nats_carries_the_webhook_body_shaped") else {
+        return;
+    };
+    let stream = TestStream::create(&url).await;
+    let (sb, ids) = sandbox_with(2).await;
+    let t = TestDir::new(&config(
+        &sb.base_url(),
+        &["bus"],
+        &format!(
+            "{}    fields: [ID, FirstName]\n    include_previous: false\n",
+            nats_destination("bus", &url, &stream.prefix)
+        ),
+    ));
+    let engine = t.engine();
+    poll_report(&engine).await.unwrap();
+    drain_outbox(&engine, DRAIN).await;
+    let got = stream.read_all().await;
+    assert_eq!(data_ids(got.iter().map(|m| m.payload.as_ref())), ids);
+    for m in &got {
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        let record: BTreeSet<&str> = body["data"]["record"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(record, BTreeSet::from(["ID", "FirstName"]));
+        assert!(body["data"].get("previous").is_none(), "{body}");
+        assert!(!String::from_utf8_lossy(&m.payload).contains("whitening"));
+    }
+    stream.delete().await;
+}
+
+#[tokio::test]
 async fn nats_drops_a_re_send_with_the_same_msg_id() {
     let Some(url) = server(NATS_VAR, "nats_drops_a_re_send") else {
         return;
