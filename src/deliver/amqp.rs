@@ -71,17 +71,14 @@ impl Publisher {
                     .await;
             }
         }
-        let url = &self.target.url;
-        let host = url.host_str().unwrap_or_default();
-        let port = url.port().unwrap_or(if url.scheme() == "amqps" {
+        let default_port = if self.target.url.scheme() == "amqps" {
             DEFAULT_TLS_PORT
         } else {
             DEFAULT_PORT
-        });
-        self.egress
-            .resolve_checked(host, port)
+        };
+        let url = super::checked_broker_url(&self.target.url, default_port, "amqp", &self.egress)
             .await
-            .map_err(|e| BrokerFailure::Connect(e.reason))?;
+            .map_err(BrokerFailure::Connect)?;
         let props = lapin::ConnectionProperties::default()
             .with_connection_name(concat!("clinicea-notifier/", env!("CARGO_PKG_VERSION")).into());
         let connection = lapin::Connection::connect(url.as_str(), props)

@@ -6,7 +6,8 @@
 //! the `webhook-id`, so JetStream's duplicate window drops a re-send of a message it already
 //! stored (an attempt whose ack was lost is retried with the same id); it counts as delivered only
 //! once the stream has acknowledged it. Servers the cluster advertises are ignored: the client
-//! connects only to the configured host, which the egress rules checked.
+//! connects only to the configured host, which the egress rules checked (and, without TLS, to the
+//! address they checked: see [`super::checked_broker_url`]).
 //!
 //! Failures are sorted by [`crate::deliver::outcome::classify_broker`]; their text never holds
 //! the URL's userinfo or the password.
@@ -62,13 +63,9 @@ impl Publisher {
         if let Some(c) = kept.as_ref() {
             return Ok(c.clone());
         }
-        let url = &self.target.url;
-        let host = url.host_str().unwrap_or_default();
-        let port = url.port().unwrap_or(DEFAULT_PORT);
-        self.egress
-            .resolve_checked(host, port)
+        let url = super::checked_broker_url(&self.target.url, DEFAULT_PORT, "nats", &self.egress)
             .await
-            .map_err(|e| BrokerFailure::Connect(e.reason))?;
+            .map_err(BrokerFailure::Connect)?;
         let mut opts = match &self.target.auth {
             NatsAuth::None => async_nats::ConnectOptions::new(),
             NatsAuth::CredsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)

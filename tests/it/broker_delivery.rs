@@ -317,7 +317,12 @@ async fn nats_carries_the_webhook_body_shaped_as_the_destination_says() {
         &["bus"],
         &format!(
             "{}    fields: [ID, FirstName]\n    include_previous: false\n",
-            nats_destination("bus", &url, &stream.prefix)
+            // By name: the connection goes to the address the egress rules checked.
+            nats_destination(
+                "bus",
+                &url.replace("127.0.0.1", "localhost"),
+                &stream.prefix
+            )
         ),
     ));
     let engine = t.engine();
