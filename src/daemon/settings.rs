@@ -117,7 +117,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
             } else {
                 rule_resource
             };
-            // The registry names, each with the inline template it is, if it is one.
+            // A custom body must be JSON for the sample, shaped as the destination shapes it.
             if let Some(body) = &d.shape.body_template {
                 if let Err(mut p) = templates.check_body(&body.json(), &resource, &d.shape) {
                     p.message = format!("{} (body_template of destination {dest})", p.message);
@@ -149,6 +149,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
                     }
                 }
             }
+            // The registry names, each with the inline template it is, if it is one.
             let names: Vec<(String, Option<&InlineTemplate>)> = match &d.target {
                 Target::Webhook(_) => vec![],
                 Target::Nats(t) => vec![(t.subject.name.clone(), Some(&t.subject))],
