@@ -127,33 +127,28 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
                 }
             }
             // A subject or routing key must be one once rendered, not only render.
-            let address = match &d.target {
-                Target::Nats(t) => Some((
-                    &t.subject,
-                    crate::route::plan::check_subject as fn(&str) -> _,
-                )),
-                Target::Amqp(t) => Some((
-                    &t.routing_key,
-                    crate::route::plan::check_routing_key as fn(&str) -> _,
-                )),
+            type Valid = fn(&str) -> Result<(), &'static str>;
+            let address: Option<(&InlineTemplate, Valid)> = match &d.target {
+                Target::Nats(t) => Some((&t.subject, crate::route::plan::check_subject)),
+                Target::Amqp(t) => Some((&t.routing_key, crate::route::plan::check_routing_key)),
                 _ => None,
             };
             if let Some((t, valid)) = address {
-                if let Ok(text) = templates.check(&t.name, &resource) {
-                    if let Err(why) = valid(&text) {
-                        problems.push(Problem::at(
-                            t.line,
-                            t.key.clone(),
-                            format!("{why} (rendering for destination {dest} on a sample {resource} record)"),
-                        ));
-                    }
+                let reason = match templates.check_shaped(&t.name, &resource, &d.shape) {
+                    Ok(text) => valid(&text).err().map(str::to_string),
+                    Err(p) => Some(p.message),
+                };
+                if let Some(why) = reason {
+                    problems.push(Problem::at(
+                        t.line,
+                        t.key.clone(),
+                        format!("{why} (rendering for destination {dest} on a sample {resource} record)"),
+                    ));
                 }
             }
             // The registry names, each with the inline template it is, if it is one.
             let names: Vec<(String, Option<&InlineTemplate>)> = match &d.target {
-                Target::Webhook(_) => vec![],
-                Target::Nats(t) => vec![(t.subject.name.clone(), Some(&t.subject))],
-                Target::Amqp(t) => vec![(t.routing_key.name.clone(), Some(&t.routing_key))],
+                Target::Webhook(_) | Target::Nats(_) | Target::Amqp(_) => vec![],
                 Target::Chat { template, .. } => vec![(template.text(), None)],
                 Target::Email {
                     template, subject, ..

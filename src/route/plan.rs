@@ -280,11 +280,18 @@ impl Pipeline {
             // Chat and email render templates against the change model; webhooks do not.
             let ctx = || render::context(change, &route.rule, &route.rules, &dest.name, tz);
             let body = || self.body(change, route, &dest.name, &dest.shape, tz);
-            // A NATS subject or an AMQP routing key, rendered against the whole change.
+            // A NATS subject or an AMQP routing key sees what the body sees: with `fields` or
+            // `exclude_fields`, a field left out of the body is left out of the subject too.
             let address = |t: &InlineTemplate, check: fn(&str) -> Result<(), &'static str>| {
+                let ctx = if dest.shape.fields == FieldFilter::All {
+                    ctx()
+                } else {
+                    let shaped = render::shaped_change(change, &dest.shape);
+                    render::context(&shaped, &route.rule, &route.rules, &dest.name, tz)
+                };
                 let text = self
                     .templates
-                    .render(&t.name, &ctx())
+                    .render(&t.name, &ctx)
                     .map_err(|e| format!("{} of {}: {e}", t.key, dest.name))?;
                 check(&text).map_err(|e| format!("{} of {}: {e}", t.key, dest.name))?;
                 Ok::<String, String>(text)

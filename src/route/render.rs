@@ -447,6 +447,25 @@ impl Templates {
         self.check_ctx(name, resource, &ctx)
     }
 
+    /// [`Templates::check`] against the sample record shaped as `shape` shapes it: for a NATS
+    /// subject or an AMQP routing key, which see what the destination's body sees.
+    pub(crate) fn check_shaped(
+        &self,
+        name: &str,
+        resource: &str,
+        shape: &Shape,
+    ) -> Result<String, Problem> {
+        let shaped = shaped_change(&sample_change(resource), shape);
+        let ctx = context(
+            &shaped,
+            "check",
+            &["check".to_string()],
+            "check",
+            chrono_tz::UTC,
+        );
+        self.check_ctx(name, resource, &ctx)
+    }
+
     /// Renders `name` strictly against `ctx`, the context of a sample `resource` record.
     fn check_ctx(&self, name: &str, resource: &str, ctx: &Value) -> Result<String, Problem> {
         if !self.has(name) {

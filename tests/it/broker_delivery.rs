@@ -842,6 +842,15 @@ fn broker_urls_follow_the_egress_rules_and_never_echo_credentials() {
             .any(|p| p.contains("destinations.d.subject") && p.contains("whitespace")),
         "a subject that renders with spaces on the sample is refused: {subject:?}"
     );
+    let hidden = problems_of(
+        "  d:\n    type: nats\n    url: nats://127.0.0.1:4222\n    subject: \"a.{{record.FirstName}}\"\n    fields: [ID]\n",
+    );
+    assert!(
+        hidden
+            .iter()
+            .any(|p| p.contains("destinations.d.subject") && p.contains("record.FirstName")),
+        "a subject sees only the fields the body carries: {hidden:?}"
+    );
 }
 
 #[tokio::test]
