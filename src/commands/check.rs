@@ -157,6 +157,17 @@ fn target_text(target: &Target) -> String {
         Target::Email { to, template, .. } => {
             format!("{} recipient(s), template {template}", to.len())
         }
+        Target::Nats(t) => format!(
+            "{} subject {}",
+            crate::net::scrub::redacted_url(&t.url),
+            t.subject.source
+        ),
+        Target::Amqp(t) => format!(
+            "{} exchange {:?} routing key {}",
+            crate::net::scrub::redacted_url(&t.url),
+            t.exchange,
+            t.routing_key.source
+        ),
     }
 }
 

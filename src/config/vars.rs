@@ -8,8 +8,9 @@
 
 use crate::config::problem::{line_of, Problem};
 use crate::config::raw::{
-    Dur, Node, OneOrMany, RawBaseline, RawChat, RawClinicea, RawConfig, RawConsole, RawDestination,
-    RawEmail, RawLogin, RawResource, RawRetry, RawSmtp, RawStore, RawWatchdog, RawWebhook,
+    Dur, Node, OneOrMany, RawAmqp, RawBaseline, RawChat, RawClinicea, RawConfig, RawConsole,
+    RawDestination, RawEmail, RawLogin, RawNats, RawResource, RawRetry, RawSmtp, RawStore, RawWatchdog,
+    RawWebhook,
     RuleSpec, Text,
 };
 use serde_saphyr::Spanned;
@@ -270,8 +271,15 @@ walk_structs! {
     RawRetry { schedule } no text in { jitter };
     RawWatchdog { stale_after } no text in {};
     RawWebhook {
-        url, secret, headers, timeout, retry
-    } no text in { allow_insecure_http, allow_private, concurrency };
+        url, secret, headers, timeout, retry, fields, exclude_fields, body_template
+    } no text in { allow_insecure_http, allow_private, concurrency, include_previous };
+    RawNats {
+        url, subject, creds_file, user, password, timeout, retry, fields, exclude_fields,
+        body_template
+    } no text in { allow_private, allow_cleartext, concurrency, include_previous };
+    RawAmqp {
+        url, exchange, routing_key, timeout, retry, fields, exclude_fields, body_template
+    } no text in { allow_private, allow_cleartext, concurrency, include_previous };
     RawEmail { to, subject, template, from, reply_to, retry } no text in { concurrency };
     RawChat { url, template, timeout, retry } no text in { allow_insecure_http, allow_private };
 }
@@ -285,6 +293,8 @@ impl Walk for RawDestination {
             | RawDestination::Teams(c)
             | RawDestination::Discord(c)
             | RawDestination::GoogleChat(c) => c.walk(pass, at),
+            RawDestination::Nats(n) => n.walk(pass, at),
+            RawDestination::Amqp(a) => a.walk(pass, at),
         }
     }
 }

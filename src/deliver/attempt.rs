@@ -117,6 +117,22 @@ impl Deliverer {
                 Payload::Chat { body },
                 Some(http),
             ) => super::chat::send(http, *kind, url, body.clone().into_bytes(), *timeout).await,
+            (Target::Nats(_), Payload::Publish { subject, body }, _) => {
+                match self.brokers.get(&dest.name) {
+                    Some(super::Broker::Nats(p)) => {
+                        super::nats::send(p, subject, &entry.webhook_id, body.as_bytes()).await
+                    }
+                    _ => fail(format!("no NATS connection for destination {}", dest.name)),
+                }
+            }
+            (Target::Amqp(_), Payload::Publish { subject, body }, _) => {
+                match self.brokers.get(&dest.name) {
+                    Some(super::Broker::Amqp(p)) => {
+                        super::amqp::send(p, subject, &entry.webhook_id, body.as_bytes()).await
+                    }
+                    _ => fail(format!("no AMQP connection for destination {}", dest.name)),
+                }
+            }
             (Target::Email { .. }, Payload::Email(msg), _) => match &self.mailer {
                 Some(m) => m.send(msg).await,
                 None => fail("no smtp: section is configured".into()),

@@ -109,7 +109,7 @@ pub(crate) async fn run<I: Intake>(
         if chunk.page_end {
             metrics::gauge!(crate::telemetry::metric::BASELINE_RECORDS, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
                 .set(b.records as f64);
-            if b.pages % BASELINE_LOG_EVERY_PAGES == 0 {
+            if b.pages.is_multiple_of(BASELINE_LOG_EVERY_PAGES) {
                 tracing::info!(resource = %name, pages = b.pages, records = b.records, "baseline: in progress");
             }
         }

@@ -4,6 +4,7 @@
 
 mod api_pages;
 mod baseline;
+mod broker_delivery;
 mod chat_delivery;
 mod config_check;
 mod config_reload;
@@ -27,6 +28,7 @@ mod rehearsal_kit;
 mod retention_and_erasure;
 mod rule_matching;
 mod sandbox_fleet;
+mod shaping;
 mod store_access;
 mod store_privacy;
 mod support;
