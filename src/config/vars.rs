@@ -9,9 +9,8 @@
 use crate::config::problem::{line_of, Problem};
 use crate::config::raw::{
     Dur, Node, OneOrMany, RawAmqp, RawBaseline, RawChat, RawClinicea, RawConfig, RawConsole,
-    RawDestination, RawEmail, RawLogin, RawNats, RawResource, RawRetry, RawSmtp, RawStore, RawWatchdog,
-    RawWebhook,
-    RuleSpec, Text,
+    RawDestination, RawEmail, RawLogin, RawNats, RawResource, RawRetry, RawSmtp, RawStore,
+    RawWatchdog, RawWebhook, RuleSpec, Text,
 };
 use serde_saphyr::Spanned;
 use std::collections::{BTreeMap, HashMap};
