@@ -143,6 +143,19 @@ pub struct Store {
     /// False while the attempts log is known to be empty (it was empty at open and nothing has been
     /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
     attempts_used: Arc<AtomicBool>,
+    /// One flush at a time, shared by whoever asked for it meanwhile (see [`Store::flush`]).
+    flushes: Arc<FlushGate>,
+}
+
+/// Serializes flushes and lets a caller skip its own when a whole flush began after it asked:
+/// that flush wrote everything the caller had written. A fleet's pollers each flush around
+/// their checkpoints; this way a burst of them costs one or two fsyncs, not one each.
+#[derive(Debug, Default)]
+struct FlushGate {
+    /// Held while a flush runs.
+    lock: tokio::sync::Mutex<()>,
+    /// How many flushes have begun.
+    begun: std::sync::atomic::AtomicU64,
 }
 
 /// Why a destination is marked failing (e.g. its chat webhook answered 404: it was deleted).
@@ -447,6 +460,7 @@ impl Store {
             id_key,
             path: path.to_path_buf(),
             attempts_used: Arc::new(AtomicBool::new(!attempts.is_empty())),
+            flushes: Arc::default(),
             attempts,
             checkpoints: db.open_tree("checkpoints")?,
             polls: db.open_tree("polls")?,
@@ -496,9 +510,20 @@ impl Store {
 
     /// Writes everything buffered to disk and waits for it.
     pub async fn flush(&self) -> Result<()> {
-        // Not sled's `flush_async`: several of those in flight at once can wait forever (sled
-        // issues 1241 and 1308), and a fleet's pollers flush side by side. The blocking flush is
-        // safe from many threads; it runs on the blocking pool so no async worker waits on disk.
+        // A read-modify-write, not a load: the flush that later counts itself reads from it, so
+        // this caller's writes happen before that flush begins.
+        let asked = self.flushes.begun.fetch_add(0, Ordering::SeqCst);
+        let _turn = self.flushes.lock.lock().await;
+        // Flushes run one at a time: one that began after this call had finished by the time
+        // the lock came free, and it wrote this caller's writes too.
+        if self.flushes.begun.load(Ordering::SeqCst) > asked {
+            return Ok(());
+        }
+        self.flushes.begun.fetch_add(1, Ordering::SeqCst);
+        // Not sled's `flush_async`: it runs the flush on sled's own small thread pool, and enough
+        // of them in flight at once take every thread of it while the writes they wait for need
+        // one (sled issues 1241 and 1308): the store stops. The blocking flush runs on tokio's
+        // blocking pool instead, so no async worker waits on the disk either.
         let db = self.db.clone();
         match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(r) => {
@@ -1417,5 +1442,43 @@ mod tests {
         let _a = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         let err = Store::open(dir.path(), DEFAULT_CACHE_BYTES).err().unwrap();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    /// A fleet's pollers flush side by side: every flush returns, and what was written before a
+    /// flush returned is on disk after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_flushes_at_once_all_return_and_keep_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for clinic in 0..64 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for round in 0..10u32 {
+                    let st = PollStatus {
+                        last_pages: round,
+                        ..PollStatus::default()
+                    };
+                    store
+                        .set_poll_status(&format!("c{clinic}"), "leads", &st)
+                        .unwrap();
+                    store.flush().await.unwrap();
+                }
+            });
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+        })
+        .await
+        .expect("640 flushes from 64 tasks all return");
+        drop(store);
+        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        for clinic in 0..64 {
+            let st = store.poll_status(&format!("c{clinic}"), "leads").unwrap();
+            assert_eq!(st.last_pages, 9, "clinic {clinic}");
+        }
     }
 }
