@@ -176,10 +176,10 @@ def times(tag):
     return int(ms), int(run), int(sb)
 
 def polls(tag):
-    """clinicea_polls_total and clinicea_poll_failures_total summed per resource."""
+    """clinicea_notifier_polls_total and clinicea_notifier_poll_failures_total summed per resource."""
     out = defaultdict(float)
     for line in open(f"{work}/{tag}.metrics"):
-        m = re.match(r'^(clinicea_polls_total|clinicea_poll_failures_total)\{([^}]*)\}\s+(\S+)', line)
+        m = re.match(r'^(clinicea_notifier_polls_total|clinicea_notifier_poll_failures_total)\{([^}]*)\}\s+(\S+)', line)
         if m:
             res = re.search(r'resource="([^"]*)"', m.group(2))
             out[(m.group(1), res.group(1) if res else "?")] += float(m.group(3))
@@ -207,8 +207,8 @@ rps_whole = whole_req / ((t2 - t0) / 1000)
 
 per_poll, failures = {}, 0
 for r in resources:
-    dp = p2[("clinicea_polls_total", r)] - p1[("clinicea_polls_total", r)]
-    failures += p2[("clinicea_poll_failures_total", r)] - p1[("clinicea_poll_failures_total", r)]
+    dp = p2[("clinicea_notifier_polls_total", r)] - p1[("clinicea_notifier_polls_total", r)]
+    failures += p2[("clinicea_notifier_poll_failures_total", r)] - p1[("clinicea_notifier_poll_failures_total", r)]
     per_poll[r] = (req("end", r) - req("steady", r)) / dp if dp else float("nan")
 # Every organization polled in the steady part, and none more often than the interval allows.
 orgs_polled = sum(

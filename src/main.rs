@@ -1,7 +1,9 @@
 //! The `clinicea-notifier` binary: parse the command line, start logging, hand over to the library.
 
 use clap::{Parser, Subcommand};
-use clinicea_notifier::commands::{check, dead, once, purge, status, test_rule, verify};
+use clinicea_notifier::commands::{
+    check, dead, once, purge, status, templates, test_rule, verify, Output,
+};
 use clinicea_notifier::daemon;
 use clinicea_notifier::kit::{demo, sandbox};
 use clinicea_notifier::telemetry::{self, LogFormat};
@@ -30,6 +32,10 @@ struct Cli {
     /// Less detail in the logs (-q, -qq).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     quiet: u8,
+    /// What status, check, dead list and dead show print: text for people, or one JSON
+    /// document for scripts (the README documents its shape).
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +57,8 @@ enum Command {
     Dead(dead::DeadCommand),
     /// Erase everything stored about one record: snapshot, journal, queued deliveries, dead letters.
     Purge(purge::PurgeArgs),
+    /// Write the shipped templates into a folder to edit them (files already there are kept).
+    Templates(templates::TemplatesArgs),
     /// Check a Standard Webhooks signature (for people writing receivers).
     Verify(verify::VerifyArgs),
     /// Serve a simulated Clinicea API with generated, changing data.
@@ -81,16 +89,27 @@ fn try_main() -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let config = cli.config;
+    let output = cli.output;
+    let json_capable = matches!(
+        cli.command,
+        Command::Status
+            | Command::Check
+            | Command::Dead(dead::DeadCommand::List | dead::DeadCommand::Show { .. })
+    );
+    if output == Output::Json && !json_capable {
+        anyhow::bail!("--output json is for status, check, dead list and dead show");
+    }
     rt.block_on(async move {
         match cli.command {
             Command::Run => daemon::run_command(&config).await,
             Command::Once => once::run(&config).await,
-            Command::Check => check::run(&config),
+            Command::Check => check::run(&config, output),
             Command::TestRule(args) => test_rule::run(&config, &args),
-            Command::Status => status::run(&config),
-            Command::Dead(cmd) => dead::run(&config, cmd).await,
+            Command::Status => status::run(&config, output),
+            Command::Dead(cmd) => dead::run(&config, cmd, output).await,
             Command::Purge(args) => purge::run(&config, &args).await,
             Command::Verify(args) => verify::run(&args),
+            Command::Templates(args) => templates::run(&args),
             Command::Sandbox(args) => sandbox::command::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }

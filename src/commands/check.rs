@@ -1,21 +1,232 @@
-//! `check`: validate the config, templates and environment, and print what would run.
+//! `check`: validate the config, templates and environment, and print what would run, or every
+//! problem found. [`CheckReport`] is the shape `--output json` prints.
 
+use super::{json_document, Output};
+use crate::config::{ConfigError, Target};
 use crate::daemon::settings::{load_settings, Settings};
+use serde::Serialize;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// `check`: validate and print what would run.
-pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
-    match load_settings(config) {
-        Ok(s) => {
-            print!("{}", summary(&s));
-            println!("{}: OK", config.display());
-            Ok(ExitCode::SUCCESS)
+/// `check`: validate and print what would run (exit 0), or the problems (exit 1). As text, the
+/// problems go to stderr; as JSON, the one document goes to stdout either way.
+pub fn run(config: &Path, output: Output) -> anyhow::Result<ExitCode> {
+    let loaded = load_settings(config);
+    let ok = loaded.is_ok();
+    match output {
+        Output::Json => print!("{}", json_document(&check_report(config, &loaded))?),
+        Output::Text => match &loaded {
+            Ok(s) => {
+                print!("{}", summary(s));
+                println!("{}: OK", config.display());
+            }
+            Err(e) => eprintln!("{e}"),
+        },
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What `check --output json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The config file checked, as given.
+    pub config: String,
+    /// Whether it is valid (`problems` is empty and `summary` is set).
+    pub ok: bool,
+    /// Every problem, in file order.
+    pub problems: Vec<CheckProblem>,
+    /// What would run; `null` when the config has problems.
+    pub summary: Option<CheckSummary>,
+}
+
+/// One problem of a config.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckProblem {
+    /// The 1-based line, when known.
+    pub line: Option<u64>,
+    /// The dotted key path (`destinations.front-desk.url`, `rules[0].notify`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What a valid config would run (no secrets: webhook URLs are redacted, chat URLs cut to
+/// their host).
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckSummary {
+    /// Each clinic polled (one, `default`, without a `clinics:` section).
+    pub clinics: Vec<ClinicSummary>,
+    /// Every resource, with its settings.
+    pub resources: Vec<ResourceSummary>,
+    /// Every destination.
+    pub destinations: Vec<DestinationSummary>,
+    /// Each rule, described in one line.
+    pub rules: Vec<String>,
+    /// The store's folder.
+    pub store: String,
+    /// The address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: String,
+}
+
+/// One clinic in [`CheckSummary`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ClinicSummary {
+    /// Its name.
+    pub name: String,
+    /// The API's origin (scheme, host, port).
+    pub api: String,
+    /// `header`, `api_key_header`, `query` or `login`.
+    pub auth: String,
+    /// The IANA zone of its timestamps without an offset.
+    pub timezone: String,
+    /// How far back each poll re-reads, in seconds.
+    pub overlap_seconds: f64,
+    /// Its API requests in flight at most.
+    pub max_concurrent_requests: usize,
+    /// The resources it polls.
+    pub resources: Vec<String>,
+}
+
+/// One resource in [`CheckSummary`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceSummary {
+    /// Its key.
+    pub name: String,
+    /// The API path.
+    pub path: String,
+    /// Seconds between polls.
+    pub poll_interval_seconds: f64,
+    /// The since parameter's name.
+    pub since_param: String,
+    /// The page parameter's name.
+    pub page_param: String,
+    /// The first page's number.
+    pub first_page: u32,
+    /// Records per full page.
+    pub page_size: u32,
+}
+
+/// One destination in [`CheckSummary`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationSummary {
+    /// Its key.
+    pub name: String,
+    /// `webhook`, `email`, `slack`, `teams`, `discord` or `google_chat`.
+    pub kind: String,
+    /// Where it sends, without secrets.
+    pub target: String,
+    /// Retries in its schedule.
+    pub retries: usize,
+}
+
+/// The report of one `check` run.
+pub fn check_report(config: &Path, loaded: &Result<Settings, ConfigError>) -> CheckReport {
+    let (problems, summary) = match loaded {
+        Ok(s) => (Vec::new(), Some(check_summary(s))),
+        Err(e) => (
+            e.problems
+                .iter()
+                .map(|p| CheckProblem {
+                    line: p.line,
+                    key: p.key.clone(),
+                    message: p.message.clone(),
+                })
+                .collect(),
+            None,
+        ),
+    };
+    CheckReport {
+        config: config.display().to_string(),
+        ok: loaded.is_ok(),
+        problems,
+        summary,
+    }
+}
+
+/// Where a destination sends, without its secrets.
+fn target_text(target: &Target) -> String {
+    match target {
+        Target::Webhook(t) => crate::net::scrub::redacted_url(&t.url),
+        Target::Chat { url, .. } => {
+            format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or(""))
         }
-        Err(e) => {
-            eprintln!("{e}");
-            Ok(ExitCode::FAILURE)
+        Target::Email { to, template, .. } => {
+            format!("{} recipient(s), template {template}", to.len())
         }
+        Target::Nats(t) => format!(
+            "{} subject {}",
+            crate::net::scrub::redacted_url(&t.url),
+            t.subject.source
+        ),
+        Target::Amqp(t) => format!(
+            "{} exchange {:?} routing key {}",
+            crate::net::scrub::redacted_url(&t.url),
+            t.exchange,
+            t.routing_key.source
+        ),
+    }
+}
+
+/// The summary of a valid config.
+fn check_summary(s: &Settings) -> CheckSummary {
+    use crate::config::raw::AuthMode;
+    let base = &s.base;
+    let clinics = base
+        .clinics
+        .iter()
+        .map(|c| {
+            let k = &c.clinicea;
+            ClinicSummary {
+                name: c.name.clone(),
+                api: k.base_url.origin().ascii_serialization(),
+                auth: match k.auth {
+                    AuthMode::Header => "header",
+                    AuthMode::ApiKeyHeader => "api_key_header",
+                    AuthMode::Query => "query",
+                    AuthMode::Login => "login",
+                }
+                .to_string(),
+                timezone: k.timezone.to_string(),
+                overlap_seconds: k.overlap.as_secs_f64(),
+                max_concurrent_requests: k.max_concurrent_requests,
+                resources: c.resources.iter().map(|r| r.name.clone()).collect(),
+            }
+        })
+        .collect();
+    let resources = base
+        .resources
+        .iter()
+        .map(|r| ResourceSummary {
+            name: r.name.clone(),
+            path: r.path.clone(),
+            poll_interval_seconds: r.poll_interval.as_secs_f64(),
+            since_param: r.since_param.clone(),
+            page_param: r.page_param.clone(),
+            first_page: r.first_page,
+            page_size: r.page_size,
+        })
+        .collect();
+    let mut dests: Vec<_> = s.pipeline.destinations.values().collect();
+    dests.sort_by(|a, b| a.name.cmp(&b.name));
+    CheckSummary {
+        clinics,
+        resources,
+        destinations: dests
+            .into_iter()
+            .map(|d| DestinationSummary {
+                name: d.name.clone(),
+                kind: d.kind_str().to_string(),
+                target: target_text(&d.target),
+                retries: d.retry.schedule.len(),
+            })
+            .collect(),
+        rules: s.pipeline.rules.describe(),
+        store: base.store.path.display().to_string(),
+        listen: base.listen.to_string(),
     }
 }
 
@@ -62,21 +273,12 @@ pub(crate) fn summary(s: &Settings) -> String {
     let mut dests: Vec<_> = s.pipeline.destinations.values().collect();
     dests.sort_by(|a, b| a.name.cmp(&b.name));
     for d in dests {
-        let where_ = match &d.target {
-            crate::config::Target::Webhook(t) => crate::net::scrub::redacted_url(&t.url),
-            crate::config::Target::Chat { url, .. } => {
-                format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or(""))
-            }
-            crate::config::Target::Email { to, template, .. } => {
-                format!("{} recipient(s), template {template}", to.len())
-            }
-        };
         let _ = writeln!(
             out,
             "  {:<14} {:<11} {} (retries: {})",
             d.name,
             d.kind_str(),
-            where_,
+            target_text(&d.target),
             d.retry.schedule.len()
         );
     }

@@ -1,49 +1,152 @@
 //! `status`: per clinic and resource, the checkpoint and the last poll; per destination, what is
-//! queued, retrying and dead; read from the store.
+//! queued, retrying and dead; read from the store. [`StatusReport`] is what both the text and
+//! the JSON (`--output json`) are written from.
 
-use super::{open_store_for_cli, terminal_safe};
+use super::{json_document, open_store_for_cli, terminal_safe, Output};
 use crate::daemon::health::stale_after;
 use crate::daemon::settings::{load_settings, Settings};
 use crate::outbox::store::Store;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 
 /// `status`: per resource and per destination, from the store.
-pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Path, output: Output) -> anyhow::Result<ExitCode> {
     let settings = load_settings(config)?;
     let store = open_store_for_cli(&settings)?;
-    print!("{}", status_text(&settings, &store)?);
+    print!("{}", status_output(&settings, &store, output)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `status` prints, as text or JSON.
+pub fn status_output(settings: &Settings, store: &Store, output: Output) -> anyhow::Result<String> {
+    let report = status_report(settings, store)?;
+    match output {
+        Output::Text => Ok(report_text(&report, settings.base.is_fleet())),
+        Output::Json => json_document(&report),
+    }
 }
 
 /// The text of `status`.
 pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String> {
-    use std::fmt::Write;
-    let mut out = String::new();
+    status_output(settings, store, Output::Text)
+}
+
+/// Everything `status` knows, in the shape `--output json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// Each clinic with its resources (one clinic, `default`, without a `clinics:` section).
+    pub clinics: Vec<ClinicStatus>,
+    /// Each configured destination, by name.
+    pub destinations: Vec<DestinationStatus>,
+    /// Changes kept in the journal.
+    pub journal_changes: u64,
+}
+
+/// One clinic in [`StatusReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ClinicStatus {
+    /// Its name under `clinics:` (`default` without that section).
+    pub name: String,
+    /// The resources it polls.
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// One resource of one clinic in [`StatusReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceStatus {
+    /// The resource's key under `resources:`.
+    pub name: String,
+    /// The since value of the next poll; `null` before the first poll.
+    pub next_since: Option<DateTime<Utc>>,
+    /// The last poll; `null` before the first.
+    pub last_poll: Option<LastPoll>,
+    /// When the last successful poll ended.
+    pub last_success: Option<DateTime<Utc>>,
+    /// No successful poll within the stale window (`watchdog.stale_after`, or three intervals).
+    pub stale: bool,
+    /// Seconds since the last successful poll ended, when there was one.
+    pub seconds_since_success: Option<i64>,
+    /// Records stored (snapshots, and those of a baseline not yet merged).
+    pub records_known: u64,
+    /// The silent baseline, while it runs or until the first poll after it.
+    pub baseline: Option<BaselineStatus>,
+}
+
+/// The last poll of a resource.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastPoll {
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Why it failed (scrubbed: no key, no body); `null` on success.
+    pub error: Option<String>,
+    /// Failed polls in a row.
+    pub consecutive_failures: u32,
+    /// Records it fetched.
+    pub records: u64,
+    /// Changes it detected.
+    pub changes: u64,
+}
+
+/// A resource's baseline in [`ResourceStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineStatus {
+    /// Whether its last page is stored.
+    pub finished: bool,
+    /// The page it reads next.
+    pub next_page: u32,
+    /// Pages stored so far.
+    pub pages: u64,
+    /// Records stored so far.
+    pub records: u64,
+    /// The since it reads from.
+    pub since: DateTime<Utc>,
+}
+
+/// One destination in [`StatusReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationStatus {
+    /// Its key under `destinations:`.
+    pub name: String,
+    /// `webhook`, `email`, `slack`, `teams`, `discord` or `google_chat`.
+    pub kind: String,
+    /// Deliveries waiting for their first attempt.
+    pub queued: u64,
+    /// Deliveries waiting to be retried.
+    pub retrying: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Set while its deliveries fail: since when and why.
+    pub failing: Option<Failing>,
+}
+
+/// A failing destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failing {
+    /// Since when.
+    pub since: DateTime<Utc>,
+    /// The last attempt's reason (scrubbed).
+    pub reason: String,
+}
+
+/// Reads everything `status` shows from the store.
+pub fn status_report(settings: &Settings, store: &Store) -> anyhow::Result<StatusReport> {
     let now = Utc::now();
-    let base = &settings.base;
-    if base.is_fleet() {
-        let _ = writeln!(out, "Clinics: {}", base.clinics.len());
-        for c in &base.clinics {
-            let names: Vec<&str> = c.resources.iter().map(|r| r.name.as_str()).collect();
-            let _ = writeln!(out, "  {} ({})", c.name, names.join(", "));
-            for r in &c.resources {
-                let line = resource_line(settings, store, c, r, now)?;
-                let _ = writeln!(out, "    {line}");
-            }
+    let mut clinics = Vec::new();
+    for c in &settings.base.clinics {
+        let mut resources = Vec::new();
+        for r in &c.resources {
+            resources.push(resource_status(settings, store, c, r, now)?);
         }
-    } else {
-        let _ = writeln!(out, "Resources:");
-        for c in &base.clinics {
-            for r in &c.resources {
-                let line = resource_line(settings, store, c, r, now)?;
-                let _ = writeln!(out, "  {line}");
-            }
-        }
+        clinics.push(ClinicStatus {
+            name: c.name.clone(),
+            resources,
+        });
     }
-    let _ = writeln!(out, "Destinations:");
     let mut queued: HashMap<String, (u64, u64)> = HashMap::new();
     for e in store.all_outbox()? {
         let slot = queued.entry(e.destination).or_default();
@@ -59,12 +162,98 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
     }
     let failing: HashMap<String, crate::outbox::store::DestHealth> =
         store.failing_destinations()?.into_iter().collect();
-    let mut names: Vec<&String> = settings.pipeline.destinations.keys().collect();
-    names.sort();
-    for n in names {
-        let (q, r) = queued.get(n).copied().unwrap_or_default();
-        let d = dead.get(n).copied().unwrap_or_default();
-        let mark = match failing.get(n) {
+    let mut dests: Vec<_> = settings.pipeline.destinations.values().collect();
+    dests.sort_by(|a, b| a.name.cmp(&b.name));
+    let destinations = dests
+        .into_iter()
+        .map(|d| {
+            let (q, r) = queued.get(&d.name).copied().unwrap_or_default();
+            DestinationStatus {
+                name: d.name.clone(),
+                kind: d.kind_str().to_string(),
+                queued: q,
+                retrying: r,
+                dead: dead.get(&d.name).copied().unwrap_or_default(),
+                failing: failing.get(&d.name).map(|h| Failing {
+                    since: h.since,
+                    reason: h.reason.clone(),
+                }),
+            }
+        })
+        .collect();
+    Ok(StatusReport {
+        clinics,
+        destinations,
+        journal_changes: store.change_count() as u64,
+    })
+}
+
+/// One resource of one clinic: its next since, its last poll, what is known, baseline, staleness.
+fn resource_status(
+    settings: &Settings,
+    store: &Store,
+    clinic: &crate::config::Clinic,
+    r: &crate::config::Resource,
+    now: DateTime<Utc>,
+) -> anyhow::Result<ResourceStatus> {
+    let name = clinic.name.as_str();
+    let cp = store.checkpoint(name, &r.name)?;
+    let st = store.poll_status(name, &r.name)?;
+    let last_poll = st.last_finished.map(|t| LastPoll {
+        finished_at: t,
+        ok: st.last_error.is_none(),
+        error: st.last_error.clone(),
+        consecutive_failures: st.consecutive_failures,
+        records: st.last_records,
+        changes: st.last_changes,
+    });
+    let stale_window = stale_after(&settings.base, r);
+    let since_success = st.last_success.map(|t| now - t);
+    let baseline = store.baseline(name, &r.name)?.and_then(|b| {
+        let waiting_first_poll = cp.as_ref().is_some_and(|c| c.last_success_start.is_none());
+        (b.finished.is_none() || waiting_first_poll).then(|| BaselineStatus {
+            finished: b.finished.is_some(),
+            next_page: b.next_page,
+            pages: b.pages,
+            records: b.records,
+            since: b.since,
+        })
+    });
+    Ok(ResourceStatus {
+        name: r.name.clone(),
+        next_since: cp.as_ref().map(|c| c.since(clinic.clinicea.overlap)),
+        last_poll,
+        last_success: st.last_success,
+        stale: since_success.is_some_and(|d| d.to_std().unwrap_or_default() > stale_window),
+        seconds_since_success: since_success.map(|d| d.num_seconds()),
+        records_known: store.snapshot_count(name, &r.name) as u64
+            + store.baseline_snapshot_count(name, &r.name) as u64,
+        baseline,
+    })
+}
+
+/// The text of a report: the clinics (by name when there are several), then the destinations.
+fn report_text(report: &StatusReport, fleet: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if fleet {
+        let _ = writeln!(out, "Clinics: {}", report.clinics.len());
+        for c in &report.clinics {
+            let names: Vec<&str> = c.resources.iter().map(|r| r.name.as_str()).collect();
+            let _ = writeln!(out, "  {} ({})", c.name, names.join(", "));
+            for r in &c.resources {
+                let _ = writeln!(out, "    {}", resource_line(r));
+            }
+        }
+    } else {
+        let _ = writeln!(out, "Resources:");
+        for r in report.clinics.iter().flat_map(|c| &c.resources) {
+            let _ = writeln!(out, "  {}", resource_line(r));
+        }
+    }
+    let _ = writeln!(out, "Destinations:");
+    for d in &report.destinations {
+        let mark = match &d.failing {
             Some(h) => format!(
                 "  FAILING since {}: {}",
                 h.since.to_rfc3339(),
@@ -72,69 +261,59 @@ pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String>
             ),
             None => String::new(),
         };
-        let _ = writeln!(out, "  {n:<14} queued {q}, retrying {r}, dead {d}{mark}");
+        let _ = writeln!(
+            out,
+            "  {:<14} queued {}, retrying {}, dead {}{mark}",
+            d.name, d.queued, d.retrying, d.dead
+        );
     }
-    let _ = writeln!(out, "Changes in the journal: {}", store.change_count());
-    Ok(out)
+    let _ = writeln!(out, "Changes in the journal: {}", report.journal_changes);
+    out
 }
 
-/// One resource of one clinic: its next since, its last poll, what is known, baseline, staleness.
-fn resource_line(
-    settings: &Settings,
-    store: &Store,
-    clinic: &crate::config::Clinic,
-    r: &crate::config::Resource,
-    now: chrono::DateTime<Utc>,
-) -> anyhow::Result<String> {
-    let name = clinic.name.as_str();
-    let cp = store.checkpoint(name, &r.name)?;
-    let st = store.poll_status(name, &r.name)?;
-    let since = cp
-        .as_ref()
-        .map(|c| c.since(clinic.clinicea.overlap).to_rfc3339())
+/// One resource's line of text.
+fn resource_line(r: &ResourceStatus) -> String {
+    let since = r
+        .next_since
+        .map(|t| t.to_rfc3339())
         .unwrap_or_else(|| "never polled".into());
-    let last = match (&st.last_finished, &st.last_error) {
-        (None, _) => "no poll yet".to_string(),
-        (Some(t), None) => format!(
-            "ok at {} ({} records, {} changes)",
-            t.to_rfc3339(),
-            st.last_records,
-            st.last_changes
-        ),
-        (Some(t), Some(e)) => format!(
-            "FAILED at {} ({} in a row): {}",
-            t.to_rfc3339(),
-            st.consecutive_failures,
-            terminal_safe(e)
-        ),
+    let last = match &r.last_poll {
+        None => "no poll yet".to_string(),
+        Some(p) => match &p.error {
+            None => format!(
+                "ok at {} ({} records, {} changes)",
+                p.finished_at.to_rfc3339(),
+                p.records,
+                p.changes
+            ),
+            Some(e) => format!(
+                "FAILED at {} ({} in a row): {}",
+                p.finished_at.to_rfc3339(),
+                p.consecutive_failures,
+                terminal_safe(e)
+            ),
+        },
     };
-    let stale = stale_after(&settings.base, r);
-    let stale_note = match st.last_success {
-        Some(t) if (now - t).to_std().unwrap_or_default() > stale => {
-            format!(
-                "  STALE: no successful poll for {}s",
-                (now - t).num_seconds()
-            )
-        }
+    let stale_note = match (r.stale, r.seconds_since_success) {
+        (true, Some(s)) => format!("  STALE: no successful poll for {s}s"),
         _ => String::new(),
     };
-    let baseline = match store.baseline(name, &r.name)? {
-        Some(b) if b.finished.is_none() => format!(
+    let baseline = match &r.baseline {
+        Some(b) if !b.finished => format!(
             "; BASELINE in progress: page {} next, {} pages and {} records stored so far (since {})",
             b.next_page,
             b.pages,
             b.records,
             b.since.to_rfc3339()
         ),
-        Some(b) if cp.as_ref().is_some_and(|c| c.last_success_start.is_none()) => format!(
+        Some(b) => format!(
             "; baseline of {} records done, the first poll from the origin is next",
             b.records
         ),
-        _ => String::new(),
+        None => String::new(),
     };
-    Ok(format!(
+    format!(
         "{:<14} next since {since}; last poll {last}; {} records known{baseline}{stale_note}",
-        r.name,
-        store.snapshot_count(name, &r.name) + store.baseline_snapshot_count(name, &r.name)
-    ))
+        r.name, r.records_known
+    )
 }

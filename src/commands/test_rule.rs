@@ -179,6 +179,13 @@ pub(crate) fn describe_test(
             Ok(crate::route::plan::Payload::Chat { body }) => {
                 let _ = writeln!(out, "chat message body:\n{body}");
             }
+            Ok(crate::route::plan::Payload::Publish { subject, body }) => {
+                let _ = writeln!(
+                    out,
+                    "publish to {subject}, message id: {}\n{body}",
+                    change.change_id(id_key)
+                );
+            }
             Ok(crate::route::plan::Payload::Email(m)) => {
                 let _ = writeln!(
                     out,

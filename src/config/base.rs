@@ -217,6 +217,9 @@ pub struct Base {
     pub(crate) stale_after: Option<Duration>,
     /// The bearer token `/metrics` asks for, when set.
     pub(crate) metrics_token: Option<SecretString>,
+    /// The token the console's actions and dead-letter contents ask for (`console.token`); the
+    /// console is read-only without one.
+    pub(crate) console_token: Option<SecretString>,
 }
 
 /// The shortest `metrics_token` accepted: a guessable token protects nothing.

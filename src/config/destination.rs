@@ -16,6 +16,13 @@ pub(crate) const DEFAULT_WEBHOOK_CONCURRENCY: usize = 8;
 pub(crate) const DEFAULT_EMAIL_CONCURRENCY: usize = 2;
 /// Default per-request timeout of webhook and chat destinations.
 pub(crate) const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default publishes in flight per NATS or AMQP destination: each waits for the broker's ack, so a
+/// few in flight keep one connection busy.
+pub(crate) const DEFAULT_BROKER_CONCURRENCY: usize = 8;
+/// Default time one broker publish may take, connecting and the ack included.
+pub(crate) const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest AMQP routing key (the protocol's short string).
+pub(crate) const MAX_ROUTING_KEY_BYTES: usize = 255;
 
 /// A validated destination.
 #[derive(Debug, Clone)]
@@ -30,6 +37,8 @@ pub struct Destination {
     pub(crate) concurrency: usize,
     /// Whether its receiver may be on a private address (`allow_private: true`).
     pub(crate) allow_private: bool,
+    /// What the webhook body carries (webhook, NATS and AMQP destinations; the default for others).
+    pub(crate) shape: Shape,
 }
 
 impl Destination {
@@ -39,6 +48,8 @@ impl Destination {
             Target::Webhook(_) => "webhook",
             Target::Email { .. } => "email",
             Target::Chat { kind, .. } => kind.as_str(),
+            Target::Nats(_) => "nats",
+            Target::Amqp(_) => "amqp",
         }
     }
 }
@@ -72,6 +83,128 @@ pub enum Target {
         /// Per-request timeout.
         timeout: Duration,
     },
+    /// A NATS JetStream subject.
+    Nats(NatsTarget),
+    /// A RabbitMQ exchange.
+    Amqp(AmqpTarget),
+}
+
+/// Which fields of `record` and `previous` a shaped body carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum FieldFilter {
+    /// Every field (no `fields` or `exclude_fields`).
+    #[default]
+    All,
+    /// Only these (`fields`).
+    Only(Vec<String>),
+    /// All but these (`exclude_fields`).
+    Except(Vec<String>),
+}
+
+impl FieldFilter {
+    /// Whether a field of this name is kept.
+    pub(crate) fn keeps(&self, field: &str) -> bool {
+        match self {
+            FieldFilter::All => true,
+            FieldFilter::Only(names) => names.iter().any(|n| n == field),
+            FieldFilter::Except(names) => !names.iter().any(|n| n == field),
+        }
+    }
+}
+
+/// How a destination's body is shaped: which record fields it carries, whether it carries the
+/// previous version, or a custom JSON body. Rules always see the whole record; `changed_fields`
+/// always names every changed field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// The fields of `record` and `previous` that are sent.
+    pub(crate) fields: FieldFilter,
+    /// Whether `previous` is sent.
+    pub(crate) include_previous: bool,
+    /// A custom body (`NAME.json.hbs`) instead of the standard envelope.
+    pub(crate) body_template: Option<TemplateFile>,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            fields: FieldFilter::All,
+            include_previous: true,
+            body_template: None,
+        }
+    }
+}
+
+/// Credentials for a NATS server besides those in the URL.
+#[derive(Clone, Default)]
+pub(crate) enum NatsAuth {
+    /// None, or the URL's user and password.
+    #[default]
+    None,
+    /// A `.creds` file (a JWT and an nkey seed).
+    CredsFile(std::path::PathBuf),
+    /// A user and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password (a secret: never logged).
+        password: String,
+    },
+}
+
+/// A NATS JetStream destination, validated.
+#[derive(Clone)]
+pub struct NatsTarget {
+    /// `nats://` or `tls://` (its userinfo is a secret: never logged).
+    pub(crate) url: url::Url,
+    /// The subject template (`destination:NAME:subject`).
+    pub(crate) subject: InlineTemplate,
+    /// Credentials besides the URL's.
+    pub(crate) auth: NatsAuth,
+    /// How long one publish may take, connecting and the ack included.
+    pub(crate) timeout: Duration,
+}
+
+impl fmt::Debug for NatsTarget {
+    /// The URL's scheme, host and port only, and which kind of credentials: never a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auth = match &self.auth {
+            NatsAuth::None => "none",
+            NatsAuth::CredsFile(_) => "creds_file",
+            NatsAuth::UserPassword { .. } => "user/password",
+        };
+        f.debug_struct("NatsTarget")
+            .field("url", &redacted_url(&self.url))
+            .field("subject", &self.subject.source)
+            .field("auth", &auth)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A RabbitMQ destination, validated.
+#[derive(Clone)]
+pub struct AmqpTarget {
+    /// `amqp://` or `amqps://`, credentials and vhost in it (a secret: never logged).
+    pub(crate) url: url::Url,
+    /// The exchange.
+    pub(crate) exchange: String,
+    /// The routing key template (`destination:NAME:routing_key`).
+    pub(crate) routing_key: InlineTemplate,
+    /// How long one publish may take, connecting and the confirm included.
+    pub(crate) timeout: Duration,
+}
+
+impl fmt::Debug for AmqpTarget {
+    /// The URL's scheme, host and port only: its userinfo is a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpTarget")
+            .field("url", &redacted_url(&self.url))
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key.source)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// A template written inline in the config (an email subject, a recipient), with the name the
@@ -109,6 +242,8 @@ pub(crate) enum TemplatePart {
     EmailBody,
     /// A chat message: `NAME.txt`.
     ChatText,
+    /// A custom JSON body: `NAME.json`.
+    JsonBody,
 }
 
 impl TemplateFile {
@@ -120,6 +255,20 @@ impl TemplateFile {
     /// The HTML template's registry name (`NAME.html`), which an email body may have.
     pub(crate) fn html(&self) -> String {
         format!("{}.html", self.base)
+    }
+
+    /// The JSON body template's registry name (`NAME.json`).
+    pub(crate) fn json(&self) -> String {
+        format!("{}.json", self.base)
+    }
+
+    /// The registry name of the template that must exist for this file: `NAME.txt`, or
+    /// `NAME.json` for a custom body.
+    pub(crate) fn required(&self) -> String {
+        match self.part {
+            TemplatePart::EmailBody | TemplatePart::ChatText => self.text(),
+            TemplatePart::JsonBody => self.json(),
+        }
     }
 }
 

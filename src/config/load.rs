@@ -16,8 +16,10 @@ use crate::config::base::{
     MAX_CONCURRENT_REQUESTS, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
 };
 use crate::config::destination::{
-    check_url, ChatKind, Destination, InlineTemplate, Target, TemplateFile, TemplatePart,
-    WebhookTarget, DEFAULT_EMAIL_CONCURRENCY, DEFAULT_HTTP_TIMEOUT, DEFAULT_WEBHOOK_CONCURRENCY,
+    check_url, AmqpTarget, ChatKind, Destination, FieldFilter, InlineTemplate, NatsAuth,
+    NatsTarget, Shape, Target, TemplateFile, TemplatePart, WebhookTarget,
+    DEFAULT_BROKER_CONCURRENCY, DEFAULT_BROKER_TIMEOUT, DEFAULT_EMAIL_CONCURRENCY,
+    DEFAULT_HTTP_TIMEOUT, DEFAULT_WEBHOOK_CONCURRENCY,
 };
 use crate::config::placeholder;
 use crate::config::problem::{line_of, ConfigError, Problem};
@@ -90,12 +92,23 @@ fn checked(file: &Path, (config, problems): (Config, Vec<Problem>)) -> Result<Co
     }
 }
 
+/// A parsed config, `${VAR}` substituted where it could be, and the strings it could not
+/// substitute (unset variables), each a problem at its line and key. [`validate`] goes on with
+/// the rest, so `check` reports every problem of the file in one run.
+pub(crate) struct Parsed {
+    /// The config as written, substituted.
+    raw: RawConfig,
+    /// The strings left unsubstituted.
+    unset: Vec<Problem>,
+}
+
 /// Reads and parses a config file, `${VAR}` substituted from `vars`. A file that cannot be read
-/// or parsed, or a variable that is not set, stops here: nothing after it could be judged.
+/// or parsed stops here: nothing after it could be judged. Unset variables do not: they are
+/// problems that [`validate`] reports with its own.
 pub(crate) fn parse_file(
     file: &Path,
     vars: &HashMap<String, String>,
-) -> Result<RawConfig, ConfigError> {
+) -> Result<Parsed, ConfigError> {
     let fail = |message: String| ConfigError::new(file, vec![Problem::at(None, "config", message)]);
     let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -112,7 +125,7 @@ pub(crate) fn parse_text(
     text: &str,
     file: &Path,
     vars: &HashMap<String, String>,
-) -> Result<RawConfig, ConfigError> {
+) -> Result<Parsed, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError::new(
             file,
@@ -120,17 +133,26 @@ pub(crate) fn parse_text(
         ));
     }
     let mut raw = raw::parse(text).map_err(|p| ConfigError::new(file, vec![p]))?;
-    let problems = vars::substitute(&mut raw, vars);
-    if problems.is_empty() {
-        Ok(raw)
-    } else {
-        Err(ConfigError::new(file, problems))
-    }
+    let unset = vars::substitute(&mut raw, text, vars);
+    Ok(Parsed { raw, unset })
+}
+
+/// Whether `problem` is only the echo of an unset variable: a value left as `${VAR}` fails its
+/// own check too (not a URL, not a duration), at the same line or key, and saying so twice
+/// would hide the one thing to fix.
+fn echoes_unset(problem: &Problem, unset: &[Problem]) -> bool {
+    unset.iter().any(|u| {
+        (u.line.is_some() && u.line == problem.line)
+            || problem.key == u.key
+            || problem.key.starts_with(&format!("{}.", u.key))
+            || problem.key.starts_with(&format!("{}[", u.key))
+    })
 }
 
 /// Validates a parsed config read from `file`: the runtime config, built as far as it goes, and
 /// every problem found (none when it is valid).
-pub(crate) fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
+pub(crate) fn validate(parsed: Parsed, file: &Path) -> (Config, Vec<Problem>) {
+    let Parsed { raw, unset } = parsed;
     let mut problems = Vec::new();
     let base = base(&raw, file, &mut problems);
     secrets_are_not_placeholders(&raw, &mut problems);
@@ -157,6 +179,7 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
         let d = destination(
             name,
             spanned,
+            &base_dir(file),
             &default_retry,
             smtp_from.as_deref(),
             &mut config,
@@ -171,7 +194,42 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> (Config, Vec<Problem>) {
     // A default `clinicea:` key is checked once per clinic that inherits it: say it once.
     let mut seen = std::collections::HashSet::new();
     problems.retain(|p| seen.insert((p.line, p.key.clone(), p.message.clone())));
+    problems.retain(|p| !echoes_unset(p, &unset));
+    problems.extend(unset);
     (config, problems)
+}
+
+/// The `templates:` folder, resolved; `None` (and a problem saying how to get the shipped
+/// templates to edit) when it is not there. A config copied from the example into a folder of
+/// its own has none, and the shipped templates, built into the binary, need none.
+fn templates_folder(t: &Text, base_dir: &Path, problems: &mut Vec<Problem>) -> Option<PathBuf> {
+    // `./templates` under the config's folder reads better without its `./`.
+    let dir: PathBuf = resolve_path(base_dir, t)
+        .components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect();
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let what = if dir.exists() {
+        "is not a folder"
+    } else {
+        "does not exist"
+    };
+    let shown = if dir.is_relative() {
+        format!("./{}", dir.display())
+    } else {
+        dir.display().to_string()
+    };
+    problems.push(Problem::at(
+        t.line(),
+        "templates",
+        format!(
+            "the folder {shown} {what}. Remove `templates:` to use the shipped templates (built \
+             into the binary), or write them there to edit: clinicea-notifier templates {shown}"
+        ),
+    ));
+    None
 }
 
 /// The folder relative paths in `file` resolve against.
@@ -718,7 +776,10 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             problems,
         ),
     };
-    let templates_dir = raw.templates.as_ref().map(|t| resolve_path(&base_dir, t));
+    let templates_dir = raw
+        .templates
+        .as_ref()
+        .and_then(|t| templates_folder(t, &base_dir, problems));
     let listen_s = raw.listen.as_deref().unwrap_or(defaults::LISTEN);
     let listen = listen_s.parse().unwrap_or_else(|_| {
         problems.push(Problem::at(
@@ -738,6 +799,20 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
         }
         SecretString::new(t.trim())
     });
+    let console_token = raw
+        .console
+        .as_ref()
+        .and_then(|c| c.value.token.as_ref())
+        .map(|t| {
+            if t.trim().len() < MIN_METRICS_TOKEN_LEN {
+                problems.push(Problem::at(
+                    t.line(),
+                    "console.token",
+                    format!("is shorter than {MIN_METRICS_TOKEN_LEN} characters; make one with `head -c 32 /dev/urandom | base64`"),
+                ));
+            }
+            SecretString::new(t.trim())
+        });
     Base {
         file: file.to_path_buf(),
         clinics,
@@ -756,6 +831,7 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             )
         }),
         metrics_token,
+        console_token,
     }
 }
 
@@ -851,6 +927,9 @@ fn secrets_are_not_placeholders(raw: &RawConfig, problems: &mut Vec<Problem>) {
     // The API keys and login passwords are checked with each clinic.
     if let Some(t) = &raw.metrics_token {
         check_placeholder(t, None, "metrics_token", problems);
+    }
+    if let Some(t) = raw.console.as_ref().and_then(|c| c.value.token.as_ref()) {
+        check_placeholder(t, t.line(), "console.token", problems);
     }
     if let Some(p) = raw.smtp.as_ref().and_then(|s| s.value.password.as_ref()) {
         check_placeholder(
@@ -964,6 +1043,7 @@ fn retry(r: &RawRetry, line: Option<u64>, key: &str, problems: &mut Vec<Problem>
 fn destination(
     name: &str,
     spanned: &Spanned<RawDestination>,
+    base_dir: &Path,
     default_retry: &RetryPolicy,
     smtp_from: Option<&str>,
     config: &mut Config,
@@ -1006,14 +1086,29 @@ fn destination(
         | RawDestination::Teams(c)
         | RawDestination::Discord(c)
         | RawDestination::GoogleChat(c) => (c.retry.as_ref(), c.allow_private),
+        RawDestination::Nats(n) => (n.retry.as_ref(), n.allow_private),
+        RawDestination::Amqp(a) => (a.retry.as_ref(), a.allow_private),
     };
     let retry = match own_retry {
         Some(r) => retry(r, line, &key("retry"), problems),
         None => default_retry.clone(),
     };
     let mut concurrency = 1;
+    let mut shape = Shape::default();
     let target = match raw {
         RawDestination::Webhook(w) => {
+            shape = shape_of(
+                name,
+                line,
+                ShapeKeys {
+                    fields: w.fields.as_deref(),
+                    exclude_fields: w.exclude_fields.as_deref(),
+                    include_previous: w.include_previous,
+                    body_template: w.body_template.as_ref(),
+                },
+                config,
+                problems,
+            );
             let url = parse_url(&w.url, w.allow_insecure_http, w.allow_private, problems);
             let mut secrets = Vec::new();
             for (i, s) in w.secret.as_slice().iter().enumerate() {
@@ -1168,6 +1263,138 @@ fn destination(
                 }
             })
         }
+        RawDestination::Nats(n) => {
+            shape = shape_of(
+                name,
+                line,
+                ShapeKeys {
+                    fields: n.fields.as_deref(),
+                    exclude_fields: n.exclude_fields.as_deref(),
+                    include_previous: n.include_previous,
+                    body_template: n.body_template.as_ref(),
+                },
+                config,
+                problems,
+            );
+            concurrency = n.concurrency.unwrap_or(DEFAULT_BROKER_CONCURRENCY).max(1);
+            let timeout = duration_or(
+                n.timeout.as_ref(),
+                DEFAULT_BROKER_TIMEOUT,
+                line,
+                &key("timeout"),
+                problems,
+            );
+            let auth = match (&n.creds_file, &n.user, &n.password) {
+                (None, None, None) => NatsAuth::None,
+                (Some(f), None, None) => NatsAuth::CredsFile(resolve_path(base_dir, f)),
+                (None, Some(user), Some(password)) => {
+                    check_placeholder(password, line, &key("password"), problems);
+                    NatsAuth::UserPassword {
+                        user: user.to_string(),
+                        password: password.to_string(),
+                    }
+                }
+                (None, _, _) => {
+                    problems.push(Problem::at(
+                        line,
+                        key("user"),
+                        "user and password go together",
+                    ));
+                    NatsAuth::None
+                }
+                (Some(_), _, _) => {
+                    problems.push(Problem::at(
+                        line,
+                        key("creds_file"),
+                        "use creds_file or user/password, not both",
+                    ));
+                    NatsAuth::None
+                }
+            };
+            let subject = InlineTemplate {
+                name: format!("destination:{name}:subject"),
+                source: n.subject.to_string(),
+                key: key("subject"),
+                line,
+            };
+            config.inline_templates.push(subject.clone());
+            let url = broker_url(
+                name,
+                &n.url,
+                BrokerUrl {
+                    plain: "nats",
+                    tls: "tls",
+                    allow_cleartext: n.allow_cleartext,
+                    allow_private: n.allow_private,
+                    line,
+                },
+                problems,
+            );
+            url.map(|url| {
+                Target::Nats(NatsTarget {
+                    url,
+                    subject,
+                    auth,
+                    timeout,
+                })
+            })
+        }
+        RawDestination::Amqp(a) => {
+            shape = shape_of(
+                name,
+                line,
+                ShapeKeys {
+                    fields: a.fields.as_deref(),
+                    exclude_fields: a.exclude_fields.as_deref(),
+                    include_previous: a.include_previous,
+                    body_template: a.body_template.as_ref(),
+                },
+                config,
+                problems,
+            );
+            concurrency = a.concurrency.unwrap_or(DEFAULT_BROKER_CONCURRENCY).max(1);
+            let timeout = duration_or(
+                a.timeout.as_ref(),
+                DEFAULT_BROKER_TIMEOUT,
+                line,
+                &key("timeout"),
+                problems,
+            );
+            if a.exchange.len() > crate::config::destination::MAX_ROUTING_KEY_BYTES {
+                problems.push(Problem::at(
+                    line,
+                    key("exchange"),
+                    "an exchange name has at most 255 bytes",
+                ));
+            }
+            let routing_key = InlineTemplate {
+                name: format!("destination:{name}:routing_key"),
+                source: a.routing_key.to_string(),
+                key: key("routing_key"),
+                line,
+            };
+            config.inline_templates.push(routing_key.clone());
+            let url = broker_url(
+                name,
+                &a.url,
+                BrokerUrl {
+                    plain: "amqp",
+                    tls: "amqps",
+                    allow_cleartext: a.allow_cleartext,
+                    allow_private: a.allow_private,
+                    line,
+                },
+                problems,
+            );
+            url.map(|url| {
+                Target::Amqp(AmqpTarget {
+                    url,
+                    exchange: a.exchange.to_string(),
+                    routing_key,
+                    timeout,
+                })
+            })
+        }
     };
     target.map(|target| Destination {
         name: name.to_string(),
@@ -1175,5 +1402,127 @@ fn destination(
         retry,
         concurrency,
         allow_private,
+        shape,
     })
+}
+
+/// The shaping keys of a webhook, NATS or AMQP destination, as written.
+struct ShapeKeys<'a> {
+    fields: Option<&'a [Text]>,
+    exclude_fields: Option<&'a [Text]>,
+    include_previous: Option<bool>,
+    body_template: Option<&'a Text>,
+}
+
+/// A destination's [`Shape`]; its body template, if any, is added to `config`'s template files.
+fn shape_of(
+    name: &str,
+    line: Option<u64>,
+    keys: ShapeKeys<'_>,
+    config: &mut Config,
+    problems: &mut Vec<Problem>,
+) -> Shape {
+    let key = |k: &str| format!("destinations.{name}.{k}");
+    let names = |list: &[Text], k: &str, problems: &mut Vec<Problem>| -> Vec<String> {
+        if list.is_empty() {
+            problems.push(Problem::at(line, key(k), "lists no field"));
+        }
+        list.iter().map(|t| t.to_string()).collect()
+    };
+    let fields = match (keys.fields, keys.exclude_fields) {
+        (None, None) => FieldFilter::All,
+        (Some(only), None) => FieldFilter::Only(names(only, "fields", problems)),
+        (None, Some(except)) => FieldFilter::Except(names(except, "exclude_fields", problems)),
+        (Some(_), Some(_)) => {
+            problems.push(Problem::at(
+                line,
+                key("fields"),
+                "use fields or exclude_fields, not both",
+            ));
+            FieldFilter::All
+        }
+    };
+    let body_template = keys.body_template.map(|t| TemplateFile {
+        base: t.to_string(),
+        part: TemplatePart::JsonBody,
+        key: key("body_template"),
+        line,
+    });
+    if let Some(t) = &body_template {
+        config.template_files.push(t.clone());
+    }
+    Shape {
+        fields,
+        include_previous: keys.include_previous.unwrap_or(true),
+        body_template,
+    }
+}
+
+/// What a broker URL may be.
+struct BrokerUrl {
+    /// The scheme without TLS (`nats`, `amqp`).
+    plain: &'static str,
+    /// The scheme with TLS (`tls`, `amqps`).
+    tls: &'static str,
+    /// Whether the plain scheme may go to a host other than loopback.
+    allow_cleartext: bool,
+    /// Whether the broker may be on a private address.
+    allow_private: bool,
+    /// The destination's line.
+    line: Option<u64>,
+}
+
+/// A NATS or AMQP URL, checked: its scheme, a host, cleartext only to loopback (unless
+/// `allow_cleartext`), and the egress rules. Its userinfo is a password: never echoed.
+fn broker_url(
+    name: &str,
+    u: &str,
+    rules: BrokerUrl,
+    problems: &mut Vec<Problem>,
+) -> Option<url::Url> {
+    let key = format!("destinations.{name}.url");
+    let line = rules.line;
+    check_placeholder(u, line, &key, problems);
+    let url = match url::Url::parse(u) {
+        Ok(url) => url,
+        Err(e) => {
+            problems.push(Problem::at(line, key, format!("not a valid URL ({e})")));
+            return None;
+        }
+    };
+    let egress_refusal = || {
+        egress::Policy::destination(name, rules.allow_private)
+            .check_url(&url)
+            .err()
+            .map(|e| e.reason)
+    };
+    // Not `is_loopback_url`: these schemes are not special, so their hosts stay text.
+    let loopback = egress::is_loopback_host(url.host_str().unwrap_or_default());
+    let problem = if url.host_str().is_none_or(str::is_empty) {
+        Some("the URL has no host".to_string())
+    } else if url.scheme() != rules.tls && url.scheme() != rules.plain {
+        Some(format!(
+            "unsupported URL scheme `{}`; use {}:// or {}://",
+            url.scheme(),
+            rules.tls,
+            rules.plain
+        ))
+    } else if let Some(refused) = egress_refusal() {
+        Some(refused)
+    } else if url.scheme() == rules.plain && !rules.allow_cleartext && !loopback {
+        Some(format!(
+            "{}:// without TLS is only allowed to loopback hosts; use {}:// or set \
+             `allow_cleartext: true`",
+            rules.plain, rules.tls
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => {
+            problems.push(Problem::at(line, key, p));
+            None
+        }
+        None => Some(url),
+    }
 }

@@ -25,7 +25,7 @@ pub(crate) mod vars;
 pub(crate) use base::{
     defaults, Base, Clinic, Clinicea, Resource, SecretString, StartFrom, StoreSettings,
 };
-pub use destination::{ChatKind, Destination, Target, WebhookTarget};
+pub use destination::{AmqpTarget, ChatKind, Destination, NatsTarget, Target, WebhookTarget};
 pub(crate) use load::env_vars;
 pub use load::{load, load_str, Config};
 pub use problem::{line_of, ConfigError, Problem};

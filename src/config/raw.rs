@@ -216,6 +216,9 @@ pub(crate) struct RawConfig {
     /// `/readyz` stay open. Unset: `/metrics` is open to whoever reaches `listen`.
     #[serde(default)]
     pub(crate) metrics_token: Option<Text>,
+    /// The web console on `listen`.
+    #[serde(default)]
+    pub(crate) console: Option<Spanned<RawConsole>>,
     /// The SMTP server for email destinations.
     #[serde(default)]
     pub(crate) smtp: Option<Spanned<RawSmtp>>,
@@ -231,6 +234,16 @@ pub(crate) struct RawConfig {
     /// The watchdog that makes a silent death impossible.
     #[serde(default)]
     pub(crate) watchdog: Option<RawWatchdog>,
+}
+
+/// `console:`: the web console `run` serves on `listen`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsole {
+    /// The token that allows actions (retry, purge) and a dead letter's contents; without one
+    /// the console is read-only.
+    #[serde(default)]
+    pub(crate) token: Option<Text>,
 }
 
 /// How the API key is presented to Clinicea.
@@ -482,6 +495,10 @@ pub(crate) enum RawDestination {
     Discord(RawChat),
     /// A Google Chat space webhook.
     GoogleChat(RawChat),
+    /// A NATS JetStream subject.
+    Nats(RawNats),
+    /// A RabbitMQ (AMQP 0-9-1) exchange.
+    Amqp(RawAmqp),
 }
 
 /// A webhook destination.
@@ -511,6 +528,103 @@ pub(crate) struct RawWebhook {
     /// This destination's own retry schedule.
     #[serde(default)]
     pub(crate) retry: Option<RawRetry>,
+    /// Only these fields of `record` and `previous` are sent (`exclude_fields` is the opposite).
+    #[serde(default)]
+    pub(crate) fields: Option<Vec<Text>>,
+    /// These fields of `record` and `previous` are left out.
+    #[serde(default)]
+    pub(crate) exclude_fields: Option<Vec<Text>>,
+    /// `false` leaves `previous` out of the body (default true).
+    #[serde(default)]
+    pub(crate) include_previous: Option<bool>,
+    /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
+    #[serde(default)]
+    pub(crate) body_template: Option<Text>,
+}
+
+/// A NATS JetStream destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNats {
+    /// `nats://host:port` or `tls://host:port` (user and password may be in it).
+    pub(crate) url: Text,
+    /// The subject, an inline template (`clinicea.{{clinic}}.{{resource}}.{{change}}`).
+    pub(crate) subject: Text,
+    /// A `.creds` file (JWT and nkey seed), relative to the config file.
+    #[serde(default)]
+    pub(crate) creds_file: Option<Text>,
+    /// A user name (with `password`).
+    #[serde(default)]
+    pub(crate) user: Option<Text>,
+    /// The user's password.
+    #[serde(default)]
+    pub(crate) password: Option<Text>,
+    /// How long one publish may take, connecting and the stream's ack included (default 15s).
+    #[serde(default)]
+    pub(crate) timeout: Option<Dur>,
+    /// Allow a server on a private address.
+    #[serde(default)]
+    pub(crate) allow_private: bool,
+    /// Allow `nats://` (no TLS) to a host other than loopback.
+    #[serde(default)]
+    pub(crate) allow_cleartext: bool,
+    /// Publishes in flight at once (default 8).
+    #[serde(default)]
+    pub(crate) concurrency: Option<usize>,
+    /// This destination's own retry schedule.
+    #[serde(default)]
+    pub(crate) retry: Option<RawRetry>,
+    /// Only these fields of `record` and `previous` are sent (`exclude_fields` is the opposite).
+    #[serde(default)]
+    pub(crate) fields: Option<Vec<Text>>,
+    /// These fields of `record` and `previous` are left out.
+    #[serde(default)]
+    pub(crate) exclude_fields: Option<Vec<Text>>,
+    /// `false` leaves `previous` out of the body (default true).
+    #[serde(default)]
+    pub(crate) include_previous: Option<bool>,
+    /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
+    #[serde(default)]
+    pub(crate) body_template: Option<Text>,
+}
+
+/// A RabbitMQ (AMQP 0-9-1) destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAmqp {
+    /// `amqp://user:password@host:port/vhost` or `amqps://...`.
+    pub(crate) url: Text,
+    /// The exchange published to (`""` is the default exchange).
+    pub(crate) exchange: Text,
+    /// The routing key, an inline template (`{{resource}}.{{change}}`).
+    pub(crate) routing_key: Text,
+    /// How long one publish may take, connecting and the confirm included (default 15s).
+    #[serde(default)]
+    pub(crate) timeout: Option<Dur>,
+    /// Allow a broker on a private address.
+    #[serde(default)]
+    pub(crate) allow_private: bool,
+    /// Allow `amqp://` (no TLS) to a host other than loopback.
+    #[serde(default)]
+    pub(crate) allow_cleartext: bool,
+    /// Publishes in flight at once (default 8).
+    #[serde(default)]
+    pub(crate) concurrency: Option<usize>,
+    /// This destination's own retry schedule.
+    #[serde(default)]
+    pub(crate) retry: Option<RawRetry>,
+    /// Only these fields of `record` and `previous` are sent (`exclude_fields` is the opposite).
+    #[serde(default)]
+    pub(crate) fields: Option<Vec<Text>>,
+    /// These fields of `record` and `previous` are left out.
+    #[serde(default)]
+    pub(crate) exclude_fields: Option<Vec<Text>>,
+    /// `false` leaves `previous` out of the body (default true).
+    #[serde(default)]
+    pub(crate) include_previous: Option<bool>,
+    /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
+    #[serde(default)]
+    pub(crate) body_template: Option<Text>,
 }
 
 /// An email destination.

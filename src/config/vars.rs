@@ -8,8 +8,9 @@
 
 use crate::config::problem::{line_of, Problem};
 use crate::config::raw::{
-    Dur, Node, OneOrMany, RawBaseline, RawChat, RawClinicea, RawConfig, RawDestination, RawEmail,
-    RawLogin, RawResource, RawRetry, RawSmtp, RawStore, RawWatchdog, RawWebhook, RuleSpec, Text,
+    Dur, Node, OneOrMany, RawAmqp, RawBaseline, RawChat, RawClinicea, RawConfig, RawConsole,
+    RawDestination, RawEmail, RawLogin, RawNats, RawResource, RawRetry, RawSmtp, RawStore,
+    RawWatchdog, RawWebhook, RuleSpec, Text,
 };
 use serde_saphyr::Spanned;
 use std::collections::{BTreeMap, HashMap};
@@ -46,21 +47,34 @@ pub(crate) fn expand_vars(s: &str, vars: &HashMap<String, String>) -> Result<Str
     Ok(out)
 }
 
-/// Substitutes `${VAR}` in every string of `raw` from `vars`. Returns what could not be
-/// substituted (an unset variable, a malformed `${`), each at its key path and line: the text's
-/// own line where serde kept it, else the line of the nearest enclosing section.
-pub(crate) fn substitute(raw: &mut RawConfig, vars: &HashMap<String, String>) -> Vec<Problem> {
+/// Substitutes `${VAR}` in every string of `raw` (parsed from `text`) from `vars`. Returns
+/// every string that could not be substituted (an unset variable, a malformed `${`), each at its
+/// key path and line, all of them in one pass. The line is the text's own where serde kept it;
+/// where it did not (values inside a destination, whose `type:` serde reads first, and the
+/// rules' free-form nodes), it is the first line of `text` at or after the enclosing section's
+/// that holds the value as written, else the section's line.
+pub(crate) fn substitute(
+    raw: &mut RawConfig,
+    text: &str,
+    vars: &HashMap<String, String>,
+) -> Vec<Problem> {
     let mut pass = Pass {
         vars,
+        lines: text.lines().collect(),
+        claimed: Vec::new(),
         problems: Vec::new(),
     };
     raw.walk(&mut pass, &At::root());
     pass.problems
 }
 
-/// The variables and what went wrong so far.
+/// The variables, the file's lines and what went wrong so far.
 struct Pass<'a> {
     vars: &'a HashMap<String, String>,
+    /// The config's text, line by line, to place values serde kept no line for.
+    lines: Vec<&'a str>,
+    /// Lines already given to a value, so a value written twice is placed at each.
+    claimed: Vec<(u64, String)>,
     problems: Vec<Problem>,
 }
 
@@ -73,11 +87,33 @@ impl Pass<'_> {
         match expand_vars(s, self.vars) {
             Ok(v) => Some(v),
             Err(message) => {
+                let line = line.or_else(|| self.find_line(s, at.line)).or(at.line);
                 self.problems
-                    .push(Problem::at(line.or(at.line), at.key.clone(), message));
+                    .push(Problem::at(line, at.key.clone(), message));
                 None
             }
         }
+    }
+
+    /// The first line not yet claimed, at or after `from` (1-based), that holds `value` as
+    /// written.
+    fn find_line(&mut self, value: &str, from: Option<u64>) -> Option<u64> {
+        if value.contains('\n') {
+            return None;
+        }
+        let start = from.unwrap_or(1).max(1);
+        let found = self
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, l))
+            .skip(start as usize - 1)
+            .find(|(n, l)| {
+                l.contains(value) && !self.claimed.iter().any(|(c, v)| c == n && v == value)
+            })
+            .map(|(n, _)| n)?;
+        self.claimed.push((found, value.to_string()));
+        Some(found)
     }
 }
 
@@ -213,9 +249,10 @@ macro_rules! walk_structs {
 
 walk_structs! {
     RawConfig {
-        clinicea, clinics, resources, store, templates, listen, metrics_token, smtp, destinations,
-        rules, retry, watchdog
+        clinicea, clinics, resources, store, templates, listen, metrics_token, console, smtp,
+        destinations, rules, retry, watchdog
     } no text in { fleet };
+    RawConsole { token } no text in {};
     RawClinicea {
         base_url, api_key, login, poll_interval, overlap, start_from, timezone, since_timezone,
         timeout, page_delay, baseline, resources
@@ -233,8 +270,15 @@ walk_structs! {
     RawRetry { schedule } no text in { jitter };
     RawWatchdog { stale_after } no text in {};
     RawWebhook {
-        url, secret, headers, timeout, retry
-    } no text in { allow_insecure_http, allow_private, concurrency };
+        url, secret, headers, timeout, retry, fields, exclude_fields, body_template
+    } no text in { allow_insecure_http, allow_private, concurrency, include_previous };
+    RawNats {
+        url, subject, creds_file, user, password, timeout, retry, fields, exclude_fields,
+        body_template
+    } no text in { allow_private, allow_cleartext, concurrency, include_previous };
+    RawAmqp {
+        url, exchange, routing_key, timeout, retry, fields, exclude_fields, body_template
+    } no text in { allow_private, allow_cleartext, concurrency, include_previous };
     RawEmail { to, subject, template, from, reply_to, retry } no text in { concurrency };
     RawChat { url, template, timeout, retry } no text in { allow_insecure_http, allow_private };
 }
@@ -248,6 +292,8 @@ impl Walk for RawDestination {
             | RawDestination::Teams(c)
             | RawDestination::Discord(c)
             | RawDestination::GoogleChat(c) => c.walk(pass, at),
+            RawDestination::Nats(n) => n.walk(pass, at),
+            RawDestination::Amqp(a) => a.walk(pass, at),
         }
     }
 }
@@ -293,7 +339,7 @@ mod tests {
         let y = "clinicea: {base_url: x, api_key: k}\nrules:\n  - name: r\n    clinic: ${CLINIC}\n    notify: [hook]\n  - name: s\n    clinic: [north, \"${MISSING}\"]\n    notify: [hook]\n";
         let mut raw = crate::config::raw::parse(y).unwrap();
         let vars = HashMap::from([("CLINIC".to_string(), "north".to_string())]);
-        let problems = substitute(&mut raw, &vars);
+        let problems = substitute(&mut raw, y, &vars);
         let clinic = |i: usize| raw.rules[i].value.clinic.as_ref().unwrap().value.clone();
         assert_eq!(clinic(0), Node::Str("north".into()));
         let got: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
@@ -314,7 +360,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let problems = substitute(&mut raw, &vars);
+        let problems = substitute(&mut raw, y, &vars);
         let c = &raw.clinicea.as_ref().unwrap().value;
         assert_eq!(c.base_url.as_ref().unwrap().as_str(), "https://api.example");
         assert_eq!(c.poll_interval.as_ref().unwrap().text().as_str(), "5m");
@@ -327,14 +373,15 @@ mod tests {
             panic!()
         };
         assert_eq!(cond[1].1.value, Node::Str("Website".into()));
-        // Two unset: each named by its key, at its own line or its destination's.
+        // Two unset: each named by its key, at its own line (found in the text where serde kept
+        // none, as inside a destination).
         let got: Vec<(Option<u64>, &str)> =
             problems.iter().map(|p| (p.line, p.key.as_str())).collect();
         assert_eq!(
             got,
             [
                 (Some(3), "clinicea.api_key"),
-                (Some(9), "destinations.hook.secret[1]")
+                (Some(11), "destinations.hook.secret[1]")
             ],
             "{problems:?}"
         );

@@ -33,6 +33,8 @@ pub(crate) struct Health {
     pub(crate) resources: std::sync::RwLock<HashMap<PollKey, ResourceHealth>>,
     /// The bearer token `/metrics` asks for (`metrics_token`), replaced on reload.
     pub(crate) metrics_token: std::sync::RwLock<Option<config::SecretString>>,
+    /// What the web console knows beside the store.
+    pub(crate) console: super::console::ConsoleState,
 }
 
 impl Health {
@@ -67,7 +69,7 @@ impl Health {
 
 /// Compares two secrets in time independent of where they differ: both are hashed first, so
 /// neither the position of the first difference nor the length shows in the timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     let (da, db) = (Sha256::digest(a), Sha256::digest(b));
     da.iter()
@@ -145,7 +147,7 @@ impl Health {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
+/// Serves `/metrics`, `/healthz`, `/readyz` and the console until `cancel` fires.
 pub(crate) async fn serve_health(
     listener: tokio::net::TcpListener,
     health: Arc<Health>,
@@ -156,6 +158,7 @@ pub(crate) async fn serve_health(
     use axum::{http::StatusCode, routing::get, Router};
     let metrics = crate::telemetry::metrics_handle();
     let h2 = health.clone();
+    let console = super::console::routes(health.clone(), store.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -192,20 +195,21 @@ pub(crate) async fn serve_health(
                     if let Ok(guard) = h.resources.read() {
                         for ((clinic, resource), r) in guard.iter() {
                             if let Some(t) = r.last_success {
-                                metrics::gauge!("clinicea_seconds_since_last_success", "clinic" => clinic.clone(), "resource" => resource.clone())
+                                metrics::gauge!(crate::telemetry::metric::LAST_SUCCESS_AGE, "clinic" => clinic.clone(), "resource" => resource.clone())
                                     .set((now - t).num_milliseconds() as f64 / 1000.0);
                             }
                         }
                     }
-                    metrics::gauge!("clinicea_outbox_entries").set(store.outbox_len() as f64);
-                    metrics::gauge!("clinicea_dead_letters").set(store.dead_len() as f64);
+                    metrics::gauge!(crate::telemetry::metric::OUTBOX_ENTRIES).set(store.outbox_len() as f64);
+                    metrics::gauge!(crate::telemetry::metric::DEAD_LETTERS_STORED).set(store.dead_len() as f64);
                     match m {
-                        Some(m) => (StatusCode::OK, m.render()).into_response(),
+                        Some(m) => (StatusCode::OK, crate::telemetry::render_metrics(&m)).into_response(),
                         None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response(),
                     }
                 }
             }),
-        );
+        )
+        .merge(console);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -86,8 +86,8 @@ impl OutboxIntake {
                 }
                 Err(dead) => {
                     tracing::error!(destination = %dead.entry.destination, clinic = %change.clinic, resource = %change.resource, id = %change.id, reason = %dead.reason, "a delivery could not be prepared; it went to the dead letters");
-                    metrics::counter!("clinicea_dead_letters_total", "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone()).increment(1);
-                    metrics::counter!("clinicea_deliveries_total", "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone(), "outcome" => "dead").increment(1);
+                    metrics::counter!(crate::telemetry::metric::DEAD_LETTERS_CREATED, "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone()).increment(1);
+                    metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone(), "outcome" => "dead").increment(1);
                     write
                         .dead
                         .push((seq, serde_json::to_vec(&dead).unwrap_or_default()));

@@ -2,6 +2,7 @@
 //! `/metrics`, `/healthz` and `/readyz` server, the watchdog, journal maintenance, and signals
 //! (SIGINT/SIGTERM stop, SIGHUP reloads the config without losing queued deliveries).
 
+pub(crate) mod console;
 pub mod engine;
 pub mod events;
 pub(crate) mod health;
@@ -140,6 +141,7 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
         tracing::error!("cannot move the entries of removed destinations to the dead letters: {e}");
     }
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
+    health.console.set_wake(wake_tx.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let mut senders: HashMap<String, mpsc::UnboundedSender<Wake>> = HashMap::new();
     for name in engine.settings.pipeline.destinations.keys() {
@@ -237,9 +239,11 @@ pub async fn run(
     // Install the metrics recorder before any poller or worker runs: metrics recorded before
     // it exists go nowhere, and `serve_health` only installs it once its task first runs.
     let _ = crate::telemetry::metrics_handle();
-    let mut engine = Arc::new(Engine::open(settings, events)?);
     let health = Arc::new(Health::default());
+    let events = console::watch(events, health.clone());
+    let mut engine = Arc::new(Engine::open(settings, events)?);
     health.set_metrics_token(engine.settings.base.metrics_token.clone());
+    health.console.configure(&engine.settings);
     let server = tokio::spawn(serve_health(
         listener,
         health.clone(),
@@ -288,6 +292,7 @@ pub async fn run(
                 gen_cancel.cancel();
                 gen.await;
                 health.set_metrics_token(next.settings.base.metrics_token.clone());
+                health.console.configure(&next.settings);
                 engine = Arc::new(next);
                 tracing::info!("config reloaded");
             }

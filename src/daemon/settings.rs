@@ -68,7 +68,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         }
     }
     for f in &cfg.template_files {
-        if !templates.has(&f.text()) {
+        if !templates.has(&f.required()) {
             problems.push(missing_template(f));
         }
     }
@@ -117,9 +117,38 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
             } else {
                 rule_resource
             };
+            // A custom body must be JSON for the sample, shaped as the destination shapes it.
+            if let Some(body) = &d.shape.body_template {
+                if let Err(mut p) = templates.check_body(&body.json(), &resource, &d.shape) {
+                    p.message = format!("{} (body_template of destination {dest})", p.message);
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+            }
+            // A subject or routing key must be one once rendered, not only render.
+            type Valid = fn(&str) -> Result<(), &'static str>;
+            let address: Option<(&InlineTemplate, Valid)> = match &d.target {
+                Target::Nats(t) => Some((&t.subject, crate::route::plan::check_subject)),
+                Target::Amqp(t) => Some((&t.routing_key, crate::route::plan::check_routing_key)),
+                _ => None,
+            };
+            if let Some((t, valid)) = address {
+                let reason = match templates.check_shaped(&t.name, &resource, &d.shape) {
+                    Ok(text) => valid(&text).err().map(str::to_string),
+                    Err(p) => Some(p.message),
+                };
+                if let Some(why) = reason {
+                    problems.push(Problem::at(
+                        t.line,
+                        t.key.clone(),
+                        format!("{why} (rendering for destination {dest} on a sample {resource} record)"),
+                    ));
+                }
+            }
             // The registry names, each with the inline template it is, if it is one.
             let names: Vec<(String, Option<&InlineTemplate>)> = match &d.target {
-                Target::Webhook(_) => vec![],
+                Target::Webhook(_) | Target::Nats(_) | Target::Amqp(_) => vec![],
                 Target::Chat { template, .. } => vec![(template.text(), None)],
                 Target::Email {
                     template, subject, ..
@@ -171,8 +200,15 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
 
 /// Whether every template `d` names is in the registry (inline ones registered, files found).
 fn templates_registered(d: &config::Destination, templates: &Templates) -> bool {
-    match &d.target {
+    let body = d
+        .shape
+        .body_template
+        .as_ref()
+        .is_none_or(|t| templates.has(&t.json()));
+    body && match &d.target {
         Target::Webhook(_) => true,
+        Target::Nats(t) => templates.has(&t.subject.name),
+        Target::Amqp(t) => templates.has(&t.routing_key.name),
         Target::Chat { template, .. } => templates.has(&template.text()),
         Target::Email {
             to,
@@ -195,6 +231,10 @@ fn missing_template(f: &TemplateFile) -> Problem {
             f.base, f.base
         ),
         TemplatePart::ChatText => format!("no template {:?} (expected {}.txt.hbs)", f.base, f.base),
+        TemplatePart::JsonBody => format!(
+            "no template {:?} (expected {}.json.hbs in the templates folder)",
+            f.base, f.base
+        ),
     };
     Problem::at(f.line, f.key.clone(), message)
 }

@@ -117,6 +117,22 @@ impl Deliverer {
                 Payload::Chat { body },
                 Some(http),
             ) => super::chat::send(http, *kind, url, body.clone().into_bytes(), *timeout).await,
+            (Target::Nats(_), Payload::Publish { subject, body }, _) => {
+                match self.brokers.get(&dest.name) {
+                    Some(super::Broker::Nats(p)) => {
+                        super::nats::send(p, subject, &entry.webhook_id, body.as_bytes()).await
+                    }
+                    _ => fail(format!("no NATS connection for destination {}", dest.name)),
+                }
+            }
+            (Target::Amqp(_), Payload::Publish { subject, body }, _) => {
+                match self.brokers.get(&dest.name) {
+                    Some(super::Broker::Amqp(p)) => {
+                        super::amqp::send(p, subject, &entry.webhook_id, body.as_bytes()).await
+                    }
+                    _ => fail(format!("no AMQP connection for destination {}", dest.name)),
+                }
+            }
             (Target::Email { .. }, Payload::Email(msg), _) => match &self.mailer {
                 Some(m) => m.send(msg).await,
                 None => fail("no smtp: section is configured".into()),
@@ -196,7 +212,7 @@ impl Deliverer {
         let destination = dest.name.as_str();
         entry.attempts += 1;
         let labels = [("destination", destination.to_string())];
-        metrics::histogram!("clinicea_delivery_attempt_duration_seconds", &labels)
+        metrics::histogram!(crate::telemetry::metric::ATTEMPT_DURATION, &labels)
             .record(report.duration.as_secs_f64());
         // The attempts log keeps failed attempts only (a success removes the entry and its log).
         let log = |report: &AttemptReport, attempt: u32| AttemptLog {
@@ -224,8 +240,8 @@ impl Deliverer {
                     self.store.set_destination_failing(destination, None)?;
                     tracing::info!(destination = %destination, "delivering again; no longer marked failing");
                 }
-                metrics::counter!("clinicea_deliveries_total", "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
-                metrics::histogram!("clinicea_delivery_latency_seconds", &labels)
+                metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
+                metrics::histogram!(crate::telemetry::metric::DELIVERY_LATENCY, &labels)
                     .record((now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
                 tracing::info!(status = ?report.status, "delivered");
                 self.emit(Event::Delivered {
@@ -251,7 +267,7 @@ impl Deliverer {
                     Some(d) => {
                         entry.next_attempt_ms = now_ms() + d.as_millis() as i64;
                         self.store.outbox_put(destination, seq, &entry)?;
-                        metrics::counter!("clinicea_deliveries_total", "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "retry").increment(1);
+                        metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "retry").increment(1);
                         tracing::warn!(status = ?report.status, %reason, retry_in = ?d, "delivery failed; will retry");
                         self.emit(Event::Retrying {
                             destination: destination.to_string(),
@@ -298,8 +314,8 @@ impl Deliverer {
     /// Moves an entry to the dead letters, counted and announced.
     fn to_dead(&self, entry: &OutboxEntry, reason: String) -> Result<(), StoreError> {
         tracing::error!(destination = %entry.destination, webhook_id = %entry.webhook_id, %reason, "delivery moved to the dead letters");
-        metrics::counter!("clinicea_deliveries_total", "clinic" => entry.clinic.clone(), "destination" => entry.destination.clone(), "outcome" => "dead").increment(1);
-        metrics::counter!("clinicea_dead_letters_total", "clinic" => entry.clinic.clone(), "destination" => entry.destination.clone()).increment(1);
+        metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => entry.destination.clone(), "outcome" => "dead").increment(1);
+        metrics::counter!(crate::telemetry::metric::DEAD_LETTERS_CREATED, "clinic" => entry.clinic.clone(), "destination" => entry.destination.clone()).increment(1);
         let dead = DeadLetter {
             entry: entry.clone(),
             reason: reason.clone(),

@@ -1,10 +1,12 @@
-//! Durable delivery: the sinks (webhook, email, chat), the verdict of an attempt, the step that
+//! Durable delivery: the sinks (webhook, email, chat, NATS, AMQP), the verdict of an attempt, the step that
 //! makes one attempt and records its outcome ([`attempt`]), and the one scheduler that runs the
 //! steps per destination ([`worker`]): retries with jitter, the attempts log and the dead letters.
 
+pub(crate) mod amqp;
 pub mod attempt;
 pub mod chat;
 pub mod email;
+pub(crate) mod nats;
 pub(crate) mod outcome;
 pub mod webhook;
 pub(crate) mod worker;
@@ -22,8 +24,52 @@ use tokio::sync::mpsc;
 pub(crate) fn pacing(d: &Destination) -> Duration {
     match &d.target {
         Target::Chat { kind, .. } => chat::min_interval(*kind),
-        Target::Webhook(_) | Target::Email { .. } => Duration::ZERO,
+        Target::Webhook(_) | Target::Email { .. } | Target::Nats(_) | Target::Amqp(_) => {
+            Duration::ZERO
+        }
     }
+}
+
+/// The broker URL to connect to: its host resolved and checked by `egress` before each connection.
+/// Without TLS (`plain_scheme`), the URL is pinned to the first allowed address, so the client
+/// (which resolves and reconnects on its own) never reaches an address the rules did not check;
+/// with TLS the name stays (the certificate is checked against it, which a rebinding cannot pass).
+/// The error is the refusal's reason, naming the host, never the URL's userinfo.
+pub(crate) async fn checked_broker_url(
+    url: &url::Url,
+    default_port: u16,
+    plain_scheme: &str,
+    egress: &crate::net::egress::Policy,
+) -> Result<url::Url, String> {
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port().unwrap_or(default_port);
+    egress.check_host(host).map_err(|e| e.reason)?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() || url.scheme() != plain_scheme {
+        egress
+            .resolve_checked(host, port)
+            .await
+            .map_err(|e| e.reason)?;
+        return Ok(url.clone());
+    }
+    let addrs = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|e| format!("{host} does not resolve ({})", e.kind()))?;
+    let kept = egress.filter(host, addrs).map_err(|e| e.reason)?;
+    let ip = kept[0].ip();
+    let mut pinned = url.clone();
+    let literal = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    pinned
+        .set_host(Some(&literal))
+        .map_err(|_| format!("{host} resolved to an address that cannot be used"))?;
+    if pinned.port().is_none() {
+        // Keep the port the name was checked with.
+        let _ = pinned.set_port(Some(port));
+    }
+    Ok(pinned)
 }
 
 /// Something a delivery did, for the demo's live stream and for tests.
@@ -76,6 +122,8 @@ pub struct Deliverer {
     /// One HTTP client per webhook and chat destination, each resolving names through that
     /// destination's egress rules.
     http: Arc<HashMap<String, reqwest::Client>>,
+    /// One kept broker connection per NATS and AMQP destination.
+    brokers: Arc<HashMap<String, Broker>>,
     mailer: Option<Arc<Mailer>>,
     events: Option<mpsc::UnboundedSender<Event>>,
     /// Destinations marked failing (mirrors the store's `dest_health`), so the success path only
@@ -84,6 +132,15 @@ pub struct Deliverer {
     /// Where the unit tests make an attempt panic.
     #[cfg(test)]
     fault: TestFault,
+}
+
+/// A broker destination's publisher, with the connection it keeps (boxed: the two differ a lot
+/// in size).
+pub(crate) enum Broker {
+    /// A NATS JetStream server.
+    Nats(Box<nats::Publisher>),
+    /// A RabbitMQ broker.
+    Amqp(Box<amqp::Publisher>),
 }
 
 /// Where a unit test makes every attempt panic: inside the send (caught by the attempt itself) or
@@ -112,16 +169,33 @@ impl Deliverer {
             .map(|(name, _)| name)
             .collect();
         let mut http = HashMap::new();
+        let mut brokers = HashMap::new();
         for (name, d) in &destinations {
-            if matches!(d.target, Target::Webhook(_) | Target::Chat { .. }) {
-                let policy = crate::net::egress::Policy::destination(name, d.allow_private);
-                http.insert(name.clone(), webhook::client(policy)?);
+            let policy = crate::net::egress::Policy::destination(name, d.allow_private);
+            match &d.target {
+                Target::Webhook(_) | Target::Chat { .. } => {
+                    http.insert(name.clone(), webhook::client(policy)?);
+                }
+                Target::Nats(t) => {
+                    brokers.insert(
+                        name.clone(),
+                        Broker::Nats(Box::new(nats::Publisher::new(t.clone(), policy))),
+                    );
+                }
+                Target::Amqp(t) => {
+                    brokers.insert(
+                        name.clone(),
+                        Broker::Amqp(Box::new(amqp::Publisher::new(t.clone(), policy))),
+                    );
+                }
+                Target::Email { .. } => {}
             }
         }
         Ok(Deliverer {
             store,
             destinations: Arc::new(destinations),
             http: Arc::new(http),
+            brokers: Arc::new(brokers),
             mailer,
             events,
             failing: Arc::new(std::sync::Mutex::new(failing)),
@@ -134,5 +208,57 @@ impl Deliverer {
         if let Some(tx) = &self.events {
             let _ = tx.send(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod broker_url_tests {
+    use super::checked_broker_url;
+    use crate::net::egress::Policy;
+
+    fn url(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cleartext_broker_name_is_pinned_to_the_address_the_rules_checked() {
+        let p = Policy::destination("bus", false);
+        let pinned = checked_broker_url(&url("nats://alice:pw@localhost:4222"), 4222, "nats", &p)
+            .await
+            .unwrap();
+        let host = pinned.host_str().unwrap();
+        assert!(host == "127.0.0.1" || host == "[::1]", "{pinned}");
+        assert_eq!(
+            (pinned.username(), pinned.password()),
+            ("alice", Some("pw"))
+        );
+        assert_eq!(pinned.port(), Some(4222));
+        let pinned = checked_broker_url(&url("amqp://localhost/%2f"), 5672, "amqp", &p)
+            .await
+            .unwrap();
+        assert_eq!((pinned.port(), pinned.path()), (Some(5672), "/%2f"));
+        // With TLS the name stays, for the certificate check.
+        let tls = url("tls://localhost:4222");
+        assert_eq!(
+            checked_broker_url(&tls, 4222, "nats", &p).await.unwrap(),
+            tls
+        );
+        // Refused before any connection, naming the host and never the password.
+        for refused in [
+            "nats://alice:SECRET@169.254.169.254:4222",
+            "nats://alice:SECRET@10.0.0.7:4222",
+            "nats://alice:SECRET@metadata.google.internal:4222",
+        ] {
+            let e = checked_broker_url(&url(refused), 4222, "nats", &p)
+                .await
+                .unwrap_err();
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        let private = Policy::destination("bus", true);
+        assert!(
+            checked_broker_url(&url("nats://10.0.0.7:4222"), 4222, "nats", &private)
+                .await
+                .is_ok()
+        );
     }
 }

@@ -14,10 +14,14 @@
 //! | a request that cannot even be built       | Fail     |
 //! | SMTP 5xx                                  | Fail     |
 //! | SMTP 4xx, timeout, connection, TLS error  | Retry    |
+//! | broker down, refused by egress, timeout    | Retry    |
+//! | broker nack, no stream / queue for it      | Retry    |
+//! | a message larger than the broker accepts  | Fail     |
 //!
 //! Webhooks are sorted by [`classify_http`], chat services (which add their own rate-limit hints
 //! and a "webhook gone") by [`classify_chat`], any HTTP request that got no answer by
-//! [`classify_transport`], and SMTP errors by [`classify_smtp`].
+//! [`classify_transport`], SMTP errors by [`classify_smtp`], and NATS / AMQP failures by [`classify_broker`]: a broker that
+//! is down or not set up yet is retried, never a lost change.
 //!
 //! Reasons are short human words ("HTTP 503 Service Unavailable", "connection refused", "timed out
 //! after 15s"). They never contain a URL's path, query string or userinfo (which often carry tokens),
@@ -220,6 +224,41 @@ fn io_kind(e: &reqwest::Error) -> Option<&'static str> {
         ErrorKind::AddrNotAvailable => "address not available",
         _ => return None,
     })
+}
+
+/// What went wrong publishing to a NATS or AMQP broker. Each text is scrubbed by the sink (no
+/// URL userinfo, no password) before it gets here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BrokerFailure {
+    /// Connecting failed (refused, DNS, TLS, authentication), or the egress rules refused the
+    /// address.
+    Connect(String),
+    /// The publish, connecting and the ack included, took longer than the destination's timeout.
+    Timeout(Duration),
+    /// The broker took the message but did not acknowledge it (a nack, an ack timeout, a closed
+    /// channel, no stream for the subject, no queue for the routing key).
+    NotAcknowledged(String),
+    /// The message is larger than the broker accepts (bytes, and its limit).
+    TooLarge(usize, usize),
+}
+
+/// Sorts a broker failure: only a message the broker can never take fails; a broker that is down,
+/// slow or not set up yet is retried, so no change is lost while it is fixed.
+pub(crate) fn classify_broker(f: BrokerFailure) -> Verdict {
+    let retry = |reason: String| Verdict::Retry {
+        reason: bounded(reason),
+        retry_after: None,
+    };
+    match f {
+        BrokerFailure::Connect(why) => retry(format!("connection failed: {why}")),
+        BrokerFailure::Timeout(t) => retry(format!("timed out after {}", human(t))),
+        BrokerFailure::NotAcknowledged(why) => retry(format!("not acknowledged: {why}")),
+        BrokerFailure::TooLarge(size, max) => Verdict::Fail {
+            reason: format!(
+                "the message ({size} bytes) is larger than the broker accepts ({max} bytes)"
+            ),
+        },
+    }
 }
 
 /// "15s", "1.5s", "250ms": a timeout in words.
@@ -652,5 +691,28 @@ mod tests {
         assert_eq!(human(Duration::from_secs(15)), "15s");
         assert_eq!(human(Duration::from_millis(300)), "300ms");
         assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+    }
+
+    #[test]
+    fn a_broker_that_is_down_or_not_set_up_is_retried_and_only_an_oversized_message_fails() {
+        let retried = [
+            BrokerFailure::Connect("connection refused".into()),
+            BrokerFailure::Timeout(Duration::from_secs(2)),
+            BrokerFailure::NotAcknowledged("no stream found for given subject".into()),
+        ];
+        for f in retried {
+            assert!(matches!(classify_broker(f), Verdict::Retry { .. }));
+        }
+        assert_eq!(
+            classify_broker(BrokerFailure::Timeout(Duration::from_millis(1500))),
+            Verdict::Retry {
+                reason: "timed out after 1.5s".into(),
+                retry_after: None
+            }
+        );
+        assert!(matches!(
+            classify_broker(BrokerFailure::TooLarge(2_000_000, 1_048_576)),
+            Verdict::Fail { .. }
+        ));
     }
 }

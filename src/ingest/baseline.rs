@@ -107,9 +107,9 @@ pub(crate) async fn run<I: Intake>(
             .commit_baseline_chunk(clinic, name, &snaps, chunk.page_end.then_some(&b))
             .map_err(PollError::Store)?;
         if chunk.page_end {
-            metrics::gauge!("clinicea_baseline_records", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
+            metrics::gauge!(crate::telemetry::metric::BASELINE_RECORDS, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
                 .set(b.records as f64);
-            if b.pages % BASELINE_LOG_EVERY_PAGES == 0 {
+            if b.pages.is_multiple_of(BASELINE_LOG_EVERY_PAGES) {
                 tracing::info!(resource = %name, pages = b.pages, records = b.records, "baseline: in progress");
             }
         }

@@ -135,15 +135,15 @@ pub async fn poll_resource<I: Intake>(
             status.last_records = rep.records;
             status.last_changes = rep.changes;
             status.last_pages = rep.pages;
-            metrics::counter!("clinicea_polls_total", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone()).increment(1);
-            metrics::gauge!("clinicea_last_success_timestamp_seconds", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
+            metrics::counter!(crate::telemetry::metric::POLLS, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone()).increment(1);
+            metrics::gauge!(crate::telemetry::metric::LAST_SUCCESS_TIMESTAMP, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
                 .set(finished.timestamp() as f64);
         }
         Err(e) => {
             status.last_error = Some(e.to_string());
             status.consecutive_failures += 1;
-            metrics::counter!("clinicea_polls_total", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone()).increment(1);
-            metrics::counter!("clinicea_poll_failures_total", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
+            metrics::counter!(crate::telemetry::metric::POLLS, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone()).increment(1);
+            metrics::counter!(crate::telemetry::metric::POLL_FAILURES, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
                 .increment(1);
         }
     }
@@ -251,13 +251,13 @@ async fn poll_inner<I: Intake>(
         if served.repeats == 0 {
             report.settled = true;
         } else {
-            metrics::counter!("clinicea_window_shifts_total", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
+            metrics::counter!(crate::telemetry::metric::WINDOW_SHIFTS, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
                 .increment(1);
             tracing::info!(resource = %res.name, pass = report.passes, records_served_twice = served.repeats, "the window shifted while it was paged; reading it again");
         }
     }
     if !report.settled {
-        metrics::counter!("clinicea_polls_unsettled_total", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
+        metrics::counter!(crate::telemetry::metric::POLLS_UNSETTLED, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
             .increment(1);
         tracing::warn!(resource = %res.name, passes = report.passes, "the window kept shifting while it was paged (records served twice in every pass); the checkpoint stays and the next poll reads the window again");
         return Ok(report);
@@ -344,7 +344,7 @@ fn read_clock<I>(
         }
         return None;
     };
-    metrics::gauge!("clinicea_api_clock_skew_seconds", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
+    metrics::gauge!(crate::telemetry::metric::API_CLOCK_SKEW, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
         .set(skew.num_milliseconds() as f64 / 1000.0);
     let bound = TimeDelta::from_std(ctx.overlap / 2).unwrap_or(TimeDelta::MAX);
     let beyond = |s: TimeDelta| s.abs() > bound;
@@ -422,7 +422,7 @@ async fn store_chunk<I: Intake>(
     served: &mut PassIds<'_>,
     report: &mut PollReport,
 ) -> Result<(), PollError<I::Error>> {
-    metrics::counter!("clinicea_records_fetched_total", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
+    metrics::counter!(crate::telemetry::metric::RECORDS_FETCHED, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
         .increment(records.len() as u64);
     let spec = DiffSpec {
         clinic: &ctx.clinic,
@@ -446,7 +446,7 @@ async fn store_chunk<I: Intake>(
                     Skip::NoId => "no_id",
                     Skip::NotAnObject => "not_an_object",
                 };
-                metrics::counter!("clinicea_records_skipped_total", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone(), "reason" => reason).increment(1);
+                metrics::counter!(crate::telemetry::metric::RECORDS_SKIPPED, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone(), "reason" => reason).increment(1);
                 tracing::error!(resource = %res.name, page = page_no, reason, id_field = %res.id_field, "skipped a record without a usable id");
                 continue;
             }
@@ -507,7 +507,7 @@ async fn store_chunk<I: Intake>(
     }
     for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
         if kinds[kind as usize] > 0 {
-            metrics::counter!("clinicea_changes_total", "clinic" => ctx.clinic.clone(), "resource" => res.name.clone(), "change" => kind.as_str()).increment(kinds[kind as usize]);
+            metrics::counter!(crate::telemetry::metric::CHANGES, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone(), "change" => kind.as_str()).increment(kinds[kind as usize]);
         }
     }
     let changes = chunk.changes.len();

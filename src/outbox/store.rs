@@ -496,8 +496,19 @@ impl Store {
 
     /// Writes everything buffered to disk and waits for it.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        // Not sled's `flush_async`: several of those in flight at once can wait forever (sled
+        // issues 1241 and 1308), and a fleet's pollers flush side by side. The blocking flush is
+        // safe from many threads; it runs on the blocking pool so no async worker waits on disk.
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                format!("the store flush task failed: {e}"),
+            )))),
+        }
     }
 
     // --- checkpoints and poll status ------------------------------------------------------

@@ -1,6 +1,11 @@
 //! Planning: a change and the rules that matched it become one planned delivery per destination
 //! (one per recipient, for email), each payload rendered once, here, at poll time.
+//!
+//! Webhook, NATS and AMQP destinations carry the same body: the webhook envelope, shaped by the
+//! destination ([`Shape`]: only some fields, no previous version, or a custom JSON body). Rules
+//! have routed the change on the whole record before any of that.
 
+use crate::config::destination::{FieldFilter, InlineTemplate, Shape, MAX_ROUTING_KEY_BYTES};
 use crate::config::{Destination, Target};
 use crate::model::{Change, IdKey};
 use crate::net::mail;
@@ -28,6 +33,13 @@ pub enum Payload {
     },
     /// One email to one recipient.
     Email(EmailMessage),
+    /// A message published to a broker: a NATS subject or an AMQP routing key, and the body.
+    Publish {
+        /// The NATS subject or the AMQP routing key (rendered).
+        subject: String,
+        /// The JSON body (the webhook body), byte for byte.
+        body: String,
+    },
 }
 
 /// One email to one recipient, as stored in the outbox.
@@ -60,11 +72,39 @@ pub(crate) struct Planned {
     pub(crate) payload: Result<Payload, String>,
 }
 
-/// The JSON body of a webhook: the spec's envelope around the change model, `data.clinic` first.
+/// A record as a shaped body shows it: an object with only the fields the filter keeps, serialized
+/// without copying it.
+struct Fields<'a>(&'a serde_json::Value, &'a FieldFilter);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match (self.0, self.1) {
+            (serde_json::Value::Object(m), filter) if *filter != FieldFilter::All => {
+                let mut map = s.serialize_map(None)?;
+                for (k, v) in m.iter().filter(|(k, _)| filter.keeps(k)) {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+            (v, _) => v.serialize(s),
+        }
+    }
+}
+
+/// The JSON body of a webhook: the spec's envelope around the change model, `data.clinic` first,
+/// with only the fields `fields` keeps in `record` and `previous`, and without `previous` unless
+/// `include_previous`.
 ///
 /// Serialized straight from the change (no intermediate `Value`, so the record and its previous
 /// version are not copied); the bytes are the same as building the envelope with `json!`.
-pub(crate) fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> String {
+pub(crate) fn webhook_body(
+    change: &Change,
+    rule: &str,
+    rules: &[String],
+    fields: &FieldFilter,
+    include_previous: bool,
+) -> String {
     #[derive(Serialize)]
     struct Envelope<'a> {
         #[serde(rename = "type")]
@@ -78,8 +118,9 @@ pub(crate) fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> Str
         resource: &'a str,
         change: crate::model::ChangeKind,
         id: &'a str,
-        record: &'a serde_json::Value,
-        previous: &'a Option<serde_json::Value>,
+        record: Fields<'a>,
+        #[serde(skip_serializing_if = "Omitted::is_omitted")]
+        previous: Omitted<Option<Fields<'a>>>,
         changed_fields: &'a [String],
         server_status: &'a Option<String>,
         rule: &'a str,
@@ -95,8 +136,12 @@ pub(crate) fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> Str
             resource: &change.resource,
             change: change.kind,
             id: &change.id,
-            record: &change.record,
-            previous: &change.previous,
+            record: Fields(&change.record, fields),
+            previous: if include_previous {
+                Omitted::Shown(change.previous.as_ref().map(|p| Fields(p, fields)))
+            } else {
+                Omitted::Left
+            },
             changed_fields: &change.changed_fields,
             server_status: &change.server_status,
             rule,
@@ -105,6 +150,56 @@ pub(crate) fn webhook_body(change: &Change, rule: &str, rules: &[String]) -> Str
     };
     // Serializing plain data (string keys only) cannot fail.
     serde_json::to_string(&body).unwrap_or_default()
+}
+
+/// A key of the envelope that a shaped body may leave out.
+enum Omitted<T> {
+    /// Sent, with this value.
+    Shown(T),
+    /// Left out of the body.
+    Left,
+}
+
+impl<T> Omitted<T> {
+    fn is_omitted(&self) -> bool {
+        matches!(self, Omitted::Left)
+    }
+}
+
+impl<T: Serialize> Serialize for Omitted<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Omitted::Shown(v) => v.serialize(s),
+            Omitted::Left => s.serialize_none(),
+        }
+    }
+}
+
+/// Whether `subject` may be published to: NATS tokens separated by dots, none empty, no
+/// whitespace, no wildcard. The reason says what is wrong, not what the subject is (it may hold
+/// record values).
+pub(crate) fn check_subject(subject: &str) -> Result<(), &'static str> {
+    if subject.is_empty() {
+        return Err("the subject rendered empty");
+    }
+    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the subject holds whitespace");
+    }
+    if subject.split('.').any(|t| t.is_empty()) {
+        return Err("the subject has an empty token (two dots in a row, or one at an end)");
+    }
+    if subject.split('.').any(|t| t == "*" || t == ">") {
+        return Err("the subject has a wildcard token (* or >)");
+    }
+    Ok(())
+}
+
+/// Whether `key` may be an AMQP routing key: at most [`MAX_ROUTING_KEY_BYTES`].
+pub(crate) fn check_routing_key(key: &str) -> Result<(), &'static str> {
+    if key.len() > MAX_ROUTING_KEY_BYTES {
+        return Err("the routing key is longer than 255 bytes");
+    }
+    Ok(())
 }
 
 /// Rules, templates and destinations: what turns a change into planned deliveries.
@@ -121,6 +216,32 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The body of a webhook, NATS or AMQP delivery: the envelope shaped by `shape`, or its
+    /// custom JSON body (which must parse as JSON: otherwise the error, a dead letter's reason).
+    fn body(
+        &self,
+        change: &Change,
+        route: &Route,
+        destination: &str,
+        shape: &Shape,
+        tz: Tz,
+    ) -> Result<String, String> {
+        match &shape.body_template {
+            None => Ok(webhook_body(
+                change,
+                &route.rule,
+                &route.rules,
+                &shape.fields,
+                shape.include_previous,
+            )),
+            Some(t) => {
+                let shaped = render::shaped_change(change, shape);
+                let ctx = render::context(&shaped, &route.rule, &route.rules, destination, tz);
+                self.templates.render_body(&t.json(), &ctx)
+            }
+        }
+    }
+
     /// The zone `clinic`'s changes are rendered in; UTC for a clinic without one.
     pub(crate) fn timezone(&self, clinic: &str) -> Tz {
         rules::zone_of(&self.timezones, clinic)
@@ -158,10 +279,39 @@ impl Pipeline {
             };
             // Chat and email render templates against the change model; webhooks do not.
             let ctx = || render::context(change, &route.rule, &route.rules, &dest.name, tz);
+            let body = || self.body(change, route, &dest.name, &dest.shape, tz);
+            // A NATS subject or an AMQP routing key sees what the body sees: with `fields` or
+            // `exclude_fields`, a field left out of the body is left out of the subject too.
+            let address = |t: &InlineTemplate, check: fn(&str) -> Result<(), &'static str>| {
+                let ctx = if dest.shape.fields == FieldFilter::All {
+                    ctx()
+                } else {
+                    let shaped = render::shaped_change(change, &dest.shape);
+                    render::context(&shaped, &route.rule, &route.rules, &dest.name, tz)
+                };
+                let text = self
+                    .templates
+                    .render(&t.name, &ctx)
+                    .map_err(|e| format!("{} of {}: {e}", t.key, dest.name))?;
+                check(&text).map_err(|e| format!("{} of {}: {e}", t.key, dest.name))?;
+                Ok::<String, String>(text)
+            };
             match &dest.target {
-                Target::Webhook(_) => push(Ok(Payload::Webhook {
-                    body: webhook_body(change, &route.rule, &route.rules),
+                Target::Webhook(_) => push(body().map(|body| Payload::Webhook { body })),
+                Target::Nats(t) => push(address(&t.subject, check_subject).and_then(|subject| {
+                    Ok(Payload::Publish {
+                        subject,
+                        body: body()?,
+                    })
                 })),
+                Target::Amqp(t) => push(address(&t.routing_key, check_routing_key).and_then(
+                    |subject| {
+                        Ok(Payload::Publish {
+                            subject,
+                            body: body()?,
+                        })
+                    },
+                )),
                 Target::Chat { kind, template, .. } => {
                     let ctx = ctx();
                     let name = template.text();
@@ -265,7 +415,62 @@ mod body_tests {
             }
         })
         .to_string();
-        assert_eq!(webhook_body(&change, "r1", &rules), expected);
+        assert_eq!(
+            webhook_body(&change, "r1", &rules, &FieldFilter::All, true),
+            expected
+        );
+    }
+
+    /// Shaped, the same envelope with fewer fields, and without `previous` when asked.
+    #[test]
+    fn a_shaped_body_keeps_the_named_fields_and_every_changed_field_name() {
+        let change = Change {
+            clinic: "north".into(),
+            resource: "leads".into(),
+            id: "1".into(),
+            kind: ChangeKind::Modified,
+            record: serde_json::json!({"ID": "1", "Name": "Ada", "Notes": "private"}),
+            previous: Some(serde_json::json!({"ID": "1", "Name": "Ad", "Notes": "old"})),
+            changed_fields: vec!["Name".into(), "Notes".into()],
+            server_status: None,
+            detected_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let only = FieldFilter::Only(vec!["ID".into(), "Name".into()]);
+        let v: serde_json::Value =
+            serde_json::from_str(&webhook_body(&change, "r", &[], &only, true)).unwrap();
+        assert_eq!(
+            v["data"]["record"],
+            serde_json::json!({"ID": "1", "Name": "Ada"})
+        );
+        assert_eq!(
+            v["data"]["previous"],
+            serde_json::json!({"ID": "1", "Name": "Ad"})
+        );
+        assert_eq!(
+            v["data"]["changed_fields"],
+            serde_json::json!(["Name", "Notes"])
+        );
+        let except = FieldFilter::Except(vec!["Notes".into()]);
+        let body = webhook_body(&change, "r", &[], &except, false);
+        assert!(
+            !body.contains("private") && !body.contains("\"previous\""),
+            "{body}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["data"]["record"],
+            serde_json::json!({"ID": "1", "Name": "Ada"})
+        );
+    }
+
+    #[test]
+    fn subjects_and_routing_keys_are_checked_once_rendered() {
+        assert!(check_subject("clinicea.north.leads.added").is_ok());
+        for bad in ["", "a..b", ".a", "a.", "a b", "a.*.b", "a.>", "a\tb"] {
+            assert!(check_subject(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_routing_key("leads.added").is_ok());
+        assert!(check_routing_key(&"k".repeat(256)).is_err());
     }
 }
 
@@ -304,6 +509,7 @@ mod zone_tests {
             retry: Default::default(),
             concurrency: 1,
             allow_private: false,
+            shape: Default::default(),
         };
         let specs: Vec<Spanned<RuleSpec>> =
             serde_saphyr::from_str("- {name: all, notify: [chat]}").unwrap();

@@ -13,6 +13,13 @@
 //! `{{value}}` for that service ([`crate::route::chat::escape`]), so a record value never becomes a
 //! mention, a link or formatting, while the template's own text may use the service's markup.
 //!
+//! `*.json` templates (a destination's `body_template`) escape every `{{value}}` as the inside
+//! of a JSON string (quotes, backslashes, control characters), so `"name": "{{record.FirstName}}"`
+//! stays valid JSON whatever the record holds; `{{json value}}` writes a value as a JSON literal
+//! (`"text"` with its quotes, a number, an object). Triple braces, which would print a value
+//! unescaped, are refused in them, and what they render must parse as JSON
+//! ([`Templates::render_body`], [`Templates::check_body`]).
+//!
 //! Strictness: real deliveries render **leniently** (a field that is absent renders as an empty
 //! string), because Clinicea omits optional fields and one absent field must not kill a staff
 //! message. [`Templates::check`] renders **strictly** against a sample record, so a typo such as
@@ -28,12 +35,13 @@
 //! - `{{truncate record.Notes 80}}`: at most 80 characters, ending with `…` when cut.
 //! - `{{json record}}` (`pretty=true`), `{{join changed_fields ", "}}`, `{{upper x}}`, `{{lower x}}`.
 
-use crate::config::destination::TemplateFile;
+use crate::config::destination::{FieldFilter, Shape, TemplateFile};
 use crate::config::{ChatKind, Problem};
 use crate::model::{Change, ChangeKind};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, RenderContext, RenderErrorReason, ScopedJson,
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderErrorReason,
+    ScopedJson,
 };
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -93,12 +101,13 @@ const CHAT_KINDS: [ChatKind; 4] = [
 ];
 
 /// The registered templates: handlebars registries that differ in how they escape values: one
-/// that escapes HTML, one that does not, and one per chat service (the `*.txt` templates again,
-/// escaping for that service).
+/// that escapes HTML, one that does not, one that escapes for JSON strings (`*.json` bodies), and
+/// one per chat service (the `*.txt` templates again, escaping for that service).
 #[derive(Clone)]
 pub(crate) struct Templates {
     text: Handlebars<'static>,
     html: Handlebars<'static>,
+    json: Handlebars<'static>,
     chat: [Handlebars<'static>; 4],
 }
 
@@ -126,8 +135,16 @@ enum Escaping {
     None,
     /// HTML entities (handlebars' default).
     Html,
+    /// The inside of a JSON string.
+    Json,
     /// For one chat service.
     Chat(ChatKind),
+}
+
+/// `s` as the inside of a JSON string: what goes between the quotes.
+pub(crate) fn json_escape(s: &str) -> String {
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    quoted[1..quoted.len().saturating_sub(1).max(1)].to_string()
 }
 
 fn new_registry(escaping: Escaping) -> Handlebars<'static> {
@@ -135,6 +152,7 @@ fn new_registry(escaping: Escaping) -> Handlebars<'static> {
     match escaping {
         Escaping::None => r.register_escape_fn(handlebars::no_escape),
         Escaping::Html => {}
+        Escaping::Json => r.register_escape_fn(json_escape),
         Escaping::Chat(kind) => {
             r.register_escape_fn(move |s: &str| crate::route::chat::escape(kind, s))
         }
@@ -147,11 +165,19 @@ fn new_registry(escaping: Escaping) -> Handlebars<'static> {
     r.register_helper("upper", Box::new(ValueHelper(upper_helper)));
     r.register_helper("lower", Box::new(ValueHelper(lower_helper)));
     r.register_helper("show", Box::new(ValueHelper(show_helper)));
+    if matches!(escaping, Escaping::Json) {
+        // A JSON literal is written as it is: escaping it again would turn it into a string.
+        r.register_helper("json", Box::new(JsonLiteralHelper));
+    }
     r
 }
 
 fn is_html(name: &str) -> bool {
     name.ends_with(".html")
+}
+
+fn is_json(name: &str) -> bool {
+    name.ends_with(".json")
 }
 
 impl Templates {
@@ -167,6 +193,7 @@ impl Templates {
         let mut t = Templates {
             text: new_registry(Escaping::None),
             html: new_registry(Escaping::Html),
+            json: new_registry(Escaping::Json),
             chat: CHAT_KINDS.map(|k| new_registry(Escaping::Chat(k))),
         };
         let mut problems = Vec::new();
@@ -219,19 +246,33 @@ impl Templates {
 
     fn register_file(&mut self, file: &str, src: &str, key: &str) -> Result<(), Problem> {
         let name = file.strip_suffix(".hbs").unwrap_or(file);
-        if !(name.ends_with(".txt") || name.ends_with(".html")) {
+        if !(name.ends_with(".txt") || is_html(name) || is_json(name)) {
             return Err(Problem::at(
                 None,
                 key,
-                "template files are named NAME.txt.hbs (plain text) or NAME.html.hbs (HTML)",
+                "template files are named NAME.txt.hbs (plain text), NAME.html.hbs (HTML) or \
+                 NAME.json.hbs (a JSON body)",
             ));
         }
         self.register(name, src, key)
     }
 
     fn register(&mut self, name: &str, src: &str, key: &str) -> Result<(), Problem> {
+        if is_json(name) {
+            if let Some(at) = src.find("{{{") {
+                let line = src[..at].matches('\n').count() as u64 + 1;
+                return Err(Problem::at(
+                    Some(line),
+                    key,
+                    "triple braces print a value unescaped, which can break the JSON; use \
+                     \"{{value}}\" inside a string or {{json value}} for a JSON value",
+                ));
+            }
+        }
         let reg = if is_html(name) {
             &mut self.html
+        } else if is_json(name) {
+            &mut self.json
         } else {
             &mut self.text
         };
@@ -266,6 +307,8 @@ impl Templates {
     pub(crate) fn has(&self, name: &str) -> bool {
         if is_html(name) {
             self.html.has_template(name)
+        } else if is_json(name) {
+            self.json.has_template(name)
         } else {
             self.text.has_template(name)
         }
@@ -278,6 +321,7 @@ impl Templates {
             .get_templates()
             .keys()
             .chain(self.html.get_templates().keys())
+            .chain(self.json.get_templates().keys())
             .cloned()
             .collect();
         v.sort();
@@ -286,11 +330,71 @@ impl Templates {
 
     /// Renders a template leniently: an absent field renders as an empty string.
     pub(crate) fn render(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        self.registry(name).render(name, ctx)
+    }
+
+    /// The registry a template of this name is in.
+    fn registry(&self, name: &str) -> &Handlebars<'static> {
         if is_html(name) {
-            self.html.render(name, ctx)
+            &self.html
+        } else if is_json(name) {
+            &self.json
         } else {
-            self.text.render(name, ctx)
+            &self.text
         }
+    }
+
+    /// Renders a custom JSON body (`NAME.json`) leniently and checks that it parses as JSON. The
+    /// error names the template and where the JSON broke, never a value.
+    pub(crate) fn render_body(&self, name: &str, ctx: &Value) -> Result<String, String> {
+        let body = self
+            .render(name, ctx)
+            .map_err(|e| format!("body template {name}: {e}"))?;
+        valid_json(&body)
+            .map_err(|e| format!("body template {name} rendered invalid JSON: {e}"))?;
+        Ok(body)
+    }
+
+    /// Checks a custom JSON body for `check`: rendered strictly against the sample `resource`
+    /// record shaped as the destination shapes it, and again with every string of the sample
+    /// holding a quote, a backslash and a newline; both must parse as JSON.
+    pub(crate) fn check_body(
+        &self,
+        name: &str,
+        resource: &str,
+        shape: &Shape,
+    ) -> Result<String, Problem> {
+        let sample = sample_change(resource);
+        let mut hostile = sample.clone();
+        hostile.record = hostile_strings(&hostile.record);
+        hostile.previous = hostile.previous.as_ref().map(hostile_strings);
+        let mut first = None;
+        for (change, what) in [
+            (sample, "a sample"),
+            (
+                hostile,
+                "a sample (quotes, backslashes and newlines in every string)",
+            ),
+        ] {
+            let shaped = shaped_change(&change, shape);
+            let ctx = context(
+                &shaped,
+                "check",
+                &["check".to_string()],
+                "check",
+                chrono_tz::UTC,
+            );
+            let body = self.check_ctx(name, resource, &ctx)?;
+            if let Err(e) = valid_json(&body) {
+                return Err(Problem::at(
+                    None,
+                    name,
+                    format!("renders invalid JSON on {what} {resource} record: {e}"),
+                ));
+            }
+            first.get_or_insert(body);
+        }
+        Ok(first.unwrap_or_default())
     }
 
     /// Renders a `*.txt` template for a chat destination of `kind`, leniently, with every
@@ -340,13 +444,36 @@ impl Templates {
             "check",
             chrono_tz::UTC,
         );
-        let mut reg = if is_html(name) {
-            self.html.clone()
-        } else {
-            self.text.clone()
-        };
+        self.check_ctx(name, resource, &ctx)
+    }
+
+    /// [`Templates::check`] against the sample record shaped as `shape` shapes it: for a NATS
+    /// subject or an AMQP routing key, which see what the destination's body sees.
+    pub(crate) fn check_shaped(
+        &self,
+        name: &str,
+        resource: &str,
+        shape: &Shape,
+    ) -> Result<String, Problem> {
+        let shaped = shaped_change(&sample_change(resource), shape);
+        let ctx = context(
+            &shaped,
+            "check",
+            &["check".to_string()],
+            "check",
+            chrono_tz::UTC,
+        );
+        self.check_ctx(name, resource, &ctx)
+    }
+
+    /// Renders `name` strictly against `ctx`, the context of a sample `resource` record.
+    fn check_ctx(&self, name: &str, resource: &str, ctx: &Value) -> Result<String, Problem> {
+        if !self.has(name) {
+            return Err(Problem::at(None, name, "no such template"));
+        }
+        let mut reg = self.registry(name).clone();
         reg.set_strict_mode(true);
-        reg.render(name, &ctx).map_err(|e| {
+        reg.render(name, ctx).map_err(|e| {
             let line = e.line_no.map(|l| l as u64);
             let reason = match e.reason() {
                 RenderErrorReason::MissingVariable(Some(path)) => format!(
@@ -359,6 +486,59 @@ impl Templates {
             };
             Problem::at(line, e.template_name.clone().unwrap_or(name.into()), reason)
         })
+    }
+}
+
+/// Whether `text` parses as JSON; the error says where it broke (line and column), not what was
+/// there.
+fn valid_json(text: &str) -> Result<(), serde_json::Error> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map(|_| ())
+}
+
+/// A copy of `v` with a quote, a backslash and a newline added to every string in it.
+fn hostile_strings(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(format!("{s} \"q\" \\ \n end")),
+        Value::Array(items) => Value::Array(items.iter().map(hostile_strings).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), hostile_strings(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// An object with only the fields `filter` keeps; anything else (a deleted record's stub is an
+/// object too) as it is.
+pub(crate) fn shaped_record(v: &Value, filter: &FieldFilter) -> Value {
+    match (v, filter) {
+        (_, FieldFilter::All) => v.clone(),
+        (Value::Object(m), _) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| filter.keeps(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+/// The change as a shaped body shows it: `record` and `previous` with only the kept fields, and
+/// no `previous` unless `include_previous`. `changed_fields` keeps every name (names are not
+/// contents).
+pub(crate) fn shaped_change(change: &Change, shape: &Shape) -> Change {
+    Change {
+        record: shaped_record(&change.record, &shape.fields),
+        previous: if shape.include_previous {
+            change
+                .previous
+                .as_ref()
+                .map(|p| shaped_record(p, &shape.fields))
+        } else {
+            None
+        },
+        ..change.clone()
     }
 }
 
@@ -549,6 +729,26 @@ impl HelperDef for ValueHelper {
         _rc: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
         (self.0)(h, r, ctx).map(ScopedJson::Derived)
+    }
+}
+
+/// `{{json value}}` in a `*.json` template: the value as a JSON literal, written unescaped (it is
+/// JSON already); `pretty=true` indents it.
+struct JsonLiteralHelper;
+
+impl HelperDef for JsonLiteralHelper {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        _rc: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        match json_helper(h, r, ctx)? {
+            Value::String(s) => out.write(&s).map_err(RenderError::from),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -1081,5 +1281,87 @@ mod tests {
         assert!(broken.line.is_some(), "{broken}");
         assert!(problems.iter().any(|p| p.key.ends_with("noext.hbs")));
         assert!(Templates::load(Some(&dir.path().join("missing"))).is_err());
+    }
+
+    #[test]
+    fn json_templates_escape_values_and_write_json_literals_raw() {
+        let mut t = Templates::shipped().unwrap();
+        t.register_inline(
+            "body.json",
+            r#"{"name": "{{record.N}}", "n": {{json record.Num}}, "all": {{json record}}, "d": "{{default record.Missing "none"}}"}"#,
+        )
+        .unwrap();
+        let nasty = "a\"b\\c\nd\u{1}</x>";
+        let ctx = json!({"record": {"N": nasty, "Num": 3}});
+        let body = t.render_body("body.json", &ctx).unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["name"], nasty);
+        assert_eq!(v["n"], 3);
+        assert_eq!(v["all"]["N"], nasty);
+        assert_eq!(v["d"], "none");
+        assert_eq!(json_escape("q\"\\\n"), r#"q\"\\\n"#);
+        assert_eq!(json_escape(""), "");
+    }
+
+    #[test]
+    fn json_templates_refuse_triple_braces_and_bodies_that_do_not_parse() {
+        let mut t = Templates::shipped().unwrap();
+        let p = t
+            .register_inline("raw.json", "{\n\"a\": \"{{{record.N}}}\"}")
+            .unwrap_err();
+        assert_eq!(p.line, Some(2));
+        assert!(p.message.contains("triple braces"), "{p}");
+        t.register_inline("bare.json", "{\"a\": {{record.FirstName}}}")
+            .unwrap();
+        let err = t
+            .render_body("bare.json", &json!({"record": {"FirstName": "Ada"}}))
+            .unwrap_err();
+        assert!(
+            err.starts_with("body template bare.json rendered invalid JSON"),
+            "{err}"
+        );
+        assert!(!err.contains("Ada"), "a reason never holds a value: {err}");
+        let p = t
+            .check_body("bare.json", "leads", &Shape::default())
+            .unwrap_err();
+        assert!(
+            p.message.contains("invalid JSON on a sample leads record"),
+            "{p}"
+        );
+        // A numeric field outside quotes is fine for the sample, and the quotes-and-newlines pass.
+        t.register_inline(
+            "ok.json",
+            "{\"name\": \"{{record.FirstName}}\", \"id\": {{json id}}}",
+        )
+        .unwrap();
+        assert!(t.check_body("ok.json", "leads", &Shape::default()).is_ok());
+        // A field the shape leaves out is not in the template's record.
+        let shape = Shape {
+            fields: FieldFilter::Only(vec!["ID".into()]),
+            ..Shape::default()
+        };
+        let p = t.check_body("ok.json", "leads", &shape).unwrap_err();
+        assert!(p.message.contains("record.FirstName"), "{p}");
+    }
+
+    #[test]
+    fn shaping_a_change_keeps_changed_fields_and_can_drop_previous() {
+        let c = sample_change("appointments");
+        let shape = Shape {
+            fields: FieldFilter::Except(vec!["Notes".into(), "PatientMobile".into()]),
+            include_previous: false,
+            body_template: None,
+        };
+        let s = shaped_change(&c, &shape);
+        assert!(s.record.get("PatientMobile").is_none() && s.record.get("ID").is_some());
+        assert!(s.previous.is_none());
+        assert_eq!(s.changed_fields, c.changed_fields);
+        let keep = Shape {
+            fields: FieldFilter::Only(vec!["ID".into(), "AppointmentStatus".into()]),
+            ..Shape::default()
+        };
+        let s = shaped_change(&c, &keep);
+        assert_eq!(s.record.as_object().unwrap().len(), 2);
+        assert_eq!(s.previous.unwrap().as_object().unwrap().len(), 2);
     }
 }

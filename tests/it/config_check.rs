@@ -393,3 +393,119 @@ fn check_refuses_the_compose_files_webhook_secret_and_the_published_example_secr
     let (_, out) = check_with(&config, &with(FRESH_SECRET));
     assert!(!out.contains(secret_key), "{out}");
 }
+
+/// The variables `rules.example.yaml` reads, each with the key it is read at, in file order.
+const EXAMPLE_VARS: &[(&str, &str)] = &[
+    ("CLINICEA_BASE_URL", "clinicea.base_url"),
+    ("CLINICEA_API_KEY", "clinicea.api_key"),
+    ("SMTP_HOST", "smtp.host"),
+    ("SMTP_PASSWORD", "smtp.password"),
+    ("AUTOMATION_WEBHOOK_URL", "destinations.automations.url"),
+    (
+        "AUTOMATION_WEBHOOK_SECRET",
+        "destinations.automations.secret[0]",
+    ),
+    ("SLACK_WEBHOOK_URL", "destinations.sales-chat.url"),
+    ("SLACK_WEBHOOK_URL", "destinations.team-chat.url"),
+];
+
+/// The example copied, as a newcomer would, into a folder of its own (nothing else in it).
+fn copied_example() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example_config()).unwrap();
+    let path = dir.path().join("clinicea-notifier.yaml");
+    std::fs::write(&path, &text).unwrap();
+    (dir, path, text)
+}
+
+#[test]
+fn a_copied_example_names_every_unset_variable_in_one_run_each_at_its_line_and_key() {
+    let (_dir, path, text) = copied_example();
+    let (code, out) = check_with(&path, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("has {} problems:", EXAMPLE_VARS.len())),
+        "only the unset variables, nothing echoing them:\n{out}"
+    );
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with('#'));
+    for (var, key) in EXAMPLE_VARS {
+        let (n, _) = lines
+            .find(|(_, l)| l.contains(&format!("${{{var}}}")))
+            .unwrap_or_else(|| panic!("{var} is not in the example"));
+        let want = format!(
+            "clinicea-notifier.yaml:{}: {key}: environment variable {var} is not set",
+            n + 1
+        );
+        assert!(out.contains(&want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn unset_variables_and_the_configs_other_problems_come_in_the_same_run() {
+    let (_dir, path, text) = copied_example();
+    std::fs::write(
+        &path,
+        text.replace("poll_interval: 60s", "poll_interval: sixty"),
+    )
+    .unwrap();
+    let env: Vec<(String, String)> = vec![("CLINICEA_API_KEY".into(), "test-key".into())];
+    let (code, out) = check_with(&path, &env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("clinicea.poll_interval"), "{out}");
+    assert!(out.contains("CLINICEA_BASE_URL is not set"), "{out}");
+    assert!(out.contains("SMTP_HOST is not set"), "{out}");
+    assert!(!out.contains("CLINICEA_API_KEY is not set"), "{out}");
+}
+
+#[test]
+fn the_example_checks_cleanly_wherever_it_is_copied() {
+    let (_dir, path, _) = copied_example();
+    let out = example_env(Command::new(BIN).args(["check", "--config", path.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": OK"));
+}
+
+#[test]
+fn a_missing_templates_folder_says_how_to_get_the_shipped_templates() {
+    let (dir, path, text) = copied_example();
+    let text = text.replace("# templates: ./templates ", "templates: ./templates ");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("templates: ./templates"))
+        .expect("the example names a templates folder, commented out")
+        + 1;
+    std::fs::write(&path, &text).unwrap();
+    let out = example_env(Command::new(BIN).args(["check", "--config", path.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has 1 problem:"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("clinicea-notifier.yaml:{line}: templates: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("Remove `templates:`"),
+        "{stderr}"
+    );
+    // The command it names writes the shipped templates there, and then check passes.
+    let folder = dir.path().join("templates");
+    let hint = format!("clinicea-notifier templates {}", folder.display());
+    assert!(stderr.contains(&hint), "{hint:?} not in:\n{stderr}");
+    let wrote = Command::new(BIN)
+        .args(["templates", folder.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(wrote.status.success(), "{}", output_text(&wrote));
+    assert!(folder.join("new-lead.txt.hbs").is_file());
+    let out = example_env(Command::new(BIN).args(["check", "--config", path.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+}

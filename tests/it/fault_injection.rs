@@ -174,7 +174,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     let orders = [Order::Modified, Order::Id, Order::Unordered];
     // The first offset and order from the seed itself, so consecutive seeds cover both signs and
     // every order.
-    let clock_offset = skew(&mut rng).abs() * if seed % 2 == 0 { -1 } else { 1 };
+    let clock_offset = skew(&mut rng).abs() * if seed.is_multiple_of(2) { -1 } else { 1 };
     let order = orders[(seed / 2 % 3) as usize];
     // Leads: two pages of 100 and more; appointments: pages of 10.
     let sb = sandbox(SandboxOptions {

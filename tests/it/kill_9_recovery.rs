@@ -152,7 +152,7 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
     let mut d = Notifier::run(&t).tag("final").start().await;
     let start = std::time::Instant::now();
     loop {
-        let outbox = d.metric("clinicea_outbox_entries").await;
+        let outbox = d.metric("clinicea_notifier_outbox_entries").await;
         if outbox == Some(0.0) && rx.ok_ids().len() == LEADS {
             break;
         }

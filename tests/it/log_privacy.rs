@@ -140,7 +140,7 @@ async fn logs_hold_no_record_contents_and_no_keys(args: &[&str]) -> String {
     scrape_until(&base, Duration::from_secs(60), |s| {
         let dv = |dest: &str, o: &str| {
             s.value(
-                "clinicea_deliveries_total",
+                "clinicea_notifier_deliveries_total",
                 &[("clinic", "default"), ("destination", dest), ("outcome", o)],
             )
         };

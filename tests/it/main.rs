@@ -4,6 +4,7 @@
 
 mod api_pages;
 mod baseline;
+mod broker_delivery;
 mod chat_delivery;
 mod config_check;
 mod config_reload;
@@ -14,6 +15,7 @@ mod error_privacy;
 mod fault_injection;
 mod fuzz_corpus;
 mod graceful_shutdown;
+mod json_output;
 mod kill_9_recovery;
 mod layers;
 mod log_privacy;
@@ -26,9 +28,11 @@ mod rehearsal_kit;
 mod retention_and_erasure;
 mod rule_matching;
 mod sandbox_fleet;
+mod shaping;
 mod store_access;
 mod store_privacy;
 mod support;
 mod verify_command;
+mod web_console;
 mod webhook_delivery;
 mod webhook_ids;

@@ -201,14 +201,14 @@ async fn a_stalled_clinic_delays_neither_the_polls_nor_the_deliveries_of_another
     assert!(!ready.contains("north/"), "{ready}");
     let s = scrape_until(&d.url(""), Duration::from_secs(10), |s| {
         s.value(
-            "clinicea_polls_total",
+            "clinicea_notifier_polls_total",
             &[("clinic", "north"), ("resource", "leads")],
         ) >= 2.0
     })
     .await;
     assert_eq!(
         s.value(
-            "clinicea_deliveries_total",
+            "clinicea_notifier_deliveries_total",
             &[
                 ("clinic", "north"),
                 ("destination", "hooks"),

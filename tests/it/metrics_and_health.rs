@@ -55,7 +55,7 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
 
     let deliveries = |s: &Scrape, dest: &str, outcome: &str| {
         s.value(
-            "clinicea_deliveries_total",
+            "clinicea_notifier_deliveries_total",
             &[
                 ("clinic", "default"),
                 ("destination", dest),
@@ -73,16 +73,24 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
     // Polls, records, changes: exactly one poll of each resource, every record new.
     for (res, n) in [("leads", 137.0), ("patients", 12.0)] {
         let r = [("clinic", "default"), ("resource", res)];
-        assert_eq!(s.get("clinicea_polls_total", &r), Some(1.0), "{res}");
-        assert_eq!(s.value("clinicea_poll_failures_total", &r), 0.0, "{res}");
         assert_eq!(
-            s.get("clinicea_records_fetched_total", &r),
+            s.get("clinicea_notifier_polls_total", &r),
+            Some(1.0),
+            "{res}"
+        );
+        assert_eq!(
+            s.value("clinicea_notifier_poll_failures_total", &r),
+            0.0,
+            "{res}"
+        );
+        assert_eq!(
+            s.get("clinicea_notifier_records_fetched_total", &r),
             Some(n),
             "{res}"
         );
         assert_eq!(
             s.get(
-                "clinicea_changes_total",
+                "clinicea_notifier_changes_total",
                 &[
                     ("clinic", "default"),
                     ("resource", res),
@@ -95,22 +103,27 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
         for kind in ["modified", "deleted"] {
             assert_eq!(
                 s.value(
-                    "clinicea_changes_total",
+                    "clinicea_notifier_changes_total",
                     &[("clinic", "default"), ("resource", res), ("change", kind)]
                 ),
                 0.0
             );
         }
         let last = s
-            .get("clinicea_last_success_timestamp_seconds", &r)
+            .get("clinicea_notifier_last_success_timestamp_seconds", &r)
             .expect("last success timestamp");
         assert!((chrono::Utc::now().timestamp() as f64 - last).abs() < 120.0);
         let since = s
-            .get("clinicea_seconds_since_last_success", &r)
+            .get("clinicea_notifier_last_success_age_seconds", &r)
             .expect("seconds since last success");
         assert!((0.0..120.0).contains(&since), "{since}");
     }
-    assert_eq!(s.all("clinicea_polls_total").len(), 2, "{}", s.text);
+    assert_eq!(
+        s.all("clinicea_notifier_polls_total").len(),
+        2,
+        "{}",
+        s.text
+    );
 
     // Deliveries by destination and outcome.
     assert_eq!(deliveries(&s, "hooks", "delivered"), 136.0);
@@ -121,49 +134,55 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
     assert_eq!(deliveries(&s, "team", "dead"), 0.0);
     assert_eq!(
         s.get(
-            "clinicea_dead_letters_total",
+            "clinicea_notifier_dead_letters_total",
             &[("clinic", "default"), ("destination", "hooks")]
         ),
         Some(1.0)
     );
     // The gauges read the store at scrape time: nothing queued, one dead letter.
     assert_eq!(
-        s.get("clinicea_outbox_entries", &[]),
+        s.get("clinicea_notifier_outbox_entries", &[]),
         Some(0.0),
         "{}",
         s.text
     );
-    assert_eq!(s.get("clinicea_dead_letters", &[]), Some(1.0));
+    assert_eq!(
+        s.get("clinicea_notifier_dead_letters_stored", &[]),
+        Some(1.0)
+    );
 
     // The latency histogram (detection to delivery) counts deliveries; the attempt-duration
     // histogram counts attempts (136 + 2 retried + 1 dead = 139).
     for (dest, delivered, attempts) in [("hooks", 136.0, 139.0), ("team", 12.0, 12.0)] {
         let l = [("destination", dest)];
         assert_eq!(
-            s.get("clinicea_delivery_latency_seconds_count", &l),
+            s.get("clinicea_notifier_delivery_latency_seconds_count", &l),
             Some(delivered),
             "{dest}"
         );
         assert_eq!(
             s.get(
-                "clinicea_delivery_latency_seconds_bucket",
+                "clinicea_notifier_delivery_latency_seconds_bucket",
                 &[("destination", dest), ("le", "+Inf")]
             ),
             Some(delivered),
             "{dest}"
         );
         let sum = s
-            .get("clinicea_delivery_latency_seconds_sum", &l)
+            .get("clinicea_notifier_delivery_latency_seconds_sum", &l)
             .expect("sum");
         assert!(sum > 0.0 && sum < delivered * 60.0, "{dest}: sum {sum}");
         assert_eq!(
-            s.get("clinicea_delivery_attempt_duration_seconds_count", &l),
+            s.get(
+                "clinicea_notifier_delivery_attempt_duration_seconds_count",
+                &l
+            ),
             Some(attempts),
             "{dest}"
         );
         // Buckets are cumulative.
         let mut buckets: Vec<(f64, f64)> = s
-            .all("clinicea_delivery_latency_seconds_bucket")
+            .all("clinicea_notifier_delivery_latency_seconds_bucket")
             .into_iter()
             .filter(|(l, _)| l.get("destination").map(String::as_str) == Some(dest))
             .map(|(l, v)| (l["le"].parse::<f64>().unwrap_or(f64::INFINITY), v))
@@ -174,7 +193,7 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
     }
     // A retried delivery waited at least its 1s schedule: some latency is above one second.
     let under_1s = s.value(
-        "clinicea_delivery_latency_seconds_bucket",
+        "clinicea_notifier_delivery_latency_seconds_bucket",
         &[("destination", "hooks"), ("le", "1")],
     );
     assert!(
@@ -184,16 +203,19 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
 
     // Prometheus types.
     for (name, kind) in [
-        ("clinicea_polls_total", "counter"),
-        ("clinicea_records_fetched_total", "counter"),
-        ("clinicea_changes_total", "counter"),
-        ("clinicea_deliveries_total", "counter"),
-        ("clinicea_dead_letters_total", "counter"),
-        ("clinicea_outbox_entries", "gauge"),
-        ("clinicea_dead_letters", "gauge"),
-        ("clinicea_seconds_since_last_success", "gauge"),
-        ("clinicea_delivery_latency_seconds", "histogram"),
-        ("clinicea_delivery_attempt_duration_seconds", "histogram"),
+        ("clinicea_notifier_polls_total", "counter"),
+        ("clinicea_notifier_records_fetched_total", "counter"),
+        ("clinicea_notifier_changes_total", "counter"),
+        ("clinicea_notifier_deliveries_total", "counter"),
+        ("clinicea_notifier_dead_letters_total", "counter"),
+        ("clinicea_notifier_outbox_entries", "gauge"),
+        ("clinicea_notifier_dead_letters_stored", "gauge"),
+        ("clinicea_notifier_last_success_age_seconds", "gauge"),
+        ("clinicea_notifier_delivery_latency_seconds", "histogram"),
+        (
+            "clinicea_notifier_delivery_attempt_duration_seconds",
+            "histogram",
+        ),
     ] {
         assert_eq!(
             s.types.get(name).map(String::as_str),
@@ -201,6 +223,41 @@ async fn metrics_count_polls_records_changes_deliveries_and_latency() {
             "{name}\n{}",
             s.text
         );
+    }
+
+    // By the naming guide: every family has HELP text, our prefix (or the standard `process_`),
+    // `_total` on counters and on nothing else.
+    assert!(s.types.len() >= 15, "{}", s.text);
+    for (name, kind) in &s.types {
+        let help = s.helps.get(name).map(String::as_str).unwrap_or("");
+        assert!(help.len() > 10, "{name} has no HELP text\n{}", s.text);
+        assert!(
+            name.starts_with("clinicea_notifier_") || name.starts_with("process_"),
+            "{name}"
+        );
+        assert_eq!(
+            kind == "counter",
+            name.ends_with("_total"),
+            "{name}: {kind}"
+        );
+    }
+    assert_eq!(
+        s.get(
+            "clinicea_notifier_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    for (name, kind) in [
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        assert_eq!(s.types.get(name).map(String::as_str), Some(kind), "{name}");
+        assert!(s.value(name, &[]) > 0.0, "{name}\n{}", s.text);
     }
 
     // What the receivers got agrees with the counters.
@@ -351,7 +408,7 @@ async fn metrics_ask_for_the_bearer_token_when_one_is_set_and_health_stays_open(
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let text = resp.text().await.unwrap();
-    assert!(text.contains("clinicea_outbox_entries"), "{text}");
+    assert!(text.contains("clinicea_notifier_outbox_entries"), "{text}");
     // The probes need no token.
     assert_eq!(get_text(&d.url("/healthz")).await.0, 200);
     assert_ne!(get_with_auth(&d.url("/readyz"), None).await.0, 401);
@@ -385,5 +442,54 @@ fn a_short_or_placeholder_metrics_token_is_refused_by_check() {
             "{err}"
         );
         assert!(!err.contains(value), "the token is echoed: {err}");
+    }
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_name_only_metrics_the_daemon_exports() {
+    use clinicea_notifier::telemetry::metric;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let known = |name: &str| {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        metric::ALL.contains(&name)
+            || metric::ALL.contains(&base)
+            || metric::PROCESS.contains(&name)
+    };
+    let names_in = |text: &str| -> Vec<String> {
+        let re = regex::Regex::new(r"\b(clinicea_notifier_[a-z_]+|process_[a-z_]+)\b").unwrap();
+        re.find_iter(text).map(|m| m.as_str().to_string()).collect()
+    };
+    let dashboard = std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let exprs: Vec<String> = parsed["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let rules = std::fs::read_to_string(root.join("prometheus-rules.yaml")).unwrap();
+    for (file, text) in [
+        ("grafana-dashboard.json", exprs.join("\n")),
+        ("prometheus-rules.yaml", rules),
+    ] {
+        let names = names_in(&text);
+        assert!(names.len() >= 5, "{file}: {names:?}");
+        for n in names {
+            assert!(
+                known(&n),
+                "{file} reads {n}, which the daemon does not export"
+            );
+        }
+    }
+    // Each of our metrics is on the dashboard, so none goes unseen.
+    let shown = exprs.join("\n");
+    for name in metric::ALL {
+        assert!(shown.contains(name), "{name} is not on the dashboard");
     }
 }

@@ -339,11 +339,13 @@ async fn the_skew_is_exported_and_warned_about_once() {
         .await;
     let leads = [("clinic", "default"), ("resource", "leads")];
     let s = scrape_until(&d.url(""), Duration::from_secs(30), |s| {
-        s.get("clinicea_polls_total", &leads).unwrap_or(0.0) >= 4.0
+        s.get("clinicea_notifier_polls_total", &leads)
+            .unwrap_or(0.0)
+            >= 4.0
     })
     .await;
     let skew = s
-        .get("clinicea_api_clock_skew_seconds", &leads)
+        .get("clinicea_notifier_api_clock_skew_seconds", &leads)
         .expect("the skew gauge is exported");
     assert!((skew + 600.0).abs() < 3.0, "skew {skew}");
     let status = d.terminate(Duration::from_secs(30)).await;

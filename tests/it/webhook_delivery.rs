@@ -109,7 +109,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let show = dead::dead_text(
         &engine.store,
         DeadCommand::Show {
-            id: dead[0].entry.seq,
+            id: dead[0].entry.seq.into(),
         },
     )
     .unwrap();

@@ -7,12 +7,13 @@ use std::time::Duration;
 /// How long one GET may take.
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A `/metrics` scrape, parsed: samples by name and label set, and `# TYPE` lines.
+/// A `/metrics` scrape, parsed: samples by name and label set, `# TYPE` and `# HELP` lines.
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
     pub text: String,
     pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
     pub types: HashMap<String, String>,
+    pub helps: HashMap<String, String>,
 }
 
 impl Scrape {
@@ -26,6 +27,12 @@ impl Scrape {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 if let Some((name, kind)) = rest.split_once(' ') {
                     s.types.insert(name.to_string(), kind.trim().to_string());
+                }
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                if let Some((name, help)) = rest.split_once(' ') {
+                    s.helps.insert(name.to_string(), help.trim().to_string());
                 }
                 continue;
             }
