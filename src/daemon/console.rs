@@ -620,12 +620,16 @@ async fn dead_letter(
         Ok(a) => a,
         Err(e) => return store_error(e),
     };
+    let pretty = |body: &String| {
+        serde_json::from_str::<serde_json::Value>(body)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| body.clone())
+    };
     let payload = match &d.entry.payload {
         crate::route::plan::Payload::Webhook { body }
-        | crate::route::plan::Payload::Chat { body } => {
-            serde_json::from_str::<serde_json::Value>(body)
-                .and_then(|v| serde_json::to_string_pretty(&v))
-                .unwrap_or_else(|_| body.clone())
+        | crate::route::plan::Payload::Chat { body } => pretty(body),
+        crate::route::plan::Payload::Publish { subject, body } => {
+            format!("Subject: {subject}\n\n{}", pretty(body))
         }
         crate::route::plan::Payload::Email(m) => {
             format!("To: {}\nSubject: {}\n\n{}", m.to, m.subject, m.text)
