@@ -122,12 +122,15 @@ steady_at=$((t0 + (INTERVAL + SLACK) * 1000))
 end_at=$((t0 + DURATION * 1000))
 echo "run (pid $run_pid) listening; steady part from +$((INTERVAL + SLACK)) s to +$DURATION s"
 
+# How long one read of /metrics or /admin/fleet may take: a notifier that stopped answering is
+# reported (its /metrics stays empty), not waited on.
+HTTP_TIMEOUT=30
 # Snapshot $1: the time, both processes' CPU, the notifier's poll counters, the sandbox's counts.
 snapshot() {
   local tag=$1
   echo "$(now_ms) $(cpu_ticks "$run_pid") $(cpu_ticks "$sb_pid")" >"$work/$tag.times"
-  curl -sf "$metrics_url" >"$work/$tag.metrics"
-  curl -sf "$sandbox_url/admin/fleet" >"$work/$tag.fleet.json"
+  curl -sf --max-time "$HTTP_TIMEOUT" "$metrics_url" >"$work/$tag.metrics" || : >"$work/$tag.metrics"
+  curl -sf --max-time "$HTTP_TIMEOUT" "$sandbox_url/admin/fleet" >"$work/$tag.fleet.json"
 }
 
 printf 'ms rss_kb hwm_kb ticks\n' >"$work/samples.txt"
@@ -187,6 +190,7 @@ t0, cpu0, sbcpu0 = times("start")
 t1, cpu1, sbcpu1 = times("steady")
 t2, cpu2, sbcpu2 = times("end")
 p1, p2 = polls("steady"), polls("end")
+answered = all(open(f"{work}/{t}.metrics").read().strip() for t in ("steady", "end"))
 samples = [l.split() for l in open(f"{work}/samples.txt").read().splitlines()[1:]]
 peak_rss = max(int(s[1]) for s in samples) / 1024
 peak_hwm = max(int(s[2]) for s in samples) / 1024
@@ -240,6 +244,7 @@ row("API requests/s, whole run", f"{rps_whole:.1f}", "req/s")
 for r in resources:
     v = per_poll[r]
     row(f"requests per poll, {r}", f"{v:.4f}", "req/poll", "1.00", f"{v:.2f}" == "1.00")
+row("run answered /metrics at both snapshots", "yes" if answered else "no", "", "yes", answered)
 row("failed polls, steady part", f"{failures:.0f}", "polls", "0", failures == 0)
 row("organizations polled in the steady part", f"{orgs_polled}", f"of {clinics}", f"{clinics}", orgs_polled == clinics)
 expected = 3 * clinics
