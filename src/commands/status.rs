@@ -147,15 +147,7 @@ pub fn status_report(settings: &Settings, store: &Store) -> anyhow::Result<Statu
             resources,
         });
     }
-    let mut queued: HashMap<String, (u64, u64)> = HashMap::new();
-    for e in store.all_outbox()? {
-        let slot = queued.entry(e.destination).or_default();
-        if e.attempts == 0 {
-            slot.0 += 1;
-        } else {
-            slot.1 += 1;
-        }
-    }
+    let queued = store.outbox_counts()?;
     let mut dead: HashMap<String, u64> = HashMap::new();
     for (_, d) in store.dead_entries()? {
         *dead.entry(d.entry.destination).or_default() += 1;

@@ -180,15 +180,7 @@ struct Snapshot {
 
 impl Snapshot {
     fn take(store: &Store) -> Result<Snapshot, crate::outbox::store::StoreError> {
-        let mut queued: HashMap<String, (u64, u64)> = HashMap::new();
-        for e in store.all_outbox()? {
-            let slot = queued.entry(e.destination).or_default();
-            if e.attempts == 0 {
-                slot.0 += 1;
-            } else {
-                slot.1 += 1;
-            }
-        }
+        let queued = store.outbox_counts()?;
         let mut letters = store.dead_entries()?;
         let mut dead: HashMap<String, u64> = HashMap::new();
         for (_, d) in &letters {

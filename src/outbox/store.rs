@@ -59,6 +59,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -975,6 +976,21 @@ impl Store {
             .values()
             .map(|v| decode(OUTBOX_ENTRY, &v?))
             .collect()
+    }
+
+    /// Per destination, its queued entries: how many wait for a first attempt and how many for a
+    /// retry (for `status` and the console).
+    pub(crate) fn outbox_counts(&self) -> Result<HashMap<String, (u64, u64)>> {
+        let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+        for e in self.all_outbox()? {
+            let slot = counts.entry(e.destination).or_default();
+            if e.attempts == 0 {
+                slot.0 += 1;
+            } else {
+                slot.1 += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// The names of the destinations that have entries in the outbox (nothing is decoded).
