@@ -372,7 +372,7 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
         (AuthMode::Login, None) => {
             problems.push(Problem::at(
                 auth_line,
-                login_key,
+                login_key.clone(),
                 "auth: login needs login: { username, password }",
             ));
             None
@@ -380,7 +380,7 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
         (_, Some(_)) => {
             problems.push(Problem::at(
                 login_line,
-                login_key,
+                login_key.clone(),
                 format!("login: is only used with auth: login (see {auth_key})"),
             ));
             None
@@ -399,8 +399,13 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
         }
         Some(k) => check_placeholder(k, k.line().or(key_line), &key_key, problems),
     }
-    if let Some((lg, k, line)) = raw_login.map(|lg| (lg, login_key_of(l), login_line)) {
-        check_placeholder(&lg.password, line, &format!("{k}.password"), problems);
+    if let Some(lg) = raw_login {
+        check_placeholder(
+            &lg.password,
+            login_line,
+            &format!("{login_key}.password"),
+            problems,
+        );
     }
     if let Some(u) = &base_url {
         if let Err(e) = crate::net::egress::Policy::clinicea(allow_private).check_url(u) {
@@ -520,11 +525,6 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
         poll_interval,
         max_concurrent_requests: max_concurrent_requests.clamp(1, MAX_CONCURRENT_REQUESTS),
     }
-}
-
-/// The key path `login` is reported at for these layers.
-fn login_key_of(l: &Layers<'_>) -> String {
-    l.pick("login", |c| c.login.as_ref()).1
 }
 
 /// The top-level resources, their intervals inherited from `poll_interval` (a clinic's, or the

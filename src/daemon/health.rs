@@ -128,13 +128,11 @@ impl Health {
                 format!(
                     "clinics not ready: {} of {}: {}",
                     stale_clinics.len(),
-                    {
-                        let mut all: Vec<&str> = guard.keys().map(|k| k.0.as_str()).collect();
-                        all.dedup();
-                        all.sort_unstable();
-                        all.dedup();
-                        all.len()
-                    },
+                    guard
+                        .keys()
+                        .map(|(clinic, _)| clinic)
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len(),
                     stale_clinics.join(", ")
                 ),
             );
