@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use clinicea_notifier::commands::{
-    check, dead, once, purge, status, templates, test_rule, verify, Output,
+    check, dead, migrate_store, once, purge, status, templates, test_rule, verify, Output,
 };
 use clinicea_notifier::daemon;
 use clinicea_notifier::kit::{demo, sandbox};
@@ -57,6 +57,8 @@ enum Command {
     Dead(dead::DeadCommand),
     /// Erase everything stored about one record: snapshot, journal, queued deliveries, dead letters.
     Purge(purge::PurgeArgs),
+    /// Copy a sled store into an empty PostgreSQL store, one way (stop the notifier first).
+    MigrateStore(migrate_store::MigrateStoreArgs),
     /// Write the shipped templates into a folder to edit them (files already there are kept).
     Templates(templates::TemplatesArgs),
     /// Check a Standard Webhooks signature (for people writing receivers).
@@ -103,11 +105,12 @@ fn try_main() -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Run => daemon::run_command(&config).await,
             Command::Once => once::run(&config).await,
-            Command::Check => check::run(&config, output),
+            Command::Check => check::run(&config, output).await,
             Command::TestRule(args) => test_rule::run(&config, &args),
-            Command::Status => status::run(&config, output),
+            Command::Status => status::run(&config, output).await,
             Command::Dead(cmd) => dead::run(&config, cmd, output).await,
             Command::Purge(args) => purge::run(&config, &args).await,
+            Command::MigrateStore(args) => migrate_store::run(&config, &args).await,
             Command::Verify(args) => verify::run(&args),
             Command::Templates(args) => templates::run(&args),
             Command::Sandbox(args) => sandbox::command::run(args).await,

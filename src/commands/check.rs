@@ -10,17 +10,30 @@ use std::process::ExitCode;
 
 /// `check`: validate and print what would run (exit 0), or the problems (exit 1). As text, the
 /// problems go to stderr; as JSON, the one document goes to stdout either way.
-pub fn run(config: &Path, output: Output) -> anyhow::Result<ExitCode> {
+pub async fn run(config: &Path, output: Output) -> anyhow::Result<ExitCode> {
     let loaded = load_settings(config);
-    let ok = loaded.is_ok();
+    let store = match &loaded {
+        Ok(s) => store_problem(s).await,
+        Err(_) => None,
+    };
+    let ok = loaded.is_ok() && store.is_none();
     match output {
-        Output::Json => print!("{}", json_document(&check_report(config, &loaded))?),
-        Output::Text => match &loaded {
-            Ok(s) => {
+        Output::Json => {
+            let mut report = check_report(config, &loaded);
+            if let Some(p) = store {
+                report.ok = false;
+                report.summary = None;
+                report.problems.push(p);
+            }
+            print!("{}", json_document(&report)?)
+        }
+        Output::Text => match (&loaded, store) {
+            (Ok(s), None) => {
                 print!("{}", summary(s));
                 println!("{}: OK", config.display());
             }
-            Err(e) => eprintln!("{e}"),
+            (Ok(_), Some(p)) => eprintln!("{}: {}: {}", config.display(), p.key, p.message),
+            (Err(e), _) => eprintln!("{e}"),
         },
     }
     Ok(if ok {
@@ -28,6 +41,22 @@ pub fn run(config: &Path, output: Output) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A PostgreSQL store that cannot be reached, or whose schema is newer than this binary's, is a
+/// problem of `store.url` (a sled folder is checked when the daemon opens it).
+async fn store_problem(s: &Settings) -> Option<CheckProblem> {
+    let crate::config::StoreBackend::Postgres { url, .. } = &s.base.store.backend else {
+        return None;
+    };
+    match crate::outbox::postgres::probe(url.expose()).await {
+        Ok(_) => None,
+        Err(e) => Some(CheckProblem {
+            line: None,
+            key: "store.url".into(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// What `check --output json` prints.
@@ -225,8 +254,27 @@ fn check_summary(s: &Settings) -> CheckSummary {
             })
             .collect(),
         rules: s.pipeline.rules.describe(),
-        store: base.store.path.display().to_string(),
+        store: store_text(s),
         listen: base.listen.to_string(),
+    }
+}
+
+/// Where the store is: its folder, or the database without a password.
+fn store_text(s: &Settings) -> String {
+    match &s.base.store.backend {
+        crate::config::StoreBackend::Sled => s.base.store.path.display().to_string(),
+        crate::config::StoreBackend::Postgres { url, lease } => {
+            match crate::outbox::postgres::connect_options(url.expose()) {
+                Ok(o) => format!(
+                    "postgres://{}:{}/{} (lease {}s)",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_database().unwrap_or(""),
+                    lease.as_secs()
+                ),
+                Err(_) => "postgres (an unreadable URL)".into(),
+            }
+        }
     }
 }
 
@@ -289,7 +337,7 @@ pub(crate) fn summary(s: &Settings) -> String {
     let _ = writeln!(
         out,
         "Store: {}   Listen: {}",
-        s.base.store.path.display(),
+        store_text(s),
         s.base.listen
     );
     out

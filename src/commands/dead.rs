@@ -85,24 +85,26 @@ impl From<u64> for DeadRef {
 /// `dead ...`.
 pub async fn run(config: &Path, cmd: DeadCommand, output: Output) -> anyhow::Result<ExitCode> {
     let settings = load_settings(config)?;
-    let store = open_store_for_cli(&settings)?;
-    let out = dead_output(&store, cmd, output)?;
+    let store = open_store_for_cli(&settings).await?;
+    let out = dead_output(&store, cmd, output).await?;
     store.flush().await?;
     print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// The dead letters a reference names, oldest first; an error when it names none.
-fn resolve(store: &Store, r: &DeadRef) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
+async fn resolve(store: &Store, r: &DeadRef) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
     let found = match r {
         DeadRef::Seq(seq) => store
-            .dead_get(*seq)?
+            .dead_get(*seq)
+            .await?
             .map(|d| (*seq, d))
             .into_iter()
             .collect(),
         // Dead letters are few and this is a command, not the daemon: a scan is fine.
         DeadRef::WebhookId(id) => store
-            .dead_entries()?
+            .dead_entries()
+            .await?
             .into_iter()
             .filter(|(_, d)| d.entry.webhook_id == *id)
             .collect::<Vec<_>>(),
@@ -215,13 +217,13 @@ fn fmt_time(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// Runs a `dead` subcommand against a store and returns what it prints as text.
-pub fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
-    dead_output(store, cmd, Output::Text)
+pub async fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String> {
+    dead_output(store, cmd, Output::Text).await
 }
 
 /// Runs a `dead` subcommand against a store and returns what it prints. `retry` and `purge`
 /// print text either way: what they did, one line each.
-pub fn dead_output(store: &Store, cmd: DeadCommand, output: Output) -> anyhow::Result<String> {
+pub async fn dead_output(store: &Store, cmd: DeadCommand, output: Output) -> anyhow::Result<String> {
     use std::fmt::Write;
     let mut out = String::new();
     // Everything printed as text may have come from outside (the record id from the API,
@@ -230,7 +232,8 @@ pub fn dead_output(store: &Store, cmd: DeadCommand, output: Output) -> anyhow::R
     match cmd {
         DeadCommand::List => {
             let letters: Vec<DeadLetterView> = store
-                .dead_entries()?
+                .dead_entries()
+                .await?
                 .iter()
                 .map(|(seq, d)| view(*seq, d, None))
                 .collect();
@@ -261,8 +264,8 @@ pub fn dead_output(store: &Store, cmd: DeadCommand, output: Output) -> anyhow::R
         }
         DeadCommand::Show { id } => {
             let mut letters = Vec::new();
-            for (seq, d) in resolve(store, &id)? {
-                letters.push(view(seq, &d, Some(store.attempts(seq)?)));
+            for (seq, d) in resolve(store, &id).await? {
+                letters.push(view(seq, &d, Some(store.attempts(seq).await?)));
             }
             if output == Output::Json {
                 return json_document(&DeadList {
@@ -309,11 +312,11 @@ pub fn dead_output(store: &Store, cmd: DeadCommand, output: Output) -> anyhow::R
         }
         DeadCommand::Retry { ids, all } => {
             let targets: Vec<(u64, DeadLetter)> = if all {
-                store.dead_entries()?
+                store.dead_entries().await?
             } else {
                 let mut found = Vec::new();
                 for r in &ids {
-                    for (seq, d) in resolve(store, r)? {
+                    for (seq, d) in resolve(store, r).await? {
                         if !found.iter().any(|(s, _)| *s == seq) {
                             found.push((seq, d));
                         }
@@ -328,8 +331,8 @@ pub fn dead_output(store: &Store, cmd: DeadCommand, output: Output) -> anyhow::R
                 let mut entry = d.entry;
                 entry.attempts = 0;
                 entry.next_attempt_ms = Utc::now().timestamp_millis();
-                store.forget_attempts(seq)?;
-                store.dead_to_outbox(seq, &entry.destination, &entry)?;
+                store.forget_attempts(seq).await?;
+                store.dead_to_outbox(&entry).await?;
                 let _ = writeln!(
                     out,
                     "{seq}: queued again for {} ({})",
@@ -340,7 +343,7 @@ pub fn dead_output(store: &Store, cmd: DeadCommand, output: Output) -> anyhow::R
         }
         DeadCommand::Purge { older_than } => {
             let cutoff = older_than.map(|d| cutoff_before(Utc::now(), d).timestamp_millis());
-            let n = store.purge_dead(cutoff)?;
+            let n = store.purge_dead(cutoff).await?;
             let _ = writeln!(out, "Purged {n} dead letters.");
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod dead;
+pub mod migrate_store;
 pub mod once;
 pub mod purge;
 pub mod status;
@@ -44,8 +45,10 @@ fn time_of_ms(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_millis(ms)
 }
 
-fn open_store_for_cli(settings: &Settings) -> anyhow::Result<Store> {
-    Store::open(&settings.base.store.path, settings.base.store.cache_bytes).map_err(|e| match e {
+/// Opens the store a command reads (on PostgreSQL, shared with the running replicas: nothing
+/// is fenced, since a command writes no poll state).
+async fn open_store_for_cli(settings: &Settings) -> anyhow::Result<Store> {
+    Store::open_configured(&settings.base.store, None).await.map_err(|e| match e {
         crate::outbox::store::StoreError::Locked { path } => anyhow::anyhow!(
             "the store at {path} is in use by a running notifier; stop it first (sled allows one process per store), or read its state from /metrics on the address it listens on ({})",
             settings.base.listen

@@ -5,7 +5,9 @@ use crate::daemon::engine::Engine;
 use crate::daemon::events::Events;
 use crate::daemon::maintain::maintain_store;
 use crate::daemon::settings::load_settings;
+use crate::config::StoreBackend;
 use chrono::Utc;
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,10 +15,39 @@ use std::process::ExitCode;
 /// `once`: the poll lines are printed before delivery starts, so a slow receiver does not hide
 /// what was read.
 pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
-    let engine = Engine::open(load_settings(config)?, Events::none())?;
-    let (polled, ok) = poll_text(&engine).await;
+    let settings = load_settings(config)?;
+    let shared = !matches!(settings.base.store.backend, StoreBackend::Sled);
+    // On PostgreSQL, `once` is a replica for a moment: it polls the clinics no running replica
+    // holds, under leases of its own, and gives them back when it is done.
+    let holder = shared.then(|| format!("once-{}", crate::outbox::lease::replica_name()));
+    let engine = Engine::open_as(settings, Events::none(), holder).await?;
+    let (polled, ok) = match engine.store.postgres() {
+        None => poll_text(&engine).await,
+        Some(pg) => {
+            let clinics = engine.settings.base.clinic_names();
+            let held: BTreeSet<String> = pg
+                .acquire_leases(&clinics, clinics.len())
+                .await?
+                .into_iter()
+                .collect();
+            let mut out = String::new();
+            for c in clinics.iter().filter(|c| !held.contains(*c)) {
+                let _ = writeln!(
+                    out,
+                    "{c}: skipped: a running replica polls this clinic (see `status`)"
+                );
+            }
+            let (polled, ok) = poll_text_of(&engine, |c| held.contains(c)).await;
+            out.push_str(&polled);
+            (out, ok)
+        }
+    };
     print!("{polled}");
-    print!("{}", deliver_text(&engine).await?);
+    let delivered = deliver_text(&engine).await;
+    if let Some(pg) = engine.store.postgres() {
+        pg.leave().await?;
+    }
+    print!("{}", delivered?);
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -27,10 +58,15 @@ pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
 /// Polls every resource of every clinic once: a line per resource (`clinic/resource` when
 /// there are clinics to tell apart), and whether every poll succeeded.
 pub(crate) async fn poll_text(engine: &Engine) -> (String, bool) {
+    poll_text_of(engine, |_| true).await
+}
+
+/// [`poll_text`] of the clinics `polls` names.
+async fn poll_text_of(engine: &Engine, polls: impl Fn(&str) -> bool) -> (String, bool) {
     let mut out = String::new();
     let mut ok = true;
     let fleet = engine.settings.base.is_fleet();
-    for p in engine.poll_all().await {
+    for p in engine.poll_clinics(polls).await {
         let name = if fleet {
             format!("{}/{}", p.clinic, p.resource)
         } else {
@@ -74,14 +110,14 @@ pub(crate) async fn deliver_text(engine: &Engine) -> anyhow::Result<String> {
     let mut text = String::new();
     // A failed poll leaves its stored pages unflushed; nothing is sent before it is on disk.
     engine.store.flush().await?;
-    engine.deliverer.bury_orphans()?;
+    engine.deliverer.bury_orphans().await?;
     let out = engine.deliverer.deliver_all_due().await?;
     let _ = writeln!(
         text,
         "deliveries: {} attempted, {} delivered, {} to retry later, {} dead",
         out.attempted, out.delivered, out.retried, out.dead
     );
-    let m = maintain_store(&engine.store, &engine.settings.base.store, Utc::now())?;
+    let m = maintain_store(&engine.store, &engine.settings.base.store, Utc::now()).await?;
     if m.journal + m.dead > 0 {
         let _ = writeln!(
             text,

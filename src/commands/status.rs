@@ -13,16 +13,16 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// `status`: per resource and per destination, from the store.
-pub fn run(config: &Path, output: Output) -> anyhow::Result<ExitCode> {
+pub async fn run(config: &Path, output: Output) -> anyhow::Result<ExitCode> {
     let settings = load_settings(config)?;
-    let store = open_store_for_cli(&settings)?;
-    print!("{}", status_output(&settings, &store, output)?);
+    let store = open_store_for_cli(&settings).await?;
+    print!("{}", status_output(&settings, &store, output).await?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// What `status` prints, as text or JSON.
-pub fn status_output(settings: &Settings, store: &Store, output: Output) -> anyhow::Result<String> {
-    let report = status_report(settings, store)?;
+pub async fn status_output(settings: &Settings, store: &Store, output: Output) -> anyhow::Result<String> {
+    let report = status_report(settings, store).await?;
     match output {
         Output::Text => Ok(report_text(&report, settings.base.is_fleet())),
         Output::Json => json_document(&report),
@@ -30,8 +30,8 @@ pub fn status_output(settings: &Settings, store: &Store, output: Output) -> anyh
 }
 
 /// The text of `status`.
-pub fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String> {
-    status_output(settings, store, Output::Text)
+pub async fn status_text(settings: &Settings, store: &Store) -> anyhow::Result<String> {
+    status_output(settings, store, Output::Text).await
 }
 
 /// Everything `status` knows, in the shape `--output json` prints.
@@ -134,26 +134,26 @@ pub struct Failing {
 }
 
 /// Reads everything `status` shows from the store.
-pub fn status_report(settings: &Settings, store: &Store) -> anyhow::Result<StatusReport> {
+pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result<StatusReport> {
     let now = Utc::now();
     let mut clinics = Vec::new();
     for c in &settings.base.clinics {
         let mut resources = Vec::new();
         for r in &c.resources {
-            resources.push(resource_status(settings, store, c, r, now)?);
+            resources.push(resource_status(settings, store, c, r, now).await?);
         }
         clinics.push(ClinicStatus {
             name: c.name.clone(),
             resources,
         });
     }
-    let queued = store.outbox_counts()?;
+    let queued = store.outbox_counts().await?;
     let mut dead: HashMap<String, u64> = HashMap::new();
-    for (_, d) in store.dead_entries()? {
+    for (_, d) in store.dead_entries().await? {
         *dead.entry(d.entry.destination).or_default() += 1;
     }
     let failing: HashMap<String, crate::outbox::store::DestHealth> =
-        store.failing_destinations()?.into_iter().collect();
+        store.failing_destinations().await?.into_iter().collect();
     let mut dests: Vec<_> = settings.pipeline.destinations.values().collect();
     dests.sort_by(|a, b| a.name.cmp(&b.name));
     let destinations = dests
@@ -176,12 +176,12 @@ pub fn status_report(settings: &Settings, store: &Store) -> anyhow::Result<Statu
     Ok(StatusReport {
         clinics,
         destinations,
-        journal_changes: store.change_count() as u64,
+        journal_changes: store.change_count().await? as u64,
     })
 }
 
 /// One resource of one clinic: its next since, its last poll, what is known, baseline, staleness.
-fn resource_status(
+async fn resource_status(
     settings: &Settings,
     store: &Store,
     clinic: &crate::config::Clinic,
@@ -189,8 +189,8 @@ fn resource_status(
     now: DateTime<Utc>,
 ) -> anyhow::Result<ResourceStatus> {
     let name = clinic.name.as_str();
-    let cp = store.checkpoint(name, &r.name)?;
-    let st = store.poll_status(name, &r.name)?;
+    let cp = store.checkpoint(name, &r.name).await?;
+    let st = store.poll_status(name, &r.name).await?;
     let last_poll = st.last_finished.map(|t| LastPoll {
         finished_at: t,
         ok: st.last_error.is_none(),
@@ -201,7 +201,7 @@ fn resource_status(
     });
     let stale_window = stale_after(&settings.base, r);
     let since_success = st.last_success.map(|t| now - t);
-    let baseline = store.baseline(name, &r.name)?.and_then(|b| {
+    let baseline = store.baseline(name, &r.name).await?.and_then(|b| {
         let waiting_first_poll = cp.as_ref().is_some_and(|c| c.last_success_start.is_none());
         (b.finished.is_none() || waiting_first_poll).then(|| BaselineStatus {
             finished: b.finished.is_some(),
@@ -218,8 +218,8 @@ fn resource_status(
         last_success: st.last_success,
         stale: since_success.is_some_and(|d| d.to_std().unwrap_or_default() > stale_window),
         seconds_since_success: since_success.map(|d| d.num_seconds()),
-        records_known: store.snapshot_count(name, &r.name) as u64
-            + store.baseline_snapshot_count(name, &r.name) as u64,
+        records_known: store.snapshot_count(name, &r.name).await? as u64
+            + store.baseline_snapshot_count(name, &r.name).await? as u64,
         baseline,
     })
 }

@@ -162,6 +162,8 @@ pub(crate) mod defaults {
     pub(crate) const LISTEN: &str = "127.0.0.1:9187";
     /// The sled directory.
     pub(crate) const STORE_PATH: &str = "./data";
+    /// A PostgreSQL replica that stops renewing loses its clinics half a minute later.
+    pub(crate) const LEASE: Duration = Duration::from_secs(30);
     /// sled's page cache: small, because the working set is one page of snapshots at a time.
     pub(crate) const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
     /// The baseline reads from here: before any clinic's records, and a date the API takes.
@@ -178,9 +180,25 @@ pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
 /// The longest request timeout or pause between requests: a request that waits longer is stuck.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(3600);
 
+/// Which store keeps the notifier's state.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StoreBackend {
+    /// sled, embedded in one process, at [`StoreSettings::path`].
+    Sled,
+    /// PostgreSQL, shared by replicas.
+    Postgres {
+        /// The database URL (it may hold a password).
+        url: SecretString,
+        /// How long a lease outlives its last renewal.
+        lease: Duration,
+    },
+}
+
 /// The validated `store:` section.
 #[derive(Debug, Clone)]
 pub(crate) struct StoreSettings {
+    /// sled or PostgreSQL.
+    pub(crate) backend: StoreBackend,
     /// The sled directory (absolute, or relative to the working directory if the config had none).
     pub(crate) path: std::path::PathBuf,
     /// sled's page cache in bytes.

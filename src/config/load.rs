@@ -11,7 +11,8 @@
 //! reports their problems in the same list.
 
 use crate::config::base::{
-    defaults, Base, Clinic, Clinicea, Login, Resource, SecretString, StartFrom, StoreSettings,
+    defaults, Base, Clinic, Clinicea, Login, Resource, SecretString, StartFrom, StoreBackend,
+    StoreSettings,
     DEFAULT_CLINIC_CONCURRENCY, DEFAULT_FLEET_CONCURRENCY, DEFAULT_LOGIN_PATH,
     MAX_CONCURRENT_REQUESTS, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
 };
@@ -25,7 +26,7 @@ use crate::config::placeholder;
 use crate::config::problem::{line_of, ConfigError, Problem};
 use crate::config::raw::{
     self, parse_duration, AuthMode, Dur, RawBaseline, RawClinicea, RawConfig, RawDestination,
-    RawRetry, RawSmtp, RuleSpec, Text,
+    RawRetry, RawSmtp, RawStore, RuleSpec, Text,
 };
 use crate::config::retry::{RetryPolicy, DEFAULT_JITTER};
 use crate::config::secret::Secret;
@@ -269,6 +270,84 @@ fn duration_or(
 // ---------------------------------------------------------------------------------------------
 // The base: clinicea, resources, store, listen
 // ---------------------------------------------------------------------------------------------
+
+/// The shortest lease: renewals come every third of it, and a database round trip must fit.
+const MIN_LEASE: Duration = Duration::from_secs(2);
+/// The longest lease: a dead replica's clinics wait this long for another.
+const MAX_LEASE: Duration = Duration::from_secs(600);
+
+/// The `store:` section's backend, with its keys checked against it.
+fn store_backend(raw: &RawStore, problems: &mut Vec<Problem>) -> StoreBackend {
+    let backend = raw.backend.as_deref().unwrap_or("sled");
+    match backend {
+        "sled" => {
+            for (set, key) in [(raw.url.is_some(), "url"), (raw.lease.is_some(), "lease")] {
+                if set {
+                    problems.push(Problem::at(
+                        None,
+                        &format!("store.{key}"),
+                        "is for `backend: postgres`; the sled store keeps its state in `path`",
+                    ));
+                }
+            }
+            StoreBackend::Sled
+        }
+        "postgres" => {
+            if raw.path.is_some() {
+                problems.push(Problem::at(
+                    None,
+                    "store.path",
+                    "is for `backend: sled`; a PostgreSQL store is named by `url`",
+                ));
+            }
+            let url = match raw.url.as_deref().map(str::trim) {
+                None | Some("") => {
+                    problems.push(Problem::at(
+                        None,
+                        "store.url",
+                        "is required with `backend: postgres` (postgres://user@host:5432/db, e.g. `${DATABASE_URL}`)",
+                    ));
+                    String::new()
+                }
+                Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
+                    problems.push(Problem::at(
+                        None,
+                        "store.url",
+                        "must start with postgres:// or postgresql://",
+                    ));
+                    u.to_string()
+                }
+                Some(u) => u.to_string(),
+            };
+            let lease = duration_or(
+                raw.lease.as_ref(),
+                defaults::LEASE,
+                None,
+                "store.lease",
+                problems,
+            );
+            if !(MIN_LEASE..=MAX_LEASE).contains(&lease) {
+                problems.push(Problem::at(
+                    None,
+                    "store.lease",
+                    format!("must be between {}s and {}s", MIN_LEASE.as_secs(), MAX_LEASE.as_secs()),
+                ));
+            }
+            StoreBackend::Postgres {
+                url: SecretString::new(url),
+                lease,
+            }
+        }
+        other => {
+            problems.push(Problem::at(
+                None,
+                "store.backend",
+                format!("{other:?} is not a store: `sled` (the default) or `postgres`"),
+            ));
+            StoreBackend::Sled
+        }
+    }
+}
 
 /// Where one clinic's settings come from: its own entry under `clinics:` (when there is one) over
 /// the `clinicea:` section, key by key. A key is reported where it is written: at
@@ -753,6 +832,7 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
     }
 
     let store = StoreSettings {
+        backend: store_backend(&raw.store, problems),
         path: resolve_path(
             &base_dir,
             raw.store.path.as_deref().unwrap_or(defaults::STORE_PATH),

@@ -395,7 +395,17 @@ pub(crate) struct RawResource {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStore {
-    /// The sled directory (default `./data`).
+    /// `sled` (the default: embedded, one process) or `postgres` (replicas on one database).
+    #[serde(default)]
+    pub(crate) backend: Option<Text>,
+    /// The PostgreSQL URL (`postgres://user@host/db`, TLS as its `sslmode` says); postgres only.
+    #[serde(default)]
+    pub(crate) url: Option<Text>,
+    /// How long a replica's hold on its clinics outlives its last renewal (default 30s); postgres
+    /// only.
+    #[serde(default)]
+    pub(crate) lease: Option<Dur>,
+    /// The sled directory (default `./data`); sled only.
     #[serde(default)]
     pub(crate) path: Option<Text>,
     /// sled's page cache in MiB (default 64).

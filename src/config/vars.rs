@@ -263,7 +263,7 @@ walk_structs! {
         path, since_param, since_format, page_param, page_size_param, id_field, status_field,
         poll_interval, params
     } no text in { first_page, page_size };
-    RawStore { path, journal_retention, dead_letter_retention } no text in { cache_mb };
+    RawStore { backend, url, lease, path, journal_retention, dead_letter_retention } no text in { cache_mb };
     RawSmtp {
         host, username, password, from, timeout, ca_file
     } no text in { port, tls, allow_private, allow_cleartext };

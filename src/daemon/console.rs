@@ -147,18 +147,28 @@ impl ConsoleState {
     }
 
     /// The current snapshot, taken anew when the last is older than [`SNAPSHOT_TTL`].
-    fn snapshot(&self, store: &Store) -> Result<Arc<Snapshot>, crate::outbox::store::StoreError> {
-        let mut guard = self
-            .snapshot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, s)) = guard.as_ref() {
-            if at.elapsed() < SNAPSHOT_TTL {
-                return Ok(s.clone());
+    async fn snapshot(
+        &self,
+        store: &Store,
+    ) -> Result<Arc<Snapshot>, crate::outbox::store::StoreError> {
+        {
+            let guard = self
+                .snapshot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, s)) = guard.as_ref() {
+                if at.elapsed() < SNAPSHOT_TTL {
+                    return Ok(s.clone());
+                }
             }
         }
-        let s = Arc::new(Snapshot::take(store)?);
-        *guard = Some((Instant::now(), s.clone()));
+        // Taken without the lock (the store may answer over the network); two requests at once
+        // may both take one, and the later one stays.
+        let s = Arc::new(Snapshot::take(store).await?);
+        *self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), s.clone()));
         Ok(s)
     }
 }
@@ -179,9 +189,9 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn take(store: &Store) -> Result<Snapshot, crate::outbox::store::StoreError> {
-        let queued = store.outbox_counts()?;
-        let mut letters = store.dead_entries()?;
+    async fn take(store: &Store) -> Result<Snapshot, crate::outbox::store::StoreError> {
+        let queued = store.outbox_counts().await?;
+        let mut letters = store.dead_entries().await?;
         let mut dead: HashMap<String, u64> = HashMap::new();
         for (_, d) in &letters {
             *dead.entry(d.entry.destination.clone()).or_default() += 1;
@@ -190,7 +200,8 @@ impl Snapshot {
         letters.reverse();
         letters.truncate(MAX_DEAD_LISTED);
         let failing = store
-            .failing_destinations()?
+            .failing_destinations()
+            .await?
             .into_iter()
             .map(|(n, h)| (n, (h.since, h.reason)))
             .collect();
@@ -403,7 +414,7 @@ fn action(path: &str, label: &str, class: &str, csrf: &Markup) -> Markup {
 async fn overview(State(app): State<App>, headers: HeaderMap) -> Response {
     let cfg = app.health.console.config();
     let who = signed(&headers, cfg.token.as_ref());
-    let snap = match app.health.console.snapshot(&app.store) {
+    let snap = match app.health.console.snapshot(&app.store).await {
         Ok(s) => s,
         Err(e) => return store_error(e),
     };
@@ -603,12 +614,12 @@ async fn dead_letter(
             "A dead letter holds record contents: sign in with the console token to open it.",
         );
     }
-    let d = match app.store.dead_get(seq) {
+    let d = match app.store.dead_get(seq).await {
         Ok(Some(d)) => d,
         Ok(None) => return not_found(seq),
         Err(e) => return store_error(e),
     };
-    let attempts = match app.store.attempts(seq) {
+    let attempts = match app.store.attempts(seq).await {
         Ok(a) => a,
         Err(e) => return store_error(e),
     };
@@ -676,15 +687,15 @@ fn verdict_text(v: &crate::model::Verdict) -> String {
 }
 
 /// Re-drives one dead letter: a fresh schedule, its old attempts forgotten, its worker woken.
-fn redrive(app: &App, seq: u64) -> Result<bool, crate::outbox::store::StoreError> {
-    let Some(d) = app.store.dead_get(seq)? else {
+async fn redrive(app: &App, seq: u64) -> Result<bool, crate::outbox::store::StoreError> {
+    let Some(d) = app.store.dead_get(seq).await? else {
         return Ok(false);
     };
     let mut entry = d.entry;
     entry.attempts = 0;
     entry.next_attempt_ms = Utc::now().timestamp_millis();
-    app.store.forget_attempts(seq)?;
-    app.store.dead_to_outbox(seq, &entry.destination, &entry)?;
+    app.store.forget_attempts(seq).await?;
+    app.store.dead_to_outbox(&entry).await?;
     let wake = app
         .health
         .console
@@ -708,19 +719,19 @@ fn form_fields(body: &[u8]) -> HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-/// Runs an action when the request may act; then back to the overview.
-fn act(
+/// The refusal of an action when the request may not act.
+fn refused_action(
     app: &App,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-    f: impl FnOnce(&App) -> Result<Option<u64>, crate::outbox::store::StoreError>,
-) -> Response {
-    if !may_act(headers, form, &app.health.console.config()) {
-        return refused(
-            "This action needs the console token (sign in, or send it as a bearer token).",
-        );
-    }
-    let done = f(app);
+) -> Option<Response> {
+    (!may_act(headers, form, &app.health.console.config())).then(|| {
+        refused("This action needs the console token (sign in, or send it as a bearer token).")
+    })
+}
+
+/// After an action: the overview, or the dead letter that was not there, or the store's error.
+fn acted(app: &App, done: Result<Option<u64>, crate::outbox::store::StoreError>) -> Response {
     app.health.console.invalidate();
     match done {
         Ok(Some(missing)) => not_found(missing),
@@ -735,9 +746,13 @@ async fn retry_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    act(&app, &headers, &form_fields(&body), |app| {
-        Ok((!redrive(app, seq)?).then_some(seq))
-    })
+    if let Some(no) = refused_action(&app, &headers, &form_fields(&body)) {
+        return no;
+    }
+    let done = redrive(&app, seq)
+        .await
+        .map(|found| (!found).then_some(seq));
+    acted(&app, done)
 }
 
 async fn purge_one(
@@ -746,31 +761,46 @@ async fn purge_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    act(&app, &headers, &form_fields(&body), |app| {
-        if app.store.dead_get(seq)?.is_none() {
+    if let Some(no) = refused_action(&app, &headers, &form_fields(&body)) {
+        return no;
+    }
+    let done = async {
+        if app.store.dead_get(seq).await?.is_none() {
             return Ok(Some(seq));
         }
-        app.store.dead_remove(seq)?;
+        app.store.dead_remove(seq).await?;
         tracing::info!(seq, "console: dead letter purged");
         Ok(None)
-    })
+    }
+    .await;
+    acted(&app, done)
 }
 
 async fn retry_all(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    act(&app, &headers, &form_fields(&body), |app| {
-        for (seq, _) in app.store.dead_entries()? {
-            redrive(app, seq)?;
+    if let Some(no) = refused_action(&app, &headers, &form_fields(&body)) {
+        return no;
+    }
+    let done = async {
+        for (seq, _) in app.store.dead_entries().await? {
+            redrive(&app, seq).await?;
         }
         Ok(None)
-    })
+    }
+    .await;
+    acted(&app, done)
 }
 
 async fn purge_all(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    act(&app, &headers, &form_fields(&body), |app| {
-        let n = app.store.purge_dead(None)?;
+    if let Some(no) = refused_action(&app, &headers, &form_fields(&body)) {
+        return no;
+    }
+    let done = async {
+        let n = app.store.purge_dead(None).await?;
         tracing::info!(n, "console: every dead letter purged");
         Ok(None)
-    })
+    }
+    .await;
+    acted(&app, done)
 }
 
 #[cfg(test)]

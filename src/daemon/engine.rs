@@ -47,21 +47,31 @@ pub struct Polled {
 impl Engine {
     /// Opens the store and builds the clients and deliverer over it; `events` is told what the
     /// polls and deliveries do ([`Events::none`]: nobody).
-    pub fn open(settings: Settings, events: Events) -> anyhow::Result<Engine> {
-        let store = Store::open(&settings.base.store.path, settings.base.store.cache_bytes)?;
-        reduce_tombstones(&store, &settings.base)?;
-        Engine::over(store, settings, events)
+    pub async fn open(settings: Settings, events: Events) -> anyhow::Result<Engine> {
+        Engine::open_as(settings, events, None).await
+    }
+
+    /// [`Engine::open`] for `holder`: on PostgreSQL, the replica (or one-off command) whose
+    /// leases fence its poll writes; `None` writes unfenced.
+    pub(crate) async fn open_as(
+        settings: Settings,
+        events: Events,
+        holder: Option<String>,
+    ) -> anyhow::Result<Engine> {
+        let store = Store::open_configured(&settings.base.store, holder).await?;
+        reduce_tombstones(&store, &settings.base).await?;
+        Engine::over(store, settings, events).await
     }
 
     /// The engine a reload to `settings` runs: this one's store and watcher, new clients and
     /// deliverer. It is built before the running generation stops, so a config that parses but
     /// cannot be applied (an SMTP username without a password, a bad CA file) is rejected while
     /// the old one keeps running.
-    pub(crate) fn reloaded(&self, settings: Settings) -> anyhow::Result<Engine> {
-        Engine::over(self.store.clone(), settings, self.events.clone())
+    pub(crate) async fn reloaded(&self, settings: Settings) -> anyhow::Result<Engine> {
+        Engine::over(self.store.clone(), settings, self.events.clone()).await
     }
 
-    fn over(store: Store, settings: Settings, events: Events) -> anyhow::Result<Engine> {
+    async fn over(store: Store, settings: Settings, events: Events) -> anyhow::Result<Engine> {
         let fleet = FleetLimit::new(settings.base.max_concurrent_requests);
         // One HTTP client (and connection pool) per distinct timeout and egress rule, not per
         // clinic: a thousand clinics on one API share its connections.
@@ -95,7 +105,8 @@ impl Engine {
             settings.pipeline.destinations.clone(),
             mailer,
             events.deliveries(),
-        )?;
+        )
+        .await?;
         Ok(Engine {
             settings,
             store,
@@ -165,8 +176,16 @@ impl Engine {
     /// Polls every resource of every clinic once, side by side (within the request limits);
     /// the results in clinic, then resource order.
     pub async fn poll_all(&self) -> Vec<Polled> {
+        self.poll_clinics(|_| true).await
+    }
+
+    /// [`Engine::poll_all`] for the clinics `polls` names.
+    pub(crate) async fn poll_clinics(&self, polls: impl Fn(&str) -> bool) -> Vec<Polled> {
         let mut set = tokio::task::JoinSet::new();
         for (ctx, resources) in self.poll_ctxs(None, CancellationToken::new()) {
+            if !polls(&ctx.clinic) {
+                continue;
+            }
             for res in resources {
                 let ctx = ctx.clone();
                 set.spawn(async move {
@@ -192,14 +211,20 @@ impl Engine {
 
 /// Reduces the deleted records an older version stored whole to tombstones (see
 /// [`crate::ingest::diff::tombstone`]); the work is done once per store.
-fn reduce_tombstones(store: &Store, base: &Base) -> anyhow::Result<()> {
-    let n = store.upgrade_snapshots_once("reduced-tombstones", |resource, id, raw| {
-        let (id_field, status_field) = base.resources.iter().find(|r| r.name == resource).map_or(
-            (config::defaults::ID_FIELD, config::defaults::STATUS_FIELD),
-            |r| (r.id_field.as_str(), r.status_field.as_str()),
-        );
-        crate::ingest::diff::reduce_stored(raw, id_field, status_field, id)
-    })?;
+async fn reduce_tombstones(store: &Store, base: &Base) -> anyhow::Result<()> {
+    let n = store
+        .upgrade_snapshots_once("reduced-tombstones", |resource, id, raw| {
+            let (id_field, status_field) = base
+                .resources
+                .iter()
+                .find(|r| r.name == resource)
+                .map_or(
+                    (config::defaults::ID_FIELD, config::defaults::STATUS_FIELD),
+                    |r| (r.id_field.as_str(), r.status_field.as_str()),
+                );
+            crate::ingest::diff::reduce_stored(raw, id_field, status_field, id)
+        })
+        .await?;
     if n > 0 {
         tracing::info!(
             reduced = n,

@@ -7,7 +7,8 @@ use crate::ingest::intake::{DiffedChunk, Intake};
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::{Change, ChangeKind};
 use crate::outbox::entry::Wake;
-use crate::outbox::store::{PageWrite, Store, StoreError};
+use crate::outbox::store::{JournalWrite, PageWrite, Store, StoreError};
+use std::collections::HashMap;
 use crate::route::plan::Pipeline;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -51,7 +52,7 @@ pub struct OutboxIntake {
 impl OutboxIntake {
     /// Adds a change's journal entry and its planned deliveries to the page write, and its event
     /// when someone watches; returns how many deliveries it queued.
-    fn plan_change(
+    async fn plan_change(
         &self,
         change: &Change,
         write: &mut PageWrite,
@@ -59,16 +60,19 @@ impl OutboxIntake {
         events: &mut Vec<PollEvent>,
     ) -> Result<u64, StoreError> {
         let id_key = self.store.id_key();
-        let change_seq = self.store.next_id()?;
-        write
-            .changes
-            .push((change_seq, serde_json::to_vec(change).unwrap_or_default()));
+        let change_seq = self.store.next_id().await?;
+        write.changes.push(JournalWrite {
+            seq: change_seq,
+            record_id: change.id.clone(),
+            detected_at: change.detected_at,
+            value: serde_json::to_vec(change).unwrap_or_default(),
+        });
         let routes = self.pipeline.rules.route(change);
         let mut deliveries = 0;
         // The change id hashes the whole record: compute it once, not once per delivery.
         let mut change_id = None;
         for planned in self.pipeline.plan_routes(change, &routes, id_key) {
-            let seq = self.store.next_id()?;
+            let seq = self.store.next_id().await?;
             let webhook_id = change_id.get_or_insert_with(|| change.change_id(id_key));
             match planned.into_entry(seq, change_seq, change, webhook_id) {
                 Ok(entry) => {
@@ -77,20 +81,14 @@ impl OutboxIntake {
                         seq,
                         due_ms: entry.next_attempt_ms,
                     });
-                    write.outbox.push((
-                        entry.destination.clone(),
-                        seq,
-                        serde_json::to_vec(&entry).unwrap_or_default(),
-                    ));
+                    write.outbox.push(entry);
                     deliveries += 1;
                 }
                 Err(dead) => {
                     tracing::error!(destination = %dead.entry.destination, clinic = %change.clinic, resource = %change.resource, id = %change.id, reason = %dead.reason, "a delivery could not be prepared; it went to the dead letters");
                     metrics::counter!(crate::telemetry::metric::DEAD_LETTERS_CREATED, "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone()).increment(1);
                     metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone(), "outcome" => "dead").increment(1);
-                    write
-                        .dead
-                        .push((seq, serde_json::to_vec(&dead).unwrap_or_default()));
+                    write.dead.push(*dead);
                 }
             }
         }
@@ -111,10 +109,13 @@ impl OutboxIntake {
 
 impl Intake for OutboxIntake {
     type Error = StoreError;
-    type Bytes = sled::IVec;
 
-    fn checkpoint(&self, clinic: &str, resource: &str) -> Result<Option<Checkpoint>, StoreError> {
-        self.store.checkpoint(clinic, resource)
+    async fn checkpoint(
+        &self,
+        clinic: &str,
+        resource: &str,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        self.store.checkpoint(clinic, resource).await
     }
 
     async fn set_first_checkpoint(
@@ -138,24 +139,24 @@ impl Intake for OutboxIntake {
         self.store.set_checkpoint(clinic, resource, cp).await
     }
 
-    fn poll_status(&self, clinic: &str, resource: &str) -> Result<PollStatus, StoreError> {
-        self.store.poll_status(clinic, resource)
+    async fn poll_status(&self, clinic: &str, resource: &str) -> Result<PollStatus, StoreError> {
+        self.store.poll_status(clinic, resource).await
     }
 
-    fn set_poll_status(
+    async fn set_poll_status(
         &self,
         clinic: &str,
         resource: &str,
         status: &PollStatus,
     ) -> Result<(), StoreError> {
-        self.store.set_poll_status(clinic, resource, status)
+        self.store.set_poll_status(clinic, resource, status).await
     }
 
-    fn baseline(&self, clinic: &str, resource: &str) -> Result<Option<Baseline>, StoreError> {
-        self.store.baseline(clinic, resource)
+    async fn baseline(&self, clinic: &str, resource: &str) -> Result<Option<Baseline>, StoreError> {
+        self.store.baseline(clinic, resource).await
     }
 
-    fn commit_baseline_chunk(
+    async fn commit_baseline_chunk(
         &self,
         clinic: &str,
         resource: &str,
@@ -164,28 +165,31 @@ impl Intake for OutboxIntake {
     ) -> Result<(), StoreError> {
         self.store
             .commit_baseline_chunk(clinic, resource, snapshots, progress)
+            .await
     }
 
-    fn merge_baseline(&self, clinic: &str, resource: &str) -> Result<u64, StoreError> {
-        self.store.merge_baseline(clinic, resource)
+    async fn merge_baseline(&self, clinic: &str, resource: &str) -> Result<u64, StoreError> {
+        self.store.merge_baseline(clinic, resource).await
     }
 
-    fn snapshot(
+    async fn snapshots(
         &self,
         clinic: &str,
         resource: &str,
-        id: &str,
-    ) -> Result<Option<sled::IVec>, StoreError> {
-        self.store.snapshot_raw(clinic, resource, id)
+        ids: &[&str],
+    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        self.store.snapshots_raw(clinic, resource, ids).await
     }
 
-    fn baseline_snapshot(
+    async fn baseline_snapshots(
         &self,
         clinic: &str,
         resource: &str,
-        id: &str,
-    ) -> Result<Option<sled::IVec>, StoreError> {
-        self.store.baseline_snapshot_raw(clinic, resource, id)
+        ids: &[&str],
+    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        self.store
+            .baseline_snapshots_raw(clinic, resource, ids)
+            .await
     }
 
     async fn commit_chunk(
@@ -201,9 +205,11 @@ impl Intake for OutboxIntake {
         let (mut wakes, mut events, mut deliveries) = (Vec::new(), Vec::new(), 0);
         // Each change is dropped once planned: what stays is what is written.
         for change in chunk.changes {
-            deliveries += self.plan_change(&change, &mut write, &mut wakes, &mut events)?;
+            deliveries += self
+                .plan_change(&change, &mut write, &mut wakes, &mut events)
+                .await?;
         }
-        self.store.commit_page(clinic, resource, &write)?;
+        self.store.commit_page(clinic, resource, &write).await?;
         // The watcher hears of a change before the workers are woken to deliver it.
         if let Some(tx) = &self.events {
             for e in events {

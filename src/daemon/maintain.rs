@@ -32,18 +32,20 @@ pub(crate) struct Maintenance {
 }
 
 /// One round of housekeeping on `store` with the retention periods of `s`, as of `now`.
-pub(crate) fn maintain_store(
+pub(crate) async fn maintain_store(
     store: &Store,
     s: &config::StoreSettings,
     now: chrono::DateTime<Utc>,
 ) -> anyhow::Result<Maintenance> {
     let journal = store
         .prune_changes_before(cutoff_before(now, s.journal_retention))
+        .await
         .context("pruning the change journal")?;
     let dead = store
         .purge_dead(Some(
             cutoff_before(now, s.dead_letter_retention).timestamp_millis(),
         ))
+        .await
         .context("deleting expired dead letters")?;
     if journal > 0 {
         tracing::info!(removed = journal, "pruned the change journal");

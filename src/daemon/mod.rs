@@ -8,6 +8,7 @@ pub mod events;
 pub(crate) mod health;
 pub(crate) mod maintain;
 pub mod settings;
+pub(crate) mod share;
 
 use crate::config;
 use crate::daemon::settings::{load_settings_with, Settings};
@@ -119,6 +120,22 @@ fn write_health(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Enters a poll loop in the health map (its staleness limit) and returns when this process
+/// last started a poll of it.
+fn note_loop(
+    health: &Health,
+    clinic: &str,
+    resource: &str,
+    stale: std::time::Duration,
+) -> Option<std::time::Instant> {
+    let mut guard = write_health(health);
+    let h = guard
+        .entry((clinic.to_string(), resource.to_string()))
+        .or_default();
+    h.stale_after = stale;
+    h.last_started
+}
+
 /// When the first poll of a generation's loop is due: what is left of the interval since the
 /// resource's last poll in this process (a reload keeps each poll's phase), else the clinic's
 /// place in the spread: the `index`-th of `clinics` clinics starts `index / clinics` of the way
@@ -137,7 +154,7 @@ fn first_delay(
 
 /// One generation of a running notifier: pollers and workers for one compiled config.
 async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: CancellationToken) {
-    if let Err(e) = engine.deliverer.bury_orphans() {
+    if let Err(e) = engine.deliverer.bury_orphans().await {
         tracing::error!("cannot move the entries of removed destinations to the dead letters: {e}");
     }
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
@@ -177,7 +194,7 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
     let m_cancel = cancel.clone();
     tasks.spawn(async move {
         loop {
-            if let Err(e) = maintain_store(&store, &store_settings, Utc::now()) {
+            if let Err(e) = maintain_store(&store, &store_settings, Utc::now()).await {
                 tracing::error!("store maintenance failed: {e:#}");
             }
             tokio::select! {
@@ -193,20 +210,57 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
             .iter()
             .any(|(ctx, rs)| &ctx.clinic == clinic && rs.iter().any(|r| &r.name == resource))
     });
-    let clinics = polled.len();
-    for (index, (ctx, resources)) in polled.into_iter().enumerate() {
-        for res in resources {
-            let stale = stale_after(&engine.settings.base, &res);
-            let last_started = {
-                let mut guard = write_health(&health);
-                let h = guard
-                    .entry((ctx.clinic.clone(), res.name.clone()))
-                    .or_default();
-                h.stale_after = stale;
-                h.last_started
-            };
-            let delay = first_delay(last_started, res.poll_interval, index, clinics);
-            tasks.spawn(poll_loop(ctx.clone(), res, health.clone(), stale, delay));
+    match engine.store.postgres() {
+        None => {
+            let clinics = polled.len();
+            for (index, (ctx, resources)) in polled.into_iter().enumerate() {
+                for res in resources {
+                    let stale = stale_after(&engine.settings.base, &res);
+                    let last_started = note_loop(&health, &ctx.clinic, &res.name, stale);
+                    let delay = first_delay(last_started, res.poll_interval, index, clinics);
+                    tasks.spawn(poll_loop(ctx.clone(), res, health.clone(), stale, delay));
+                }
+            }
+        }
+        // Replicas on one database: this one polls the clinics it holds by lease.
+        Some(pg) => {
+            let names: Vec<String> = polled.iter().map(|(ctx, _)| ctx.clinic.clone()).collect();
+            let by_clinic: HashMap<String, (PollCtx<intake::OutboxIntake>, Vec<config::Resource>)> =
+                polled
+                    .into_iter()
+                    .map(|(ctx, rs)| (ctx.clinic.clone(), (ctx, rs)))
+                    .collect();
+            let (pg, base, health) = (pg.clone(), engine.settings.base.clone(), health.clone());
+            let share_cancel = cancel.clone();
+            tasks.spawn(async move {
+                let start = |clinic: &str, token: CancellationToken| {
+                    let mut loops = tokio::task::JoinSet::new();
+                    let Some((ctx, resources)) = by_clinic.get(clinic) else {
+                        return loops;
+                    };
+                    let mut ctx = ctx.clone();
+                    ctx.cancel = token;
+                    for res in resources {
+                        let stale = stale_after(&base, res);
+                        let last_started = note_loop(&health, clinic, &res.name, stale);
+                        // A clinic taken over is polled at once: its last owner may have died
+                        // a lease ago. One this process polled before a reload keeps its phase.
+                        let delay = first_delay(last_started, res.poll_interval, 0, 1);
+                        loops.spawn(poll_loop(
+                            ctx.clone(),
+                            res.clone(),
+                            health.clone(),
+                            stale,
+                            delay,
+                        ));
+                    }
+                    loops
+                };
+                let stopped = |clinic: &str| {
+                    write_health(&health).retain(|(c, _), _| c != clinic);
+                };
+                share::keep_share(pg, names, start, stopped, share_cancel).await;
+            });
         }
     }
     cancel.cancelled().await;
@@ -241,7 +295,15 @@ pub async fn run(
     let _ = crate::telemetry::metrics_handle();
     let health = Arc::new(Health::default());
     let events = console::watch(events, health.clone());
-    let mut engine = Arc::new(Engine::open(settings, events)?);
+    // On PostgreSQL this process is one replica among several: its name holds its leases.
+    let replica = match settings.base.store.backend {
+        config::StoreBackend::Sled => None,
+        config::StoreBackend::Postgres { .. } => Some(crate::outbox::lease::replica_name()),
+    };
+    let mut engine = Arc::new(Engine::open_as(settings, events, replica.clone()).await?);
+    if let Some(name) = &replica {
+        tracing::info!(replica = %name, "sharing the fleet with the other replicas of this database");
+    }
     health.set_metrics_token(engine.settings.base.metrics_token.clone());
     health.console.configure(&engine.settings);
     let server = tokio::spawn(serve_health(
@@ -272,12 +334,13 @@ pub async fn run(
                         continue;
                     }
                     match load_settings_with(&config_path, &vars) {
-                        Ok(new) if new.base.store.path != engine.settings.base.store.path => {
-                            tracing::error!("reload rejected: store.path cannot change while running; keeping the old config");
+                        Ok(new) if new.base.store.path != engine.settings.base.store.path
+                            || new.base.store.backend != engine.settings.base.store.backend => {
+                            tracing::error!("reload rejected: the store (store.backend, store.path, store.url) cannot change while running; keeping the old config");
                         }
                         // Build everything the new config needs before stopping the old one:
                         // a config that parses but cannot be applied is rejected like a broken one.
-                        Ok(new) => match engine.reloaded(new) {
+                        Ok(new) => match engine.reloaded(new).await {
                             Ok(next) => break Some(next),
                             Err(e) => tracing::error!("reload rejected, keeping the old config: {e:#}"),
                         },
@@ -299,6 +362,13 @@ pub async fn run(
         }
     }
     engine.store.flush().await?;
+    // A clean stop gives the clinics back at once, so the other replicas need not wait for the
+    // leases to expire.
+    if let Some(pg) = engine.store.postgres() {
+        if let Err(e) = pg.leave().await {
+            tracing::warn!("cannot give back this replica's leases (they expire by themselves): {e}");
+        }
+    }
     let _ = server.await;
     tracing::info!("stopped cleanly");
     Ok(())

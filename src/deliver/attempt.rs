@@ -87,6 +87,25 @@ pub(super) fn now_ms() -> i64 {
 }
 
 /// The reason of an entry whose destination is no longer configured.
+/// What a claim adds to an attempt's own time limit: the writes before and after the attempt.
+/// A claim that outlives its attempt only delays a retry elsewhere after a crash; one that
+/// ended before its attempt did could let a second replica send the same entry meanwhile.
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+/// An email attempt's time limit is the SMTP session's (sending to a slow relay included).
+const EMAIL_ATTEMPT_BOUND: Duration = Duration::from_secs(120);
+
+/// How long a worker claims an entry for one attempt of `dest`.
+fn claim_hold(dest: &Destination) -> Duration {
+    let attempt = match &dest.target {
+        Target::Webhook(w) => w.timeout,
+        Target::Chat { timeout, .. } => *timeout,
+        Target::Nats(n) => n.timeout,
+        Target::Amqp(a) => a.timeout,
+        Target::Email { .. } => EMAIL_ATTEMPT_BOUND,
+    };
+    attempt + CLAIM_MARGIN
+}
+
 fn orphan_reason(destination: &str) -> String {
     format!("destination {destination} is no longer in the config")
 }
@@ -147,12 +166,16 @@ impl Deliverer {
     /// Loads an outbox entry with its destination and the span its attempt logs in. An entry that
     /// is gone, or whose destination left the config (it is then kept, visibly, as a dead
     /// letter), needs no attempt.
-    fn load(&self, destination: &str, seq: u64) -> Result<Loaded, StoreError> {
-        let Some(entry) = self.store.outbox_get(destination, seq)? else {
+    async fn load(&self, destination: &str, seq: u64) -> Result<Loaded, StoreError> {
+        let dest = self.destinations.get(destination).cloned();
+        let hold = dest.as_deref().map_or(CLAIM_MARGIN, claim_hold);
+        // A claim, not a read: on PostgreSQL another replica's worker may have the same entry
+        // in its queue, and only one of them may attempt it (`None`: gone, or theirs now).
+        let Some(entry) = self.store.outbox_claim(destination, seq, hold).await? else {
             return Ok(Loaded::Done(Step::Gone));
         };
-        let Some(dest) = self.destinations.get(destination).cloned() else {
-            self.to_dead(&entry, orphan_reason(destination))?;
+        let Some(dest) = dest else {
+            self.to_dead(&entry, orphan_reason(destination)).await?;
             return Ok(Loaded::Done(Step::Dead));
         };
         let span = tracing::info_span!("delivery", clinic = %entry.clinic, destination = %destination, webhook_id = %entry.webhook_id, resource = %entry.resource, id = %entry.record_id, rule = %entry.rule, attempt = entry.attempts + 1);
@@ -163,7 +186,7 @@ impl Deliverer {
     /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
     /// when its schedule is spent.
     pub(crate) async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
-        let (entry, dest, span) = match self.load(destination, seq)? {
+        let (entry, dest, span) = match self.load(destination, seq).await? {
             Loaded::Ready(entry, dest, span) => (*entry, dest, span),
             Loaded::Done(step) => return Ok(step),
         };
@@ -178,30 +201,37 @@ impl Deliverer {
         if self.fault == super::TestFault::PanicAfterSend {
             panic!("test fault: panic after send");
         }
-        // Nothing below awaits, so entering here is sound.
-        let _enter = span.enter();
-        let report = sent.unwrap_or_else(|()| {
-            tracing::error!("{PANIC_REASON}; counted as a failed attempt");
-            panic_report(started.elapsed())
+        let report = span.in_scope(|| {
+            sent.unwrap_or_else(|()| {
+                tracing::error!("{PANIC_REASON}; counted as a failed attempt");
+                panic_report(started.elapsed())
+            })
         });
         self.record(&dest, seq, entry, report, started_ms)
+            .instrument(span)
+            .await
     }
 
     /// Counts an attempt whose task panicked before it could record its outcome: the entry's
     /// attempt count goes up and it follows its retry schedule, like any failed attempt.
-    pub(crate) fn record_panicked(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
-        let (entry, dest, span) = match self.load(destination, seq)? {
+    pub(crate) async fn record_panicked(
+        &self,
+        destination: &str,
+        seq: u64,
+    ) -> Result<Step, StoreError> {
+        let (entry, dest, span) = match self.load(destination, seq).await? {
             Loaded::Ready(entry, dest, span) => (*entry, dest, span),
             Loaded::Done(step) => return Ok(step),
         };
-        let _enter = span.enter();
-        tracing::error!("{PANIC_REASON}; counted as a failed attempt");
+        span.in_scope(|| tracing::error!("{PANIC_REASON}; counted as a failed attempt"));
         self.record(&dest, seq, entry, panic_report(Duration::ZERO), now_ms())
+            .instrument(span)
+            .await
     }
 
     /// Records one attempt's outcome: removes the entry on success, reschedules it on a retryable
     /// failure, moves it to the dead letters on a permanent one or when its schedule is spent.
-    fn record(
+    async fn record(
         &self,
         dest: &Destination,
         seq: u64,
@@ -229,15 +259,17 @@ impl Deliverer {
                     Payload::Email(m) => m.to.clone(),
                     _ => String::new(),
                 };
-                self.store.outbox_remove(destination, seq)?;
-                self.store.forget_attempts(seq)?;
+                self.store.outbox_remove(destination, seq).await?;
+                self.store.forget_attempts(seq).await?;
                 let was_failing = self
                     .failing
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(destination);
                 if was_failing {
-                    self.store.set_destination_failing(destination, None)?;
+                    self.store
+                        .set_destination_failing(destination, None)
+                        .await?;
                     tracing::info!(destination = %destination, "delivering again; no longer marked failing");
                 }
                 metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
@@ -258,7 +290,9 @@ impl Deliverer {
                 ref reason,
                 retry_after,
             } => {
-                self.store.log_attempt(seq, &log(&report, entry.attempts))?;
+                self.store
+                    .log_attempt(seq, &log(&report, entry.attempts))
+                    .await?;
                 let reason = reason.clone();
                 let delay =
                     dest.retry
@@ -266,7 +300,7 @@ impl Deliverer {
                 match delay {
                     Some(d) => {
                         entry.next_attempt_ms = now_ms() + d.as_millis() as i64;
-                        self.store.outbox_put(destination, seq, &entry)?;
+                        self.store.outbox_put(&entry).await?;
                         metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "retry").increment(1);
                         tracing::warn!(status = ?report.status, %reason, retry_in = ?d, "delivery failed; will retry");
                         self.emit(Event::Retrying {
@@ -283,7 +317,7 @@ impl Deliverer {
                             "retry schedule spent after {} attempts; last error: {reason}",
                             entry.attempts
                         );
-                        self.to_dead(&entry, reason)?;
+                        self.to_dead(&entry, reason).await?;
                         Ok(Step::Dead)
                     }
                 }
@@ -291,28 +325,32 @@ impl Deliverer {
             Verdict::Fail { ref reason } => {
                 if destination_gone(report.status, dest) {
                     tracing::error!(destination = %destination, "the destination's webhook is gone ({reason}); marked failing in status");
-                    self.store.set_destination_failing(
-                        destination,
-                        Some(&DestHealth {
-                            since: chrono::Utc::now(),
-                            reason: reason.clone(),
-                        }),
-                    )?;
+                    self.store
+                        .set_destination_failing(
+                            destination,
+                            Some(&DestHealth {
+                                since: chrono::Utc::now(),
+                                reason: reason.clone(),
+                            }),
+                        )
+                        .await?;
                     self.failing
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(destination.to_string());
                 }
-                self.store.log_attempt(seq, &log(&report, entry.attempts))?;
+                self.store
+                    .log_attempt(seq, &log(&report, entry.attempts))
+                    .await?;
                 let reason = reason.clone();
-                self.to_dead(&entry, reason)?;
+                self.to_dead(&entry, reason).await?;
                 Ok(Step::Dead)
             }
         }
     }
 
     /// Moves an entry to the dead letters, counted and announced.
-    fn to_dead(&self, entry: &OutboxEntry, reason: String) -> Result<(), StoreError> {
+    async fn to_dead(&self, entry: &OutboxEntry, reason: String) -> Result<(), StoreError> {
         tracing::error!(destination = %entry.destination, webhook_id = %entry.webhook_id, %reason, "delivery moved to the dead letters");
         metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => entry.destination.clone(), "outcome" => "dead").increment(1);
         metrics::counter!(crate::telemetry::metric::DEAD_LETTERS_CREATED, "clinic" => entry.clinic.clone(), "destination" => entry.destination.clone()).increment(1);
@@ -321,8 +359,7 @@ impl Deliverer {
             reason: reason.clone(),
             died_ms: now_ms(),
         };
-        self.store
-            .outbox_to_dead(&entry.destination, entry.seq, &dead)?;
+        self.store.outbox_to_dead(&dead).await?;
         self.emit(Event::Dead {
             destination: entry.destination.clone(),
             webhook_id: entry.webhook_id.clone(),
@@ -335,14 +372,14 @@ impl Deliverer {
     /// letters (no worker would ever look at them, and `status` lists configured destinations
     /// only), where `dead list` shows them and `dead retry` re-drives them once the destination
     /// is back. Returns how many moved.
-    pub(crate) fn bury_orphans(&self) -> Result<u64, StoreError> {
+    pub(crate) async fn bury_orphans(&self) -> Result<u64, StoreError> {
         let mut n = 0;
-        for dest in self.store.outbox_destinations()? {
+        for dest in self.store.outbox_destinations().await? {
             if self.destinations.contains_key(&dest) {
                 continue;
             }
-            for (_, entry) in self.store.outbox_entries(&dest)? {
-                self.to_dead(&entry, orphan_reason(&dest))?;
+            for (_, entry) in self.store.outbox_entries(&dest).await? {
+                self.to_dead(&entry, orphan_reason(&dest)).await?;
                 n += 1;
             }
         }

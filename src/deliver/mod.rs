@@ -157,14 +157,15 @@ enum TestFault {
 impl Deliverer {
     /// A deliverer over `store` for `destinations`; `events` is told what each attempt did
     /// (`None`: nobody watches).
-    pub fn new(
+    pub async fn new(
         store: Store,
         destinations: HashMap<String, Arc<Destination>>,
         mailer: Option<Arc<Mailer>>,
         events: Option<mpsc::UnboundedSender<Event>>,
     ) -> anyhow::Result<Deliverer> {
         let failing = store
-            .failing_destinations()?
+            .failing_destinations()
+            .await?
             .into_iter()
             .map(|(name, _)| name)
             .collect();

@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The longest a worker sleeps before looking at its queue again, so a clock jump heals itself.
 pub(crate) const MAX_IDLE_SLEEP: Duration = Duration::from_secs(30);
+/// How often a worker on a PostgreSQL store looks for entries other replicas' pollers committed
+/// (its own poller wakes it at once), and for entries whose claim expired with a dead replica.
+const OUTBOX_RESCAN: Duration = Duration::from_secs(2);
 /// How long a worker waits before trying an entry again after a store error during its attempt.
 const STORE_ERROR_RETRY: Duration = Duration::from_secs(5);
 
@@ -174,9 +177,17 @@ impl Worker {
     /// Queues the destination's outbox entries: all of them when running until cancelled (an
     /// entry that cannot be read is skipped and logged), those due now when running until idle
     /// (an entry that cannot be read is an error).
-    fn scan(&mut self) -> Result<(), StoreError> {
+    async fn scan(&mut self) -> Result<(), StoreError> {
         let now = now_ms();
-        for due in self.deliverer.store.outbox_due(&self.destination) {
+        let found = match self.deliverer.store.outbox_due(&self.destination).await {
+            Ok(found) => found,
+            Err(e) if self.once_each => return Err(e),
+            Err(e) => {
+                tracing::error!(destination = %self.destination, "cannot read the outbox: {e}");
+                return Ok(());
+            }
+        };
+        for due in found {
             match due {
                 Ok(d) if self.once_each && d.at_ms > now => {}
                 Ok(d) => self.queue.push(d.at_ms, d.seq),
@@ -203,8 +214,14 @@ impl Worker {
                 (None, CancellationToken::new())
             }
         };
-        self.scan()?;
+        self.scan().await?;
         let mut wake_closed = wake.is_none();
+        // Replicas on one database queue what the others' pollers commit by looking again.
+        let rescan = match self.deliverer.store.postgres() {
+            Some(_) if !self.once_each => Some(OUTBOX_RESCAN),
+            _ => None,
+        };
+        let mut next_rescan = tokio::time::Instant::now() + OUTBOX_RESCAN;
         loop {
             self.start_due();
             if self.once_each
@@ -235,11 +252,15 @@ impl Worker {
                     }
                 },
                 Some(done) = self.inflight.join_next_with_id(), if !self.inflight.is_empty() => {
-                    self.finished(done);
+                    self.finished(done).await;
                     // Collect every other attempt that has finished too, before refilling.
                     while let Some(done) = self.inflight.try_join_next_with_id() {
-                        self.finished(done);
+                        self.finished(done).await;
                     }
+                }
+                _ = tokio::time::sleep_until(next_rescan), if rescan.is_some() => {
+                    let _ = self.scan().await;
+                    next_rescan = tokio::time::Instant::now() + OUTBOX_RESCAN;
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
             }
@@ -298,7 +319,7 @@ impl Worker {
     /// until cancelled), an entry that left the outbox is forgotten, a store error is tried again
     /// after [`STORE_ERROR_RETRY`] (or, until idle, ends the run), and a task that panicked counts
     /// as a failed attempt ([`Deliverer::record_panicked`]) and follows the entry's schedule.
-    fn finished(&mut self, done: Result<(Id, Result<Step, StoreError>), JoinError>) {
+    async fn finished(&mut self, done: Result<(Id, Result<Step, StoreError>), JoinError>) {
         let (id, result) = match done {
             Ok((id, r)) => (id, Ok(r)),
             Err(e) => (e.id(), Err(e)),
@@ -309,7 +330,11 @@ impl Worker {
         let store_error_retry = STORE_ERROR_RETRY.as_millis() as i64;
         let result = match result {
             Ok(r) => r,
-            Err(e) if e.is_panic() => self.deliverer.record_panicked(&self.destination, seq),
+            Err(e) if e.is_panic() => {
+                self.deliverer
+                    .record_panicked(&self.destination, seq)
+                    .await
+            }
             Err(e) => {
                 // Cancelled (only at shutdown): the entry is still in the outbox, untouched.
                 tracing::warn!(destination = %self.destination, "a delivery task ended early: {e}");

@@ -105,6 +105,7 @@ pub(crate) async fn run<I: Intake>(
         }
         ctx.intake
             .commit_baseline_chunk(clinic, name, &snaps, chunk.page_end.then_some(&b))
+            .await
             .map_err(PollError::Store)?;
         if chunk.page_end {
             metrics::gauge!(crate::telemetry::metric::BASELINE_RECORDS, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
@@ -128,6 +129,7 @@ async fn finish<I: Intake>(
     b.finished = Some(Utc::now());
     ctx.intake
         .commit_baseline_chunk(&ctx.clinic, &res.name, &[], Some(&b))
+        .await
         .map_err(PollError::Store)?;
     ctx.intake.flush().await.map_err(PollError::Store)?;
     tracing::info!(resource = %res.name, pages = b.pages, records = b.records, "baseline done; changes from the origin on are read next");

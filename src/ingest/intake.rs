@@ -9,6 +9,7 @@
 
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::Change;
+use std::collections::HashMap;
 use std::future::Future;
 
 /// One diffed chunk of a page: the snapshots to store and the changes they carry.
@@ -22,16 +23,17 @@ pub struct DiffedChunk {
 }
 
 /// What a poll needs from the stages after it. Every method names the clinic and the resource
-/// it is about.
+/// it is about, and every one may wait (the store may be a database across the network).
 pub trait Intake: Send + Sync {
     /// A failure of the stages behind the port (the store); a poll reports it as it reads.
     type Error: std::error::Error + Send + Sync + 'static;
-    /// A stored record's bytes, as they were handed over in [`DiffedChunk::snapshots`] or
-    /// [`Intake::commit_baseline_chunk`].
-    type Bytes: AsRef<[u8]> + Send;
 
     /// The checkpoint of a resource, if it has ever been polled.
-    fn checkpoint(&self, clinic: &str, resource: &str) -> Result<Option<Checkpoint>, Self::Error>;
+    fn checkpoint(
+        &self,
+        clinic: &str,
+        resource: &str,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, Self::Error>> + Send;
 
     /// Writes a resource's first checkpoint and, when one is due, its baseline, together and on
     /// disk when it returns: a crash leaves neither or both.
@@ -53,7 +55,11 @@ pub trait Intake: Send + Sync {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The last poll's status of a resource (the default when it was never polled).
-    fn poll_status(&self, clinic: &str, resource: &str) -> Result<PollStatus, Self::Error>;
+    fn poll_status(
+        &self,
+        clinic: &str,
+        resource: &str,
+    ) -> impl Future<Output = Result<PollStatus, Self::Error>> + Send;
 
     /// Records the last poll's status (informational: not flushed on its own).
     fn set_poll_status(
@@ -61,10 +67,14 @@ pub trait Intake: Send + Sync {
         clinic: &str,
         resource: &str,
         status: &PollStatus,
-    ) -> Result<(), Self::Error>;
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// The baseline of a resource, if it ever had one.
-    fn baseline(&self, clinic: &str, resource: &str) -> Result<Option<Baseline>, Self::Error>;
+    fn baseline(
+        &self,
+        clinic: &str,
+        resource: &str,
+    ) -> impl Future<Output = Result<Option<Baseline>, Self::Error>> + Send;
 
     /// Stores records the baseline read, apart from the snapshots (a record it holds already keeps
     /// the version read first), and with `progress` the baseline's new state, in one transaction.
@@ -74,27 +84,32 @@ pub trait Intake: Send + Sync {
         resource: &str,
         snapshots: &[(String, Vec<u8>)],
         progress: Option<&Baseline>,
-    ) -> Result<(), Self::Error>;
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Moves the baseline's records into the snapshots where no newer version is stored; returns
     /// how many moved. Idempotent.
-    fn merge_baseline(&self, clinic: &str, resource: &str) -> Result<u64, Self::Error>;
-
-    /// The stored version of a record, as the bytes committed.
-    fn snapshot(
+    fn merge_baseline(
         &self,
         clinic: &str,
         resource: &str,
-        id: &str,
-    ) -> Result<Option<Self::Bytes>, Self::Error>;
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 
-    /// A record as the baseline read it, while the baseline is not merged.
-    fn baseline_snapshot(
+    /// The stored versions of the records asked for (those stored), as the bytes committed: one
+    /// read for a chunk's records.
+    fn snapshots(
         &self,
         clinic: &str,
         resource: &str,
-        id: &str,
-    ) -> Result<Option<Self::Bytes>, Self::Error>;
+        ids: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, Vec<u8>>, Self::Error>> + Send;
+
+    /// The records asked for as the baseline read them, while the baseline is not merged.
+    fn baseline_snapshots(
+        &self,
+        clinic: &str,
+        resource: &str,
+        ids: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, Vec<u8>>, Self::Error>> + Send;
 
     /// Takes a diffed chunk: routes each change, and commits the snapshots, the changes and their
     /// deliveries in one transaction (all of it, or nothing after a crash); only then are the

@@ -122,6 +122,7 @@ pub async fn poll_resource<I: Intake>(
     let mut status = ctx
         .intake
         .poll_status(&ctx.clinic, &res.name)
+        .await
         .map_err(PollError::Store)?;
     status.last_started = Some(started);
     let result = poll_inner(ctx, res, started, &mut status).await;
@@ -149,6 +150,7 @@ pub async fn poll_resource<I: Intake>(
     }
     ctx.intake
         .set_poll_status(&ctx.clinic, &res.name, &status)
+        .await
         .map_err(PollError::Store)?;
     result
 }
@@ -162,6 +164,7 @@ async fn poll_inner<I: Intake>(
     let stored = ctx
         .intake
         .checkpoint(&ctx.clinic, &res.name)
+        .await
         .map_err(PollError::Store)?;
     let cp = match stored {
         Some(cp) => cp,
@@ -196,6 +199,7 @@ async fn poll_inner<I: Intake>(
         let stored = ctx
             .intake
             .baseline(&ctx.clinic, &res.name)
+            .await
             .map_err(PollError::Store)?;
         if let Some(b) = stored {
             if b.finished.is_none() {
@@ -266,6 +270,7 @@ async fn poll_inner<I: Intake>(
         let moved = ctx
             .intake
             .merge_baseline(&ctx.clinic, &res.name)
+            .await
             .map_err(PollError::Store)?;
         tracing::info!(resource = %res.name, records = moved, "baseline merged: from now on every known record is compared with the version the baseline read");
     }
@@ -436,9 +441,11 @@ async fn store_chunk<I: Intake>(
     // in `chunk.snapshots` (an earlier chunk's copy is stored already).
     let mut pending: HashMap<String, usize> = HashMap::new();
     let mut kinds = [0u64; 3];
+    // Every record's id first, then one read of the stored versions of them all.
+    let mut keyed: Vec<(String, Value)> = Vec::with_capacity(records.len());
     for record in records {
-        let id = match diff::record_id(&record, &res.id_field) {
-            Ok(id) => id,
+        match diff::record_id(&record, &res.id_field) {
+            Ok(id) => keyed.push((id, record)),
             Err(skip) => {
                 served.note(&record.to_string());
                 report.skipped += 1;
@@ -448,9 +455,30 @@ async fn store_chunk<I: Intake>(
                 };
                 metrics::counter!(crate::telemetry::metric::RECORDS_SKIPPED, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone(), "reason" => reason).increment(1);
                 tracing::error!(resource = %res.name, page = page_no, reason, id_field = %res.id_field, "skipped a record without a usable id");
-                continue;
             }
-        };
+        }
+    }
+    let ids: Vec<&str> = keyed.iter().map(|(id, _)| id.as_str()).collect();
+    let stored = ctx
+        .intake
+        .snapshots(&ctx.clinic, &res.name, &ids)
+        .await
+        .map_err(PollError::Store)?;
+    let baseline_read = if catch_up {
+        let unseen: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !stored.contains_key(*id))
+            .collect();
+        ctx.intake
+            .baseline_snapshots(&ctx.clinic, &res.name, &unseen)
+            .await
+            .map_err(PollError::Store)?
+    } else {
+        HashMap::new()
+    };
+    drop(ids);
+    for (id, record) in keyed {
         served.note(&id);
         // The record as it would be stored. Equal bytes mean an equal record: nothing changed,
         // and the stored version need not be decoded (the common case of an overlap re-read).
@@ -458,32 +486,24 @@ async fn store_chunk<I: Intake>(
         let previous = match pending.get(&id) {
             Some(&i) if chunk.snapshots[i].1 == bytes => continue,
             Some(&i) => Some(decode_snapshot(&chunk.snapshots[i].1)?),
-            None => match ctx
-                .intake
-                .snapshot(&ctx.clinic, &res.name, &id)
-                .map_err(PollError::Store)?
-            {
-                Some(raw) if raw.as_ref() == bytes.as_slice() => continue,
-                Some(raw) => Some(decode_snapshot(raw.as_ref())?),
+            None => match stored.get(&id) {
+                Some(raw) if raw.as_slice() == bytes.as_slice() => continue,
+                Some(raw) => Some(decode_snapshot(raw)?),
                 None if catch_up => {
-                    match ctx
-                        .intake
-                        .baseline_snapshot(&ctx.clinic, &res.name, &id)
-                        .map_err(PollError::Store)?
-                    {
+                    match baseline_read.get(&id) {
                         // Served since the origin, so changed after it, yet already so when the
                         // baseline read it: the version before that change was never seen, and
                         // the record is judged as a backfill judges it.
                         // (A deleted record is kept as its tombstone.)
                         Some(raw)
-                            if raw.as_ref() == bytes.as_slice()
+                            if raw.as_slice() == bytes.as_slice()
                                 || (diff::is_deleted(&record, &res.status_field)
-                                    && raw.as_ref()
+                                    && raw.as_slice()
                                         == diff::tombstone(&res.id_field, &id).as_slice()) =>
                         {
                             None
                         }
-                        Some(raw) => Some(decode_snapshot(raw.as_ref())?),
+                        Some(raw) => Some(decode_snapshot(raw)?),
                         None => None,
                     }
                 }

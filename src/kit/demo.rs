@@ -640,12 +640,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let _ = emails.await;
     let _ = receiver_task.await;
     sandbox.stop().await;
-    let queued = load_settings_with(&config_path, &HashMap::new())
+    let queued = match load_settings_with(&config_path, &HashMap::new())
         .ok()
         .and_then(|s| {
             crate::outbox::store::Store::open(&s.base.store.path, s.base.store.cache_bytes).ok()
-        })
-        .map(|st| st.outbox_len());
+        }) {
+        Some(st) => st.outbox_len().await.ok(),
+        None => None,
+    };
 
     let t = &tally;
     p.plain(&format!(

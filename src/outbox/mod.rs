@@ -1,5 +1,11 @@
 //! The outbox: what is durable. The typed values the store keeps (entries, dead letters, attempt
-//! logs) and the store itself.
+//! logs), the store seam ([`store::Store`]) and its two backends: sled, embedded, and PostgreSQL,
+//! shared by replicas that hold their clinics by lease ([`lease`]).
 
+pub(crate) mod embedded;
 pub mod entry;
+pub mod lease;
+pub(crate) mod postgres;
 pub mod store;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1468 @@
+//! The embedded sled store: one tree per purpose, keys namespaced by clinic and big-endian where
+//! they carry a sequence number, so prefix scans come back in order. Its accessors take and give
+//! typed values, encoded and decoded here, once; a value that cannot be read is a
+//! [`StoreError::Decode`] naming what it was. Two things stay bytes: snapshots (a poll compares
+//! them before decoding) and a [`PageWrite`] (its values are encoded by the poll that builds it).
+//!
+//! | tree          | key                                   | value                                 |
+//! |---------------|---------------------------------------|---------------------------------------|
+//! | `checkpoints` | clinic \0 resource                    | [`Checkpoint`] (JSON)                 |
+//! | `polls`       | clinic \0 resource                    | [`PollStatus`] (JSON)                 |
+//! | `snapshots`   | clinic \0 resource \0 record id       | the record as last fetched (JSON)     |
+//! | `changes`     | seq (u64 BE)                          | the detected [`crate::model::Change`] |
+//! | `outbox`      | destination \0 seq (u64 BE)           | an [`OutboxEntry`] (JSON)             |
+//! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | an [`AttemptLog`] (JSON)              |
+//! | `dead`        | seq (u64 BE)                          | a [`DeadLetter`] (JSON)               |
+//! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
+//! | `baselines`   | clinic \0 resource                    | [`Baseline`] (JSON)                   |
+//! | `baseline_snapshots` | clinic \0 resource \0 record id | a record as the baseline read it (JSON), until merged into `snapshots` |
+//! | `meta`        | name                                  | `change_id_key` ([`crate::model::IdKey`], 32 bytes), one-time upgrades |
+//!
+//! # Who can read it
+//!
+//! Every value is patient data. The folder is created 0700 and every file sled made is set to 0600
+//! when the store opens, whatever the umask; a store whose files others could read is a warning
+//! naming it, and is tightened (its folder only when this user owns it). Files sled creates later
+//! (`snap.*` snapshot files, `blobs/`) are out of others' reach because the folder is, and
+//! [`Store::tighten_permissions`] (run with the daemon's maintenance) sets them to 0600 too. The
+//! process umask is left alone: no global state changes for the sake of one folder.
+//!
+//! # Why a `kill -9` at any instant loses nothing
+//!
+//! * The snapshot updates, change journal entries and outbox entries of one page are written in one
+//!   sled transaction ([`Store::commit_page`]): after a crash either all of a page's writes are there
+//!   or none is. sled recovers its log to a consistent state made of whole transactions. A page
+//!   larger than one chunk ([`crate::ingest::client::CHUNK_RECORDS`]) is committed a chunk per
+//!   transaction: a crash between two chunks leaves part of the page stored, which is the case of
+//!   a poll stopped between two pages (below): the checkpoint has not moved, the window is read
+//!   again, and the stored chunks compare equal.
+//! * The checkpoint advances only after every page of a poll is stored *and flushed to disk*
+//!   ([`Store::set_checkpoint`] flushes before and after writing it). A crash before that leaves the
+//!   old checkpoint, so the next poll reads the same window again.
+//! * Reading a window again is harmless: pages that were stored compare equal to their snapshots and
+//!   produce nothing; pages that were lost are detected again, and since a change's id is a hash of
+//!   its content under the store's own key ([`crate::model::Change::change_id`], the key made once
+//!   in `meta` and flushed before any id is used), the re-detected change has the same
+//!   `webhook-id` as the lost one would have had.
+//! * Nothing is sent before it is on disk: the poller flushes a page before it hands the page's
+//!   deliveries to the workers (and `once` flushes before delivering). Otherwise a crash could
+//!   lose a page whose webhook already went out, and if the record changed before the restart the
+//!   re-detected change would differ (a second `added`, under another `webhook-id`).
+//! * An outbox entry is removed only after its delivery succeeded (or moved to `dead` in one
+//!   transaction). A crash between the success and the flush of the removal re-sends it: at least
+//!   once, with the same `webhook-id`.
+
+use super::store::{
+    decode, encode, DestHealth, Due, Dump, Erased, PageWrite, Result, StoreError, DEAD_LETTER,
+    OUTBOX_ENTRY,
+};
+use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
+use crate::model::IdKey;
+use crate::outbox::entry::{default_clinic, AttemptLog, DeadLetter, OutboxEntry};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The sled database and its trees.
+#[derive(Clone)]
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    checkpoints: sled::Tree,
+    polls: sled::Tree,
+    snapshots: sled::Tree,
+    changes: sled::Tree,
+    outbox: sled::Tree,
+    attempts: sled::Tree,
+    dead: sled::Tree,
+    dest_health: sled::Tree,
+    meta: sled::Tree,
+    /// The key of every change id this store hands out (see [`Store::id_key`]).
+    id_key: Arc<IdKey>,
+    baselines: sled::Tree,
+    baseline_snapshots: sled::Tree,
+    /// False while the attempts log is known to be empty (it was empty at open and nothing has been
+    /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
+    attempts_used: Arc<AtomicBool>,
+    /// One flush at a time, shared by whoever asked for it meanwhile (see [`Store::flush`]).
+    flushes: Arc<FlushGate>,
+}
+
+/// Serializes flushes and lets a caller skip its own when a whole flush began after it asked:
+/// that flush wrote everything the caller had written. A fleet's pollers each flush around
+/// their checkpoints; this way a burst of them costs one or two fsyncs, not one each.
+#[derive(Debug, Default)]
+struct FlushGate {
+    /// Held while a flush runs.
+    lock: tokio::sync::Mutex<()>,
+    /// How many flushes have begun.
+    begun: std::sync::atomic::AtomicU64,
+}
+
+/// Joins key parts with a NUL separator (names are validated to contain none).
+fn key(parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+/// A prefix key: the parts followed by a trailing separator.
+fn prefix(parts: &[&str]) -> Vec<u8> {
+    let mut k = key(parts);
+    k.push(0);
+    k
+}
+
+/// The outbox key of a delivery.
+pub fn outbox_key(destination: &str, seq: u64) -> Vec<u8> {
+    let mut k = prefix(&[destination]);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Reads the sequence number at the end of an outbox key.
+fn seq_of_outbox_key(k: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = k.get(k.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// Where in the `meta` tree the change-id key is kept.
+const ID_KEY: &[u8] = b"change_id_key";
+
+/// Reads the change-id key, or makes one when the store has none (a new store, or one from before
+/// ids were keyed: the ids already in its outbox entries stay as they are). A new key is flushed
+/// before it is used, so no id goes out under a key a crash could lose.
+fn load_or_make_id_key(db: &sled::Db) -> Result<IdKey> {
+    let meta = db.open_tree("meta")?;
+    let fresh = IdKey::random_bytes();
+    // Compare-and-swap: if the key appeared meanwhile, the stored one wins.
+    let stored = match meta.compare_and_swap(ID_KEY, None as Option<&[u8]>, Some(&fresh[..]))? {
+        Ok(()) => {
+            meta.flush()?;
+            fresh.to_vec()
+        }
+        Err(current) => current.current.map(|v| v.to_vec()).unwrap_or_default(),
+    };
+    let bytes: [u8; IdKey::LEN] = stored
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError::Decode {
+            what: "change-id key",
+            source: serde_json::Error::io(std::io::Error::other(format!(
+                "the key in the meta tree is {} bytes long, not {}",
+                stored.len(),
+                IdKey::LEN
+            ))),
+        })?;
+    Ok(IdKey::from_bytes(&bytes))
+}
+
+/// The mode of the store folder (and its subfolders): its owner only.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// The mode of every file in the store: its owner only.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// What was loose about an existing store folder before it was opened.
+#[derive(Debug, Clone, Copy)]
+struct Loose {
+    /// The folder's permission bits (some for group or others).
+    dir_mode: u32,
+    /// Files in it that group or others may read.
+    readable_files: usize,
+}
+
+/// Creates the store folder with [`DIR_MODE`], or inspects an existing one: `Some` when it lets
+/// group or others in.
+fn prepare_dir(path: &Path) -> std::io::Result<Option<Loose>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(path)?;
+            // The umask may have taken bits from the owner too.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+        // Not a folder: sled's own open reports it.
+        Ok(m) if !m.is_dir() => Ok(None),
+        Ok(m) => {
+            let dir_mode = m.permissions().mode() & 0o7777;
+            if dir_mode & 0o077 == 0 {
+                return Ok(None);
+            }
+            let mut readable_files = 0;
+            walk(path, &mut |_, m| {
+                if m.is_file() && m.permissions().mode() & 0o044 != 0 {
+                    readable_files += 1;
+                }
+                Ok(())
+            })?;
+            Ok(Some(Loose {
+                dir_mode,
+                readable_files,
+            }))
+        }
+    }
+}
+
+/// Calls `f` on every folder and file below `dir` (not `dir` itself), not following symbolic
+/// links; an entry sled removes meanwhile (an old snapshot file) is skipped.
+fn walk(
+    dir: &Path,
+    f: &mut dyn FnMut(&Path, &std::fs::Metadata) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let m = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let p = entry.path();
+            f(&p, &m)?;
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets `p` to `want` when its mode allows group or others anything; 1 when it changed it.
+fn tighten(p: &Path, m: &std::fs::Metadata, want: u32) -> std::io::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    if m.permissions().mode() & 0o077 == 0 {
+        return Ok(0);
+    }
+    match std::fs::set_permissions(p, std::fs::Permissions::from_mode(want)) {
+        Ok(()) => Ok(1),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets every folder below `dir` to [`DIR_MODE`] and every file to [`FILE_MODE`] where they allow
+/// more; returns how many it changed. `dir` itself is handled at open (see [`Store::open`]).
+fn tighten_below(dir: &Path) -> std::io::Result<usize> {
+    let mut changed = 0;
+    walk(dir, &mut |p, m| {
+        if m.is_dir() {
+            changed += tighten(p, m, DIR_MODE)?;
+        } else if m.is_file() {
+            changed += tighten(p, m, FILE_MODE)?;
+        }
+        Ok(())
+    })?;
+    Ok(changed)
+}
+
+/// After sled opened the store: tightens the folder and everything in it, and says so when the
+/// store was readable by others before (a warning) or its folder cannot be tightened.
+fn tighten_at_open(path: &Path, loose: Option<Loose>) {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let below = tighten_below(path);
+    let dir = match loose {
+        None => Ok(()),
+        Some(_) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE)),
+    };
+    if let Err(e) = &below {
+        tracing::warn!(path = %shown, "cannot make the store's files readable by this user only: {e}");
+    }
+    let Some(l) = loose else {
+        return;
+    };
+    let files_ok = below.is_ok();
+    match (&dir, l.readable_files > 0) {
+        (Ok(()), true) => tracing::warn!(
+            path = %shown,
+            "the store could be read by other users (folder mode {:o}, {} files readable by others); tightened the folder to {DIR_MODE:o} and its files to {FILE_MODE:o}",
+            l.dir_mode, l.readable_files
+        ),
+        (Err(e), true) => tracing::warn!(
+            path = %shown,
+            "the store could be read by other users (folder mode {:o}, {} files readable by others); {} but the folder cannot be changed ({e}): make it {DIR_MODE:o}, owned by the notifier's user",
+            l.dir_mode, l.readable_files,
+            if files_ok { "its files are now readable by this user only" } else { "its files could not all be tightened" }
+        ),
+        // Others could list the folder but read none of its files.
+        (Ok(()), false) => tracing::info!(
+            path = %shown,
+            "the store folder was mode {:o}; tightened it to {DIR_MODE:o}",
+            l.dir_mode
+        ),
+        (Err(e), false) => tracing::info!(
+            path = %shown,
+            "the store folder is mode {:o} and cannot be changed ({e}); its files are readable by this user only",
+            l.dir_mode
+        ),
+    }
+}
+
+/// One record's bytes in a tree keyed by clinic, resource and record id (the snapshots and the
+/// baseline's records are laid out alike).
+fn record_in(
+    tree: &sled::Tree,
+    clinic: &str,
+    resource: &str,
+    id: &str,
+) -> Result<Option<sled::IVec>> {
+    Ok(tree.get(key(&[clinic, resource, id]))?)
+}
+
+/// How many records of one resource a tree laid out as [`record_in`] reads holds.
+fn count_in(tree: &sled::Tree, clinic: &str, resource: &str) -> usize {
+    tree.scan_prefix(prefix(&[clinic, resource])).count()
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`. The folder and
+    /// its files are made readable by this user only (see the module docs).
+    pub(crate) fn open(path: &Path, cache_bytes: u64) -> Result<SledStore> {
+        let shown = path.display().to_string();
+        let loose = prepare_dir(path).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            source: sled::Error::Io(e),
+        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            // sled flushes on its own every 500 ms as well; the places that need durability flush
+            // explicitly (see the module docs), this only bounds the loss of attempt logs.
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    StoreError::Locked {
+                        path: shown.clone(),
+                    }
+                }
+                _ => StoreError::Open {
+                    path: shown.clone(),
+                    source: e,
+                },
+            })?;
+        let attempts = db.open_tree("attempts")?;
+        let id_key = Arc::new(load_or_make_id_key(&db)?);
+        let store = SledStore {
+            id_key,
+            path: path.to_path_buf(),
+            attempts_used: Arc::new(AtomicBool::new(!attempts.is_empty())),
+            flushes: Arc::default(),
+            attempts,
+            checkpoints: db.open_tree("checkpoints")?,
+            polls: db.open_tree("polls")?,
+            snapshots: db.open_tree("snapshots")?,
+            changes: db.open_tree("changes")?,
+            outbox: db.open_tree("outbox")?,
+            dead: db.open_tree("dead")?,
+            dest_health: db.open_tree("dest_health")?,
+            meta: db.open_tree("meta")?,
+            baselines: db.open_tree("baselines")?,
+            baseline_snapshots: db.open_tree("baseline_snapshots")?,
+            db,
+        };
+        // sled has just created its files with the process umask.
+        tighten_at_open(path, loose);
+        Ok(store)
+    }
+
+    /// Sets the folders and files in the store to 0700 and 0600 where they allow more (files sled
+    /// made since the last call); returns how many it changed. A failure is logged, not returned:
+    /// the store folder's own mode already keeps others out.
+    pub(crate) fn tighten_permissions(&self) -> usize {
+        match tighten_below(&self.path) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(path = %self.path.display(), changed = n, "tightened store file modes");
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), "cannot tighten the store's file modes: {e}");
+                0
+            }
+        }
+    }
+
+    /// The store folder.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored records of the ids asked for that are there: the snapshots, or with `baseline`
+    /// the records the baseline read apart.
+    pub(crate) fn records_raw(
+        &self,
+        baseline: bool,
+        clinic: &str,
+        resource: &str,
+        ids: &[&str],
+    ) -> Result<HashMap<String, Vec<u8>>> {
+        let tree = if baseline {
+            &self.baseline_snapshots
+        } else {
+            &self.snapshots
+        };
+        let mut found = HashMap::new();
+        for id in ids {
+            if let Some(v) = record_in(tree, clinic, resource, id)? {
+                found.insert(id.to_string(), v.to_vec());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Reads everything the store holds, for a copy into another store. A value that cannot be
+    /// decoded where its columns must be read from it (a journal entry, an outbox entry, a dead
+    /// letter) is an error: a copy that drops something would lose it.
+    pub(crate) fn export(&self) -> Result<Dump> {
+        fn split(k: &[u8], n: usize) -> Vec<String> {
+            k.splitn(n, |b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        }
+        #[derive(Deserialize)]
+        struct JournalKey {
+            #[serde(rename = "clinic", alias = "source")]
+            clinic: String,
+            resource: String,
+            id: String,
+            detected_at: DateTime<Utc>,
+        }
+        let mut d = Dump {
+            id_key: self
+                .meta
+                .get(ID_KEY)?
+                .map(|v| v.to_vec())
+                .unwrap_or_default(),
+            ..Dump::default()
+        };
+        for kv in self.meta.iter() {
+            let (k, v) = kv?;
+            if k.as_ref() != ID_KEY {
+                d.meta
+                    .push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+            }
+        }
+        for (table, tree) in [
+            ("checkpoints", &self.checkpoints),
+            ("poll_status", &self.polls),
+            ("baselines", &self.baselines),
+        ] {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let parts = split(&k, 2);
+                if let [clinic, resource] = parts.as_slice() {
+                    d.keyed
+                        .push((table, clinic.clone(), resource.clone(), v.to_vec()));
+                }
+            }
+        }
+        for (baseline, tree) in [(false, &self.snapshots), (true, &self.baseline_snapshots)] {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let parts = split(&k, 3);
+                if let [clinic, resource, id] = parts.as_slice() {
+                    d.records.push((
+                        baseline,
+                        clinic.clone(),
+                        resource.clone(),
+                        id.clone(),
+                        v.to_vec(),
+                    ));
+                }
+            }
+        }
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let j: JournalKey = decode("change", &v)?;
+            d.journal
+                .push((seq, j.clinic, j.resource, j.id, j.detected_at, v.to_vec()));
+        }
+        d.outbox = self.all_outbox()?;
+        for kv in self.attempts.iter() {
+            let (k, v) = kv?;
+            if k.len() == 12 {
+                let seq = u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
+                let attempt = u32::from_be_bytes(k[8..].try_into().unwrap_or([0; 4]));
+                d.attempts.push((seq, attempt, v.to_vec()));
+            }
+        }
+        d.dead = self.dead_entries()?.into_iter().map(|(_, l)| l).collect();
+        for kv in self.dest_health.iter() {
+            let (k, v) = kv?;
+            d.dest_health
+                .push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        d.next_id = self.db.generate_id()?;
+        Ok(d)
+    }
+
+    /// The key of this store's change ids (`webhook-id`, email `Message-ID`): made once, at the
+    /// first open, and the same at every later open.
+    pub(crate) fn id_key(&self) -> &IdKey {
+        &self.id_key
+    }
+
+    /// A fresh, unique, increasing id (sled persists its generator across restarts).
+    pub(crate) fn next_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Writes everything buffered to disk and waits for it.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        // A read-modify-write, not a load: the flush that later counts itself reads from it, so
+        // this caller's writes happen before that flush begins.
+        let asked = self.flushes.begun.fetch_add(0, Ordering::SeqCst);
+        let _turn = self.flushes.lock.lock().await;
+        // Flushes run one at a time: one that began after this call had finished by the time
+        // the lock came free, and it wrote this caller's writes too.
+        if self.flushes.begun.load(Ordering::SeqCst) > asked {
+            return Ok(());
+        }
+        self.flushes.begun.fetch_add(1, Ordering::SeqCst);
+        // Not sled's `flush_async`: it runs the flush on sled's own small thread pool, and enough
+        // of them in flight at once take every thread of it while the writes they wait for need
+        // one (sled issues 1241 and 1308): the store stops. The blocking flush runs on tokio's
+        // blocking pool instead, so no async worker waits on the disk either.
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                format!("the store flush task failed: {e}"),
+            )))),
+        }
+    }
+
+    // --- checkpoints and poll status ------------------------------------------------------
+
+    /// The checkpoint of a resource, if it has ever been polled.
+    pub(crate) fn checkpoint(&self, clinic: &str, resource: &str) -> Result<Option<Checkpoint>> {
+        self.checkpoints
+            .get(key(&[clinic, resource]))?
+            .map(|v| decode("checkpoint", &v))
+            .transpose()
+    }
+
+    /// Durably advances a checkpoint: flushes the pages written before it, writes it, flushes again.
+    pub(crate) async fn set_checkpoint(
+        &self,
+        clinic: &str,
+        resource: &str,
+        cp: &Checkpoint,
+    ) -> Result<()> {
+        self.flush().await?;
+        self.checkpoints
+            .insert(key(&[clinic, resource]), encode(cp))?;
+        self.flush().await
+    }
+
+    /// Writes a resource's first checkpoint and, when one is due, its baseline, in one transaction,
+    /// flushed: a crash can leave neither or both, never a checkpoint whose baseline is lost.
+    pub(crate) async fn set_first_checkpoint(
+        &self,
+        clinic: &str,
+        resource: &str,
+        cp: &Checkpoint,
+        baseline: Option<&Baseline>,
+    ) -> Result<()> {
+        let k = key(&[clinic, resource]);
+        let (cp, baseline) = (encode(cp), baseline.map(encode));
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&self.checkpoints, &self.baselines).transaction(|(checkpoints, baselines)| {
+                checkpoints.insert(k.as_slice(), cp.as_slice())?;
+                if let Some(b) = &baseline {
+                    baselines.insert(k.as_slice(), b.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => {}
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+        }
+        self.flush().await
+    }
+
+    /// The baseline of a resource, if it ever had one.
+    pub(crate) fn baseline(&self, clinic: &str, resource: &str) -> Result<Option<Baseline>> {
+        self.baselines
+            .get(key(&[clinic, resource]))?
+            .map(|v| decode("baseline", &v))
+            .transpose()
+    }
+
+    /// Stores records the baseline read (those it has not read before), and with a page's last
+    /// chunk its progress, in one transaction (not flushed: a crash re-reads a page or two, which
+    /// is harmless).
+    pub(crate) fn commit_baseline_chunk(
+        &self,
+        clinic: &str,
+        resource: &str,
+        snapshots: &[(String, Vec<u8>)],
+        progress: Option<&Baseline>,
+    ) -> Result<()> {
+        let keys: Vec<(Vec<u8>, &[u8])> = snapshots
+            .iter()
+            .map(|(id, v)| (key(&[clinic, resource, id]), v.as_slice()))
+            .collect();
+        let (bk, progress) = (key(&[clinic, resource]), progress.map(encode));
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&self.baseline_snapshots, &self.baselines).transaction(|(snaps, baselines)| {
+                for (k, v) in &keys {
+                    // The first version read is kept: a record read again (it moved to a later
+                    // page when it changed, or its page is read again after a crash) changed
+                    // after the origin, and the first poll from the origin compares with it.
+                    if snaps.get(k.as_slice())?.is_none() {
+                        snaps.insert(k.as_slice(), *v)?;
+                    }
+                }
+                if let Some(p) = &progress {
+                    baselines.insert(bk.as_slice(), p.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
+    /// The number of records the baseline holds apart (before it is merged).
+    pub(crate) fn baseline_snapshot_count(&self, clinic: &str, resource: &str) -> usize {
+        count_in(&self.baseline_snapshots, clinic, resource)
+    }
+
+    /// Moves the baseline's records into the snapshots, where no newer version is stored, and
+    /// returns how many moved. Idempotent, so a crash part-way only means doing the rest again.
+    pub(crate) fn merge_baseline(&self, clinic: &str, resource: &str) -> Result<u64> {
+        const BATCH: usize = 1_000;
+        let mut moved = 0;
+        loop {
+            let batch: Vec<(sled::IVec, sled::IVec)> = self
+                .baseline_snapshots
+                .scan_prefix(prefix(&[clinic, resource]))
+                .take(BATCH)
+                .collect::<std::result::Result<_, _>>()?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            let mut into = sled::Batch::default();
+            let mut out = sled::Batch::default();
+            for (k, v) in &batch {
+                if !self.snapshots.contains_key(k)? {
+                    into.insert(k.clone(), v.clone());
+                    moved += 1;
+                }
+                out.remove(k.clone());
+            }
+            // Into the snapshots first: a crash between the two leaves the records in both, and
+            // the next merge finds them stored already.
+            self.snapshots.apply_batch(into)?;
+            self.baseline_snapshots.apply_batch(out)?;
+        }
+    }
+
+    /// The last poll's status of a resource.
+    pub(crate) fn poll_status(&self, clinic: &str, resource: &str) -> Result<PollStatus> {
+        Ok(self
+            .polls
+            .get(key(&[clinic, resource]))?
+            .map(|v| decode("poll status", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Records the last poll's status (not flushed on its own: it is informational).
+    pub(crate) fn set_poll_status(
+        &self,
+        clinic: &str,
+        resource: &str,
+        st: &PollStatus,
+    ) -> Result<()> {
+        self.polls.insert(key(&[clinic, resource]), encode(st))?;
+        Ok(())
+    }
+
+    // --- snapshots and pages --------------------------------------------------------------
+
+    /// The number of stored snapshots of a resource.
+    pub(crate) fn snapshot_count(&self, clinic: &str, resource: &str) -> usize {
+        count_in(&self.snapshots, clinic, resource)
+    }
+
+    /// Atomically writes a page's snapshots, change journal entries, outbox entries and dead letters.
+    pub(crate) fn commit_page(&self, clinic: &str, resource: &str, page: &PageWrite) -> Result<()> {
+        let snap_keys: Vec<(Vec<u8>, &[u8])> = page
+            .snapshots
+            .iter()
+            .map(|(id, v)| (key(&[clinic, resource, id]), v.as_slice()))
+            .collect();
+        let outbox: Vec<(Vec<u8>, Vec<u8>)> = page
+            .outbox
+            .iter()
+            .map(|e| (outbox_key(&e.destination, e.seq), encode(e)))
+            .collect();
+        let dead: Vec<([u8; 8], Vec<u8>)> = page
+            .dead
+            .iter()
+            .map(|d| (d.entry.seq.to_be_bytes(), encode(d)))
+            .collect();
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&self.snapshots, &self.changes, &self.outbox, &self.dead).transaction(
+                |(snaps, changes, ob, de)| {
+                    for (k, v) in &snap_keys {
+                        snaps.insert(k.as_slice(), *v)?;
+                    }
+                    for c in &page.changes {
+                        changes.insert(&c.seq.to_be_bytes(), c.value.as_slice())?;
+                    }
+                    for (k, v) in &outbox {
+                        ob.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    for (k, v) in &dead {
+                        de.insert(k, v.as_slice())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                },
+            );
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+            Err(TransactionError::Abort(())) => Ok(()),
+        }
+    }
+
+    // --- change journal -------------------------------------------------------------------
+
+    /// Every change in the journal, oldest first.
+    pub(crate) fn changes(&self) -> Result<Vec<(u64, crate::model::Change)>> {
+        self.changes
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                Ok((seq, decode("change", &v)?))
+            })
+            .collect()
+    }
+
+    /// The number of changes in the journal.
+    pub(crate) fn change_count(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Drops journal entries detected before `cutoff`, oldest first, and returns how many went.
+    /// The journal is for inspection (deliveries live in the outbox), so it is kept for a
+    /// retention period only; the cost is proportional to what is removed.
+    pub(crate) fn prune_changes_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        #[derive(Deserialize)]
+        struct Detected {
+            detected_at: DateTime<Utc>,
+        }
+        let mut removed = 0;
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            let old = serde_json::from_slice::<Detected>(&v)
+                .map(|d| d.detected_at < cutoff)
+                .unwrap_or(true);
+            if !old {
+                break;
+            }
+            self.changes.remove(k)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Runs `rewrite` over every snapshot once per store: the first call with a given `upgrade`
+    /// name rewrites each snapshot it returns new bytes for (`rewrite(resource, id, bytes)`) and
+    /// records the upgrade in `meta`; later calls return 0 at once. Returns how many changed.
+    pub(crate) fn upgrade_snapshots_once(
+        &self,
+        upgrade: &str,
+        rewrite: impl Fn(&str, &str, &[u8]) -> Option<Vec<u8>>,
+    ) -> Result<usize> {
+        let marker = key(&["upgrade", upgrade]);
+        if self.meta.contains_key(&marker)? {
+            return Ok(0);
+        }
+        let mut changed = 0;
+        for kv in self.snapshots.iter() {
+            let (k, v) = kv?;
+            let mut parts = k.splitn(3, |b| *b == 0);
+            let (Some(_source), Some(resource), Some(id)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (resource, id) = (
+                String::from_utf8_lossy(resource),
+                String::from_utf8_lossy(id),
+            );
+            if let Some(new) = rewrite(&resource, &id, &v) {
+                self.snapshots.insert(k, new)?;
+                changed += 1;
+            }
+        }
+        self.meta.insert(marker, &b"done"[..])?;
+        self.db.flush()?;
+        Ok(changed)
+    }
+
+    /// Erases everything stored about one record: its snapshot, its change journal entries, its
+    /// queued deliveries and dead letters and their attempt logs, in one transaction.
+    pub(crate) fn erase_record(&self, clinic: &str, resource: &str, id: &str) -> Result<Erased> {
+        #[derive(Deserialize)]
+        struct JournalKey {
+            #[serde(rename = "clinic", alias = "source")]
+            clinic: String,
+            resource: String,
+            id: String,
+        }
+        #[derive(Deserialize)]
+        struct EntryKey {
+            #[serde(default = "default_clinic")]
+            clinic: String,
+            resource: String,
+            record_id: String,
+        }
+        #[derive(Deserialize)]
+        struct DeadKey {
+            entry: EntryKey,
+        }
+        let is_it =
+            |e: &EntryKey| e.clinic == clinic && e.resource == resource && e.record_id == id;
+        let snap_key = key(&[clinic, resource, id]);
+        let mut erased = Erased {
+            snapshots: usize::from(self.snapshots.contains_key(&snap_key)?),
+            ..Erased::default()
+        };
+        let mut changes = Vec::new();
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            if serde_json::from_slice::<JournalKey>(&v)
+                .is_ok_and(|c| c.clinic == clinic && c.resource == resource && c.id == id)
+            {
+                changes.push(k);
+            }
+        }
+        let mut outbox = Vec::new();
+        let mut seqs = Vec::new();
+        for kv in self.outbox.iter() {
+            let (k, v) = kv?;
+            if serde_json::from_slice::<EntryKey>(&v).is_ok_and(|e| is_it(&e)) {
+                seqs.extend(seq_of_outbox_key(&k));
+                outbox.push(k);
+            }
+        }
+        let mut dead = Vec::new();
+        for kv in self.dead.iter() {
+            let (k, v) = kv?;
+            if serde_json::from_slice::<DeadKey>(&v).is_ok_and(|d| is_it(&d.entry)) {
+                seqs.extend(k.as_ref().try_into().ok().map(u64::from_be_bytes));
+                dead.push(k);
+            }
+        }
+        let mut attempts = Vec::new();
+        for seq in seqs {
+            for k in self.attempts.scan_prefix(seq.to_be_bytes()).keys() {
+                attempts.push(k?);
+            }
+        }
+        erased.changes = changes.len();
+        erased.outbox = outbox.len();
+        erased.dead = dead.len();
+        erased.attempts = attempts.len();
+        let res: std::result::Result<(), TransactionError<()>> = (
+            &self.snapshots,
+            &self.changes,
+            &self.outbox,
+            &self.dead,
+            &self.attempts,
+        )
+            .transaction(|(snaps, ch, ob, de, at)| {
+                snaps.remove(snap_key.as_slice())?;
+                for k in &changes {
+                    ch.remove(k)?;
+                }
+                for k in &outbox {
+                    ob.remove(k)?;
+                }
+                for k in &dead {
+                    de.remove(k)?;
+                }
+                for k in &attempts {
+                    at.remove(k)?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => Ok(erased),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
+    // --- outbox ---------------------------------------------------------------------------
+
+    /// Every outbox entry of a destination, in sequence order: (seq, entry).
+    pub(crate) fn outbox_entries(&self, destination: &str) -> Result<Vec<(u64, OutboxEntry)>> {
+        self.outbox
+            .scan_prefix(prefix(&[destination]))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    seq_of_outbox_key(&k).unwrap_or(0),
+                    decode(OUTBOX_ENTRY, &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// When each outbox entry of a destination is due, in sequence order, one result per entry
+    /// (only the due time is decoded), so a scheduler can queue every entry it can read even when
+    /// one cannot be.
+    pub(crate) fn outbox_due(&self, destination: &str) -> impl Iterator<Item = Result<Due>> + '_ {
+        #[derive(Deserialize)]
+        struct DueOnly {
+            next_attempt_ms: i64,
+        }
+        self.outbox.scan_prefix(prefix(&[destination])).map(|kv| {
+            let (k, v) = kv?;
+            let d: DueOnly = decode(OUTBOX_ENTRY, &v)?;
+            Ok(Due {
+                seq: seq_of_outbox_key(&k).unwrap_or(0),
+                at_ms: d.next_attempt_ms,
+            })
+        })
+    }
+
+    /// All outbox entries of all destinations, by destination and then sequence.
+    pub(crate) fn all_outbox(&self) -> Result<Vec<OutboxEntry>> {
+        self.outbox
+            .iter()
+            .values()
+            .map(|v| decode(OUTBOX_ENTRY, &v?))
+            .collect()
+    }
+
+    /// Per destination, its queued entries: how many wait for a first attempt and how many for a
+    /// retry (for `status` and the console).
+    pub(crate) fn outbox_counts(&self) -> Result<HashMap<String, (u64, u64)>> {
+        let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+        for e in self.all_outbox()? {
+            let slot = counts.entry(e.destination).or_default();
+            if e.attempts == 0 {
+                slot.0 += 1;
+            } else {
+                slot.1 += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The names of the destinations that have entries in the outbox (nothing is decoded).
+    pub(crate) fn outbox_destinations(&self) -> Result<std::collections::BTreeSet<String>> {
+        self.outbox
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k?;
+                let dest_end = k.len().saturating_sub(9);
+                Ok(String::from_utf8_lossy(&k[..dest_end]).into_owned())
+            })
+            .collect()
+    }
+
+    /// One outbox entry.
+    pub(crate) fn outbox_get(&self, destination: &str, seq: u64) -> Result<Option<OutboxEntry>> {
+        self.outbox
+            .get(outbox_key(destination, seq))?
+            .map(|v| decode(OUTBOX_ENTRY, &v))
+            .transpose()
+    }
+
+    /// Replaces an outbox entry (after a failed attempt: attempts and next time updated).
+    pub(crate) fn outbox_put(
+        &self,
+        destination: &str,
+        seq: u64,
+        entry: &OutboxEntry,
+    ) -> Result<()> {
+        self.outbox
+            .insert(outbox_key(destination, seq), encode(entry))?;
+        Ok(())
+    }
+
+    /// Removes a delivered entry.
+    pub(crate) fn outbox_remove(&self, destination: &str, seq: u64) -> Result<()> {
+        self.outbox.remove(outbox_key(destination, seq))?;
+        Ok(())
+    }
+
+    /// Number of outbox entries in all.
+    pub(crate) fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Moves an entry from the outbox to the dead letters in one transaction.
+    pub(crate) fn outbox_to_dead(
+        &self,
+        destination: &str,
+        seq: u64,
+        dead_letter: &DeadLetter,
+    ) -> Result<()> {
+        let k = outbox_key(destination, seq);
+        let dead_letter = encode(dead_letter);
+        let res: std::result::Result<(), TransactionError<()>> = (&self.outbox, &self.dead)
+            .transaction(|(outbox, dead)| {
+                outbox.remove(k.as_slice())?;
+                dead.insert(&seq.to_be_bytes(), dead_letter.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
+    // --- attempts log ---------------------------------------------------------------------
+
+    /// Appends one attempt's log line to a delivery, under its attempt number.
+    pub(crate) fn log_attempt(&self, seq: u64, log: &AttemptLog) -> Result<()> {
+        let mut k = seq.to_be_bytes().to_vec();
+        k.extend_from_slice(&log.attempt.to_be_bytes());
+        // Set before the insert, so no clone of this store can miss it.
+        self.attempts_used.store(true, Ordering::SeqCst);
+        self.attempts.insert(k, encode(log))?;
+        Ok(())
+    }
+
+    /// Every attempt of a delivery, in order.
+    pub(crate) fn attempts(&self, seq: u64) -> Result<Vec<AttemptLog>> {
+        self.attempts
+            .scan_prefix(seq.to_be_bytes())
+            .values()
+            .map(|v| decode("attempt log", &v?))
+            .collect()
+    }
+
+    /// Drops the attempt logs of a delivery.
+    pub(crate) fn forget_attempts(&self, seq: u64) -> Result<()> {
+        if !self.attempts_used.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        for k in self.attempts.scan_prefix(seq.to_be_bytes()).keys() {
+            self.attempts.remove(k?)?;
+        }
+        Ok(())
+    }
+
+    // --- destination health ---------------------------------------------------------------
+
+    /// Every destination marked failing.
+    pub(crate) fn failing_destinations(&self) -> Result<Vec<(String, DestHealth)>> {
+        self.dest_health
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("destination health", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Marks a destination failing, or clears the mark with `None`.
+    pub(crate) fn set_destination_failing(
+        &self,
+        destination: &str,
+        health: Option<&DestHealth>,
+    ) -> Result<()> {
+        match health {
+            Some(h) => self.dest_health.insert(destination.as_bytes(), encode(h))?,
+            None => self.dest_health.remove(destination.as_bytes())?,
+        };
+        Ok(())
+    }
+
+    // --- dead letters ---------------------------------------------------------------------
+
+    /// Every dead letter, oldest first: (seq, dead letter).
+    pub(crate) fn dead_entries(&self) -> Result<Vec<(u64, DeadLetter)>> {
+        self.dead
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
+                    decode(DEAD_LETTER, &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// One dead letter.
+    pub(crate) fn dead_get(&self, seq: u64) -> Result<Option<DeadLetter>> {
+        self.dead
+            .get(seq.to_be_bytes())?
+            .map(|v| decode(DEAD_LETTER, &v))
+            .transpose()
+    }
+
+    /// Moves a dead letter back into a destination's outbox in one transaction.
+    pub(crate) fn dead_to_outbox(
+        &self,
+        seq: u64,
+        destination: &str,
+        entry: &OutboxEntry,
+    ) -> Result<()> {
+        let k = outbox_key(destination, seq);
+        let entry = encode(entry);
+        let res: std::result::Result<(), TransactionError<()>> = (&self.outbox, &self.dead)
+            .transaction(|(outbox, dead)| {
+                dead.remove(&seq.to_be_bytes())?;
+                outbox.insert(k.as_slice(), entry.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) | Err(TransactionError::Abort(())) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
+    /// Deletes a dead letter and its attempts log.
+    pub(crate) fn dead_remove(&self, seq: u64) -> Result<()> {
+        self.dead.remove(seq.to_be_bytes())?;
+        self.forget_attempts(seq)
+    }
+
+    /// Number of dead letters.
+    pub(crate) fn dead_len(&self) -> usize {
+        self.dead.len()
+    }
+
+    /// Deletes the dead letters that died before `cutoff_ms` (Unix ms; `None`: every one) and
+    /// their attempt logs, and returns how many went. Dead letters are keyed by delivery, not by
+    /// when they died, so each is looked at (only its `died_ms` is decoded); one that cannot be
+    /// read is of no use to anyone and goes too.
+    pub(crate) fn purge_dead(&self, cutoff_ms: Option<i64>) -> Result<usize> {
+        #[derive(Deserialize)]
+        struct Died {
+            died_ms: i64,
+        }
+        let mut removed = 0;
+        for kv in self.dead.iter() {
+            let (k, v) = kv?;
+            let old = cutoff_ms
+                .is_none_or(|c| serde_json::from_slice::<Died>(&v).map_or(true, |d| d.died_ms < c));
+            if !old {
+                continue;
+            }
+            let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) else {
+                self.dead.remove(k)?;
+                removed += 1;
+                continue;
+            };
+            self.dead_remove(seq)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued webhook delivery.
+    fn entry(destination: &str, seq: u64) -> OutboxEntry {
+        OutboxEntry {
+            seq,
+            destination: destination.into(),
+            clinic: "default".into(),
+            webhook_id: format!("msg_{seq}"),
+            event_type: "leads.added".into(),
+            resource: "leads".into(),
+            record_id: "a".into(),
+            rule: "r".into(),
+            change_seq: 1,
+            payload: crate::route::plan::Payload::Webhook { body: "{}".into() },
+            attempts: 0,
+            next_attempt_ms: 0,
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn page_commit_is_visible_and_keys_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let page = PageWrite {
+            snapshots: vec![("a".into(), br#"{"ID":"a"}"#.to_vec())],
+            changes: vec![(1, b"{}".to_vec())],
+            outbox: [("hook", 300), ("hook", 2), ("hook2", 1)]
+                .into_iter()
+                .map(|(d, seq)| (d.to_string(), seq, encode(&entry(d, seq))))
+                .collect(),
+            dead: vec![],
+        };
+        store.commit_page("default", "leads", &page).unwrap();
+        assert_eq!(
+            store.snapshot("default", "leads", "a").unwrap(),
+            Some(serde_json::json!({"ID":"a"}))
+        );
+        let seqs: Vec<u64> = store
+            .outbox_entries("hook")
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(seqs, vec![2, 300]);
+        let due: Vec<Due> = store.outbox_due("hook").map(Result::unwrap).collect();
+        assert_eq!(
+            due,
+            vec![Due { seq: 2, at_ms: 0 }, Due { seq: 300, at_ms: 0 }]
+        );
+        let all = store.all_outbox().unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2].destination, "hook2");
+        assert_eq!(
+            store
+                .outbox_destinations()
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["hook", "hook2"]
+        );
+        let dead = DeadLetter {
+            entry: entry("hook", 2),
+            reason: "dead".into(),
+            died_ms: 5,
+        };
+        store.outbox_to_dead("hook", 2, &dead).unwrap();
+        assert_eq!(store.outbox_entries("hook").unwrap().len(), 1);
+        assert_eq!(store.dead_get(2).unwrap(), Some(dead));
+        let mut again = entry("hook", 2);
+        again.attempts = 0;
+        store.dead_to_outbox(2, "hook", &again).unwrap();
+        assert_eq!(store.dead_len(), 0);
+        assert_eq!(store.outbox_entries("hook").unwrap().len(), 2);
+        assert_eq!(store.outbox_get("hook", 2).unwrap(), Some(again));
+    }
+
+    #[test]
+    fn values_are_stored_as_their_json_and_a_bad_one_is_a_decode_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let e = entry("hook", 7);
+        store.outbox_put("hook", 7, &e).unwrap();
+        let raw = store.outbox.get(outbox_key("hook", 7)).unwrap().unwrap();
+        assert_eq!(
+            &raw[..],
+            &serde_json::to_vec(&e).unwrap()[..],
+            "the same bytes as ever"
+        );
+        store
+            .outbox
+            .insert(outbox_key("hook", 8), &b"{\"seq\":"[..])
+            .unwrap();
+        assert!(matches!(
+            store.outbox_get("hook", 8),
+            Err(StoreError::Decode {
+                what: "outbox entry",
+                ..
+            })
+        ));
+        // The due scan reads every entry it can and says which one it could not.
+        let due: Vec<Result<Due>> = store.outbox_due("hook").collect();
+        assert_eq!(due.len(), 2);
+        assert_eq!(*due[0].as_ref().unwrap(), Due { seq: 7, at_ms: 0 });
+        assert!(due[1].is_err());
+        let log = AttemptLog {
+            at_ms: 1,
+            attempt: 2,
+            status: Some(503),
+            duration_ms: 3,
+            response: "busy".into(),
+            verdict: crate::model::Verdict::Fail {
+                reason: "HTTP 503".into(),
+            },
+        };
+        store.log_attempt(7, &log).unwrap();
+        let mut k = 7u64.to_be_bytes().to_vec();
+        k.extend_from_slice(&2u32.to_be_bytes());
+        assert!(
+            store.attempts.get(k).unwrap().is_some(),
+            "keyed by its attempt number"
+        );
+        assert_eq!(store.attempts(7).unwrap(), vec![log]);
+    }
+
+    #[test]
+    fn journal_prunes_by_age_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mk = |secs: i64| {
+            let c = crate::model::Change {
+                clinic: "default".into(),
+                resource: "leads".into(),
+                id: secs.to_string(),
+                kind: crate::model::ChangeKind::Added,
+                record: serde_json::json!({}),
+                previous: None,
+                changed_fields: vec![],
+                server_status: None,
+                detected_at: DateTime::from_timestamp(secs, 0).unwrap(),
+            };
+            serde_json::to_vec(&c).unwrap()
+        };
+        let page = PageWrite {
+            changes: vec![(1, mk(100)), (2, mk(200)), (3, mk(300))],
+            ..PageWrite::default()
+        };
+        store.commit_page("default", "leads", &page).unwrap();
+        let removed = store
+            .prune_changes_before(DateTime::from_timestamp(250, 0).unwrap())
+            .unwrap();
+        assert_eq!(removed, 2);
+        let left: Vec<String> = store
+            .changes()
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c.id)
+            .collect();
+        assert_eq!(left, vec!["300"]);
+    }
+
+    #[test]
+    fn files_created_after_open_are_tightened_by_the_maintenance_call() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), DIR_MODE);
+        // As sled makes a snapshot file or a blob later, under the process umask.
+        let later = path.join("blobs").join("123");
+        std::fs::write(&later, "x").unwrap();
+        std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(store.tighten_permissions(), 1);
+        assert_eq!(mode(&later), FILE_MODE);
+        assert_eq!(store.tighten_permissions(), 0);
+    }
+
+    #[test]
+    fn the_baseline_keeps_the_version_read_first_and_merges_where_nothing_newer_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let t = DateTime::from_timestamp(1_000, 0).unwrap();
+        let mut b = Baseline::new(t, 0, t);
+        let snap = |id: &str, v: u8| {
+            (
+                id.to_string(),
+                format!("{{\"ID\":\"{id}\",\"V\":{v}}}").into_bytes(),
+            )
+        };
+        store
+            .commit_baseline_chunk("default", "leads", &[snap("a", 1), snap("b", 1)], None)
+            .unwrap();
+        b.next_page = 1;
+        // `a` read again (it changed and moved to a later page): the first version stays.
+        store
+            .commit_baseline_chunk("default", "leads", &[snap("a", 2), snap("c", 1)], Some(&b))
+            .unwrap();
+        assert_eq!(store.baseline("default", "leads").unwrap(), Some(b));
+        let raw = store
+            .baseline_snapshot_raw("default", "leads", "a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.as_ref(), snap("a", 1).1.as_slice());
+        assert_eq!(store.baseline_snapshot_count("default", "leads"), 3);
+        // The first poll from the origin stored `c` anew; the merge keeps that one.
+        let page = PageWrite {
+            snapshots: vec![snap("c", 9)],
+            ..PageWrite::default()
+        };
+        store.commit_page("default", "leads", &page).unwrap();
+        assert_eq!(store.merge_baseline("default", "leads").unwrap(), 2);
+        assert_eq!(store.baseline_snapshot_count("default", "leads"), 0);
+        assert_eq!(store.snapshot_count("default", "leads"), 3);
+        let c = store.snapshot("default", "leads", "c").unwrap().unwrap();
+        assert_eq!(c["V"], 9);
+        assert_eq!(
+            store.merge_baseline("default", "leads").unwrap(),
+            0,
+            "idempotent"
+        );
+    }
+
+    #[test]
+    fn second_open_reports_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let err = Store::open(dir.path(), DEFAULT_CACHE_BYTES).err().unwrap();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+
+    /// A fleet's pollers flush side by side: every flush returns, and what was written before a
+    /// flush returned is on disk after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_flushes_at_once_all_return_and_keep_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for clinic in 0..64 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for round in 0..10u32 {
+                    let st = PollStatus {
+                        last_pages: round,
+                        ..PollStatus::default()
+                    };
+                    store
+                        .set_poll_status(&format!("c{clinic}"), "leads", &st)
+                        .unwrap();
+                    store.flush().await.unwrap();
+                }
+            });
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+        })
+        .await
+        .expect("640 flushes from 64 tasks all return");
+        drop(store);
+        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        for clinic in 0..64 {
+            let st = store.poll_status(&format!("c{clinic}"), "leads").unwrap();
+            assert_eq!(st.last_pages, 9, "clinic {clinic}");
+        }
+    }
+}
