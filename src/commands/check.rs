@@ -334,11 +334,6 @@ pub(crate) fn summary(s: &Settings) -> String {
     for line in s.pipeline.rules.describe() {
         let _ = writeln!(out, "  {line}");
     }
-    let _ = writeln!(
-        out,
-        "Store: {}   Listen: {}",
-        store_text(s),
-        s.base.listen
-    );
+    let _ = writeln!(out, "Store: {}   Listen: {}", store_text(s), s.base.listen);
     out
 }

@@ -223,7 +223,11 @@ pub async fn dead_text(store: &Store, cmd: DeadCommand) -> anyhow::Result<String
 
 /// Runs a `dead` subcommand against a store and returns what it prints. `retry` and `purge`
 /// print text either way: what they did, one line each.
-pub async fn dead_output(store: &Store, cmd: DeadCommand, output: Output) -> anyhow::Result<String> {
+pub async fn dead_output(
+    store: &Store,
+    cmd: DeadCommand,
+    output: Output,
+) -> anyhow::Result<String> {
     use std::fmt::Write;
     let mut out = String::new();
     // Everything printed as text may have come from outside (the record id from the API,

@@ -1,11 +1,11 @@
 //! `once`: poll every resource of every clinic once, deliver until nothing is due now, keep the store to its
 //! retention periods, and exit (0 when every poll succeeded).
 
+use crate::config::StoreBackend;
 use crate::daemon::engine::Engine;
 use crate::daemon::events::Events;
 use crate::daemon::maintain::maintain_store;
 use crate::daemon::settings::load_settings;
-use crate::config::StoreBackend;
 use chrono::Utc;
 use std::collections::BTreeSet;
 use std::fmt::Write;

@@ -51,7 +51,9 @@ pub async fn run(config: &Path, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let store = open_store_for_cli(&settings).await?;
-    let erased = store.erase_record(&clinic, &args.resource, &args.id).await?;
+    let erased = store
+        .erase_record(&clinic, &args.resource, &args.id)
+        .await?;
     store.flush().await?;
     let (text, found) = purge_text(&settings, &clinic, args, &erased);
     if found {

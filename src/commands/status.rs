@@ -21,7 +21,11 @@ pub async fn run(config: &Path, output: Output) -> anyhow::Result<ExitCode> {
 }
 
 /// What `status` prints, as text or JSON.
-pub async fn status_output(settings: &Settings, store: &Store, output: Output) -> anyhow::Result<String> {
+pub async fn status_output(
+    settings: &Settings,
+    store: &Store,
+    output: Output,
+) -> anyhow::Result<String> {
     let report = status_report(settings, store).await?;
     match output {
         Output::Text => Ok(report_text(&report, settings.base.is_fleet())),

@@ -106,10 +106,15 @@ pub(crate) fn test_rule_text(settings: &Settings, args: &TestRuleArgs) -> anyhow
 fn test_rule_id_key(settings: &Settings) -> (crate::model::IdKey, Option<String>) {
     let path = &settings.base.store.path;
     let one_off = "webhook-id and Message-ID above come from a one-off key";
-    if !matches!(settings.base.store.backend, crate::config::StoreBackend::Sled) {
+    if !matches!(
+        settings.base.store.backend,
+        crate::config::StoreBackend::Sled
+    ) {
         return (
             crate::model::IdKey::ephemeral(),
-            Some(format!("{one_off}: the notifier's ids come from the key kept in its PostgreSQL store")),
+            Some(format!(
+                "{one_off}: the notifier's ids come from the key kept in its PostgreSQL store"
+            )),
         );
     }
     if !path.exists() {

@@ -12,8 +12,7 @@
 
 use crate::config::base::{
     defaults, Base, Clinic, Clinicea, Login, Resource, SecretString, StartFrom, StoreBackend,
-    StoreSettings,
-    DEFAULT_CLINIC_CONCURRENCY, DEFAULT_FLEET_CONCURRENCY, DEFAULT_LOGIN_PATH,
+    StoreSettings, DEFAULT_CLINIC_CONCURRENCY, DEFAULT_FLEET_CONCURRENCY, DEFAULT_LOGIN_PATH,
     MAX_CONCURRENT_REQUESTS, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
 };
 use crate::config::destination::{
@@ -330,7 +329,11 @@ fn store_backend(raw: &RawStore, problems: &mut Vec<Problem>) -> StoreBackend {
                 problems.push(Problem::at(
                     None,
                     "store.lease",
-                    format!("must be between {}s and {}s", MIN_LEASE.as_secs(), MAX_LEASE.as_secs()),
+                    format!(
+                        "must be between {}s and {}s",
+                        MIN_LEASE.as_secs(),
+                        MAX_LEASE.as_secs()
+                    ),
                 ));
             }
             StoreBackend::Postgres {

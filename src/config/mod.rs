@@ -23,7 +23,8 @@ pub(crate) mod smtp;
 pub(crate) mod vars;
 
 pub(crate) use base::{
-    defaults, Base, Clinic, Clinicea, Resource, SecretString, StartFrom, StoreBackend, StoreSettings,
+    defaults, Base, Clinic, Clinicea, Resource, SecretString, StartFrom, StoreBackend,
+    StoreSettings,
 };
 pub use destination::{AmqpTarget, ChatKind, Destination, NatsTarget, Target, WebhookTarget};
 pub(crate) use load::env_vars;

@@ -214,11 +214,8 @@ impl Engine {
 async fn reduce_tombstones(store: &Store, base: &Base) -> anyhow::Result<()> {
     let n = store
         .upgrade_snapshots_once("reduced-tombstones", |resource, id, raw| {
-            let (id_field, status_field) = base
-                .resources
-                .iter()
-                .find(|r| r.name == resource)
-                .map_or(
+            let (id_field, status_field) =
+                base.resources.iter().find(|r| r.name == resource).map_or(
                     (config::defaults::ID_FIELD, config::defaults::STATUS_FIELD),
                     |r| (r.id_field.as_str(), r.status_field.as_str()),
                 );

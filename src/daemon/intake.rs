@@ -8,8 +8,8 @@ use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::{Change, ChangeKind};
 use crate::outbox::entry::Wake;
 use crate::outbox::store::{JournalWrite, PageWrite, Store, StoreError};
-use std::collections::HashMap;
 use crate::route::plan::Pipeline;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 

@@ -366,7 +366,9 @@ pub async fn run(
     // leases to expire.
     if let Some(pg) = engine.store.postgres() {
         if let Err(e) = pg.leave().await {
-            tracing::warn!("cannot give back this replica's leases (they expire by themselves): {e}");
+            tracing::warn!(
+                "cannot give back this replica's leases (they expire by themselves): {e}"
+            );
         }
     }
     let _ = server.await;

@@ -129,7 +129,9 @@ pub(crate) async fn keep_share(
                         stopped(&clinic);
                     }
                 } else {
-                    tracing::warn!("cannot renew this replica's leases ({e}); trying again in {tick:?}");
+                    tracing::warn!(
+                        "cannot renew this replica's leases ({e}); trying again in {tick:?}"
+                    );
                 }
             }
         }

@@ -330,11 +330,7 @@ impl Worker {
         let store_error_retry = STORE_ERROR_RETRY.as_millis() as i64;
         let result = match result {
             Ok(r) => r,
-            Err(e) if e.is_panic() => {
-                self.deliverer
-                    .record_panicked(&self.destination, seq)
-                    .await
-            }
+            Err(e) if e.is_panic() => self.deliverer.record_panicked(&self.destination, seq).await,
             Err(e) => {
                 // Cancelled (only at shutdown): the entry is still in the outbox, untouched.
                 tracing::warn!(destination = %self.destination, "a delivery task ended early: {e}");
@@ -464,7 +460,7 @@ mod panic_tests {
     }
 
     /// A store with one due webhook entry, and a deliverer over it that panics where `fault` says.
-    fn setup(fault: TestFault) -> (tempfile::TempDir, Deliverer) {
+    async fn setup(fault: TestFault) -> (tempfile::TempDir, Deliverer) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), crate::outbox::store::DEFAULT_CACHE_BYTES).unwrap();
         let entry = OutboxEntry {
@@ -482,25 +478,26 @@ mod panic_tests {
             next_attempt_ms: now_ms(),
             created_ms: now_ms(),
         };
-        store.outbox_put("hooks", 1, &entry).unwrap();
+        store.outbox_put(&entry).await.unwrap();
         let mut d = Deliverer::new(
             store,
             HashMap::from([("hooks".to_string(), Arc::new(destination()))]),
             None,
             None,
         )
+        .await
         .unwrap();
         d.fault = fault;
         (dir, d)
     }
 
-    fn queued(d: &Deliverer) -> Option<OutboxEntry> {
-        d.store.outbox_get("hooks", 1).unwrap()
+    async fn queued(d: &Deliverer) -> Option<OutboxEntry> {
+        d.store.outbox_get("hooks", 1).await.unwrap()
     }
 
-    fn assert_dead_after_the_schedule(d: &Deliverer) {
-        assert!(queued(d).is_none(), "the entry left the outbox");
-        let dead = d.store.dead_entries().unwrap();
+    async fn assert_dead_after_the_schedule(d: &Deliverer) {
+        assert!(queued(d).await.is_none(), "the entry left the outbox");
+        let dead = d.store.dead_entries().await.unwrap();
         assert_eq!(dead.len(), 1);
         let dead = &dead[0].1;
         assert_eq!(dead.entry.attempts, 3, "first attempt plus two retries");
@@ -511,34 +508,34 @@ mod panic_tests {
             "{}",
             dead.reason
         );
-        let logs = d.store.attempts(1).unwrap();
+        let logs = d.store.attempts(1).await.unwrap();
         assert_eq!(logs.len(), 3, "each panicked attempt is logged");
     }
 
     #[tokio::test]
     async fn an_attempt_that_panics_counts_and_follows_the_schedule_to_the_dead_letters() {
-        let (_dir, d) = setup(TestFault::PanicInSend);
+        let (_dir, d) = setup(TestFault::PanicInSend).await;
         let out = d.deliver_due("hooks").await.unwrap();
         assert_eq!((out.attempted, out.retried), (1, 1));
-        assert_eq!(queued(&d).unwrap().attempts, 1, "the attempt was counted");
+        assert_eq!(queued(&d).await.unwrap().attempts, 1, "the attempt was counted");
         for _ in 0..2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             d.deliver_due("hooks").await.unwrap();
         }
-        assert_dead_after_the_schedule(&d);
+        assert_dead_after_the_schedule(&d).await;
     }
 
     #[tokio::test]
     async fn a_delivery_task_that_panics_counts_as_an_attempt_in_deliver_due() {
-        let (_dir, d) = setup(TestFault::PanicAfterSend);
+        let (_dir, d) = setup(TestFault::PanicAfterSend).await;
         let out = d.deliver_due("hooks").await.unwrap();
         assert_eq!((out.attempted, out.retried), (1, 1));
-        assert_eq!(queued(&d).unwrap().attempts, 1);
+        assert_eq!(queued(&d).await.unwrap().attempts, 1);
     }
 
     #[tokio::test]
     async fn the_worker_counts_a_panicked_task_and_buries_it_after_the_schedule() {
-        let (_dir, d) = setup(TestFault::PanicAfterSend);
+        let (_dir, d) = setup(TestFault::PanicAfterSend).await;
         let cancel = CancellationToken::new();
         let (_tx, rx) = mpsc::unbounded_channel();
         let worker = tokio::spawn(
@@ -546,7 +543,7 @@ mod panic_tests {
                 .run_destination("hooks".into(), rx, cancel.clone()),
         );
         let start = std::time::Instant::now();
-        while d.store.dead_len() == 0 && start.elapsed() < Duration::from_secs(10) {
+        while d.store.dead_len().await.unwrap() == 0 && start.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         cancel.cancel();
@@ -555,6 +552,6 @@ mod panic_tests {
             start.elapsed() < Duration::from_secs(5),
             "not re-queued on a fixed delay: the schedule's 10 ms waits were followed"
         );
-        assert_dead_after_the_schedule(&d);
+        assert_dead_after_the_schedule(&d).await;
     }
 }

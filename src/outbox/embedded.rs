@@ -1197,6 +1197,7 @@ impl SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::store::DEFAULT_CACHE_BYTES;
 
     /// A queued webhook delivery.
     fn entry(destination: &str, seq: u64) -> OutboxEntry {
@@ -1218,66 +1219,9 @@ mod tests {
     }
 
     #[test]
-    fn page_commit_is_visible_and_keys_sort() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
-        let page = PageWrite {
-            snapshots: vec![("a".into(), br#"{"ID":"a"}"#.to_vec())],
-            changes: vec![(1, b"{}".to_vec())],
-            outbox: [("hook", 300), ("hook", 2), ("hook2", 1)]
-                .into_iter()
-                .map(|(d, seq)| (d.to_string(), seq, encode(&entry(d, seq))))
-                .collect(),
-            dead: vec![],
-        };
-        store.commit_page("default", "leads", &page).unwrap();
-        assert_eq!(
-            store.snapshot("default", "leads", "a").unwrap(),
-            Some(serde_json::json!({"ID":"a"}))
-        );
-        let seqs: Vec<u64> = store
-            .outbox_entries("hook")
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(seqs, vec![2, 300]);
-        let due: Vec<Due> = store.outbox_due("hook").map(Result::unwrap).collect();
-        assert_eq!(
-            due,
-            vec![Due { seq: 2, at_ms: 0 }, Due { seq: 300, at_ms: 0 }]
-        );
-        let all = store.all_outbox().unwrap();
-        assert_eq!(all.len(), 3);
-        assert_eq!(all[2].destination, "hook2");
-        assert_eq!(
-            store
-                .outbox_destinations()
-                .unwrap()
-                .into_iter()
-                .collect::<Vec<_>>(),
-            ["hook", "hook2"]
-        );
-        let dead = DeadLetter {
-            entry: entry("hook", 2),
-            reason: "dead".into(),
-            died_ms: 5,
-        };
-        store.outbox_to_dead("hook", 2, &dead).unwrap();
-        assert_eq!(store.outbox_entries("hook").unwrap().len(), 1);
-        assert_eq!(store.dead_get(2).unwrap(), Some(dead));
-        let mut again = entry("hook", 2);
-        again.attempts = 0;
-        store.dead_to_outbox(2, "hook", &again).unwrap();
-        assert_eq!(store.dead_len(), 0);
-        assert_eq!(store.outbox_entries("hook").unwrap().len(), 2);
-        assert_eq!(store.outbox_get("hook", 2).unwrap(), Some(again));
-    }
-
-    #[test]
     fn values_are_stored_as_their_json_and_a_bad_one_is_a_decode_error() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         let e = entry("hook", 7);
         store.outbox_put("hook", 7, &e).unwrap();
         let raw = store.outbox.get(outbox_key("hook", 7)).unwrap().unwrap();
@@ -1323,47 +1267,11 @@ mod tests {
     }
 
     #[test]
-    fn journal_prunes_by_age_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
-        let mk = |secs: i64| {
-            let c = crate::model::Change {
-                clinic: "default".into(),
-                resource: "leads".into(),
-                id: secs.to_string(),
-                kind: crate::model::ChangeKind::Added,
-                record: serde_json::json!({}),
-                previous: None,
-                changed_fields: vec![],
-                server_status: None,
-                detected_at: DateTime::from_timestamp(secs, 0).unwrap(),
-            };
-            serde_json::to_vec(&c).unwrap()
-        };
-        let page = PageWrite {
-            changes: vec![(1, mk(100)), (2, mk(200)), (3, mk(300))],
-            ..PageWrite::default()
-        };
-        store.commit_page("default", "leads", &page).unwrap();
-        let removed = store
-            .prune_changes_before(DateTime::from_timestamp(250, 0).unwrap())
-            .unwrap();
-        assert_eq!(removed, 2);
-        let left: Vec<String> = store
-            .changes()
-            .unwrap()
-            .into_iter()
-            .map(|(_, c)| c.id)
-            .collect();
-        assert_eq!(left, vec!["300"]);
-    }
-
-    #[test]
     fn files_created_after_open_are_tightened_by_the_maintenance_call() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
-        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        let store = SledStore::open(&path, DEFAULT_CACHE_BYTES).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), DIR_MODE);
         // As sled makes a snapshot file or a blob later, under the process umask.
@@ -1376,55 +1284,12 @@ mod tests {
     }
 
     #[test]
-    fn the_baseline_keeps_the_version_read_first_and_merges_where_nothing_newer_is_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
-        let t = DateTime::from_timestamp(1_000, 0).unwrap();
-        let mut b = Baseline::new(t, 0, t);
-        let snap = |id: &str, v: u8| {
-            (
-                id.to_string(),
-                format!("{{\"ID\":\"{id}\",\"V\":{v}}}").into_bytes(),
-            )
-        };
-        store
-            .commit_baseline_chunk("default", "leads", &[snap("a", 1), snap("b", 1)], None)
-            .unwrap();
-        b.next_page = 1;
-        // `a` read again (it changed and moved to a later page): the first version stays.
-        store
-            .commit_baseline_chunk("default", "leads", &[snap("a", 2), snap("c", 1)], Some(&b))
-            .unwrap();
-        assert_eq!(store.baseline("default", "leads").unwrap(), Some(b));
-        let raw = store
-            .baseline_snapshot_raw("default", "leads", "a")
-            .unwrap()
-            .unwrap();
-        assert_eq!(raw.as_ref(), snap("a", 1).1.as_slice());
-        assert_eq!(store.baseline_snapshot_count("default", "leads"), 3);
-        // The first poll from the origin stored `c` anew; the merge keeps that one.
-        let page = PageWrite {
-            snapshots: vec![snap("c", 9)],
-            ..PageWrite::default()
-        };
-        store.commit_page("default", "leads", &page).unwrap();
-        assert_eq!(store.merge_baseline("default", "leads").unwrap(), 2);
-        assert_eq!(store.baseline_snapshot_count("default", "leads"), 0);
-        assert_eq!(store.snapshot_count("default", "leads"), 3);
-        let c = store.snapshot("default", "leads", "c").unwrap().unwrap();
-        assert_eq!(c["V"], 9);
-        assert_eq!(
-            store.merge_baseline("default", "leads").unwrap(),
-            0,
-            "idempotent"
-        );
-    }
-
-    #[test]
     fn second_open_reports_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let _a = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
-        let err = Store::open(dir.path(), DEFAULT_CACHE_BYTES).err().unwrap();
+        let _a = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let err = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES)
+            .err()
+            .unwrap();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     }
 
@@ -1434,7 +1299,7 @@ mod tests {
     async fn many_flushes_at_once_all_return_and_keep_what_was_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
-        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        let store = SledStore::open(&path, DEFAULT_CACHE_BYTES).unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for clinic in 0..64 {
             let store = store.clone();
@@ -1459,7 +1324,7 @@ mod tests {
         .await
         .expect("640 flushes from 64 tasks all return");
         drop(store);
-        let store = Store::open(&path, DEFAULT_CACHE_BYTES).unwrap();
+        let store = SledStore::open(&path, DEFAULT_CACHE_BYTES).unwrap();
         for clinic in 0..64 {
             let st = store.poll_status(&format!("c{clinic}"), "leads").unwrap();
             assert_eq!(st.last_pages, 9, "clinic {clinic}");

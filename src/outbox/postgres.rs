@@ -137,10 +137,9 @@ pub(crate) async fn probe(url: &str) -> Result<Schema> {
             target: target.clone(),
             reason: describe(&e),
         })?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(&pool)
-            .await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
     if !exists {
         pool.close().await;
         return Ok(Schema::Empty);
@@ -334,7 +333,11 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn checkpoint(&self, clinic: &str, resource: &str) -> Result<Option<Checkpoint>> {
+    pub(crate) async fn checkpoint(
+        &self,
+        clinic: &str,
+        resource: &str,
+    ) -> Result<Option<Checkpoint>> {
         self.keyed_value("checkpoints", clinic, resource)
             .await?
             .map(|v| decode("checkpoint", &v))
@@ -560,11 +563,12 @@ impl PgStore {
     }
 
     pub(crate) async fn prune_changes_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
-        let n = sqlx::query("DELETE FROM journal WHERE detected_at < to_timestamp($1::float8 / 1000)")
-            .bind(cutoff.timestamp_millis() as f64)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let n =
+            sqlx::query("DELETE FROM journal WHERE detected_at < to_timestamp($1::float8 / 1000)")
+                .bind(cutoff.timestamp_millis() as f64)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
@@ -621,15 +625,22 @@ impl PgStore {
                 after = (clinic, resource, id);
             }
         }
-        sqlx::query("INSERT INTO meta (name, value) VALUES ($1, 'done') ON CONFLICT (name) DO NOTHING")
-            .bind(&marker)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ($1, 'done') ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&marker)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(changed)
     }
 
-    pub(crate) async fn erase_record(&self, clinic: &str, resource: &str, id: &str) -> Result<Erased> {
+    pub(crate) async fn erase_record(
+        &self,
+        clinic: &str,
+        resource: &str,
+        id: &str,
+    ) -> Result<Erased> {
         let mut tx = self.pool.begin().await?;
         let mut erased = Erased::default();
         let by_record = |table: &str, returning: &str| {
@@ -683,7 +694,10 @@ impl PgStore {
 
     // --- outbox ---------------------------------------------------------------------------
 
-    pub(crate) async fn outbox_entries(&self, destination: &str) -> Result<Vec<(u64, OutboxEntry)>> {
+    pub(crate) async fn outbox_entries(
+        &self,
+        destination: &str,
+    ) -> Result<Vec<(u64, OutboxEntry)>> {
         let rows = sqlx::query("SELECT seq, value FROM outbox WHERE destination = $1 ORDER BY seq")
             .bind(destination)
             .fetch_all(&self.pool)
@@ -750,7 +764,11 @@ impl PgStore {
         Ok(names.into_iter().collect())
     }
 
-    pub(crate) async fn outbox_get(&self, destination: &str, seq: u64) -> Result<Option<OutboxEntry>> {
+    pub(crate) async fn outbox_get(
+        &self,
+        destination: &str,
+        seq: u64,
+    ) -> Result<Option<OutboxEntry>> {
         let v: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT value FROM outbox WHERE destination = $1 AND seq = $2")
                 .bind(destination)
@@ -853,9 +871,11 @@ impl PgStore {
     // --- destination health ---------------------------------------------------------------
 
     pub(crate) async fn failing_destinations(&self) -> Result<Vec<(String, DestHealth)>> {
-        let rows = sqlx::query("SELECT destination, value FROM dest_health ORDER BY destination COLLATE \"C\"")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT destination, value FROM dest_health ORDER BY destination COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|r| {
                 let d: String = r.try_get(0)?;
@@ -1097,7 +1117,10 @@ async fn insert_journal(
 }
 
 /// Inserts entries (or replaces them, freeing any claim: a put is an attempt's end).
-async fn insert_outbox(tx: &mut Transaction<'static, Postgres>, entries: &[OutboxEntry]) -> Result<()> {
+async fn insert_outbox(
+    tx: &mut Transaction<'static, Postgres>,
+    entries: &[OutboxEntry],
+) -> Result<()> {
     let mut cols = (
         Vec::new(),
         Vec::new(),
@@ -1186,7 +1209,9 @@ mod tests {
 
     #[test]
     fn a_bad_url_is_an_error_that_does_not_repeat_it() {
-        let e = connect_options("mysql://u:s3cret@h/db").unwrap_err().to_string();
+        let e = connect_options("mysql://u:s3cret@h/db")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("s3cret"), "{e}");
         assert!(e.contains("not a PostgreSQL URL"), "{e}");
     }

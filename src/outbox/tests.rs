@@ -1,0 +1,678 @@
+//! The store's behaviour, the same tests on both backends: sled in a temporary folder, and
+//! PostgreSQL in a database of its own per test, made on the server `CLINICEA_TEST_POSTGRES_URL`
+//! names (`.ci/run` sets it and checks the server answers; without it the PostgreSQL half says it
+//! was skipped). Then what only PostgreSQL has: claims, fences, leases and the copy from sled.
+
+use super::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use super::lease::{hold_of, tick_of};
+use super::store::{
+    Due, JournalWrite, PageWrite, PgOptions, Store, StoreError, DEFAULT_CACHE_BYTES,
+};
+use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, Executor};
+use std::time::Duration;
+
+/// The environment variable that names a PostgreSQL server for tests.
+pub(crate) const PG_ENV: &str = "CLINICEA_TEST_POSTGRES_URL";
+
+/// A database made for one test, dropped when the test ends (pass or fail).
+pub(crate) struct PgDb {
+    admin: String,
+    name: String,
+    pub(crate) url: String,
+}
+
+impl PgDb {
+    /// A new empty database, or `None` (saying so) when no server is configured.
+    pub(crate) async fn fresh() -> Option<PgDb> {
+        let Ok(admin) = std::env::var(PG_ENV) else {
+            eprintln!("skipped: {PG_ENV} is unset (see README: the PostgreSQL tests)");
+            return None;
+        };
+        let name = format!(
+            "cn_unit_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut c = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("{PG_ENV} is set but the server does not answer: {e}"));
+        c.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&name);
+        Some(PgDb {
+            admin,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    fn options(&self, holder: Option<&str>, lease: Duration) -> PgOptions {
+        PgOptions {
+            url: self.url.clone(),
+            holder: holder.map(str::to_string),
+            lease,
+        }
+    }
+
+    /// A store on this database (unfenced).
+    pub(crate) async fn store(&self) -> Store {
+        Store::open_postgres(&self.options(None, Duration::from_secs(30)))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = c
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Where a test's store lives while it runs (dropped with the test: the folder or database goes).
+#[allow(dead_code)]
+enum Home {
+    Sled(tempfile::TempDir),
+    Postgres(PgDb),
+}
+
+/// A test's store on one backend, or `None` when that backend is not available here.
+async fn store_on(postgres: bool) -> Option<(Store, Home)> {
+    if postgres {
+        let db = PgDb::fresh().await?;
+        Some((db.store().await, Home::Postgres(db)))
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data"), DEFAULT_CACHE_BYTES).unwrap();
+        Some((store, Home::Sled(dir)))
+    }
+}
+
+/// A pair of tests, one per backend, running the same body.
+macro_rules! on_both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sled() {
+                let (store, _home) = super::store_on(false).await.unwrap();
+                super::$body(&store).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                let Some((store, _home)) = super::store_on(true).await else {
+                    return;
+                };
+                super::$body(&store).await;
+            }
+        }
+    };
+}
+
+/// A queued webhook delivery of record `a`.
+fn entry(destination: &str, seq: u64) -> OutboxEntry {
+    OutboxEntry {
+        seq,
+        destination: destination.into(),
+        clinic: "default".into(),
+        webhook_id: format!("msg_{seq}"),
+        event_type: "leads.added".into(),
+        resource: "leads".into(),
+        record_id: "a".into(),
+        rule: "r".into(),
+        change_seq: 1,
+        payload: crate::route::plan::Payload::Webhook { body: "{}".into() },
+        attempts: 0,
+        next_attempt_ms: 0,
+        created_ms: 0,
+    }
+}
+
+fn change(id: &str, secs: i64) -> JournalWrite {
+    let c = crate::model::Change {
+        clinic: "default".into(),
+        resource: "leads".into(),
+        id: id.into(),
+        kind: crate::model::ChangeKind::Added,
+        record: serde_json::json!({}),
+        previous: None,
+        changed_fields: vec![],
+        server_status: None,
+        detected_at: DateTime::from_timestamp(secs, 0).unwrap(),
+    };
+    JournalWrite {
+        seq: secs as u64,
+        record_id: id.into(),
+        detected_at: c.detected_at,
+        value: serde_json::to_vec(&c).unwrap(),
+    }
+}
+
+fn snap(id: &str, v: u8) -> (String, Vec<u8>) {
+    (
+        id.to_string(),
+        format!("{{\"ID\":\"{id}\",\"V\":{v}}}").into_bytes(),
+    )
+}
+
+async fn a_page_is_committed_whole_and_entries_come_back_in_order(store: &Store) {
+    let page = PageWrite {
+        // `a` twice in one page: the later version wins.
+        snapshots: vec![snap("a", 1), snap("b", 1), snap("a", 2)],
+        changes: vec![change("a", 100)],
+        outbox: vec![entry("hook", 300), entry("hook", 2), entry("hook2", 1)],
+        dead: vec![],
+    };
+    store.commit_page("default", "leads", &page).await.unwrap();
+    assert_eq!(
+        store.snapshot("default", "leads", "a").await.unwrap(),
+        Some(serde_json::json!({"ID":"a","V":2}))
+    );
+    let raw = store
+        .snapshots_raw("default", "leads", &["a", "b", "zz"])
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 2, "only what is stored");
+    assert_eq!(raw["b"], snap("b", 1).1, "the bytes as committed");
+    assert_eq!(store.snapshot_count("default", "leads").await.unwrap(), 2);
+    assert_eq!(store.snapshot_count("other", "leads").await.unwrap(), 0);
+    let seqs: Vec<u64> = store
+        .outbox_entries("hook")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(seqs, vec![2, 300]);
+    let due: Vec<Due> = store
+        .outbox_due("hook")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        due,
+        vec![Due { seq: 2, at_ms: 0 }, Due { seq: 300, at_ms: 0 }]
+    );
+    let all = store.all_outbox().await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].destination, "hook2");
+    assert_eq!(store.outbox_len().await.unwrap(), 3);
+    assert_eq!(
+        store
+            .outbox_destinations()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["hook", "hook2"]
+    );
+    let counts = store.outbox_counts().await.unwrap();
+    assert_eq!(counts["hook"], (2, 0));
+    // To the dead letters and back, each in one transaction.
+    let dead = DeadLetter {
+        entry: entry("hook", 2),
+        reason: "dead".into(),
+        died_ms: 5,
+    };
+    store.outbox_to_dead(&dead).await.unwrap();
+    assert_eq!(store.outbox_entries("hook").await.unwrap().len(), 1);
+    assert_eq!(store.dead_get(2).await.unwrap(), Some(dead));
+    assert_eq!(store.dead_len().await.unwrap(), 1);
+    let mut again = entry("hook", 2);
+    again.attempts = 0;
+    store.dead_to_outbox(&again).await.unwrap();
+    assert_eq!(store.dead_len().await.unwrap(), 0);
+    assert_eq!(store.outbox_get("hook", 2).await.unwrap(), Some(again));
+    // A retry's new state replaces the entry.
+    let mut retried = entry("hook", 2);
+    retried.attempts = 1;
+    retried.next_attempt_ms = 77;
+    store.outbox_put(&retried).await.unwrap();
+    assert_eq!(store.outbox_counts().await.unwrap()["hook"], (1, 1));
+    store.outbox_remove("hook", 2).await.unwrap();
+    assert_eq!(store.outbox_get("hook", 2).await.unwrap(), None);
+}
+on_both!(
+    page_commit,
+    a_page_is_committed_whole_and_entries_come_back_in_order
+);
+
+async fn checkpoints_status_and_attempts_round_trip(store: &Store) {
+    assert_eq!(store.checkpoint("c", "leads").await.unwrap(), None);
+    let t = DateTime::from_timestamp(1_000, 0).unwrap();
+    let cp = Checkpoint {
+        origin: t,
+        last_success_start: Some(t),
+        skew_ms: Some(3),
+        origin_on_our_clock: true,
+    };
+    store
+        .set_first_checkpoint("c", "leads", &cp, Some(&Baseline::new(t, 0, t)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.checkpoint("c", "leads").await.unwrap(),
+        Some(cp.clone())
+    );
+    assert!(store.baseline("c", "leads").await.unwrap().is_some());
+    let st = PollStatus {
+        last_pages: 4,
+        ..PollStatus::default()
+    };
+    store.set_poll_status("c", "leads", &st).await.unwrap();
+    assert_eq!(store.poll_status("c", "leads").await.unwrap().last_pages, 4);
+    let log = |attempt| AttemptLog {
+        at_ms: 1,
+        attempt,
+        status: Some(503),
+        duration_ms: 3,
+        response: "busy".into(),
+        verdict: crate::model::Verdict::Fail {
+            reason: "HTTP 503".into(),
+        },
+    };
+    store.log_attempt(7, &log(2)).await.unwrap();
+    store.log_attempt(7, &log(1)).await.unwrap();
+    assert_eq!(store.attempts(7).await.unwrap(), vec![log(1), log(2)]);
+    store.forget_attempts(7).await.unwrap();
+    assert!(store.attempts(7).await.unwrap().is_empty());
+    let first = store.next_id().await.unwrap();
+    let second = store.next_id().await.unwrap();
+    assert!(second > first, "ids increase");
+}
+on_both!(round_trips, checkpoints_status_and_attempts_round_trip);
+
+async fn the_journal_prunes_by_age_only(store: &Store) {
+    let page = PageWrite {
+        changes: vec![change("a", 100), change("b", 200), change("c", 300)],
+        ..PageWrite::default()
+    };
+    store.commit_page("default", "leads", &page).await.unwrap();
+    let removed = store
+        .prune_changes_before(DateTime::from_timestamp(250, 0).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    let left: Vec<String> = store
+        .changes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c.id)
+        .collect();
+    assert_eq!(left, vec!["c"]);
+    assert_eq!(store.change_count().await.unwrap(), 1);
+}
+on_both!(journal, the_journal_prunes_by_age_only);
+
+async fn the_baseline_keeps_the_version_read_first_and_merges_where_nothing_newer_is_stored(
+    store: &Store,
+) {
+    let t = DateTime::from_timestamp(1_000, 0).unwrap();
+    let mut b = Baseline::new(t, 0, t);
+    store
+        .commit_baseline_chunk("default", "leads", &[snap("a", 1), snap("b", 1)], None)
+        .await
+        .unwrap();
+    b.next_page = 1;
+    store
+        .commit_baseline_chunk("default", "leads", &[snap("a", 2), snap("c", 1)], Some(&b))
+        .await
+        .unwrap();
+    assert_eq!(store.baseline("default", "leads").await.unwrap(), Some(b));
+    let raw = store
+        .baseline_snapshots_raw("default", "leads", &["a"])
+        .await
+        .unwrap();
+    assert_eq!(raw["a"], snap("a", 1).1);
+    assert_eq!(
+        store
+            .baseline_snapshot_count("default", "leads")
+            .await
+            .unwrap(),
+        3
+    );
+    let page = PageWrite {
+        snapshots: vec![snap("c", 9)],
+        ..PageWrite::default()
+    };
+    store.commit_page("default", "leads", &page).await.unwrap();
+    assert_eq!(store.merge_baseline("default", "leads").await.unwrap(), 2);
+    assert_eq!(
+        store
+            .baseline_snapshot_count("default", "leads")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.snapshot_count("default", "leads").await.unwrap(), 3);
+    let c = store
+        .snapshot("default", "leads", "c")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c["V"], 9);
+    assert_eq!(
+        store.merge_baseline("default", "leads").await.unwrap(),
+        0,
+        "idempotent"
+    );
+}
+on_both!(
+    baseline,
+    the_baseline_keeps_the_version_read_first_and_merges_where_nothing_newer_is_stored
+);
+
+async fn erasing_a_record_removes_every_trace_of_it_and_nothing_else(store: &Store) {
+    let mut other = entry("hook", 2);
+    other.record_id = "b".into();
+    let dead_a = DeadLetter {
+        entry: entry("hook", 3),
+        reason: "x".into(),
+        died_ms: 1,
+    };
+    let page = PageWrite {
+        snapshots: vec![snap("a", 1), snap("b", 1)],
+        changes: vec![change("a", 10), change("b", 20)],
+        outbox: vec![entry("hook", 1), other],
+        dead: vec![dead_a],
+    };
+    store.commit_page("default", "leads", &page).await.unwrap();
+    store
+        .log_attempt(
+            1,
+            &AttemptLog {
+                at_ms: 1,
+                attempt: 1,
+                status: None,
+                duration_ms: 1,
+                response: String::new(),
+                verdict: crate::model::Verdict::Success,
+            },
+        )
+        .await
+        .unwrap();
+    let erased = store.erase_record("default", "leads", "a").await.unwrap();
+    assert_eq!(
+        (
+            erased.snapshots,
+            erased.changes,
+            erased.outbox,
+            erased.dead,
+            erased.attempts
+        ),
+        (1, 1, 1, 1, 1)
+    );
+    assert_eq!(store.snapshot("default", "leads", "a").await.unwrap(), None);
+    assert!(store
+        .snapshot("default", "leads", "b")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
+    assert_eq!(store.change_count().await.unwrap(), 1);
+    assert_eq!(store.dead_len().await.unwrap(), 0);
+}
+on_both!(
+    erasure,
+    erasing_a_record_removes_every_trace_of_it_and_nothing_else
+);
+
+async fn dead_letters_purge_by_age_and_health_marks_clear(store: &Store) {
+    for (seq, died) in [(1, 100), (2, 200)] {
+        let d = DeadLetter {
+            entry: entry("hook", seq),
+            reason: "x".into(),
+            died_ms: died,
+        };
+        store.outbox_to_dead(&d).await.unwrap();
+    }
+    assert_eq!(store.purge_dead(Some(150)).await.unwrap(), 1);
+    assert_eq!(store.dead_entries().await.unwrap()[0].0, 2);
+    assert_eq!(store.purge_dead(None).await.unwrap(), 1);
+    let h = super::store::DestHealth {
+        since: Utc::now(),
+        reason: "gone".into(),
+    };
+    store
+        .set_destination_failing("hook", Some(&h))
+        .await
+        .unwrap();
+    assert_eq!(store.failing_destinations().await.unwrap().len(), 1);
+    store.set_destination_failing("hook", None).await.unwrap();
+    assert!(store.failing_destinations().await.unwrap().is_empty());
+}
+on_both!(
+    dead_letters,
+    dead_letters_purge_by_age_and_health_marks_clear
+);
+
+// --- PostgreSQL only -------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_change_id_key_and_never_hand_out_one_id_twice() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let (a, b) = (db.store().await, db.store().await);
+    let id = |s: &Store| {
+        let c = crate::model::Change {
+            clinic: "default".into(),
+            resource: "leads".into(),
+            id: "1".into(),
+            kind: crate::model::ChangeKind::Added,
+            record: serde_json::json!({"ID": "1"}),
+            previous: None,
+            changed_fields: vec![],
+            server_status: None,
+            detected_at: Utc::now(),
+        };
+        c.change_id(s.id_key())
+    };
+    assert_eq!(id(&a), id(&b), "the same webhook-id from either replica");
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..1500 {
+        assert!(ids.insert(a.next_id().await.unwrap()));
+        assert!(ids.insert(b.next_id().await.unwrap()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_claims_an_entry_and_the_other_gets_nothing_until_the_claim_ends() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let (a, b) = (db.store().await, db.store().await);
+    let page = PageWrite {
+        outbox: vec![entry("hook", 1)],
+        ..PageWrite::default()
+    };
+    a.commit_page("default", "leads", &page).await.unwrap();
+    let hold = Duration::from_millis(400);
+    assert!(a.outbox_claim("hook", 1, hold).await.unwrap().is_some());
+    assert!(
+        b.outbox_claim("hook", 1, hold).await.unwrap().is_none(),
+        "claimed by the other replica"
+    );
+    assert!(
+        b.outbox_due("hook").await.unwrap().is_empty(),
+        "a claimed entry is not due elsewhere"
+    );
+    // A replica that died mid-attempt: its claim expires and the entry is free again.
+    tokio::time::sleep(hold + Duration::from_millis(200)).await;
+    assert_eq!(b.outbox_due("hook").await.unwrap().len(), 1);
+    let mut e = b.outbox_claim("hook", 1, hold).await.unwrap().unwrap();
+    // Putting it back (a retry) ends the claim at once.
+    e.attempts = 1;
+    b.outbox_put(&e).await.unwrap();
+    assert!(a.outbox_claim("hook", 1, hold).await.unwrap().is_some());
+    // Two claims at the same instant: exactly one wins.
+    let page = PageWrite {
+        outbox: (10..30).map(|s| entry("hook", s)).collect(),
+        ..PageWrite::default()
+    };
+    a.commit_page("default", "leads", &page).await.unwrap();
+    let mut wins = 0;
+    for seq in 10..30 {
+        let (x, y) = tokio::join!(
+            a.outbox_claim("hook", seq, Duration::from_secs(30)),
+            b.outbox_claim("hook", seq, Duration::from_secs(30))
+        );
+        wins += usize::from(x.unwrap().is_some()) + usize::from(y.unwrap().is_some());
+    }
+    assert_eq!(wins, 20, "one claim per entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_writes_a_clinic_only_while_it_holds_its_lease() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let lease = Duration::from_secs(3);
+    let a = Store::open_postgres(&db.options(Some("replica-a"), lease))
+        .await
+        .unwrap();
+    let b = Store::open_postgres(&db.options(Some("replica-b"), lease))
+        .await
+        .unwrap();
+    let (pa, pb) = (a.postgres().unwrap(), b.postgres().unwrap());
+    let page = || PageWrite {
+        snapshots: vec![snap("x", 1)],
+        ..PageWrite::default()
+    };
+    // Without the lease: refused, nothing written.
+    let e = a.commit_page("north", "leads", &page()).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::LeaseLost { ref clinic } if clinic == "north"),
+        "{e}"
+    );
+    assert_eq!(a.snapshot_count("north", "leads").await.unwrap(), 0);
+    let clinics: Vec<String> = vec!["north".into(), "south".into()];
+    // Alone, a replica takes all; the other finds nothing free.
+    assert_eq!(pa.heartbeat().await.unwrap(), 1);
+    assert_eq!(pa.acquire_leases(&clinics, 2).await.unwrap().len(), 2);
+    assert!(pb.acquire_leases(&clinics, 2).await.unwrap().is_empty());
+    a.commit_page("north", "leads", &page()).await.unwrap();
+    assert_eq!(pb.heartbeat().await.unwrap(), 2, "both alive");
+    // A gives one back (its fair share is one now); B takes it and may write it.
+    pa.release_leases(&["south".to_string()]).await.unwrap();
+    assert_eq!(pb.acquire_leases(&clinics, 1).await.unwrap(), vec!["south"]);
+    b.commit_page("south", "leads", &page()).await.unwrap();
+    // A stops renewing (it died, or was cut off): its lease expires and B takes north over;
+    // A's late write is refused.
+    let half = (hold_of(lease) + tick_of(lease)) / 2;
+    tokio::time::sleep(half).await;
+    assert_eq!(pb.renew_leases().await.unwrap(), vec!["south"], "B renews");
+    tokio::time::sleep(half).await;
+    assert_eq!(pb.renew_leases().await.unwrap(), vec!["south"]);
+    assert_eq!(pb.acquire_leases(&clinics, 1).await.unwrap(), vec!["north"]);
+    let e = a.commit_page("north", "leads", &page()).await.unwrap_err();
+    assert!(matches!(e, StoreError::LeaseLost { .. }), "{e}");
+    assert!(
+        pa.renew_leases().await.unwrap().is_empty(),
+        "A holds nothing now"
+    );
+    let cp = Checkpoint {
+        origin: Utc::now(),
+        last_success_start: None,
+        skew_ms: None,
+        origin_on_our_clock: true,
+    };
+    assert!(a.set_checkpoint("north", "leads", &cp).await.is_err());
+    b.set_checkpoint("north", "leads", &cp).await.unwrap();
+    // A clean stop gives everything back at once.
+    pb.leave().await.unwrap();
+    assert!(pb.leases().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue() {
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let (sled, _dir) = store_on(false).await.unwrap();
+    let t = DateTime::from_timestamp(5_000, 0).unwrap();
+    let cp = Checkpoint {
+        origin: t,
+        last_success_start: Some(t),
+        skew_ms: None,
+        origin_on_our_clock: false,
+    };
+    sled.set_first_checkpoint("default", "leads", &cp, None)
+        .await
+        .unwrap();
+    let page = PageWrite {
+        snapshots: vec![snap("a", 1), snap("b", 2)],
+        changes: vec![change("a", 10)],
+        outbox: vec![entry("hook", 5)],
+        dead: vec![DeadLetter {
+            entry: entry("hook", 6),
+            reason: "x".into(),
+            died_ms: 1,
+        }],
+    };
+    sled.commit_page("default", "leads", &page).await.unwrap();
+    for _ in 0..10 {
+        sled.next_id().await.unwrap();
+    }
+    let last_sled_id = sled.next_id().await.unwrap();
+    let pg = db.store().await;
+    let p = pg.postgres().unwrap();
+    assert!(p.is_empty().await.unwrap());
+    p.import(&sled.sled().unwrap().export().unwrap())
+        .await
+        .unwrap();
+    assert!(!p.is_empty().await.unwrap());
+    // Reopened: the key read is the copied one, so every webhook-id stays the same.
+    let pg = db.store().await;
+    let probe = crate::model::Change {
+        clinic: "default".into(),
+        resource: "leads".into(),
+        id: "a".into(),
+        kind: crate::model::ChangeKind::Added,
+        record: serde_json::json!({"ID": "a"}),
+        previous: None,
+        changed_fields: vec![],
+        server_status: None,
+        detected_at: t,
+    };
+    assert_eq!(probe.change_id(pg.id_key()), probe.change_id(sled.id_key()));
+    assert_eq!(pg.checkpoint("default", "leads").await.unwrap(), Some(cp));
+    assert_eq!(pg.snapshot_count("default", "leads").await.unwrap(), 2);
+    assert_eq!(
+        pg.snapshot("default", "leads", "b").await.unwrap(),
+        sled.snapshot("default", "leads", "b").await.unwrap()
+    );
+    assert_eq!(
+        pg.all_outbox().await.unwrap(),
+        sled.all_outbox().await.unwrap()
+    );
+    assert_eq!(
+        pg.dead_entries().await.unwrap(),
+        sled.dead_entries().await.unwrap()
+    );
+    assert_eq!(pg.change_count().await.unwrap(), 1);
+    assert!(
+        pg.next_id().await.unwrap() > last_sled_id,
+        "new ids come after every copied one"
+    );
+}
