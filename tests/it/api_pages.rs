@@ -36,12 +36,12 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
     let ids = sandbox_lead_ids(&sb);
     assert_eq!(ids.len(), 65_000);
     for id in &ids {
-        let stored = engine.store.snapshot(DEFAULT_CLINIC, "leads", id).unwrap();
+        let stored = engine.store.snapshot(DEFAULT_CLINIC, "leads", id).await.unwrap();
         assert!(stored.is_some(), "lead {id} has no snapshot");
     }
     assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads"), 65_000);
     let journal = journal_ids(&engine.store);
-    assert_eq!(journal.len(), 65_000);
+    assert_eq!(journal.await.len(), 65_000);
     assert_eq!(
         journal.into_iter().collect::<HashSet<_>>(),
         ids,
@@ -128,9 +128,9 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
         "{rep:?}"
     );
     let journal = journal_ids(&engine.store);
-    assert_eq!(journal.len(), 3000);
+    assert_eq!(journal.await.len(), 3000);
     assert_eq!(
-        journal.iter().collect::<HashSet<_>>().len(),
+        journal.await.iter().collect::<HashSet<_>>().len(),
         3000,
         "each once"
     );
@@ -158,7 +158,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
     let snap = engine
         .store
         .snapshot(DEFAULT_CLINIC, "leads", "big-one")
-        .unwrap()
+        .await.unwrap()
         .unwrap();
     assert_eq!(snap["Notes"].as_str().unwrap().len(), 50_000_000);
     let peak = std::fs::read_to_string("/proc/self/status")
@@ -174,7 +174,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
         "big-one",
         json!({"Notes": "y".repeat(MAX_PAGE_BYTES + 1024 * 1024)}),
     );
-    let cp = engine.store.checkpoint(DEFAULT_CLINIC, "leads").unwrap();
+    let cp = engine.store.checkpoint(DEFAULT_CLINIC, "leads").await.unwrap();
     let e = poll_report(&engine)
         .await
         .expect_err("a page over 64 MiB is refused");
@@ -184,7 +184,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
         "{msg}"
     );
     assert_eq!(
-        engine.store.checkpoint(DEFAULT_CLINIC, "leads").unwrap(),
+        engine.store.checkpoint(DEFAULT_CLINIC, "leads").await.unwrap(),
         cp,
         "the checkpoint stays"
     );
@@ -207,7 +207,7 @@ async fn records_that_are_not_objects_are_skipped_and_counted() {
     assert!(engine
         .store
         .snapshot(DEFAULT_CLINIC, "leads", "ok-1")
-        .unwrap()
+        .await.unwrap()
         .is_some());
 }
 
@@ -264,7 +264,7 @@ async fn the_deepest_record_the_parser_takes_is_delivered() {
     let got = rx.received();
     verify_with_library(&got[0]).unwrap();
     assert!(
-        engine.store.changes().is_ok(),
+        engine.store.changes().await.is_ok(),
         "the change journal still reads"
     );
     assert_eq!(engine.store.outbox_len(), 0);
@@ -292,7 +292,7 @@ async fn invalid_utf8_in_a_page_fails_the_poll_clearly_and_the_next_poll_recover
     let cp = engine
         .store
         .checkpoint(DEFAULT_CLINIC, "leads")
-        .unwrap()
+        .await.unwrap()
         .unwrap();
     assert_eq!(
         cp.last_success_start, None,

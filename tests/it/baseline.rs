@@ -91,7 +91,7 @@ async fn a_clinic_with_2000_records_started_now_sends_nothing_then_an_old_appoin
             "{name}: {rep:?}"
         );
     }
-    let changes = engine.store.changes().unwrap();
+    let changes = engine.store.changes().await.unwrap();
     let kind_of = |id: &str| {
         changes
             .iter()
@@ -157,13 +157,13 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
     let store = open_store(&t);
     let b = store
         .baseline(DEFAULT_CLINIC, "leads")
-        .unwrap()
+        .await.unwrap()
         .expect("the baseline is recorded with the first checkpoint");
     assert!(b.finished.is_none(), "the kill came too late: {b:?}");
     assert!(b.pages > 0 && b.pages < 31, "{b:?}");
     assert_eq!(store.outbox_len(), 0);
     assert_eq!(store.change_count(), 0);
-    let cp = store.checkpoint(DEFAULT_CLINIC, "leads").unwrap().unwrap();
+    let cp = store.checkpoint(DEFAULT_CLINIC, "leads").await.unwrap().unwrap();
     assert_eq!(cp.last_success_start, None);
     drop(store);
     let status = cli(&t, &["status"]).await;
@@ -185,7 +185,7 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
         b.pages
     );
     let store = open_store(&t);
-    let done = store.baseline(DEFAULT_CLINIC, "leads").unwrap().unwrap();
+    let done = store.baseline(DEFAULT_CLINIC, "leads").await.unwrap().unwrap();
     assert!(done.finished.is_some(), "{done:?}");
     assert_eq!(store.snapshot_count(DEFAULT_CLINIC, "leads"), 3000);
     assert_eq!(
@@ -251,7 +251,7 @@ async fn records_changed_while_the_baseline_runs_are_sent_by_the_first_poll_afte
     let rep = poll_report(&engine).await.unwrap();
     edits.await.unwrap();
     assert!(rep.baseline_records >= 450, "{rep:?}");
-    let changes = engine.store.changes().unwrap();
+    let changes = engine.store.changes().await.unwrap();
     let kind_of = |id: &str| {
         changes
             .iter()

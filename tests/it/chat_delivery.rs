@@ -190,7 +190,7 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
         assert_eq!(engine.store.outbox_len(), 0);
         // And `status` shows the destination as failing.
         let text = clinicea_notifier::commands::status::status_text(&_t.settings(), &engine.store)
-            .unwrap();
+            .await.unwrap();
         assert!(text.contains("FAILING since"), "{kind}: {text}");
         assert!(text.contains("404"), "{kind}: {text}");
     }
@@ -241,7 +241,7 @@ async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
             "{kind}: the wait is bounded by MAX_RETRY_AFTER: {wait_ms} ms"
         );
         let logs = attempt_logs(&engine, q[0].seq);
-        assert_eq!(logs.len(), 1, "{kind}");
+        assert_eq!(logs.await.len(), 1, "{kind}");
         assert!(
             matches!(&logs[0].verdict, clinicea_notifier::model::Verdict::Retry { retry_after: Some(d), .. } if *d == MAX_RETRY_AFTER),
             "{kind}: {:?}",

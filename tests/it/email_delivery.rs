@@ -256,7 +256,7 @@ async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
     let entry = queued(&engine, "front-desk").remove(0);
     assert_eq!(entry.attempts, 1);
     let logs = attempt_logs(&engine, entry.seq);
-    assert_eq!(logs.len(), 1);
+    assert_eq!(logs.await.len(), 1);
     assert_eq!(logs[0].status, Some(421));
     assert_eq!(
         message_ids(&engine)["frontdesk@clinic.example"],
@@ -295,7 +295,7 @@ async fn a_server_that_is_down_is_retried_then_delivered_when_it_comes_up() {
     let entry = queued(&engine, "front-desk").remove(0);
     assert_eq!(entry.attempts, 1, "still queued, one attempt made");
     let logs = attempt_logs(&engine, entry.seq);
-    assert_eq!(logs.len(), 1);
+    assert_eq!(logs.await.len(), 1);
     let reason = format!("{:?}", logs[0].verdict);
     assert!(
         reason.contains("Retry") && reason.contains("SMTP"),

@@ -33,7 +33,7 @@ async fn once_then_status(t: &TestDir, status: u16, leaks: &[&str]) -> Seen {
     assert!(status_out.status.success(), "{}", output_text(&status_out));
     let stored = open_store(t)
         .poll_status("default", "leads")
-        .unwrap()
+        .await.unwrap()
         .last_error
         .expect("the failure is stored");
     let seen = Seen {
@@ -196,7 +196,7 @@ async fn dead_show_prints_a_receivers_escape_sequences_as_text() {
         sb.sandbox.insert("leads", test_lead());
         poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(15)).await;
-        let dead = engine.store.dead_entries().unwrap();
+        let dead = engine.store.dead_entries().await.unwrap();
         assert_eq!(dead.len(), 1, "the 400 is a dead letter");
         let log = attempt_logs(&engine, dead[0].0);
         assert_eq!(log[0].response, HOSTILE, "the response is kept as it came");

@@ -330,12 +330,12 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     }
     let store = Store::open(&store_path, DEFAULT_CACHE_BYTES).unwrap();
     assert_eq!(store.outbox_len(), 0, "the outbox drains");
-    let dead: Vec<DeadLetter> = store_dead_letters(&store);
+    let dead: Vec<DeadLetter> = store_dead_letters(&store).await;
     let changes = store.change_count();
-    let journal = store.changes().unwrap();
+    let journal = store.changes().await.unwrap();
     let checkpoints: Vec<String> = ["leads", "patients", "appointments"]
         .iter()
-        .map(|r| format!("{r}: {:?}", store.checkpoint("default", r).unwrap()))
+        .map(|r| format!("{r}: {:?}", store.checkpoint("default", r).await.unwrap()))
         .collect();
     drop(store);
 

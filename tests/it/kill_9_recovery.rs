@@ -47,7 +47,7 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
         let store = open_store(&t);
         let cp = store
             .checkpoint("default", "leads")
-            .expect("checkpoint reads")
+            .await.expect("checkpoint reads")
             .expect("the origin is fixed durably before the first page");
         assert_eq!(
             cp.last_success_start, None,
@@ -58,9 +58,9 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
             duplicates(&ids).is_empty(),
             "round {round}: twice in the journal"
         );
-        assert!(ids.len() < 3000, "round {round}: {} journaled", ids.len());
-        assert!(ids.iter().all(|id| all.contains(id)));
-        journaled_after_kill.push(ids.len());
+        assert!(ids.await.len() < 3000, "round {round}: {} journaled", ids.await.len());
+        assert!(ids.await.iter().all(|id| all.contains(id)));
+        journaled_after_kill.push(ids.await.len());
     }
 
     let out = cli(&t, &["once"]).await;
@@ -85,7 +85,7 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
     );
     assert_eq!(journaled.len(), 3000);
     assert_eq!(store.snapshot_count("default", "leads"), 3000);
-    let cp = store.checkpoint("default", "leads").unwrap().unwrap();
+    let cp = store.checkpoint("default", "leads").await.unwrap().unwrap();
     assert!(
         cp.last_success_start.is_some(),
         "the completed sync advanced the checkpoint"
@@ -214,7 +214,7 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
     assert_eq!(store.dead_len(), 0, "no dead letters");
     let ids = journal_ids(&store);
     assert!(duplicates(&ids).is_empty(), "each change journaled once");
-    assert_eq!(ids.len(), LEADS);
+    assert_eq!(ids.await.len(), LEADS);
     eprintln!(
         "delivery crash test: kills at (target, requests seen, lead pages served) {kills:?}; {} requests, {oks} answered 2xx, {} duplicate 2xx deliveries (same webhook-id), 0 lost, 0 dead",
         got.len(),
@@ -309,7 +309,7 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
     let store = open_store(&t);
     let journal: HashSet<String> = store
         .changes()
-        .unwrap()
+        .await.unwrap()
         .into_iter()
         .map(|(_, c)| c.change_id(store.id_key()))
         .collect();

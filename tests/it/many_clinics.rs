@@ -150,7 +150,7 @@ async fn the_same_record_in_two_clinics_is_two_changes_with_two_webhook_ids() {
     let store = open_store(&t);
     let sent: HashSet<String> = store
         .changes()
-        .unwrap()
+        .await.unwrap()
         .iter()
         .map(|(_, c)| c.change_id(store.id_key()))
         .collect();
@@ -301,8 +301,8 @@ async fn a_reload_adds_a_clinic_and_a_removed_one_keeps_its_checkpoint_for_its_r
     );
     d.terminate(Duration::from_secs(30)).await;
     let store = open_store(&t);
-    assert!(store.checkpoint("south", "leads").unwrap().is_some());
-    assert!(store.checkpoint("north", "leads").unwrap().is_some());
+    assert!(store.checkpoint("south", "leads").await.unwrap().is_some());
+    assert!(store.checkpoint("north", "leads").await.unwrap().is_some());
     assert!(clinics_by_id(&rx.received()).contains(&(id(&n1), "north".into())));
 }
 
@@ -376,7 +376,7 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
     let store = open_store(&t);
     assert!(store
         .changes()
-        .unwrap()
+        .await.unwrap()
         .iter()
         .all(|(_, c)| c.clinic == "default"));
 }

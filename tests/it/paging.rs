@@ -25,11 +25,11 @@ fn canon(v: &Value) -> String {
 }
 
 /// The leads checkpoint of `engine`.
-fn checkpoint(engine: &Engine) -> clinicea_notifier::ingest::state::Checkpoint {
+async fn checkpoint(engine: &Engine) -> clinicea_notifier::ingest::state::Checkpoint {
     engine
         .store
         .checkpoint(DEFAULT_CLINIC, "leads")
-        .unwrap()
+        .await.unwrap()
         .expect("a checkpoint once polled")
 }
 
@@ -46,9 +46,9 @@ async fn poll_leads(engine: &Engine) -> PollReport {
 
 /// The sandbox's leads (final versions) whose version is nowhere in the journal, and the
 /// journal's (id, version) pairs recorded more than once.
-fn undelivered(sb: &SandboxHandle, engine: &Engine) -> (Vec<String>, Vec<String>) {
+async fn undelivered(sb: &SandboxHandle, engine: &Engine) -> (Vec<String>, Vec<String>) {
     let mut journal: HashMap<(String, String), usize> = HashMap::new();
-    for (_, c) in engine.store.changes().unwrap() {
+    for (_, c) in engine.store.changes().await.unwrap() {
         *journal.entry((c.id.clone(), canon(&c.record))).or_default() += 1;
     }
     let missing = sb
@@ -100,7 +100,7 @@ async fn backfill_case(seed: u64, order: Order, leads: usize, edits: u32) -> Res
                 "a poll without edits did not settle: {rep:?} (seed {seed}, {order:?})"
             ));
         }
-        let (missing, twice) = undelivered(&sb, &engine);
+        let (missing, twice) = undelivered(&sb, &engine).await;
         if !twice.is_empty() {
             return Err(format!(
                 "versions journaled twice (seed {seed}, {order:?}): {twice:?}"
@@ -178,11 +178,11 @@ async fn a_shifted_window_is_read_again_and_a_steady_one_costs_no_extra_request(
     assert!(rep.settled || rep.passes == 3, "{rep:?}");
     let rep = poll_leads(&fresh).await;
     assert!(rep.settled, "{rep:?}");
-    let (missing, twice) = undelivered(&sb, &fresh);
+    let (missing, twice) = undelivered(&sb, &fresh).await;
     assert!(missing.is_empty(), "undelivered: {missing:?}");
     assert!(twice.is_empty(), "journaled twice: {twice:?}");
     assert!(
-        cp.last_success_start.is_some(),
+        cp.await.last_success_start.is_some(),
         "a settled poll moves the checkpoint"
     );
 }
@@ -206,14 +206,14 @@ async fn an_unsettled_poll_keeps_the_checkpoint() {
     );
     assert_eq!(rep.passes, clinicea_notifier::ingest::poll::MAX_PASSES);
     let cp = checkpoint(&engine);
-    assert_eq!(cp.last_success_start, None, "the checkpoint did not move");
+    assert_eq!(cp.await.last_success_start, None, "the checkpoint did not move");
     // Once the order is stable again, the next poll settles and moves it.
     sb.sandbox.set_order(Order::Id);
     let rep = poll_leads(&engine).await;
     assert!(rep.settled, "{rep:?}");
     let cp = checkpoint(&engine);
-    assert!(cp.last_success_start.is_some());
-    let (missing, twice) = undelivered(&sb, &engine);
+    assert!(cp.await.last_success_start.is_some());
+    let (missing, twice) = undelivered(&sb, &engine).await;
     assert!(
         missing.is_empty() && twice.is_empty(),
         "{missing:?} {twice:?}"
@@ -256,7 +256,7 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
     let journal: BTreeSet<(String, String)> = engine
         .store
         .changes()
-        .unwrap()
+        .await.unwrap()
         .into_iter()
         .map(|(_, c)| (c.id.clone(), canon(&c.record)))
         .collect();
@@ -267,7 +267,7 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
         lost.len(),
         expected.len()
     );
-    let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").unwrap();
+    let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").await.unwrap();
     let skew = status.clock_skew_ms.expect("the skew is measured") as f64 / 1000.0;
     assert!(
         (skew - offset_secs as f64).abs() < 3.0,
@@ -275,10 +275,10 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
     );
     let cp = checkpoint(&engine);
     assert!(
-        !cp.origin_on_our_clock,
+        !cp.await.origin_on_our_clock,
         "the origin moved onto the API's clock"
     );
-    assert!(cp.skew_ms.is_some());
+    assert!(cp.await.skew_ms.is_some());
 }
 
 #[tokio::test]
@@ -306,15 +306,15 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
     let engine = t.engine();
     let before = chrono::Utc::now();
     poll_leads(&engine).await;
-    let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").unwrap();
+    let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").await.unwrap();
     assert!(status.api_date_unusable);
     assert_eq!(status.clock_skew_ms, None);
     let cp = checkpoint(&engine);
-    assert_eq!(cp.skew_ms, None);
-    let start = cp.last_success_start.unwrap();
+    assert_eq!(cp.await.skew_ms, None);
+    let start = cp.await.last_success_start.unwrap();
     assert!(start >= before && start <= chrono::Utc::now(), "our clock");
     let overlap = t.settings().base.clinics[0].clinicea.overlap;
-    let since = cp.since(overlap);
+    let since = cp.await.since(overlap);
     assert_eq!(
         since,
         start - chrono::TimeDelta::from_std(overlap * 2).unwrap(),

@@ -20,11 +20,11 @@ async fn syncs_137_leads_over_two_pages_from_page_0() {
     let rep = results[0].result.as_ref().expect("poll succeeds");
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 137, 137));
     let ids = journal_ids(&engine.store);
-    assert_eq!(ids.len(), 137);
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 137, "each once");
+    assert_eq!(ids.await.len(), 137);
+    assert_eq!(ids.await.iter().collect::<HashSet<_>>().len(), 137, "each once");
     // Two pages for the silent baseline at first start, two for the poll from the origin.
     assert_eq!(sb.sandbox.stats().requests.get("leads"), Some(&4));
-    let changes = engine.store.changes().unwrap();
+    let changes = engine.store.changes().await.unwrap();
     assert!(changes.iter().all(|(_, c)| c.kind == ChangeKind::Added));
 }
 
@@ -47,7 +47,7 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
     assert_eq!(rep.changes, 137);
     assert_eq!(
         journal_ids(&engine.store)
-            .iter()
+            .await.iter()
             .collect::<HashSet<_>>()
             .len(),
         137
@@ -92,7 +92,7 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
 
     let rep = poll_report(&engine).await.expect("second poll");
     assert_eq!(rep.changes, 1);
-    let (_, change) = engine.store.changes().unwrap().pop().unwrap();
+    let (_, change) = engine.store.changes().await.unwrap().pop().unwrap();
     assert_eq!(change.kind, ChangeKind::Modified);
     assert_eq!(change.id, id);
     assert!(
@@ -127,7 +127,7 @@ async fn a_delete_is_deleted() {
     assert!(sb.sandbox.delete("leads", &id));
     let rep = poll_report(&engine).await.expect("second poll");
     assert_eq!(rep.changes, 1);
-    let (_, change) = engine.store.changes().unwrap().pop().unwrap();
+    let (_, change) = engine.store.changes().await.unwrap().pop().unwrap();
     assert_eq!(
         (change.kind, change.id.as_str()),
         (ChangeKind::Deleted, id.as_str())
@@ -196,10 +196,10 @@ async fn a_401_names_the_resource_and_status_and_never_the_key() {
     let cp = engine
         .store
         .checkpoint("default", "leads")
-        .unwrap()
+        .await.unwrap()
         .unwrap();
     assert!(cp.last_success_start.is_none());
-    let st = engine.store.poll_status("default", "leads").unwrap();
+    let st = engine.store.poll_status("default", "leads").await.unwrap();
     assert_eq!(st.consecutive_failures, 1);
 }
 
@@ -262,9 +262,9 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
     let rep = poll_report(&engine).await.expect("re-run succeeds");
     assert_eq!(rep.changes, 37, "only the rest is new");
     let ids = journal_ids(&engine.store);
-    assert_eq!(ids.len(), 137);
+    assert_eq!(ids.await.len(), 137);
     assert_eq!(
-        ids.iter().collect::<HashSet<_>>().len(),
+        ids.await.iter().collect::<HashSet<_>>().len(),
         137,
         "every change exactly once"
     );

@@ -47,7 +47,7 @@ async fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
                 ..PageWrite::default()
             },
         )
-        .unwrap();
+        .await.unwrap();
     let log = AttemptLog {
         at_ms: died_ms,
         attempt: 1,
@@ -58,7 +58,7 @@ async fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
             reason: "HTTP 400".into(),
         },
     };
-    store.log_attempt(seq, &log).unwrap();
+    store.log_attempt(seq, &log).await.unwrap();
     store.flush().await.unwrap();
 }
 
@@ -87,16 +87,16 @@ async fn once_deletes_dead_letters_past_their_retention_and_keeps_the_rest() {
         let store = open_store(&t);
         let left: Vec<u64> = store
             .dead_entries()
-            .unwrap()
+            .await.unwrap()
             .into_iter()
             .map(|(s, _)| s)
             .collect();
         assert_eq!(left, vec![2]);
         assert!(
-            store.attempts(1).unwrap().is_empty(),
+            store.attempts(1).await.unwrap().is_empty(),
             "its attempts went too"
         );
-        assert_eq!(store.attempts(2).unwrap().len(), 1);
+        assert_eq!(store.attempts(2).await.unwrap().len(), 1);
     }
     // A shorter retention from the config.
     t.rewrite(
@@ -108,7 +108,7 @@ async fn once_deletes_dead_letters_past_their_retention_and_keeps_the_rest() {
     assert!(out.status.success(), "{}", output_text(&out));
     let store = open_store(&t);
     assert_eq!(store.dead_len(), 0);
-    assert!(store.attempts(2).unwrap().is_empty());
+    assert!(store.attempts(2).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +137,7 @@ async fn run_deletes_dead_letters_past_their_retention() {
         .is_some_and(|s| s.success()));
     let store = open_store(&t);
     assert_eq!(store.dead_len(), 1);
-    assert!(store.dead_get(2).unwrap().is_some());
+    assert!(store.dead_get(2).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -208,7 +208,7 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
         engine
             .store
             .snapshot(DEFAULT_CLINIC, "leads", "L1")
-            .unwrap(),
+            .await.unwrap(),
         Some(json!({"ID": "L1", "IsDeleted": true})),
         "a tombstone holds nothing of the record"
     );
@@ -219,7 +219,7 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
     let kinds: Vec<ChangeKind> = engine
         .store
         .changes()
-        .unwrap()
+        .await.unwrap()
         .into_iter()
         .map(|(_, c)| c.kind)
         .collect();
@@ -231,7 +231,7 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
         engine
             .store
             .snapshot(DEFAULT_CLINIC, "leads", "L1")
-            .unwrap(),
+            .await.unwrap(),
         Some(lead("Modified"))
     );
 }
@@ -249,7 +249,7 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
             ],
             ..PageWrite::default()
         };
-        store.commit_page(DEFAULT_CLINIC, "leads", &page).unwrap();
+        store.commit_page(DEFAULT_CLINIC, "leads", &page).await.unwrap();
         store.flush().await.unwrap();
     }
     let engine = t.engine();
@@ -257,14 +257,14 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
         engine
             .store
             .snapshot(DEFAULT_CLINIC, "leads", "L1")
-            .unwrap(),
+            .await.unwrap(),
         Some(json!({"ID": "L1", "IsDeleted": true}))
     );
     assert_eq!(
         engine
             .store
             .snapshot(DEFAULT_CLINIC, "leads", "L2")
-            .unwrap(),
+            .await.unwrap(),
         Some(lead("Added")),
         "a live record is kept as it is"
     );
@@ -317,21 +317,21 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
     assert!(text.contains(&one), "{text}");
 
     let store = open_store(&t);
-    assert_eq!(store.snapshot(DEFAULT_CLINIC, "leads", &one).unwrap(), None);
+    assert_eq!(store.snapshot(DEFAULT_CLINIC, "leads", &one).await.unwrap(), None);
     assert!(store
         .snapshot(DEFAULT_CLINIC, "leads", &other)
-        .unwrap()
+        .await.unwrap()
         .is_some());
     assert_eq!(journal_ids(&store), vec![other.clone()]);
     let outbox = store_outbox(&store);
-    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox.await.len(), 1);
     assert_eq!(outbox[0].record_id, other);
     let dead = store_dead_letters(&store);
-    assert_eq!(dead.len(), 1);
+    assert_eq!(dead.await.len(), 1);
     assert_eq!(dead[0].entry.record_id, other);
     // The other record's attempt logs are untouched.
-    assert_eq!(store.attempts(outbox[0].seq).unwrap().len(), 1);
-    assert_eq!(store.attempts(dead[0].entry.seq).unwrap().len(), 1);
+    assert_eq!(store.attempts(outbox[0].seq).await.unwrap().len(), 1);
+    assert_eq!(store.attempts(dead[0].entry.seq).await.unwrap().len(), 1);
     drop(store);
 
     // Again: nothing is left, and it says so.

@@ -53,7 +53,7 @@ async fn webhook_ids_are_keyed_per_store_and_stable_across_a_reopen() {
         // Reopened (a restart): the same key gives the same id for the same change, and it is
         // not the plain hash of the record.
         let store = open_store(t);
-        let changes = store.changes().unwrap();
+        let changes = store.changes().await.unwrap();
         assert_eq!(changes.len(), 1);
         let change = &changes[0].1;
         assert_eq!(&change.change_id(store.id_key()), id);

@@ -78,7 +78,7 @@ impl TestDir {
 
     /// Opens an engine (store in this directory).
     pub fn engine(&self) -> Engine {
-        Engine::open(self.settings(), Events::none()).expect("engine opens")
+        Engine::open(self.settings(), Events::none()).await.expect("engine opens")
     }
 }
 

@@ -27,18 +27,18 @@ pub fn dead_list(engine: &Engine) -> Vec<DeadLetter> {
 }
 
 /// Every dead letter of a store, decoded.
-pub fn store_dead_letters(store: &Store) -> Vec<DeadLetter> {
+pub async fn store_dead_letters(store: &Store) -> Vec<DeadLetter> {
     store
         .dead_entries()
-        .unwrap()
+        .await.unwrap()
         .into_iter()
         .map(|(_, dead)| dead)
         .collect()
 }
 
 /// Every queued outbox entry of a store, of every destination, decoded.
-pub fn store_outbox(store: &Store) -> Vec<OutboxEntry> {
-    store.all_outbox().unwrap()
+pub async fn store_outbox(store: &Store) -> Vec<OutboxEntry> {
+    store.all_outbox().await.unwrap()
 }
 
 /// Every queued outbox entry of `destination` in an engine's store.
@@ -47,25 +47,25 @@ pub fn queued(engine: &Engine, destination: &str) -> Vec<OutboxEntry> {
 }
 
 /// Every queued outbox entry of `destination` in a store.
-pub fn queued_in(store: &Store, destination: &str) -> Vec<OutboxEntry> {
+pub async fn queued_in(store: &Store, destination: &str) -> Vec<OutboxEntry> {
     store
         .outbox_entries(destination)
-        .unwrap()
+        .await.unwrap()
         .into_iter()
         .map(|(_, entry)| entry)
         .collect()
 }
 
 /// The attempts log of one delivery.
-pub fn attempt_logs(engine: &Engine, seq: u64) -> Vec<AttemptLog> {
-    engine.store.attempts(seq).unwrap()
+pub async fn attempt_logs(engine: &Engine, seq: u64) -> Vec<AttemptLog> {
+    engine.store.attempts(seq).await.unwrap()
 }
 
 /// The record ids in the change journal, in journal order.
-pub fn journal_ids(store: &Store) -> Vec<String> {
+pub async fn journal_ids(store: &Store) -> Vec<String> {
     store
         .changes()
-        .expect("the journal reads")
+        .await.expect("the journal reads")
         .into_iter()
         .map(|(_, c)| c.id)
         .collect()
