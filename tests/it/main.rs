@@ -1,6 +1,7 @@
 //! The integration suite: one binary, real parts over loopback (the product's own Clinicea sandbox,
-//! real webhook receivers, a real SMTP listener) and a temporary sled directory per test. Each
-//! file is named after the behaviour it checks; `support` holds the parts they share.
+//! real webhook receivers, a real SMTP listener) and a temporary sled directory per test, or a
+//! PostgreSQL database of its own where the test is about that store. Each file is named after the
+//! behaviour it checks; `support` holds the parts they share.
 
 mod api_pages;
 mod baseline;
@@ -12,6 +13,7 @@ mod diff_properties;
 mod egress;
 mod email_delivery;
 mod error_privacy;
+mod failover;
 mod fault_injection;
 mod fuzz_corpus;
 mod graceful_shutdown;

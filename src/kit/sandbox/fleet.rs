@@ -17,8 +17,8 @@
 use super::{
     admin_churn, admin_clear_faults, admin_delete, admin_faults, admin_get, admin_insert,
     admin_list, admin_mode, admin_patch, admin_set_mode, admin_stats, json_value, lock, param,
-    parse_query, text, with_date, Resource, Sandbox, SandboxOptions, Stats, INVALID_KEY,
-    LOGIN_PATH,
+    parse_query, text, unix_ms_now, with_date, Resource, Sandbox, SandboxOptions, Stats,
+    INVALID_KEY, LOGIN_PATH,
 };
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -224,9 +224,7 @@ impl Fleet {
                 .map(|(i, c)| (c.shared.config.api_key.clone(), i))
                 .collect(),
         };
-        let started_unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let started_unix_ms = unix_ms_now();
         Fleet {
             shared: Arc::new(FleetShared {
                 clinics,

@@ -78,6 +78,13 @@ pub(crate) const HTTP_DATE_FORMAT: &str = "%a, %d %b %Y %H:%M:%S GMT";
 /// The largest clock offset `POST /admin/mode` accepts, in days.
 const MAX_CLOCK_OFFSET_DAYS: i64 = 3650;
 
+/// The host's clock in milliseconds since the Unix epoch (0 before it, which no host is).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// How a sandbox is set up. Its `Debug` output hides the API key and the password.
 #[derive(Clone)]
 pub struct SandboxOptions {
@@ -379,6 +386,10 @@ pub struct Stats {
     /// API requests per resource (`leads`, `patients`, `appointments`, `login`), counting every
     /// request, also those answered with a fault or a 401.
     pub requests: BTreeMap<String, u64>,
+    /// When the latest of those requests arrived, per resource, in milliseconds since the Unix
+    /// epoch (the host's clock, as [`FleetStats::started_unix_ms`]): sampled, it tells when a
+    /// client last polled an organization, where the counts alone tell only how often.
+    pub last_request_unix_ms: BTreeMap<String, u64>,
     /// Requests answered with (or delayed by) a fault.
     pub faults_served: u64,
     /// Requests refused with 401.
@@ -1274,6 +1285,10 @@ impl Sandbox {
                 .requests
                 .entry(resource.to_string())
                 .or_default() += 1;
+            state
+                .stats
+                .last_request_unix_ms
+                .insert(resource.to_string(), unix_ms_now());
             state.take_fault(resource)?
         };
         match kind {

@@ -1367,6 +1367,38 @@ async fn the_fleet_endpoint_counts_requests_per_clinic_and_arrivals_per_second()
 }
 
 #[tokio::test]
+async fn each_clinic_says_when_its_latest_request_to_each_feed_arrived() {
+    let h = spawn(fleet_opts(2)).await;
+    assert!(h.clinic(2).stats().last_request_unix_ms.is_empty());
+    let before = unix_ms_now();
+    list_as(&h, "/api/v1/leads", h.api_key(2)).await;
+    let first = h.clinic(2).stats().last_request_unix_ms["leads"];
+    assert!(
+        (before..=unix_ms_now()).contains(&first),
+        "{before} {first}"
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    list_as(&h, "/api/v1/leads", h.api_key(2)).await;
+    let stats = h.clinic(2).stats();
+    let latest = stats.last_request_unix_ms["leads"];
+    assert!(latest >= first + 30, "the later request: {first} {latest}");
+    assert_eq!(
+        stats.last_request_unix_ms.keys().collect::<Vec<_>>(),
+        ["leads"]
+    );
+    assert!(
+        h.clinic(1).stats().last_request_unix_ms.is_empty(),
+        "organization 1 was not asked"
+    );
+    let (_, fleet) = admin_json(&h, "/admin/fleet").await;
+    assert_eq!(
+        fleet["organizations"][1]["last_request_unix_ms"]["leads"],
+        latest
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_thousand_small_clinics_start_and_answer_by_key() {
     let h = spawn(fleet_opts(1000)).await;
     assert_eq!(h.api_key(1000), "sandbox-api-key-1000");

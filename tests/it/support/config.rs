@@ -496,12 +496,25 @@ impl Resource {
 /// The `store:` section.
 #[derive(Debug, Clone)]
 pub struct StoreSection {
-    path: String,
+    backend: Backend,
+    lease: Option<String>,
     journal_retention: Option<String>,
     dead_letter_retention: Option<String>,
 }
 
+/// Where a [`StoreSection`] keeps its data.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// `path: DIR` (the default backend, so `backend:` is not written).
+    Sled(String),
+    /// `backend: postgres` and `url: URL`.
+    Postgres(String),
+}
+
 keys!(StoreSection {
+    /// `lease: DURATION` (PostgreSQL only): how long a replica's clinics stay its own after its
+    /// last renewal.
+    lease: &str,
     /// `journal_retention: DURATION`.
     journal_retention: &str,
     /// `dead_letter_retention: DURATION`.
@@ -516,10 +529,20 @@ impl Default for StoreSection {
 }
 
 impl StoreSection {
-    /// A store at `path`.
+    /// A sled store at `path`.
     pub fn at(path: &str) -> StoreSection {
+        StoreSection::with(Backend::Sled(path.into()))
+    }
+
+    /// A PostgreSQL store at `url` (literal, or `${VAR}`).
+    pub fn postgres(url: &str) -> StoreSection {
+        StoreSection::with(Backend::Postgres(url.into()))
+    }
+
+    fn with(backend: Backend) -> StoreSection {
         StoreSection {
-            path: path.into(),
+            backend,
+            lease: None,
             journal_retention: None,
             dead_letter_retention: None,
         }
@@ -527,7 +550,14 @@ impl StoreSection {
 
     fn write(&self, y: &mut Yaml) {
         y.key(0, "store");
-        y.line(1, "path", &self.path);
+        match &self.backend {
+            Backend::Sled(path) => y.line(1, "path", path),
+            Backend::Postgres(url) => {
+                y.line(1, "backend", "postgres");
+                y.line(1, "url", url);
+            }
+        }
+        y.text(1, "lease", &self.lease);
         y.text(1, "journal_retention", &self.journal_retention);
         y.text(1, "dead_letter_retention", &self.dead_letter_retention);
     }

@@ -241,6 +241,13 @@ impl Receiver {
         self.state.lock().unwrap().got.clone()
     }
 
+    /// What arrived after the first `n` requests, in arrival order (for a test that reads along
+    /// while deliveries go on, without copying everything again each time).
+    pub fn received_since(&self, n: usize) -> Vec<Received> {
+        let s = self.state.lock().unwrap();
+        s.got.get(n..).map(<[Received]>::to_vec).unwrap_or_default()
+    }
+
     /// How many requests arrived.
     pub fn count(&self) -> usize {
         self.state.lock().unwrap().got.len()
