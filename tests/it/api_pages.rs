@@ -24,7 +24,7 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
     })
     .await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let rep = poll_report(&engine)
         .await
         .expect("a one-page feed is not an error");
@@ -39,8 +39,8 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
         let stored = engine.store.snapshot(DEFAULT_CLINIC, "leads", id).await.unwrap();
         assert!(stored.is_some(), "lead {id} has no snapshot");
     }
-    assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads"), 65_000);
-    let journal = journal_ids(&engine.store);
+    assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(), 65_000);
+    let journal = journal_ids(&engine.store).await;
     assert_eq!(journal.await.len(), 65_000);
     assert_eq!(
         journal.into_iter().collect::<HashSet<_>>(),
@@ -117,7 +117,7 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
     )
     .resources([Resource::leads().page_size(5000)]);
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let rep = poll_report(&engine)
         .await
         .expect("the retry reads the page whole");
@@ -127,14 +127,14 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
         (1, 3000, 3000),
         "{rep:?}"
     );
-    let journal = journal_ids(&engine.store);
+    let journal = journal_ids(&engine.store).await;
     assert_eq!(journal.await.len(), 3000);
     assert_eq!(
         journal.await.iter().collect::<HashSet<_>>().len(),
         3000,
         "each once"
     );
-    assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads"), 3000);
+    assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(), 3000);
 }
 
 /// The client takes pages up to MAX_PAGE_BYTES (64 MiB), so a 50 MB page (here one lead with a
@@ -148,7 +148,7 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
         .insert("leads", json!({"ID": "big-one", "Notes": big}));
     drop(big);
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let start = Instant::now();
     let rep = poll_report(&engine)
         .await
@@ -197,7 +197,7 @@ async fn records_that_are_not_objects_are_skipped_and_counted() {
     )
     .await;
     let t = TestDir::new(&leads_only(&api.base_url).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let rep = poll_report(&engine).await.expect("the poll goes on");
     assert_eq!(
         (rep.records, rep.skipped, rep.changes),
@@ -256,7 +256,7 @@ async fn the_deepest_record_the_parser_takes_is_delivered() {
         .webhook("hook", &rx.url, |w| w)
         .rule(Rule::new("all", &["hook"]));
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let rep = poll_report(&engine).await.unwrap();
     assert_eq!(rep.changes, 1);
     let out = engine.deliverer.deliver_all_due().await.unwrap();
@@ -267,14 +267,14 @@ async fn the_deepest_record_the_parser_takes_is_delivered() {
         engine.store.changes().await.is_ok(),
         "the change journal still reads"
     );
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
 }
 
 #[tokio::test]
 async fn invalid_utf8_in_a_page_fails_the_poll_clearly_and_the_next_poll_recovers() {
     let api = StaticApi::start(b"[{\"ID\":\"1\",\"Name\":\"Ay\xff\xfesha\"}]".to_vec()).await;
     let t = TestDir::new(&leads_only(&api.base_url).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let e = poll_report(&engine)
         .await
         .expect_err("invalid UTF-8 fails the poll");

@@ -270,19 +270,19 @@ async fn nats_publishes_every_change_acked_with_the_webhook_id_as_msg_id() {
         &["bus"],
         &nats_destination("bus", &url, &stream.prefix),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
-    let ids_queued: HashSet<String> = queued(&engine, "bus")
+    let ids_queued: HashSet<String> = queued(&engine, "bus").await
         .into_iter()
         .map(|e| e.webhook_id)
         .collect();
     drain_outbox(&engine, DRAIN).await;
     assert_eq!(
-        engine.store.outbox_len(),
+        engine.store.outbox_len().await.unwrap(),
         0,
         "every publish was acknowledged"
     );
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
 
     let got = stream.read_all().await;
     assert_eq!(got.len(), 5, "a consumer reads every change");
@@ -325,7 +325,7 @@ async fn nats_carries_the_webhook_body_shaped_as_the_destination_says() {
             )
         ),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, DRAIN).await;
     let got = stream.read_all().await;
@@ -363,16 +363,16 @@ async fn nats_drops_a_re_send_with_the_same_msg_id() {
             nats_destination("again", &url, &stream.prefix)
         ),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
-    assert_eq!(engine.store.outbox_len(), 6);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 6);
     drain_outbox(&engine, DRAIN).await;
     assert_eq!(
-        engine.store.outbox_len(),
+        engine.store.outbox_len().await.unwrap(),
         0,
         "a duplicate's ack is a success"
     );
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
     assert_eq!(stream.count().await, 3, "JetStream kept one of each id");
     stream.delete().await;
 }
@@ -391,18 +391,18 @@ async fn nats_down_then_back_mid_run_loses_nothing_and_stores_nothing_twice() {
         &["bus"],
         &nats_destination("bus", &via, &stream.prefix),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
 
     // Down from the start: every attempt is a retry, nothing is dead.
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((out.attempted, out.delivered), (3, 0));
-    assert_eq!(engine.store.outbox_len(), 3);
-    assert!(dead_list(&engine).is_empty());
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 3);
+    assert!(dead_list(&engine).await.is_empty());
 
     proxy.start().await;
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
 
     // Stopped mid-run, with a connection open: new changes wait, then go.
     proxy.stop();
@@ -414,15 +414,15 @@ async fn nats_down_then_back_mid_run_loses_nothing_and_stores_nothing_twice() {
         out.delivered, 0,
         "nothing is acknowledged while the broker is away"
     );
-    assert_eq!(engine.store.outbox_len(), 2);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 2);
     proxy.start().await;
     drain_outbox(&engine, DRAIN).await;
     assert_eq!(
-        engine.store.outbox_len(),
+        engine.store.outbox_len().await.unwrap(),
         0,
         "delivered once the broker is back"
     );
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
 
     let got = stream.read_all().await;
     assert_eq!(got.len(), 5, "nothing lost, nothing stored twice");
@@ -442,11 +442,11 @@ async fn nats_a_subject_no_stream_captures_is_retried_until_one_does() {
         &["bus"],
         &nats_destination("bus", &url, &prefix),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((out.attempted, out.delivered), (2, 0), "no stream: retried");
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
     // The stream appears (the operator creates it): the same entries go.
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -460,7 +460,7 @@ async fn nats_a_subject_no_stream_captures_is_retried_until_one_does() {
     .unwrap();
     let stream = TestStream { js, name, prefix };
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
     let got = stream.read_all().await;
     assert_eq!(data_ids(got.iter().map(|m| m.payload.as_ref())), ids);
     stream.delete().await;
@@ -581,15 +581,15 @@ async fn amqp_publishes_persistent_confirmed_messages_with_the_webhook_id() {
         &["queue"],
         &amqp_destination("queue", &url, &q.exchange),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
-    let ids_queued: HashSet<String> = queued(&engine, "queue")
+    let ids_queued: HashSet<String> = queued(&engine, "queue").await
         .into_iter()
         .map(|e| e.webhook_id)
         .collect();
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0, "every publish was confirmed");
-    assert!(dead_list(&engine).is_empty());
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0, "every publish was confirmed");
+    assert!(dead_list(&engine).await.is_empty());
 
     let got = q.read_all().await;
     assert_eq!(got.len(), 5, "a consumer reads every change");
@@ -629,15 +629,15 @@ async fn amqp_down_then_back_mid_run_loses_nothing() {
         &["queue"],
         &amqp_destination("queue", &through(&parsed, &proxy), &q.exchange),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((out.attempted, out.delivered), (3, 0), "down: retried");
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
 
     proxy.start().await;
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
 
     proxy.stop();
     ids.insert(insert_lead(&sb));
@@ -651,11 +651,11 @@ async fn amqp_down_then_back_mid_run_loses_nothing() {
     proxy.start().await;
     drain_outbox(&engine, DRAIN).await;
     assert_eq!(
-        engine.store.outbox_len(),
+        engine.store.outbox_len().await.unwrap(),
         0,
         "delivered once the broker is back"
     );
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
 
     let got = q.read_all().await;
     assert_eq!(
@@ -678,7 +678,7 @@ async fn amqp_a_message_no_queue_is_bound_for_is_retried_until_one_is() {
         &["queue"],
         &amqp_destination("queue", &url, &q.exchange),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!(
@@ -686,7 +686,7 @@ async fn amqp_a_message_no_queue_is_bound_for_is_retried_until_one_is() {
         (2, 0),
         "returned as unroutable: retried"
     );
-    let logs = attempt_logs(&engine, queued(&engine, "queue")[0].seq);
+    let logs = attempt_logs(&engine, queued(&engine, "queue")[0].seq).await;
     assert!(
         format!("{:?}", logs[0].verdict).contains("no queue is bound"),
         "{:?}",
@@ -694,7 +694,7 @@ async fn amqp_a_message_no_queue_is_bound_for_is_retried_until_one_is() {
     );
     q.bind().await;
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
     let got = q.read_all().await;
     assert_eq!(data_ids(got.iter().map(|m| m.data.as_slice())), ids);
     q.delete().await;
@@ -714,7 +714,7 @@ async fn amqp_a_missing_exchange_is_retried_until_it_exists() {
         &["queue"],
         &amqp_destination("queue", &url, &missing),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!(
@@ -722,7 +722,7 @@ async fn amqp_a_missing_exchange_is_retried_until_it_exists() {
         (2, 0),
         "no exchange: retried"
     );
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
     q.channel
         .exchange_declare(
             missing.as_str().into(),
@@ -743,7 +743,7 @@ async fn amqp_a_missing_exchange_is_retried_until_it_exists() {
         .await
         .unwrap();
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
     let got = q.read_all().await;
     assert_eq!(data_ids(got.iter().map(|m| m.data.as_slice())), ids);
     q.channel
@@ -864,12 +864,12 @@ async fn a_broker_error_never_shows_the_password() {
             "  bus:\n    type: nats\n    url: nats://alice:SECRETPW@127.0.0.1:{closed}\n    subject: a.b\n    timeout: 2s\n"
         ),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!(out.delivered, 0);
-    let entry = &queued(&engine, "bus")[0];
-    let reason = format!("{:?}", attempt_logs(&engine, entry.seq)[0].verdict);
+    let entry = &queued(&engine, "bus").await[0];
+    let reason = format!("{:?}", attempt_logs(&engine, entry.seq).await[0].verdict);
     assert!(reason.contains("connection failed"), "{reason}");
     assert!(!reason.contains("SECRETPW"), "{reason}");
 
@@ -886,12 +886,12 @@ async fn a_broker_error_never_shows_the_password() {
         &["queue"],
         &amqp_destination("queue", wrong.as_str(), "amq.topic"),
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!(out.delivered, 0, "a refused login is retried");
-    let entry = &queued(&engine, "queue")[0];
-    let reason = format!("{:?}", attempt_logs(&engine, entry.seq)[0].verdict);
+    let entry = &queued(&engine, "queue").await[0];
+    let reason = format!("{:?}", attempt_logs(&engine, entry.seq).await[0].verdict);
     assert!(reason.contains("Retry"), "{reason}");
     assert!(!reason.contains("SECRETPW"), "{reason}");
 }

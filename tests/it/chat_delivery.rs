@@ -36,7 +36,7 @@ async fn lead_to(
     let sb = empty_sandbox().await;
     let rx = Receiver::with(Responder::script(replies)).await;
     let t = TestDir::new(&chat_config(&sb.base_url(), kind, &rx.chat_url()));
-    let engine = t.engine();
+    let engine = t.engine().await;
     sb.sandbox.insert("leads", lead);
     let rep = poll_report(&engine).await.unwrap();
     assert_eq!(rep.deliveries, 1);
@@ -59,7 +59,7 @@ async fn slack_gets_text() {
     let text = body["text"].as_str().unwrap();
     assert!(text.starts_with(TEXT_START), "{text}");
     assert!(text.contains("Please call within the hour."), "{text}");
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -127,8 +127,8 @@ async fn slack_429_with_retry_after_waits_that_long() {
         g >= Duration::from_millis(1900) && g < Duration::from_millis(3500),
         "{g:?}"
     );
-    assert_eq!(engine.store.outbox_len(), 0);
-    assert!(dead_list(&engine).is_empty());
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
+    assert!(dead_list(&engine).await.is_empty());
 }
 
 #[tokio::test]
@@ -146,7 +146,7 @@ async fn teams_and_google_chat_429_with_retry_after_wait_that_long() {
             g >= Duration::from_millis(1900) && g < Duration::from_millis(3500),
             "{kind}: {g:?}"
         );
-        assert!(dead_list(&engine).is_empty(), "{kind}");
+        assert!(dead_list(&engine).await.is_empty(), "{kind}");
     }
 }
 
@@ -165,7 +165,7 @@ async fn discord_429_json_retry_after_is_honoured() {
         g >= Duration::from_millis(2400) && g < Duration::from_millis(4000),
         "{g:?}"
     );
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
 }
 
 #[tokio::test]
@@ -179,7 +179,7 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
         )
         .await;
         assert_eq!(rx.received().len(), 1, "{kind}: no retry after a 404");
-        let dead = dead_list(&engine);
+        let dead = dead_list(&engine).await;
         assert_eq!(dead.len(), 1, "{kind}");
         assert!(dead[0].reason.contains("404"), "{kind}: {}", dead[0].reason);
         assert!(
@@ -187,7 +187,7 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
             "{kind}: the webhook URL is a secret: {}",
             dead[0].reason
         );
-        assert_eq!(engine.store.outbox_len(), 0);
+        assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
         // And `status` shows the destination as failing.
         let text = clinicea_notifier::commands::status::status_text(&_t.settings(), &engine.store)
             .await.unwrap();
@@ -231,7 +231,7 @@ async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
             1,
             "{kind}: one attempt, then a long wait"
         );
-        let q = queued(&engine, "team-chat");
+        let q = queued(&engine, "team-chat").await;
         assert_eq!(q.len(), 1, "{kind}: still queued, not dead");
         assert_eq!(q[0].attempts, 1, "{kind}: the attempt was counted");
         let wait_ms = q[0].next_attempt_ms - chrono::Utc::now().timestamp_millis();
@@ -240,7 +240,7 @@ async fn a_429_with_an_absurd_retry_after_neither_panics_nor_waits_unbounded() {
             wait_ms > max_ms - 60_000 && wait_ms <= max_ms,
             "{kind}: the wait is bounded by MAX_RETRY_AFTER: {wait_ms} ms"
         );
-        let logs = attempt_logs(&engine, q[0].seq);
+        let logs = attempt_logs(&engine, q[0].seq).await;
         assert_eq!(logs.await.len(), 1, "{kind}");
         assert!(
             matches!(&logs[0].verdict, clinicea_notifier::model::Verdict::Retry { retry_after: Some(d), .. } if *d == MAX_RETRY_AFTER),

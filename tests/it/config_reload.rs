@@ -98,8 +98,8 @@ async fn sighup_refuses_a_broken_config_then_applies_a_valid_one_without_losing_
     let status = d.terminate(Duration::from_secs(20)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let store = open_store(&t);
-    assert_eq!(store.outbox_len(), 0);
-    assert_eq!(store.dead_len(), 0);
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    assert_eq!(store.dead_len().await.unwrap(), 0);
     for r in [&a, &b, &c] {
         for x in r.received() {
             verify_with_library(&x).unwrap();
@@ -156,7 +156,7 @@ async fn sighup_that_removes_a_destination_moves_its_queued_entries_to_the_dead_
     );
     let store = open_store(&t);
     assert_eq!(
-        store.outbox_len(),
+        store.outbox_len().await.unwrap(),
         0,
         "nothing left queued for a destination that is gone"
     );

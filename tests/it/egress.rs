@@ -276,12 +276,12 @@ async fn the_api_and_a_receiver_on_localhost_are_reached_through_the_guarded_sys
                 .on(&["added"]),
         );
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     sb.sandbox.insert("leads", test_lead());
     let rep = poll_report(&engine).await.unwrap();
     assert_eq!(rep.deliveries, 1);
     drain_outbox(&engine, Duration::from_secs(15)).await;
     let got = rx.received();
-    assert_eq!(got.len(), 1, "dead: {:?}", dead_list(&engine));
+    assert_eq!(got.len(), 1, "dead: {:?}", dead_list(&engine).await);
     verify_with_library(&got[0]).unwrap();
 }

@@ -44,8 +44,8 @@ fn by_recipient(got: &[CaughtMessage]) -> HashMap<String, Vec<CaughtMessage>> {
     m
 }
 
-fn message_ids(engine: &clinicea_notifier::daemon::engine::Engine) -> HashMap<String, String> {
-    queued(engine, "front-desk")
+async fn message_ids(engine: &clinicea_notifier::daemon::engine::Engine) -> HashMap<String, String> {
+    queued(engine, "front-desk").await
         .into_iter()
         .map(|e| match e.payload {
             Payload::Email(m) => (m.to, m.message_id),
@@ -67,12 +67,12 @@ async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
         )
         .to_yaml(),
     );
-    let engine = t.engine();
+    let engine = t.engine().await;
     let lead = sb.sandbox.insert("leads", test_lead());
     let rep = poll_report(&engine).await.unwrap();
     assert_eq!((rep.changes, rep.deliveries), (1, 3));
     let ids = message_ids(&engine);
-    assert_eq!(ids.len(), 3);
+    assert_eq!(ids.await.len(), 3);
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(3, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 3, "one message per recipient");
@@ -132,14 +132,14 @@ async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
         );
         assert!(!html.contains("{{"), "{html}");
     }
-    let mids: std::collections::HashSet<_> = ids.values().collect();
+    let mids: std::collections::HashSet<_> = ids.await.values().collect();
     assert_eq!(
         mids.len(),
         3,
         "each recipient's message has its own Message-ID"
     );
-    assert_eq!(engine.store.outbox_len(), 0);
-    assert!(dead_list(&engine).is_empty());
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
+    assert!(dead_list(&engine).await.is_empty());
 }
 
 #[tokio::test]
@@ -161,7 +161,7 @@ async fn a_text_only_template_sends_a_plain_email() {
         "Lead {{record.FirstName}} from {{record.Source}}.\nCall {{record.Mobile}}.\n",
     )
     .unwrap();
-    let engine = t.engine();
+    let engine = t.engine().await;
     sb.sandbox.insert("leads", test_lead());
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
@@ -202,7 +202,7 @@ async fn a_rejected_recipient_is_dead_and_the_others_get_exactly_one_copy_across
         )
         .to_yaml(),
     );
-    let engine = t.engine();
+    let engine = t.engine().await;
     sb.sandbox.insert("leads", test_lead());
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
@@ -219,14 +219,14 @@ async fn a_rejected_recipient_is_dead_and_the_others_get_exactly_one_copy_across
     assert_eq!(per["frontdesk@clinic.example"].len(), 1);
     assert_eq!(per["sales@clinic.example"].len(), 1);
     assert!(!per.contains_key("manager@clinic.example"));
-    let dead = dead_list(&engine);
+    let dead = dead_list(&engine).await;
     assert_eq!(dead.len(), 1);
     match &dead[0].entry.payload {
         Payload::Email(m) => assert_eq!(m.to, "manager@clinic.example"),
         other => panic!("{other:?}"),
     }
     assert!(dead[0].reason.contains("550"), "{}", dead[0].reason);
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -246,16 +246,16 @@ async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
         )
         .to_yaml(),
     );
-    let engine = t.engine();
+    let engine = t.engine().await;
     sb.sandbox.insert("leads", test_lead());
     poll_report(&engine).await.unwrap();
     let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
 
     let first = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((first.attempted, first.retried), (1, 1), "{first:?}");
-    let entry = queued(&engine, "front-desk").remove(0);
+    let entry = queued(&engine, "front-desk").await.remove(0);
     assert_eq!(entry.attempts, 1);
-    let logs = attempt_logs(&engine, entry.seq);
+    let logs = attempt_logs(&engine, entry.seq).await;
     assert_eq!(logs.await.len(), 1);
     assert_eq!(logs[0].status, Some(421));
     assert_eq!(
@@ -269,7 +269,7 @@ async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(catcher.messages().len(), 1, "delivered once");
     assert_eq!(got[0].header("Message-ID"), Some(planned));
-    assert!(dead_list(&engine).is_empty());
+    assert!(dead_list(&engine).await.is_empty());
 }
 
 #[tokio::test]
@@ -285,16 +285,16 @@ async fn a_server_that_is_down_is_retried_then_delivered_when_it_comes_up() {
         )
         .to_yaml(),
     );
-    let engine = t.engine();
+    let engine = t.engine().await;
     sb.sandbox.insert("leads", test_lead());
     poll_report(&engine).await.unwrap();
     let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
 
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((out.attempted, out.retried), (1, 1), "{out:?}");
-    let entry = queued(&engine, "front-desk").remove(0);
+    let entry = queued(&engine, "front-desk").await.remove(0);
     assert_eq!(entry.attempts, 1, "still queued, one attempt made");
-    let logs = attempt_logs(&engine, entry.seq);
+    let logs = attempt_logs(&engine, entry.seq).await;
     assert_eq!(logs.await.len(), 1);
     let reason = format!("{:?}", logs[0].verdict);
     assert!(
@@ -310,8 +310,8 @@ async fn a_server_that_is_down_is_retried_then_delivered_when_it_comes_up() {
     let got = catcher.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].header("Message-ID"), Some(planned));
-    assert!(dead_list(&engine).is_empty());
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert!(dead_list(&engine).await.is_empty());
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -345,12 +345,12 @@ async fn starttls_to_a_server_with_a_self_signed_certificate_trusted_through_ca_
     );
     t.vars.insert("SMTP_PASSWORD".into(), "s3cret".into());
     std::fs::write(t.dir.path().join("relay-ca.pem"), &cert_pem).unwrap();
-    let engine = t.engine();
+    let engine = t.engine().await;
     sb.sandbox.insert("leads", test_lead());
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(1, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 1, "dead: {:?}", dead_list(&engine));
+    assert_eq!(got.len(), 1, "dead: {:?}", dead_list(&engine).await);
     assert!(got[0].tls, "the message came over TLS");
     assert_eq!(got[0].auth_user.as_deref(), Some("notifier"));
     assert_eq!(

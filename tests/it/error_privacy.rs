@@ -192,13 +192,13 @@ async fn dead_show_prints_a_receivers_escape_sequences_as_text() {
     let rx = Receiver::with(Responder::script([Reply::status(400).body(HOSTILE)])).await;
     let t = TestDir::new(&new_leads_to_hooks(&sb.base_url(), &rx.url).to_yaml());
     let seq = {
-        let engine = t.engine();
+        let engine = t.engine().await;
         sb.sandbox.insert("leads", test_lead());
         poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(15)).await;
         let dead = engine.store.dead_entries().await.unwrap();
         assert_eq!(dead.len(), 1, "the 400 is a dead letter");
-        let log = attempt_logs(&engine, dead[0].0);
+        let log = attempt_logs(&engine, dead[0].0).await;
         assert_eq!(log[0].response, HOSTILE, "the response is kept as it came");
         dead[0].0
     };

@@ -306,7 +306,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     for round in 0..20 {
         let queued = Store::open(&store_path, DEFAULT_CACHE_BYTES)
             .unwrap()
-            .outbox_len();
+            .outbox_len().await.unwrap();
         if round > 0 && queued == 0 {
             break;
         }
@@ -329,9 +329,9 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let store = Store::open(&store_path, DEFAULT_CACHE_BYTES).unwrap();
-    assert_eq!(store.outbox_len(), 0, "the outbox drains");
+    assert_eq!(store.outbox_len().await.unwrap(), 0, "the outbox drains");
     let dead: Vec<DeadLetter> = store_dead_letters(&store).await;
-    let changes = store.change_count();
+    let changes = store.change_count().await.unwrap();
     let journal = store.changes().await.unwrap();
     let checkpoints: Vec<String> = ["leads", "patients", "appointments"]
         .iter()

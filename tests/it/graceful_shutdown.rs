@@ -60,7 +60,7 @@ async fn sigterm_during_deliveries_exits_0_promptly_and_once_delivers_the_rest()
 
     // Whatever was not delivered is still queued: none fell between the two.
     let store = open_store(&t);
-    let queued: HashSet<String> = queued_in(&store, "hook")
+    let queued: HashSet<String> = queued_in(&store, "hook").await
         .into_iter()
         .map(|e| e.record_id)
         .collect();
@@ -72,8 +72,8 @@ async fn sigterm_during_deliveries_exits_0_promptly_and_once_delivers_the_rest()
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(rx.ok_ids(), all, "every lead arrived");
     let store = open_store(&t);
-    assert_eq!(store.outbox_len(), 0);
-    assert_eq!(store.dead_len(), 0);
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    assert_eq!(store.dead_len().await.unwrap(), 0);
     for a in rx.received() {
         verify_with_library(&a).unwrap();
     }

@@ -40,7 +40,7 @@ async fn dead_letters_are_listed_shown_and_retried_by_webhook_id_in_json() {
         );
     let t = TestDir::new(&config.to_yaml());
     let record_id = {
-        let engine = t.engine();
+        let engine = t.engine().await;
         let lead = sb.sandbox.insert("leads", test_lead());
         let id = lead["ID"]
             .as_str()
@@ -49,7 +49,7 @@ async fn dead_letters_are_listed_shown_and_retried_by_webhook_id_in_json() {
         poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(15)).await;
         assert_eq!(
-            engine.store.dead_len(),
+            engine.store.dead_len().await.unwrap(),
             2,
             "one dead letter per destination"
         );
@@ -166,9 +166,9 @@ async fn dead_letters_are_listed_shown_and_retried_by_webhook_id_in_json() {
         output_text(&retry)
     );
     {
-        let engine = t.engine();
+        let engine = t.engine().await;
         drain_outbox(&engine, Duration::from_secs(15)).await;
-        assert_eq!(engine.store.dead_len(), 0);
+        assert_eq!(engine.store.dead_len().await.unwrap(), 0);
     }
     for rx in [&a, &b] {
         let got = rx.received();
@@ -185,7 +185,7 @@ async fn status_prints_clinics_resources_and_destinations_as_json() {
     let rx = Receiver::with(Responder::script([Reply::status(400)])).await;
     let t = TestDir::new(&new_leads_to_hooks(&sb.base_url(), &rx.url).to_yaml());
     {
-        let engine = t.engine();
+        let engine = t.engine().await;
         poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(15)).await;
     }

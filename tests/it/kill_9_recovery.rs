@@ -53,7 +53,7 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
             cp.last_success_start, None,
             "round {round}: the sync finished before the kill; the test proves nothing"
         );
-        let ids = journal_ids(&store);
+        let ids = journal_ids(&store).await;
         assert!(
             duplicates(&ids).is_empty(),
             "round {round}: twice in the journal"
@@ -67,7 +67,7 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
     assert!(out.status.success(), "{}", output_text(&out));
 
     let store = open_store(&t);
-    let ids = journal_ids(&store);
+    let ids = journal_ids(&store).await;
     let dups = duplicates(&ids);
     assert!(
         dups.is_empty(),
@@ -84,7 +84,7 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
         missing.first()
     );
     assert_eq!(journaled.len(), 3000);
-    assert_eq!(store.snapshot_count("default", "leads"), 3000);
+    assert_eq!(store.snapshot_count("default", "leads").await.unwrap(), 3000);
     let cp = store.checkpoint("default", "leads").await.unwrap().unwrap();
     assert!(
         cp.last_success_start.is_some(),
@@ -210,9 +210,9 @@ async fn kill_9_during_deliveries_four_times_loses_nothing_and_duplicates_keep_t
     let oks = got.iter().filter(|a| a.ok()).count();
 
     let store = open_store(&t);
-    assert_eq!(store.outbox_len(), 0);
-    assert_eq!(store.dead_len(), 0, "no dead letters");
-    let ids = journal_ids(&store);
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    assert_eq!(store.dead_len().await.unwrap(), 0, "no dead letters");
+    let ids = journal_ids(&store).await;
     assert!(duplicates(&ids).is_empty(), "each change journaled once");
     assert_eq!(ids.await.len(), LEADS);
     eprintln!(

@@ -61,7 +61,7 @@ async fn a_revoked_key_fails_only_its_clinic_and_the_other_delivers_every_change
     let rx = Receiver::start().await;
     let t =
         TestDir::new(&two_clinics(&north, &south.base_url(), "a-revoked-key", &rx.url).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let polled = engine.poll_all().await;
     let outcome: Vec<(&str, bool)> = polled
         .iter()
@@ -130,7 +130,7 @@ async fn the_same_record_in_two_clinics_is_two_changes_with_two_webhook_ids() {
     assert_eq!(a["ID"], b["ID"]);
     let rx = Receiver::start().await;
     let t = TestDir::new(&two_clinics(&north, &south.base_url(), SOUTH_KEY, &rx.url).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     for p in engine.poll_all().await {
         p.result.unwrap_or_else(|e| panic!("{}: {e}", p.clinic));
     }
@@ -313,7 +313,7 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
     let single = new_leads_to_hooks(&sb.base_url(), &rx.url);
     let t = TestDir::new(&single.to_yaml());
     {
-        let engine = t.engine();
+        let engine = t.engine().await;
         poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(20)).await;
     }
@@ -357,7 +357,7 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
         .clinic("default", Clinic::at(&sb.base_url(), "sandbox-api-key"));
     for (i, config) in [single, fleet].into_iter().enumerate() {
         t.rewrite(&config.to_yaml());
-        let engine = t.engine();
+        let engine = t.engine().await;
         let rep = poll_report(&engine).await.unwrap();
         assert_eq!(
             (rep.changes, rep.baseline_records),
@@ -475,7 +475,7 @@ async fn a_rule_for_one_clinic_sends_only_that_clinics_changes() {
                 .resource("leads"),
         );
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     for p in engine.poll_all().await {
         p.result.unwrap_or_else(|e| panic!("{}: {e}", p.clinic));
     }

@@ -82,7 +82,7 @@ async fn backfill_case(seed: u64, order: Order, leads: usize, edits: u32) -> Res
     })
     .await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     for _ in 0..2 {
         poll_leads(&engine).await;
     }
@@ -155,7 +155,7 @@ async fn a_shifted_window_is_read_again_and_a_steady_one_costs_no_extra_request(
     })
     .await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     // A steady window of four pages: four requests, one pass.
     let rep = poll_leads(&engine).await;
     assert_eq!((rep.pages, rep.passes, rep.settled), (4, 1, true));
@@ -170,7 +170,7 @@ async fn a_shifted_window_is_read_again_and_a_steady_one_costs_no_extra_request(
     // Records edited after each request move to the end; when one of them had been read, every
     // record after it moves one place left, and the pass that saw it twice is read again.
     let t2 = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let fresh = t2.engine();
+    let fresh = t2.engine().await;
     sb.sandbox.set_page_edits(3);
     let rep = poll_leads(&fresh).await;
     sb.sandbox.set_page_edits(0);
@@ -198,7 +198,7 @@ async fn an_unsettled_poll_keeps_the_checkpoint() {
     })
     .await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let rep = poll_leads(&engine).await;
     assert!(
         !rep.settled,
@@ -237,7 +237,7 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
             .timeout("5s"),
     );
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_leads(&engine).await;
     let ids: Vec<String> = sandbox_lead_ids(&sb).into_iter().collect();
     let mut expected = BTreeSet::new();
@@ -303,7 +303,7 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
     })
     .await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let before = chrono::Utc::now();
     poll_leads(&engine).await;
     let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").await.unwrap();

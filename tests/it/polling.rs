@@ -13,13 +13,13 @@ async fn syncs_137_leads_over_two_pages_from_page_0() {
     // Arrange
     let sb = default_sandbox().await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     // Act
     let results = engine.poll_all().await;
     // Assert
     let rep = results[0].result.as_ref().expect("poll succeeds");
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 137, 137));
-    let ids = journal_ids(&engine.store);
+    let ids = journal_ids(&engine.store).await;
     assert_eq!(ids.await.len(), 137);
     assert_eq!(ids.await.iter().collect::<HashSet<_>>().len(), 137, "each once");
     // Two pages for the silent baseline at first start, two for the poll from the origin.
@@ -39,14 +39,14 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
         .resources([Resource::appointments()])
         .without_store();
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let results = engine.poll_all().await;
     let rep = results[0].result.as_ref().expect("poll succeeds");
     assert_eq!((rep.pages, rep.records), (2, 137));
     // The sandbox's appointments include deleted ones; every record is a change of some kind.
     assert_eq!(rep.changes, 137);
     assert_eq!(
-        journal_ids(&engine.store)
+        journal_ids(&engine.store).await
             .await.iter()
             .collect::<HashSet<_>>()
             .len(),
@@ -59,13 +59,13 @@ async fn an_empty_page_is_a_204_and_ends_the_sync() {
     // Exactly 100 leads: page 0 is full, page 1 is a 204 with no body.
     let sb = sandbox_with_leads(100).await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let rep = poll_report(&engine).await.expect("poll succeeds");
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 100, 100));
     // Nothing at all: a single 204.
     let sb0 = sandbox_with_leads(0).await;
     let t0 = TestDir::new(&leads_only(&sb0.base_url()).to_yaml());
-    let rep0 = poll_report(&t0.engine()).await.expect("poll succeeds");
+    let rep0 = poll_report(&t0.engine().await).await.expect("poll succeeds");
     assert_eq!((rep0.pages, rep0.records, rep0.changes), (1, 0, 0));
 }
 
@@ -73,7 +73,7 @@ async fn an_empty_page_is_a_204_and_ends_the_sync() {
 async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_silent() {
     let sb = default_sandbox().await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.expect("first poll");
     let lead = sb.sandbox.records("leads")[5].clone();
     let id = lead["ID"].as_str().unwrap().to_string();
@@ -111,14 +111,14 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
     let rep = poll_report(&engine).await.expect("third poll");
     assert!(rep.records >= 1, "the overlap re-reads the edited record");
     assert_eq!(rep.changes, 0);
-    assert_eq!(engine.store.change_count(), 138);
+    assert_eq!(engine.store.change_count().await.unwrap(), 138);
 }
 
 #[tokio::test]
 async fn a_delete_is_deleted() {
     let sb = default_sandbox().await;
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.expect("first poll");
     let id = sb.sandbox.records("leads")[7]["ID"]
         .as_str()
@@ -144,10 +144,10 @@ async fn a_record_without_an_id_is_skipped_and_the_poll_goes_on() {
     );
     let config = leads_only(&sb.base_url()).resources([Resource::leads().id_field("LeadID")]);
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let rep = poll_report(&engine).await.expect("the poll goes on");
     assert_eq!((rep.records, rep.skipped, rep.changes), (3, 2, 1));
-    assert_eq!(journal_ids(&engine.store), vec!["L-1".to_string()]);
+    assert_eq!(journal_ids(&engine.store).await, vec!["L-1".to_string()]);
 }
 
 #[tokio::test]
@@ -162,7 +162,7 @@ async fn a_429_is_retried_inside_the_poll() {
         .times(1),
     );
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let started = std::time::Instant::now();
     let rep = poll_report(&engine)
         .await
@@ -180,7 +180,7 @@ async fn a_401_names_the_resource_and_status_and_never_the_key() {
     let sb = default_sandbox().await;
     let config = Config::new(Clinicea::sandbox(&sb.base_url()).api_key("wrong-key-123"));
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let err = poll_report(&engine).await.unwrap_err().to_string();
     assert!(err.contains("leads") && err.contains("401"), "{err}");
     assert!(
@@ -209,7 +209,7 @@ async fn malformed_json_names_the_resource_and_page() {
     sb.sandbox
         .inject_faults(Fault::new(FaultKind::MalformedJson).times(1));
     let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let err = poll_report(&engine).await.unwrap_err().to_string();
     assert!(
         err.contains("leads") && err.contains("page 0") && err.contains("invalid JSON"),
@@ -234,7 +234,7 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
             .baseline_off(),
     );
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     // Fail the second page with a 400 (not retried), injected while the poll waits between pages.
     let sandbox = sb.sandbox.clone();
     let injector = tokio::spawn(async move {
@@ -254,14 +254,14 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
     injector.await.unwrap();
     assert!(err.to_string().contains("400"), "{err}");
     assert_eq!(
-        engine.store.change_count(),
+        engine.store.change_count().await.unwrap(),
         100,
         "the first page was stored"
     );
 
     let rep = poll_report(&engine).await.expect("re-run succeeds");
     assert_eq!(rep.changes, 37, "only the rest is new");
-    let ids = journal_ids(&engine.store);
+    let ids = journal_ids(&engine.store).await;
     assert_eq!(ids.await.len(), 137);
     assert_eq!(
         ids.await.iter().collect::<HashSet<_>>().len(),
@@ -275,7 +275,7 @@ async fn start_from_now_sends_nothing_from_before_the_first_start() {
     let sb = default_sandbox().await;
     let config = Config::new(Clinicea::sandbox(&sb.base_url()).without_start_from());
     let t = TestDir::new(&config.to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let rep = poll_report(&engine).await.expect("poll");
     assert_eq!(
         rep.changes, 0,
@@ -288,7 +288,7 @@ async fn start_from_now_sends_nothing_from_before_the_first_start() {
     let rep = poll_report(&engine).await.expect("poll");
     assert_eq!(rep.changes, 1);
     assert_eq!(
-        journal_ids(&engine.store),
+        journal_ids(&engine.store).await,
         vec![new["ID"].as_str().unwrap().to_string()]
     );
 }
@@ -299,7 +299,7 @@ async fn every_auth_mode_reaches_the_sandbox() {
     for mode in ["header", "api_key_header", "query"] {
         let config = Config::new(Clinicea::sandbox(&sb.base_url()).auth(mode));
         let t = TestDir::new(&config.to_yaml());
-        let rep = poll_report(&t.engine()).await;
+        let rep = poll_report(&t.engine().await).await;
         assert_eq!(rep.expect(mode).changes, 3, "{mode}");
     }
 }
@@ -316,7 +316,7 @@ async fn login_mode_fetches_a_token_and_logs_in_again_once_on_a_401() {
         Config::new(Clinicea::sandbox(&sb.base_url()).login("sandbox", password)).to_yaml()
     };
     let t = TestDir::new(&login("sandbox"));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.expect("first poll logs in");
     assert_eq!(sb.sandbox.stats().logins, 1);
     // The token expires; the next request gets a 401, logs in again once, and succeeds.
@@ -327,7 +327,7 @@ async fn login_mode_fetches_a_token_and_logs_in_again_once_on_a_401() {
     assert_eq!(sb.sandbox.stats().logins, 2);
     // A wrong password is a clear login error without the password in it.
     let t2 = TestDir::new(&login("hunter2-secret"));
-    let err = poll_report(&t2.engine()).await.unwrap_err().to_string();
+    let err = poll_report(&t2.engine().await).await.unwrap_err().to_string();
     assert!(err.contains("login"), "{err}");
     assert!(
         !err.contains("hunter2-secret") && !err.contains("sandbox-api-key"),
@@ -343,7 +343,7 @@ async fn a_stalled_request_times_out_and_is_retried_inside_the_poll() {
     let config = Config::new(Clinicea::sandbox(&sb.base_url()).timeout("1s"));
     let t = TestDir::new(&config.to_yaml());
     let started = std::time::Instant::now();
-    let rep = poll_report(&t.engine())
+    let rep = poll_report(&t.engine().await)
         .await
         .expect("retried after the timeout");
     assert_eq!(rep.changes, 3);

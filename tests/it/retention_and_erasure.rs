@@ -107,7 +107,7 @@ async fn once_deletes_dead_letters_past_their_retention_and_keeps_the_rest() {
     let out = cli(&t, &["once"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
     let store = open_store(&t);
-    assert_eq!(store.dead_len(), 0);
+    assert_eq!(store.dead_len().await.unwrap(), 0);
     assert!(store.attempts(2).await.unwrap().is_empty());
 }
 
@@ -136,7 +136,7 @@ async fn run_deletes_dead_letters_past_their_retention() {
         .await
         .is_some_and(|s| s.success()));
     let store = open_store(&t);
-    assert_eq!(store.dead_len(), 1);
+    assert_eq!(store.dead_len().await.unwrap(), 1);
     assert!(store.dead_get(2).await.unwrap().is_some());
 }
 
@@ -156,7 +156,7 @@ async fn dead_purge_with_a_huge_age_is_an_error_and_purges_nothing() {
             text.contains("too long") && !text.contains("panicked"),
             "{text}"
         );
-        assert_eq!(open_store(&t).dead_len(), 2, "nothing purged by {age}");
+        assert_eq!(open_store(&t).dead_len().await.unwrap(), 2, "nothing purged by {age}");
     }
     // The longest age there is purges what is older, which is nothing here.
     let out = cli(&t, &["dead", "purge", "--older-than", "3650d"]).await;
@@ -164,7 +164,7 @@ async fn dead_purge_with_a_huge_age_is_an_error_and_purges_nothing() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 0 dead letters"));
     let out = cli(&t, &["dead", "purge", "--older-than", "30d"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 1 dead letters"));
-    assert_eq!(open_store(&t).dead_len(), 1);
+    assert_eq!(open_store(&t).dead_len().await.unwrap(), 1);
 }
 
 // --- the change journal -------------------------------------------------------------------------
@@ -176,14 +176,14 @@ async fn once_prunes_the_journal_to_store_journal_retention() {
     let t = TestDir::new(&config.to_yaml());
     let out = cli(&t, &["once"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_eq!(open_store(&t).change_count(), 137);
+    assert_eq!(open_store(&t).change_count().await.unwrap(), 137);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let out = cli(&t, &["once"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
     let store = open_store(&t);
-    assert_eq!(store.change_count(), 0, "the journal is kept for 1s only");
+    assert_eq!(store.change_count().await.unwrap(), 0, "the journal is kept for 1s only");
     assert_eq!(
-        store.snapshot_count(DEFAULT_CLINIC, "leads"),
+        store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(),
         137,
         "snapshots stay"
     );
@@ -199,7 +199,7 @@ fn lead(status: &str) -> serde_json::Value {
 async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
     let api = StaticApi::start(json!([lead("Added")]).to_string()).await;
     let t = TestDir::new(&leads_only(&api.base_url).to_yaml());
-    let engine = t.engine();
+    let engine = t.engine().await;
     let poll = || async { poll_report(&engine).await.unwrap().changes };
     assert_eq!(poll().await, 1);
     api.set(json!([lead("Deleted")]).to_string());
@@ -252,7 +252,7 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
         store.commit_page(DEFAULT_CLINIC, "leads", &page).await.unwrap();
         store.flush().await.unwrap();
     }
-    let engine = t.engine();
+    let engine = t.engine().await;
     assert_eq!(
         engine
             .store
@@ -294,12 +294,12 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
         other["ID"].as_str().unwrap().to_string(),
     );
     {
-        let engine = t.engine();
+        let engine = t.engine().await;
         poll_report(&engine).await.unwrap();
         // `down` retries in an hour (queued, one attempt logged); `bad` dies.
         engine.deliverer.deliver_all_due().await.unwrap();
-        assert_eq!(engine.store.outbox_len(), 2);
-        assert_eq!(engine.store.dead_len(), 2);
+        assert_eq!(engine.store.outbox_len().await.unwrap(), 2);
+        assert_eq!(engine.store.dead_len().await.unwrap(), 2);
         engine.store.flush().await.unwrap();
     }
     let out = cli(&t, &["purge", "--resource", "leads", "--id", &one]).await;
@@ -322,11 +322,11 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
         .snapshot(DEFAULT_CLINIC, "leads", &other)
         .await.unwrap()
         .is_some());
-    assert_eq!(journal_ids(&store), vec![other.clone()]);
-    let outbox = store_outbox(&store);
+    assert_eq!(journal_ids(&store).await, vec![other.clone()]);
+    let outbox = store_outbox(&store).await;
     assert_eq!(outbox.await.len(), 1);
     assert_eq!(outbox[0].record_id, other);
-    let dead = store_dead_letters(&store);
+    let dead = store_dead_letters(&store).await;
     assert_eq!(dead.await.len(), 1);
     assert_eq!(dead[0].entry.record_id, other);
     // The other record's attempt logs are untouched.

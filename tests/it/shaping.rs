@@ -69,7 +69,7 @@ rules:
         ),
     );
     let t = TestDir::new(&yaml);
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let added = last_body(&only);
@@ -186,7 +186,7 @@ rules:
         ),
     );
     let t = TestDir::new(&yaml);
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
@@ -296,11 +296,11 @@ rules:
         ),
     );
     let t = TestDir::new(&yaml);
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.count(), 0, "nothing invalid is sent");
-    let dead = dead_list(&engine);
+    let dead = dead_list(&engine).await;
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]

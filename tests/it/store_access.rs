@@ -176,7 +176,7 @@ async fn a_full_disk_fails_the_poll_clearly_and_nothing_is_lost_once_space_is_ba
     assert!(out.status.success(), "once with space back: {text}");
     let store = Store::open(&mnt.join("data"), DEFAULT_CACHE_BYTES).unwrap();
     assert_eq!(
-        store.snapshot_count(DEFAULT_CLINIC, "leads"),
+        store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(),
         300,
         "every lead, none lost: {text}"
     );
@@ -208,7 +208,7 @@ async fn status_and_dead_list_read_a_stopped_store_and_refuse_a_running_ones() {
 
     // Polled but nothing delivered yet: 3 queued for each destination.
     {
-        let engine = t.engine();
+        let engine = t.engine().await;
         poll_report(&engine).await.unwrap();
     }
     let out = cli(&t, &["status"]).await;

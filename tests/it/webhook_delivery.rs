@@ -29,7 +29,7 @@ async fn success_on_the_first_try_signed_and_shaped_as_the_spec_says() {
     let sb = sandbox_with_leads(1).await;
     let rx = Receiver::start().await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((out.attempted, out.delivered), (1, 1));
@@ -48,7 +48,7 @@ async fn success_on_the_first_try_signed_and_shaped_as_the_spec_says() {
     assert_eq!(body["data"]["rules"], serde_json::json!(["all-leads"]));
     assert_eq!(body["data"]["id"], body["data"]["record"]["ID"]);
     assert!(body["data"]["previous"].is_null());
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -56,7 +56,7 @@ async fn two_500s_then_200_is_three_attempts_with_one_webhook_id() {
     let sb = sandbox_with_leads(1).await;
     let rx = Receiver::with(Responder::script([Reply::status(500), Reply::status(500)])).await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
@@ -70,8 +70,8 @@ async fn two_500s_then_200_is_three_attempts_with_one_webhook_id() {
         got.windows(2).all(|w| w[0].body == w[1].body),
         "the same bytes every time"
     );
-    assert_eq!(engine.store.outbox_len(), 0);
-    assert!(dead_list(&engine).is_empty());
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
+    assert!(dead_list(&engine).await.is_empty());
 }
 
 #[tokio::test]
@@ -82,7 +82,7 @@ async fn a_429_with_retry_after_2_waits_about_2_seconds() {
     ]))
     .await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = rx.received();
@@ -99,11 +99,11 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let sb = sandbox_with_leads(1).await;
     let rx = Receiver::with(Responder::script([Reply::status(400)])).await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1, "no retry after a 400");
-    let dead = dead_list(&engine);
+    let dead = dead_list(&engine).await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("400"), "{}", dead[0].reason);
     let show = dead::dead_text(
@@ -129,8 +129,8 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
     let got = rx.received();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
-    assert!(dead_list(&engine).is_empty());
-    assert_eq!(engine.store.outbox_len(), 0);
+    assert!(dead_list(&engine).await.is_empty());
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -149,10 +149,10 @@ async fn a_timeout_and_a_refused_connection_are_retried_then_dead_when_the_sched
             ("gone", &refused, |w| w),
         ],
     ));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(20)).await;
-    let dead = dead_list(&engine);
+    let dead = dead_list(&engine).await;
     assert_eq!(dead.len(), 2, "both spent their schedule of 3 retries");
     for d in &dead {
         assert_eq!(d.entry.attempts, 4, "1 try + 3 retries");
@@ -181,7 +181,7 @@ async fn a_302_is_a_failure_and_the_redirect_is_not_followed() {
     ]))
     .await;
     let t = TestDir::new(&webhook_config(&sb.base_url(), &[("hook", &rx.url, |w| w)]));
-    let engine = t.engine();
+    let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
     drain_outbox(&engine, Duration::from_secs(5)).await;
     assert_eq!(rx.received().len(), 1);
@@ -189,7 +189,7 @@ async fn a_302_is_a_failure_and_the_redirect_is_not_followed() {
         target.received().is_empty(),
         "the redirect target was never asked"
     );
-    let dead = dead_list(&engine);
+    let dead = dead_list(&engine).await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("302"), "{}", dead[0].reason);
 }
@@ -236,7 +236,7 @@ async fn a_slow_destination_does_not_delay_a_fast_one() {
     cancel.cancel();
     daemon.await.unwrap().unwrap();
     // Nothing was lost: what the slow one did not get is still queued.
-    let engine = t.engine();
-    let queued = queued(&engine, "slow");
+    let engine = t.engine().await;
+    let queued = queued(&engine, "slow").await;
     assert_eq!(queued.len() + slow.received().len().min(20), 20);
 }

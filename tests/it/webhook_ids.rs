@@ -36,7 +36,7 @@ async fn webhook_ids_are_keyed_per_store_and_stable_across_a_reopen() {
     for _ in 0..2 {
         let rx = Receiver::start().await;
         let t = TestDir::new(&new_leads_to_hooks(&sb.base_url(), &rx.url).to_yaml());
-        let engine = t.engine();
+        let engine = t.engine().await;
         poll_report(&engine).await.unwrap();
         drain_outbox(&engine, Duration::from_secs(15)).await;
         let got = rx.received();

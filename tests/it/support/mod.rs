@@ -80,7 +80,7 @@ impl TestDir {
     }
 
     /// Opens an engine (store in this directory).
-    pub fn engine(&self) -> Engine {
+    pub async fn engine(&self) -> Engine {
         Engine::open(self.settings(), Events::none()).await.expect("engine opens")
     }
 }
@@ -234,7 +234,7 @@ pub async fn poll_report(engine: &Engine) -> Result<PollReport, PollError<StoreE
 /// Delivers until the outbox is empty or `timeout` passes.
 pub async fn drain_outbox(engine: &Engine, timeout: Duration) {
     let start = Instant::now();
-    while engine.store.outbox_len() > 0 && start.elapsed() < timeout {
+    while engine.store.outbox_len().await.unwrap() > 0 && start.elapsed() < timeout {
         engine.deliverer.deliver_all_due().await.unwrap();
         tokio::time::sleep(POLL_STEP).await;
     }

@@ -22,8 +22,8 @@ pub fn open_store(t: &TestDir) -> Store {
 }
 
 /// Every dead letter of an engine's store.
-pub fn dead_list(engine: &Engine) -> Vec<DeadLetter> {
-    store_dead_letters(&engine.store)
+pub async fn dead_list(engine: &Engine) -> Vec<DeadLetter> {
+    store_dead_letters(&engine.store).await
 }
 
 /// Every dead letter of a store, decoded.
@@ -42,8 +42,8 @@ pub async fn store_outbox(store: &Store) -> Vec<OutboxEntry> {
 }
 
 /// Every queued outbox entry of `destination` in an engine's store.
-pub fn queued(engine: &Engine, destination: &str) -> Vec<OutboxEntry> {
-    queued_in(&engine.store, destination)
+pub async fn queued(engine: &Engine, destination: &str) -> Vec<OutboxEntry> {
+    queued_in(&engine.store, destination).await
 }
 
 /// Every queued outbox entry of `destination` in a store.
