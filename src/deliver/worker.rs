@@ -517,7 +517,11 @@ mod panic_tests {
         let (_dir, d) = setup(TestFault::PanicInSend).await;
         let out = d.deliver_due("hooks").await.unwrap();
         assert_eq!((out.attempted, out.retried), (1, 1));
-        assert_eq!(queued(&d).await.unwrap().attempts, 1, "the attempt was counted");
+        assert_eq!(
+            queued(&d).await.unwrap().attempts,
+            1,
+            "the attempt was counted"
+        );
         for _ in 0..2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             d.deliver_due("hooks").await.unwrap();

@@ -36,10 +36,21 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
     let ids = sandbox_lead_ids(&sb);
     assert_eq!(ids.len(), 65_000);
     for id in &ids {
-        let stored = engine.store.snapshot(DEFAULT_CLINIC, "leads", id).await.unwrap();
+        let stored = engine
+            .store
+            .snapshot(DEFAULT_CLINIC, "leads", id)
+            .await
+            .unwrap();
         assert!(stored.is_some(), "lead {id} has no snapshot");
     }
-    assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(), 65_000);
+    assert_eq!(
+        engine
+            .store
+            .snapshot_count(DEFAULT_CLINIC, "leads")
+            .await
+            .unwrap(),
+        65_000
+    );
     let journal = journal_ids(&engine.store).await;
     assert_eq!(journal.await.len(), 65_000);
     assert_eq!(
@@ -134,7 +145,14 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
         3000,
         "each once"
     );
-    assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(), 3000);
+    assert_eq!(
+        engine
+            .store
+            .snapshot_count(DEFAULT_CLINIC, "leads")
+            .await
+            .unwrap(),
+        3000
+    );
 }
 
 /// The client takes pages up to MAX_PAGE_BYTES (64 MiB), so a 50 MB page (here one lead with a
@@ -158,7 +176,8 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
     let snap = engine
         .store
         .snapshot(DEFAULT_CLINIC, "leads", "big-one")
-        .await.unwrap()
+        .await
+        .unwrap()
         .unwrap();
     assert_eq!(snap["Notes"].as_str().unwrap().len(), 50_000_000);
     let peak = std::fs::read_to_string("/proc/self/status")
@@ -174,7 +193,11 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
         "big-one",
         json!({"Notes": "y".repeat(MAX_PAGE_BYTES + 1024 * 1024)}),
     );
-    let cp = engine.store.checkpoint(DEFAULT_CLINIC, "leads").await.unwrap();
+    let cp = engine
+        .store
+        .checkpoint(DEFAULT_CLINIC, "leads")
+        .await
+        .unwrap();
     let e = poll_report(&engine)
         .await
         .expect_err("a page over 64 MiB is refused");
@@ -184,7 +207,11 @@ async fn a_50_mb_page_is_accepted_and_a_65_mib_page_is_refused_clearly() {
         "{msg}"
     );
     assert_eq!(
-        engine.store.checkpoint(DEFAULT_CLINIC, "leads").await.unwrap(),
+        engine
+            .store
+            .checkpoint(DEFAULT_CLINIC, "leads")
+            .await
+            .unwrap(),
         cp,
         "the checkpoint stays"
     );
@@ -207,7 +234,8 @@ async fn records_that_are_not_objects_are_skipped_and_counted() {
     assert!(engine
         .store
         .snapshot(DEFAULT_CLINIC, "leads", "ok-1")
-        .await.unwrap()
+        .await
+        .unwrap()
         .is_some());
 }
 
@@ -292,7 +320,8 @@ async fn invalid_utf8_in_a_page_fails_the_poll_clearly_and_the_next_poll_recover
     let cp = engine
         .store
         .checkpoint(DEFAULT_CLINIC, "leads")
-        .await.unwrap()
+        .await
+        .unwrap()
         .unwrap();
     assert_eq!(
         cp.last_success_start, None,

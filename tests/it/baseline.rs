@@ -41,13 +41,29 @@ async fn a_clinic_with_2000_records_started_now_sends_nothing_then_an_old_appoin
         assert_eq!(rep.baseline_records, 1000, "{name}: {rep:?}");
         assert_eq!(rep.changes, 0, "{name}: {rep:?}");
     }
-    assert_eq!(engine.store.outbox_len().await.unwrap(), 0, "nothing queued at start");
-    assert_eq!(engine.store.change_count().await.unwrap(), 0, "nothing journaled at start");
+    assert_eq!(
+        engine.store.outbox_len().await.unwrap(),
+        0,
+        "nothing queued at start"
+    );
+    assert_eq!(
+        engine.store.change_count().await.unwrap(),
+        0,
+        "nothing journaled at start"
+    );
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!(out.attempted, 0);
     assert!(rx.received().is_empty());
     for r in ["leads", "appointments"] {
-        assert_eq!(engine.store.snapshot_count(DEFAULT_CLINIC, r).await.unwrap(), 1000, "{r}");
+        assert_eq!(
+            engine
+                .store
+                .snapshot_count(DEFAULT_CLINIC, r)
+                .await
+                .unwrap(),
+            1000,
+            "{r}"
+        );
     }
 
     // An old appointment is cancelled, an old lead is edited.
@@ -157,13 +173,18 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
     let store = open_store(&t);
     let b = store
         .baseline(DEFAULT_CLINIC, "leads")
-        .await.unwrap()
+        .await
+        .unwrap()
         .expect("the baseline is recorded with the first checkpoint");
     assert!(b.finished.is_none(), "the kill came too late: {b:?}");
     assert!(b.pages > 0 && b.pages < 31, "{b:?}");
     assert_eq!(store.outbox_len().await.unwrap(), 0);
     assert_eq!(store.change_count().await.unwrap(), 0);
-    let cp = store.checkpoint(DEFAULT_CLINIC, "leads").await.unwrap().unwrap();
+    let cp = store
+        .checkpoint(DEFAULT_CLINIC, "leads")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(cp.last_success_start, None);
     drop(store);
     let status = cli(&t, &["status"]).await;
@@ -185,11 +206,21 @@ async fn a_kill_9_in_the_middle_of_the_baseline_resumes_it_and_nothing_is_ever_s
         b.pages
     );
     let store = open_store(&t);
-    let done = store.baseline(DEFAULT_CLINIC, "leads").await.unwrap().unwrap();
+    let done = store
+        .baseline(DEFAULT_CLINIC, "leads")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(done.finished.is_some(), "{done:?}");
-    assert_eq!(store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(), 3000);
     assert_eq!(
-        store.baseline_snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(),
+        store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(),
+        3000
+    );
+    assert_eq!(
+        store
+            .baseline_snapshot_count(DEFAULT_CLINIC, "leads")
+            .await
+            .unwrap(),
         0,
         "merged"
     );
@@ -270,7 +301,14 @@ async fn records_changed_while_the_baseline_runs_are_sent_by_the_first_poll_afte
     // the baseline's offset paging skips one unchanged lead at the next page boundary: it stays
     // unknown, and nothing changed is lost. Re-reading a shifted window is the page-shift part of
     // the poller, not the baseline's.)
-    assert!(engine.store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap() >= 450);
+    assert!(
+        engine
+            .store
+            .snapshot_count(DEFAULT_CLINIC, "leads")
+            .await
+            .unwrap()
+            >= 450
+    );
 }
 
 #[test]

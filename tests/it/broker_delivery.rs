@@ -272,7 +272,8 @@ async fn nats_publishes_every_change_acked_with_the_webhook_id_as_msg_id() {
     ));
     let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
-    let ids_queued: HashSet<String> = queued(&engine, "bus").await
+    let ids_queued: HashSet<String> = queued(&engine, "bus")
+        .await
         .into_iter()
         .map(|e| e.webhook_id)
         .collect();
@@ -583,12 +584,17 @@ async fn amqp_publishes_persistent_confirmed_messages_with_the_webhook_id() {
     ));
     let engine = t.engine().await;
     poll_report(&engine).await.unwrap();
-    let ids_queued: HashSet<String> = queued(&engine, "queue").await
+    let ids_queued: HashSet<String> = queued(&engine, "queue")
+        .await
         .into_iter()
         .map(|e| e.webhook_id)
         .collect();
     drain_outbox(&engine, DRAIN).await;
-    assert_eq!(engine.store.outbox_len().await.unwrap(), 0, "every publish was confirmed");
+    assert_eq!(
+        engine.store.outbox_len().await.unwrap(),
+        0,
+        "every publish was confirmed"
+    );
     assert!(dead_list(&engine).await.is_empty());
 
     let got = q.read_all().await;

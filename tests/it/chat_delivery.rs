@@ -190,7 +190,8 @@ async fn a_404_from_slack_or_discord_goes_to_the_dead_letters() {
         assert_eq!(engine.store.outbox_len().await.unwrap(), 0);
         // And `status` shows the destination as failing.
         let text = clinicea_notifier::commands::status::status_text(&_t.settings(), &engine.store)
-            .await.unwrap();
+            .await
+            .unwrap();
         assert!(text.contains("FAILING since"), "{kind}: {text}");
         assert!(text.contains("404"), "{kind}: {text}");
     }

@@ -44,8 +44,11 @@ fn by_recipient(got: &[CaughtMessage]) -> HashMap<String, Vec<CaughtMessage>> {
     m
 }
 
-async fn message_ids(engine: &clinicea_notifier::daemon::engine::Engine) -> HashMap<String, String> {
-    queued(engine, "front-desk").await
+async fn message_ids(
+    engine: &clinicea_notifier::daemon::engine::Engine,
+) -> HashMap<String, String> {
+    queued(engine, "front-desk")
+        .await
         .into_iter()
         .map(|e| match e.payload {
             Payload::Email(m) => (m.to, m.message_id),

@@ -33,7 +33,8 @@ async fn once_then_status(t: &TestDir, status: u16, leaks: &[&str]) -> Seen {
     assert!(status_out.status.success(), "{}", output_text(&status_out));
     let stored = open_store(t)
         .poll_status("default", "leads")
-        .await.unwrap()
+        .await
+        .unwrap()
         .last_error
         .expect("the failure is stored");
     let seen = Seen {

@@ -306,7 +306,9 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     for round in 0..20 {
         let queued = Store::open(&store_path, DEFAULT_CACHE_BYTES)
             .unwrap()
-            .outbox_len().await.unwrap();
+            .outbox_len()
+            .await
+            .unwrap();
         if round > 0 && queued == 0 {
             break;
         }

@@ -60,7 +60,8 @@ async fn sigterm_during_deliveries_exits_0_promptly_and_once_delivers_the_rest()
 
     // Whatever was not delivered is still queued: none fell between the two.
     let store = open_store(&t);
-    let queued: HashSet<String> = queued_in(&store, "hook").await
+    let queued: HashSet<String> = queued_in(&store, "hook")
+        .await
         .into_iter()
         .map(|e| e.record_id)
         .collect();

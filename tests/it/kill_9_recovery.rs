@@ -47,7 +47,8 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
         let store = open_store(&t);
         let cp = store
             .checkpoint("default", "leads")
-            .await.expect("checkpoint reads")
+            .await
+            .expect("checkpoint reads")
             .expect("the origin is fixed durably before the first page");
         assert_eq!(
             cp.last_success_start, None,
@@ -58,7 +59,11 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
             duplicates(&ids).is_empty(),
             "round {round}: twice in the journal"
         );
-        assert!(ids.await.len() < 3000, "round {round}: {} journaled", ids.await.len());
+        assert!(
+            ids.await.len() < 3000,
+            "round {round}: {} journaled",
+            ids.await.len()
+        );
         assert!(ids.await.iter().all(|id| all.contains(id)));
         journaled_after_kill.push(ids.await.len());
     }
@@ -84,7 +89,10 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
         missing.first()
     );
     assert_eq!(journaled.len(), 3000);
-    assert_eq!(store.snapshot_count("default", "leads").await.unwrap(), 3000);
+    assert_eq!(
+        store.snapshot_count("default", "leads").await.unwrap(),
+        3000
+    );
     let cp = store.checkpoint("default", "leads").await.unwrap().unwrap();
     assert!(
         cp.last_success_start.is_some(),
@@ -309,7 +317,8 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
     let store = open_store(&t);
     let journal: HashSet<String> = store
         .changes()
-        .await.unwrap()
+        .await
+        .unwrap()
         .into_iter()
         .map(|(_, c)| c.change_id(store.id_key()))
         .collect();

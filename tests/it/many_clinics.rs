@@ -150,7 +150,8 @@ async fn the_same_record_in_two_clinics_is_two_changes_with_two_webhook_ids() {
     let store = open_store(&t);
     let sent: HashSet<String> = store
         .changes()
-        .await.unwrap()
+        .await
+        .unwrap()
         .iter()
         .map(|(_, c)| c.change_id(store.id_key()))
         .collect();
@@ -376,7 +377,8 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
     let store = open_store(&t);
     assert!(store
         .changes()
-        .await.unwrap()
+        .await
+        .unwrap()
         .iter()
         .all(|(_, c)| c.clinic == "default"));
 }

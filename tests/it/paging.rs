@@ -29,7 +29,8 @@ async fn checkpoint(engine: &Engine) -> clinicea_notifier::ingest::state::Checkp
     engine
         .store
         .checkpoint(DEFAULT_CLINIC, "leads")
-        .await.unwrap()
+        .await
+        .unwrap()
         .expect("a checkpoint once polled")
 }
 
@@ -206,7 +207,11 @@ async fn an_unsettled_poll_keeps_the_checkpoint() {
     );
     assert_eq!(rep.passes, clinicea_notifier::ingest::poll::MAX_PASSES);
     let cp = checkpoint(&engine);
-    assert_eq!(cp.await.last_success_start, None, "the checkpoint did not move");
+    assert_eq!(
+        cp.await.last_success_start,
+        None,
+        "the checkpoint did not move"
+    );
     // Once the order is stable again, the next poll settles and moves it.
     sb.sandbox.set_order(Order::Id);
     let rep = poll_leads(&engine).await;
@@ -256,7 +261,8 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
     let journal: BTreeSet<(String, String)> = engine
         .store
         .changes()
-        .await.unwrap()
+        .await
+        .unwrap()
         .into_iter()
         .map(|(_, c)| (c.id.clone(), canon(&c.record)))
         .collect();
@@ -267,7 +273,11 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
         lost.len(),
         expected.len()
     );
-    let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").await.unwrap();
+    let status = engine
+        .store
+        .poll_status(DEFAULT_CLINIC, "leads")
+        .await
+        .unwrap();
     let skew = status.clock_skew_ms.expect("the skew is measured") as f64 / 1000.0;
     assert!(
         (skew - offset_secs as f64).abs() < 3.0,
@@ -306,7 +316,11 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
     let engine = t.engine().await;
     let before = chrono::Utc::now();
     poll_leads(&engine).await;
-    let status = engine.store.poll_status(DEFAULT_CLINIC, "leads").await.unwrap();
+    let status = engine
+        .store
+        .poll_status(DEFAULT_CLINIC, "leads")
+        .await
+        .unwrap();
     assert!(status.api_date_unusable);
     assert_eq!(status.clock_skew_ms, None);
     let cp = checkpoint(&engine);

@@ -21,7 +21,11 @@ async fn syncs_137_leads_over_two_pages_from_page_0() {
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 137, 137));
     let ids = journal_ids(&engine.store).await;
     assert_eq!(ids.await.len(), 137);
-    assert_eq!(ids.await.iter().collect::<HashSet<_>>().len(), 137, "each once");
+    assert_eq!(
+        ids.await.iter().collect::<HashSet<_>>().len(),
+        137,
+        "each once"
+    );
     // Two pages for the silent baseline at first start, two for the poll from the origin.
     assert_eq!(sb.sandbox.stats().requests.get("leads"), Some(&4));
     let changes = engine.store.changes().await.unwrap();
@@ -46,8 +50,10 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
     // The sandbox's appointments include deleted ones; every record is a change of some kind.
     assert_eq!(rep.changes, 137);
     assert_eq!(
-        journal_ids(&engine.store).await
-            .await.iter()
+        journal_ids(&engine.store)
+            .await
+            .await
+            .iter()
             .collect::<HashSet<_>>()
             .len(),
         137
@@ -65,7 +71,9 @@ async fn an_empty_page_is_a_204_and_ends_the_sync() {
     // Nothing at all: a single 204.
     let sb0 = sandbox_with_leads(0).await;
     let t0 = TestDir::new(&leads_only(&sb0.base_url()).to_yaml());
-    let rep0 = poll_report(&t0.engine().await).await.expect("poll succeeds");
+    let rep0 = poll_report(&t0.engine().await)
+        .await
+        .expect("poll succeeds");
     assert_eq!((rep0.pages, rep0.records, rep0.changes), (1, 0, 0));
 }
 
@@ -196,7 +204,8 @@ async fn a_401_names_the_resource_and_status_and_never_the_key() {
     let cp = engine
         .store
         .checkpoint("default", "leads")
-        .await.unwrap()
+        .await
+        .unwrap()
         .unwrap();
     assert!(cp.last_success_start.is_none());
     let st = engine.store.poll_status("default", "leads").await.unwrap();
@@ -327,7 +336,10 @@ async fn login_mode_fetches_a_token_and_logs_in_again_once_on_a_401() {
     assert_eq!(sb.sandbox.stats().logins, 2);
     // A wrong password is a clear login error without the password in it.
     let t2 = TestDir::new(&login("hunter2-secret"));
-    let err = poll_report(&t2.engine().await).await.unwrap_err().to_string();
+    let err = poll_report(&t2.engine().await)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("login"), "{err}");
     assert!(
         !err.contains("hunter2-secret") && !err.contains("sandbox-api-key"),

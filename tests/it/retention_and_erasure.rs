@@ -47,7 +47,8 @@ async fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
                 ..PageWrite::default()
             },
         )
-        .await.unwrap();
+        .await
+        .unwrap();
     let log = AttemptLog {
         at_ms: died_ms,
         attempt: 1,
@@ -87,7 +88,8 @@ async fn once_deletes_dead_letters_past_their_retention_and_keeps_the_rest() {
         let store = open_store(&t);
         let left: Vec<u64> = store
             .dead_entries()
-            .await.unwrap()
+            .await
+            .unwrap()
             .into_iter()
             .map(|(s, _)| s)
             .collect();
@@ -156,7 +158,11 @@ async fn dead_purge_with_a_huge_age_is_an_error_and_purges_nothing() {
             text.contains("too long") && !text.contains("panicked"),
             "{text}"
         );
-        assert_eq!(open_store(&t).dead_len().await.unwrap(), 2, "nothing purged by {age}");
+        assert_eq!(
+            open_store(&t).dead_len().await.unwrap(),
+            2,
+            "nothing purged by {age}"
+        );
     }
     // The longest age there is purges what is older, which is nothing here.
     let out = cli(&t, &["dead", "purge", "--older-than", "3650d"]).await;
@@ -181,7 +187,11 @@ async fn once_prunes_the_journal_to_store_journal_retention() {
     let out = cli(&t, &["once"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
     let store = open_store(&t);
-    assert_eq!(store.change_count().await.unwrap(), 0, "the journal is kept for 1s only");
+    assert_eq!(
+        store.change_count().await.unwrap(),
+        0,
+        "the journal is kept for 1s only"
+    );
     assert_eq!(
         store.snapshot_count(DEFAULT_CLINIC, "leads").await.unwrap(),
         137,
@@ -208,7 +218,8 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
         engine
             .store
             .snapshot(DEFAULT_CLINIC, "leads", "L1")
-            .await.unwrap(),
+            .await
+            .unwrap(),
         Some(json!({"ID": "L1", "IsDeleted": true})),
         "a tombstone holds nothing of the record"
     );
@@ -219,7 +230,8 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
     let kinds: Vec<ChangeKind> = engine
         .store
         .changes()
-        .await.unwrap()
+        .await
+        .unwrap()
         .into_iter()
         .map(|(_, c)| c.kind)
         .collect();
@@ -231,7 +243,8 @@ async fn a_deleted_record_keeps_only_its_id_and_flag_and_comes_back_as_added() {
         engine
             .store
             .snapshot(DEFAULT_CLINIC, "leads", "L1")
-            .await.unwrap(),
+            .await
+            .unwrap(),
         Some(lead("Modified"))
     );
 }
@@ -249,7 +262,10 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
             ],
             ..PageWrite::default()
         };
-        store.commit_page(DEFAULT_CLINIC, "leads", &page).await.unwrap();
+        store
+            .commit_page(DEFAULT_CLINIC, "leads", &page)
+            .await
+            .unwrap();
         store.flush().await.unwrap();
     }
     let engine = t.engine().await;
@@ -257,14 +273,16 @@ async fn deleted_records_an_older_version_kept_whole_are_reduced_at_start() {
         engine
             .store
             .snapshot(DEFAULT_CLINIC, "leads", "L1")
-            .await.unwrap(),
+            .await
+            .unwrap(),
         Some(json!({"ID": "L1", "IsDeleted": true}))
     );
     assert_eq!(
         engine
             .store
             .snapshot(DEFAULT_CLINIC, "leads", "L2")
-            .await.unwrap(),
+            .await
+            .unwrap(),
         Some(lead("Added")),
         "a live record is kept as it is"
     );
@@ -317,10 +335,14 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
     assert!(text.contains(&one), "{text}");
 
     let store = open_store(&t);
-    assert_eq!(store.snapshot(DEFAULT_CLINIC, "leads", &one).await.unwrap(), None);
+    assert_eq!(
+        store.snapshot(DEFAULT_CLINIC, "leads", &one).await.unwrap(),
+        None
+    );
     assert!(store
         .snapshot(DEFAULT_CLINIC, "leads", &other)
-        .await.unwrap()
+        .await
+        .unwrap()
         .is_some());
     assert_eq!(journal_ids(&store).await, vec![other.clone()]);
     let outbox = store_outbox(&store).await;

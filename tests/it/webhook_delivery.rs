@@ -112,7 +112,8 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
             id: dead[0].entry.seq.into(),
         },
     )
-    .await.unwrap();
+    .await
+    .unwrap();
     assert!(show.contains("#1") && show.contains("status 400"), "{show}");
 
     // Re-drive it: it goes back to the queue and is delivered with the same webhook-id.
@@ -123,7 +124,8 @@ async fn a_400_goes_to_the_dead_letters_at_once_and_dead_retry_redelivers() {
             all: true,
         },
     )
-    .await.unwrap();
+    .await
+    .unwrap();
     assert!(out.contains("queued again"), "{out}");
     drain_outbox(&engine, Duration::from_secs(5)).await;
     let got = rx.received();

@@ -81,7 +81,9 @@ impl TestDir {
 
     /// Opens an engine (store in this directory).
     pub async fn engine(&self) -> Engine {
-        Engine::open(self.settings(), Events::none()).await.expect("engine opens")
+        Engine::open(self.settings(), Events::none())
+            .await
+            .expect("engine opens")
     }
 }
 

@@ -30,7 +30,8 @@ pub async fn dead_list(engine: &Engine) -> Vec<DeadLetter> {
 pub async fn store_dead_letters(store: &Store) -> Vec<DeadLetter> {
     store
         .dead_entries()
-        .await.unwrap()
+        .await
+        .unwrap()
         .into_iter()
         .map(|(_, dead)| dead)
         .collect()
@@ -50,7 +51,8 @@ pub async fn queued(engine: &Engine, destination: &str) -> Vec<OutboxEntry> {
 pub async fn queued_in(store: &Store, destination: &str) -> Vec<OutboxEntry> {
     store
         .outbox_entries(destination)
-        .await.unwrap()
+        .await
+        .unwrap()
         .into_iter()
         .map(|(_, entry)| entry)
         .collect()
@@ -65,7 +67,8 @@ pub async fn attempt_logs(engine: &Engine, seq: u64) -> Vec<AttemptLog> {
 pub async fn journal_ids(store: &Store) -> Vec<String> {
     store
         .changes()
-        .await.expect("the journal reads")
+        .await
+        .expect("the journal reads")
         .into_iter()
         .map(|(_, c)| c.id)
         .collect()
