@@ -284,7 +284,7 @@ fn store_backend(raw: &RawStore, problems: &mut Vec<Problem>) -> StoreBackend {
                 if set {
                     problems.push(Problem::at(
                         None,
-                        &format!("store.{key}"),
+                        format!("store.{key}"),
                         "is for `backend: postgres`; the sled store keeps its state in `path`",
                     ));
                 }

@@ -1198,25 +1198,7 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::outbox::store::DEFAULT_CACHE_BYTES;
-
-    /// A queued webhook delivery.
-    fn entry(destination: &str, seq: u64) -> OutboxEntry {
-        OutboxEntry {
-            seq,
-            destination: destination.into(),
-            clinic: "default".into(),
-            webhook_id: format!("msg_{seq}"),
-            event_type: "leads.added".into(),
-            resource: "leads".into(),
-            record_id: "a".into(),
-            rule: "r".into(),
-            change_seq: 1,
-            payload: crate::route::plan::Payload::Webhook { body: "{}".into() },
-            attempts: 0,
-            next_attempt_ms: 0,
-            created_ms: 0,
-        }
-    }
+    use crate::outbox::tests::entry;
 
     #[test]
     fn values_are_stored_as_their_json_and_a_bad_one_is_a_decode_error() {

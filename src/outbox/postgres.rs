@@ -764,6 +764,7 @@ impl PgStore {
         Ok(names.into_iter().collect())
     }
 
+    #[cfg(test)]
     pub(crate) async fn outbox_get(
         &self,
         destination: &str,

@@ -182,6 +182,9 @@ impl Erased {
     }
 }
 
+/// One journal entry of a [`Dump`]: (seq, clinic, resource, record id, detected at, value).
+pub(crate) type DumpedChange = (u64, String, String, String, DateTime<Utc>, Vec<u8>);
+
 /// Everything a store holds, as [`SledStore::export`] reads it for a copy into PostgreSQL
 /// ([`PgStore::import`]). Values stay the bytes they were stored as.
 #[derive(Debug, Default)]
@@ -195,7 +198,7 @@ pub(crate) struct Dump {
     /// Snapshots and the baseline's records: (baseline?, clinic, resource, record id, value).
     pub(crate) records: Vec<(bool, String, String, String, Vec<u8>)>,
     /// The change journal: (seq, clinic, resource, record id, detected at, value).
-    pub(crate) journal: Vec<(u64, String, String, String, DateTime<Utc>, Vec<u8>)>,
+    pub(crate) journal: Vec<DumpedChange>,
     /// Queued deliveries.
     pub(crate) outbox: Vec<OutboxEntry>,
     /// Attempt logs: (seq, attempt, value).
@@ -587,7 +590,8 @@ impl Store {
         }
     }
 
-    /// One outbox entry.
+    /// One outbox entry (the tests read what a worker left).
+    #[cfg(test)]
     pub(crate) async fn outbox_get(
         &self,
         destination: &str,

@@ -127,7 +127,7 @@ macro_rules! on_both {
 }
 
 /// A queued webhook delivery of record `a`.
-fn entry(destination: &str, seq: u64) -> OutboxEntry {
+pub(crate) fn entry(destination: &str, seq: u64) -> OutboxEntry {
     OutboxEntry {
         seq,
         destination: destination.into(),
