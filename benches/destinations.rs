@@ -85,21 +85,23 @@ rules:\n  - name: all-leads\n    resource: leads\n    notify: [dest]\n",
     )
 }
 
-fn engine_in(dir: &Path, yaml: &str) -> Engine {
+async fn engine_in(dir: &Path, yaml: &str) -> Engine {
     let config = dir.join("clinicea-notifier.yaml");
     std::fs::write(&config, yaml).unwrap();
     let settings = match load_settings_with(&config, &HashMap::new()) {
         Ok(s) => s,
         Err(e) => panic!("bench config should load: {e}"),
     };
-    Engine::open(settings, Events::none()).expect("engine opens")
+    Engine::open(settings, Events::none())
+        .await
+        .expect("engine opens")
 }
 
 /// One poll fills the outbox; then the real worker delivers it. Returns (entries, deliveries/s,
 /// the body of one entry, for the ceiling).
 async fn through_worker(base_url: &str, destination: &str) -> (u64, f64, Bytes) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine_in(dir.path(), &config(base_url, destination));
+    let engine = engine_in(dir.path(), &config(base_url, destination)).await;
     let report = engine
         .poll_all()
         .await
@@ -110,6 +112,7 @@ async fn through_worker(base_url: &str, destination: &str) -> (u64, f64, Bytes) 
     let (_, first) = engine
         .store
         .outbox_entries("dest")
+        .await
         .unwrap()
         .into_iter()
         .next()
@@ -125,6 +128,7 @@ async fn through_worker(base_url: &str, destination: &str) -> (u64, f64, Bytes) 
         None,
         Some(ev_tx),
     )
+    .await
     .expect("deliverer builds");
     let (_wake_tx, wake_rx) = mpsc::unbounded_channel::<Wake>();
     let cancel = CancellationToken::new();

@@ -171,14 +171,16 @@ rules:\n  - name: everything\n    resource: leads\n    notify: [hook]\n"
     )
 }
 
-fn engine_in(dir: &Path, yaml: &str) -> Engine {
+async fn engine_in(dir: &Path, yaml: &str) -> Engine {
     let config = dir.join("clinicea-notifier.yaml");
     std::fs::write(&config, yaml).unwrap();
     let settings = match load_settings_with(&config, &HashMap::new()) {
         Ok(s) => s,
         Err(e) => panic!("bench config should load: {e}"),
     };
-    Engine::open(settings, Events::none()).expect("engine opens")
+    Engine::open(settings, Events::none())
+        .await
+        .expect("engine opens")
 }
 
 // --- B: ingest --------------------------------------------------------------------------------
@@ -265,6 +267,7 @@ async fn deliver(engine: &Engine, n: u64, template: &OutboxEntry) -> (f64, f64, 
         None,
         Some(ev_tx),
     )
+    .await
     .expect("deliverer builds");
     let (wake_tx, wake_rx) = mpsc::unbounded_channel::<Wake>();
     let cancel = CancellationToken::new();
@@ -309,22 +312,20 @@ async fn deliver(engine: &Engine, n: u64, template: &OutboxEntry) -> (f64, f64, 
             let mut wakes = Vec::with_capacity(100);
             let now = chrono::Utc::now().timestamp_millis();
             for i in 0..100 {
-                let seq = store.next_id().unwrap();
+                let seq = store.next_id().await.unwrap();
                 let mut e = tmpl.clone();
                 e.seq = seq;
                 e.webhook_id = format!("msg_lat_{b}_{i}");
                 e.created_ms = now;
                 e.next_attempt_ms = now;
-                write
-                    .outbox
-                    .push(("hook".into(), seq, serde_json::to_vec(&e).unwrap()));
+                write.outbox.push(e);
                 wakes.push(Wake {
                     destination: "hook".into(),
                     seq,
                     due_ms: now,
                 });
             }
-            store.commit_page("default", "leads", &write).unwrap();
+            store.commit_page("default", "leads", &write).await.unwrap();
             let at = Instant::now();
             {
                 let mut m = sent.lock().unwrap();
@@ -434,7 +435,8 @@ fn child_ingest(base_url: &str, cache_mb: u64) {
         let engine = engine_in(
             dir.path(),
             &leads_config(base_url, "http://127.0.0.1:9/hook", 8, cache_mb),
-        );
+        )
+        .await;
         let (records, secs, _) = ingest(&engine).await;
         println!(
             "{records} {secs} {}",
@@ -487,7 +489,8 @@ fn main() {
             let engine = engine_in(
                 dir.path(),
                 &leads_config(&sb.base_url(), &hook_url, concurrency, cache_b),
-            );
+            )
+            .await;
             let (fetch_n, fetch_s) = {
                 let d = tempfile::tempdir().unwrap();
                 bare_ingest(&sb.base_url(), d.path(), cache_b, false).await
@@ -548,6 +551,7 @@ fn main() {
                 let template: OutboxEntry = engine
                     .store
                     .outbox_entries("hook")
+                    .await
                     .unwrap()
                     .into_iter()
                     .next()
@@ -600,7 +604,8 @@ fn main() {
             let engine = engine_in(
                 dir.path(),
                 &three_resources_config(&sb.base_url(), &hook_url, &hours_ago(2)),
-            );
+            )
+            .await;
             for p in engine.poll_all().await {
                 p.result.unwrap();
             }

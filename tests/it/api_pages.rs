@@ -52,7 +52,7 @@ async fn a_one_page_feed_of_65000_records_is_stored_once_and_is_not_a_repeated_p
         65_000
     );
     let journal = journal_ids(&engine.store).await;
-    assert_eq!(journal.await.len(), 65_000);
+    assert_eq!(journal.len(), 65_000);
     assert_eq!(
         journal.into_iter().collect::<HashSet<_>>(),
         ids,
@@ -139,9 +139,9 @@ async fn a_page_that_breaks_off_after_some_chunks_is_read_again_and_each_record_
         "{rep:?}"
     );
     let journal = journal_ids(&engine.store).await;
-    assert_eq!(journal.await.len(), 3000);
+    assert_eq!(journal.len(), 3000);
     assert_eq!(
-        journal.await.iter().collect::<HashSet<_>>().len(),
+        journal.iter().collect::<HashSet<_>>().len(),
         3000,
         "each once"
     );

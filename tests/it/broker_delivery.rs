@@ -692,7 +692,7 @@ async fn amqp_a_message_no_queue_is_bound_for_is_retried_until_one_is() {
         (2, 0),
         "returned as unroutable: retried"
     );
-    let logs = attempt_logs(&engine, queued(&engine, "queue")[0].seq).await;
+    let logs = attempt_logs(&engine, queued(&engine, "queue").await[0].seq).await;
     assert!(
         format!("{:?}", logs[0].verdict).contains("no queue is bound"),
         "{:?}",

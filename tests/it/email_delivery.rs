@@ -74,8 +74,8 @@ async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
     let lead = sb.sandbox.insert("leads", test_lead());
     let rep = poll_report(&engine).await.unwrap();
     assert_eq!((rep.changes, rep.deliveries), (1, 3));
-    let ids = message_ids(&engine);
-    assert_eq!(ids.await.len(), 3);
+    let ids = message_ids(&engine).await;
+    assert_eq!(ids.len(), 3);
     drain_outbox(&engine, Duration::from_secs(10)).await;
     let got = catcher.wait_for(3, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 3, "one message per recipient");
@@ -135,7 +135,7 @@ async fn a_new_lead_sends_one_multipart_email_to_each_recipient() {
         );
         assert!(!html.contains("{{"), "{html}");
     }
-    let mids: std::collections::HashSet<_> = ids.await.values().collect();
+    let mids: std::collections::HashSet<_> = ids.values().collect();
     assert_eq!(
         mids.len(),
         3,
@@ -252,17 +252,17 @@ async fn a_421_is_retried_and_delivered_once_with_the_same_message_id() {
     let engine = t.engine().await;
     sb.sandbox.insert("leads", test_lead());
     poll_report(&engine).await.unwrap();
-    let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
+    let planned = message_ids(&engine).await["frontdesk@clinic.example"].clone();
 
     let first = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((first.attempted, first.retried), (1, 1), "{first:?}");
     let entry = queued(&engine, "front-desk").await.remove(0);
     assert_eq!(entry.attempts, 1);
     let logs = attempt_logs(&engine, entry.seq).await;
-    assert_eq!(logs.await.len(), 1);
+    assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].status, Some(421));
     assert_eq!(
-        message_ids(&engine)["frontdesk@clinic.example"],
+        message_ids(&engine).await["frontdesk@clinic.example"],
         planned,
         "the stored message keeps its Message-ID"
     );
@@ -291,14 +291,14 @@ async fn a_server_that_is_down_is_retried_then_delivered_when_it_comes_up() {
     let engine = t.engine().await;
     sb.sandbox.insert("leads", test_lead());
     poll_report(&engine).await.unwrap();
-    let planned = message_ids(&engine)["frontdesk@clinic.example"].clone();
+    let planned = message_ids(&engine).await["frontdesk@clinic.example"].clone();
 
     let out = engine.deliverer.deliver_all_due().await.unwrap();
     assert_eq!((out.attempted, out.retried), (1, 1), "{out:?}");
     let entry = queued(&engine, "front-desk").await.remove(0);
     assert_eq!(entry.attempts, 1, "still queued, one attempt made");
     let logs = attempt_logs(&engine, entry.seq).await;
-    assert_eq!(logs.await.len(), 1);
+    assert_eq!(logs.len(), 1);
     let reason = format!("{:?}", logs[0].verdict);
     assert!(
         reason.contains("Retry") && reason.contains("SMTP"),

@@ -335,10 +335,13 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
     let dead: Vec<DeadLetter> = store_dead_letters(&store).await;
     let changes = store.change_count().await.unwrap();
     let journal = store.changes().await.unwrap();
-    let checkpoints: Vec<String> = ["leads", "patients", "appointments"]
-        .iter()
-        .map(|r| format!("{r}: {:?}", store.checkpoint("default", r).await.unwrap()))
-        .collect();
+    let mut checkpoints: Vec<String> = Vec::new();
+    for r in ["leads", "patients", "appointments"] {
+        checkpoints.push(format!(
+            "{r}: {:?}",
+            store.checkpoint("default", r).await.unwrap()
+        ));
+    }
     drop(store);
 
     // --- what must hold ------------------------------------------------------------------------

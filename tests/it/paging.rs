@@ -166,7 +166,7 @@ async fn a_shifted_window_is_read_again_and_a_steady_one_costs_no_extra_request(
     let rep = poll_leads(&engine).await;
     assert_eq!((rep.pages, rep.passes, rep.changes), (1, 1, 0));
     assert_eq!(lead_requests(&sb), 9);
-    let cp = checkpoint(&engine);
+    let cp = checkpoint(&engine).await;
 
     // Records edited after each request move to the end; when one of them had been read, every
     // record after it moves one place left, and the pass that saw it twice is read again.
@@ -183,7 +183,7 @@ async fn a_shifted_window_is_read_again_and_a_steady_one_costs_no_extra_request(
     assert!(missing.is_empty(), "undelivered: {missing:?}");
     assert!(twice.is_empty(), "journaled twice: {twice:?}");
     assert!(
-        cp.await.last_success_start.is_some(),
+        cp.last_success_start.is_some(),
         "a settled poll moves the checkpoint"
     );
 }
@@ -206,18 +206,14 @@ async fn an_unsettled_poll_keeps_the_checkpoint() {
         "every reshuffled pass serves ids twice: {rep:?}"
     );
     assert_eq!(rep.passes, clinicea_notifier::ingest::poll::MAX_PASSES);
-    let cp = checkpoint(&engine);
-    assert_eq!(
-        cp.await.last_success_start,
-        None,
-        "the checkpoint did not move"
-    );
+    let cp = checkpoint(&engine).await;
+    assert_eq!(cp.last_success_start, None, "the checkpoint did not move");
     // Once the order is stable again, the next poll settles and moves it.
     sb.sandbox.set_order(Order::Id);
     let rep = poll_leads(&engine).await;
     assert!(rep.settled, "{rep:?}");
-    let cp = checkpoint(&engine);
-    assert!(cp.await.last_success_start.is_some());
+    let cp = checkpoint(&engine).await;
+    assert!(cp.last_success_start.is_some());
     let (missing, twice) = undelivered(&sb, &engine).await;
     assert!(
         missing.is_empty() && twice.is_empty(),
@@ -283,12 +279,12 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
         (skew - offset_secs as f64).abs() < 3.0,
         "measured skew {skew} s for an offset of {offset_secs} s"
     );
-    let cp = checkpoint(&engine);
+    let cp = checkpoint(&engine).await;
     assert!(
-        !cp.await.origin_on_our_clock,
+        !cp.origin_on_our_clock,
         "the origin moved onto the API's clock"
     );
-    assert!(cp.await.skew_ms.is_some());
+    assert!(cp.skew_ms.is_some());
 }
 
 #[tokio::test]
@@ -323,12 +319,12 @@ async fn an_absurd_api_date_falls_back_to_our_clock_with_twice_the_overlap() {
         .unwrap();
     assert!(status.api_date_unusable);
     assert_eq!(status.clock_skew_ms, None);
-    let cp = checkpoint(&engine);
-    assert_eq!(cp.await.skew_ms, None);
-    let start = cp.await.last_success_start.unwrap();
+    let cp = checkpoint(&engine).await;
+    assert_eq!(cp.skew_ms, None);
+    let start = cp.last_success_start.unwrap();
     assert!(start >= before && start <= chrono::Utc::now(), "our clock");
     let overlap = t.settings().base.clinics[0].clinicea.overlap;
-    let since = cp.await.since(overlap);
+    let since = cp.since(overlap);
     assert_eq!(
         since,
         start - chrono::TimeDelta::from_std(overlap * 2).unwrap(),

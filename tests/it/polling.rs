@@ -20,12 +20,8 @@ async fn syncs_137_leads_over_two_pages_from_page_0() {
     let rep = results[0].result.as_ref().expect("poll succeeds");
     assert_eq!((rep.pages, rep.records, rep.changes), (2, 137, 137));
     let ids = journal_ids(&engine.store).await;
-    assert_eq!(ids.await.len(), 137);
-    assert_eq!(
-        ids.await.iter().collect::<HashSet<_>>().len(),
-        137,
-        "each once"
-    );
+    assert_eq!(ids.len(), 137);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 137, "each once");
     // Two pages for the silent baseline at first start, two for the poll from the origin.
     assert_eq!(sb.sandbox.stats().requests.get("leads"), Some(&4));
     let changes = engine.store.changes().await.unwrap();
@@ -51,7 +47,6 @@ async fn syncs_137_appointments_v3_style_from_page_1() {
     assert_eq!(rep.changes, 137);
     assert_eq!(
         journal_ids(&engine.store)
-            .await
             .await
             .iter()
             .collect::<HashSet<_>>()
@@ -271,9 +266,9 @@ async fn a_poll_interrupted_after_its_first_page_loses_and_repeats_nothing() {
     let rep = poll_report(&engine).await.expect("re-run succeeds");
     assert_eq!(rep.changes, 37, "only the rest is new");
     let ids = journal_ids(&engine.store).await;
-    assert_eq!(ids.await.len(), 137);
+    assert_eq!(ids.len(), 137);
     assert_eq!(
-        ids.await.iter().collect::<HashSet<_>>().len(),
+        ids.iter().collect::<HashSet<_>>().len(),
         137,
         "every change exactly once"
     );

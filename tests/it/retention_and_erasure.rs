@@ -43,7 +43,7 @@ async fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
             DEFAULT_CLINIC,
             "leads",
             &PageWrite {
-                dead: vec![(seq, serde_json::to_vec(&dead).unwrap())],
+                dead: vec![dead],
                 ..PageWrite::default()
             },
         )
@@ -346,10 +346,10 @@ async fn purge_erases_one_records_snapshot_journal_deliveries_and_dead_letters()
         .is_some());
     assert_eq!(journal_ids(&store).await, vec![other.clone()]);
     let outbox = store_outbox(&store).await;
-    assert_eq!(outbox.await.len(), 1);
+    assert_eq!(outbox.len(), 1);
     assert_eq!(outbox[0].record_id, other);
     let dead = store_dead_letters(&store).await;
-    assert_eq!(dead.await.len(), 1);
+    assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].entry.record_id, other);
     // The other record's attempt logs are untouched.
     assert_eq!(store.attempts(outbox[0].seq).await.unwrap().len(), 1);

@@ -75,9 +75,9 @@ fn a_store_path_that_cannot_be_created_names_the_path_and_the_cause() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let path = file.join("data");
-    let e = Store::open(&path, DEFAULT_CACHE_BYTES)
-        .err()
-        .expect("cannot open under a file");
+    let Err(e) = Store::open(&path, DEFAULT_CACHE_BYTES) else {
+        panic!("a store opened under a regular file");
+    };
     let msg = e.to_string();
     println!("{msg}");
     assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
@@ -94,9 +94,9 @@ fn a_store_path_that_cannot_be_created_names_the_path_and_the_cause() {
     if std::fs::write(locked.join("probe"), "x").is_ok() {
         println!("SKIPPED the chmod 000 case: this process bypasses file modes (running as root)");
     } else {
-        let e = Store::open(&locked.join("data"), DEFAULT_CACHE_BYTES)
-            .err()
-            .expect("no access");
+        let Err(e) = Store::open(&locked.join("data"), DEFAULT_CACHE_BYTES) else {
+            panic!("a store opened in a directory without access");
+        };
         let msg = e.to_string();
         assert!(msg.contains("Permission denied"), "{msg}");
     }
