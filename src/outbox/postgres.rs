@@ -579,7 +579,7 @@ impl PgStore {
         upgrade: &str,
         rewrite: impl Fn(&str, &str, &[u8]) -> Option<Vec<u8>>,
     ) -> Result<usize> {
-        let marker = format!("upgrade\0{upgrade}");
+        let marker = format!("upgrade:{upgrade}");
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('clinicea-notifier upgrade'))")
             .execute(&mut *tx)

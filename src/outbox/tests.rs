@@ -466,6 +466,45 @@ on_both!(
     dead_letters_purge_by_age_and_health_marks_clear
 );
 
+async fn a_snapshot_upgrade_runs_once_per_store(store: &Store) {
+    let page = PageWrite {
+        snapshots: vec![snap("a", 1), snap("b", 1)],
+        ..PageWrite::default()
+    };
+    store.commit_page("default", "leads", &page).await.unwrap();
+    // Rewrites `a` only: a rewrite that returns None leaves the record as it is.
+    let rewrite = |_: &str, id: &str, _: &[u8]| (id == "a").then(|| snap("a", 9).1);
+    assert_eq!(
+        store
+            .upgrade_snapshots_once("test-upgrade", rewrite)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.snapshot("default", "leads", "a").await.unwrap(),
+        Some(serde_json::json!({"ID":"a","V":9}))
+    );
+    assert_eq!(
+        store.snapshot("default", "leads", "b").await.unwrap(),
+        Some(serde_json::json!({"ID":"b","V":1}))
+    );
+    let again = |_: &str, _: &str, _: &[u8]| Some(snap("a", 10).1);
+    assert_eq!(
+        store
+            .upgrade_snapshots_once("test-upgrade", again)
+            .await
+            .unwrap(),
+        0,
+        "an upgrade already recorded is not run again"
+    );
+    assert_eq!(
+        store.snapshot("default", "leads", "a").await.unwrap(),
+        Some(serde_json::json!({"ID":"a","V":9}))
+    );
+}
+on_both!(upgrades, a_snapshot_upgrade_runs_once_per_store);
+
 // --- PostgreSQL only -------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
