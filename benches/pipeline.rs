@@ -8,6 +8,9 @@
 //! * C. memory: peak RSS of a child process ingesting 1,000,000 records; RSS and CPU of an idle
 //!   `clinicea-notifier run` polling three resources every second.
 //! * D. API requests per poll when nothing changed.
+//! * P. ingest and delivery (A and B at a smaller size, `BENCH_STORE_RECORDS`, default 20,000) on
+//!   sled and then on PostgreSQL (a scratch database on `BENCH_POSTGRES_URL`, else
+//!   `CLINICEA_TEST_POSTGRES_URL`, else the local server), each PostgreSQL figure beside sled's.
 //!
 //! Run with `bench/run.sh` (it builds the release binary that C needs first). `BENCH_ONLY=A,B`
 //! picks parts; `BENCH_CONCURRENCY` (default 16), `BENCH_DELIVERIES` (default 100000),
@@ -21,6 +24,7 @@ use clinicea_notifier::daemon::settings::load_settings_with;
 use clinicea_notifier::deliver::{Deliverer, Event};
 use clinicea_notifier::ingest::poll;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
+use clinicea_notifier::kit::scratch_pg::{ScratchDatabase, SERVER_VAR};
 use clinicea_notifier::outbox::entry::{OutboxEntry, Wake};
 use clinicea_notifier::outbox::store::PageWrite;
 use clinicea_notifier::route::plan::Payload;
@@ -149,10 +153,20 @@ fn hours_ago(h: i64) -> String {
 /// Leads only, every change to one webhook destination. Without the silent baseline: the ingest
 /// figures are for the poll that detects and queues every lead (bench/page_memory.sh runs both).
 fn leads_config(base_url: &str, hook_url: &str, concurrency: usize, cache_mb: u64) -> String {
+    leads_config_on(
+        base_url,
+        hook_url,
+        concurrency,
+        &format!("store:\n  path: ./data\n  cache_mb: {cache_mb}\n"),
+    )
+}
+
+/// As [`leads_config`], with the `store:` section given (sled or PostgreSQL).
+fn leads_config_on(base_url: &str, hook_url: &str, concurrency: usize, store: &str) -> String {
     format!(
         "clinicea:\n  base_url: {base_url}\n  api_key: {API_KEY}\n  start_from: \"{}\"\n  poll_interval: 1s\n  timeout: 30s\n  baseline: {{ enabled: false }}\n\
 resources:\n  leads:\n    path: /api/v1/leads\n\
-store:\n  path: ./data\n  cache_mb: {cache_mb}\n\
+{store}\
 destinations:\n  hook:\n    type: webhook\n    url: {hook_url}\n    secret: {SECRET}\n    concurrency: {concurrency}\n\
 rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
         hours_ago(2)
@@ -462,7 +476,7 @@ fn main() {
         child_ingest(&args[i + 1], args[i + 2].parse().unwrap());
         return;
     }
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "A,B,C,D".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "A,B,C,D,P".into());
     let on = |p: &str| only.split(',').any(|x| x.trim().eq_ignore_ascii_case(p));
     let concurrency = env_usize("BENCH_CONCURRENCY", 16);
     let n_deliveries = env_usize("BENCH_DELIVERIES", 100_000) as u64;
@@ -593,6 +607,71 @@ fn main() {
                     p99,
                     "ms",
                     None,
+                ));
+            }
+        }
+
+        if on("P") {
+            // P: the same ingest and delivery on each store, one after the other in this run.
+            let n = env_usize("BENCH_STORE_RECORDS", 20_000);
+            let server = std::env::var("BENCH_POSTGRES_URL")
+                .or_else(|_| std::env::var(SERVER_VAR))
+                .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
+            let mut by_store: Vec<(&str, f64, f64, f64)> = Vec::new();
+            for backend in ["sled", "postgres"] {
+                let sb = sandbox(n, 0, 0).await;
+                let dir = tempfile::tempdir().unwrap();
+                let db = if backend == "postgres" {
+                    Some(ScratchDatabase::on(&server, "cn_bench").await)
+                } else {
+                    None
+                };
+                let store = match &db {
+                    Some(db) => format!("store:\n  backend: postgres\n  url: {}\n", db.url),
+                    None => format!("store:\n  path: ./data\n  cache_mb: {cache_b}\n"),
+                };
+                let engine = engine_in(
+                    dir.path(),
+                    &leads_config_on(&sb.base_url(), &hook_url, concurrency, &store),
+                )
+                .await;
+                let (records, secs, deliveries) = ingest(&engine).await;
+                assert_eq!((records, deliveries), (n as u64, n as u64));
+                let template = engine
+                    .store
+                    .outbox_entries("hook")
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .next()
+                    .unwrap()
+                    .1;
+                let (rate, _p50, p99, _) = deliver(&engine, n as u64, &template).await;
+                eprintln!("P {backend}: ingest {records} in {secs:.2}s, delivery {rate:.0}/s");
+                by_store.push((backend, records as f64 / secs, rate, p99));
+                drop(engine);
+                drop(db);
+            }
+            let (_, sled_in, sled_out, sled_p99) = by_store[0];
+            for &(backend, ingest_rate, deliver_rate, p99) in &by_store {
+                let ceiling = |sled: f64| (backend != "sled").then_some(sled);
+                rows.push(row(
+                    &format!("P ingest on {backend} ({n} leads; ratio: to sled)"),
+                    ingest_rate,
+                    "records/s",
+                    ceiling(sled_in),
+                ));
+                rows.push(row(
+                    &format!("P deliveries on {backend} (c={concurrency}; ratio: to sled)"),
+                    deliver_rate,
+                    "deliv/s",
+                    ceiling(sled_out),
+                ));
+                rows.push(row(
+                    &format!("P   enqueue->delivered p99 on {backend}"),
+                    p99,
+                    "ms",
+                    ceiling(sled_p99),
                 ));
             }
         }

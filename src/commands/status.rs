@@ -47,6 +47,8 @@ pub struct StatusReport {
     pub destinations: Vec<DestinationStatus>,
     /// Changes kept in the journal.
     pub journal_changes: u64,
+    /// Where the store is: a sled directory, or `postgres://host:port/db` (never a password).
+    pub store: String,
 }
 
 /// One clinic in [`StatusReport`].
@@ -56,6 +58,18 @@ pub struct ClinicStatus {
     pub name: String,
     /// The resources it polls.
     pub resources: Vec<ResourceStatus>,
+    /// On PostgreSQL, the replica whose lease on this clinic has not expired (it polls the
+    /// clinic); `null` on sled, and while no replica holds it.
+    pub polled_by: Option<LeaseHolder>,
+}
+
+/// The replica polling a clinic, from the shared store's leases.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseHolder {
+    /// The replica's name: host (a pod's name), process id and a random tag.
+    pub replica: String,
+    /// Seconds until its lease runs out unless renewed.
+    pub lease_expires_in_s: f64,
 }
 
 /// One resource of one clinic in [`StatusReport`].
@@ -140,6 +154,22 @@ pub struct Failing {
 /// Reads everything `status` shows from the store.
 pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result<StatusReport> {
     let now = Utc::now();
+    let leases: HashMap<String, LeaseHolder> = match store.postgres() {
+        None => HashMap::new(),
+        Some(pg) => pg
+            .leases()
+            .await?
+            .into_iter()
+            .filter(|l| l.expires_in_ms > 0)
+            .map(|l| {
+                let holder = LeaseHolder {
+                    replica: l.owner,
+                    lease_expires_in_s: l.expires_in_ms as f64 / 1000.0,
+                };
+                (l.clinic, holder)
+            })
+            .collect(),
+    };
     let mut clinics = Vec::new();
     for c in &settings.base.clinics {
         let mut resources = Vec::new();
@@ -149,6 +179,7 @@ pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result
         clinics.push(ClinicStatus {
             name: c.name.clone(),
             resources,
+            polled_by: leases.get(&c.name).cloned(),
         });
     }
     let queued = store.outbox_counts().await?;
@@ -181,6 +212,7 @@ pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result
         clinics,
         destinations,
         journal_changes: store.change_count().await? as u64,
+        store: store.describe(),
     })
 }
 
@@ -232,11 +264,24 @@ async fn resource_status(
 fn report_text(report: &StatusReport, fleet: bool) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    if fleet {
+    let shared = report.store.starts_with("postgres://");
+    if shared {
+        let _ = writeln!(out, "Store: {} (shared by replicas)", report.store);
+    }
+    if fleet || shared {
         let _ = writeln!(out, "Clinics: {}", report.clinics.len());
         for c in &report.clinics {
             let names: Vec<&str> = c.resources.iter().map(|r| r.name.as_str()).collect();
-            let _ = writeln!(out, "  {} ({})", c.name, names.join(", "));
+            let owner = match (&c.polled_by, shared) {
+                (Some(h), _) => format!(
+                    ", polled by {} (lease {:.0}s)",
+                    terminal_safe(&h.replica),
+                    h.lease_expires_in_s
+                ),
+                (None, true) => ", polled by no replica now".to_string(),
+                (None, false) => String::new(),
+            };
+            let _ = writeln!(out, "  {} ({}){owner}", c.name, names.join(", "));
             for r in &c.resources {
                 let _ = writeln!(out, "    {}", resource_line(r));
             }

@@ -9,82 +9,27 @@ use super::store::{
     Due, JournalWrite, PageWrite, PgOptions, Store, StoreError, DEFAULT_CACHE_BYTES,
 };
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
+use crate::kit::scratch_pg::ScratchDatabase;
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, Executor};
 use std::time::Duration;
 
-/// The environment variable that names a PostgreSQL server for tests.
-pub(crate) const PG_ENV: &str = "CLINICEA_TEST_POSTGRES_URL";
+/// A database made for one test on the server `CLINICEA_TEST_POSTGRES_URL` names.
+type PgDb = ScratchDatabase;
 
-/// A database made for one test, dropped when the test ends (pass or fail).
-pub(crate) struct PgDb {
-    admin: String,
-    name: String,
-    pub(crate) url: String,
-}
-
-impl PgDb {
-    /// A new empty database, or `None` (saying so) when no server is configured.
-    pub(crate) async fn fresh() -> Option<PgDb> {
-        let Ok(admin) = std::env::var(PG_ENV) else {
-            eprintln!("skipped: {PG_ENV} is unset (see README: the PostgreSQL tests)");
-            return None;
-        };
-        let name = format!(
-            "cn_unit_{}_{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let mut c = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("{PG_ENV} is set but the server does not answer: {e}"));
-        c.execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&name);
-        Some(PgDb {
-            admin,
-            name,
-            url: url.to_string(),
-        })
-    }
-
-    fn options(&self, holder: Option<&str>, lease: Duration) -> PgOptions {
-        PgOptions {
-            url: self.url.clone(),
-            holder: holder.map(str::to_string),
-            lease,
-        }
-    }
-
-    /// A store on this database (unfenced).
-    pub(crate) async fn store(&self) -> Store {
-        Store::open_postgres(&self.options(None, Duration::from_secs(30)))
-            .await
-            .unwrap()
+/// How a replica named `holder` (or an unfenced one) opens `db`.
+fn options(db: &PgDb, holder: Option<&str>, lease: Duration) -> PgOptions {
+    PgOptions {
+        url: db.url.clone(),
+        holder: holder.map(str::to_string),
+        lease,
     }
 }
 
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = c
-                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+/// An unfenced store on `db`.
+async fn pg_store(db: &PgDb) -> Store {
+    Store::open_postgres(&options(db, None, Duration::from_secs(30)))
+        .await
+        .unwrap()
 }
 
 /// Where a test's store lives while it runs (dropped with the test: the folder or database goes).
@@ -97,8 +42,8 @@ enum Home {
 /// A test's store on one backend, or `None` when that backend is not available here.
 async fn store_on(postgres: bool) -> Option<(Store, Home)> {
     if postgres {
-        let db = PgDb::fresh().await?;
-        Some((db.store().await, Home::Postgres(db)))
+        let db = PgDb::from_env().await?;
+        Some((pg_store(&db).await, Home::Postgres(db)))
     } else {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("data"), DEFAULT_CACHE_BYTES).unwrap();
@@ -509,10 +454,10 @@ on_both!(upgrades, a_snapshot_upgrade_runs_once_per_store);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_change_id_key_and_never_hand_out_one_id_twice() {
-    let Some(db) = PgDb::fresh().await else {
+    let Some(db) = PgDb::from_env().await else {
         return;
     };
-    let (a, b) = (db.store().await, db.store().await);
+    let (a, b) = (pg_store(&db).await, pg_store(&db).await);
     let id = |s: &Store| {
         let c = crate::model::Change {
             clinic: "default".into(),
@@ -537,10 +482,10 @@ async fn replicas_share_one_change_id_key_and_never_hand_out_one_id_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_claims_an_entry_and_the_other_gets_nothing_until_the_claim_ends() {
-    let Some(db) = PgDb::fresh().await else {
+    let Some(db) = PgDb::from_env().await else {
         return;
     };
-    let (a, b) = (db.store().await, db.store().await);
+    let (a, b) = (pg_store(&db).await, pg_store(&db).await);
     let page = PageWrite {
         outbox: vec![entry("hook", 1)],
         ..PageWrite::default()
@@ -583,14 +528,14 @@ async fn one_replica_claims_an_entry_and_the_other_gets_nothing_until_the_claim_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_writes_a_clinic_only_while_it_holds_its_lease() {
-    let Some(db) = PgDb::fresh().await else {
+    let Some(db) = PgDb::from_env().await else {
         return;
     };
     let lease = Duration::from_secs(3);
-    let a = Store::open_postgres(&db.options(Some("replica-a"), lease))
+    let a = Store::open_postgres(&options(&db, Some("replica-a"), lease))
         .await
         .unwrap();
-    let b = Store::open_postgres(&db.options(Some("replica-b"), lease))
+    let b = Store::open_postgres(&options(&db, Some("replica-b"), lease))
         .await
         .unwrap();
     let (pa, pb) = (a.postgres().unwrap(), b.postgres().unwrap());
@@ -645,7 +590,7 @@ async fn a_replica_writes_a_clinic_only_while_it_holds_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue() {
-    let Some(db) = PgDb::fresh().await else {
+    let Some(db) = PgDb::from_env().await else {
         return;
     };
     let (sled, _dir) = store_on(false).await.unwrap();
@@ -674,7 +619,7 @@ async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue()
         sled.next_id().await.unwrap();
     }
     let last_sled_id = sled.next_id().await.unwrap();
-    let pg = db.store().await;
+    let pg = pg_store(&db).await;
     let p = pg.postgres().unwrap();
     assert!(p.is_empty().await.unwrap());
     p.import(&sled.sled().unwrap().export().unwrap())
@@ -682,7 +627,7 @@ async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue()
         .unwrap();
     assert!(!p.is_empty().await.unwrap());
     // Reopened: the key read is the copied one, so every webhook-id stays the same.
-    let pg = db.store().await;
+    let pg = pg_store(&db).await;
     let probe = crate::model::Change {
         clinic: "default".into(),
         resource: "leads".into(),

@@ -183,7 +183,7 @@ fn replica_logs(t: &TestDir) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_killed_one_after_another_lose_no_change_and_their_clinics_are_taken_over() {
-    let Some(db) = fresh_database().await else {
+    let Some(db) = ScratchDatabase::from_env().await else {
         return;
     };
     let sb = Arc::new(
@@ -380,5 +380,130 @@ async fn replicas_killed_one_after_another_lose_no_change_and_their_clinics_are_
          {late:?}\n{logs}"
     );
     drop(replicas);
+    drop(db);
+}
+
+/// `status` and `dead list`, run as their own processes on the shared store, show what the
+/// running replicas did: every clinic with the replica that polls it (each replica with its fair
+/// share), and the dead letters every replica made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_process_on_the_shared_store_shows_who_polls_each_clinic_and_every_dead_letter() {
+    let Some(db) = ScratchDatabase::from_env().await else {
+        return;
+    };
+    const N: usize = 4;
+    let sb = sandbox(SandboxOptions {
+        clinics: N,
+        leads: 0,
+        patients: 0,
+        appointments: 0,
+        ..SandboxOptions::default()
+    })
+    .await;
+    // A receiver that refuses every delivery for good: each lead becomes a dead letter.
+    let rx = Receiver::with(Responder::always(Reply::status(400))).await;
+    let mut config = Config::new(Clinicea::sandbox(&sb.base_url()).poll_interval(POLL_TEXT))
+        .listen()
+        .store(StoreSection::postgres(&db.url).lease(LEASE_TEXT))
+        .webhook("hooks", &rx.url, |w| w.timeout("5s"))
+        .rule(Rule::new("all-leads", &["hooks"]).resource("leads"));
+    for i in 1..=N {
+        config = config.clinic(&clinic_name(i), Clinic::at(&sb.base_url(), sb.api_key(i)));
+    }
+    let t = TestDir::new(&config.to_yaml());
+    let a = Notifier::run(&t)
+        .tag("replica-a")
+        .ready_within(START_WITHIN)
+        .start()
+        .await;
+    let b = Notifier::run(&t)
+        .tag("replica-b")
+        .ready_within(START_WITHIN)
+        .start()
+        .await;
+    for i in 1..=N {
+        sb.clinic(i).insert(
+            "leads",
+            serde_json::json!({ "FirstName": "Dead", "LastName": format!("Letter {i}") }),
+        );
+    }
+
+    // Both replicas settle on two clinics each, and the dead letters of all four are listed.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (mut status, mut dead) = (serde_json::Value::Null, serde_json::Value::Null);
+    let mut settled = false;
+    while Instant::now() < deadline {
+        let out = cli(&t, &["status", "--output", "json"]).await;
+        assert!(out.status.success(), "{}", output_text(&out));
+        status = serde_json::from_slice(&out.stdout).expect("status prints JSON");
+        let out = cli(&t, &["dead", "list", "--output", "json"]).await;
+        assert!(out.status.success(), "{}", output_text(&out));
+        dead = serde_json::from_slice(&out.stdout).expect("dead list prints JSON");
+        let owners: Vec<String> = status["clinics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["polled_by"]["replica"].as_str().unwrap_or("").to_string())
+            .collect();
+        let of = |pid: u32| {
+            owners
+                .iter()
+                .filter(|o| o.contains(&format!("-{pid}-")))
+                .count()
+        };
+        if of(a.pid) == N / 2
+            && of(b.pid) == N / 2
+            && dead["dead_letters"].as_array().map(Vec::len) == Some(N)
+        {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        settled,
+        "status or dead list did not show both replicas' work:\nstatus {status:#}\ndead {dead:#}\n{}",
+        replica_logs(&t)
+    );
+    let clinics: BTreeSet<String> = dead["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["clinic"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(clinics.len(), N, "a dead letter from each clinic: {dead:#}");
+    for c in status["clinics"].as_array().unwrap() {
+        let left = c["polled_by"]["lease_expires_in_s"].as_f64().unwrap();
+        assert!(left > 0.0 && left <= LEASE.as_secs_f64(), "{c:#}");
+    }
+
+    // The text names the shared store (without a password) and each clinic's replica.
+    let out = cli(&t, &["status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("(shared by replicas)"), "{text}");
+    assert_eq!(text.matches(", polled by ").count(), N, "{text}");
+    assert!(text.contains(&format!("-{}-", a.pid)), "{text}");
+
+    // A replica killed is shown as polling nothing once its leases run out: the other one takes
+    // its clinics.
+    let b_pid = b.pid;
+    b.kill9().await;
+    let deadline = Instant::now() + LEASE + POLL + SLACK + Duration::from_secs(5);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        let out = cli(&t, &["status"]).await;
+        text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.matches(&format!("-{}-", a.pid)).count() == N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        text.matches(&format!("-{}-", a.pid)).count(),
+        N,
+        "the surviving replica took every clinic:\n{text}"
+    );
+    assert!(!text.contains(&format!("-{b_pid}-")), "{text}");
+    drop(a);
     drop(db);
 }

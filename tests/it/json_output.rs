@@ -192,10 +192,22 @@ async fn status_prints_clinics_resources_and_destinations_as_json() {
     let out = cli(&t, &["status", "--output", "json"]).await;
     assert!(out.status.success(), "{}", output_text(&out));
     let s = json_of(&out);
-    assert_eq!(keys(&s), ["clinics", "destinations", "journal_changes"]);
+    assert_eq!(
+        keys(&s),
+        ["clinics", "destinations", "journal_changes", "store"]
+    );
+    assert!(
+        s["store"].as_str().unwrap().ends_with("data"),
+        "the sled directory: {s:#}"
+    );
     let clinics = s["clinics"].as_array().unwrap();
     assert_eq!(clinics.len(), 1);
     assert_eq!(clinics[0]["name"], "default");
+    assert_eq!(
+        clinics[0]["polled_by"],
+        serde_json::Value::Null,
+        "sled: no leases"
+    );
     let leads = &clinics[0]["resources"][0];
     assert_eq!(
         keys(leads),

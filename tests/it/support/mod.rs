@@ -1,24 +1,23 @@
 //! Shared test parts: a directory with a config per test ([`TestDir`], written with the typed
 //! [`Config`] builder), spawn-style starters for the sandbox, a fake API and the SMTP catcher,
 //! the one [`Receiver`], the one child-process wrapper ([`Notifier`]), readers for a store and a
-//! `/metrics` scrape, a PostgreSQL database per test ([`fresh_database`]), and MIME decoding for
+//! `/metrics` scrape, a PostgreSQL database per test (the kit's `ScratchDatabase`), and MIME decoding for
 //! caught email.
 
 mod config;
 mod mail;
 mod metrics;
 mod notifier;
-mod pg;
 mod receiver;
 mod store;
 
+pub use clinicea_notifier::kit::scratch_pg::ScratchDatabase;
 pub use config::{
     Chat, Clinic, Clinicea, Config, Resource, Retry, Rule, Smtp, StoreSection, Webhook,
 };
 pub use mail::mime_parts;
 pub use metrics::{get_text, get_with_auth, scrape_until, Scrape};
 pub use notifier::{check, cli, cli_env, output_text, Notifier, BIN};
-pub use pg::fresh_database;
 pub use receiver::{verify_with_library, Received, Receiver, Reply, Responder};
 pub use store::{
     attempt_logs, dead_list, journal_ids, open_store, queued, queued_in, store_dead_letters,
