@@ -1,7 +1,9 @@
 //! Replicas on one PostgreSQL store fail over: three `run` processes share fifty sandbox clinics
 //! by lease, one of them is killed with SIGKILL every few seconds (and a new one started in its
 //! place) while records change, and still every change is delivered, none under two webhook-ids,
-//! and every clinic is polled again within the lease time after a replica died.
+//! and every clinic is polled again within the lease time after a replica died. Beside it, what
+//! any process sees of the shared store: `status` and `dead list` while replicas run, and
+//! `check` on a database it cannot reach or whose schema is newer than the binary.
 //!
 //! Each change is told apart by its clinic, record id and version (the lead's `Notes`, `v0` when
 //! inserted, `v1`, `v2`, ... with each patch). A record is patched again only once its current
@@ -505,5 +507,83 @@ async fn any_process_on_the_shared_store_shows_who_polls_each_clinic_and_every_d
     );
     assert!(!text.contains(&format!("-{b_pid}-")), "{text}");
     drop(a);
+    drop(db);
+}
+
+/// `check` names `store.url` for a server that does not answer and for a database whose schema
+/// a newer notifier made, and `run` refuses that database; a database it can use passes, and the
+/// password in the URL is never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_database_it_cannot_reach_and_one_whose_schema_is_newer() {
+    let Some(db) = ScratchDatabase::from_env().await else {
+        return;
+    };
+    let sb = sandbox(SandboxOptions::default()).await;
+    let rx = Receiver::start().await;
+    let with_store = |url: &str| {
+        Config::new(Clinicea::sandbox(&sb.base_url()))
+            .store(StoreSection::postgres(url))
+            .webhook("hooks", &rx.url, |w| w)
+            .rule(Rule::new("all-leads", &["hooks"]).resource("leads"))
+            .to_yaml()
+    };
+
+    // Nothing listens on port 1: refused at once.
+    let t = TestDir::new(&with_store(
+        "postgres://notifier:hunter2-secret@127.0.0.1:1/clinics",
+    ));
+    let (ok, out) = check(&t.config);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("store.url") && out.contains("127.0.0.1:1"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hunter2-secret"),
+        "the password is never shown: {out}"
+    );
+
+    // A database it can use passes (empty: the schema is made when `run` starts).
+    let t = TestDir::new(&with_store(&db.url));
+    let (ok, out) = check(&t.config);
+    assert!(ok, "{out}");
+
+    // The schema a newer notifier left: `check` and `run` say so, and `run` changes nothing.
+    let store = clinicea_notifier::outbox::store::Store::open_postgres(
+        &clinicea_notifier::outbox::store::PgOptions {
+            url: db.url.clone(),
+            holder: None,
+            lease: LEASE,
+        },
+    )
+    .await
+    .expect("the store opens and migrates");
+    drop(store);
+    let future = 29_991_231_000_000_i64;
+    {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        conn.execute(
+            format!(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+                 execution_time) VALUES ({future}, 'from the future', true, '\\x00', 0)"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    }
+    let (ok, out) = check(&t.config);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("store.url") && out.contains("newer") && out.contains(&future.to_string()),
+        "{out}"
+    );
+    let run = tokio::time::timeout(Duration::from_secs(60), cli(&t, &["run"]))
+        .await
+        .expect("run refuses the database and exits");
+    assert!(!run.status.success(), "{}", output_text(&run));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("newer"), "{}", output_text(&run));
     drop(db);
 }
