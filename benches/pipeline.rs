@@ -197,6 +197,13 @@ async fn engine_in(dir: &Path, yaml: &str) -> Engine {
         .expect("engine opens")
 }
 
+/// The first entry queued for `hook`: a real delivery, to copy for the paced latency phase.
+async fn first_queued(engine: &Engine) -> OutboxEntry {
+    let mut queued = engine.store.outbox_entries("hook").await.unwrap();
+    assert!(!queued.is_empty(), "the ingest queued deliveries");
+    queued.swap_remove(0).1
+}
+
 // --- B: ingest --------------------------------------------------------------------------------
 
 /// Polls leads once through the real pipeline: (records, seconds, outbox entries).
@@ -562,15 +569,7 @@ fn main() {
 
             if on("A") {
                 // A template for the paced latency phase: one of the real entries.
-                let template: OutboxEntry = engine
-                    .store
-                    .outbox_entries("hook")
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .next()
-                    .unwrap()
-                    .1;
+                let template = first_queued(&engine).await;
                 let body = match &template.payload {
                     Payload::Webhook { body } => Bytes::from(body.clone()),
                     _ => unreachable!(),
@@ -637,15 +636,7 @@ fn main() {
                 .await;
                 let (records, secs, deliveries) = ingest(&engine).await;
                 assert_eq!((records, deliveries), (n as u64, n as u64));
-                let template = engine
-                    .store
-                    .outbox_entries("hook")
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .next()
-                    .unwrap()
-                    .1;
+                let template = first_queued(&engine).await;
                 let (rate, _p50, p99, _) = deliver(&engine, n as u64, &template).await;
                 eprintln!("P {backend}: ingest {records} in {secs:.2}s, delivery {rate:.0}/s");
                 by_store.push((backend, records as f64 / secs, rate, p99));

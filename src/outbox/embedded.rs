@@ -459,8 +459,9 @@ impl SledStore {
         for kv in self.meta.iter() {
             let (k, v) = kv?;
             if k.as_ref() != ID_KEY {
-                d.meta
-                    .push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+                // PostgreSQL's text names hold no NUL: the parts are joined as it names them.
+                let name = String::from_utf8_lossy(&k).replace('\0', ":");
+                d.meta.push((name, v.to_vec()));
             }
         }
         for (table, tree) in [

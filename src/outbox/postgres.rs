@@ -186,6 +186,20 @@ fn seq_u64(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
 }
 
+/// Decodes rows of `(seq bigint, value bytea)` into typed values, in the rows' order.
+fn seq_values<T: for<'de> serde::Deserialize<'de>>(
+    what: &'static str,
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> Result<Vec<(u64, T)>> {
+    rows.into_iter()
+        .map(|r| {
+            let seq: i64 = r.try_get(0)?;
+            let v: Vec<u8> = r.try_get(1)?;
+            Ok((seq_u64(seq), decode(what, &v)?))
+        })
+        .collect()
+}
+
 impl PgStore {
     /// Connects, applies the migrations this database lacks (refusing a schema newer than this
     /// binary's), and reads or makes the change-id key.
@@ -350,10 +364,7 @@ impl PgStore {
         resource: &str,
         cp: &Checkpoint,
     ) -> Result<()> {
-        let mut tx = self.begin_for(clinic).await?;
-        Self::put_keyed(&mut tx, "checkpoints", clinic, resource, encode(cp)).await?;
-        tx.commit().await?;
-        Ok(())
+        self.set_first_checkpoint(clinic, resource, cp, None).await
     }
 
     pub(crate) async fn set_first_checkpoint(
@@ -542,13 +553,7 @@ impl PgStore {
         let rows = sqlx::query("SELECT seq, value FROM journal ORDER BY seq")
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let seq: i64 = r.try_get(0)?;
-                let v: Vec<u8> = r.try_get(1)?;
-                Ok((seq_u64(seq), decode("change", &v)?))
-            })
-            .collect()
+        seq_values("change", rows)
     }
 
     pub(crate) async fn change_count(&self) -> Result<usize> {
@@ -702,13 +707,7 @@ impl PgStore {
             .bind(destination)
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let seq: i64 = r.try_get(0)?;
-                let v: Vec<u8> = r.try_get(1)?;
-                Ok((seq_u64(seq), decode(OUTBOX_ENTRY, &v)?))
-            })
-            .collect()
+        seq_values(OUTBOX_ENTRY, rows)
     }
 
     /// Only the entries no replica holds a live claim on: the others are being attempted.
@@ -911,13 +910,7 @@ impl PgStore {
         let rows = sqlx::query("SELECT seq, value FROM dead ORDER BY seq")
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let seq: i64 = r.try_get(0)?;
-                let v: Vec<u8> = r.try_get(1)?;
-                Ok((seq_u64(seq), decode(DEAD_LETTER, &v)?))
-            })
-            .collect()
+        seq_values(DEAD_LETTER, rows)
     }
 
     pub(crate) async fn dead_get(&self, seq: u64) -> Result<Option<DeadLetter>> {

@@ -191,7 +191,8 @@ pub(crate) type DumpedChange = (u64, String, String, String, DateTime<Utc>, Vec<
 pub(crate) struct Dump {
     /// The change-id key.
     pub(crate) id_key: Vec<u8>,
-    /// The other `meta` entries (one-time upgrades done): (name, value).
+    /// The other `meta` entries (one-time upgrades done): (name, value), a name's parts joined
+    /// by `:` as PostgreSQL's `meta` names them.
     pub(crate) meta: Vec<(String, Vec<u8>)>,
     /// Checkpoints, poll status and baselines: (table, clinic, resource, value).
     pub(crate) keyed: Vec<(&'static str, String, String, Vec<u8>)>,

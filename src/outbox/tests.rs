@@ -619,6 +619,11 @@ async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue()
         sled.next_id().await.unwrap();
     }
     let last_sled_id = sled.next_id().await.unwrap();
+    // A one-time upgrade sled has done is done on the copy too.
+    let keep = |_: &str, _: &str, _: &[u8]| None;
+    sled.upgrade_snapshots_once("test-upgrade", keep)
+        .await
+        .unwrap();
     let pg = pg_store(&db).await;
     let p = pg.postgres().unwrap();
     assert!(p.is_empty().await.unwrap());
@@ -655,6 +660,14 @@ async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue()
         sled.dead_entries().await.unwrap()
     );
     assert_eq!(pg.change_count().await.unwrap(), 1);
+    let rewrite = |_: &str, _: &str, _: &[u8]| Some(snap("a", 9).1);
+    assert_eq!(
+        pg.upgrade_snapshots_once("test-upgrade", rewrite)
+            .await
+            .unwrap(),
+        0,
+        "the upgrade sled did is not run again"
+    );
     assert!(
         pg.next_id().await.unwrap() > last_sled_id,
         "new ids come after every copied one"

@@ -24,6 +24,7 @@ mod log_privacy;
 mod mailer;
 mod many_clinics;
 mod metrics_and_health;
+mod move_to_postgres;
 mod paging;
 mod polling;
 mod rehearsal_kit;
