@@ -259,8 +259,7 @@ impl Deliverer {
                     Payload::Email(m) => m.to.clone(),
                     _ => String::new(),
                 };
-                self.store.outbox_remove(destination, seq).await?;
-                self.store.forget_attempts(seq).await?;
+                self.store.delivered(destination, seq).await?;
                 let was_failing = self
                     .failing
                     .lock()

@@ -628,11 +628,14 @@ impl Store {
         }
     }
 
-    /// Removes a delivered entry.
-    pub(crate) async fn outbox_remove(&self, destination: &str, seq: u64) -> Result<()> {
+    /// Removes a delivered entry and its attempt logs.
+    pub(crate) async fn delivered(&self, destination: &str, seq: u64) -> Result<()> {
         match self {
-            Store::Sled(s) => s.outbox_remove(destination, seq),
-            Store::Postgres(p) => p.outbox_remove(destination, seq).await,
+            Store::Sled(s) => {
+                s.outbox_remove(destination, seq)?;
+                s.forget_attempts(seq)
+            }
+            Store::Postgres(p) => p.delivered(destination, seq).await,
         }
     }
 

@@ -193,7 +193,7 @@ async fn a_page_is_committed_whole_and_entries_come_back_in_order(store: &Store)
     retried.next_attempt_ms = 77;
     store.outbox_put(&retried).await.unwrap();
     assert_eq!(store.outbox_counts().await.unwrap()["hook"], (1, 1));
-    store.outbox_remove("hook", 2).await.unwrap();
+    store.delivered("hook", 2).await.unwrap();
     assert_eq!(store.outbox_get("hook", 2).await.unwrap(), None);
 }
 on_both!(
