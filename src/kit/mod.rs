@@ -1,8 +1,6 @@
 //! The rehearsal kit: a simulated Clinicea API, a small SMTP server and the demo that runs them
-//! with the notifier, and throwaway PostgreSQL databases for tests and benchmarks.
-//! The pipeline never imports the kit; the kit uses the pipeline as a user would.
+//! with the notifier. The pipeline never imports the kit; the kit uses the pipeline as a user would.
 
 pub mod catcher;
 pub mod demo;
 pub mod sandbox;
-pub mod scratch_pg;

@@ -5,11 +5,11 @@
 
 use super::entry::{AttemptLog, DeadLetter, OutboxEntry};
 use super::lease::{hold_of, tick_of};
+use super::scratch::ScratchDatabase;
 use super::store::{
     Due, JournalWrite, PageWrite, PgOptions, Store, StoreError, DEFAULT_CACHE_BYTES,
 };
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
-use crate::kit::scratch_pg::ScratchDatabase;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 

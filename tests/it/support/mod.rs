@@ -1,7 +1,7 @@
 //! Shared test parts: a directory with a config per test ([`TestDir`], written with the typed
 //! [`Config`] builder), spawn-style starters for the sandbox, a fake API and the SMTP catcher,
 //! the one [`Receiver`], the one child-process wrapper ([`Notifier`]), readers for a store and a
-//! `/metrics` scrape, a PostgreSQL database per test (the kit's `ScratchDatabase`), and MIME decoding for
+//! `/metrics` scrape, a PostgreSQL database per test (the store's `ScratchDatabase`), and MIME decoding for
 //! caught email.
 
 mod config;
@@ -11,7 +11,7 @@ mod notifier;
 mod receiver;
 mod store;
 
-pub use clinicea_notifier::kit::scratch_pg::ScratchDatabase;
+pub use clinicea_notifier::outbox::scratch::ScratchDatabase;
 pub use config::{
     Chat, Clinic, Clinicea, Config, Resource, Retry, Rule, Smtp, StoreSection, Webhook,
 };
