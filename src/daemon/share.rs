@@ -130,7 +130,8 @@ pub(crate) async fn keep_share(
                     }
                 } else {
                     tracing::warn!(
-                        "cannot renew this replica's leases ({e}); trying again in {tick:?}"
+                        "cannot renew this replica's leases ({e}); trying again in {} ms",
+                        tick.as_millis()
                     );
                 }
             }

@@ -587,3 +587,94 @@ async fn check_names_a_database_it_cannot_reach_and_one_whose_schema_is_newer() 
     assert!(err.contains("newer"), "{}", output_text(&run));
     drop(db);
 }
+
+/// Connections to the database refused, and those open cut, for a while: the replica keeps
+/// running, says what is wrong without the URL's password, and once the database is back it
+/// takes its clinic again and delivers what changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_for_a_while_loses_nothing_and_the_replica_recovers() {
+    let Some(db) = ScratchDatabase::from_env().await else {
+        return;
+    };
+    let sb = sandbox(SandboxOptions {
+        leads: 0,
+        patients: 0,
+        appointments: 0,
+        ..SandboxOptions::default()
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let t = TestDir::new(
+        &Config::new(Clinicea::sandbox(&sb.base_url()).poll_interval(POLL_TEXT))
+            .listen()
+            .store(StoreSection::postgres(&db.url).lease(LEASE_TEXT))
+            .webhook("hooks", &rx.url, |w| w.timeout("5s"))
+            .rule(Rule::new("all-leads", &["hooks"]).resource("leads"))
+            .to_yaml(),
+    );
+    let mut notifier = Notifier::run(&t).ready_within(START_WITHIN).start().await;
+    let lead = |n: usize| serde_json::json!({ "FirstName": "Outage", "LastName": format!("{n}") });
+    let before = sb.sandbox.insert("leads", lead(1));
+    assert!(
+        eventually(Duration::from_secs(20), || rx.count() >= 1).await,
+        "the first lead was not delivered\n{}",
+        notifier.stderr_text()
+    );
+
+    // The database refuses connections, and the open ones are cut.
+    let name = url::Url::parse(&db.url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    let admin = std::env::var(clinicea_notifier::outbox::scratch::SERVER_VAR).unwrap();
+    let sql = |q: String| {
+        let admin = admin.clone();
+        async move {
+            use sqlx::{Connection, Executor};
+            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+            c.execute(q.as_str()).await.unwrap();
+        }
+    };
+    sql(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false")).await;
+    sql(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    let during = sb.sandbox.insert("leads", lead(2));
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(
+        notifier.is_running(),
+        "the replica exited:\n{}",
+        notifier.stderr_text()
+    );
+
+    // Back: the lead made during the outage arrives, once.
+    sql(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")).await;
+    let id = during["ID"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(30), || rx
+            .received()
+            .iter()
+            .any(|r| r.data_id() == id))
+        .await,
+        "the lead made while the database was away was not delivered\n{}",
+        notifier.stderr_text()
+    );
+    let first = before["ID"].as_str().unwrap().to_string();
+    let ids: BTreeSet<String> = rx
+        .received()
+        .iter()
+        .filter(|r| r.data_id() == first)
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(ids.len(), 1, "the first lead kept one webhook-id: {ids:?}");
+    let log = notifier.stderr_text();
+    assert!(
+        log.contains("PostgreSQL") || log.contains("database"),
+        "{log}"
+    );
+    assert!(!log.contains(&admin) && !log.contains(&db.url), "{log}");
+    let _ = notifier.terminate(Duration::from_secs(10)).await;
+    drop(db);
+}
