@@ -653,24 +653,20 @@ impl PgStore {
                 "DELETE FROM {table} WHERE clinic = $1 AND resource = $2 AND record_id = $3{returning}"
             )
         };
-        erased.snapshots = rows(
-            sqlx::query(&by_record("snapshots", ""))
-                .bind(clinic)
-                .bind(resource)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-        );
-        erased.changes = rows(
-            sqlx::query(&by_record("journal", ""))
-                .bind(clinic)
-                .bind(resource)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-        );
+        for (table, count) in [
+            ("snapshots", &mut erased.snapshots),
+            ("journal", &mut erased.changes),
+        ] {
+            *count = rows(
+                sqlx::query(&by_record(table, ""))
+                    .bind(clinic)
+                    .bind(resource)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+            );
+        }
         let mut seqs: Vec<i64> = sqlx::query_scalar(&by_record("outbox", " RETURNING seq"))
             .bind(clinic)
             .bind(resource)
