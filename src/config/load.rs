@@ -14,6 +14,7 @@ use crate::config::base::{
     defaults, Base, Clinic, Clinicea, Login, Resource, SecretString, StartFrom, StoreBackend,
     StoreSettings, DEFAULT_CLINIC_CONCURRENCY, DEFAULT_FLEET_CONCURRENCY, DEFAULT_LOGIN_PATH,
     MAX_CONCURRENT_REQUESTS, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
+    MIN_TRIGGER_TOKEN_LEN,
 };
 use crate::config::destination::{
     check_url, AmqpTarget, ChatKind, Destination, FieldFilter, InlineTemplate, NatsAuth,
@@ -561,6 +562,31 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
         &poll_key,
         problems,
     );
+    // Adaptive polling's floor: at most the ceiling it adapts under, written at the same layer
+    // or inherited (a clinic's own `poll_interval: 10s` under a `clinicea.poll_interval_min: 30s`
+    // is a contradiction the user should see, not one silently resolved).
+    let (poll_min, min_key, min_line) = dur(
+        "poll_interval_min",
+        |c| c.poll_interval_min.as_ref(),
+        problems,
+    );
+    if let Some(m) = poll_min {
+        if m < MIN_POLL_INTERVAL {
+            problems.push(Problem::at(min_line, &min_key, "must be at least 100ms"));
+        } else if m > poll_interval {
+            problems.push(Problem::at(
+                min_line,
+                &min_key,
+                format!("must be at most poll_interval ({poll_interval:?}, {poll_key})"),
+            ));
+        }
+    }
+    let (token_text, token_key, token_line) = l.pick("trigger_token", |c| c.trigger_token.as_ref());
+    let trigger_token = token_text.map(|t| {
+        let line = t.line().or(token_line);
+        trigger_token(t.trim(), line, &token_key, problems);
+        SecretString::new(t.trim())
+    });
     let (overlap, _, _) = dur("overlap", |c| c.overlap.as_ref(), problems);
     let (timeout, timeout_key, timeout_line) = dur("timeout", |c| c.timeout.as_ref(), problems);
     let (page_delay, delay_key, delay_line) =
@@ -605,7 +631,34 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
         allow_private,
         baseline,
         poll_interval,
+        poll_interval_min: poll_min.map(|m| m.clamp(MIN_POLL_INTERVAL, poll_interval)),
+        trigger_token,
         max_concurrent_requests: max_concurrent_requests.clamp(1, MAX_CONCURRENT_REQUESTS),
+    }
+}
+
+/// Checks a `trigger_token`: long enough to resist guessing, and made of URL-safe characters
+/// only, since Clinicea's callback can carry it only in the URL (path or query), where `/`, `+`,
+/// `=` or `%` would be split or decoded differently along the way. The message never shows it.
+fn trigger_token(t: &str, line: Option<u64>, key: &str, problems: &mut Vec<Problem>) {
+    const MAKE: &str = "make one with `openssl rand -hex 32`";
+    if t.len() < MIN_TRIGGER_TOKEN_LEN {
+        problems.push(Problem::at(
+            line,
+            key,
+            format!("is shorter than {MIN_TRIGGER_TOKEN_LEN} characters; {MAKE}"),
+        ));
+    } else if !t
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    {
+        problems.push(Problem::at(
+            line,
+            key,
+            format!("may hold only letters, digits and - _ . ~ (it travels in a URL); {MAKE}"),
+        ));
+    } else {
+        check_placeholder(t, line, key, problems);
     }
 }
 
@@ -666,6 +719,32 @@ fn resources(
                 problems,
             );
         }
+        let own_min = duration(
+            r.poll_interval_min.as_ref(),
+            line,
+            &key("poll_interval_min"),
+            problems,
+        );
+        if let Some(m) = own_min {
+            if m < MIN_POLL_INTERVAL {
+                problems.push(Problem::at(
+                    line,
+                    key("poll_interval_min"),
+                    "must be at least 100ms",
+                ));
+            } else if m > poll {
+                let from = if own_poll.is_some() {
+                    key("poll_interval")
+                } else {
+                    "clinicea.poll_interval".to_string()
+                };
+                problems.push(Problem::at(
+                    line,
+                    key("poll_interval_min"),
+                    format!("must be at most poll_interval ({poll:?}, {from})"),
+                ));
+            }
+        }
         resources.push(Resource {
             name: name.clone(),
             path: r.path.to_string(),
@@ -691,6 +770,10 @@ fn resources(
                 .map_or(defaults::STATUS_FIELD.into(), |t| t.to_string()),
             poll_interval: poll,
             own_poll_interval: own_poll.is_some(),
+            poll_interval_min: own_min
+                .unwrap_or(poll)
+                .clamp(MIN_POLL_INTERVAL, poll.max(MIN_POLL_INTERVAL)),
+            own_poll_interval_min: own_min.is_some(),
             params: r
                 .params
                 .iter()
@@ -721,7 +804,7 @@ fn clinics(raw: &RawConfig, resources: &[Resource], problems: &mut Vec<Problem>)
         );
         return vec![Clinic {
             name: crate::model::DEFAULT_CLINIC.to_string(),
-            resources: clinic_resources(resources, clinicea.poll_interval),
+            resources: clinic_resources(resources, &clinicea),
             clinicea,
         }];
     };
@@ -742,7 +825,7 @@ fn clinics(raw: &RawConfig, resources: &[Resource], problems: &mut Vec<Problem>)
             defaults,
         };
         let clinicea = clinicea(&layers, problems);
-        let mut polled = clinic_resources(resources, clinicea.poll_interval);
+        let mut polled = clinic_resources(resources, &clinicea);
         let (subset, subset_key, subset_line) = layers.pick("resources", |c| c.resources.as_ref());
         if let Some(subset) = subset {
             let line = line_of(subset).or(subset_line);
@@ -778,17 +861,29 @@ fn clinics(raw: &RawConfig, resources: &[Resource], problems: &mut Vec<Problem>)
     out
 }
 
-/// The resources a clinic polls, every inherited interval its own.
-fn clinic_resources(resources: &[Resource], poll_interval: Duration) -> Vec<Resource> {
+/// The resources a clinic polls, every inherited interval its own. An inherited
+/// `poll_interval_min` longer than a resource's own (shorter) `poll_interval` is cut to it: the
+/// clinic-wide floor cannot make a faster resource slower, and a resource that wants to adapt
+/// says so with its own `poll_interval_min`.
+fn clinic_resources(resources: &[Resource], clinic: &Clinicea) -> Vec<Resource> {
     resources
         .iter()
-        .map(|r| Resource {
-            poll_interval: if r.own_poll_interval {
+        .map(|r| {
+            let poll_interval = if r.own_poll_interval {
                 r.poll_interval
             } else {
-                poll_interval
-            },
-            ..r.clone()
+                clinic.poll_interval
+            };
+            let min = if r.own_poll_interval_min {
+                r.poll_interval_min
+            } else {
+                clinic.poll_interval_min.unwrap_or(poll_interval)
+            };
+            Resource {
+                poll_interval,
+                poll_interval_min: min.min(poll_interval),
+                ..r.clone()
+            }
         })
         .collect()
 }
