@@ -34,6 +34,7 @@ mod shaping;
 mod store_access;
 mod store_privacy;
 mod support;
+mod trigger;
 mod verify_command;
 mod web_console;
 mod webhook_delivery;

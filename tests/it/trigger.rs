@@ -1,0 +1,224 @@
+//! The poll trigger, `POST /trigger/{clinic}/{resource}` on `listen`, against the real binary and
+//! the sandbox: a burst of triggers is one poll, a wrong token polls nothing (and is never
+//! echoed or logged), and a trigger brings a change to its receiver long before the poll
+//! interval. The adaptive schedule's exact gaps are unit tests with paused time
+//! (`daemon::schedule`); its config keys are checked here.
+
+use crate::support::*;
+use std::time::{Duration, Instant};
+
+/// The clinic's trigger token in these tests (URL-safe, as the config asks).
+const TOKEN: &str = "trg-0123456789abcdef-XYZ";
+
+/// Long enough for a triggered poll to have started and ended: the settle (250 ms), the
+/// minimum gap to the previous poll (2 s), and a poll of the sandbox.
+const AFTER_TRIGGER: Duration = Duration::from_secs(4);
+
+/// A notifier polling the sandbox's leads every 60 s (so only a trigger polls during a test),
+/// with the trigger on, started and through its first poll.
+async fn started(
+    sb: &clinicea_notifier::kit::sandbox::SandboxHandle,
+    config: Config,
+) -> (TestDir, Notifier) {
+    let t = TestDir::new(&config.to_yaml());
+    let d = Notifier::run(&t).start().await;
+    let start = Instant::now();
+    loop {
+        let (code, _) = get_text(&d.url("/readyz")).await;
+        if code == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never ready:\n{}",
+            d.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first poll is done; let its request count settle (the baseline came before it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(lead_requests(sb) >= 1, "the sandbox was never polled");
+    (t, d)
+}
+
+fn slow_leads(sb: &clinicea_notifier::kit::sandbox::SandboxHandle) -> Config {
+    Config::new(
+        Clinicea::sandbox(&sb.base_url())
+            .poll_interval("60s")
+            .trigger_token(TOKEN),
+    )
+    .listen()
+}
+
+async fn post(url: &str, bearer: Option<&str>) -> u16 {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .body("{\"Event\":\"anything\"}");
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    req.send()
+        .await
+        .expect("the trigger answers")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_100_triggers_gives_one_poll() {
+    // Five leads: one poll is one page request.
+    let sb = sandbox_with_leads(5).await;
+    let (_t, d) = started(&sb, slow_leads(&sb)).await;
+    let before = lead_requests(&sb);
+
+    // 100 at once, in each of the token's forms.
+    let client = reqwest::Client::new();
+    let sends = (0..100).map(|i| {
+        let req = match i % 3 {
+            0 => client.post(d.url(&format!("/trigger/default/leads/{TOKEN}"))),
+            1 => client
+                .post(d.url("/trigger/default/leads"))
+                .bearer_auth(TOKEN),
+            _ => client.post(d.url(&format!("/trigger/default/leads?token={TOKEN}"))),
+        };
+        async move { req.send().await.expect("answered").status().as_u16() }
+    });
+    let burst_started = Instant::now();
+    let codes = futures_util::future::join_all(sends).await;
+    let burst_took = burst_started.elapsed();
+    assert!(codes.iter().all(|c| *c == 202), "{codes:?}");
+
+    tokio::time::sleep(AFTER_TRIGGER).await;
+    let polls = lead_requests(&sb) - before;
+    assert_eq!(
+        polls,
+        1,
+        "a burst of 100 (sent in {burst_took:?}) should be one poll:\n{}",
+        d.stderr_text()
+    );
+    let scrape = Scrape::parse(&get_text(&d.url("/metrics")).await.1);
+    assert_eq!(
+        scrape.get(
+            "clinicea_notifier_triggers_total",
+            &[
+                ("clinic", "default"),
+                ("resource", "leads"),
+                ("outcome", "accepted")
+            ]
+        ),
+        Some(100.0),
+        "{}",
+        scrape.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_with_a_wrong_token_is_401_and_polls_nothing() {
+    let sb = sandbox_with_leads(5).await;
+    let (_t, d) = started(&sb, slow_leads(&sb)).await;
+    let before = lead_requests(&sb);
+    let wrong = "trg-0123456789abcdef-XYy";
+    for (url, bearer) in [
+        (d.url("/trigger/default/leads"), None),
+        (d.url(&format!("/trigger/default/leads/{wrong}")), None),
+        (d.url("/trigger/default/leads"), Some(wrong)),
+        (
+            d.url(&format!("/trigger/default/leads?token={wrong}")),
+            None,
+        ),
+        // A clinic that does not exist is the same 401, so names cannot be probed.
+        (d.url(&format!("/trigger/elsewhere/leads/{TOKEN}")), None),
+    ] {
+        assert_eq!(post(&url, bearer).await, 401, "{url}");
+    }
+    // With the right token, a resource the clinic does not poll is 404.
+    assert_eq!(
+        post(&d.url(&format!("/trigger/default/bills/{TOKEN}")), None).await,
+        404
+    );
+    tokio::time::sleep(AFTER_TRIGGER).await;
+    assert_eq!(lead_requests(&sb), before, "a refused trigger polled");
+    let scrape = Scrape::parse(&get_text(&d.url("/metrics")).await.1);
+    assert_eq!(
+        scrape.get(
+            "clinicea_notifier_triggers_total",
+            &[
+                ("clinic", "default"),
+                ("resource", "leads"),
+                ("outcome", "unauthorized")
+            ]
+        ),
+        Some(4.0),
+        "{}",
+        scrape.text
+    );
+    // A made-up clinic is not a label value.
+    assert!(!scrape.text.contains("elsewhere"), "{}", scrape.text);
+    assert!(!scrape.text.contains(TOKEN) && !d.stderr_text().contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggered_change_reaches_the_receiver_well_before_the_poll_interval() {
+    let sb = empty_sandbox().await;
+    let rx = Receiver::start().await;
+    let config = slow_leads(&sb)
+        .webhook("hooks", &rx.url, |w| w.timeout("5s"))
+        .rule(Rule::new("r", &["hooks"]).resource("leads").on(&["added"]));
+    let (_t, d) = started(&sb, config).await;
+    sb.sandbox.insert("leads", test_lead());
+    let at = Instant::now();
+    assert_eq!(
+        post(&d.url("/trigger/default/leads"), Some(TOKEN)).await,
+        202
+    );
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    let took = at.elapsed();
+    assert_eq!(got.len(), 1, "nothing arrived:\n{}", d.stderr_text());
+    assert!(got[0].verified.is_ok(), "the delivery is signed");
+    // The poll interval is 60 s; the trigger's settle and the delivery take well under 5.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn poll_interval_min_above_poll_interval_and_a_weak_trigger_token_are_config_errors_naming_the_key()
+{
+    let bad_min = Config::new(
+        Clinicea::new("https://api.clinicea.com", "k")
+            .poll_interval("30s")
+            .poll_interval_min("1m"),
+    )
+    .without_store();
+    let t = TestDir::new(&bad_min.to_yaml());
+    let (ok, out) = check(&t.config);
+    assert!(!ok, "{out}");
+    assert!(out.contains("clinicea.poll_interval_min"), "{out}");
+    assert!(out.contains("at most poll_interval"), "{out}");
+
+    for (token, why) in [
+        ("short-token", "shorter than 16"),
+        ("has/a+slash=and-more", "URL"),
+    ] {
+        let weak = Config::new(Clinicea::new("https://api.clinicea.com", "k").trigger_token(token))
+            .without_store();
+        let t = TestDir::new(&weak.to_yaml());
+        let (ok, out) = check(&t.config);
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains("clinicea.trigger_token") && out.contains(why),
+            "{out}"
+        );
+        assert!(!out.contains(token), "the token is echoed: {out}");
+    }
+
+    let good = Config::new(
+        Clinicea::new("https://api.clinicea.com", "k")
+            .poll_interval("60s")
+            .poll_interval_min("5s")
+            .trigger_token(TOKEN),
+    )
+    .without_store();
+    let t = TestDir::new(&good.to_yaml());
+    let (ok, out) = check(&t.config);
+    assert!(ok, "{out}");
+    assert!(!out.contains(TOKEN), "check prints the token: {out}");
+}
