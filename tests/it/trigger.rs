@@ -222,3 +222,33 @@ fn poll_interval_min_above_poll_interval_and_a_weak_trigger_token_are_config_err
     assert!(ok, "{out}");
     assert!(!out.contains(TOKEN), "check prints the token: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_clinic_has_its_own_token_and_a_clinic_without_one_refuses_every_trigger() {
+    let sb = sandbox_with_leads(5).await;
+    let config = Config::new(Clinicea::sandbox(&sb.base_url()).poll_interval("60s"))
+        .listen()
+        .clinic(
+            "north",
+            Clinic::at(&sb.base_url(), "sandbox-api-key").trigger_token(TOKEN),
+        )
+        .clinic("south", Clinic::at(&sb.base_url(), "sandbox-api-key"));
+    // South's first poll waits half the interval (the fleet's spread), so it is not ready for
+    // a while; the trigger does not wait for that.
+    let t = TestDir::new(&config.to_yaml());
+    let d = Notifier::run(&t).start().await;
+    // 503 until the first generation's loops run.
+    let start = Instant::now();
+    let mut code = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        code = post(&d.url("/trigger/north/leads"), Some(TOKEN)).await;
+        if code != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code, 202, "{}", d.stderr_text());
+    // South has no trigger_token: north's does not open it, nor does anything else.
+    assert_eq!(post(&d.url("/trigger/south/leads"), Some(TOKEN)).await, 401);
+    assert_eq!(post(&d.url("/trigger/south/leads"), None).await, 401);
+}
