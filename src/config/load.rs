@@ -667,7 +667,7 @@ fn trigger_token(t: &str, line: Option<u64>, key: &str, problems: &mut Vec<Probl
 /// (for the top-level resources, not again for each clinic).
 fn resources(
     raw: &RawConfig,
-    poll_interval: Duration,
+    (poll_interval, poll_interval_min): (Duration, Option<Duration>),
     problems: &mut Vec<Problem>,
 ) -> Vec<Resource> {
     let mut resources = Vec::new();
@@ -770,7 +770,9 @@ fn resources(
                 .map_or(defaults::STATUS_FIELD.into(), |t| t.to_string()),
             poll_interval: poll,
             own_poll_interval: own_poll.is_some(),
+            // The `clinicea:` floor when the resource has none; each clinic's copy takes its own.
             poll_interval_min: own_min
+                .or(poll_interval_min)
                 .unwrap_or(poll)
                 .clamp(MIN_POLL_INTERVAL, poll.max(MIN_POLL_INTERVAL)),
             own_poll_interval_min: own_min.is_some(),
@@ -908,9 +910,13 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             defaults: d,
         };
         let (p, key, line) = l.pick("poll_interval", |c| c.poll_interval.as_ref());
+        let (m, mkey, mline) = l.pick("poll_interval_min", |c| c.poll_interval_min.as_ref());
         let (z, zkey, zline) = l.pick("timezone", |c| c.timezone.as_ref());
         (
-            duration(p, line, &key, &mut quiet).unwrap_or(defaults::POLL_INTERVAL),
+            (
+                duration(p, line, &key, &mut quiet).unwrap_or(defaults::POLL_INTERVAL),
+                duration(m, mline, &mkey, &mut quiet),
+            ),
             parse_tz(z, &zkey, zline, &mut quiet),
         )
     };
@@ -1702,5 +1708,73 @@ fn broker_url(
             None
         }
         None => Some(url),
+    }
+}
+
+#[cfg(test)]
+mod adaptive_and_trigger_tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        load_str(yaml, Path::new("/tmp/c.yaml"), &HashMap::new())
+    }
+
+    const HEAD: &str = "clinicea:\n  base_url: https://api.clinicea.com\n  api_key: k\n";
+
+    #[test]
+    fn poll_interval_min_defaults_to_the_interval_and_is_inherited_and_capped_per_resource() {
+        let c = load(&format!(
+            "{HEAD}  poll_interval: 60s\n  poll_interval_min: 5s\nresources:\n  leads: {{ path: /l }}\n  fast: {{ path: /f, poll_interval: 2s }}\n  own: {{ path: /o, poll_interval_min: 10s }}\n"
+        ))
+        .unwrap();
+        let r = &c.base.clinics[0].resources;
+        let get = |n: &str| r.iter().find(|x| x.name == n).unwrap();
+        assert_eq!(get("leads").poll_interval_min, Duration::from_secs(5));
+        // A clinic-wide floor above a resource's own interval is cut to it.
+        assert_eq!(get("fast").poll_interval_min, Duration::from_secs(2));
+        assert_eq!(get("own").poll_interval_min, Duration::from_secs(10));
+        // Unset: equal to the interval (no adaptation).
+        let c = load(&format!("{HEAD}resources:\n  leads: {{ path: /l }}\n")).unwrap();
+        let leads = &c.base.clinics[0].resources[0];
+        assert_eq!(leads.poll_interval_min, leads.poll_interval);
+    }
+
+    #[test]
+    fn a_floor_above_its_ceiling_is_an_error_at_its_key() {
+        let e = load(&format!(
+            "{HEAD}  poll_interval: 30s\n  poll_interval_min: 1m\nresources:\n  leads: {{ path: /l, poll_interval: 10s, poll_interval_min: 20s }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("clinicea.poll_interval_min"), "{e}");
+        assert!(e.contains("resources.leads.poll_interval_min"), "{e}");
+    }
+
+    #[test]
+    fn a_trigger_token_is_per_clinic_and_never_shown() {
+        let c = load(&format!(
+            "{HEAD}clinics:\n  north:\n    trigger_token: aaaaaaaaaaaaaaaa-1\n  south: {{}}\nresources:\n  leads: {{ path: /l }}\n"
+        ))
+        .unwrap();
+        let by = |n: &str| c.base.clinics.iter().find(|x| x.name == n).unwrap();
+        assert_eq!(
+            by("north")
+                .clinicea
+                .trigger_token
+                .as_ref()
+                .map(|t| t.expose()),
+            Some("aaaaaaaaaaaaaaaa-1")
+        );
+        assert!(by("south").clinicea.trigger_token.is_none());
+        assert!(!format!("{:?}", by("north").clinicea).contains("aaaaaaaaaaaaaaaa"));
+        let e = load(&format!(
+            "{HEAD}  trigger_token: \"bbbbbbbbbbbbbbbb/+\"\nresources:\n  leads: {{ path: /l }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("clinicea.trigger_token") && !e.contains("bbbbbbbb"),
+            "{e}"
+        );
     }
 }
