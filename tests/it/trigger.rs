@@ -252,3 +252,48 @@ async fn each_clinic_has_its_own_token_and_a_clinic_without_one_refuses_every_tr
     assert_eq!(post(&d.url("/trigger/south/leads"), Some(TOKEN)).await, 401);
     assert_eq!(post(&d.url("/trigger/south/leads"), None).await, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_change_polls_come_at_the_floor_and_back_off_to_the_interval_while_quiet() {
+    // Every 3 s, 500 ms after a change: 0.5, 1, 2, then 3 s again (the exact gaps are the
+    // schedule's unit tests; this is the running loop, sampled from the sandbox's side).
+    let sb = empty_sandbox().await;
+    let config = Config::new(
+        Clinicea::sandbox(&sb.base_url())
+            .poll_interval("3s")
+            .poll_interval_min("500ms"),
+    )
+    .listen();
+    let (_t, d) = started(&sb, config).await;
+    sb.sandbox.insert("leads", test_lead());
+    // One request per poll (an empty page, or one short page): note when each count appears.
+    let mut polls: Vec<Instant> = Vec::new();
+    let mut seen = lead_requests(&sb);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(14) && polls.len() < 6 {
+        let now = lead_requests(&sb);
+        if now > seen {
+            polls.push(Instant::now());
+            seen = now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        polls.len() >= 5,
+        "{} polls:\n{}",
+        polls.len(),
+        d.stderr_text()
+    );
+    // polls[0] found the change; the gaps after it.
+    let gaps: Vec<f64> = polls
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    for (got, want) in gaps.iter().zip([0.5, 1.0, 2.0, 3.0]) {
+        assert!(
+            (got - want).abs() < 0.3,
+            "gaps {gaps:?}, wanted about [0.5, 1, 2, 3]:\n{}",
+            d.stderr_text()
+        );
+    }
+}
