@@ -13,6 +13,8 @@
 //! loop wakes on a change, waits [`super::schedule::TRIGGER_SETTLE`] and at least
 //! [`super::schedule::TRIGGER_MIN_GAP`] after its last poll, then marks the channel seen as the
 //! poll starts. A hundred triggers make one poll (or one more, if some arrive while it runs).
+//! A reload keeps the channels but not what a stopped loop had not yet answered: a trigger
+//! pending at that moment waits for the next generation's first poll, on its schedule.
 //!
 //! Answers: 202 accepted; 401 for a missing or wrong token, a clinic without `trigger_token`,
 //! and an unknown clinic (the same answer as a wrong token, so an unauthenticated caller cannot

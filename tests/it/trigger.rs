@@ -224,33 +224,82 @@ fn poll_interval_min_above_poll_interval_and_a_weak_trigger_token_are_config_err
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_clinic_has_its_own_token_and_a_clinic_without_one_refuses_every_trigger() {
+async fn each_clinic_has_its_own_token_a_trigger_cuts_the_fleets_spread_and_a_reload_changes_it() {
+    const SOUTH: &str = "south-token-0123456789";
     let sb = sandbox_with_leads(5).await;
-    let config = Config::new(Clinicea::sandbox(&sb.base_url()).poll_interval("60s"))
-        .listen()
-        .clinic(
-            "north",
-            Clinic::at(&sb.base_url(), "sandbox-api-key").trigger_token(TOKEN),
-        )
-        .clinic("south", Clinic::at(&sb.base_url(), "sandbox-api-key"));
-    // South's first poll waits half the interval (the fleet's spread), so it is not ready for
-    // a while; the trigger does not wait for that.
-    let t = TestDir::new(&config.to_yaml());
+    let fleet = |north: &str| {
+        Config::new(Clinicea::sandbox(&sb.base_url()).poll_interval("60s"))
+            .listen()
+            .clinic("east", Clinic::at(&sb.base_url(), "sandbox-api-key"))
+            .clinic(
+                "north",
+                Clinic::at(&sb.base_url(), "sandbox-api-key").trigger_token(north),
+            )
+            .clinic(
+                "south",
+                Clinic::at(&sb.base_url(), "sandbox-api-key").trigger_token(SOUTH),
+            )
+    };
+    // North and south wait 20 s and 40 s for their first poll (the fleet's spread over the
+    // interval); a trigger does not wait for that.
+    let t = TestDir::new(&fleet(TOKEN).to_yaml());
     let d = Notifier::run(&t).start().await;
     // 503 until the first generation's loops run.
     let start = Instant::now();
     let mut code = 0;
     while start.elapsed() < Duration::from_secs(10) {
-        code = post(&d.url("/trigger/north/leads"), Some(TOKEN)).await;
+        code = post(&d.url("/trigger/south/leads"), Some(SOUTH)).await;
         if code != 503 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(code, 202, "{}", d.stderr_text());
-    // South has no trigger_token: north's does not open it, nor does anything else.
-    assert_eq!(post(&d.url("/trigger/south/leads"), Some(TOKEN)).await, 401);
-    assert_eq!(post(&d.url("/trigger/south/leads"), None).await, 401);
+    let south_polled = async {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let (_, body) = get_text(&d.url("/readyz")).await;
+            if !body.contains("south/leads") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(
+        south_polled.await,
+        "the trigger did not bring south's first poll forward"
+    );
+    // One clinic's token opens no other; a clinic without one refuses everything.
+    assert_eq!(post(&d.url("/trigger/north/leads"), Some(SOUTH)).await, 401);
+    assert_eq!(post(&d.url("/trigger/north/leads"), Some(TOKEN)).await, 202);
+    assert_eq!(post(&d.url("/trigger/east/leads"), Some(TOKEN)).await, 401);
+    assert_eq!(post(&d.url("/trigger/east/leads"), None).await, 401);
+
+    // A reload with a new token for north: the old one is refused from then on.
+    let rotated = "north-rotated-0123456789";
+    t.rewrite(&fleet(rotated).to_yaml());
+    assert!(
+        d.reload("config reloaded", 1, Duration::from_secs(10))
+            .await,
+        "{}",
+        d.stderr_text()
+    );
+    assert_eq!(post(&d.url("/trigger/north/leads"), Some(TOKEN)).await, 401);
+    let start = Instant::now();
+    loop {
+        // 503 for a moment while the next generation's loops start.
+        let code = post(&d.url("/trigger/north/leads"), Some(rotated)).await;
+        if code == 202 {
+            break;
+        }
+        assert!(
+            code == 503 && start.elapsed() < Duration::from_secs(10),
+            "{code}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!d.stderr_text().contains(rotated) && !d.stderr_text().contains(SOUTH));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
