@@ -5,7 +5,8 @@
 //! poll takes). After a poll that found changes the next comes `poll_interval_min` after it
 //! started; each quiet (or failed) poll doubles the gap, up to `poll_interval`. A resource where
 //! nothing happens therefore polls at its `poll_interval` exactly as before, and one where
-//! something just happened is looked at again soon, when a follow-up edit is most likely.
+//! something just happened is looked at again soon, when a follow-up edit is most likely. A
+//! reload (or a clinic taken over by lease) starts each gap at the ceiling again.
 //!
 //! The request bound this keeps, per resource: scheduled polls start at least
 //! `poll_interval_min` apart, so at most `poll_interval / poll_interval_min` times the base rate
