@@ -1,7 +1,7 @@
 //! The poll trigger, `POST /trigger/{clinic}/{resource}` on `listen`, against the real binary and
 //! the sandbox: a burst of triggers is one poll, a wrong token polls nothing (and is never
 //! echoed or logged), and a trigger brings a change to its receiver long before the poll
-//! interval. The adaptive schedule's exact gaps are unit tests with paused time
+//! interval; on PostgreSQL only the replica holding the clinic's lease accepts it. The adaptive schedule's exact gaps are unit tests with paused time
 //! (`daemon::schedule`); its config keys are checked here.
 
 use crate::support::*;
@@ -344,5 +344,67 @@ async fn after_a_change_polls_come_at_the_floor_and_back_off_to_the_interval_whi
             "gaps {gaps:?}, wanted about [0.5, 1, 2, 3]:\n{}",
             d.stderr_text()
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_only_the_replica_holding_the_lease_accepts_a_trigger_and_the_other_says_503()
+{
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let sb = sandbox(clinicea_notifier::kit::sandbox::SandboxOptions {
+        clinics: 2,
+        leads: 0,
+        patients: 0,
+        appointments: 0,
+        ..clinicea_notifier::kit::sandbox::SandboxOptions::default()
+    })
+    .await;
+    let mut config = Config::new(Clinicea::sandbox(&sb.base_url()).poll_interval("60s"))
+        .listen()
+        .store(StoreSection::postgres(&db.url).lease("2s"));
+    for i in 1..=2 {
+        config = config.clinic(
+            &format!("c{i}"),
+            Clinic::at(&sb.base_url(), sb.api_key(i)).trigger_token(TOKEN),
+        );
+    }
+    let t = TestDir::new(&config.to_yaml());
+    let a = Notifier::run(&t).tag("a").start().await;
+    let b = Notifier::run(&t).tag("b").start().await;
+    // Once the two share the clinics (one each, a few lease ticks after the second joined),
+    // each clinic's trigger is 202 on its holder and 503 with Retry-After on the other.
+    let client = reqwest::Client::new();
+    let answer = |url: String| {
+        let client = client.clone();
+        async move {
+            let r = client.post(url).bearer_auth(TOKEN).send().await.unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (r.status().as_u16(), retry)
+        }
+    };
+    let start = Instant::now();
+    loop {
+        let mut got = Vec::new();
+        for clinic in ["c1", "c2"] {
+            for d in [&a, &b] {
+                got.push(answer(d.url(&format!("/trigger/{clinic}/leads"))).await);
+            }
+        }
+        // Per clinic: (a, b).
+        let split = |x: (u16, bool), y: (u16, bool)| {
+            (x.0 == 202 && y == (503, true)) || (y.0 == 202 && x == (503, true))
+        };
+        if split(got[0], got[1]) && split(got[2], got[3]) && got[0].0 != got[2].0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the replicas never split the clinics: {got:?}\n--- a\n{}\n--- b\n{}",
+            a.stderr_text(),
+            b.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
