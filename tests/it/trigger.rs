@@ -1,8 +1,9 @@
 //! The poll trigger, `POST /trigger/{clinic}/{resource}` on `listen`, against the real binary and
 //! the sandbox: a burst of triggers is one poll, a wrong token polls nothing (and is never
 //! echoed or logged), and a trigger brings a change to its receiver long before the poll
-//! interval; on PostgreSQL only the replica holding the clinic's lease accepts it. The adaptive schedule's exact gaps are unit tests with paused time
-//! (`daemon::schedule`); its config keys are checked here.
+//! interval; on PostgreSQL only the replica holding the clinic's lease accepts it. The adaptive
+//! schedule's gaps are checked on the running loop here, and exactly as unit tests with paused
+//! time (`daemon::schedule`); its config keys are checked here too.
 
 use crate::support::*;
 use std::time::{Duration, Instant};
