@@ -91,10 +91,17 @@ async fn a_burst_of_100_triggers_gives_one_poll() {
 
     tokio::time::sleep(AFTER_TRIGGER).await;
     let polls = lead_requests(&sb) - before;
-    assert_eq!(
-        polls,
-        1,
-        "a burst of 100 (sent in {burst_took:?}) should be one poll:\n{}",
+    // Sent within the trigger's 250 ms settle (as a real burst is, and as it is here unless the
+    // machine is badly loaded), it is one poll; triggers still arriving once that poll has
+    // started may make exactly one more.
+    let allowed = if burst_took < Duration::from_millis(200) {
+        1
+    } else {
+        2
+    };
+    assert!(
+        (1..=allowed).contains(&polls),
+        "a burst of 100 (sent in {burst_took:?}) made {polls} polls:\n{}",
         d.stderr_text()
     );
     let scrape = Scrape::parse(&get_text(&d.url("/metrics")).await.1);
