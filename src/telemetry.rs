@@ -142,6 +142,8 @@ pub mod metric {
     pub const OUTBOX_ENTRIES: &str = "clinicea_notifier_outbox_entries";
     /// Gauge: dead letters stored at scrape time.
     pub const DEAD_LETTERS_STORED: &str = "clinicea_notifier_dead_letters_stored";
+    /// Counter: poll trigger requests, by clinic, resource and outcome.
+    pub const TRIGGERS: &str = "clinicea_notifier_triggers_total";
     /// Gauge: always 1, labelled with the running version.
     pub const BUILD_INFO: &str = "clinicea_notifier_build_info";
     /// The standard process metrics, written beside ours under their usual names.
@@ -172,6 +174,7 @@ pub mod metric {
         DELIVERY_LATENCY,
         OUTBOX_ENTRIES,
         DEAD_LETTERS_STORED,
+        TRIGGERS,
         BUILD_INFO,
     ];
 }
@@ -247,6 +250,10 @@ fn describe_metrics() {
         "Deliveries queued in the outbox, at scrape time."
     );
     describe_gauge!(DEAD_LETTERS_STORED, "Dead letters stored, at scrape time.");
+    describe_counter!(
+        TRIGGERS,
+        "Poll trigger requests by clinic, resource and outcome (accepted, unauthorized, not_found, unavailable, too_large); names the config does not hold are (unknown)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label names the running build."

@@ -116,6 +116,8 @@ pub struct ClinicSummary {
     pub overlap_seconds: f64,
     /// Its API requests in flight at most.
     pub max_concurrent_requests: usize,
+    /// Whether its poll trigger is on (a `trigger_token` is set; the token itself is never shown).
+    pub trigger: bool,
     /// The resources it polls.
     pub resources: Vec<String>,
 }
@@ -129,6 +131,9 @@ pub struct ResourceSummary {
     pub path: String,
     /// Seconds between polls.
     pub poll_interval_seconds: f64,
+    /// Seconds between polls right after a poll that found changes (adaptive polling's floor;
+    /// equal to `poll_interval_seconds` when it does not adapt).
+    pub poll_interval_min_seconds: f64,
     /// The since parameter's name.
     pub since_param: String,
     /// The page parameter's name.
@@ -222,6 +227,7 @@ fn check_summary(s: &Settings) -> CheckSummary {
                 timezone: k.timezone.to_string(),
                 overlap_seconds: k.overlap.as_secs_f64(),
                 max_concurrent_requests: k.max_concurrent_requests,
+                trigger: k.trigger_token.is_some(),
                 resources: c.resources.iter().map(|r| r.name.clone()).collect(),
             }
         })
@@ -233,6 +239,7 @@ fn check_summary(s: &Settings) -> CheckSummary {
             name: r.name.clone(),
             path: r.path.clone(),
             poll_interval_seconds: r.poll_interval.as_secs_f64(),
+            poll_interval_min_seconds: r.poll_interval_min.as_secs_f64(),
             since_param: r.since_param.clone(),
             page_param: r.page_param.clone(),
             first_page: r.first_page,
@@ -286,12 +293,17 @@ pub(crate) fn summary(s: &Settings) -> String {
     let clinic_line = |c: &crate::config::Clinic| {
         let k = &c.clinicea;
         format!(
-            "{} (auth: {:?}, timezone {}, overlap {:?}, at most {} requests at once)",
+            "{} (auth: {:?}, timezone {}, overlap {:?}, at most {} requests at once{})",
             k.base_url.origin().ascii_serialization(),
             k.auth,
             k.timezone,
             k.overlap,
-            k.max_concurrent_requests
+            k.max_concurrent_requests,
+            if k.trigger_token.is_some() {
+                ", poll trigger on"
+            } else {
+                ""
+            }
         )
     };
     if base.is_fleet() {
@@ -313,8 +325,19 @@ pub(crate) fn summary(s: &Settings) -> String {
     for r in &base.resources {
         let _ = writeln!(
             out,
-            "  {:<14} GET {} every {:?} ({}, pages from {} by {}, {} per page)",
-            r.name, r.path, r.poll_interval, r.since_param, r.first_page, r.page_param, r.page_size
+            "  {:<14} GET {} every {:?}{} ({}, pages from {} by {}, {} per page)",
+            r.name,
+            r.path,
+            r.poll_interval,
+            if r.poll_interval_min < r.poll_interval {
+                format!(" ({:?} after a change)", r.poll_interval_min)
+            } else {
+                String::new()
+            },
+            r.since_param,
+            r.first_page,
+            r.page_param,
+            r.page_size
         );
     }
     let _ = writeln!(out, "Destinations:");

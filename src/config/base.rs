@@ -79,6 +79,11 @@ pub struct Clinicea {
     pub(crate) baseline: Option<chrono::DateTime<chrono::Utc>>,
     /// How often each resource is polled, unless the resource sets its own.
     pub(crate) poll_interval: Duration,
+    /// The shortest gap of adaptive polling, unless the resource sets its own (`None`: each
+    /// resource's `poll_interval`, i.e. no adaptation).
+    pub(crate) poll_interval_min: Option<Duration>,
+    /// The secret `POST /trigger/{clinic}/{resource}` asks for; `None`: the trigger is off.
+    pub(crate) trigger_token: Option<SecretString>,
     /// The most API requests of this clinic in flight at once.
     pub(crate) max_concurrent_requests: usize,
 }
@@ -131,6 +136,10 @@ pub struct Resource {
     pub(crate) poll_interval: Duration,
     /// Whether the resource sets its own interval (else it takes its clinic's).
     pub(crate) own_poll_interval: bool,
+    /// The shortest gap of adaptive polling (at most `poll_interval`; equal: no adaptation).
+    pub(crate) poll_interval_min: Duration,
+    /// Whether the resource sets its own `poll_interval_min` (else it takes its clinic's).
+    pub(crate) own_poll_interval_min: bool,
     /// Extra query parameters.
     pub(crate) params: Vec<(String, String)>,
 }
@@ -239,6 +248,9 @@ pub struct Base {
     /// console is read-only without one.
     pub(crate) console_token: Option<SecretString>,
 }
+
+/// The shortest `trigger_token` accepted: it guards a URL anyone who reaches `listen` can call.
+pub(crate) const MIN_TRIGGER_TOKEN_LEN: usize = 16;
 
 /// The shortest `metrics_token` accepted: a guessable token protects nothing.
 pub(crate) const MIN_METRICS_TOKEN_LEN: usize = 16;

@@ -14,6 +14,7 @@ use crate::config::base::{
     defaults, Base, Clinic, Clinicea, Login, Resource, SecretString, StartFrom, StoreBackend,
     StoreSettings, DEFAULT_CLINIC_CONCURRENCY, DEFAULT_FLEET_CONCURRENCY, DEFAULT_LOGIN_PATH,
     MAX_CONCURRENT_REQUESTS, MAX_POLL_INTERVAL, MAX_WAIT, MIN_METRICS_TOKEN_LEN,
+    MIN_TRIGGER_TOKEN_LEN,
 };
 use crate::config::destination::{
     check_url, AmqpTarget, ChatKind, Destination, FieldFilter, InlineTemplate, NatsAuth,
@@ -561,6 +562,31 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
         &poll_key,
         problems,
     );
+    // Adaptive polling's floor: at most the ceiling it adapts under, written at the same layer
+    // or inherited (a clinic's own `poll_interval: 10s` under a `clinicea.poll_interval_min: 30s`
+    // is a contradiction the user should see, not one silently resolved).
+    let (poll_min, min_key, min_line) = dur(
+        "poll_interval_min",
+        |c| c.poll_interval_min.as_ref(),
+        problems,
+    );
+    if let Some(m) = poll_min {
+        if m < MIN_POLL_INTERVAL {
+            problems.push(Problem::at(min_line, &min_key, "must be at least 100ms"));
+        } else if m > poll_interval {
+            problems.push(Problem::at(
+                min_line,
+                &min_key,
+                format!("must be at most poll_interval ({poll_interval:?}, {poll_key})"),
+            ));
+        }
+    }
+    let (token_text, token_key, token_line) = l.pick("trigger_token", |c| c.trigger_token.as_ref());
+    let trigger_token = token_text.map(|t| {
+        let line = t.line().or(token_line);
+        trigger_token(t.trim(), line, &token_key, problems);
+        SecretString::new(t.trim())
+    });
     let (overlap, _, _) = dur("overlap", |c| c.overlap.as_ref(), problems);
     let (timeout, timeout_key, timeout_line) = dur("timeout", |c| c.timeout.as_ref(), problems);
     let (page_delay, delay_key, delay_line) =
@@ -605,7 +631,34 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
         allow_private,
         baseline,
         poll_interval,
+        poll_interval_min: poll_min.map(|m| m.clamp(MIN_POLL_INTERVAL, poll_interval)),
+        trigger_token,
         max_concurrent_requests: max_concurrent_requests.clamp(1, MAX_CONCURRENT_REQUESTS),
+    }
+}
+
+/// Checks a `trigger_token`: long enough to resist guessing, and made of URL-safe characters
+/// only, since Clinicea's callback can carry it only in the URL (path or query), where `/`, `+`,
+/// `=` or `%` would be split or decoded differently along the way. The message never shows it.
+fn trigger_token(t: &str, line: Option<u64>, key: &str, problems: &mut Vec<Problem>) {
+    const MAKE: &str = "make one with `openssl rand -hex 32`";
+    if t.len() < MIN_TRIGGER_TOKEN_LEN {
+        problems.push(Problem::at(
+            line,
+            key,
+            format!("is shorter than {MIN_TRIGGER_TOKEN_LEN} characters; {MAKE}"),
+        ));
+    } else if !t
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    {
+        problems.push(Problem::at(
+            line,
+            key,
+            format!("may hold only letters, digits and - _ . ~ (it travels in a URL); {MAKE}"),
+        ));
+    } else {
+        check_placeholder(t, line, key, problems);
     }
 }
 
@@ -614,7 +667,7 @@ fn clinicea(l: &Layers<'_>, problems: &mut Vec<Problem>) -> Clinicea {
 /// (for the top-level resources, not again for each clinic).
 fn resources(
     raw: &RawConfig,
-    poll_interval: Duration,
+    (poll_interval, poll_interval_min): (Duration, Option<Duration>),
     problems: &mut Vec<Problem>,
 ) -> Vec<Resource> {
     let mut resources = Vec::new();
@@ -666,6 +719,32 @@ fn resources(
                 problems,
             );
         }
+        let own_min = duration(
+            r.poll_interval_min.as_ref(),
+            line,
+            &key("poll_interval_min"),
+            problems,
+        );
+        if let Some(m) = own_min {
+            if m < MIN_POLL_INTERVAL {
+                problems.push(Problem::at(
+                    line,
+                    key("poll_interval_min"),
+                    "must be at least 100ms",
+                ));
+            } else if m > poll {
+                let from = if own_poll.is_some() {
+                    key("poll_interval")
+                } else {
+                    "clinicea.poll_interval".to_string()
+                };
+                problems.push(Problem::at(
+                    line,
+                    key("poll_interval_min"),
+                    format!("must be at most poll_interval ({poll:?}, {from})"),
+                ));
+            }
+        }
         resources.push(Resource {
             name: name.clone(),
             path: r.path.to_string(),
@@ -691,6 +770,12 @@ fn resources(
                 .map_or(defaults::STATUS_FIELD.into(), |t| t.to_string()),
             poll_interval: poll,
             own_poll_interval: own_poll.is_some(),
+            // The `clinicea:` floor when the resource has none; each clinic's copy takes its own.
+            poll_interval_min: own_min
+                .or(poll_interval_min)
+                .unwrap_or(poll)
+                .clamp(MIN_POLL_INTERVAL, poll.max(MIN_POLL_INTERVAL)),
+            own_poll_interval_min: own_min.is_some(),
             params: r
                 .params
                 .iter()
@@ -721,7 +806,7 @@ fn clinics(raw: &RawConfig, resources: &[Resource], problems: &mut Vec<Problem>)
         );
         return vec![Clinic {
             name: crate::model::DEFAULT_CLINIC.to_string(),
-            resources: clinic_resources(resources, clinicea.poll_interval),
+            resources: clinic_resources(resources, &clinicea),
             clinicea,
         }];
     };
@@ -742,7 +827,7 @@ fn clinics(raw: &RawConfig, resources: &[Resource], problems: &mut Vec<Problem>)
             defaults,
         };
         let clinicea = clinicea(&layers, problems);
-        let mut polled = clinic_resources(resources, clinicea.poll_interval);
+        let mut polled = clinic_resources(resources, &clinicea);
         let (subset, subset_key, subset_line) = layers.pick("resources", |c| c.resources.as_ref());
         if let Some(subset) = subset {
             let line = line_of(subset).or(subset_line);
@@ -778,17 +863,29 @@ fn clinics(raw: &RawConfig, resources: &[Resource], problems: &mut Vec<Problem>)
     out
 }
 
-/// The resources a clinic polls, every inherited interval its own.
-fn clinic_resources(resources: &[Resource], poll_interval: Duration) -> Vec<Resource> {
+/// The resources a clinic polls, every inherited interval its own. An inherited
+/// `poll_interval_min` longer than a resource's own (shorter) `poll_interval` is cut to it: the
+/// clinic-wide floor cannot make a faster resource slower, and a resource that wants to adapt
+/// says so with its own `poll_interval_min`.
+fn clinic_resources(resources: &[Resource], clinic: &Clinicea) -> Vec<Resource> {
     resources
         .iter()
-        .map(|r| Resource {
-            poll_interval: if r.own_poll_interval {
+        .map(|r| {
+            let poll_interval = if r.own_poll_interval {
                 r.poll_interval
             } else {
-                poll_interval
-            },
-            ..r.clone()
+                clinic.poll_interval
+            };
+            let min = if r.own_poll_interval_min {
+                r.poll_interval_min
+            } else {
+                clinic.poll_interval_min.unwrap_or(poll_interval)
+            };
+            Resource {
+                poll_interval,
+                poll_interval_min: min.min(poll_interval),
+                ..r.clone()
+            }
         })
         .collect()
 }
@@ -813,9 +910,13 @@ fn base(raw: &RawConfig, file: &Path, problems: &mut Vec<Problem>) -> Base {
             defaults: d,
         };
         let (p, key, line) = l.pick("poll_interval", |c| c.poll_interval.as_ref());
+        let (m, mkey, mline) = l.pick("poll_interval_min", |c| c.poll_interval_min.as_ref());
         let (z, zkey, zline) = l.pick("timezone", |c| c.timezone.as_ref());
         (
-            duration(p, line, &key, &mut quiet).unwrap_or(defaults::POLL_INTERVAL),
+            (
+                duration(p, line, &key, &mut quiet).unwrap_or(defaults::POLL_INTERVAL),
+                duration(m, mline, &mkey, &mut quiet),
+            ),
             parse_tz(z, &zkey, zline, &mut quiet),
         )
     };
@@ -1607,5 +1708,73 @@ fn broker_url(
             None
         }
         None => Some(url),
+    }
+}
+
+#[cfg(test)]
+mod adaptive_and_trigger_tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        load_str(yaml, Path::new("/tmp/c.yaml"), &HashMap::new())
+    }
+
+    const HEAD: &str = "clinicea:\n  base_url: https://api.clinicea.com\n  api_key: k\n";
+
+    #[test]
+    fn poll_interval_min_defaults_to_the_interval_and_is_inherited_and_capped_per_resource() {
+        let c = load(&format!(
+            "{HEAD}  poll_interval: 60s\n  poll_interval_min: 5s\nresources:\n  leads: {{ path: /l }}\n  fast: {{ path: /f, poll_interval: 2s }}\n  own: {{ path: /o, poll_interval_min: 10s }}\n"
+        ))
+        .unwrap();
+        let r = &c.base.clinics[0].resources;
+        let get = |n: &str| r.iter().find(|x| x.name == n).unwrap();
+        assert_eq!(get("leads").poll_interval_min, Duration::from_secs(5));
+        // A clinic-wide floor above a resource's own interval is cut to it.
+        assert_eq!(get("fast").poll_interval_min, Duration::from_secs(2));
+        assert_eq!(get("own").poll_interval_min, Duration::from_secs(10));
+        // Unset: equal to the interval (no adaptation).
+        let c = load(&format!("{HEAD}resources:\n  leads: {{ path: /l }}\n")).unwrap();
+        let leads = &c.base.clinics[0].resources[0];
+        assert_eq!(leads.poll_interval_min, leads.poll_interval);
+    }
+
+    #[test]
+    fn a_floor_above_its_ceiling_is_an_error_at_its_key() {
+        let e = load(&format!(
+            "{HEAD}  poll_interval: 30s\n  poll_interval_min: 1m\nresources:\n  leads: {{ path: /l, poll_interval: 10s, poll_interval_min: 20s }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("clinicea.poll_interval_min"), "{e}");
+        assert!(e.contains("resources.leads.poll_interval_min"), "{e}");
+    }
+
+    #[test]
+    fn a_trigger_token_is_per_clinic_and_never_shown() {
+        let c = load(&format!(
+            "{HEAD}clinics:\n  north:\n    trigger_token: aaaaaaaaaaaaaaaa-1\n  south: {{}}\nresources:\n  leads: {{ path: /l }}\n"
+        ))
+        .unwrap();
+        let by = |n: &str| c.base.clinics.iter().find(|x| x.name == n).unwrap();
+        assert_eq!(
+            by("north")
+                .clinicea
+                .trigger_token
+                .as_ref()
+                .map(|t| t.expose()),
+            Some("aaaaaaaaaaaaaaaa-1")
+        );
+        assert!(by("south").clinicea.trigger_token.is_none());
+        assert!(!format!("{:?}", by("north").clinicea).contains("aaaaaaaaaaaaaaaa"));
+        let e = load(&format!(
+            "{HEAD}  trigger_token: \"bbbbbbbbbbbbbbbb/+\"\nresources:\n  leads: {{ path: /l }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("clinicea.trigger_token") && !e.contains("bbbbbbbb"),
+            "{e}"
+        );
     }
 }

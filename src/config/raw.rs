@@ -291,9 +291,19 @@ pub(crate) struct RawClinicea {
     /// Credentials for `auth: login`.
     #[serde(default)]
     pub(crate) login: Option<RawLogin>,
-    /// How often each resource is polled (default 60s).
+    /// How often each resource is polled (default 60s): the longest gap between two polls.
     #[serde(default)]
     pub(crate) poll_interval: Option<Dur>,
+    /// Adaptive polling: the shortest gap, taken right after a poll that found changes and
+    /// doubled after each quiet poll back up to `poll_interval` (default: `poll_interval`, so
+    /// no adaptation). Must be at most `poll_interval`.
+    #[serde(default)]
+    pub(crate) poll_interval_min: Option<Dur>,
+    /// The secret of this clinic's poll trigger, `POST /trigger/{clinic}/{resource}` on
+    /// `listen` (at least 16 URL-safe characters, since it may travel in the URL). Unset: the
+    /// trigger is off for the clinic and answers 401.
+    #[serde(default)]
+    pub(crate) trigger_token: Option<Text>,
     /// How far back each poll re-reads (default 2m).
     #[serde(default)]
     pub(crate) overlap: Option<Dur>,
@@ -386,6 +396,9 @@ pub(crate) struct RawResource {
     /// This resource's own poll interval.
     #[serde(default)]
     pub(crate) poll_interval: Option<Dur>,
+    /// This resource's own shortest gap of adaptive polling (see `clinicea.poll_interval_min`).
+    #[serde(default)]
+    pub(crate) poll_interval_min: Option<Dur>,
     /// Extra query parameters sent on every request.
     #[serde(default)]
     pub(crate) params: BTreeMap<String, Text>,

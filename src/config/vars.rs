@@ -254,14 +254,14 @@ walk_structs! {
     } no text in { fleet };
     RawConsole { token } no text in {};
     RawClinicea {
-        base_url, api_key, login, poll_interval, overlap, start_from, timezone, since_timezone,
-        timeout, page_delay, baseline, resources
+        base_url, api_key, login, poll_interval, poll_interval_min, overlap, start_from, timezone,
+        since_timezone, timeout, page_delay, baseline, resources, trigger_token
     } no text in { auth, allow_insecure_http, allow_private, max_concurrent_requests };
     RawLogin { username, password, path } no text in {};
     RawBaseline { since } no text in { enabled };
     RawResource {
         path, since_param, since_format, page_param, page_size_param, id_field, status_field,
-        poll_interval, params
+        poll_interval, poll_interval_min, params
     } no text in { first_page, page_size };
     RawStore { backend, url, lease, path, journal_retention, dead_letter_retention } no text in { cache_mb };
     RawSmtp {

@@ -1,4 +1,4 @@
-//! Health: what the `/metrics`, `/healthz` and `/readyz` endpoints and the watchdog know about
+//! Health: what the `/metrics`, `/healthz` and `/readyz` endpoints (and `/trigger`) and the watchdog know about
 //! each clinic's resources, and the server that answers them.
 
 use crate::config;
@@ -35,6 +35,8 @@ pub(crate) struct Health {
     pub(crate) metrics_token: std::sync::RwLock<Option<config::SecretString>>,
     /// What the web console knows beside the store.
     pub(crate) console: super::console::ConsoleState,
+    /// The poll triggers' tokens and channels, replaced on reload.
+    pub(crate) triggers: super::trigger::Triggers,
 }
 
 impl Health {
@@ -157,6 +159,7 @@ pub(crate) async fn serve_health(
     let metrics = crate::telemetry::metrics_handle();
     let h2 = health.clone();
     let console = super::console::routes(health.clone(), store.clone());
+    let trigger = super::trigger::routes(health.clone());
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -214,7 +217,8 @@ pub(crate) async fn serve_health(
                 }
             }),
         )
-        .merge(console);
+        .merge(console)
+        .merge(trigger);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -7,8 +7,10 @@ pub mod engine;
 pub mod events;
 pub(crate) mod health;
 pub(crate) mod maintain;
+pub(crate) mod schedule;
 pub mod settings;
 pub(crate) mod share;
+pub(crate) mod trigger;
 
 use crate::config;
 use crate::daemon::settings::{load_settings_with, Settings};
@@ -32,9 +34,11 @@ pub mod intake;
 /// How long shutdown waits for pollers and workers before giving up on them.
 const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Polls one resource of one clinic on its interval until cancelled, keeping `health` current.
+/// Polls one resource of one clinic on its schedule until cancelled, keeping `health` current.
 /// The first poll waits `first_delay`: the spread of a fleet's polls over the interval, or what is
-/// left of the interval since this resource's last poll before a reload.
+/// left of the interval since this resource's last poll before a reload. After that the gap
+/// adapts ([`schedule::next_gap`]), and a poll trigger can bring any poll forward
+/// ([`schedule::until_due`]).
 async fn poll_loop(
     ctx: PollCtx<intake::OutboxIntake>,
     res: config::Resource,
@@ -44,16 +48,25 @@ async fn poll_loop(
 ) {
     let cancel = ctx.cancel.clone();
     let key = (ctx.clinic.clone(), res.name.clone());
+    // Subscribed before the first wait, so a trigger during the fleet's spread counts.
+    let mut trigger = health.triggers.subscribe(&ctx.clinic, &res.name);
     // Staleness counts from this loop's start until the first successful poll.
     let started = Utc::now();
     if !first_delay.is_zero() {
+        let first = tokio::time::Instant::now() + first_delay;
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(first_delay) => {}
+            _ = schedule::until_due(&mut trigger, None, first) => {}
         }
     }
+    // The gap starts at the ceiling: a resource is presumed quiet until a poll finds changes.
+    let mut gap = res.poll_interval;
     loop {
         let poll_started = std::time::Instant::now();
+        // Every trigger that arrived before this poll starts is answered by it.
+        if let Some(rx) = trigger.as_mut() {
+            rx.borrow_and_update();
+        }
         write_health(&health)
             .entry(key.clone())
             .or_default()
@@ -101,11 +114,14 @@ async fn poll_loop(
             }
         }
         // The interval runs from poll start to poll start, so a fleet's spread holds however
-        // long each poll takes (a poll longer than the interval is followed at once).
-        let next = poll_started + res.poll_interval;
+        // long each poll takes (a poll longer than the interval is followed at once). A failed
+        // poll counts as quiet: errors back off toward the ceiling, never speed polling up.
+        let changed = matches!(&result, Ok(rep) if rep.changes > 0);
+        gap = schedule::next_gap(gap, changed, res.poll_interval_min, res.poll_interval);
+        let last = tokio::time::Instant::from_std(poll_started);
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = schedule::until_due(&mut trigger, Some(last), last + gap) => {}
         }
     }
 }
@@ -306,6 +322,7 @@ pub async fn run(
     }
     health.set_metrics_token(engine.settings.base.metrics_token.clone());
     health.console.configure(&engine.settings);
+    health.triggers.configure(&engine.settings.base);
     let server = tokio::spawn(serve_health(
         listener,
         health.clone(),
@@ -356,6 +373,7 @@ pub async fn run(
                 gen.await;
                 health.set_metrics_token(next.settings.base.metrics_token.clone());
                 health.console.configure(&next.settings);
+                health.triggers.configure(&next.settings.base);
                 engine = Arc::new(next);
                 tracing::info!("config reloaded");
             }

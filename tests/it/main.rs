@@ -35,6 +35,7 @@ mod shaping;
 mod store_access;
 mod store_privacy;
 mod support;
+mod trigger;
 mod verify_command;
 mod web_console;
 mod webhook_delivery;

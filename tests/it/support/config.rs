@@ -260,6 +260,8 @@ pub struct Clinicea {
     overlap: Option<String>,
     timeout: Option<String>,
     page_delay: Option<String>,
+    poll_interval_min: Option<String>,
+    trigger_token: Option<String>,
     baseline_off: bool,
     allow_private: bool,
 }
@@ -279,6 +281,10 @@ keys!(Clinicea {
     timeout: &str,
     /// `page_delay: DURATION` between page requests.
     page_delay: &str,
+    /// `poll_interval_min: DURATION` (adaptive polling's floor).
+    poll_interval_min: &str,
+    /// `trigger_token: TOKEN` (literal, or `${VAR}`).
+    trigger_token: &str,
 });
 
 flags!(Clinicea {
@@ -301,6 +307,8 @@ impl Clinicea {
             overlap: None,
             timeout: None,
             page_delay: None,
+            poll_interval_min: None,
+            trigger_token: None,
             baseline_off: false,
             allow_private: false,
         }
@@ -351,6 +359,8 @@ impl Clinicea {
         y.text(1, "overlap", &self.overlap);
         y.text(1, "timeout", &self.timeout);
         y.text(1, "page_delay", &self.page_delay);
+        y.text(1, "poll_interval_min", &self.poll_interval_min);
+        y.text(1, "trigger_token", &self.trigger_token);
         if self.baseline_off {
             y.key(1, "baseline");
             y.raw(2, "enabled", "false");
@@ -365,6 +375,7 @@ pub struct Clinic {
     base_url: Option<String>,
     api_key: Option<String>,
     timezone: Option<String>,
+    trigger_token: Option<String>,
     resources: Option<Vec<String>>,
 }
 
@@ -375,6 +386,8 @@ keys!(Clinic {
     api_key: &str,
     /// `timezone: ZONE`.
     timezone: &str,
+    /// `trigger_token: TOKEN`.
+    trigger_token: &str,
 });
 
 impl Clinic {
@@ -393,6 +406,7 @@ impl Clinic {
         y.text(2, "base_url", &self.base_url);
         y.text(2, "api_key", &self.api_key);
         y.text(2, "timezone", &self.timezone);
+        y.text(2, "trigger_token", &self.trigger_token);
         if let Some(r) = &self.resources {
             y.raw(2, "resources", &flow(r));
         }
