@@ -358,7 +358,7 @@ async fn after_a_change_polls_come_at_the_floor_and_back_off_to_the_interval_whi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_only_the_replica_holding_the_lease_accepts_a_trigger_and_the_other_says_503()
 {
-    let Some(db) = fresh_database().await else {
+    let Some(db) = ScratchDatabase::from_env().await else {
         return;
     };
     let sb = sandbox(clinicea_notifier::kit::sandbox::SandboxOptions {
