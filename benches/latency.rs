@@ -12,11 +12,12 @@
 //! arrival of its webhook. Prints p50, p90, p99 and max per mode. Needs the release binary:
 //! `cargo build --release --bin clinicea-notifier && cargo bench --bench latency`.
 
+mod common;
 use axum::body::Bytes;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
+use common::notifier_binary;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,15 +62,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn notifier_binary() -> PathBuf {
-    // target/release/deps/latency-HASH -> target/release/clinicea-notifier
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("clinicea-notifier"))
-        .unwrap()
 }
 
 /// One mode: its sandbox, receiver, running notifier and the changes made on it.

@@ -17,6 +17,7 @@
 //! `BENCH_BIG` (default 1000000), `BENCH_IDLE_SECS` (default 30) size them. Loopback only; every
 //! loop is bounded.
 
+mod common;
 use axum::body::Bytes;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::daemon::events::Events;
@@ -28,8 +29,9 @@ use clinicea_notifier::outbox::entry::{OutboxEntry, Wake};
 use clinicea_notifier::outbox::scratch::{ScratchDatabase, SERVER_VAR};
 use clinicea_notifier::outbox::store::PageWrite;
 use clinicea_notifier::route::plan::Payload;
+use common::notifier_binary;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -472,15 +474,6 @@ fn child_ingest(base_url: &str, cache_mb: u64) {
             proc_status("self", "VmHWM:") // MB
         );
     });
-}
-
-fn notifier_binary() -> PathBuf {
-    // target/release/deps/pipeline-HASH -> target/release/clinicea-notifier
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("clinicea-notifier"))
-        .unwrap()
 }
 
 // --- main -------------------------------------------------------------------------------------
