@@ -16,33 +16,21 @@
 //! it. `BENCH_CONCURRENCY` (default 8, the brokers' default) sets every destination's concurrency.
 //! Run with `bench/destinations.sh`. Loopback only; every loop is bounded.
 
+mod common;
 use axum::body::Bytes;
-use clinicea_notifier::daemon::engine::Engine;
-use clinicea_notifier::daemon::events::Events;
-use clinicea_notifier::daemon::settings::load_settings_with;
 use clinicea_notifier::deliver::{Deliverer, Event};
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
 use clinicea_notifier::outbox::entry::Wake;
 use clinicea_notifier::route::plan::Payload;
-use std::collections::HashMap;
-use std::path::Path;
+use common::{engine_in, env_or, API_KEY, SECRET};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const API_KEY: &str = "sandbox-api-key";
 /// The longest a worker may take to deliver its outbox before the run is called failed.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(300);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A name no other run uses.
 fn unique(prefix: &str) -> String {
@@ -83,18 +71,6 @@ destinations:\n  dest:\n{destination}\
 rules:\n  - name: all-leads\n    resource: leads\n    notify: [dest]\n",
         (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339()
     )
-}
-
-async fn engine_in(dir: &Path, yaml: &str) -> Engine {
-    let config = dir.join("clinicea-notifier.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let settings = match load_settings_with(&config, &HashMap::new()) {
-        Ok(s) => s,
-        Err(e) => panic!("bench config should load: {e}"),
-    };
-    Engine::open(settings, Events::none())
-        .await
-        .expect("engine opens")
 }
 
 /// One poll fills the outbox; then the real worker delivers it. Returns (entries, deliveries/s,
@@ -353,8 +329,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let entries = env_usize("BENCH_DESTINATION_ENTRIES", 5000);
-    let concurrency = env_usize("BENCH_CONCURRENCY", 8);
+    let entries = env_or::<usize>("BENCH_DESTINATION_ENTRIES", 5000);
+    let concurrency = env_or::<usize>("BENCH_CONCURRENCY", 8);
     let rows = rt.block_on(async {
         let sb = sandbox(entries).await;
         let base = sb.base_url();

@@ -15,24 +15,15 @@
 mod common;
 use axum::body::Bytes;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
-use common::notifier_binary;
+use common::{env_or, notifier_binary, API_KEY, SECRET};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const API_KEY: &str = "sandbox-api-key";
 const TOKEN: &str = "bench-trigger-token-0123456789";
 /// How long the last change may take to arrive once changes stop (beyond one poll interval).
 const DRAIN: Duration = Duration::from_secs(70);
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A receiver that notes when each record's first webhook arrived.
 async fn receiver() -> (String, Arc<Mutex<HashMap<String, Instant>>>) {
@@ -138,8 +129,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn main() {
-    let secs = env_u64("BENCH_LATENCY_SECS", 240);
-    let mean_gap = env_u64("BENCH_LATENCY_MEAN_GAP_SECS", 8) as f64;
+    let secs = env_or::<u64>("BENCH_LATENCY_SECS", 240);
+    let mean_gap = env_or::<u64>("BENCH_LATENCY_MEAN_GAP_SECS", 8) as f64;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut modes = vec![

@@ -20,8 +20,6 @@
 mod common;
 use axum::body::Bytes;
 use clinicea_notifier::daemon::engine::Engine;
-use clinicea_notifier::daemon::events::Events;
-use clinicea_notifier::daemon::settings::load_settings_with;
 use clinicea_notifier::deliver::{Deliverer, Event};
 use clinicea_notifier::ingest::poll;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
@@ -29,7 +27,7 @@ use clinicea_notifier::outbox::entry::{OutboxEntry, Wake};
 use clinicea_notifier::outbox::scratch::{ScratchDatabase, SERVER_VAR};
 use clinicea_notifier::outbox::store::PageWrite;
 use clinicea_notifier::route::plan::Payload;
-use common::notifier_binary;
+use common::{engine_in, env_or, notifier_binary, API_KEY, SECRET};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,16 +38,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Entries per second offered in part P's latency phase: below what either store delivers.
 const P_PACE: u64 = 1_000;
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const API_KEY: &str = "sandbox-api-key";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One line of the result table.
 struct Row {
@@ -188,18 +176,6 @@ listen: 127.0.0.1:0\n\
 destinations:\n  hook:\n    type: webhook\n    url: {hook_url}\n    secret: {SECRET}\n\
 rules:\n  - name: everything\n    resource: leads\n    notify: [hook]\n"
     )
-}
-
-async fn engine_in(dir: &Path, yaml: &str) -> Engine {
-    let config = dir.join("clinicea-notifier.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let settings = match load_settings_with(&config, &HashMap::new()) {
-        Ok(s) => s,
-        Err(e) => panic!("bench config should load: {e}"),
-    };
-    Engine::open(settings, Events::none())
-        .await
-        .expect("engine opens")
 }
 
 /// The first entry queued for `hook`: a real delivery, to copy for the paced latency phase.
@@ -486,13 +462,13 @@ fn main() {
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "A,B,C,D,P".into());
     let on = |p: &str| only.split(',').any(|x| x.trim().eq_ignore_ascii_case(p));
-    let concurrency = env_usize("BENCH_CONCURRENCY", 16);
-    let n_deliveries = env_usize("BENCH_DELIVERIES", 100_000) as u64;
-    let big = env_usize("BENCH_BIG", 1_000_000);
-    let idle_secs = env_usize("BENCH_IDLE_SECS", 30) as u64;
+    let concurrency = env_or::<usize>("BENCH_CONCURRENCY", 16);
+    let n_deliveries = env_or::<usize>("BENCH_DELIVERIES", 100_000) as u64;
+    let big = env_or::<usize>("BENCH_BIG", 1_000_000);
+    let idle_secs = env_or::<usize>("BENCH_IDLE_SECS", 30) as u64;
     // The ingest runs with the product's default cache; the memory run sets it explicitly lower.
-    let cache_b = env_usize("BENCH_CACHE_MB", 64) as u64;
-    let cache_mb = env_usize("BENCH_MEM_CACHE_MB", 16) as u64;
+    let cache_b = env_or::<usize>("BENCH_CACHE_MB", 64) as u64;
+    let cache_mb = env_or::<usize>("BENCH_MEM_CACHE_MB", 16) as u64;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut rows: Vec<Row> = Vec::new();
@@ -613,7 +589,7 @@ fn main() {
 
         if on("P") {
             // P: the same ingest and delivery on each store, one after the other in this run.
-            let n = env_usize("BENCH_STORE_RECORDS", 20_000);
+            let n = env_or::<usize>("BENCH_STORE_RECORDS", 20_000);
             let server = std::env::var("BENCH_POSTGRES_URL")
                 .or_else(|_| std::env::var(SERVER_VAR))
                 .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());

@@ -51,6 +51,25 @@ fn slow_leads(sb: &clinicea_notifier::kit::sandbox::SandboxHandle) -> Config {
     .listen()
 }
 
+/// Asserts the trigger counter of the default clinic's leads for `outcome`; returns the scrape.
+async fn triggers_counted(d: &Notifier, outcome: &str, want: f64) -> Scrape {
+    let scrape = Scrape::parse(&get_text(&d.url("/metrics")).await.1);
+    assert_eq!(
+        scrape.get(
+            "clinicea_notifier_triggers_total",
+            &[
+                ("clinic", "default"),
+                ("resource", "leads"),
+                ("outcome", outcome)
+            ]
+        ),
+        Some(want),
+        "{}",
+        scrape.text
+    );
+    scrape
+}
+
 async fn post(url: &str, bearer: Option<&str>) -> u16 {
     let mut req = reqwest::Client::new()
         .post(url)
@@ -104,20 +123,7 @@ async fn a_burst_of_100_triggers_gives_one_poll() {
         "a burst of 100 (sent in {burst_took:?}) made {polls} polls:\n{}",
         d.stderr_text()
     );
-    let scrape = Scrape::parse(&get_text(&d.url("/metrics")).await.1);
-    assert_eq!(
-        scrape.get(
-            "clinicea_notifier_triggers_total",
-            &[
-                ("clinic", "default"),
-                ("resource", "leads"),
-                ("outcome", "accepted")
-            ]
-        ),
-        Some(100.0),
-        "{}",
-        scrape.text
-    );
+    triggers_counted(&d, "accepted", 100.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,20 +152,7 @@ async fn a_trigger_with_a_wrong_token_is_401_and_polls_nothing() {
     );
     tokio::time::sleep(AFTER_TRIGGER).await;
     assert_eq!(lead_requests(&sb), before, "a refused trigger polled");
-    let scrape = Scrape::parse(&get_text(&d.url("/metrics")).await.1);
-    assert_eq!(
-        scrape.get(
-            "clinicea_notifier_triggers_total",
-            &[
-                ("clinic", "default"),
-                ("resource", "leads"),
-                ("outcome", "unauthorized")
-            ]
-        ),
-        Some(4.0),
-        "{}",
-        scrape.text
-    );
+    let scrape = triggers_counted(&d, "unauthorized", 4.0).await;
     // A made-up clinic is not a label value.
     assert!(!scrape.text.contains("elsewhere"), "{}", scrape.text);
     assert!(!scrape.text.contains(TOKEN) && !d.stderr_text().contains(TOKEN));
