@@ -313,6 +313,13 @@ impl Browser {
 
     /// One protocol call: its result (events in between are skipped).
     async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// One protocol call: its result, or the error the browser answered with.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         use futures_util::{SinkExt, StreamExt};
         let id = self.next_id;
         self.next_id += 1;
@@ -324,8 +331,10 @@ impl Browser {
                 let Ok(text) = m.to_text() else { continue };
                 let v: Value = serde_json::from_str(text).unwrap_or_default();
                 if v["id"] == id {
-                    assert!(v.get("error").is_none(), "{method}: {v}");
-                    return v["result"].clone();
+                    return match v.get("error") {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(v["result"].clone()),
+                    };
                 }
             }
             panic!("the browser closed");
@@ -355,7 +364,18 @@ impl Browser {
     async fn wait_until(&mut self, cond: &str) {
         let deadline = Instant::now() + BROWSER_WAIT;
         let check = format!("document.readyState === 'complete' && ({cond})");
-        while self.eval(&check).await != json!(true) {
+        loop {
+            // A page that is navigating away answers with an error ("Inspected target
+            // navigated or closed"): that is "not yet", not a failure.
+            let now = self
+                .try_call(
+                    "Runtime.evaluate",
+                    json!({"expression": check, "returnByValue": true}),
+                )
+                .await;
+            if matches!(&now, Ok(r) if r["result"]["value"] == json!(true)) {
+                break;
+            }
             if Instant::now() > deadline {
                 let at = self
                     .eval("location.href + ' ' + document.readyState + ': ' + document.body.innerText")
