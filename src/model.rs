@@ -88,6 +88,18 @@ impl Change {
     /// JSON of `previous` and `record`; `detected_at` is left out on purpose, since a re-detection
     /// after a crash happens at another time but is the same change.
     pub fn change_id(&self, key: &IdKey) -> String {
+        self.id_and_canonical_record(key).0
+    }
+
+    /// The change's [`Change::change_id`] and its record's [`record_version`], from one
+    /// canonical encoding of the record (a poll needs both for every change it journals).
+    pub(crate) fn ids(&self, key: &IdKey) -> (String, String) {
+        let (id, canonical) = self.id_and_canonical_record(key);
+        (id, key.version_of_canonical(&canonical))
+    }
+
+    /// The change id, and the record's canonical JSON it hashed.
+    fn id_and_canonical_record(&self, key: &IdKey) -> (String, Vec<u8>) {
         let mut h = key.mac.clone();
         for part in [
             self.clinic.as_str(),
@@ -105,13 +117,29 @@ impl Change {
         buf.clear();
         canonical_json(&self.record, &mut buf);
         h.update(&buf);
-        let digest = h.finalize().into_bytes();
-        let mut id = String::from("msg_");
-        for b in &digest[..16] {
-            id.push_str(&format!("{b:02x}"));
-        }
-        id
+        (hex_id("msg_", &h.finalize().into_bytes()), buf)
     }
+}
+
+/// A keyed hash of one version of a record, `ver_` and 32 hex digits: equal for equal content
+/// (whatever the key order), different for any other, and, being keyed with the store's
+/// [`IdKey`], useless for testing guesses about the record's fields. The change journal keeps
+/// it instead of the record.
+pub fn record_version(key: &IdKey, record: &Value) -> String {
+    let mut buf = Vec::with_capacity(512);
+    canonical_json(record, &mut buf);
+    key.version_of_canonical(&buf)
+}
+
+/// `prefix` and the first 16 bytes of `digest` in lowercase hex.
+fn hex_id(prefix: &str, digest: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
+    for b in &digest[..16] {
+        let _ = write!(id, "{b:02x}");
+    }
+    id
 }
 
 /// The secret key of [`Change::change_id`]: 32 random bytes made once per store and kept in it,
@@ -140,6 +168,15 @@ impl IdKey {
         let mut b = [0u8; IdKey::LEN];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
         b
+    }
+
+    /// The [`record_version`] of a record's canonical JSON. The domain tag keeps a version from
+    /// ever equalling a change id's input.
+    fn version_of_canonical(&self, canonical: &[u8]) -> String {
+        let mut h = self.mac.clone();
+        h.update(b"record-version\0");
+        h.update(canonical);
+        hex_id("ver_", &h.finalize().into_bytes())
     }
 
     /// A key of fresh random bytes that is kept nowhere (for `test-rule` without a store).

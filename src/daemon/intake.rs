@@ -6,7 +6,7 @@
 use crate::ingest::intake::{DiffedChunk, Intake};
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::{Change, ChangeKind};
-use crate::outbox::entry::Wake;
+use crate::outbox::entry::{JournalEntry, Wake};
 use crate::outbox::store::{JournalWrite, PageWrite, Store, StoreError};
 use crate::route::plan::Pipeline;
 use std::collections::HashMap;
@@ -61,20 +61,19 @@ impl OutboxIntake {
     ) -> Result<u64, StoreError> {
         let id_key = self.store.id_key();
         let change_seq = self.store.next_id().await?;
+        let journal = JournalEntry::of(change, id_key);
         write.changes.push(JournalWrite {
             seq: change_seq,
             record_id: change.id.clone(),
             detected_at: change.detected_at,
-            value: serde_json::to_vec(change).unwrap_or_default(),
+            value: serde_json::to_vec(&journal).unwrap_or_default(),
         });
+        let webhook_id = journal.change_id;
         let routes = self.pipeline.rules.route(change);
         let mut deliveries = 0;
-        // The change id hashes the whole record: compute it once, not once per delivery.
-        let mut change_id = None;
         for planned in self.pipeline.plan_routes(change, &routes, id_key) {
             let seq = self.store.next_id().await?;
-            let webhook_id = change_id.get_or_insert_with(|| change.change_id(id_key));
-            match planned.into_entry(seq, change_seq, change, webhook_id) {
+            match planned.into_entry(seq, change_seq, change, &webhook_id) {
                 Ok(entry) => {
                     wakes.push(Wake {
                         destination: entry.destination.clone(),
@@ -98,7 +97,7 @@ impl OutboxIntake {
                 resource: change.resource.clone(),
                 kind: change.kind,
                 id: change.id.clone(),
-                change_id: change_id.unwrap_or_else(|| change.change_id(id_key)),
+                change_id: webhook_id,
                 rules: routes.first().map(|r| r.rules.clone()).unwrap_or_default(),
                 destinations: routes.into_iter().map(|r| r.destination).collect(),
             });

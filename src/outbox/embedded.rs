@@ -54,11 +54,11 @@
 
 use super::store::{
     decode, encode, DestHealth, Due, Dump, Erased, PageWrite, Result, StoreError, DEAD_LETTER,
-    OUTBOX_ENTRY,
+    JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
 };
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::IdKey;
-use crate::outbox::entry::{default_clinic, AttemptLog, DeadLetter, OutboxEntry};
+use crate::outbox::entry::{default_clinic, AttemptLog, DeadLetter, JournalEntry, OutboxEntry};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -138,6 +138,10 @@ fn seq_of_outbox_key(k: &[u8]) -> Option<u64> {
 
 /// Where in the `meta` tree the change-id key is kept.
 const ID_KEY: &[u8] = b"change_id_key";
+
+/// Journal entries rewritten per batch by [`SledStore::slim_journal_once`]: bounds the memory
+/// of an upgrade of a long journal.
+const REWRITE_BATCH: usize = 1000;
 
 /// Reads the change-id key, or makes one when the store has none (a new store, or one from before
 /// ids were keyed: the ids already in its outbox entries stay as they are). A new key is flushed
@@ -759,15 +763,63 @@ impl SledStore {
     // --- change journal -------------------------------------------------------------------
 
     /// Every change in the journal, oldest first.
-    pub(crate) fn changes(&self) -> Result<Vec<(u64, crate::model::Change)>> {
+    pub(crate) fn changes(&self) -> Result<Vec<(u64, JournalEntry)>> {
         self.changes
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
                 let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-                Ok((seq, decode("change", &v)?))
+                Ok((seq, decode(JOURNAL_ENTRY, &v)?))
             })
             .collect()
+    }
+
+    /// Rewrites journal entries stored in the form that held the whole change (the record and
+    /// its previous version) to [`JournalEntry`]s, once per store: the first open after an
+    /// upgrade does it, in batches, and records it in `meta`; later opens return 0 at once.
+    /// Outbox entries, snapshots and checkpoints are untouched, so nothing is detected or sent
+    /// again. Returns how many entries were rewritten.
+    pub(crate) fn slim_journal_once(&self) -> Result<usize> {
+        let marker = key(&["upgrade", SLIM_JOURNAL]);
+        if self.meta.contains_key(&marker)? {
+            return Ok(0);
+        }
+        let (mut rewritten, mut dropped) = (0, 0);
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            match JournalEntry::decode_any(&v, &self.id_key) {
+                Some((_, false)) => {}
+                Some((entry, true)) => {
+                    batch.insert(k, encode(&entry));
+                    in_batch += 1;
+                }
+                // Neither form: nothing can be read from it, and it may hold a record. The
+                // journal is for inspection only, so it goes.
+                None => {
+                    batch.remove(k);
+                    in_batch += 1;
+                    dropped += 1;
+                }
+            }
+            if in_batch == REWRITE_BATCH {
+                self.changes.apply_batch(std::mem::take(&mut batch))?;
+                rewritten += in_batch;
+                in_batch = 0;
+            }
+        }
+        self.changes.apply_batch(batch)?;
+        rewritten += in_batch;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "journal entries that could not be read in any known form were removed"
+            );
+        }
+        self.meta.insert(marker, &b"done"[..])?;
+        self.db.flush()?;
+        Ok(rewritten)
     }
 
     /// The number of changes in the journal.
@@ -796,6 +848,13 @@ impl SledStore {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Forgets that a one-time upgrade was done (tests make an older version's store so).
+    #[cfg(test)]
+    pub(crate) fn forget_upgrade(&self, upgrade: &str) -> Result<()> {
+        self.meta.remove(key(&["upgrade", upgrade]))?;
+        Ok(())
     }
 
     /// Runs `rewrite` over every snapshot once per store: the first call with a given `upgrade`

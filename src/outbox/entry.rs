@@ -1,8 +1,9 @@
 //! The outbox's typed values: an entry waiting for delivery, a dead letter, an attempt's log line,
-//! and the wake a worker gets when an entry is due.
+//! the wake a worker gets when an entry is due, and a change as the journal keeps it.
 
-use crate::model::{Change, Verdict};
+use crate::model::{Change, ChangeKind, IdKey, Verdict};
 use crate::route::plan::{Payload, Planned};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// One delivery of one change to one destination (one recipient, for email).
@@ -35,6 +36,58 @@ pub struct OutboxEntry {
     pub next_attempt_ms: i64,
     /// When the entry was created (Unix ms).
     pub created_ms: i64,
+}
+
+/// One detected change as the change journal keeps it: which record, what kind of change, which
+/// fields changed, when, and keyed hashes that tie it to its deliveries and to the record's
+/// version. Never a field's value: the record lives in its snapshot and the delivered payloads,
+/// and a third copy at rest would be health data kept for inspection only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The clinic the change came from.
+    pub clinic: String,
+    /// The resource key.
+    pub resource: String,
+    /// The record id.
+    pub id: String,
+    /// Added, modified or deleted.
+    #[serde(rename = "change")]
+    pub kind: ChangeKind,
+    /// The names of the top-level fields that changed (every field of an added record).
+    pub changed_fields: Vec<String>,
+    /// The change's id, the `webhook-id` of its deliveries ([`Change::change_id`]).
+    pub change_id: String,
+    /// The keyed hash of the record as fetched ([`crate::model::record_version`]).
+    pub version: String,
+    /// When the poll saw it.
+    pub detected_at: DateTime<Utc>,
+}
+
+impl JournalEntry {
+    /// The journal's view of `change`, its hashes under `key`.
+    pub(crate) fn of(change: &Change, key: &IdKey) -> JournalEntry {
+        let (change_id, version) = change.ids(key);
+        JournalEntry {
+            clinic: change.clinic.clone(),
+            resource: change.resource.clone(),
+            id: change.id.clone(),
+            kind: change.kind,
+            changed_fields: change.changed_fields.clone(),
+            change_id,
+            version,
+            detected_at: change.detected_at,
+        }
+    }
+
+    /// A stored journal value in the current form, or converted from the form that held the
+    /// whole change (record and previous version); `None` when it is neither.
+    pub(crate) fn decode_any(bytes: &[u8], key: &IdKey) -> Option<(JournalEntry, bool)> {
+        if let Ok(e) = serde_json::from_slice::<JournalEntry>(bytes) {
+            return Some((e, false));
+        }
+        let old: Change = serde_json::from_slice(bytes).ok()?;
+        Some((JournalEntry::of(&old, key), true))
+    }
 }
 
 /// The clinic of an entry stored before entries named theirs.

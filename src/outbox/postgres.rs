@@ -21,11 +21,11 @@
 
 use super::store::{
     decode, encode, DestHealth, Due, Dump, Erased, JournalWrite, PageWrite, Result, StoreError,
-    DEAD_LETTER, OUTBOX_ENTRY,
+    DEAD_LETTER, JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
 };
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
-use crate::model::{Change, IdKey};
-use crate::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use crate::model::IdKey;
+use crate::outbox::entry::{AttemptLog, DeadLetter, JournalEntry, OutboxEntry};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -549,11 +549,97 @@ impl PgStore {
 
     // --- change journal -------------------------------------------------------------------
 
-    pub(crate) async fn changes(&self) -> Result<Vec<(u64, Change)>> {
+    pub(crate) async fn changes(&self) -> Result<Vec<(u64, JournalEntry)>> {
         let rows = sqlx::query("SELECT seq, value FROM journal ORDER BY seq")
             .fetch_all(&self.pool)
             .await?;
-        seq_values("change", rows)
+        seq_values(JOURNAL_ENTRY, rows)
+    }
+
+    /// Forgets that a one-time upgrade was done (tests make an older version's store so).
+    #[cfg(test)]
+    pub(crate) async fn forget_upgrade(&self, upgrade: &str) -> Result<()> {
+        sqlx::query("DELETE FROM meta WHERE name = $1")
+            .bind(format!("upgrade:{upgrade}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// [`super::embedded::SledStore::slim_journal_once`] on this database: once, under the
+    /// upgrade's transaction-scoped advisory lock (replicas starting together do not both do it),
+    /// in one transaction, so a crash leaves the journal as it was and the next start does it.
+    pub(crate) async fn slim_journal_once(&self) -> Result<usize> {
+        let marker = format!("upgrade:{SLIM_JOURNAL}");
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('clinicea-notifier upgrade'))")
+            .execute(&mut *tx)
+            .await?;
+        let done: Option<i32> = sqlx::query_scalar("SELECT 1 FROM meta WHERE name = $1")
+            .bind(&marker)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_some() {
+            return Ok(0);
+        }
+        let (mut rewritten, mut dropped, mut after) = (0, 0, i64::MIN);
+        loop {
+            let rows =
+                sqlx::query("SELECT seq, value FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(after)
+                    .bind(REWRITE_BATCH)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let (mut seqs, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+            for r in rows {
+                let (seq, v): (i64, Vec<u8>) = (r.try_get(0)?, r.try_get(1)?);
+                after = seq;
+                match JournalEntry::decode_any(&v, &self.id_key) {
+                    Some((_, false)) => {}
+                    Some((entry, true)) => {
+                        seqs.push(seq);
+                        values.push(encode(&entry));
+                    }
+                    None => gone.push(seq),
+                }
+            }
+            if !seqs.is_empty() {
+                rewritten += seqs.len();
+                sqlx::query(
+                    "UPDATE journal SET value = v.value \
+                     FROM UNNEST($1::bigint[], $2::bytea[]) AS v(seq, value) \
+                     WHERE journal.seq = v.seq",
+                )
+                .bind(&seqs)
+                .bind(&values)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if !gone.is_empty() {
+                dropped += gone.len();
+                sqlx::query("DELETE FROM journal WHERE seq = ANY($1)")
+                    .bind(&gone)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "journal entries that could not be read in any known form were removed"
+            );
+        }
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ($1, 'done') ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&marker)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rewritten + dropped)
     }
 
     pub(crate) async fn change_count(&self) -> Result<usize> {

@@ -14,7 +14,7 @@ use super::embedded::SledStore;
 use super::postgres::PgStore;
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::IdKey;
-use crate::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use crate::outbox::entry::{AttemptLog, DeadLetter, JournalEntry, OutboxEntry};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -219,6 +219,11 @@ pub const DEFAULT_CACHE_BYTES: u64 = crate::config::defaults::STORE_CACHE_BYTES;
 pub(crate) const OUTBOX_ENTRY: &str = "outbox entry";
 /// What a stored dead letter is called in a [`StoreError::Decode`].
 pub(crate) const DEAD_LETTER: &str = "dead letter";
+/// What a journal value is called in decode errors.
+pub(crate) const JOURNAL_ENTRY: &str = "journal entry";
+/// The one-time upgrade that rewrites journal entries holding whole changes into
+/// [`JournalEntry`]s (`meta` records it as done).
+pub(crate) const SLIM_JOURNAL: &str = "slim-journal";
 
 /// Decodes a stored JSON value, naming what it was when it cannot be.
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T> {
@@ -254,16 +259,32 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Says that an open rewrote old journal entries.
+fn log_slimmed(n: usize) {
+    if n > 0 {
+        tracing::info!(
+            rewritten = n,
+            "journal entries that held whole records now keep ids, kinds, field names and hashes only"
+        );
+    }
+}
+
 impl Store {
     /// Opens (or creates) the sled store at `path` with a page cache of `cache_bytes`. The folder
     /// and its files are made readable by this user only.
+    /// A store in an older format is brought up to date in place (see [`SledStore::slim_journal_once`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
-        Ok(Store::Sled(SledStore::open(path, cache_bytes)?))
+        let s = SledStore::open(path, cache_bytes)?;
+        log_slimmed(s.slim_journal_once()?);
+        Ok(Store::Sled(s))
     }
 
-    /// Connects to a PostgreSQL store and brings its schema up to date (see [`PgOptions`]).
+    /// Connects to a PostgreSQL store and brings its schema and its values up to date (see
+    /// [`PgOptions`] and [`PgStore::slim_journal_once`]).
     pub async fn open_postgres(options: &PgOptions) -> Result<Store> {
-        Ok(Store::Postgres(PgStore::open(options).await?))
+        let p = PgStore::open(options).await?;
+        log_slimmed(p.slim_journal_once().await?);
+        Ok(Store::Postgres(p))
     }
 
     /// Opens the store a config names.
@@ -500,7 +521,7 @@ impl Store {
     }
 
     /// Every change in the journal, oldest first.
-    pub async fn changes(&self) -> Result<Vec<(u64, crate::model::Change)>> {
+    pub async fn changes(&self) -> Result<Vec<(u64, JournalEntry)>> {
         match self {
             Store::Sled(s) => s.changes(),
             Store::Postgres(p) => p.changes().await,

@@ -3,7 +3,7 @@
 //! names (`.ci/run` sets it and checks the server answers; without it the PostgreSQL half says it
 //! was skipped). Then what only PostgreSQL has: claims, fences, leases and the copy from sled.
 
-use super::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use super::entry::{AttemptLog, DeadLetter, JournalEntry, OutboxEntry};
 use super::lease::{hold_of, tick_of};
 use super::scratch::ScratchDatabase;
 use super::store::{
@@ -90,25 +90,103 @@ pub(crate) fn entry(destination: &str, seq: u64) -> OutboxEntry {
     }
 }
 
-fn change(id: &str, secs: i64) -> JournalWrite {
-    let c = crate::model::Change {
+/// A whole change, as the journal stored it before it kept [`JournalEntry`]s.
+fn whole_change(id: &str, secs: i64) -> crate::model::Change {
+    crate::model::Change {
         clinic: "default".into(),
         resource: "leads".into(),
         id: id.into(),
-        kind: crate::model::ChangeKind::Added,
-        record: serde_json::json!({}),
-        previous: None,
-        changed_fields: vec![],
-        server_status: None,
+        kind: crate::model::ChangeKind::Modified,
+        record: serde_json::json!({"ID": id, "FirstName": "Zebulon", "Phone": "+44 7700 900123"}),
+        previous: Some(serde_json::json!({"ID": id, "FirstName": "Zeb"})),
+        changed_fields: vec!["FirstName".into(), "Phone".into()],
+        server_status: Some("Modified".into()),
         detected_at: DateTime::from_timestamp(secs, 0).unwrap(),
-    };
+    }
+}
+
+fn change(id: &str, secs: i64) -> JournalWrite {
+    let c = whole_change(id, secs);
+    let entry = JournalEntry::of(&c, &crate::model::IdKey::from_bytes(&[3; 32]));
     JournalWrite {
         seq: secs as u64,
         record_id: id.into(),
         detected_at: c.detected_at,
-        value: serde_json::to_vec(&c).unwrap(),
+        value: serde_json::to_vec(&entry).unwrap(),
     }
 }
+
+/// Runs the one-time journal rewrite again, as an open does.
+async fn slim(store: &Store) -> usize {
+    match store {
+        Store::Sled(s) => s.slim_journal_once().unwrap(),
+        Store::Postgres(p) => p.slim_journal_once().await.unwrap(),
+    }
+}
+
+/// Forgets that the journal rewrite was done, as in a store an older version left.
+async fn forget_slimmed(store: &Store) {
+    match store {
+        Store::Sled(s) => s.forget_upgrade(super::store::SLIM_JOURNAL).unwrap(),
+        Store::Postgres(p) => p.forget_upgrade(super::store::SLIM_JOURNAL).await.unwrap(),
+    }
+}
+
+async fn journal_entries_stored_whole_are_rewritten_once_without_their_values(store: &Store) {
+    let old: Vec<JournalWrite> = ["a", "b"]
+        .iter()
+        .zip([10, 20])
+        .map(|(id, secs)| {
+            let c = whole_change(id, secs);
+            JournalWrite {
+                seq: secs as u64,
+                record_id: id.to_string(),
+                detected_at: c.detected_at,
+                value: serde_json::to_vec(&c).unwrap(),
+            }
+        })
+        .collect();
+    let mut changes = old;
+    changes.push(change("c", 30));
+    let page = PageWrite {
+        changes,
+        outbox: vec![entry("hook", 40)],
+        ..PageWrite::default()
+    };
+    store.commit_page("default", "leads", &page).await.unwrap();
+    forget_slimmed(store).await;
+    assert_eq!(
+        slim(store).await,
+        2,
+        "the two whole changes, not the slim one"
+    );
+    let journal = store.changes().await.unwrap();
+    assert_eq!(journal.len(), 3);
+    for (_, e) in &journal {
+        let text = serde_json::to_string(e).unwrap();
+        for value in ["Zebulon", "Zeb\"", "7700", "Modified\""] {
+            assert!(!text.contains(value), "{value} in {text}");
+        }
+        assert_eq!(e.changed_fields, ["FirstName", "Phone"]);
+        assert_eq!(e.kind, crate::model::ChangeKind::Modified);
+    }
+    let a = whole_change("a", 10);
+    assert_eq!(journal[0].1.change_id, a.change_id(store.id_key()));
+    assert_eq!(
+        journal[0].1.version,
+        crate::model::record_version(store.id_key(), &a.record)
+    );
+    assert_eq!(slim(store).await, 0, "once");
+    assert_eq!(
+        store.outbox_len().await.unwrap(),
+        1,
+        "the outbox is untouched"
+    );
+}
+on_both!(
+    slim_journal,
+    journal_entries_stored_whole_are_rewritten_once_without_their_values
+);
 
 fn snap(id: &str, v: u8) -> (String, Vec<u8>) {
     (

@@ -435,12 +435,7 @@ async fn kill_9_and_faults_everywhere_lose_nothing() {
                         .iter()
                         .filter(|(_, c)| c.resource == resource && c.id == key.0)
                         .map(|(seq, c)| {
-                            format!(
-                                "#{seq} {:?} at {} {}",
-                                c.kind,
-                                c.detected_at,
-                                canon(&c.record)
-                            )
+                            format!("#{seq} {:?} at {} {}", c.kind, c.detected_at, c.version)
                         })
                         .collect();
                     losses.push(format!(

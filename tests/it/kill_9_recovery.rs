@@ -316,7 +316,7 @@ async fn kill_9_the_instant_a_webhook_lands_then_an_edit_is_a_modified_not_a_sec
         .await
         .unwrap()
         .into_iter()
-        .map(|(_, c)| c.change_id(store.id_key()))
+        .map(|(_, c)| c.change_id.clone())
         .collect();
     assert!(journal.contains(&first.header("webhook-id")));
 }

@@ -17,6 +17,7 @@ mod failover;
 mod fault_injection;
 mod fuzz_corpus;
 mod graceful_shutdown;
+mod journal;
 mod json_output;
 mod kill_9_recovery;
 mod layers;

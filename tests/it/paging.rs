@@ -9,7 +9,7 @@ use crate::support::*;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::ingest::poll::PollReport;
 use clinicea_notifier::kit::sandbox::{Order, SandboxHandle, SandboxOptions};
-use clinicea_notifier::model::{canonical_json, DEFAULT_CLINIC};
+use clinicea_notifier::model::{record_version, DEFAULT_CLINIC};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -18,10 +18,9 @@ use std::time::Duration;
 
 const ORDERS: [Order; 3] = [Order::Modified, Order::Id, Order::Unordered];
 
-fn canon(v: &Value) -> String {
-    let mut buf = Vec::new();
-    canonical_json(v, &mut buf);
-    String::from_utf8(buf).unwrap()
+/// A record version as the journal names it ([`record_version`] under the engine's key).
+fn version(engine: &Engine, v: &Value) -> String {
+    record_version(engine.store.id_key(), v)
 }
 
 /// The leads checkpoint of `engine`.
@@ -50,13 +49,15 @@ async fn poll_leads(engine: &Engine) -> PollReport {
 async fn undelivered(sb: &SandboxHandle, engine: &Engine) -> (Vec<String>, Vec<String>) {
     let mut journal: HashMap<(String, String), usize> = HashMap::new();
     for (_, c) in engine.store.changes().await.unwrap() {
-        *journal.entry((c.id.clone(), canon(&c.record))).or_default() += 1;
+        *journal
+            .entry((c.id.clone(), c.version.clone()))
+            .or_default() += 1;
     }
     let missing = sb
         .sandbox
         .records("leads")
         .iter()
-        .map(|r| (r["ID"].as_str().unwrap().to_string(), canon(r)))
+        .map(|r| (r["ID"].as_str().unwrap().to_string(), version(engine, r)))
         .filter(|key| !journal.contains_key(key))
         .map(|(id, _)| id)
         .collect();
@@ -248,10 +249,13 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
                 .sandbox
                 .modify("leads", id, json!({"Notes": format!("round {round}")}))
                 .unwrap();
-            expected.insert((id.clone(), canon(&r)));
+            expected.insert((id.clone(), version(&engine, &r)));
         }
         let added = sb.sandbox.insert("leads", test_lead());
-        expected.insert((added["ID"].as_str().unwrap().to_string(), canon(&added)));
+        expected.insert((
+            added["ID"].as_str().unwrap().to_string(),
+            version(&engine, &added),
+        ));
         poll_leads(&engine).await;
     }
     let journal: BTreeSet<(String, String)> = engine
@@ -260,7 +264,7 @@ async fn edits_between_polls_with_clock_offset(offset_secs: i64) {
         .await
         .unwrap()
         .into_iter()
-        .map(|(_, c)| (c.id.clone(), canon(&c.record)))
+        .map(|(_, c)| (c.id.clone(), c.version.clone()))
         .collect();
     let lost: Vec<&(String, String)> = expected.difference(&journal).collect();
     assert!(

@@ -4,7 +4,8 @@
 
 use crate::support::*;
 use clinicea_notifier::kit::sandbox::{Fault, FaultKind, SandboxOptions};
-use clinicea_notifier::model::ChangeKind;
+use clinicea_notifier::model::{record_version, ChangeKind};
+use clinicea_notifier::route::plan::Payload;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -75,7 +76,15 @@ async fn an_empty_page_is_a_204_and_ends_the_sync() {
 #[tokio::test]
 async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_silent() {
     let sb = default_sandbox().await;
-    let t = TestDir::new(&leads_only(&sb.base_url()).to_yaml());
+    // The edit is queued for a webhook nobody serves: its body shows the previous version.
+    let config = leads_only(&sb.base_url())
+        .webhook("hooks", "http://127.0.0.1:9/", |w| w)
+        .rule(
+            Rule::new("r", &["hooks"])
+                .resource("leads")
+                .on(&["modified"]),
+        );
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine().await;
     poll_report(&engine).await.expect("first poll");
     let lead = sb.sandbox.records("leads")[5].clone();
@@ -104,11 +113,26 @@ async fn an_edit_is_modified_with_its_changed_fields_and_the_overlap_reread_is_s
         change.changed_fields
     );
     assert!(!change.changed_fields.contains(&"DataStatusStr".to_string()));
+    let edited = sb
+        .sandbox
+        .records("leads")
+        .into_iter()
+        .find(|r| r["ID"] == id.as_str())
+        .unwrap();
     assert_eq!(
-        change.previous.as_ref().unwrap()["LeadStatus"],
-        lead["LeadStatus"]
+        change.version,
+        record_version(engine.store.id_key(), &edited),
+        "the journal names the version it saw"
     );
-    assert_eq!(change.server_status.as_deref(), Some("Modified"));
+    let queued = queued(&engine, "hooks").await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].webhook_id, change.change_id);
+    let Payload::Webhook { body } = &queued[0].payload else {
+        panic!("a webhook body: {:?}", queued[0].payload)
+    };
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["data"]["previous"]["LeadStatus"], lead["LeadStatus"]);
+    assert_eq!(body["data"]["server_status"], "Modified");
 
     // The edited record is inside the overlap window: it is fetched again, and produces nothing.
     let rep = poll_report(&engine).await.expect("third poll");

@@ -27,11 +27,29 @@ fn unkeyed_id(c: &clinicea_notifier::model::Change) -> String {
     format!("msg_{hex}")
 }
 
+/// The change a webhook body describes.
+fn change_of(body: &serde_json::Value) -> clinicea_notifier::model::Change {
+    let d = &body["data"];
+    let text = |k: &str| d[k].as_str().unwrap().to_string();
+    clinicea_notifier::model::Change {
+        clinic: text("clinic"),
+        resource: text("resource"),
+        id: text("id"),
+        kind: serde_json::from_value(d["change"].clone()).unwrap(),
+        record: d["record"].clone(),
+        previous: serde_json::from_value(d["previous"].clone()).unwrap(),
+        changed_fields: serde_json::from_value(d["changed_fields"].clone()).unwrap(),
+        server_status: serde_json::from_value(d["server_status"].clone()).unwrap(),
+        detected_at: chrono::Utc::now(),
+    }
+}
+
 #[tokio::test]
 async fn webhook_ids_are_keyed_per_store_and_stable_across_a_reopen() {
     let sb = empty_sandbox().await;
     sb.sandbox.insert("leads", test_lead());
     let mut ids = Vec::new();
+    let mut bodies = Vec::new();
     let mut dirs = Vec::new();
     for _ in 0..2 {
         let rx = Receiver::start().await;
@@ -42,6 +60,7 @@ async fn webhook_ids_are_keyed_per_store_and_stable_across_a_reopen() {
         let got = rx.received();
         assert_eq!(got.len(), 1);
         ids.push(got[0].header("webhook-id"));
+        bodies.push(got[0].json());
         drop(engine);
         dirs.push(t);
     }
@@ -49,15 +68,17 @@ async fn webhook_ids_are_keyed_per_store_and_stable_across_a_reopen() {
         ids[0], ids[1],
         "two stores, the same change: different keys, different ids"
     );
-    for (t, id) in dirs.iter().zip(&ids) {
-        // Reopened (a restart): the same key gives the same id for the same change, and it is
-        // not the plain hash of the record.
+    for ((t, id), body) in dirs.iter().zip(&ids).zip(&bodies) {
+        // Reopened (a restart): the same key gives the same id for the same change (rebuilt from
+        // the body the receiver got), the journal names it, and it is not the plain hash of
+        // the record.
         let store = open_store(t);
         let changes = store.changes().await.unwrap();
         assert_eq!(changes.len(), 1);
-        let change = &changes[0].1;
+        assert_eq!(&changes[0].1.change_id, id);
+        let change = change_of(body);
         assert_eq!(&change.change_id(store.id_key()), id);
-        assert_ne!(&unkeyed_id(change), id);
+        assert_ne!(&unkeyed_id(&change), id);
     }
 }
 
