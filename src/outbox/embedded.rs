@@ -9,7 +9,7 @@
 //! | `checkpoints` | clinic \0 resource                    | [`Checkpoint`] (JSON)                 |
 //! | `polls`       | clinic \0 resource                    | [`PollStatus`] (JSON)                 |
 //! | `snapshots`   | clinic \0 resource \0 record id       | the record as last fetched (JSON)     |
-//! | `changes`     | seq (u64 BE)                          | the detected [`crate::model::Change`] |
+//! | `changes`     | seq (u64 BE)                          | the journal: a [`JournalEntry`] per change |
 //! | `outbox`      | destination \0 seq (u64 BE)           | an [`OutboxEntry`] (JSON)             |
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | an [`AttemptLog`] (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a [`DeadLetter`] (JSON)               |
