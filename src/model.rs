@@ -179,6 +179,20 @@ impl IdKey {
         hex_id("ver_", &h.finalize().into_bytes())
     }
 
+    /// The id of a digest (its `webhook-id`, and the key of its email's `Message-ID`): an HMAC
+    /// under this key of its group (destination, clinic, recipient) and its members' change ids in
+    /// order. The same members always make the same id, so a digest flushed again after a crash
+    /// before its commit is the same digest; the domain tag keeps it from equalling a change id.
+    pub fn digest_id(&self, group: [&str; 3], change_ids: &[&str]) -> String {
+        let mut h = self.mac.clone();
+        h.update(b"digest\0");
+        for part in group.iter().chain(change_ids) {
+            h.update(&(part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex_id("msg_", &h.finalize().into_bytes())
+    }
+
     /// A key of fresh random bytes that is kept nowhere (for `test-rule` without a store).
     pub(crate) fn ephemeral() -> IdKey {
         IdKey::from_bytes(&IdKey::random_bytes())

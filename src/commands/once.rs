@@ -110,6 +110,18 @@ pub(crate) async fn deliver_text(engine: &Engine) -> anyhow::Result<String> {
     let mut text = String::new();
     // A failed poll leaves its stored pages unflushed; nothing is sent before it is on disk.
     engine.store.flush().await?;
+    // Digests whose window has closed (or that are full) go out with this run; the others wait
+    // for a later `once` (or `run`).
+    let digests =
+        crate::daemon::digest::flush_due(&engine.store, &engine.settings.pipeline, Utc::now())
+            .await?;
+    if digests.digests > 0 {
+        let _ = writeln!(
+            text,
+            "digests: {} queued, holding {} changes",
+            digests.digests, digests.changes
+        );
+    }
     engine.deliverer.bury_orphans().await?;
     let out = engine.deliverer.deliver_all_due().await?;
     let _ = writeln!(

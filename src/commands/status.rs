@@ -140,6 +140,19 @@ pub struct DestinationStatus {
     pub dead: u64,
     /// Set while its deliveries fail: since when and why.
     pub failing: Option<Failing>,
+    /// Its digest, for a destination with `digest:`: what waits and when it goes.
+    pub digest: Option<DigestStatus>,
+}
+
+/// What waits in a destination's digests.
+#[derive(Debug, Clone, Serialize)]
+pub struct DigestStatus {
+    /// When windows close (`every 1h`, `at 08:00, 13:00`), in each clinic's zone.
+    pub schedule: String,
+    /// Changes waiting in its digests.
+    pub waiting: u64,
+    /// When the next digest goes out (`null` while nothing waits).
+    pub next_close: Option<DateTime<Utc>>,
 }
 
 /// A failing destination.
@@ -189,6 +202,7 @@ pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result
     }
     let failing: HashMap<String, crate::outbox::store::DestHealth> =
         store.failing_destinations().await?.into_iter().collect();
+    let digests = crate::daemon::digest::pending(store, &settings.pipeline).await?;
     let mut dests: Vec<_> = settings.pipeline.destinations.values().collect();
     dests.sort_by(|a, b| a.name.cmp(&b.name));
     let destinations = dests
@@ -204,6 +218,14 @@ pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result
                 failing: failing.get(&d.name).map(|h| Failing {
                     since: h.since,
                     reason: h.reason.clone(),
+                }),
+                digest: d.digest.as_ref().map(|g| {
+                    let p = digests.get(&d.name).cloned().unwrap_or_default();
+                    DigestStatus {
+                        schedule: g.schedule.describe(),
+                        waiting: p.members as u64,
+                        next_close: p.next,
+                    }
                 }),
             }
         })
@@ -302,9 +324,20 @@ fn report_text(report: &StatusReport, fleet: bool) -> String {
             ),
             None => String::new(),
         };
+        let digest = match &d.digest {
+            Some(g) => format!(
+                ", digest {}: {} waiting{}",
+                g.schedule,
+                g.waiting,
+                g.next_close
+                    .map(|t| format!(", next at {}", t.to_rfc3339()))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:<14} queued {}, retrying {}, dead {}{mark}",
+            "  {:<14} queued {}, retrying {}, dead {}{digest}{mark}",
             d.name, d.queued, d.retrying, d.dead
         );
     }

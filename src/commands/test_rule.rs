@@ -172,6 +172,25 @@ pub(crate) fn describe_test(
     let _ = writeln!(out, "\nDeliveries ({}), nothing is sent:", planned.len());
     for p in planned {
         let _ = writeln!(out, "\n--- {} (rule {}) ---", p.destination, p.rule);
+        let digest = settings
+            .pipeline
+            .destinations
+            .get(&p.destination)
+            .and_then(|d| d.digest.as_ref());
+        if let (Some(g), true) = (digest, p.payload.is_ok()) {
+            let tz = settings.pipeline.timezone(&change.clinic);
+            let close = g.schedule.next_close(change.detected_at, tz);
+            let _ = writeln!(
+                out,
+                "  digested ({}): not sent on its own; it waits in the digest, which goes out at {} \
+                 ({} in {}), or at once when {} changes wait. Its part of the digest:",
+                g.schedule.describe(),
+                close.to_rfc3339(),
+                close.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+                tz.name(),
+                g.max
+            );
+        }
         match p.payload {
             Err(e) => {
                 let _ = writeln!(out, "  would go to the dead letters: {e}");

@@ -39,6 +39,9 @@ pub struct Destination {
     pub(crate) allow_private: bool,
     /// What the webhook body carries (webhook, NATS and AMQP destinations; the default for others).
     pub(crate) shape: Shape,
+    /// Its digest (email and chat only): changes wait in the store and go out as one message
+    /// per window (see [`crate::config::digest`]).
+    pub(crate) digest: Option<crate::config::digest::Digest>,
 }
 
 impl Destination {

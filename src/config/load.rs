@@ -1580,6 +1580,7 @@ fn destination(
             })
         }
     };
+    let digest = digest_of(name, raw, line, config, problems);
     target.map(|target| Destination {
         name: name.to_string(),
         target,
@@ -1587,7 +1588,70 @@ fn destination(
         concurrency,
         allow_private,
         shape,
+        digest,
     })
+}
+
+/// A destination's digest: validated for email and chat, refused on the others; its templates are
+/// added to `config`'s (the digest template must exist, its subject must parse).
+fn digest_of(
+    name: &str,
+    raw: &RawDestination,
+    line: Option<u64>,
+    config: &mut Config,
+    problems: &mut Vec<Problem>,
+) -> Option<crate::config::digest::Digest> {
+    let (digest, template, email) = match raw {
+        RawDestination::Email(e) => (e.digest.as_ref(), e.digest_template.as_ref(), true),
+        RawDestination::Slack(c)
+        | RawDestination::Teams(c)
+        | RawDestination::Discord(c)
+        | RawDestination::GoogleChat(c) => (c.digest.as_ref(), c.digest_template.as_ref(), false),
+        RawDestination::Webhook(raw::RawWebhook {
+            digest,
+            digest_template,
+            ..
+        })
+        | RawDestination::Nats(raw::RawNats {
+            digest,
+            digest_template,
+            ..
+        })
+        | RawDestination::Amqp(raw::RawAmqp {
+            digest,
+            digest_template,
+            ..
+        }) => {
+            for (k, v) in [
+                ("digest", digest.is_some()),
+                ("digest_template", digest_template.is_some()),
+            ] {
+                if v {
+                    problems.push(Problem::at(
+                        line,
+                        format!("destinations.{name}.{k}"),
+                        "digests are for email and chat destinations; a webhook, NATS or AMQP \
+                         receiver gets each change as it happens (batch on the receiving side)",
+                    ));
+                }
+            }
+            return None;
+        }
+    };
+    let Some(raw_digest) = digest else {
+        if template.is_some() {
+            problems.push(Problem::at(
+                line,
+                format!("destinations.{name}.digest_template"),
+                "needs `digest:` (when the digest goes out)",
+            ));
+        }
+        return None;
+    };
+    let d = crate::config::digest::compile(name, raw_digest, template, email, line, problems)?;
+    config.template_files.push(d.template.clone());
+    config.inline_templates.extend(d.subject.iter().cloned());
+    Some(d)
 }
 
 /// The shaping keys of a webhook, NATS or AMQP destination, as written.

@@ -13,6 +13,7 @@
 
 pub(crate) mod base;
 pub(crate) mod destination;
+pub(crate) mod digest;
 pub(crate) mod load;
 pub(crate) mod placeholder;
 pub(crate) mod problem;

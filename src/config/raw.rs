@@ -563,6 +563,12 @@ pub(crate) struct RawWebhook {
     /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
     #[serde(default)]
     pub(crate) body_template: Option<Text>,
+    /// Refused: digests are for email and chat (`check` says so at its line).
+    #[serde(default)]
+    pub(crate) digest: Option<Node>,
+    /// Refused with `digest`.
+    #[serde(default)]
+    pub(crate) digest_template: Option<Node>,
 }
 
 /// A NATS JetStream destination.
@@ -609,6 +615,12 @@ pub(crate) struct RawNats {
     /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
     #[serde(default)]
     pub(crate) body_template: Option<Text>,
+    /// Refused: digests are for email and chat (`check` says so at its line).
+    #[serde(default)]
+    pub(crate) digest: Option<Node>,
+    /// Refused with `digest`.
+    #[serde(default)]
+    pub(crate) digest_template: Option<Node>,
 }
 
 /// A RabbitMQ (AMQP 0-9-1) destination.
@@ -648,6 +660,12 @@ pub(crate) struct RawAmqp {
     /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
     #[serde(default)]
     pub(crate) body_template: Option<Text>,
+    /// Refused: digests are for email and chat (`check` says so at its line).
+    #[serde(default)]
+    pub(crate) digest: Option<Node>,
+    /// Refused with `digest`.
+    #[serde(default)]
+    pub(crate) digest_template: Option<Node>,
 }
 
 /// An email destination.
@@ -672,6 +690,12 @@ pub(crate) struct RawEmail {
     /// This destination's own retry schedule.
     #[serde(default)]
     pub(crate) retry: Option<RawRetry>,
+    /// Collect deliveries into one message per window (`{ every: 1h }` or `{ at: [...] }`).
+    #[serde(default)]
+    pub(crate) digest: Option<RawDigest>,
+    /// The digest's template (`NAME.txt.hbs`, and for email `NAME.html.hbs`; default `digest`).
+    #[serde(default)]
+    pub(crate) digest_template: Option<Text>,
 }
 
 /// A chat destination (Slack, Teams, Discord, Google Chat).
@@ -695,6 +719,32 @@ pub(crate) struct RawChat {
     /// This destination's own retry schedule.
     #[serde(default)]
     pub(crate) retry: Option<RawRetry>,
+    /// Collect deliveries into one message per window (`{ every: 1h }` or `{ at: [...] }`).
+    #[serde(default)]
+    pub(crate) digest: Option<RawDigest>,
+    /// The digest's template (`NAME.txt.hbs`, and for email `NAME.html.hbs`; default `digest`).
+    #[serde(default)]
+    pub(crate) digest_template: Option<Text>,
+}
+
+/// A destination's `digest:` (see [`crate::config::digest`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDigest {
+    /// Windows of this length, aligned to the clinic's local midnight (`1h` closes at each
+    /// whole hour).
+    #[serde(default)]
+    pub(crate) every: Option<Dur>,
+    /// Local times of day (`"08:00"`) at which a window closes, in the clinic's zone.
+    #[serde(default)]
+    pub(crate) at: Option<Vec<Text>>,
+    /// The most changes in one digest; a group this full goes out at once (default 50).
+    #[serde(default)]
+    pub(crate) max: Option<usize>,
+    /// The digest email's subject, an inline template that sees `count` (default
+    /// `"{{count}} new changes"`).
+    #[serde(default)]
+    pub(crate) subject: Option<Text>,
 }
 
 // ---------------------------------------------------------------------------------------------

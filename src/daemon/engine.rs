@@ -31,6 +31,8 @@ pub struct Engine {
     pub deliverer: Deliverer,
     /// Who watches its polls and deliveries; a reload's engine tells the same watcher.
     events: Events,
+    /// Kicks this generation's digest flusher after a page stored digest members.
+    pub(crate) digest_kick: Arc<tokio::sync::Notify>,
 }
 
 /// What one poll of one clinic's resource came to, for `once` and the tests.
@@ -113,6 +115,7 @@ impl Engine {
             clients,
             deliverer,
             events,
+            digest_kick: Arc::default(),
         })
     }
 
@@ -131,6 +134,7 @@ impl Engine {
                 pipeline: self.settings.pipeline.clone(),
                 wake,
                 events: self.events.changes(),
+                digest_kick: Some(self.digest_kick.clone()),
             },
             client: self.clients[index].clone(),
             overlap: clinic.clinicea.overlap,

@@ -6,7 +6,7 @@
 use crate::ingest::intake::{DiffedChunk, Intake};
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::{Change, ChangeKind};
-use crate::outbox::entry::{JournalEntry, Wake};
+use crate::outbox::entry::{DigestMember, JournalEntry, Wake};
 use crate::outbox::store::{JournalWrite, PageWrite, Store, StoreError};
 use crate::route::plan::Pipeline;
 use std::collections::HashMap;
@@ -47,6 +47,9 @@ pub struct OutboxIntake {
     /// Told about each change once its chunk is stored, before the workers are woken (`None`:
     /// nobody is watching).
     pub(crate) events: Option<mpsc::UnboundedSender<PollEvent>>,
+    /// Kicks the digest flusher after a chunk stored digest members, so a full digest goes out
+    /// early (`None`: no flusher runs).
+    pub(crate) digest_kick: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl OutboxIntake {
@@ -71,8 +74,29 @@ impl OutboxIntake {
         let webhook_id = journal.change_id;
         let routes = self.pipeline.rules.route(change);
         let mut deliveries = 0;
-        for planned in self.pipeline.plan_routes(change, &routes, id_key) {
+        for mut planned in self.pipeline.plan_routes(change, &routes, id_key) {
             let seq = self.store.next_id().await?;
+            // A digest destination's delivery waits in its digest instead of the outbox (one
+            // whose payload failed to render goes to the dead letters as any other).
+            if let (true, Some((recipient, item))) =
+                (planned.payload.is_ok(), planned.digest_item.take())
+            {
+                write.digest.push(DigestMember {
+                    seq,
+                    destination: planned.destination,
+                    clinic: change.clinic.clone(),
+                    recipient,
+                    change_id: webhook_id.clone(),
+                    event_type: change.event_type(),
+                    resource: change.resource.clone(),
+                    record_id: change.id.clone(),
+                    rule: planned.rule,
+                    created_ms: chrono::Utc::now().timestamp_millis(),
+                    item,
+                });
+                deliveries += 1;
+                continue;
+            }
             match planned.into_entry(seq, change_seq, change, &webhook_id) {
                 Ok(entry) => {
                     wakes.push(Wake {
@@ -208,7 +232,11 @@ impl Intake for OutboxIntake {
                 .plan_change(&change, &mut write, &mut wakes, &mut events)
                 .await?;
         }
+        let digested = !write.digest.is_empty();
         self.store.commit_page(clinic, resource, &write).await?;
+        if let (true, Some(kick)) = (digested, &self.digest_kick) {
+            kick.notify_one();
+        }
         // The watcher hears of a change before the workers are woken to deliver it.
         if let Some(tx) = &self.events {
             for e in events {

@@ -3,6 +3,7 @@
 //! (SIGINT/SIGTERM stop, SIGHUP reloads the config without losing queued deliveries).
 
 pub(crate) mod console;
+pub mod digest;
 pub mod engine;
 pub mod events;
 pub(crate) mod health;
@@ -219,6 +220,14 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
             }
         }
     });
+    // Digests: closed windows (and full groups) become outbox entries.
+    tasks.spawn(digest::run_flusher(
+        engine.store.clone(),
+        engine.settings.pipeline.clone(),
+        wake_tx.clone(),
+        engine.digest_kick.clone(),
+        cancel.clone(),
+    ));
     let polled = engine.poll_ctxs(Some(wake_tx), cancel.clone());
     // Removed clinics and resources leave the health map (their checkpoints stay in the store).
     write_health(&health).retain(|(clinic, resource), _| {

@@ -163,6 +163,18 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
                     v
                 }
             };
+            // A digest template sees a list of changes, rendered against a sample digest.
+            if let Some(dg) = d
+                .digest
+                .as_ref()
+                .filter(|g| templates.has(&g.template.text()))
+            {
+                for p in crate::route::digest::check(&templates, d, dg, &resource) {
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+            }
             for (name, inline) in names {
                 if let Err(mut p) = templates.check(&name, &resource) {
                     // Inline templates (subjects) are reported at their destination.

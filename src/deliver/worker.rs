@@ -456,6 +456,7 @@ mod panic_tests {
             concurrency: 1,
             allow_private: false,
             shape: Default::default(),
+            digest: None,
         }
     }
 

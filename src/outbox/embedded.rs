@@ -16,6 +16,7 @@
 //! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
 //! | `baselines`   | clinic \0 resource                    | [`Baseline`] (JSON)                   |
 //! | `baseline_snapshots` | clinic \0 resource \0 record id | a record as the baseline read it (JSON), until merged into `snapshots` |
+//! | `digest`      | destination \0 seq (u64 BE)           | a [`DigestMember`] (JSON): a change waiting in a digest |
 //! | `meta`        | name                                  | `change_id_key` ([`crate::model::IdKey`], 32 bytes), one-time upgrades |
 //!
 //! # Who can read it
@@ -54,11 +55,13 @@
 
 use super::store::{
     decode, encode, DestHealth, Due, Dump, Erased, PageWrite, Result, StoreError, DEAD_LETTER,
-    JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
+    DIGEST_MEMBER, JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
 };
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::IdKey;
-use crate::outbox::entry::{default_clinic, AttemptLog, DeadLetter, JournalEntry, OutboxEntry};
+use crate::outbox::entry::{
+    default_clinic, AttemptLog, DeadLetter, DigestMember, JournalEntry, OutboxEntry,
+};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -86,6 +89,8 @@ pub struct SledStore {
     id_key: Arc<IdKey>,
     baselines: sled::Tree,
     baseline_snapshots: sled::Tree,
+    /// Changes waiting in digests.
+    digest: sled::Tree,
     /// False while the attempts log is known to be empty (it was empty at open and nothing has been
     /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
     attempts_used: Arc<AtomicBool>,
@@ -382,6 +387,7 @@ impl SledStore {
             meta: db.open_tree("meta")?,
             baselines: db.open_tree("baselines")?,
             baseline_snapshots: db.open_tree("baseline_snapshots")?,
+            digest: db.open_tree("digest")?,
             db,
         };
         // sled has just created its files with the process umask.
@@ -519,6 +525,7 @@ impl SledStore {
             d.dest_health
                 .push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
         }
+        d.digest = self.digest_members()?;
         d.next_id = self.db.generate_id()?;
         Ok(d)
     }
@@ -735,24 +742,36 @@ impl SledStore {
             .iter()
             .map(|d| (d.entry.seq.to_be_bytes(), encode(d)))
             .collect();
-        let res: std::result::Result<(), TransactionError<()>> =
-            (&self.snapshots, &self.changes, &self.outbox, &self.dead).transaction(
-                |(snaps, changes, ob, de)| {
-                    for (k, v) in &snap_keys {
-                        snaps.insert(k.as_slice(), *v)?;
-                    }
-                    for c in &page.changes {
-                        changes.insert(&c.seq.to_be_bytes(), c.value.as_slice())?;
-                    }
-                    for (k, v) in &outbox {
-                        ob.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    for (k, v) in &dead {
-                        de.insert(k, v.as_slice())?;
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                },
-            );
+        let digest: Vec<(Vec<u8>, Vec<u8>)> = page
+            .digest
+            .iter()
+            .map(|m| (outbox_key(&m.destination, m.seq), encode(m)))
+            .collect();
+        let res: std::result::Result<(), TransactionError<()>> = (
+            &self.snapshots,
+            &self.changes,
+            &self.outbox,
+            &self.dead,
+            &self.digest,
+        )
+            .transaction(|(snaps, changes, ob, de, dg)| {
+                for (k, v) in &snap_keys {
+                    snaps.insert(k.as_slice(), *v)?;
+                }
+                for c in &page.changes {
+                    changes.insert(&c.seq.to_be_bytes(), c.value.as_slice())?;
+                }
+                for (k, v) in &outbox {
+                    ob.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (k, v) in &dead {
+                    de.insert(k, v.as_slice())?;
+                }
+                for (k, v) in &digest {
+                    dg.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         match res {
             Ok(()) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
@@ -952,6 +971,14 @@ impl SledStore {
                 attempts.push(k?);
             }
         }
+        let mut digest = Vec::new();
+        for kv in self.digest.iter() {
+            let (k, v) = kv?;
+            if serde_json::from_slice::<EntryKey>(&v).is_ok_and(|e| is_it(&e)) {
+                digest.push(k);
+            }
+        }
+        erased.digest = digest.len();
         erased.changes = changes.len();
         erased.outbox = outbox.len();
         erased.dead = dead.len();
@@ -962,9 +989,13 @@ impl SledStore {
             &self.outbox,
             &self.dead,
             &self.attempts,
+            &self.digest,
         )
-            .transaction(|(snaps, ch, ob, de, at)| {
+            .transaction(|(snaps, ch, ob, de, at, dg)| {
                 snaps.remove(snap_key.as_slice())?;
+                for k in &digest {
+                    dg.remove(k)?;
+                }
                 for k in &changes {
                     ch.remove(k)?;
                 }
@@ -981,6 +1012,44 @@ impl SledStore {
             });
         match res {
             Ok(()) | Err(TransactionError::Abort(())) => Ok(erased),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
+    // --- digests --------------------------------------------------------------------------
+
+    /// Every digest member, by destination and then sequence.
+    pub(crate) fn digest_members(&self) -> Result<Vec<DigestMember>> {
+        self.digest
+            .iter()
+            .map(|kv| decode(DIGEST_MEMBER, &kv?.1))
+            .collect()
+    }
+
+    /// Removes the members and writes the entry in one transaction over the `digest` and
+    /// `outbox` trees; `false` (nothing written) when a member is gone already.
+    pub(crate) fn flush_digest(
+        &self,
+        destination: &str,
+        seqs: &[u64],
+        entry: &OutboxEntry,
+    ) -> Result<bool> {
+        let keys: Vec<Vec<u8>> = seqs.iter().map(|s| outbox_key(destination, *s)).collect();
+        let ek = outbox_key(&entry.destination, entry.seq);
+        let ev = encode(entry);
+        let res: std::result::Result<(), TransactionError<()>> = (&self.digest, &self.outbox)
+            .transaction(|(dg, ob)| {
+                for k in &keys {
+                    if dg.remove(k.as_slice())?.is_none() {
+                        return Err(ConflictableTransactionError::Abort(()));
+                    }
+                }
+                ob.insert(ek.as_slice(), ev.as_slice())?;
+                Ok(())
+            });
+        match res {
+            Ok(()) => Ok(true),
+            Err(TransactionError::Abort(())) => Ok(false),
             Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
         }
     }

@@ -175,3 +175,42 @@ pub struct AttemptLog {
     /// Success, retry or fail, with the reason.
     pub verdict: Verdict,
 }
+
+/// One change waiting in a digest: what the digest needs to render it later, kept in the store
+/// (written in the page transaction, as an outbox entry would be) until its window closes and it
+/// becomes part of one outbox entry ([`crate::outbox::store::Store::flush_digest`]).
+///
+/// Members are grouped by destination, clinic and recipient: each group is one digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DigestMember {
+    /// Its sequence number (its key, and its order in the digest).
+    pub seq: u64,
+    /// The destination name.
+    pub destination: String,
+    /// The clinic the change came from.
+    pub clinic: String,
+    /// The one recipient of an email digest; empty for chat.
+    pub recipient: String,
+    /// The change's stable id (what the delivery's `webhook-id` would have been).
+    pub change_id: String,
+    /// `leads.added` etc.
+    pub event_type: String,
+    /// The resource key.
+    pub resource: String,
+    /// The record id.
+    pub record_id: String,
+    /// The first matching rule.
+    pub rule: String,
+    /// When it was stored (Unix ms): its window is the one this falls in.
+    pub created_ms: i64,
+    /// The per-change template context plus what the destination's `template` rendered for it
+    /// (`text`, and for email `html` and `subject`): one element of the digest's `changes`.
+    pub item: serde_json::Value,
+}
+
+impl DigestMember {
+    /// The group (one digest) it belongs to: destination, clinic, recipient.
+    pub fn group(&self) -> (&str, &str, &str) {
+        (&self.destination, &self.clinic, &self.recipient)
+    }
+}

@@ -21,11 +21,11 @@
 
 use super::store::{
     decode, encode, DestHealth, Due, Dump, Erased, JournalWrite, PageWrite, Result, StoreError,
-    DEAD_LETTER, JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
+    DEAD_LETTER, DIGEST_MEMBER, JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
 };
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::IdKey;
-use crate::outbox::entry::{AttemptLog, DeadLetter, JournalEntry, OutboxEntry};
+use crate::outbox::entry::{AttemptLog, DeadLetter, DigestMember, JournalEntry, OutboxEntry};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -543,6 +543,9 @@ impl PgStore {
         for d in &page.dead {
             insert_dead(&mut tx, d).await?;
         }
+        if !page.digest.is_empty() {
+            insert_digest(&mut tx, &page.digest).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -768,6 +771,15 @@ impl PgStore {
             .await?;
         erased.dead = dead.len();
         seqs.extend(dead);
+        erased.digest = rows(
+            sqlx::query(&by_record("digest_members", ""))
+                .bind(clinic)
+                .bind(resource)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+        );
         erased.attempts = rows(
             sqlx::query("DELETE FROM attempts WHERE seq = ANY($1)")
                 .bind(&seqs)
@@ -777,6 +789,44 @@ impl PgStore {
         );
         tx.commit().await?;
         Ok(erased)
+    }
+
+    // --- digests --------------------------------------------------------------------------
+
+    pub(crate) async fn digest_members(&self) -> Result<Vec<DigestMember>> {
+        let rows = sqlx::query("SELECT seq, value FROM digest_members ORDER BY destination, seq")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(seq_values(DIGEST_MEMBER, rows)?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// Deletes the members and inserts the entry in one transaction; when the delete finds fewer
+    /// rows than asked for (another replica flushed them), rolls back and says `false`.
+    pub(crate) async fn flush_digest(
+        &self,
+        destination: &str,
+        seqs: &[u64],
+        entry: &OutboxEntry,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let wanted: Vec<i64> = seqs.iter().map(|s| seq_i64(*s)).collect();
+        let deleted =
+            sqlx::query("DELETE FROM digest_members WHERE destination = $1 AND seq = ANY($2)")
+                .bind(destination)
+                .bind(&wanted)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if rows(deleted) != wanted.len() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_outbox(&mut tx, std::slice::from_ref(entry)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     // --- outbox ---------------------------------------------------------------------------
@@ -1060,7 +1110,7 @@ impl PgStore {
         let any: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM checkpoints) OR EXISTS (SELECT 1 FROM snapshots) \
              OR EXISTS (SELECT 1 FROM outbox) OR EXISTS (SELECT 1 FROM dead) \
-             OR EXISTS (SELECT 1 FROM journal)",
+             OR EXISTS (SELECT 1 FROM journal) OR EXISTS (SELECT 1 FROM digest_members)",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -1153,6 +1203,10 @@ impl PgStore {
                 .await?;
             rows += 1;
         }
+        for chunk in d.digest.chunks(BATCH) {
+            insert_digest(&mut tx, chunk).await?;
+            rows += chunk.len() as u64;
+        }
         // Past every id in the dump (and past any block this process reserved meanwhile).
         sqlx::query("SELECT setval('ids', GREATEST($1, (SELECT last_value FROM ids) + $2), false)")
             .bind(seq_i64(d.next_id.max(1)))
@@ -1230,6 +1284,49 @@ async fn insert_outbox(
              record_id = EXCLUDED.record_id, attempts = EXCLUDED.attempts, \
              next_attempt_ms = EXCLUDED.next_attempt_ms, value = EXCLUDED.value, \
              claimed_by = NULL, claimed_until = NULL",
+    )
+    .bind(cols.0)
+    .bind(cols.1)
+    .bind(cols.2)
+    .bind(cols.3)
+    .bind(cols.4)
+    .bind(cols.5)
+    .bind(cols.6)
+    .bind(cols.7)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts digest members (a page re-committed after a crash writes the same rows again).
+async fn insert_digest(
+    tx: &mut Transaction<'static, Postgres>,
+    members: &[DigestMember],
+) -> Result<()> {
+    let mut cols = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for m in members {
+        cols.0.push(m.destination.as_str());
+        cols.1.push(seq_i64(m.seq));
+        cols.2.push(m.clinic.as_str());
+        cols.3.push(m.recipient.as_str());
+        cols.4.push(m.resource.as_str());
+        cols.5.push(m.record_id.as_str());
+        cols.6.push(m.created_ms);
+        cols.7.push(encode(m));
+    }
+    sqlx::query(
+        "INSERT INTO digest_members (destination, seq, clinic, recipient, resource, record_id, created_ms, value) \
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bytea[]) \
+         ON CONFLICT (destination, seq) DO UPDATE SET value = EXCLUDED.value",
     )
     .bind(cols.0)
     .bind(cols.1)

@@ -14,7 +14,7 @@ use super::embedded::SledStore;
 use super::postgres::PgStore;
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::IdKey;
-use crate::outbox::entry::{AttemptLog, DeadLetter, JournalEntry, OutboxEntry};
+use crate::outbox::entry::{AttemptLog, DeadLetter, DigestMember, JournalEntry, OutboxEntry};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -130,6 +130,9 @@ pub struct PageWrite {
     pub outbox: Vec<OutboxEntry>,
     /// Entries that go straight to the dead letters (e.g. a template that failed to render).
     pub dead: Vec<DeadLetter>,
+    /// Deliveries to digest destinations: they wait in the store until their window closes
+    /// ([`Store::flush_digest`]).
+    pub digest: Vec<DigestMember>,
 }
 
 impl PageWrite {
@@ -139,6 +142,7 @@ impl PageWrite {
             && self.changes.is_empty()
             && self.outbox.is_empty()
             && self.dead.is_empty()
+            && self.digest.is_empty()
     }
 }
 
@@ -173,12 +177,14 @@ pub(crate) struct Erased {
     pub(crate) dead: usize,
     /// Attempt logs of those deliveries and dead letters.
     pub(crate) attempts: usize,
+    /// Changes waiting in a digest.
+    pub(crate) digest: usize,
 }
 
 impl Erased {
     /// Everything removed.
     pub(crate) fn total(&self) -> usize {
-        self.snapshots + self.changes + self.outbox + self.dead + self.attempts
+        self.snapshots + self.changes + self.outbox + self.dead + self.attempts + self.digest
     }
 }
 
@@ -208,6 +214,8 @@ pub(crate) struct Dump {
     pub(crate) dead: Vec<DeadLetter>,
     /// Destinations marked failing: (name, value).
     pub(crate) dest_health: Vec<(String, Vec<u8>)>,
+    /// Changes waiting in digests.
+    pub(crate) digest: Vec<DigestMember>,
     /// The next id the store would hand out.
     pub(crate) next_id: u64,
 }
@@ -217,6 +225,8 @@ pub const DEFAULT_CACHE_BYTES: u64 = crate::config::defaults::STORE_CACHE_BYTES;
 
 /// What a stored outbox entry is called in a [`StoreError::Decode`].
 pub(crate) const OUTBOX_ENTRY: &str = "outbox entry";
+/// What a stored digest member is called in a [`StoreError::Decode`].
+pub(crate) const DIGEST_MEMBER: &str = "digest member";
 /// What a stored dead letter is called in a [`StoreError::Decode`].
 pub(crate) const DEAD_LETTER: &str = "dead letter";
 /// What a journal value is called in decode errors.
@@ -770,6 +780,30 @@ impl Store {
         match self {
             Store::Sled(s) => s.purge_dead(cutoff_ms),
             Store::Postgres(p) => p.purge_dead(cutoff_ms).await,
+        }
+    }
+
+    /// Every change waiting in a digest, by destination and then sequence.
+    pub async fn digest_members(&self) -> Result<Vec<DigestMember>> {
+        match self {
+            Store::Sled(s) => s.digest_members(),
+            Store::Postgres(p) => p.digest_members().await,
+        }
+    }
+
+    /// Turns digest members into one outbox entry in one transaction: the members of
+    /// `destination` with these sequence numbers are removed and `entry` is written. Returns
+    /// `false`, writing nothing, when one of them is gone already (another replica, or an earlier
+    /// flush, took it), so no change is ever in two digests.
+    pub(crate) async fn flush_digest(
+        &self,
+        destination: &str,
+        seqs: &[u64],
+        entry: &OutboxEntry,
+    ) -> Result<bool> {
+        match self {
+            Store::Sled(s) => s.flush_digest(destination, seqs, entry),
+            Store::Postgres(p) => p.flush_digest(destination, seqs, entry).await,
         }
     }
 }

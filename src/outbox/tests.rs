@@ -3,7 +3,7 @@
 //! names (`.ci/run` sets it and checks the server answers; without it the PostgreSQL half says it
 //! was skipped). Then what only PostgreSQL has: claims, fences, leases and the copy from sled.
 
-use super::entry::{AttemptLog, DeadLetter, JournalEntry, OutboxEntry};
+use super::entry::{AttemptLog, DeadLetter, DigestMember, JournalEntry, OutboxEntry};
 use super::lease::{hold_of, tick_of};
 use super::scratch::ScratchDatabase;
 use super::store::{
@@ -89,6 +89,73 @@ pub(crate) fn entry(destination: &str, seq: u64) -> OutboxEntry {
         created_ms: 0,
     }
 }
+
+/// A change of record `record` waiting in `destination`'s digest for `a@example.org`.
+pub(crate) fn member(destination: &str, seq: u64, record: &str) -> DigestMember {
+    DigestMember {
+        seq,
+        destination: destination.into(),
+        clinic: "default".into(),
+        recipient: "a@example.org".into(),
+        change_id: format!("msg_change_{seq}"),
+        event_type: "leads.added".into(),
+        resource: "leads".into(),
+        record_id: record.into(),
+        rule: "r".into(),
+        created_ms: 1_000 + seq as i64,
+        item: serde_json::json!({"id": record, "text": format!("lead {record}")}),
+    }
+}
+
+/// A digest's members are stored with the page, leave only with the one outbox entry they become
+/// (in one transaction), and a second flush of the same members writes nothing.
+async fn digest_members_become_one_entry_once(store: &Store) {
+    let page = PageWrite {
+        digest: vec![
+            member("mail", 3, "a"),
+            member("mail", 1, "b"),
+            member("mail", 2, "c"),
+        ],
+        ..PageWrite::default()
+    };
+    store.commit_page("default", "leads", &page).await.unwrap();
+    let seqs: Vec<u64> = store
+        .digest_members()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3], "members come back in order");
+    assert_eq!(
+        store.outbox_len().await.unwrap(),
+        0,
+        "no entry before the flush"
+    );
+    let mut digest = entry("mail", 10);
+    digest.webhook_id = "msg_digest".into();
+    assert!(store.flush_digest("mail", &[1, 2], &digest).await.unwrap());
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
+    let left: Vec<u64> = store
+        .digest_members()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(left, [3]);
+    // The same members again (a replica that rendered them too): refused, nothing written.
+    let mut again = entry("mail", 11);
+    again.webhook_id = "msg_digest".into();
+    assert!(!store.flush_digest("mail", &[2, 3], &again).await.unwrap());
+    assert_eq!(store.outbox_len().await.unwrap(), 1, "no second digest");
+    assert_eq!(
+        store.digest_members().await.unwrap().len(),
+        1,
+        "3 still waits"
+    );
+}
+on_both!(digest_store, digest_members_become_one_entry_once);
 
 /// A whole change, as the journal stored it before it kept [`JournalEntry`]s.
 fn whole_change(id: &str, secs: i64) -> crate::model::Change {
@@ -202,6 +269,7 @@ async fn a_page_is_committed_whole_and_entries_come_back_in_order(store: &Store)
         changes: vec![change("a", 100)],
         outbox: vec![entry("hook", 300), entry("hook", 2), entry("hook2", 1)],
         dead: vec![],
+        digest: vec![],
     };
     store.commit_page("default", "leads", &page).await.unwrap();
     assert_eq!(
@@ -418,6 +486,7 @@ async fn erasing_a_record_removes_every_trace_of_it_and_nothing_else(store: &Sto
         changes: vec![change("a", 10), change("b", 20)],
         outbox: vec![entry("hook", 1), other],
         dead: vec![dead_a],
+        digest: vec![member("mail", 4, "a"), member("mail", 5, "b")],
     };
     store.commit_page("default", "leads", &page).await.unwrap();
     store
@@ -454,6 +523,15 @@ async fn erasing_a_record_removes_every_trace_of_it_and_nothing_else(store: &Sto
     assert_eq!(store.outbox_len().await.unwrap(), 1);
     assert_eq!(store.change_count().await.unwrap(), 1);
     assert_eq!(store.dead_len().await.unwrap(), 0);
+    assert_eq!(erased.digest, 1, "the record's digest member is erased");
+    let left: Vec<String> = store
+        .digest_members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.record_id)
+        .collect();
+    assert_eq!(left, ["b"]);
 }
 on_both!(
     erasure,
@@ -691,6 +769,7 @@ async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue()
             reason: "x".into(),
             died_ms: 1,
         }],
+        digest: vec![member("mail", 7, "b")],
     };
     sled.commit_page("default", "leads", &page).await.unwrap();
     for _ in 0..10 {
@@ -738,6 +817,12 @@ async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue()
         sled.dead_entries().await.unwrap()
     );
     assert_eq!(pg.change_count().await.unwrap(), 1);
+    assert_eq!(
+        pg.digest_members().await.unwrap(),
+        sled.digest_members().await.unwrap(),
+        "digest members are copied"
+    );
+    assert_eq!(pg.digest_members().await.unwrap().len(), 1);
     let rewrite = |_: &str, _: &str, _: &[u8]| Some(snap("a", 9).1);
     assert_eq!(
         pg.upgrade_snapshots_once("test-upgrade", rewrite)

@@ -3,6 +3,7 @@
 //! deliveries.
 
 pub mod chat;
+pub mod digest;
 pub mod plan;
 pub mod render;
 pub mod rules;

@@ -9,9 +9,9 @@ use crate::config::destination::{FieldFilter, InlineTemplate, Shape, MAX_ROUTING
 use crate::config::{Destination, Target};
 use crate::model::{Change, IdKey};
 use crate::net::mail;
-use crate::route::chat;
 use crate::route::render::{self, Templates};
 use crate::route::rules::{self, Route, RuleSet};
+use crate::route::{chat, digest};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -70,6 +70,9 @@ pub(crate) struct Planned {
     pub(crate) rule: String,
     /// The rendered payload, or why it could not be rendered.
     pub(crate) payload: Result<Payload, String>,
+    /// For a destination with a digest: what the digest keeps of it (the recipient, empty for
+    /// chat, and the item [`crate::route::digest::item`] made), instead of an outbox entry.
+    pub(crate) digest_item: Option<(String, serde_json::Value)>,
 }
 
 /// A record as a shaped body shows it: an object with only the fields the filter keeps, serialized
@@ -270,13 +273,17 @@ impl Pipeline {
             let Some(dest) = self.destinations.get(&route.destination) else {
                 continue;
             };
-            let mut push = |payload: Result<Payload, String>| {
-                out.push(Planned {
-                    destination: dest.name.clone(),
-                    rule: route.rule.clone(),
-                    payload,
-                })
-            };
+            let digested = dest.digest.is_some();
+            let mut push =
+                |payload: Result<Payload, String>,
+                 digest_item: Option<(String, serde_json::Value)>| {
+                    out.push(Planned {
+                        destination: dest.name.clone(),
+                        rule: route.rule.clone(),
+                        payload,
+                        digest_item,
+                    })
+                };
             // Chat and email render templates against the change model; webhooks do not.
             let ctx = || render::context(change, &route.rule, &route.rules, &dest.name, tz);
             let body = || self.body(change, route, &dest.name, &dest.shape, tz);
@@ -297,32 +304,42 @@ impl Pipeline {
                 Ok::<String, String>(text)
             };
             match &dest.target {
-                Target::Webhook(_) => push(body().map(|body| Payload::Webhook { body })),
-                Target::Nats(t) => push(address(&t.subject, check_subject).and_then(|subject| {
-                    Ok(Payload::Publish {
-                        subject,
-                        body: body()?,
-                    })
-                })),
-                Target::Amqp(t) => push(address(&t.routing_key, check_routing_key).and_then(
-                    |subject| {
+                Target::Webhook(_) => push(body().map(|body| Payload::Webhook { body }), None),
+                Target::Nats(t) => push(
+                    address(&t.subject, check_subject).and_then(|subject| {
                         Ok(Payload::Publish {
                             subject,
                             body: body()?,
                         })
-                    },
-                )),
+                    }),
+                    None,
+                ),
+                Target::Amqp(t) => push(
+                    address(&t.routing_key, check_routing_key).and_then(|subject| {
+                        Ok(Payload::Publish {
+                            subject,
+                            body: body()?,
+                        })
+                    }),
+                    None,
+                ),
                 Target::Chat { kind, template, .. } => {
                     let ctx = ctx();
                     let name = template.text();
+                    let text = self
+                        .templates
+                        .render_chat(*kind, &name, &ctx)
+                        .map_err(|e| format!("template {name}: {e}"));
+                    let item = match (&text, digested) {
+                        (Ok(t), true) => Some((String::new(), digest::item(&ctx, t, None, None))),
+                        _ => None,
+                    };
                     push(
-                        self.templates
-                            .render_chat(*kind, &name, &ctx)
-                            .map(|text| Payload::Chat {
-                                body: chat::body(*kind, &text),
-                            })
-                            .map_err(|e| format!("template {name}: {e}")),
-                    )
+                        text.map(|text| Payload::Chat {
+                            body: chat::body(*kind, &text),
+                        }),
+                        item,
+                    );
                 }
                 Target::Email {
                     to,
@@ -356,7 +373,7 @@ impl Pipeline {
                             }
                             mail::validate_address(&addr)
                                 .map_err(|e| format!("recipient of {}: {e}", dest.name))?;
-                            Ok(Payload::Email(EmailMessage {
+                            Ok::<_, String>(Payload::Email(EmailMessage {
                                 from: from.clone(),
                                 message_id: mail::message_id(
                                     &format!("{change_id}/{}/{addr}", dest.name),
@@ -369,7 +386,14 @@ impl Pipeline {
                                 html,
                             }))
                         });
-                        push(payload);
+                        let item = match (&payload, digested) {
+                            (Ok(Payload::Email(m)), true) => Some((
+                                m.to.clone(),
+                                digest::item(&ctx, &m.text, m.html.as_deref(), Some(&m.subject)),
+                            )),
+                            _ => None,
+                        };
+                        push(payload, item);
                     }
                 }
             }
@@ -510,6 +534,7 @@ mod zone_tests {
             concurrency: 1,
             allow_private: false,
             shape: Default::default(),
+            digest: None,
         };
         let specs: Vec<Spanned<RuleSpec>> =
             serde_saphyr::from_str("- {name: all, notify: [chat]}").unwrap();

@@ -84,6 +84,14 @@ pub(crate) const SHIPPED: &[(&str, &str)] = &[
         "change.txt.hbs",
         include_str!("../../templates/change.txt.hbs"),
     ),
+    (
+        "digest.txt.hbs",
+        include_str!("../../templates/digest.txt.hbs"),
+    ),
+    (
+        "digest.html.hbs",
+        include_str!("../../templates/digest.html.hbs"),
+    ),
 ];
 
 /// The unset date Clinicea sends for an empty timestamp; the `date` helper renders it as empty.
@@ -467,7 +475,12 @@ impl Templates {
     }
 
     /// Renders `name` strictly against `ctx`, the context of a sample `resource` record.
-    fn check_ctx(&self, name: &str, resource: &str, ctx: &Value) -> Result<String, Problem> {
+    pub(crate) fn check_ctx(
+        &self,
+        name: &str,
+        resource: &str,
+        ctx: &Value,
+    ) -> Result<String, Problem> {
         if !self.has(name) {
             return Err(Problem::at(None, name, "no such template"));
         }

@@ -10,6 +10,7 @@ mod chat_delivery;
 mod config_check;
 mod config_reload;
 mod diff_properties;
+mod digests;
 mod egress;
 mod email_delivery;
 mod error_privacy;

@@ -182,9 +182,26 @@ impl Config {
             to: to.iter().map(|s| s.to_string()).collect(),
             subject: subject.into(),
             template: template.into(),
+            digest: None,
         };
         self.destinations
             .push((name.into(), Destination::Email(email)));
+        self
+    }
+
+    /// [`Config::email`] with `digest: DIGEST` (a YAML flow map, e.g. `{ every: 1h, max: 5 }`).
+    pub fn email_digest(
+        mut self,
+        name: &str,
+        to: &[&str],
+        subject: &str,
+        template: &str,
+        digest: &str,
+    ) -> Config {
+        self = self.email(name, to, subject, template);
+        if let Some((_, Destination::Email(e))) = self.destinations.last_mut() {
+            e.digest = Some(digest.into());
+        }
         self
     }
 
@@ -782,6 +799,8 @@ struct Email {
     to: Vec<String>,
     subject: String,
     template: String,
+    /// `digest:` as a YAML flow map.
+    digest: Option<String>,
 }
 
 impl Email {
@@ -790,6 +809,9 @@ impl Email {
         y.raw(2, "to", &flow(&self.to));
         y.line(2, "subject", &self.subject);
         y.line(2, "template", &self.template);
+        if let Some(d) = &self.digest {
+            y.raw(2, "digest", d);
+        }
     }
 }
 
