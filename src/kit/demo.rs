@@ -228,6 +228,18 @@ async fn chat_handler(
     (StatusCode::OK, "ok").into_response()
 }
 
+/// The demo's digest: the new leads again, collected into one email a minute (or every 5 leads,
+/// early) to the catcher, so a digest shows within the demo's run.
+fn digest_destination() -> &'static str {
+    r#"  lead-digest:
+    type: email
+    to: [sales-lead@clinic.example]
+    subject: "New lead: {{record.FirstName}} {{record.LastName}}"
+    template: new-lead
+    digest: { every: 1m, max: 5, subject: "{{count}} new leads" }
+"#
+}
+
 /// The demo's config: the example rules, pointed at the local parts.
 fn demo_config(
     sandbox_url: &str,
@@ -237,6 +249,7 @@ fn demo_config(
     secret: &str,
 ) -> String {
     let [north_key, south_key] = keys;
+    let digest = digest_destination();
     let start_from = (chrono::Utc::now()
         - chrono::Duration::from_std(BACKFILL).unwrap_or_else(|_| chrono::Duration::hours(2)))
     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -304,7 +317,7 @@ destinations:
     url: {receiver}/chat/slack
     template: lead-chat
     timeout: 5s
-
+{digest}
 rules:
   - name: new-lead-email
     clinic: north
@@ -313,7 +326,7 @@ rules:
     where:
       - {{ field: Email, exists: true }}
       - {{ field: Source, in: [Website, Facebook, Instagram] }}
-    notify: [front-desk, sales-chat]
+    notify: [front-desk, sales-chat, lead-digest]
   - name: appointment-cancelled
     resource: appointments
     on: [modified]
@@ -593,7 +606,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         config_path.display()
     ));
     p.plain(&format!(
-        "  rules                 new-lead-email (leads added -> front-desk email, sales-chat), appointment-cancelled, everything-to-automations; backfilling {}h",
+        "  rules                 new-lead-email (leads added -> front-desk email, sales-chat, a lead-digest email every minute or 5 leads), appointment-cancelled, everything-to-automations; backfilling {}h",
         BACKFILL.as_secs() / 3600
     ));
     match args.duration {
@@ -714,7 +727,8 @@ mod tests {
         assert_eq!(s.base.resources.len(), 3);
         assert_eq!(s.base.clinic_names(), ["north", "south"]);
         assert_eq!(s.base.clinics[1].resources.len(), 2);
-        assert_eq!(s.pipeline.destinations.len(), 4);
+        assert_eq!(s.pipeline.destinations.len(), 5);
+        assert!(s.pipeline.destinations["lead-digest"].digest.is_some());
         assert!(s.smtp.is_some());
     }
 

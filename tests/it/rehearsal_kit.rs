@@ -64,6 +64,8 @@ async fn the_demo_runs_for_20s_and_shows_changes_signed_webhooks_emails_and_retr
         ", attempt 2, status 200",
         "] email      caught \"New lead: ",
         "to frontdesk@clinic.example",
+        // The digest: five new leads (or a minute's) in one email.
+        " new leads\" to sales-lead@clinic.example",
         "] slack      message #",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?}\n{ctx}");
