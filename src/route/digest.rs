@@ -131,11 +131,11 @@ pub(crate) fn render(
     }
 }
 
-/// A digest context of two sample changes of `resource`, for `check`.
-fn sample_context(dest: &Destination, resource: &str) -> Value {
+/// A digest context of two sample changes of `resource` for destination `dest`, for `check`.
+pub(crate) fn sample_context(dest: &str, resource: &str) -> Value {
     let change = render::sample_change(resource);
     let tz = chrono_tz::UTC;
-    let ctx = render::context(&change, "check", &["check".to_string()], &dest.name, tz);
+    let ctx = render::context(&change, "check", &["check".to_string()], dest, tz);
     let one = item(
         &ctx,
         "(the change's message)",
@@ -144,7 +144,7 @@ fn sample_context(dest: &Destination, resource: &str) -> Value {
     );
     context(
         vec![one.clone(), one],
-        &dest.name,
+        dest,
         &change.clinic,
         tz,
         Window {
@@ -163,7 +163,7 @@ pub(crate) fn check(
     digest: &Digest,
     resource: &str,
 ) -> Vec<Problem> {
-    let ctx = sample_context(dest, resource);
+    let ctx = sample_context(&dest.name, resource);
     let mut names: Vec<(String, Option<&InlineTemplate>)> = vec![(digest.template.text(), None)];
     if matches!(dest.target, Target::Email { .. }) && templates.has(&digest.template.html()) {
         names.push((digest.template.html(), None));
@@ -184,4 +184,40 @@ pub(crate) fn check(
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_context_lists_the_items_and_counts_them() {
+        let ctx = sample_context("front-desk", "leads");
+        assert_eq!(ctx["count"], 2);
+        assert_eq!(ctx["changes"][0]["text"], "(the change's message)");
+        assert_eq!(ctx["changes"][1]["resource"], "leads");
+        assert_eq!(ctx["window"]["from"], "2026-11-29T10:00:03Z");
+    }
+
+    #[test]
+    fn a_chat_digest_is_cut_to_the_service_s_limit() {
+        let items: Vec<Value> = (0..400)
+            .map(|i| item(&json!({"id": i}), &"x".repeat(100), None, None))
+            .collect();
+        let w = Window {
+            from: Utc::now(),
+            to: Utc::now(),
+            early: false,
+        };
+        let ctx = context(items, "chat", "default", chrono_tz::UTC, w);
+        let t = Templates::shipped().unwrap();
+        let text = t
+            .render_chat(crate::config::ChatKind::Discord, "digest.txt", &ctx)
+            .unwrap();
+        assert!(text.starts_with("400 new changes for chat"), "{text:.80}");
+        let body: Value =
+            serde_json::from_str(&chat::body(crate::config::ChatKind::Discord, &text)).unwrap();
+        let content = body["content"].as_str().unwrap();
+        assert!(content.chars().count() <= 2000, "{}", content.len());
+    }
 }

@@ -1032,9 +1032,15 @@ mod tests {
         let problems: Vec<Problem> = t
             .names()
             .iter()
+            .filter(|n| !n.starts_with("digest."))
             .filter_map(|n| t.check(n, &resource(n)).err())
             .collect();
         assert_eq!(problems, vec![]);
+        // The digest templates see a list of changes.
+        let digest = crate::route::digest::sample_context("front-desk", "leads");
+        for n in ["digest.txt", "digest.html"] {
+            assert!(t.check_ctx(n, "leads", &digest).is_ok(), "{n}");
+        }
     }
 
     #[test]
