@@ -35,6 +35,22 @@ pub struct OutboxEntry {
     pub next_attempt_ms: i64,
     /// When the entry was created (Unix ms).
     pub created_ms: i64,
+    /// Set while the entry is held by its destination's quiet hours: the end of the quiet time
+    /// (Unix ms), which is then also `next_attempt_ms`. Holding is not an attempt. Absent in
+    /// entries stored before quiet hours existed, and left out when unset, so those bytes stay
+    /// as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until_ms: Option<i64>,
+}
+
+impl OutboxEntry {
+    /// The end of the quiet hours holding this entry, if it is held now: `held_until_ms` is only
+    /// believed while the entry still waits for that very time (a re-driven or rescheduled entry
+    /// may carry a stale one).
+    pub fn held_until(&self, now_ms: i64) -> Option<i64> {
+        self.held_until_ms
+            .filter(|&t| t == self.next_attempt_ms && t > now_ms)
+    }
 }
 
 /// The clinic of an entry stored before entries named theirs.
@@ -91,6 +107,7 @@ impl Planned {
             attempts: 0,
             next_attempt_ms: now,
             created_ms: now,
+            held_until_ms: None,
         };
         match self.payload {
             Ok(p) => {
