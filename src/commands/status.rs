@@ -254,8 +254,8 @@ async fn held_of(
 ) -> anyhow::Result<Vec<Held>> {
     let mut groups: std::collections::BTreeMap<(i64, String), u64> = Default::default();
     for (_, e) in store.outbox_entries(destination).await? {
-        if let Some(until) = e.held_until(now.timestamp_millis()) {
-            *groups.entry((until, e.clinic)).or_default() += 1;
+        if let Some(hold) = e.held_now(now.timestamp_millis()) {
+            *groups.entry((hold.until_ms, e.clinic)).or_default() += 1;
         }
     }
     let zone = |clinic: &str| {

@@ -10,7 +10,7 @@
 use super::{Deliverer, Destination, Event, Target};
 use crate::deliver::outcome::AttemptReport;
 use crate::model::Verdict;
-use crate::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use crate::outbox::entry::{AttemptLog, DeadLetter, Hold, OutboxEntry};
 use crate::outbox::store::{DestHealth, StoreError};
 use crate::route::plan::Payload;
 use std::future::Future;
@@ -187,8 +187,11 @@ impl Deliverer {
             Loaded::Ready(entry, dest, span) => (*entry, dest, span),
             Loaded::Done(step) => return Ok(step),
         };
-        if let Some(until) = self.quiet_until(&dest, &entry.clinic, self.now_ms()) {
-            return self.hold(entry, until).instrument(span).await;
+        let now = self.now_ms();
+        if let Some(until) = self.quiet_until(&dest, &entry.clinic, now) {
+            // Due since its hold began, or since now when it was not held.
+            let due_ms = entry.held.map_or(now, |h| h.due_ms.min(now));
+            return self.hold(entry, due_ms, until).instrument(span).await;
         }
         let started_ms = self.now_ms();
         let started = std::time::Instant::now();
@@ -215,9 +218,17 @@ impl Deliverer {
     /// Holds an entry that is due during its destination's quiet hours until they end: written
     /// back with its next attempt at `until` (which also frees a PostgreSQL claim), its attempt
     /// count, retry budget and attempts log untouched, since nothing was attempted.
-    async fn hold(&self, mut entry: OutboxEntry, until: i64) -> Result<Step, StoreError> {
+    async fn hold(
+        &self,
+        mut entry: OutboxEntry,
+        due_ms: i64,
+        until: i64,
+    ) -> Result<Step, StoreError> {
         entry.next_attempt_ms = until;
-        entry.held_until_ms = Some(until);
+        entry.held = Some(Hold {
+            due_ms,
+            until_ms: until,
+        });
         self.store.outbox_put(&entry).await?;
         let until_utc = chrono::DateTime::from_timestamp_millis(until).unwrap_or_default();
         tracing::info!(held_until = %until_utc.to_rfc3339(), "held by quiet hours");
@@ -319,8 +330,13 @@ impl Deliverer {
                         let now = self.now_ms();
                         // A retry that would fall in quiet hours waits for their end instead.
                         let due = now + d.as_millis() as i64;
-                        entry.held_until_ms = self.quiet_until(dest, &entry.clinic, due);
-                        entry.next_attempt_ms = entry.held_until_ms.unwrap_or(due);
+                        entry.held =
+                            self.quiet_until(dest, &entry.clinic, due)
+                                .map(|until_ms| Hold {
+                                    due_ms: due,
+                                    until_ms,
+                                });
+                        entry.next_attempt_ms = entry.held.map_or(due, |h| h.until_ms);
                         let d = Duration::from_millis((entry.next_attempt_ms - now).max(0) as u64);
                         self.store.outbox_put(&entry).await?;
                         metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "retry").increment(1);

@@ -254,14 +254,16 @@ impl Worker {
             }
         };
         for (seq, entry) in entries {
-            let Some(held) = entry.held_until(now) else {
+            let Some(hold) = entry.held_now(now) else {
                 continue;
             };
+            // When it would go under the hours configured now, from when it was due.
+            let from = hold.due_ms.max(now);
             let due = self
                 .deliverer
-                .quiet_until(dest, &entry.clinic, now)
-                .unwrap_or(now);
-            if due < held {
+                .quiet_until(dest, &entry.clinic, from)
+                .unwrap_or(from);
+            if due < hold.until_ms {
                 released.insert(seq, due);
             }
         }
@@ -545,7 +547,7 @@ mod panic_tests {
             attempts: 0,
             next_attempt_ms: chrono::Utc::now().timestamp_millis(),
             created_ms: chrono::Utc::now().timestamp_millis(),
-            held_until_ms: None,
+            held: None,
         };
         store.outbox_put(&entry).await.unwrap();
         let mut d = Deliverer::new(
