@@ -28,17 +28,34 @@ fn quiet_config(base_url: &str, timezone: &str, url: &str, quiet: &str, retry: R
 
 #[tokio::test]
 async fn a_delivery_due_in_quiet_hours_waits_for_their_end_across_a_dst_change_then_goes_once() {
+    held_across_the_gap_then_sent_once(None).await;
+}
+
+#[tokio::test]
+async fn on_postgresql_too_a_held_delivery_waits_in_the_shared_outbox_then_goes_once() {
+    let Some(db) = ScratchDatabase::from_env().await else {
+        return;
+    };
+    held_across_the_gap_then_sent_once(Some(StoreSection::postgres(&db.url))).await;
+}
+
+/// New York, 2027-03-14: 02:00 EST jumps to 03:00 EDT, so the window's end, 02:30, does not
+/// exist that night; it ends at the first instant after the gap, 03:00 EDT (07:00 UTC). `store`:
+/// the store section (`None`: sled in the test's folder).
+async fn held_across_the_gap_then_sent_once(store: Option<StoreSection>) {
     let sb = sandbox_with_leads(1).await;
     let rx = Receiver::start().await;
-    // New York, 2027-03-14: 02:00 EST jumps to 03:00 EDT, so the window's end, 02:30, does not
-    // exist that night; it ends at the first instant after the gap, 03:00 EDT (07:00 UTC).
-    let t = TestDir::new(&quiet_config(
-        &sb.base_url(),
-        "America/New_York",
-        &rx.url,
-        r#"{ from: "22:00", to: "02:30" }"#,
-        Retry::every("1s", 3),
-    ));
+    let mut config = Config::new(Clinicea::sandbox(&sb.base_url()).timezone("America/New_York"))
+        .retry(Retry::every("1s", 3))
+        .webhook("hook", &rx.url, |w| {
+            w.timeout("5s")
+                .quiet_hours(r#"{ from: "22:00", to: "02:30" }"#)
+        })
+        .rule(Rule::new("r", &["hook"]).resource("leads"));
+    if let Some(store) = store {
+        config = config.store(store);
+    }
+    let t = TestDir::new(&config.to_yaml());
     let engine = t.engine().await;
     // 23:00 EST on Saturday 2027-03-13.
     let clock = Clock::manual(utc("2027-03-14T04:00:00Z"));
