@@ -189,11 +189,14 @@ impl Deliverer {
         };
         let now = self.now_ms();
         if let Some(until) = self.quiet_until(&dest, &entry.clinic, now) {
-            // Due since its hold began, or since now when it was not held.
-            let due_ms = entry.held.map_or(now, |h| h.due_ms.min(now));
+            // Due since its hold began, or since its own time when it was not held yet.
+            let due_ms = entry
+                .held
+                .map_or(entry.next_attempt_ms, |h| h.due_ms)
+                .min(now);
             return self.hold(entry, due_ms, until).instrument(span).await;
         }
-        let started_ms = self.now_ms();
+        let started_ms = now;
         let started = std::time::Instant::now();
         // `instrument`, not `enter`: an entered span guard held across an await leaks the span into
         // whatever else runs on this thread meanwhile.
