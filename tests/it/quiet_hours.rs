@@ -1,8 +1,9 @@
 //! Quiet hours: a delivery due inside a destination's quiet hours is held in the outbox (no
 //! attempt, no attempts log) and sent once when they end, on the clinic's clock and across a DST
 //! change; a retry whose wait lands inside them waits for their end; `status` shows what is held
-//! and until when (the real binary, text and JSON); a reload that removes them releases what they
-//! held; `check` refuses quiet hours that are wrong.
+//! and until when (the real binary, text and JSON); a reload that removes or shortens them
+//! releases what they held, at once or at their new end; `check` refuses quiet hours that are
+//! wrong. The main case runs on PostgreSQL too.
 //!
 //! The in-process tests run the deliverer on a manual clock ([`Clock::manual`]) set to times after
 //! the real now (so the entries a poll commits now are due by then), and step it across hours.
@@ -187,6 +188,44 @@ async fn removing_quiet_hours_releases_what_they_held_at_the_next_start() {
         .unwrap();
     assert_eq!((out.attempted, out.delivered), (1, 1));
     assert_eq!(rx.received().len(), 1);
+}
+
+#[tokio::test]
+async fn shortened_quiet_hours_release_what_they_held_at_their_new_end() {
+    let sb = sandbox_with_leads(1).await;
+    let rx = Receiver::start().await;
+    let yaml = |quiet: &str| {
+        Config::new(Clinicea::sandbox(&sb.base_url()))
+            .webhook("hook", &rx.url, |w| w.timeout("5s").quiet_hours(quiet))
+            .rule(Rule::new("r", &["hook"]).resource("leads"))
+            .to_yaml()
+    };
+    let t = TestDir::new(&yaml(r#"{ from: "20:00", to: "08:00" }"#));
+    let clock = Clock::manual(utc("2027-06-01T21:00:00Z"));
+    {
+        let engine = t.engine().await;
+        poll_report(&engine).await.unwrap();
+        let d = engine.deliverer.clone().with_clock(clock.clone());
+        assert_eq!(d.deliver_all_due().await.unwrap().held, 1);
+    }
+    // Now quiet until 06:00: still held at 21:00 and at 05:59, sent at 06:00, not 08:00.
+    t.rewrite(&yaml(r#"{ from: "20:00", to: "06:00" }"#));
+    for (at, sent) in [
+        ("2027-06-01T21:00:00Z", 0),
+        ("2027-06-02T05:59:00Z", 0),
+        ("2027-06-02T06:00:00Z", 1),
+    ] {
+        // A new engine each time, as after a reload or restart.
+        let engine = t.engine().await;
+        clock.set(utc(at));
+        let d = engine.deliverer.clone().with_clock(clock.clone());
+        assert_eq!(
+            d.deliver_all_due().await.unwrap().delivered,
+            sent,
+            "at {at}"
+        );
+        assert_eq!(rx.received().len() as u64, sent, "at {at}");
+    }
 }
 
 #[tokio::test]
