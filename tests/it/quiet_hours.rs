@@ -335,3 +335,54 @@ rules:
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn test_rule_says_whether_a_delivery_at_a_given_time_is_held_and_until_when() {
+    let t = TestDir::new(&quiet_config(
+        "https://api.clinicea.com",
+        "Europe/London",
+        "http://127.0.0.1:9/hook",
+        r#"{ from: "20:00", to: "08:00" }"#,
+        Retry::every("1s", 3),
+    ));
+    let record = t.dir.path().join("lead.json");
+    let mut lead = test_lead();
+    lead["ID"] = "L-1".into();
+    std::fs::write(&record, lead.to_string()).unwrap();
+    let record = record.display().to_string();
+    let args = |at: &str| {
+        [
+            "test-rule",
+            "--resource",
+            "leads",
+            "--record",
+            record.as_str(),
+            "--at",
+            at,
+        ]
+        .map(str::to_string)
+    };
+    let run = |at: &'static str| {
+        let args = args(at);
+        let t = &t;
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = cli(t, &refs).await;
+            (out.status.success(), output_text(&out))
+        }
+    };
+    // Saturday 21:00 GMT, the night the clocks go forward: held until 08:00 BST, 07:00 UTC.
+    let (ok, text) = run("2027-03-27T21:00:00Z").await;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("HELD by quiet hours (20:00-08:00, Europe/London): at 2027-03-27 21:00 GMT")
+            && text.contains("sent at 2027-03-28 08:00 BST (Europe/London), 2027-03-28 07:00 UTC"),
+        "{text}"
+    );
+    let (ok, text) = run("2027-03-28T12:00:00Z").await;
+    assert!(ok, "{text}");
+    assert!(text.contains("do not hold it"), "{text}");
+    assert!(!text.contains("HELD"), "{text}");
+    let (ok, text) = run("tomorrow").await;
+    assert!(!ok && text.contains("RFC 3339"), "{text}");
+}
