@@ -39,6 +39,8 @@ pub struct Destination {
     pub(crate) allow_private: bool,
     /// What the webhook body carries (webhook, NATS and AMQP destinations; the default for others).
     pub(crate) shape: Shape,
+    /// When deliveries are held, in the clinic's time zone (`quiet_hours:`); `None`: never.
+    pub(crate) quiet_hours: Option<crate::config::quiet::QuietHours>,
 }
 
 impl Destination {

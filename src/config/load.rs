@@ -1580,6 +1580,8 @@ fn destination(
             })
         }
     };
+    let quiet_hours = crate::config::quiet::raw_of(raw)
+        .and_then(|q| crate::config::quiet::compile(q, line, &key("quiet_hours"), problems));
     target.map(|target| Destination {
         name: name.to_string(),
         target,
@@ -1587,6 +1589,7 @@ fn destination(
         concurrency,
         allow_private,
         shape,
+        quiet_hours,
     })
 }
 

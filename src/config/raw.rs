@@ -563,6 +563,10 @@ pub(crate) struct RawWebhook {
     /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
     #[serde(default)]
     pub(crate) body_template: Option<Text>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// A NATS JetStream destination.
@@ -609,6 +613,10 @@ pub(crate) struct RawNats {
     /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
     #[serde(default)]
     pub(crate) body_template: Option<Text>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// A RabbitMQ (AMQP 0-9-1) destination.
@@ -648,6 +656,10 @@ pub(crate) struct RawAmqp {
     /// A custom JSON body: the template `NAME.json.hbs`, rendered with JSON escaping.
     #[serde(default)]
     pub(crate) body_template: Option<Text>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// An email destination.
@@ -672,6 +684,10 @@ pub(crate) struct RawEmail {
     /// This destination's own retry schedule.
     #[serde(default)]
     pub(crate) retry: Option<RawRetry>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// A chat destination (Slack, Teams, Discord, Google Chat).
@@ -695,6 +711,25 @@ pub(crate) struct RawChat {
     /// This destination's own retry schedule.
     #[serde(default)]
     pub(crate) retry: Option<RawRetry>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
+}
+
+/// A destination's `quiet_hours:`, as written: `{ from: "20:00", to: "08:00", days: [sat, sun] }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuietHours {
+    /// Start of the nightly window, `HH:MM` in the clinic's zone.
+    #[serde(default)]
+    pub(crate) from: Option<Text>,
+    /// End of the nightly window (exclusive); earlier than `from` crosses midnight.
+    #[serde(default)]
+    pub(crate) to: Option<Text>,
+    /// Whole days that are quiet (`mon` ... `sun`), besides the nightly window.
+    #[serde(default)]
+    pub(crate) days: Option<OneOrMany>,
 }
 
 // ---------------------------------------------------------------------------------------------

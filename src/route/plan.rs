@@ -510,6 +510,7 @@ mod zone_tests {
             concurrency: 1,
             allow_private: false,
             shape: Default::default(),
+            quiet_hours: None,
         };
         let specs: Vec<Spanned<RuleSpec>> =
             serde_saphyr::from_str("- {name: all, notify: [chat]}").unwrap();
