@@ -11,7 +11,7 @@
 //!   `group_wait: 0s`; `group_interval` and `repeat_interval` at their defaults, which are longer
 //!   than a run, so each alert is sent once) and a `webhook_configs` entry pointing at the
 //!   receiver. The same 20,000 leads, each an alert (its id a label, its fields annotations), are
-//!   pushed to `POST /api/v2/alerts` in batches of 64, one at a time, as Prometheus sends them;
+//!   pushed to `POST /api/v2/alerts` in batches of 256, one at a time, as Prometheus sends them;
 //!   timed from the first push to the arrival of the 20,000th distinct alert. A notification may
 //!   carry several alerts, so alerts are counted, not requests (both are printed).
 //!
@@ -22,9 +22,10 @@
 //! Run with `BENCH_ONLY=V bench/run.sh` (it builds the release binary and installs the package
 //! when `alertmanager` is missing), or `cargo bench --bench versus_alertmanager` after
 //! `cargo build --release --bin clinicea-notifier`. `BENCH_VERSUS_EVENTS` (default 20000) sizes a
-//! run and `BENCH_ALERTMANAGER` names another Alertmanager binary. Without Alertmanager it says so
-//! and exits 2; no figure is made up. Loopback only; every wait has a deadline; each run's child
-//! process is killed and its temp dir removed before the next.
+//! run, `BENCH_VERSUS_BATCH` (default 256) the pushes, and `BENCH_ALERTMANAGER` names another
+//! Alertmanager binary. Without Alertmanager it says so and exits 2; no figure is made up.
+//! Loopback only; every wait has a deadline; each run's child process is killed and its temp dir
+//! removed before the next.
 
 mod common;
 use axum::body::Bytes;
@@ -39,8 +40,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "bench-versus-trigger-token-0123456789";
-/// Alerts per `POST /api/v2/alerts`: Prometheus's notifier sends at most 64 at a time.
-const PUSH_BATCH: usize = 64;
+/// Alerts per `POST /api/v2/alerts` unless `BENCH_VERSUS_BATCH` says otherwise: Prometheus's
+/// notifier sends at most 256 at a time, one request after another (`DefaultMaxBatchSize` in
+/// its `notifier/manager.go`; 64 in Prometheus 2). The larger batch is the kinder to Alertmanager.
+const PUSH_BATCH: usize = 256;
 /// How long one run may take to get every event to the receiver.
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
 /// How long a child process may take to start answering.
@@ -64,6 +67,8 @@ struct Seen {
     /// How many distinct ids end the run, and when the last of them arrived.
     target: usize,
     reached: Option<Instant>,
+    /// When the first event arrived.
+    first: Option<Instant>,
     /// The notifier's signed webhooks (the three `webhook-*` headers and the body), checked after
     /// the run so the check costs nothing while it is timed.
     signed: Vec<([String; 3], Bytes)>,
@@ -72,6 +77,7 @@ struct Seen {
 impl Seen {
     fn note(&mut self, id: Option<&str>) {
         self.events += 1;
+        self.first.get_or_insert_with(Instant::now);
         match id {
             Some(id) => {
                 self.ids.insert(id.to_string());
@@ -153,8 +159,14 @@ fn arm(seen: &Mutex<Seen>, target: usize) {
 
 /// Waits until `seen` reached its target (Some(when)) or the deadline passed (None). The instant
 /// is taken in the handler, so this loop's 10 ms steps do not add to the measured time.
-async fn reached(seen: &Mutex<Seen>, deadline: Instant) -> Option<Instant> {
+/// `sample` runs at every step (the notifier's side notes when the sandbox stopped being read).
+async fn reached(
+    seen: &Mutex<Seen>,
+    deadline: Instant,
+    mut sample: impl FnMut(),
+) -> Option<Instant> {
     loop {
+        sample();
         if let Some(at) = seen.lock().unwrap().reached {
             return Some(at);
         }
@@ -248,6 +260,11 @@ async fn wait_ok(
     }
 }
 
+/// Seconds from `t0` to `at` (0 when it never happened).
+fn since(t0: Instant, at: Option<Instant>) -> f64 {
+    at.map_or(0.0, |at| at.duration_since(t0).as_secs_f64())
+}
+
 fn leads_requested(sb: &SandboxHandle) -> u64 {
     sb.sandbox
         .stats()
@@ -327,7 +344,15 @@ rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
         if r.status().as_u16() != 202 {
             return Err(format!("the trigger answered {}", r.status()));
         }
-        let got = reached(&counters.hook, t0 + RUN_DEADLINE).await;
+        // When the sandbox served its last page, to 10 ms: the ingest's end.
+        let (mut requests, mut last_read) = (before, t0);
+        let got = reached(&counters.hook, t0 + RUN_DEADLINE, || {
+            let now = leads_requested(&sb);
+            if now != requests {
+                (requests, last_read) = (now, Instant::now());
+            }
+        })
+        .await;
         child.check_alive("clinicea-notifier")?;
         let s = counters.hook.lock().unwrap();
         let Some(at) = got else {
@@ -366,10 +391,12 @@ rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
             events: s.events,
             requests: s.requests,
             note: format!(
-                "{} leads inserted in {insert_secs:.2}s before the clock; {} API requests; \
-                 every signature verified",
+                "first webhook at {:.2}s, last page read at ~{:.2}s ({} API requests); \
+                 {} leads inserted in {insert_secs:.2}s before the clock; every signature verified",
+                since(t0, s.first),
+                last_read.duration_since(t0).as_secs_f64(),
+                leads_requested(&sb) - before,
                 leads.len(),
-                leads_requested(&sb) - before
             ),
         })
     }
@@ -388,13 +415,13 @@ receivers:\n  - name: count\n    webhook_configs:\n      - url: {url}\n"
     )
 }
 
-/// The alerts for `leads`, serialized into the bodies of [`PUSH_BATCH`] each: the lead's id a
+/// The alerts for `leads`, serialized into bodies of `batch` alerts each: the lead's id a
 /// label (so each alert is distinct), its other fields annotations (so an alert carries what a
 /// webhook carries).
-fn alert_batches(leads: &[Value]) -> Vec<Vec<u8>> {
+fn alert_batches(leads: &[Value], batch: usize) -> Vec<Vec<u8>> {
     let now = chrono::Utc::now().to_rfc3339();
     leads
-        .chunks(PUSH_BATCH)
+        .chunks(batch)
         .map(|chunk| {
             let alerts: Vec<Value> = chunk
                 .iter()
@@ -450,7 +477,8 @@ async fn alertmanager_run(
         let http = reqwest::Client::new();
         let api = format!("http://127.0.0.1:{port}");
         wait_ok(&http, &format!("{api}/-/ready"), &mut child, "alertmanager").await?;
-        let batches = alert_batches(leads);
+        let batch = env_or::<usize>("BENCH_VERSUS_BATCH", PUSH_BATCH).max(1);
+        let batches = alert_batches(leads, batch);
         arm(&counters.am, leads.len());
         let url = format!("{api}/api/v2/alerts");
 
@@ -474,7 +502,7 @@ async fn alertmanager_run(
             }
         }
         let push_secs = t0.elapsed().as_secs_f64();
-        let got = reached(&counters.am, t0 + RUN_DEADLINE).await;
+        let got = reached(&counters.am, t0 + RUN_DEADLINE, || ()).await;
         child.check_alive("alertmanager")?;
         let s = counters.am.lock().unwrap();
         let Some(at) = got else {
@@ -497,8 +525,10 @@ async fn alertmanager_run(
             events: s.events,
             requests: s.requests,
             note: format!(
-                "pushed in {push_secs:.2}s ({} POSTs of {PUSH_BATCH}); {:.2} alerts per notification",
-                leads.len().div_ceil(PUSH_BATCH),
+                "first notification at {:.2}s, pushed in {push_secs:.2}s ({} POSTs of \
+                 {batch}); {:.2} alerts per notification",
+                since(t0, s.first),
+                leads.len().div_ceil(batch),
                 s.events as f64 / s.requests.max(1) as f64
             ),
         })
