@@ -15,7 +15,7 @@
 mod common;
 use axum::body::Bytes;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
-use common::{env_or, notifier_binary, API_KEY, SECRET};
+use common::{env_or, free_port, notifier_binary, API_KEY, SECRET};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,14 +45,6 @@ async fn receiver() -> (String, Arc<Mutex<HashMap<String, Instant>>>) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}/hook"), seen)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One mode: its sandbox, receiver, running notifier and the changes made on it.

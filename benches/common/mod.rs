@@ -1,5 +1,6 @@
 //! What the benchmarks share: the sandbox's key and a webhook secret, sizes from the
-//! environment, an engine from a config text, and the release binary to run as a child.
+//! environment, an engine from a config text, the release binary to run as a child, a free
+//! loopback port and the result table.
 
 // Each benchmark is a crate of its own and uses a part of this module.
 #![allow(dead_code)]
@@ -44,4 +45,74 @@ pub fn notifier_binary() -> PathBuf {
         .and_then(Path::parent)
         .map(|p| p.join("clinicea-notifier"))
         .unwrap()
+}
+
+/// A free port on 127.0.0.1 (bound, read and released: a child process binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One line of the result table (`print_table`): a figure, its unit, the ceiling it is compared
+/// with in the same run (the ratio column is figure / ceiling) and a target with its verdict.
+pub struct Row {
+    name: String,
+    figure: f64,
+    unit: &'static str,
+    ceiling: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+/// A row without a target.
+pub fn row(name: &str, figure: f64, unit: &'static str, ceiling: Option<f64>) -> Row {
+    Row {
+        name: name.to_string(),
+        figure,
+        unit,
+        ceiling,
+        target: String::new(),
+        met: None,
+    }
+}
+
+impl Row {
+    /// The target text and whether this run met it.
+    pub fn target(mut self, text: &str, met: bool) -> Row {
+        self.target = text.to_string();
+        self.met = Some(met);
+        self
+    }
+}
+
+/// Prints the rows as a Markdown table, as `bench/README.md` quotes them.
+pub fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| {:<52} | {:>12} | {:<9} | {:>12} | {:>6} | {:<28} | {:<4} |",
+        "measure", "figure", "unit", "ceiling", "ratio", "target", "met"
+    );
+    println!(
+        "|{:-<54}|{:-<14}|{:-<11}|{:-<14}|{:-<8}|{:-<30}|{:-<6}|",
+        "", "", "", "", "", "", ""
+    );
+    for r in rows {
+        let ceiling = r.ceiling.map_or("-".to_string(), |c| format!("{c:.1}"));
+        let ratio = r
+            .ceiling
+            .filter(|c| *c > 0.0)
+            .map_or("-".to_string(), |c| format!("{:.2}", r.figure / c));
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "",
+        };
+        println!(
+            "| {:<52} | {:>12.1} | {:<9} | {:>12} | {:>6} | {:<28} | {:<4} |",
+            r.name, r.figure, r.unit, ceiling, ratio, r.target, met
+        );
+    }
 }

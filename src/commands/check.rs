@@ -155,6 +155,8 @@ pub struct DestinationSummary {
     pub target: String,
     /// Retries in its schedule.
     pub retries: usize,
+    /// Its quiet hours as `20:00-08:00, all day sat sun` (in each clinic's zone), or `null`.
+    pub quiet_hours: Option<String>,
 }
 
 /// The report of one `check` run.
@@ -258,6 +260,7 @@ fn check_summary(s: &Settings) -> CheckSummary {
                 kind: d.kind_str().to_string(),
                 target: target_text(&d.target),
                 retries: d.retry.schedule.len(),
+                quiet_hours: d.quiet_hours.map(|q| q.to_string()),
             })
             .collect(),
         rules: s.pipeline.rules.describe(),
@@ -344,9 +347,13 @@ pub(crate) fn summary(s: &Settings) -> String {
     let mut dests: Vec<_> = s.pipeline.destinations.values().collect();
     dests.sort_by(|a, b| a.name.cmp(&b.name));
     for d in dests {
+        let quiet = match &d.quiet_hours {
+            Some(q) => format!("; quiet hours, clinic time: {q}"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:<14} {:<11} {} (retries: {})",
+            "  {:<14} {:<11} {} (retries: {}{quiet})",
             d.name,
             d.kind_str(),
             target_text(&d.target),

@@ -129,6 +129,14 @@ pub(crate) async fn deliver_text(engine: &Engine) -> anyhow::Result<String> {
         "deliveries: {} attempted, {} delivered, {} to retry later, {} dead",
         out.attempted, out.delivered, out.retried, out.dead
     );
+    if out.held > 0 {
+        // Its own line, so the line above reads as it always has.
+        let _ = writeln!(
+            text,
+            "held by quiet hours: {} (see `status` for until when)",
+            out.held
+        );
+    }
     let m = maintain_store(&engine.store, &engine.settings.base.store, Utc::now()).await?;
     if m.journal + m.dead > 0 {
         let _ = writeln!(

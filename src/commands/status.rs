@@ -142,6 +142,9 @@ pub struct DestinationStatus {
     pub failing: Option<Failing>,
     /// Its digest, for a destination with `digest:`: what waits and when it goes.
     pub digest: Option<DigestStatus>,
+    /// Deliveries held by its quiet hours (part of `queued` and `retrying`), by clinic and the
+    /// time they are held until, earliest first; empty without `quiet_hours`.
+    pub held: Vec<Held>,
 }
 
 /// What waits in a destination's digests.
@@ -153,6 +156,21 @@ pub struct DigestStatus {
     pub waiting: u64,
     /// When the next digest goes out (`null` while nothing waits).
     pub next_close: Option<DateTime<Utc>>,
+}
+
+/// Deliveries of one clinic held by a destination's quiet hours until one time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Held {
+    /// The clinic whose changes they are.
+    pub clinic: String,
+    /// How many.
+    pub count: u64,
+    /// When they are sent, in UTC.
+    pub until: DateTime<Utc>,
+    /// The same time on the clinic's clock (RFC 3339 with its offset).
+    pub until_local: String,
+    /// The clinic's time zone, which the quiet hours are read in.
+    pub timezone: String,
 }
 
 /// A failing destination.
@@ -205,6 +223,16 @@ pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result
     let digests = crate::daemon::digest::pending(store, &settings.pipeline).await?;
     let mut dests: Vec<_> = settings.pipeline.destinations.values().collect();
     dests.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut held = HashMap::new();
+    for d in &dests {
+        // Only destinations with quiet hours hold deliveries, so only their entries are read.
+        if d.quiet_hours.is_some() {
+            held.insert(
+                d.name.clone(),
+                held_of(settings, store, &d.name, now).await?,
+            );
+        }
+    }
     let destinations = dests
         .into_iter()
         .map(|d| {
@@ -227,6 +255,7 @@ pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result
                         next_close: p.next,
                     }
                 }),
+                held: held.remove(&d.name).unwrap_or_default(),
             }
         })
         .collect();
@@ -236,6 +265,43 @@ pub async fn status_report(settings: &Settings, store: &Store) -> anyhow::Result
         journal_changes: store.change_count().await? as u64,
         store: store.describe(),
     })
+}
+
+/// The entries of `destination` held by quiet hours now, grouped by clinic and end.
+async fn held_of(
+    settings: &Settings,
+    store: &Store,
+    destination: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Held>> {
+    let mut groups: std::collections::BTreeMap<(i64, String), u64> = Default::default();
+    for (_, e) in store.outbox_entries(destination).await? {
+        if let Some(hold) = e.held_now(now.timestamp_millis()) {
+            *groups.entry((hold.until_ms, e.clinic)).or_default() += 1;
+        }
+    }
+    let zone = |clinic: &str| {
+        settings
+            .base
+            .clinics
+            .iter()
+            .find(|c| c.name == clinic)
+            .map_or(chrono_tz::UTC, |c| c.clinicea.timezone)
+    };
+    Ok(groups
+        .into_iter()
+        .filter_map(|((until, clinic), count)| {
+            let until = DateTime::from_timestamp_millis(until)?;
+            let tz = zone(&clinic);
+            Some(Held {
+                until_local: until.with_timezone(&tz).to_rfc3339(),
+                timezone: tz.name().to_string(),
+                clinic,
+                count,
+                until,
+            })
+        })
+        .collect())
 }
 
 /// One resource of one clinic: its next since, its last poll, what is known, baseline, staleness.
@@ -340,9 +406,33 @@ fn report_text(report: &StatusReport, fleet: bool) -> String {
             "  {:<14} queued {}, retrying {}, dead {}{digest}{mark}",
             d.name, d.queued, d.retrying, d.dead
         );
+        for h in &d.held {
+            let _ = writeln!(out, "    {}", held_line(h, fleet));
+        }
     }
     let _ = writeln!(out, "Changes in the journal: {}", report.journal_changes);
     out
+}
+
+/// A line of held deliveries: `held 3 until 2026-12-05 08:00 GMT (Europe/London),
+/// 2026-12-05 08:00 UTC`, with the clinic in a fleet.
+fn held_line(h: &Held, fleet: bool) -> String {
+    let local = DateTime::parse_from_rfc3339(&h.until_local)
+        .ok()
+        .zip(h.timezone.parse::<chrono_tz::Tz>().ok())
+        .map(|(t, tz)| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string())
+        .unwrap_or_else(|| h.until_local.clone());
+    let clinic = if fleet {
+        format!(" of clinic {}", h.clinic)
+    } else {
+        String::new()
+    };
+    format!(
+        "held {}{clinic} until {local} ({}), {} by quiet hours",
+        h.count,
+        h.timezone,
+        h.until.format("%Y-%m-%d %H:%M UTC"),
+    )
 }
 
 /// One resource's line of text.

@@ -4,7 +4,7 @@
 use crate::daemon::settings::{load_settings, Settings};
 use crate::outbox::store::Store;
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -23,6 +23,17 @@ pub struct TestRuleArgs {
     /// A JSON file with the stored version before the change.
     #[arg(long)]
     pub(crate) previous: Option<PathBuf>,
+    /// The time the change is detected, RFC 3339 (default now): decides whether a destination's
+    /// quiet hours hold the delivery, and until when.
+    #[arg(long, value_parser = parse_at)]
+    pub(crate) at: Option<DateTime<Utc>>,
+}
+
+/// `--at`: an RFC 3339 time.
+fn parse_at(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("not an RFC 3339 time such as 2026-12-05T21:30:00Z ({e})"))
 }
 
 fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
@@ -87,14 +98,15 @@ pub(crate) fn test_rule_text(settings: &Settings, args: &TestRuleArgs) -> anyhow
         id_field: &res.id_field,
         status_field: &res.status_field,
     };
-    let Some(change) = crate::ingest::diff::diff(&spec, id, previous, record, Utc::now()) else {
+    let at = args.at.unwrap_or_else(Utc::now);
+    let Some(change) = crate::ingest::diff::diff(&spec, id, previous, record, at) else {
         return Ok(
             "No change: the record is identical to the previous version, so nothing is sent.\n"
                 .to_string(),
         );
     };
     let (id_key, note) = test_rule_id_key(settings);
-    let mut out = describe_test(settings, &change, &id_key);
+    let mut out = describe_test(settings, &change, &id_key, at);
     if let Some(note) = note {
         out.push_str(&format!("\nNote: {note}\n"));
     }
@@ -137,11 +149,46 @@ fn test_rule_id_key(settings: &Settings) -> (crate::model::IdKey, Option<String>
     }
 }
 
-/// The text `test-rule` prints for a change; ids are derived with `id_key`.
+/// What a destination's quiet hours do to a delivery of `clinic` at `at`: held until when, or
+/// sent at once; `None` when the destination has none.
+fn quiet_line(
+    settings: &Settings,
+    destination: &str,
+    clinic: &str,
+    at: DateTime<Utc>,
+) -> Option<String> {
+    let quiet = settings
+        .pipeline
+        .destinations
+        .get(destination)?
+        .quiet_hours?;
+    let tz = settings
+        .base
+        .clinics
+        .iter()
+        .find(|c| c.name == clinic)
+        .map_or(chrono_tz::UTC, |c| c.clinicea.timezone);
+    let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z");
+    Some(match quiet.hold_until(at, tz) {
+        Some(until) => format!(
+            "HELD by quiet hours ({quiet}, {tz}): at {} it would be sent at {} ({tz}), {}",
+            local(at),
+            local(until),
+            until.format("%Y-%m-%d %H:%M UTC")
+        ),
+        None => format!(
+            "quiet hours ({quiet}, {tz}) do not hold it: {} is outside them, so it is sent at once",
+            local(at)
+        ),
+    })
+}
+
+/// The text `test-rule` prints for a change detected `at`; ids are derived with `id_key`.
 pub(crate) fn describe_test(
     settings: &Settings,
     change: &crate::model::Change,
     id_key: &crate::model::IdKey,
+    at: DateTime<Utc>,
 ) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -190,6 +237,9 @@ pub(crate) fn describe_test(
                 tz.name(),
                 g.max
             );
+        }
+        if let Some(line) = quiet_line(settings, &p.destination, &change.clinic, at) {
+            let _ = writeln!(out, "{line}");
         }
         match p.payload {
             Err(e) => {

@@ -42,6 +42,8 @@ pub struct Destination {
     /// Its digest (email and chat only): changes wait in the store and go out as one message
     /// per window (see [`crate::config::digest`]).
     pub(crate) digest: Option<crate::config::digest::Digest>,
+    /// When deliveries are held, in the clinic's time zone (`quiet_hours:`); `None`: never.
+    pub(crate) quiet_hours: Option<crate::config::quiet::QuietHours>,
 }
 
 impl Destination {

@@ -1581,6 +1581,8 @@ fn destination(
         }
     };
     let digest = digest_of(name, raw, line, config, problems);
+    let quiet_hours = crate::config::quiet::raw_of(raw)
+        .and_then(|q| crate::config::quiet::compile(q, line, &key("quiet_hours"), problems));
     target.map(|target| Destination {
         name: name.to_string(),
         target,
@@ -1589,6 +1591,7 @@ fn destination(
         allow_private,
         shape,
         digest,
+        quiet_hours,
     })
 }
 

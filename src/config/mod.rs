@@ -6,8 +6,8 @@
 //! - [`mod@load`]: the one compile step, raw to runtime types, every problem with its line and key;
 //! - [`problem`]: what a problem is and how a failed config reads;
 //! - the runtime types: [`base`] (Clinicea, resources, store), [`destination`], [`smtp`],
-//!   [`retry`], [`secret`] (webhook signing secrets), and [`placeholder`] (example values `check`
-//!   refuses).
+//!   [`retry`], [`quiet`] (quiet hours and their arithmetic), [`secret`] (webhook signing
+//!   secrets), and [`placeholder`] (example values `check` refuses).
 //!
 //! `check` prints problems as `rules.yaml:14: rules[new-lead].where[1].matches: invalid regex ...`.
 
@@ -17,6 +17,7 @@ pub(crate) mod digest;
 pub(crate) mod load;
 pub(crate) mod placeholder;
 pub(crate) mod problem;
+pub(crate) mod quiet;
 pub(crate) mod raw;
 pub(crate) mod retry;
 pub(crate) mod secret;

@@ -569,6 +569,10 @@ pub(crate) struct RawWebhook {
     /// Refused with `digest`.
     #[serde(default)]
     pub(crate) digest_template: Option<Node>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// A NATS JetStream destination.
@@ -621,6 +625,10 @@ pub(crate) struct RawNats {
     /// Refused with `digest`.
     #[serde(default)]
     pub(crate) digest_template: Option<Node>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// A RabbitMQ (AMQP 0-9-1) destination.
@@ -666,6 +674,10 @@ pub(crate) struct RawAmqp {
     /// Refused with `digest`.
     #[serde(default)]
     pub(crate) digest_template: Option<Node>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// An email destination.
@@ -696,6 +708,10 @@ pub(crate) struct RawEmail {
     /// The digest's template (`NAME.txt.hbs`, and for email `NAME.html.hbs`; default `digest`).
     #[serde(default)]
     pub(crate) digest_template: Option<Text>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// A chat destination (Slack, Teams, Discord, Google Chat).
@@ -725,6 +741,10 @@ pub(crate) struct RawChat {
     /// The digest's template (`NAME.txt.hbs`, and for email `NAME.html.hbs`; default `digest`).
     #[serde(default)]
     pub(crate) digest_template: Option<Text>,
+    /// Quiet hours: deliveries are held during them and sent when they end, in the clinic's
+    /// time zone (see [`crate::config::quiet`]).
+    #[serde(default)]
+    pub(crate) quiet_hours: Option<RawQuietHours>,
 }
 
 /// A destination's `digest:` (see [`crate::config::digest`]).
@@ -745,6 +765,21 @@ pub(crate) struct RawDigest {
     /// `"{{count}} new changes"`).
     #[serde(default)]
     pub(crate) subject: Option<Text>,
+}
+
+/// A destination's `quiet_hours:`, as written: `{ from: "20:00", to: "08:00", days: [sat, sun] }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuietHours {
+    /// Start of the nightly window, `HH:MM` in the clinic's zone.
+    #[serde(default)]
+    pub(crate) from: Option<Text>,
+    /// End of the nightly window (exclusive); earlier than `from` crosses midnight.
+    #[serde(default)]
+    pub(crate) to: Option<Text>,
+    /// Whole days that are quiet (`mon` ... `sun`), besides the nightly window.
+    #[serde(default)]
+    pub(crate) days: Option<OneOrMany>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@
 use crate::config::problem::{line_of, Problem};
 use crate::config::raw::{
     Dur, Node, OneOrMany, RawAmqp, RawBaseline, RawChat, RawClinicea, RawConfig, RawConsole,
-    RawDestination, RawDigest, RawEmail, RawLogin, RawNats, RawResource, RawRetry, RawSmtp,
-    RawStore, RawWatchdog, RawWebhook, RuleSpec, Text,
+    RawDestination, RawDigest, RawEmail, RawLogin, RawNats, RawQuietHours, RawResource, RawRetry,
+    RawSmtp, RawStore, RawWatchdog, RawWebhook, RuleSpec, Text,
 };
 use serde_saphyr::Spanned;
 use std::collections::{BTreeMap, HashMap};
@@ -270,23 +270,24 @@ walk_structs! {
     RawRetry { schedule } no text in { jitter };
     RawWatchdog { stale_after } no text in {};
     RawWebhook {
-        url, secret, headers, timeout, retry, fields, exclude_fields, body_template, digest,
-        digest_template
+        url, secret, headers, timeout, retry, fields, exclude_fields, body_template, quiet_hours,
+        digest, digest_template
     } no text in { allow_insecure_http, allow_private, concurrency, include_previous };
     RawNats {
         url, subject, creds_file, user, password, timeout, retry, fields, exclude_fields,
-        body_template, digest, digest_template
+        body_template, quiet_hours, digest, digest_template
     } no text in { allow_private, allow_cleartext, concurrency, include_previous };
     RawAmqp {
         url, exchange, routing_key, timeout, retry, fields, exclude_fields, body_template,
-        digest, digest_template
+        quiet_hours, digest, digest_template
     } no text in { allow_private, allow_cleartext, concurrency, include_previous };
     RawEmail {
-        to, subject, template, from, reply_to, retry, digest, digest_template
+        to, subject, template, from, reply_to, retry, quiet_hours, digest, digest_template
     } no text in { concurrency };
     RawChat {
-        url, template, timeout, retry, digest, digest_template
+        url, template, timeout, retry, quiet_hours, digest, digest_template
     } no text in { allow_insecure_http, allow_private };
+    RawQuietHours { from, to, days } no text in {};
     RawDigest { every, at, subject } no text in { max };
 }
 

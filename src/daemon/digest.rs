@@ -220,6 +220,7 @@ pub async fn flush_due(
                 attempts: 0,
                 next_attempt_ms: now_ms,
                 created_ms: now_ms,
+                held: None,
             };
             let seqs: Vec<u64> = take.iter().map(|m| m.seq).collect();
             if !store.flush_digest(&dest_name, &seqs, &entry).await? {

@@ -108,7 +108,14 @@ impl Engine {
             mailer,
             events.deliveries(),
         )
-        .await?;
+        .await?
+        .with_clinic_zones(
+            settings
+                .base
+                .clinics
+                .iter()
+                .map(|c| (c.name.clone(), c.clinicea.timezone)),
+        );
         Ok(Engine {
             settings,
             store,

@@ -10,7 +10,7 @@
 use super::{Deliverer, Destination, Event, Target};
 use crate::deliver::outcome::AttemptReport;
 use crate::model::Verdict;
-use crate::outbox::entry::{AttemptLog, DeadLetter, OutboxEntry};
+use crate::outbox::entry::{AttemptLog, DeadLetter, Hold, OutboxEntry};
 use crate::outbox::store::{DestHealth, StoreError};
 use crate::route::plan::Payload;
 use std::future::Future;
@@ -32,6 +32,8 @@ pub(crate) enum Step {
     Delivered,
     /// Rescheduled for this Unix ms.
     Retry(i64),
+    /// Not attempted: held by the destination's quiet hours until this Unix ms.
+    Held(i64),
     /// Moved to the dead letters.
     Dead,
     /// Not in the outbox any more (delivered or re-driven elsewhere).
@@ -79,11 +81,6 @@ fn panic_report(duration: Duration) -> AttemptReport {
 /// Whether a permanent failure means the destination itself is gone (a deleted chat webhook).
 fn destination_gone(status: Option<u16>, dest: &Destination) -> bool {
     matches!(dest.target, Target::Chat { .. }) && matches!(status, Some(404) | Some(410))
-}
-
-/// Now, in Unix ms: the clock of due times and of the attempts log.
-pub(super) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// The reason of an entry whose destination is no longer configured.
@@ -190,7 +187,16 @@ impl Deliverer {
             Loaded::Ready(entry, dest, span) => (*entry, dest, span),
             Loaded::Done(step) => return Ok(step),
         };
-        let started_ms = now_ms();
+        let now = self.now_ms();
+        if let Some(until) = self.quiet_until(&dest, &entry.clinic, now) {
+            // Due since its hold began, or since its own time when it was not held yet.
+            let due_ms = entry
+                .held
+                .map_or(entry.next_attempt_ms, |h| h.due_ms)
+                .min(now);
+            return self.hold(entry, due_ms, until).instrument(span).await;
+        }
+        let started_ms = now;
         let started = std::time::Instant::now();
         // `instrument`, not `enter`: an entered span guard held across an await leaks the span into
         // whatever else runs on this thread meanwhile.
@@ -212,6 +218,26 @@ impl Deliverer {
             .await
     }
 
+    /// Holds an entry that is due during its destination's quiet hours until they end: written
+    /// back with its next attempt at `until` (which also frees a PostgreSQL claim), its attempt
+    /// count, retry budget and attempts log untouched, since nothing was attempted.
+    async fn hold(
+        &self,
+        mut entry: OutboxEntry,
+        due_ms: i64,
+        until: i64,
+    ) -> Result<Step, StoreError> {
+        entry.next_attempt_ms = until;
+        entry.held = Some(Hold {
+            due_ms,
+            until_ms: until,
+        });
+        self.store.outbox_put(&entry).await?;
+        let until_utc = chrono::DateTime::from_timestamp_millis(until).unwrap_or_default();
+        tracing::info!(held_until = %until_utc.to_rfc3339(), "held by quiet hours");
+        Ok(Step::Held(until))
+    }
+
     /// Counts an attempt whose task panicked before it could record its outcome: the entry's
     /// attempt count goes up and it follows its retry schedule, like any failed attempt.
     pub(crate) async fn record_panicked(
@@ -224,9 +250,15 @@ impl Deliverer {
             Loaded::Done(step) => return Ok(step),
         };
         span.in_scope(|| tracing::error!("{PANIC_REASON}; counted as a failed attempt"));
-        self.record(&dest, seq, entry, panic_report(Duration::ZERO), now_ms())
-            .instrument(span)
-            .await
+        self.record(
+            &dest,
+            seq,
+            entry,
+            panic_report(Duration::ZERO),
+            self.now_ms(),
+        )
+        .instrument(span)
+        .await
     }
 
     /// Records one attempt's outcome: removes the entry on success, reschedules it on a retryable
@@ -273,7 +305,7 @@ impl Deliverer {
                 }
                 metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
                 metrics::histogram!(crate::telemetry::metric::DELIVERY_LATENCY, &labels)
-                    .record((now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
+                    .record((self.now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
                 tracing::info!(status = ?report.status, "delivered");
                 self.emit(Event::Delivered {
                     destination: destination.to_string(),
@@ -298,7 +330,17 @@ impl Deliverer {
                         .next_delay(entry.attempts, retry_after, &mut rand::thread_rng());
                 match delay {
                     Some(d) => {
-                        entry.next_attempt_ms = now_ms() + d.as_millis() as i64;
+                        let now = self.now_ms();
+                        // A retry that would fall in quiet hours waits for their end instead.
+                        let due = now + d.as_millis() as i64;
+                        entry.held =
+                            self.quiet_until(dest, &entry.clinic, due)
+                                .map(|until_ms| Hold {
+                                    due_ms: due,
+                                    until_ms,
+                                });
+                        entry.next_attempt_ms = entry.held.map_or(due, |h| h.until_ms);
+                        let d = Duration::from_millis((entry.next_attempt_ms - now).max(0) as u64);
                         self.store.outbox_put(&entry).await?;
                         metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "retry").increment(1);
                         tracing::warn!(status = ?report.status, %reason, retry_in = ?d, "delivery failed; will retry");
@@ -356,7 +398,7 @@ impl Deliverer {
         let dead = DeadLetter {
             entry: entry.clone(),
             reason: reason.clone(),
-            died_ms: now_ms(),
+            died_ms: self.now_ms(),
         };
         self.store.outbox_to_dead(&dead).await?;
         self.emit(Event::Dead {

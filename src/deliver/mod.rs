@@ -129,9 +129,42 @@ pub struct Deliverer {
     /// Destinations marked failing (mirrors the store's `dest_health`), so the success path only
     /// touches the store when a mark has to be cleared.
     failing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Each clinic's time zone, which its destinations' quiet hours are read in (a clinic not
+    /// in the config, whose entries wait for a destination, is read in UTC).
+    zones: Arc<HashMap<String, chrono_tz::Tz>>,
+    /// The clock due times are read from: the system's, or a test's.
+    clock: Clock,
     /// Where the unit tests make an attempt panic.
     #[cfg(test)]
     fault: TestFault,
+}
+
+/// The wall clock a deliverer schedules by: the system clock, or a manual one a test sets.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<std::sync::atomic::AtomicI64>>);
+
+impl Clock {
+    /// A clock that shows `at` until [`Clock::set`] moves it.
+    pub fn manual(at: chrono::DateTime<chrono::Utc>) -> Clock {
+        Clock(Some(Arc::new(std::sync::atomic::AtomicI64::new(
+            at.timestamp_millis(),
+        ))))
+    }
+
+    /// Moves a manual clock to `at` (the system clock cannot be moved: nothing happens).
+    pub fn set(&self, at: chrono::DateTime<chrono::Utc>) {
+        if let Some(ms) = &self.0 {
+            ms.store(at.timestamp_millis(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Now, in Unix ms.
+    pub(crate) fn now_ms(&self) -> i64 {
+        match &self.0 {
+            None => chrono::Utc::now().timestamp_millis(),
+            Some(ms) => ms.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
 }
 
 /// A broker destination's publisher, with the connection it keeps (boxed: the two differ a lot
@@ -200,9 +233,43 @@ impl Deliverer {
             mailer,
             events,
             failing: Arc::new(std::sync::Mutex::new(failing)),
+            zones: Arc::new(HashMap::new()),
+            clock: Clock::default(),
             #[cfg(test)]
             fault: TestFault::None,
         })
+    }
+
+    /// The same deliverer, reading quiet hours in each clinic's own zone (`clinicea.timezone`,
+    /// or the clinic's). The engine builds every deliverer with this.
+    pub fn with_clinic_zones(
+        mut self,
+        zones: impl IntoIterator<Item = (String, chrono_tz::Tz)>,
+    ) -> Deliverer {
+        self.zones = Arc::new(zones.into_iter().collect());
+        self
+    }
+
+    /// The same deliverer on `clock` instead of the system clock: what is due, when quiet hours
+    /// end, and the times written to the attempts log all read it. For tests that step through
+    /// hours without waiting for them.
+    pub fn with_clock(mut self, clock: Clock) -> Deliverer {
+        self.clock = clock;
+        self
+    }
+
+    /// Now on this deliverer's clock, in Unix ms.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// When a delivery of `clinic` to `dest` due at `at_ms` may go, when that is quiet for it:
+    /// the end of the quiet time, in Unix ms. `None`: it may go at `at_ms`.
+    pub(crate) fn quiet_until(&self, dest: &Destination, clinic: &str, at_ms: i64) -> Option<i64> {
+        let quiet = dest.quiet_hours.as_ref()?;
+        let tz = self.zones.get(clinic).copied().unwrap_or(chrono_tz::UTC);
+        let at = chrono::DateTime::from_timestamp_millis(at_ms)?;
+        quiet.hold_until(at, tz).map(|t| t.timestamp_millis())
     }
 
     fn emit(&self, e: Event) {

@@ -8,7 +8,7 @@
 //! `once` and the tests run the same worker until it is idle ([`Deliverer::deliver_all_due`]):
 //! it attempts each entry that was due when it started once, and stops when they are done.
 
-use super::attempt::{now_ms, Step};
+use super::attempt::Step;
 use super::Deliverer;
 use crate::outbox::entry::Wake;
 use crate::outbox::store::StoreError;
@@ -41,6 +41,8 @@ pub struct Outcome {
     pub retried: u64,
     /// Dead-lettered.
     pub(crate) dead: u64,
+    /// Held by quiet hours instead of attempted (not counted in `attempted`).
+    pub held: u64,
 }
 
 impl Outcome {
@@ -49,6 +51,10 @@ impl Outcome {
             Step::Delivered => self.delivered += 1,
             Step::Retry(_) => self.retried += 1,
             Step::Dead => self.dead += 1,
+            Step::Held(_) => {
+                self.held += 1;
+                return;
+            }
             Step::Gone => return,
         }
         self.attempted += 1;
@@ -59,6 +65,7 @@ impl Outcome {
         self.delivered += o.delivered;
         self.retried += o.retried;
         self.dead += o.dead;
+        self.held += o.held;
     }
 }
 
@@ -149,6 +156,8 @@ struct Worker {
     /// Until idle: the first store error, told once the attempts in flight are done.
     failed: Option<StoreError>,
     outcome: Outcome,
+    /// Whether the outbox has been scanned yet (held entries are looked at on the first scan).
+    scanned: bool,
 }
 
 impl Worker {
@@ -171,6 +180,7 @@ impl Worker {
             once_each: false,
             failed: None,
             outcome: Outcome::default(),
+            scanned: false,
         }
     }
 
@@ -178,7 +188,7 @@ impl Worker {
     /// entry that cannot be read is skipped and logged), those due now when running until idle
     /// (an entry that cannot be read is an error).
     async fn scan(&mut self) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.deliverer.now_ms();
         let found = match self.deliverer.store.outbox_due(&self.destination).await {
             Ok(found) => found,
             Err(e) if self.once_each => return Err(e),
@@ -187,10 +197,22 @@ impl Worker {
                 return Ok(());
             }
         };
+        let released = if self.scanned {
+            HashMap::new()
+        } else {
+            self.scanned = true;
+            self.released(now, &found).await
+        };
         for due in found {
             match due {
-                Ok(d) if self.once_each && d.at_ms > now => {}
-                Ok(d) => self.queue.push(d.at_ms, d.seq),
+                Ok(mut d) => {
+                    if let Some(&at) = released.get(&d.seq) {
+                        d.at_ms = at;
+                    }
+                    if !(self.once_each && d.at_ms > now) {
+                        self.queue.push(d.at_ms, d.seq);
+                    }
+                }
                 Err(e) if self.once_each => return Err(e),
                 Err(StoreError::Decode { what, .. }) => {
                     // The decode error is not logged: its text may quote the stored value.
@@ -202,6 +224,50 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// The entries held by quiet hours that the destination's quiet hours as configured now
+    /// release earlier (they were removed or changed since, and a reload or restart brought
+    /// that in): seq → when it is due now. An entry held longer by the new hours is not listed;
+    /// its attempt holds it again, to their end. Entries are read only when some wait for a
+    /// later time, and a store error only means they wait for their old time.
+    async fn released(
+        &self,
+        now: i64,
+        found: &[Result<crate::outbox::store::Due, StoreError>],
+    ) -> HashMap<u64, i64> {
+        let mut released = HashMap::new();
+        if !found
+            .iter()
+            .any(|d| d.as_ref().is_ok_and(|d| d.at_ms > now))
+        {
+            return released;
+        }
+        let Some(dest) = self.deliverer.destinations.get(&*self.destination) else {
+            return released;
+        };
+        let entries = match self.deliverer.store.outbox_entries(&self.destination).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(destination = %self.destination, "cannot look at held deliveries: {e}");
+                return released;
+            }
+        };
+        for (seq, entry) in entries {
+            let Some(hold) = entry.held_now(now) else {
+                continue;
+            };
+            // When it would go under the hours configured now, from when it was due.
+            let from = hold.due_ms.max(now);
+            let due = self
+                .deliverer
+                .quiet_until(dest, &entry.clinic, from)
+                .unwrap_or(from);
+            if due < hold.until_ms {
+                released.insert(seq, due);
+            }
+        }
+        released
     }
 
     /// Runs the loop until `until` says stop, and returns what it did.
@@ -280,7 +346,7 @@ impl Worker {
     /// Starts what is due, within the limit and the service's rate (nothing new after a store
     /// error, when running until idle).
     fn start_due(&mut self) {
-        let now = now_ms();
+        let now = self.deliverer.now_ms();
         while self.inflight.len() < self.limit && self.failed.is_none() {
             if self.queue.next_due().is_none_or(|due| due > now) {
                 break;
@@ -309,7 +375,7 @@ impl Worker {
         let until_due = self
             .queue
             .next_due()
-            .map(|due| Duration::from_millis((due - now_ms()).max(0) as u64))
+            .map(|due| Duration::from_millis((due - self.deliverer.now_ms()).max(0) as u64))
             .unwrap_or(MAX_IDLE_SLEEP);
         let until_rate = self.min_interval.saturating_sub(self.last_send.elapsed());
         until_due.max(until_rate).min(MAX_IDLE_SLEEP)
@@ -334,14 +400,16 @@ impl Worker {
             Err(e) => {
                 // Cancelled (only at shutdown): the entry is still in the outbox, untouched.
                 tracing::warn!(destination = %self.destination, "a delivery task ended early: {e}");
-                Ok(Step::Retry(now_ms() + store_error_retry))
+                Ok(Step::Retry(self.deliverer.now_ms() + store_error_retry))
             }
         };
         match result {
             Ok(step) => {
                 self.outcome.add(step);
                 match step {
-                    Step::Retry(due) if !self.once_each => self.queue.requeue(due, seq),
+                    Step::Retry(due) | Step::Held(due) if !self.once_each => {
+                        self.queue.requeue(due, seq)
+                    }
                     _ => self.queue.done(seq),
                 }
             }
@@ -351,7 +419,8 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(destination = %self.destination, "store error during delivery: {e}; retrying in {STORE_ERROR_RETRY:?}");
-                self.queue.requeue(now_ms() + store_error_retry, seq);
+                self.queue
+                    .requeue(self.deliverer.now_ms() + store_error_retry, seq);
             }
         }
     }
@@ -457,6 +526,7 @@ mod panic_tests {
             allow_private: false,
             shape: Default::default(),
             digest: None,
+            quiet_hours: None,
         }
     }
 
@@ -476,8 +546,9 @@ mod panic_tests {
             change_seq: 0,
             payload: Payload::Webhook { body: "{}".into() },
             attempts: 0,
-            next_attempt_ms: now_ms(),
-            created_ms: now_ms(),
+            next_attempt_ms: chrono::Utc::now().timestamp_millis(),
+            created_ms: chrono::Utc::now().timestamp_millis(),
+            held: None,
         };
         store.outbox_put(&entry).await.unwrap();
         let mut d = Deliverer::new(

@@ -36,6 +36,30 @@ pub struct OutboxEntry {
     pub next_attempt_ms: i64,
     /// When the entry was created (Unix ms).
     pub created_ms: i64,
+    /// Set while the entry is held by its destination's quiet hours. Holding is not an attempt.
+    /// Absent in entries stored before quiet hours existed, and left out when unset, so those
+    /// bytes stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Hold>,
+}
+
+/// Why an entry waits longer than it would: quiet hours, from when it was due until their end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// When it was due before the hold (Unix ms): its first attempt's time, or when its retry
+    /// wait ended. Quiet hours changed by a reload are applied from here.
+    pub due_ms: i64,
+    /// The end of the quiet time (Unix ms), which is then also `next_attempt_ms`.
+    pub until_ms: i64,
+}
+
+impl OutboxEntry {
+    /// The hold on this entry, if it is held now: it is only believed while the entry still
+    /// waits for that very time (a re-driven or rescheduled entry may carry a stale one).
+    pub fn held_now(&self, now_ms: i64) -> Option<Hold> {
+        self.held
+            .filter(|h| h.until_ms == self.next_attempt_ms && h.until_ms > now_ms)
+    }
 }
 
 /// One detected change as the change journal keeps it: which record, what kind of change, which
@@ -144,6 +168,7 @@ impl Planned {
             attempts: 0,
             next_attempt_ms: now,
             created_ms: now,
+            held: None,
         };
         match self.payload {
             Ok(p) => {

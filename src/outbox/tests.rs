@@ -87,6 +87,7 @@ pub(crate) fn entry(destination: &str, seq: u64) -> OutboxEntry {
         attempts: 0,
         next_attempt_ms: 0,
         created_ms: 0,
+        held: None,
     }
 }
 

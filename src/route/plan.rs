@@ -535,6 +535,7 @@ mod zone_tests {
             allow_private: false,
             shape: Default::default(),
             digest: None,
+            quiet_hours: None,
         };
         let specs: Vec<Spanned<RuleSpec>> =
             serde_saphyr::from_str("- {name: all, notify: [chat]}").unwrap();

@@ -236,7 +236,7 @@ async fn status_prints_clinics_resources_and_destinations_as_json() {
     let hooks = &dests[0];
     assert_eq!(
         keys(hooks),
-        ["dead", "digest", "failing", "kind", "name", "queued", "retrying"]
+        ["dead", "digest", "failing", "held", "kind", "name", "queued", "retrying"]
     );
     assert_eq!(hooks["name"], "hooks");
     assert_eq!(hooks["kind"], "webhook");

@@ -29,6 +29,7 @@ mod metrics_and_health;
 mod move_to_postgres;
 mod paging;
 mod polling;
+mod quiet_hours;
 mod rehearsal_kit;
 mod retention_and_erasure;
 mod rule_matching;

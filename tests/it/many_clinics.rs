@@ -319,24 +319,38 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
         drain_outbox(&engine, Duration::from_secs(20)).await;
     }
     assert_eq!(rx.count(), 5);
-    // What the version before clinics wrote: journal entries name their `source`, outbox
-    // entries no clinic. One such entry is still queued.
+    // What the version before clinics wrote: journal entries hold the whole change and name its
+    // `source`, outbox entries no clinic. One such entry is still queued.
     let path = store_path(&t);
+    let records: std::collections::HashMap<String, serde_json::Value> = sb
+        .sandbox
+        .records("leads")
+        .into_iter()
+        .map(|r| (r["ID"].as_str().unwrap().to_string(), r))
+        .collect();
     {
         let db = sled::open(&path).unwrap();
         let changes = db.open_tree("changes").unwrap();
         for kv in changes.iter() {
             let (k, v) = kv.unwrap();
-            let text = String::from_utf8(v.to_vec()).unwrap();
-            assert!(text.contains(r#""clinic":"default""#), "{text}");
+            let slim: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            assert_eq!(slim["clinic"], "default", "{slim}");
+            let id = slim["id"].as_str().unwrap();
+            let whole = serde_json::json!({
+                "source": "default", "resource": slim["resource"], "id": id,
+                "change": slim["change"], "record": records[id], "previous": null,
+                "changed_fields": slim["changed_fields"], "server_status": null,
+                "detected_at": slim["detected_at"],
+            });
             changes
-                .insert(
-                    k,
-                    text.replace(r#""clinic":"default""#, r#""source":"default""#)
-                        .as_bytes(),
-                )
+                .insert(k, serde_json::to_vec(&whole).unwrap())
                 .unwrap();
         }
+        db.open_tree("meta")
+            .unwrap()
+            .remove(b"upgrade\0slim-journal")
+            .unwrap()
+            .expect("the journal rewrite is recorded as done");
         let old_entry = serde_json::json!({
             "seq": 900_001, "destination": "hooks", "webhook_id": "msg_queued_by_the_old_version",
             "event_type": "leads.added", "resource": "leads", "record_id": "OLD-1", "rule": "r",

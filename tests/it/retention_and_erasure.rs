@@ -32,6 +32,7 @@ async fn put_dead(store: &Store, seq: u64, record_id: &str, died_ms: i64) {
         attempts: 1,
         next_attempt_ms: died_ms,
         created_ms: died_ms,
+        held: None,
     };
     let dead = DeadLetter {
         entry,

@@ -148,6 +148,7 @@ impl Config {
             timeout: None,
             concurrency: None,
             retry: None,
+            quiet_hours: None,
             allow_private: false,
         });
         self.destinations
@@ -279,11 +280,14 @@ pub struct Clinicea {
     page_delay: Option<String>,
     poll_interval_min: Option<String>,
     trigger_token: Option<String>,
+    timezone: Option<String>,
     baseline_off: bool,
     allow_private: bool,
 }
 
 keys!(Clinicea {
+    /// `timezone: ZONE` (the clinic's IANA zone, which quiet hours are read in).
+    timezone: &str,
     /// `api_key: KEY` (literal, or `${VAR}`).
     api_key: &str,
     /// `auth: MODE` (`header`, `api_key_header`, `query`, `login`).
@@ -326,6 +330,7 @@ impl Clinicea {
             page_delay: None,
             poll_interval_min: None,
             trigger_token: None,
+            timezone: None,
             baseline_off: false,
             allow_private: false,
         }
@@ -378,6 +383,7 @@ impl Clinicea {
         y.text(1, "page_delay", &self.page_delay);
         y.text(1, "poll_interval_min", &self.poll_interval_min);
         y.text(1, "trigger_token", &self.trigger_token);
+        y.text(1, "timezone", &self.timezone);
         if self.baseline_off {
             y.key(1, "baseline");
             y.raw(2, "enabled", "false");
@@ -730,10 +736,13 @@ pub struct Webhook {
     timeout: Option<String>,
     concurrency: Option<u32>,
     retry: Option<Retry>,
+    quiet_hours: Option<String>,
     allow_private: bool,
 }
 
 keys!(Webhook {
+    /// `quiet_hours: { ... }`, written as given (a YAML flow mapping).
+    quiet_hours: &str,
     /// `secret: SECRET` instead of [`SECRET`] (literal, or `${VAR}`).
     secret: &str,
     /// `timeout: DURATION`.
@@ -758,6 +767,9 @@ impl Webhook {
         y.number(2, "concurrency", self.concurrency);
         if let Some(r) = &self.retry {
             r.write(y, 2);
+        }
+        if let Some(q) = &self.quiet_hours {
+            y.raw(2, "quiet_hours", q);
         }
         y.flag(2, "allow_private: true", self.allow_private);
     }
