@@ -246,7 +246,7 @@ pub async fn flush_due(
 
 /// Runs [`flush_due`] until cancelled: at once, after every `kick` (a page stored members), and
 /// at the next window close, at least every [`MAX_FLUSHER_SLEEP`].
-pub(crate) async fn run_flusher(
+pub async fn run_flusher(
     store: Store,
     pipeline: Arc<Pipeline>,
     wake: mpsc::UnboundedSender<Wake>,

@@ -32,7 +32,7 @@ pub struct Engine {
     /// Who watches its polls and deliveries; a reload's engine tells the same watcher.
     events: Events,
     /// Kicks this generation's digest flusher after a page stored digest members.
-    pub(crate) digest_kick: Arc<tokio::sync::Notify>,
+    pub digest_kick: Arc<tokio::sync::Notify>,
 }
 
 /// What one poll of one clinic's resource came to, for `once` and the tests.

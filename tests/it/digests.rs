@@ -354,3 +354,79 @@ async fn kill_9_while_digests_flush_loses_nothing_and_a_resent_digest_keeps_its_
         waiting.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_digest_is_flushed_as_soon_as_its_page_is_stored() {
+    let sb = empty_sandbox().await;
+    let catcher = start_catcher(CatcherOptions::default()).await;
+    let t = TestDir::new(
+        &digest_config(
+            &sb.base_url(),
+            catcher.addr.port(),
+            "{ every: 24h, max: 3 }",
+        )
+        .to_yaml(),
+    );
+    let engine = t.engine().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let flusher = tokio::spawn(clinicea_notifier::daemon::digest::run_flusher(
+        engine.store.clone(),
+        engine.settings.pipeline.clone(),
+        tx,
+        engine.digest_kick.clone(),
+        cancel.clone(),
+    ));
+    // Its first round finds nothing and goes to sleep (for a minute, or until kicked).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err());
+    insert_leads(&sb, 3);
+    poll_report(&engine).await.unwrap();
+    let w = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the page's kick woke the flusher")
+        .unwrap();
+    assert_eq!(w.destination, "front-desk");
+    assert_eq!(engine.store.outbox_len().await.unwrap(), 1);
+    assert!(engine.store.digest_members().await.unwrap().is_empty());
+    cancel.cancel();
+    flusher.await.unwrap();
+}
+
+#[tokio::test]
+async fn test_rule_says_a_delivery_would_be_digested_and_when() {
+    let t =
+        TestDir::new(&digest_config("https://api.clinicea.com", 2525, "{ every: 1h }").to_yaml());
+    let record = t.dir.path().join("lead.json");
+    let mut lead = test_lead();
+    lead["ID"] = "L-1".into();
+    std::fs::write(&record, lead.to_string()).unwrap();
+    let record = record.display().to_string();
+    let out = cli(
+        &t,
+        &[
+            "test-rule",
+            "--resource",
+            "leads",
+            "--record",
+            record.as_str(),
+        ],
+    )
+    .await;
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("digested (every 1h): not sent on its own")
+            && text.contains("or at once when 50 changes wait"),
+        "{text}"
+    );
+    // The time it names is the next whole hour.
+    let at = text
+        .split("which goes out at ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+    assert_eq!(at.timestamp() % 3600, 0, "{at}");
+    assert!(at.timestamp() > Utc::now().timestamp());
+}
