@@ -157,6 +157,9 @@ pub struct DestinationSummary {
     pub retries: usize,
     /// Its quiet hours as `20:00-08:00, all day sat sun` (in each clinic's zone), or `null`.
     pub quiet_hours: Option<String>,
+    /// Its digest as `every 1h, at most 50, template digest` (windows in each clinic's zone), or
+    /// `null`.
+    pub digest: Option<String>,
 }
 
 /// The report of one `check` run.
@@ -261,6 +264,7 @@ fn check_summary(s: &Settings) -> CheckSummary {
                 target: target_text(&d.target),
                 retries: d.retry.schedule.len(),
                 quiet_hours: d.quiet_hours.map(|q| q.to_string()),
+                digest: d.digest.as_ref().map(digest_text),
             })
             .collect(),
         rules: s.pipeline.rules.describe(),
@@ -351,9 +355,13 @@ pub(crate) fn summary(s: &Settings) -> String {
             Some(q) => format!("; quiet hours, clinic time: {q}"),
             None => String::new(),
         };
+        let digest = match &d.digest {
+            Some(g) => format!("; digest, clinic time: {}", digest_text(g)),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {:<14} {:<11} {} (retries: {}{quiet})",
+            "  {:<14} {:<11} {} (retries: {}{quiet}{digest})",
             d.name,
             d.kind_str(),
             target_text(&d.target),
@@ -366,4 +374,14 @@ pub(crate) fn summary(s: &Settings) -> String {
     }
     let _ = writeln!(out, "Store: {}   Listen: {}", store_text(s), s.base.listen);
     out
+}
+
+/// A digest as `check` shows it: `every 1h, at most 50, template digest`.
+fn digest_text(d: &crate::config::digest::Digest) -> String {
+    format!(
+        "{}, at most {}, template {}",
+        d.schedule.describe(),
+        d.max,
+        d.template.base
+    )
 }
