@@ -326,6 +326,29 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_hour_across_the_fall_back_night_closes_each_local_hour_once() {
+        let s = DigestSchedule::Every(Duration::from_secs(3600));
+        let ny = chrono_tz::America::New_York;
+        // 2026-11-01 01:00 EDT is 05:00 UTC; the clock shows 01:00 again at 06:00 UTC (EST).
+        let mut t = utc("2026-11-01T03:30:00Z");
+        let mut closes = Vec::new();
+        for _ in 0..4 {
+            t = s.next_close(t, ny);
+            closes.push(t);
+        }
+        assert_eq!(
+            closes,
+            [
+                utc("2026-11-01T04:00:00Z"),
+                utc("2026-11-01T05:00:00Z"),
+                utc("2026-11-01T07:00:00Z"),
+                utc("2026-11-01T08:00:00Z"),
+            ],
+            "01:00 closes once; the repeated hour is part of the window to 02:00 EST"
+        );
+    }
+
     fn raw(yaml: &str) -> RawDigest {
         serde_saphyr::from_str(yaml).unwrap()
     }

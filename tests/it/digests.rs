@@ -110,6 +110,16 @@ async fn an_hourly_digest_of_12_leads_is_one_email_listing_12() {
     assert_eq!(dg.waiting, 12);
     let next = dg.next_close.expect("a next close");
     assert_eq!(next.timestamp() % 3600, 0, "closes at a whole hour: {next}");
+    let text = clinicea_notifier::commands::status::status_text(&engine.settings, &engine.store)
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "digest every 1h: 12 waiting, next at {}",
+            next.to_rfc3339()
+        )),
+        "{text}"
+    );
 
     // Before the window closes nothing goes; at its close, one digest of all 12.
     let start = oldest_member(&engine).await;
