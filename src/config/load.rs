@@ -1651,7 +1651,25 @@ fn digest_of(
         }
         return None;
     };
-    let d = crate::config::digest::compile(name, raw_digest, template, email, line, problems)?;
+    let Some(d) = crate::config::digest::compile(name, raw_digest, template, email, line, problems)
+    else {
+        // Its other keys are wrong; a missing template is still worth saying at once.
+        if let Some(t) = template {
+            config
+                .template_files
+                .push(crate::config::destination::TemplateFile {
+                    base: t.to_string(),
+                    part: if email {
+                        crate::config::destination::TemplatePart::EmailBody
+                    } else {
+                        crate::config::destination::TemplatePart::ChatText
+                    },
+                    key: format!("destinations.{name}.digest_template"),
+                    line,
+                });
+        }
+        return None;
+    };
     config.template_files.push(d.template.clone());
     config.inline_templates.extend(d.subject.iter().cloned());
     Some(d)
