@@ -20,6 +20,8 @@ pub struct Settings {
     pub pipeline: Arc<Pipeline>,
     /// The SMTP server, when email destinations exist.
     pub(crate) smtp: Option<SmtpSettings>,
+    /// `alerts:`, when the operator asked for alerts.
+    pub(crate) alerts: Option<config::alerts::Alerts>,
 }
 
 /// Loads and compiles a config file with the process environment.
@@ -195,6 +197,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         base: cfg.base,
         pipeline: Arc::new(pipeline),
         smtp: cfg.smtp,
+        alerts: cfg.alerts,
     })
 }
 

@@ -129,6 +129,9 @@ pub struct Deliverer {
     /// Destinations marked failing (mirrors the store's `dest_health`), so the success path only
     /// touches the store when a mark has to be cleared.
     failing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Destinations with a run of failed attempts in the store (mirrors its failure streaks,
+    /// for the operator's alerts), so on sled a success touches the store only to end one.
+    streaks: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Where the unit tests make an attempt panic.
     #[cfg(test)]
     fault: TestFault,
@@ -169,6 +172,12 @@ impl Deliverer {
             .into_iter()
             .map(|(name, _)| name)
             .collect();
+        let streaks = store
+            .failure_streaks()
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         let mut http = HashMap::new();
         let mut brokers = HashMap::new();
         for (name, d) in &destinations {
@@ -200,6 +209,7 @@ impl Deliverer {
             mailer,
             events,
             failing: Arc::new(std::sync::Mutex::new(failing)),
+            streaks: Arc::new(std::sync::Mutex::new(streaks)),
             #[cfg(test)]
             fault: TestFault::None,
         })

@@ -84,6 +84,18 @@ pub(crate) const SHIPPED: &[(&str, &str)] = &[
         "change.txt.hbs",
         include_str!("../../templates/change.txt.hbs"),
     ),
+    (
+        "alert.txt.hbs",
+        include_str!("../../templates/alert.txt.hbs"),
+    ),
+    (
+        "alert.html.hbs",
+        include_str!("../../templates/alert.html.hbs"),
+    ),
+    (
+        "alert-chat.txt.hbs",
+        include_str!("../../templates/alert-chat.txt.hbs"),
+    ),
 ];
 
 /// The unset date Clinicea sends for an empty timestamp; the `date` helper renders it as empty.
