@@ -769,3 +769,306 @@ pub(crate) async fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The monitor on an injected clock, over a real store: sled in a temporary folder and,
+    //! when `CLINICEA_TEST_POSTGRES_URL` names a server, PostgreSQL in a database of its own.
+
+    use super::*;
+    use crate::outbox::scratch::ScratchDatabase;
+    use crate::outbox::store::{PgOptions, DEFAULT_CACHE_BYTES};
+    use crate::route::plan::Payload;
+    use chrono::TimeDelta;
+
+    const YAML: &str = "\
+clinicea:
+  base_url: https://api.clinicea.com
+  api_key: KEY-THAT-MUST-NOT-SHOW
+resources:
+  leads: { path: /api/v1/leads }
+smtp:
+  host: 127.0.0.1
+  port: 2525
+  from: notifier@clinic.example
+destinations:
+  crm:
+    type: webhook
+    url: https://crm.example/hook/SECRET-PATH-TOKEN
+    secret: whsec_Anosux//B7ArbYviwgw2UiZGtkFolNS3DLG8vqVJDWo=
+  ops-email:
+    type: email
+    to: [ops@clinic.example]
+    subject: x
+    template: new-lead
+  ops-hook:
+    type: webhook
+    url: https://ops.example/alerts
+    secret: whsec_Anosux//B7ArbYviwgw2UiZGtkFolNS3DLG8vqVJDWo=
+rules:
+  - { name: r, resource: leads, notify: [crm] }
+alerts:
+  notify: [ops-email, ops-hook, crm]
+  destination_failing_for: 30m
+";
+
+    fn settings() -> Settings {
+        let cfg = crate::config::load_str(
+            YAML,
+            std::path::Path::new("/tmp/c.yaml"),
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        crate::daemon::settings::compile(cfg).unwrap()
+    }
+
+    /// A store on sled (`postgres` false) or PostgreSQL (`None` when no server is named), with
+    /// what keeps it alive.
+    async fn store_on(postgres: bool) -> Option<(Store, Box<dyn std::any::Any>)> {
+        if postgres {
+            let db = ScratchDatabase::from_env().await?;
+            let store = Store::open_postgres(&PgOptions {
+                url: db.url.clone(),
+                holder: None,
+                lease: Duration::from_secs(30),
+            })
+            .await
+            .unwrap();
+            Some((store, Box::new(db)))
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("data"), DEFAULT_CACHE_BYTES).unwrap();
+            Some((store, Box::new(dir)))
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn mins(m: i64) -> TimeDelta {
+        TimeDelta::minutes(m)
+    }
+
+    /// Every queued alert entry: (destination, event type, webhook id).
+    async fn queued(store: &Store) -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = store
+            .all_outbox()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.destination, e.event_type, e.webhook_id))
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn a_destination_failing_for_30_minutes_alerts_once_never_to_itself_and_recovers_once(
+        postgres: bool,
+    ) {
+        let Some((store, _home)) = store_on(postgres).await else {
+            return;
+        };
+        let s = settings();
+        let monitor = Monitor::new(store.clone(), &s).unwrap();
+        // Failing since t0, attempt after attempt.
+        for i in 0..5 {
+            store
+                .note_failure(
+                    "crm",
+                    t0() + mins(i),
+                    "HTTP 503 from https://crm.example/hook/SECRET-PATH-TOKEN",
+                )
+                .await
+                .unwrap();
+        }
+        // 29 minutes: nothing yet.
+        assert!(monitor.check(t0() + mins(29), &[]).await.unwrap().is_empty());
+        assert!(queued(&store).await.is_empty());
+        // 31 minutes: one alert to each notify destination but crm itself.
+        let wakes = monitor.check(t0() + mins(31), &[]).await.unwrap();
+        let q = queued(&store).await;
+        assert_eq!(wakes.len(), 2, "{q:?}");
+        let dests: Vec<&str> = q.iter().map(|(d, _, _)| d.as_str()).collect();
+        assert_eq!(dests, ["ops-email", "ops-hook"]);
+        assert!(q.iter().all(|(_, ev, _)| ev == "alert.destination_failing"));
+        // What it says: names, counts, a scrubbed reason; no secret.
+        let entries = store.all_outbox().await.unwrap();
+        for e in &entries {
+            let text = match &e.payload {
+                Payload::Webhook { body } => body.clone(),
+                Payload::Email(m) => format!("{}\n{}\n{:?}", m.subject, m.text, m.html),
+                other => panic!("unexpected payload {other:?}"),
+            };
+            assert!(text.contains("crm"), "{text}");
+            assert!(!text.contains("SECRET-PATH-TOKEN"), "{text}");
+            assert!(!text.contains("KEY-THAT-MUST-NOT-SHOW"), "{text}");
+        }
+        let hook = entries.iter().find(|e| e.destination == "ops-hook").unwrap();
+        let Payload::Webhook { body } = &hook.payload else {
+            panic!()
+        };
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["type"], "alert.destination_failing");
+        assert_eq!(v["data"]["destination"], "crm");
+        assert_eq!(v["data"]["failures"], 5);
+        assert_eq!(v["data"]["duration_seconds"], 31 * 60);
+        let mail = entries.iter().find(|e| e.destination == "ops-email").unwrap();
+        let Payload::Email(m) = &mail.payload else {
+            panic!()
+        };
+        assert_eq!(m.to, "ops@clinic.example");
+        assert!(m.subject.contains("destination crm has failed"), "{}", m.subject);
+        assert!(m.html.is_some());
+        // Still failing: no second alert, also from a new monitor over the same store (a restart).
+        assert!(monitor.check(t0() + mins(40), &[]).await.unwrap().is_empty());
+        let restarted = Monitor::new(store.clone(), &s).unwrap();
+        assert!(restarted.check(t0() + mins(50), &[]).await.unwrap().is_empty());
+        assert_eq!(queued(&store).await.len(), 2);
+        // It delivers again: one "recovered" each, then nothing more.
+        store.clear_failure_streak("crm").await.unwrap();
+        let wakes = restarted.check(t0() + mins(51), &[]).await.unwrap();
+        assert_eq!(wakes.len(), 2);
+        assert!(restarted.check(t0() + mins(52), &[]).await.unwrap().is_empty());
+        let q = queued(&store).await;
+        let recovered: Vec<_> = q.iter().filter(|(_, ev, _)| ev == RECOVERED_EVENT).collect();
+        assert_eq!(recovered.len(), 2, "{q:?}");
+        assert!(recovered.iter().all(|(d, _, _)| d != "crm"));
+        // Flapping: failing again at once is held back until 15 minutes after the last alert.
+        store
+            .note_failure("crm", t0() + mins(10), "HTTP 503")
+            .await
+            .unwrap();
+        assert!(restarted.check(t0() + mins(45), &[]).await.unwrap().is_empty());
+        assert_eq!(
+            restarted.check(t0() + mins(47), &[]).await.unwrap().len(),
+            2,
+            "after the limit it alerts again"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn destination_failing_on_sled() {
+        a_destination_failing_for_30_minutes_alerts_once_never_to_itself_and_recovers_once(false)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn destination_failing_on_postgres() {
+        a_destination_failing_for_30_minutes_alerts_once_never_to_itself_and_recovers_once(true)
+            .await;
+    }
+
+    fn view(
+        last_success: Option<DateTime<Utc>>,
+        unauthorized: Option<u16>,
+        watched_since: DateTime<Utc>,
+    ) -> ResourceView {
+        ResourceView {
+            clinic: "default".into(),
+            resource: "leads".into(),
+            last_success,
+            watched_since,
+            stale_after: Duration::from_secs(180),
+            unauthorized,
+            failures: 3,
+            last_error: Some(
+                "leads: the API answered HTTP 401 for KEY-THAT-MUST-NOT-SHOW".into(),
+            ),
+        }
+    }
+
+    async fn a_refused_key_alerts_at_once_and_once_and_a_restart_neither_repeats_nor_forgets(
+        postgres: bool,
+    ) {
+        let Some((store, _home)) = store_on(postgres).await else {
+            return;
+        };
+        let s = settings();
+        let monitor = Monitor::new(store.clone(), &s).unwrap();
+        let ok = t0();
+        // A 401 a second after the last success: at once, and not also "stale".
+        let refused = [view(Some(ok), Some(401), ok)];
+        assert_eq!(monitor.check(ok + TimeDelta::seconds(1), &refused).await.unwrap().len(), 3);
+        let q = queued(&store).await;
+        assert!(q.iter().all(|(_, ev, _)| ev == "alert.api_unauthorized"), "{q:?}");
+        assert!(monitor.check(ok + mins(20), &refused).await.unwrap().is_empty());
+        // A restart forgets the memory of polls: no success yet, so the incident stays open.
+        let restarted = Monitor::new(store.clone(), &s).unwrap();
+        let fresh = [view(None, None, ok + mins(21))];
+        assert!(restarted.check(ok + mins(21), &fresh).await.unwrap().is_empty());
+        // The key works again: one "recovered" to each.
+        let back = [view(Some(ok + mins(22)), None, ok + mins(21))];
+        assert_eq!(restarted.check(ok + mins(22), &back).await.unwrap().len(), 3);
+        assert!(restarted.check(ok + mins(23), &back).await.unwrap().is_empty());
+        let q = queued(&store).await;
+        assert_eq!(q.iter().filter(|(_, ev, _)| ev == RECOVERED_EVENT).count(), 3);
+        assert_eq!(q.len(), 6);
+        for e in store.all_outbox().await.unwrap() {
+            assert!(!format!("{e:?}").contains("KEY-THAT-MUST-NOT-SHOW"));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_key_on_sled() {
+        a_refused_key_alerts_at_once_and_once_and_a_restart_neither_repeats_nor_forgets(false)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_key_on_postgres() {
+        a_refused_key_alerts_at_once_and_once_and_a_restart_neither_repeats_nor_forgets(true)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_stale_resource_alerts_once_with_a_scrubbed_reason_and_recovers_after_a_success() {
+        let (store, _home) = store_on(false).await.unwrap();
+        let monitor = Monitor::new(store.clone(), &settings()).unwrap();
+        let ok = t0();
+        let failing = [view(Some(ok), None, ok)];
+        // Within the watchdog's window (3 minutes): nothing.
+        assert!(monitor.check(ok + mins(2), &failing).await.unwrap().is_empty());
+        assert_eq!(monitor.check(ok + mins(4), &failing).await.unwrap().len(), 3);
+        assert!(monitor.check(ok + mins(5), &failing).await.unwrap().is_empty());
+        let entries = store.all_outbox().await.unwrap();
+        assert!(entries.iter().all(|e| e.event_type == "alert.stale_resource"));
+        for e in &entries {
+            let dbg = format!("{e:?}");
+            assert!(!dbg.contains("KEY-THAT-MUST-NOT-SHOW"), "{dbg}");
+            assert!(dbg.contains("[redacted]"), "{dbg}");
+        }
+        let back = [view(Some(ok + mins(6)), None, ok)];
+        assert_eq!(monitor.check(ok + mins(6), &back).await.unwrap().len(), 3);
+        assert!(monitor.check(ok + mins(7), &back).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_incident_whose_subject_left_the_config_closes_without_a_message() {
+        let (store, _home) = store_on(false).await.unwrap();
+        let monitor = Monitor::new(store.clone(), &settings()).unwrap();
+        store.note_failure("crm", t0(), "HTTP 500").await.unwrap();
+        assert_eq!(monitor.check(t0() + mins(31), &[]).await.unwrap().len(), 2);
+        let yaml = YAML.replace("  destination_failing_for: 30m\n", "  destination_failing_for: off\n");
+        let cfg = crate::config::load_str(
+            &yaml,
+            std::path::Path::new("/tmp/c.yaml"),
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        let off = Monitor::new(store.clone(), &crate::daemon::settings::compile(cfg).unwrap())
+            .unwrap();
+        assert!(off.check(t0() + mins(32), &[]).await.unwrap().is_empty());
+        let incidents = store.incidents().await.unwrap();
+        assert_eq!(incidents.len(), 1);
+        assert!(incidents[0].1.open.is_none(), "{incidents:?}");
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(31 * 60 + 5)), "31m");
+        assert_eq!(human(Duration::from_secs(2 * 3600 + 5 * 60)), "2h 5m");
+        assert_eq!(human(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d 4h");
+    }
+}
