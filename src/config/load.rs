@@ -195,8 +195,11 @@ pub(crate) fn validate(parsed: Parsed, file: &Path) -> (Config, Vec<Problem>) {
         }
     }
     config.rules = raw.rules;
-    config.alerts =
-        super::alerts::validate(raw.alerts.as_ref(), &config.destination_names, &mut problems);
+    config.alerts = super::alerts::validate(
+        raw.alerts.as_ref(),
+        &config.destination_names,
+        &mut problems,
+    );
     // A default `clinicea:` key is checked once per clinic that inherits it: say it once.
     let mut seen = std::collections::HashSet::new();
     problems.retain(|p| seen.insert((p.line, p.key.clone(), p.message.clone())));

@@ -270,7 +270,9 @@ impl Monitor {
             match (&s.on, open) {
                 (Some(trouble), None) => {
                     let last = state.and_then(|st| st.last_alert_ms);
-                    if let Some(last) = last.filter(|l| now.timestamp_millis() - l < ms(REALERT_AFTER)) {
+                    if let Some(last) =
+                        last.filter(|l| now.timestamp_millis() - l < ms(REALERT_AFTER))
+                    {
                         tracing::debug!(incident = %key, last_alert_ms = last, "incident started again within {REALERT_AFTER:?} of its last alert; held back");
                         continue;
                     }
@@ -418,7 +420,10 @@ impl Monitor {
                         since,
                         failures: Some(u64::from(r.failures)),
                         status: None,
-                        reason: r.last_error.as_deref().map(|e| self.scrub_clinic(&r.clinic, e)),
+                        reason: r
+                            .last_error
+                            .as_deref()
+                            .map(|e| self.scrub_clinic(&r.clinic, e)),
                     }),
                     over_after: if stale { None } else { r.last_success },
                 });
@@ -500,7 +505,11 @@ impl Monitor {
             "alert_{id}_{}",
             if recovered { "recovered" } else { "open" }
         );
-        let event = if recovered { RECOVERED_EVENT } else { kind.event() };
+        let event = if recovered {
+            RECOVERED_EVENT
+        } else {
+            kind.event()
+        };
         let mut out = Vec::new();
         for name in &self.alerts.notify {
             if kind == Kind::DestinationFailing && subject.destination.as_deref() == Some(name) {
@@ -883,7 +892,11 @@ alerts:
                 .unwrap();
         }
         // 29 minutes: nothing yet.
-        assert!(monitor.check(t0() + mins(29), &[]).await.unwrap().is_empty());
+        assert!(monitor
+            .check(t0() + mins(29), &[])
+            .await
+            .unwrap()
+            .is_empty());
         assert!(queued(&store).await.is_empty());
         // 31 minutes: one alert to each notify destination but crm itself.
         let wakes = monitor.check(t0() + mins(31), &[]).await.unwrap();
@@ -904,7 +917,10 @@ alerts:
             assert!(!text.contains("SECRET-PATH-TOKEN"), "{text}");
             assert!(!text.contains("KEY-THAT-MUST-NOT-SHOW"), "{text}");
         }
-        let hook = entries.iter().find(|e| e.destination == "ops-hook").unwrap();
+        let hook = entries
+            .iter()
+            .find(|e| e.destination == "ops-hook")
+            .unwrap();
         let Payload::Webhook { body } = &hook.payload else {
             panic!()
         };
@@ -913,25 +929,47 @@ alerts:
         assert_eq!(v["data"]["destination"], "crm");
         assert_eq!(v["data"]["failures"], 5);
         assert_eq!(v["data"]["duration_seconds"], 31 * 60);
-        let mail = entries.iter().find(|e| e.destination == "ops-email").unwrap();
+        let mail = entries
+            .iter()
+            .find(|e| e.destination == "ops-email")
+            .unwrap();
         let Payload::Email(m) = &mail.payload else {
             panic!()
         };
         assert_eq!(m.to, "ops@clinic.example");
-        assert!(m.subject.contains("destination crm has failed"), "{}", m.subject);
+        assert!(
+            m.subject.contains("destination crm has failed"),
+            "{}",
+            m.subject
+        );
         assert!(m.html.is_some());
         // Still failing: no second alert, also from a new monitor over the same store (a restart).
-        assert!(monitor.check(t0() + mins(40), &[]).await.unwrap().is_empty());
+        assert!(monitor
+            .check(t0() + mins(40), &[])
+            .await
+            .unwrap()
+            .is_empty());
         let restarted = Monitor::new(store.clone(), &s).unwrap();
-        assert!(restarted.check(t0() + mins(50), &[]).await.unwrap().is_empty());
+        assert!(restarted
+            .check(t0() + mins(50), &[])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(queued(&store).await.len(), 2);
         // It delivers again: one "recovered" each, then nothing more.
         store.clear_failure_streak("crm").await.unwrap();
         let wakes = restarted.check(t0() + mins(51), &[]).await.unwrap();
         assert_eq!(wakes.len(), 2);
-        assert!(restarted.check(t0() + mins(52), &[]).await.unwrap().is_empty());
+        assert!(restarted
+            .check(t0() + mins(52), &[])
+            .await
+            .unwrap()
+            .is_empty());
         let q = queued(&store).await;
-        let recovered: Vec<_> = q.iter().filter(|(_, ev, _)| ev == RECOVERED_EVENT).collect();
+        let recovered: Vec<_> = q
+            .iter()
+            .filter(|(_, ev, _)| ev == RECOVERED_EVENT)
+            .collect();
         assert_eq!(recovered.len(), 2, "{q:?}");
         assert!(recovered.iter().all(|(d, _, _)| d != "crm"));
         // Flapping: failing again at once is held back until 15 minutes after the last alert.
@@ -939,7 +977,11 @@ alerts:
             .note_failure("crm", t0() + mins(10), "HTTP 503")
             .await
             .unwrap();
-        assert!(restarted.check(t0() + mins(45), &[]).await.unwrap().is_empty());
+        assert!(restarted
+            .check(t0() + mins(45), &[])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(
             restarted.check(t0() + mins(47), &[]).await.unwrap().len(),
             2,
@@ -972,9 +1014,7 @@ alerts:
             stale_after: Duration::from_secs(180),
             unauthorized,
             failures: 3,
-            last_error: Some(
-                "leads: the API answered HTTP 401 for KEY-THAT-MUST-NOT-SHOW".into(),
-            ),
+            last_error: Some("leads: the API answered HTTP 401 for KEY-THAT-MUST-NOT-SHOW".into()),
         }
     }
 
@@ -989,20 +1029,48 @@ alerts:
         let ok = t0();
         // A 401 a second after the last success: at once, and not also "stale".
         let refused = [view(Some(ok), Some(401), ok)];
-        assert_eq!(monitor.check(ok + TimeDelta::seconds(1), &refused).await.unwrap().len(), 3);
+        assert_eq!(
+            monitor
+                .check(ok + TimeDelta::seconds(1), &refused)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
         let q = queued(&store).await;
-        assert!(q.iter().all(|(_, ev, _)| ev == "alert.api_unauthorized"), "{q:?}");
-        assert!(monitor.check(ok + mins(20), &refused).await.unwrap().is_empty());
+        assert!(
+            q.iter().all(|(_, ev, _)| ev == "alert.api_unauthorized"),
+            "{q:?}"
+        );
+        assert!(monitor
+            .check(ok + mins(20), &refused)
+            .await
+            .unwrap()
+            .is_empty());
         // A restart forgets the memory of polls: no success yet, so the incident stays open.
         let restarted = Monitor::new(store.clone(), &s).unwrap();
         let fresh = [view(None, None, ok + mins(21))];
-        assert!(restarted.check(ok + mins(21), &fresh).await.unwrap().is_empty());
+        assert!(restarted
+            .check(ok + mins(21), &fresh)
+            .await
+            .unwrap()
+            .is_empty());
         // The key works again: one "recovered" to each.
         let back = [view(Some(ok + mins(22)), None, ok + mins(21))];
-        assert_eq!(restarted.check(ok + mins(22), &back).await.unwrap().len(), 3);
-        assert!(restarted.check(ok + mins(23), &back).await.unwrap().is_empty());
+        assert_eq!(
+            restarted.check(ok + mins(22), &back).await.unwrap().len(),
+            3
+        );
+        assert!(restarted
+            .check(ok + mins(23), &back)
+            .await
+            .unwrap()
+            .is_empty());
         let q = queued(&store).await;
-        assert_eq!(q.iter().filter(|(_, ev, _)| ev == RECOVERED_EVENT).count(), 3);
+        assert_eq!(
+            q.iter().filter(|(_, ev, _)| ev == RECOVERED_EVENT).count(),
+            3
+        );
         assert_eq!(q.len(), 6);
         for e in store.all_outbox().await.unwrap() {
             assert!(!format!("{e:?}").contains("KEY-THAT-MUST-NOT-SHOW"));
@@ -1017,8 +1085,7 @@ alerts:
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refused_key_on_postgres() {
-        a_refused_key_alerts_at_once_and_once_and_a_restart_neither_repeats_nor_forgets(true)
-            .await;
+        a_refused_key_alerts_at_once_and_once_and_a_restart_neither_repeats_nor_forgets(true).await;
     }
 
     #[tokio::test]
@@ -1028,11 +1095,24 @@ alerts:
         let ok = t0();
         let failing = [view(Some(ok), None, ok)];
         // Within the watchdog's window (3 minutes): nothing.
-        assert!(monitor.check(ok + mins(2), &failing).await.unwrap().is_empty());
-        assert_eq!(monitor.check(ok + mins(4), &failing).await.unwrap().len(), 3);
-        assert!(monitor.check(ok + mins(5), &failing).await.unwrap().is_empty());
+        assert!(monitor
+            .check(ok + mins(2), &failing)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            monitor.check(ok + mins(4), &failing).await.unwrap().len(),
+            3
+        );
+        assert!(monitor
+            .check(ok + mins(5), &failing)
+            .await
+            .unwrap()
+            .is_empty());
         let entries = store.all_outbox().await.unwrap();
-        assert!(entries.iter().all(|e| e.event_type == "alert.stale_resource"));
+        assert!(entries
+            .iter()
+            .all(|e| e.event_type == "alert.stale_resource"));
         for e in &entries {
             let dbg = format!("{e:?}");
             assert!(!dbg.contains("KEY-THAT-MUST-NOT-SHOW"), "{dbg}");
@@ -1049,15 +1129,21 @@ alerts:
         let monitor = Monitor::new(store.clone(), &settings()).unwrap();
         store.note_failure("crm", t0(), "HTTP 500").await.unwrap();
         assert_eq!(monitor.check(t0() + mins(31), &[]).await.unwrap().len(), 2);
-        let yaml = YAML.replace("  destination_failing_for: 30m\n", "  destination_failing_for: off\n");
+        let yaml = YAML.replace(
+            "  destination_failing_for: 30m\n",
+            "  destination_failing_for: off\n",
+        );
         let cfg = crate::config::load_str(
             &yaml,
             std::path::Path::new("/tmp/c.yaml"),
             &std::collections::HashMap::new(),
         )
         .unwrap();
-        let off = Monitor::new(store.clone(), &crate::daemon::settings::compile(cfg).unwrap())
-            .unwrap();
+        let off = Monitor::new(
+            store.clone(),
+            &crate::daemon::settings::compile(cfg).unwrap(),
+        )
+        .unwrap();
         assert!(off.check(t0() + mins(32), &[]).await.unwrap().is_empty());
         let incidents = store.incidents().await.unwrap();
         assert_eq!(incidents.len(), 1);

@@ -1176,43 +1176,6 @@ async fn insert_dead(tx: &mut Transaction<'static, Postgres>, d: &DeadLetter) ->
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_schema_newer_than_the_binary_is_refused_and_pending_ones_are_counted() {
-        let newest = MIGRATOR.iter().map(|m| m.version).max().unwrap();
-        assert!(matches!(
-            schema_of(&[newest, newest + 1]),
-            Err(StoreError::SchemaNewer { found, known }) if found == newest + 1 && known == newest
-        ));
-        assert_eq!(
-            schema_of(&[]).unwrap(),
-            Schema::Current {
-                version: 0,
-                pending: MIGRATOR.iter().count()
-            }
-        );
-        assert_eq!(
-            schema_of(&[newest]).unwrap(),
-            Schema::Current {
-                version: newest,
-                pending: MIGRATOR.iter().count() - 1
-            }
-        );
-    }
-
-    #[test]
-    fn a_bad_url_is_an_error_that_does_not_repeat_it() {
-        let e = connect_options("postgres://u:s3cret@h:99999/db")
-            .unwrap_err()
-            .to_string();
-        assert!(!e.contains("s3cret"), "{e}");
-        assert!(e.contains("not a PostgreSQL URL"), "{e}");
-    }
-}
-
 // --- operator alerts ----------------------------------------------------------------------
 //
 // The tables `dest_streaks` and `incidents` (migration 20261203000002_alerts).
@@ -1304,17 +1267,15 @@ impl PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let moved = match (stored, expected) {
-            (None, None) => {
-                sqlx::query(
-                    "INSERT INTO incidents (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-                )
-                .bind(key)
-                .bind(encode(next))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1
-            }
+            (None, None) => sqlx::query(
+                "INSERT INTO incidents (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(encode(next))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1,
             (Some(stored), Some(expected)) if stored == encode(expected) => {
                 sqlx::query("UPDATE incidents SET value = $2 WHERE key = $1")
                     .bind(key)
@@ -1334,5 +1295,42 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_newer_than_the_binary_is_refused_and_pending_ones_are_counted() {
+        let newest = MIGRATOR.iter().map(|m| m.version).max().unwrap();
+        assert!(matches!(
+            schema_of(&[newest, newest + 1]),
+            Err(StoreError::SchemaNewer { found, known }) if found == newest + 1 && known == newest
+        ));
+        assert_eq!(
+            schema_of(&[]).unwrap(),
+            Schema::Current {
+                version: 0,
+                pending: MIGRATOR.iter().count()
+            }
+        );
+        assert_eq!(
+            schema_of(&[newest]).unwrap(),
+            Schema::Current {
+                version: newest,
+                pending: MIGRATOR.iter().count() - 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_an_error_that_does_not_repeat_it() {
+        let e = connect_options("postgres://u:s3cret@h:99999/db")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        assert!(e.contains("not a PostgreSQL URL"), "{e}");
     }
 }

@@ -70,7 +70,11 @@ async fn a_revoked_key_alerts_once_and_recovers_once() {
     assert_eq!(got[0]["data"]["clinic"], "default");
     assert_eq!(got[0]["data"]["status"], 401);
     tokio::time::sleep(NOTHING_MORE_FOR).await;
-    assert_eq!(alerts(&ops).len(), 1, "still one alert while every poll is refused");
+    assert_eq!(
+        alerts(&ops).len(),
+        1,
+        "still one alert while every poll is refused"
+    );
     // The key works again.
     t.rewrite(&revoked_key_config(&sb.base_url(), SANDBOX_KEY, &ops.url));
     assert!(d.reload("config reloaded", 2, ARRIVES_WITHIN).await);
@@ -83,7 +87,10 @@ async fn a_revoked_key_alerts_once_and_recovers_once() {
     for r in ops.received() {
         verify_with_library(&r).expect("alerts are signed like any webhook");
         let body = String::from_utf8_lossy(&r.body).to_string();
-        assert!(!body.contains("revoked-key") && !body.contains(SANDBOX_KEY), "{body}");
+        assert!(
+            !body.contains("revoked-key") && !body.contains(SANDBOX_KEY),
+            "{body}"
+        );
     }
     assert!(!d.stderr_text().contains("revoked-key"));
     d.terminate(Duration::from_secs(15)).await;
@@ -92,7 +99,9 @@ async fn a_revoked_key_alerts_once_and_recovers_once() {
 fn failing_config(base_url: &str, crm: &str, ops: &str) -> String {
     Config::new(Clinicea::sandbox_from_now(base_url).poll_interval("300ms"))
         .listen()
-        .webhook("crm", crm, |w| w.timeout("2s").retry(Retry::every("300ms", 500)))
+        .webhook("crm", crm, |w| {
+            w.timeout("2s").retry(Retry::every("300ms", 500))
+        })
         .webhook("ops", ops, |w| w.timeout("2s"))
         .rule(Rule::new("leads-to-crm", &["crm"]).resource("leads"))
         .alerts(
@@ -117,7 +126,11 @@ async fn a_failing_destination_alerts_once_never_itself_not_again_after_a_restar
     assert_eq!(got.len(), 1, "{}", d.stderr_text());
     assert_eq!(got[0]["type"], "alert.destination_failing");
     assert_eq!(got[0]["data"]["destination"], "crm");
-    assert!(got[0]["data"]["failures"].as_u64().unwrap() >= 2, "{}", got[0]);
+    assert!(
+        got[0]["data"]["failures"].as_u64().unwrap() >= 2,
+        "{}",
+        got[0]
+    );
     assert!(got[0]["data"]["duration_seconds"].as_u64().unwrap() >= 2);
     // Nothing of the record is in it.
     let text = got[0].to_string();
@@ -125,7 +138,10 @@ async fn a_failing_destination_alerts_once_never_itself_not_again_after_a_restar
         let value = test_lead()[field].as_str().unwrap_or("\u{0}").to_string();
         assert!(!text.contains(&value), "{field} leaked: {text}");
     }
-    assert!(d.stderr_text().contains("not sent there"), "the skip is logged");
+    assert!(
+        d.stderr_text().contains("not sent there"),
+        "the skip is logged"
+    );
     tokio::time::sleep(NOTHING_MORE_FOR).await;
     assert_eq!(alerts(&ops).len(), 1, "one alert while it keeps failing");
     // A crash and a restart over the same store: still failing, not alerted again.
@@ -143,7 +159,10 @@ async fn a_failing_destination_alerts_once_never_itself_not_again_after_a_restar
     assert_eq!(alerts(&ops).len(), 2);
     // The failing destination never got an alert about itself: only the change, retried.
     assert!(alerts(&crm).is_empty(), "{:?}", alerts(&crm));
-    assert!(crm.received().iter().any(|r| r.json()["type"] == "leads.added"));
+    assert!(crm
+        .received()
+        .iter()
+        .any(|r| r.json()["type"] == "leads.added"));
 }
 
 #[test]
@@ -155,8 +174,14 @@ alerts:\n  notify: [ops, nowhere, ops]\n  destination_failing_for: soon\n",
     );
     let (ok, out) = check(&t.config);
     assert!(!ok, "{out}");
-    assert!(out.contains("alerts.notify[1]") && out.contains("nowhere"), "{out}");
-    assert!(out.contains("alerts.notify[2]") && out.contains("twice"), "{out}");
+    assert!(
+        out.contains("alerts.notify[1]") && out.contains("nowhere"),
+        "{out}"
+    );
+    assert!(
+        out.contains("alerts.notify[2]") && out.contains("twice"),
+        "{out}"
+    );
     assert!(out.contains("alerts.destination_failing_for"), "{out}");
     assert!(out.contains("line 12") || out.contains(":12"), "{out}");
     let t = TestDir::new(
