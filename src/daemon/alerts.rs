@@ -1150,6 +1150,98 @@ alerts:
         assert!(incidents[0].1.open.is_none(), "{incidents:?}");
     }
 
+    /// A transition is a compare-and-set: of two monitors (two replicas) moving the same
+    /// incident from the same state, one wins and the loser queues nothing.
+    async fn an_incident_moves_once_and_its_alert_with_it(postgres: bool) {
+        let Some((store, _home)) = store_on(postgres).await else {
+            return;
+        };
+        let open = IncidentState {
+            open: Some(OpenIncident {
+                id: 7,
+                since: t0(),
+                alerted_ms: 1,
+            }),
+            last_alert_ms: Some(1),
+        };
+        let mut alert = OutboxEntry {
+            seq: store.next_id().await.unwrap(),
+            destination: "ops".into(),
+            clinic: String::new(),
+            webhook_id: "alert_7_open".into(),
+            event_type: "alert.destination_failing".into(),
+            resource: String::new(),
+            record_id: String::new(),
+            rule: ALERT_RULE.into(),
+            change_seq: 0,
+            payload: Payload::Webhook { body: "{}".into() },
+            attempts: 0,
+            next_attempt_ms: 0,
+            created_ms: 0,
+        };
+        let key = "destination_failing/crm";
+        assert!(store
+            .incident_transition(key, None, &open, std::slice::from_ref(&alert))
+            .await
+            .unwrap());
+        alert.seq = store.next_id().await.unwrap();
+        assert!(!store
+            .incident_transition(key, None, &open, std::slice::from_ref(&alert))
+            .await
+            .unwrap());
+        assert_eq!(
+            store.outbox_len().await.unwrap(),
+            1,
+            "the loser queued nothing"
+        );
+        let closed = IncidentState {
+            open: None,
+            last_alert_ms: Some(1),
+        };
+        assert!(store
+            .incident_transition(key, Some(&open), &closed, &[])
+            .await
+            .unwrap());
+        assert!(!store
+            .incident_transition(key, Some(&open), &closed, &[])
+            .await
+            .unwrap());
+        assert_eq!(
+            store.incidents().await.unwrap(),
+            vec![(key.to_string(), closed)]
+        );
+        // Streaks keep their first failure and count the rest.
+        store.note_failure("crm", t0(), "a").await.unwrap();
+        store
+            .note_failure("crm", t0() + mins(5), "b")
+            .await
+            .unwrap();
+        let streaks = store.failure_streaks().await.unwrap();
+        assert_eq!(
+            streaks,
+            vec![(
+                "crm".to_string(),
+                FailureStreak {
+                    since: t0(),
+                    failures: 2,
+                    reason: "b".into()
+                }
+            )]
+        );
+        store.clear_failure_streak("crm").await.unwrap();
+        assert!(store.failure_streaks().await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transitions_on_sled() {
+        an_incident_moves_once_and_its_alert_with_it(false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transitions_on_postgres() {
+        an_incident_moves_once_and_its_alert_with_it(true).await;
+    }
+
     #[test]
     fn durations_read_as_people_write_them() {
         assert_eq!(human(Duration::from_secs(45)), "45s");
