@@ -718,6 +718,49 @@ fn alert_context(
     })
 }
 
+/// Renders every alert template (email text and HTML, chat for each service) strictly against a
+/// sample of each kind of alert, opening and recovered, so a template override that names a
+/// field an alert does not have is a `check` problem, not a blank at 3 a.m.
+pub(crate) fn check_templates(
+    templates: &crate::route::render::Templates,
+) -> Vec<crate::config::Problem> {
+    let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+    let trouble = Trouble {
+        since: now - chrono::TimeDelta::minutes(31),
+        failures: Some(3),
+        status: Some(401),
+        reason: Some("HTTP 503".into()),
+    };
+    let subject = Subject {
+        clinic: Some("north".into()),
+        resource: Some("leads".into()),
+        destination: Some("crm".into()),
+    };
+    let mut problems = Vec::new();
+    for kind in [
+        Kind::DestinationFailing,
+        Kind::StaleResource,
+        Kind::ApiUnauthorized,
+    ] {
+        for recovered in [false, true] {
+            let ctx = alert_context(kind, &subject, recovered, &trouble, now);
+            let mut names = vec![format!("{EMAIL_TEMPLATE}.txt")];
+            if templates.has(&format!("{EMAIL_TEMPLATE}.html")) {
+                names.push(format!("{EMAIL_TEMPLATE}.html"));
+            }
+            names.push(CHAT_TEMPLATE.to_string());
+            for name in names {
+                if let Err(p) = templates.check_ctx(&name, "alert", &ctx) {
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// How long ago `since` was at `now` (zero if in the future).
 fn age(now: DateTime<Utc>, since: DateTime<Utc>) -> Duration {
     (now - since).to_std().unwrap_or_default()
@@ -1240,6 +1283,25 @@ alerts:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn transitions_on_postgres() {
         an_incident_moves_once_and_its_alert_with_it(true).await;
+    }
+
+    #[test]
+    fn the_shipped_alert_templates_pass_a_strict_check_and_an_override_with_a_typo_does_not() {
+        let t = crate::route::render::Templates::shipped().unwrap();
+        assert_eq!(check_templates(&t), vec![]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("alert.txt.hbs"),
+            "{{title}} {{record.FirstName}}\n",
+        )
+        .unwrap();
+        let t = crate::route::render::Templates::load(Some(dir.path())).unwrap();
+        let problems = check_templates(&t);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("record.FirstName"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -74,6 +74,9 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
             problems.push(missing_template(f));
         }
     }
+    if cfg.alerts.is_some() {
+        problems.extend(crate::daemon::alerts::check_templates(&templates));
+    }
     let resource_names: Vec<String> = cfg.base.resources.iter().map(|r| r.name.clone()).collect();
     let clinic_names = cfg.base.clinic_names();
     let timezones: std::collections::BTreeMap<String, chrono_tz::Tz> = cfg
