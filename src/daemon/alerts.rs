@@ -314,7 +314,7 @@ impl Monitor {
                         .incident_transition(&key, state, &next, &entries)
                         .await?
                     {
-                        tracing::info!(incident = %key, alerts = entries.len(), "{}", ctx["title"].as_str().unwrap_or_default());
+                        tracing::info!(incident = %key, alerts = entries.len(), "RECOVERED: {}", ctx["title"].as_str().unwrap_or_default());
                         wakes.extend(entries.iter().map(wake_of));
                     }
                 }
@@ -478,7 +478,7 @@ impl Monitor {
             Some(Target::Amqp(a)) => Scrubber::new().url(&a.url),
             Some(Target::Email { .. }) | None => Scrubber::new(),
         };
-        cut(&scrubber.scrub(reason))
+        cut(&without_addresses(&scrubber.scrub(reason)))
     }
 
     /// A poll error, scrubbed of the clinic's key and API URL, cut short.
@@ -487,7 +487,7 @@ impl Monitor {
             Some(s) => s.scrub(reason),
             None => Scrubber::new().scrub(reason),
         };
-        cut(&scrubbed)
+        cut(&without_addresses(&scrubbed))
     }
 
     /// The outbox entries of one alert: one per `notify` destination (per recipient for email),
@@ -594,7 +594,12 @@ impl Monitor {
                     None
                 };
                 let subject = format!(
-                    "[clinicea-notifier] {}",
+                    "[clinicea-notifier] {}: {}",
+                    if ctx["recovered"].as_bool().unwrap_or(false) {
+                        "Recovered"
+                    } else {
+                        "ALERT"
+                    },
                     ctx["title"].as_str().unwrap_or_default()
                 )
                 .replace(['\r', '\n'], " ");
@@ -684,20 +689,20 @@ fn alert_context(
             trouble.failures.unwrap_or_default()
         ),
         (Kind::DestinationFailing, true) => {
-            format!("recovered: destination {d} delivers again (it failed for {for_})")
+            format!("destination {d} delivers again (it failed for {for_})")
         }
         (Kind::StaleResource, false) => {
             format!("clinic {c}: {r} is stale, no successful poll for {for_}")
         }
         (Kind::StaleResource, true) => {
-            format!("recovered: clinic {c}: {r} polls again (stale for {for_})")
+            format!("clinic {c}: {r} polls again (stale for {for_})")
         }
         (Kind::ApiUnauthorized, false) => format!(
             "clinic {c}: the Clinicea API refused the key (HTTP {}); was it revoked?",
             trouble.status.unwrap_or_default()
         ),
         (Kind::ApiUnauthorized, true) => {
-            format!("recovered: clinic {c}: the Clinicea API accepts the key again")
+            format!("clinic {c}: the Clinicea API accepts the key again")
         }
     };
     json!({
@@ -780,6 +785,19 @@ fn human(d: Duration) -> String {
         3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
     }
+}
+
+/// What replaces a mail address in a reason.
+const ADDRESS: &str = "[address]";
+
+/// `reason` with every word that holds an `@` replaced by [`ADDRESS`]: an SMTP server's answer
+/// may echo the recipient, who may be a patient (`to: "{{record.Email}}"`).
+fn without_addresses(reason: &str) -> String {
+    reason
+        .split_whitespace()
+        .map(|w| if w.contains('@') { ADDRESS } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A reason cut to [`MAX_REASON_CHARS`].
@@ -1301,6 +1319,18 @@ alerts:
         assert!(
             problems[0].message.contains("record.FirstName"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_destination_reason_shows_no_mail_address() {
+        assert_eq!(
+            without_addresses("550 5.1.1 <ayesha.khan@example.com>: Recipient address rejected"),
+            "550 5.1.1 [address] Recipient address rejected"
+        );
+        assert_eq!(
+            without_addresses("webhook answered 503"),
+            "webhook answered 503"
         );
     }
 
