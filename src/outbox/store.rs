@@ -2,7 +2,8 @@
 //! ([`super::embedded`], the default: one process, one directory) and PostgreSQL
 //! ([`super::postgres`]: several replicas on one database). Both keep the same things (checkpoints,
 //! poll status, baselines, snapshots, the change journal, the outbox, attempt logs, dead letters,
-//! destination health and the change-id key) with the same guarantees: a page is one transaction,
+//! destination health, the operator alerts' failure streaks and incidents, and the change-id key)
+//! with the same guarantees: a page is one transaction,
 //! a checkpoint moves only once what came before it is durable, and every value comes back typed.
 //!
 //! Every accessor is async: PostgreSQL answers over the network. sled's answer is in memory
