@@ -166,6 +166,26 @@ async fn a_failing_destination_alerts_once_never_itself_not_again_after_a_restar
 }
 
 #[test]
+fn check_says_what_alerts_would_run() {
+    let t = TestDir::new(
+        &Config::new(Clinicea::sandbox("http://127.0.0.1:9"))
+            .webhook("ops", "http://127.0.0.1:9/hook", |w| w)
+            .alerts(
+                Alerts::notify(&["ops"])
+                    .destination_failing_for("10m")
+                    .stale_resource(false),
+            )
+            .to_yaml(),
+    );
+    let (ok, out) = check(&t.config);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Alerts: to ops on a destination failing 600s, a refused API key (401/403)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_reports_each_alerts_problem_at_its_line() {
     let t = TestDir::new(
         "clinicea:\n  base_url: http://127.0.0.1:9\n  api_key: k\nresources:\n  leads: { path: /api/v1/leads }\n\
