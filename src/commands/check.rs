@@ -99,6 +99,9 @@ pub struct CheckSummary {
     pub store: String,
     /// The address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: String,
+    /// The operator's alerts, in one line (absent without `alerts:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<String>,
 }
 
 /// One clinic in [`CheckSummary`].
@@ -270,6 +273,7 @@ fn check_summary(s: &Settings) -> CheckSummary {
         rules: s.pipeline.rules.describe(),
         store: store_text(s),
         listen: base.listen.to_string(),
+        alerts: alerts_text(s),
     }
 }
 
@@ -372,6 +376,9 @@ pub(crate) fn summary(s: &Settings) -> String {
     for line in s.pipeline.rules.describe() {
         let _ = writeln!(out, "  {line}");
     }
+    if let Some(a) = alerts_text(s) {
+        let _ = writeln!(out, "Alerts: {a}");
+    }
     let _ = writeln!(out, "Store: {}   Listen: {}", store_text(s), s.base.listen);
     out
 }
@@ -384,4 +391,25 @@ fn digest_text(d: &crate::config::digest::Digest) -> String {
         d.max,
         d.template.base
     )
+}
+
+/// What `alerts:` raises and where, in one line: `to ops (a destination failing 30m, ...)`.
+fn alerts_text(s: &Settings) -> Option<String> {
+    let a = s.alerts.as_ref()?;
+    let mut on = Vec::new();
+    if let Some(d) = a.destination_failing_for {
+        on.push(format!("a destination failing {d:?}"));
+    }
+    if a.stale_resource {
+        on.push("a stale resource".to_string());
+    }
+    if a.api_unauthorized {
+        on.push("a refused API key (401/403)".to_string());
+    }
+    let on = if on.is_empty() {
+        "nothing".to_string()
+    } else {
+        on.join(", ")
+    };
+    Some(format!("to {} on {on}", a.notify.join(", ")))
 }

@@ -62,6 +62,8 @@ pub struct Config {
     pub(crate) template_files: Vec<TemplateFile>,
     /// The rules as written, for `route::rules::compile`.
     pub(crate) rules: Vec<Spanned<RuleSpec>>,
+    /// `alerts:`, when written and valid.
+    pub(crate) alerts: Option<super::alerts::Alerts>,
 }
 
 /// The process environment as a map, for [`load()`].
@@ -174,6 +176,7 @@ pub(crate) fn validate(parsed: Parsed, file: &Path) -> (Config, Vec<Problem>) {
         inline_templates: Vec::new(),
         template_files: Vec::new(),
         rules: Vec::new(),
+        alerts: None,
     };
     for (name, spanned) in &raw.destinations {
         let mut found = Vec::new();
@@ -192,6 +195,11 @@ pub(crate) fn validate(parsed: Parsed, file: &Path) -> (Config, Vec<Problem>) {
         }
     }
     config.rules = raw.rules;
+    config.alerts = super::alerts::validate(
+        raw.alerts.as_ref(),
+        &config.destination_names,
+        &mut problems,
+    );
     // A default `clinicea:` key is checked once per clinic that inherits it: say it once.
     let mut seen = std::collections::HashSet::new();
     problems.retain(|p| seen.insert((p.line, p.key.clone(), p.message.clone())));

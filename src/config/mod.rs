@@ -11,6 +11,7 @@
 //!
 //! `check` prints problems as `rules.yaml:14: rules[new-lead].where[1].matches: invalid regex ...`.
 
+pub mod alerts;
 pub(crate) mod base;
 pub(crate) mod destination;
 pub(crate) mod digest;

@@ -234,6 +234,9 @@ pub(crate) struct RawConfig {
     /// The watchdog that makes a silent death impossible.
     #[serde(default)]
     pub(crate) watchdog: Option<RawWatchdog>,
+    /// What the operator is told about the notifier itself, and where.
+    #[serde(default)]
+    pub(crate) alerts: Option<Spanned<super::alerts::RawAlerts>>,
 }
 
 /// `console:`: the web console `run` serves on `listen`.

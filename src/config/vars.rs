@@ -6,6 +6,7 @@
 //! A value is substituted after the YAML is parsed, never in the YAML text, so a variable's value
 //! is always one string: it cannot add keys or change the file's structure.
 
+use crate::config::alerts::RawAlerts;
 use crate::config::problem::{line_of, Problem};
 use crate::config::raw::{
     Dur, Node, OneOrMany, RawAmqp, RawBaseline, RawChat, RawClinicea, RawConfig, RawConsole,
@@ -250,8 +251,9 @@ macro_rules! walk_structs {
 walk_structs! {
     RawConfig {
         clinicea, clinics, resources, store, templates, listen, metrics_token, console, smtp,
-        destinations, rules, retry, watchdog
+        destinations, rules, retry, watchdog, alerts
     } no text in { fleet };
+    RawAlerts { notify, destination_failing_for } no text in { stale_resource, api_unauthorized };
     RawConsole { token } no text in {};
     RawClinicea {
         base_url, api_key, login, poll_interval, poll_interval_min, overlap, start_from, timezone,

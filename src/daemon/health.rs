@@ -24,6 +24,11 @@ pub(crate) struct ResourceHealth {
     pub(crate) last_error: Option<String>,
     /// Stale after this long without success.
     pub(crate) stale_after: std::time::Duration,
+    /// When this process began watching the resource: staleness counts from here until the
+    /// first success (the watchdog's rule, for the operator's alerts).
+    pub(crate) watched_since: Option<chrono::DateTime<Utc>>,
+    /// The API refused the key (401 or 403: this status) since the last successful poll.
+    pub(crate) unauthorized: Option<u16>,
 }
 
 /// Shared health state of a running notifier.
@@ -37,6 +42,9 @@ pub(crate) struct Health {
     pub(crate) console: super::console::ConsoleState,
     /// The poll triggers' tokens and channels, replaced on reload.
     pub(crate) triggers: super::trigger::Triggers,
+    /// Woken when a poll's outcome may start or end an incident (a 401/403, a success after
+    /// one), so the alert monitor looks at once instead of at its next round.
+    pub(crate) alert_nudge: tokio::sync::Notify,
 }
 
 impl Health {

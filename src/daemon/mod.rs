@@ -2,6 +2,7 @@
 //! `/metrics`, `/healthz` and `/readyz` server, the watchdog, journal maintenance, and signals
 //! (SIGINT/SIGTERM stop, SIGHUP reloads the config without losing queued deliveries).
 
+pub mod alerts;
 pub(crate) mod console;
 pub mod digest;
 pub mod engine;
@@ -53,6 +54,11 @@ async fn poll_loop(
     let mut trigger = health.triggers.subscribe(&ctx.clinic, &res.name);
     // Staleness counts from this loop's start until the first successful poll.
     let started = Utc::now();
+    write_health(&health)
+        .entry(key.clone())
+        .or_default()
+        .watched_since
+        .get_or_insert(started);
     if !first_delay.is_zero() {
         let first = tokio::time::Instant::now() + first_delay;
         tokio::select! {
@@ -92,6 +98,9 @@ async fn poll_loop(
                     h.last_success = Some(Utc::now());
                     h.consecutive_failures = 0;
                     h.last_error = None;
+                    if h.unauthorized.take().is_some() {
+                        health.alert_nudge.notify_one();
+                    }
                     if rep.changes > 0 {
                         tracing::info!(clinic = %ctx.clinic, resource = %res.name, pages = rep.pages, records = rep.records, changes = rep.changes, deliveries = rep.deliveries, "poll done");
                     } else {
@@ -102,6 +111,10 @@ async fn poll_loop(
                 Err(e) => {
                     h.consecutive_failures += 1;
                     h.last_error = Some(e.to_string());
+                    if let Some(status) = alerts::refused_key(e) {
+                        h.unauthorized = Some(status);
+                        health.alert_nudge.notify_one();
+                    }
                     // The watchdog: a resource that has not polled successfully for too long is
                     // an error on every poll, so a silent death is impossible.
                     let since = h.last_success.unwrap_or(started);
@@ -228,6 +241,15 @@ async fn run_generation(engine: Arc<Engine>, health: Arc<Health>, cancel: Cancel
         engine.digest_kick.clone(),
         cancel.clone(),
     ));
+    // The operator's alerts (`alerts:`), queued through the outbox like any delivery.
+    if let Some(monitor) = alerts::Monitor::new(engine.store.clone(), &engine.settings) {
+        tasks.spawn(alerts::watch(
+            monitor,
+            health.clone(),
+            wake_tx.clone(),
+            cancel.clone(),
+        ));
+    }
     let polled = engine.poll_ctxs(Some(wake_tx), cancel.clone());
     // Removed clinics and resources leave the health map (their checkpoints stay in the store).
     write_health(&health).retain(|(clinic, resource), _| {

@@ -20,6 +20,8 @@ pub struct Settings {
     pub pipeline: Arc<Pipeline>,
     /// The SMTP server, when email destinations exist.
     pub(crate) smtp: Option<SmtpSettings>,
+    /// `alerts:`, when the operator asked for alerts.
+    pub(crate) alerts: Option<config::alerts::Alerts>,
 }
 
 /// Loads and compiles a config file with the process environment.
@@ -71,6 +73,9 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         if !templates.has(&f.required()) {
             problems.push(missing_template(f));
         }
+    }
+    if cfg.alerts.is_some() {
+        problems.extend(crate::daemon::alerts::check_templates(&templates));
     }
     let resource_names: Vec<String> = cfg.base.resources.iter().map(|r| r.name.clone()).collect();
     let clinic_names = cfg.base.clinic_names();
@@ -207,6 +212,7 @@ fn finish(cfg: Config, mut problems: Vec<Problem>) -> Result<Settings, ConfigErr
         base: cfg.base,
         pipeline: Arc::new(pipeline),
         smtp: cfg.smtp,
+        alerts: cfg.alerts,
     })
 }
 

@@ -303,6 +303,7 @@ impl Deliverer {
                         .await?;
                     tracing::info!(destination = %destination, "delivering again; no longer marked failing");
                 }
+                self.end_streak(destination).await;
                 metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => entry.clinic.clone(), "destination" => destination.to_string(), "outcome" => "delivered").increment(1);
                 metrics::histogram!(crate::telemetry::metric::DELIVERY_LATENCY, &labels)
                     .record((self.now_ms() - entry.created_ms).max(0) as f64 / 1000.0);
@@ -325,6 +326,7 @@ impl Deliverer {
                     .log_attempt(seq, &log(&report, entry.attempts))
                     .await?;
                 let reason = reason.clone();
+                self.note_streak(destination, &reason).await;
                 let delay =
                     dest.retry
                         .next_delay(entry.attempts, retry_after, &mut rand::thread_rng());
@@ -384,8 +386,40 @@ impl Deliverer {
                     .log_attempt(seq, &log(&report, entry.attempts))
                     .await?;
                 let reason = reason.clone();
+                self.note_streak(destination, &reason).await;
                 self.to_dead(&entry, reason).await?;
                 Ok(Step::Dead)
+            }
+        }
+    }
+
+    /// Counts a failed attempt in the destination's run of failures (for the operator's alerts).
+    /// Advisory: a store error is logged, and the attempt's own bookkeeping goes on.
+    async fn note_streak(&self, destination: &str, reason: &str) {
+        self.streaks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(destination.to_string());
+        if let Err(e) = self
+            .store
+            .note_failure(destination, chrono::Utc::now(), reason)
+            .await
+        {
+            tracing::warn!(destination = %destination, "cannot count the failed attempt for the alerts: {e}");
+        }
+    }
+
+    /// Ends the destination's run of failures after a success. On sled only when this process
+    /// saw one; on PostgreSQL always (another replica may have started it).
+    async fn end_streak(&self, destination: &str) {
+        let had = self
+            .streaks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(destination);
+        if had || self.store.postgres().is_some() {
+            if let Err(e) = self.store.clear_failure_streak(destination).await {
+                tracing::warn!(destination = %destination, "cannot end the run of failures for the alerts: {e}");
             }
         }
     }

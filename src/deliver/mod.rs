@@ -134,6 +134,9 @@ pub struct Deliverer {
     zones: Arc<HashMap<String, chrono_tz::Tz>>,
     /// The clock due times are read from: the system's, or a test's.
     clock: Clock,
+    /// Destinations with a run of failed attempts in the store (mirrors its failure streaks,
+    /// for the operator's alerts), so on sled a success touches the store only to end one.
+    streaks: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Where the unit tests make an attempt panic.
     #[cfg(test)]
     fault: TestFault,
@@ -202,6 +205,12 @@ impl Deliverer {
             .into_iter()
             .map(|(name, _)| name)
             .collect();
+        let streaks = store
+            .failure_streaks()
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         let mut http = HashMap::new();
         let mut brokers = HashMap::new();
         for (name, d) in &destinations {
@@ -235,6 +244,7 @@ impl Deliverer {
             failing: Arc::new(std::sync::Mutex::new(failing)),
             zones: Arc::new(HashMap::new()),
             clock: Clock::default(),
+            streaks: Arc::new(std::sync::Mutex::new(streaks)),
             #[cfg(test)]
             fault: TestFault::None,
         })

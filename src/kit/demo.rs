@@ -6,6 +6,9 @@
 //!   generated, and answers a few requests with 503 so retries are seen;
 //! - a Slack-style chat receiver (its first answer is a 429 with `Retry-After`);
 //! - an SMTP catcher ([`crate::kit::catcher`]) that refuses its first transaction with 421;
+//! - a second webhook receiver, `legacy-crm`, that is down (503 to everything), so the operator's
+//!   alert (`alerts:`) is seen: one email to `ops@clinic.example` once it has failed for a few
+//!   seconds ([`alert_demo`]);
 //! - the notifier itself ([`crate::daemon::run`]) with a demo copy of the example rules, written
 //!   to a temporary folder together with its store.
 //!
@@ -250,6 +253,7 @@ fn demo_config(
 ) -> String {
     let [north_key, south_key] = keys;
     let digest = digest_destination();
+    let (alert_destinations, alert_rules, alert_section) = alert_demo(receiver, secret);
     let start_from = (chrono::Utc::now()
         - chrono::Duration::from_std(BACKFILL).unwrap_or_else(|_| chrono::Duration::hours(2)))
     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -318,6 +322,7 @@ destinations:
     template: lead-chat
     timeout: 5s
 {digest}
+{alert_destinations}
 rules:
   - name: new-lead-email
     clinic: north
@@ -335,12 +340,41 @@ rules:
   - name: everything-to-automations
     resource: "*"
     notify: [automations]
-
+{alert_rules}
 retry:
   schedule: [1s, 2s, 5s, 10s, 30s]
   jitter: 0.2
-"#
+{alert_section}"#
     )
+}
+
+/// What a failing destination of the demo raises after this long: one alert to the operator's
+/// email, caught by the SMTP catcher like every email.
+const DEMO_FAILING_FOR: &str = "5s";
+
+/// The demo's operator alert, as three parts of its config: a webhook destination `legacy-crm`
+/// that is down (its receiver answers every request with 503, [`legacy_crm_handler`]) and gets
+/// the north patients, an `ops` email destination, and the `alerts:` section that tells `ops` once
+/// `legacy-crm` has failed for [`DEMO_FAILING_FOR`]: (destinations, rules, alerts).
+fn alert_demo(receiver: &str, secret: &str) -> (String, String, String) {
+    (
+        format!(
+            "  legacy-crm:             # down for the whole demo: its failures raise an alert\n    \
+             type: webhook\n    url: {receiver}/hooks/legacy\n    secret: {secret}\n    timeout: 5s\n  \
+             ops:\n    type: email\n    to: [ops@clinic.example]\n    subject: unused\n    template: new-lead\n"
+        ),
+        "  - name: patients-to-legacy-crm\n    clinic: north\n    resource: patients\n    notify: [legacy-crm]\n"
+            .to_string(),
+        format!(
+            "\nalerts:                    # for the operator: a destination failing, a stale resource, a revoked key\n  \
+             notify: [ops]\n  destination_failing_for: {DEMO_FAILING_FOR}\n"
+        ),
+    )
+}
+
+/// The demo's `legacy-crm` receiver: down, every request answered 503.
+async fn legacy_crm_handler() -> (StatusCode, &'static str) {
+    (StatusCode::SERVICE_UNAVAILABLE, "down")
 }
 
 /// Prints the notifier's events as they come: each change with where it is going, and each
@@ -537,6 +571,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let router = axum::Router::new()
         .route("/hooks/clinicea", axum::routing::post(webhook_handler))
         .route("/chat/slack", axum::routing::post(chat_handler))
+        .route("/hooks/legacy", axum::routing::post(legacy_crm_handler))
         .with_state(state);
     let rx_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -608,6 +643,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     p.plain(&format!(
         "  rules                 new-lead-email (leads added -> front-desk email, sales-chat, a lead-digest email every minute or 5 leads), appointment-cancelled, everything-to-automations; backfilling {}h",
         BACKFILL.as_secs() / 3600
+    ));
+    p.plain(&format!(
+        "  alerts                legacy-crm (north patients) is down: after {DEMO_FAILING_FOR} of failures one alert email goes to ops@clinic.example"
     ));
     match args.duration {
         Some(d) => p.plain(&format!("Running for {d:?} (Ctrl-C stops earlier).\n")),
@@ -727,8 +765,9 @@ mod tests {
         assert_eq!(s.base.resources.len(), 3);
         assert_eq!(s.base.clinic_names(), ["north", "south"]);
         assert_eq!(s.base.clinics[1].resources.len(), 2);
-        assert_eq!(s.pipeline.destinations.len(), 5);
+        assert_eq!(s.pipeline.destinations.len(), 7);
         assert!(s.pipeline.destinations["lead-digest"].digest.is_some());
+        assert_eq!(s.alerts.as_ref().unwrap().notify, ["ops"]);
         assert!(s.smtp.is_some());
     }
 

@@ -1323,6 +1323,124 @@ impl SledStore {
     }
 }
 
+// --- operator alerts ----------------------------------------------------------------------
+//
+// Two trees of their own, opened by name when used (sled keeps opened trees): `dest_streaks`
+// (destination → `FailureStreak`) and `incidents` (incident key → `IncidentState`).
+
+/// The tree of destinations' runs of failed attempts.
+const STREAKS_TREE: &str = "dest_streaks";
+/// The tree of operator-alert incidents.
+const INCIDENTS_TREE: &str = "incidents";
+
+impl SledStore {
+    /// Every destination's run of failed attempts since its last success.
+    pub(crate) fn failure_streaks(&self) -> Result<Vec<(String, super::store::FailureStreak)>> {
+        self.db
+            .open_tree(STREAKS_TREE)?
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("failure streak", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Counts one failed attempt (atomically: the streak keeps its first failure's time).
+    pub(crate) fn note_failure(
+        &self,
+        destination: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        reason: &str,
+    ) -> Result<()> {
+        self.db
+            .open_tree(STREAKS_TREE)?
+            .update_and_fetch(destination.as_bytes(), |old| {
+                let old: Option<super::store::FailureStreak> =
+                    old.and_then(|v| serde_json::from_slice(v).ok());
+                let next = match old {
+                    Some(s) => super::store::FailureStreak {
+                        since: s.since,
+                        failures: s.failures.saturating_add(1),
+                        reason: reason.to_string(),
+                    },
+                    None => super::store::FailureStreak {
+                        since: at,
+                        failures: 1,
+                        reason: reason.to_string(),
+                    },
+                };
+                Some(encode(&next))
+            })?;
+        Ok(())
+    }
+
+    /// Ends a destination's run of failures.
+    pub(crate) fn clear_failure_streak(&self, destination: &str) -> Result<()> {
+        self.db
+            .open_tree(STREAKS_TREE)?
+            .remove(destination.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every incident's state, by key.
+    pub(crate) fn incidents(&self) -> Result<Vec<(String, super::store::IncidentState)>> {
+        self.db
+            .open_tree(INCIDENTS_TREE)?
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("incident", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Moves an incident from `expected` to `next` and queues `outbox` in one transaction, when
+    /// the stored state is still `expected`; flushed before it returns, so an alert is never
+    /// sent before the state that stops it being sent twice is on disk.
+    pub(crate) fn incident_transition(
+        &self,
+        key: &str,
+        expected: Option<&super::store::IncidentState>,
+        next: &super::store::IncidentState,
+        outbox: &[OutboxEntry],
+    ) -> Result<bool> {
+        let incidents = self.db.open_tree(INCIDENTS_TREE)?;
+        let expected = expected.map(encode);
+        let next = encode(next);
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = outbox
+            .iter()
+            .map(|e| (outbox_key(&e.destination, e.seq), encode(e)))
+            .collect();
+        let res: std::result::Result<(), TransactionError<()>> = (&incidents, &self.outbox)
+            .transaction(|(incidents, out)| {
+                let stored = incidents.get(key.as_bytes())?;
+                if stored.as_deref() != expected.as_deref() {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                incidents.insert(key.as_bytes(), next.as_slice())?;
+                for (k, v) in &entries {
+                    out.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok(())
+            });
+        match res {
+            Ok(()) => {
+                self.db.flush()?;
+                Ok(true)
+            }
+            Err(TransactionError::Abort(())) => Ok(false),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

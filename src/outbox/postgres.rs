@@ -1359,6 +1359,128 @@ async fn insert_dead(tx: &mut Transaction<'static, Postgres>, d: &DeadLetter) ->
     Ok(())
 }
 
+// --- operator alerts ----------------------------------------------------------------------
+//
+// The tables `dest_streaks` and `incidents` (migration 20261203000002_alerts).
+
+impl PgStore {
+    /// Every destination's run of failed attempts since its last success.
+    pub(crate) async fn failure_streaks(
+        &self,
+    ) -> Result<Vec<(String, super::store::FailureStreak)>> {
+        let rows = sqlx::query(
+            "SELECT destination, since_ms, failures, reason FROM dest_streaks \
+             ORDER BY destination COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let since_ms: i64 = r.try_get(1)?;
+                let failures: i64 = r.try_get(2)?;
+                Ok((
+                    r.try_get(0)?,
+                    super::store::FailureStreak {
+                        since: DateTime::from_timestamp_millis(since_ms).unwrap_or_default(),
+                        failures: u64::try_from(failures).unwrap_or(0),
+                        reason: r.try_get(3)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Counts one failed attempt in one statement: the first starts the streak at `at`, a later
+    /// one adds to it (whichever replica made it).
+    pub(crate) async fn note_failure(
+        &self,
+        destination: &str,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO dest_streaks (destination, since_ms, failures, reason) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (destination) DO UPDATE SET failures = dest_streaks.failures + 1, \
+             reason = EXCLUDED.reason",
+        )
+        .bind(destination)
+        .bind(at.timestamp_millis())
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a destination's run of failures.
+    pub(crate) async fn clear_failure_streak(&self, destination: &str) -> Result<()> {
+        sqlx::query("DELETE FROM dest_streaks WHERE destination = $1")
+            .bind(destination)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every incident's state, by key.
+    pub(crate) async fn incidents(&self) -> Result<Vec<(String, super::store::IncidentState)>> {
+        let rows = sqlx::query("SELECT key, value FROM incidents ORDER BY key COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let v: Vec<u8> = r.try_get(1)?;
+                Ok((r.try_get(0)?, decode("incident", &v)?))
+            })
+            .collect()
+    }
+
+    /// Moves an incident from `expected` to `next` and queues `outbox` in one transaction, when
+    /// the stored state is still `expected` (the row is locked while it is compared, so two
+    /// replicas cannot both move it).
+    pub(crate) async fn incident_transition(
+        &self,
+        key: &str,
+        expected: Option<&super::store::IncidentState>,
+        next: &super::store::IncidentState,
+        outbox: &[OutboxEntry],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM incidents WHERE key = $1 FOR UPDATE")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let moved = match (stored, expected) {
+            (None, None) => sqlx::query(
+                "INSERT INTO incidents (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(encode(next))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1,
+            (Some(stored), Some(expected)) if stored == encode(expected) => {
+                sqlx::query("UPDATE incidents SET value = $2 WHERE key = $1")
+                    .bind(key)
+                    .bind(encode(next))
+                    .execute(&mut *tx)
+                    .await?;
+                true
+            }
+            _ => false,
+        };
+        if !moved {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if !outbox.is_empty() {
+            insert_outbox(&mut tx, outbox).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,8 @@
 //! ([`super::embedded`], the default: one process, one directory) and PostgreSQL
 //! ([`super::postgres`]: several replicas on one database). Both keep the same things (checkpoints,
 //! poll status, baselines, snapshots, the change journal, the outbox, attempt logs, dead letters,
-//! destination health and the change-id key) with the same guarantees: a page is one transaction,
+//! destination health, the operator alerts' failure streaks and incidents, and the change-id key)
+//! with the same guarantees: a page is one transaction,
 //! a checkpoint moves only once what came before it is durable, and every value comes back typed.
 //!
 //! Every accessor is async: PostgreSQL answers over the network. sled's answer is in memory
@@ -153,6 +154,43 @@ pub(crate) struct DestHealth {
     pub(crate) since: DateTime<Utc>,
     /// The reason, as the attempt recorded it.
     pub(crate) reason: String,
+}
+
+/// A destination's run of failed attempts since its last success, kept for the operator's
+/// alerts (`crate::daemon::alerts`): the first failure's time is what `destination_failing_for`
+/// counts from. Written on every failed attempt, removed by the next success.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureStreak {
+    /// The first failed attempt since the last success.
+    pub since: DateTime<Utc>,
+    /// Failed attempts since then.
+    pub failures: u64,
+    /// The last failure's reason, as the attempt recorded it (scrubbed again before an alert).
+    pub reason: String,
+}
+
+/// One operator-alert incident's durable state, keyed by the incident (its kind and what it is
+/// about, e.g. `destination_failing/crm`): whether it is open (its alert queued, its recovery
+/// not yet) and when its last alert went out (the rate limit counts from there).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IncidentState {
+    /// The incident is open: its alert was queued and its "recovered" not yet.
+    #[serde(default)]
+    pub open: Option<OpenIncident>,
+    /// When the last alert (not "recovered") of this incident was queued, Unix ms.
+    #[serde(default)]
+    pub last_alert_ms: Option<i64>,
+}
+
+/// An open incident ([`IncidentState::open`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenIncident {
+    /// The incident's id: the `webhook-id` of its alert and of its "recovered" derive from it.
+    pub id: u64,
+    /// When the trouble began (a streak's first failure, a resource's last success).
+    pub since: DateTime<Utc>,
+    /// When the alert was queued, Unix ms.
+    pub alerted_ms: i64,
 }
 
 /// When an outbox entry is due ([`Store::outbox_due`]).
@@ -804,6 +842,62 @@ impl Store {
         match self {
             Store::Sled(s) => s.flush_digest(destination, seqs, entry),
             Store::Postgres(p) => p.flush_digest(destination, seqs, entry).await,
+        }
+    }
+
+    // --- operator alerts ------------------------------------------------------------------
+
+    /// Every destination's run of failed attempts since its last success.
+    pub async fn failure_streaks(&self) -> Result<Vec<(String, FailureStreak)>> {
+        match self {
+            Store::Sled(s) => s.failure_streaks(),
+            Store::Postgres(p) => p.failure_streaks().await,
+        }
+    }
+
+    /// Counts one failed attempt of `destination` at `at`: the first since the last success
+    /// starts a streak there, a later one adds to it (the streak keeps its start).
+    pub(crate) async fn note_failure(
+        &self,
+        destination: &str,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<()> {
+        match self {
+            Store::Sled(s) => s.note_failure(destination, at, reason),
+            Store::Postgres(p) => p.note_failure(destination, at, reason).await,
+        }
+    }
+
+    /// Ends `destination`'s run of failures (it delivered).
+    pub(crate) async fn clear_failure_streak(&self, destination: &str) -> Result<()> {
+        match self {
+            Store::Sled(s) => s.clear_failure_streak(destination),
+            Store::Postgres(p) => p.clear_failure_streak(destination).await,
+        }
+    }
+
+    /// Every incident's state, by key.
+    pub async fn incidents(&self) -> Result<Vec<(String, IncidentState)>> {
+        match self {
+            Store::Sled(s) => s.incidents(),
+            Store::Postgres(p) => p.incidents().await,
+        }
+    }
+
+    /// Moves incident `key` from `expected` (`None`: never stored) to `next` and queues `outbox`
+    /// (the alert or the "recovered") in one transaction, only if the stored state still is
+    /// `expected`; `false` (nothing written) when it is not: another replica moved it first.
+    pub(crate) async fn incident_transition(
+        &self,
+        key: &str,
+        expected: Option<&IncidentState>,
+        next: &IncidentState,
+        outbox: &[OutboxEntry],
+    ) -> Result<bool> {
+        match self {
+            Store::Sled(s) => s.incident_transition(key, expected, next, outbox),
+            Store::Postgres(p) => p.incident_transition(key, expected, next, outbox).await,
         }
     }
 }

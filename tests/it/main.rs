@@ -3,6 +3,7 @@
 //! PostgreSQL database of its own where the test is about that store. Each file is named after the
 //! behaviour it checks; `support` holds the parts they share.
 
+mod alerts;
 mod api_pages;
 mod baseline;
 mod broker_delivery;

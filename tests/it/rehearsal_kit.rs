@@ -67,6 +67,9 @@ async fn the_demo_runs_for_20s_and_shows_changes_signed_webhooks_emails_and_retr
         // The digest: five new leads (or a minute's) in one email.
         " new leads\" to sales-lead@clinic.example",
         "] slack      message #",
+        // The demo's operator alert: legacy-crm is down, ops is told once.
+        "] email      caught \"[clinicea-notifier] ALERT: destination legacy-crm has failed",
+        "to ops@clinic.example",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?}\n{ctx}");
     }

@@ -61,6 +61,7 @@ pub struct Config {
     rules: Vec<Rule>,
     clinics: Vec<(String, Clinic)>,
     fleet_max_concurrent_requests: Option<usize>,
+    alerts: Option<Alerts>,
 }
 
 keys!(Config {
@@ -78,6 +79,8 @@ keys!(Config {
     retry: Retry,
     /// Replaces the `store:` section.
     store: StoreSection,
+    /// The `alerts:` section.
+    alerts: Alerts,
 });
 
 flags!(Config {
@@ -102,6 +105,7 @@ impl Config {
             rules: Vec::new(),
             clinics: Vec::new(),
             fleet_max_concurrent_requests: None,
+            alerts: None,
         }
     }
 
@@ -261,6 +265,9 @@ impl Config {
             for r in &self.rules {
                 r.write(&mut y);
             }
+        }
+        if let Some(a) = &self.alerts {
+            a.write(&mut y);
         }
         y.out
     }
@@ -983,4 +990,42 @@ fn plain_is_safe(s: &str) -> bool {
         && !s.contains(['\n', '\t', '"', '\\'])
         && !special.contains(&s.to_ascii_lowercase().as_str())
         && s.parse::<f64>().is_err()
+}
+
+/// The `alerts:` section (see [`Config::alerts`]).
+#[derive(Debug, Clone)]
+pub struct Alerts {
+    notify: Vec<String>,
+    destination_failing_for: Option<String>,
+    stale_resource: Option<bool>,
+    api_unauthorized: Option<bool>,
+}
+
+keys!(Alerts {
+    /// `destination_failing_for: DURATION`.
+    destination_failing_for: &str,
+    /// `stale_resource: BOOL`.
+    stale_resource: bool,
+    /// `api_unauthorized: BOOL`.
+    api_unauthorized: bool,
+});
+
+impl Alerts {
+    /// Alerts to these destinations, every other key at its default.
+    pub fn notify(names: &[&str]) -> Alerts {
+        Alerts {
+            notify: names.iter().map(|s| s.to_string()).collect(),
+            destination_failing_for: None,
+            stale_resource: None,
+            api_unauthorized: None,
+        }
+    }
+
+    fn write(&self, y: &mut Yaml) {
+        y.key(0, "alerts");
+        y.raw(1, "notify", &flow(&self.notify));
+        y.text(1, "destination_failing_for", &self.destination_failing_for);
+        y.number(1, "stale_resource", self.stale_resource);
+        y.number(1, "api_unauthorized", self.api_unauthorized);
+    }
 }

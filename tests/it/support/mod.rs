@@ -13,7 +13,7 @@ mod store;
 
 pub use clinicea_notifier::outbox::scratch::ScratchDatabase;
 pub use config::{
-    Chat, Clinic, Clinicea, Config, Resource, Retry, Rule, Smtp, StoreSection, Webhook,
+    Alerts, Chat, Clinic, Clinicea, Config, Resource, Retry, Rule, Smtp, StoreSection, Webhook,
 };
 pub use mail::mime_parts;
 pub use metrics::{get_text, get_with_auth, scrape_until, Scrape};
