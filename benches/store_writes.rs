@@ -27,6 +27,8 @@ enum Mode {
     ThreeTreeTransaction { journal_bytes: usize },
     /// The same three values in one tree with prefixed keys, one batch per page.
     OneTreeBatch { journal_bytes: usize },
+    /// As the store does it, but the page's journal entries as one value.
+    PagedJournal { journal_bytes: usize },
 }
 
 impl Mode {
@@ -38,6 +40,9 @@ impl Mode {
             }
             Mode::OneTreeBatch { journal_bytes } => {
                 format!("1 tree, batch, journal {journal_bytes} B")
+            }
+            Mode::PagedJournal { journal_bytes } => {
+                format!("3 trees, transaction, journal {journal_bytes} B, 1 value/page")
             }
         }
     }
@@ -85,6 +90,19 @@ fn run(mode: Mode) -> f64 {
                     })
                     .unwrap();
             }
+            Mode::PagedJournal { journal_bytes } => {
+                let j = vec![b'j'; journal_bytes * PAGE as usize];
+                (&snaps, &journal, &outbox)
+                    .transaction(|(s, jt, o)| {
+                        for id in ids.clone() {
+                            s.insert(snap_key(id), snapshot.clone())?;
+                            o.insert(outbox_key(id * 2 + 1), entry.clone())?;
+                        }
+                        jt.insert(&page.to_be_bytes(), j.clone())?;
+                        Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                    })
+                    .unwrap();
+            }
             Mode::OneTreeBatch { journal_bytes } => {
                 let j = vec![b'j'; journal_bytes];
                 let mut b = sled::Batch::default();
@@ -124,6 +142,7 @@ fn main() {
         },
         Mode::ThreeTreeTransaction { journal_bytes: 300 },
         Mode::OneTreeBatch { journal_bytes: 300 },
+        Mode::PagedJournal { journal_bytes: 300 },
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for round in 0..rounds {

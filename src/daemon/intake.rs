@@ -107,12 +107,7 @@ impl OutboxIntake {
                     write.outbox.push(entry);
                     deliveries += 1;
                 }
-                Err(dead) => {
-                    tracing::error!(destination = %dead.entry.destination, clinic = %change.clinic, resource = %change.resource, id = %change.id, reason = %dead.reason, "a delivery could not be prepared; it went to the dead letters");
-                    metrics::counter!(crate::telemetry::metric::DEAD_LETTERS_CREATED, "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone()).increment(1);
-                    metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone(), "outcome" => "dead").increment(1);
-                    write.dead.push(*dead);
-                }
+                Err(dead) => write.dead.push(*dead),
             }
         }
         if self.events.is_some() {
@@ -130,8 +125,18 @@ impl OutboxIntake {
     }
 }
 
+/// A chunk's changes routed and planned: the page write, and what is told once it is committed.
+#[derive(Debug, Default)]
+pub struct PlannedChunk {
+    write: PageWrite,
+    wakes: Vec<Wake>,
+    events: Vec<PollEvent>,
+    deliveries: u64,
+}
+
 impl Intake for OutboxIntake {
     type Error = StoreError;
+    type Planned = PlannedChunk;
 
     async fn checkpoint(
         &self,
@@ -215,25 +220,54 @@ impl Intake for OutboxIntake {
             .await
     }
 
-    async fn commit_chunk(
+    async fn plan_chunk(
+        &self,
+        _clinic: &str,
+        _resource: &str,
+        chunk: DiffedChunk,
+    ) -> Result<PlannedChunk, StoreError> {
+        let mut planned = PlannedChunk {
+            write: PageWrite {
+                snapshots: chunk.snapshots,
+                ..PageWrite::default()
+            },
+            ..PlannedChunk::default()
+        };
+        // Each change is dropped once planned: what stays is what is written.
+        for change in chunk.changes {
+            planned.deliveries += self
+                .plan_change(
+                    &change,
+                    &mut planned.write,
+                    &mut planned.wakes,
+                    &mut planned.events,
+                )
+                .await?;
+        }
+        planned.write.encode_outbox();
+        Ok(planned)
+    }
+
+    async fn commit_planned(
         &self,
         clinic: &str,
         resource: &str,
-        chunk: DiffedChunk,
+        planned: PlannedChunk,
     ) -> Result<u64, StoreError> {
-        let mut write = PageWrite {
-            snapshots: chunk.snapshots,
-            ..PageWrite::default()
-        };
-        let (mut wakes, mut events, mut deliveries) = (Vec::new(), Vec::new(), 0);
-        // Each change is dropped once planned: what stays is what is written.
-        for change in chunk.changes {
-            deliveries += self
-                .plan_change(&change, &mut write, &mut wakes, &mut events)
-                .await?;
-        }
+        let PlannedChunk {
+            write,
+            wakes,
+            events,
+            deliveries,
+        } = planned;
         let digested = !write.digest.is_empty();
         self.store.commit_page(clinic, resource, &write).await?;
+        // Told only once committed: a plan dropped with its poll left nothing to tell.
+        for dead in &write.dead {
+            tracing::error!(destination = %dead.entry.destination, clinic = %dead.entry.clinic, resource = %resource, id = %dead.entry.record_id, reason = %dead.reason, "a delivery could not be prepared; it went to the dead letters");
+            metrics::counter!(crate::telemetry::metric::DEAD_LETTERS_CREATED, "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone()).increment(1);
+            metrics::counter!(crate::telemetry::metric::DELIVERIES, "clinic" => dead.entry.clinic.clone(), "destination" => dead.entry.destination.clone(), "outcome" => "dead").increment(1);
+        }
         if let (true, Some(kick)) = (digested, &self.digest_kick) {
             kick.notify_one();
         }

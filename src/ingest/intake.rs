@@ -4,7 +4,7 @@
 //! deliveries and committing the chunk in one transaction).
 //!
 //! The durability points a poll relies on are in the contract of each method: a chunk is committed
-//! whole or not at all ([`Intake::commit_chunk`]), and a checkpoint moves only after what was
+//! whole or not at all ([`Intake::commit_planned`]), and a checkpoint moves only after what was
 //! committed before it is on disk ([`Intake::set_checkpoint`]).
 
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
@@ -24,9 +24,11 @@ pub struct DiffedChunk {
 
 /// What a poll needs from the stages after it. Every method names the clinic and the resource
 /// it is about, and every one may wait (the store may be a database across the network).
-pub trait Intake: Send + Sync {
+pub trait Intake: Clone + Send + Sync + 'static {
     /// A failure of the stages behind the port (the store); a poll reports it as it reads.
     type Error: std::error::Error + Send + Sync + 'static;
+    /// A chunk routed and planned, not yet written.
+    type Planned: Send + 'static;
 
     /// The checkpoint of a resource, if it has ever been polled.
     fn checkpoint(
@@ -111,15 +113,24 @@ pub trait Intake: Send + Sync {
         ids: &[&str],
     ) -> impl Future<Output = Result<HashMap<String, Vec<u8>>, Self::Error>> + Send;
 
-    /// Takes a diffed chunk: routes each change, and commits the snapshots, the changes and their
-    /// deliveries in one transaction (all of it, or nothing after a crash); only then are the
-    /// deliveries handed on, and never before they are on disk. Returns how many deliveries it
-    /// queued.
-    fn commit_chunk(
+    /// Routes a diffed chunk's changes and plans their deliveries (rendering each payload), ready
+    /// for [`Intake::commit_planned`]. It writes nothing, so a poll may plan the next chunk while
+    /// the one before it commits, and a plan that is never committed leaves no trace.
+    fn plan_chunk(
         &self,
         clinic: &str,
         resource: &str,
         chunk: DiffedChunk,
+    ) -> impl Future<Output = Result<Self::Planned, Self::Error>> + Send;
+
+    /// Commits a planned chunk: the snapshots, the changes and their deliveries in one
+    /// transaction (all of it, or nothing after a crash); only then are the deliveries handed on,
+    /// and never before they are on disk. Returns how many deliveries it queued.
+    fn commit_planned(
+        &self,
+        clinic: &str,
+        resource: &str,
+        planned: Self::Planned,
     ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 
     /// Writes everything committed so far to disk and waits for it.

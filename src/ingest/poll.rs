@@ -213,53 +213,22 @@ async fn poll_inner<I: Intake>(
     let since = cp.since(ctx.overlap);
     // The API's clock minus ours, from the poll's first response (`None`: no usable `Date`).
     let mut skew: Option<Option<TimeDelta>> = None;
-    let hasher = RandomState::new();
-    while report.passes < MAX_PASSES && !report.settled {
-        report.passes += 1;
-        let mut served = PassIds::new(&hasher);
-        let mut walk = PageWalk::new(ctx, res, since, res.first_page);
-        while let Some(step) = walk.next().await? {
-            // A page requested again after it broke off: its records come again, and what it
-            // stored compares equal.
-            let Step::Records(chunk) = step else {
-                served.discard_page();
-                continue;
-            };
-            if skew.is_none() {
-                if let Some(end) = &walk.first_end {
-                    skew = Some(read_clock(ctx, res, end, status));
-                }
-            }
-            let page_end = chunk.page_end;
-            store_chunk(
-                ctx,
-                res,
-                chunk.records,
-                chunk.page,
-                catch_up,
-                &mut served,
-                &mut report,
-            )
-            .await?;
-            if page_end {
-                served.end_page();
-            }
-        }
-        if walk.ended_on_repeat {
-            // The endpoint ignores the page parameter: its repeat of the whole window is not a
-            // shift (and was not stored again past its first chunks, which compared equal).
-            served.discard_page();
-        }
-        report.pages += walk.pages;
-        report.records += walk.records;
-        if served.repeats == 0 {
-            report.settled = true;
-        } else {
-            metrics::counter!(crate::telemetry::metric::WINDOW_SHIFTS, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
-                .increment(1);
-            tracing::info!(resource = %res.name, pass = report.passes, records_served_twice = served.repeats, "the window shifted while it was paged; reading it again");
-        }
-    }
+    let mut chain = Chain::new();
+    let read = read_passes(
+        ctx,
+        res,
+        since,
+        catch_up,
+        status,
+        &mut skew,
+        &mut report,
+        &mut chain,
+    )
+    .await;
+    // Whatever was read before a failure is stored, as each chunk would have been on its own.
+    let drained = chain.finish(ctx, res, &mut report).await;
+    read?;
+    drained?;
     if !report.settled {
         metrics::counter!(crate::telemetry::metric::POLLS_UNSETTLED, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
             .increment(1);
@@ -280,6 +249,71 @@ async fn poll_inner<I: Intake>(
         .await
         .map_err(PollError::Store)?;
     Ok(report)
+}
+
+/// Reads the window from `since`, pass after pass, until a pass comes out clean or
+/// [`MAX_PASSES`] were made (see the module docs); each pass's chunks are committed by its end.
+#[allow(clippy::too_many_arguments)]
+async fn read_passes<I: Intake>(
+    ctx: &PollCtx<I>,
+    res: &Resource,
+    since: DateTime<Utc>,
+    catch_up: bool,
+    status: &mut PollStatus,
+    skew: &mut Option<Option<TimeDelta>>,
+    report: &mut PollReport,
+    chain: &mut Chain<I>,
+) -> Result<(), PollError<I::Error>> {
+    let hasher = RandomState::new();
+    while report.passes < MAX_PASSES && !report.settled {
+        report.passes += 1;
+        let mut served = PassIds::new(&hasher);
+        let mut walk = PageWalk::new(ctx, res, since, res.first_page);
+        while let Some(step) = walk.next().await? {
+            // A page requested again after it broke off: its records come again, and what it
+            // stored compares equal.
+            let Step::Records(chunk) = step else {
+                served.discard_page();
+                continue;
+            };
+            if skew.is_none() {
+                if let Some(end) = &walk.first_end {
+                    *skew = Some(read_clock(ctx, res, end, status));
+                }
+            }
+            let page_end = chunk.page_end;
+            store_chunk(
+                ctx,
+                res,
+                chunk.records,
+                chunk.page,
+                catch_up,
+                &mut served,
+                report,
+                chain,
+            )
+            .await?;
+            if page_end {
+                served.end_page();
+            }
+        }
+        if walk.ended_on_repeat {
+            // The endpoint ignores the page parameter: its repeat of the whole window is not a
+            // shift (and was not stored again past its first chunks, which compared equal).
+            served.discard_page();
+        }
+        chain.finish(ctx, res, report).await?;
+        report.pages += walk.pages;
+        report.records += walk.records;
+        if served.repeats == 0 {
+            report.settled = true;
+        } else {
+            metrics::counter!(crate::telemetry::metric::WINDOW_SHIFTS, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
+                .increment(1);
+            tracing::info!(resource = %res.name, pass = report.passes, records_served_twice = served.repeats, "the window shifted while it was paged; reading it again");
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint after a settled poll that began at `started` (our clock), with the API's clock
@@ -415,9 +449,109 @@ impl<'a> PassIds<'a> {
     }
 }
 
-/// Diffs one chunk of a page against the stored snapshots and hands it to the intake, which
-/// routes its changes and commits it in one transaction. `catch_up`: the first poll after the
-/// baseline, which also consults the records the baseline stored.
+/// A poll's chunks between the page reader and the store: while one chunk is committed (on the
+/// poll's own task, so a poll dropped by shutdown never leaves a commit running behind it), the
+/// next is diffed and planned on a task of its own, on the other core. Chunks are committed in
+/// the order read; the next chunk is diffed against the stored snapshots overlaid with the
+/// snapshots of the chunk not yet committed, so it sees exactly what a strictly sequential poll
+/// would.
+struct Chain<I: Intake> {
+    /// The chunk being diffed and planned.
+    next: Option<tokio::task::JoinHandle<Result<Diffed<I::Planned>, PollError<I::Error>>>>,
+}
+
+impl<I: Intake> Chain<I> {
+    fn new() -> Self {
+        Chain { next: None }
+    }
+
+    /// Waits for the chunk being diffed, if any.
+    async fn take(&mut self) -> Result<Option<Diffed<I::Planned>>, PollError<I::Error>> {
+        let Some(handle) = self.next.take() else {
+            return Ok(None);
+        };
+        match handle.await {
+            Ok(diffed) => diffed.map(Some),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels a spawned task.
+            Err(_) => Err(PollError::Cancelled("runtime shutting down".into())),
+        }
+    }
+
+    /// Commits the chunk being diffed, once it is planned: the end of a pass, or of a poll that
+    /// failed while reading (the chunks read before the failure are stored, as without a chain).
+    async fn finish(
+        &mut self,
+        ctx: &PollCtx<I>,
+        res: &Resource,
+        report: &mut PollReport,
+    ) -> Result<(), PollError<I::Error>> {
+        if let Some(diffed) = self.take().await? {
+            commit(ctx, res, diffed, report).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One chunk diffed and planned, ready to commit.
+struct Diffed<P> {
+    planned: P,
+    /// The new snapshot versions it writes, by id: what the next chunk compares against while
+    /// this one is not committed yet.
+    overlay: HashMap<String, Vec<u8>>,
+    /// Changes detected, by [`ChangeKind`].
+    kinds: [u64; 3],
+    page: u32,
+}
+
+/// Commits a diffed chunk and counts it.
+async fn commit<I: Intake>(
+    ctx: &PollCtx<I>,
+    res: &Resource,
+    diffed: Diffed<I::Planned>,
+    report: &mut PollReport,
+) -> Result<(), PollError<I::Error>> {
+    report.deliveries += ctx
+        .intake
+        .commit_planned(&ctx.clinic, &res.name, diffed.planned)
+        .await
+        .map_err(PollError::Store)?;
+    // Counted once committed: a plan dropped with its poll detected nothing for good.
+    for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
+        if diffed.kinds[kind as usize] > 0 {
+            metrics::counter!(crate::telemetry::metric::CHANGES, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone(), "change" => kind.as_str()).increment(diffed.kinds[kind as usize]);
+        }
+    }
+    let changes: u64 = diffed.kinds.iter().sum();
+    report.changes += changes;
+    tracing::debug!(resource = %res.name, page = diffed.page, changes, "chunk stored");
+    Ok(())
+}
+
+/// What one chunk's diff needs, moved to the task that diffs it.
+struct ChunkInput {
+    clinic: String,
+    resource: String,
+    id_field: String,
+    status_field: String,
+    /// The records with an id, in the order read.
+    keyed: Vec<(String, Value)>,
+    /// Their stored versions (those stored).
+    stored: HashMap<String, Vec<u8>>,
+    /// The chunk before, not committed yet: its new versions win over `stored`.
+    overlay: HashMap<String, Vec<u8>>,
+    /// `catch_up`: the versions the baseline read, of records neither stored nor in `overlay`.
+    baseline_read: HashMap<String, Vec<u8>>,
+    catch_up: bool,
+    detected_at: DateTime<Utc>,
+    page: u32,
+}
+
+/// Takes one chunk of a page: notes its ids, reads their stored versions, and starts diffing and
+/// planning it on a task of its own; meanwhile the chunk before it (if any) is committed here.
+/// `catch_up`: the first poll after the baseline, which also consults the records the baseline
+/// stored.
+#[allow(clippy::too_many_arguments)]
 async fn store_chunk<I: Intake>(
     ctx: &PollCtx<I>,
     res: &Resource,
@@ -426,26 +560,19 @@ async fn store_chunk<I: Intake>(
     catch_up: bool,
     served: &mut PassIds<'_>,
     report: &mut PollReport,
+    chain: &mut Chain<I>,
 ) -> Result<(), PollError<I::Error>> {
     metrics::counter!(crate::telemetry::metric::RECORDS_FETCHED, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone())
         .increment(records.len() as u64);
-    let spec = DiffSpec {
-        clinic: &ctx.clinic,
-        resource: &res.name,
-        id_field: &res.id_field,
-        status_field: &res.status_field,
-    };
     let detected_at = Utc::now();
-    let mut chunk = DiffedChunk::default();
-    // Later copies of a record in the same chunk compare against the earlier copy: its index
-    // in `chunk.snapshots` (an earlier chunk's copy is stored already).
-    let mut pending: HashMap<String, usize> = HashMap::new();
-    let mut kinds = [0u64; 3];
     // Every record's id first, then one read of the stored versions of them all.
     let mut keyed: Vec<(String, Value)> = Vec::with_capacity(records.len());
     for record in records {
         match diff::record_id(&record, &res.id_field) {
-            Ok(id) => keyed.push((id, record)),
+            Ok(id) => {
+                served.note(&id);
+                keyed.push((id, record));
+            }
             Err(skip) => {
                 served.note(&record.to_string());
                 report.skipped += 1;
@@ -458,6 +585,11 @@ async fn store_chunk<I: Intake>(
             }
         }
     }
+    let mut previous = chain.take().await?;
+    let overlay = previous
+        .as_mut()
+        .map(|p| std::mem::take(&mut p.overlay))
+        .unwrap_or_default();
     let ids: Vec<&str> = keyed.iter().map(|(id, _)| id.as_str()).collect();
     let stored = ctx
         .intake
@@ -468,7 +600,7 @@ async fn store_chunk<I: Intake>(
         let unseen: Vec<&str> = ids
             .iter()
             .copied()
-            .filter(|id| !stored.contains_key(*id))
+            .filter(|id| !stored.contains_key(*id) && !overlay.contains_key(*id))
             .collect();
         ctx.intake
             .baseline_snapshots(&ctx.clinic, &res.name, &unseen)
@@ -478,28 +610,85 @@ async fn store_chunk<I: Intake>(
         HashMap::new()
     };
     drop(ids);
-    for (id, record) in keyed {
-        served.note(&id);
+    let input = ChunkInput {
+        clinic: ctx.clinic.clone(),
+        resource: res.name.clone(),
+        id_field: res.id_field.clone(),
+        status_field: res.status_field.clone(),
+        keyed,
+        stored,
+        overlay,
+        baseline_read,
+        catch_up,
+        detected_at,
+        page: page_no,
+    };
+    let intake = ctx.intake.clone();
+    let next = tokio::spawn(async move {
+        let mut input = input;
+        let (chunk, kinds, overlay) = diff_chunk(&mut input)?;
+        let planned = intake
+            .plan_chunk(&input.clinic, &input.resource, chunk)
+            .await
+            .map_err(PollError::Store)?;
+        Ok(Diffed {
+            planned,
+            overlay,
+            kinds,
+            page: input.page,
+        })
+    });
+    // A failed commit drops the chunk after it (its task ends by itself, having written
+    // nothing): what is committed stays a prefix of what was read.
+    if let Some(previous) = previous {
+        commit(ctx, res, previous, report).await?;
+    }
+    chain.next = Some(next);
+    Ok(())
+}
+
+/// Diffs one chunk against its stored versions (the chunk before it overlaid): the snapshots to
+/// write and the changes, the count of each kind, and the new versions by id.
+#[allow(clippy::type_complexity)]
+fn diff_chunk<E>(
+    input: &mut ChunkInput,
+) -> Result<(DiffedChunk, [u64; 3], HashMap<String, Vec<u8>>), PollError<E>> {
+    let spec = DiffSpec {
+        clinic: &input.clinic,
+        resource: &input.resource,
+        id_field: &input.id_field,
+        status_field: &input.status_field,
+    };
+    let mut chunk = DiffedChunk::default();
+    // Later copies of a record in the same chunk compare against the earlier copy: its index
+    // in `chunk.snapshots`.
+    let mut pending: HashMap<String, usize> = HashMap::new();
+    let mut kinds = [0u64; 3];
+    for (id, record) in std::mem::take(&mut input.keyed) {
         // The record as it would be stored. Equal bytes mean an equal record: nothing changed,
         // and the stored version need not be decoded (the common case of an overlap re-read).
         let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        let stored = input
+            .overlay
+            .get(&id)
+            .or_else(|| input.stored.get(&id));
         let previous = match pending.get(&id) {
             Some(&i) if chunk.snapshots[i].1 == bytes => continue,
             Some(&i) => Some(decode_snapshot(&chunk.snapshots[i].1)?),
-            None => match stored.get(&id) {
+            None => match stored {
                 Some(raw) if raw.as_slice() == bytes.as_slice() => continue,
                 Some(raw) => Some(decode_snapshot(raw)?),
-                None if catch_up => {
-                    match baseline_read.get(&id) {
+                None if input.catch_up => {
+                    match input.baseline_read.get(&id) {
                         // Served since the origin, so changed after it, yet already so when the
                         // baseline read it: the version before that change was never seen, and
                         // the record is judged as a backfill judges it.
                         // (A deleted record is kept as its tombstone.)
                         Some(raw)
                             if raw.as_slice() == bytes.as_slice()
-                                || (diff::is_deleted(&record, &res.status_field)
+                                || (diff::is_deleted(&record, spec.status_field)
                                     && raw.as_slice()
-                                        == diff::tombstone(&res.id_field, &id).as_slice()) =>
+                                        == diff::tombstone(spec.id_field, &id).as_slice()) =>
                         {
                             None
                         }
@@ -510,34 +699,23 @@ async fn store_chunk<I: Intake>(
                 None => None,
             },
         };
-        let Some(change) = diff::diff(&spec, id.clone(), previous, record, detected_at) else {
+        let Some(change) = diff::diff(&spec, id.clone(), previous, record, input.detected_at)
+        else {
             continue;
         };
-        report.changes += 1;
         kinds[change.kind as usize] += 1;
         pending.insert(id.clone(), chunk.snapshots.len());
         // A deleted record is kept as a tombstone, not with its contents.
         let kept = if change.kind == ChangeKind::Deleted {
-            diff::tombstone(&res.id_field, &id)
+            diff::tombstone(spec.id_field, &id)
         } else {
             bytes
         };
         chunk.snapshots.push((id, kept));
         chunk.changes.push(change);
     }
-    for kind in [ChangeKind::Added, ChangeKind::Modified, ChangeKind::Deleted] {
-        if kinds[kind as usize] > 0 {
-            metrics::counter!(crate::telemetry::metric::CHANGES, "clinic" => ctx.clinic.clone(), "resource" => res.name.clone(), "change" => kind.as_str()).increment(kinds[kind as usize]);
-        }
-    }
-    let changes = chunk.changes.len();
-    report.deliveries += ctx
-        .intake
-        .commit_chunk(&ctx.clinic, &res.name, chunk)
-        .await
-        .map_err(PollError::Store)?;
-    tracing::debug!(resource = %res.name, page = page_no, changes, "chunk stored");
-    Ok(())
+    let overlay = chunk.snapshots.iter().cloned().collect();
+    Ok((chunk, kinds, overlay))
 }
 
 /// Decodes a stored snapshot: the JSON a poll (or the baseline) stored.

@@ -732,10 +732,11 @@ impl SledStore {
             .iter()
             .map(|(id, v)| (key(&[clinic, resource, id]), v.as_slice()))
             .collect();
-        let outbox: Vec<(Vec<u8>, Vec<u8>)> = page
+        let outbox: Vec<(Vec<u8>, std::borrow::Cow<'_, [u8]>)> = page
             .outbox
             .iter()
-            .map(|e| (outbox_key(&e.destination, e.seq), encode(e)))
+            .enumerate()
+            .map(|(i, e)| (outbox_key(&e.destination, e.seq), page.outbox_value(i)))
             .collect();
         let dead: Vec<([u8; 8], Vec<u8>)> = page
             .dead
@@ -762,7 +763,7 @@ impl SledStore {
                     changes.insert(&c.seq.to_be_bytes(), c.value.as_slice())?;
                 }
                 for (k, v) in &outbox {
-                    ob.insert(k.as_slice(), v.as_slice())?;
+                    ob.insert(k.as_slice(), v.as_ref())?;
                 }
                 for (k, v) in &dead {
                     de.insert(k, v.as_slice())?;

@@ -134,9 +134,26 @@ pub struct PageWrite {
     /// Deliveries to digest destinations: they wait in the store until their window closes
     /// ([`Store::flush_digest`]).
     pub digest: Vec<DigestMember>,
+    /// `outbox` as stored, when encoded ahead ([`PageWrite::encode_outbox`]); left empty, the
+    /// commit encodes them.
+    pub outbox_values: Vec<Vec<u8>>,
 }
 
 impl PageWrite {
+    /// Encodes the outbox entries ahead of the commit, so a poll does it on its own core while
+    /// the page before is committed instead of inside the store's write.
+    pub(crate) fn encode_outbox(&mut self) {
+        self.outbox_values = self.outbox.iter().map(encode).collect();
+    }
+
+    /// The `i`th outbox entry as stored: encoded ahead, or now.
+    pub(crate) fn outbox_value(&self, i: usize) -> std::borrow::Cow<'_, [u8]> {
+        match self.outbox_values.get(i) {
+            Some(v) if self.outbox_values.len() == self.outbox.len() => v.as_slice().into(),
+            _ => encode(&self.outbox[i]).into(),
+        }
+    }
+
     /// Nothing to write.
     pub(crate) fn is_empty(&self) -> bool {
         self.snapshots.is_empty()

@@ -269,8 +269,7 @@ async fn a_page_is_committed_whole_and_entries_come_back_in_order(store: &Store)
         snapshots: vec![snap("a", 1), snap("b", 1), snap("a", 2)],
         changes: vec![change("a", 100)],
         outbox: vec![entry("hook", 300), entry("hook", 2), entry("hook2", 1)],
-        dead: vec![],
-        digest: vec![],
+        ..PageWrite::default()
     };
     store.commit_page("default", "leads", &page).await.unwrap();
     assert_eq!(
@@ -488,7 +487,11 @@ async fn erasing_a_record_removes_every_trace_of_it_and_nothing_else(store: &Sto
         outbox: vec![entry("hook", 1), other],
         dead: vec![dead_a],
         digest: vec![member("mail", 4, "a"), member("mail", 5, "b")],
+        ..PageWrite::default()
     };
+    // As a poll commits it: the outbox entries encoded ahead.
+    let mut page = page;
+    page.encode_outbox();
     store.commit_page("default", "leads", &page).await.unwrap();
     store
         .log_attempt(
@@ -771,6 +774,7 @@ async fn a_sled_store_copied_into_postgres_keeps_its_ids_checkpoints_and_queue()
             died_ms: 1,
         }],
         digest: vec![member("mail", 7, "b")],
+        ..PageWrite::default()
     };
     sled.commit_page("default", "leads", &page).await.unwrap();
     for _ in 0..10 {
