@@ -15,8 +15,8 @@ use std::time::Instant;
 
 /// Records per run.
 const RECORDS: u64 = 100_000;
-/// Records per page (one batch or transaction each).
-const PAGE: u64 = 100;
+/// Records per page (one batch or transaction each), unless `BENCH_PAGE` says otherwise.
+const PAGE_DEFAULT: u64 = 100;
 
 /// How the writes of one page are made.
 #[derive(Clone, Copy, PartialEq)]
@@ -49,7 +49,7 @@ impl Mode {
 }
 
 /// Writes `RECORDS` records the way `mode` does; returns records per second.
-fn run(mode: Mode) -> f64 {
+fn run(mode: Mode, page_size: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new()
         .path(dir.path())
@@ -67,8 +67,8 @@ fn run(mode: Mode) -> f64 {
     let snap_key = |id: u64| format!("default\0leads\0L-{id:08}").into_bytes();
     let outbox_key = |seq: u64| [b"hooks\0".as_slice(), &seq.to_be_bytes()].concat();
     let t = Instant::now();
-    for page in 0..RECORDS / PAGE {
-        let ids = (page * PAGE)..((page + 1) * PAGE);
+    for page in 0..RECORDS / page_size {
+        let ids = (page * page_size)..((page + 1) * page_size);
         match mode {
             Mode::Ceiling => {
                 let mut b = sled::Batch::default();
@@ -91,7 +91,7 @@ fn run(mode: Mode) -> f64 {
                     .unwrap();
             }
             Mode::PagedJournal { journal_bytes } => {
-                let j = vec![b'j'; journal_bytes * PAGE as usize];
+                let j = vec![b'j'; journal_bytes * page_size as usize];
                 (&snaps, &journal, &outbox)
                     .transaction(|(s, jt, o)| {
                         for id in ids.clone() {
@@ -135,6 +135,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    let page_size: u64 = std::env::var("BENCH_PAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PAGE_DEFAULT);
     let modes = [
         Mode::Ceiling,
         Mode::ThreeTreeTransaction {
@@ -147,13 +151,13 @@ fn main() {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for round in 0..rounds {
         for (i, m) in modes.iter().enumerate() {
-            let r = run(*m);
+            let r = run(*m, page_size);
             eprintln!("round {round}: {:<40} {r:>9.0} records/s", m.name());
             rates[i].push(r);
         }
     }
     let ceiling = median(rates[0].clone());
-    println!("| writes per page of {PAGE} ({RECORDS} records, median of {rounds}) | records/s | of the ceiling |");
+    println!("| writes per page of {page_size} ({RECORDS} records, median of {rounds}) | records/s | of the ceiling |");
     println!("|---|---|---|");
     for (m, r) in modes.iter().zip(rates) {
         let r = median(r);

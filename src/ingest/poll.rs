@@ -668,10 +668,7 @@ fn diff_chunk<E>(
         // The record as it would be stored. Equal bytes mean an equal record: nothing changed,
         // and the stored version need not be decoded (the common case of an overlap re-read).
         let bytes = serde_json::to_vec(&record).unwrap_or_default();
-        let stored = input
-            .overlay
-            .get(&id)
-            .or_else(|| input.stored.get(&id));
+        let stored = input.overlay.get(&id).or_else(|| input.stored.get(&id));
         let previous = match pending.get(&id) {
             Some(&i) if chunk.snapshots[i].1 == bytes => continue,
             Some(&i) => Some(decode_snapshot(&chunk.snapshots[i].1)?),

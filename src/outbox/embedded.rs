@@ -9,7 +9,7 @@
 //! | `checkpoints` | clinic \0 resource                    | [`Checkpoint`] (JSON)                 |
 //! | `polls`       | clinic \0 resource                    | [`PollStatus`] (JSON)                 |
 //! | `snapshots`   | clinic \0 resource \0 record id       | the record as last fetched (JSON)     |
-//! | `changes`     | seq (u64 BE)                          | the journal: a [`JournalEntry`] per change |
+//! | `changes`     | seq (u64 BE) of a page's first change | the journal: a page's [`JournalEntry`]s, `[[seq, entry], ...]` (older stores: one entry per seq; both are read) |
 //! | `outbox`      | destination \0 seq (u64 BE)           | an [`OutboxEntry`] (JSON)             |
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | an [`AttemptLog`] (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a [`DeadLetter`] (JSON)               |
@@ -54,8 +54,8 @@
 //!   once, with the same `webhook-id`.
 
 use super::store::{
-    decode, encode, DestHealth, Due, Dump, Erased, PageWrite, Result, StoreError, DEAD_LETTER,
-    DIGEST_MEMBER, JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
+    decode, encode, DestHealth, Due, Dump, Erased, JournalWrite, PageWrite, Result, StoreError,
+    DEAD_LETTER, DIGEST_MEMBER, JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
 };
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::IdKey;
@@ -126,6 +126,43 @@ fn prefix(parts: &[&str]) -> Vec<u8> {
     let mut k = key(parts);
     k.push(0);
     k
+}
+
+/// Whether a journal value is a page of entries (see [`journal_page`]).
+fn is_journal_page(v: &[u8]) -> bool {
+    v.first() == Some(&b'[')
+}
+
+/// A page's journal entries as one value under the first entry's seq, `[[seq, entry], ...]`:
+/// one insert per page instead of one per change (sled's cost grows with the entries a
+/// transaction writes, much less with their size). `None` for a page without changes.
+fn journal_page(changes: &[JournalWrite]) -> Option<([u8; 8], Vec<u8>)> {
+    let first = changes.first()?;
+    let len = changes.iter().map(|c| c.value.len() + 24).sum::<usize>() + 2;
+    let mut v = Vec::with_capacity(len);
+    v.push(b'[');
+    for (i, c) in changes.iter().enumerate() {
+        if i > 0 {
+            v.push(b',');
+        }
+        v.push(b'[');
+        v.extend_from_slice(c.seq.to_string().as_bytes());
+        v.push(b',');
+        v.extend_from_slice(&c.value);
+        v.push(b']');
+    }
+    v.push(b']');
+    Some((first.seq.to_be_bytes(), v))
+}
+
+/// The entries of one journal value: a page's, or the single entry keyed by its seq that
+/// stores wrote before pages (both forms are read; neither is rewritten).
+fn journal_value<T: for<'de> Deserialize<'de>>(k: &[u8], v: &[u8]) -> Result<Vec<(u64, T)>> {
+    if is_journal_page(v) {
+        return decode(JOURNAL_ENTRY, v);
+    }
+    let seq = u64::from_be_bytes(k.try_into().unwrap_or([0; 8]));
+    Ok(vec![(seq, decode(JOURNAL_ENTRY, v)?)])
 }
 
 /// The outbox key of a delivery.
@@ -505,10 +542,21 @@ impl SledStore {
         }
         for kv in self.changes.iter() {
             let (k, v) = kv?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let j: JournalKey = decode("change", &v)?;
-            d.journal
-                .push((seq, j.clinic, j.resource, j.id, j.detected_at, v.to_vec()));
+            for (seq, entry) in journal_value::<serde_json::Value>(&k, &v)? {
+                let j: JournalKey =
+                    serde_json::from_value(entry.clone()).map_err(|source| StoreError::Decode {
+                        what: "change",
+                        source,
+                    })?;
+                d.journal.push((
+                    seq,
+                    j.clinic,
+                    j.resource,
+                    j.id,
+                    j.detected_at,
+                    encode(&entry),
+                ));
+            }
         }
         d.outbox = self.all_outbox()?;
         for kv in self.attempts.iter() {
@@ -738,6 +786,7 @@ impl SledStore {
             .enumerate()
             .map(|(i, e)| (outbox_key(&e.destination, e.seq), page.outbox_value(i)))
             .collect();
+        let journal = journal_page(&page.changes);
         let dead: Vec<([u8; 8], Vec<u8>)> = page
             .dead
             .iter()
@@ -759,8 +808,8 @@ impl SledStore {
                 for (k, v) in &snap_keys {
                     snaps.insert(k.as_slice(), *v)?;
                 }
-                for c in &page.changes {
-                    changes.insert(&c.seq.to_be_bytes(), c.value.as_slice())?;
+                if let Some((k, v)) = &journal {
+                    changes.insert(k, v.as_slice())?;
                 }
                 for (k, v) in &outbox {
                     ob.insert(k.as_slice(), v.as_ref())?;
@@ -784,14 +833,12 @@ impl SledStore {
 
     /// Every change in the journal, oldest first.
     pub(crate) fn changes(&self) -> Result<Vec<(u64, JournalEntry)>> {
-        self.changes
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-                Ok((seq, decode(JOURNAL_ENTRY, &v)?))
-            })
-            .collect()
+        let mut all = Vec::new();
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            all.extend(journal_value::<JournalEntry>(&k, &v)?);
+        }
+        Ok(all)
     }
 
     /// Rewrites journal entries stored in the form that held the whole change (the record and
@@ -809,6 +856,10 @@ impl SledStore {
         let mut in_batch = 0;
         for kv in self.changes.iter() {
             let (k, v) = kv?;
+            // A page of entries was written in the current form.
+            if is_journal_page(&v) {
+                continue;
+            }
             match JournalEntry::decode_any(&v, &self.id_key) {
                 Some((_, false)) => {}
                 Some((entry, true)) => {
@@ -843,8 +894,17 @@ impl SledStore {
     }
 
     /// The number of changes in the journal.
-    pub(crate) fn change_count(&self) -> usize {
-        self.changes.len()
+    pub(crate) fn change_count(&self) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            n += if is_journal_page(&v) {
+                journal_value::<serde::de::IgnoredAny>(&k, &v)?.len()
+            } else {
+                1
+            };
+        }
+        Ok(n)
     }
 
     /// Drops journal entries detected before `cutoff`, oldest first, and returns how many went.
@@ -858,16 +918,39 @@ impl SledStore {
         let mut removed = 0;
         for kv in self.changes.iter() {
             let (k, v) = kv?;
-            let old = serde_json::from_slice::<Detected>(&v)
-                .map(|d| d.detected_at < cutoff)
-                .unwrap_or(true);
-            if !old {
+            // An entry whose time cannot be read goes: the journal is for inspection only.
+            let entries: Vec<(u64, Option<Detected>)> = journal_value(&k, &v).unwrap_or_default();
+            let old = |d: &Option<Detected>| d.as_ref().is_none_or(|d| d.detected_at < cutoff);
+            let gone = entries.iter().filter(|(_, d)| old(d)).count();
+            if gone == 0 && !entries.is_empty() {
                 break;
             }
-            self.changes.remove(k)?;
-            removed += 1;
+            if gone == entries.len() {
+                self.changes.remove(k)?;
+                removed += gone.max(1);
+                continue;
+            }
+            // A page detected across the cutoff keeps its newer entries, under its own key.
+            let pages: Vec<(u64, serde_json::Value)> = journal_value(&k, &v)?;
+            let kept: Vec<_> = pages
+                .into_iter()
+                .zip(&entries)
+                .filter(|(_, (_, d))| !old(d))
+                .map(|(e, _)| e)
+                .collect();
+            self.changes.insert(k, encode(&kept))?;
+            removed += gone;
+            break;
         }
         Ok(removed)
+    }
+
+    /// Writes one journal value under `seq`, as versions before journal pages did (tests make an
+    /// older version's store so).
+    #[cfg(test)]
+    pub(crate) fn put_journal_value(&self, seq: u64, value: &[u8]) -> Result<()> {
+        self.changes.insert(seq.to_be_bytes(), value)?;
+        Ok(())
     }
 
     /// Forgets that a one-time upgrade was done (tests make an older version's store so).
@@ -940,14 +1023,35 @@ impl SledStore {
             snapshots: usize::from(self.snapshots.contains_key(&snap_key)?),
             ..Erased::default()
         };
-        let mut changes = Vec::new();
+        // Journal values to remove (`None`) or to write again without the record's entries.
+        let mut changes: Vec<(sled::IVec, Option<Vec<u8>>)> = Vec::new();
+        let mut erased_changes = 0;
         for kv in self.changes.iter() {
             let (k, v) = kv?;
-            if serde_json::from_slice::<JournalKey>(&v)
-                .is_ok_and(|c| c.clinic == clinic && c.resource == resource && c.id == id)
-            {
-                changes.push(k);
+            let Ok(entries) = journal_value::<Option<JournalKey>>(&k, &v) else {
+                continue;
+            };
+            let hit = |c: &Option<JournalKey>| {
+                c.as_ref()
+                    .is_some_and(|c| c.clinic == clinic && c.resource == resource && c.id == id)
+            };
+            let hits = entries.iter().filter(|(_, c)| hit(c)).count();
+            if hits == 0 {
+                continue;
             }
+            erased_changes += hits;
+            if hits == entries.len() {
+                changes.push((k, None));
+                continue;
+            }
+            let all: Vec<(u64, serde_json::Value)> = journal_value(&k, &v)?;
+            let kept: Vec<_> = all
+                .into_iter()
+                .zip(&entries)
+                .filter(|(_, (_, c))| !hit(c))
+                .map(|(e, _)| e)
+                .collect();
+            changes.push((k, Some(encode(&kept))));
         }
         let mut outbox = Vec::new();
         let mut seqs = Vec::new();
@@ -980,7 +1084,7 @@ impl SledStore {
             }
         }
         erased.digest = digest.len();
-        erased.changes = changes.len();
+        erased.changes = erased_changes;
         erased.outbox = outbox.len();
         erased.dead = dead.len();
         erased.attempts = attempts.len();
@@ -997,8 +1101,11 @@ impl SledStore {
                 for k in &digest {
                     dg.remove(k)?;
                 }
-                for k in &changes {
-                    ch.remove(k)?;
+                for (k, kept) in &changes {
+                    match kept {
+                        Some(v) => ch.insert(k, v.as_slice())?,
+                        None => ch.remove(k)?,
+                    };
                 }
                 for k in &outbox {
                     ob.remove(k)?;

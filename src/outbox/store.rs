@@ -596,7 +596,7 @@ impl Store {
     /// The number of changes in the journal.
     pub async fn change_count(&self) -> Result<usize> {
         match self {
-            Store::Sled(s) => Ok(s.change_count()),
+            Store::Sled(s) => s.change_count(),
             Store::Postgres(p) => p.change_count().await,
         }
     }

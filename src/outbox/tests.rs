@@ -184,6 +184,26 @@ fn change(id: &str, secs: i64) -> JournalWrite {
     }
 }
 
+/// Writes journal entries the way an older version did: on sled one value per change under its
+/// seq (this version writes a page's entries as one value, and reads both), on PostgreSQL a row
+/// per change as now.
+async fn write_journal_as_before(store: &Store, changes: Vec<JournalWrite>) {
+    match store {
+        Store::Sled(s) => {
+            for c in &changes {
+                s.put_journal_value(c.seq, &c.value).unwrap();
+            }
+        }
+        Store::Postgres(_) => {
+            let page = PageWrite {
+                changes,
+                ..PageWrite::default()
+            };
+            store.commit_page("default", "leads", &page).await.unwrap();
+        }
+    }
+}
+
 /// Runs the one-time journal rewrite again, as an open does.
 async fn slim(store: &Store) -> usize {
     match store {
@@ -214,10 +234,9 @@ async fn journal_entries_stored_whole_are_rewritten_once_without_their_values(st
             }
         })
         .collect();
-    let mut changes = old;
-    changes.push(change("c", 30));
+    write_journal_as_before(store, old).await;
     let page = PageWrite {
-        changes,
+        changes: vec![change("c", 30)],
         outbox: vec![entry("hook", 40)],
         ..PageWrite::default()
     };

@@ -27,13 +27,24 @@ fn field_values(sb: &SandboxHandle) -> BTreeSet<String> {
     out
 }
 
-/// The journal's stored values, as bytes, straight from the backend under the store.
+/// The journal's stored entries, as bytes, straight from the backend under the store.
 async fn raw_journal(t: &TestDir, pg: Option<&ScratchDatabase>) -> Vec<Vec<u8>> {
     match pg {
         None => {
             let db = sled::open(store_path(t)).unwrap();
             let tree = db.open_tree("changes").unwrap();
-            tree.iter().values().map(|v| v.unwrap().to_vec()).collect()
+            // One value per page of entries, `[[seq, entry], ...]`: each entry's bytes.
+            tree.iter()
+                .values()
+                .flat_map(|v| {
+                    let page: Value = serde_json::from_slice(&v.unwrap()).unwrap();
+                    page.as_array()
+                        .expect("a page of entries")
+                        .iter()
+                        .map(|e| serde_json::to_vec(&e[1]).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
         }
         Some(db) => {
             let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -165,9 +176,20 @@ async fn a_store_whose_journal_holds_whole_records_is_rewritten_at_open_and_noth
     {
         let db = sled::open(store_path(&t)).unwrap();
         let changes = db.open_tree("changes").unwrap();
-        for kv in changes.iter() {
-            let (k, v) = kv.unwrap();
-            let slim: Value = serde_json::from_slice(&v).unwrap();
+        // This version writes a page's entries as one value; an older one wrote one per seq.
+        let pages: Vec<Value> = changes
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+            .collect();
+        changes.clear().unwrap();
+        for (seq, slim) in pages.iter().flat_map(|p| {
+            p.as_array()
+                .expect("a page of entries")
+                .iter()
+                .map(|e| (e[0].as_u64().unwrap(), e[1].clone()))
+        }) {
+            let k = seq.to_be_bytes();
             let id = slim["id"].as_str().unwrap().to_string();
             let whole = Change {
                 clinic: slim["clinic"].as_str().unwrap().into(),

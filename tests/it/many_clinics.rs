@@ -331,9 +331,21 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
     {
         let db = sled::open(&path).unwrap();
         let changes = db.open_tree("changes").unwrap();
-        for kv in changes.iter() {
-            let (k, v) = kv.unwrap();
-            let slim: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        // This version writes a page's entries as one value `[[seq, entry], ...]`; that version
+        // wrote one value per seq.
+        let pages: Vec<serde_json::Value> = changes
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+            .collect();
+        changes.clear().unwrap();
+        for (seq, slim) in pages.iter().flat_map(|p| {
+            p.as_array()
+                .expect("a page of entries")
+                .iter()
+                .map(|e| (e[0].as_u64().unwrap(), e[1].clone()))
+        }) {
+            let k = seq.to_be_bytes();
             assert_eq!(slim["clinic"], "default", "{slim}");
             let id = slim["id"].as_str().unwrap();
             let whole = serde_json::json!({
