@@ -457,8 +457,16 @@ impl<'a> PassIds<'a> {
 /// would.
 struct Chain<I: Intake> {
     /// The chunk being diffed and planned.
-    next: Option<tokio::task::JoinHandle<Result<Diffed<I::Planned>, PollError<I::Error>>>>,
+    next: Option<DiffTask<I>>,
 }
+
+/// The task diffing and planning one chunk.
+type DiffTask<I> = tokio::task::JoinHandle<
+    Result<Diffed<<I as Intake>::Planned>, PollError<<I as Intake>::Error>>,
+>;
+
+/// New snapshot versions by record id.
+type Overlay = HashMap<String, Vec<u8>>;
 
 impl<I: Intake> Chain<I> {
     fn new() -> Self {
@@ -498,7 +506,7 @@ struct Diffed<P> {
     planned: P,
     /// The new snapshot versions it writes, by id: what the next chunk compares against while
     /// this one is not committed yet.
-    overlay: HashMap<String, Vec<u8>>,
+    overlay: Overlay,
     /// Changes detected, by [`ChangeKind`].
     kinds: [u64; 3],
     page: u32,
@@ -539,7 +547,7 @@ struct ChunkInput {
     /// Their stored versions (those stored).
     stored: HashMap<String, Vec<u8>>,
     /// The chunk before, not committed yet: its new versions win over `stored`.
-    overlay: HashMap<String, Vec<u8>>,
+    overlay: Overlay,
     /// `catch_up`: the versions the baseline read, of records neither stored nor in `overlay`.
     baseline_read: HashMap<String, Vec<u8>>,
     catch_up: bool,
@@ -649,10 +657,7 @@ async fn store_chunk<I: Intake>(
 
 /// Diffs one chunk against its stored versions (the chunk before it overlaid): the snapshots to
 /// write and the changes, the count of each kind, and the new versions by id.
-#[allow(clippy::type_complexity)]
-fn diff_chunk<E>(
-    input: &mut ChunkInput,
-) -> Result<(DiffedChunk, [u64; 3], HashMap<String, Vec<u8>>), PollError<E>> {
+fn diff_chunk<E>(input: &mut ChunkInput) -> Result<(DiffedChunk, [u64; 3], Overlay), PollError<E>> {
     let spec = DiffSpec {
         clinic: &input.clinic,
         resource: &input.resource,
