@@ -176,19 +176,7 @@ async fn a_store_whose_journal_holds_whole_records_is_rewritten_at_open_and_noth
     {
         let db = sled::open(store_path(&t)).unwrap();
         let changes = db.open_tree("changes").unwrap();
-        // This version writes a page's entries as one value; an older one wrote one per seq.
-        let pages: Vec<Value> = changes
-            .iter()
-            .values()
-            .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
-            .collect();
-        changes.clear().unwrap();
-        for (seq, slim) in pages.iter().flat_map(|p| {
-            p.as_array()
-                .expect("a page of entries")
-                .iter()
-                .map(|e| (e[0].as_u64().unwrap(), e[1].clone()))
-        }) {
+        for (seq, slim) in take_journal_pages(&changes) {
             let k = seq.to_be_bytes();
             let id = slim["id"].as_str().unwrap().to_string();
             let whole = Change {

@@ -331,20 +331,7 @@ async fn a_store_made_before_clinics_is_the_default_clinic_and_nothing_is_sent_a
     {
         let db = sled::open(&path).unwrap();
         let changes = db.open_tree("changes").unwrap();
-        // This version writes a page's entries as one value `[[seq, entry], ...]`; that version
-        // wrote one value per seq.
-        let pages: Vec<serde_json::Value> = changes
-            .iter()
-            .values()
-            .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
-            .collect();
-        changes.clear().unwrap();
-        for (seq, slim) in pages.iter().flat_map(|p| {
-            p.as_array()
-                .expect("a page of entries")
-                .iter()
-                .map(|e| (e[0].as_u64().unwrap(), e[1].clone()))
-        }) {
+        for (seq, slim) in take_journal_pages(&changes) {
             let k = seq.to_be_bytes();
             assert_eq!(slim["clinic"], "default", "{slim}");
             let id = slim["id"].as_str().unwrap();

@@ -21,7 +21,7 @@ pub use notifier::{check, cli, cli_env, output_text, Notifier, BIN};
 pub use receiver::{verify_with_library, Received, Receiver, Reply, Responder};
 pub use store::{
     attempt_logs, dead_list, journal_ids, open_store, queued, queued_in, store_dead_letters,
-    store_outbox, store_path,
+    store_outbox, store_path, take_journal_pages,
 };
 
 use axum::body::Bytes;

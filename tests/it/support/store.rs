@@ -73,3 +73,25 @@ pub async fn journal_ids(store: &Store) -> Vec<String> {
         .map(|(_, c)| c.id)
         .collect()
 }
+
+/// Takes every entry out of a sled store's `changes` tree, which this version writes as one value
+/// per page (`[[seq, entry], ...]`), so a test can write them back the way an older version did
+/// (one value per seq). The tree is left empty.
+pub fn take_journal_pages(changes: &sled::Tree) -> Vec<(u64, serde_json::Value)> {
+    let pages: Vec<serde_json::Value> = changes
+        .iter()
+        .values()
+        .map(|v| serde_json::from_slice(&v.unwrap()).unwrap())
+        .collect();
+    changes.clear().unwrap();
+    pages
+        .iter()
+        .flat_map(|p| {
+            p.as_array()
+                .expect("a page of entries")
+                .iter()
+                .map(|e| (e[0].as_u64().unwrap(), e[1].clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
