@@ -328,7 +328,9 @@ impl Worker {
                     let _ = self.scan().await;
                     next_rescan = tokio::time::Instant::now() + OUTBOX_RESCAN;
                 }
-                _ = tokio::time::sleep(sleep_for) => {}
+                // A full worker has nothing to start until an attempt ends, which the branch
+                // above sees: no timer is set per finished attempt.
+                _ = tokio::time::sleep(sleep_for), if self.inflight.len() < self.limit => {}
             }
         }
         // Shutdown: attempts in flight may finish; the rest stays queued in the outbox. (An idle
@@ -367,11 +369,9 @@ impl Worker {
     }
 
     /// How long to wait for something to do: the next due time or the end of the pause the
-    /// service's rate asks for, at most [`MAX_IDLE_SLEEP`]; a full worker waits for an attempt.
+    /// service's rate asks for, at most [`MAX_IDLE_SLEEP`] (a full worker waits for an attempt
+    /// instead).
     fn sleep_for(&self) -> Duration {
-        if self.inflight.len() >= self.limit {
-            return MAX_IDLE_SLEEP;
-        }
         let until_due = self
             .queue
             .next_due()
