@@ -165,6 +165,18 @@ fn journal_value<T: for<'de> Deserialize<'de>>(k: &[u8], v: &[u8]) -> Result<Vec
     Ok(vec![(seq, decode(JOURNAL_ENTRY, v)?)])
 }
 
+/// A journal value written again without the entries `drop` marks (by position): a page whose
+/// other entries stay (pruning across the cutoff, erasing one record).
+fn journal_without(k: &[u8], v: &[u8], drop: &[bool]) -> Result<Vec<u8>> {
+    let kept: Vec<(u64, serde_json::Value)> = journal_value(k, v)?
+        .into_iter()
+        .zip(drop)
+        .filter(|(_, d)| !**d)
+        .map(|(e, _)| e)
+        .collect();
+    Ok(encode(&kept))
+}
+
 /// The outbox key of a delivery.
 pub fn outbox_key(destination: &str, seq: u64) -> Vec<u8> {
     let mut k = prefix(&[destination]);
@@ -931,14 +943,8 @@ impl SledStore {
                 continue;
             }
             // A page detected across the cutoff keeps its newer entries, under its own key.
-            let pages: Vec<(u64, serde_json::Value)> = journal_value(&k, &v)?;
-            let kept: Vec<_> = pages
-                .into_iter()
-                .zip(&entries)
-                .filter(|(_, (_, d))| !old(d))
-                .map(|(e, _)| e)
-                .collect();
-            self.changes.insert(k, encode(&kept))?;
+            let drop: Vec<bool> = entries.iter().map(|(_, d)| old(d)).collect();
+            self.changes.insert(&k, journal_without(&k, &v, &drop)?)?;
             removed += gone;
             break;
         }
@@ -1044,14 +1050,9 @@ impl SledStore {
                 changes.push((k, None));
                 continue;
             }
-            let all: Vec<(u64, serde_json::Value)> = journal_value(&k, &v)?;
-            let kept: Vec<_> = all
-                .into_iter()
-                .zip(&entries)
-                .filter(|(_, (_, c))| !hit(c))
-                .map(|(e, _)| e)
-                .collect();
-            changes.push((k, Some(encode(&kept))));
+            let drop: Vec<bool> = entries.iter().map(|(_, c)| hit(c)).collect();
+            let kept = journal_without(&k, &v, &drop)?;
+            changes.push((k, Some(kept)));
         }
         let mut outbox = Vec::new();
         let mut seqs = Vec::new();
