@@ -314,7 +314,7 @@ rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
         let health = format!("http://127.0.0.1:{port}/healthz");
         wait_ok(&http, &health, &mut child, "clinicea-notifier").await?;
         // The first poll (at start, after the empty baseline), then past the trigger's minimum
-        // gap after it (2 s), so the triggered poll waits only the 250 ms settle.
+        // gap after it (2 s), so the triggered poll waits only for the trigger's 100 ms of quiet.
         let deadline = Instant::now() + START_DEADLINE;
         while leads_requested(&sb) == 0 {
             if Instant::now() >= deadline {

@@ -26,9 +26,14 @@ use tokio::time::Instant;
 /// or two.
 pub(crate) const TRIGGER_MIN_GAP: Duration = Duration::from_secs(2);
 
-/// How long a trigger waits for the ones that follow it before its poll starts: triggers of
-/// one burst (several callbacks for one save in Clinicea, or a retried request) arrive within
-/// milliseconds of each other, and waiting this little makes them one poll instead of two.
+/// How long a poll waits after the latest trigger for more of its burst: triggers of one burst
+/// (several callbacks for one save in Clinicea, or a retried request) arrive within
+/// milliseconds of each other, and this quiet makes them one poll instead of two, while a lone
+/// trigger polls after only this long.
+pub(crate) const TRIGGER_QUIET: Duration = Duration::from_millis(100);
+
+/// The longest a trigger waits for its burst to go quiet ([`TRIGGER_QUIET`]): a stream of
+/// triggers with no pause in it still polls this long after its first.
 pub(crate) const TRIGGER_SETTLE: Duration = Duration::from_millis(250);
 
 /// The gap from the start of the poll that just ended to the start of the next: `min` after a
@@ -48,41 +53,53 @@ pub(crate) fn next_gap(
     }
 }
 
-/// When a poll caused by a trigger that arrived `now` may start: after [`TRIGGER_SETTLE`], and
-/// no sooner than [`TRIGGER_MIN_GAP`] after the last poll started (`None`: none in this loop).
-pub(crate) fn trigger_due(now: Instant, last_start: Option<Instant>) -> Instant {
-    let settled = now + TRIGGER_SETTLE;
+/// When a poll caused by triggers may start, the first of them having arrived at `first` and
+/// the latest at `latest`: once [`TRIGGER_QUIET`] has passed since the latest, or
+/// [`TRIGGER_SETTLE`] since the first if that is sooner, and no sooner than
+/// [`TRIGGER_MIN_GAP`] after the last poll started (`None`: none in this loop).
+pub(crate) fn trigger_due(first: Instant, latest: Instant, last_start: Option<Instant>) -> Instant {
+    let settled = (latest + TRIGGER_QUIET).min(first + TRIGGER_SETTLE);
     match last_start {
         Some(t) => settled.max(t + TRIGGER_MIN_GAP),
         None => settled,
     }
 }
 
+/// Waits for the next trigger; never returns when there is no channel or it is closed (the
+/// clinic left the config).
+async fn fired(trigger: &mut Option<watch::Receiver<u64>>) {
+    let ok = match trigger.as_mut() {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !ok {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Waits until the next poll is due: `next` (the schedule), or earlier when `trigger` fires
-/// first (then at [`trigger_due`], or `next` if that comes sooner). Every trigger that arrived
-/// before this returns is covered by the poll that follows: the caller marks the channel seen
-/// when that poll starts, so triggers during the poll make exactly one more.
+/// first (then at [`trigger_due`] of the burst it starts, or `next` if that comes sooner).
+/// Every trigger that arrived before this returns is covered by the poll that follows: the
+/// caller marks the channel seen when that poll starts, so triggers during the poll make
+/// exactly one more.
 pub(crate) async fn until_due(
     trigger: &mut Option<watch::Receiver<u64>>,
     last_start: Option<Instant>,
     next: Instant,
 ) {
-    let fired = async {
-        let ok = match trigger.as_mut() {
-            Some(rx) => rx.changed().await.is_ok(),
-            None => false,
-        };
-        if !ok {
-            // No channel, or a closed one (the clinic left the config): it never fires.
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         _ = tokio::time::sleep_until(next) => return,
-        _ = fired => {}
+        _ = fired(trigger) => {}
     }
-    let at = trigger_due(Instant::now(), last_start).min(next);
-    tokio::time::sleep_until(at).await;
+    let first = Instant::now();
+    let mut latest = first;
+    loop {
+        let at = trigger_due(first, latest, last_start).min(next);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => return,
+            _ = fired(trigger) => latest = Instant::now(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -113,14 +130,19 @@ mod tests {
     }
 
     #[test]
-    fn a_trigger_waits_to_settle_and_keeps_the_minimum_gap_to_the_last_poll() {
+    fn a_trigger_waits_for_quiet_at_most_the_settle_and_keeps_the_minimum_gap_to_the_last_poll() {
         let now = Instant::now();
-        assert_eq!(trigger_due(now, None), now + TRIGGER_SETTLE);
-        // The last poll started long ago: only the settle.
-        assert_eq!(trigger_due(now, Some(now - 10 * S)), now + TRIGGER_SETTLE);
+        let ms = Duration::from_millis;
+        // A lone trigger: the quiet after it.
+        assert_eq!(trigger_due(now, now, None), now + TRIGGER_QUIET);
+        // The latest of a burst moves it on, up to the settle after the first.
+        assert_eq!(trigger_due(now, now + ms(60), None), now + ms(60) + TRIGGER_QUIET);
+        assert_eq!(trigger_due(now, now + ms(240), None), now + TRIGGER_SETTLE);
+        // The last poll started long ago: only the quiet.
+        assert_eq!(trigger_due(now, now, Some(now - 10 * S)), now + TRIGGER_QUIET);
         // It started half a second ago: the end of the minimum gap.
-        let last = now - Duration::from_millis(500);
-        assert_eq!(trigger_due(now, Some(last)), last + TRIGGER_MIN_GAP);
+        let last = now - ms(500);
+        assert_eq!(trigger_due(now, now, Some(last)), last + TRIGGER_MIN_GAP);
     }
 
     #[tokio::test(start_paused = true)]
@@ -136,23 +158,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_of_triggers_ends_the_wait_once_after_the_settle_or_the_gap() {
+    async fn a_burst_of_triggers_ends_the_wait_once_after_its_quiet_or_the_gap() {
         let start = Instant::now();
         let (tx, rx) = watch::channel(0u64);
         let mut rx = Some(rx);
-        // A burst 10 s into a 60 s wait: the poll comes a settle after its first trigger.
+        // A burst 10 s into a 60 s wait: the poll comes the quiet after it.
         let burst = tokio::spawn({
             let tx = tx.clone();
             async move {
                 tokio::time::sleep(10 * S).await;
                 for _ in 0..100 {
                     tx.send_modify(|n| *n += 1);
-                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
         });
         until_due(&mut rx, Some(start), start + 60 * S).await;
-        assert_eq!(start.elapsed(), 10 * S + TRIGGER_SETTLE);
+        assert_eq!(start.elapsed(), 10 * S + TRIGGER_QUIET);
         burst.await.unwrap();
         // The poll starts: the burst is seen, and nothing more is pending.
         let poll_start = Instant::now();
@@ -168,5 +189,22 @@ mod tests {
         tx.send_modify(|n| *n += 1);
         until_due(&mut rx, Some(p), p + S).await;
         assert_eq!(Instant::now() - p, S);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_of_triggers_without_a_pause_polls_a_settle_after_its_first() {
+        let start = Instant::now();
+        let (tx, rx) = watch::channel(0u64);
+        let mut rx = Some(rx);
+        // One trigger every 10 ms, for longer than the settle: never quiet for long enough.
+        let stream = tokio::spawn(async move {
+            for _ in 0..100 {
+                tx.send_modify(|n| *n += 1);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        until_due(&mut rx, None, start + 60 * S).await;
+        assert_eq!(start.elapsed(), TRIGGER_SETTLE);
+        stream.abort();
     }
 }

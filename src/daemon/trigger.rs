@@ -10,7 +10,8 @@
 //!
 //! Triggers are coalesced and rate-limited by the loop ([`super::schedule`]): each (clinic,
 //! resource) has a `watch` channel whose value is bumped by every accepted trigger, and the
-//! loop wakes on a change, waits [`super::schedule::TRIGGER_SETTLE`] and at least
+//! loop wakes on a change, waits until [`super::schedule::TRIGGER_QUIET`] passes without another
+//! (at most [`super::schedule::TRIGGER_SETTLE`] after the first) and at least
 //! [`super::schedule::TRIGGER_MIN_GAP`] after its last poll, then marks the channel seen as the
 //! poll starts. A hundred triggers make one poll (or one more, if some arrive while it runs).
 //! A reload keeps the channels but not what a stopped loop had not yet answered: a trigger
