@@ -136,10 +136,16 @@ mod tests {
         // A lone trigger: the quiet after it.
         assert_eq!(trigger_due(now, now, None), now + TRIGGER_QUIET);
         // The latest of a burst moves it on, up to the settle after the first.
-        assert_eq!(trigger_due(now, now + ms(60), None), now + ms(60) + TRIGGER_QUIET);
+        assert_eq!(
+            trigger_due(now, now + ms(60), None),
+            now + ms(60) + TRIGGER_QUIET
+        );
         assert_eq!(trigger_due(now, now + ms(240), None), now + TRIGGER_SETTLE);
         // The last poll started long ago: only the quiet.
-        assert_eq!(trigger_due(now, now, Some(now - 10 * S)), now + TRIGGER_QUIET);
+        assert_eq!(
+            trigger_due(now, now, Some(now - 10 * S)),
+            now + TRIGGER_QUIET
+        );
         // It started half a second ago: the end of the minimum gap.
         let last = now - ms(500);
         assert_eq!(trigger_due(now, now, Some(last)), last + TRIGGER_MIN_GAP);
