@@ -225,6 +225,15 @@ fn load_or_make_id_key(db: &sled::Db) -> Result<IdKey> {
     Ok(IdKey::from_bytes(&bytes))
 }
 
+/// How long [`SledStore::open`] waits for the store's file lock before it reports
+/// [`StoreError::Locked`]. The lock is released only when sled's last background write of a
+/// store that was just closed has finished (in this process, or in one that is still exiting
+/// after a restart), which takes milliseconds; a store another running process holds stays
+/// locked for the whole wait, and the error then names it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often [`SledStore::open`] tries the lock again while it waits.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The mode of the store folder (and its subfolders): its owner only.
 pub(crate) const DIR_MODE: u32 = 0o700;
 /// The mode of every file in the store: its owner only.
@@ -397,27 +406,33 @@ impl SledStore {
             path: shown.clone(),
             source: sled::Error::Io(e),
         })?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
             // sled flushes on its own every 500 ms as well; the places that need durability flush
             // explicitly (see the module docs), this only bounds the loss of attempt logs.
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| match &e {
-                sled::Error::Io(io)
+            .flush_every_ms(Some(500));
+        let waited_since = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io))
                     if io.kind() == std::io::ErrorKind::WouldBlock
                         || io.to_string().contains("lock") =>
                 {
-                    StoreError::Locked {
-                        path: shown.clone(),
+                    if waited_since.elapsed() >= LOCK_WAIT {
+                        return Err(StoreError::Locked { path: shown });
                     }
+                    std::thread::sleep(LOCK_RETRY);
                 }
-                _ => StoreError::Open {
-                    path: shown.clone(),
-                    source: e,
-                },
-            })?;
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        path: shown,
+                        source: e,
+                    })
+                }
+            }
+        };
         let attempts = db.open_tree("attempts")?;
         let id_key = Arc::new(load_or_make_id_key(&db)?);
         let store = SledStore {
