@@ -40,15 +40,16 @@ pub(crate) enum Step {
     Gone,
 }
 
-/// Runs a future and turns a panic inside it into `Err(())`, so one attempt's bug is recorded
-/// against that attempt instead of unwinding through the bookkeeping after it.
-struct CatchPanic<F>(Pin<Box<F>>);
+/// Runs a pinned future (`Box::pin(f)` or `std::pin::pin!(f)`) and turns a panic inside it into
+/// `Err(())`, so one attempt's bug is recorded against that attempt instead of unwinding through
+/// the bookkeeping after it, or through the worker's lane that runs it.
+pub(crate) struct CatchPanic<P>(pub(crate) P);
 
-impl<F: Future> Future for CatchPanic<F> {
-    type Output = Result<F::Output, ()>;
+impl<P: Future + Unpin> Future for CatchPanic<P> {
+    type Output = Result<P::Output, ()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.0.as_mut();
+        let inner = Pin::new(&mut self.0);
         // After a panic the inner future is never polled again (this future is then done), so
         // no broken state can be observed.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
@@ -200,7 +201,7 @@ impl Deliverer {
         let started = std::time::Instant::now();
         // `instrument`, not `enter`: an entered span guard held across an await leaks the span into
         // whatever else runs on this thread meanwhile.
-        let sent = CatchPanic(Box::pin(self.send(&dest, &entry)))
+        let sent = CatchPanic(std::pin::pin!(self.send(&dest, &entry)))
             .instrument(span.clone())
             .await;
         #[cfg(test)]

@@ -7,8 +7,13 @@
 //! committed entries from its wake channel and puts each retry back in the queue at its due time.
 //! `once` and the tests run the same worker until it is idle ([`Deliverer::deliver_all_due`]):
 //! it attempts each entry that was due when it started once, and stops when they are done.
+//!
+//! Attempts run on the worker's lanes: up to `concurrency` long-lived tasks, each making one
+//! attempt at a time and reporting its end on one channel. A task spawned per attempt cost more
+//! than the attempt's own bookkeeping on a fast receiver (see `bench/README.md`). A lane catches
+//! a panic anywhere in its attempt ([`CatchPanic`]) and records it as a failed attempt.
 
-use super::attempt::Step;
+use super::attempt::{CatchPanic, Step};
 use super::Deliverer;
 use crate::outbox::entry::Wake;
 use crate::outbox::store::StoreError;
@@ -17,7 +22,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::{Id, JoinError, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for attempts in flight before leaving them queued.
@@ -143,9 +148,19 @@ struct Worker {
     /// handle the deliverer holds.
     destination: Arc<str>,
     queue: DueQueue,
-    inflight: JoinSet<Result<Step, StoreError>>,
-    /// Which entry each attempt task is about, to record the attempt of a task that panicked.
-    task_seq: HashMap<Id, u64>,
+    /// The lanes, started as attempts need them (aborted when the worker ends: an attempt still
+    /// running after the shutdown grace stays queued in the outbox).
+    lanes: JoinSet<()>,
+    /// Each lane's inbox of entries to attempt (room for one: a lane is handed an entry only
+    /// when it is idle), by lane number.
+    lane_inbox: Vec<mpsc::Sender<u64>>,
+    /// The numbers of the lanes that are idle.
+    idle: Vec<usize>,
+    /// Attempts in flight (lanes that are busy).
+    busy: usize,
+    /// Where lanes report the end of their attempts.
+    done_tx: mpsc::UnboundedSender<Attempted>,
+    done_rx: mpsc::UnboundedReceiver<Attempted>,
     /// Attempts in flight at once.
     limit: usize,
     /// The least time between two sends.
@@ -168,12 +183,17 @@ impl Worker {
             .map_or((1, Duration::ZERO), |d| {
                 (d.concurrency.max(1), super::pacing(d))
             });
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Worker {
             deliverer,
             destination: Arc::from(destination),
             queue: DueQueue::default(),
-            inflight: JoinSet::new(),
-            task_seq: HashMap::new(),
+            lanes: JoinSet::new(),
+            lane_inbox: Vec::new(),
+            idle: Vec::new(),
+            busy: 0,
+            done_tx,
+            done_rx,
             limit,
             min_interval,
             last_send: tokio::time::Instant::now() - min_interval,
@@ -290,9 +310,7 @@ impl Worker {
         let mut next_rescan = tokio::time::Instant::now() + OUTBOX_RESCAN;
         loop {
             self.start_due();
-            if self.once_each
-                && self.inflight.is_empty()
-                && (self.queue.is_empty() || self.failed.is_some())
+            if self.once_each && self.busy == 0 && (self.queue.is_empty() || self.failed.is_some())
             {
                 break;
             }
@@ -314,14 +332,14 @@ impl Worker {
                         // No more producers; keep draining what is queued (without this branch,
                         // which would now be ready forever).
                         wake_closed = true;
-                        if self.queue.is_empty() && self.inflight.is_empty() { break; }
+                        if self.queue.is_empty() && self.busy == 0 { break; }
                     }
                 },
-                Some(done) = self.inflight.join_next_with_id(), if !self.inflight.is_empty() => {
-                    self.finished(done).await;
+                Some(done) = self.done_rx.recv(), if self.busy > 0 => {
+                    self.finished(done);
                     // Collect every other attempt that has finished too, before refilling.
-                    while let Some(done) = self.inflight.try_join_next_with_id() {
-                        self.finished(done).await;
+                    while let Ok(done) = self.done_rx.try_recv() {
+                        self.finished(done);
                     }
                 }
                 _ = tokio::time::sleep_until(next_rescan), if rescan.is_some() => {
@@ -330,13 +348,16 @@ impl Worker {
                 }
                 // A full worker has nothing to start until an attempt ends, which the branch
                 // above sees: no timer is set per finished attempt.
-                _ = tokio::time::sleep(sleep_for), if self.inflight.len() < self.limit => {}
+                _ = tokio::time::sleep(sleep_for), if self.busy < self.limit => {}
             }
         }
         // Shutdown: attempts in flight may finish; the rest stays queued in the outbox. (An idle
-        // worker has nothing in flight by now.)
+        // worker has nothing in flight by now.) Each attempt records its own outcome; the
+        // reports only count down. The lanes are aborted when `self` drops.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while self.inflight.join_next().await.is_some() {}
+            while self.busy > 0 && self.done_rx.recv().await.is_some() {
+                self.busy -= 1;
+            }
         })
         .await;
         match self.failed {
@@ -349,7 +370,7 @@ impl Worker {
     /// error, when running until idle).
     fn start_due(&mut self) {
         let now = self.deliverer.now_ms();
-        while self.inflight.len() < self.limit && self.failed.is_none() {
+        while self.busy < self.limit && self.failed.is_none() {
             if self.queue.next_due().is_none_or(|due| due > now) {
                 break;
             }
@@ -359,13 +380,73 @@ impl Worker {
             let Some(seq) = self.queue.pop() else {
                 break;
             };
-            let (me, dest) = (self.deliverer.clone(), self.destination.clone());
             self.last_send = tokio::time::Instant::now();
-            let handle = self
-                .inflight
-                .spawn(async move { me.attempt(&dest, seq).await });
-            self.task_seq.insert(handle.id(), seq);
+            self.hand_to_lane(seq);
+            self.busy += 1;
         }
+    }
+
+    /// Gives `seq` to an idle lane, starting one when none is idle (the caller keeps the number
+    /// of busy lanes under the limit, so at most `limit` are ever started).
+    fn hand_to_lane(&mut self, seq: u64) {
+        let mut seq = seq;
+        loop {
+            let lane = match self.idle.pop() {
+                Some(lane) => lane,
+                None => {
+                    let lane = self.lane_inbox.len();
+                    let inbox = self.start_lane(lane);
+                    self.lane_inbox.push(inbox);
+                    lane
+                }
+            };
+            match self.lane_inbox[lane].try_send(seq) {
+                Ok(()) => return,
+                // An idle lane's inbox is empty, so it is closed: the lane ended (only a panic
+                // outside its attempt ends one). It is started again under its number.
+                Err(mpsc::error::TrySendError::Closed(s) | mpsc::error::TrySendError::Full(s)) => {
+                    seq = s;
+                    self.lane_inbox[lane] = self.start_lane(lane);
+                    self.idle.push(lane);
+                }
+            }
+        }
+    }
+
+    /// Starts lane number `lane` and returns its inbox.
+    fn start_lane(&mut self, lane: usize) -> mpsc::Sender<u64> {
+        let (tx, mut rx) = mpsc::channel::<u64>(1);
+        let (deliverer, destination, done) = (
+            self.deliverer.clone(),
+            self.destination.clone(),
+            self.done_tx.clone(),
+        );
+        self.lanes.spawn(async move {
+            while let Some(seq) = rx.recv().await {
+                let result =
+                    match CatchPanic(std::pin::pin!(deliverer.attempt(&destination, seq))).await {
+                        Ok(result) => result,
+                        Err(()) => {
+                            match CatchPanic(std::pin::pin!(
+                                deliverer.record_panicked(&destination, seq)
+                            ))
+                            .await
+                            {
+                                Ok(result) => result,
+                                // Even counting it failed: the entry is tried again later, as
+                                // after a store error.
+                                Err(()) => Ok(Step::Retry(
+                                    deliverer.now_ms() + STORE_ERROR_RETRY.as_millis() as i64,
+                                )),
+                            }
+                        }
+                    };
+                if done.send(Attempted { lane, seq, result }).is_err() {
+                    return;
+                }
+            }
+        });
+        tx
     }
 
     /// How long to wait for something to do: the next due time or the end of the pause the
@@ -381,28 +462,16 @@ impl Worker {
         until_due.max(until_rate).min(MAX_IDLE_SLEEP)
     }
 
-    /// Records a finished attempt: a retry goes back in the queue at its due time (when running
-    /// until cancelled), an entry that left the outbox is forgotten, a store error is tried again
-    /// after [`STORE_ERROR_RETRY`] (or, until idle, ends the run), and a task that panicked counts
-    /// as a failed attempt ([`Deliverer::record_panicked`]) and follows the entry's schedule.
-    async fn finished(&mut self, done: Result<(Id, Result<Step, StoreError>), JoinError>) {
-        let (id, result) = match done {
-            Ok((id, r)) => (id, Ok(r)),
-            Err(e) => (e.id(), Err(e)),
-        };
-        let Some(seq) = self.task_seq.remove(&id) else {
-            return;
-        };
+    /// Records a finished attempt and frees its lane: a retry goes back in the queue at its due
+    /// time (when running until cancelled), an entry that left the outbox is forgotten, and a
+    /// store error is tried again after [`STORE_ERROR_RETRY`] (or, until idle, ends the run). An
+    /// attempt that panicked was counted by its lane ([`Deliverer::record_panicked`]) and
+    /// follows the entry's schedule.
+    fn finished(&mut self, done: Attempted) {
+        let Attempted { lane, seq, result } = done;
+        self.idle.push(lane);
+        self.busy -= 1;
         let store_error_retry = STORE_ERROR_RETRY.as_millis() as i64;
-        let result = match result {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => self.deliverer.record_panicked(&self.destination, seq).await,
-            Err(e) => {
-                // Cancelled (only at shutdown): the entry is still in the outbox, untouched.
-                tracing::warn!(destination = %self.destination, "a delivery task ended early: {e}");
-                Ok(Step::Retry(self.deliverer.now_ms() + store_error_retry))
-            }
-        };
         match result {
             Ok(step) => {
                 self.outcome.add(step);
@@ -424,6 +493,13 @@ impl Worker {
             }
         }
     }
+}
+
+/// A lane's report of one attempt.
+struct Attempted {
+    lane: usize,
+    seq: u64,
+    result: Result<Step, StoreError>,
 }
 
 /// The next wake-up, or never when the worker has no wake channel.
