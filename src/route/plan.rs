@@ -18,7 +18,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// What is sent, rendered once when the change is detected: what is signed is exactly what is sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Stored as one JSON object, its variant named by `kind` beside the variant's fields
+/// (`{"kind":"webhook","body":"..."}`, an email's fields inline). It is read by [`PayloadVisitor`],
+/// not by serde's derive: a derived internally tagged enum buffers every field before it picks
+/// the variant, and that buffering was most of the cost of loading an entry for its attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Payload {
     /// A Standard Webhooks POST of this JSON body.
@@ -40,6 +45,114 @@ pub enum Payload {
         /// The JSON body (the webhook body), byte for byte.
         body: String,
     },
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(PayloadVisitor)
+    }
+}
+
+/// Reads a stored [`Payload`] in one pass: every field of every variant is a string (or an
+/// optional one), so each is kept as it comes, in any order (PostgreSQL's `jsonb` sorts the
+/// keys), and `kind` then says which ones make the payload. Unknown fields are skipped, as the
+/// derived reader skipped them; a missing one is an error naming it.
+struct PayloadVisitor;
+
+/// The fields of a stored [`Payload`], of all its variants.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum PayloadField {
+    Kind,
+    Body,
+    Subject,
+    From,
+    To,
+    ReplyTo,
+    Text,
+    Html,
+    MessageId,
+    #[serde(other)]
+    Other,
+}
+
+/// The variant names a stored [`Payload`]'s `kind` may hold.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PayloadKind {
+    Webhook,
+    Chat,
+    Email,
+    Publish,
+}
+
+impl<'de> serde::de::Visitor<'de> for PayloadVisitor {
+    type Value = Payload;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a payload object with a kind")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
+        use serde::de::Error;
+        let mut kind = None;
+        let (mut body, mut subject, mut from, mut to) = (None, None, None, None);
+        let (mut reply_to, mut text, mut html, mut message_id) = (None, None, None, None);
+        // A field given twice is an error, as with the derived reader.
+        fn once<T, E: Error>(slot: &mut Option<T>, v: T, name: &'static str) -> Result<(), E> {
+            if slot.replace(v).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+        while let Some(field) = map.next_key::<PayloadField>()? {
+            match field {
+                PayloadField::Kind => once(&mut kind, map.next_value::<PayloadKind>()?, "kind")?,
+                PayloadField::Body => once(&mut body, map.next_value::<String>()?, "body")?,
+                PayloadField::Subject => {
+                    once(&mut subject, map.next_value::<String>()?, "subject")?
+                }
+                PayloadField::From => once(&mut from, map.next_value::<String>()?, "from")?,
+                PayloadField::To => once(&mut to, map.next_value::<String>()?, "to")?,
+                PayloadField::ReplyTo => once(
+                    &mut reply_to,
+                    map.next_value::<Option<String>>()?,
+                    "reply_to",
+                )?,
+                PayloadField::Text => once(&mut text, map.next_value::<String>()?, "text")?,
+                PayloadField::Html => once(&mut html, map.next_value::<Option<String>>()?, "html")?,
+                PayloadField::MessageId => {
+                    once(&mut message_id, map.next_value::<String>()?, "message_id")?
+                }
+                PayloadField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let need =
+            |v: Option<String>, name: &'static str| v.ok_or_else(|| A::Error::missing_field(name));
+        Ok(match kind.ok_or_else(|| A::Error::missing_field("kind"))? {
+            PayloadKind::Webhook => Payload::Webhook {
+                body: need(body, "body")?,
+            },
+            PayloadKind::Chat => Payload::Chat {
+                body: need(body, "body")?,
+            },
+            PayloadKind::Publish => Payload::Publish {
+                subject: need(subject, "subject")?,
+                body: need(body, "body")?,
+            },
+            PayloadKind::Email => Payload::Email(EmailMessage {
+                from: need(from, "from")?,
+                to: need(to, "to")?,
+                reply_to: reply_to.flatten(),
+                subject: need(subject, "subject")?,
+                text: need(text, "text")?,
+                html: html.flatten(),
+                message_id: need(message_id, "message_id")?,
+            }),
+        })
+    }
 }
 
 /// One email to one recipient, as stored in the outbox.
@@ -495,6 +608,120 @@ mod body_tests {
         }
         assert!(check_routing_key("leads.added").is_ok());
         assert!(check_routing_key(&"k".repeat(256)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+
+    /// The reader serde derives for the stored format, kept here only to check the hand-written
+    /// one against it.
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum Derived {
+        Webhook { body: String },
+        Chat { body: String },
+        Email(EmailMessage),
+        Publish { subject: String, body: String },
+    }
+
+    impl From<Derived> for Payload {
+        fn from(d: Derived) -> Payload {
+            match d {
+                Derived::Webhook { body } => Payload::Webhook { body },
+                Derived::Chat { body } => Payload::Chat { body },
+                Derived::Email(m) => Payload::Email(m),
+                Derived::Publish { subject, body } => Payload::Publish { subject, body },
+            }
+        }
+    }
+
+    fn payloads() -> Vec<Payload> {
+        vec![
+            Payload::Webhook {
+                body: r#"{"type":"leads.added","data":{"Name":"A \"quoted\" name\n"}}"#.into(),
+            },
+            Payload::Chat {
+                body: r#"{"text":"new lead"}"#.into(),
+            },
+            Payload::Publish {
+                subject: "clinicea.leads.added".into(),
+                body: "{}".into(),
+            },
+            Payload::Email(EmailMessage {
+                from: "Front desk <desk@clinic.example>".into(),
+                to: "staff@clinic.example".into(),
+                reply_to: None,
+                subject: "New lead".into(),
+                text: "Call them".into(),
+                html: Some("<p>Call them</p>".into()),
+                message_id: "<m1@clinic.example>".into(),
+            }),
+        ]
+    }
+
+    /// Both readers over the same text: the same payload, or both an error.
+    fn same(text: &str) -> Result<Payload, String> {
+        let ours = serde_json::from_str::<Payload>(text).map_err(|e| e.to_string());
+        let derived = serde_json::from_str::<Derived>(text)
+            .map(Payload::from)
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            ours.is_ok(),
+            derived.is_ok(),
+            "{text}: {ours:?} / {derived:?}"
+        );
+        if let (Ok(a), Ok(b)) = (&ours, &derived) {
+            assert_eq!(a, b, "{text}");
+        }
+        ours
+    }
+
+    #[test]
+    fn a_payload_reads_back_as_written_and_as_the_derived_reader_reads_it() {
+        for p in payloads() {
+            let text = serde_json::to_string(&p).unwrap();
+            assert_eq!(same(&text).unwrap(), p, "{text}");
+            // Keys in another order (as PostgreSQL's jsonb keeps them) and unknown keys.
+            let mut value: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).unwrap();
+            value.insert("zz_later".into(), serde_json::json!({"nested": [1, 2]}));
+            let reversed: serde_json::Map<_, _> = value.into_iter().rev().collect();
+            let text = serde_json::to_string(&reversed).unwrap();
+            assert!(!text.starts_with(r#"{"kind""#), "{text}");
+            assert_eq!(same(&text).unwrap(), p, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_stored_email_of_an_older_version_reads_with_its_optional_fields_absent() {
+        let text = r#"{"kind":"email","from":"a@x.example","to":"b@x.example","subject":"s","text":"t","message_id":"<m@x>"}"#;
+        let Payload::Email(m) = same(text).unwrap() else {
+            panic!("an email");
+        };
+        assert_eq!((m.reply_to, m.html), (None, None));
+    }
+
+    #[test]
+    fn a_broken_payload_is_an_error_naming_what_is_wrong() {
+        for (text, says) in [
+            (r#"{"body":"{}"}"#, "missing field `kind`"),
+            (r#"{"kind":"webhook"}"#, "missing field `body`"),
+            (
+                r#"{"kind":"publish","body":"{}"}"#,
+                "missing field `subject`",
+            ),
+            (r#"{"kind":"fax","body":"{}"}"#, "unknown variant `fax`"),
+            (r#"{"kind":"webhook","body":1}"#, "invalid type"),
+            (
+                r#"{"kind":"webhook","body":"a","body":"b"}"#,
+                "duplicate field `body`",
+            ),
+        ] {
+            let err = same(text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 }
 
