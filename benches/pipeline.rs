@@ -289,12 +289,8 @@ async fn deliver(
                 e.webhook_id = format!("msg_lat_{b}_{i}");
                 e.created_ms = now;
                 e.next_attempt_ms = now;
+                wakes.push(Wake::of(&e));
                 write.outbox.push(e);
-                wakes.push(Wake {
-                    destination: "hook".into(),
-                    seq,
-                    due_ms: now,
-                });
             }
             store.commit_page("default", "leads", &write).await.unwrap();
             let at = Instant::now();

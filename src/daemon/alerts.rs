@@ -293,7 +293,7 @@ impl Monitor {
                         .await?
                     {
                         tracing::warn!(incident = %key, alerts = entries.len(), "ALERT: {}", ctx["title"].as_str().unwrap_or_default());
-                        wakes.extend(entries.iter().map(wake_of));
+                        wakes.extend(entries.iter().map(Wake::of));
                     }
                 }
                 (None, Some(o)) if s.over_after.is_some_and(|t| t >= o.since) => {
@@ -315,7 +315,7 @@ impl Monitor {
                         .await?
                     {
                         tracing::info!(incident = %key, alerts = entries.len(), "RECOVERED: {}", ctx["title"].as_str().unwrap_or_default());
-                        wakes.extend(entries.iter().map(wake_of));
+                        wakes.extend(entries.iter().map(Wake::of));
                     }
                 }
                 _ => {}
@@ -804,15 +804,6 @@ fn without_addresses(reason: &str) -> String {
 /// A reason cut to [`MAX_REASON_CHARS`].
 fn cut(s: &str) -> String {
     crate::route::render::truncate_chars(s, MAX_REASON_CHARS)
-}
-
-/// The wake of a queued alert.
-fn wake_of(e: &OutboxEntry) -> Wake {
-    Wake {
-        destination: e.destination.clone(),
-        seq: e.seq,
-        due_ms: e.next_attempt_ms,
-    }
 }
 
 /// Runs `monitor` until `cancel`: a round every [`CHECK_INTERVAL`], and at once when a poll

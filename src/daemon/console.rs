@@ -708,6 +708,7 @@ async fn redrive(app: &App, seq: u64) -> Result<bool, crate::outbox::store::Stor
             destination: entry.destination.clone(),
             seq,
             due_ms: entry.next_attempt_ms,
+            entry: None,
         });
     }
     tracing::info!(seq, destination = %entry.destination, webhook_id = %entry.webhook_id, "console: dead letter queued again");

@@ -99,11 +99,7 @@ impl OutboxIntake {
             }
             match planned.into_entry(seq, change_seq, change, &webhook_id) {
                 Ok(entry) => {
-                    wakes.push(Wake {
-                        destination: entry.destination.clone(),
-                        seq,
-                        due_ms: entry.next_attempt_ms,
-                    });
+                    wakes.push(Wake::of(&entry));
                     write.outbox.push(entry);
                     deliveries += 1;
                 }

@@ -11,7 +11,7 @@ use super::{Deliverer, Destination, Event, Target};
 use crate::deliver::outcome::AttemptReport;
 use crate::model::Verdict;
 use crate::outbox::entry::{AttemptLog, DeadLetter, Hold, OutboxEntry};
-use crate::outbox::store::{DestHealth, StoreError};
+use crate::outbox::store::{DestHealth, Store, StoreError};
 use crate::route::plan::Payload;
 use std::future::Future;
 use std::pin::Pin;
@@ -163,13 +163,26 @@ impl Deliverer {
 
     /// Loads an outbox entry with its destination and the span its attempt logs in. An entry that
     /// is gone, or whose destination left the config (it is then kept, visibly, as a dead
-    /// letter), needs no attempt.
-    async fn load(&self, destination: &str, seq: u64) -> Result<Loaded, StoreError> {
+    /// letter), needs no attempt. `fresh` is the entry as its wake carried it when it was just
+    /// committed: on sled it is used once the store confirms the entry is still queued (only an
+    /// attempt rewrites a queued entry, and this is its first), instead of a read and a decode.
+    async fn load(
+        &self,
+        destination: &str,
+        seq: u64,
+        fresh: Option<Arc<OutboxEntry>>,
+    ) -> Result<Loaded, StoreError> {
         let dest = self.destinations.get(destination).cloned();
         let hold = dest.as_deref().map_or(CLAIM_MARGIN, claim_hold);
-        // A claim, not a read: on PostgreSQL another replica's worker may have the same entry
-        // in its queue, and only one of them may attempt it (`None`: gone, or theirs now).
-        let Some(entry) = self.store.outbox_claim(destination, seq, hold).await? else {
+        let stored = match (fresh, &self.store) {
+            (Some(entry), Store::Sled(s)) => s
+                .outbox_contains(destination, seq)?
+                .then(|| Arc::unwrap_or_clone(entry)),
+            // A claim, not a read: on PostgreSQL another replica's worker may have the same
+            // entry in its queue, and only one of them may attempt it (`None`: gone, or theirs).
+            _ => self.store.outbox_claim(destination, seq, hold).await?,
+        };
+        let Some(entry) = stored else {
             return Ok(Loaded::Done(Step::Gone));
         };
         let Some(dest) = dest else {
@@ -183,8 +196,13 @@ impl Deliverer {
     /// Makes one attempt of one outbox entry and records the outcome: removes it on success,
     /// reschedules it on a retryable failure, moves it to the dead letters on a permanent one or
     /// when its schedule is spent.
-    pub(crate) async fn attempt(&self, destination: &str, seq: u64) -> Result<Step, StoreError> {
-        let (entry, dest, span) = match self.load(destination, seq).await? {
+    pub(crate) async fn attempt(
+        &self,
+        destination: &str,
+        seq: u64,
+        fresh: Option<Arc<OutboxEntry>>,
+    ) -> Result<Step, StoreError> {
+        let (entry, dest, span) = match self.load(destination, seq, fresh).await? {
             Loaded::Ready(entry, dest, span) => (*entry, dest, span),
             Loaded::Done(step) => return Ok(step),
         };
@@ -246,7 +264,7 @@ impl Deliverer {
         destination: &str,
         seq: u64,
     ) -> Result<Step, StoreError> {
-        let (entry, dest, span) = match self.load(destination, seq).await? {
+        let (entry, dest, span) = match self.load(destination, seq, None).await? {
             Loaded::Ready(entry, dest, span) => (*entry, dest, span),
             Loaded::Done(step) => return Ok(step),
         };

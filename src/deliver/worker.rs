@@ -15,7 +15,7 @@
 
 use super::attempt::{CatchPanic, Step};
 use super::Deliverer;
-use crate::outbox::entry::Wake;
+use crate::outbox::entry::{OutboxEntry, Wake};
 use crate::outbox::store::StoreError;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -34,6 +34,11 @@ pub(crate) const MAX_IDLE_SLEEP: Duration = Duration::from_secs(30);
 const OUTBOX_RESCAN: Duration = Duration::from_secs(2);
 /// How long a worker waits before trying an entry again after a store error during its attempt.
 const STORE_ERROR_RETRY: Duration = Duration::from_secs(5);
+/// The most just-committed entries a worker keeps in memory for their first attempt (a wake
+/// carries the entry; past this many queued, the rest are read from the store when due). Bounds
+/// the memory of a backlog behind a slow destination to this many entries (about 6 MB of
+/// 1.5 KB webhook entries).
+const FRESH_ENTRIES_MAX: usize = 4096;
 
 /// Counts of what a worker did (what `once` prints).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -148,12 +153,15 @@ struct Worker {
     /// handle the deliverer holds.
     destination: Arc<str>,
     queue: DueQueue,
+    /// Entries queued with the copy their wake carried, until their first attempt (at most
+    /// [`FRESH_ENTRIES_MAX`]; only on sled, where the attempt need not claim the entry).
+    fresh: HashMap<u64, Arc<OutboxEntry>>,
     /// The lanes, started as attempts need them (aborted when the worker ends: an attempt still
     /// running after the shutdown grace stays queued in the outbox).
     lanes: JoinSet<()>,
     /// Each lane's inbox of entries to attempt (room for one: a lane is handed an entry only
     /// when it is idle), by lane number.
-    lane_inbox: Vec<mpsc::Sender<u64>>,
+    lane_inbox: Vec<mpsc::Sender<(u64, Option<Arc<OutboxEntry>>)>>,
     /// The numbers of the lanes that are idle.
     idle: Vec<usize>,
     /// Attempts in flight (lanes that are busy).
@@ -188,6 +196,7 @@ impl Worker {
             deliverer,
             destination: Arc::from(destination),
             queue: DueQueue::default(),
+            fresh: HashMap::new(),
             lanes: JoinSet::new(),
             lane_inbox: Vec::new(),
             idle: Vec::new(),
@@ -322,10 +331,10 @@ impl Worker {
                 _ = cancel.cancelled() => break,
                 w = recv(&mut wake), if !wake_closed => match w {
                     Some(w) => {
-                        self.queue.push(w.due_ms, w.seq);
+                        self.woken(w);
                         // Take every wake-up already queued (a page brings a hundred at once).
                         while let Some(Ok(w)) = wake.as_mut().map(|r| r.try_recv()) {
-                            self.queue.push(w.due_ms, w.seq);
+                            self.woken(w);
                         }
                     }
                     None => {
@@ -381,15 +390,26 @@ impl Worker {
                 break;
             };
             self.last_send = tokio::time::Instant::now();
-            self.hand_to_lane(seq);
+            let fresh = self.fresh.remove(&seq);
+            self.hand_to_lane(seq, fresh);
             self.busy += 1;
+        }
+    }
+
+    /// Queues a woken entry, keeping the copy it carries for its first attempt while there is
+    /// room (a PostgreSQL store always claims the entry from the database instead).
+    fn woken(&mut self, w: Wake) {
+        if self.queue.push(w.due_ms, w.seq) && self.fresh.len() < FRESH_ENTRIES_MAX {
+            if let (Some(entry), None) = (w.entry, self.deliverer.store.postgres()) {
+                self.fresh.insert(w.seq, entry);
+            }
         }
     }
 
     /// Gives `seq` to an idle lane, starting one when none is idle (the caller keeps the number
     /// of busy lanes under the limit, so at most `limit` are ever started).
-    fn hand_to_lane(&mut self, seq: u64) {
-        let mut seq = seq;
+    fn hand_to_lane(&mut self, seq: u64, fresh: Option<Arc<OutboxEntry>>) {
+        let mut job = (seq, fresh);
         loop {
             let lane = match self.idle.pop() {
                 Some(lane) => lane,
@@ -400,12 +420,12 @@ impl Worker {
                     lane
                 }
             };
-            match self.lane_inbox[lane].try_send(seq) {
+            match self.lane_inbox[lane].try_send(job) {
                 Ok(()) => return,
                 // An idle lane's inbox is empty, so it is closed: the lane ended (only a panic
                 // outside its attempt ends one). It is started again under its number.
-                Err(mpsc::error::TrySendError::Closed(s) | mpsc::error::TrySendError::Full(s)) => {
-                    seq = s;
+                Err(mpsc::error::TrySendError::Closed(j) | mpsc::error::TrySendError::Full(j)) => {
+                    job = j;
                     self.lane_inbox[lane] = self.start_lane(lane);
                     self.idle.push(lane);
                 }
@@ -414,33 +434,33 @@ impl Worker {
     }
 
     /// Starts lane number `lane` and returns its inbox.
-    fn start_lane(&mut self, lane: usize) -> mpsc::Sender<u64> {
-        let (tx, mut rx) = mpsc::channel::<u64>(1);
+    fn start_lane(&mut self, lane: usize) -> mpsc::Sender<(u64, Option<Arc<OutboxEntry>>)> {
+        let (tx, mut rx) = mpsc::channel(1);
         let (deliverer, destination, done) = (
             self.deliverer.clone(),
             self.destination.clone(),
             self.done_tx.clone(),
         );
         self.lanes.spawn(async move {
-            while let Some(seq) = rx.recv().await {
-                let result =
-                    match CatchPanic(std::pin::pin!(deliverer.attempt(&destination, seq))).await {
-                        Ok(result) => result,
-                        Err(()) => {
-                            match CatchPanic(std::pin::pin!(
-                                deliverer.record_panicked(&destination, seq)
-                            ))
-                            .await
-                            {
-                                Ok(result) => result,
-                                // Even counting it failed: the entry is tried again later, as
-                                // after a store error.
-                                Err(()) => Ok(Step::Retry(
-                                    deliverer.now_ms() + STORE_ERROR_RETRY.as_millis() as i64,
-                                )),
-                            }
+            while let Some((seq, fresh)) = rx.recv().await {
+                let attempt = deliverer.attempt(&destination, seq, fresh);
+                let result = match CatchPanic(std::pin::pin!(attempt)).await {
+                    Ok(result) => result,
+                    Err(()) => {
+                        match CatchPanic(std::pin::pin!(
+                            deliverer.record_panicked(&destination, seq)
+                        ))
+                        .await
+                        {
+                            Ok(result) => result,
+                            // Even counting it failed: the entry is tried again later, as
+                            // after a store error.
+                            Err(()) => Ok(Step::Retry(
+                                deliverer.now_ms() + STORE_ERROR_RETRY.as_millis() as i64,
+                            )),
                         }
-                    };
+                    }
+                };
                 if done.send(Attempted { lane, seq, result }).is_err() {
                     return;
                 }
@@ -520,11 +540,13 @@ struct DueQueue {
 }
 
 impl DueQueue {
-    /// Queues `seq` unless it is already queued or in flight.
-    fn push(&mut self, due: i64, seq: u64) {
-        if self.known.insert(seq) {
+    /// Queues `seq` unless it is already queued or in flight; says whether it was queued.
+    fn push(&mut self, due: i64, seq: u64) -> bool {
+        let new = self.known.insert(seq);
+        if new {
             self.heap.push(Reverse((due, seq)));
         }
+        new
     }
     /// Queues an entry that is in flight again (it stays known).
     fn requeue(&mut self, due: i64, seq: u64) {
@@ -572,7 +594,7 @@ mod queue_tests {
 }
 
 #[cfg(test)]
-mod panic_tests {
+mod attempt_tests {
     use super::*;
     use crate::config::retry::RetryPolicy;
     use crate::config::{Destination, Secret, Target, WebhookTarget};
@@ -705,5 +727,41 @@ mod panic_tests {
             "not re-queued on a fixed delay: the schedule's 10 ms waits were followed"
         );
         assert_dead_after_the_schedule(&d).await;
+    }
+
+    #[tokio::test]
+    async fn a_woken_entry_that_left_the_outbox_meanwhile_is_not_attempted_from_its_copy() {
+        let (_dir, d) = setup(TestFault::None).await;
+        let entry = queued(&d).await.unwrap();
+        let wake = Wake::of(&entry);
+        d.store.delivered("hooks", 1).await.unwrap();
+        let step = d.attempt("hooks", 1, wake.entry).await.unwrap();
+        assert_eq!(step, Step::Gone);
+        assert!(
+            d.store.attempts(1).await.unwrap().is_empty(),
+            "nothing was attempted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_just_committed_entry_is_attempted_from_the_copy_its_wake_carried() {
+        let (_dir, d) = setup(TestFault::None).await;
+        let entry = queued(&d).await.unwrap();
+        let wake = Wake::of(&entry);
+        // What is stored can no longer be decoded: an attempt that read it would fail with a
+        // store error instead of reaching the (closed) port.
+        d.store
+            .sled()
+            .unwrap()
+            .outbox_put_raw("hooks", 1, b"not json");
+        assert!(
+            d.attempt("hooks", 1, None).await.is_err(),
+            "the stored value is unreadable"
+        );
+        let step = d.attempt("hooks", 1, wake.entry).await.unwrap();
+        assert!(matches!(step, Step::Retry(_)), "{step:?}");
+        let logs = d.store.attempts(1).await.unwrap();
+        assert_eq!(logs.len(), 1, "the attempt was made and logged");
+        assert_eq!(queued(&d).await.unwrap().attempts, 1, "and written back");
     }
 }

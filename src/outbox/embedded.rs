@@ -1257,6 +1257,19 @@ impl SledStore {
             .transpose()
     }
 
+    /// Overwrites an outbox entry's stored bytes (tests of what an attempt reads).
+    #[cfg(test)]
+    pub(crate) fn outbox_put_raw(&self, destination: &str, seq: u64, bytes: &[u8]) {
+        self.outbox
+            .insert(outbox_key(destination, seq), bytes)
+            .unwrap();
+    }
+
+    /// Whether an entry is in the outbox (no decode).
+    pub(crate) fn outbox_contains(&self, destination: &str, seq: u64) -> Result<bool> {
+        Ok(self.outbox.contains_key(outbox_key(destination, seq))?)
+    }
+
     /// Replaces an outbox entry (after a failed attempt: attempts and next time updated).
     pub(crate) fn outbox_put(
         &self,

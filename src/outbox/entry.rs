@@ -131,7 +131,7 @@ pub struct DeadLetter {
 }
 
 /// Tells a destination's worker that an entry is due at `due_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Wake {
     /// The destination.
     pub destination: String,
@@ -139,6 +139,21 @@ pub struct Wake {
     pub seq: u64,
     /// When it is due (Unix ms).
     pub due_ms: i64,
+    /// The entry as it was just committed, so its first attempt need not read and decode it
+    /// again (the store is still asked whether it is there). `None`: read it from the store.
+    pub entry: Option<std::sync::Arc<OutboxEntry>>,
+}
+
+impl Wake {
+    /// The wake of an entry that has just been committed, carrying it.
+    pub fn of(entry: &OutboxEntry) -> Wake {
+        Wake {
+            destination: entry.destination.clone(),
+            seq: entry.seq,
+            due_ms: entry.next_attempt_ms,
+            entry: Some(std::sync::Arc::new(entry.clone())),
+        }
+    }
 }
 
 impl Planned {
