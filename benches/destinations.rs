@@ -18,16 +18,14 @@
 
 mod common;
 use axum::body::Bytes;
-use clinicea_notifier::deliver::{Deliverer, Event};
+use clinicea_notifier::deliver::Event;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
-use clinicea_notifier::outbox::entry::Wake;
 use clinicea_notifier::route::plan::Payload;
-use common::{engine_in, env_or, API_KEY, SECRET};
+use common::{engine_in, env_or, spawn_worker, API_KEY, SECRET};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// The longest a worker may take to deliver its outbox before the run is called failed.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(300);
@@ -98,18 +96,8 @@ async fn through_worker(base_url: &str, destination: &str) -> (u64, f64, Bytes) 
         other => panic!("unexpected payload {other:?}"),
     };
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let deliverer = Deliverer::new(
-        engine.store.clone(),
-        engine.settings.pipeline.destinations.clone(),
-        None,
-        Some(ev_tx),
-    )
-    .await
-    .expect("deliverer builds");
-    let (_wake_tx, wake_rx) = mpsc::unbounded_channel::<Wake>();
-    let cancel = CancellationToken::new();
     let t = Instant::now();
-    let worker = tokio::spawn(deliverer.run_destination("dest".into(), wake_rx, cancel.clone()));
+    let (worker, _wake_tx, cancel) = spawn_worker(&engine, "dest", Some(ev_tx)).await;
     let mut delivered = 0u64;
     let deadline = Instant::now() + DELIVERY_DEADLINE;
     let mut batch = Vec::with_capacity(4096);

@@ -20,14 +20,16 @@
 mod common;
 use axum::body::Bytes;
 use clinicea_notifier::daemon::engine::Engine;
-use clinicea_notifier::deliver::{Deliverer, Event};
+use clinicea_notifier::deliver::Event;
 use clinicea_notifier::ingest::poll;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
 use clinicea_notifier::outbox::entry::{OutboxEntry, Wake};
 use clinicea_notifier::outbox::scratch::{ScratchDatabase, SERVER_VAR};
 use clinicea_notifier::outbox::store::PageWrite;
 use clinicea_notifier::route::plan::Payload;
-use common::{engine_in, env_or, notifier_binary, print_table, row, Row, API_KEY, SECRET};
+use common::{
+    engine_in, env_or, notifier_binary, print_table, row, spawn_worker, Row, API_KEY, SECRET,
+};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -218,19 +220,9 @@ async fn deliver(
     // the harness's own thread (`block_on`) woken once per delivery, a futex wake and a context
     // switch each: about 7 % of this phase's CPU in perf, which `run`'s console, a task on the
     // same runtime, does not cost.
-    let deliverer = Deliverer::new(
-        engine.store.clone(),
-        engine.settings.pipeline.destinations.clone(),
-        None,
-        None,
-    )
-    .await
-    .expect("deliverer builds");
     let before = received.load(Ordering::Relaxed);
-    let (_wake_tx, wake_rx) = mpsc::unbounded_channel::<Wake>();
-    let cancel = CancellationToken::new();
     let t = Instant::now();
-    let worker = tokio::spawn(deliverer.run_destination("hook".into(), wake_rx, cancel.clone()));
+    let (worker, _wake_tx, cancel) = spawn_worker(engine, "hook", None).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     // Every request received, then every delivery recorded (the outbox is empty).
     while received.load(Ordering::Relaxed) - before < n && Instant::now() < deadline {
@@ -256,17 +248,7 @@ async fn deliver(
 
     // A deliverer of its own, over the engine's store, that reports each attempt to the harness.
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let deliverer = Deliverer::new(
-        engine.store.clone(),
-        engine.settings.pipeline.destinations.clone(),
-        None,
-        Some(ev_tx),
-    )
-    .await
-    .expect("deliverer builds");
-    let (wake_tx, wake_rx) = mpsc::unbounded_channel::<Wake>();
-    let cancel = CancellationToken::new();
-    let worker = tokio::spawn(deliverer.run_destination("hook".into(), wake_rx, cancel.clone()));
+    let (worker, wake_tx, cancel) = spawn_worker(engine, "hook", Some(ev_tx)).await;
 
     // Latency: commit pages of 100 entries the way a poll does (one transaction, then a wake per
     // entry) at a paced rate, and time each from its commit to its Delivered event.

@@ -1,6 +1,6 @@
 //! What the benchmarks share: the sandbox's key and a webhook secret, sizes from the
-//! environment, an engine from a config text, the release binary to run as a child, a free
-//! loopback port and the result table.
+//! environment, an engine from a config text, a delivery worker over its store, the release
+//! binary to run as a child, a free loopback port and the result table.
 
 // Each benchmark is a crate of its own and uses a part of this module.
 #![allow(dead_code)]
@@ -8,8 +8,12 @@
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::daemon::events::Events;
 use clinicea_notifier::daemon::settings::load_settings_with;
+use clinicea_notifier::deliver::{Deliverer, Event};
+use clinicea_notifier::outbox::entry::Wake;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// The webhook secret of every benchmark destination.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -35,6 +39,33 @@ pub async fn engine_in(dir: &Path, yaml: &str) -> Engine {
     Engine::open(settings, Events::none())
         .await
         .expect("engine opens")
+}
+
+/// A delivery worker for `destination` over the engine's store, with a deliverer of its own that
+/// reports each attempt on `events` when given: the worker's task, the sender of its wake-ups
+/// and the token that stops it.
+pub async fn spawn_worker(
+    engine: &Engine,
+    destination: &str,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedSender<Wake>,
+    CancellationToken,
+) {
+    let deliverer = Deliverer::new(
+        engine.store.clone(),
+        engine.settings.pipeline.destinations.clone(),
+        None,
+        events,
+    )
+    .await
+    .expect("deliverer builds");
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel::<Wake>();
+    let cancel = CancellationToken::new();
+    let worker =
+        tokio::spawn(deliverer.run_destination(destination.to_string(), wake_rx, cancel.clone()));
+    (worker, wake_tx, cancel)
 }
 
 /// The release binary beside this benchmark's own: `target/release/deps/NAME-HASH` ->
