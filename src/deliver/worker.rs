@@ -422,13 +422,16 @@ impl Worker {
             };
             match self.lane_inbox[lane].try_send(job) {
                 Ok(()) => return,
-                // An idle lane's inbox is empty, so it is closed: the lane ended (only a panic
-                // outside its attempt ends one). It is started again under its number.
-                Err(mpsc::error::TrySendError::Closed(j) | mpsc::error::TrySendError::Full(j)) => {
+                // The lane ended (only a panic outside its attempt could end one): it is
+                // started again under its number.
+                Err(mpsc::error::TrySendError::Closed(j)) => {
                     job = j;
                     self.lane_inbox[lane] = self.start_lane(lane);
                     self.idle.push(lane);
                 }
+                // An idle lane's inbox is empty, so this does not happen; should it, that lane
+                // is left to finish and report, and the next idle or new lane takes the job.
+                Err(mpsc::error::TrySendError::Full(j)) => job = j,
             }
         }
     }
