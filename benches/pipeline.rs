@@ -23,7 +23,7 @@ use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::deliver::Event;
 use clinicea_notifier::ingest::poll;
 use clinicea_notifier::kit::sandbox::{Sandbox, SandboxHandle, SandboxOptions};
-use clinicea_notifier::outbox::entry::{OutboxEntry, Wake};
+use clinicea_notifier::outbox::entry::OutboxEntry;
 use clinicea_notifier::outbox::scratch::{ScratchDatabase, SERVER_VAR};
 use clinicea_notifier::outbox::store::PageWrite;
 use clinicea_notifier::route::plan::Payload;
@@ -271,7 +271,7 @@ async fn deliver(
                 e.webhook_id = format!("msg_lat_{b}_{i}");
                 e.created_ms = now;
                 e.next_attempt_ms = now;
-                wakes.push(Wake::of(&e));
+                wakes.push(store.wake_of(&e));
                 write.outbox.push(e);
             }
             store.commit_page("default", "leads", &write).await.unwrap();

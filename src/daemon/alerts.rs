@@ -293,7 +293,7 @@ impl Monitor {
                         .await?
                     {
                         tracing::warn!(incident = %key, alerts = entries.len(), "ALERT: {}", ctx["title"].as_str().unwrap_or_default());
-                        wakes.extend(entries.iter().map(Wake::of));
+                        wakes.extend(entries.iter().map(|e| self.store.wake_of(e)));
                     }
                 }
                 (None, Some(o)) if s.over_after.is_some_and(|t| t >= o.since) => {
@@ -315,7 +315,7 @@ impl Monitor {
                         .await?
                     {
                         tracing::info!(incident = %key, alerts = entries.len(), "RECOVERED: {}", ctx["title"].as_str().unwrap_or_default());
-                        wakes.extend(entries.iter().map(Wake::of));
+                        wakes.extend(entries.iter().map(|e| self.store.wake_of(e)));
                     }
                 }
                 _ => {}

@@ -231,7 +231,7 @@ pub async fn flush_due(
             tracing::info!(destination = %dest_name, clinic = %clinic, webhook_id = %entry.webhook_id, changes = take.len(), early = window.early, "digest queued");
             flushed.digests += 1;
             flushed.changes += take.len();
-            flushed.wakes.push(Wake::of(&entry));
+            flushed.wakes.push(store.wake_of(&entry));
         }
     }
     if flushed.digests > 0 {

@@ -99,7 +99,7 @@ impl OutboxIntake {
             }
             match planned.into_entry(seq, change_seq, change, &webhook_id) {
                 Ok(entry) => {
-                    wakes.push(Wake::of(&entry));
+                    wakes.push(self.store.wake_of(&entry));
                     write.outbox.push(entry);
                     deliveries += 1;
                 }

@@ -154,7 +154,7 @@ struct Worker {
     destination: Arc<str>,
     queue: DueQueue,
     /// Entries queued with the copy their wake carried, until their first attempt (at most
-    /// [`FRESH_ENTRIES_MAX`]; only on sled, where the attempt need not claim the entry).
+    /// [`FRESH_ENTRIES_MAX`]; sled's wakes carry one, PostgreSQL's do not).
     fresh: HashMap<u64, Arc<OutboxEntry>>,
     /// The lanes, started as attempts need them (aborted when the worker ends: an attempt still
     /// running after the shutdown grace stays queued in the outbox).
@@ -396,11 +396,11 @@ impl Worker {
         }
     }
 
-    /// Queues a woken entry, keeping the copy it carries for its first attempt while there is
-    /// room (a PostgreSQL store always claims the entry from the database instead).
+    /// Queues a woken entry, keeping the copy it carries (sled's wakes only) for its first
+    /// attempt while there is room.
     fn woken(&mut self, w: Wake) {
         if self.queue.push(w.due_ms, w.seq) && self.fresh.len() < FRESH_ENTRIES_MAX {
-            if let (Some(entry), None) = (w.entry, self.deliverer.store.postgres()) {
+            if let Some(entry) = w.entry {
                 self.fresh.insert(w.seq, entry);
             }
         }
@@ -736,7 +736,7 @@ mod attempt_tests {
     async fn a_woken_entry_that_left_the_outbox_meanwhile_is_not_attempted_from_its_copy() {
         let (_dir, d) = setup(TestFault::None).await;
         let entry = queued(&d).await.unwrap();
-        let wake = Wake::of(&entry);
+        let wake = d.store.wake_of(&entry);
         d.store.delivered("hooks", 1).await.unwrap();
         let step = d.attempt("hooks", 1, wake.entry).await.unwrap();
         assert_eq!(step, Step::Gone);
@@ -750,7 +750,7 @@ mod attempt_tests {
     async fn a_just_committed_entry_is_attempted_from_the_copy_its_wake_carried() {
         let (_dir, d) = setup(TestFault::None).await;
         let entry = queued(&d).await.unwrap();
-        let wake = Wake::of(&entry);
+        let wake = d.store.wake_of(&entry);
         // What is stored can no longer be decoded: an attempt that read it would fail with a
         // store error instead of reaching the (closed) port.
         d.store

@@ -141,19 +141,8 @@ pub struct Wake {
     pub due_ms: i64,
     /// The entry as it was just committed, so its first attempt need not read and decode it
     /// again (the store is still asked whether it is there). `None`: read it from the store.
+    /// Set by [`crate::outbox::store::Store::wake_of`] on sled only.
     pub entry: Option<std::sync::Arc<OutboxEntry>>,
-}
-
-impl Wake {
-    /// The wake of an entry that has just been committed, carrying it.
-    pub fn of(entry: &OutboxEntry) -> Wake {
-        Wake {
-            destination: entry.destination.clone(),
-            seq: entry.seq,
-            due_ms: entry.next_attempt_ms,
-            entry: Some(std::sync::Arc::new(entry.clone())),
-        }
-    }
 }
 
 impl Planned {

@@ -15,11 +15,12 @@ use super::embedded::SledStore;
 use super::postgres::PgStore;
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};
 use crate::model::IdKey;
-use crate::outbox::entry::{AttemptLog, DeadLetter, DigestMember, JournalEntry, OutboxEntry};
+use crate::outbox::entry::{AttemptLog, DeadLetter, DigestMember, JournalEntry, OutboxEntry, Wake};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -702,6 +703,21 @@ impl Store {
         match self {
             Store::Sled(s) => s.outbox_get(destination, seq),
             Store::Postgres(p) => p.outbox_claim(destination, seq, hold).await,
+        }
+    }
+
+    /// The wake of an entry this store has just committed. On sled it carries a copy of the
+    /// entry for its first attempt; on PostgreSQL every attempt claims the entry from the
+    /// database, so no copy is made.
+    pub fn wake_of(&self, entry: &OutboxEntry) -> Wake {
+        Wake {
+            destination: entry.destination.clone(),
+            seq: entry.seq,
+            due_ms: entry.next_attempt_ms,
+            entry: match self {
+                Store::Sled(_) => Some(Arc::new(entry.clone())),
+                Store::Postgres(_) => None,
+            },
         }
     }
 
