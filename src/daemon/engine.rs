@@ -3,7 +3,7 @@
 
 use crate::config::{self, Base};
 use crate::daemon::events::Events;
-use crate::daemon::intake::OutboxIntake;
+use crate::daemon::intake::{Announcer, OutboxIntake};
 use crate::daemon::settings::Settings;
 use crate::deliver::email::Mailer;
 use crate::deliver::Deliverer;
@@ -130,7 +130,7 @@ impl Engine {
     fn ctx_of(
         &self,
         index: usize,
-        wake: Option<mpsc::UnboundedSender<Wake>>,
+        wake: Option<Announcer>,
         cancel: CancellationToken,
     ) -> PollCtx<OutboxIntake> {
         let clinic = &self.settings.base.clinics[index];
@@ -165,6 +165,7 @@ impl Engine {
             .clinics
             .iter()
             .position(|c| c.name == clinic)?;
+        let wake = wake.map(|tx| Announcer::new(self.store.clone(), tx));
         Some(self.ctx_of(index, wake, cancel))
     }
 
@@ -174,6 +175,9 @@ impl Engine {
         wake: Option<mpsc::UnboundedSender<Wake>>,
         cancel: CancellationToken,
     ) -> Vec<(PollCtx<OutboxIntake>, Vec<config::Resource>)> {
+        // One announcer for the fleet: the wakes of every clinic committed during a flush wait
+        // for the same next one.
+        let wake = wake.map(|tx| Announcer::new(self.store.clone(), tx));
         (0..self.settings.base.clinics.len())
             .map(|i| {
                 (

@@ -41,9 +41,9 @@ pub struct OutboxIntake {
     pub(crate) store: Store,
     /// Rules, templates and destinations.
     pub(crate) pipeline: Arc<Pipeline>,
-    /// Tells the delivery workers about new outbox entries (`None`: nobody delivers meanwhile,
-    /// as in `once`, and a chunk is not flushed on its own).
-    pub(crate) wake: Option<mpsc::UnboundedSender<Wake>>,
+    /// Tells the delivery workers about new outbox entries once they are on disk (`None`: nobody
+    /// delivers meanwhile, as in `once`, and a chunk is not flushed on its own).
+    pub(crate) wake: Option<Announcer>,
     /// Told about each change once its chunk is stored, before the workers are woken (`None`:
     /// nobody is watching).
     pub(crate) events: Option<mpsc::UnboundedSender<PollEvent>>,
@@ -118,6 +118,85 @@ impl OutboxIntake {
             });
         }
         Ok(deliveries)
+    }
+}
+
+/// How long the [`Announcer`] waits before it tries again a flush that failed.
+pub(crate) const ANNOUNCE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Wakes the delivery workers for committed outbox entries once a flush has put them on disk,
+/// without holding up the poll that committed them: the poll goes on to commit its next chunk
+/// while the disk syncs, and the wakes of every chunk committed meanwhile wait for one flush.
+///
+/// Nothing is sent before it is on disk: a delivery from a page a crash then loses would be
+/// re-detected as another change (another webhook-id) if the record changed in between, and the
+/// receiver would get e.g. `added` twice. A wake is passed on only after a flush that began after
+/// its chunk was committed, and the checkpoint's own flushes still come before it advances. A
+/// failed flush keeps the wakes, logs the cause and is tried again after [`ANNOUNCE_RETRY`]; the
+/// entries themselves are in the outbox either way, and a restarted worker finds them there.
+#[derive(Clone)]
+pub(crate) struct Announcer {
+    inner: Arc<AnnouncerInner>,
+}
+
+struct AnnouncerInner {
+    store: Store,
+    tx: mpsc::UnboundedSender<Wake>,
+    /// The wakes waiting for a flush, and whether a task is flushing for them.
+    pending: std::sync::Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    wakes: Vec<Wake>,
+    flushing: bool,
+}
+
+impl Announcer {
+    /// An announcer passing wakes to `tx` once `store` has flushed them.
+    pub(crate) fn new(store: Store, tx: mpsc::UnboundedSender<Wake>) -> Self {
+        Announcer {
+            inner: Arc::new(AnnouncerInner {
+                store,
+                tx,
+                pending: std::sync::Mutex::default(),
+            }),
+        }
+    }
+
+    /// Queues the wakes of a committed chunk; they are sent, in order, after the next flush.
+    fn announce(&self, wakes: Vec<Wake>) {
+        if wakes.is_empty() {
+            return;
+        }
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.wakes.extend(wakes);
+        if !pending.flushing {
+            pending.flushing = true;
+            tokio::spawn(self.clone().flush_and_send());
+        }
+    }
+
+    /// Flushes and sends until no wakes wait. The flag is cleared under the same lock that
+    /// `announce` takes, so a wake queued at any time is either taken here or starts a new task.
+    async fn flush_and_send(self) {
+        loop {
+            let wakes = {
+                let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.wakes.is_empty() {
+                    pending.flushing = false;
+                    return;
+                }
+                std::mem::take(&mut pending.wakes)
+            };
+            while let Err(e) = self.inner.store.flush().await {
+                tracing::error!(error = %e, waiting = wakes.len(), retry_in = ?ANNOUNCE_RETRY, "the store could not be flushed; the committed deliveries wait for the flush before they are sent");
+                tokio::time::sleep(ANNOUNCE_RETRY).await;
+            }
+            for w in wakes {
+                let _ = self.inner.tx.send(w);
+            }
+        }
     }
 }
 
@@ -273,16 +352,8 @@ impl Intake for OutboxIntake {
                 let _ = tx.send(e);
             }
         }
-        if let Some(tx) = &self.wake {
-            // Nothing is sent before it is on disk: a delivery from a page a crash then loses
-            // would be re-detected as another change (another webhook-id) if the record changed
-            // in between, and the receiver would get e.g. `added` twice.
-            if !wakes.is_empty() {
-                self.store.flush().await?;
-            }
-            for w in wakes {
-                let _ = tx.send(w);
-            }
+        if let Some(announcer) = &self.wake {
+            announcer.announce(wakes);
         }
         Ok(deliveries)
     }

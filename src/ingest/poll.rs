@@ -555,8 +555,8 @@ struct ChunkInput {
     page: u32,
 }
 
-/// Takes one chunk of a page: notes its ids, reads their stored versions, and starts diffing and
-/// planning it on a task of its own; meanwhile the chunk before it (if any) is committed here.
+/// Takes one chunk of a page: notes its ids, and starts reading their stored versions, diffing
+/// and planning it on a task of its own; meanwhile the chunk before it (if any) is committed here.
 /// `catch_up`: the first poll after the baseline, which also consults the records the baseline
 /// stored.
 #[allow(clippy::too_many_arguments)]
@@ -598,42 +598,25 @@ async fn store_chunk<I: Intake>(
         .as_mut()
         .map(|p| std::mem::take(&mut p.overlay))
         .unwrap_or_default();
-    let ids: Vec<&str> = keyed.iter().map(|(id, _)| id.as_str()).collect();
-    let stored = ctx
-        .intake
-        .snapshots(&ctx.clinic, &res.name, &ids)
-        .await
-        .map_err(PollError::Store)?;
-    let baseline_read = if catch_up {
-        let unseen: Vec<&str> = ids
-            .iter()
-            .copied()
-            .filter(|id| !stored.contains_key(*id) && !overlay.contains_key(*id))
-            .collect();
-        ctx.intake
-            .baseline_snapshots(&ctx.clinic, &res.name, &unseen)
-            .await
-            .map_err(PollError::Store)?
-    } else {
-        HashMap::new()
-    };
-    drop(ids);
     let input = ChunkInput {
         clinic: ctx.clinic.clone(),
         resource: res.name.clone(),
         id_field: res.id_field.clone(),
         status_field: res.status_field.clone(),
         keyed,
-        stored,
+        stored: HashMap::new(),
         overlay,
-        baseline_read,
+        baseline_read: HashMap::new(),
         catch_up,
         detected_at,
         page: page_no,
     };
     let intake = ctx.intake.clone();
+    // The stored versions are read on the chunk's own task too, while the chunk before is
+    // committed: a record of both is taken from the overlay, and the commit writes no other.
     let next = tokio::spawn(async move {
         let mut input = input;
+        read_stored(&intake, &mut input).await?;
         let (chunk, kinds, overlay) = diff_chunk(&mut input)?;
         let planned = intake
             .plan_chunk(&input.clinic, &input.resource, chunk)
@@ -652,6 +635,33 @@ async fn store_chunk<I: Intake>(
         commit(ctx, res, previous, report).await?;
     }
     chain.next = Some(next);
+    Ok(())
+}
+
+/// Reads the stored versions of a chunk's records (and, catching up, the versions the baseline
+/// read of those neither stored nor in the overlay), in one read each.
+async fn read_stored<I: Intake>(
+    intake: &I,
+    input: &mut ChunkInput,
+) -> Result<(), PollError<I::Error>> {
+    let ids: Vec<&str> = input.keyed.iter().map(|(id, _)| id.as_str()).collect();
+    let stored = intake
+        .snapshots(&input.clinic, &input.resource, &ids)
+        .await
+        .map_err(PollError::Store)?;
+    if input.catch_up {
+        let unseen: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !stored.contains_key(*id) && !input.overlay.contains_key(*id))
+            .collect();
+        input.baseline_read = intake
+            .baseline_snapshots(&input.clinic, &input.resource, &unseen)
+            .await
+            .map_err(PollError::Store)?;
+    }
+    drop(ids);
+    input.stored = stored;
     Ok(())
 }
 
