@@ -18,6 +18,13 @@
 //! loop is bounded.
 
 mod common;
+
+/// The product's allocator and its options (see `src/main.rs`), so part C's in-process ingest
+/// measures what the binary would.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8; 46] = b"narenas:1,dirty_decay_ms:200,muzzy_decay_ms:0\0";
 use axum::body::Bytes;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::deliver::Event;
