@@ -344,12 +344,14 @@ rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
         if r.status().as_u16() != 202 {
             return Err(format!("the trigger answered {}", r.status()));
         }
-        // When the sandbox served its last page, to 10 ms: the ingest's end.
-        let (mut requests, mut last_read) = (before, t0);
+        // When the sandbox served its last page, to 10 ms: the ingest's end; and how many
+        // webhooks had arrived by then (how much delivery overlapped the ingest).
+        let (mut requests, mut last_read, mut by_last_read) = (before, t0, 0);
         let got = reached(&counters.hook, t0 + RUN_DEADLINE, || {
             let now = leads_requested(&sb);
             if now != requests {
                 (requests, last_read) = (now, Instant::now());
+                by_last_read = counters.hook.lock().unwrap().ids.len();
             }
         })
         .await;
@@ -391,8 +393,8 @@ rules:\n  - name: all-leads\n    resource: leads\n    notify: [hook]\n",
             events: s.events,
             requests: s.requests,
             note: format!(
-                "first webhook at {:.2}s, last page read at ~{:.2}s ({} API requests); \
-                 {} leads inserted in {insert_secs:.2}s before the clock; every signature verified",
+                "first webhook at {:.2}s, last page read at ~{:.2}s ({} API requests, \
+                 {by_last_read} webhooks by then); {} leads inserted in {insert_secs:.2}s before the clock; every signature verified",
                 since(t0, s.first),
                 last_read.duration_since(t0).as_secs_f64(),
                 leads_requested(&sb) - before,

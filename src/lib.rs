@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  foundation   model (Change, change_id) · config (YAML → validated settings) ·
-//!               net (egress rules, Retry-After, scrubbing, mail addresses) · telemetry
+//!               net (egress rules, Retry-After, scrubbing, mail addresses) · telemetry ·
+//!               runtime (long synchronous work off the async workers)
 //!      │
 //!  ingest       client (one page of the API) → walk (the pages of a window) → poll (passes,
 //!      │        checkpoint) → diff (record vs. last seen) ⇒ changes, handed to the Intake port
@@ -38,4 +39,5 @@ pub mod model;
 pub mod net;
 pub mod outbox;
 pub mod route;
+pub(crate) mod runtime;
 pub mod telemetry;

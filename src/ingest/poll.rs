@@ -614,7 +614,7 @@ async fn store_chunk<I: Intake>(
     let intake = ctx.intake.clone();
     // The stored versions are read on the chunk's own task too, while the chunk before is
     // committed: a record of both is taken from the overlay, and the commit writes no other.
-    let next = tokio::spawn(async move {
+    let next = tokio::spawn(crate::runtime::hold_thread_async(async move {
         let mut input = input;
         read_stored(&intake, &mut input).await?;
         let (chunk, kinds, overlay) = diff_chunk(&mut input)?;
@@ -628,7 +628,7 @@ async fn store_chunk<I: Intake>(
             kinds,
             page: input.page,
         })
-    });
+    }));
     // A failed commit drops the chunk after it (its task ends by itself, having written
     // nothing): what is committed stays a prefix of what was read.
     if let Some(previous) = previous {

@@ -581,7 +581,8 @@ impl Store {
             return Ok(());
         }
         match self {
-            Store::Sled(s) => s.commit_page(clinic, resource, page),
+            // A page's transaction holds its thread for milliseconds.
+            Store::Sled(s) => crate::runtime::hold_thread(|| s.commit_page(clinic, resource, page)),
             Store::Postgres(p) => p.commit_page(clinic, resource, page).await,
         }
     }

@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The stages, bottom first; a module may name its own stage or one below.
-const STAGES: [(&str, u8); 11] = [
+const STAGES: [(&str, u8); 12] = [
     ("model", 0),
     ("config", 0),
     ("net", 0),
     ("telemetry", 0),
+    ("runtime", 0),
     ("ingest", 1),
     ("route", 2),
     ("outbox", 3),
