@@ -30,3 +30,55 @@ pub(crate) async fn hold_thread_async<F: Future>(work: F) -> F::Output {
         work.await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// Spins on `flag` for up to two seconds; whether it was set.
+    fn saw(flag: &AtomicBool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if flag.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn on_a_current_thread_runtime_the_work_just_runs() {
+        assert_eq!(hold_thread(|| 6 * 7), 42);
+        let got = hold_thread_async(async {
+            tokio::task::yield_now().await;
+            7
+        })
+        .await;
+        assert_eq!(got, 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn on_the_only_worker_a_held_thread_lets_other_tasks_run() {
+        // The test's body runs on the runtime's only worker (not on the thread that blocks on
+        // the runtime), with another task queued behind it: that task runs only if the
+        // worker's queue moves to another thread while the work holds this one.
+        tokio::spawn(async {
+            let flag = Arc::new(AtomicBool::new(false));
+            let set = flag.clone();
+            let other = tokio::spawn(async move { set.store(true, Ordering::SeqCst) });
+            assert!(hold_thread(|| saw(&flag)), "the other task ran meanwhile");
+            other.await.unwrap();
+            let flag = Arc::new(AtomicBool::new(false));
+            let set = flag.clone();
+            let other = tokio::spawn(async move { set.store(true, Ordering::SeqCst) });
+            assert!(hold_thread_async(async { saw(&flag) }).await);
+            other.await.unwrap();
+        })
+        .await
+        .unwrap();
+    }
+}

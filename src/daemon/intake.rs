@@ -362,3 +362,44 @@ impl Intake for OutboxIntake {
         self.store.flush().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::store::DEFAULT_CACHE_BYTES;
+
+    fn wake(seq: u64) -> Wake {
+        Wake {
+            destination: "hook".into(),
+            seq,
+            due_ms: 0,
+            entry: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_announcer_passes_every_wake_on_in_the_order_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data"), DEFAULT_CACHE_BYTES).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let announcer = Announcer::new(store, tx);
+        // Chunks announced while a flush runs wait for the next one, behind those before them.
+        for chunk in 0..50u64 {
+            announcer.announce((chunk * 10..chunk * 10 + 10).map(wake).collect());
+            if chunk % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        announcer.announce(Vec::new());
+        let mut got = Vec::new();
+        while got.len() < 500 {
+            let w = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("every wake arrives")
+                .expect("the announcer holds its sender");
+            got.push(w.seq);
+        }
+        assert_eq!(got, (0..500).collect::<Vec<u64>>());
+        assert!(rx.try_recv().is_err(), "nothing twice");
+    }
+}
