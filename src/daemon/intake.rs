@@ -190,6 +190,11 @@ impl Announcer {
                 std::mem::take(&mut pending.wakes)
             };
             while let Err(e) = self.inner.store.flush().await {
+                // Nobody receives any more (shutdown, or a reload's new generation, whose
+                // workers find the entries in the outbox when they start).
+                if self.inner.tx.is_closed() {
+                    return;
+                }
                 tracing::error!(error = %e, waiting = wakes.len(), retry_in = ?ANNOUNCE_RETRY, "the store could not be flushed; the committed deliveries wait for the flush before they are sent");
                 tokio::time::sleep(ANNOUNCE_RETRY).await;
             }
