@@ -18,13 +18,6 @@
 //! loop is bounded.
 
 mod common;
-
-/// The product's allocator and its options (see `src/main.rs`), so part C's in-process ingest
-/// measures what the binary would.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-#[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: &[u8; 46] = b"narenas:1,dirty_decay_ms:200,muzzy_decay_ms:0\0";
 use axum::body::Bytes;
 use clinicea_notifier::daemon::engine::Engine;
 use clinicea_notifier::deliver::Event;
@@ -44,6 +37,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// The product's allocator and its options (see `src/main.rs`), so part C's in-process ingest
+/// measures what the binary would.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8; 46] = clinicea_notifier::runtime::JEMALLOC_OPTIONS;
 
 /// Entries per second offered in part P's latency phase: below what either store delivers.
 const P_PACE: u64 = 1_000;

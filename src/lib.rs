@@ -39,5 +39,5 @@ pub mod model;
 pub mod net;
 pub mod outbox;
 pub mod route;
-pub(crate) mod runtime;
+pub mod runtime;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use clinicea_notifier::commands::{
 };
 use clinicea_notifier::daemon;
 use clinicea_notifier::kit::{demo, sandbox};
+use clinicea_notifier::runtime;
 use clinicea_notifier::telemetry::{self, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,11 +17,9 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read once at its start: one arena (the threads' caches take the
-/// contention away; more arenas held part C's 1M-record ingest above 150 MB), and freed pages
-/// returned to the system after 200 ms instead of 10 s.
+/// jemalloc's options, read once at its start ([`runtime::JEMALLOC_OPTIONS`]).
 #[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: &[u8; 46] = b"narenas:1,dirty_decay_ms:200,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8; 46] = runtime::JEMALLOC_OPTIONS;
 
 /// Signed, reliable webhooks, chat messages and staff emails for Clinicea.
 #[derive(Debug, Parser)]
