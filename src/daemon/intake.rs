@@ -407,4 +407,25 @@ mod tests {
         assert_eq!(got, (0..500).collect::<Vec<u64>>());
         assert!(rx.try_recv().is_err(), "nothing twice");
     }
+
+    #[tokio::test]
+    async fn the_announcer_sends_a_wake_only_once_a_flush_has_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data"), DEFAULT_CACHE_BYTES).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let announcer = Announcer::new(store.clone(), tx);
+        for round in 0..3u64 {
+            let before = store.flushes_finished();
+            announcer.announce(vec![wake(round)]);
+            let w = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the wake arrives")
+                .expect("the announcer holds its sender");
+            assert_eq!(w.seq, round);
+            assert!(
+                store.flushes_finished() > before,
+                "a flush finished between the announcement and the wake"
+            );
+        }
+    }
 }

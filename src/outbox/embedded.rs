@@ -107,6 +107,9 @@ struct FlushGate {
     lock: tokio::sync::Mutex<()>,
     /// How many flushes have begun.
     begun: std::sync::atomic::AtomicU64,
+    /// How many flushes have finished (the tests check what waited for one).
+    #[cfg(test)]
+    finished: std::sync::atomic::AtomicU64,
 }
 
 /// Joins key parts with a NUL separator (names are validated to contain none).
@@ -636,12 +639,20 @@ impl SledStore {
         match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(r) => {
                 r?;
+                #[cfg(test)]
+                self.flushes.finished.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
                 format!("the store flush task failed: {e}"),
             )))),
         }
+    }
+
+    /// How many flushes have finished.
+    #[cfg(test)]
+    pub(crate) fn flushes_finished(&self) -> u64 {
+        self.flushes.finished.load(Ordering::SeqCst)
     }
 
     // --- checkpoints and poll status ------------------------------------------------------

@@ -679,6 +679,15 @@ impl Store {
         }
     }
 
+    /// How many flushes of a sled store have finished (PostgreSQL: none, it commits durably).
+    #[cfg(test)]
+    pub(crate) fn flushes_finished(&self) -> u64 {
+        match self {
+            Store::Sled(s) => s.flushes_finished(),
+            Store::Postgres(_) => 0,
+        }
+    }
+
     /// One outbox entry (the tests read what a worker left).
     #[cfg(test)]
     pub(crate) async fn outbox_get(
