@@ -18,6 +18,7 @@
 //! | `baseline_snapshots` | clinic \0 resource \0 record id | a record as the baseline read it (JSON), until merged into `snapshots` |
 //! | `digest`      | destination \0 seq (u64 BE)           | a [`DigestMember`] (JSON): a change waiting in a digest |
 //! | `meta`        | name                                  | `change_id_key` ([`crate::model::IdKey`], 32 bytes), one-time upgrades |
+//! | `pending_pages` | id (u64 BE)                         | a [`PendingPage`] (JSON): a page being written, until it is whole |
 //!
 //! # Who can read it
 //!
@@ -30,13 +31,14 @@
 //!
 //! # Why a `kill -9` at any instant loses nothing
 //!
-//! * The snapshot updates, change journal entries and outbox entries of one page are written in one
-//!   sled transaction ([`Store::commit_page`]): after a crash either all of a page's writes are there
-//!   or none is. sled recovers its log to a consistent state made of whole transactions. A page
-//!   larger than one chunk ([`crate::ingest::client::CHUNK_RECORDS`]) is committed a chunk per
-//!   transaction: a crash between two chunks leaves part of the page stored, which is the case of
-//!   a poll stopped between two pages (below): the checkpoint has not moved, the window is read
-//!   again, and the stored chunks compare equal.
+//! * Of the changes of one page, after a crash either all of a change's writes are there (its
+//!   snapshot, journal entry and outbox entries) or none is ([`Store::commit_page`]). The page is
+//!   written under a [`PendingPage`] marker, the snapshots last; sled's log recovers a prefix of
+//!   the writes in the order made, and the next open takes back the traces of every change whose
+//!   snapshot did not land. A page larger than one chunk ([`crate::ingest::client::CHUNK_RECORDS`])
+//!   is committed a chunk at a time: a crash between two chunks leaves part of the page stored,
+//!   which is the case of a poll stopped between two pages (below): the checkpoint has not moved,
+//!   the window is read again, and the stored chunks compare equal.
 //! * The checkpoint advances only after every page of a poll is stored *and flushed to disk*
 //!   ([`Store::set_checkpoint`] flushes before and after writing it). A crash before that leaves the
 //!   old checkpoint, so the next poll reads the same window again.
@@ -91,6 +93,8 @@ pub struct SledStore {
     baseline_snapshots: sled::Tree,
     /// Changes waiting in digests.
     digest: sled::Tree,
+    /// The pages being committed (see [`PendingPage`]).
+    pending: sled::Tree,
     /// False while the attempts log is known to be empty (it was empty at open and nothing has been
     /// logged since), so a delivery that never failed skips the prefix scan when it is removed.
     attempts_used: Arc<AtomicBool>,
@@ -178,6 +182,78 @@ fn journal_without(k: &[u8], v: &[u8], drop: &[bool]) -> Result<Vec<u8>> {
         .map(|(e, _)| e)
         .collect();
     Ok(encode(&kept))
+}
+
+/// A page being committed, written before its other writes and removed after them, so a page
+/// a crash cuts short is found when the store next opens.
+///
+/// A page is not written in a sled transaction: sled runs every transaction under one lock of
+/// the whole process, and while it is held no other read or write of any tree goes on (the
+/// next chunk's reads, every delivery's). Instead the writes follow an order: this marker, the
+/// journal page, the outbox entries and dead letters, and the snapshots last. sled's log
+/// recovers a prefix of the writes in the order they were made (its recovery stops at the first
+/// message that is not whole), so after a crash every snapshot of the page that is there has
+/// its change's traces there too. At the next open, for every marker left, the traces of the
+/// changes whose snapshot is not there are taken back ([`SledStore::undo_cut_pages`]); the
+/// checkpoint did not move, the window is read again, and exactly those changes are detected
+/// again, under the same change ids. A page this does not describe (digest members, whose link
+/// to their change is not kept here) is written in one transaction.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct PendingPage {
+    clinic: String,
+    resource: String,
+    /// The key (first seq) of the page's journal value.
+    journal: Option<u64>,
+    /// The snapshots in the order written: record id, [`version_hash`] of the version, and the
+    /// seq of its change.
+    snapshots: Vec<(String, u64, u64)>,
+    /// The outbox entries: destination, seq, and the seq of their change.
+    outbox: Vec<(String, u64, u64)>,
+    /// The dead letters: seq, and the seq of their change.
+    dead: Vec<(u64, u64)>,
+}
+
+impl PendingPage {
+    /// The marker of a page whose snapshots are its changes' one for one (as a poll writes
+    /// them), else `None`.
+    fn of(clinic: &str, resource: &str, page: &PageWrite) -> Option<PendingPage> {
+        let one_for_one = page.snapshots.len() == page.changes.len()
+            && page
+                .snapshots
+                .iter()
+                .zip(&page.changes)
+                .all(|((id, _), c)| *id == c.record_id);
+        if !one_for_one || page.snapshots.is_empty() || !page.digest.is_empty() {
+            return None;
+        }
+        Some(PendingPage {
+            clinic: clinic.to_string(),
+            resource: resource.to_string(),
+            journal: page.changes.first().map(|c| c.seq),
+            snapshots: page
+                .snapshots
+                .iter()
+                .zip(&page.changes)
+                .map(|((id, v), c)| (id.clone(), version_hash(v), c.seq))
+                .collect(),
+            outbox: page
+                .outbox
+                .iter()
+                .map(|e| (e.destination.clone(), e.seq, e.change_seq))
+                .collect(),
+            dead: page
+                .dead
+                .iter()
+                .map(|d| (d.entry.seq, d.entry.change_seq))
+                .collect(),
+        })
+    }
+}
+
+/// Tells one stored version of a record from another: its length and CRC-32. Two versions that
+/// collide count as landed, which costs a duplicate delivery at worst, never a lost change.
+fn version_hash(v: &[u8]) -> u64 {
+    ((v.len() as u64) << 32) | u64::from(crc32fast::hash(v))
 }
 
 /// The outbox key of a delivery.
@@ -455,10 +531,12 @@ impl SledStore {
             baselines: db.open_tree("baselines")?,
             baseline_snapshots: db.open_tree("baseline_snapshots")?,
             digest: db.open_tree("digest")?,
+            pending: db.open_tree("pending_pages")?,
             db,
         };
         // sled has just created its files with the process umask.
         tighten_at_open(path, loose);
+        store.undo_cut_pages()?;
         Ok(store)
     }
 
@@ -811,8 +889,151 @@ impl SledStore {
         count_in(&self.snapshots, clinic, resource)
     }
 
-    /// Atomically writes a page's snapshots, change journal entries, outbox entries and dead letters.
+    /// Writes a page's snapshots, change journal entries, outbox entries and dead letters, all or
+    /// (after a crash) none of the changes: see [`PendingPage`] for how, without a transaction.
     pub(crate) fn commit_page(&self, clinic: &str, resource: &str, page: &PageWrite) -> Result<()> {
+        match PendingPage::of(clinic, resource, page) {
+            Some(marker) => self.commit_page_marked(&marker, page, usize::MAX),
+            None => self.commit_page_at_once(clinic, resource, page),
+        }
+    }
+
+    /// Writes a page in the order [`PendingPage`] needs, under its marker; `writes` stops it
+    /// after that many writes past the marker, as a crash would (the tests use it).
+    fn commit_page_marked(
+        &self,
+        marker: &PendingPage,
+        page: &PageWrite,
+        writes: usize,
+    ) -> Result<()> {
+        let marker_key = self.db.generate_id()?.to_be_bytes();
+        self.pending.insert(marker_key, encode(marker))?;
+        match self.write_marked(marker, page, writes) {
+            Ok(true) => {
+                self.pending.remove(marker_key)?;
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                // Undone now as the next open would, so a poll reading the window again in this
+                // process detects the changes that did not land once, not twice.
+                if let Err(undo) = self.undo_cut_page(&marker_key, marker) {
+                    tracing::error!(error = %undo, "a page whose write failed could not be undone; the store's next open undoes it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The writes of a marked page: the changes' traces first, the snapshots last. `Ok(false)`:
+    /// stopped after `limit` writes.
+    fn write_marked(&self, marker: &PendingPage, page: &PageWrite, limit: usize) -> Result<bool> {
+        let mut left = limit;
+        let mut go = || {
+            let more = left > 0;
+            left = left.saturating_sub(1);
+            more
+        };
+        if let Some((k, v)) = journal_page(&page.changes) {
+            if !go() {
+                return Ok(false);
+            }
+            self.changes.insert(k, v)?;
+        }
+        for (i, e) in page.outbox.iter().enumerate() {
+            if !go() {
+                return Ok(false);
+            }
+            self.outbox.insert(
+                outbox_key(&e.destination, e.seq),
+                page.outbox_value(i).as_ref(),
+            )?;
+        }
+        for d in &page.dead {
+            if !go() {
+                return Ok(false);
+            }
+            self.dead.insert(d.entry.seq.to_be_bytes(), encode(d))?;
+        }
+        for (id, v) in &page.snapshots {
+            if !go() {
+                return Ok(false);
+            }
+            self.snapshots
+                .insert(key(&[&marker.clinic, &marker.resource, id]), v.as_slice())?;
+        }
+        Ok(true)
+    }
+
+    /// Undoes what landed of the changes of every page a crash cut short (at open, before anything
+    /// reads the store); returns how many changes were undone.
+    fn undo_cut_pages(&self) -> Result<usize> {
+        let mut undone = 0;
+        for kv in self.pending.iter() {
+            let (k, v) = kv?;
+            let marker: PendingPage = decode("pending page", &v)?;
+            undone += self.undo_cut_page(&k, &marker)?;
+        }
+        if undone > 0 {
+            tracing::warn!(changes = undone, "a crash cut a page's write short: the changes it had not finished writing were taken back, and the next poll detects them again");
+        }
+        Ok(undone)
+    }
+
+    /// Takes back the journal entries, outbox entries and dead letters of the changes of a cut
+    /// page whose snapshot did not land, then drops the marker; returns how many changes.
+    fn undo_cut_page(&self, marker_key: &[u8], marker: &PendingPage) -> Result<usize> {
+        // Per record, the versions the page wrote, in order; those after the version now
+        // stored did not land (a version written twice counts as landed: a repeat costs a
+        // duplicate at worst, never a change).
+        let mut by_id: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
+        for (id, version, change_seq) in &marker.snapshots {
+            by_id.entry(id).or_default().push((*version, *change_seq));
+        }
+        let mut undone: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for (id, versions) in by_id {
+            let now = self
+                .snapshots
+                .get(key(&[&marker.clinic, &marker.resource, id]))?
+                .map(|v| version_hash(&v));
+            let landed = versions.iter().rposition(|(v, _)| Some(*v) == now);
+            let first_lost = landed.map_or(0, |i| i + 1);
+            undone.extend(versions[first_lost..].iter().map(|(_, seq)| *seq));
+        }
+        if !undone.is_empty() {
+            for (destination, seq, change_seq) in &marker.outbox {
+                if undone.contains(change_seq) {
+                    self.outbox.remove(outbox_key(destination, *seq))?;
+                    self.forget_attempts(*seq)?;
+                }
+            }
+            for (seq, change_seq) in &marker.dead {
+                if undone.contains(change_seq) {
+                    self.dead.remove(seq.to_be_bytes())?;
+                }
+            }
+            if let Some(first) = marker.journal {
+                let k = first.to_be_bytes();
+                if let Some(v) = self.changes.get(k)? {
+                    let seqs: Vec<u64> = journal_value::<serde::de::IgnoredAny>(&k, &v)?
+                        .into_iter()
+                        .map(|(seq, _)| seq)
+                        .collect();
+                    let drop: Vec<bool> = seqs.iter().map(|s| undone.contains(s)).collect();
+                    if drop.iter().all(|d| *d) {
+                        self.changes.remove(k)?;
+                    } else {
+                        self.changes.insert(k, journal_without(&k, &v, &drop)?)?;
+                    }
+                }
+            }
+        }
+        self.pending.remove(marker_key)?;
+        Ok(undone.len())
+    }
+
+    /// Writes a page in one sled transaction: the pages [`PendingPage`] does not describe.
+    fn commit_page_at_once(&self, clinic: &str, resource: &str, page: &PageWrite) -> Result<()> {
         let snap_keys: Vec<(Vec<u8>, &[u8])> = page
             .snapshots
             .iter()
@@ -1594,6 +1815,128 @@ mod tests {
     use super::*;
     use crate::outbox::store::DEFAULT_CACHE_BYTES;
     use crate::outbox::tests::entry;
+
+    /// A poll's page of one change per version given: (record id, version), each with its
+    /// journal entry (seq 10, 11, ...) and one outbox entry (seq 20, 21, ...).
+    fn poll_page(versions: &[(&str, u8)]) -> PageWrite {
+        let mut page = PageWrite::default();
+        for (i, (id, v)) in versions.iter().enumerate() {
+            let change_seq = 10 + i as u64;
+            page.snapshots.push((
+                id.to_string(),
+                format!("{{\"ID\":\"{id}\",\"V\":{v}}}").into_bytes(),
+            ));
+            page.changes.push(JournalWrite {
+                seq: change_seq,
+                record_id: id.to_string(),
+                detected_at: Utc::now(),
+                value: serde_json::to_vec(&serde_json::json!({"id": id, "v": v})).unwrap(),
+            });
+            let mut e = entry("hook", 20 + i as u64);
+            e.record_id = id.to_string();
+            e.change_seq = change_seq;
+            page.outbox.push(e);
+        }
+        page
+    }
+
+    /// What the store holds of a page's changes: the seqs of the journal entries and outbox
+    /// entries there, and the stored version of each record.
+    fn traces(store: &SledStore, ids: &[&str]) -> (Vec<u64>, Vec<u64>, Vec<Option<u8>>) {
+        let journal: Vec<u64> = store
+            .changes
+            .iter()
+            .flat_map(|kv| {
+                let (k, v) = kv.unwrap();
+                journal_value::<serde::de::IgnoredAny>(&k, &v)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(s, _)| s)
+            })
+            .collect();
+        let outbox: Vec<u64> = store
+            .outbox_entries("hook")
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.change_seq)
+            .collect();
+        let versions = ids
+            .iter()
+            .map(|id| {
+                store
+                    .snapshots
+                    .get(key(&["default", "leads", id]))
+                    .unwrap()
+                    .map(|v| {
+                        serde_json::from_slice::<serde_json::Value>(&v).unwrap()["V"]
+                            .as_u64()
+                            .unwrap() as u8
+                    })
+            })
+            .collect();
+        (journal, outbox, versions)
+    }
+
+    #[test]
+    fn a_page_cut_short_anywhere_keeps_exactly_the_changes_whose_snapshot_landed() {
+        let ids = ["a", "b", "c"];
+        let page = poll_page(&[("a", 1), ("b", 1), ("c", 1)]);
+        let marker = PendingPage::of("default", "leads", &page).expect("a poll's page is marked");
+        // 1 journal page + 3 outbox entries + 3 snapshots: cut after 0 to 6 of them, or whole.
+        for writes in 0..=7 {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+                store.commit_page_marked(&marker, &page, writes).unwrap();
+                let cut = usize::from(writes < 7);
+                assert_eq!(store.pending.len(), cut, "cut after {writes} writes");
+            }
+            let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+            let landed = writes.saturating_sub(4).min(3);
+            let kept: Vec<u64> = (10..10 + landed as u64).collect();
+            let (journal, outbox, versions) = traces(&store, &ids);
+            assert_eq!(journal, kept, "journal after {writes} writes");
+            assert_eq!(outbox, kept, "outbox after {writes} writes");
+            let expected: Vec<Option<u8>> = (0..3).map(|i| (i < landed).then_some(1)).collect();
+            assert_eq!(versions, expected, "snapshots after {writes} writes");
+            assert!(store.pending.is_empty(), "the marker goes with the undo");
+        }
+    }
+
+    #[test]
+    fn a_record_twice_in_a_cut_page_keeps_the_change_to_the_version_stored() {
+        let page = poll_page(&[("a", 1), ("a", 2)]);
+        let marker = PendingPage::of("default", "leads", &page).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+            // The journal page, both outbox entries and the first version's snapshot.
+            store.commit_page_marked(&marker, &page, 4).unwrap();
+        }
+        let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        assert_eq!(traces(&store, &["a"]), (vec![10], vec![10], vec![Some(1)]));
+    }
+
+    #[test]
+    fn a_whole_page_leaves_no_marker_and_a_page_with_digest_members_is_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let page = poll_page(&[("a", 1), ("b", 1)]);
+        store.commit_page("default", "leads", &page).unwrap();
+        assert!(store.pending.is_empty());
+        assert_eq!(
+            traces(&store, &["a", "b"]),
+            (vec![10, 11], vec![10, 11], vec![Some(1), Some(1)])
+        );
+        let mut digested = poll_page(&[("c", 1)]);
+        digested
+            .digest
+            .push(crate::outbox::tests::member("digest", 30, "c"));
+        assert!(PendingPage::of("default", "leads", &digested).is_none());
+        let mut unmatched = poll_page(&[("d", 1)]);
+        unmatched.changes.clear();
+        assert!(PendingPage::of("default", "leads", &unmatched).is_none());
+    }
 
     #[test]
     fn values_are_stored_as_their_json_and_a_bad_one_is_a_decode_error() {

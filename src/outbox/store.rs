@@ -575,7 +575,8 @@ impl Store {
         }
     }
 
-    /// Atomically writes a page's snapshots, change journal entries, outbox entries and dead letters.
+    /// Writes a page's snapshots, change journal entries, outbox entries and dead letters; after a
+    /// crash each change of it is there whole or not at all (on sled see `PendingPage`).
     pub async fn commit_page(&self, clinic: &str, resource: &str, page: &PageWrite) -> Result<()> {
         if page.is_empty() {
             return Ok(());
