@@ -23,7 +23,8 @@ const PAGE_DEFAULT: u64 = 100;
 enum Mode {
     /// One value per record in one tree, one batch per page (bench B's ceiling).
     Ceiling,
-    /// Snapshot, journal and outbox in three trees, one transaction per page (the store).
+    /// Snapshot, journal and outbox in three trees, one transaction per page (the store before it
+    /// wrote a page as ordered inserts under a marker).
     ThreeTreeTransaction { journal_bytes: usize },
     /// The same three values in one tree with prefixed keys, one batch per page.
     OneTreeBatch { journal_bytes: usize },

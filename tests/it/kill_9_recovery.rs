@@ -5,6 +5,7 @@
 //! runs as a child process; the sandbox and the receivers run in this process.
 
 use crate::support::*;
+use clinicea_notifier::outbox::store::Store;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -16,6 +17,36 @@ fn duplicates(ids: &[String]) -> Vec<String> {
         .filter(|id| !seen.insert(id.as_str()))
         .cloned()
         .collect()
+}
+
+/// Runs `once` to the end of the sync, then checks that the journal holds every lead of `all`
+/// exactly once and that each has its snapshot; returns the store, opened.
+async fn once_then_every_lead_journaled_once(t: &TestDir, all: &HashSet<String>) -> Store {
+    let out = cli(t, &["once"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let store = open_store(t);
+    let ids = journal_ids(&store).await;
+    let dups = duplicates(&ids);
+    assert!(
+        dups.is_empty(),
+        "{} leads journaled twice, e.g. {:?}",
+        dups.len(),
+        dups.first()
+    );
+    let journaled: HashSet<String> = ids.into_iter().collect();
+    let missing: Vec<&String> = all.difference(&journaled).collect();
+    assert!(
+        missing.is_empty(),
+        "{} leads lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(journaled.len(), all.len());
+    assert_eq!(
+        store.snapshot_count("default", "leads").await.unwrap(),
+        all.len()
+    );
+    store
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,31 +96,7 @@ async fn kill_9_twice_in_the_middle_of_a_long_sync_then_once_journals_every_lead
         journaled_after_kill.push(ids.len());
     }
 
-    let out = cli(&t, &["once"]).await;
-    assert!(out.status.success(), "{}", output_text(&out));
-
-    let store = open_store(&t);
-    let ids = journal_ids(&store).await;
-    let dups = duplicates(&ids);
-    assert!(
-        dups.is_empty(),
-        "{} leads journaled twice, e.g. {:?}",
-        dups.len(),
-        dups.first()
-    );
-    let journaled: HashSet<String> = ids.into_iter().collect();
-    let missing: Vec<&String> = all.difference(&journaled).collect();
-    assert!(
-        missing.is_empty(),
-        "{} leads lost, e.g. {:?}",
-        missing.len(),
-        missing.first()
-    );
-    assert_eq!(journaled.len(), 3000);
-    assert_eq!(
-        store.snapshot_count("default", "leads").await.unwrap(),
-        3000
-    );
+    let store = once_then_every_lead_journaled_once(&t, &all).await;
     let cp = store.checkpoint("default", "leads").await.unwrap().unwrap();
     assert!(
         cp.last_success_start.is_some(),
@@ -342,23 +349,6 @@ async fn kill_9_ten_times_during_a_sync_without_pauses_journals_every_lead_exact
         }
         d.kill9().await;
     }
-    let out = cli(&t, &["once"]).await;
-    assert!(out.status.success(), "{}", output_text(&out));
-    let store = open_store(&t);
-    let ids = journal_ids(&store).await;
-    let dups = duplicates(&ids);
-    assert!(
-        dups.is_empty(),
-        "{} leads journaled twice, e.g. {:?}",
-        dups.len(),
-        dups.first()
-    );
-    let journaled: HashSet<String> = ids.into_iter().collect();
-    let missing = all.difference(&journaled).count();
-    assert_eq!(missing, 0, "leads lost");
-    assert_eq!(
-        store.snapshot_count("default", "leads").await.unwrap(),
-        20_000
-    );
+    once_then_every_lead_journaled_once(&t, &all).await;
     eprintln!("fast sync crash test: {undone_at_start} of 10 restarts took back a cut chunk");
 }
