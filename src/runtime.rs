@@ -1,5 +1,5 @@
 //! The process around the pipeline: the allocator's options, and where long synchronous work
-//! runs. A chunk's diff and its sled transaction each hold a thread for milliseconds; on one of
+//! runs. A chunk's diff and its sled write each hold a thread for milliseconds; on one of
 //! the runtime's two workers that stalls every task queued behind it, above all the delivery
 //! lanes waiting on their sockets, so deliveries barely moved while a large poll was stored.
 //! Such work gives its worker's queue to another thread first.

@@ -582,7 +582,7 @@ impl Store {
             return Ok(());
         }
         match self {
-            // A page's transaction holds its thread for milliseconds.
+            // A page's write holds its thread for milliseconds.
             Store::Sled(s) => crate::runtime::hold_thread(|| s.commit_page(clinic, resource, page)),
             Store::Postgres(p) => p.commit_page(clinic, resource, page).await,
         }
