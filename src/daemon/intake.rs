@@ -1,7 +1,8 @@
 //! Where ingest's chunks go: the [`Intake`] over the rules and the store. Each diffed chunk's
 //! changes are routed and planned (one outbox entry per delivery, a dead letter where a payload
-//! could not be rendered), committed with the chunk's snapshots in one page write (`Store::commit_page`), and
-//! only then handed on: to whoever watches the polls, and, once on disk, to the delivery workers.
+//! could not be rendered), committed with the chunk's snapshots in one page write
+//! (`Store::commit_page`), and only then handed on: to whoever watches the polls, and, once on
+//! disk, to the delivery workers.
 
 use crate::ingest::intake::{DiffedChunk, Intake};
 use crate::ingest::state::{Baseline, Checkpoint, PollStatus};

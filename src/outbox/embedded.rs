@@ -68,7 +68,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -990,7 +990,7 @@ impl SledStore {
         for (id, version, change_seq) in &marker.snapshots {
             by_id.entry(id).or_default().push((*version, *change_seq));
         }
-        let mut undone: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        let mut undone: HashSet<u64> = HashSet::new();
         for (id, versions) in by_id {
             let now = self
                 .snapshots
