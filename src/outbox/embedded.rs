@@ -10,7 +10,7 @@
 //! | `polls`       | clinic \0 resource                    | [`PollStatus`] (JSON)                 |
 //! | `snapshots`   | clinic \0 resource \0 record id       | the record as last fetched (JSON)     |
 //! | `changes`     | seq (u64 BE) of a page's first change | the journal: a page's [`JournalEntry`]s, `[[seq, entry], ...]` (older stores: one entry per seq; both are read) |
-//! | `outbox`      | destination \0 seq (u64 BE)           | an [`OutboxEntry`] (JSON)             |
+//! | `outbox`      | destination \0 seq (u64 BE)           | an [`OutboxEntry`] (JSON), or, committed by a poll, a [`BodyRef`] and the entry's JSON with its body in a segment ([`crate::outbox::bodies`]) |
 //! | `attempts`    | seq (u64 BE) attempt (u32 BE)         | an [`AttemptLog`] (JSON)              |
 //! | `dead`        | seq (u64 BE)                          | a [`DeadLetter`] (JSON)               |
 //! | `dest_health` | destination                           | [`DestHealth`] while it is failing    |
@@ -55,6 +55,7 @@
 //!   transaction). A crash between the success and the flush of the removal re-sends it: at least
 //!   once, with the same `webhook-id`.
 
+use super::bodies::{self, BodyLog, BodyRef};
 use super::store::{
     decode, encode, DestHealth, Due, Dump, Erased, JournalWrite, PageWrite, Result, StoreError,
     DEAD_LETTER, DIGEST_MEMBER, JOURNAL_ENTRY, OUTBOX_ENTRY, SLIM_JOURNAL,
@@ -100,6 +101,8 @@ pub struct SledStore {
     attempts_used: Arc<AtomicBool>,
     /// One flush at a time, shared by whoever asked for it meanwhile (see [`Store::flush`]).
     flushes: Arc<FlushGate>,
+    /// The bodies of the outbox entries polls committed.
+    bodies: Arc<BodyLog>,
 }
 
 /// Serializes flushes and lets a caller skip its own when a whole flush began after it asked:
@@ -514,7 +517,17 @@ impl SledStore {
         };
         let attempts = db.open_tree("attempts")?;
         let id_key = Arc::new(load_or_make_id_key(&db)?);
+        let outbox = db.open_tree("outbox")?;
+        let mut refs = Vec::new();
+        for v in outbox.iter().values() {
+            refs.extend(BodyRef::of_stored(&v?).map(|(r, _)| r));
+        }
+        let bodies = BodyLog::open(path, refs).map_err(|e| StoreError::Open {
+            path: path.join(bodies::DIR).display().to_string(),
+            source: sled::Error::Io(e),
+        })?;
         let store = SledStore {
+            bodies: Arc::new(bodies),
             id_key,
             path: path.to_path_buf(),
             attempts_used: Arc::new(AtomicBool::new(!attempts.is_empty())),
@@ -524,7 +537,7 @@ impl SledStore {
             polls: db.open_tree("polls")?,
             snapshots: db.open_tree("snapshots")?,
             changes: db.open_tree("changes")?,
-            outbox: db.open_tree("outbox")?,
+            outbox,
             dead: db.open_tree("dead")?,
             dest_health: db.open_tree("dest_health")?,
             meta: db.open_tree("meta")?,
@@ -713,17 +726,26 @@ impl SledStore {
         // of them in flight at once take every thread of it while the writes they wait for need
         // one (sled issues 1241 and 1308): the store stops. The blocking flush runs on tokio's
         // blocking pool instead, so no async worker waits on the disk either.
+        // Segments no entry refers to go once the removals that freed them are on disk.
+        let doomed = self.bodies.doomed();
         let db = self.db.clone();
         match tokio::task::spawn_blocking(move || db.flush()).await {
-            Ok(r) => {
-                r?;
+            Ok(Err(e)) => {
+                self.bodies.keep(doomed);
+                Err(e.into())
+            }
+            Ok(Ok(_)) => {
+                self.bodies.delete(doomed);
                 #[cfg(test)]
                 self.flushes.finished.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
-            Err(e) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
-                format!("the store flush task failed: {e}"),
-            )))),
+            Err(e) => {
+                self.bodies.keep(doomed);
+                Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                    format!("the store flush task failed: {e}"),
+                ))))
+            }
         }
     }
 
@@ -906,9 +928,14 @@ impl SledStore {
         page: &PageWrite,
         writes: usize,
     ) -> Result<()> {
+        // The bodies are on disk before sled holds anything of the page (see `outbox::bodies`).
+        let values = self.outbox_values_apart(page)?;
         let marker_key = self.db.generate_id()?.to_be_bytes();
-        self.pending.insert(marker_key, encode(marker))?;
-        match self.write_marked(marker, page, writes) {
+        if let Err(e) = self.pending.insert(marker_key, encode(marker)) {
+            self.release_values(&values);
+            return Err(e.into());
+        }
+        match self.write_marked(marker, page, &values, writes) {
             Ok(true) => {
                 self.pending.remove(marker_key)?;
                 Ok(())
@@ -925,9 +952,78 @@ impl SledStore {
         }
     }
 
+    /// A page's outbox entries as [`SledStore::commit_page_marked`] writes them: the bodies
+    /// left out of their JSON written to a segment and synced, the entries referring to them.
+    fn outbox_values_apart<'p>(
+        &self,
+        page: &'p PageWrite,
+    ) -> Result<Vec<std::borrow::Cow<'p, [u8]>>> {
+        let encoded: Vec<_> = (0..page.outbox.len())
+            .map(|i| page.outbox_value(i))
+            .collect();
+        let bodies: Vec<&[u8]> = page
+            .outbox
+            .iter()
+            .zip(&encoded)
+            .filter(|(_, (_, apart))| *apart)
+            .map(|(e, _)| e.payload.body().unwrap_or_default().as_bytes())
+            .collect();
+        if bodies.is_empty() {
+            return Ok(encoded.into_iter().map(|(v, _)| v).collect());
+        }
+        let mut refs = self
+            .bodies
+            .append(&bodies)
+            .map_err(StoreError::Body)?
+            .into_iter();
+        Ok(encoded
+            .into_iter()
+            .map(
+                |(v, apart)| match (apart, apart.then(|| refs.next()).flatten()) {
+                    (true, Some(r)) => r.stored_with(&v).into(),
+                    _ => v,
+                },
+            )
+            .collect())
+    }
+
+    /// Releases the bodies of outbox values that were not stored.
+    fn release_values(&self, values: &[std::borrow::Cow<'_, [u8]>]) {
+        for v in values {
+            self.release_stored(v);
+        }
+    }
+
+    /// Releases the body a stored outbox value refers to, if any: the value is gone from the
+    /// tree (removed or replaced).
+    fn release_stored(&self, value: &[u8]) {
+        if let Some((r, _)) = BodyRef::of_stored(value) {
+            self.bodies.release(&r);
+        }
+    }
+
+    /// Decodes a stored outbox value, its body read from its segment if it is there.
+    fn decode_entry(&self, value: &[u8]) -> Result<OutboxEntry> {
+        let Some((r, json)) = BodyRef::of_stored(value) else {
+            return decode(OUTBOX_ENTRY, value);
+        };
+        let mut entry: OutboxEntry = decode(OUTBOX_ENTRY, json)?;
+        let body = self.bodies.read(&r).map_err(StoreError::Body)?;
+        if let Some(slot) = entry.payload.body_mut() {
+            *slot = body;
+        }
+        Ok(entry)
+    }
+
     /// The writes of a marked page: the changes' traces first, the snapshots last. `Ok(false)`:
     /// stopped after `limit` writes.
-    fn write_marked(&self, marker: &PendingPage, page: &PageWrite, limit: usize) -> Result<bool> {
+    fn write_marked(
+        &self,
+        marker: &PendingPage,
+        page: &PageWrite,
+        values: &[std::borrow::Cow<'_, [u8]>],
+        limit: usize,
+    ) -> Result<bool> {
         let mut left = limit;
         let mut go = || {
             let more = left > 0;
@@ -940,14 +1036,12 @@ impl SledStore {
             }
             self.changes.insert(k, v)?;
         }
-        for (i, e) in page.outbox.iter().enumerate() {
+        for (e, v) in page.outbox.iter().zip(values) {
             if !go() {
                 return Ok(false);
             }
-            self.outbox.insert(
-                outbox_key(&e.destination, e.seq),
-                page.outbox_value(i).as_ref(),
-            )?;
+            self.outbox
+                .insert(outbox_key(&e.destination, e.seq), v.as_ref())?;
         }
         for d in &page.dead {
             if !go() {
@@ -1003,7 +1097,9 @@ impl SledStore {
         if !undone.is_empty() {
             for (destination, seq, change_seq) in &marker.outbox {
                 if undone.contains(change_seq) {
-                    self.outbox.remove(outbox_key(destination, *seq))?;
+                    if let Some(old) = self.outbox.remove(outbox_key(destination, *seq))? {
+                        self.release_stored(&old);
+                    }
                     self.forget_attempts(*seq)?;
                 }
             }
@@ -1043,7 +1139,14 @@ impl SledStore {
             .outbox
             .iter()
             .enumerate()
-            .map(|(i, e)| (outbox_key(&e.destination, e.seq), page.outbox_value(i)))
+            .map(|(i, e)| {
+                let v = match page.outbox_value(i) {
+                    (v, false) => v,
+                    // One transaction: the body goes inline, as every such value did before.
+                    (_, true) => encode(e).into(),
+                };
+                (outbox_key(&e.destination, e.seq), v)
+            })
             .collect();
         let journal = journal_page(&page.changes);
         let dead: Vec<([u8; 8], Vec<u8>)> = page
@@ -1303,11 +1406,13 @@ impl SledStore {
         }
         let mut outbox = Vec::new();
         let mut seqs = Vec::new();
+        let mut bodies = Vec::new();
         for kv in self.outbox.iter() {
             let (k, v) = kv?;
-            if serde_json::from_slice::<EntryKey>(&v).is_ok_and(|e| is_it(&e)) {
+            if serde_json::from_slice::<EntryKey>(bodies::json_of(&v)).is_ok_and(|e| is_it(&e)) {
                 seqs.extend(seq_of_outbox_key(&k));
                 outbox.push(k);
+                bodies.extend(BodyRef::of_stored(&v).map(|(r, _)| r));
             }
         }
         let mut dead = Vec::new();
@@ -1367,7 +1472,13 @@ impl SledStore {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         match res {
-            Ok(()) | Err(TransactionError::Abort(())) => Ok(erased),
+            Ok(()) | Err(TransactionError::Abort(())) => {
+                // The erased entries' bodies are overwritten where they lie, not only forgotten.
+                for r in &bodies {
+                    self.bodies.erase(r).map_err(StoreError::Body)?;
+                }
+                Ok(erased)
+            }
             Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
         }
     }
@@ -1418,10 +1529,7 @@ impl SledStore {
             .scan_prefix(prefix(&[destination]))
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((
-                    seq_of_outbox_key(&k).unwrap_or(0),
-                    decode(OUTBOX_ENTRY, &v)?,
-                ))
+                Ok((seq_of_outbox_key(&k).unwrap_or(0), self.decode_entry(&v)?))
             })
             .collect()
     }
@@ -1436,7 +1544,7 @@ impl SledStore {
         }
         self.outbox.scan_prefix(prefix(&[destination])).map(|kv| {
             let (k, v) = kv?;
-            let d: DueOnly = decode(OUTBOX_ENTRY, &v)?;
+            let d: DueOnly = decode(OUTBOX_ENTRY, bodies::json_of(&v))?;
             Ok(Due {
                 seq: seq_of_outbox_key(&k).unwrap_or(0),
                 at_ms: d.next_attempt_ms,
@@ -1449,15 +1557,22 @@ impl SledStore {
         self.outbox
             .iter()
             .values()
-            .map(|v| decode(OUTBOX_ENTRY, &v?))
+            .map(|v| self.decode_entry(&v?))
             .collect()
     }
 
     /// Per destination, its queued entries: how many wait for a first attempt and how many for a
     /// retry (for `status` and the console).
     pub(crate) fn outbox_counts(&self) -> Result<HashMap<String, (u64, u64)>> {
+        // Only what is counted is decoded: no body is read.
+        #[derive(Deserialize)]
+        struct Counted {
+            destination: String,
+            attempts: u32,
+        }
         let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
-        for e in self.all_outbox()? {
+        for v in self.outbox.iter().values() {
+            let e: Counted = decode(OUTBOX_ENTRY, bodies::json_of(&v?))?;
             let slot = counts.entry(e.destination).or_default();
             if e.attempts == 0 {
                 slot.0 += 1;
@@ -1485,7 +1600,7 @@ impl SledStore {
     pub(crate) fn outbox_get(&self, destination: &str, seq: u64) -> Result<Option<OutboxEntry>> {
         self.outbox
             .get(outbox_key(destination, seq))?
-            .map(|v| decode(OUTBOX_ENTRY, &v))
+            .map(|v| self.decode_entry(&v))
             .transpose()
     }
 
@@ -1509,14 +1624,21 @@ impl SledStore {
         seq: u64,
         entry: &OutboxEntry,
     ) -> Result<()> {
-        self.outbox
-            .insert(outbox_key(destination, seq), encode(entry))?;
+        // Written whole, body included: a retried entry holds no segment (see `bodies`).
+        if let Some(old) = self
+            .outbox
+            .insert(outbox_key(destination, seq), encode(entry))?
+        {
+            self.release_stored(&old);
+        }
         Ok(())
     }
 
     /// Removes a delivered entry.
     pub(crate) fn outbox_remove(&self, destination: &str, seq: u64) -> Result<()> {
-        self.outbox.remove(outbox_key(destination, seq))?;
+        if let Some(old) = self.outbox.remove(outbox_key(destination, seq))? {
+            self.release_stored(&old);
+        }
         Ok(())
     }
 
@@ -1533,15 +1655,22 @@ impl SledStore {
         dead_letter: &DeadLetter,
     ) -> Result<()> {
         let k = outbox_key(destination, seq);
+        // The dead letter holds the entry whole, body included.
         let dead_letter = encode(dead_letter);
-        let res: std::result::Result<(), TransactionError<()>> = (&self.outbox, &self.dead)
-            .transaction(|(outbox, dead)| {
-                outbox.remove(k.as_slice())?;
+        let res: std::result::Result<Option<sled::IVec>, TransactionError<()>> =
+            (&self.outbox, &self.dead).transaction(|(outbox, dead)| {
+                let old = outbox.remove(k.as_slice())?;
                 dead.insert(&seq.to_be_bytes(), dead_letter.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(old)
             });
         match res {
-            Ok(()) | Err(TransactionError::Abort(())) => Ok(()),
+            Ok(old) => {
+                if let Some(old) = old {
+                    self.release_stored(&old);
+                }
+                Ok(())
+            }
+            Err(TransactionError::Abort(())) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
         }
     }
@@ -1936,6 +2065,134 @@ mod tests {
         let mut unmatched = poll_page(&[("d", 1)]);
         unmatched.changes.clear();
         assert!(PendingPage::of("default", "leads", &unmatched).is_none());
+    }
+
+    /// `poll_page`, each outbox entry with a body of its own.
+    fn page_with_bodies(versions: &[(&str, u8)]) -> PageWrite {
+        let mut page = poll_page(versions);
+        for e in &mut page.outbox {
+            e.payload = crate::route::plan::Payload::Webhook {
+                body: format!(
+                    "{{\"record\":\"{}\",\"secret\":\"Zebulon-{}\"}}",
+                    e.record_id, e.seq
+                ),
+            };
+        }
+        page.encode_outbox();
+        page
+    }
+
+    /// Every byte of the store's body segments, concatenated.
+    fn segment_bytes(dir: &Path) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in std::fs::read_dir(dir.join(bodies::DIR)).unwrap() {
+            all.extend(std::fs::read(f.unwrap().path()).unwrap());
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_polled_page_keeps_its_bodies_in_a_segment_and_reads_them_back_whole_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let page = page_with_bodies(&[("a", 1), ("b", 1)]);
+        {
+            let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+            store.commit_page("default", "leads", &page).unwrap();
+            let raw = store.outbox.get(outbox_key("hook", 20)).unwrap().unwrap();
+            assert!(BodyRef::of_stored(&raw).is_some(), "stored apart");
+            assert!(!contains(&raw, b"Zebulon"), "the tree holds no body");
+            assert!(contains(&segment_bytes(dir.path()), b"Zebulon-20"));
+        }
+        let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let got = store.outbox_get("hook", 20).unwrap().unwrap();
+        assert_eq!(got, page.outbox[0], "the entry reads back as committed");
+        assert_eq!(store.all_outbox().unwrap(), page.outbox);
+        let counts = store.outbox_counts().unwrap();
+        assert_eq!(counts.get("hook"), Some(&(2, 0)));
+        let due: Vec<u64> = store.outbox_due("hook").map(|d| d.unwrap().seq).collect();
+        assert_eq!(due, vec![20, 21]);
+    }
+
+    #[tokio::test]
+    async fn a_spent_segment_goes_after_the_flush_that_follows_its_last_removal_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        store
+            .commit_page("default", "leads", &page_with_bodies(&[("a", 1), ("b", 1)]))
+            .unwrap();
+        // The next page goes to a new segment, as after a full one.
+        store.bodies.lock_for_tests().len = bodies::SEGMENT_BYTES;
+        let mut next = page_with_bodies(&[("c", 1)]);
+        next.outbox[0].seq = 30;
+        next.outbox_values.clear();
+        store.commit_page("default", "leads", &next).unwrap();
+        let before = store.bodies.segments_on_disk();
+        assert_eq!(before.len(), 2, "{before:?}");
+        store.outbox_remove("hook", 20).unwrap();
+        // Retried: written back whole, so it no longer holds the segment.
+        let mut retried = store.outbox_get("hook", 21).unwrap().unwrap();
+        retried.attempts = 1;
+        store.outbox_put("hook", 21, &retried).unwrap();
+        let raw = store.outbox.get(outbox_key("hook", 21)).unwrap().unwrap();
+        assert!(BodyRef::of_stored(&raw).is_none() && contains(&raw, b"Zebulon-21"));
+        assert_eq!(
+            store.bodies.segments_on_disk(),
+            before,
+            "nothing goes before a flush"
+        );
+        store.flush().await.unwrap();
+        assert_eq!(store.bodies.segments_on_disk(), before[1..].to_vec());
+        assert_eq!(store.outbox_get("hook", 21).unwrap().unwrap(), retried);
+        assert!(store.outbox_get("hook", 30).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_body_missing_from_its_segment_is_an_error_naming_where_not_what() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+            store
+                .commit_page("default", "leads", &page_with_bodies(&[("a", 1)]))
+                .unwrap();
+        }
+        for f in std::fs::read_dir(dir.path().join(bodies::DIR)).unwrap() {
+            let f = f.unwrap().path();
+            if std::fs::metadata(&f).unwrap().len() > 0 {
+                std::fs::write(&f, b"").unwrap();
+            }
+        }
+        let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let err = store.outbox_get("hook", 20).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Body(_)), "{text}");
+        assert!(
+            text.contains("segment") && !text.contains("Zebulon"),
+            "{text}"
+        );
+        // What needs no body still reads.
+        assert_eq!(store.outbox_counts().unwrap().get("hook"), Some(&(1, 0)));
+    }
+
+    #[test]
+    fn erasing_a_record_overwrites_its_queued_bodies_in_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        store
+            .commit_page("default", "leads", &page_with_bodies(&[("a", 1), ("b", 1)]))
+            .unwrap();
+        let erased = store.erase_record("default", "leads", "a").unwrap();
+        assert_eq!(erased.outbox, 1);
+        let bytes = segment_bytes(dir.path());
+        assert!(
+            !contains(&bytes, b"Zebulon-20"),
+            "the erased record's body is gone"
+        );
+        assert!(contains(&bytes, b"Zebulon-21"));
+        assert!(store.outbox_get("hook", 21).unwrap().is_some());
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub enum StoreError {
         /// The clinic.
         clinic: String,
     },
+    /// A queued delivery's body is not where its entry says (see `outbox::bodies`).
+    #[error("a queued delivery's body cannot be read: {0}")]
+    Body(std::io::Error),
     /// A stored value could not be decoded.
     #[error("a stored {what} could not be decoded: {source}")]
     Decode {
@@ -135,24 +138,29 @@ pub struct PageWrite {
     /// Deliveries to digest destinations: they wait in the store until their window closes
     /// ([`Store::flush_digest`]).
     pub digest: Vec<DigestMember>,
-    /// `outbox` as stored, when encoded ahead ([`PageWrite::encode_outbox`]); left empty, the
-    /// commit encodes them.
-    pub outbox_values: Vec<Vec<u8>>,
+    /// `outbox` as the sled store writes it, when encoded ahead ([`PageWrite::encode_outbox`]):
+    /// each entry's JSON and whether its body was left out of it (to go to a segment of its own,
+    /// see `outbox::bodies`); left empty, the commit encodes them.
+    pub outbox_values: Vec<(Vec<u8>, bool)>,
 }
 
 impl PageWrite {
     /// Encodes the outbox entries ahead of the commit, so a poll does it on its own core while
-    /// the page before is committed instead of inside the store's write.
+    /// the page before is committed instead of inside the store's write. A body is left out of
+    /// its entry's JSON (the JSON holds it empty), not copied: the commit writes it apart.
     pub(crate) fn encode_outbox(&mut self) {
-        self.outbox_values = self.outbox.iter().map(encode).collect();
+        self.outbox_values = self.outbox.iter_mut().map(encode_apart).collect();
     }
 
-    /// The `i`th outbox entry as stored: encoded ahead, or now.
-    pub(crate) fn outbox_value(&self, i: usize) -> std::borrow::Cow<'_, [u8]> {
-        match self.outbox_values.get(i) {
-            Some(v) if self.outbox_values.len() == self.outbox.len() => v.as_slice().into(),
-            _ => encode(&self.outbox[i]).into(),
+    /// The `i`th outbox entry as the sled store writes it (see [`PageWrite::outbox_values`]):
+    /// encoded ahead, or now.
+    pub(crate) fn outbox_value(&self, i: usize) -> (std::borrow::Cow<'_, [u8]>, bool) {
+        if self.outbox_values.len() == self.outbox.len() {
+            let (v, apart) = &self.outbox_values[i];
+            return (v.as_slice().into(), *apart);
         }
+        let (v, apart) = encode_apart(&mut self.outbox[i].clone());
+        (v.into(), apart)
     }
 
     /// Nothing to write.
@@ -294,6 +302,19 @@ pub(crate) const SLIM_JOURNAL: &str = "slim-journal";
 /// Decodes a stored JSON value, naming what it was when it cannot be.
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { what, source })
+}
+
+/// An outbox entry's JSON with its body (if its payload has one) left empty, and whether it had
+/// one: the body is taken out while the rest is encoded and put back, never copied.
+pub(crate) fn encode_apart(entry: &mut OutboxEntry) -> (Vec<u8>, bool) {
+    let Some(body) = entry.payload.body_mut().map(std::mem::take) else {
+        return (encode(&*entry), false);
+    };
+    let json = encode(&*entry);
+    if let Some(slot) = entry.payload.body_mut() {
+        *slot = body;
+    }
+    (json, true)
 }
 
 /// Encodes a value for the store.

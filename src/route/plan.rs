@@ -47,6 +47,28 @@ pub enum Payload {
     },
 }
 
+impl Payload {
+    /// The JSON body of a webhook, chat or publish payload (an email has none).
+    pub(crate) fn body(&self) -> Option<&str> {
+        match self {
+            Payload::Webhook { body } | Payload::Chat { body } | Payload::Publish { body, .. } => {
+                Some(body)
+            }
+            Payload::Email(_) => None,
+        }
+    }
+
+    /// The JSON body of a webhook, chat or publish payload (an email has none).
+    pub(crate) fn body_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Payload::Webhook { body } | Payload::Chat { body } | Payload::Publish { body, .. } => {
+                Some(body)
+            }
+            Payload::Email(_) => None,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(PayloadVisitor)
