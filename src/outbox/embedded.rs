@@ -25,7 +25,8 @@
 //! Every value is patient data. The folder is created 0700 and every file sled made is set to 0600
 //! when the store opens, whatever the umask; a store whose files others could read is a warning
 //! naming it, and is tightened (its folder only when this user owns it). Files sled creates later
-//! (`snap.*` snapshot files, `blobs/`) are out of others' reach because the folder is, and
+//! (`snap.*` snapshot files, `blobs/`) are out of others' reach because the folder is (the body
+//! segments in `outbox-bodies/` are made 0600 in a 0700 folder), and
 //! [`Store::tighten_permissions`] (run with the daemon's maintenance) sets them to 0600 too. The
 //! process umask is left alone: no global state changes for the sake of one folder.
 //!
@@ -33,7 +34,8 @@
 //!
 //! * Of the changes of one page, after a crash either all of a change's writes are there (its
 //!   snapshot, journal entry and outbox entries) or none is ([`Store::commit_page`]). The page is
-//!   written under a [`PendingPage`] marker, the snapshots last; sled's log recovers a prefix of
+//!   written under a [`PendingPage`] marker, the snapshots last (and the outbox entries' bodies,
+//!   kept apart in [`crate::outbox::bodies`], are synced before the marker); sled's log recovers a prefix of
 //!   the writes in the order made, and the next open takes back the traces of every change whose
 //!   snapshot did not land. A page larger than one chunk ([`crate::ingest::client::CHUNK_RECORDS`])
 //!   is committed a chunk at a time: a crash between two chunks leaves part of the page stored,
