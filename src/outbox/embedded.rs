@@ -945,7 +945,9 @@ impl SledStore {
             Ok(false) => Ok(()),
             Err(e) => {
                 // Undone now as the next open would, so a poll reading the window again in this
-                // process detects the changes that did not land once, not twice.
+                // process detects the changes that did not land once, not twice. (The bodies of
+                // entries never inserted stay counted, holding their segment until the next open
+                // counts again: a rare cost of a failed write, never a lost body.)
                 if let Err(undo) = self.undo_cut_page(&marker_key, marker) {
                     tracing::error!(error = %undo, "a page whose write failed could not be undone; the store's next open undoes it");
                 }
@@ -980,12 +982,10 @@ impl SledStore {
             .into_iter();
         Ok(encoded
             .into_iter()
-            .map(
-                |(v, apart)| match (apart, apart.then(|| refs.next()).flatten()) {
-                    (true, Some(r)) => r.stored_with(&v).into(),
-                    _ => v,
-                },
-            )
+            .map(|(v, apart)| match apart.then(|| refs.next()).flatten() {
+                Some(r) => r.stored_with(&v).into(),
+                None => v,
+            })
             .collect())
     }
 
@@ -1408,13 +1408,13 @@ impl SledStore {
         }
         let mut outbox = Vec::new();
         let mut seqs = Vec::new();
-        let mut bodies = Vec::new();
+        let mut erased_bodies = Vec::new();
         for kv in self.outbox.iter() {
             let (k, v) = kv?;
             if serde_json::from_slice::<EntryKey>(bodies::json_of(&v)).is_ok_and(|e| is_it(&e)) {
                 seqs.extend(seq_of_outbox_key(&k));
                 outbox.push(k);
-                bodies.extend(BodyRef::of_stored(&v).map(|(r, _)| r));
+                erased_bodies.extend(BodyRef::of_stored(&v).map(|(r, _)| r));
             }
         }
         let mut dead = Vec::new();
@@ -1476,7 +1476,7 @@ impl SledStore {
         match res {
             Ok(()) | Err(TransactionError::Abort(())) => {
                 // The erased entries' bodies are overwritten where they lie, not only forgotten.
-                for r in &bodies {
+                for r in &erased_bodies {
                     self.bodies.erase(r).map_err(StoreError::Body)?;
                 }
                 Ok(erased)
