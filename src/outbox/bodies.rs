@@ -105,11 +105,11 @@ pub(crate) struct BodyLog {
 }
 
 #[derive(Debug)]
-pub(crate) struct Inner {
+struct Inner {
     /// The segment written to, and its length.
     seg: u32,
     file: Arc<File>,
-    pub(crate) len: u64,
+    len: u64,
     /// Open segments, for reads.
     open: HashMap<u32, Arc<File>>,
     /// Entries referring to each segment.
@@ -303,10 +303,11 @@ impl BodyLog {
         }
     }
 
-    /// The state, for tests that fill a segment without writing 8 MiB.
+    /// Makes the segment written to count as full, so the next append begins another (the
+    /// tests' way to rotate without writing 8 MiB).
     #[cfg(test)]
-    pub(crate) fn lock_for_tests(&self) -> MutexGuard<'_, Inner> {
-        self.lock()
+    pub(crate) fn fill_segment(&self) {
+        self.lock().len = SEGMENT_BYTES;
     }
 
     /// The segments on disk, by number (the tests count them).
@@ -387,7 +388,7 @@ mod tests {
         let log = BodyLog::open(dir.path(), []).unwrap();
         let first = log.append(&[b"one", b"two"]).unwrap();
         // Fill the first segment so the next append begins another.
-        log.lock().len = SEGMENT_BYTES;
+        log.fill_segment();
         let second = log.append(&[b"three"]).unwrap();
         assert_ne!(first[0].seg, second[0].seg);
         assert_eq!(log.segments_on_disk(), vec![first[0].seg, second[0].seg]);
@@ -414,7 +415,7 @@ mod tests {
         let (kept, orphan) = {
             let log = BodyLog::open(dir.path(), []).unwrap();
             let kept = log.append(&[b"kept"]).unwrap();
-            log.lock().len = SEGMENT_BYTES;
+            log.fill_segment();
             let orphan = log.append(&[b"never stored"]).unwrap();
             (kept, orphan)
         };

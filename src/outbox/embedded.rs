@@ -2127,7 +2127,7 @@ mod tests {
             .commit_page("default", "leads", &page_with_bodies(&[("a", 1), ("b", 1)]))
             .unwrap();
         // The next page goes to a new segment, as after a full one.
-        store.bodies.lock_for_tests().len = bodies::SEGMENT_BYTES;
+        store.bodies.fill_segment();
         let mut next = page_with_bodies(&[("c", 1)]);
         next.outbox[0].seq = 30;
         next.outbox_values.clear();
